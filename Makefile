@@ -1,0 +1,40 @@
+# Two commands on a fresh machine with Python 3.11: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck venv clean bench
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# The main job on the embedded default: a local sandbox FHIR server seeded with the committed
+# synthetic population, one full `fhirpanel run` against it, a summary on the terminal.
+demo: $(STAMP)
+	$(BIN)/fhirpanel demo
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy fhirpanel
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check fhirpanel tests bench || true
+
+typecheck: $(STAMP)
+	$(BIN)/mypy fhirpanel
+
+bench: $(STAMP)
+	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
