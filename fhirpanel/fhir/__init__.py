@@ -1,0 +1,1 @@
+"""FHIR I/O: client, parsing, building, bulk export, capability checks."""

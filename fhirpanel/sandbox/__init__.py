@@ -1,0 +1,1 @@
+"""Local sandbox FHIR server and synthetic population."""
