@@ -1,4 +1,4 @@
-"""Loads the data files under `mappings/` (TOML), each with a `[meta]` naming its source and version.
+"""Loads the TOML data files under `mappings/`, each with a `[meta]` naming source and version.
 
 Only I/O and the common checks live here; each domain module turns the plain tables into its own
 typed, validated objects (`from_mapping`), so the domain stays free of file access.

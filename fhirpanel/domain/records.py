@@ -61,9 +61,9 @@ class EncounterRecord:
     service_types: tuple[Code, ...] = ()  # Encounter.serviceType
     reasons: tuple[Code, ...] = ()  # Encounter.reasonCode
     type_texts: tuple[str, ...] = ()  # text-only type / serviceType labels (lower-cased)
-    # The clinician of the visit (methods.md s.1): participant PPRF, else ATND, else the first with an
-    # individual. A PractitionerRole individual is kept in `practitioner_role`; `practitioner` is set
-    # directly when the individual is a Practitioner, or later by `resolve_roles`.
+    # The clinician of the visit (methods.md s.1): participant PPRF, else ATND, else the first
+    # with an individual. A PractitionerRole individual is kept in `practitioner_role`;
+    # `practitioner` is set when the individual is a Practitioner, or by ingest from the role.
     practitioner: str | None = None
     practitioner_role: str | None = None
     service_provider: str | None = None  # Organization/
@@ -84,8 +84,8 @@ class ConditionRecord:
     id: str
     patient: str
     codes: tuple[Code, ...]  # all codings as sent (ICD-10-CM codes keep their dots here)
-    clinical_status: str | None = None  # active | recurrence | relapse | inactive | remission | resolved
-    verification_status: str | None = None  # confirmed | provisional | refuted | entered-in-error | ...
+    clinical_status: str | None = None  # active | recurrence | relapse | inactive | resolved ...
+    verification_status: str | None = None  # confirmed | refuted | entered-in-error | ...
     categories: tuple[str, ...] = ()  # problem-list-item | encounter-diagnosis | health-concern
     onset: date | None = None
     abatement: date | None = None
@@ -99,7 +99,7 @@ class PractitionerRecord:
     id: str
     npi: str | None = None
     active: bool = True
-    qualifications: tuple[Code, ...] = ()  # Practitioner.qualification.code codings (MD, DO, NP, PA)
+    qualifications: tuple[Code, ...] = ()  # qualification.code codings (MD, DO, NP, PA)
     qualification_texts: tuple[str, ...] = ()
 
 

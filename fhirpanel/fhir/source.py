@@ -1,0 +1,165 @@
+"""Where resources come from: a FHIR server, a Bulk Data NDJSON directory, or memory (tests).
+
+A source yields raw resources (plain dicts) per type. A line or entry it cannot even read as a
+resource comes out as an `Issue` instead, so one bad line never stops a run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Protocol, cast
+
+import orjson
+
+from fhirpanel.domain.records import Issue
+from fhirpanel.errors import ConfigError, SourceError
+
+if TYPE_CHECKING:
+    from fhirpanel.fhir.client import FhirClient
+
+Item = dict[str, Any] | Issue
+
+
+class FhirSource(Protocol):
+    """What ingest needs from anything that holds FHIR resources."""
+
+    def describe(self) -> str:
+        """A short label for logs and reports (no credentials)."""
+        ...
+
+    def read(self, resource_type: str) -> Iterator[Item]:
+        """Every resource of a type."""
+        ...
+
+    def read_for_patients(self, resource_type: str, patients: Sequence[str]) -> Iterator[Item]:
+        """Resources of a type belonging to the given patients (`Patient/id`); for Patient
+        itself, those patients."""
+        ...
+
+
+class MemorySource:
+    """An in-memory fake for unit tests and for replays."""
+
+    def __init__(self, resources: Iterable[Mapping[str, Any]]) -> None:
+        self._resources = [dict(r) for r in resources]
+
+    def describe(self) -> str:
+        return f"memory ({len(self._resources)} resources)"
+
+    def read(self, resource_type: str) -> Iterator[Item]:
+        for res in self._resources:
+            if res.get("resourceType") == resource_type:
+                yield res
+
+    def read_for_patients(self, resource_type: str, patients: Sequence[str]) -> Iterator[Item]:
+        wanted = set(patients)
+        for res in self.read(resource_type):
+            assert isinstance(res, dict)  # noqa: S101 - read() yields dicts here
+            if _belongs_to(res, wanted):
+                yield res
+
+
+def _belongs_to(res: Mapping[str, Any], patients: set[str]) -> bool:
+    if res.get("resourceType") == "Patient":
+        return f"Patient/{res.get('id')}" in patients
+    subject = res.get("subject")
+    ref = subject.get("reference") if isinstance(subject, Mapping) else None
+    return isinstance(ref, str) and "/".join(ref.split("/")[-2:]) in patients
+
+
+_NDJSON_NAME = re.compile(r"^(?:\d+\.)?(?P<type>[A-Z][A-Za-z]+)(?:[.-]\d+)*\.ndjson(?:\.gz)?$")
+
+
+class NdjsonSource:
+    """A directory of Bulk Data NDJSON files: `Patient.ndjson`, `Patient.1.ndjson`,
+    `1.Patient.ndjson`, optionally gzipped. Streams line by line: constant memory per line."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise ConfigError(f"NDJSON source directory not found: {self.directory}")
+
+    def describe(self) -> str:
+        return f"ndjson:{self.directory}"
+
+    def files_for(self, resource_type: str) -> list[Path]:
+        found = []
+        for path in sorted(self.directory.iterdir()):
+            match = _NDJSON_NAME.match(path.name)
+            if match and match.group("type") == resource_type and path.is_file():
+                found.append(path)
+        return found
+
+    def read(self, resource_type: str) -> Iterator[Item]:
+        for path in self.files_for(resource_type):
+            yield from self._read_file(path, resource_type)
+
+    def read_for_patients(self, resource_type: str, patients: Sequence[str]) -> Iterator[Item]:
+        wanted = set(patients)
+        for item in self.read(resource_type):
+            if isinstance(item, Issue) or _belongs_to(item, wanted):
+                yield item
+
+    def _read_file(self, path: Path, resource_type: str) -> Iterator[Item]:
+        try:
+            handle = cast(
+                IO[bytes], gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+            )
+        except OSError as exc:
+            raise SourceError(f"cannot read {path}: {exc}") from exc
+        with handle:
+            for lineno, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path.name}:{lineno}"
+                try:
+                    res = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    yield Issue(f"{resource_type}/? ({where})", "invalid JSON line")
+                    continue
+                if not isinstance(res, dict):
+                    yield Issue(f"{resource_type}/? ({where})", "line is not a JSON object")
+                    continue
+                if res.get("resourceType") != resource_type:
+                    yield Issue(
+                        f"{resource_type}/? ({where})",
+                        f"resourceType {res.get('resourceType')!r} in a {resource_type} file",
+                    )
+                    continue
+                yield res
+
+
+class ServerSource:
+    """A FHIR server through `FhirClient` (paged searches)."""
+
+    def __init__(self, client: FhirClient) -> None:
+        self.client = client
+
+    def describe(self) -> str:
+        return str(self.client.base_url)
+
+    def read(self, resource_type: str) -> Iterator[Item]:
+        yield from self.client.search(resource_type)
+
+    def read_for_patients(self, resource_type: str, patients: Sequence[str]) -> Iterator[Item]:
+        if resource_type == "Patient":
+            ids = [p.split("/", 1)[1] for p in patients]
+            yield from self.client.search_by_patients("Patient", ids, param="_id")
+        else:
+            yield from self.client.search_by_patients(resource_type, list(patients))
+
+
+def source_from_spec(spec: str, client_factory: Any = None) -> FhirSource:
+    """`ndjson:DIR` or an http(s) FHIR base URL. `client_factory(base_url)` builds the client."""
+    if spec.startswith("ndjson:"):
+        return NdjsonSource(spec.removeprefix("ndjson:"))
+    if spec.startswith(("http://", "https://")):
+        if client_factory is None:
+            raise ConfigError("a FHIR base URL source needs a client")
+        return ServerSource(client_factory(spec))
+    raise ConfigError(
+        f"unknown source {spec!r}: give a FHIR base URL (http://...) or ndjson:DIRECTORY"
+    )

@@ -1,0 +1,156 @@
+"""Read a source into a `Population`: parse, de-duplicate, resolve roles, check references.
+
+Every resource that cannot be used becomes an `Issue` with the action taken; nothing stops the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import TypeVar
+
+from fhirpanel.domain.records import (
+    ConditionRecord,
+    EncounterRecord,
+    Issue,
+    OrganizationRecord,
+    PatientRecord,
+    Population,
+    PractitionerRecord,
+    PractitionerRoleRecord,
+)
+from fhirpanel.fhir.parse import RESOURCE_TYPES, Record, parse_resource
+from fhirpanel.fhir.source import FhirSource, Item
+
+log = logging.getLogger(__name__)
+R = TypeVar("R", bound=Record)
+
+# Read clinicians and organisations first: they are few, and patients' references need them.
+READ_ORDER = ("Organization", "Practitioner", "PractitionerRole", "Patient", "Encounter",
+              "Condition")
+Progress = Callable[[str, int], None]  # (resource type, resources read so far of that type)
+
+
+def read_population(source: FhirSource, progress: Progress | None = None,
+                    patients: Sequence[str] | None = None) -> Population:
+    """Everything a run needs. With `patients`, only those patients' Patient, Encounter and
+    Condition resources (plus all clinicians and organisations)."""
+    builder = PopulationBuilder()
+    for rtype in READ_ORDER:
+        if patients is not None and rtype in ("Patient", "Encounter", "Condition"):
+            items: Iterable[Item] = source.read_for_patients(rtype, patients)
+        else:
+            items = source.read(rtype)
+        builder.add_items(rtype, items, progress)
+    return builder.finish()
+
+
+class PopulationBuilder:
+    """Collects records; `finish()` resolves roles, drops dangling references, sorts."""
+
+    def __init__(self) -> None:
+        self.pop = Population()
+        self._encounters: dict[str, EncounterRecord] = {}
+        self._conditions: dict[str, ConditionRecord] = {}
+
+    def add_items(self, rtype: str, items: Iterable[Item],
+                  progress: Progress | None = None) -> None:
+        count = 0
+        for item in items:
+            count += 1
+            if progress is not None and count % 1000 == 0:
+                progress(rtype, count)
+            if isinstance(item, Issue):
+                self.pop.issues.append(item)
+                continue
+            out = parse_resource(item, expected_type=rtype)
+            if isinstance(out, Issue):
+                self.pop.issues.append(out)
+            else:
+                self.add_record(out)
+        if progress is not None:
+            progress(rtype, count)
+
+    def add_record(self, record: Record) -> None:
+        if isinstance(record, PatientRecord):
+            self._keep(self.pop.patients, record)
+        elif isinstance(record, EncounterRecord):
+            self._keep(self._encounters, record)
+        elif isinstance(record, ConditionRecord):
+            self._keep(self._conditions, record)
+        elif isinstance(record, PractitionerRecord):
+            self._keep(self.pop.practitioners, record)
+        elif isinstance(record, PractitionerRoleRecord):
+            self._keep(self.pop.roles, record)
+        elif isinstance(record, OrganizationRecord):
+            self._keep(self.pop.organizations, record)
+
+    def _keep(self, table: dict[str, R], record: R) -> None:
+        """The same id twice (an export with overlapping files, a page read twice): keep the
+        newer by meta.lastUpdated, else the later one, and say so."""
+        previous = table.get(record.id)
+        if previous is not None:
+            newer = _newer(previous, record)
+            self.pop.issues.append(Issue(record.id, "duplicate id in source", "deduplicated"))
+            record = newer
+        table[record.id] = record
+
+    def finish(self) -> Population:
+        pop = self.pop
+        pop.encounters = self._checked_encounters()
+        pop.conditions = self._checked_conditions()
+        for patient in pop.patients.values():
+            if patient.replaced_by == "Patient/?":
+                pop.issues.append(
+                    Issue(patient.id, "replaced-by link without a Patient reference", "recorded")
+                )
+        pop.issues.sort(key=lambda i: (i.resource, i.problem))
+        return pop
+
+    def _checked_encounters(self) -> list[EncounterRecord]:
+        pop = self.pop
+        out = []
+        for enc in sorted(self._encounters.values(), key=lambda e: e.id):
+            if enc.patient not in pop.patients:
+                pop.issues.append(Issue(enc.id, f"unknown subject {enc.patient}"))
+                continue
+            if enc.practitioner is None and enc.practitioner_role is not None:
+                role = pop.roles.get(enc.practitioner_role)
+                if role is None or role.practitioner is None:
+                    why = "unknown" if role is None else "has no practitioner"
+                    pop.issues.append(Issue(
+                        enc.id, f"participant {enc.practitioner_role} {why}; "
+                        "not counted for attribution", "recorded"))
+                else:
+                    enc = dataclasses.replace(enc, practitioner=role.practitioner)
+            elif enc.practitioner is None:
+                pop.issues.append(Issue(
+                    enc.id, "no clinician participant; not counted for attribution", "recorded"))
+            out.append(enc)
+        return out
+
+    def _checked_conditions(self) -> list[ConditionRecord]:
+        pop = self.pop
+        out = []
+        for cond in sorted(self._conditions.values(), key=lambda c: c.id):
+            if cond.patient not in pop.patients:
+                pop.issues.append(Issue(cond.id, f"unknown subject {cond.patient}"))
+                continue
+            if not cond.codes:
+                pop.issues.append(Issue(cond.id, "no coded code.coding"))
+                continue
+            out.append(cond)
+        return out
+
+
+def _newer(a: R, b: R) -> R:
+    a_time: datetime | None = getattr(a, "last_updated", None)
+    b_time: datetime | None = getattr(b, "last_updated", None)
+    if a_time is not None and b_time is not None and a_time > b_time:
+        return a
+    return b
+
+
+__all__ = ["READ_ORDER", "RESOURCE_TYPES", "PopulationBuilder", "read_population"]
