@@ -45,3 +45,12 @@ def _load(name: str, root: Path) -> dict[str, Any]:
         raise MappingError(f"{path}: [meta] lacks {', '.join(missing)}")
     return data
 
+
+
+def load_mapping_ref(ref: str, directory: Path | None = None) -> dict[str, Any]:
+    """A mapping named in settings: a name under mappings/ (`pipelines/mgma`), or a path to a
+    TOML file of the same shape elsewhere (a practice's own pipeline or table)."""
+    if ref.endswith(".toml"):
+        path = Path(ref).resolve()
+        return _load(path.stem, path.parent)
+    return load_mapping(ref, directory)
