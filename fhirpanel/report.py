@@ -1,0 +1,153 @@
+"""The `fhirpanel run --report` JSON document (stable keys, architecture.md) and the terminal
+summary a practice manager reads."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from fhirpanel.domain.attribution import Assignment
+from fhirpanel.run import RunOutcome
+
+REPORT_VERSION = 1
+
+
+def patient_entry(assignment: Assignment, outcome: RunOutcome) -> dict[str, Any]:
+    entry: dict[str, Any] = {"patient": assignment.patient, "status": assignment.status}
+    if assignment.status == "excluded":
+        entry["reason"] = assignment.reason
+        return entry
+    if assignment.status == "assigned":
+        entry.update({
+            "practitioner": assignment.practitioner,
+            "rule": assignment.rule,
+            "step": assignment.step,
+            "tie_broken": assignment.tie_broken,
+        })
+        if assignment.practitioner_role:
+            entry["practitioner_role"] = assignment.practitioner_role
+        if assignment.sentinel_exam:
+            entry["sentinel_exam"] = assignment.sentinel_exam
+        if assignment.last_visit:
+            entry["last_visit"] = assignment.last_visit.isoformat()
+        entry["confirmation"] = assignment.confirmation
+    else:
+        entry["reason"] = assignment.reason
+    entry["visits"] = dict(assignment.visits)
+    entry["evidence"] = list(assignment.evidence)
+    risk = outcome.risk.get(assignment.patient)
+    if risk is not None:
+        entry["risk"] = risk.as_report()
+    return entry
+
+
+def build_report(outcome: RunOutcome) -> dict[str, Any]:
+    """The report as plain data. Deterministic: no clock, sorted throughout."""
+    att = outcome.attribution
+    panels = []
+    for panel in outcome.panels.panels:
+        item: dict[str, Any] = {
+            "practitioner": panel.practitioner,
+            "size": panel.size,
+            "risk_adjusted_size": round(panel.risk_adjusted_size, 1),
+            "capacity": round(panel.capacity),
+            "open_capacity": round(panel.open_capacity, 1),
+            "tiers": {tier: n for tier, n in panel.tiers},
+        }
+        if panel.hcc_adjusted_size is not None:
+            item["hcc_adjusted_size"] = round(panel.hcc_adjusted_size, 1)
+        panels.append(item)
+    statuses = Counter(a.status for a in att.assignments)
+    rules = Counter(a.rule for a in att.assignments if a.status == "assigned")
+    elig = att.eligibility
+    return {
+        "report_version": REPORT_VERSION,
+        "as_of": outcome.as_of.isoformat(),
+        "pipeline": att.pipeline,
+        "summary": {
+            "patients": len(att.assignments),
+            "assigned": statuses.get("assigned", 0),
+            "unassigned": statuses.get("unassigned", 0),
+            "excluded": statuses.get("excluded", 0),
+            "by_rule": dict(sorted((str(k), v) for k, v in rules.items())),
+            "tie_broken": sum(1 for a in att.assignments if a.tie_broken),
+            "resources_read": outcome.population.counts(),
+            "issues": len(outcome.population.issues),
+            "tiers": outcome.tier_distribution,
+        },
+        "eligibility": {
+            "by_code": len(elig.by_code),
+            "by_text": len(elig.by_text),
+            "not_matched": len(elig.not_matched),
+            "fallback_all_on_visits": elig.fallback_all_on_visits,
+        },
+        "patients": [patient_entry(a, outcome) for a in att.assignments],
+        "panels": panels,
+        "suggestions": [
+            {"patient": s.patient, "practitioner": s.practitioner, "reason": s.reason}
+            for s in outcome.panels.suggestions
+        ],
+        "outreach": [
+            {"patient": o.patient, "practitioner": o.practitioner, "reasons": list(o.reasons),
+             "last_visit": o.last_visit.isoformat() if o.last_visit else None,
+             "last_sentinel_exam": (o.last_sentinel_exam.isoformat()
+                                    if o.last_sentinel_exam else None)}
+            for o in outcome.outreach
+        ],
+        "warnings": list(outcome.warnings),
+        "issues": [i.as_dict() for i in outcome.population.issues],
+    }
+
+
+def write_report(report: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    tmp.replace(path)  # never leave a half-written report behind
+
+
+def render_summary(outcome: RunOutcome, console: Console) -> None:
+    """Panels as a table, then the counts a practice manager checks first."""
+    report = build_report(outcome)
+    summary = report["summary"]
+    console.print(
+        f"[bold]fhirpanel[/bold] as of {report['as_of']} - pipeline {report['pipeline']} - "
+        f"source {outcome.source}")
+    table = Table(title="Panels", header_style="bold")
+    for column in ("Clinician", "Patients", "Risk-adj.", "Capacity", "Open", "% used",
+                   "Tier 1", "Tier 2", "Tier 3", "Tier 4"):
+        table.add_column(column, justify="left" if column == "Clinician" else "right")
+    for panel in report["panels"]:
+        capacity = panel["capacity"] or 0
+        used = f"{100 * panel['risk_adjusted_size'] / capacity:.0f}%" if capacity else "-"
+        tiers = panel["tiers"]
+        table.add_row(
+            panel["practitioner"], str(panel["size"]), f"{panel['risk_adjusted_size']:.1f}",
+            str(capacity), f"{panel['open_capacity']:.0f}", used,
+            *(str(tiers.get(t, 0)) for t in ("1", "2", "3", "4")))
+    console.print(table)
+    by_rule = ", ".join(f"{k} {v}" for k, v in summary["by_rule"].items()) or "none"
+    console.print(
+        f"Patients: {summary['patients']}  assigned {summary['assigned']}  "
+        f"unassigned {summary['unassigned']}  excluded {summary['excluded']}  "
+        f"(tie-broken, to review: {summary['tie_broken']})")
+    console.print(f"Assigned by: {by_rule}")
+    elig = report["eligibility"]
+    console.print(
+        f"Clinicians eligible by code {elig['by_code']}, by text {elig['by_text']}, "
+        f"not matched {elig['not_matched']}")
+    tiers = summary["tiers"]
+    console.print("Tiers (assigned patients): " + ", ".join(
+        f"{t}: {tiers.get(t, 0)}" for t in ("1", "2", "3", "4")))
+    console.print(
+        f"Outreach: {len(report['outreach'])} patients to contact; "
+        f"suggestions for unassigned: {len(report['suggestions'])}")
+    read = ", ".join(f"{k} {v}" for k, v in summary["resources_read"].items())
+    console.print(f"Read: {read}; {summary['issues']} input issues recorded")
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}")

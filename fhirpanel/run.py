@@ -1,0 +1,173 @@
+"""One full pass: read the source, attribute, score risk, size panels, list outreach.
+
+This is the I/O shell around the pure domain: it loads the mapping tables named in settings,
+reads the population, and hands plain records to `fhirpanel.domain`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import date
+
+from fhirpanel.config import Settings
+from fhirpanel.domain.attribution import (
+    AttributionResult,
+    AttributionRules,
+    ManualAssignment,
+    Pipeline,
+    PrimaryCareSpecialties,
+    SentinelExamCodes,
+    VisitRules,
+    attribute_patients,
+)
+from fhirpanel.domain.panels import (
+    AgeSexWeights,
+    CapacitySettings,
+    OutreachItem,
+    PanelSummary,
+    compute_age_sex_weights,
+    compute_panels,
+    outreach_list,
+)
+from fhirpanel.domain.records import Population
+from fhirpanel.domain.risk import (
+    RiskConfig,
+    RiskResult,
+    check_tier_shape,
+    score_patients,
+    tier_distribution,
+)
+from fhirpanel.fhir.source import FhirSource
+from fhirpanel.ingest import Progress, read_population
+from fhirpanel.mappings import load_mapping, load_mapping_ref
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MethodTables:
+    """Every mapping table a run uses, loaded and validated once at start."""
+
+    rules: AttributionRules
+    pipeline: Pipeline
+    capacities: CapacitySettings
+    risk: RiskConfig
+
+    @classmethod
+    def load(cls, settings: Settings) -> MethodTables:
+        where = settings.mappings_path
+        att = settings.attribution
+        rules = AttributionRules(
+            visits=VisitRules.from_mapping(load_mapping(att.qualifying_visits, where)),
+            sentinel=SentinelExamCodes.from_mapping(load_mapping(att.sentinel_exams, where)),
+            primary_care=PrimaryCareSpecialties.from_mapping(
+                load_mapping(att.primary_care, where)),
+        )
+        risk = settings.risk
+        return cls(
+            rules=rules,
+            pipeline=Pipeline.from_mapping(load_mapping_ref(att.pipeline, where)),
+            capacities=CapacitySettings.from_mapping(load_mapping(att.capacity, where)),
+            risk=RiskConfig.from_mappings(
+                charlson=load_mapping("charlson_quan2005", where),
+                crosswalk=load_mapping("snomed_icd10cm", where),
+                chronic=load_mapping("chronic_conditions", where),
+                tiers=load_mapping(risk.tiers, where),
+                risk=load_mapping("risk", where),
+                charlson_weights=risk.charlson_weights,
+                charlson_age_points=risk.charlson_age_points,
+                hcc_model=risk.hcc_model,
+                hcc_segment=risk.hcc_segment,
+            ),
+        )
+
+
+@dataclass
+class RunOutcome:
+    as_of: date
+    source: str
+    population: Population
+    attribution: AttributionResult
+    risk: dict[str, RiskResult]
+    panels: PanelSummary
+    outreach: tuple[OutreachItem, ...]
+    tier_distribution: dict[str, int]
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def analyse(population: Population, as_of: date, tables: MethodTables, *,
+            source: str = "", manual: dict[str, ManualAssignment] | None = None,
+            weights: AgeSexWeights | None = None,
+            timings: dict[str, float] | None = None,
+            outreach_months: tuple[int, int] = (12, 24)) -> RunOutcome:
+    """Everything after reading: pure functions in order, timed."""
+    timings = {} if timings is None else timings
+    clock = _Stopwatch(timings)
+    with clock("attribute"):
+        attribution = attribute_patients(population, as_of, tables.pipeline, tables.rules,
+                                         manual=manual)
+    with clock("risk"):
+        risk = score_patients(population, as_of, tables.risk)
+    tiers = {pid: r.tier for pid, r in risk.items()}
+    hcc = {pid: r.hcc for pid, r in risk.items() if r.hcc is not None}
+    with clock("panels"):
+        if weights is None:
+            weights = compute_age_sex_weights(population, as_of, tables.rules)
+        panels = compute_panels(population, attribution, as_of, tables.capacities, weights,
+                                tiers=tiers, hcc_scores=hcc)
+        outreach = outreach_list(population, attribution, as_of, tables.rules,
+                                 not_seen_months=outreach_months[0],
+                                 sentinel_months=outreach_months[1])
+    assigned = [risk[a.patient] for a in attribution.assignments
+                if a.status == "assigned" and a.patient in risk]
+    distribution = tier_distribution(assigned)
+    warnings = check_tier_shape(distribution)
+    if attribution.eligibility.fallback_all_on_visits:
+        warnings.append("no PractitionerRole data: every clinician on a qualifying visit was "
+                        "treated as eligible for attribution")
+    return RunOutcome(as_of=as_of, source=source, population=population,
+                      attribution=attribution, risk=risk, panels=panels, outreach=outreach,
+                      tier_distribution=distribution, warnings=warnings, timings=timings)
+
+
+def run_full(settings: Settings, source: FhirSource, as_of: date,
+             progress: Progress | None = None,
+             manual: dict[str, ManualAssignment] | None = None) -> RunOutcome:
+    """Load tables, read the whole population, analyse it."""
+    timings: dict[str, float] = {}
+    clock = _Stopwatch(timings)
+    with clock("load_tables"):
+        tables = MethodTables.load(settings)
+    with clock("read"):
+        population = read_population(source, progress=progress)
+    log.info("read %s from %s (%d issues)", population.counts(), source.describe(),
+             len(population.issues))
+    return analyse(population, as_of, tables, source=source.describe(), manual=manual,
+                   timings=timings,
+                   outreach_months=(settings.attribution.outreach_not_seen_months,
+                                    settings.attribution.outreach_sentinel_months))
+
+
+class _Stopwatch:
+    """`with clock("stage"):` adds the stage's wall time to the timings dict."""
+
+    def __init__(self, timings: dict[str, float]) -> None:
+        self.timings = timings
+
+    def __call__(self, stage: str) -> _Stage:
+        return _Stage(self.timings, stage)
+
+
+class _Stage:
+    def __init__(self, timings: dict[str, float], stage: str) -> None:
+        self.timings, self.stage, self.started = timings, stage, 0.0
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = time.perf_counter() - self.started
+        self.timings[self.stage] = round(self.timings.get(self.stage, 0.0) + elapsed, 3)

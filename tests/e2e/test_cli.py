@@ -1,0 +1,90 @@
+"""The CLI as a user runs it: `fhirpanel run`, `generate`, `demo`, and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fhirpanel.sandbox.server import free_port
+from tests.conftest import AS_OF, POPULATION_DIR, ROOT
+
+
+def fhirpanel(*args: str, cwd: Path = ROOT,
+              timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "160"}
+    return subprocess.run([sys.executable, "-m", "fhirpanel", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_run_on_ndjson_writes_the_report_and_a_summary(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    out = fhirpanel("run", "--source", f"ndjson:{POPULATION_DIR}", "--as-of", AS_OF,
+                    "--report", str(report))
+    assert out.returncode == 0, out.stderr
+    assert "Panels" in out.stdout and "assigned" in out.stdout
+    data = json.loads(report.read_text())
+    assert {"as_of", "patients", "panels", "issues"} <= set(data)
+    assert data["as_of"] == AS_OF
+    statuses = {p["status"] for p in data["patients"]}
+    assert statuses == {"assigned", "unassigned", "excluded"}
+    assigned = [p for p in data["patients"] if p["status"] == "assigned"]
+    for entry in assigned:
+        assert entry["practitioner"].startswith("Practitioner/")
+        assert entry["rule"] in {"single-provider", "plurality", "sentinel-exam", "last-visit",
+                                 "declared-pcp", "manual"}
+        assert entry["visits"] and entry["evidence"]
+        assert {"charlson", "hcc", "tier", "ccm_eligible"} <= set(entry["risk"])
+    excluded = [p for p in data["patients"] if p["status"] == "excluded"]
+    assert {p["reason"] for p in excluded} <= {"inactive", "deceased", "merged"}
+    assert data["issues"], "the committed population carries deliberate malformed records"
+    assert all(set(i) == {"resource", "problem", "action"} for i in data["issues"])
+
+
+def test_generate_is_deterministic(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        res = fhirpanel("generate", "--patients", "40", "--seed", "3", "--out", str(out),
+                        "--as-of", AS_OF)
+        assert res.returncode == 0, res.stderr
+    for name in ("Patient.ndjson", "Encounter.ndjson", "Condition.ndjson"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["run", "--source", "ftp://nowhere"], 2, "unknown source"),
+        (["run", "--source", "ndjson:/nonexistent/dir"], 2, "not found"),
+        (["run", "--source", "ndjson:.", "--config", "/nonexistent.toml"], 2, "not found"),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], code: int, message: str) -> None:
+    out = fhirpanel(*args)
+    assert out.returncode == code
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_unreachable_server_is_a_source_error() -> None:
+    port = free_port()  # nothing listens there
+    env_args = ["run", "--source", f"http://127.0.0.1:{port}/fhir", "--as-of", AS_OF]
+    out = subprocess.run([sys.executable, "-m", "fhirpanel", *env_args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=False,
+                         env={**os.environ, "FHIRPANEL_FHIR_MAX_RETRIES": "1",
+                              "FHIRPANEL_FHIR_BACKOFF_FACTOR": "0.01"})
+    assert out.returncode == 10, out.stderr
+    assert "error:" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_demo_runs_the_main_job_on_the_sandbox(tmp_path: Path) -> None:
+    out = fhirpanel("demo", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "Sandbox FHIR base: http://127.0.0.1:" in out.stdout
+    assert "Panels" in out.stdout
+    report = json.loads((tmp_path / "var" / "demo" / "report.json").read_text())
+    assert report["summary"]["assigned"] > 0
