@@ -64,10 +64,33 @@ class RiskSettings:
 
 
 @dataclass(frozen=True)
+class WritebackSettings:
+    identifier_system: str = "urn:fhirpanel:id"  # system of every business identifier we write
+    tag_system: str = "urn:fhirpanel:tag"  # meta.tag marking resources fhirpanel manages
+    tag_code: str = "managed"
+    care_plan_tiers: str = "3,4"  # tiers that get a CarePlan; tier 2 too when CCM-eligible
+    care_plan_tier2_when_ccm: bool = True
+    care_plan_templates: str = "careplan_templates"
+    risk_assessment: bool = False
+    attribution_group: bool = False
+    provenance: bool = True
+    batch_size: int = 100  # entries per transaction Bundle
+    max_conflict_retries: int = 3  # re-read and re-apply on 409/412, bounded
+    use_conditional_update: bool = True  # when the server advertises it
+    use_transactions: bool = True  # when the server advertises them
+    author_name: str = "fhirpanel"  # Provenance agent display
+
+    @property
+    def care_plan_tier_set(self) -> frozenset[int]:
+        return frozenset(int(t) for t in self.care_plan_tiers.split(",") if t.strip())
+
+
+@dataclass(frozen=True)
 class Settings:
     fhir: FhirSettings = field(default_factory=FhirSettings)
     attribution: AttributionSettings = field(default_factory=AttributionSettings)
     risk: RiskSettings = field(default_factory=RiskSettings)
+    writeback: WritebackSettings = field(default_factory=WritebackSettings)
     mappings_dir: str = ""  # empty: the mappings/ folder shipped with fhirpanel
     database_url: str = ""  # empty: sqlite file under ./var
     log_level: str = "INFO"
