@@ -111,7 +111,8 @@ class Settings:
                 data = tomllib.loads(p.read_text(encoding="utf-8"))
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
-        return _build(cls, data, env, ENV_PREFIX, where=str(path or "settings"))
+        settings: Settings = _build(cls, data, env, ENV_PREFIX, where=str(path or "settings"))
+        return settings
 
     def with_fhir(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, fhir=dataclasses.replace(self.fhir, **changes))
@@ -134,7 +135,7 @@ def _build(cls: type[Any], data: Mapping[str, Any], env: Mapping[str, str], pref
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
         env_key = f"{prefix}{f.name.upper()}"
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kwargs[f.name] = _build(hint, data.get(f.name, {}), env, env_key + "_",
                                     f"{where}[{f.name}]")
         elif env_key in env:
