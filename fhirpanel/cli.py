@@ -39,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=os.environ.get("FHIRPANEL_LOG_LEVEL", "WARNING"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    console = Console(stderr=False)
+    # A log file or a pipe gets a wide table rather than rich's 80-column default.
+    console = Console(width=None if sys.stdout.isatty() else 140)
     try:
         return int(args.func(args, console))
     except FhirpanelError as exc:

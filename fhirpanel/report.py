@@ -51,8 +51,10 @@ def build_report(outcome: RunOutcome) -> dict[str, Any]:
     att = outcome.attribution
     panels = []
     for panel in outcome.panels.panels:
+        doc = outcome.population.practitioners.get(panel.practitioner)
         item: dict[str, Any] = {
             "practitioner": panel.practitioner,
+            "name": doc.name if doc else None,
             "size": panel.size,
             "risk_adjusted_size": round(panel.risk_adjusted_size, 1),
             "capacity": round(panel.capacity),
@@ -118,16 +120,18 @@ def render_summary(outcome: RunOutcome, console: Console) -> None:
     console.print(
         f"[bold]fhirpanel[/bold] as of {report['as_of']} - pipeline {report['pipeline']} - "
         f"source {outcome.source}")
-    table = Table(title="Panels", header_style="bold")
-    for column in ("Clinician", "Patients", "Risk-adj.", "Capacity", "Open", "% used",
-                   "Tier 1", "Tier 2", "Tier 3", "Tier 4"):
-        table.add_column(column, justify="left" if column == "Clinician" else "right")
+    table = Table(title="Panels (T1-T4: patients per risk tier)", header_style="bold")
+    for column in ("Clinician", "Id", "Patients", "Risk-adj.", "Capacity", "Open", "% used",
+                   "T1", "T2", "T3", "T4"):
+        table.add_column(column, justify="left" if column in ("Clinician", "Id") else "right",
+                         no_wrap=True)
     for panel in report["panels"]:
         capacity = panel["capacity"] or 0
         used = f"{100 * panel['risk_adjusted_size'] / capacity:.0f}%" if capacity else "-"
         tiers = panel["tiers"]
         table.add_row(
-            panel["practitioner"], str(panel["size"]), f"{panel['risk_adjusted_size']:.1f}",
+            panel["name"] or "-", panel["practitioner"].removeprefix("Practitioner/"),
+            str(panel["size"]), f"{panel['risk_adjusted_size']:.1f}",
             str(capacity), f"{panel['open_capacity']:.0f}", used,
             *(str(tiers.get(t, 0)) for t in ("1", "2", "3", "4")))
     console.print(table)

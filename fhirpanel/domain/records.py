@@ -98,6 +98,7 @@ class ConditionRecord:
 class PractitionerRecord:
     id: str
     npi: str | None = None
+    name: str | None = None  # the clinician's display name (not patient data)
     active: bool = True
     qualifications: tuple[Code, ...] = ()  # qualification.code codings (MD, DO, NP, PA)
     qualification_texts: tuple[str, ...] = ()

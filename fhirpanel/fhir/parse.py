@@ -329,6 +329,22 @@ def parse_condition(res: Resource) -> ConditionRecord:
     )
 
 
+def human_name(names: Any) -> str | None:
+    """A display string for a clinician's HumanName list: `text`, else prefix given family."""
+    if not isinstance(names, list):
+        return None
+    for name in names:
+        if not isinstance(name, Mapping):
+            continue
+        if isinstance(name.get("text"), str) and name["text"].strip():
+            return str(name["text"]).strip()
+        parts = [*(name.get("prefix") or ()), *(name.get("given") or ()), name.get("family")]
+        text = " ".join(p for p in parts if isinstance(p, str) and p)
+        if text:
+            return text
+    return None
+
+
 def parse_practitioner(res: Resource) -> PractitionerRecord:
     rid = _id(res, "Practitioner")
     npi = None
@@ -339,6 +355,7 @@ def parse_practitioner(res: Resource) -> PractitionerRecord:
     return PractitionerRecord(
         id=rid,
         npi=npi,
+        name=human_name(res.get("name")),
         active=res.get("active") is not False,
         qualifications=_concepts(quals),
         qualification_texts=_texts(quals),
