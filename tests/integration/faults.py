@@ -1,0 +1,235 @@
+"""Loopback HTTP helpers for client tests: a small server base and a fault-injecting proxy.
+
+`FaultProxy` sits on 127.0.0.1 in front of the sandbox FHIR server and answers each request per a
+script of faults (a status, a reset before answering, a reset halfway through the body, a stall),
+passing everything else through. It records when each request arrived so tests can count attempts
+and measure waits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+import orjson
+
+LOOPBACK = "127.0.0.1"
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class LoopbackServer:
+    """A ThreadingHTTPServer on a free 127.0.0.1 port in a thread; `handle(handler)` answers."""
+
+    def __init__(self) -> None:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _dispatch(self) -> None:
+                owner.handle(self)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _dispatch
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                return None
+
+            def finish(self) -> None:
+                # A fault may have reset the socket already.
+                with contextlib.suppress(OSError):
+                    super().finish()
+
+        self._httpd = _Server((LOOPBACK, 0), Handler)
+        self.port = int(self._httpd.server_address[1])
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
+            name=f"{type(self).__name__}-{self.port}",
+        )
+
+    @property
+    def origin(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def handle(self, handler: BaseHTTPRequestHandler) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+def read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    length = int(handler.headers.get("Content-Length") or 0)
+    return handler.rfile.read(length) if length else b""
+
+
+def send(handler: BaseHTTPRequestHandler, status: int, body: bytes = b"",
+         headers: dict[str, str] | None = None,
+         content_type: str = "application/fhir+json; charset=utf-8") -> None:
+    handler.send_response(status)
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    if body:
+        handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    if body:
+        handler.wfile.write(body)
+
+
+def reset(handler: BaseHTTPRequestHandler) -> None:
+    """Close the connection with a TCP RST (SO_LINGER 0), answering nothing more."""
+    handler.close_connection = True
+    with contextlib.suppress(OSError):
+        handler.wfile.flush()
+    sock = handler.connection
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def outcome(diagnostics: str, code: str = "transient") -> bytes:
+    return orjson.dumps({
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}],
+    })
+
+
+# ---------------------------------------------------------------- faults
+
+
+@dataclass(frozen=True)
+class Status:
+    """Answer with this status (an OperationOutcome body) instead of forwarding."""
+
+    code: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+RESET = "reset"  # close the socket without answering
+RESET_MID_BODY = "reset-mid-body"  # forward, send headers and half the body, then reset
+PASS = "pass"
+
+
+@dataclass(frozen=True)
+class Stall:
+    """Say nothing for `seconds`, then reset (a read timeout on the client side)."""
+
+    seconds: float
+
+
+Fault = Status | Stall | str
+
+
+@dataclass(frozen=True)
+class Arrival:
+    method: str
+    path: str
+    at: float  # time.monotonic()
+    fault: str
+
+
+class FaultProxy(LoopbackServer):
+    """Forwards to `upstream` (a FHIR base URL on loopback), rewriting the upstream base in bodies
+    so paging links point at the proxy, after applying the next scripted fault. `default` is used
+    when the script is empty."""
+
+    def __init__(self, upstream: str, faults: Iterable[Fault] = (), default: Fault = PASS) -> None:
+        super().__init__()
+        self.upstream = upstream.rstrip("/")
+        parts = urlsplit(self.upstream)
+        self._upstream_host = parts.hostname or LOOPBACK
+        self._upstream_port = parts.port or 80
+        self.base_url = self.origin + parts.path
+        self._faults: deque[Fault] = deque(faults)
+        self.default = default
+        self.arrivals: list[Arrival] = []
+        self._lock = threading.Lock()
+
+    def script(self, *faults: Fault, default: Fault = PASS) -> None:
+        with self._lock:
+            self._faults = deque(faults)
+            self.default = default
+            self.arrivals = []
+
+    def arrivals_for(self, predicate: Callable[[Arrival], bool] = lambda a: True) -> list[Arrival]:
+        with self._lock:
+            return [a for a in self.arrivals if predicate(a)]
+
+    def handle(self, handler: BaseHTTPRequestHandler) -> None:
+        body = read_body(handler)
+        with self._lock:
+            fault = self._faults.popleft() if self._faults else self.default
+            self.arrivals.append(Arrival(handler.command, handler.path, time.monotonic(),
+                                         _fault_name(fault)))
+        if isinstance(fault, Status):
+            send(handler, fault.code, outcome(f"injected {fault.code}"), fault.headers)
+        elif isinstance(fault, Stall):
+            time.sleep(fault.seconds)
+            reset(handler)
+        elif fault == RESET:
+            reset(handler)
+        else:
+            status, headers, data = self._forward(handler, body)
+            if fault == RESET_MID_BODY:
+                handler.send_response(status)
+                for name, value in headers:
+                    handler.send_header(name, value)
+                handler.send_header("Content-Length", str(len(data)))
+                handler.end_headers()
+                handler.wfile.write(data[: len(data) // 2])
+                handler.wfile.flush()
+                time.sleep(0.05)  # let the client start reading the body
+                reset(handler)
+            else:
+                passed = {k: v for k, v in headers if k.lower() != "content-type"}
+                content_type = next((v for k, v in headers if k.lower() == "content-type"),
+                                    "application/fhir+json")
+                send(handler, status, data, passed, content_type=content_type)
+
+    def _forward(self, handler: BaseHTTPRequestHandler,
+                 body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        conn = http.client.HTTPConnection(self._upstream_host, self._upstream_port, timeout=30)
+        try:
+            headers = {k: v for k, v in handler.headers.items()
+                       if k.lower() not in ("host", "connection", "content-length")}
+            conn.request(handler.command, handler.path, body=body or None, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            kept = [(k, v) for k, v in response.getheaders()
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection",
+                                         "date", "server")]
+            status = response.status
+        finally:
+            conn.close()
+        data = data.replace(self.upstream.encode(), self.base_url.encode())
+        kept = [(k, v.replace(self.upstream, self.base_url)) for k, v in kept]
+        return status, kept, data
+
+
+def _fault_name(fault: Fault) -> str:
+    if isinstance(fault, Status):
+        return str(fault.code)
+    if isinstance(fault, Stall):
+        return f"stall {fault.seconds:g}s"
+    return fault
