@@ -1,0 +1,786 @@
+"""Attribution: active patients, qualifying visits, eligible clinicians, the Four Cut method and
+attribution pipelines, with an explanation for every assignment (methods.md s.1-2).
+
+Pure: takes a `Population`, an as-of date and typed rules built from `mappings/` tables, returns
+immutable results sorted by id. The same input in any order gives the same output.
+
+Look-back windows: a window of N months ending on the as-of date starts at `months_before(as_of,
+N)` (as-of minus N calendar months, the day clamped to the month's end) and a visit counts when
+`window_start < visit day <= as_of`. So 18 months ending 2026-11-22 covers 2025-05-23 to
+2026-11-22, and no visit is counted in two back-to-back windows. The visit day is the UTC date
+of `Encounter.period.start`; an Encounter without a start cannot be placed and never counts.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Literal, get_args
+
+from fhirpanel.domain.records import (
+    CPT,
+    HCPCS,
+    NUCC,
+    SNOMED,
+    EncounterRecord,
+    PatientRecord,
+    Population,
+)
+from fhirpanel.errors import MappingError
+
+StepKind = Literal["manual", "declared-pcp", "risk-product", "four-cut"]
+STEP_KINDS: tuple[str, ...] = get_args(StepKind)
+AssignmentStatus = Literal["assigned", "unassigned", "excluded"]
+# Guards against typos such as 180 for 18; the white paper's windows are 12 to 36 months.
+MAX_WINDOW_MONTHS = 120
+
+
+# --- month arithmetic -------------------------------------------------------------------------
+
+
+def months_before(day: date, months: int) -> date:
+    """`day` minus `months` calendar months; the day of month is clamped to the month's end
+    (2026-08-31 minus 6 months is 2026-02-28)."""
+    if months < 0:
+        raise ValueError("months must be >= 0")
+    index = day.year * 12 + (day.month - 1) - months
+    year, month = divmod(index, 12)
+    month += 1
+    last = calendar.monthrange(year, month)[1]
+    return date(year, month, min(day.day, last))
+
+
+def in_window(day: date, as_of: date, months: int | None) -> bool:
+    """True when `window_start < day <= as_of`; `months=None` means no lower bound."""
+    if day > as_of:
+        return False
+    return months is None or day > months_before(as_of, months)
+
+
+# --- validation helpers for mapping tables -----------------------------------------------------
+
+_CODE_PATTERNS: dict[str, re.Pattern[str]] = {
+    NUCC: re.compile(r"^[0-9]{3}[0-9A-Z]{6}X$"),
+    SNOMED: re.compile(r"^[1-9][0-9]{5,17}$"),
+    CPT: re.compile(r"^[0-9]{4}[0-9A-Z]$"),
+    HCPCS: re.compile(r"^[A-V][0-9]{4}$"),
+}
+_ANY_CODE = re.compile(r"^\S+$")
+_SYSTEM = re.compile(r"^(https?://\S+|urn:\S+)$")
+
+# Verhoeff check digit tables (dihedral group D5), used by SNOMED CT concept ids.
+_VERHOEFF_D = (
+    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 3, 4, 0, 6, 7, 8, 9, 5),
+    (2, 3, 4, 0, 1, 7, 8, 9, 5, 6), (3, 4, 0, 1, 2, 8, 9, 5, 6, 7),
+    (4, 0, 1, 2, 3, 9, 5, 6, 7, 8), (5, 9, 8, 7, 6, 0, 4, 3, 2, 1),
+    (6, 5, 9, 8, 7, 1, 0, 4, 3, 2), (7, 6, 5, 9, 8, 2, 1, 0, 4, 3),
+    (8, 7, 6, 5, 9, 3, 2, 1, 0, 4), (9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+)
+
+
+def _verhoeff_positions() -> tuple[tuple[int, ...], ...]:
+    """The per-position permutations: the powers 0..7 of one permutation of the digits."""
+    step = (1, 5, 7, 6, 2, 8, 3, 0, 9, 4)
+    rows = [tuple(range(10))]
+    while len(rows) < 8:
+        rows.append(tuple(step[n] for n in rows[-1]))
+    return tuple(rows)
+
+
+_VERHOEFF_P = _verhoeff_positions()
+
+
+def verhoeff_valid(digits: str) -> bool:
+    """True when the last digit is a correct Verhoeff check digit (SNOMED CT identifiers)."""
+    check = 0
+    for position, char in enumerate(reversed(digits)):
+        check = _VERHOEFF_D[check][_VERHOEFF_P[position % 8][int(char)]]
+    return check == 0
+
+
+def check_code(system: str, code: str, where: str) -> None:
+    """Raise MappingError unless (system, code) is well formed for its code system."""
+    if not _SYSTEM.match(system):
+        raise MappingError(f"{where}: code system {system!r} is not a URI")
+    pattern = _CODE_PATTERNS.get(system, _ANY_CODE)
+    if not pattern.match(code):
+        raise MappingError(f"{where}: {code!r} is not a well-formed code of {system}")
+    if system == SNOMED and not verhoeff_valid(code):
+        raise MappingError(f"{where}: {code!r} fails the SNOMED CT check digit")
+
+
+def _table(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = data.get(key)
+    if not isinstance(value, Mapping):
+        raise MappingError(f"{where}: [{key}] table missing")
+    return value
+
+
+def _strings(value: Any, where: str, *, allow_empty: bool = False) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise MappingError(f"{where}: expected a list of non-empty strings")
+    if not value and not allow_empty:
+        raise MappingError(f"{where}: list is empty")
+    if len(set(value)) != len(value):
+        dupes = sorted(v for v, n in Counter(value).items() if n > 1)
+        raise MappingError(f"{where}: duplicate entries {', '.join(dupes)}")
+    return tuple(value)
+
+
+def normalise_label(text: str) -> str:
+    """Case-insensitive, whitespace-collapsed form used for every text-label comparison."""
+    return " ".join(text.casefold().split())
+
+
+def _labels(value: Any, where: str, *, allow_empty: bool = False) -> frozenset[str]:
+    labels = [normalise_label(v) for v in _strings(value, where, allow_empty=allow_empty)]
+    if len(set(labels)) != len(labels):
+        raise MappingError(f"{where}: duplicate labels (compared case-insensitively)")
+    return frozenset(labels)
+
+
+def _code_rows(rows: Any, where: str, *, allow_empty: bool = False,
+               ) -> list[tuple[tuple[str, str], Mapping[str, Any]]]:
+    """`[[rows]]` of system/code/display; checks form and duplicates."""
+    if rows is None and allow_empty:
+        return []
+    if not isinstance(rows, list) or (not rows and not allow_empty):
+        raise MappingError(f"{where}: expected a non-empty array of tables")
+    out: list[tuple[tuple[str, str], Mapping[str, Any]]] = []
+    seen: set[tuple[str, str]] = set()
+    for number, row in enumerate(rows, start=1):
+        here = f"{where}[{number}]"
+        if not isinstance(row, Mapping):
+            raise MappingError(f"{here}: expected a table")
+        system, code = row.get("system"), row.get("code")
+        if not isinstance(system, str) or not isinstance(code, str):
+            raise MappingError(f"{here}: system and code must be strings")
+        if not isinstance(row.get("display", ""), str):
+            raise MappingError(f"{here}: display must be a string")
+        check_code(system, code, here)
+        key = (system, code)
+        if key in seen:
+            raise MappingError(f"{where}: duplicate code {system}|{code}")
+        seen.add(key)
+        out.append((key, row))
+    return out
+
+
+# --- rules built from mapping tables -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VisitRules:
+    """What makes an Encounter a qualifying visit (methods.md s.1; mappings/qualifying_visits)."""
+
+    statuses: frozenset[str]
+    classes: frozenset[str]
+    excluded_codes: frozenset[tuple[str, str]] = frozenset()
+    excluded_texts: frozenset[str] = frozenset()  # normalised labels
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> VisitRules:
+        where = "qualifying_visits"
+        statuses = _strings(_table(data, "statuses", where).get("qualifying"),
+                            f"{where}.statuses.qualifying")
+        classes_table = _table(data, "classes", where)
+        classes = _strings(classes_table.get("qualifying"), f"{where}.classes.qualifying")
+        not_classes = _strings(classes_table.get("not_qualifying", []),
+                               f"{where}.classes.not_qualifying", allow_empty=True)
+        both = sorted(set(classes) & set(not_classes))
+        if both:
+            raise MappingError(f"{where}.classes: {', '.join(both)} both qualifying and not")
+        excluded = _code_rows(data.get("excluded_codes"), f"{where}.excluded_codes",
+                              allow_empty=True)
+        texts = data.get("excluded_texts", {})
+        if not isinstance(texts, Mapping):
+            raise MappingError(f"{where}: [excluded_texts] must be a table")
+        labels = _labels(texts.get("labels", []), f"{where}.excluded_texts.labels",
+                         allow_empty=True)
+        return cls(statuses=frozenset(statuses), classes=frozenset(classes),
+                   excluded_codes=frozenset(key for key, _ in excluded), excluded_texts=labels)
+
+    def is_excluded_type(self, encounter: EncounterRecord) -> bool:
+        """Visit type on the exclusion list: Encounter.type / serviceType codes, or type texts."""
+        for code in encounter.types + encounter.service_types:
+            if code.key in self.excluded_codes:
+                return True
+        return any(normalise_label(t) in self.excluded_texts for t in encounter.type_texts)
+
+    def qualifies(self, encounter: EncounterRecord) -> bool:
+        """Status, class and visit type qualify and the visit has a start (clinician aside)."""
+        return (
+            encounter.start is not None
+            and encounter.status in self.statuses
+            and encounter.class_code in self.classes
+            and not self.is_excluded_type(encounter)
+        )
+
+
+@dataclass(frozen=True)
+class SentinelExamCodes:
+    """Codes marking a physical or health check, Four Cut step 3 (mappings/sentinel_exams)."""
+
+    codes: frozenset[tuple[str, str]]
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> SentinelExamCodes:
+        where = "sentinel_exams"
+        codes = {key for key, _ in _code_rows(data.get("codes"), f"{where}.codes")}
+        not_sentinel = {key for key, _ in _code_rows(data.get("not_sentinel"),
+                                                     f"{where}.not_sentinel", allow_empty=True)}
+        both = sorted(f"{s}|{c}" for s, c in codes & not_sentinel)
+        if both:
+            raise MappingError(f"{where}: listed as sentinel and not: {', '.join(both)}")
+        return cls(codes=frozenset(codes))
+
+    def is_sentinel(self, encounter: EncounterRecord) -> bool:
+        # Encounter.type, serviceType and reasonCode all count (methods.md s.2).
+        return any(code.key in self.codes for code in encounter.codes)
+
+
+@dataclass(frozen=True)
+class PrimaryCareSpecialties:
+    """Primary-care role/specialty codes and text labels, with the pediatric subset
+    (methods.md s.1; mappings/primary_care)."""
+
+    codes: frozenset[tuple[str, str]]
+    labels: frozenset[str]  # normalised
+    pediatric_codes: frozenset[tuple[str, str]] = frozenset()
+    pediatric_labels: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> PrimaryCareSpecialties:
+        where = "primary_care"
+        rows = _code_rows(data.get("codes"), f"{where}.codes")
+        pediatric: set[tuple[str, str]] = set()
+        for key, row in rows:
+            flag = row.get("pediatric", False)
+            if not isinstance(flag, bool):
+                raise MappingError(f"{where}.codes {key[1]}: pediatric must be true or false")
+            if flag:
+                pediatric.add(key)
+        texts = _table(data, "texts", where)
+        labels = _labels(texts.get("labels"), f"{where}.texts.labels")
+        pediatric_labels = _labels(texts.get("pediatric_labels", []),
+                                   f"{where}.texts.pediatric_labels", allow_empty=True)
+        stray = sorted(pediatric_labels - labels)
+        if stray:
+            raise MappingError(f"{where}.texts: pediatric labels not in labels: {stray}")
+        return cls(codes=frozenset(key for key, _ in rows), labels=labels,
+                   pediatric_codes=frozenset(pediatric), pediatric_labels=pediatric_labels)
+
+
+@dataclass(frozen=True)
+class AttributionRules:
+    visits: VisitRules
+    sentinel: SentinelExamCodes
+    primary_care: PrimaryCareSpecialties
+
+
+# --- pipelines ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PipelineStep:
+    """One step of an attribution pipeline (white paper, Exhibit Two)."""
+
+    kind: StepKind
+    window_months: int | None = None
+
+    @property
+    def name(self) -> str:
+        if self.kind == "four-cut":
+            return f"four-cut-{self.window_months}m"
+        return self.kind
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Ordered steps; the first that decides wins. A manual assignment outranks every step."""
+
+    name: str
+    steps: tuple[PipelineStep, ...]
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Pipeline:
+        name = data.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise MappingError("pipeline: `name` must be a non-empty string")
+        where = f"pipeline {name}"
+        rows = data.get("steps")
+        if not isinstance(rows, list) or not rows:
+            raise MappingError(f"{where}: needs at least one [[steps]]")
+        steps = []
+        for number, row in enumerate(rows, start=1):
+            here = f"{where} step {number}"
+            if not isinstance(row, Mapping):
+                raise MappingError(f"{here}: expected a table")
+            unknown = sorted(set(row) - {"kind", "window_months"})
+            if unknown:
+                raise MappingError(f"{here}: unknown key(s) {', '.join(unknown)}")
+            kind = row.get("kind")
+            if kind not in STEP_KINDS:
+                raise MappingError(f"{here}: kind {kind!r} is not one of {', '.join(STEP_KINDS)}")
+            window = row.get("window_months")
+            if window is not None and (
+                isinstance(window, bool) or not isinstance(window, int)
+                or not 1 <= window <= MAX_WINDOW_MONTHS
+            ):
+                raise MappingError(f"{here}: window_months must be 1..{MAX_WINDOW_MONTHS}")
+            if kind == "four-cut" and window is None:
+                raise MappingError(f"{here}: a four-cut step needs window_months")
+            if kind == "manual" and window is not None:
+                raise MappingError(f"{here}: a manual step takes no window_months")
+            steps.append(PipelineStep(kind=kind, window_months=window))
+        pipeline = cls(name=name.strip(), steps=tuple(steps))
+        pipeline.validate()
+        return pipeline
+
+    def validate(self) -> None:
+        names = [s.name for s in self.steps]
+        dupes = sorted(n for n, c in Counter(names).items() if c > 1)
+        if dupes:
+            raise MappingError(f"pipeline {self.name}: duplicate step(s) {', '.join(dupes)}")
+        if any(s.kind == "manual" for s in self.steps[1:]):
+            raise MappingError(f"pipeline {self.name}: a manual step outranks all others and "
+                               "may only come first")
+
+    @property
+    def widest_window(self) -> int | None:
+        """The longest look-back of any step (None when no step has one)."""
+        windows = [s.window_months for s in self.steps if s.window_months is not None]
+        return max(windows) if windows else None
+
+
+# --- inputs and results ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ManualAssignment:
+    """A clinician's or patient's choice; outranks every pipeline step until removed."""
+
+    patient: str
+    practitioner: str
+    practitioner_role: str | None = None
+    reason: str = ""
+    requested_by: str = "clinician"  # clinician | patient | family | staff
+    confirmation: str = "proposed"
+
+
+@dataclass(frozen=True)
+class Assignment:
+    patient: str
+    status: AssignmentStatus
+    practitioner: str | None = None
+    practitioner_role: str | None = None  # the role seen on the deciding visits, when known
+    rule: str | None = None  # single-provider | plurality | sentinel-exam | last-visit |
+    #                          declared-pcp | manual | risk-product
+    step: str | None = None  # the pipeline step that decided, e.g. "four-cut-18m"
+    window_months: int | None = None
+    tie_broken: bool = False
+    visits: tuple[tuple[str, int], ...] = ()  # (practitioner, qualifying visits in window)
+    evidence: tuple[str, ...] = ()  # Encounter ids behind the decision, sorted
+    sentinel_exam: str | None = None  # the Encounter id when the sentinel cut decided
+    last_visit: date | None = None  # last qualifying visit with the assigned clinician
+    reason: str | None = None  # excluded: inactive | deceased | merged; unassigned: why
+    confirmation: str = "proposed"
+
+
+@dataclass(frozen=True)
+class EligibilityReport:
+    """Which clinicians may be attributed patients, and how each was recognised."""
+
+    by_code: tuple[str, ...]
+    by_text: tuple[str, ...]
+    not_matched: tuple[str, ...]
+    fallback_all_on_visits: bool
+    # With no PractitionerRole data: the clinicians on a qualifying visit, all eligible.
+    on_visits: tuple[str, ...] = ()
+    pediatric: tuple[str, ...] = ()  # eligible clinicians with a pediatric role
+    pediatric_only: tuple[str, ...] = ()  # ... and no other primary-care role
+    _eligible: frozenset[str] = field(default=frozenset(), init=False, repr=False,
+                                      compare=False)
+
+    def __post_init__(self) -> None:
+        members = self.on_visits if self.fallback_all_on_visits else self.by_code + self.by_text
+        object.__setattr__(self, "_eligible", frozenset(members))
+
+    @property
+    def eligible(self) -> tuple[str, ...]:
+        return tuple(sorted(self._eligible))
+
+    def is_eligible(self, practitioner: str) -> bool:
+        return practitioner in self._eligible
+
+
+@dataclass(frozen=True)
+class AttributionResult:
+    as_of: date
+    pipeline: str
+    assignments: tuple[Assignment, ...]  # sorted by patient id; every patient once
+    eligibility: EligibilityReport
+
+    def by_patient(self) -> dict[str, Assignment]:
+        return {a.patient: a for a in self.assignments}
+
+
+@dataclass(frozen=True, order=True)
+class QualifyingVisit:
+    """A qualifying visit reduced to what attribution needs; orders by time, then id."""
+
+    day: date
+    start: datetime
+    encounter: str
+    practitioner: str
+    practitioner_role: str | None = field(default=None, compare=False)
+    sentinel: bool = field(default=False, compare=False)
+
+
+# --- who counts --------------------------------------------------------------------------------
+
+
+def exclusion_reason(patient: PatientRecord, as_of: date) -> str | None:
+    """merged, deceased or inactive (methods.md s.1), in that order of precedence; else None."""
+    if patient.replaced_by is not None:
+        return "merged"
+    if patient.deceased and (patient.deceased_date is None or patient.deceased_date <= as_of):
+        return "deceased"
+    if not patient.active:
+        return "inactive"
+    return None
+
+
+def _role_match(codes: Iterable[tuple[str, str]], texts: Iterable[str],
+                code_set: frozenset[tuple[str, str]], label_set: frozenset[str],
+                ) -> Literal["code", "text"] | None:
+    if any(key in code_set for key in codes):
+        return "code"
+    if any(normalise_label(t) in label_set for t in texts):
+        return "text"
+    return None
+
+
+def assess_eligibility(population: Population, as_of: date,
+                       rules: AttributionRules) -> EligibilityReport:
+    """A clinician is eligible when any active PractitionerRole of theirs matches a primary-care
+    code, else a text label (methods.md s.1). With no PractitionerRole at all, every clinician on
+    a qualifying visit on or before the as-of date is eligible and the report says so."""
+    specialties = rules.primary_care
+    clinicians: set[str] = set(population.practitioners)
+    clinicians.update(r.practitioner for r in population.roles.values() if r.practitioner)
+    clinicians.update(e.practitioner for e in population.encounters if e.practitioner)
+    if not population.roles:
+        on_visits = {
+            e.practitioner for e in population.encounters
+            if e.practitioner and e.day is not None and e.day <= as_of
+            and rules.visits.qualifies(e)
+        }
+        return EligibilityReport(
+            by_code=(), by_text=(), not_matched=tuple(sorted(clinicians - on_visits)),
+            fallback_all_on_visits=True, on_visits=tuple(sorted(on_visits)))
+    matches: dict[str, set[str]] = {}
+    pediatric_roles: dict[str, set[bool]] = {}
+    for role in population.roles.values():
+        # An inactive role is not one the clinician holds now.
+        if role.practitioner is None or not role.active:
+            continue
+        keys = [c.key for c in role.codes + role.specialties]
+        how = _role_match(keys, role.texts, specialties.codes, specialties.labels)
+        if how is None:
+            continue
+        matches.setdefault(role.practitioner, set()).add(how)
+        is_pediatric = _role_match(keys, role.texts, specialties.pediatric_codes,
+                                   specialties.pediatric_labels) is not None
+        pediatric_roles.setdefault(role.practitioner, set()).add(is_pediatric)
+    by_code = sorted(p for p, how in matches.items() if "code" in how)
+    by_text = sorted(p for p, how in matches.items() if "code" not in how)
+    pediatric = sorted(p for p, flags in pediatric_roles.items() if True in flags)
+    pediatric_only = sorted(p for p, flags in pediatric_roles.items() if flags == {True})
+    return EligibilityReport(
+        by_code=tuple(by_code), by_text=tuple(by_text),
+        not_matched=tuple(sorted(clinicians - set(matches))), fallback_all_on_visits=False,
+        pediatric=tuple(pediatric), pediatric_only=tuple(pediatric_only))
+
+
+def qualifying_visits(population: Population, as_of: date, rules: AttributionRules,
+                      eligibility: EligibilityReport) -> dict[str, tuple[QualifyingVisit, ...]]:
+    """Per patient, qualifying visits to eligible clinicians on or before the as-of date,
+    oldest first (ties by start time, then Encounter id)."""
+    out: dict[str, list[QualifyingVisit]] = {}
+    for enc in population.encounters:
+        if enc.practitioner is None or enc.start is None or not rules.visits.qualifies(enc):
+            continue
+        day = enc.start.date()
+        if day > as_of or not eligibility.is_eligible(enc.practitioner):
+            continue
+        out.setdefault(enc.patient, []).append(QualifyingVisit(
+            day=day, start=enc.start, encounter=enc.id, practitioner=enc.practitioner,
+            practitioner_role=enc.practitioner_role,
+            sentinel=rules.sentinel.is_sentinel(enc)))
+    return {patient: tuple(sorted(visits)) for patient, visits in out.items()}
+
+
+def visits_in_window(visits: Sequence[QualifyingVisit], as_of: date,
+                     months: int | None) -> tuple[QualifyingVisit, ...]:
+    return tuple(v for v in visits if in_window(v.day, as_of, months))
+
+
+def visit_counts(visits: Iterable[QualifyingVisit]) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted(Counter(v.practitioner for v in visits).items()))
+
+
+# --- the Four Cut method -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FourCutDecision:
+    practitioner: str
+    rule: Literal["single-provider", "plurality", "sentinel-exam", "last-visit"]
+    evidence: tuple[str, ...]
+    tie_broken: bool = False
+    sentinel_exam: str | None = None
+
+
+def _latest_on_same_day(candidates: Sequence[QualifyingVisit]) -> tuple[QualifyingVisit, bool]:
+    """Among visits on one day: one clinician wins outright; several are a remaining tie,
+    broken by the latest start time, then the lowest clinician id, and flagged (methods.md
+    s.2). Returns the deciding visit and whether a tie was broken."""
+    clinicians = {v.practitioner for v in candidates}
+    latest_start = max(v.start for v in candidates)
+    winner = min(v.practitioner for v in candidates if v.start == latest_start)
+    # The winner's own latest visit that day, then the lowest Encounter id.
+    own = [v for v in candidates if v.practitioner == winner]
+    own_latest = max(v.start for v in own)
+    visit = min((v for v in own if v.start == own_latest), key=lambda v: v.encounter)
+    return visit, len(clinicians) > 1
+
+
+def four_cut(visits: Sequence[QualifyingVisit]) -> FourCutDecision | None:
+    """The Four Cut method (Murray; MGMA; empanelment white paper) over visits already limited
+    to the window and to eligible clinicians. None when there are no visits."""
+    if not visits:
+        return None
+    counts = Counter(v.practitioner for v in visits)
+
+    def visits_of(practitioner: str) -> tuple[str, ...]:
+        return tuple(sorted(v.encounter for v in visits if v.practitioner == practitioner))
+
+    # Four Cut, step 1: seen only one provider.
+    if len(counts) == 1:
+        (only,) = counts
+        return FourCutDecision(only, "single-provider", visits_of(only))
+    # Four Cut, step 2: plurality of qualifying visits.
+    most = max(counts.values())
+    tied = {p for p, n in counts.items() if n == most}
+    if len(tied) == 1:
+        (top,) = tied
+        return FourCutDecision(top, "plurality", visits_of(top))
+    # Four Cut, step 3: the most recent sentinel exam, counted among the tied providers only.
+    sentinels = [v for v in visits if v.sentinel and v.practitioner in tied]
+    if sentinels:
+        last_day = max(v.day for v in sentinels)
+        visit, broken = _latest_on_same_day([v for v in sentinels if v.day == last_day])
+        return FourCutDecision(visit.practitioner, "sentinel-exam", (visit.encounter,),
+                               tie_broken=broken, sentinel_exam=visit.encounter)
+    # Four Cut, step 4: the tied provider seen last.
+    tied_visits = [v for v in visits if v.practitioner in tied]
+    last_day = max(v.day for v in tied_visits)
+    on_last_day = [v for v in tied_visits if v.day == last_day]
+    visit, broken = _latest_on_same_day(on_last_day)
+    evidence = tuple(sorted(v.encounter for v in on_last_day
+                            if v.practitioner == visit.practitioner))
+    return FourCutDecision(visit.practitioner, "last-visit", evidence, tie_broken=broken)
+
+
+# --- the pipeline ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """What a non-Four-Cut step decided, before the explanation is added."""
+
+    practitioner: str
+    practitioner_role: str | None
+    rule: str
+    confirmation: str = "proposed"
+
+
+def _clinician_from_reference(reference: str, population: Population,
+                              eligibility: EligibilityReport) -> tuple[str, str | None] | None:
+    """An eligible clinician named by a Practitioner or PractitionerRole reference; an
+    Organization, an unknown role or an ineligible clinician gives None."""
+    if reference.startswith("PractitionerRole/"):
+        role = population.roles.get(reference)
+        if role is None or role.practitioner is None:
+            return None
+        if eligibility.is_eligible(role.practitioner):
+            return role.practitioner, reference
+        return None
+    if reference.startswith("Practitioner/") and eligibility.is_eligible(reference):
+        return reference, None
+    return None
+
+
+def _latest_role(visits: Sequence[QualifyingVisit], practitioner: str) -> str | None:
+    for visit in reversed(visits):
+        if visit.practitioner == practitioner and visit.practitioner_role:
+            return visit.practitioner_role
+    return None
+
+
+def _last_day(visits: Sequence[QualifyingVisit], practitioner: str) -> date | None:
+    days = [v.day for v in visits if v.practitioner == practitioner]
+    return max(days) if days else None
+
+
+def _explained(patient: str, choice: _Choice, step: str, window: int | None,
+               visits: Sequence[QualifyingVisit]) -> Assignment:
+    """A manual, declared-PCP or risk-product choice with the visits behind it for review."""
+    return Assignment(
+        patient=patient, status="assigned", practitioner=choice.practitioner,
+        practitioner_role=choice.practitioner_role or _latest_role(visits, choice.practitioner),
+        rule=choice.rule, step=step, window_months=window, visits=visit_counts(visits),
+        last_visit=_last_day(visits, choice.practitioner), confirmation=choice.confirmation)
+
+
+def _unassigned_reason(population_visits: Sequence[EncounterRecord], rules: AttributionRules,
+                       as_of: date, window: int | None) -> str:
+    span = f"in the last {window} months" if window is not None else "on or before the as-of date"
+    qualifying = [e for e in population_visits
+                  if e.practitioner and e.day is not None and in_window(e.day, as_of, window)
+                  and rules.visits.qualifies(e)]
+    if qualifying:
+        return f"qualifying visits {span} were only with clinicians not eligible for primary care"
+    return f"no qualifying visit {span}"
+
+
+def attribute_patients(population: Population, as_of: date, pipeline: Pipeline,
+                       rules: AttributionRules,
+                       manual: Mapping[str, ManualAssignment] | None = None,
+                       risk_product_members: Mapping[str, str] | None = None,
+                       ) -> AttributionResult:
+    """Attribute every patient in the population: excluded (with the reason), assigned (with the
+    step, rule and evidence) or unassigned (with why). Manual assignments outrank every step;
+    then the pipeline's steps in order, first match wins (white paper, Exhibit Two).
+
+    - declared-pcp: Patient.generalPractitioner naming an eligible Practitioner, or a
+      PractitionerRole of one; an Organization is ignored. With window_months, only for a
+      patient who had a qualifying visit in that window (an active patient, methods.md s.1).
+    - risk-product: the payer's member list (patient -> clinician), taken as given; skipped when
+      no list is passed. window_months, if set, works as for declared-pcp.
+    - four-cut: the Four Cut method over the step's window.
+    """
+    eligibility = assess_eligibility(population, as_of, rules)
+    visits_by_patient = qualifying_visits(population, as_of, rules, eligibility)
+    encounters_by_patient = population.encounters_by_patient()
+    manual = manual or {}
+    # Visit counts shown with a non-Four-Cut choice cover the pipeline's widest window.
+    explain_window = pipeline.widest_window
+    assignments = []
+    for patient_id in sorted(population.patients):
+        patient = population.patients[patient_id]
+        reason = exclusion_reason(patient, as_of)
+        if reason is not None:
+            assignments.append(Assignment(patient=patient_id, status="excluded", reason=reason))
+            continue
+        visits = visits_by_patient.get(patient_id, ())
+        override = manual.get(patient_id)
+        if override is not None:
+            choice = _Choice(override.practitioner, override.practitioner_role, "manual",
+                             override.confirmation)
+            assignments.append(_explained(
+                patient_id, choice, "manual", explain_window,
+                visits_in_window(visits, as_of, explain_window)))
+            continue
+        assignment = _run_steps(patient, visits, pipeline, population, eligibility, as_of,
+                                risk_product_members)
+        if assignment is None:
+            window_visits = visits_in_window(visits, as_of, explain_window)
+            assignment = Assignment(
+                patient=patient_id, status="unassigned", window_months=explain_window,
+                visits=visit_counts(window_visits),
+                reason=_unassigned_reason(encounters_by_patient.get(patient_id, ()), rules,
+                                          as_of, explain_window))
+        assignments.append(assignment)
+    return AttributionResult(as_of=as_of, pipeline=pipeline.name,
+                             assignments=tuple(assignments), eligibility=eligibility)
+
+
+def _run_steps(patient: PatientRecord, visits: tuple[QualifyingVisit, ...], pipeline: Pipeline,
+               population: Population, eligibility: EligibilityReport, as_of: date,
+               risk_product_members: Mapping[str, str] | None) -> Assignment | None:
+    for step in pipeline.steps:
+        window_visits = visits_in_window(visits, as_of, step.window_months)
+        if step.kind == "four-cut":
+            decision = four_cut(window_visits)
+            if decision is None:
+                continue
+            on_deciding = [v for v in window_visits if v.encounter in decision.evidence]
+            role = (_latest_role(on_deciding, decision.practitioner)
+                    or _latest_role(window_visits, decision.practitioner))
+            return Assignment(
+                patient=patient.id, status="assigned", practitioner=decision.practitioner,
+                practitioner_role=role, rule=decision.rule, step=step.name,
+                window_months=step.window_months, tie_broken=decision.tie_broken,
+                visits=visit_counts(window_visits), evidence=decision.evidence,
+                sentinel_exam=decision.sentinel_exam,
+                last_visit=_last_day(window_visits, decision.practitioner))
+        if step.kind == "manual":
+            continue  # applied before the steps, whatever its place
+        if step.window_months is not None and not window_visits:
+            continue  # not an active patient for this step's window
+        choice: _Choice | None = None
+        if step.kind == "declared-pcp":
+            for reference in patient.general_practitioners:
+                found = _clinician_from_reference(reference, population, eligibility)
+                if found is not None:
+                    choice = _Choice(found[0], found[1], "declared-pcp")
+                    break
+        elif step.kind == "risk-product" and risk_product_members:
+            member_of = risk_product_members.get(patient.id)
+            if member_of is not None:
+                member_role = population.roles.get(member_of)
+                if member_role is not None and member_role.practitioner is not None:
+                    choice = _Choice(member_role.practitioner, member_of, "risk-product")
+                elif member_of.startswith("Practitioner/"):
+                    choice = _Choice(member_of, None, "risk-product")
+        if choice is not None:
+            window = step.window_months if step.window_months is not None else (
+                pipeline.widest_window)
+            return _explained(patient.id, choice, step.name, window,
+                              visits_in_window(visits, as_of, window))
+    return None
+
+
+__all__ = [
+    "STEP_KINDS",
+    "Assignment",
+    "AttributionResult",
+    "AttributionRules",
+    "EligibilityReport",
+    "FourCutDecision",
+    "ManualAssignment",
+    "Pipeline",
+    "PipelineStep",
+    "PrimaryCareSpecialties",
+    "QualifyingVisit",
+    "SentinelExamCodes",
+    "VisitRules",
+    "assess_eligibility",
+    "attribute_patients",
+    "check_code",
+    "exclusion_reason",
+    "four_cut",
+    "in_window",
+    "months_before",
+    "normalise_label",
+    "qualifying_visits",
+    "verhoeff_valid",
+    "visit_counts",
+    "visits_in_window",
+]
