@@ -1,0 +1,197 @@
+"""Charlson Comorbidity Index on ICD-10 codes: Quan 2005 categories, Charlson 1987 or Quan 2011
+weights, the Quan hierarchy and optional age points (methods.md s.4)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fhirpanel.domain.conditions import check_icd10_prefix, mapping_strings, mapping_text
+from fhirpanel.errors import MappingError
+
+
+@dataclass(frozen=True, slots=True)
+class CharlsonCategory:
+    key: str
+    label: str
+    prefixes: tuple[str, ...]  # dot-less ICD-10, prefix match
+
+
+@dataclass(frozen=True, slots=True)
+class AgeBand:
+    min_age: int
+    max_age: int | None  # None: no upper bound
+    points: int
+
+    def contains(self, age: int) -> bool:
+        return age >= self.min_age and (self.max_age is None or age <= self.max_age)
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryHit:
+    key: str
+    weight: int
+    codes: tuple[str, ...]  # the dot-less codes that hit it
+
+
+@dataclass(frozen=True, slots=True)
+class CharlsonResult:
+    score: int  # comorbidity points plus age points (when asked for)
+    hits: tuple[CategoryHit, ...]  # categories counted after the hierarchy, in table order
+    dropped: tuple[str, ...] = ()  # categories present but dropped by the hierarchy
+    age_points: int = 0
+
+    @property
+    def scoring_categories(self) -> tuple[str, ...]:
+        """Categories that added points (a weight of 0 under Quan 2011 adds none)."""
+        return tuple(h.key for h in self.hits if h.weight > 0)
+
+    @property
+    def codes(self) -> frozenset[str]:
+        """Codes behind the scoring categories."""
+        return frozenset(c for h in self.hits if h.weight > 0 for c in h.codes)
+
+
+@dataclass(frozen=True)
+class CharlsonTable:
+    """`mappings/charlson_quan2005.toml` as typed data."""
+
+    categories: tuple[CharlsonCategory, ...]
+    weights: Mapping[str, Mapping[str, int]]  # weight set -> category -> weight
+    hierarchy: tuple[tuple[str, str], ...]  # (dropped, when this one is present)
+    age_bands: tuple[AgeBand, ...]
+    _prefix_lengths: tuple[int, ...] = field(default=(), repr=False, compare=False)
+    _by_prefix: Mapping[str, tuple[str, ...]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    _cache: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> CharlsonTable:
+        weight_sets = data.get("weight_sets")
+        if not isinstance(weight_sets, Mapping) or not weight_sets:
+            raise MappingError("charlson: [weight_sets] must name at least one weight set")
+        raw_categories = data.get("categories")
+        if not isinstance(raw_categories, list) or not raw_categories:
+            raise MappingError("charlson: needs a non-empty [[categories]] list")
+        categories: list[CharlsonCategory] = []
+        weights: dict[str, dict[str, int]] = {name: {} for name in weight_sets}
+        by_prefix: dict[str, list[str]] = {}
+        for index, raw in enumerate(raw_categories):
+            where = f"charlson category {index + 1}"
+            if not isinstance(raw, Mapping):
+                raise MappingError(f"{where}: not a table")
+            key = mapping_text(raw, "key", where)
+            if any(c.key == key for c in categories):
+                raise MappingError(f"{where}: category {key!r} appears twice")
+            prefixes = tuple(mapping_strings(raw, "icd10_prefixes", where))
+            if len(set(prefixes)) != len(prefixes):
+                raise MappingError(f"{where}: {key} lists a prefix twice")
+            for prefix in prefixes:
+                check_icd10_prefix(prefix, where)
+                by_prefix.setdefault(prefix, []).append(key)
+            raw_weights = raw.get("weights")
+            if not isinstance(raw_weights, Mapping) or set(raw_weights) != set(weight_sets):
+                raise MappingError(
+                    f"{where}: {key} needs a weight for each of {sorted(weight_sets)}"
+                )
+            for name, value in raw_weights.items():
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise MappingError(f"{where}: {key} weight {name} must be an integer >= 0")
+                weights[name][key] = value
+            categories.append(CharlsonCategory(key, mapping_text(raw, "label", where), prefixes))
+        known = {c.key for c in categories}
+        hierarchy: list[tuple[str, str]] = []
+        for raw in data.get("hierarchy", []):
+            if not isinstance(raw, Mapping):
+                raise MappingError("charlson hierarchy: entries must be tables")
+            drop = mapping_text(raw, "drop", "charlson hierarchy")
+            when = mapping_text(raw, "when", "charlson hierarchy")
+            if drop not in known or when not in known:
+                raise MappingError(f"charlson hierarchy: unknown category in {drop} / {when}")
+            hierarchy.append((drop, when))
+        return cls(
+            categories=tuple(categories),
+            weights=weights,
+            hierarchy=tuple(hierarchy),
+            age_bands=_age_bands(data.get("age_points", [])),
+            _prefix_lengths=tuple(sorted({len(p) for p in by_prefix})),
+            _by_prefix={p: tuple(keys) for p, keys in by_prefix.items()},
+        )
+
+    @property
+    def weight_sets(self) -> tuple[str, ...]:
+        return tuple(self.weights)
+
+    def categories_for_code(self, code: str) -> tuple[str, ...]:
+        """Categories whose prefix starts the dot-less code (Quan 2005 prefix match)."""
+        cached = self._cache.get(code)
+        if cached is None:
+            keys: set[str] = set()
+            for length in self._prefix_lengths:
+                if length > len(code):
+                    break
+                keys.update(self._by_prefix.get(code[:length], ()))
+            cached = tuple(sorted(keys))
+            self._cache[code] = cached
+        return cached
+
+    def age_points(self, age: int | None) -> int:
+        if age is None:
+            return 0
+        return next((band.points for band in self.age_bands if band.contains(age)), 0)
+
+    def score(
+        self,
+        codes: Iterable[str],
+        weight_set: str,
+        *,
+        age: int | None = None,
+        with_age_points: bool = False,
+    ) -> CharlsonResult:
+        """Charlson index of one patient's dot-less ICD-10 codes."""
+        set_weights = self.weights.get(weight_set)
+        if set_weights is None:
+            raise MappingError(f"charlson: unknown weight set {weight_set!r}")
+        hits: dict[str, set[str]] = {}
+        for code in codes:
+            for key in self.categories_for_code(code):
+                hits.setdefault(key, set()).add(code)
+        # Quan 2005 hierarchy: the milder form is not counted next to the severe one.
+        dropped = sorted({drop for drop, when in self.hierarchy if drop in hits and when in hits})
+        for key in dropped:
+            del hits[key]
+        counted = tuple(
+            CategoryHit(c.key, set_weights[c.key], tuple(sorted(hits[c.key])))
+            for c in self.categories
+            if c.key in hits
+        )
+        points = self.age_points(age) if with_age_points else 0
+        return CharlsonResult(
+            score=sum(h.weight for h in counted) + points,
+            hits=counted,
+            dropped=tuple(dropped),
+            age_points=points,
+        )
+
+
+def _age_bands(value: Any) -> tuple[AgeBand, ...]:
+    if not isinstance(value, list):
+        raise MappingError("charlson: age_points must be a list of tables")
+    bands: list[AgeBand] = []
+    for raw in value:
+        if not isinstance(raw, Mapping):
+            raise MappingError("charlson age_points: entries must be tables")
+        low, high, points = raw.get("min_age"), raw.get("max_age"), raw.get("points")
+        if not isinstance(low, int) or not isinstance(points, int) or points < 0:
+            raise MappingError(f"charlson age_points: bad entry {dict(raw)!r}")
+        if high is not None and (not isinstance(high, int) or high < low):
+            raise MappingError(f"charlson age_points: bad max_age in {dict(raw)!r}")
+        bands.append(AgeBand(low, high, points))
+    bands.sort(key=lambda b: b.min_age)
+    for before, after in itertools.pairwise(bands):
+        if before.max_age is None or before.max_age >= after.min_age:
+            raise MappingError("charlson age_points: bands overlap")
+    return tuple(bands)

@@ -1,0 +1,363 @@
+"""Conditions to the diagnosis codes risk scoring uses: status filters, ICD-10-CM normalisation, the
+SNOMED CT to ICD-10-CM crosswalk and the chronic condition groups (methods.md s.4)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from fhirpanel.domain.records import ICD10, ICD10CM, SNOMED, ConditionRecord
+from fhirpanel.errors import MappingError
+
+# ICD-10-CM code shape (dots optional); U is reserved and never a valid first letter.
+ICD10CM_PATTERN = re.compile(r"^[A-TV-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?$")
+SNOMED_ID_PATTERN = re.compile(r"^[1-9][0-9]{5,17}$")
+
+# How a diagnosis code was obtained.
+VIA_ICD10CM = "icd10cm"
+VIA_ICD10 = "icd10"
+VIA_CROSSWALK = "snomed-crosswalk"
+ICD_SYSTEMS = {ICD10CM: VIA_ICD10CM, ICD10: VIA_ICD10}
+
+# Verhoeff dihedral-group tables (SNOMED CT identifiers end in a Verhoeff check digit).
+_VERHOEFF_D = (
+    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
+    (1, 2, 3, 4, 0, 6, 7, 8, 9, 5),
+    (2, 3, 4, 0, 1, 7, 8, 9, 5, 6),
+    (3, 4, 0, 1, 2, 8, 9, 5, 6, 7),
+    (4, 0, 1, 2, 3, 9, 5, 6, 7, 8),
+    (5, 9, 8, 7, 6, 0, 4, 3, 2, 1),
+    (6, 5, 9, 8, 7, 1, 0, 4, 3, 2),
+    (7, 6, 5, 9, 8, 2, 1, 0, 4, 3),
+    (8, 7, 6, 5, 9, 3, 2, 1, 0, 4),
+    (9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+)
+_VERHOEFF_P = (
+    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
+    (1, 5, 7, 6, 2, 8, 3, 0, 9, 4),
+    (5, 8, 0, 3, 7, 9, 6, 1, 4, 2),
+    (8, 9, 1, 6, 0, 4, 3, 5, 2, 7),
+    (9, 4, 5, 3, 1, 2, 6, 8, 7, 0),
+    (4, 2, 8, 6, 5, 7, 3, 9, 0, 1),
+    (2, 7, 9, 3, 8, 0, 6, 4, 1, 5),
+    (7, 0, 4, 6, 9, 1, 3, 2, 5, 8),
+)
+
+
+def verhoeff_valid(digits: str) -> bool:
+    """True when the last digit is the Verhoeff check digit of the others."""
+    if not digits.isdigit():
+        return False
+    check = 0
+    for position, char in enumerate(reversed(digits)):
+        check = _VERHOEFF_D[check][_VERHOEFF_P[position % 8][int(char)]]
+    return check == 0
+
+
+def is_snomed_id(code: str) -> bool:
+    """A well-formed SNOMED CT concept id: 6-18 digits with a valid Verhoeff check digit."""
+    return bool(SNOMED_ID_PATTERN.match(code)) and verhoeff_valid(code)
+
+
+def is_icd10cm_code(code: str) -> bool:
+    return bool(ICD10CM_PATTERN.match(code))
+
+
+def normalise_icd10(code: str) -> str:
+    """Dot-less, upper-case form used for matching (`E11.9` -> `E119`)."""
+    return code.strip().replace(".", "").upper()
+
+
+# --- status filters -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionFilter:
+    """Which Conditions count (methods.md s.4: active/recurrence/relapse or absent; not refuted or
+    entered-in-error; problem-list items and encounter diagnoses alike)."""
+
+    counted_clinical_status: frozenset[str]
+    count_absent_clinical_status: bool
+    skipped_verification_status: frozenset[str]
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> ConditionFilter:
+        where = "risk [conditions]"
+        return cls(
+            counted_clinical_status=frozenset(
+                mapping_strings(data, "counted_clinical_status", where)
+            ),
+            count_absent_clinical_status=mapping_bool(data, "count_absent_clinical_status", where),
+            skipped_verification_status=frozenset(
+                mapping_strings(data, "skipped_verification_status", where)
+            ),
+        )
+
+    def skip_reason(self, condition: ConditionRecord) -> str | None:
+        """None when the Condition counts, else why it does not."""
+        verification = condition.verification_status
+        if verification is not None and verification in self.skipped_verification_status:
+            return f"verificationStatus {verification}"
+        status = condition.clinical_status
+        if status is None:
+            return None if self.count_absent_clinical_status else "no clinicalStatus"
+        if status not in self.counted_clinical_status:
+            return f"clinicalStatus {status}"
+        return None
+
+
+# --- crosswalk ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CrosswalkRow:
+    snomed: str
+    snomed_display: str
+    icd10cm: str  # as written, with its dot
+    icd10cm_display: str
+    note: str | None = None
+
+    @property
+    def icd10cm_key(self) -> str:
+        return normalise_icd10(self.icd10cm)
+
+
+@dataclass(frozen=True)
+class Crosswalk:
+    """SNOMED CT concept -> one ICD-10-CM code (`mappings/snomed_icd10cm.toml`)."""
+
+    rows: tuple[CrosswalkRow, ...]
+    _by_snomed: Mapping[str, CrosswalkRow] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Crosswalk:
+        raw_rows = data.get("rows")
+        if not isinstance(raw_rows, list) or not raw_rows:
+            raise MappingError("snomed_icd10cm: needs a non-empty [[rows]] list")
+        rows: list[CrosswalkRow] = []
+        by_snomed: dict[str, CrosswalkRow] = {}
+        for index, raw in enumerate(raw_rows):
+            where = f"snomed_icd10cm row {index + 1}"
+            if not isinstance(raw, Mapping):
+                raise MappingError(f"{where}: not a table")
+            snomed = mapping_text(raw, "snomed", where)
+            icd = mapping_text(raw, "icd10cm", where)
+            if not is_snomed_id(snomed):
+                raise MappingError(f"{where}: {snomed!r} is not a valid SNOMED CT id")
+            if not is_icd10cm_code(icd):
+                raise MappingError(f"{where}: {icd!r} is not a well-formed ICD-10-CM code")
+            if snomed in by_snomed:
+                raise MappingError(f"{where}: SNOMED {snomed} appears twice")
+            note = raw.get("note")
+            if note is not None and not (isinstance(note, str) and note.strip()):
+                raise MappingError(f"{where}: note must be a non-empty string")
+            row = CrosswalkRow(
+                snomed=snomed,
+                snomed_display=mapping_text(raw, "snomed_display", where),
+                icd10cm=icd,
+                icd10cm_display=mapping_text(raw, "icd10cm_display", where),
+                note=note,
+            )
+            rows.append(row)
+            by_snomed[snomed] = row
+        return cls(rows=tuple(rows), _by_snomed=by_snomed)
+
+    def lookup(self, snomed_code: str) -> CrosswalkRow | None:
+        return self._by_snomed.get(snomed_code)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+# --- diagnosis codes ------------------------------------------------------------------------------
+
+
+class DiagnosisCode(NamedTuple):
+    """One ICD-10-CM code a counted Condition contributes (a tuple: cheap to hash and sort)."""
+
+    code: str  # dot-less, upper case: what matching uses
+    condition: str  # Condition id
+    via: str  # icd10cm | icd10 | snomed-crosswalk
+    original: str  # the code as sent (ICD with its dot, or the SNOMED id that was crosswalked)
+
+
+@dataclass(frozen=True, slots=True)
+class PatientDiagnoses:
+    codes: tuple[DiagnosisCode, ...]  # sorted
+    skipped: tuple[tuple[str, str], ...] = ()  # (Condition id, reason) filtered out by status
+    unmapped: tuple[str, ...] = ()  # counted Conditions with no ICD coding and no crosswalk row
+
+    @property
+    def code_set(self) -> frozenset[str]:
+        return frozenset(d.code for d in self.codes)
+
+    def conditions_for(self, codes: Iterable[str]) -> set[str]:
+        wanted = set(codes)
+        return {d.condition for d in self.codes if d.code in wanted}
+
+
+def condition_codes(condition: ConditionRecord, crosswalk: Crosswalk) -> list[DiagnosisCode]:
+    """ICD-10-CM (or WHO ICD-10) codings as sent; the crosswalk only when there are none."""
+    found: list[DiagnosisCode] = []
+    for coding in condition.codes:
+        via = ICD_SYSTEMS.get(coding.system)
+        if via is None or not coding.code:
+            continue
+        code = normalise_icd10(coding.code)
+        if code:
+            found.append(DiagnosisCode(code, condition.id, via, coding.code))
+    if found:
+        return found
+    for coding in condition.codes:
+        if coding.system != SNOMED:
+            continue
+        row = crosswalk.lookup(coding.code.strip())
+        if row is not None:
+            found.append(DiagnosisCode(row.icd10cm_key, condition.id, VIA_CROSSWALK, row.snomed))
+    return found
+
+
+def patient_diagnoses(
+    conditions: Iterable[ConditionRecord], crosswalk: Crosswalk, condition_filter: ConditionFilter
+) -> PatientDiagnoses:
+    """Every diagnosis code of one patient's counted Conditions, in a stable order."""
+    codes: set[DiagnosisCode] = set()
+    skipped: list[tuple[str, str]] = []
+    unmapped: list[str] = []
+    for condition in conditions:
+        reason = condition_filter.skip_reason(condition)
+        if reason is not None:
+            skipped.append((condition.id, reason))
+            continue
+        found = condition_codes(condition, crosswalk)
+        if not found:
+            unmapped.append(condition.id)
+        codes.update(found)
+    return PatientDiagnoses(
+        codes=tuple(sorted(codes)), skipped=tuple(sorted(skipped)), unmapped=tuple(sorted(unmapped))
+    )
+
+
+# --- chronic conditions (CCM) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChronicGroup:
+    key: str
+    label: str
+    prefixes: tuple[str, ...]
+    ranges: tuple[tuple[str, str], ...] = ()  # inclusive ranges of three-character categories
+
+    def matches(self, code: str) -> bool:
+        if code.startswith(self.prefixes):
+            return True
+        category = code[:3]
+        return any(low <= category <= high for low, high in self.ranges)
+
+
+@dataclass(frozen=True)
+class ChronicConditions:
+    """Chronic condition groups and the CCM threshold (`mappings/chronic_conditions.toml`)."""
+
+    groups: tuple[ChronicGroup, ...]
+    min_for_ccm: int
+    _cache: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> ChronicConditions:
+        ccm = data.get("ccm")
+        if not isinstance(ccm, Mapping):
+            raise MappingError("chronic_conditions: missing [ccm] table")
+        minimum = ccm.get("min_chronic_conditions")
+        if not isinstance(minimum, int) or isinstance(minimum, bool) or minimum < 1:
+            raise MappingError("chronic_conditions: [ccm] min_chronic_conditions must be >= 1")
+        raw_groups = data.get("groups")
+        if not isinstance(raw_groups, list) or not raw_groups:
+            raise MappingError("chronic_conditions: needs a non-empty [[groups]] list")
+        groups: list[ChronicGroup] = []
+        seen: set[str] = set()
+        for index, raw in enumerate(raw_groups):
+            where = f"chronic_conditions group {index + 1}"
+            if not isinstance(raw, Mapping):
+                raise MappingError(f"{where}: not a table")
+            key = mapping_text(raw, "key", where)
+            if key in seen:
+                raise MappingError(f"{where}: key {key!r} appears twice")
+            seen.add(key)
+            prefixes = tuple(mapping_strings(raw, "icd10cm_prefixes", where, required=False))
+            ranges = _ranges(raw.get("icd10cm_ranges", []), where)
+            if not prefixes and not ranges:
+                raise MappingError(f"{where}: {key} has no icd10cm_prefixes or icd10cm_ranges")
+            for prefix in prefixes:
+                check_icd10_prefix(prefix, where)
+            if len(set(prefixes)) != len(prefixes):
+                raise MappingError(f"{where}: {key} lists a prefix twice")
+            groups.append(ChronicGroup(key, mapping_text(raw, "label", where), prefixes, ranges))
+        return cls(groups=tuple(groups), min_for_ccm=minimum)
+
+    def groups_for_code(self, code: str) -> tuple[str, ...]:
+        cached = self._cache.get(code)
+        if cached is None:
+            cached = tuple(g.key for g in self.groups if g.matches(code))
+            self._cache[code] = cached
+        return cached
+
+    def groups_for(self, codes: Iterable[str]) -> tuple[str, ...]:
+        """The distinct groups the codes fall into, in file order."""
+        hit: set[str] = set()
+        for code in codes:
+            hit.update(self.groups_for_code(code))
+        return tuple(g.key for g in self.groups if g.key in hit)
+
+
+# --- small validation helpers shared by the risk modules ------------------------------------------
+
+
+def mapping_text(data: Mapping[str, Any], key: str, where: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise MappingError(f"{where}: {key} must be a non-empty string")
+    return value.strip()
+
+
+def mapping_strings(
+    data: Mapping[str, Any], key: str, where: str = "", *, required: bool = True
+) -> list[str]:
+    value = data.get(key)
+    if value is None and not required:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise MappingError(f"{where or 'mapping'}: {key} must be a list of non-empty strings")
+    return [v.strip() for v in value]
+
+
+def mapping_bool(data: Mapping[str, Any], key: str, where: str = "") -> bool:
+    value = data.get(key)
+    if not isinstance(value, bool):
+        raise MappingError(f"{where or 'mapping'}: {key} must be true or false")
+    return value
+
+
+def check_icd10_prefix(prefix: str, where: str) -> None:
+    # A prefix is the start of a dot-less code: letter, digit, then up to five more characters.
+    if not re.fullmatch(r"[A-TV-Z][0-9][0-9A-Z]{0,5}", prefix):
+        raise MappingError(f"{where}: {prefix!r} is not a dot-less ICD-10 prefix")
+
+
+def _ranges(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, list):
+        raise MappingError(f"{where}: icd10cm_ranges must be a list of [low, high] pairs")
+    ranges: list[tuple[str, str]] = []
+    for pair in value:
+        if (
+            not isinstance(pair, Sequence)
+            or isinstance(pair, str)
+            or len(pair) != 2
+            or not all(isinstance(p, str) and re.fullmatch(r"[A-TV-Z][0-9]{2}", p) for p in pair)
+            or pair[0] > pair[1]
+        ):
+            raise MappingError(f"{where}: bad icd10cm_ranges entry {pair!r}")
+        ranges.append((pair[0], pair[1]))
+    return tuple(ranges)

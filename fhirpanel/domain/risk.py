@@ -1,0 +1,337 @@
+"""Risk stratification per patient: Charlson, CMS-HCC, utilisation, CCM eligibility and the tier
+(methods.md s.4 and s.5). Pure: records and an as-of date in, results out."""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from fhirpanel.domain.charlson import CharlsonResult, CharlsonTable
+from fhirpanel.domain.conditions import (
+    ChronicConditions,
+    ConditionFilter,
+    Crosswalk,
+    PatientDiagnoses,
+    mapping_strings,
+    patient_diagnoses,
+)
+from fhirpanel.domain.hcc import HccScore, HccScorer, HccSettings
+from fhirpanel.domain.records import (
+    ConditionRecord,
+    EncounterRecord,
+    PatientRecord,
+    Population,
+)
+from fhirpanel.domain.tiers import TierMetrics, TierRules, TierShape, shape_warnings, tier_counts
+from fhirpanel.errors import MappingError
+
+REPORT_DECIMALS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class UtilisationRules:
+    """Which encounters count as emergency visits and inpatient stays, and over what window."""
+
+    lookback_months: int
+    statuses: frozenset[str]
+    ed_classes: frozenset[str]
+    inpatient_classes: frozenset[str]
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> UtilisationRules:
+        where = "risk [utilisation]"
+        months = data.get("lookback_months")
+        if not isinstance(months, int) or isinstance(months, bool) or not 1 <= months <= 120:
+            raise MappingError(f"{where}: lookback_months must be 1-120")
+        return cls(
+            lookback_months=months,
+            statuses=frozenset(mapping_strings(data, "encounter_statuses", where)),
+            ed_classes=frozenset(mapping_strings(data, "ed_classes", where)),
+            inpatient_classes=frozenset(mapping_strings(data, "inpatient_classes", where)),
+        )
+
+    def window_start(self, as_of: date) -> date:
+        """The first day of the look-back window (the same day `lookback_months` earlier)."""
+        return months_before(as_of, self.lookback_months)
+
+    def count(self, encounters: Iterable[EncounterRecord], as_of: date) -> tuple[int, int]:
+        """(emergency visits, inpatient stays) that started in (window start, as-of]."""
+        start = self.window_start(as_of)
+        ed = inpatient = 0
+        for enc in encounters:
+            day = enc.day
+            if day is None or not start < day <= as_of or enc.status not in self.statuses:
+                continue
+            if enc.class_code in self.ed_classes:
+                ed += 1
+            elif enc.class_code in self.inpatient_classes:
+                inpatient += 1
+        return ed, inpatient
+
+
+def months_before(day: date, months: int) -> date:
+    """The same calendar day `months` earlier, clamped to the month's end (29 Feb -> 28 Feb)."""
+    year, month_index = divmod(day.year * 12 + day.month - 1 - months, 12)
+    last_day = calendar.monthrange(year, month_index + 1)[1]
+    return date(year, month_index + 1, min(day.day, last_day))
+
+
+def age_on(birth_date: date | None, as_of: date) -> int | None:
+    """Completed years on the as-of date; None without a birth date or when born later."""
+    if birth_date is None or birth_date > as_of:
+        return None
+    years = as_of.year - birth_date.year
+    if (as_of.month, as_of.day) < (birth_date.month, birth_date.day):
+        years -= 1
+    return years
+
+
+@dataclass(frozen=True)
+class RiskConfig:
+    """Settings and tables for one scoring run; built from the mapping files."""
+
+    charlson: CharlsonTable
+    crosswalk: Crosswalk
+    chronic: ChronicConditions
+    tiers: TierRules
+    hcc: HccSettings
+    condition_filter: ConditionFilter
+    utilisation: UtilisationRules
+    charlson_weights: str = "charlson1987"
+    charlson_age_points: bool = False
+    hcc_model: str = "V28"
+    hcc_segment: str = "CNA"
+
+    @classmethod
+    def from_mappings(
+        cls,
+        charlson: Mapping[str, Any],
+        crosswalk: Mapping[str, Any],
+        chronic: Mapping[str, Any],
+        tiers: Mapping[str, Any],
+        risk: Mapping[str, Any],
+        *,
+        charlson_weights: str | None = None,
+        charlson_age_points: bool | None = None,
+        hcc_model: str | None = None,
+        hcc_segment: str | None = None,
+    ) -> RiskConfig:
+        """Typed, validated configuration; explicit arguments override `risk.toml`."""
+        sections = {}
+        for name in ("charlson", "hcc", "conditions", "utilisation"):
+            section = risk.get(name)
+            if not isinstance(section, Mapping):
+                raise MappingError(f"risk: missing [{name}] table")
+            sections[name] = section
+        table = CharlsonTable.from_mapping(charlson)
+        hcc = HccSettings.from_mapping(sections["hcc"])
+        weights = charlson_weights or sections["charlson"].get("weights")
+        if weights not in table.weight_sets:
+            raise MappingError(
+                f"unknown Charlson weight set {weights!r}; available: {list(table.weight_sets)}"
+            )
+        age_points = charlson_age_points
+        if age_points is None:
+            age_points = sections["charlson"].get("age_points")
+            if not isinstance(age_points, bool):
+                raise MappingError("risk [charlson]: age_points must be true or false")
+        model = hcc_model or hcc.default_model
+        segment = hcc_segment or hcc.default_segment
+        hcc.model_name(model)
+        hcc.segment(segment)
+        return cls(
+            charlson=table,
+            crosswalk=Crosswalk.from_mapping(crosswalk),
+            chronic=ChronicConditions.from_mapping(chronic),
+            tiers=TierRules.from_mapping(tiers),
+            hcc=hcc,
+            condition_filter=ConditionFilter.from_mapping(sections["conditions"]),
+            utilisation=UtilisationRules.from_mapping(sections["utilisation"]),
+            charlson_weights=str(weights),
+            charlson_age_points=age_points,
+            hcc_model=model,
+            hcc_segment=segment,
+        )
+
+    def hcc_scorer(self) -> HccScorer:
+        return HccScorer(self.hcc, self.hcc_model, self.hcc_segment)
+
+
+@dataclass(frozen=True)
+class RiskResult:
+    patient: str
+    charlson: int
+    charlson_categories: tuple[str, ...]
+    hcc: float | None
+    hccs: tuple[str, ...]
+    interactions: tuple[str, ...]
+    ed_visits: int
+    inpatient_stays: int
+    chronic_conditions: tuple[str, ...]
+    ccm_eligible: bool
+    tier: int
+    tier_rule: str
+    basis_conditions: tuple[str, ...]  # Condition ids that drove the risk (sorted)
+    hcc_note: str | None = None  # why there is no HCC score
+
+    def as_report(self) -> dict[str, Any]:
+        """The `risk` object of the run report (architecture.md), components included."""
+        report: dict[str, Any] = {
+            "charlson": self.charlson,
+            "hcc": None if self.hcc is None else round(self.hcc, REPORT_DECIMALS),
+            "tier": self.tier,
+            "ccm_eligible": self.ccm_eligible,
+            "charlson_categories": list(self.charlson_categories),
+            "hccs": list(self.hccs),
+            "interactions": list(self.interactions),
+            "ed_visits": self.ed_visits,
+            "inpatient_stays": self.inpatient_stays,
+            "chronic_conditions": list(self.chronic_conditions),
+            "tier_rule": self.tier_rule,
+        }
+        if self.hcc_note is not None:
+            report["hcc_note"] = self.hcc_note
+        return report
+
+
+def _hcc_for(
+    patient: PatientRecord | None,
+    age: int | None,
+    codes: Iterable[str],
+    config: RiskConfig,
+    scorer: HccScorer,
+) -> tuple[HccScore | None, str | None]:
+    if patient is None:
+        return None, "no Patient record"
+    sex = config.hcc.sex_code(patient.sex)
+    if sex is None:
+        return None, f"no CMS-HCC cell for sex {patient.sex or 'absent'}"
+    if age is None:
+        return None, "no birth date on or before the as-of date"
+    return scorer.score(codes, age, sex), None
+
+
+def score_patient(
+    patient_id: str,
+    patient: PatientRecord | None,
+    conditions: Iterable[ConditionRecord],
+    encounters: Iterable[EncounterRecord],
+    as_of: date,
+    config: RiskConfig,
+    scorer: HccScorer,
+) -> RiskResult:
+    """One patient's risk; `score_patients` runs this over a population."""
+    diagnoses: PatientDiagnoses = patient_diagnoses(
+        sorted(conditions, key=lambda c: c.id), config.crosswalk, config.condition_filter
+    )
+    codes = diagnoses.code_set
+    age = age_on(patient.birth_date if patient else None, as_of)
+    charlson: CharlsonResult = config.charlson.score(
+        codes, config.charlson_weights, age=age, with_age_points=config.charlson_age_points
+    )
+    hcc, hcc_note = _hcc_for(patient, age, codes, config, scorer)
+    ed_visits, inpatient_stays = config.utilisation.count(encounters, as_of)
+    chronic = config.chronic.groups_for(codes)
+    chronic_codes = {c for c in codes if config.chronic.groups_for_code(c)}
+    tier, tier_rule = config.tiers.assign(
+        TierMetrics(
+            hcc=hcc.risk_score if hcc else None,
+            charlson=charlson.score,
+            ed=ed_visits,
+            inpatient=inpatient_stays,
+            chronic=len(chronic),
+        )
+    )
+    basis_codes = charlson.codes | (hcc.codes if hcc else frozenset()) | chronic_codes
+    return RiskResult(
+        patient=patient_id,
+        charlson=charlson.score,
+        charlson_categories=charlson.scoring_categories,
+        hcc=hcc.risk_score if hcc else None,
+        hccs=hcc.hcc_names if hcc else (),
+        interactions=hcc.interaction_names if hcc else (),
+        ed_visits=ed_visits,
+        inpatient_stays=inpatient_stays,
+        chronic_conditions=chronic,
+        ccm_eligible=len(chronic) >= config.chronic.min_for_ccm,
+        tier=tier,
+        tier_rule=tier_rule,
+        basis_conditions=tuple(sorted(diagnoses.conditions_for(basis_codes))),
+        hcc_note=hcc_note,
+    )
+
+
+def score_patients(
+    population: Population,
+    as_of: date,
+    config: RiskConfig,
+    patients: Iterable[str] | None = None,
+    *,
+    scorer: HccScorer | None = None,
+) -> dict[str, RiskResult]:
+    """Risk for each patient (default: every Patient), keyed and ordered by patient id.
+
+    Same input and as-of date give the same output whatever the order of the records. Pass a
+    `scorer` (from `config.hcc_scorer()`) to share its HCC cache between runs.
+    """
+    wanted = sorted(set(population.patients if patients is None else patients))
+    wanted_set = set(wanted)
+    conditions: dict[str, list[ConditionRecord]] = {}
+    for cond in population.conditions:
+        if cond.patient in wanted_set:
+            conditions.setdefault(cond.patient, []).append(cond)
+    # Only emergency and inpatient encounters matter here; most are office visits.
+    counted_classes = config.utilisation.ed_classes | config.utilisation.inpatient_classes
+    encounters: dict[str, list[EncounterRecord]] = {}
+    for enc in population.encounters:
+        if enc.class_code in counted_classes and enc.patient in wanted_set:
+            encounters.setdefault(enc.patient, []).append(enc)
+    scorer = scorer or config.hcc_scorer()
+    if (scorer.model, scorer.segment.key) != (
+        config.hcc.model_name(config.hcc_model),
+        config.hcc_segment,
+    ):
+        raise ValueError("the HCC scorer was built for another model or segment than config")
+    return {
+        pid: score_patient(
+            pid,
+            population.patients.get(pid),
+            conditions.get(pid, ()),
+            encounters.get(pid, ()),
+            as_of,
+            config,
+            scorer,
+        )
+        for pid in wanted
+    }
+
+
+def tier_distribution(
+    results: Iterable[RiskResult], tiers: Iterable[int] = (1, 2, 3, 4)
+) -> dict[str, int]:
+    """{"1": n, ..., "4": n}: patients per tier."""
+    return tier_counts((r.tier for r in results), tiers)
+
+
+def tier_distribution_by_panel(
+    results: Mapping[str, RiskResult],
+    panel_of: Mapping[str, str],
+    tiers: Iterable[int] = (1, 2, 3, 4),
+) -> dict[str, dict[str, int]]:
+    """Tier counts per panel (clinician reference -> counts), for patients with a panel."""
+    tier_list = tuple(tiers)
+    members: dict[str, list[RiskResult]] = {}
+    for patient, panel in panel_of.items():
+        result = results.get(patient)
+        if result is not None:
+            members.setdefault(panel, []).append(result)
+    return {panel: tier_distribution(members[panel], tier_list) for panel in sorted(members)}
+
+
+def check_tier_shape(distribution: Mapping[str, int], shape: TierShape | None = None) -> list[str]:
+    """Warnings when tiers 3+4 fall outside 5-25% of patients or tier 4 exceeds 5% (the Kaiser
+    pyramid, methods.md s.5); pass the `[shape]` of tiers.toml to use its bounds instead."""
+    return shape_warnings(distribution, shape or TierShape())
