@@ -1,0 +1,11 @@
+"""Write-back of attribution and risk results as FHIR resources (CareTeam, CarePlan, and
+optionally RiskAssessment, attribution Group, Provenance)."""
+
+from fhirpanel.writeback.writer import (
+    SimulatedCrash,
+    WritebackTables,
+    WriteSummary,
+    write_back,
+)
+
+__all__ = ["SimulatedCrash", "WriteSummary", "WritebackTables", "write_back"]
