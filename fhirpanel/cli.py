@@ -24,7 +24,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from fhirpanel import __version__
 from fhirpanel.config import Settings
 from fhirpanel.errors import ConfigError, ExitCode, FhirpanelError, SourceError
-from fhirpanel.fhir.source import FhirSource, source_from_spec
+from fhirpanel.fhir.source import FhirSource, ServerSource, source_from_spec
 
 log = logging.getLogger("fhirpanel")
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", default=True,
                       help="compute and report only (default)")
-    mode.add_argument("--write", action="store_true", help="write CareTeam/CarePlan back")
+    mode.add_argument("--write", action="store_true",
+                      help="write CareTeam/CarePlan back to the FHIR server")
     run.add_argument("--report", type=Path, help="write the JSON report to this file")
     run.add_argument("--quiet", action="store_true", help="no progress or summary on the terminal")
     run.set_defaults(func=cmd_run)
@@ -145,15 +146,29 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     show = not args.quiet and console.is_terminal
     with reading_progress(console, show) as progress:
         outcome = run_full(settings, source, as_of, progress=progress)  # type: ignore[arg-type]
-    if args.write:
-        raise ConfigError("--write is not available yet: write-back lands with the write-back "
-                          "issue; run without it for a dry run")
+    writeback = None
+    if isinstance(source, ServerSource):
+        from fhirpanel.writeback import WritebackTables, write_back
+
+        tables = WritebackTables.load(settings.writeback, settings.mappings_path,
+                                      tiers=settings.risk.tiers)
+        writeback = write_back(outcome, source.client, settings.writeback,
+                               dry_run=not args.write, tables=tables)
+    elif args.write:
+        raise ConfigError("--write needs a FHIR server source (http://...), not NDJSON")
+    report = build_report(outcome)
+    if writeback is not None:
+        report["writeback"] = writeback.as_report()
     if args.report:
-        write_report(build_report(outcome), args.report)
+        write_report(report, args.report)
     if not args.quiet:
         render_summary(outcome, console)
+        for line in writeback.lines() if writeback else []:
+            console.print(line)
         if args.report:
             console.print(f"Report written to {args.report}")
+    if writeback is not None and writeback.counts.total("failed"):
+        return ExitCode.WRITEBACK
     return ExitCode.OK
 
 
@@ -249,7 +264,8 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
                   "(sekmet, 127.0.0.1, seeded with the committed 300-patient population)")
     with sandbox_process(db) as base:
         console.print(f"Sandbox FHIR base: {base}")
-        run_args = ["run", "--source", base, "--as-of", DEMO_AS_OF, "--report", str(report)]
+        run_args = ["run", "--source", base, "--as-of", DEMO_AS_OF, "--write",
+                    "--report", str(report)]
         code = main(run_args)
         if code != ExitCode.OK:
             return code

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Literal, get_args
 
+from fhirpanel.domain.codes import verhoeff_valid
 from fhirpanel.domain.records import (
     CPT,
     HCPCS,
@@ -71,36 +72,6 @@ _CODE_PATTERNS: dict[str, re.Pattern[str]] = {
 }
 _ANY_CODE = re.compile(r"^\S+$")
 _SYSTEM = re.compile(r"^(https?://\S+|urn:\S+)$")
-
-# Verhoeff check digit tables (dihedral group D5), used by SNOMED CT concept ids.
-_VERHOEFF_D = (
-    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 3, 4, 0, 6, 7, 8, 9, 5),
-    (2, 3, 4, 0, 1, 7, 8, 9, 5, 6), (3, 4, 0, 1, 2, 8, 9, 5, 6, 7),
-    (4, 0, 1, 2, 3, 9, 5, 6, 7, 8), (5, 9, 8, 7, 6, 0, 4, 3, 2, 1),
-    (6, 5, 9, 8, 7, 1, 0, 4, 3, 2), (7, 6, 5, 9, 8, 2, 1, 0, 4, 3),
-    (8, 7, 6, 5, 9, 3, 2, 1, 0, 4), (9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-)
-
-
-def _verhoeff_positions() -> tuple[tuple[int, ...], ...]:
-    """The per-position permutations: the powers 0..7 of one permutation of the digits."""
-    step = (1, 5, 7, 6, 2, 8, 3, 0, 9, 4)
-    rows = [tuple(range(10))]
-    while len(rows) < 8:
-        rows.append(tuple(step[n] for n in rows[-1]))
-    return tuple(rows)
-
-
-_VERHOEFF_P = _verhoeff_positions()
-
-
-def verhoeff_valid(digits: str) -> bool:
-    """True when the last digit is a correct Verhoeff check digit (SNOMED CT identifiers)."""
-    check = 0
-    for position, char in enumerate(reversed(digits)):
-        check = _VERHOEFF_D[check][_VERHOEFF_P[position % 8][int(char)]]
-    return check == 0
-
 
 def check_code(system: str, code: str, where: str) -> None:
     """Raise MappingError unless (system, code) is well formed for its code system."""

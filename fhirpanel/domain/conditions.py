@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from fhirpanel.domain.codes import verhoeff_valid
 from fhirpanel.domain.records import ICD10, ICD10CM, SNOMED, ConditionRecord
 from fhirpanel.errors import MappingError
 
@@ -20,41 +21,6 @@ VIA_ICD10CM = "icd10cm"
 VIA_ICD10 = "icd10"
 VIA_CROSSWALK = "snomed-crosswalk"
 ICD_SYSTEMS = {ICD10CM: VIA_ICD10CM, ICD10: VIA_ICD10}
-
-# Verhoeff dihedral-group tables (SNOMED CT identifiers end in a Verhoeff check digit).
-_VERHOEFF_D = (
-    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
-    (1, 2, 3, 4, 0, 6, 7, 8, 9, 5),
-    (2, 3, 4, 0, 1, 7, 8, 9, 5, 6),
-    (3, 4, 0, 1, 2, 8, 9, 5, 6, 7),
-    (4, 0, 1, 2, 3, 9, 5, 6, 7, 8),
-    (5, 9, 8, 7, 6, 0, 4, 3, 2, 1),
-    (6, 5, 9, 8, 7, 1, 0, 4, 3, 2),
-    (7, 6, 5, 9, 8, 2, 1, 0, 4, 3),
-    (8, 7, 6, 5, 9, 3, 2, 1, 0, 4),
-    (9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-)
-_VERHOEFF_P = (
-    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
-    (1, 5, 7, 6, 2, 8, 3, 0, 9, 4),
-    (5, 8, 0, 3, 7, 9, 6, 1, 4, 2),
-    (8, 9, 1, 6, 0, 4, 3, 5, 2, 7),
-    (9, 4, 5, 3, 1, 2, 6, 8, 7, 0),
-    (4, 2, 8, 6, 5, 7, 3, 9, 0, 1),
-    (2, 7, 9, 3, 8, 0, 6, 4, 1, 5),
-    (7, 0, 4, 6, 9, 1, 3, 2, 5, 8),
-)
-
-
-def verhoeff_valid(digits: str) -> bool:
-    """True when the last digit is the Verhoeff check digit of the others."""
-    if not digits.isdigit():
-        return False
-    check = 0
-    for position, char in enumerate(reversed(digits)):
-        check = _VERHOEFF_D[check][_VERHOEFF_P[position % 8][int(char)]]
-    return check == 0
-
 
 def is_snomed_id(code: str) -> bool:
     """A well-formed SNOMED CT concept id: 6-18 digits with a valid Verhoeff check digit."""
