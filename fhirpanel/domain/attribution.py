@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from functools import lru_cache
 from typing import Any, Literal, get_args
 
 from fhirpanel.domain.codes import verhoeff_valid
@@ -43,6 +44,8 @@ MAX_WINDOW_MONTHS = 120
 # --- month arithmetic -------------------------------------------------------------------------
 
 
+# Pure functions of few distinct inputs, called per visit: memoized (same results, less time).
+@lru_cache(maxsize=4096)
 def months_before(day: date, months: int) -> date:
     """`day` minus `months` calendar months; the day of month is clamped to the month's end
     (2026-08-31 minus 6 months is 2026-02-28)."""
@@ -102,6 +105,7 @@ def _strings(value: Any, where: str, *, allow_empty: bool = False) -> tuple[str,
     return tuple(value)
 
 
+@lru_cache(maxsize=65536)
 def normalise_label(text: str) -> str:
     """Case-insensitive, whitespace-collapsed form used for every text-label comparison."""
     return " ".join(text.casefold().split())
