@@ -115,7 +115,8 @@ def analyse(population: Population, as_of: date, tables: MethodTables, *,
     hcc = {pid: r.hcc for pid, r in risk.items() if r.hcc is not None}
     with clock("panels"):
         if weights is None:
-            weights = compute_age_sex_weights(population, as_of, tables.rules)
+            weights = compute_age_sex_weights(population, as_of, tables.rules,
+                                              visits=attribution.visits)
         panels = compute_panels(population, attribution, as_of, tables.capacities, weights,
                                 tiers=tiers, hcc_scores=hcc)
         outreach = outreach_list(population, attribution, as_of, tables.rules,

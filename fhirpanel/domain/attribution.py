@@ -399,6 +399,10 @@ class AttributionResult:
     pipeline: str
     assignments: tuple[Assignment, ...]  # sorted by patient id; every patient once
     eligibility: EligibilityReport
+    # The qualifying visits per patient the decision used; panels and outreach reuse them
+    # rather than classify every encounter again.
+    visits: Mapping[str, tuple[QualifyingVisit, ...]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     def by_patient(self) -> dict[str, Assignment]:
         return {a.patient: a for a in self.assignments}
@@ -683,7 +687,8 @@ def attribute_patients(population: Population, as_of: date, pipeline: Pipeline,
                                           as_of, explain_window))
         assignments.append(assignment)
     return AttributionResult(as_of=as_of, pipeline=pipeline.name,
-                             assignments=tuple(assignments), eligibility=eligibility)
+                             assignments=tuple(assignments), eligibility=eligibility,
+                             visits=visits_by_patient)
 
 
 def _run_steps(patient: PatientRecord, visits: tuple[QualifyingVisit, ...], pipeline: Pipeline,

@@ -31,7 +31,8 @@ def outreach_list(population: Population, attribution: AttributionResult, as_of:
     the last `not_seen_months`, or no sentinel exam in the last `sentinel_months`. Visits to any
     eligible clinician count, not only the patient's PCP: the practice has seen them. Sorted by
     clinician, then patient, as a per-clinician worklist."""
-    visits = qualifying_visits(population, as_of, rules, attribution.eligibility)
+    visits = attribution.visits or qualifying_visits(population, as_of, rules,
+                                                     attribution.eligibility)
     items = []
     for assignment in attribution.assignments:
         if assignment.status != "assigned" or assignment.practitioner is None:

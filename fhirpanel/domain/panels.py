@@ -16,6 +16,7 @@ from typing import Any
 from fhirpanel.domain.attribution import (
     AttributionResult,
     AttributionRules,
+    QualifyingVisit,
     assess_eligibility,
     exclusion_reason,
     qualifying_visits,
@@ -182,18 +183,22 @@ class AgeSexWeights:
         return self.weights.get((band, str(sex)), 1.0)
 
 
-def compute_age_sex_weights(population: Population, as_of: date, rules: AttributionRules,
-                            window_months: int = 12) -> AgeSexWeights:
+def compute_age_sex_weights(
+    population: Population, as_of: date, rules: AttributionRules, window_months: int = 12,
+    visits: Mapping[str, tuple[QualifyingVisit, ...]] | None = None,
+) -> AgeSexWeights:
     """Murray's age/sex weights from the organisation's own data: a cell's visit rate (qualifying
     visits to eligible clinicians in the window per patient in the cell) over the overall rate.
 
     Patients counted: everyone not excluded (inactive, deceased, merged) with a known birth date
     and a sex of female, male or other, whether or not they had a visit: a panel holds patients
     who did not come in too. A cell with no patients has no weight (1.0 when asked); a cell with
-    patients and no visits weighs 0. With no visits at all every weight is 1.0.
+    patients and no visits weighs 0. With no visits at all every weight is 1.0. `visits`: the
+    qualifying visits already computed for this population and as-of date (AttributionResult).
     """
-    eligibility = assess_eligibility(population, as_of, rules)
-    visits = qualifying_visits(population, as_of, rules, eligibility)
+    if visits is None:
+        eligibility = assess_eligibility(population, as_of, rules)
+        visits = qualifying_visits(population, as_of, rules, eligibility)
     patients: dict[tuple[str, str], int] = {}
     cell_visits: dict[tuple[str, str], int] = {}
     for patient_id in sorted(population.patients):
