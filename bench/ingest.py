@@ -67,9 +67,8 @@ def bare_loop(base: str, resource_type: str, page_size: int) -> int:
     return n
 
 def bench_paging(patients: int, page_size: int, rounds: int) -> dict[str, float]:
-    from fhirpanel.fhir.client import FhirClient
-
     from fhirpanel.config import FhirSettings
+    from fhirpanel.fhir.client import FhirClient
     from fhirpanel.sandbox.server import SandboxServer
 
     directory = population_dir(patients)

@@ -6,9 +6,8 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-from fhirpanel.fhir.client import FhirClient
-
 from fhirpanel.config import FhirSettings, Settings
+from fhirpanel.fhir.client import FhirClient
 from fhirpanel.fhir.source import NdjsonSource, ServerSource
 from fhirpanel.report import build_report
 from fhirpanel.run import run_full
