@@ -162,7 +162,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if args.report:
         write_report(report, args.report)
     if not args.quiet:
-        render_summary(outcome, console)
+        render_summary(report, outcome.source, console)
         for line in writeback.lines() if writeback else []:
             console.print(line)
         if args.report:

@@ -113,13 +113,13 @@ def write_report(report: dict[str, Any], path: Path) -> None:
     tmp.replace(path)  # never leave a half-written report behind
 
 
-def render_summary(outcome: RunOutcome, console: Console) -> None:
-    """Panels as a table, then the counts a practice manager checks first."""
-    report = build_report(outcome)
+def render_summary(report: dict[str, Any], source: str, console: Console) -> None:
+    """Panels as a table, then the counts a practice manager checks first (from the report
+    already built, so the run pays for it once)."""
     summary = report["summary"]
     console.print(
         f"[bold]fhirpanel[/bold] as of {report['as_of']} - pipeline {report['pipeline']} - "
-        f"source {outcome.source}")
+        f"source {source}")
     table = Table(title="Panels (T1-T4: patients per risk tier)", header_style="bold")
     for column in ("Clinician", "Id", "Patients", "Risk-adj.", "Capacity", "Open", "% used",
                    "T1", "T2", "T3", "T4"):
