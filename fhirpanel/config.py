@@ -20,15 +20,27 @@ from typing import Any, Literal
 from fhirpanel.errors import ConfigError
 
 ENV_PREFIX = "FHIRPANEL_"
+DEFAULT_DATABASE_URL = "sqlite:///var/fhirpanel.db"
 
 
 @dataclass(frozen=True)
 class FhirSettings:
     base_url: str = ""
-    auth: Literal["none", "bearer", "basic"] = "none"
+    auth: Literal["none", "bearer", "basic", "smart"] = "none"
     token: str = field(default="", repr=False)
+    token_file: str = ""  # read the bearer token from this file instead
     username: str = ""
     password: str = field(default="", repr=False)
+    password_file: str = ""
+    # SMART Backend Services (auth = "smart"): a client-credentials grant with a JWT assertion.
+    smart_client_id: str = ""
+    smart_key_file: str = ""  # PEM private key; or the key itself in smart_private_key
+    smart_private_key: str = field(default="", repr=False)
+    smart_key_id: str = ""  # the `kid` of the key in the JWKS registered with the EHR
+    smart_algorithm: Literal["RS384", "ES384"] = "RS384"
+    smart_scope_version: Literal["v1", "v2"] = "v1"  # system/Patient.read vs system/Patient.rs
+    smart_scopes: str = ""  # empty: read and write scopes for the types fhirpanel uses
+    smart_token_url: str = ""  # empty: discovered from .well-known/smart-configuration
     page_size: int = 200  # HAPI's public server caps _count at 500
     patient_batch: int = 50  # ids per `patient=a,b,c` search
     connect_timeout: float = 10.0
@@ -86,13 +98,57 @@ class WritebackSettings:
 
 
 @dataclass(frozen=True)
+class BulkSettings:
+    """Bulk Data `$export` (`--source bulk:URL`)."""
+
+    group_id: str = ""  # export one Group (`Group/<id>/$export`); empty: system-level export
+    poll_interval: float = 2.0  # seconds between status polls when the server sends no Retry-After
+    max_wait_seconds: float = 3600.0  # give up on an export that takes longer
+    download_dir: str = ""  # empty: a temporary folder under var/
+    since: str = ""  # `_since` for an incremental export (an instant)
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """`fhirpanel worker` and `fhirpanel refresh`."""
+
+    source: str = ""  # what to read; empty: fhir.base_url
+    incremental_minutes: float = 5.0
+    full_cron: str = "0 2 * * *"  # nightly full refresh (crontab syntax, local time)
+    overlap_seconds: int = 120  # re-search this far behind the watermark (clock skew, late commits)
+    write: bool = True  # write CareTeam/CarePlan back; false: compute and store only
+    subscriptions: bool = True  # register an Encounter rest-hook Subscription where supported
+    hook_host: str = "127.0.0.1"  # where the worker listens for notifications
+    hook_port: int = 0  # 0: a free port
+    hook_url: str = ""  # the URL the FHIR server calls; empty: http://hook_host:hook_port/hook
+    hook_token: str = field(default="", repr=False)  # sent by the server in Authorization
+    lock_stale_seconds: int = 6 * 3600  # a refresh lock older than this is taken over
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """`fhirpanel serve`: the API and dashboard."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    read_tokens: str = field(default="", repr=False)  # comma-separated; may read
+    admin_tokens: str = field(default="", repr=False)  # comma-separated; may also change things
+    workers: int = 2  # gunicorn worker processes
+    page_size: int = 50
+    max_page_size: int = 500
+
+
+@dataclass(frozen=True)
 class Settings:
     fhir: FhirSettings = field(default_factory=FhirSettings)
     attribution: AttributionSettings = field(default_factory=AttributionSettings)
     risk: RiskSettings = field(default_factory=RiskSettings)
     writeback: WritebackSettings = field(default_factory=WritebackSettings)
+    bulk: BulkSettings = field(default_factory=BulkSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
     mappings_dir: str = ""  # empty: the mappings/ folder shipped with fhirpanel
-    database_url: str = ""  # empty: sqlite file under ./var
+    database_url: str = field(default="", repr=False)  # empty: sqlite:///var/fhirpanel.db
     log_level: str = "INFO"
 
     @classmethod
@@ -116,6 +172,11 @@ class Settings:
 
     def with_fhir(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, fhir=dataclasses.replace(self.fhir, **changes))
+
+    @property
+    def database(self) -> str:
+        """The SQLAlchemy URL of the state store."""
+        return self.database_url or DEFAULT_DATABASE_URL
 
     @property
     def mappings_path(self) -> Path | None:
