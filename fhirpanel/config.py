@@ -133,6 +133,7 @@ class ApiSettings:
     port: int = 8000
     read_tokens: str = field(default="", repr=False)  # comma-separated; may read
     admin_tokens: str = field(default="", repr=False)  # comma-separated; may also change things
+    secret_key: str = field(default="", repr=False)  # signs dashboard sessions; empty: derived
     workers: int = 2  # gunicorn worker processes
     page_size: int = 50
     max_page_size: int = 500

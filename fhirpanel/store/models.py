@@ -1,0 +1,236 @@
+"""The state store's tables (SQLAlchemy 2 declarative). Every change goes through an Alembic
+migration in `fhirpanel/store/migrations/versions/`; `tests/integration/test_store.py` checks the
+migrations and these models agree.
+
+Times are stored as UTC. Patient and clinician columns hold `Type/id` references only: no names,
+birth dates or other PHI are kept here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names: Alembic migrations (and SQLite batch mode) need them.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+REF = 128  # a `Type/id` reference (FHIR ids are at most 64 characters)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Run(Base):
+    """One refresh (full or incremental) or a refused attempt (status `skipped`)."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))  # full | incremental
+    trigger: Mapped[str] = mapped_column(String(16))  # cli | schedule | subscription | api
+    source: Mapped[str] = mapped_column(String(512))
+    as_of: Mapped[str] = mapped_column(String(10))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # running | succeeded | partial (some writes failed, queued) | failed | skipped | abandoned
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    watermark_before: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    watermark_after: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Watermark(Base):
+    """Per source: the newest server `meta.lastUpdated` processed and committed."""
+
+    __tablename__ = "watermarks"
+
+    source: Mapped[str] = mapped_column(String(512), primary_key=True)
+    value: Mapped[str] = mapped_column(String(40))  # a FHIR instant as the server wrote it
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Lock(Base):
+    """A named lease: one refresh at a time across workers, the CLI and the API."""
+
+    __tablename__ = "locks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PatientState(Base):
+    """The current assignment and risk of one patient, as the last run left it."""
+
+    __tablename__ = "patients"
+
+    patient: Mapped[str] = mapped_column(String(REF), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # assigned | unassigned | excluded
+    practitioner: Mapped[str | None] = mapped_column(String(REF), nullable=True, index=True)
+    rule: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    step: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    tier: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    charlson: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    hcc: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ccm_eligible: Mapped[bool] = mapped_column(Boolean, default=False)
+    weight: Mapped[float] = mapped_column(Float, default=1.0)  # age/sex weight (panel sizing)
+    last_visit: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    # proposed | clinician | patient: confirmed with whom (for the current clinician)
+    confirmation: Mapped[str] = mapped_column(String(16), default="proposed")
+    override: Mapped[bool] = mapped_column(Boolean, default=False)  # a manual assignment holds
+    outreach: Mapped[list[str]] = mapped_column(JSON, default=list)  # reasons, empty if none
+    suggested: Mapped[str | None] = mapped_column(String(REF), nullable=True)  # for unassigned
+    suggestion_reason: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the report entry
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_patients_practitioner_tier", "practitioner", "tier"),)
+
+
+class AssignmentHistory(Base):
+    """Who a patient was assigned to, from when to when, by which rule."""
+
+    __tablename__ = "assignment_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    patient: Mapped[str] = mapped_column(String(REF), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    practitioner: Mapped[str | None] = mapped_column(String(REF), nullable=True)
+    rule: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    step: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    valid_from: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    valid_to: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
+
+
+class Clinician(Base):
+    """A clinician's panel as of the last run: size from the patients table, capacity and
+    eligibility from the last full run."""
+
+    __tablename__ = "clinicians"
+
+    practitioner: Mapped[str] = mapped_column(String(REF), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(256), nullable=True)  # a clinician, not PHI
+    eligible: Mapped[bool] = mapped_column(Boolean, default=True)
+    pediatric: Mapped[bool] = mapped_column(Boolean, default=False)
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    risk_adjusted_size: Mapped[float] = mapped_column(Float, default=0.0)
+    hcc_adjusted_size: Mapped[float | None] = mapped_column(Float, nullable=True)
+    capacity: Mapped[float] = mapped_column(Float, default=0.0)
+    open_capacity: Mapped[float] = mapped_column(Float, default=0.0)
+    tiers: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    unconfirmed: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Context(Base):
+    """Population-level values an incremental pass reuses from the last full run (age/sex
+    weights, the mean HCC score, the as-of date, the run report's summary)."""
+
+    __tablename__ = "context"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
+
+
+class Override(Base):
+    """A manual assignment asked for by a clinician, the patient or the family. Active while
+    `removed_at` is empty; it outranks every pipeline step."""
+
+    __tablename__ = "overrides"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    patient: Mapped[str] = mapped_column(String(REF), index=True)
+    practitioner: Mapped[str] = mapped_column(String(REF))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    requested_by: Mapped[str] = mapped_column(String(16))  # clinician | patient | family | staff
+    actor: Mapped[str] = mapped_column(String(128))  # who entered it (a token's name)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    removed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    removed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    applied_run: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
+
+
+class Confirmation(Base):
+    """An assignment confirmed with the clinician or with the patient. It holds while the
+    patient stays with the confirmed clinician."""
+
+    __tablename__ = "confirmations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    patient: Mapped[str] = mapped_column(String(REF), index=True)
+    practitioner: Mapped[str] = mapped_column(String(REF))
+    confirmed_by: Mapped[str] = mapped_column(String(16))  # clinician | patient
+    note: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEntry(Base):
+    """Every change a person made through the API or CLI."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32))
+    patient: Mapped[str | None] = mapped_column(String(REF), nullable=True, index=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class PendingPatient(Base):
+    """A patient the next incremental pass must redo: an override or confirmation waiting to
+    take effect, or a write that failed."""
+
+    __tablename__ = "pending_patients"
+
+    patient: Mapped[str] = mapped_column(String(REF), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(256))
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LedgerEntry(Base):
+    """The write-back ledger: what fhirpanel last wrote (or found unchanged) for each resource
+    it manages, so an incremental pass can decide "unchanged" without reading it again."""
+
+    __tablename__ = "writeback_ledger"
+
+    rtype: Mapped[str] = mapped_column(String(32), primary_key=True)
+    identifier: Mapped[str] = mapped_column(String(256), primary_key=True)
+    server_id: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    resource: Mapped[bytes] = mapped_column(LargeBinary)  # zlib-compressed JSON
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

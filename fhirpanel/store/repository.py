@@ -1,0 +1,765 @@
+"""The state store: runs, the refresh lock, watermarks, per-patient state and history, panels,
+overrides, confirmations, audit and the write-back ledger.
+
+SQLite (a file under `var/`) is the embedded default; PostgreSQL by URL. The schema is created
+and upgraded by Alembic (`Store.upgrade`, run on open). Writers keep transactions short: a
+refresh computes first and commits its results, the watermark and the ledger in one transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    Engine,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from fhirpanel.domain.attribution import ManualAssignment
+from fhirpanel.errors import ConfigError, FhirpanelError
+from fhirpanel.store.models import (
+    AssignmentHistory,
+    AuditEntry,
+    Clinician,
+    Confirmation,
+    Context,
+    LedgerEntry,
+    Lock,
+    Override,
+    PatientState,
+    PendingPatient,
+    Run,
+    Watermark,
+)
+
+if TYPE_CHECKING:
+    from fhirpanel.run import RunOutcome
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+REFRESH_LOCK = "refresh"
+CHUNK = 500  # ids per IN (...) clause: well under SQLite's and PostgreSQL's parameter limits
+REQUESTERS = ("clinician", "patient", "family", "staff")
+CONFIRMERS = ("clinician", "patient")
+
+
+class StoreError(FhirpanelError):
+    """The state store cannot be opened or used."""
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes: they were stored as UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def lock_holder_id() -> str:
+    """Who holds a lock: host, process and a random part (two stores in one process differ)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+
+
+class Store:
+    def __init__(self, url: str, *, upgrade: bool = True) -> None:
+        try:
+            parsed = make_url(url)
+        except Exception as exc:
+            raise ConfigError(f"database_url is not a valid SQLAlchemy URL: {exc}") from exc
+        self.url = url
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        kwargs: dict[str, Any] = {"future": True}
+        if self.is_sqlite:
+            database = parsed.database or ""
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            # Threads (the worker's hook server, the API) share the engine; wait for the
+            # writer's lock rather than fail at once.
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:
+            kwargs["pool_pre_ping"] = True
+        self.engine: Engine = create_engine(url, **kwargs)
+        if self.is_sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if upgrade:
+            self.upgrade()
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        return cls(url)
+
+    def describe(self) -> str:
+        """The URL without a password, for logs."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest migration."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        try:
+            with self.engine.begin() as connection:
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot migrate the store at {self.describe()}: {exc}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """A unit of work: committed when the block ends, rolled back on an exception."""
+        with self._sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            return True
+        except SQLAlchemyError:
+            return False
+
+    # ------------------------------------------------------------ the refresh lock
+
+    def try_lock(self, holder: str, stale_seconds: float, name: str = REFRESH_LOCK) -> bool:
+        """Take the lease if it is free or stale (its holder stopped heartbeating). Atomic: an
+        insert, or a compare-and-swap update of a stale row."""
+        now = now_utc()
+        try:
+            with self.session() as s:
+                s.execute(insert(Lock).values(name=name, holder=holder, acquired_at=now,
+                                              heartbeat_at=now))
+            return True
+        except IntegrityError:
+            pass
+        with self.session() as s:
+            row = s.get(Lock, name)
+            if row is None:  # released meanwhile: try once more next time
+                return False
+            beat = _aware(row.heartbeat_at) or now
+            if row.holder != holder and (now - beat).total_seconds() < stale_seconds:
+                return False
+            result = s.execute(update(Lock).where(
+                Lock.name == name, Lock.holder == row.holder,
+                Lock.heartbeat_at == row.heartbeat_at,
+            ).values(holder=holder, acquired_at=now, heartbeat_at=now))
+            taken = bool(getattr(result, "rowcount", 0) == 1)
+        if taken and row.holder != holder:
+            log.warning("took over a stale %s lock from %s", name, row.holder)
+        return taken
+
+    def heartbeat(self, holder: str, name: str = REFRESH_LOCK) -> None:
+        with self.session() as s:
+            s.execute(update(Lock).where(Lock.name == name, Lock.holder == holder)
+                      .values(heartbeat_at=now_utc()))
+
+    def release_lock(self, holder: str, name: str = REFRESH_LOCK) -> None:
+        with self.session() as s:
+            s.execute(delete(Lock).where(Lock.name == name, Lock.holder == holder))
+
+    def lock_info(self, name: str = REFRESH_LOCK) -> dict[str, Any] | None:
+        with self.session() as s:
+            row = s.get(Lock, name)
+            if row is None:
+                return None
+            return {"holder": row.holder, "acquired_at": _iso(row.acquired_at),
+                    "heartbeat_at": _iso(row.heartbeat_at)}
+
+    # ------------------------------------------------------------ runs
+
+    def start_run(self, kind: str, trigger: str, source: str, as_of: str,
+                  watermark_before: str | None = None, status: str = "running") -> int:
+        with self.session() as s:
+            run = Run(kind=kind, trigger=trigger, source=source, as_of=as_of,
+                      started_at=now_utc(), status=status, counts={},
+                      watermark_before=watermark_before, requests=0)
+            s.add(run)
+            s.flush()
+            return int(run.id)
+
+    def finish_run(self, run_id: int, status: str, *, counts: Mapping[str, Any] | None = None,
+                   error: str | None = None, watermark_after: str | None = None,
+                   requests: int = 0, seconds: float | None = None,
+                   session: Session | None = None) -> None:
+        values: dict[str, Any] = {"status": status, "finished_at": now_utc(),
+                                  "error": error[:4000] if error else None,
+                                  "watermark_after": watermark_after, "requests": requests,
+                                  "seconds": seconds}
+        if counts is not None:
+            values["counts"] = dict(counts)
+        stmt = update(Run).where(Run.id == run_id).values(**values)
+        if session is not None:
+            session.execute(stmt)
+            return
+        with self.session() as s:
+            s.execute(stmt)
+
+    def record_skipped(self, kind: str, trigger: str, source: str, as_of: str,
+                       reason: str) -> int:
+        run_id = self.start_run(kind, trigger, source, as_of, status="skipped")
+        self.finish_run(run_id, "skipped", error=reason, seconds=0.0)
+        return run_id
+
+    def abandon_stale_runs(self) -> int:
+        """Runs left `running` by a process that died: marked `abandoned` when nobody holds the
+        refresh lock."""
+        if self.lock_info() is not None:
+            return 0
+        with self.session() as s:
+            result = s.execute(update(Run).where(Run.status == "running").values(
+                status="abandoned", finished_at=now_utc(),
+                error="the process running it stopped before finishing"))
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    def runs(self, limit: int = 20, offset: int = 0) -> list[dict[str, Any]]:
+        with self.session() as s:
+            rows = s.scalars(select(Run).order_by(Run.id.desc()).limit(limit).offset(offset))
+            return [run_dict(r) for r in rows]
+
+    def count_runs(self) -> int:
+        with self.session() as s:
+            return int(s.scalar(select(func.count()).select_from(Run)) or 0)
+
+    def last_run(self, kind: str | None = None,
+                 statuses: Sequence[str] = ("succeeded", "partial", "failed")
+                 ) -> dict[str, Any] | None:
+        with self.session() as s:
+            stmt = select(Run).where(Run.status.in_(statuses))
+            if kind:
+                stmt = stmt.where(Run.kind == kind)
+            row = s.scalars(stmt.order_by(Run.id.desc()).limit(1)).first()
+            return run_dict(row) if row is not None else None
+
+    def run(self, run_id: int) -> dict[str, Any] | None:
+        with self.session() as s:
+            row = s.get(Run, run_id)
+            return run_dict(row) if row is not None else None
+
+    # ------------------------------------------------------------ watermark and context
+
+    def watermark(self, source: str) -> str | None:
+        with self.session() as s:
+            row = s.get(Watermark, source)
+            return row.value if row is not None else None
+
+    @staticmethod
+    def set_watermark(s: Session, source: str, value: str, run_id: int) -> None:
+        row = s.get(Watermark, source)
+        if row is None:
+            s.add(Watermark(source=source, value=value, run_id=run_id, updated_at=now_utc()))
+        else:
+            row.value, row.run_id, row.updated_at = value, run_id, now_utc()
+
+    def context(self, name: str) -> Any:
+        with self.session() as s:
+            row = s.get(Context, name)
+            return row.value if row is not None else None
+
+    @staticmethod
+    def set_context(s: Session, name: str, value: Any, run_id: int | None) -> None:
+        row = s.get(Context, name)
+        if row is None:
+            s.add(Context(name=name, value=value, run_id=run_id))
+        else:
+            row.value, row.run_id = value, run_id
+
+    # ------------------------------------------------------------ overrides, confirmations
+
+    def add_override(self, patient: str, practitioner: str, *, reason: str, requested_by: str,
+                     actor: str) -> dict[str, Any]:
+        """A manual assignment; it replaces any active one and takes effect at the next
+        refresh (the patient is queued)."""
+        if requested_by not in REQUESTERS:
+            raise ValueError(f"requested_by must be one of {', '.join(REQUESTERS)}")
+        now = now_utc()
+        with self.session() as s:
+            s.execute(update(Override).where(Override.patient == patient,
+                                             Override.removed_at.is_(None))
+                      .values(removed_at=now, removed_by=actor))
+            row = Override(patient=patient, practitioner=practitioner, reason=reason,
+                           requested_by=requested_by, actor=actor, created_at=now)
+            s.add(row)
+            _queue(s, patient, "override", now)
+            _audit(s, actor, "override", patient, {"practitioner": practitioner,
+                                                   "reason": reason,
+                                                   "requested_by": requested_by})
+            s.flush()
+            return override_dict(row)
+
+    def remove_override(self, patient: str, actor: str) -> bool:
+        now = now_utc()
+        with self.session() as s:
+            result = s.execute(update(Override).where(Override.patient == patient,
+                                                      Override.removed_at.is_(None))
+                               .values(removed_at=now, removed_by=actor))
+            removed = bool(getattr(result, "rowcount", 0))
+            if removed:
+                _queue(s, patient, "override removed", now)
+                _audit(s, actor, "override-removed", patient, {})
+            return removed
+
+    def active_overrides(self) -> dict[str, ManualAssignment]:
+        with self.session() as s:
+            rows = s.scalars(select(Override).where(Override.removed_at.is_(None)))
+            return {r.patient: ManualAssignment(
+                patient=r.patient, practitioner=r.practitioner, reason=r.reason,
+                requested_by=r.requested_by, confirmation="confirmed") for r in rows}
+
+    def override_for(self, patient: str) -> dict[str, Any] | None:
+        with self.session() as s:
+            row = s.scalars(select(Override).where(Override.patient == patient,
+                                                   Override.removed_at.is_(None))).first()
+            return override_dict(row) if row is not None else None
+
+    def overrides(self, patient: str) -> list[dict[str, Any]]:
+        with self.session() as s:
+            rows = s.scalars(select(Override).where(Override.patient == patient)
+                             .order_by(Override.id))
+            return [override_dict(r) for r in rows]
+
+    def confirm(self, patient: str, practitioner: str, *, confirmed_by: str, actor: str,
+                note: str = "") -> dict[str, Any]:
+        """Confirm the patient's current clinician. Effective at once (it changes no
+        attribution); it lapses if the patient later moves to another clinician."""
+        if confirmed_by not in CONFIRMERS:
+            raise ValueError(f"confirmed_by must be one of {', '.join(CONFIRMERS)}")
+        now = now_utc()
+        with self.session() as s:
+            row = Confirmation(patient=patient, practitioner=practitioner,
+                               confirmed_by=confirmed_by, note=note, actor=actor,
+                               created_at=now)
+            s.add(row)
+            s.execute(update(PatientState).where(PatientState.patient == patient,
+                                                 PatientState.practitioner == practitioner)
+                      .values(confirmation=confirmed_by))
+            _audit(s, actor, "confirm", patient, {"practitioner": practitioner,
+                                                  "confirmed_by": confirmed_by, "note": note})
+            recompute_clinicians(s, [practitioner])
+            s.flush()
+            return {"id": row.id, "patient": patient, "practitioner": practitioner,
+                    "confirmed_by": confirmed_by, "note": note, "actor": actor,
+                    "created_at": _iso(now)}
+
+    def confirmations(self, patient: str) -> list[dict[str, Any]]:
+        with self.session() as s:
+            rows = s.scalars(select(Confirmation).where(Confirmation.patient == patient)
+                             .order_by(Confirmation.id))
+            return [{"practitioner": r.practitioner, "confirmed_by": r.confirmed_by,
+                     "note": r.note, "actor": r.actor, "created_at": _iso(r.created_at)}
+                    for r in rows]
+
+    def pending_patients(self) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(PendingPatient.patient).order_by(PendingPatient.patient)))
+
+    def queue_patients(self, patients: Iterable[str], reason: str) -> None:
+        now = now_utc()
+        with self.session() as s:
+            for patient in patients:
+                _queue(s, patient, reason, now)
+
+    def audit(self, limit: int = 100, patient: str | None = None) -> list[dict[str, Any]]:
+        with self.session() as s:
+            stmt = select(AuditEntry)
+            if patient:
+                stmt = stmt.where(AuditEntry.patient == patient)
+            rows = s.scalars(stmt.order_by(AuditEntry.id.desc()).limit(limit))
+            return [{"at": _iso(r.at), "actor": r.actor, "action": r.action,
+                     "patient": r.patient, "detail": r.detail} for r in rows]
+
+    def record_audit(self, actor: str, action: str, patient: str | None,
+                     detail: Mapping[str, Any]) -> None:
+        with self.session() as s:
+            _audit(s, actor, action, patient, detail)
+
+    # ------------------------------------------------------------ results of a run
+
+    def save_outcome(self, s: Session, outcome: RunOutcome, run_id: int, *, full: bool,
+                     report_patients: Mapping[str, dict[str, Any]],
+                     weights: Mapping[str, float], clinician_names: Mapping[str, str | None],
+                     done_pending: Iterable[str] = ()) -> dict[str, int]:
+        """Store the patients a run computed (all of them for a full run, which also removes
+        patients no longer on the server), their history, and the panels. Returns counts of
+        changed assignments."""
+        now = now_utc()
+        att = outcome.attribution
+        suggestions = {sg.patient: sg for sg in outcome.panels.suggestions}
+        outreach = {o.patient: list(o.reasons) for o in outcome.outreach}
+        ids = [a.patient for a in att.assignments]
+        existing = _existing_states(s, ids, full=full)
+        confirmed = _confirmations_for(s, ids, full=full)
+        overrides = {r.patient for r in s.scalars(
+            select(Override).where(Override.removed_at.is_(None)))}
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        history: list[dict[str, Any]] = []
+        close_history: list[str] = []
+        changed = 0
+        touched_clinicians: set[str] = set()
+        for a in att.assignments:
+            risk = outcome.risk.get(a.patient)
+            suggestion = suggestions.get(a.patient)
+            row = {
+                "patient": a.patient, "status": a.status, "practitioner": a.practitioner,
+                "rule": a.rule, "step": a.step, "reason": a.reason,
+                "tier": risk.tier if risk is not None else None,
+                "charlson": risk.charlson if risk is not None else None,
+                "hcc": risk.hcc if risk is not None else None,
+                "ccm_eligible": bool(risk.ccm_eligible) if risk is not None else False,
+                "weight": weights.get(a.patient, 1.0),
+                "last_visit": a.last_visit.isoformat() if a.last_visit else None,
+                "confirmation": confirmed.get((a.patient, a.practitioner or ""), "proposed"),
+                "override": a.patient in overrides and a.rule == "manual",
+                "outreach": outreach.get(a.patient, []),
+                "suggested": suggestion.practitioner if suggestion else None,
+                "suggestion_reason": suggestion.reason if suggestion else None,
+                "detail": report_patients.get(a.patient, {}),
+                "run_id": run_id, "updated_at": now,
+            }
+            before = existing.get(a.patient)
+            if a.practitioner:
+                touched_clinicians.add(a.practitioner)
+            if before is None:
+                inserts.append(row)
+            else:
+                updates.append(row)
+                if before[1]:
+                    touched_clinicians.add(before[1])
+            key = (a.status, a.practitioner, a.rule)
+            if before is None or before != key:
+                changed += before is not None
+                if before is not None:
+                    close_history.append(a.patient)
+                history.append({"patient": a.patient, "status": a.status,
+                                "practitioner": a.practitioner, "rule": a.rule,
+                                "step": a.step, "valid_from": now, "valid_to": None,
+                                "run_id": run_id})
+        for start in range(0, len(close_history), CHUNK):
+            s.execute(update(AssignmentHistory).where(
+                AssignmentHistory.patient.in_(close_history[start:start + CHUNK]),
+                AssignmentHistory.valid_to.is_(None)).values(valid_to=now))
+        if inserts:
+            s.execute(insert(PatientState), inserts)
+        if updates:
+            s.execute(update(PatientState), updates)
+        if history:
+            s.execute(insert(AssignmentHistory), history)
+        removed = 0
+        if full:
+            gone = sorted(set(existing) - set(ids))
+            for start in range(0, len(gone), CHUNK):
+                batch = gone[start:start + CHUNK]
+                s.execute(update(AssignmentHistory).where(
+                    AssignmentHistory.patient.in_(batch),
+                    AssignmentHistory.valid_to.is_(None)).values(valid_to=now))
+                s.execute(delete(PatientState).where(PatientState.patient.in_(batch)))
+            removed = len(gone)
+            _save_clinicians(s, outcome, clinician_names, now)
+        else:
+            recompute_clinicians(s, sorted(touched_clinicians))
+        done = list(done_pending)
+        for start in range(0, len(done), CHUNK):
+            s.execute(delete(PendingPatient).where(
+                PendingPatient.patient.in_(done[start:start + CHUNK])))
+        applied = sorted(overrides & set(ids))
+        for start in range(0, len(applied), CHUNK):
+            s.execute(update(Override).where(
+                Override.removed_at.is_(None), Override.applied_run.is_(None),
+                Override.patient.in_(applied[start:start + CHUNK])).values(applied_run=run_id))
+        return {"patients_stored": len(ids), "assignments_changed": changed,
+                "patients_new": len(inserts), "patients_removed": removed}
+
+    def patient_ids(self) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(PatientState.patient).order_by(PatientState.patient)))
+
+    def patient_state(self, patient: str) -> dict[str, Any] | None:
+        with self.session() as s:
+            row = s.get(PatientState, patient)
+            return patient_dict(row) if row is not None else None
+
+    def history(self, patient: str) -> list[dict[str, Any]]:
+        with self.session() as s:
+            rows = s.scalars(select(AssignmentHistory).where(AssignmentHistory.patient == patient)
+                             .order_by(AssignmentHistory.id))
+            return [{"status": r.status, "practitioner": r.practitioner, "rule": r.rule,
+                     "step": r.step, "valid_from": _iso(r.valid_from),
+                     "valid_to": _iso(r.valid_to), "run_id": r.run_id} for r in rows]
+
+    def clinicians(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            rows = s.scalars(select(Clinician).order_by(Clinician.practitioner))
+            return [clinician_dict(r) for r in rows]
+
+    def clinician(self, practitioner: str) -> dict[str, Any] | None:
+        with self.session() as s:
+            row = s.get(Clinician, practitioner)
+            return clinician_dict(row) if row is not None else None
+
+    # ------------------------------------------------------------ the write-back ledger
+
+    def ledger(self, run_id: int | None) -> StoreLedger:
+        return StoreLedger(self, run_id)
+
+    def ledger_entry(self, rtype: str, identifier: str) -> dict[str, Any] | None:
+        with self.session() as s:
+            row = s.get(LedgerEntry, (rtype, identifier))
+            if row is None:
+                return None
+            return {"rtype": rtype, "identifier": identifier, "id": row.server_id,
+                    "version": row.version, "hash": row.content_hash,
+                    "updated_at": _iso(row.updated_at)}
+
+
+@dataclass
+class StoreLedger:
+    """The writer's view of the ledger. Lookups read the store; records are buffered and
+    written by `flush(session)` in the run's final transaction, so the ledger never claims a
+    write the rest of the run did not commit."""
+
+    store: Store
+    run_id: int | None
+    pending: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def lookup(self, rtype: str, identifiers: Sequence[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        unique = sorted(set(identifiers))
+        with self.store.session() as s:
+            for start in range(0, len(unique), CHUNK):
+                rows = s.scalars(select(LedgerEntry).where(
+                    LedgerEntry.rtype == rtype,
+                    LedgerEntry.identifier.in_(unique[start:start + CHUNK])))
+                for row in rows:
+                    try:
+                        resource = orjson.loads(zlib.decompress(row.resource))
+                    except (zlib.error, orjson.JSONDecodeError):
+                        continue  # unreadable: the writer reads the server instead
+                    if isinstance(resource, dict):
+                        found[row.identifier] = resource
+        return found
+
+    def record(self, rtype: str, identifier: str, resource: Mapping[str, Any]) -> None:
+        rid = resource.get("id")
+        if not isinstance(rid, str) or not rid:
+            return
+        meta = resource.get("meta")
+        version = meta.get("versionId") if isinstance(meta, Mapping) else None
+        raw = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+        self.pending[(rtype, identifier)] = {
+            "rtype": rtype, "identifier": identifier, "server_id": rid,
+            "version": str(version) if version else None,
+            "content_hash": hashlib.sha256(raw).hexdigest(),
+            "resource": zlib.compress(raw, 6), "run_id": self.run_id,
+        }
+
+    def forget(self, rtype: str, identifier: str) -> None:
+        """A resource that could not be written: drop any record so the next pass re-reads."""
+        self.pending[(rtype, identifier)] = {"rtype": rtype, "identifier": identifier,
+                                             "forget": True}
+
+    def flush(self, s: Session) -> int:
+        now = now_utc()
+        items = list(self.pending.values())
+        self.pending.clear()
+        by_type: dict[str, list[dict[str, Any]]] = {}
+        for item in items:
+            by_type.setdefault(item["rtype"], []).append(item)
+        for rtype, rows in by_type.items():
+            keys = [r["identifier"] for r in rows]
+            for start in range(0, len(keys), CHUNK):
+                s.execute(delete(LedgerEntry).where(
+                    LedgerEntry.rtype == rtype,
+                    LedgerEntry.identifier.in_(keys[start:start + CHUNK])))
+            keep = [dict(r, updated_at=now) for r in rows if not r.get("forget")]
+            if keep:
+                s.execute(insert(LedgerEntry), keep)
+        return len(items)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    # WAL: the API reads while a refresh writes.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _queue(s: Session, patient: str, reason: str, now: datetime) -> None:
+    row = s.get(PendingPatient, patient)
+    if row is None:
+        s.add(PendingPatient(patient=patient, reason=reason, since=now))
+    else:
+        row.reason = reason
+
+
+def _audit(s: Session, actor: str, action: str, patient: str | None,
+           detail: Mapping[str, Any]) -> None:
+    s.add(AuditEntry(at=now_utc(), actor=actor, action=action, patient=patient,
+                     detail=dict(detail)))
+
+
+def _existing_states(s: Session, ids: Sequence[str], *, full: bool
+                     ) -> dict[str, tuple[str, str | None, str | None]]:
+    cols = (PatientState.patient, PatientState.status, PatientState.practitioner,
+            PatientState.rule)
+    if full:
+        return {p: (st, pr, ru) for p, st, pr, ru in s.execute(select(*cols))}
+    out: dict[str, tuple[str, str | None, str | None]] = {}
+    for start in range(0, len(ids), CHUNK):
+        for p, st, pr, ru in s.execute(select(*cols).where(
+                PatientState.patient.in_(ids[start:start + CHUNK]))):
+            out[p] = (st, pr, ru)
+    return out
+
+
+def _confirmations_for(s: Session, ids: Sequence[str], *, full: bool
+                       ) -> dict[tuple[str, str], str]:
+    """(patient, practitioner) → who confirmed it most recently."""
+    stmt = select(Confirmation.patient, Confirmation.practitioner, Confirmation.confirmed_by)
+    rows: list[Any] = []
+    if full:
+        rows = list(s.execute(stmt.order_by(Confirmation.id)))
+    else:
+        for start in range(0, len(ids), CHUNK):
+            rows += list(s.execute(stmt.where(Confirmation.patient.in_(
+                ids[start:start + CHUNK])).order_by(Confirmation.id)))
+    return {(p, pr): by for p, pr, by in rows}
+
+
+def _save_clinicians(s: Session, outcome: RunOutcome, names: Mapping[str, str | None],
+                     now: datetime) -> None:
+    eligibility = outcome.attribution.eligibility
+    eligible = set(eligibility.eligible)
+    pediatric = set(eligibility.pediatric)
+    s.execute(delete(Clinician))
+    rows: list[dict[str, Any]] = []
+    for panel in outcome.panels.panels:
+        rows.append({
+            "practitioner": panel.practitioner, "name": names.get(panel.practitioner),
+            "eligible": panel.practitioner in eligible,
+            "pediatric": panel.practitioner in pediatric,
+            "size": panel.size, "risk_adjusted_size": panel.risk_adjusted_size,
+            "hcc_adjusted_size": panel.hcc_adjusted_size, "capacity": panel.capacity,
+            "open_capacity": panel.open_capacity, "tiers": {t: n for t, n in panel.tiers},
+            "unconfirmed": 0, "updated_at": now})
+    if rows:
+        s.execute(insert(Clinician), rows)
+    recompute_clinicians(s, [str(r["practitioner"]) for r in rows], sizes=False)
+
+
+def recompute_clinicians(s: Session, practitioners: Sequence[str], *, sizes: bool = True
+                         ) -> None:
+    """Panel figures from the patients table: size, risk-adjusted size, tiers, unconfirmed.
+    Capacity stays as the last full run computed it."""
+    wanted = sorted(set(practitioners))
+    for start in range(0, len(wanted), CHUNK):
+        batch = wanted[start:start + CHUNK]
+        assigned = (PatientState.status == "assigned")
+        totals = {p: (int(n), float(w or 0.0), int(u or 0)) for p, n, w, u in s.execute(
+            select(PatientState.practitioner, func.count(), func.sum(PatientState.weight),
+                   func.sum(case((PatientState.confirmation == "proposed", 1), else_=0)))
+            .where(assigned, PatientState.practitioner.in_(batch))
+            .group_by(PatientState.practitioner))}
+        tiers: dict[str, dict[str, int]] = {}
+        for p, tier, n in s.execute(
+                select(PatientState.practitioner, PatientState.tier, func.count())
+                .where(assigned, PatientState.practitioner.in_(batch),
+                       PatientState.tier.is_not(None))
+                .group_by(PatientState.practitioner, PatientState.tier)):
+            tiers.setdefault(str(p), {})[str(tier)] = int(n)
+        for practitioner in batch:
+            row = s.get(Clinician, practitioner)
+            if row is None:
+                continue
+            size, weight, unconfirmed = totals.get(practitioner, (0, 0.0, 0))
+            row.unconfirmed = unconfirmed
+            if sizes:
+                row.size = size
+                row.risk_adjusted_size = weight
+                row.open_capacity = row.capacity - weight
+                known = dict.fromkeys(row.tiers or {}, 0)
+                row.tiers = dict(sorted({**known, **tiers.get(practitioner, {})}.items()))
+                row.updated_at = now_utc()
+
+
+def _iso(value: datetime | None) -> str | None:
+    value = _aware(value)
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def run_dict(r: Run) -> dict[str, Any]:
+    started, finished = _aware(r.started_at), _aware(r.finished_at)
+    seconds = r.seconds
+    if seconds is None and started and finished:
+        seconds = (finished - started).total_seconds()
+    return {"id": r.id, "kind": r.kind, "trigger": r.trigger, "source": r.source,
+            "as_of": r.as_of, "started_at": _iso(started), "finished_at": _iso(finished),
+            "status": r.status, "counts": r.counts or {}, "error": r.error,
+            "watermark_before": r.watermark_before, "watermark_after": r.watermark_after,
+            "requests": r.requests, "seconds": round(seconds, 3) if seconds is not None else None}
+
+
+def patient_dict(r: PatientState) -> dict[str, Any]:
+    return {"patient": r.patient, "status": r.status, "practitioner": r.practitioner,
+            "rule": r.rule, "step": r.step, "reason": r.reason, "tier": r.tier,
+            "charlson": r.charlson, "hcc": r.hcc, "ccm_eligible": r.ccm_eligible,
+            "weight": r.weight, "last_visit": r.last_visit, "confirmation": r.confirmation,
+            "override": r.override, "outreach": r.outreach or [], "suggested": r.suggested,
+            "suggestion_reason": r.suggestion_reason, "detail": r.detail or {},
+            "run_id": r.run_id, "updated_at": _iso(r.updated_at)}
+
+
+def clinician_dict(r: Clinician) -> dict[str, Any]:
+    return {"practitioner": r.practitioner, "name": r.name, "eligible": r.eligible,
+            "pediatric": r.pediatric, "size": r.size,
+            "risk_adjusted_size": round(r.risk_adjusted_size, 1),
+            "hcc_adjusted_size": (round(r.hcc_adjusted_size, 1)
+                                  if r.hcc_adjusted_size is not None else None),
+            "capacity": round(r.capacity), "open_capacity": round(r.open_capacity, 1),
+            "tiers": r.tiers or {}, "unconfirmed": r.unconfirmed,
+            "updated_at": _iso(r.updated_at)}
+
+
+def override_dict(r: Override) -> dict[str, Any]:
+    return {"id": r.id, "patient": r.patient, "practitioner": r.practitioner,
+            "reason": r.reason, "requested_by": r.requested_by, "actor": r.actor,
+            "created_at": _iso(r.created_at), "removed_at": _iso(r.removed_at),
+            "removed_by": r.removed_by, "applied_run": r.applied_run}
