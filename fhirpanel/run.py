@@ -39,7 +39,7 @@ from fhirpanel.domain.risk import (
     score_patients,
     tier_distribution,
 )
-from fhirpanel.fhir.source import FhirSource
+from fhirpanel.fhir.source import FhirSource, source_from_spec
 from fhirpanel.ingest import Progress, read_population
 from fhirpanel.mappings import load_mapping, load_mapping_ref
 
@@ -132,6 +132,17 @@ def analyse(population: Population, as_of: date, tables: MethodTables, *,
     return RunOutcome(as_of=as_of, source=source, population=population,
                       attribution=attribution, risk=risk, panels=panels, outreach=outreach,
                       tier_distribution=distribution, warnings=warnings, timings=timings)
+
+
+def open_source(spec: str, settings: Settings) -> FhirSource:
+    """A source from `--source`: a FHIR base URL, `ndjson:DIR` or `bulk:BASE`, with the client
+    built from settings (auth, timeouts, retries)."""
+    def client_factory(base_url: str) -> object:
+        from fhirpanel.fhir.client import FhirClient
+
+        return FhirClient(settings.with_fhir(base_url=base_url).fhir)
+
+    return source_from_spec(spec, client_factory, bulk=settings.bulk)
 
 
 def run_full(settings: Settings, source: FhirSource, as_of: date,

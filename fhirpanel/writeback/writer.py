@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import orjson
@@ -57,6 +57,16 @@ from fhirpanel.writeback.plan import PlannedWrite, WriteCounts, choose_existing
 
 if TYPE_CHECKING:  # run.py may call write_back: no import cycle at run time
     from fhirpanel.run import RunOutcome
+
+
+class Ledger(Protocol):
+    """What the writer needs of the state store's write-back ledger."""
+
+    def lookup(self, rtype: str, identifiers: Sequence[str]) -> dict[str, dict[str, Any]]: ...
+
+    def record(self, rtype: str, identifier: str, resource: Mapping[str, Any]) -> None: ...
+
+    def forget(self, rtype: str, identifier: str) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +123,8 @@ class WriteSummary:
     provenance: int = 0
     conflicts_resolved: int = 0
     foreign: int = 0  # resources carrying our identifier without our tag, left alone
+    ledger_hits: int = 0  # resources taken from the store's ledger instead of a read
+    failed_subjects: set[str] = field(default_factory=set)  # patients with a failed write
     requests: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
@@ -138,6 +150,7 @@ class WriteSummary:
             "strategy": dict(sorted(self.strategy.items())),
             "conflicts_resolved": self.conflicts_resolved,
             "foreign_left_alone": self.foreign,
+            "ledger_hits": self.ledger_hits,
             "requests": self.requests,
             "seconds": round(self.seconds, 3),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
@@ -177,16 +190,24 @@ def write_back(
     tables: WritebackTables | None = None,
     mappings_dir: Path | None = None,
     capabilities: ServerCapabilities | None = None,
+    ledger: Ledger | None = None,
+    trust_ledger: bool = True,
 ) -> WriteSummary:
     """Write (or plan, `dry_run=True`) CareTeams, CarePlans and the optional resources for one
     run. `now` is the Provenance time (default: the clock). `capabilities` overrides what the
-    server's CapabilityStatement says (tests, or a server that over-promises)."""
+    server's CapabilityStatement says (tests, or a server that over-promises).
+
+    `ledger` (the state store's): resources it knows are taken as the server's copy instead of
+    being read again (`trust_ledger`; a full refresh passes False to reconcile with the server),
+    and every resource written or found unchanged is recorded in it. A stale ledger copy costs
+    one version conflict: the writer then re-reads and re-applies."""
     started = time.perf_counter()
     before = _stats_snapshot(client)
     tables = tables or WritebackTables.load(settings, mappings_dir)
     caps = capabilities or client.capabilities()
     session = _Session(client, settings, caps, tables, dry_run=dry_run,
-                       now=now or datetime.now(UTC), fail_after_batches=fail_after_batches)
+                       now=now or datetime.now(UTC), fail_after_batches=fail_after_batches,
+                       ledger=ledger, trust_ledger=trust_ledger)
     summary = session.summary
     try:
         session.run(outcome)
@@ -224,8 +245,11 @@ class _Request:
 class _Session:
     def __init__(self, client: FhirClient, settings: WritebackSettings,
                  caps: ServerCapabilities, tables: WritebackTables, *, dry_run: bool,
-                 now: datetime, fail_after_batches: int | None) -> None:
+                 now: datetime, fail_after_batches: int | None,
+                 ledger: Ledger | None = None, trust_ledger: bool = True) -> None:
         self.client = client
+        self.ledger = ledger
+        self.trust_ledger = trust_ledger
         self.cfg = settings
         self.caps = caps
         self.tables = tables
@@ -299,7 +323,14 @@ class _Session:
         built resource (with the reason)."""
         self.summary.strategy[rtype] = self._create_strategy(rtype)
         started = time.perf_counter()
-        found = self._read_existing(rtype, [i.identifier for i in items])
+        identifiers = [i.identifier for i in items]
+        known: dict[str, dict[str, Any]] = {}
+        if self.ledger is not None and self.trust_ledger:
+            known = self.ledger.lookup(rtype, identifiers)
+            self.summary.ledger_hits += len(known)
+        found = self._read_existing(rtype, [v for v in identifiers if v not in known])
+        for value, resource in known.items():
+            found[value] = [resource]
         read_done = time.perf_counter()
         to_write: list[PlannedWrite] = []
         for item in items:
@@ -322,11 +353,30 @@ class _Session:
             size = max(1, self.cfg.batch_size)
             for start in range(0, len(to_write), size):
                 self._write_batch(rtype, to_write[start:start + size])
+        if self.ledger is not None and not self.dry_run:
+            self._record_ledger(items)
         timings = self.summary.timings
         timings[f"{rtype}.read"] = timings.get(f"{rtype}.read", 0.0) + read_done - started
         timings[f"{rtype}.build"] = timings.get(f"{rtype}.build", 0.0) + built - read_done
         timings[f"{rtype}.write"] = (timings.get(f"{rtype}.write", 0.0)
                                      + time.perf_counter() - built)
+
+    def _record_ledger(self, items: Sequence[PlannedWrite]) -> None:
+        """What the server now holds for each item, as far as this run knows it."""
+        assert self.ledger is not None  # noqa: S101 - checked by the caller
+        for item in items:
+            if item.action in ("create", "update") and item.written_id and item.resource:
+                meta = dict(item.resource.get("meta") or {})
+                if item.written_version:
+                    meta["versionId"] = item.written_version
+                else:
+                    meta.pop("versionId", None)
+                self.ledger.record(item.rtype, item.identifier,
+                                   {**item.resource, "id": item.written_id, "meta": meta})
+            elif item.action == "unchanged" and item.existing is not None:
+                self.ledger.record(item.rtype, item.identifier, item.existing)
+            elif item.action in ("failed", "create", "update"):
+                self.ledger.forget(item.rtype, item.identifier)
 
     def _prepare(self, item: PlannedWrite, found: Sequence[dict[str, Any]]) -> bool:
         """Choose what exists, refuse foreign resources, build and decide. False: skip it."""
@@ -536,6 +586,7 @@ class _Session:
 
     def _fail(self, item: PlannedWrite, problem: str) -> None:
         item.action = "failed"
+        self.summary.failed_subjects.add(item.subject)
         self._issue(item, problem[:300], "skipped")
 
     def _issue(self, item: PlannedWrite, problem: str, action: str) -> None:

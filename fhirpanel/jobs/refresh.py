@@ -1,0 +1,524 @@
+"""Refresh jobs: a full refresh (the whole pipeline, reconciled with the server) and an
+incremental pass (only patients whose Encounter, Condition or Patient changed since the
+watermark, plus patients queued by an override, a confirmation or a failed write).
+
+Both take the store's refresh lock first: two workers, or a worker and a manual run, never
+refresh at the same time; the loser records a `skipped` run. A pass commits its results, the
+write-back ledger and the new watermark in one store transaction, after the write-back: a crash
+or error anywhere before that leaves the watermark where it was, and the next pass redoes the
+work (write-back is idempotent, so nothing is written twice).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
+
+from fhirpanel.config import Settings
+from fhirpanel.domain.attribution import ManualAssignment
+from fhirpanel.domain.panels import AgeSexWeights
+from fhirpanel.domain.records import Population
+from fhirpanel.errors import ConfigError, FhirpanelError
+from fhirpanel.fhir.parse import ParseProblem, parse_instant, reference_id
+from fhirpanel.fhir.source import FhirSource, ServerSource
+from fhirpanel.ingest import read_population
+from fhirpanel.run import MethodTables, RunOutcome, analyse, open_source, run_full
+from fhirpanel.store import Store, lock_holder_id
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["full", "incremental"]
+# What an incremental pass searches by `_lastUpdated`, and how each names its patient.
+CHANGE_TYPES = ("Encounter", "Condition", "Patient")
+HEARTBEAT_SECONDS = 60.0
+MAX_HELD_PASSES = 3  # passes with failed writes that keep the watermark in place
+
+
+class Abandoned(FhirpanelError):
+    """The worker is shutting down: the pass stopped before committing anything."""
+
+
+@dataclass
+class RefreshResult:
+    run_id: int | None
+    kind: str
+    status: str  # succeeded | partial | failed | skipped | abandoned
+    counts: dict[str, Any] = field(default_factory=dict)
+    watermark_before: str | None = None
+    watermark_after: str | None = None
+    requests: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    exception: BaseException | None = field(default=None, repr=False)
+    patients: tuple[str, ...] = ()  # incremental: the patients recomputed
+    outcome: RunOutcome | None = field(default=None, repr=False)
+    writeback: Any = field(default=None, repr=False)  # WriteSummary
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("succeeded", "partial")
+
+
+@dataclass
+class Job:
+    """What a refresh needs besides its arguments: settings, store, a stop flag."""
+
+    settings: Settings
+    store: Store
+    trigger: str = "cli"
+    as_of: date | None = None
+    source: str | None = None
+    write: bool | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    # Tests: fail the write-back after N batches (a crash before commit).
+    fail_after_batches: int | None = None
+
+    @property
+    def source_spec(self) -> str:
+        spec = self.source or self.settings.scheduler.source or self.settings.fhir.base_url
+        if not spec:
+            raise ConfigError("nothing to read: give --source, or set scheduler.source or "
+                              "fhir.base_url (FHIRPANEL_FHIR_BASE_URL)")
+        return spec
+
+    @property
+    def source_key(self) -> str:
+        """The watermark's key: the source without a trailing slash."""
+        return self.source_spec.rstrip("/")
+
+    @property
+    def day(self) -> date:
+        return self.as_of or date.today()
+
+    def check_stop(self, stage: str) -> None:
+        if self.stop.is_set():
+            raise Abandoned(f"stopped before {stage}: shutting down")
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def full_refresh(settings: Settings, store: Store, *, trigger: str = "cli",
+                 as_of: date | None = None, source: str | None = None,
+                 write: bool | None = None, stop: threading.Event | None = None,
+                 fail_after_batches: int | None = None) -> RefreshResult:
+    job = Job(settings, store, trigger, as_of, source, write, stop or threading.Event(),
+              fail_after_batches)
+    return _locked(job, "full")
+
+
+def incremental_refresh(settings: Settings, store: Store, *, trigger: str = "cli",
+                        as_of: date | None = None, source: str | None = None,
+                        write: bool | None = None, stop: threading.Event | None = None,
+                        fail_after_batches: int | None = None) -> RefreshResult:
+    job = Job(settings, store, trigger, as_of, source, write, stop or threading.Event(),
+              fail_after_batches)
+    return _locked(job, "incremental")
+
+
+def request_run(settings: Settings, store: Store, kind: Kind, trigger: str,
+                on_done: Callable[[RefreshResult], None] | None = None) -> int | None:
+    """Start a refresh in a background thread and return its run id, or None when another
+    refresh holds the lock (nothing is recorded then: the caller says "busy")."""
+    job = Job(settings, store, trigger)
+    holder = lock_holder_id()
+    if not store.try_lock(holder, settings.scheduler.lock_stale_seconds):
+        return None
+    try:
+        kind = _effective_kind(job, kind)
+        run_id = store.start_run(kind, trigger, job.source_key, job.day.isoformat(),
+                                 store.watermark(job.source_key))
+    except BaseException:
+        store.release_lock(holder)
+        raise
+
+    def work() -> None:
+        result = _run_holding(job, kind, holder, run_id)
+        if on_done is not None:
+            on_done(result)
+
+    threading.Thread(target=work, name=f"fhirpanel-{kind}-{run_id}", daemon=True).start()
+    return run_id
+
+
+# ---------------------------------------------------------------- locking and bookkeeping
+
+
+def _effective_kind(job: Job, kind: Kind) -> Kind:
+    """An incremental pass needs a server source and a previous full run: else run full."""
+    if kind == "incremental" and (job.store.watermark(job.source_key) is None
+                                  or job.store.context("weights") is None):
+        log.info("no full refresh of %s stored yet: running a full refresh instead",
+                 job.source_key)
+        return "full"
+    return kind
+
+
+def _locked(job: Job, kind: Kind) -> RefreshResult:
+    store, settings = job.store, job.settings
+    source_key = job.source_key
+    kind = _effective_kind(job, kind)
+    holder = lock_holder_id()
+    if not store.try_lock(holder, settings.scheduler.lock_stale_seconds):
+        info = store.lock_info() or {}
+        reason = f"another refresh is running (lock held by {info.get('holder', '?')})"
+        run_id = store.record_skipped(kind, job.trigger, source_key, job.day.isoformat(), reason)
+        log.info("%s refresh skipped: %s", kind, reason)
+        return RefreshResult(run_id, kind, "skipped", error=reason)
+    try:
+        run_id = store.start_run(kind, job.trigger, source_key, job.day.isoformat(),
+                                 store.watermark(source_key))
+    except BaseException:
+        store.release_lock(holder)
+        raise
+    return _run_holding(job, kind, holder, run_id)
+
+
+def _run_holding(job: Job, kind: Kind, holder: str, run_id: int) -> RefreshResult:
+    """Run with the lock held (released at the end, whatever happens); record the outcome."""
+    store = job.store
+    beat_stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(store, holder, beat_stop),
+                            name="fhirpanel-lock-heartbeat", daemon=True)
+    beat.start()
+    started = time.perf_counter()
+    try:
+        if kind == "full":
+            result = _full(job, run_id)
+        else:
+            result = _incremental(job, run_id)
+    except Abandoned as exc:
+        result = _failed(store, run_id, kind, "abandoned", exc, started)
+    except Exception as exc:  # recorded on the run; the caller decides what to do
+        log.exception("%s refresh %d failed", kind, run_id)
+        result = _failed(store, run_id, kind, "failed", exc, started)
+    finally:
+        beat_stop.set()
+        beat.join(timeout=5)
+        store.release_lock(holder)
+    return result
+
+
+def _heartbeat(store: Store, holder: str, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_SECONDS):
+        try:
+            store.heartbeat(holder)
+        except Exception:  # a missed beat only risks a takeover after lock_stale_seconds
+            log.warning("lock heartbeat failed", exc_info=True)
+
+
+def _failed(store: Store, run_id: int, kind: str, status: str, exc: BaseException,
+            started: float) -> RefreshResult:
+    seconds = time.perf_counter() - started
+    error = f"{type(exc).__name__}: {exc}"
+    try:
+        store.finish_run(run_id, status, error=error, seconds=round(seconds, 3))
+    except Exception:
+        log.exception("could not record run %d as %s", run_id, status)
+    return RefreshResult(run_id, kind, status, error=error, exception=exc, seconds=seconds)
+
+
+# ---------------------------------------------------------------- full refresh
+
+
+def _full(job: Job, run_id: int) -> RefreshResult:
+    settings, store = job.settings, job.store
+    started = time.perf_counter()
+    source = open_source(job.source_spec, settings)
+    before_requests = _requests(source)
+    watermark_before = store.watermark(job.source_key)
+    outcome = run_full(settings, source, job.day, manual=store.active_overrides())
+    job.check_stop("write-back")
+    ledger = store.ledger(run_id)
+    writeback = _write(job, source, outcome, ledger, trust_ledger=False)
+    job.check_stop("commit")
+    watermark = _newest_instant(outcome.population) or watermark_before
+    weights = outcome.panels.weights
+    counts = _counts(outcome, writeback)
+    status = "partial" if counts.get("writeback_failed") else "succeeded"
+    with store.session() as s:
+        counts.update(store.save_outcome(
+            s, outcome, run_id, full=True, report_patients=_report_patients(outcome),
+            weights=_patient_weights(outcome, weights), clinician_names=_names(outcome),
+            done_pending=store.pending_patients()))
+        ledger.flush(s)
+        store.set_context(s, "weights", [[b, sx, w] for (b, sx), w in
+                                         sorted(weights.weights.items())], run_id)
+        store.set_context(s, "as_of", job.day.isoformat(), run_id)
+        store.set_context(s, "summary", _summary(outcome), run_id)
+        store.set_context(s, _seen_key(job.source_key), [], run_id)
+        store.set_context(s, _floor_key(job.source_key), watermark, run_id)
+        if watermark:
+            store.set_watermark(s, job.source_key, watermark, run_id)
+        _queue_failed(store, s, writeback)
+        store.finish_run(run_id, status, counts=counts, watermark_after=watermark,
+                         requests=_requests(source) - before_requests,
+                         seconds=round(time.perf_counter() - started, 3), session=s)
+    log.info("full refresh %d %s: %s", run_id, status, counts)
+    return RefreshResult(run_id, "full", status, counts, watermark_before, watermark,
+                         _requests(source) - before_requests, time.perf_counter() - started,
+                         outcome=outcome, writeback=writeback,
+                         patients=tuple(a.patient for a in outcome.attribution.assignments))
+
+
+# ---------------------------------------------------------------- incremental pass
+
+
+def _incremental(job: Job, run_id: int) -> RefreshResult:
+    settings, store = job.settings, job.store
+    started = time.perf_counter()
+    source = open_source(job.source_spec, settings)
+    if not isinstance(source, ServerSource):
+        raise ConfigError("an incremental refresh needs a FHIR server source (http://...); "
+                          "NDJSON and Bulk sources are read whole by a full refresh")
+    client = source.client
+    before_requests = client.stats.requests
+    watermark_before = store.watermark(job.source_key)
+    assert watermark_before is not None  # noqa: S101 - _effective_kind ran a full one otherwise
+    seen_key = _seen_key(job.source_key)
+    already_seen = set(store.context(seen_key) or [])
+    overlap = timedelta(seconds=max(0, settings.scheduler.overlap_seconds))
+    since_at = parse_instant(watermark_before) - overlap
+    floor = _instant(store.context(_floor_key(job.source_key)))
+    if floor is not None and floor > since_at:
+        # The last full refresh read everything up to its watermark: no need to look behind it.
+        since_at = floor
+    since = since_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+    changed: set[str] = set()
+    newest_raw, newest_at = watermark_before, parse_instant(watermark_before)
+    recent: list[str] = []  # versions inside the overlap window: skipped by the next pass
+    found = 0
+    for rtype in CHANGE_TYPES:
+        params = [("_count", str(settings.fhir.page_size))]
+        for resource in client.search_since(rtype, since, params):
+            key = _version_key(resource)
+            updated_raw = _last_updated(resource)
+            updated_at = _instant(updated_raw)
+            if key is None or updated_raw is None or updated_at is None:
+                continue
+            found += 1
+            if updated_at > since_at:
+                recent.append(key)
+            if key in already_seen:
+                continue
+            patient = _patient_of(resource)
+            if patient:
+                changed.add(patient)
+            if updated_at > newest_at:
+                newest_raw, newest_at = updated_raw, updated_at
+    pending = store.pending_patients()
+    affected = sorted(changed | set(pending))
+    job.check_stop("reading patients")
+    counts: dict[str, Any] = {"changed_resources": found, "patients_changed": len(changed),
+                              "patients_pending": len(pending), "patients": len(affected)}
+    outcome = writeback = None
+    ledger = store.ledger(run_id)
+    if affected:
+        tables = MethodTables.load(settings)
+        population = read_population(source, patients=affected)
+        weights = _stored_weights(store)
+        manual = _manual_for(store.active_overrides(), affected)
+        outcome = analyse(population, job.day, tables, source=source.describe(), manual=manual,
+                          weights=weights,
+                          outreach_months=(settings.attribution.outreach_not_seen_months,
+                                           settings.attribution.outreach_sentinel_months))
+        missing = sorted(set(affected) - set(population.patients))
+        if missing:
+            counts["patients_not_found"] = len(missing)
+            log.warning("%d changed patient(s) not found on the server (deleted?): %s",
+                        len(missing), ", ".join(missing[:10]))
+        job.check_stop("write-back")
+        writeback = _write(job, source, outcome, ledger, trust_ledger=True, incremental=True)
+        counts.update(_counts(outcome, writeback))
+    job.check_stop("commit")
+    status = "partial" if counts.get("writeback_failed") else "succeeded"
+    watermark = newest_raw if newest_at > parse_instant(watermark_before) else watermark_before
+    held_key = _context_key("held", job.source_key)
+    held = int(store.context(held_key) or 0)
+    if status == "partial" and held < MAX_HELD_PASSES:
+        # Failed writes keep the watermark in place, so the next pass sees the same changes
+        # again; after a few such passes it moves on and the queue alone retries them.
+        watermark, held = watermark_before, held + 1
+        counts["watermark_held"] = True
+    else:
+        held = 0
+    with store.session() as s:
+        store.set_context(s, held_key, held, run_id)
+        if outcome is not None:
+            counts.update(store.save_outcome(
+                s, outcome, run_id, full=False, report_patients=_report_patients(outcome),
+                weights=_patient_weights(outcome, outcome.panels.weights),
+                clinician_names=_names(outcome), done_pending=pending))
+        ledger.flush(s)
+        if not counts.get("watermark_held"):
+            store.set_context(s, seen_key, sorted(set(recent)), run_id)
+        if watermark != watermark_before:
+            store.set_watermark(s, job.source_key, watermark, run_id)
+        _queue_failed(store, s, writeback)
+        store.finish_run(run_id, status, counts=counts, watermark_after=watermark,
+                         requests=client.stats.requests - before_requests,
+                         seconds=round(time.perf_counter() - started, 3), session=s)
+    log.info("incremental refresh %d %s: %s", run_id, status, counts)
+    return RefreshResult(run_id, "incremental", status, counts, watermark_before, watermark,
+                         client.stats.requests - before_requests, time.perf_counter() - started,
+                         patients=tuple(affected), outcome=outcome, writeback=writeback)
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def _write(job: Job, source: FhirSource, outcome: RunOutcome, ledger: Any, *,
+           trust_ledger: bool, incremental: bool = False) -> Any:
+    write = job.settings.scheduler.write if job.write is None else job.write
+    if not write:
+        return None
+    if not isinstance(source, ServerSource):
+        if job.write:
+            raise ConfigError("writing back needs a FHIR server source (http://...)")
+        return None
+    from fhirpanel.writeback import WritebackTables, write_back
+
+    cfg = job.settings.writeback
+    if incremental and cfg.attribution_group:
+        # A Group lists a whole organisation's patients: only a full refresh rebuilds it.
+        cfg = dataclasses.replace(cfg, attribution_group=False)
+    tables = WritebackTables.load(cfg, job.settings.mappings_path, tiers=job.settings.risk.tiers)
+    return write_back(outcome, source.client, cfg, dry_run=False, tables=tables,
+                      ledger=ledger, trust_ledger=trust_ledger,
+                      fail_after_batches=job.fail_after_batches)
+
+
+def _queue_failed(store: Store, s: Any, writeback: Any) -> None:
+    """Patients whose CareTeam or CarePlan could not be written: redone by the next pass."""
+    failed = sorted(getattr(writeback, "failed_subjects", ()) or ())
+    if failed:
+        from fhirpanel.store.repository import _queue, now_utc
+
+        now = now_utc()
+        for patient in failed:
+            _queue(s, patient, "write-back failed", now)
+
+
+def _counts(outcome: RunOutcome, writeback: Any) -> dict[str, Any]:
+    statuses: dict[str, int] = {}
+    for a in outcome.attribution.assignments:
+        statuses[a.status] = statuses.get(a.status, 0) + 1
+    counts: dict[str, Any] = {
+        "assigned": statuses.get("assigned", 0), "unassigned": statuses.get("unassigned", 0),
+        "excluded": statuses.get("excluded", 0), "issues": len(outcome.population.issues),
+        "tiers": dict(outcome.tier_distribution),
+    }
+    if writeback is not None:
+        counts["writeback"] = writeback.counts.as_dict()
+        counts["written"] = writeback.written
+        counts["writeback_failed"] = writeback.counts.total("failed")
+        counts["ledger_hits"] = writeback.ledger_hits
+    return counts
+
+
+def _summary(outcome: RunOutcome) -> dict[str, Any]:
+    from fhirpanel.report import build_report
+
+    report = build_report(outcome)
+    return {"summary": report["summary"], "eligibility": report["eligibility"],
+            "pipeline": report["pipeline"], "warnings": report["warnings"]}
+
+
+def _report_patients(outcome: RunOutcome) -> dict[str, dict[str, Any]]:
+    from fhirpanel.report import patient_entry
+
+    return {a.patient: patient_entry(a, outcome) for a in outcome.attribution.assignments}
+
+
+def _patient_weights(outcome: RunOutcome, weights: AgeSexWeights) -> dict[str, float]:
+    return {pid: weights.weight(p.birth_date, p.sex, outcome.as_of)
+            for pid, p in outcome.population.patients.items()}
+
+
+def _names(outcome: RunOutcome) -> dict[str, str | None]:
+    return {pid: p.name for pid, p in outcome.population.practitioners.items()}
+
+
+def _stored_weights(store: Store) -> AgeSexWeights:
+    rows = store.context("weights") or []
+    return AgeSexWeights(weights={(str(b), str(sx)): float(w) for b, sx, w in rows})
+
+
+def _manual_for(overrides: Mapping[str, ManualAssignment], patients: Iterable[str]
+                ) -> dict[str, ManualAssignment]:
+    wanted = set(patients)
+    return {p: m for p, m in overrides.items() if p in wanted}
+
+
+def _requests(source: FhirSource) -> int:
+    return source.client.stats.requests if isinstance(source, ServerSource) else 0
+
+
+def _context_key(kind: str, source_key: str) -> str:
+    """A per-source context name that fits the column whatever the URL's length."""
+    return f"{kind}:{hashlib.sha256(source_key.encode()).hexdigest()[:32]}"
+
+
+def _seen_key(source_key: str) -> str:
+    return _context_key("seen", source_key)
+
+
+def _floor_key(source_key: str) -> str:
+    return _context_key("floor", source_key)
+
+
+def _newest_instant(population: Population) -> str | None:
+    """The newest `meta.lastUpdated` among what a full run read (server time)."""
+    newest: datetime | None = None
+    for table in (population.patients.values(), population.encounters,
+                  population.conditions):
+        for record in table:
+            stamp = getattr(record, "last_updated", None)
+            if stamp is not None and (newest is None or stamp > newest):
+                newest = stamp
+    if newest is None:
+        return None
+    return newest.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _last_updated(resource: Mapping[str, Any]) -> str | None:
+    meta = resource.get("meta")
+    value = meta.get("lastUpdated") if isinstance(meta, Mapping) else None
+    return value if isinstance(value, str) else None
+
+
+def _instant(raw: str | None) -> datetime | None:
+    if raw is None:
+        return None
+    try:
+        return parse_instant(raw)
+    except (ParseProblem, ValueError):
+        return None
+
+
+def _version_key(resource: Mapping[str, Any]) -> str | None:
+    rtype, rid = resource.get("resourceType"), resource.get("id")
+    if not isinstance(rtype, str) or not isinstance(rid, str):
+        return None
+    meta = resource.get("meta")
+    version = meta.get("versionId") if isinstance(meta, Mapping) else None
+    return f"{rtype}/{rid}/_history/{version or _last_updated(resource) or ''}"
+
+
+def _patient_of(resource: Mapping[str, Any]) -> str | None:
+    if resource.get("resourceType") == "Patient":
+        rid = resource.get("id")
+        return f"Patient/{rid}" if isinstance(rid, str) else None
+    subject = resource.get("subject")
+    ref = subject.get("reference") if isinstance(subject, Mapping) else None
+    if not isinstance(ref, str):
+        return None
+    return reference_id(ref, "Patient")
