@@ -106,6 +106,8 @@ class BulkSettings:
     max_wait_seconds: float = 3600.0  # give up on an export that takes longer
     download_dir: str = ""  # empty: a temporary folder under var/
     since: str = ""  # `_since` for an incremental export (an instant)
+    # Added with the bulk source: keep the downloaded NDJSON folder after the run (debugging).
+    keep_files: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ class SchedulerSettings:
     """`fhirpanel worker` and `fhirpanel refresh`."""
 
     source: str = ""  # what to read; empty: fhir.base_url
+    as_of: str = ""  # a fixed as-of date (YYYY-MM-DD) for demos and replays; empty: today
     incremental_minutes: float = 5.0
     full_cron: str = "0 2 * * *"  # nightly full refresh (crontab syntax, local time)
     overlap_seconds: int = 120  # re-search this far behind the watermark (clock skew, late commits)

@@ -95,7 +95,15 @@ class Job:
 
     @property
     def day(self) -> date:
-        return self.as_of or date.today()
+        if self.as_of is not None:
+            return self.as_of
+        fixed = self.settings.scheduler.as_of
+        if fixed:
+            try:
+                return date.fromisoformat(fixed)
+            except ValueError as exc:
+                raise ConfigError(f"scheduler.as_of: not a date (YYYY-MM-DD): {fixed!r}") from exc
+        return date.today()
 
     def check_stop(self, stage: str) -> None:
         if self.stop.is_set():

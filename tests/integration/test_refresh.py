@@ -22,7 +22,7 @@ from fhirpanel.jobs.refresh import RefreshResult, full_refresh, incremental_refr
 from fhirpanel.sandbox.server import SandboxServer
 from fhirpanel.store import Store
 from tests.conftest import AS_OF
-from tests.integration.faults import FaultProxy, send, outcome
+from tests.integration.faults import FaultProxy, outcome, send
 
 AS_OF_DATE = date.fromisoformat(AS_OF)
 FAST = {"max_retries": 1, "backoff_factor": 0.01, "backoff_max": 0.05,

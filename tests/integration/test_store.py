@@ -1,0 +1,206 @@
+"""The state store on SQLite always, and on PostgreSQL when FHIRPANEL_TEST_DATABASE_URL names
+one (each test gets its own schema there): migrations match the models, the refresh lock,
+runs, overrides and confirmations, history and panels, and the write-back ledger."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, text
+
+from fhirpanel.config import Settings
+from fhirpanel.fhir.source import NdjsonSource
+from fhirpanel.jobs.refresh import full_refresh
+from fhirpanel.run import run_full
+from fhirpanel.store import Store
+from fhirpanel.store.models import Base
+from tests.conftest import AS_OF, POPULATION_DIR
+
+AS_OF_DATE = date.fromisoformat(AS_OF)
+PG_URL = os.environ.get("FHIRPANEL_TEST_DATABASE_URL", "")
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.skipif(
+    not PG_URL, reason="set FHIRPANEL_TEST_DATABASE_URL to test the store on PostgreSQL"))]
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        st = Store(f"sqlite:///{tmp_path / 'state.db'}")
+        yield st
+        st.close()
+        return
+    # A fresh database per test on the server named by the URL, dropped afterwards.
+    name = f"fhirpanel_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    st = Store(url)
+    try:
+        yield st
+    finally:
+        st.close()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+@pytest.fixture
+def filled(store: Store) -> Store:
+    settings = Settings.load(env={})
+    result = full_refresh(settings, store, source=f"ndjson:{POPULATION_DIR}", as_of=AS_OF_DATE,
+                          write=False)
+    assert result.status == "succeeded", result.error
+    return store
+
+
+def test_migrations_create_exactly_the_models(store: Store) -> None:
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+    store.upgrade()  # idempotent
+
+
+def test_lock_is_exclusive_released_and_taken_over_when_stale(store: Store) -> None:
+    assert store.try_lock("a", stale_seconds=3600)
+    assert not store.try_lock("b", stale_seconds=3600)
+    assert store.try_lock("a", stale_seconds=3600)  # the holder may renew
+    info = store.lock_info()
+    assert info is not None and info["holder"] == "a"
+    assert store.try_lock("b", stale_seconds=0)  # a's lease is stale at once: taken over
+    assert (store.lock_info() or {})["holder"] == "b"
+    store.release_lock("a")  # not the holder: nothing happens
+    assert (store.lock_info() or {})["holder"] == "b"
+    store.release_lock("b")
+    assert store.lock_info() is None
+
+
+def test_only_one_of_many_concurrent_lockers_wins(store: Store) -> None:
+    barrier = threading.Barrier(6)
+    wins: list[str] = []
+
+    def grab(name: str) -> None:
+        barrier.wait()
+        if store.try_lock(name, stale_seconds=3600):
+            wins.append(name)
+
+    threads = [threading.Thread(target=grab, args=(f"w{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(wins) == 1
+
+
+def test_runs_are_recorded_and_stale_ones_abandoned(store: Store) -> None:
+    run_id = store.start_run("full", "cli", "ndjson:x", AS_OF)
+    assert store.runs()[0]["status"] == "running"
+    assert store.abandon_stale_runs() == 1
+    run = store.run(run_id)
+    assert run is not None and run["status"] == "abandoned" and run["error"]
+    skipped = store.record_skipped("incremental", "api", "ndjson:x", AS_OF, "busy")
+    assert (store.run(skipped) or {})["status"] == "skipped"
+    assert store.count_runs() == 2
+
+
+def test_full_refresh_stores_patients_panels_and_context(filled: Store) -> None:
+    outcome = run_full(Settings.load(env={}), NdjsonSource(POPULATION_DIR), AS_OF_DATE)
+    assigned = {a.patient: a for a in outcome.attribution.assignments if a.status == "assigned"}
+    assert len(filled.patient_ids()) == len(outcome.attribution.assignments)
+    for patient, a in list(assigned.items())[:25]:
+        state = filled.patient_state(patient)
+        assert state is not None
+        assert (state["practitioner"], state["rule"]) == (a.practitioner, a.rule)
+        assert state["detail"]["patient"] == patient
+        assert filled.history(patient)[0]["valid_to"] is None
+    panels = {p.practitioner: p for p in outcome.panels.panels}
+    for clinician in filled.clinicians():
+        panel = panels[clinician["practitioner"]]
+        assert clinician["size"] == panel.size
+        assert clinician["risk_adjusted_size"] == pytest.approx(panel.risk_adjusted_size, 0.05)
+        assert clinician["unconfirmed"] == panel.size
+    assert filled.context("weights")
+    assert filled.context("as_of") == AS_OF
+    summary = filled.context("summary")
+    assert summary["summary"]["assigned"] == len(assigned)
+
+
+def test_a_second_full_refresh_changes_nothing(filled: Store) -> None:
+    before = {p: filled.patient_state(p) for p in filled.patient_ids()}
+    result = full_refresh(Settings.load(env={}), filled, source=f"ndjson:{POPULATION_DIR}",
+                          as_of=AS_OF_DATE, write=False)
+    assert result.counts["assignments_changed"] == 0
+    assert result.counts["patients_new"] == 0
+    for patient, state in before.items():
+        after = filled.patient_state(patient)
+        assert after is not None and state is not None
+        assert {k: v for k, v in after.items() if k not in ("run_id", "updated_at")} == {
+            k: v for k, v in state.items() if k not in ("run_id", "updated_at")}
+        assert len(filled.history(patient)) == 1
+
+
+def test_overrides_confirmations_and_audit(filled: Store) -> None:
+    patient = next(p for p in filled.patient_ids()
+                   if (filled.patient_state(p) or {}).get("status") == "assigned")
+    state = filled.patient_state(patient)
+    assert state is not None
+    current = state["practitioner"]
+    other = next(c["practitioner"] for c in filled.clinicians()
+                 if c["eligible"] and c["practitioner"] != current)
+
+    confirmed = filled.confirm(patient, current, confirmed_by="patient", actor="nurse",
+                               note="at the visit")
+    assert confirmed["confirmed_by"] == "patient"
+    assert (filled.patient_state(patient) or {})["confirmation"] == "patient"
+    clinician = filled.clinician(current)
+    assert clinician is not None and clinician["unconfirmed"] == clinician["size"] - 1
+
+    filled.add_override(patient, other, reason="moved closer", requested_by="family",
+                        actor="manager")
+    assert filled.pending_patients() == [patient]
+    assert filled.active_overrides()[patient].practitioner == other
+    filled.add_override(patient, current, reason="changed mind", requested_by="patient",
+                        actor="manager")  # replaces the first
+    assert len([o for o in filled.overrides(patient) if o["removed_at"] is None]) == 1
+    assert filled.remove_override(patient, actor="manager")
+    assert not filled.remove_override(patient, actor="manager")
+    assert filled.active_overrides() == {}
+    actions = [a["action"] for a in filled.audit(patient=patient)]
+    assert actions == ["override-removed", "override", "override", "confirm"]
+    with pytest.raises(ValueError, match="requested_by"):
+        filled.add_override(patient, other, reason="", requested_by="robot", actor="x")
+
+
+def test_ledger_round_trip_and_forget(store: Store) -> None:
+    run_id = store.start_run("full", "cli", "x", AS_OF)
+    ledger = store.ledger(run_id)
+    team = {"resourceType": "CareTeam", "id": "ct1", "meta": {"versionId": "3"},
+            "status": "active"}
+    ledger.record("CareTeam", "careteam-p1", team)
+    ledger.record("CareTeam", "careteam-p2", {"resourceType": "CareTeam"})  # no id: ignored
+    assert ledger.lookup("CareTeam", ["careteam-p1"]) == {}  # not flushed yet
+    with store.session() as s:
+        assert ledger.flush(s) == 1
+    again = store.ledger(run_id)
+    assert again.lookup("CareTeam", ["careteam-p1", "careteam-x"]) == {"careteam-p1": team}
+    entry = store.ledger_entry("CareTeam", "careteam-p1")
+    assert entry is not None and (entry["id"], entry["version"]) == ("ct1", "3")
+    again.forget("CareTeam", "careteam-p1")
+    with store.session() as s:
+        again.flush(s)
+    assert store.ledger_entry("CareTeam", "careteam-p1") is None
+
+
+def test_a_bad_database_url_is_a_clear_error() -> None:
+    from fhirpanel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="database_url"):
+        Store("not a url ::")
