@@ -161,6 +161,9 @@ def request_run(settings: Settings, store: Store, kind: Kind, trigger: str,
 
 def _effective_kind(job: Job, kind: Kind) -> Kind:
     """An incremental pass needs a server source and a previous full run: else run full."""
+    if kind == "incremental" and not job.source_spec.startswith(("http://", "https://")):
+        raise ConfigError("an incremental refresh needs a FHIR server source (http://...); "
+                          "NDJSON and Bulk sources are read whole: use a full refresh")
     if kind == "incremental" and (job.store.watermark(job.source_key) is None
                                   or job.store.context("weights") is None):
         log.info("no full refresh of %s stored yet: running a full refresh instead",

@@ -1,0 +1,71 @@
+"""`fhirpanel refresh` and `fhirpanel runs` as a user runs them, on a SQLite store: a full
+refresh from NDJSON, an incremental pass against the sandbox server, the run list, and the
+errors a user can make."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fhirpanel.errors import ExitCode
+from fhirpanel.sandbox.server import SandboxServer
+from fhirpanel.store import Store
+from tests.conftest import AS_OF, POPULATION_DIR
+from tests.e2e.test_cli import fhirpanel
+
+
+def test_full_refresh_then_runs(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'state.db'}"
+    out = fhirpanel("refresh", "--full", "--source", f"ndjson:{POPULATION_DIR}", "--as-of",
+                    AS_OF, "--database", db)
+    assert out.returncode == 0, out.stderr
+    assert "full refresh (run 1): succeeded" in out.stdout
+    assert "assigned: 248" in out.stdout
+
+    listing = fhirpanel("runs", "--database", db, "--json")
+    assert listing.returncode == 0, listing.stderr
+    runs = json.loads(listing.stdout)
+    assert [(r["id"], r["kind"], r["status"]) for r in runs] == [(1, "full", "succeeded")]
+    assert runs[0]["counts"]["patients_stored"] == 300
+
+    table = fhirpanel("runs", "--database", db)
+    assert table.returncode == 0 and "succeeded" in table.stdout
+
+    # NDJSON has no `_lastUpdated` search: an incremental pass on it is refused clearly.
+    inc = fhirpanel("refresh", "--source", f"ndjson:{POPULATION_DIR}", "--as-of", AS_OF,
+                    "--database", db)
+    assert inc.returncode == ExitCode.USAGE, inc.stdout + inc.stderr
+    assert "needs a FHIR server source" in inc.stderr
+
+
+def test_incremental_refresh_against_the_sandbox(loaded_sandbox: SandboxServer,
+                                                 tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'state.db'}"
+    base = loaded_sandbox.base_url
+    first = fhirpanel("refresh", "--source", base, "--as-of", AS_OF, "--database", db,
+                      "--no-write")
+    # No full refresh stored yet: the first pass is a full one.
+    assert first.returncode == 0, first.stderr
+    assert "full refresh (run 1): succeeded" in first.stdout
+    second = fhirpanel("refresh", "--source", base, "--as-of", AS_OF, "--database", db,
+                       "--no-write")
+    assert second.returncode == 0, second.stderr
+    assert "incremental refresh (run 2): succeeded" in second.stdout
+    assert "patients: 0" in second.stdout
+
+
+def test_refresh_while_another_holds_the_lock_exits_busy(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'state.db'}"
+    store = Store(db)
+    assert store.try_lock("another-worker", stale_seconds=3600)
+    out = fhirpanel("refresh", "--full", "--source", f"ndjson:{POPULATION_DIR}", "--as-of",
+                    AS_OF, "--database", db)
+    assert out.returncode == ExitCode.BUSY
+    assert "skipped" in out.stdout and "another refresh is running" in out.stdout
+    store.close()
+
+
+def test_refresh_without_a_source_is_a_usage_error(tmp_path: Path) -> None:
+    out = fhirpanel("refresh", "--database", f"sqlite:///{tmp_path / 's.db'}")
+    assert out.returncode == ExitCode.USAGE
+    assert "nothing to read" in out.stderr
