@@ -3,8 +3,13 @@
 (a) NDJSON ingest of a generated population (default 100,000 patients): resources/s, peak RSS.
 (b) Paging the sandbox FHIR server: our FhirClient against a bare `requests` loop over the same
     pages (target ratio >= 0.9).
+(c) Bulk Data `$export` against the paged read, both into records (`read_population`) from one
+    sandbox server holding a generated population (default 10,000 patients): resources per second
+    from kick-off to records, with the export, download and parse stages apart.
 
     .venv/bin/python bench/ingest.py [--patients 100000] [--paging-patients 2000]
+                                     [--bulk-patients 10000] [--skip-ndjson] [--skip-paging]
+                                     [--skip-bulk]
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -90,6 +96,44 @@ def bench_paging(patients: int, page_size: int, rounds: int) -> dict[str, float]
             "client_per_s": count / best_client, "bare_per_s": count / best_bare,
             "ratio": best_bare / best_client}
 
+def bench_bulk(patients: int, page_size: int) -> dict[str, float]:
+    """One bulk read and one paged read into records from the same loaded server (the export
+    streams to a temporary folder, removed afterwards)."""
+    from fhirpanel.config import BulkSettings, FhirSettings
+    from fhirpanel.fhir.bulk import BulkExport, BulkSource
+    from fhirpanel.fhir.client import FhirClient
+    from fhirpanel.fhir.source import ServerSource
+    from fhirpanel.ingest import read_population
+    from fhirpanel.sandbox.server import SandboxServer
+
+    directory = population_dir(patients)
+    out: dict[str, float] = {}
+    with SandboxServer() as server, tempfile.TemporaryDirectory(prefix="bench-bulk-") as tmp:
+        t = time.perf_counter()
+        out["loaded"] = server.load_ndjson_dir(directory)
+        out["load_s"] = time.perf_counter() - t
+        settings = FhirSettings(base_url=server.base_url, page_size=page_size)
+        with FhirClient(settings) as client:
+            t = time.perf_counter()
+            with BulkSource(BulkExport(client, BulkSettings(download_dir=tmp))) as source:
+                pop = read_population(source)
+                out["bulk_s"] = time.perf_counter() - t
+                assert source.result is not None  # noqa: S101 - a bench, not a check
+                stats = source.result.stats
+                out.update(export_s=stats.export_seconds, download_s=stats.download_seconds,
+                           polls=stats.polls, mb=stats.bytes / 1e6, lines=stats.lines)
+            out["bulk_resources"] = sum(pop.counts().values()) + len(pop.issues)
+        with FhirClient(settings) as client:
+            t = time.perf_counter()
+            pop = read_population(ServerSource(client))
+            out["paged_s"] = time.perf_counter() - t
+            out["pages"] = client.stats.pages
+        out["paged_resources"] = sum(pop.counts().values()) + len(pop.issues)
+    out["parse_s"] = out["bulk_s"] - out["export_s"] - out["download_s"]
+    out["bulk_per_s"] = out["bulk_resources"] / out["bulk_s"]
+    out["paged_per_s"] = out["paged_resources"] / out["paged_s"]
+    return out
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--patients", type=int, default=100_000)
@@ -98,6 +142,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-ndjson", action="store_true")
     parser.add_argument("--skip-paging", action="store_true")
+    parser.add_argument("--bulk-patients", type=int, default=10_000)
+    parser.add_argument("--skip-bulk", action="store_true")
     args = parser.parse_args()
 
     if not args.skip_ndjson:
@@ -114,6 +160,17 @@ def main() -> None:
               f"FhirClient {r['client_per_s']:,.0f}/s ({r['client_s']:.2f}s), bare requests "
               f"{r['bare_per_s']:,.0f}/s ({r['bare_s']:.2f}s); ratio {r['ratio']:.2f} "
               f"(target >= 0.9)")
+    if not args.skip_bulk:
+        r = bench_bulk(args.bulk_patients, args.page_size)
+        print(f"(c) bulk vs paged into records, {args.bulk_patients:,} patients "
+              f"(sandbox seeded with {r['loaded']:,} resources in {r['load_s']:.1f}s):")
+        print(f"    $export: {r['bulk_resources']:,} resources in {r['bulk_s']:.1f}s = "
+              f"{r['bulk_per_s']:,.0f} resources/s (export {r['export_s']:.1f}s over "
+              f"{r['polls']:.0f} polls, download {r['mb']:,.0f} MB in {r['download_s']:.1f}s, "
+              f"parse {r['parse_s']:.1f}s)")
+        print(f"    paged:   {r['paged_resources']:,} resources in {r['paged_s']:.1f}s = "
+              f"{r['paged_per_s']:,.0f} resources/s ({r['pages']:,.0f} pages of "
+              f"{args.page_size}); bulk / paged = {r['bulk_per_s'] / r['paged_per_s']:.2f}")
 
 if __name__ == "__main__":
     main()

@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 from urllib.parse import parse_qsl, quote, urljoin, urlsplit, urlunsplit
@@ -94,7 +95,8 @@ class RequestStats:
 
 
 class AuthProvider(Protocol):
-    """The seam for credentials (SMART Backend Services later): sets headers on each request."""
+    """The seam for credentials (SMART Backend Services: fhir/smart.py): sets headers on each
+    request."""
 
     def apply(self, request: requests.PreparedRequest) -> None: ...
 
@@ -156,10 +158,33 @@ class BasicAuth:
 
 def auth_from_settings(settings: FhirSettings) -> AuthProvider:
     if settings.auth == "bearer":
-        return BearerAuth(settings.token)
+        return BearerAuth(secret_setting(settings.token, settings.token_file, "token"))
     if settings.auth == "basic":
-        return BasicAuth(settings.username, settings.password)
+        password = secret_setting(settings.password, settings.password_file, "password")
+        return BasicAuth(settings.username, password)
+    if settings.auth == "smart":
+        from fhirpanel.fhir.smart import SmartBackendAuth  # PyJWT and cryptography, when used
+
+        return SmartBackendAuth(settings)
     return NoAuth()
+
+
+def secret_setting(value: str, file: str, name: str) -> str:
+    """`fhir.<name>`, or the contents of `fhir.<name>_file` without its trailing newline (a
+    mounted secret). The error names the setting and the file, never the secret."""
+    if not file:
+        return value
+    if value:
+        raise ConfigError(f"set fhir.{name} or fhir.{name}_file, not both")
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ConfigError(f"fhir.{name}_file: cannot read {file}: {why}") from None
+    secret = text.rstrip("\r\n")
+    if not secret:
+        raise ConfigError(f"fhir.{name}_file: {file} is empty")
+    return secret
 
 
 class _RequestsAuth(requests.auth.AuthBase):
@@ -169,6 +194,10 @@ class _RequestsAuth(requests.auth.AuthBase):
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         self.provider.apply(request)
         return request
+
+
+# An explicit no-op, so requests does not fall back to ~/.netrc credentials either.
+_NO_CREDENTIALS = _RequestsAuth(NoAuth())
 
 
 # ---------------------------------------------------------------- retries
@@ -515,10 +544,14 @@ class FhirClient:
         params: SearchParams | None = None,
         json: Any = None,
         headers: Mapping[str, str] | None = None,
+        stream: bool = False,
+        authenticate: bool = True,
     ) -> requests.Response:
         """Send one request (urllib3 retries underneath) and return a 2xx response; any other
         status raises the FhirHttpError subclass for it. A body cut off mid-read is retried here
-        for idempotent methods, a 401 once after `auth.invalidate()`."""
+        for idempotent methods, a 401 once after `auth.invalidate()`. With `stream`, a 2xx body
+        is left unread for the caller to iterate and close (Bulk Data files);
+        `authenticate=False` sends no credentials (files without `requiresAccessToken`)."""
         method = method.upper()
         url = self.url_for(url_or_path)
         send_headers = dict(headers or {})
@@ -530,11 +563,12 @@ class FhirClient:
         started = time.monotonic()
         body_retries = 0
         reauthenticated = False
+        auth = self._requests_auth if authenticate else _NO_CREDENTIALS
         while True:
             try:
                 response = self.session.request(
                     method, url, params=query, data=body, headers=send_headers,
-                    auth=self._requests_auth, allow_redirects=False,
+                    auth=auth, allow_redirects=False, stream=stream,
                     verify=self.settings.verify_tls,
                     timeout=(self.settings.connect_timeout, self.settings.read_timeout),
                 )
@@ -546,8 +580,9 @@ class FhirClient:
                 raise self._transport_error(method, url, exc) from exc
             except requests.exceptions.RequestException as exc:
                 raise self._transport_error(method, url, exc) from exc
-            self.stats.count_response(method, len(response.content))
-            if response.status_code == 401 and not reauthenticated:
+            unread = stream and 200 <= response.status_code < 300
+            self.stats.count_response(method, 0 if unread else len(response.content))
+            if response.status_code == 401 and authenticate and not reauthenticated:
                 reauthenticated = True
                 self.auth.invalidate()
                 log.info("%s %s: 401, credentials renewed, trying once more", method,

@@ -1,4 +1,4 @@
-"""Where resources come from: a FHIR server, a Bulk Data NDJSON directory, or memory (tests).
+"""Where resources come from: a FHIR server, a Bulk Data NDJSON directory or export, or memory.
 
 A source yields raw resources (plain dicts) per type. A line or entry it cannot even read as a
 resource comes out as an `Issue` instead, so one bad line never stops a run.
@@ -14,6 +14,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 
 import orjson
 
+from fhirpanel.config import BulkSettings
 from fhirpanel.domain.records import Issue
 from fhirpanel.errors import ConfigError, SourceError
 
@@ -152,14 +153,26 @@ class ServerSource:
             yield from self.client.search_by_patients(resource_type, list(patients))
 
 
-def source_from_spec(spec: str, client_factory: Any = None) -> FhirSource:
-    """`ndjson:DIR` or an http(s) FHIR base URL. `client_factory(base_url)` builds the client."""
+def source_from_spec(spec: str, client_factory: Any = None,
+                     bulk: BulkSettings | None = None) -> FhirSource:
+    """`ndjson:DIR`, an http(s) FHIR base URL, or `bulk:BASE[/Group/ID]` (a Bulk Data export
+    with `bulk` settings). `client_factory(base_url)` builds the client."""
     if spec.startswith("ndjson:"):
         return NdjsonSource(spec.removeprefix("ndjson:"))
+    if spec.startswith("bulk:"):
+        from fhirpanel.fhir.bulk import BulkExport, BulkSource, parse_bulk_spec
+
+        target = parse_bulk_spec(spec)
+        if client_factory is None:
+            raise ConfigError("a bulk: source needs a client")
+        export = BulkExport(client_factory(target.base_url), bulk,
+                            group_id=target.group_id or None)
+        return BulkSource(export)
     if spec.startswith(("http://", "https://")):
         if client_factory is None:
             raise ConfigError("a FHIR base URL source needs a client")
         return ServerSource(client_factory(spec))
     raise ConfigError(
-        f"unknown source {spec!r}: give a FHIR base URL (http://...) or ndjson:DIRECTORY"
+        f"unknown source {spec!r}: give a FHIR base URL (http://...), ndjson:DIRECTORY or "
+        "bulk:FHIR-BASE-URL"
     )

@@ -245,7 +245,12 @@ def _full(job: Job, run_id: int) -> RefreshResult:
     source = open_source(job.source_spec, settings)
     before_requests = _requests(source)
     watermark_before = store.watermark(job.source_key)
-    outcome = run_full(settings, source, job.day, manual=store.active_overrides())
+    try:
+        outcome = run_full(settings, source, job.day, manual=store.active_overrides())
+    finally:
+        close = getattr(source, "close", None)  # a Bulk export's downloaded files
+        if callable(close) and not isinstance(source, ServerSource):
+            close()
     job.check_stop("write-back")
     ledger = store.ledger(run_id)
     writeback = _write(job, source, outcome, ledger, trust_ledger=False)

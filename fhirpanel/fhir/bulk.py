@@ -1,0 +1,643 @@
+"""Bulk Data `$export` (FHIR Bulk Data Access IG v2): kick-off, status polling, NDJSON download.
+
+`BulkExport.run()` leaves a folder of complete NDJSON files or nothing at all; `BulkSource` runs
+one export lazily, on its first read, and serves the files through `NdjsonSource`. Every request
+goes through `FhirClient.request`, so retries, timeouts, auth and HTTP-error mapping apply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import shutil
+import tempfile
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import orjson
+import requests
+
+from fhirpanel.config import BulkSettings
+from fhirpanel.domain.records import Issue
+from fhirpanel.errors import (
+    AuthError,
+    ConfigError,
+    FhirHttpError,
+    GoneError,
+    NotFoundError,
+    SourceError,
+)
+from fhirpanel.fhir.client import (
+    FHIR_JSON,
+    FhirClient,
+    NoAuth,
+    outcome_messages,
+    redact_url,
+    resolve_link,
+)
+from fhirpanel.fhir.source import Item, NdjsonSource, ServerSource
+
+log = logging.getLogger(__name__)
+
+EXPORT_TYPES = ("Patient", "Encounter", "Condition", "Practitioner", "PractitionerRole",
+                "Organization")
+# Outside the Patient compartment: a Group-level export need not contain them (IG, "Group level
+# export"), so when its manifest has none they are read by paged search instead.
+NON_COMPARTMENT_TYPES = frozenset({"Practitioner", "PractitionerRole", "Organization"})
+NDJSON = "application/fhir+ndjson"
+DEFAULT_DOWNLOAD_DIR = "var/bulk"
+MAX_POLLS = 10_000  # with max_wait_seconds, the bound on the status loop
+MIN_POLL_SECONDS = 0.1  # never poll faster, whatever Retry-After says
+DOWNLOAD_ATTEMPTS = 3  # per file, when the connection breaks mid-body (HTTP errors: the client)
+CHUNK_BYTES = 1 << 20
+MAX_ERROR_ISSUES = 1000  # OperationOutcome lines taken from error files; the rest are counted
+# IG: a polling failure that is not the export's failure carries a transient issue code.
+TRANSIENT_CODES = frozenset({"transient", "throttled", "timeout", "lock-error"})
+
+_TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_INSTANT = re.compile(
+    r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})$")
+_GROUP_URL = re.compile(r"^(?P<base>.+?)/Group/(?P<id>[^/]+)$")
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+@dataclass(frozen=True)
+class BulkTarget:
+    """What a `bulk:` spec names: the FHIR base and, for a Group-level export, the Group id."""
+
+    base_url: str
+    group_id: str = ""
+
+
+def parse_bulk_spec(spec: str) -> BulkTarget:
+    """`bulk:BASE` or `bulk:BASE/Group/ID` (a trailing `/$export` is allowed)."""
+    if not spec.startswith("bulk:"):
+        raise ConfigError(f"not a bulk source: {spec!r}")
+    url = spec.removeprefix("bulk:").strip().rstrip("/").removesuffix("/$export").rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"bulk source needs an http(s) FHIR base URL: {redact_url(url)!r}")
+    parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        raise ConfigError("bulk source URL takes no query: set _since with bulk.since "
+                          "(FHIRPANEL_BULK_SINCE)")
+    match = _GROUP_URL.match(url)
+    if match is None:
+        return BulkTarget(url)
+    group_id = unquote(match.group("id"))
+    check_group_id(group_id)
+    return BulkTarget(match.group("base"), group_id)
+
+
+def check_group_id(group_id: str) -> str:
+    if not _FHIR_ID.match(group_id):
+        raise ConfigError(f"not a FHIR id for a Group: {group_id!r}")
+    return group_id
+
+
+def check_since(since: str) -> str:
+    """`_since` must be a FHIR instant (with seconds and a zone)."""
+    if not _INSTANT.match(since):
+        raise ConfigError(f"bulk since {since!r} is not a FHIR instant "
+                          "(e.g. 2026-11-01T00:00:00Z)")
+    return since
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    type: str
+    url: str
+    count: int | None = None
+
+
+@dataclass(frozen=True)
+class ExportManifest:
+    transaction_time: str
+    request: str
+    requires_access_token: bool
+    output: tuple[ManifestFile, ...]
+    error: tuple[ManifestFile, ...]
+
+
+def parse_manifest(data: Any) -> ExportManifest:
+    """The completion manifest; anything malformed is a SourceError (no partial import)."""
+    if not isinstance(data, Mapping):
+        raise SourceError("Bulk export manifest is not a JSON object")
+    requires = data.get("requiresAccessToken", False)
+    if not isinstance(requires, bool):
+        raise SourceError("Bulk export manifest: requiresAccessToken is not true or false")
+    transaction_time = data.get("transactionTime", "")
+    request = data.get("request", "")
+    return ExportManifest(
+        transaction_time=transaction_time if isinstance(transaction_time, str) else "",
+        request=request if isinstance(request, str) else "",
+        requires_access_token=requires,
+        output=_manifest_files(data.get("output"), "output"),
+        error=_manifest_files(data.get("error"), "error"),
+    )
+
+
+def _manifest_files(raw: Any, key: str) -> tuple[ManifestFile, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise SourceError(f"Bulk export manifest: {key} is not a list")
+    files = []
+    for n, item in enumerate(raw):
+        where = f"Bulk export manifest: {key}[{n}]"
+        if not isinstance(item, Mapping):
+            raise SourceError(f"{where} is not an object")
+        rtype, url, count = item.get("type"), item.get("url"), item.get("count")
+        if not isinstance(rtype, str) or not _TYPE_NAME.match(rtype):
+            raise SourceError(f"{where}: no valid resource type")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise SourceError(f"{where}: no http(s) url")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+            count = None  # optional and advisory: a bad one is ignored
+        files.append(ManifestFile(rtype, url, count))
+    return tuple(files)
+
+
+def download_names(files: Sequence[ManifestFile]) -> list[str]:
+    """`Patient.0001.ndjson`, `Patient.0002.ndjson`, ...: numbered per type in manifest order, so
+    `NdjsonSource` recognises the type and reads the files in that order."""
+    seen: dict[str, int] = {}
+    names = []
+    for file in files:
+        seen[file.type] = seen.get(file.type, 0) + 1
+        names.append(f"{file.type}.{seen[file.type]:04d}.ndjson")
+    return names
+
+
+def error_file_name(n: int) -> str:
+    """Lower case: never taken for a resource file by `NdjsonSource`."""
+    return f"error.{n:04d}.ndjson"
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """`Retry-After` as seconds from `now` (epoch seconds): delta-seconds or an HTTP-date."""
+    if not value or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = when.timestamp() - now
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
+
+
+def is_transient(error: FhirHttpError) -> bool:
+    """A polling error the IG says to retry: every issue carries a transient code."""
+    issues = (error.outcome or {}).get("issue") or []
+    codes = {i.get("code") for i in issues if isinstance(i, Mapping)}
+    return bool(codes) and codes <= TRANSIENT_CODES
+
+
+def error_file_issues(lines: Sequence[bytes], name: str, limit: int = MAX_ERROR_ISSUES
+                      ) -> list[Issue]:
+    """One Issue per OperationOutcome issue line in an export's error file."""
+    issues: list[Issue] = []
+    skipped = 0
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"OperationOutcome/? ({name}:{lineno})"
+        try:
+            data = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict) or data.get("resourceType") != "OperationOutcome":
+            messages = ["unreadable error line"]
+        else:
+            messages = outcome_messages(data) or ["OperationOutcome without a message"]
+        for message in messages:
+            if len(issues) >= limit:
+                skipped += 1
+                continue
+            issues.append(Issue(where, f"export error: {message[:300]}", "recorded"))
+    if skipped:
+        issues.append(Issue(f"OperationOutcome/? ({name})",
+                            f"export error: {skipped} more error lines not listed", "recorded"))
+    return issues
+
+
+# ---------------------------------------------------------------- the export
+
+
+@dataclass
+class ExportStats:
+    polls: int = 0
+    export_seconds: float = 0.0  # kick-off to manifest
+    download_seconds: float = 0.0
+    files: int = 0
+    bytes: int = 0
+    lines: int = 0
+
+
+@dataclass
+class ExportResult:
+    directory: Path
+    manifest: ExportManifest
+    counts: dict[str, int]  # lines downloaded per resource type
+    issues: list[Issue] = field(default_factory=list)  # from the manifest's error files
+    warnings: list[str] = field(default_factory=list)
+    stats: ExportStats = field(default_factory=ExportStats)
+
+
+class _BrokenDownload(Exception):
+    """The connection broke while a file body streamed in: worth starting the file again."""
+
+
+class BulkExport:
+    """One `$export`: kick-off, status polls, downloads. `run()` returns a folder holding every
+    file complete, or raises and leaves nothing behind; the status URL is sent a DELETE either
+    way (cancel, or the IG's signal that the files may go)."""
+
+    def __init__(
+        self,
+        client: FhirClient,
+        settings: BulkSettings | None = None,
+        *,
+        group_id: str | None = None,
+        since: str | None = None,
+        types: Sequence[str] = EXPORT_TYPES,
+        max_polls: int = MAX_POLLS,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.settings = settings or BulkSettings()
+        group = self.settings.group_id if group_id is None else group_id
+        self.group_id = check_group_id(group) if group else ""
+        since = self.settings.since if since is None else since
+        self.since = check_since(since) if since else ""
+        for rtype in types:
+            if not _TYPE_NAME.match(rtype):
+                raise ConfigError(f"not a resource type: {rtype!r}")
+        self.types = tuple(types)
+        self.max_polls = max_polls
+        self.stats = ExportStats()
+        self._sleep, self._clock, self._wall_clock = sleep, clock, wall_clock
+        self._file_clients: dict[str, FhirClient] = {}
+
+    def describe(self) -> str:
+        group = f"/Group/{self.group_id}" if self.group_id else ""
+        return f"bulk:{redact_url(self.client.base_url)}{group}"
+
+    @property
+    def kickoff_path(self) -> str:
+        if self.group_id:
+            return f"Group/{quote(self.group_id, safe='')}/$export"
+        return "$export"
+
+    def run(self) -> ExportResult:
+        self.stats = ExportStats()
+        started = self._clock()
+        status_url = self.kick_off()
+        try:
+            manifest = self.wait_for_manifest(status_url)
+            self.stats.export_seconds = self._clock() - started
+            return self.download(manifest)
+        finally:
+            self._delete(status_url)
+            for other in self._file_clients.values():
+                other.close()
+            self._file_clients.clear()
+
+    # ------------------------------------------------------------ kick-off
+
+    def kick_off(self) -> str:
+        """The status URL of a new export job."""
+        params = [("_type", ",".join(self.types)), ("_outputFormat", NDJSON)]
+        if self.since:
+            params.append(("_since", self.since))
+        what = f"Group/{self.group_id}" if self.group_id else "system-level"
+        try:
+            response = self.client.request(
+                "GET", self.kickoff_path, params=params,
+                headers={"Accept": FHIR_JSON, "Prefer": "respond-async"},
+            )
+        except AuthError:
+            raise
+        except NotFoundError as exc:
+            missing = f"Group/{self.group_id} not found" if self.group_id else "no $export"
+            raise SourceError(f"Bulk export kick-off ({what}): {missing}: {exc}") from exc
+        except FhirHttpError as exc:
+            raise SourceError(f"Bulk export kick-off ({what}) refused: {exc}") from exc
+        if response.status_code != 202:
+            raise SourceError(f"Bulk export kick-off ({what}) answered HTTP "
+                              f"{response.status_code}, not 202 Accepted: the server does not run "
+                              "$export asynchronously")
+        location = response.headers.get("Content-Location", "").strip()
+        if not location:
+            raise SourceError(f"Bulk export kick-off ({what}): 202 without Content-Location")
+        status_url = resolve_link(self.client.base_url, location)
+        log.info("bulk export (%s) started; status at %s", what, redact_url(status_url))
+        return status_url
+
+    # ------------------------------------------------------------ status
+
+    def wait_for_manifest(self, status_url: str) -> ExportManifest:
+        """Poll until the manifest (200), honouring Retry-After; bounded by
+        `max_wait_seconds` and `max_polls`. A failed export is a SourceError with the server's
+        message."""
+        started = self._clock()
+        limit = self.settings.max_wait_seconds
+        progress = ""
+        while True:
+            self.stats.polls += 1
+            wait: float | None
+            try:
+                response = self.client.request("GET", status_url,
+                                               headers={"Accept": "application/json"})
+            except AuthError:
+                raise
+            except FhirHttpError as exc:
+                if not is_transient(exc):
+                    raise SourceError(f"Bulk export failed: {exc}") from exc
+                log.info("bulk export status: transient error %d; polling again", exc.status)
+                wait = None
+            else:
+                if response.status_code == 200:
+                    return parse_manifest(_json_body(response))
+                if response.status_code != 202:
+                    raise SourceError(f"Bulk export status answered HTTP "
+                                      f"{response.status_code}, expected 202 or 200")
+                progress = " ".join(response.headers.get("X-Progress", "").split())[:100]
+                log.info("bulk export in progress: %s", progress or "(no X-Progress)")
+                wait = retry_after_seconds(response.headers.get("Retry-After"),
+                                           self._wall_clock())
+            if self.stats.polls >= self.max_polls:
+                raise SourceError(f"Bulk export not finished after {self.stats.polls} status "
+                                  f"polls (last progress: {progress or 'none'}); cancelled")
+            wait = max(MIN_POLL_SECONDS, self.settings.poll_interval if wait is None else wait)
+            elapsed = self._clock() - started
+            if elapsed + wait > limit:
+                raise SourceError(
+                    f"Bulk export not finished within {limit:g}s (bulk.max_wait_seconds; "
+                    f"next poll in {wait:g}s, last progress: {progress or 'none'}); cancelled")
+            self._sleep(wait)
+
+    def _delete(self, status_url: str) -> None:
+        """Best effort: cancels a running export, or lets the server drop finished files."""
+        try:
+            self.client.request("DELETE", status_url)
+        except SourceError as exc:
+            log.info("bulk export: DELETE of the status URL not accepted (%s)", exc)
+
+    # ------------------------------------------------------------ downloads
+
+    def download(self, manifest: ExportManifest) -> ExportResult:
+        """Every output file of a requested type, streamed to `*.part` files in a fresh folder
+        and renamed once all are complete; on any failure the folder is removed."""
+        root = Path(self.settings.download_dir or DEFAULT_DOWNLOAD_DIR)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            partial = Path(tempfile.mkdtemp(prefix="export-", suffix=".partial", dir=root))
+        except OSError as exc:
+            raise SourceError(f"cannot create a download folder under {root}: {exc}") from exc
+        started = self._clock()
+        deadline = started + self.settings.max_wait_seconds
+        try:
+            wanted = [f for f in manifest.output if f.type in self.types]
+            warnings = [f"export file of unrequested type {f.type} ignored"
+                        for f in manifest.output if f.type not in self.types]
+            counts: dict[str, int] = {}
+            done: list[tuple[Path, str]] = []
+            for file, name in zip(wanted, download_names(wanted), strict=True):
+                part = partial / f"{name}.part"
+                lines = self._fetch(file, part, manifest.requires_access_token, deadline)
+                done.append((part, name))
+                counts[file.type] = counts.get(file.type, 0) + lines
+                if file.count is not None and file.count != lines:
+                    warnings.append(f"{file.type} file {name}: manifest count {file.count}, "
+                                    f"{lines} lines downloaded")
+            issues = self._error_issues(manifest, partial, deadline, warnings)
+            for part, name in done:
+                part.rename(partial / name)
+            directory = partial.with_name(partial.name.removesuffix(".partial"))
+            partial.rename(directory)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        self.stats.download_seconds = self._clock() - started
+        self.stats.files = len(done)
+        self.stats.lines = sum(counts.values())
+        for warning in warnings:
+            log.warning("bulk export: %s", warning)
+        log.info("bulk export: %d files, %d lines, %.1f MB in %.1fs (export %.1fs, %d polls)",
+                 self.stats.files, self.stats.lines, self.stats.bytes / 1e6,
+                 self.stats.download_seconds, self.stats.export_seconds, self.stats.polls)
+        return ExportResult(directory, manifest, counts, issues, warnings, self.stats)
+
+    def _error_issues(self, manifest: ExportManifest, folder: Path, deadline: float,
+                      warnings: list[str]) -> list[Issue]:
+        """The error files' OperationOutcomes as issues (content stays out of the logs)."""
+        issues: list[Issue] = []
+        for n, file in enumerate(manifest.error, start=1):
+            name = error_file_name(n)
+            path = folder / name
+            try:
+                self._fetch(file, path, manifest.requires_access_token, deadline)
+                with path.open("rb") as handle:
+                    issues.extend(error_file_issues(handle.readlines(), name))
+            except (SourceError, OSError) as exc:
+                warnings.append(f"export error file {n} could not be read: {exc}")
+            finally:
+                path.unlink(missing_ok=True)
+        if issues:
+            log.warning("bulk export: the server reported %d errors (see the report's issues)",
+                        len(issues))
+        return issues
+
+    def _fetch(self, file: ManifestFile, target: Path, with_token: bool, deadline: float) -> int:
+        """Stream one file to `target`; returns its line count."""
+        client = self._client_for(file.url, with_token)
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            try:
+                return self._stream(client, file, target, with_token, deadline)
+            except _BrokenDownload as exc:
+                if attempt == DOWNLOAD_ATTEMPTS:
+                    raise SourceError(f"Bulk export {file.type} file {redact_url(file.url)}: "
+                                      f"connection broke {attempt} times ({exc})") from exc
+                log.info("bulk export: %s file broke off (%s); downloading it again",
+                         file.type, exc)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _stream(self, client: FhirClient, file: ManifestFile, target: Path, with_token: bool,
+                deadline: float) -> int:
+        where = f"Bulk export {file.type} file {redact_url(file.url)}"
+        try:
+            response = client.request("GET", file.url, headers={"Accept": NDJSON}, stream=True,
+                                      authenticate=with_token)
+        except (NotFoundError, GoneError) as exc:
+            raise SourceError(f"{where} is gone (HTTP {exc.status}): the export expired or was "
+                              "removed; run the export again") from exc
+        except AuthError:
+            raise
+        except FhirHttpError as exc:
+            raise SourceError(f"{where} could not be downloaded: {exc}") from exc
+        lines = size = 0
+        last = b"\n"
+        try:
+            with response, target.open("wb") as out:
+                for chunk in response.iter_content(chunk_size=CHUNK_BYTES):
+                    if not chunk:
+                        continue
+                    out.write(chunk)
+                    size += len(chunk)
+                    lines += chunk.count(b"\n")
+                    last = chunk[-1:]
+                    if self._clock() > deadline:
+                        raise SourceError(f"{where}: downloads took longer than "
+                                          f"{self.settings.max_wait_seconds:g}s "
+                                          "(bulk.max_wait_seconds)")
+        except requests.exceptions.RequestException as exc:  # before OSError: it is one
+            raise _BrokenDownload(type(exc).__name__) from exc
+        except OSError as exc:
+            raise SourceError(f"cannot write {target}: {exc}") from exc
+        if last != b"\n":
+            lines += 1
+        client.stats.bytes += size
+        self.stats.bytes += size
+        return lines
+
+    def _client_for(self, url: str, with_token: bool) -> FhirClient:
+        """The FHIR client for files on the server's origin; files elsewhere (pre-signed storage
+        URLs) get a client without credentials, and are refused when they need a token."""
+        if _same_origin(url, self.client.base_url):
+            return self.client
+        if with_token:
+            raise SourceError(f"Bulk export file {redact_url(url)} needs our access token but is "
+                              f"not on the FHIR server {redact_url(self.client.base_url)}: refused")
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+        if origin not in self._file_clients:
+            settings = dataclasses.replace(self.client.settings, base_url=origin)
+            self._file_clients[origin] = FhirClient(settings, auth=NoAuth())
+        return self._file_clients[origin]
+
+
+def _same_origin(a: str, b: str) -> bool:
+    try:
+        pa, pb = urlsplit(a), urlsplit(b)
+        default = {"http": 80, "https": 443}
+        return (pa.scheme.lower(), (pa.hostname or "").lower(),
+                pa.port or default.get(pa.scheme.lower(), 0)) == (
+            pb.scheme.lower(), (pb.hostname or "").lower(),
+            pb.port or default.get(pb.scheme.lower(), 0))
+    except ValueError:
+        return False
+
+
+def _json_body(response: requests.Response) -> Any:
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        raise SourceError(f"Bulk export status {redact_url(response.url)}: 200 without a JSON "
+                          "manifest") from exc
+
+
+# ---------------------------------------------------------------- the source
+
+
+class BulkSource:
+    """A `FhirSource` over one Bulk Data export, run on the first read (once) and then served
+    from the downloaded NDJSON. `close()` removes the files unless `keep_files` (also at exit)."""
+
+    def __init__(self, export: BulkExport, *, keep_files: bool | None = None) -> None:
+        self.export = export
+        self.client = export.client
+        self.keep_files = export.settings.keep_files if keep_files is None else keep_files
+        self.result: ExportResult | None = None
+        self._files: NdjsonSource | None = None
+        self._server = ServerSource(export.client)
+        self._failure: SourceError | None = None
+        self._pending: list[Issue] = []
+        self._cleanup: weakref.finalize[Any, Any] | None = None
+        self._closed = False
+
+    def describe(self) -> str:
+        return self.export.describe()
+
+    @property
+    def transaction_time(self) -> str:
+        """The manifest's transactionTime: the `_since` of the next incremental export."""
+        return self.result.manifest.transaction_time if self.result else ""
+
+    def read(self, resource_type: str) -> Iterator[Item]:
+        files = self._ensure()
+        yield from self._take_issues()
+        if self._from_server(resource_type):
+            yield from self._server.read(resource_type)
+        else:
+            yield from files.read(resource_type)
+
+    def read_for_patients(self, resource_type: str, patients: Sequence[str]) -> Iterator[Item]:
+        files = self._ensure()
+        yield from self._take_issues()
+        if self._from_server(resource_type):
+            yield from self._server.read_for_patients(resource_type, patients)
+        else:
+            yield from files.read_for_patients(resource_type, patients)
+
+    def _ensure(self) -> NdjsonSource:
+        if self._closed:
+            raise SourceError(f"{self.describe()}: source already closed")
+        if self._failure is not None:
+            raise self._failure
+        if self._files is None:
+            try:
+                result = self.export.run()
+            except SourceError as exc:
+                self._failure = exc
+                raise
+            self.result = result
+            self._pending = list(result.issues)
+            self._files = NdjsonSource(result.directory)
+            if not self.keep_files:
+                self._cleanup = weakref.finalize(self, shutil.rmtree, result.directory,
+                                                 ignore_errors=True)
+        return self._files
+
+    def _take_issues(self) -> list[Issue]:
+        """Export-level issues (error files) come out once, with the first read."""
+        pending, self._pending = self._pending, []
+        return pending
+
+    def _from_server(self, resource_type: str) -> bool:
+        if not self.export.group_id or resource_type not in NON_COMPARTMENT_TYPES:
+            return False
+        if self.result is None or resource_type in self.result.counts:
+            return False
+        log.info("Group export has no %s: reading it by paged search", resource_type)
+        return True
+
+    def close(self) -> None:
+        self._closed = True
+        if self._cleanup is not None:
+            self._cleanup()
+        elif self.result is not None:
+            log.info("bulk files kept in %s (bulk.keep_files)", self.result.directory)
+
+    def __enter__(self) -> BulkSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
