@@ -8,7 +8,7 @@ returns immutable summaries sorted by id.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import date
 from typing import Any
@@ -316,6 +316,18 @@ def compute_panels(population: Population, attribution: AttributionResult, as_of
     return PanelSummary(panels=tuple(panels), suggestions=suggestions, weights=weights)
 
 
+def suggest_clinicians(population: Population, attribution: AttributionResult, as_of: date,
+                       capacities: CapacitySettings, panels: Sequence[Panel],
+                       weights: AgeSexWeights) -> tuple[Suggestion, ...]:
+    """Suggestions for the unassigned patients of `attribution` against panels computed
+    elsewhere (an incremental refresh passes the stored, practice-wide panels)."""
+    def weight_of(patient_id: str) -> float:
+        patient = population.patients.get(patient_id)
+        return 1.0 if patient is None else weights.weight(patient.birth_date, patient.sex, as_of)
+
+    return _suggest(population, attribution, as_of, capacities, list(panels), weight_of)
+
+
 def _suggest(population: Population, attribution: AttributionResult, as_of: date,
              capacities: CapacitySettings, panels: list[Panel],
              weight_of: Callable[[str], float]) -> tuple[Suggestion, ...]:
@@ -363,4 +375,5 @@ __all__ = [
     "compute_age_sex_weights",
     "compute_panels",
     "outreach_list",
+    "suggest_clinicians",
 ]

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from fhirpanel.config import Settings
 from fhirpanel.domain.attribution import ManualAssignment
-from fhirpanel.domain.panels import AgeSexWeights
+from fhirpanel.domain.panels import AgeSexWeights, Panel, Suggestion, suggest_clinicians
 from fhirpanel.domain.records import Population
 from fhirpanel.errors import ConfigError, FhirpanelError
 from fhirpanel.fhir.parse import ParseProblem, parse_instant, reference_id
@@ -346,6 +346,8 @@ def _incremental(job: Job, run_id: int) -> RefreshResult:
                           weights=weights,
                           outreach_months=(settings.attribution.outreach_not_seen_months,
                                            settings.attribution.outreach_sentinel_months))
+        outcome.panels = dataclasses.replace(outcome.panels, suggestions=_suggestions(
+            store, outcome, tables, weights))
         missing = sorted(set(affected) - set(population.patients))
         if missing:
             counts["patients_not_found"] = len(missing)
@@ -410,6 +412,24 @@ def _write(job: Job, source: FhirSource, outcome: RunOutcome, ledger: Any, *,
     return write_back(outcome, source.client, cfg, dry_run=False, tables=tables,
                       ledger=ledger, trust_ledger=trust_ledger,
                       fail_after_batches=job.fail_after_batches)
+
+
+def _suggestions(store: Store, outcome: RunOutcome, tables: MethodTables,
+                 weights: AgeSexWeights) -> tuple[Suggestion, ...]:
+    """Suggestions for this pass's unassigned patients against the practice-wide panels in the
+    store (the pass itself only sees the patients it recomputed)."""
+    stored = {c["practitioner"]: c for c in store.clinicians()}
+    panels = []
+    for clinician in sorted(set(stored) | set(outcome.attribution.eligibility.eligible)):
+        row = stored.get(clinician)
+        if row is None:  # a clinician new since the last full refresh
+            capacity = tables.capacities.for_clinician(clinician).panel_capacity
+            panels.append(Panel(clinician, 0, 0.0, capacity, capacity))
+        else:
+            panels.append(Panel(clinician, row["size"], row["risk_adjusted_size"],
+                                row["capacity"], row["open_capacity"]))
+    return suggest_clinicians(outcome.population, outcome.attribution, outcome.as_of,
+                              tables.capacities, panels, weights)
 
 
 def _queue_failed(store: Store, s: Any, writeback: Any) -> None:
