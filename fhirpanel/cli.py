@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import requests
 from rich.console import Console
@@ -24,7 +26,8 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from fhirpanel import __version__
 from fhirpanel.config import Settings
 from fhirpanel.errors import ConfigError, ExitCode, FhirpanelError, SourceError
-from fhirpanel.fhir.source import FhirSource, ServerSource, source_from_spec
+from fhirpanel.fhir.source import ServerSource
+from fhirpanel.run import open_source
 
 log = logging.getLogger("fhirpanel")
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="one full pass: read, attribute, score risk, size panels")
     run.add_argument("--source", required=True,
-                     help="a FHIR base URL (http://...) or ndjson:DIRECTORY of Bulk Data files")
+                     help="a FHIR base URL (http://...), ndjson:DIRECTORY of Bulk Data files, "
+                          "or bulk:BASE[/Group/ID] for a Bulk Data $export")
     run.add_argument("--as-of", type=_as_of, default=None,
                      help="the as-of date (YYYY-MM-DD); default today")
     run.add_argument("--config", help="a fhirpanel.toml settings file")
@@ -93,9 +97,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the main job on the embedded default: a local sandbox "
                                        "seeded with the committed population, one full run")
-    demo.add_argument("--keep-running", action="store_true",
-                      help="leave the sandbox server running after the run")
+    demo.add_argument("--no-serve", action="store_true",
+                      help="stop after the run (default: then serve the worker, the API and "
+                           "the dashboard until Ctrl-C)")
     demo.set_defaults(func=cmd_demo)
+
+    ref = sub.add_parser("refresh", help="one refresh pass into the state store: incremental "
+                                         "(default) or --full")
+    ref.add_argument("--full", action="store_true",
+                     help="the whole pipeline, reconciled with the server")
+    ref.add_argument("--source", default=None,
+                     help="default: scheduler.source or fhir.base_url from settings")
+    ref.add_argument("--as-of", type=_as_of, default=None)
+    ref.add_argument("--config", help="a fhirpanel.toml settings file")
+    ref.add_argument("--database", help="the store's SQLAlchemy URL (default: settings)")
+    ref.add_argument("--no-write", action="store_true",
+                     help="compute and store only; write nothing back to the FHIR server")
+    ref.add_argument("--json", action="store_true", help="print the result as JSON")
+    ref.set_defaults(func=cmd_refresh)
+
+    runs = sub.add_parser("runs", help="recent refresh runs with their counts")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--config", help="a fhirpanel.toml settings file")
+    runs.add_argument("--database", help="the store's SQLAlchemy URL (default: settings)")
+    runs.add_argument("--json", action="store_true", help="print the runs as JSON")
+    runs.set_defaults(func=cmd_runs)
+
+    work = sub.add_parser("worker", help="the scheduler process: incremental refresh every few "
+                                         "minutes, a nightly full refresh, Subscriptions")
+    work.add_argument("--source", default=None,
+                      help="default: scheduler.source or fhir.base_url from settings")
+    work.add_argument("--config", help="a fhirpanel.toml settings file")
+    work.add_argument("--database", help="the store's SQLAlchemy URL (default: settings)")
+    work.set_defaults(func=cmd_worker)
+
+    from fhirpanel import checkserver
+
+    checkserver.register(sub)
+    from fhirpanel.api import serve
+
+    serve.register(sub)
     return parser
 
 
@@ -107,15 +148,6 @@ def _as_of(text: str) -> date:
 
 
 # ---------------------------------------------------------------- run
-
-
-def open_source(spec: str, settings: Settings) -> FhirSource:
-    def client_factory(base_url: str) -> object:
-        from fhirpanel.fhir.client import FhirClient
-
-        return FhirClient(settings.with_fhir(base_url=base_url).fhir)
-
-    return source_from_spec(spec, client_factory)
 
 
 @contextlib.contextmanager
@@ -137,6 +169,7 @@ def reading_progress(console: Console, enabled: bool) -> Iterator[object]:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from fhirpanel.fhir.bulk import BulkSource
     from fhirpanel.report import build_report, render_summary, write_report
     from fhirpanel.run import run_full
 
@@ -146,8 +179,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     show = not args.quiet and console.is_terminal
     with reading_progress(console, show) as progress:
         outcome = run_full(settings, source, as_of, progress=progress)  # type: ignore[arg-type]
+    if isinstance(source, BulkSource):
+        source.close()  # the downloaded NDJSON is read; the client stays for write-back
     writeback = None
-    if isinstance(source, ServerSource):
+    if isinstance(source, ServerSource | BulkSource):
         from fhirpanel.writeback import WritebackTables, write_back
 
         tables = WritebackTables.load(settings.writeback, settings.mappings_path,
@@ -155,7 +190,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         writeback = write_back(outcome, source.client, settings.writeback,
                                dry_run=not args.write, tables=tables)
     elif args.write:
-        raise ConfigError("--write needs a FHIR server source (http://...), not NDJSON")
+        raise ConfigError("--write needs a FHIR server source (http://... or bulk:...), "
+                          "not NDJSON")
     report = build_report(outcome)
     if writeback is not None:
         report["writeback"] = writeback.as_report()
@@ -170,6 +206,93 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if writeback is not None and writeback.counts.total("failed"):
         return ExitCode.WRITEBACK
     return ExitCode.OK
+
+
+# ---------------------------------------------------------------- refresh, runs, worker
+
+
+def _store_settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.load(args.config)
+    changes: dict[str, Any] = {}
+    if getattr(args, "database", None):
+        changes["database_url"] = args.database
+    if getattr(args, "source", None):
+        changes["scheduler"] = dataclasses.replace(settings.scheduler, source=args.source)
+    return dataclasses.replace(settings, **changes) if changes else settings
+
+
+def cmd_refresh(args: argparse.Namespace, console: Console) -> int:
+    from fhirpanel.jobs.refresh import full_refresh, incremental_refresh
+    from fhirpanel.store import Store
+
+    settings = _store_settings(args)
+    store = Store(settings.database)
+    refresh = full_refresh if args.full else incremental_refresh
+    result = refresh(settings, store, trigger="cli", as_of=args.as_of,
+                     write=False if args.no_write else None)
+    if args.json:
+        run = store.run(result.run_id) if result.run_id else None
+        console.print_json(data=run or {"status": result.status, "error": result.error})
+    else:
+        console.print(f"{result.kind} refresh (run {result.run_id}): [bold]{result.status}"
+                      f"[/bold] in {result.seconds:.1f}s, {result.requests} FHIR requests")
+        if result.error:
+            console.print(f"  {result.error}", highlight=False)
+        for key, value in result.counts.items():
+            console.print(f"  {key}: {value}", highlight=False)
+        if result.watermark_after != result.watermark_before:
+            console.print(f"  watermark: {result.watermark_before} -> {result.watermark_after}")
+    store.close()
+    if result.status == "skipped":
+        return ExitCode.BUSY
+    if result.status in ("failed", "abandoned"):
+        exc = result.exception
+        return exc.exit_code if isinstance(exc, FhirpanelError) else ExitCode.FAILURE
+    if result.status == "partial":
+        return ExitCode.WRITEBACK
+    return ExitCode.OK
+
+
+def cmd_runs(args: argparse.Namespace, console: Console) -> int:
+    from rich.table import Table
+
+    from fhirpanel.store import Store
+
+    settings = _store_settings(args)
+    store = Store(settings.database)
+    runs = store.runs(limit=max(1, min(args.limit, 1000)))
+    store.close()
+    if args.json:
+        console.print_json(data=runs)
+        return ExitCode.OK
+    if not runs:
+        console.print("No runs yet. Start one with `fhirpanel refresh --full`.")
+        return ExitCode.OK
+    table = Table(title="Recent runs")
+    for column in ("run", "kind", "trigger", "started (UTC)", "seconds", "status", "patients",
+                   "written", "requests", "note"):
+        table.add_column(column)
+    for run in runs:
+        counts = run["counts"] or {}
+        patients = counts.get("patients", counts.get("patients_stored", ""))
+        table.add_row(str(run["id"]), run["kind"], run["trigger"],
+                      (run["started_at"] or "")[:19].replace("T", " "),
+                      "" if run["seconds"] is None else f"{run['seconds']:.1f}",
+                      run["status"], str(patients), str(counts.get("written", "")),
+                      str(run["requests"] or ""), (run["error"] or "")[:60])
+    console.print(table)
+    return ExitCode.OK
+
+
+def cmd_worker(args: argparse.Namespace, console: Console) -> int:
+    from fhirpanel.jobs.worker import run_worker
+
+    settings = _store_settings(args)
+    if not (settings.scheduler.source or settings.fhir.base_url):
+        raise ConfigError("the worker needs a source: --source, scheduler.source or "
+                          "fhir.base_url (FHIRPANEL_FHIR_BASE_URL)")
+    logging.getLogger("fhirpanel").setLevel(settings.log_level)
+    return run_worker(settings)
 
 
 # ---------------------------------------------------------------- generate
@@ -267,14 +390,120 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
         run_args = ["run", "--source", base, "--as-of", DEMO_AS_OF, "--write",
                     "--report", str(report)]
         code = main(run_args)
-        if code != ExitCode.OK:
+        if code != ExitCode.OK or args.no_serve:
             return code
-        if args.keep_running:
-            console.print("Sandbox still running; press Ctrl-C to stop it.")
-            with contextlib.suppress(KeyboardInterrupt):
-                while True:
-                    time.sleep(1)
+        return serve_demo(base, workdir, console)
     return ExitCode.OK
+
+
+def serve_demo(base: str, workdir: Path, console: Console) -> int:
+    """The worker and the API on 127.0.0.1 over a fresh demo store, until Ctrl-C or SIGTERM;
+    both are stopped by their process ids."""
+    import secrets
+
+    from fhirpanel.sandbox.server import LOOPBACK, free_port
+
+    state = workdir / "fhirpanel.db"
+    for stale in workdir.glob("fhirpanel.db*"):  # each demo starts from an empty store
+        stale.unlink()
+    token = secrets.token_urlsafe(24)
+    port = free_port()
+    env = {**os.environ,
+           "FHIRPANEL_FHIR_BASE_URL": base,
+           "FHIRPANEL_DATABASE_URL": f"sqlite:///{state.resolve()}",
+           "FHIRPANEL_SCHEDULER_AS_OF": DEMO_AS_OF,
+           "FHIRPANEL_SCHEDULER_INCREMENTAL_MINUTES": "1",
+           "FHIRPANEL_API_ADMIN_TOKENS": f"demo={token}",
+           "FHIRPANEL_API_HOST": LOOPBACK,
+           "FHIRPANEL_API_PORT": str(port),
+           "FHIRPANEL_API_WORKERS": "2"}
+    children: list[subprocess.Popen[bytes]] = []
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        console.print("[bold]Starting the worker[/bold] (first full refresh into the store, "
+                      "then an incremental pass every minute and on every new Encounter)")
+        children.append(_spawn(["worker"], env, workdir / "worker.log"))
+        _wait_until(lambda: _store_ready(state), children, "the worker's first refresh", 120)
+        console.print("[bold]Starting the API and dashboard[/bold]")
+        children.append(_spawn(["serve"], env, workdir / "api.log"))
+        url = f"http://{LOOPBACK}:{port}"
+        _wait_until(lambda: _answers(f"{url}/healthz"), children, "the API", 60)
+        console.print()
+        console.print(f"Dashboard:  [bold]{url}/login?token={token}[/bold]")
+        console.print(f"API:        {url}/api/panels   (Authorization: Bearer {token})")
+        console.print(f"OpenAPI:    {url}/openapi.json")
+        console.print(f"Admin token: {token}")
+        console.print(f"Logs in {workdir}/worker.log and {workdir}/api.log. "
+                      "Press Ctrl-C to stop everything.")
+        sys.stdout.flush()
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        failed = [c for c in children if c.poll() is not None]
+        console.print(f"[red]a demo process stopped unexpectedly (exit "
+                      f"{failed[0].returncode}); see the logs in {workdir}[/red]")
+        return ExitCode.FAILURE
+    except KeyboardInterrupt:
+        console.print("Stopping the API, the worker and the sandbox.")
+        return ExitCode.OK
+    finally:
+        for child in reversed(children):
+            _stop(child)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log_file:
+        return subprocess.Popen(  # noqa: S603 - our own module
+            [sys.executable, "-m", "fhirpanel", *args], env=env, stdout=log_file,
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    if child.poll() is not None:
+        return
+    os.kill(child.pid, signal.SIGTERM)
+    try:
+        child.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=5)
+
+
+def _wait_until(check: Any, children: list[subprocess.Popen[bytes]], what: str,
+                timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        dead = [c for c in children if c.poll() is not None]
+        if dead:
+            raise SourceError(f"{what}: a demo process exited with code {dead[0].returncode}")
+        if time.monotonic() > deadline:
+            raise SourceError(f"{what} not ready in {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+def _store_ready(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    from fhirpanel.store import Store
+
+    store = Store(f"sqlite:///{path.resolve()}", upgrade=False)
+    try:
+        return store.last_run(kind="full", statuses=("succeeded", "partial")) is not None
+    except Exception:  # the worker is still creating the schema
+        return False
+    finally:
+        store.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -631,7 +631,12 @@ class FhirClient:
         return data
 
     def _search_headers(self) -> dict[str, str]:
-        return {"Prefer": "handling=strict"} if self.settings.strict_search else {}
+        # HAPI answers an identical search from a cache for about 60 s: a write-back's re-read
+        # or an incremental poll must see the server as it is now.
+        headers = {"Cache-Control": "no-cache"}
+        if self.settings.strict_search:
+            headers["Prefer"] = "handling=strict"
+        return headers
 
     # ------------------------------------------------------------ reads
 

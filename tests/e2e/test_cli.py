@@ -82,7 +82,7 @@ def test_unreachable_server_is_a_source_error() -> None:
 
 
 def test_demo_runs_the_main_job_on_the_sandbox(tmp_path: Path) -> None:
-    out = fhirpanel("demo", cwd=tmp_path)
+    out = fhirpanel("demo", "--no-serve", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "Sandbox FHIR base: http://127.0.0.1:" in out.stdout
     assert "Panels" in out.stdout

@@ -1,0 +1,344 @@
+"""`fhirpanel check-server` against the real sandbox server and against replayed HAPI statements.
+
+The replays serve, from a loopback HTTP server, the recorded STU3 CapabilityStatement and the R4
+one assembled from HAPI's documentation (sandbox_fixtures/hapi/README.md says how), plus copies
+stripped of what fhirpanel needs. The 404 answer to `.well-known/smart-configuration` is built here
+in HAPI's OperationOutcome shape, not recorded.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from rich.console import Console
+
+from fhirpanel.checkserver import ServerCheck, check_server, judge, render
+from fhirpanel.cli import main
+from fhirpanel.config import Settings
+from fhirpanel.errors import ExitCode, SourceError
+from fhirpanel.fhir.capability import parse_capability_statement
+from fhirpanel.sandbox.server import SandboxServer, free_port
+from tests.conftest import HAPI_DIR
+from tests.integration.faults import LoopbackServer, outcome, send
+
+R4_ASSEMBLED = HAPI_DIR / "capability_r4_assembled.json"
+STU3_RECORDED = HAPI_DIR / "capabilitystatement-stu3-1.json"
+
+
+def hermetic(**env: str) -> Settings:
+    """Settings from defaults and the given variables only, retrying little (fast failures)."""
+    return Settings.load(env=env).with_fhir(max_retries=1, backoff_factor=0.01,
+                                            connect_timeout=2.0, read_timeout=10.0)
+
+
+def load(path: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def finding(check: ServerCheck, area: str, name: str) -> Any:
+    matches = [f for f in check.findings if f.area == area and f.name == name]
+    assert len(matches) == 1, (area, name, [(f.area, f.name) for f in check.findings])
+    return matches[0]
+
+
+def rendered(check: ServerCheck) -> str:
+    console = Console(width=240, record=True, color_system=None)
+    render(check, console)
+    return console.export_text()
+
+
+class ReplayServer(LoopbackServer):
+    """`/baseR4/metadata` answers `metadata` (a dict, or raw bytes with a content type); the SMART
+    document is absent (404), as on HAPI. `/baseR4/Patient` answers a count to `Bearer good`
+    only; any other path is a 404."""
+
+    def __init__(self, metadata: dict[str, Any] | bytes, content_type: str = "") -> None:
+        super().__init__()
+        self.metadata = metadata
+        self.content_type = content_type
+        self.requests: list[tuple[str, str | None]] = []  # (path, Authorization header)
+        self._lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.origin}/baseR4"
+
+    def handle(self, handler: BaseHTTPRequestHandler) -> None:
+        path = urlsplit(handler.path).path
+        with self._lock:
+            self.requests.append((path, handler.headers.get("Authorization")))
+        if path == "/baseR4/metadata":
+            if isinstance(self.metadata, bytes):
+                send(handler, 200, self.metadata,
+                     content_type=self.content_type or "text/html")
+            else:
+                send(handler, 200, json.dumps(self.metadata).encode())
+        elif path == "/baseR4/Patient":
+            if handler.headers.get("Authorization") != "Bearer good":
+                send(handler, 401, outcome("HAPI-0644: not authorized", code="security"))
+            else:
+                send(handler, 200, json.dumps({"resourceType": "Bundle", "type": "searchset",
+                                               "total": 0}).encode())
+        else:
+            send(handler, 404, outcome(f"HAPI-0302: Unknown resource type '{path}'",
+                                       code="not-found"))
+
+
+@pytest.fixture
+def replay(request: pytest.FixtureRequest) -> Iterator[ReplayServer]:
+    with ReplayServer(request.param) as server:
+        yield server
+
+
+def without(statement: dict[str, Any], rtype: str, *, interactions: tuple[str, ...] = (),
+            flags: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A copy of the statement with some interactions or conditional flags taken off a type."""
+    stripped = copy.deepcopy(statement)
+    for entry in stripped["rest"][0]["resource"]:
+        if entry["type"] == rtype:
+            entry["interaction"] = [i for i in entry["interaction"]
+                                    if i["code"] not in interactions]
+            for flag in flags:
+                entry.pop(flag, None)
+    return stripped
+
+
+# --------------------------------------------------------------------------- the sandbox
+
+
+def test_the_sandbox_server_offers_everything(loaded_sandbox: SandboxServer) -> None:
+    check = check_server(loaded_sandbox.base_url, hermetic())
+    assert check.exit_code == ExitCode.OK and check.ok and not check.missing
+    assert (check.fhir_version, check.release) == ("4.0.1", "R4")
+    for rtype in ("Patient", "Encounter", "Condition", "Practitioner", "PractitionerRole",
+                  "Organization"):
+        assert finding(check, "read", rtype).status == "yes"
+    assert finding(check, "search", "Encounter?patient").status == "yes"
+    assert finding(check, "write", "CarePlan?identifier").status == "yes"
+    assert "PUT CareTeam?identifier=" in finding(check, "write", "CareTeam").fhirpanel
+    assert finding(check, "write", "transaction").status == "yes"
+    assert finding(check, "bulk", "$export (system)").status == "yes"
+    assert finding(check, "subscriptions", "rest-hook Subscription").status == "yes"
+    # sekmet serves a SMART discovery document with a token endpoint on the same origin.
+    assert check.smart_configuration is not None
+    token = finding(check, "smart", "token endpoint")
+    assert token.status == "yes" and token.server.endswith("/auth/token")
+    assert finding(check, "smart", "private_key_jwt").status == "yes"
+
+    text = rendered(check)
+    assert "SEKMET FHIR R4 Tester" in text and "FHIR 4.0.1 (R4)" in text
+    assert "fhirpanel can work with this server (read and write back)" in text
+    for line in ("Encounter?patient", "conditional update", "$export (Group)",
+                 "rest-hook Subscription", "RS384 signatures"):
+        assert line in text
+
+
+def test_cli_prints_json(loaded_sandbox: SandboxServer, capsys: pytest.CaptureFixture[str]
+                         ) -> None:
+    code = main(["check-server", loaded_sandbox.base_url, "--json", "--read-only"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["ok"] is True and out["exit_code"] == 0
+    assert out["read_only"] is True and out["verdict"].endswith("(read only)")
+    names = {(f["area"], f["name"]) for f in out["findings"]}
+    assert ("read", "Encounter") in names and ("write", "CareTeam") in names
+
+
+# --------------------------------------------------------------------------- HAPI replays
+
+
+@pytest.mark.parametrize("replay", [load(R4_ASSEMBLED)], indirect=True)
+def test_hapi_r4_statement(replay: ReplayServer) -> None:
+    check = check_server(replay.base_url, hermetic())
+    assert check.exit_code == ExitCode.OK, check.verdict()
+    assert check.software == "HAPI FHIR Server 8.12.0" and check.release == "R4"
+    # HAPI declares transaction but not batch; batch is not something fhirpanel needs.
+    assert finding(check, "write", "transaction").status == "yes"
+    batch = finding(check, "write", "batch")
+    assert batch.status == "no" and not batch.blocking
+    assert "PUT CarePlan?identifier=" in finding(check, "write", "CarePlan").fhirpanel
+    export = {n: finding(check, "bulk", n).status
+              for n in ("$export (system)", "$export (Patient)", "$export (Group)")}
+    assert export == {"$export (system)": "yes", "$export (Patient)": "yes",
+                      "$export (Group)": "yes"}
+    # No SMART on a stock HAPI: the discovery document is a 404, which is fine without SMART.
+    smart = finding(check, "smart", "SMART configuration")
+    assert smart.status == "no" and "HTTP 404" in smart.server and not smart.blocking
+    assert check.smart_configuration is None
+    # Both documents are public: nothing was sent with credentials.
+    assert [p for p, _ in replay.requests] == ["/baseR4/metadata",
+                                               "/baseR4/.well-known/smart-configuration"]
+    assert all(auth is None for _, auth in replay.requests)
+    assert "fhirpanel can work with this server" in rendered(check)
+
+
+@pytest.mark.parametrize("replay", [load(STU3_RECORDED)], indirect=True)
+def test_recorded_hapi_stu3_statement_cannot_work(replay: ReplayServer) -> None:
+    check = check_server(replay.base_url, hermetic())
+    assert check.exit_code == ExitCode.CAPABILITY
+    version = finding(check, "server", "FHIR version")
+    assert version.blocking and version.server == "3.0.1 (STU3)"
+    assert [f"{f.area} {f.name}" for f in check.missing] == ["server FHIR version"]
+    # Everything else the 2017 UHN server declares is read as usual.
+    assert finding(check, "read", "Encounter").status == "yes"
+    assert finding(check, "write", "CareTeam?identifier").status == "yes"
+    text = rendered(check)
+    assert "HAPI FHIR Server 2.5-SNAPSHOT" in text
+    assert "fhirpanel cannot work with this server: missing server FHIR version" in text
+
+
+@pytest.mark.parametrize(
+    "replay", [without(load(R4_ASSEMBLED), "CarePlan", interactions=("create", "update"))],
+    indirect=True)
+def test_a_statement_without_careplan_writes_fails_unless_read_only(
+        replay: ReplayServer, capsys: pytest.CaptureFixture[str]) -> None:
+    check = check_server(replay.base_url, hermetic())
+    assert check.exit_code == ExitCode.CAPABILITY
+    assert [f"{f.area} {f.name}" for f in check.missing] == ["write CarePlan"]
+    plan = finding(check, "write", "CarePlan")
+    assert plan.server == "search-type; no create, update"
+    assert "cannot write back CarePlan" in plan.fhirpanel
+    assert check_server(replay.base_url, hermetic(), read_only=True).exit_code == ExitCode.OK
+
+    assert main(["check-server", replay.base_url]) == ExitCode.CAPABILITY
+    assert "missing write CarePlan" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "replay", [without(without(load(R4_ASSEMBLED), "CareTeam", flags=("conditionalUpdate",)),
+                       "CarePlan", flags=("conditionalUpdate", "conditionalCreate"))],
+    indirect=True)
+def test_fallbacks_for_missing_conditional_writes(replay: ReplayServer) -> None:
+    check = check_server(replay.base_url, hermetic())
+    assert check.exit_code == ExitCode.OK  # fallbacks exist: nothing is required
+    assert "If-None-Exist" in finding(check, "write", "CareTeam").fhirpanel
+    assert "searches by identifier, then POST" in finding(check, "write", "CarePlan").fhirpanel
+    update = finding(check, "write", "conditional update")
+    assert update.status == "no" and "CareTeam, CarePlan" in update.fhirpanel
+    create = finding(check, "write", "conditional create")
+    assert create.status == "partial" and create.fhirpanel.startswith("CarePlan: search by")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("replay", "message"),
+    [(b"<html><body>Welcome to nginx</body></html>", "does not look like a FHIR server"),
+     ({"resourceType": "Patient", "id": "x"}, "expected a CapabilityStatement"),
+     ({"hello": "world"}, "expected a CapabilityStatement")],
+    indirect=["replay"])
+def test_non_fhir_answers_are_clear_errors(replay: ReplayServer, message: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SourceError, match=message):
+        check_server(replay.base_url, hermetic())
+    assert main(["check-server", replay.base_url]) == ExitCode.SOURCE
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+
+
+def test_a_missing_metadata_endpoint_is_a_clear_error() -> None:
+    with ReplayServer({}) as server, \
+            pytest.raises(SourceError, match=r"no FHIR /metadata .* is it the FHIR base URL"):
+        check_server(server.origin + "/not-fhir", hermetic())
+
+
+def test_an_unreachable_server_is_a_clear_error() -> None:
+    url = f"http://127.0.0.1:{free_port()}/fhir"  # nothing listens there
+    with pytest.raises(SourceError, match="cannot reach a FHIR server at"):
+        check_server(url, hermetic())
+
+
+@pytest.mark.parametrize("replay", [load(R4_ASSEMBLED)], indirect=True)
+@pytest.mark.parametrize(("token", "status", "code"),
+                         [("good", "yes", ExitCode.OK), ("stale", "no", ExitCode.AUTH)])
+def test_configured_credentials_are_tried_once(replay: ReplayServer, token: str, status: str,
+                                               code: int) -> None:
+    check = check_server(replay.base_url, hermetic(FHIRPANEL_FHIR_AUTH="bearer",
+                                                   FHIRPANEL_FHIR_TOKEN=token))
+    credentials = finding(check, "auth", "credentials (fhir.auth = bearer)")
+    assert credentials.status == status and check.exit_code == code
+    sent = [(p, a) for p, a in replay.requests if p == "/baseR4/Patient"]
+    assert sent and all(a == f"Bearer {token}" for _, a in sent)
+    # /metadata and the SMART document still went without credentials.
+    assert all(a is None for p, a in replay.requests if p != "/baseR4/Patient")
+    assert token not in json.dumps(check.as_dict())
+
+
+# --------------------------------------------------------------------------- settings matter
+
+
+SMART_DOC = {
+    "token_endpoint": "https://auth.example.org/token",
+    "grant_types_supported": ["client_credentials"],
+    "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+    "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES384"],
+    "capabilities": ["permission-v2"],
+}
+
+
+def judged(settings: Settings, config: dict[str, Any] | None, read_only: bool = False
+           ) -> ServerCheck:
+    caps = parse_capability_statement(load(R4_ASSEMBLED))
+    check = ServerCheck(url="u", fhir_version="4.0.1", release="R4", software="s",
+                        read_only=read_only, smart_configuration=config)
+    check.findings.extend(judge(caps, settings, read_only=read_only, smart_config=config))
+    return check
+
+
+def test_smart_requirements_apply_only_with_smart_auth() -> None:
+    assert judged(hermetic(), SMART_DOC).ok  # fhir.auth = none: SMART rows are information
+    check = judged(hermetic(FHIRPANEL_FHIR_AUTH="smart"), SMART_DOC)
+    assert {f.name for f in check.missing} == {"private_key_jwt", "RS384 signatures"}
+    assert finding(check, "smart", "scope syntax").fhirpanel == "set fhir.smart_scope_version = v2"
+    es384 = judged(hermetic(FHIRPANEL_FHIR_AUTH="smart", FHIRPANEL_FHIR_SMART_ALGORITHM="ES384"),
+                   SMART_DOC)
+    assert finding(es384, "smart", "ES384 signatures").status == "yes"
+    # No discovery document and no token URL in settings: no way to get a token.
+    bare = judged(hermetic(FHIRPANEL_FHIR_AUTH="smart"), None)
+    assert "token endpoint" in {f.name for f in bare.missing}
+    given = judged(hermetic(FHIRPANEL_FHIR_AUTH="smart",
+                            FHIRPANEL_FHIR_SMART_TOKEN_URL="https://auth.example.org/t"), None)
+    assert "token endpoint" not in {f.name for f in given.missing}
+
+
+def test_optional_writes_and_bulk_sources_follow_the_settings() -> None:
+    caps_doc = without(load(R4_ASSEMBLED), "RiskAssessment", interactions=("update",))
+    caps = parse_capability_statement(caps_doc)
+    off = judge(caps, hermetic())
+    assert not [f for f in off if f.blocking]
+    on = judge(caps, hermetic(FHIRPANEL_WRITEBACK_RISK_ASSESSMENT="true"))
+    assert [f.name for f in on if f.blocking] == ["RiskAssessment"]
+
+    statement = load(R4_ASSEMBLED)
+    rest = statement["rest"][0]
+    rest["operation"] = [op for op in rest["operation"] if op["name"] != "export"]
+    for entry in rest["resource"]:
+        entry["operation"] = [op for op in entry["operation"] if op["name"] != "export"]
+    no_export = parse_capability_statement(statement)
+    assert not no_export.export.any
+    worker_on_bulk = hermetic(FHIRPANEL_SCHEDULER_SOURCE="bulk:http://127.0.0.1:1/fhir")
+    assert [f.name for f in judge(no_export, worker_on_bulk) if f.blocking] == [
+        "$export (system)"]
+    on_group = hermetic(FHIRPANEL_SCHEDULER_SOURCE="bulk:http://127.0.0.1:1/fhir/Group/g1")
+    assert [f.name for f in judge(no_export, on_group) if f.blocking] == ["$export (Group)"]
+    assert not [f for f in judge(no_export, hermetic()) if f.blocking]
+
+
+@pytest.mark.parametrize("replay", [load(R4_ASSEMBLED)], indirect=True)
+def test_unusable_credential_settings_still_show_the_server(replay: ReplayServer,
+                                                             tmp_path: Any) -> None:
+    settings = hermetic(FHIRPANEL_FHIR_AUTH="bearer",
+                        FHIRPANEL_FHIR_TOKEN_FILE=str(tmp_path / "missing-token"))
+    check = check_server(replay.base_url, settings)
+    assert check.exit_code == ExitCode.USAGE and check.credentials == "not tried"
+    row = finding(check, "auth", "credentials (fhir.auth = bearer)")
+    assert row.blocking and "token_file" in row.server
+    assert finding(check, "read", "Patient").status == "yes"  # the statement was still read
