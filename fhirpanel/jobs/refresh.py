@@ -39,6 +39,7 @@ Kind = Literal["full", "incremental"]
 CHANGE_TYPES = ("Encounter", "Condition", "Patient")
 HEARTBEAT_SECONDS = 60.0
 MAX_HELD_PASSES = 3  # passes with failed writes that keep the watermark in place
+WORKER_ALIVE_SECONDS = 30.0  # a worker heartbeat younger than this takes queued runs
 
 
 class Abandoned(FhirpanelError):
@@ -133,9 +134,16 @@ def incremental_refresh(settings: Settings, store: Store, *, trigger: str = "cli
 
 def request_run(settings: Settings, store: Store, kind: Kind, trigger: str,
                 on_done: Callable[[RefreshResult], None] | None = None) -> int | None:
-    """Start a refresh in a background thread and return its run id, or None when another
-    refresh holds the lock (nothing is recorded then: the caller says "busy")."""
+    """Start a refresh and return its run id, or None when another refresh holds the lock or
+    is queued (nothing is recorded then: the caller says "busy"). With a live worker
+    (`fhirpanel worker` beat its heartbeat lately) the run is queued for it, so the heavy work
+    stays out of the web process; otherwise it runs in a background thread here."""
     job = Job(settings, store, trigger)
+    if on_done is None and store.worker_alive(WORKER_ALIVE_SECONDS):
+        if store.lock_info() is not None:
+            return None
+        kind = _effective_kind(job, kind)
+        return store.queue_run(kind, trigger, job.source_key, job.day.isoformat())
     holder = lock_holder_id()
     if not store.try_lock(holder, settings.scheduler.lock_stale_seconds):
         return None
@@ -157,6 +165,28 @@ def request_run(settings: Settings, store: Store, kind: Kind, trigger: str,
 
 
 # ---------------------------------------------------------------- locking and bookkeeping
+
+
+def run_queued(settings: Settings, store: Store, stop: threading.Event | None = None
+               ) -> RefreshResult | None:
+    """Run the oldest queued run (the worker calls this every few seconds). None: nothing
+    queued, or the lock is held (the run stays queued)."""
+    holder = lock_holder_id()
+    if not store.try_lock(holder, settings.scheduler.lock_stale_seconds):
+        return None
+    claimed = None
+    try:
+        claimed = store.claim_queued()
+    finally:
+        if claimed is None:
+            store.release_lock(holder)
+    if claimed is None:
+        return None
+    job = Job(settings, store, claimed["trigger"], stop=stop or threading.Event())
+    if claimed["as_of"]:
+        job.as_of = date.fromisoformat(claimed["as_of"])
+    kind: Kind = "full" if claimed["kind"] == "full" else "incremental"
+    return _run_holding(job, kind, holder, int(claimed["id"]))
 
 
 def _effective_kind(job: Job, kind: Kind) -> Kind:

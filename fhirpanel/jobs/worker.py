@@ -34,12 +34,19 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from fhirpanel.config import Settings
 from fhirpanel.errors import ConfigError, FhirHttpError, TransportError
-from fhirpanel.jobs.refresh import RefreshResult, full_refresh, incremental_refresh
+from fhirpanel.jobs.refresh import (
+    RefreshResult,
+    full_refresh,
+    incremental_refresh,
+    run_queued,
+)
 from fhirpanel.store import Store
 
 log = logging.getLogger(__name__)
 INCREMENTAL_JOB = "incremental"
 FULL_JOB = "full"
+QUEUE_JOB = "queue"  # runs asked for through the API, and the worker's heartbeat
+QUEUE_SECONDS = 5
 SUBSCRIPTION_REASON = "fhirpanel: refresh panels when encounters change"
 SHUTDOWN_GRACE_SECONDS = 120.0
 
@@ -92,6 +99,20 @@ def full_job(trigger: str = "schedule") -> None:
     with state.running:
         _remember(state, full_refresh(state.settings, state.store, trigger=trigger,
                                       stop=state.stop))
+
+
+def queue_job() -> None:
+    """Beat the worker's heartbeat and run what the API queued."""
+    state = _current()
+    state.store.worker_heartbeat()
+    if state.stop.is_set() or not state.running.acquire(blocking=False):
+        return
+    try:
+        result = run_queued(state.settings, state.store, stop=state.stop)
+        if result is not None:
+            _remember(state, result)
+    finally:
+        state.running.release()
 
 
 def _remember(state: WorkerState, result: RefreshResult) -> None:
@@ -269,6 +290,8 @@ def run_worker(settings: Settings, *, store: Store | None = None,
                       id=INCREMENTAL_JOB, next_run_time=datetime.now(UTC),
                       misfire_grace_time=int(cfg.incremental_minutes * 60))
     scheduler.add_job(full_job, full_trigger, id=FULL_JOB, misfire_grace_time=3600)
+    scheduler.add_job(queue_job, IntervalTrigger(seconds=QUEUE_SECONDS), id=QUEUE_JOB,
+                      next_run_time=datetime.now(UTC), misfire_grace_time=QUEUE_SECONDS)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %d: stopping after the current step", signum)

@@ -54,7 +54,8 @@ class Run(Base):
     as_of: Mapped[str] = mapped_column(String(10))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    # running | succeeded | partial (some writes failed, queued) | failed | skipped | abandoned
+    # queued (for the worker) | running | succeeded | partial (some writes failed) | failed |
+    # skipped (the lock was held) | abandoned
     status: Mapped[str] = mapped_column(String(16), index=True)
     counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 REFRESH_LOCK = "refresh"
+WORKER_HEARTBEAT = "worker-heartbeat"
 CHUNK = 500  # ids per IN (...) clause: well under SQLite's and PostgreSQL's parameter limits
 REQUESTERS = ("clinician", "patient", "family", "staff")
 CONFIRMERS = ("clinician", "patient")
@@ -233,6 +234,49 @@ class Store:
         run_id = self.start_run(kind, trigger, source, as_of, status="skipped")
         self.finish_run(run_id, "skipped", error=reason, seconds=0.0)
         return run_id
+
+    # ------------------------------------------------------------ runs handed to the worker
+
+    def worker_alive(self, within_seconds: float) -> bool:
+        """A worker process has beaten its heartbeat recently (it then takes queued runs)."""
+        beat = self.context(WORKER_HEARTBEAT)
+        if not isinstance(beat, str):
+            return False
+        try:
+            at = datetime.fromisoformat(beat)
+        except ValueError:
+            return False
+        return (now_utc() - (_aware(at) or now_utc())).total_seconds() < within_seconds
+
+    def worker_heartbeat(self) -> None:
+        with self.session() as s:
+            self.set_context(s, WORKER_HEARTBEAT, now_utc().isoformat(), None)
+
+    def queue_run(self, kind: str, trigger: str, source: str, as_of: str) -> int | None:
+        """Queue a run for the worker; None when one is queued already (it will do)."""
+        with self.session() as s:
+            queued = s.scalar(select(func.count()).select_from(Run)
+                              .where(Run.status == "queued"))
+            if queued:
+                return None
+        return self.start_run(kind, trigger, source, as_of, status="queued")
+
+    def claim_queued(self) -> dict[str, Any] | None:
+        """The oldest queued run, marked `running` (compare-and-swap: one claimant wins)."""
+        with self.session() as s:
+            row = s.scalars(select(Run).where(Run.status == "queued").order_by(Run.id)
+                            .limit(1)).first()
+            if row is None:
+                return None
+            result = s.execute(update(Run).where(Run.id == row.id, Run.status == "queued")
+                               .values(status="running", started_at=now_utc()))
+            if getattr(result, "rowcount", 0) != 1:
+                return None
+            return run_dict(row) | {"status": "running"}
+
+    def requeue(self, run_id: int) -> None:
+        with self.session() as s:
+            s.execute(update(Run).where(Run.id == run_id).values(status="queued"))
 
     def abandon_stale_runs(self) -> int:
         """Runs left `running` by a process that died: marked `abandoned` when nobody holds the

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from fhirpanel.config import FhirSettings
+from fhirpanel.config import FhirSettings, Settings
 from fhirpanel.fhir.client import FhirClient
+from fhirpanel.jobs.refresh import request_run
 from fhirpanel.sandbox.server import SandboxServer
 from fhirpanel.store import Store
 from tests.conftest import AS_OF, ROOT
@@ -46,6 +47,7 @@ def start_worker(base_url: str, db: Path, log: Path, **env: str) -> subprocess.P
         "FHIRPANEL_FHIR_BASE_URL": base_url,
         "FHIRPANEL_DATABASE_URL": f"sqlite:///{db}",
         "FHIRPANEL_LOG_LEVEL": "INFO",
+        "FHIRPANEL_SCHEDULER_AS_OF": AS_OF,  # the committed population's date, not today
         **env,
     }
     with log.open("wb") as out:
@@ -92,9 +94,6 @@ def test_worker_moves_a_patient_after_a_new_encounter(
 
     moves = pick_moves(store, 1)
     patient, target = next(iter(moves.items()))
-    # The full run used today's date; the generated visits are dated relative to AS_OF, which
-    # the qualifying window (18 months) still covers.
-    assert AS_OF
     add_visits(loaded.base_url, moves, store)
     wait_for(lambda: team_practitioner(loaded.base_url, patient) == target,
              f"the CareTeam of {patient} to name {target}")
@@ -103,6 +102,16 @@ def test_worker_moves_a_patient_after_a_new_encounter(
     triggers = {r["trigger"] for r in store.runs() if r["kind"] == "incremental"
                 and r["status"] == "succeeded" and (r["counts"] or {}).get("patients")}
     assert ("subscription" in triggers) if mode == "subscription" else ("schedule" in triggers)
+
+    if mode == "polling":
+        # A run asked for through the API while the worker lives is queued and the worker runs
+        # it (the web process does no refresh work itself).
+        settings = Settings.load(env={"FHIRPANEL_SCHEDULER_AS_OF": AS_OF}).with_fhir(
+            base_url=loaded.base_url)
+        run_id = request_run(settings, store, "full", "api")
+        assert run_id is not None
+        wait_for(lambda: (store.run(run_id) or {}).get("status") == "succeeded",
+                 "the worker to run the queued full refresh")
 
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=60) == 0, log.read_text()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Iterator
 from datetime import date, timedelta
 from http.server import BaseHTTPRequestHandler
@@ -18,7 +19,13 @@ import pytest
 from fhirpanel.config import FhirSettings, Settings
 from fhirpanel.fhir.build import CARE_TEAM_KIND, identifier_value
 from fhirpanel.fhir.client import FhirClient
-from fhirpanel.jobs.refresh import RefreshResult, full_refresh, incremental_refresh
+from fhirpanel.jobs.refresh import (
+    RefreshResult,
+    full_refresh,
+    incremental_refresh,
+    request_run,
+    run_queued,
+)
 from fhirpanel.sandbox.server import SandboxServer
 from fhirpanel.store import Store
 from tests.conftest import AS_OF
@@ -317,3 +324,21 @@ def test_overrides_take_effect_at_the_next_pass(loaded: SandboxServer, store: St
     assert (state["practitioner"], state["rule"], state["override"]) == (target, "manual", True)
     assert team_practitioner(loaded.base_url, patient) == target
     assert store.pending_patients() == []
+
+
+def test_runs_asked_for_while_a_worker_lives_are_queued_for_it(
+        loaded: SandboxServer, store: Store, after_full: RefreshResult) -> None:
+    settings = settings_for(loaded.base_url)
+    assert request_run(settings, store, "incremental", "api") is not None  # no worker: a thread
+    deadline = time.monotonic() + 60
+    while store.lock_info() is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    store.worker_heartbeat()
+    run_id = request_run(settings, store, "incremental", "api")
+    assert run_id is not None
+    assert (store.run(run_id) or {})["status"] == "queued"
+    assert request_run(settings, store, "full", "api") is None  # one queued run is enough
+    result = run_queued(settings, store)
+    assert result is not None and result.run_id == run_id and result.status == "succeeded"
+    assert run_queued(settings, store) is None
+    assert (store.run(run_id) or {})["trigger"] == "api"

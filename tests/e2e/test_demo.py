@@ -1,0 +1,57 @@
+"""`make demo` as a user runs it: the sandbox, the main job, then the worker and the API on
+127.0.0.1 with a printed URL and token; SIGTERM stops everything it started."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ROOT
+
+READY_WITHIN = 240.0  # seconds: a bound on start-up, not a speed target
+
+
+def test_demo_serves_the_api_and_dashboard_and_stops_cleanly(tmp_path: Path) -> None:
+    out_path = tmp_path / "demo.out"
+    with out_path.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "fhirpanel", "demo"], cwd=tmp_path,
+                                env={**os.environ, "COLUMNS": "160"}, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + READY_WITHIN
+        text = ""
+        while "Admin token:" not in text:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"demo did not come up (exit {proc.poll()}):\n{text[-3000:]}")
+            time.sleep(1)
+            text = out_path.read_text(errors="replace")
+        token = re.search(r"Admin token: (\S+)", text).group(1)  # type: ignore[union-attr]
+        login = re.search(r"Dashboard:\s+(http://127\.0\.0\.1:\d+)/login\?token=", text)
+        assert login, text
+        base = login.group(1)
+
+        panels = requests.get(f"{base}/api/panels", timeout=10,
+                              headers={"Authorization": f"Bearer {token}"})
+        assert panels.status_code == 200
+        assert sum(p["size"] for p in panels.json()["panels"]) == 248
+        assert requests.get(f"{base}/api/panels", timeout=10).status_code == 401
+        assert requests.get(f"{base}/readyz", timeout=10).json()["status"] == "ready"
+        with requests.Session() as browser:
+            page = browser.get(f"{base}/login?token={token}", timeout=10)
+            assert page.status_code == 200 and "fhirpanel" in page.text
+        assert (tmp_path / "var" / "demo" / "report.json").is_file()
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=90) == 0, out_path.read_text(errors="replace")[-3000:]
+    assert "Stopping the API, the worker and the sandbox" in out_path.read_text()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{base}/healthz", timeout=5)
