@@ -114,7 +114,11 @@ class PatientState(Base):
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (Index("ix_patients_practitioner_tier", "practitioner", "tier"),)
+    __table_args__ = (
+        Index("ix_patients_practitioner_tier", "practitioner", "tier"),
+        # A panel's patients (practitioner, status) in id order: the API's panel pages.
+        Index("ix_patients_practitioner_status", "practitioner", "status", "patient"),
+    )
 
 
 class AssignmentHistory(Base):

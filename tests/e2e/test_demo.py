@@ -14,8 +14,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT
-
 READY_WITHIN = 240.0  # seconds: a bound on start-up, not a speed target
 
 

@@ -1,0 +1,137 @@
+"""Reading requests strictly: query parameters (a wrong value is a 400 naming the parameter),
+JSON bodies (malformed JSON is a 400; a missing, unknown or wrong member is a 422 naming it) and
+resource ids in paths (either `pat-1` or `Patient/pat-1`; anything else is a 404)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from flask import request
+
+from fhirpanel.api.problems import Problem, invalid, not_found
+
+# FHIR R4 id datatype: [A-Za-z0-9\-\.]{1,64}
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+INTEGER = re.compile(r"-?[0-9]{1,12}")  # plain ASCII digits: no `1_000`, no spaces
+# Both are used with fullmatch: `$` would let a trailing newline through.
+
+
+def reference(rtype: str, raw: str) -> str | None:
+    """`pat-1` or `Patient/pat-1` → `Patient/pat-1`; None when it is not a valid id."""
+    value = raw
+    if value.startswith(rtype + "/"):
+        value = value[len(rtype) + 1:]
+    return f"{rtype}/{value}" if FHIR_ID.fullmatch(value) else None
+
+
+def path_reference(rtype: str, raw: str) -> str:
+    ref = reference(rtype, raw)
+    if ref is None:
+        raise not_found(f"{raw!r} is not a {rtype} id")
+    return ref
+
+
+# ---------------------------------------------------------------- query parameters
+
+
+def int_param(name: str, default: int | None, *, low: int, high: int) -> int | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not INTEGER.fullmatch(raw):
+        raise invalid(name, f"must be a whole number, not {raw!r}", status=400, where="query")
+    value = int(raw)
+    if not low <= value <= high:
+        raise invalid(name, f"must be between {low} and {high}", status=400, where="query")
+    return value
+
+
+def bool_param(name: str) -> bool:
+    raw = request.args.get(name)
+    if raw is None:
+        return False
+    if raw in ("true", "false"):
+        return raw == "true"
+    raise invalid(name, "must be true or false", status=400, where="query")
+
+
+def choice_param(name: str, choices: Sequence[str], default: str | None) -> str | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if raw not in choices:
+        raise invalid(name, f"must be one of {', '.join(choices)}", status=400, where="query")
+    return raw
+
+
+def reference_param(name: str, rtype: str) -> str | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    ref = reference(rtype, raw)
+    if ref is None:
+        raise invalid(name, f"must be a {rtype} id", status=400, where="query")
+    return ref
+
+
+# ---------------------------------------------------------------- JSON bodies
+
+
+@dataclass(frozen=True)
+class Member:
+    """One string member of a request body."""
+
+    name: str
+    required: bool = True
+    choices: tuple[str, ...] = ()
+    max_length: int = 500
+    allow_empty: bool = False
+    free_text: bool = False  # runs of whitespace (newlines too) become one space
+
+
+def json_body(members: Sequence[Member]) -> dict[str, str]:
+    """The body as a dict of the declared members, all strings (free text has its whitespace
+    collapsed, nothing else is altered); absent optional members are left out."""
+    if not request.is_json:
+        raise Problem(415, "Unsupported Media Type",
+                      "send the body as JSON with Content-Type: application/json",
+                      kind="unsupported-media-type")
+    raw = request.get_data(cache=True)
+    try:
+        body = json.loads(raw, parse_constant=_no_constants)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {exc}",
+                      kind="malformed-json") from None
+    if not isinstance(body, dict):
+        raise invalid("(body)", "must be a JSON object")
+    known = {m.name for m in members}
+    for name in body:
+        if name not in known:
+            raise invalid(name, f"unknown member; expected {', '.join(sorted(known))}")
+    out: dict[str, str] = {}
+    for member in members:
+        if member.name not in body:
+            if member.required:
+                raise invalid(member.name, "is required")
+            continue
+        value = body[member.name]
+        if not isinstance(value, str):
+            raise invalid(member.name, "must be a string")
+        if len(value) > member.max_length:
+            raise invalid(member.name, f"must be at most {member.max_length} characters")
+        if member.free_text:
+            value = " ".join(value.split())
+        if not value and not member.allow_empty:
+            raise invalid(member.name, "must not be empty")
+        if member.choices and value not in member.choices:
+            raise invalid(member.name, f"must be one of {', '.join(member.choices)}")
+        out[member.name] = value
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
