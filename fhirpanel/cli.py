@@ -369,13 +369,7 @@ def sandbox_process(db: Path, timeout: float = 60.0) -> Iterator[str]:
             time.sleep(0.2)
         yield base
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+        _stop(proc, grace=15)
 
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
@@ -462,12 +456,13 @@ def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.P
             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _stop(child: subprocess.Popen[bytes]) -> None:
+def _stop(child: subprocess.Popen[Any], grace: float = 30) -> None:
+    """SIGTERM by pid, then SIGKILL after `grace` seconds."""
     if child.poll() is not None:
         return
     os.kill(child.pid, signal.SIGTERM)
     try:
-        child.wait(timeout=30)
+        child.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=5)

@@ -548,8 +548,9 @@ def _ask_refresh(what: str) -> None:
         flash(f"{what} A refresh (run #{run_id}) has started to apply it.", "success")
 
 
-@bp.post("/patients/<patient_id>/confirm")
-def confirm(patient_id: str) -> ResponseReturnValue:
+def _patient_change(patient_id: str) -> tuple[Store, Any, str, str, dict[str, Any]]:
+    """What a form that changes a patient needs: the store, who is signed in, the patient's
+    reference, where to go back to, and its stored state (404 when unknown)."""
     store, viewer = _store(), _viewer()
     assert viewer is not None  # noqa: S101 - _require_sign_in ran
     ref = _ref("Patient", patient_id)
@@ -557,6 +558,12 @@ def confirm(patient_id: str) -> ResponseReturnValue:
     state = store.patient_state(ref)
     if state is None:
         abort(404, description=f"No patient {bare(ref)} in the last refresh.")
+    return store, viewer, ref, default, state
+
+
+@bp.post("/patients/<patient_id>/confirm")
+def confirm(patient_id: str) -> ResponseReturnValue:
+    store, viewer, ref, default, state = _patient_change(patient_id)
     confirmed_by = request.form.get("confirmed_by", "")
     if confirmed_by not in CONFIRMERS:
         flash("Choose who confirmed: the clinician or the patient.", "error")
@@ -576,13 +583,7 @@ def confirm(patient_id: str) -> ResponseReturnValue:
 
 @bp.post("/patients/<patient_id>/override")
 def override(patient_id: str) -> ResponseReturnValue:
-    store, viewer = _store(), _viewer()
-    assert viewer is not None  # noqa: S101 - _require_sign_in ran
-    ref = _ref("Patient", patient_id)
-    default = url_for("dashboard.patient", patient=bare(ref))
-    state = store.patient_state(ref)
-    if state is None:
-        abort(404, description=f"No patient {bare(ref)} in the last refresh.")
+    store, viewer, ref, default, state = _patient_change(patient_id)
     raw = request.form.get("practitioner", "").strip()
     practitioner = f"Practitioner/{bare(raw)}" if raw else ""
     clinician = store.clinician(practitioner) if practitioner else None
