@@ -278,8 +278,8 @@ def _full(job: Job, run_id: int) -> RefreshResult:
     try:
         outcome = run_full(settings, source, job.day, manual=store.active_overrides())
     finally:
-        close = getattr(source, "close", None)  # a Bulk export's downloaded files
-        if callable(close) and not isinstance(source, ServerSource):
+        close = getattr(source, "close", None)  # a Bulk export's downloaded files; the
+        if callable(close) and not isinstance(source, ServerSource):  # client stays open
             close()
     job.check_stop("write-back")
     ledger = store.ledger(run_id)
@@ -428,9 +428,10 @@ def _write(job: Job, source: FhirSource, outcome: RunOutcome, ledger: Any, *,
     write = job.settings.scheduler.write if job.write is None else job.write
     if not write:
         return None
-    if not isinstance(source, ServerSource):
+    client = _client_of(source)
+    if client is None:
         if job.write:
-            raise ConfigError("writing back needs a FHIR server source (http://...)")
+            raise ConfigError("writing back needs a FHIR server source (http://... or bulk:...)")
         return None
     from fhirpanel.writeback import WritebackTables, write_back
 
@@ -439,7 +440,7 @@ def _write(job: Job, source: FhirSource, outcome: RunOutcome, ledger: Any, *,
         # A Group lists a whole organisation's patients: only a full refresh rebuilds it.
         cfg = dataclasses.replace(cfg, attribution_group=False)
     tables = WritebackTables.load(cfg, job.settings.mappings_path, tiers=job.settings.risk.tiers)
-    return write_back(outcome, source.client, cfg, dry_run=False, tables=tables,
+    return write_back(outcome, client, cfg, dry_run=False, tables=tables,
                       ledger=ledger, trust_ledger=trust_ledger,
                       fail_after_batches=job.fail_after_batches)
 
@@ -524,8 +525,16 @@ def _manual_for(overrides: Mapping[str, ManualAssignment], patients: Iterable[st
     return {p: m for p, m in overrides.items() if p in wanted}
 
 
+def _client_of(source: FhirSource) -> Any:
+    """The FHIR client behind a server or Bulk source (None for NDJSON and memory)."""
+    from fhirpanel.fhir.bulk import BulkSource
+
+    return source.client if isinstance(source, ServerSource | BulkSource) else None
+
+
 def _requests(source: FhirSource) -> int:
-    return source.client.stats.requests if isinstance(source, ServerSource) else 0
+    client = _client_of(source)
+    return int(client.stats.requests) if client is not None else 0
 
 
 def _context_key(kind: str, source_key: str) -> str:

@@ -342,3 +342,17 @@ def test_runs_asked_for_while_a_worker_lives_are_queued_for_it(
     assert result is not None and result.run_id == run_id and result.status == "succeeded"
     assert run_queued(settings, store) is None
     assert (store.run(run_id) or {})["trigger"] == "api"
+
+
+def test_a_full_refresh_through_bulk_export_writes_back_to_the_same_server(
+        loaded: SandboxServer, store: Store) -> None:
+    settings = settings_for(loaded.base_url)
+    result = full_refresh(settings, store, source=f"bulk:{loaded.base_url}", as_of=AS_OF_DATE)
+    assert result.status == "succeeded", result.error
+    assert result.counts["patients_stored"] == 300
+    assert result.counts["written"] > 0
+    assert store.watermark(f"bulk:{loaded.base_url}") is not None
+    patient = next(p for p in store.patient_ids()
+                   if (store.patient_state(p) or {}).get("status") == "assigned")
+    assert team_practitioner(loaded.base_url, patient) == (
+        store.patient_state(patient) or {})["practitioner"]
