@@ -125,7 +125,8 @@ class SchedulerSettings:
     hook_port: int = 0  # 0: a free port
     hook_url: str = ""  # the URL the FHIR server calls; empty: http://hook_host:hook_port/hook
     hook_token: str = field(default="", repr=False)  # sent by the server in Authorization
-    lock_stale_seconds: int = 6 * 3600  # a refresh lock older than this is taken over
+    # A refresh lock whose holder has not renewed it (every minute) for this long is taken over.
+    lock_stale_seconds: int = 900
 
 
 @dataclass(frozen=True)

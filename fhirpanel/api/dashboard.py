@@ -48,7 +48,7 @@ from fhirpanel.errors import FhirpanelError
 from fhirpanel.fhir.build import CARE_PLAN_KIND, CARE_TEAM_KIND, identifier_value
 from fhirpanel.mappings import load_mapping_ref
 from fhirpanel.store import Store, queries
-from fhirpanel.store.repository import CONFIRMERS, REQUESTERS
+from fhirpanel.store.repository import CONFIRMERS, REQUESTERS, AssignmentChanged
 
 log = logging.getLogger(__name__)
 
@@ -400,7 +400,7 @@ def panel(practitioner: str) -> ResponseReturnValue:
         abort(404, description=f"No panel for {bare(ref)}: the clinician is not in the last "
                                "refresh.")
     tier_raw = request.args.get("tier", "")
-    tier = int(tier_raw) if tier_raw.isdigit() and len(tier_raw) <= 2 else None
+    tier = int(tier_raw) if re.fullmatch(r"[0-9]{1,2}", tier_raw) else None
     sort = request.args.get("sort", "patient")
     if sort not in queries.SORT_VALUES:
         sort = "patient"
@@ -572,8 +572,18 @@ def confirm(patient_id: str) -> ResponseReturnValue:
         flash(f"Patient {bare(ref)} has no clinician to confirm yet.", "error")
         return _back(default)
     practitioner = state["practitioner"]
-    store.confirm(ref, practitioner, confirmed_by=confirmed_by, actor=viewer.name,
-                  note=_text("note"))
+    shown = request.form.get("practitioner", "").strip()
+    if shown and shown != practitioner:
+        flash(f"Patient {bare(ref)} was moved to {practitioner_name(practitioner)} by a refresh "
+              "since this page was loaded: check the new assignment, then confirm.", "error")
+        return _back(default)
+    try:
+        store.confirm(ref, practitioner, confirmed_by=confirmed_by, actor=viewer.name,
+                      note=_text("note"))
+    except AssignmentChanged:
+        flash(f"Patient {bare(ref)}'s assignment changed a moment ago: reload and confirm "
+              "again.", "error")
+        return _back(default)
     log.info("dashboard: %s confirmed %s with the %s", viewer.name, ref, confirmed_by)
     who = "the clinician" if confirmed_by == "clinician" else "the patient"
     flash(f"Patient {bare(ref)}: assignment to {practitioner_name(practitioner)} confirmed "

@@ -18,7 +18,7 @@ JSON = "application/json"
 PROBLEM = "application/problem+json"
 FHIR_ID = r"[A-Za-z0-9\-.]{1,64}"
 RUN_KINDS = ["full", "incremental"]
-RUN_STATUSES = ["running", "succeeded", "partial", "failed", "skipped", "abandoned"]
+RUN_STATUSES = ["queued", "running", "succeeded", "partial", "failed", "skipped", "abandoned"]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -440,7 +440,7 @@ def _schemas() -> dict[str, Any]:
             "id": integer, "patient": reference, "practitioner": reference,
             "confirmed_by": {"type": "string", "enum": list(CONFIRMERS)}, "note": string,
             "actor": string, "created_at": _nullable("string")}),
-        "ConfirmResult": _obj({"confirmation": _ref("Confirmation"), "refresh": refresh}),
+        "ConfirmResult": _obj({"confirmation": _ref("Confirmation")}),
         "RunRequest": _obj({"kind": {"type": "string", "enum": RUN_KINDS}}, closed=True),
         "Run": _obj({
             "id": integer, "kind": {"type": "string", "enum": RUN_KINDS}, "trigger": string,

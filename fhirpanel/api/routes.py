@@ -23,10 +23,11 @@ from fhirpanel.api.params import (
     reference_param,
 )
 from fhirpanel.api.problems import Problem, conflict, invalid, not_found
+from fhirpanel.errors import FhirpanelError
 from fhirpanel.fhir.build import CARE_PLAN_KIND, CARE_TEAM_KIND, identifier_value
 from fhirpanel.store import Store
 from fhirpanel.store import queries as q
-from fhirpanel.store.repository import CONFIRMERS, REQUESTERS
+from fhirpanel.store.repository import CONFIRMERS, REQUESTERS, AssignmentChanged
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,10 @@ def _ask_refresh() -> dict[str, Any]:
         run_id = current_app.extensions["fhirpanel"].trigger("incremental", TRIGGER)
     except Exception as exc:  # the change is stored either way
         log.warning("could not start a refresh after a change: %s", type(exc).__name__)
-        return {"run_id": None, "started": False, "detail": str(exc)}
+        # Our own errors say what to fix (no source configured, say); others stay in the log.
+        detail = (str(exc) if isinstance(exc, FhirpanelError)
+                  else "the refresh could not start; the next one applies the change")
+        return {"run_id": None, "started": False, "detail": detail}
     if run_id is None:
         return {"run_id": None, "started": False,
                 "detail": "a refresh is running; the next one applies the change"}
@@ -294,10 +298,14 @@ def confirm(patient: str) -> tuple[Response, int]:
         if asked != current:
             raise conflict(f"{ref} is assigned to {current}, not {asked}: reload and confirm "
                            "the current assignment", "assignment-changed")
-    confirmation = store.confirm(ref, current, confirmed_by=body["confirmed_by"],
-                                 actor=_actor(), note=body.get("note", ""))
+    try:
+        confirmation = store.confirm(ref, current, confirmed_by=body["confirmed_by"],
+                                     actor=_actor(), note=body.get("note", ""))
+    except AssignmentChanged as exc:  # a refresh moved the patient since the read above
+        raise conflict(str(exc), "assignment-changed") from exc
     log.info("API: %s confirmed %s with the %s", _actor(), ref, body["confirmed_by"])
-    return jsonify(confirmation=confirmation, refresh=_ask_refresh()), 201
+    # A confirmation changes no attribution and nothing written back: no refresh needed.
+    return jsonify(confirmation=confirmation), 201
 
 
 # ---------------------------------------------------------------- runs

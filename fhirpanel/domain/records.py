@@ -92,6 +92,7 @@ class ConditionRecord:
     recorded: date | None = None
     encounter: str | None = None
     text: str | None = None  # code.text, for display only
+    last_updated: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

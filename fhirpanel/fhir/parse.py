@@ -326,6 +326,7 @@ def parse_condition(res: Resource) -> ConditionRecord:
         recorded=parse_date(res.get("recordedDate")),
         encounter=reference_id(res.get("encounter"), "Encounter"),
         text=text if isinstance(text, str) else None,
+        last_updated=_last_updated(res),
     )
 
 

@@ -12,11 +12,12 @@ work (write-back is idempotent, so nothing is written twice).
 from __future__ import annotations
 
 import dataclasses
+import email.utils
 import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
@@ -31,6 +32,7 @@ from fhirpanel.fhir.source import FhirSource, ServerSource
 from fhirpanel.ingest import read_population
 from fhirpanel.run import MethodTables, RunOutcome, analyse, open_source, run_full
 from fhirpanel.store import Store, lock_holder_id
+from fhirpanel.store.repository import now_utc
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ class Job:
     stop: threading.Event = field(default_factory=threading.Event)
     # Tests: fail the write-back after N batches (a crash before commit).
     fail_after_batches: int | None = None
+    holder: str = ""  # who holds the refresh lock for this run
+    lost_lock: threading.Event = field(default_factory=threading.Event)
 
     @property
     def source_spec(self) -> str:
@@ -109,6 +113,13 @@ class Job:
     def check_stop(self, stage: str) -> None:
         if self.stop.is_set():
             raise Abandoned(f"stopped before {stage}: shutting down")
+        if self.lost_lock.is_set():
+            raise Abandoned(f"stopped before {stage}: the refresh lock was taken over")
+
+    def check_lock(self, s: Any) -> None:
+        """Fencing, inside the final transaction: commit only while the lease is ours."""
+        if self.holder and not self.store.holds_lock(s, self.holder):
+            raise Abandoned("the refresh lock was taken over before the commit: nothing stored")
 
 
 # ---------------------------------------------------------------- entry points
@@ -225,8 +236,9 @@ def _locked(job: Job, kind: Kind) -> RefreshResult:
 def _run_holding(job: Job, kind: Kind, holder: str, run_id: int) -> RefreshResult:
     """Run with the lock held (released at the end, whatever happens); record the outcome."""
     store = job.store
+    job.holder = holder
     beat_stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(store, holder, beat_stop),
+    beat = threading.Thread(target=_heartbeat, args=(store, holder, beat_stop, job.lost_lock),
                             name="fhirpanel-lock-heartbeat", daemon=True)
     beat.start()
     started = time.perf_counter()
@@ -247,10 +259,14 @@ def _run_holding(job: Job, kind: Kind, holder: str, run_id: int) -> RefreshResul
     return result
 
 
-def _heartbeat(store: Store, holder: str, stop: threading.Event) -> None:
+def _heartbeat(store: Store, holder: str, stop: threading.Event,
+               lost: threading.Event) -> None:
     while not stop.wait(HEARTBEAT_SECONDS):
         try:
-            store.heartbeat(holder)
+            if not store.heartbeat(holder):
+                log.error("the refresh lock was taken over: this run stops at its next step")
+                lost.set()
+                return
         except Exception:  # a missed beat only risks a takeover after lock_stale_seconds
             log.warning("lock heartbeat failed", exc_info=True)
 
@@ -275,8 +291,14 @@ def _full(job: Job, run_id: int) -> RefreshResult:
     source = open_source(job.source_spec, settings)
     before_requests = _requests(source)
     watermark_before = store.watermark(job.source_key)
+    read_at = now_utc()  # overrides and queue as of now; later ones wait for the next pass
+    pending = store.pending_patients()
+    # The watermark is the server's time before the read: whatever changes while the read
+    # goes on is newer, and the next incremental pass picks it up.
+    server_start = _server_now(source)
+    recorder = _SeenRecorder(source)
     try:
-        outcome = run_full(settings, source, job.day, manual=store.active_overrides())
+        outcome = run_full(settings, recorder, job.day, manual=store.active_overrides())
     finally:
         close = getattr(source, "close", None)  # a Bulk export's downloaded files; the
         if callable(close) and not isinstance(source, ServerSource):  # client stays open
@@ -284,22 +306,26 @@ def _full(job: Job, run_id: int) -> RefreshResult:
     job.check_stop("write-back")
     ledger = store.ledger(run_id)
     writeback = _write(job, source, outcome, ledger, trust_ledger=False)
-    job.check_stop("commit")
-    watermark = _newest_instant(outcome.population) or watermark_before
+    # No stop check from here: the write-back is done, the commit is one local transaction.
+    export_time = getattr(source, "transaction_time", "") or None  # a Bulk export's snapshot
+    watermark = (export_time or server_start or _newest_instant(outcome.population)
+                 or watermark_before)
     weights = outcome.panels.weights
     counts = _counts(outcome, writeback)
     status = "partial" if counts.get("writeback_failed") else "succeeded"
     with store.session() as s:
+        job.check_lock(s)
         counts.update(store.save_outcome(
             s, outcome, run_id, full=True, report_patients=_report_patients(outcome),
             weights=_patient_weights(outcome, weights), clinician_names=_names(outcome),
-            done_pending=store.pending_patients()))
+            done_pending=pending, started_at=read_at))
         ledger.flush(s)
         store.set_context(s, "weights", [[b, sx, w] for (b, sx), w in
                                          sorted(weights.weights.items())], run_id)
         store.set_context(s, "as_of", job.day.isoformat(), run_id)
         store.set_context(s, "summary", _summary(outcome), run_id)
-        store.set_context(s, _seen_key(job.source_key), [], run_id)
+        store.set_context(s, _seen_key(job.source_key),
+                          recorder.seen_after(watermark), run_id)
         store.set_context(s, _floor_key(job.source_key), watermark, run_id)
         if watermark:
             store.set_watermark(s, job.source_key, watermark, run_id)
@@ -336,7 +362,7 @@ def _incremental(job: Job, run_id: int) -> RefreshResult:
     if floor is not None and floor > since_at:
         # The last full refresh read everything up to its watermark: no need to look behind it.
         since_at = floor
-    since = since_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    since = fhir_instant(since_at)
 
     changed: set[str] = set()
     newest_raw, newest_at = watermark_before, parse_instant(watermark_before)
@@ -360,12 +386,14 @@ def _incremental(job: Job, run_id: int) -> RefreshResult:
                 changed.add(patient)
             if updated_at > newest_at:
                 newest_raw, newest_at = updated_raw, updated_at
+    read_at = now_utc()  # overrides and queue as of now; later ones wait for the next pass
     pending = store.pending_patients()
     affected = sorted(changed | set(pending))
     job.check_stop("reading patients")
     counts: dict[str, Any] = {"changed_resources": found, "patients_changed": len(changed),
                               "patients_pending": len(pending), "patients": len(affected)}
     outcome = writeback = None
+    missing: list[str] = []
     ledger = store.ledger(run_id)
     if affected:
         tables = MethodTables.load(settings)
@@ -381,12 +409,11 @@ def _incremental(job: Job, run_id: int) -> RefreshResult:
         missing = sorted(set(affected) - set(population.patients))
         if missing:
             counts["patients_not_found"] = len(missing)
-            log.warning("%d changed patient(s) not found on the server (deleted?): %s",
-                        len(missing), ", ".join(missing[:10]))
+            log.warning("%d changed patient(s) no longer on the server, removed from the "
+                        "store: %s", len(missing), ", ".join(missing[:10]))
         job.check_stop("write-back")
         writeback = _write(job, source, outcome, ledger, trust_ledger=True, incremental=True)
         counts.update(_counts(outcome, writeback))
-    job.check_stop("commit")
     status = "partial" if counts.get("writeback_failed") else "succeeded"
     watermark = newest_raw if newest_at > parse_instant(watermark_before) else watermark_before
     held_key = _context_key("held", job.source_key)
@@ -399,12 +426,14 @@ def _incremental(job: Job, run_id: int) -> RefreshResult:
     else:
         held = 0
     with store.session() as s:
+        job.check_lock(s)
         store.set_context(s, held_key, held, run_id)
         if outcome is not None:
             counts.update(store.save_outcome(
                 s, outcome, run_id, full=False, report_patients=_report_patients(outcome),
                 weights=_patient_weights(outcome, outcome.panels.weights),
-                clinician_names=_names(outcome), done_pending=pending))
+                clinician_names=_names(outcome), done_pending=pending, started_at=read_at,
+                gone=missing))
         ledger.flush(s)
         if not counts.get("watermark_held"):
             store.set_context(s, seen_key, sorted(set(recent)), run_id)
@@ -550,6 +579,83 @@ def _floor_key(source_key: str) -> str:
     return _context_key("floor", source_key)
 
 
+class _SeenRecorder:
+    """A source wrapper for the full read: remembers the recent versions it passed on, so the
+    first incremental pass after the run skips them (the server's Date has whole seconds, so
+    the watermark can be up to a second behind what was read). Only versions from the last
+    couple of days are kept: a cheap string test before any parsing."""
+
+    def __init__(self, source: FhirSource) -> None:
+        self.source = source
+        self.recent: list[tuple[str, str]] = []  # (lastUpdated as sent, Type/id)
+        self._since = (datetime.now(UTC) - timedelta(days=2)).date().isoformat()
+
+    def describe(self) -> str:
+        return self.source.describe()
+
+    def read(self, resource_type: str) -> Iterator[Any]:
+        items = self.source.read(resource_type)
+        if resource_type not in CHANGE_TYPES:
+            yield from items
+            return
+        for item in items:
+            if isinstance(item, dict):
+                raw = _last_updated(item)
+                if raw is not None and raw[:10] >= self._since:
+                    self.recent.append((raw, f"{resource_type}/{item.get('id')}"))
+            yield item
+
+    def read_for_patients(self, resource_type: str, patients: Sequence[str]) -> Iterator[Any]:
+        return self.source.read_for_patients(resource_type, patients)
+
+    def seen_after(self, watermark: str | None) -> list[str]:
+        floor = _instant(watermark)
+        if floor is None:
+            return []
+        keys = set()
+        for raw, ref in self.recent:
+            stamp = _instant(raw)
+            if stamp is not None and stamp > floor:
+                keys.add(f"{ref}@{stamp.astimezone(UTC).isoformat()}")
+        return sorted(keys)
+
+
+def fhir_instant(moment: datetime) -> str:
+    """A UTC instant with milliseconds, always. A date search value's precision sets its range
+    (FHIR search, "date"): `gt2026-11-23T13:00:31Z` means after 13:00:32, so a value with
+    whole seconds would skip the rest of its second."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _server_now(source: FhirSource) -> str | None:
+    """The server's clock, as a FHIR instant: the `meta.lastUpdated` of a count-only search
+    Bundle (milliseconds, on HAPI and sekmet), else the HTTP `Date` (whole seconds). None for
+    file sources or a server that says neither."""
+    client = _client_of(source)
+    if client is None:
+        return None
+    try:
+        response = client.request("GET", "Patient", params=[("_summary", "count")],
+                                  headers={"Cache-Control": "no-cache"})
+    except FhirpanelError:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    meta = body.get("meta") if isinstance(body, dict) else None
+    stamp = _instant(meta.get("lastUpdated")) if isinstance(meta, dict) else None
+    if stamp is None:
+        try:
+            stamp = email.utils.parsedate_to_datetime(response.headers.get("Date", ""))
+        except (TypeError, ValueError):
+            return None
+        if stamp.tzinfo is None:  # HTTP dates are GMT
+            stamp = stamp.replace(tzinfo=UTC)
+    return fhir_instant(stamp)
+
+
 def _newest_instant(population: Population) -> str | None:
     """The newest `meta.lastUpdated` among what a full run read (server time)."""
     newest: datetime | None = None
@@ -561,7 +667,7 @@ def _newest_instant(population: Population) -> str | None:
                 newest = stamp
     if newest is None:
         return None
-    return newest.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return fhir_instant(newest)
 
 
 def _last_updated(resource: Mapping[str, Any]) -> str | None:
@@ -580,12 +686,12 @@ def _instant(raw: str | None) -> datetime | None:
 
 
 def _version_key(resource: Mapping[str, Any]) -> str | None:
+    """One version of a resource: `Type/id@lastUpdated` (UTC), as `_record_key` makes it."""
     rtype, rid = resource.get("resourceType"), resource.get("id")
-    if not isinstance(rtype, str) or not isinstance(rid, str):
+    updated = _instant(_last_updated(resource))
+    if not isinstance(rtype, str) or not isinstance(rid, str) or updated is None:
         return None
-    meta = resource.get("meta")
-    version = meta.get("versionId") if isinstance(meta, Mapping) else None
-    return f"{rtype}/{rid}/_history/{version or _last_updated(resource) or ''}"
+    return f"{rtype}/{rid}@{updated.astimezone(UTC).isoformat()}"
 
 
 def _patient_of(resource: Mapping[str, Any]) -> str | None:

@@ -8,9 +8,12 @@ workers and manual runs out. Where the FHIR server supports R4 rest-hook Subscri
 worker registers one on Encounter pointing at a small loopback HTTP endpoint; a notification
 asks for an immediate incremental pass, and polling stays on as the safety net.
 
-SIGTERM or SIGINT: no new jobs start; a running pass stops at its next checkpoint (before the
-write-back or the commit) and is recorded `abandoned`, with the watermark untouched; a pass
-already writing finishes its write-back and commit first.
+SIGTERM or SIGINT: no new jobs start; a running pass that has not begun writing stops at its
+next checkpoint and is recorded `abandoned`, with the watermark untouched; a pass already
+writing finishes its write-back and its (local, short) commit first, within a grace period.
+Give the container that long to stop (`docker stop -t 120`; Kubernetes
+`terminationGracePeriodSeconds`); a pass killed mid-write is redone by the next one, and its
+lease expires after `scheduler.lock_stale_seconds`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -49,6 +53,7 @@ QUEUE_JOB = "queue"  # runs asked for through the API, and the worker's heartbea
 QUEUE_SECONDS = 5
 SUBSCRIPTION_REASON = "fhirpanel: refresh panels when encounters change"
 SHUTDOWN_GRACE_SECONDS = 120.0
+MAX_NOTIFICATION_BYTES = 1 << 20  # a notification carrying a resource is far smaller
 
 
 @dataclass
@@ -102,9 +107,8 @@ def full_job(trigger: str = "schedule") -> None:
 
 
 def queue_job() -> None:
-    """Beat the worker's heartbeat and run what the API queued."""
+    """Run what the API queued."""
     state = _current()
-    state.store.worker_heartbeat()
     if state.stop.is_set() or not state.running.acquire(blocking=False):
         return
     try:
@@ -148,9 +152,18 @@ class HookServer:
             protocol_version = "HTTP/1.1"
 
             def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    length = -1
+                if length < 0 or length > MAX_NOTIFICATION_BYTES:
+                    self.close_connection = True
+                    self.send_response(400 if length < 0 else 413)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if length:
-                    self.rfile.read(min(length, 1 << 20))  # drain; content not needed
+                    self.rfile.read(length)  # drain; the pass reads what changed itself
                 status = owner.check(self.path, self.headers.get("Authorization", ""))
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
@@ -236,6 +249,17 @@ def remove_subscription(client: Any, sub_id: str) -> None:
 # ---------------------------------------------------------------- the process
 
 
+def _beat(store: Store, stop: threading.Event) -> None:
+    """Tell the API a worker is alive (it then queues runs for us instead of running them)."""
+    while True:
+        try:
+            store.worker_heartbeat()
+        except Exception:
+            log.warning("worker heartbeat failed", exc_info=True)
+        if stop.wait(QUEUE_SECONDS):
+            return
+
+
 @contextlib.contextmanager
 def notifications(state: WorkerState) -> Iterator[HookServer | None]:
     """The hook endpoint and the Subscription, when configured and supported."""
@@ -286,17 +310,39 @@ def run_worker(settings: Settings, *, store: Store | None = None,
                                                          "max_workers": 2}})
     state = WorkerState(settings=settings, store=store, scheduler=scheduler)
     _state = state
-    scheduler.add_job(incremental_job, IntervalTrigger(minutes=cfg.incremental_minutes),
-                      id=INCREMENTAL_JOB, next_run_time=datetime.now(UTC),
-                      misfire_grace_time=int(cfg.incremental_minutes * 60))
-    scheduler.add_job(full_job, full_trigger, id=FULL_JOB, misfire_grace_time=3600)
+    source = cfg.source or settings.fhir.base_url
+    if source.startswith(("http://", "https://")):
+        scheduler.add_job(incremental_job, IntervalTrigger(minutes=cfg.incremental_minutes),
+                          id=INCREMENTAL_JOB, next_run_time=datetime.now(UTC),
+                          misfire_grace_time=int(cfg.incremental_minutes * 60))
+        scheduler.add_job(full_job, full_trigger, id=FULL_JOB, misfire_grace_time=3600)
+    else:
+        # NDJSON and Bulk sources are read whole: full refreshes only, the first one now.
+        log.info("source %s has no incremental search: full refreshes only", source[:80])
+        scheduler.add_job(full_job, full_trigger, id=FULL_JOB, misfire_grace_time=3600,
+                          next_run_time=datetime.now(UTC))
     scheduler.add_job(queue_job, IntervalTrigger(seconds=QUEUE_SECONDS), id=QUEUE_JOB,
                       next_run_time=datetime.now(UTC), misfire_grace_time=QUEUE_SECONDS)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %d: stopping after the current step", signum)
         state.stop.set()
-        scheduler.shutdown(wait=False)
+        if scheduler.running:  # a second signal, or one before start(), must not raise
+            with contextlib.suppress(SchedulerNotRunningError):
+                scheduler.shutdown(wait=False)
+
+    def watch_stop() -> None:
+        # Covers a signal that came between the check below and start() taking over.
+        if state.stop.is_set() and scheduler.running:
+            with contextlib.suppress(SchedulerNotRunningError):
+                scheduler.shutdown(wait=False)
+
+    scheduler.add_job(watch_stop, IntervalTrigger(seconds=1), id="stop-watch")
+
+    # The liveness heartbeat has a thread of its own: a long refresh must not starve it.
+    beat = threading.Thread(target=_beat, args=(store, state.stop), name="fhirpanel-worker-beat",
+                            daemon=True)
+    beat.start()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -308,7 +354,8 @@ def run_worker(settings: Settings, *, store: Store | None = None,
                   flush=True)
             if ready is not None:
                 ready.set()
-            scheduler.start()  # blocks until shutdown
+            if not state.stop.is_set():  # a signal during start-up: do not start at all
+                scheduler.start()  # blocks until shutdown
             # Let a pass that is writing finish (bounded), so nothing is left half done.
             if state.running.acquire(timeout=SHUTDOWN_GRACE_SECONDS):
                 state.running.release()
@@ -316,6 +363,7 @@ def run_worker(settings: Settings, *, store: Store | None = None,
                 log.warning("a refresh was still running after %.0fs; it will be recorded "
                             "abandoned at the next start", SHUTDOWN_GRACE_SECONDS)
     finally:
+        state.stop.set()  # ends the heartbeat thread
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _state = None

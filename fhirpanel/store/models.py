@@ -23,6 +23,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -173,6 +174,12 @@ class Override(Base):
     `removed_at` is empty; it outranks every pipeline step."""
 
     __tablename__ = "overrides"
+    __table_args__ = (
+        # At most one override in force per patient (migration 0003).
+        Index("uq_overrides_active_patient", "patient", unique=True,
+              sqlite_where=text("removed_at IS NULL"),
+              postgresql_where=text("removed_at IS NULL")),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     patient: Mapped[str] = mapped_column(String(REF), index=True)

@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 REFRESH_LOCK = "refresh"
 WORKER_HEARTBEAT = "worker-heartbeat"
+MIGRATION_LOCK_KEY = 7_301_246_173  # any constant, the same in every process
 CHUNK = 500  # ids per IN (...) clause: well under SQLite's and PostgreSQL's parameter limits
 REQUESTERS = ("clinician", "patient", "family", "staff")
 CONFIRMERS = ("clinician", "patient")
@@ -70,6 +71,10 @@ CONFIRMERS = ("clinician", "patient")
 
 class StoreError(FhirpanelError):
     """The state store cannot be opened or used."""
+
+
+class AssignmentChanged(FhirpanelError):
+    """A change asked about an assignment that no longer holds (a refresh moved the patient)."""
 
 
 def now_utc() -> datetime:
@@ -127,6 +132,11 @@ class Store:
         config.set_main_option("script_location", str(MIGRATIONS))
         try:
             with self.engine.begin() as connection:
+                if not self.is_sqlite:
+                    # The worker and the API starting together on an empty database: one
+                    # migrates, the other waits (SQLite serialises writers by itself).
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                       {"key": MIGRATION_LOCK_KEY})
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
         except SQLAlchemyError as exc:
@@ -183,10 +193,18 @@ class Store:
             log.warning("took over a stale %s lock from %s", name, row.holder)
         return taken
 
-    def heartbeat(self, holder: str, name: str = REFRESH_LOCK) -> None:
+    def heartbeat(self, holder: str, name: str = REFRESH_LOCK) -> bool:
+        """Renew the lease; False when it is no longer ours (taken over as stale)."""
         with self.session() as s:
-            s.execute(update(Lock).where(Lock.name == name, Lock.holder == holder)
-                      .values(heartbeat_at=now_utc()))
+            result = s.execute(update(Lock).where(Lock.name == name, Lock.holder == holder)
+                               .values(heartbeat_at=now_utc()))
+            return bool(getattr(result, "rowcount", 0) == 1)
+
+    @staticmethod
+    def holds_lock(s: Session, holder: str, name: str = REFRESH_LOCK) -> bool:
+        """Inside a run's final transaction: is the lease still ours (fencing)?"""
+        row = s.get(Lock, name)
+        return row is not None and row.holder == holder
 
     def release_lock(self, holder: str, name: str = REFRESH_LOCK) -> None:
         with self.session() as s:
@@ -349,6 +367,18 @@ class Store:
         refresh (the patient is queued)."""
         if requested_by not in REQUESTERS:
             raise ValueError(f"requested_by must be one of {', '.join(REQUESTERS)}")
+        for attempt in range(3):
+            try:
+                return self._add_override(patient, practitioner, reason, requested_by, actor)
+            except IntegrityError:
+                # Another override for the patient committed between our update and insert
+                # (the partial unique index allows one active): do it again on top of it.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _add_override(self, patient: str, practitioner: str, reason: str, requested_by: str,
+                      actor: str) -> dict[str, Any]:
         now = now_utc()
         with self.session() as s:
             s.execute(update(Override).where(Override.patient == patient,
@@ -403,13 +433,18 @@ class Store:
             raise ValueError(f"confirmed_by must be one of {', '.join(CONFIRMERS)}")
         now = now_utc()
         with self.session() as s:
+            # The update first: it takes the row's write lock, so a refresh committing a new
+            # assignment cannot slip between the check and the confirmation.
+            result = s.execute(update(PatientState).where(
+                PatientState.patient == patient, PatientState.practitioner == practitioner,
+                PatientState.status == "assigned").values(confirmation=confirmed_by))
+            if getattr(result, "rowcount", 0) != 1:
+                raise AssignmentChanged(f"{patient} is not assigned to {practitioner} (any "
+                                        "more): reload and confirm the current assignment")
             row = Confirmation(patient=patient, practitioner=practitioner,
                                confirmed_by=confirmed_by, note=note, actor=actor,
                                created_at=now)
             s.add(row)
-            s.execute(update(PatientState).where(PatientState.patient == patient,
-                                                 PatientState.practitioner == practitioner)
-                      .values(confirmation=confirmed_by))
             _audit(s, actor, "confirm", patient, {"practitioner": practitioner,
                                                   "confirmed_by": confirmed_by, "note": note})
             recompute_clinicians(s, [practitioner])
@@ -455,19 +490,25 @@ class Store:
     def save_outcome(self, s: Session, outcome: RunOutcome, run_id: int, *, full: bool,
                      report_patients: Mapping[str, dict[str, Any]],
                      weights: Mapping[str, float], clinician_names: Mapping[str, str | None],
-                     done_pending: Iterable[str] = ()) -> dict[str, int]:
+                     done_pending: Iterable[str] = (),
+                     started_at: datetime | None = None,
+                     gone: Sequence[str] = ()) -> dict[str, int]:
         """Store the patients a run computed (all of them for a full run, which also removes
         patients no longer on the server), their history, and the panels. Returns counts of
-        changed assignments."""
+        changed assignments.
+
+        `started_at`: when the run read its overrides and queue. Queue entries and overrides
+        made after it (while the run computed) stay pending for the next pass."""
         now = now_utc()
+        cutoff = started_at or now
         att = outcome.attribution
         suggestions = {sg.patient: sg for sg in outcome.panels.suggestions}
         outreach = {o.patient: list(o.reasons) for o in outcome.outreach}
         ids = [a.patient for a in att.assignments]
         existing = _existing_states(s, ids, full=full)
-        confirmed = _confirmations_for(s, ids, full=full)
         overrides = {r.patient for r in s.scalars(
-            select(Override).where(Override.removed_at.is_(None)))}
+            select(Override).where(Override.removed_at.is_(None),
+                                   Override.created_at <= cutoff))}
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         history: list[dict[str, Any]] = []
@@ -486,7 +527,6 @@ class Store:
                 "ccm_eligible": bool(risk.ccm_eligible) if risk is not None else False,
                 "weight": weights.get(a.patient, 1.0),
                 "last_visit": a.last_visit.isoformat() if a.last_visit else None,
-                "confirmation": confirmed.get((a.patient, a.practitioner or ""), "proposed"),
                 "override": a.patient in overrides and a.rule == "manual",
                 "outreach": outreach.get(a.patient, []),
                 "suggested": suggestion.practitioner if suggestion else None,
@@ -522,27 +562,40 @@ class Store:
             s.execute(update(PatientState), updates)
         if history:
             s.execute(insert(AssignmentHistory), history)
-        removed = 0
+        # Patients no longer on the server: every one a full run did not see, and those an
+        # incremental pass was told of (`gone`: changed, then not found).
+        vanished = sorted(set(existing) - set(ids)) if full else sorted(set(gone) - set(ids))
+        for start in range(0, len(vanished), CHUNK):
+            batch = vanished[start:start + CHUNK]
+            if not full:
+                touched_clinicians.update(p for p in s.scalars(
+                    select(PatientState.practitioner).where(PatientState.patient.in_(batch)))
+                    if p)
+            s.execute(update(AssignmentHistory).where(
+                AssignmentHistory.patient.in_(batch),
+                AssignmentHistory.valid_to.is_(None)).values(valid_to=now))
+            s.execute(delete(PatientState).where(PatientState.patient.in_(batch)))
+        removed = len(vanished)
         if full:
-            gone = sorted(set(existing) - set(ids))
-            for start in range(0, len(gone), CHUNK):
-                batch = gone[start:start + CHUNK]
-                s.execute(update(AssignmentHistory).where(
-                    AssignmentHistory.patient.in_(batch),
-                    AssignmentHistory.valid_to.is_(None)).values(valid_to=now))
-                s.execute(delete(PatientState).where(PatientState.patient.in_(batch)))
-            removed = len(gone)
             _save_clinicians(s, outcome, clinician_names, now)
-        else:
+        # Confirmations in SQL, after the rows are written and inside this transaction: a
+        # confirm() committed while the run computed is not overwritten.
+        _refresh_confirmations(s, None if full else ids)
+        if not full:
             recompute_clinicians(s, sorted(touched_clinicians))
+        else:
+            recompute_clinicians(s, list(s.scalars(select(Clinician.practitioner))),
+                                 sizes=False)
         done = list(done_pending)
         for start in range(0, len(done), CHUNK):
             s.execute(delete(PendingPatient).where(
-                PendingPatient.patient.in_(done[start:start + CHUNK])))
+                PendingPatient.patient.in_(done[start:start + CHUNK]),
+                PendingPatient.since <= cutoff))
         applied = sorted(overrides & set(ids))
         for start in range(0, len(applied), CHUNK):
             s.execute(update(Override).where(
                 Override.removed_at.is_(None), Override.applied_run.is_(None),
+                Override.created_at <= cutoff,
                 Override.patient.in_(applied[start:start + CHUNK])).values(applied_run=run_id))
         return {"patients_stored": len(ids), "assignments_changed": changed,
                 "patients_new": len(inserts), "patients_removed": removed}
@@ -667,11 +720,20 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
 
 
 def _queue(s: Session, patient: str, reason: str, now: datetime) -> None:
-    row = s.get(PendingPatient, patient)
-    if row is None:
-        s.add(PendingPatient(patient=patient, reason=reason, since=now))
+    """Queue a patient (an upsert: concurrent writers never collide on the key). `since` moves
+    to now, so a run that started earlier does not take the entry off the queue."""
+    values = {"patient": patient, "reason": reason, "since": now}
+    dialect = s.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt: Any = pg_insert(PendingPatient).values(**values)
     else:
-        row.reason = reason
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(PendingPatient).values(**values)
+    s.execute(stmt.on_conflict_do_update(index_elements=["patient"],
+                                         set_={"reason": reason, "since": now}))
 
 
 def _audit(s: Session, actor: str, action: str, patient: str | None,
@@ -694,18 +756,27 @@ def _existing_states(s: Session, ids: Sequence[str], *, full: bool
     return out
 
 
-def _confirmations_for(s: Session, ids: Sequence[str], *, full: bool
-                       ) -> dict[tuple[str, str], str]:
-    """(patient, practitioner) → who confirmed it most recently."""
-    stmt = select(Confirmation.patient, Confirmation.practitioner, Confirmation.confirmed_by)
-    rows: list[Any] = []
-    if full:
-        rows = list(s.execute(stmt.order_by(Confirmation.id)))
-    else:
-        for start in range(0, len(ids), CHUNK):
-            rows += list(s.execute(stmt.where(Confirmation.patient.in_(
-                ids[start:start + CHUNK])).order_by(Confirmation.id)))
-    return {(p, pr): by for p, pr, by in rows}
+def _refresh_confirmations(s: Session, ids: Sequence[str] | None) -> None:
+    """Each patient's confirmation: the newest confirmation of the current clinician made
+    since the current assignment began (one made before a move away and back has lapsed)."""
+    began = (select(func.max(AssignmentHistory.valid_from))
+             .where(AssignmentHistory.patient == PatientState.patient,
+                    AssignmentHistory.valid_to.is_(None))
+             .scalar_subquery())
+    latest = (select(Confirmation.confirmed_by)
+              .where(Confirmation.patient == PatientState.patient,
+                     Confirmation.practitioner == PatientState.practitioner,
+                     Confirmation.created_at >= began)
+              .order_by(Confirmation.id.desc()).limit(1)
+              .scalar_subquery())
+    value = func.coalesce(latest, "proposed")
+    if ids is None:
+        s.execute(update(PatientState).values(confirmation=value),
+                  execution_options={"synchronize_session": False})
+        return
+    for start in range(0, len(ids), CHUNK):
+        s.execute(update(PatientState).where(PatientState.patient.in_(ids[start:start + CHUNK]))
+                  .values(confirmation=value), execution_options={"synchronize_session": False})
 
 
 def _save_clinicians(s: Session, outcome: RunOutcome, names: Mapping[str, str | None],
@@ -726,7 +797,6 @@ def _save_clinicians(s: Session, outcome: RunOutcome, names: Mapping[str, str | 
             "unconfirmed": 0, "updated_at": now})
     if rows:
         s.execute(insert(Clinician), rows)
-    recompute_clinicians(s, [str(r["practitioner"]) for r in rows], sizes=False)
 
 
 def recompute_clinicians(s: Session, practitioners: Sequence[str], *, sizes: bool = True

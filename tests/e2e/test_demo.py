@@ -23,6 +23,7 @@ def test_demo_serves_the_api_and_dashboard_and_stops_cleanly(tmp_path: Path) -> 
         proc = subprocess.Popen([sys.executable, "-m", "fhirpanel", "demo"], cwd=tmp_path,
                                 env={**os.environ, "COLUMNS": "160"}, stdout=out,
                                 stderr=subprocess.STDOUT)
+    base = ""
     try:
         deadline = time.monotonic() + READY_WITHIN
         text = ""
@@ -49,7 +50,13 @@ def test_demo_serves_the_api_and_dashboard_and_stops_cleanly(tmp_path: Path) -> 
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)
-    assert proc.wait(timeout=90) == 0, out_path.read_text(errors="replace")[-3000:]
+    try:
+        code = proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        pytest.fail("the demo did not stop within 90 s of SIGTERM")
+    assert code == 0, out_path.read_text(errors="replace")[-3000:]
     assert "Stopping the API, the worker and the sandbox" in out_path.read_text()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{base}/healthz", timeout=5)

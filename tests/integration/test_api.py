@@ -665,7 +665,7 @@ def test_confirm_an_assignment(client: FlaskClient, store: Store,
     panels = client.get("/api/panels", headers=READ_H).get_json()["panels"]
     assert next(p for p in panels if p["practitioner"] == doc)["unconfirmed"] == before - 1
     assert store.audit()[0]["action"] == "confirm" and store.audit()[0]["actor"] == "alice"
-    assert trigger.calls == [("incremental", "api")]
+    assert trigger.calls == []  # a confirmation changes no attribution: no refresh
     explained = client.get(f"/api/patients/{bare(patient['patient'])}",
                            headers=READ_H).get_json()
     assert explained["confirmation"] == "clinician"
@@ -791,8 +791,13 @@ def test_override_takes_effect_at_the_refresh_it_triggers(loaded_sandbox: Sandbo
 
 def test_an_ndjson_source_cannot_run_an_incremental_refresh(store: Store) -> None:
     app = create_app(api_settings(), store=store)  # the real trigger, an NDJSON source
-    response = app.test_client().post("/api/assignments/pat-000006/confirm",
-                                      json={"confirmed_by": "patient"}, headers=ADMIN_H)
+    patient = first_assigned(store)
+    others = [c["practitioner"] for c in store.clinicians()
+              if c["eligible"] and c["practitioner"] != patient["practitioner"]]
+    response = app.test_client().post(
+        f"/api/assignments/{bare(patient['patient'])}/override",
+        json={"practitioner": bare(others[0]), "reason": "choice", "requested_by": "patient"},
+        headers=ADMIN_H)
     assert response.status_code == 201  # stored all the same
     refresh = response.get_json()["refresh"]
     assert refresh["started"] is False and "FHIR server source" in refresh["detail"]

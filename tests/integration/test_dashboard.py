@@ -486,3 +486,18 @@ def sandbox_read(sandbox: SandboxServer, rtype: str, rid: str) -> dict[str, Any]
                             headers={"Accept": "application/fhir+json"}, timeout=10)
     response.raise_for_status()
     return response.json()  # type: ignore[no-any-return]
+
+
+def test_confirm_refuses_when_the_patient_moved_since_the_page_loaded(app: Flask,
+                                                                      store: Store) -> None:
+    client = sign_in(app)
+    top = biggest(store)
+    patient = assigned_patient(store, top["practitioner"])
+    other = next(c["practitioner"] for c in store.clinicians()
+                 if c["practitioner"] != top["practitioner"])
+    response = client.post(f"/patients/{patient.split('/')[1]}/confirm", data={
+        "confirmed_by": "clinician", "practitioner": other, "csrf_token": csrf(client)},
+        follow_redirects=True)
+    assert any("moved to" in f for f in flashes(response.get_data(as_text=True)))
+    assert (store.patient_state(patient) or {})["confirmation"] == "proposed"
+    assert store.confirmations(patient) == []

@@ -19,6 +19,7 @@ import pytest
 from fhirpanel.config import FhirSettings, Settings
 from fhirpanel.fhir.build import CARE_TEAM_KIND, identifier_value
 from fhirpanel.fhir.client import FhirClient
+from fhirpanel.jobs import refresh as refresh_module
 from fhirpanel.jobs.refresh import (
     RefreshResult,
     full_refresh,
@@ -329,10 +330,13 @@ def test_overrides_take_effect_at_the_next_pass(loaded: SandboxServer, store: St
 def test_runs_asked_for_while_a_worker_lives_are_queued_for_it(
         loaded: SandboxServer, store: Store, after_full: RefreshResult) -> None:
     settings = settings_for(loaded.base_url)
-    assert request_run(settings, store, "incremental", "api") is not None  # no worker: a thread
+    threaded = request_run(settings, store, "incremental", "api")  # no worker: a thread here
+    assert threaded is not None
     deadline = time.monotonic() + 60
-    while store.lock_info() is not None and time.monotonic() < deadline:
+    while (store.run(threaded) or {}).get("status") == "running" and time.monotonic() < deadline:
         time.sleep(0.1)
+    assert (store.run(threaded) or {})["status"] == "succeeded"
+    assert store.lock_info() is None
     store.worker_heartbeat()
     run_id = request_run(settings, store, "incremental", "api")
     assert run_id is not None
@@ -356,3 +360,79 @@ def test_a_full_refresh_through_bulk_export_writes_back_to_the_same_server(
                    if (store.patient_state(p) or {}).get("status") == "assigned")
     assert team_practitioner(loaded.base_url, patient) == (
         store.patient_state(patient) or {})["practitioner"]
+
+
+def test_changes_during_a_full_refresh_reach_the_next_pass(
+        loaded: SandboxServer, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The full refresh's watermark is the server's time before its read: what changes while it
+    reads (new visits, an override, a confirmation) is applied by the next pass, not lost."""
+    settings = settings_for(loaded.base_url)
+    seed = Store(f"sqlite:///{store.url.split('///', 1)[1]}.seed")
+    assert full_refresh(settings, seed, as_of=AS_OF_DATE, write=False).ok
+    moves = pick_moves(seed, 2)
+    (moved, target), (overridden, chosen) = list(moves.items())
+    confirmed = next(p for p in seed.patient_ids()
+                     if p not in moves and (seed.patient_state(p) or {})["status"] == "assigned")
+    confirmed_with = (seed.patient_state(confirmed) or {})["practitioner"]
+    assert full_refresh(settings, store, as_of=AS_OF_DATE).ok  # the store's first full run
+    real_run_full = refresh_module.run_full
+
+    def run_full_with_changes(*args: Any, **kwargs: Any) -> Any:
+        outcome = real_run_full(*args, **kwargs)  # the read is done: now things change
+        add_visits(loaded.base_url, {moved: target}, seed)
+        store.add_override(overridden, chosen, reason="during the run",
+                           requested_by="patient", actor="test")
+        store.confirm(confirmed, confirmed_with, confirmed_by="clinician", actor="test")
+        return outcome
+
+    monkeypatch.setattr(refresh_module, "run_full", run_full_with_changes)
+    during = full_refresh(settings, store, as_of=AS_OF_DATE)
+    monkeypatch.undo()
+    assert during.ok, during.error
+    assert (store.patient_state(confirmed) or {})["confirmation"] == "clinician"
+    assert store.override_for(overridden)["applied_run"] is None  # type: ignore[index]
+    assert overridden in store.pending_patients()
+
+    after = incremental_refresh(settings, store, as_of=AS_OF_DATE)
+    assert after.status == "succeeded", after.error
+    assert {moved, overridden} <= set(after.patients), (after.counts, during.watermark_after)
+    assert (store.patient_state(moved) or {})["practitioner"] == target
+    state = store.patient_state(overridden) or {}
+    assert (state["practitioner"], state["rule"]) == (chosen, "manual")
+    assert (store.patient_state(confirmed) or {})["confirmation"] == "clinician"
+    seed.close()
+
+
+def test_a_confirmation_lapses_when_the_patient_moves_away_and_back(
+        loaded: SandboxServer, store: Store, after_full: RefreshResult) -> None:
+    settings = settings_for(loaded.base_url)
+    patient, target = next(iter(pick_moves(store, 1).items()))
+    first = (store.patient_state(patient) or {})["practitioner"]
+    store.confirm(patient, first, confirmed_by="patient", actor="test")
+    store.add_override(patient, target, reason="trial", requested_by="clinician", actor="t")
+    assert incremental_refresh(settings, store, as_of=AS_OF_DATE).ok
+    assert (store.patient_state(patient) or {})["confirmation"] == "proposed"
+    store.remove_override(patient, actor="t")
+    assert incremental_refresh(settings, store, as_of=AS_OF_DATE).ok
+    state = store.patient_state(patient) or {}
+    assert state["practitioner"] == first
+    assert state["confirmation"] == "proposed"  # the old confirmation does not come back
+
+
+def test_a_deleted_patient_leaves_the_store_at_the_next_pass(
+        loaded: SandboxServer, store: Store, after_full: RefreshResult) -> None:
+    settings = settings_for(loaded.base_url)
+    patient = next(p for p in store.patient_ids()
+                   if (store.patient_state(p) or {})["status"] == "assigned")
+    store.queue_patients([patient], "test: re-read")
+    # Delete the patient's compartment as an EHR merge or purge would.
+    with FhirClient(FhirSettings(base_url=loaded.base_url)) as client:
+        for rtype in ("CarePlan", "CareTeam", "Condition", "Encounter"):
+            for res in list(client.search(rtype, [("patient", patient)])):
+                client.request("DELETE", f"{rtype}/{res['id']}")
+        client.request("DELETE", patient)
+    result = incremental_refresh(settings, store, as_of=AS_OF_DATE)
+    assert result.ok, result.error
+    assert result.counts["patients_not_found"] == 1
+    assert store.patient_state(patient) is None
+    assert store.history(patient)[-1]["valid_to"] is not None

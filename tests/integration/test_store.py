@@ -204,3 +204,40 @@ def test_a_bad_database_url_is_a_clear_error() -> None:
 
     with pytest.raises(ConfigError, match="database_url"):
         Store("not a url ::")
+
+
+def test_overrides_saved_at_once_leave_one_in_force(filled: Store) -> None:
+    patient = filled.patient_ids()[0]
+    clinicians = [c["practitioner"] for c in filled.clinicians() if c["eligible"]][:4]
+    barrier = threading.Barrier(len(clinicians))
+    errors: list[BaseException] = []
+
+    def save(practitioner: str) -> None:
+        barrier.wait()
+        try:
+            filled.add_override(patient, practitioner, reason="race", requested_by="staff",
+                                actor=practitioner)
+        except BaseException as exc:  # collected: the test fails on any
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save, args=(c,)) for c in clinicians]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    active = [o for o in filled.overrides(patient) if o["removed_at"] is None]
+    assert len(active) == 1
+    assert filled.pending_patients() == [patient]
+
+
+def test_confirming_a_clinician_the_patient_no_longer_has_is_refused(filled: Store) -> None:
+    from fhirpanel.store.repository import AssignmentChanged
+
+    patient = next(p for p in filled.patient_ids()
+                   if (filled.patient_state(p) or {}).get("status") == "assigned")
+    current = (filled.patient_state(patient) or {})["practitioner"]
+    other = next(c["practitioner"] for c in filled.clinicians() if c["practitioner"] != current)
+    with pytest.raises(AssignmentChanged):
+        filled.confirm(patient, other, confirmed_by="clinician", actor="x")
+    assert filled.confirmations(patient) == []
