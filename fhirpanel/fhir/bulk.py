@@ -55,6 +55,7 @@ NDJSON = "application/fhir+ndjson"
 DEFAULT_DOWNLOAD_DIR = "var/bulk"
 MAX_POLLS = 10_000  # with max_wait_seconds, the bound on the status loop
 MIN_POLL_SECONDS = 0.1  # never poll faster, whatever Retry-After says
+STALE_EXPORT_SECONDS = 24 * 3600  # leftover download folders older than this are removed
 DOWNLOAD_ATTEMPTS = 3  # per file, when the connection breaks mid-body (HTTP errors: the client)
 CHUNK_BYTES = 1 << 20
 MAX_ERROR_ISSUES = 1000  # OperationOutcome lines taken from error files; the rest are counted
@@ -409,6 +410,8 @@ class BulkExport:
         root = Path(self.settings.download_dir or DEFAULT_DOWNLOAD_DIR)
         try:
             root.mkdir(parents=True, exist_ok=True)
+            _sweep_stale(root, older_than=max(STALE_EXPORT_SECONDS,
+                                              2 * self.settings.max_wait_seconds))
             partial = Path(tempfile.mkdtemp(prefix="export-", suffix=".partial", dir=root))
         except OSError as exc:
             raise SourceError(f"cannot create a download folder under {root}: {exc}") from exc
@@ -555,6 +558,19 @@ def _json_body(response: requests.Response) -> Any:
 
 
 # ---------------------------------------------------------------- the source
+
+
+def _sweep_stale(root: Path, older_than: float) -> None:
+    """Export folders a killed process left behind (patient data at rest): removed once no
+    export could still be using them."""
+    limit = time.time() - older_than
+    for folder in root.glob("export-*"):
+        try:
+            if folder.is_dir() and folder.stat().st_mtime < limit:
+                shutil.rmtree(folder, ignore_errors=True)
+                log.info("removed a stale bulk download folder %s", folder.name)
+        except OSError:
+            continue
 
 
 class BulkSource:

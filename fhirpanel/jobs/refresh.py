@@ -313,12 +313,16 @@ def _full(job: Job, run_id: int) -> RefreshResult:
     weights = outcome.panels.weights
     counts = _counts(outcome, writeback)
     status = "partial" if counts.get("writeback_failed") else "succeeded"
+    export = getattr(source, "result", None)
+    complete = not getattr(export, "issues", None)  # False: a Bulk export with error files
+    if not complete:
+        counts["removals_skipped"] = "the Bulk export reported errors"
     with store.session() as s:
         job.check_lock(s)
         counts.update(store.save_outcome(
             s, outcome, run_id, full=True, report_patients=_report_patients(outcome),
             weights=_patient_weights(outcome, weights), clinician_names=_names(outcome),
-            done_pending=pending, started_at=read_at))
+            done_pending=pending, started_at=read_at, remove_missing=complete))
         ledger.flush(s)
         store.set_context(s, "weights", [[b, sx, w] for (b, sx), w in
                                          sorted(weights.weights.items())], run_id)

@@ -492,7 +492,7 @@ class Store:
                      weights: Mapping[str, float], clinician_names: Mapping[str, str | None],
                      done_pending: Iterable[str] = (),
                      started_at: datetime | None = None,
-                     gone: Sequence[str] = ()) -> dict[str, int]:
+                     gone: Sequence[str] = (), remove_missing: bool = True) -> dict[str, int]:
         """Store the patients a run computed (all of them for a full run, which also removes
         patients no longer on the server), their history, and the panels. Returns counts of
         changed assignments.
@@ -564,7 +564,12 @@ class Store:
             s.execute(insert(AssignmentHistory), history)
         # Patients no longer on the server: every one a full run did not see, and those an
         # incremental pass was told of (`gone`: changed, then not found).
-        vanished = sorted(set(existing) - set(ids)) if full else sorted(set(gone) - set(ids))
+        if full:
+            # `remove_missing=False`: the read was known to be incomplete (a Bulk export
+            # reported errors): absence proves nothing, so nobody is removed.
+            vanished = sorted(set(existing) - set(ids)) if remove_missing else []
+        else:
+            vanished = sorted(set(gone) - set(ids))
         for start in range(0, len(vanished), CHUNK):
             batch = vanished[start:start + CHUNK]
             if not full:

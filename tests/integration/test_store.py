@@ -241,3 +241,31 @@ def test_confirming_a_clinician_the_patient_no_longer_has_is_refused(filled: Sto
     with pytest.raises(AssignmentChanged):
         filled.confirm(patient, other, confirmed_by="clinician", actor="x")
     assert filled.confirmations(patient) == []
+
+
+@pytest.mark.parametrize("remove_missing", [True, False])
+def test_a_full_run_removes_absent_patients_only_when_its_read_was_complete(
+        filled: Store, remove_missing: bool) -> None:
+    from fhirpanel.fhir.source import MemorySource, NdjsonSource
+    from fhirpanel.jobs import refresh
+
+    resources = [r for r in (item for rtype in ("Patient", "Encounter", "Condition",
+                                                "Practitioner", "PractitionerRole",
+                                                "Organization")
+                             for item in NdjsonSource(POPULATION_DIR).read(rtype))
+                 if isinstance(r, dict)]
+    keep = {f"Patient/{r['id']}" for r in resources if r["resourceType"] == "Patient"}
+    keep = set(sorted(keep)[:10])
+    subset = [r for r in resources if r["resourceType"] not in ("Patient", "Encounter",
+                                                                "Condition")
+              or f"Patient/{r.get('id')}" in keep
+              or (r.get("subject") or {}).get("reference") in keep]
+    outcome = run_full(Settings.load(env={}), MemorySource(subset), AS_OF_DATE)
+    run_id = filled.start_run("full", "test", "memory", AS_OF)
+    with filled.session() as s:
+        counts = filled.save_outcome(
+            s, outcome, run_id, full=True, report_patients=refresh._report_patients(outcome),
+            weights=refresh._patient_weights(outcome, outcome.panels.weights),
+            clinician_names=refresh._names(outcome), remove_missing=remove_missing)
+    assert counts["patients_removed"] == (300 - len(keep) if remove_missing else 0)
+    assert len(filled.patient_ids()) == (len(keep) if remove_missing else 300)

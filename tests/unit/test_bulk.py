@@ -205,3 +205,20 @@ def test_error_file_lines_become_issues() -> None:
     ]
     many = error_file_issues([orjson.dumps(outcome)] * 3, "e", limit=4)
     assert len(many) == 5 and many[-1].problem == "export error: 2 more error lines not listed"
+
+
+def test_stale_download_folders_are_swept(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from fhirpanel.fhir.bulk import _sweep_stale
+
+    old, new, other = tmp_path / "export-a.partial", tmp_path / "export-b", tmp_path / "keep"
+    for folder in (old, new, other):
+        folder.mkdir()
+        (folder / "Patient.ndjson").write_text("{}\n")
+    past = time.time() - 3 * 24 * 3600
+    os.utime(old, (past, past))
+    os.utime(other, (past, past))
+    _sweep_stale(tmp_path, older_than=24 * 3600)
+    assert not old.exists() and new.exists() and other.exists()
