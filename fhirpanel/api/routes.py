@@ -136,10 +136,7 @@ def _panel_row(r: dict[str, Any]) -> dict[str, Any]:
 def patient(patient: str) -> Response:
     """The full explanation of one patient's assignment and risk."""
     store = _store()
-    ref = path_reference("Patient", patient)
-    state = store.patient_state(ref)
-    if state is None:
-        raise not_found(f"no {ref} in the last refresh")
+    ref, state = _stored_patient(patient)
     detail = state.pop("detail", None) or {}
     written = {}
     for rtype, kind in (("CareTeam", CARE_TEAM_KIND), ("CarePlan", CARE_PLAN_KIND)):
@@ -225,7 +222,7 @@ def _ask_refresh() -> dict[str, Any]:
     return {"run_id": run_id, "started": True, "detail": "a refresh has started"}
 
 
-def _assignable_patient(raw: str) -> tuple[str, dict[str, Any]]:
+def _stored_patient(raw: str) -> tuple[str, dict[str, Any]]:
     store = _store()
     ref = path_reference("Patient", raw)
     state = store.patient_state(ref)
@@ -243,7 +240,7 @@ OVERRIDE_BODY = (Member("practitioner", max_length=200), Member("reason", free_t
 def add_override(patient: str) -> tuple[Response, int]:
     """Assign the patient to a clinician by hand; it takes effect at the next refresh."""
     store = _store()
-    ref, state = _assignable_patient(patient)
+    ref, state = _stored_patient(patient)
     body = json_body(OVERRIDE_BODY)
     practitioner = reference("Practitioner", body["practitioner"])
     if practitioner is None:
@@ -268,7 +265,7 @@ def add_override(patient: str) -> tuple[Response, int]:
 def remove_override(patient: str) -> Response:
     """Remove the patient's override: the usual rules decide again at the next refresh."""
     store = _store()
-    ref, _ = _assignable_patient(patient)
+    ref, _ = _stored_patient(patient)
     if not store.remove_override(ref, _actor()):
         raise not_found(f"{ref} has no override in force")
     log.info("API: %s removed the override of %s", _actor(), ref)
@@ -285,7 +282,7 @@ CONFIRM_BODY = (Member("confirmed_by", choices=CONFIRMERS),
 def confirm(patient: str) -> tuple[Response, int]:
     """Confirm the patient's current clinician, with the clinician or with the patient."""
     store = _store()
-    ref, state = _assignable_patient(patient)
+    ref, state = _stored_patient(patient)
     body = json_body(CONFIRM_BODY)
     current = state["practitioner"]
     if state["status"] != "assigned" or not current:
