@@ -141,6 +141,11 @@ class ApiSettings:
     workers: int = 2  # gunicorn worker processes
     page_size: int = 50
     max_page_size: int = 500
+    max_body_bytes: int = 65536  # a larger request body gets 413, chunked or not
+    # The dashboard cookie's `Secure` flag: auto sets it unless `host` is a loopback address.
+    secure_cookie: Literal["auto", "always", "never"] = "auto"
+    session_hours: int = 12  # a dashboard sign-in ends this long after it began...
+    session_idle_minutes: int = 120  # ...or after this long without a page (server-side)
 
 
 @dataclass(frozen=True)

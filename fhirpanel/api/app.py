@@ -5,10 +5,18 @@ through the store's audited methods.
 Settings are read once (`create_app(settings)`, or from the environment and FHIRPANEL_CONFIG).
 With no API token configured the app refuses to start, unless created with
 `allow_no_tokens=True` (tests and local experiments: then only the health checks answer).
+
+Hardening that holds for every route: request bodies are bounded (`api.max_body_bytes`: 413
+whether the body comes with a Content-Length or chunked, read at most one byte past the limit);
+the log lines the app writes have control characters escaped (`logsafe`); the dashboard's
+cookie is HttpOnly, SameSite=Lax and Secure unless the service is bound to loopback
+(`api.secure_cookie` overrides), and carries only a session id kept in the store.
 """
 
 from __future__ import annotations
 
+import io
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -16,13 +24,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.wsgi import get_content_length
 
+from fhirpanel.api import logsafe
 from fhirpanel.api.auth import TokenTable, bearer_token
 from fhirpanel.api.health import FhirProbe
 from fhirpanel.api.metrics import ApiMetrics
 from fhirpanel.api.openapi import build_openapi
 from fhirpanel.api.problems import forbidden, register_problem_handlers, unauthorized
-from fhirpanel.config import Settings
+from fhirpanel.config import ApiSettings, Settings
 from fhirpanel.errors import ConfigError
 from fhirpanel.store import Store
 
@@ -30,7 +41,7 @@ log = logging.getLogger(__name__)
 
 Trigger = Callable[[str, str], int | None]  # (kind, trigger) → run id, or None when busy
 PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.readyz"})
-MAX_BODY_BYTES = 64 * 1024  # the API's bodies are a few hundred bytes
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 
 
 @dataclass
@@ -67,16 +78,18 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None,
         raise ConfigError("no API tokens configured: set api.admin_tokens and/or "
                           "api.read_tokens (FHIRPANEL_API_ADMIN_TOKENS, "
                           "FHIRPANEL_API_READ_TOKENS), e.g. `alice=<a long random string>`")
-    if settings.api.page_size < 1 or settings.api.max_page_size < settings.api.page_size:
-        raise ConfigError("api.page_size must be at least 1 and at most api.max_page_size")
+    check_api_settings(settings.api)
+    logsafe.install()
     store = store if store is not None else Store(settings.database)
 
     # No app-level static folder: the dashboard blueprint serves its own files.
     app = Flask(__name__, static_folder=None)
     app.secret_key = settings.api.secret_key or tokens.derived_secret_key()
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["MAX_CONTENT_LENGTH"] = settings.api.max_body_bytes
+    # The cookie carries only a session id (the session itself is in the store).
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    app.config["SESSION_COOKIE_SECURE"] = secure_cookie(settings.api)
     context = ApiContext(
         settings=settings, store=store,
         trigger=trigger if trigger is not None else default_trigger(settings, store),
@@ -97,7 +110,56 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None,
     return app
 
 
+def check_api_settings(api: ApiSettings) -> None:
+    """The API settings' values that tokens aside could stop the app (also checked by
+    `fhirpanel serve` in the master, before the workers start)."""
+    if api.page_size < 1 or api.max_page_size < api.page_size:
+        raise ConfigError("api.page_size must be at least 1 and at most api.max_page_size")
+    if api.max_body_bytes < 1024:
+        raise ConfigError("api.max_body_bytes must be at least 1024")
+    if api.session_hours < 1 or api.session_idle_minutes < 1:
+        raise ConfigError("api.session_hours and api.session_idle_minutes must be at least 1")
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 (also IPv4-mapped) and localhost; an empty host binds everything."""
+    name = host.strip().strip("[]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+def secure_cookie(api: ApiSettings) -> bool:
+    """`Secure` on the dashboard cookie: always, never, or (auto) unless bound to loopback,
+    where plain http is the normal way in; anywhere else the service sits behind TLS."""
+    if api.secure_cookie == "always":
+        return True
+    if api.secure_cookie == "never":
+        return False
+    return not is_loopback(api.host)
+
+
+def _read_at_most(stream: Any, limit: int) -> bytes:
+    """Up to `limit` bytes of a request body (less when it ends first)."""
+    parts: list[bytes] = []
+    left = limit
+    while left > 0:
+        chunk = stream.read(min(left, 64 * 1024))
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
 def _register_hooks(app: Flask, context: ApiContext) -> None:
+    limit = context.settings.api.max_body_bytes
+
     @app.before_request
     def _start_clock() -> None:
         g.request_started = time.perf_counter()
@@ -124,6 +186,29 @@ def _register_hooks(app: Flask, context: ApiContext) -> None:
             raise forbidden(f"the token {account.name!r} may only read; this needs an admin "
                             "token", scope)
         g.account = account
+
+    @app.before_request
+    def _bound_body() -> None:
+        """413 for a body over the limit, declared (Content-Length) or not (chunked: the
+        server ends the stream, `wsgi.input_terminated`). A chunked body is read here, at most
+        one byte past the limit, and handed on with its length, so the JSON and form parsers
+        never see a body cut short at the limit (werkzeug's own bound truncates silently)."""
+        environ = request.environ
+        length = get_content_length(environ)
+        too_large = f"the request body is larger than {limit} bytes"
+        if length is not None:
+            if length > limit:
+                raise RequestEntityTooLarge(too_large)
+            return
+        if not environ.get("wsgi.input_terminated"):
+            return  # no declared length and no server-terminated stream: no body is read
+        body = _read_at_most(environ["wsgi.input"], limit + 1)
+        if len(body) > limit:
+            raise RequestEntityTooLarge(too_large)
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+        request.__dict__.pop("content_length", None)  # a cached_property: read it afresh
 
     @app.after_request
     def _finish(response: Response) -> Response:

@@ -1,14 +1,19 @@
 """The dashboard: server-rendered pages (Jinja, no build step) where a practice manager sees the
 panels and confirms or overrides assignments.
 
-Sign-in takes one of the API's bearer tokens (`/login`, or `/login?token=...` for the demo's
-printed link). The session cookie, signed with `app.secret_key`, keeps an HMAC fingerprint of
-the token, never the token: each request matches it against the configured tokens, so removing
-a token from the settings signs its sessions out. Read tokens see every page; admin tokens also
-get the buttons, and every POST checks the scope and a CSRF token kept in the session. Pages only
-read the store; changes go through the store's audited methods. A confirmation holds at once; an
-override asks for an incremental refresh (best effort: a busy lock leaves the patient queued for
-the next one).
+Sign-in takes one of the API's bearer tokens, posted from the form on `/login` (CSRF-protected
+like every form; a `GET /login?token=...` shows the form and signs nobody in), or a single-use
+link `/login/once/<code>` made by `fhirpanel.store.sessions.issue_login_link` (the demo prints
+one). A sign-in is a row in the store (`dashboard_sessions`: account, a fingerprint of its
+token, created, last seen, expiry, revoked); the cookie, signed with `app.secret_key`, carries
+only the session id (and, before sign-in, the login form's CSRF nonce; flash messages pass
+through it for one page). Each request looks the session up: signing out revokes it for every
+copy of the cookie and every worker; an expired, idle or revoked session, or one whose token was
+removed or changed in the settings, is refused. Read tokens see every page; admin tokens also
+get the buttons, and every POST checks the scope and a CSRF token derived from the session id.
+Pages only read the store; changes go through the store's audited methods. A confirmation holds
+at once; an override asks for an incremental refresh (best effort: a busy lock leaves the
+patient queued for the next one).
 """
 
 from __future__ import annotations
@@ -42,12 +47,13 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from fhirpanel.api import dashboard_queries as dq
-from fhirpanel.api.auth import TokenTable
+from fhirpanel.api.auth import Account, TokenTable
 from fhirpanel.config import Settings
 from fhirpanel.errors import FhirpanelError
 from fhirpanel.fhir.build import CARE_PLAN_KIND, CARE_TEAM_KIND, identifier_value
 from fhirpanel.mappings import load_mapping_ref
 from fhirpanel.store import Store, queries
+from fhirpanel.store import sessions as web_sessions
 from fhirpanel.store.repository import CONFIRMERS, REQUESTERS, AssignmentChanged
 
 log = logging.getLogger(__name__)
@@ -55,11 +61,12 @@ log = logging.getLogger(__name__)
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
                static_url_path="/assets")
 
-SESSION_KEY = "fhirpanel_dashboard"
-CSRF_KEY = "fhirpanel_csrf"
+SESSION_KEY = "fhirpanel_dashboard"  # the cookie's session id
+CSRF_KEY = "fhirpanel_csrf"  # the login form's CSRF nonce, before sign-in
 TRIGGER = "dashboard"  # recorded on runs the dashboard starts
 MAX_TEXT = 500  # reason and note fields
-PUBLIC_ENDPOINTS = frozenset({"dashboard.login", "dashboard.static"})
+PUBLIC_ENDPOINTS = frozenset({"dashboard.login", "dashboard.login_once", "dashboard.static"})
+LOGIN_ENDPOINTS = frozenset({"dashboard.login", "dashboard.login_once"})
 # Scripts only from our own files; inline style attributes size the small bars.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
        "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'")
@@ -132,24 +139,57 @@ def _fingerprint(token: str) -> str:
 
 
 def _viewer() -> Viewer | None:
-    """Who the session belongs to, if its token is still configured (once per request)."""
+    """Who the session belongs to, if it is in force and its token still configured (once per
+    request)."""
     if "dashboard_viewer" not in g:
         g.dashboard_viewer = _session_viewer()
     return g.dashboard_viewer  # type: ignore[no-any-return]
 
 
+def _session_id() -> str | None:
+    sid = session.get(SESSION_KEY)
+    return sid if isinstance(sid, str) else None
+
+
 def _session_viewer() -> Viewer | None:
-    data = session.get(SESSION_KEY)
-    if not isinstance(data, Mapping) or not isinstance(data.get("fp"), str):
+    sid = _session_id()
+    if sid is None:
+        return None
+    api = _settings().api
+    info = web_sessions.active_session(_store(), sid,
+                                       idle_seconds=api.session_idle_minutes * 60)
+    if info is None:
         return None
     found = None
     for account in _tokens().accounts:  # no early exit, as for bearer tokens
-        if hmac.compare_digest(_fingerprint(account.token), data["fp"]) and found is None:
+        same = hmac.compare_digest(_fingerprint(account.token), info.token_fp)
+        if same and account.name == info.actor and found is None:
             found = Viewer(account.name, account.admin)
     return found
 
 
+def _start_session(account: Account, via: str) -> None:
+    """A new session in the store for this account; the browser's previous one is revoked
+    (no session fixation: the id is new, the old cookie content is dropped)."""
+    api = _settings().api
+    sid = web_sessions.create_session(
+        _store(), actor=account.name, token_fp=_fingerprint(account.token), via=via,
+        lifetime_seconds=api.session_hours * 3600, replaces=_session_id())
+    session.clear()
+    session[SESSION_KEY] = sid
+    g.pop("dashboard_viewer", None)
+    log.info("dashboard sign-in: %s (%s) with %s", account.name,
+             "admin" if account.admin else "read", "a sign-in link" if via == "link"
+             else "a token")
+
+
 def _csrf_token() -> str:
+    """Signed in: an HMAC of the session id (nothing more in the cookie). Before sign-in (the
+    login form): a random nonce kept in the cookie."""
+    sid = _session_id()
+    if sid is not None:
+        key = str(current_app.secret_key or "").encode()
+        return hmac.new(key, b"csrf\0" + sid.encode(), hashlib.sha256).hexdigest()
     token = session.get(CSRF_KEY)
     if not isinstance(token, str):
         token = secrets.token_urlsafe(32)
@@ -159,7 +199,7 @@ def _csrf_token() -> str:
 
 def _check_csrf() -> None:
     sent = request.form.get("csrf_token", "")
-    kept = session.get(CSRF_KEY)
+    kept = _csrf_token() if _session_id() is not None else session.get(CSRF_KEY)
     if not isinstance(kept, str) or not hmac.compare_digest(sent.encode(), kept.encode()):
         abort(400, description="This form has expired. Reload the page and try again.")
 
@@ -202,37 +242,84 @@ def _page_headers(response: Response) -> Response:
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Content-Security-Policy", CSP)
+        # A sign-in address (an old `?token=` bookmark, a link's code) is never sent on.
+        response.headers.setdefault("Referrer-Policy", "no-referrer"
+                                    if request.endpoint in LOGIN_ENDPOINTS else "same-origin")
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     return response
 
 
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> ResponseReturnValue:
+    """GET: the form. POST (with the form's CSRF token): sign in with a token. A token in the
+    query string signs nobody in: a link from another site must not choose who the browser is
+    signed in as, and a token does not belong in the address bar or the history."""
     next_url = _safe_next(request.values.get("next"), url_for("dashboard.overview"))
-    token = request.values.get("token", "").strip()
-    if not token:
+    if request.method == "GET":
         if _viewer() is not None:
             return redirect(next_url)
-        return render_template("login.html", next_url=next_url, error=None)
-    account = _tokens().lookup(token)
+        note = None
+        if "token" in request.args:
+            log.info("dashboard: a sign-in address carrying a token was ignored")
+            note = ("Sign-in addresses that carry a token no longer sign you in. Paste the "
+                    "token below instead, or ask for a new sign-in link.")
+        session.pop(SESSION_KEY, None)  # a revoked or expired session: start afresh
+        return render_template("login.html", next_url=next_url, error=None, note=note)
+    token = request.form.get("token", "").strip()
+    account = _tokens().lookup(token) if token else None
     if account is None:
-        log.info("dashboard sign-in refused (unknown token)")
-        return render_template("login.html", next_url=next_url,
-                               error="That token is not recognised."), 401
-    session.clear()
-    g.pop("dashboard_viewer", None)
-    session[SESSION_KEY] = {"fp": _fingerprint(account.token)}
-    _csrf_token()
-    log.info("dashboard sign-in: %s (%s)", account.name, "admin" if account.admin else "read")
-    # A redirect takes a `?token=` out of the address bar and the history.
+        log.info("dashboard sign-in refused (%s)", "unknown token" if token else "no token")
+        error = "That token is not recognised." if token else "Paste your access token."
+        return render_template("login.html", next_url=next_url, error=error, note=None), 401
+    _start_session(account, via="token")
     return redirect(next_url, code=303)
+
+
+@bp.get("/login/once/<code>")
+def login_once(code: str) -> ResponseReturnValue:
+    """A single-use sign-in link (`issue_login_link`): signs in and redirects to the overview;
+    a second use, an expired or unknown code is refused with a page that says so."""
+    if request.method == "HEAD":  # a link checker probing the address does not use it up
+        return Response(status=200)
+    outcome, actor = web_sessions.redeem_login_code(_store(), code)
+    account = None
+    if outcome == "ok":
+        account = next((a for a in _tokens().accounts if a.name == actor), None)
+    if account is not None:
+        _start_session(account, via="link")
+        return redirect(url_for("dashboard.overview"), code=303)
+    log.info("dashboard: sign-in link refused (%s)", outcome if outcome != "ok"
+             else "its account is no longer configured")
+    messages = {
+        "used": (410, "This sign-in link has been used",
+                 "Each sign-in link works once, and this one has already signed someone in. "
+                 "Ask for a new link, or sign in with your access token."),
+        "expired": (410, "This sign-in link has expired",
+                    "Sign-in links work for a short time only. Ask for a new link, or sign in "
+                    "with your access token."),
+        "unknown": (404, "This sign-in link is not valid",
+                    "The link may be incomplete: check that it was copied whole, or sign in "
+                    "with your access token."),
+        "ok": (403, "This sign-in link's account is gone",
+               "The account this link was made for is no longer configured. Sign in with "
+               "your access token."),
+    }
+    status, title, message = messages[outcome]
+    return render_template("login_link.html", title=title, message=message), status
 
 
 @bp.route("/logout", methods=["GET", "POST"])
 def logout() -> ResponseReturnValue:
     if request.method == "GET":  # a typed or bookmarked URL: ask, then POST with the token
         return render_template("logout.html")
+    sid = _session_id()
+    viewer = _viewer()
+    if sid is not None:
+        web_sessions.revoke_session(_store(), sid, "signed out")
     session.clear()
+    g.pop("dashboard_viewer", None)
+    if viewer is not None:
+        log.info("dashboard sign-out: %s", viewer.name)
     flash("You are signed out.", "info")
     return redirect(url_for("dashboard.login"), code=303)
 
@@ -669,11 +756,11 @@ def practitioner_name(ref: str) -> str:
 
 def _error_page(exc: HTTPException) -> ResponseReturnValue:
     titles = {400: "That did not work", 401: "Please sign in", 403: "View only",
-              404: "Not found", 405: "Not here"}
+              404: "Not found", 405: "Not here", 413: "Too much at once"}
     code = exc.code or 500
     return render_template("error.html", title=titles.get(code, exc.name),
                            message=exc.description or exc.name), code
 
 
-for _code in (400, 401, 403, 404, 405):
+for _code in (400, 401, 403, 404, 405, 413):
     bp.register_error_handler(_code, _error_page)

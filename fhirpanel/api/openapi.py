@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhirpanel import __version__
+from fhirpanel.api.params import MAX_JSON_DEPTH
 from fhirpanel.config import ApiSettings
 from fhirpanel.store.queries import OUTREACH_KINDS, SORT_VALUES
 from fhirpanel.store.repository import CONFIRMERS, REQUESTERS
@@ -253,7 +254,8 @@ def build_openapi(api: ApiSettings) -> dict[str, Any]:
                 "`Authorization: Bearer <token>`: read tokens may read; admin tokens "
                 "(marked `x-fhirpanel-scope: admin`) may also change things. Errors are RFC "
                 "9457 problem documents. References use the FHIR `Type/id` form. The HTML "
-                "dashboard (`/`) is not part of this API."),
+                "dashboard (`/`, signing in by a POST to `/login` or a single-use "
+                "`/login/once/{code}` link, with a session cookie) is not part of this API."),
         },
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}],
@@ -265,12 +267,12 @@ def build_openapi(api: ApiSettings) -> dict[str, Any]:
                 "type": "http", "scheme": "bearer",
                 "description": "A token from `api.read_tokens` or `api.admin_tokens`"}},
             "schemas": _schemas(),
-            "responses": _responses(),
+            "responses": _responses(api),
         },
     }
 
 
-def _responses() -> dict[str, Any]:
+def _responses(api: ApiSettings) -> dict[str, Any]:
     def problem(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"description": description,
                                "content": {PROBLEM: {"schema": _ref("Problem")}}}
@@ -281,13 +283,17 @@ def _responses() -> dict[str, Any]:
     challenge = {"WWW-Authenticate": {"description": "The bearer challenge (RFC 6750)",
                                       "schema": {"type": "string"}}}
     return {
-        "BadRequest": problem("Malformed JSON or a wrong query parameter (named in `errors`)"),
+        "BadRequest": problem("Malformed JSON, JSON nesting arrays or objects more than "
+                              f"{MAX_JSON_DEPTH} levels deep, or a wrong query parameter "
+                              "(named in `errors`)"),
         "Unauthorized": problem("No token, or a token that is not configured", challenge),
         "Forbidden": problem("A read token on an endpoint that needs admin", challenge),
         "NotFound": problem("No such patient, clinician, override or run"),
         "Conflict": problem("The state does not allow it (patient not assigned or excluded, "
                             "assignment changed, a refresh already running)"),
-        "TooLarge": problem("The body is larger than the API accepts"),
+        "TooLarge": problem(f"The body is larger than {api.max_body_bytes} bytes "
+                            "(`api.max_body_bytes`), whether sent with a Content-Length or "
+                            "chunked"),
         "UnsupportedMediaType": problem("The body is not sent as application/json"),
         "Unprocessable": problem("A body member is missing, unknown or wrong (named in "
                                  "`errors`), or the clinician is unknown or not eligible"),

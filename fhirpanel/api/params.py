@@ -1,6 +1,7 @@
 """Reading requests strictly: query parameters (a wrong value is a 400 naming the parameter),
-JSON bodies (malformed JSON is a 400; a missing, unknown or wrong member is a 422 naming it) and
-resource ids in paths (either `pat-1` or `Patient/pat-1`; anything else is a 404)."""
+JSON bodies (malformed JSON, or JSON nested deeper than `MAX_JSON_DEPTH`, is a 400; a missing,
+unknown or wrong member is a 422 naming it; the size is bounded by the app, 413) and resource
+ids in paths (either `pat-1` or `Patient/pat-1`; anything else is a 404)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ from fhirpanel.api.problems import Problem, invalid, not_found
 # FHIR R4 id datatype: [A-Za-z0-9\-\.]{1,64}
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 INTEGER = re.compile(r"-?[0-9]{1,12}")  # plain ASCII digits: no `1_000`, no spaces
+# The API's bodies are flat objects; 64 levels is far more than any needs and far less than
+# the parser's recursion limit (a body nested 5,000 deep used to end in a RecursionError, 500).
+MAX_JSON_DEPTH = 64
+# A JSON string (with its escapes; an unterminated one runs to the end) or a bracket: strings
+# are skipped whole, brackets counted. Possessive, and every string start matches: linear time.
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)|[\[\]{}]', re.S)
 # Both are used with fullmatch: `$` would let a trailing newline through.
 
 
@@ -101,11 +108,19 @@ def json_body(members: Sequence[Member]) -> dict[str, str]:
                       "send the body as JSON with Content-Type: application/json",
                       kind="unsupported-media-type")
     raw = request.get_data(cache=True)
+    depth = json_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise Problem(400, "JSON nested too deeply",
+                      f"the body nests arrays or objects {depth} levels deep; at most "
+                      f"{MAX_JSON_DEPTH} are accepted", kind="json-too-deep")
     try:
         body = json.loads(raw, parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {exc}",
                       kind="malformed-json") from None
+    except RecursionError:  # a guard: the depth check above comes first
+        raise Problem(400, "JSON nested too deeply", "the body nests too deeply",
+                      kind="json-too-deep") from None
     if not isinstance(body, dict):
         raise invalid("(body)", "must be a JSON object")
     known = {m.name for m in members}
@@ -131,6 +146,20 @@ def json_body(members: Sequence[Member]) -> dict[str, str]:
             raise invalid(member.name, f"must be one of {', '.join(member.choices)}")
         out[member.name] = value
     return out
+
+
+def json_depth(raw: bytes) -> int:
+    """How deep arrays and objects nest in a JSON text (brackets inside strings do not count),
+    without parsing it: one pass of a compiled pattern, so a hostile body costs no recursion.
+    Unbalanced text gets an approximate answer; the parser refuses it afterwards."""
+    depth = deepest = 0
+    for token in _JSON_TOKEN.findall(raw):
+        if token in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return deepest
 
 
 def _no_constants(name: str) -> Any:

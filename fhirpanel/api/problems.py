@@ -97,6 +97,8 @@ def register_problem_handlers(app: Flask) -> None:
         status = exc.code or 500
         detail = exc.description or exc.name
         problem = Problem(status, exc.name, detail)
+        if status == 413:  # over api.max_body_bytes, with a Content-Length or chunked
+            problem = Problem(413, "Content Too Large", detail, kind="body-too-large")
         if status == 405 and exc.response is None:
             allowed = getattr(exc, "valid_methods", None)
             if allowed:

@@ -3,7 +3,9 @@
 
 The master process checks the settings and migrates the store once, then closes it; each worker
 builds its own app (and database connections) after the fork. The access log leaves query
-strings out: the dashboard's sign-in link can carry a token there.
+strings out (a token must never be sent in one, but an old bookmark may still do it) and the
+code of a single-use sign-in link; its lines, like the error log's, have control characters
+escaped (`fhirpanel.api.gunicorn_log.SafeLogger`), so a request cannot write a line of its own.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 THREADS_PER_WORKER = 4  # gthread workers: a slow request does not hold up the others
 # Remote address, method, path (no query string), status, bytes, seconds.
 ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(L)s'
+LOGGER_CLASS = "fhirpanel.api.gunicorn_log.SafeLogger"  # escapes control characters
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
@@ -38,6 +41,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "proc_name": "fhirpanel-api",
         "accesslog": "-",
         "access_log_format": ACCESS_LOG_FORMAT,
+        "logger_class": LOGGER_CLASS,
         "errorlog": "-",
         "loglevel": settings.log_level.lower(),
         "timeout": 60,
@@ -52,9 +56,11 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
 def check_before_serving(settings: Settings) -> None:
     """Fail in the master with a clear message rather than in every worker: tokens present
     and well-formed, the store reachable and migrated."""
+    from fhirpanel.api.app import check_api_settings
     from fhirpanel.api.auth import TokenTable
     from fhirpanel.store import Store
 
+    check_api_settings(settings.api)
     if not TokenTable.from_settings(settings.api):
         raise ConfigError("no API tokens configured: set api.admin_tokens and/or "
                           "api.read_tokens (FHIRPANEL_API_ADMIN_TOKENS, "

@@ -246,3 +246,35 @@ class LedgerEntry(Base):
     resource: Mapped[bytes] = mapped_column(LargeBinary)  # zlib-compressed JSON
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DashboardSession(Base):
+    """A dashboard sign-in (migration 0004). The browser's signed cookie carries only the
+    session id; this row says whose it is and whether it still holds, so signing out (or an
+    expiry) ends it for every copy of the cookie and every gunicorn worker. The id is stored
+    as its SHA-256: the table alone signs nobody in."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the id
+    actor: Mapped[str] = mapped_column(String(128))  # the token's name
+    token_fp: Mapped[str] = mapped_column(String(64))  # HMAC of the token it was made with
+    via: Mapped[str] = mapped_column(String(16))  # token | link
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class LoginCode(Base):
+    """A single-use sign-in link (`/login/once/<code>`, migration 0004): the code's SHA-256,
+    whose account it signs in, until when, and when it was used (once)."""
+
+    __tablename__ = "login_codes"
+
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -1,8 +1,10 @@
 """The dashboard in headless Chromium (Debian's /usr/bin/chromium driven by Playwright), as a
 practice manager uses it: sign in, see the panel bars, confirm one assignment, override another,
-run a refresh, and find both reflected. The app is the real one, served on 127.0.0.1 over a store
-filled by a full refresh against a real sandbox FHIR server (with write-back, so CareTeams
-exist). Screenshots go under the `output_dir` fixture's folder.
+run a refresh, and find both reflected; then sign out (a cookie copied before no longer works),
+find that an old `?token=` address signs nobody in, and use a single-use sign-in link once.
+The app is the real one, served on 127.0.0.1 over a store filled by a full refresh against a
+real sandbox FHIR server (with write-back, so CareTeams exist). Screenshots go under the
+`output_dir` fixture's folder.
 
 Skipped when /usr/bin/chromium is missing, unless CI is set (then it fails): `.ci/run` installs
 it.
@@ -26,6 +28,7 @@ from fhirpanel.fhir.build import CARE_TEAM_KIND, identifier_value
 from fhirpanel.jobs.refresh import full_refresh, incremental_refresh
 from fhirpanel.sandbox.server import SandboxServer
 from fhirpanel.store import Store
+from fhirpanel.store.sessions import issue_login_link
 from tests.conftest import AS_OF
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -201,6 +204,38 @@ def test_manager_confirms_overrides_and_sees_both_after_a_refresh(
                 "Confirmed with clinician")
             page.goto(served.base_url + f"/panels/{source_id}")
             expect(page.locator(f'tr[data-patient="{moved}"]')).to_have_count(0)
+
+            # Sign out: the session is revoked in the store, so the cookie copied before
+            # signing out opens nothing.
+            copied = [c for c in page.context.cookies() if c["name"] == "session"]
+            assert len(copied) == 1 and copied[0]["httpOnly"] and copied[0]["sameSite"] == "Lax"
+            page.get_by_role("button", name="Sign out").click()
+            expect(page.locator(".flashes")).to_contain_text("You are signed out")
+            replay = browser.new_context()
+            replay.add_cookies(copied)  # type: ignore[arg-type]
+            other = replay.new_page()
+            other.set_default_timeout(TIMEOUT_MS)
+            other.goto(served.base_url + "/")
+            expect(other).to_have_url(served.base_url + "/login?next=/")
+
+            # An old sign-in address carrying the token shows the form and signs nobody in.
+            other.goto(served.base_url + f"/login?token={TOKEN}")
+            expect(other.locator("#login-note")).to_contain_text("no longer sign you in")
+            other.goto(served.base_url + "/runs")
+            expect(other).to_have_url(served.base_url + "/login?next=/runs")
+
+            # The demo's single-use link: signs in once, then says it has been used.
+            link = served.base_url + issue_login_link(store, "manager")
+            other.goto(link)
+            expect(other).to_have_url(served.base_url + "/")
+            expect(other.get_by_role("heading", name="Practice overview")).to_be_visible()
+            expect(other.locator(".who")).to_contain_text("manager")
+            fresh = browser.new_page()
+            fresh.set_default_timeout(TIMEOUT_MS)
+            fresh.goto(link)
+            expect(fresh.get_by_role("heading", name="This sign-in link has been used")) \
+                .to_be_visible()
+            fresh.screenshot(path=str(output_dir / "09-link-used.png"))
         finally:
             browser.close()
 

@@ -20,7 +20,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from fhirpanel.api.app import create_app
-from fhirpanel.api.dashboard import CSRF_KEY, SESSION_KEY
+from fhirpanel.api.dashboard import SESSION_KEY
 from fhirpanel.config import Settings
 from fhirpanel.jobs.refresh import full_refresh
 from fhirpanel.sandbox.server import SandboxServer
@@ -30,6 +30,7 @@ from tests.conftest import AS_OF, POPULATION_DIR
 AS_OF_DATE = date.fromisoformat(AS_OF)
 ADMIN, READ = "admin-secret-token", "read-secret-token"
 ROW = re.compile(r'<tr data-patient="([^"]+)"')
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 class Trigger:
@@ -87,15 +88,21 @@ def app(store: Store, trigger: Trigger, tmp_path: Path) -> Flask:
 
 
 def sign_in(app: Flask, token: str = ADMIN) -> FlaskClient:
+    """The sign-in form, posted (the only way a token signs in)."""
     client = app.test_client()
-    response = client.get(f"/login?token={token}")
+    response = client.post("/login", data={"token": token, "csrf_token": csrf(client)})
     assert response.status_code == 303
     return client
 
 
 def csrf(client: FlaskClient) -> str:
+    """The CSRF token a page's forms carry (the sign-out page when signed in, else the
+    sign-in page)."""
     with client.session_transaction() as session:
-        return str(session[CSRF_KEY])
+        signed_in = SESSION_KEY in session
+    found = CSRF_FIELD.search(page(client, "/logout" if signed_in else "/login"))
+    assert found is not None
+    return found.group(1)
 
 
 def page(client: FlaskClient, url: str, status: int = 200) -> str:
@@ -145,14 +152,15 @@ def test_login_form_checks_token_and_csrf(app: Flask) -> None:
     assert ok.status_code == 303 and ok.location == "/runs"
 
 
-def test_login_link_keeps_no_token_in_the_session_and_logout_ends_it(app: Flask) -> None:
+def test_the_session_cookie_keeps_only_a_session_id_and_logout_ends_it(app: Flask) -> None:
     client = sign_in(app)
     with client.session_transaction() as session:
-        kept = json.dumps(dict(session))
-    assert ADMIN not in kept and SESSION_KEY in kept
+        kept = dict(session)
+    assert list(kept) == [SESSION_KEY] and ADMIN not in json.dumps(kept)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", kept[SESSION_KEY])
     assert "Signed in as <strong>boss</strong>" in page(client, "/")
-    # A foreign `next` is ignored: no open redirect.
-    assert client.get("/login?token=" + ADMIN + "&next=//evil.example/").location == "/"
+    # Signed in, the sign-in page sends the browser on; a foreign `next` is ignored.
+    assert client.get("/login?next=//evil.example/").location == "/"
     assert 'action="/logout"' in page(client, "/logout")  # a typed URL asks first
     assert client.get("/").status_code == 200
     response = client.post("/logout", data={"csrf_token": csrf(client)})
@@ -163,7 +171,9 @@ def test_login_link_keeps_no_token_in_the_session_and_logout_ends_it(app: Flask)
 @pytest.mark.parametrize("target", ["//evil.example/", "https://evil.example/", "/\\evil.example",
                                     "javascript:alert(1)", "runs"])
 def test_login_ignores_a_next_that_leaves_the_site(app: Flask, target: str) -> None:
-    response = app.test_client().get("/login", query_string={"token": ADMIN, "next": target})
+    client = app.test_client()
+    response = client.post("/login", data={"token": ADMIN, "next": target,
+                                           "csrf_token": csrf(client)})
     assert response.status_code == 303 and response.location == "/"
 
 

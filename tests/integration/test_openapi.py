@@ -17,6 +17,7 @@ from schemathesis.core.result import Ok
 
 from fhirpanel.api.app import create_app
 from fhirpanel.api.openapi import build_openapi
+from fhirpanel.api.params import MAX_JSON_DEPTH
 from fhirpanel.store import Store
 from tests.conftest import AS_OF
 from tests.integration.test_api import (
@@ -104,6 +105,23 @@ def test_admin_operations_are_marked(app: Flask, document: dict[str, Any]) -> No
     public = {(p, m) for p, ms in document["paths"].items() for m, op in ms.items()
               if op.get("security") == []}
     assert public == {("/healthz", "get"), ("/readyz", "get")}
+
+
+def test_body_bounds_are_documented_on_every_operation_with_a_body(
+        document: dict[str, Any]) -> None:
+    responses = document["components"]["responses"]
+    limit = api_settings().api.max_body_bytes
+    assert f"larger than {limit} bytes" in responses["TooLarge"]["description"]
+    assert "chunked" in responses["TooLarge"]["description"]
+    assert f"more than {MAX_JSON_DEPTH} levels deep" in responses["BadRequest"]["description"]
+    with_body = [(path, method, op) for path, methods in document["paths"].items()
+                 for method, op in methods.items() if "requestBody" in op]
+    assert len(with_body) == 3
+    for path, method, op in with_body:
+        assert {"400", "413"} <= set(op["responses"]), (path, method)
+    # The dashboard's sign-in (a form POST and single-use links) is not part of the API.
+    assert not [path for path in document["paths"] if path.startswith("/login")]
+    assert "/login/once/{code}" in document["info"]["description"]
 
 
 @pytest.fixture(scope="module")
