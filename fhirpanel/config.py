@@ -53,6 +53,12 @@ class FhirSettings:
     strict_search: bool = True  # send Prefer: handling=strict
     verify_tls: bool = True
     user_agent: str = "fhirpanel/0.1"
+    # Paging links (and Bulk status/file URLs) on another origin than base_url are refused unless
+    # their origin is listed here (comma-separated `scheme://host[:port]`; followed as given, with
+    # our credentials) or rewrite_foreign_links is on (sent to base_url's scheme, host and port
+    # with the link's own path and query: fhir/client.py `resolve_link`).
+    trusted_link_origins: str = ""
+    rewrite_foreign_links: bool = False
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import TypeVar
 
 from fhirpanel.domain.records import (
@@ -145,6 +145,40 @@ class PopulationBuilder:
         return out
 
 
+# Encounter statuses that say the visit has not happened: a booking after the as-of date is
+# expected, not a wrong date (the committed population holds a dozen planned visits after it).
+NOT_YET_STATUSES = frozenset({"planned", "cancelled"})
+BIRTH_IN_FUTURE = "birth date after the as-of date"
+ENCOUNTER_IN_FUTURE = "encounter starts after the as-of date"
+
+
+def future_date_issues(population: Population, as_of: date) -> list[Issue]:
+    """Records dated after the as-of date, as `recorded` issues: a Patient born after it, an
+    Encounter (not planned or cancelled) whose period starts after it (its UTC day, the day the
+    domain uses). The records are kept, not skipped: the domain already leaves such dates out
+    where they matter (no age from a future birth date; a visit after the as-of date counts for
+    neither attribution, utilisation nor panel weights), and skipping the Patient would make a
+    refresh remove them from the store."""
+    issues = [Issue(pid, BIRTH_IN_FUTURE, "recorded")
+              for pid, patient in sorted(population.patients.items())
+              if patient.birth_date is not None and patient.birth_date > as_of]
+    issues.extend(Issue(enc.id, ENCOUNTER_IN_FUTURE, "recorded")
+                  for enc in sorted(population.encounters, key=lambda e: e.id)
+                  if enc.day is not None and enc.day > as_of
+                  and enc.status not in NOT_YET_STATUSES)
+    return issues
+
+
+def add_future_date_issues(population: Population, as_of: date) -> None:
+    """`future_date_issues` added to the population's issues (once, however often it is called),
+    which stay sorted."""
+    known = set(population.issues)
+    new = [i for i in future_date_issues(population, as_of) if i not in known]
+    if new:
+        population.issues.extend(new)
+        population.issues.sort(key=lambda i: (i.resource, i.problem))
+
+
 def _newer(a: R, b: R) -> R:
     a_time: datetime | None = getattr(a, "last_updated", None)
     b_time: datetime | None = getattr(b, "last_updated", None)
@@ -153,4 +187,5 @@ def _newer(a: R, b: R) -> R:
     return b
 
 
-__all__ = ["READ_ORDER", "RESOURCE_TYPES", "PopulationBuilder", "read_population"]
+__all__ = ["READ_ORDER", "RESOURCE_TYPES", "PopulationBuilder", "add_future_date_issues",
+           "future_date_issues", "read_population"]

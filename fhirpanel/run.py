@@ -40,7 +40,7 @@ from fhirpanel.domain.risk import (
     tier_distribution,
 )
 from fhirpanel.fhir.source import FhirSource, source_from_spec
-from fhirpanel.ingest import Progress, read_population
+from fhirpanel.ingest import Progress, add_future_date_issues, read_population
 from fhirpanel.mappings import load_mapping, load_mapping_ref
 
 log = logging.getLogger(__name__)
@@ -103,9 +103,11 @@ def analyse(population: Population, as_of: date, tables: MethodTables, *,
             weights: AgeSexWeights | None = None,
             timings: dict[str, float] | None = None,
             outreach_months: tuple[int, int] = (12, 24)) -> RunOutcome:
-    """Everything after reading: pure functions in order, timed."""
+    """Everything after reading: pure functions in order, timed. Dates after `as_of` (birth
+    dates, encounters) are first added to the population's issues (`recorded`)."""
     timings = {} if timings is None else timings
     clock = _Stopwatch(timings)
+    add_future_date_issues(population, as_of)
     with clock("attribute"):
         attribution = attribute_patients(population, as_of, tables.pipeline, tables.rules,
                                          manual=manual)

@@ -40,9 +40,9 @@ from fhirpanel.fhir.client import (
     NoAuth,
     outcome_messages,
     redact_url,
-    resolve_link,
+    url_origin,
 )
-from fhirpanel.fhir.source import Item, NdjsonSource, ServerSource
+from fhirpanel.fhir.source import REQUIRED_TYPES, Item, NdjsonSource, ServerSource
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +348,7 @@ class BulkExport:
         location = response.headers.get("Content-Location", "").strip()
         if not location:
             raise SourceError(f"Bulk export kick-off ({what}): 202 without Content-Location")
-        status_url = resolve_link(self.client.base_url, location)
+        status_url = self.client.link(location, "Bulk status URL")
         log.info("bulk export (%s) started; status at %s", what, redact_url(status_url))
         return status_url
 
@@ -429,8 +429,11 @@ class BulkExport:
                 done.append((part, name))
                 counts[file.type] = counts.get(file.type, 0) + lines
                 if file.count is not None and file.count != lines:
-                    warnings.append(f"{file.type} file {name}: manifest count {file.count}, "
-                                    f"{lines} lines downloaded")
+                    short = "short" if lines < file.count else "more than listed"
+                    raise SourceError(
+                        f"Bulk export {file.type} file {name} ({redact_url(file.url)}): the "
+                        f"manifest says {file.count} resources but {lines} lines were "
+                        f"downloaded ({short}); nothing was imported")
             issues = self._error_issues(manifest, partial, deadline, warnings)
             for part, name in done:
                 part.rename(partial / name)
@@ -470,11 +473,11 @@ class BulkExport:
         return issues
 
     def _fetch(self, file: ManifestFile, target: Path, with_token: bool, deadline: float) -> int:
-        """Stream one file to `target`; returns its line count."""
-        client = self._client_for(file.url, with_token)
+        """Stream one file to `target`; returns its count of lines that are not blank."""
+        client, url = self._client_for(file.url, with_token)
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             try:
-                return self._stream(client, file, target, with_token, deadline)
+                return self._stream(client, url, file, target, with_token, deadline)
             except _BrokenDownload as exc:
                 if attempt == DOWNLOAD_ATTEMPTS:
                     raise SourceError(f"Bulk export {file.type} file {redact_url(file.url)}: "
@@ -483,11 +486,11 @@ class BulkExport:
                          file.type, exc)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _stream(self, client: FhirClient, file: ManifestFile, target: Path, with_token: bool,
-                deadline: float) -> int:
+    def _stream(self, client: FhirClient, url: str, file: ManifestFile, target: Path,
+                with_token: bool, deadline: float) -> int:
         where = f"Bulk export {file.type} file {redact_url(file.url)}"
         try:
-            response = client.request("GET", file.url, headers={"Accept": NDJSON}, stream=True,
+            response = client.request("GET", url, headers={"Accept": NDJSON}, stream=True,
                                       authenticate=with_token)
         except (NotFoundError, GoneError) as exc:
             raise SourceError(f"{where} is gone (HTTP {exc.status}): the export expired or was "
@@ -497,7 +500,7 @@ class BulkExport:
         except FhirHttpError as exc:
             raise SourceError(f"{where} could not be downloaded: {exc}") from exc
         lines = size = 0
-        last = b"\n"
+        filled = False  # the line being read so far holds more than whitespace
         try:
             with response, target.open("wb") as out:
                 for chunk in response.iter_content(chunk_size=CHUNK_BYTES):
@@ -505,8 +508,11 @@ class BulkExport:
                         continue
                     out.write(chunk)
                     size += len(chunk)
-                    lines += chunk.count(b"\n")
-                    last = chunk[-1:]
+                    *ended, rest = chunk.split(b"\n")
+                    for piece in ended:
+                        lines += 1 if filled or piece.strip() else 0
+                        filled = False
+                    filled = filled or bool(rest.strip())
                     if self._clock() > deadline:
                         raise SourceError(f"{where}: downloads took longer than "
                                           f"{self.settings.max_wait_seconds:g}s "
@@ -515,38 +521,39 @@ class BulkExport:
             raise _BrokenDownload(type(exc).__name__) from exc
         except OSError as exc:
             raise SourceError(f"cannot write {target}: {exc}") from exc
-        if last != b"\n":
+        if filled:  # a last line without a newline
             lines += 1
         client.stats.bytes += size
         self.stats.bytes += size
         return lines
 
-    def _client_for(self, url: str, with_token: bool) -> FhirClient:
-        """The FHIR client for files on the server's origin; files elsewhere (pre-signed storage
-        URLs) get a client without credentials, and are refused when they need a token."""
-        if _same_origin(url, self.client.base_url):
-            return self.client
+    def _client_for(self, url: str, with_token: bool) -> tuple[FhirClient, str]:
+        """The client and URL for one file. On the server's origin or a trusted one
+        (`fhir.trusted_link_origins`): the FHIR client. Elsewhere, with
+        `fhir.rewrite_foreign_links`, a file that needs our token, or one on an origin whose
+        links were already rewritten (the export's status URL: the same server behind a proxy),
+        goes to the base's origin (`FhirClient.link`). Other files (pre-signed storage URLs) get
+        a client without credentials, and are refused when they need a token."""
+        if self.client.trusts(url):
+            return self.client, url
+        rewrite = self.client.settings.rewrite_foreign_links
+        try:
+            rewritten = url_origin(url) in self.client.rewritten_origins
+        except ValueError:
+            rewritten = False
+        if rewrite and (with_token or rewritten):
+            return self.client, self.client.link(url, "Bulk file URL")
         if with_token:
             raise SourceError(f"Bulk export file {redact_url(url)} needs our access token but is "
-                              f"not on the FHIR server {redact_url(self.client.base_url)}: refused")
+                              f"not on the FHIR server {redact_url(self.client.base_url)}: "
+                              "refused; add its origin to fhir.trusted_link_origins or set "
+                              "fhir.rewrite_foreign_links = true if it is that server")
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
         if origin not in self._file_clients:
             settings = dataclasses.replace(self.client.settings, base_url=origin)
             self._file_clients[origin] = FhirClient(settings, auth=NoAuth())
-        return self._file_clients[origin]
-
-
-def _same_origin(a: str, b: str) -> bool:
-    try:
-        pa, pb = urlsplit(a), urlsplit(b)
-        default = {"http": 80, "https": 443}
-        return (pa.scheme.lower(), (pa.hostname or "").lower(),
-                pa.port or default.get(pa.scheme.lower(), 0)) == (
-            pb.scheme.lower(), (pb.hostname or "").lower(),
-            pb.port or default.get(pb.scheme.lower(), 0))
-    except ValueError:
-        return False
+        return self._file_clients[origin], url
 
 
 def _json_body(response: requests.Response) -> Any:
@@ -626,7 +633,11 @@ class BulkSource:
                 raise
             self.result = result
             self._pending = list(result.issues)
-            self._files = NdjsonSource(result.directory)
+            # A full export must hold Patient and Encounter files (of the types it asked for);
+            # an incremental one (`_since`) need not: nothing of a type may have changed.
+            required = () if self.export.since else [
+                t for t in REQUIRED_TYPES if t in self.export.types]
+            self._files = NdjsonSource(result.directory, require=required)
             if not self.keep_files:
                 self._cleanup = weakref.finalize(self, shutil.rmtree, result.directory,
                                                  ignore_errors=True)

@@ -101,7 +101,8 @@ class AuthProvider(Protocol):
     def apply(self, request: requests.PreparedRequest) -> None: ...
 
     def invalidate(self) -> None:
-        """Called once on a 401; the request is then retried once."""
+        """Called once per request on a 401, or a 403 that says the token is invalid or
+        expired (`token_refused`); the request is then retried once."""
         ...
 
 
@@ -327,6 +328,24 @@ def error_for_response(
                        hapi_code=codes[0] if codes else None)
 
 
+# A 403 that blames the token rather than the permission: RFC 6750 `invalid_token` (in
+# WWW-Authenticate or an OAuth error body), or an OperationOutcome / text saying it expired or is
+# not valid.
+_TOKEN_REFUSED = re.compile(
+    r"invalid[_ ]token|\bexpired\b"
+    r"|\btoken\b[^.;\n]{0,40}?\b(?:not valid|invalid|revoked)\b"
+    r"|\b(?:invalid|revoked)\s+(?:access\s+|bearer\s+|auth\w*\s+)?token\b",
+    re.IGNORECASE,
+)
+
+
+def token_refused(www_authenticate: str, body: bytes) -> bool:
+    """True when a 403 says the access token is invalid or expired (worth one renewal), not
+    that the client lacks the permission."""
+    text = f"{www_authenticate} {body[:4096].decode('utf-8', 'replace')}"
+    return bool(_TOKEN_REFUSED.search(text))
+
+
 def _error_class(status: int) -> type[FhirHttpError]:
     if status in (401, 403):
         return AuthError
@@ -346,13 +365,17 @@ def _error_class(status: int) -> type[FhirHttpError]:
 def outcome_messages(outcome: Mapping[str, Any]) -> list[str]:
     """One line per issue (errors first: warnings only when there is no error), from
     `diagnostics`, else `details.text`, else a coding display, else the issue code."""
-    issues = [i for i in outcome.get("issue") or () if isinstance(i, Mapping)]
+    raw_issues = outcome.get("issue")
+    issues = ([i for i in raw_issues if isinstance(i, Mapping)]
+              if isinstance(raw_issues, list) else [])
     errors = [i for i in issues if i.get("severity") in ("fatal", "error")]
     lines = []
     for issue in errors or issues:
         raw_details = issue.get("details")
         details: Mapping[str, Any] = raw_details if isinstance(raw_details, Mapping) else {}
-        codings = [c for c in details.get("coding") or () if isinstance(c, Mapping)]
+        raw_codings = details.get("coding")
+        codings = ([c for c in raw_codings if isinstance(c, Mapping)]
+                   if isinstance(raw_codings, list) else [])
         text = (
             issue.get("diagnostics")
             or details.get("text")
@@ -423,39 +446,241 @@ def redact_url(url: str) -> str:
 
 # ---------------------------------------------------------------- links
 
+Origin = tuple[str, str, int]
 
-def _origin(url: str) -> tuple[str, str, int]:
+
+def _origin(url: str) -> Origin:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     port = parts.port or {"http": 80, "https": 443}.get(scheme, 0)
     return scheme, (parts.hostname or "").lower(), port
 
 
-def resolve_link(base_url: str, link: str) -> str:
-    """A paging link resolved against the service base, refused unless it points at the same
-    scheme, host and port. Follows the link exactly as given otherwise (HAPI: `/baseR4?_getpages=`
-    at the server root; sekmet: `Type?_offset=`), spelling the origin as the base does."""
+def url_origin(url: str) -> Origin:
+    """(scheme, host, port) of a URL, the default port filled in; ValueError for a bad port."""
+    return _origin(url)
+
+
+def _origin_text(origin: Origin) -> str:
+    scheme, host, port = origin
+    default = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{host}" + ("" if port == default else f":{port}")
+
+
+def parse_origins(value: str, setting: str = "fhir.trusted_link_origins") -> frozenset[Origin]:
+    """`http://localhost:8080, https://b.example` as origins; anything else is a ConfigError."""
+    origins: set[Origin] = set()
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        try:
+            parts = urlsplit(item)
+            origin = _origin(item)
+        except ValueError:
+            origin = None
+        if (origin is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname
+                or parts.path not in ("", "/") or parts.query or parts.fragment
+                or "@" in parts.netloc):
+            raise ConfigError(f"{setting}: {item!r} is not an origin (scheme://host[:port], "
+                              "no path)")
+        origins.add(origin)
+    return frozenset(origins)
+
+
+def _link_hint(origin: Origin | None) -> str:
+    trust = (f"add {_origin_text(origin)} to fhir.trusted_link_origins "
+             "(FHIRPANEL_FHIR_TRUSTED_LINK_ORIGINS) to follow it, or " if origin else "")
+    return (f"{trust}set fhir.rewrite_foreign_links = true (FHIRPANEL_FHIR_REWRITE_FOREIGN_LINKS)"
+            " to send it to the base URL instead")
+
+
+def resolve_link(base_url: str, link: str, *, trusted: frozenset[Origin] = frozenset(),
+                 rewrite: bool = False, what: str = "paging link") -> str:
+    """A link from the server (a paging `next` link, a Bulk status or file URL) resolved against
+    the service base. On the base's origin (scheme, host and port) it is followed exactly as
+    given (HAPI: `/baseR4?_getpages=` at the server root; sekmet: `Type?_offset=`), spelling the
+    origin as the base does. On an origin in `trusted` it is followed as given. Otherwise, with
+    `rewrite` (http and https links only), only its origin is replaced: the base's scheme, host
+    and port with the link's own path and query, unchanged (HAPI behind a reverse proxy without
+    `server_address`: `http://localhost:8080/fhir?_getpages=abc&_getpagesoffset=200` under base
+    `https://ehr.example.org/fhir` goes to `https://ehr.example.org/fhir?_getpages=abc&...`).
+    A proxy that also moves the path (`/ehr/fhir` in front of `/fhir`) is not undone: set the
+    server's own address there. Without either setting: UnsafeLinkError, naming them."""
     link = link.strip()
-    resolved = base_url + link if link.startswith("?") else urljoin(base_url + "/", link)
     try:
-        same_origin = _origin(resolved) == _origin(base_url)
+        resolved = base_url + link if link.startswith("?") else urljoin(base_url + "/", link)
+        base, target = urlsplit(base_url), urlsplit(resolved)
+    except ValueError as exc:  # "Invalid IPv6 URL" and the like
+        shown = " ".join(link.split())[:100]
+        raise UnsafeLinkError(f"refusing a {what} that is not a valid URL ({exc}): "
+                              f"{shown!r}") from None
+    try:
+        origin: Origin | None = _origin(resolved)
     except ValueError:  # a port that is not a number
-        same_origin = False
-    if not same_origin:
-        raise UnsafeLinkError(
-            f"refusing a paging link to {redact_url(resolved)}: not on {redact_url(base_url)}"
-        )
-    base, target = urlsplit(base_url), urlsplit(resolved)
-    return urlunsplit((base.scheme, base.netloc, target.path, target.query, ""))
+        origin = None
+    if origin is not None and origin == _origin(base_url):
+        return urlunsplit((base.scheme, base.netloc, target.path, target.query, ""))
+    web = origin is not None and origin[0] in ("http", "https") and bool(origin[1])
+    if web and origin in trusted:
+        netloc = target.netloc.rsplit("@", 1)[-1]
+        return urlunsplit((target.scheme.lower(), netloc, target.path, target.query, ""))
+    if web and rewrite:
+        return urlunsplit((base.scheme, base.netloc, target.path, target.query, ""))
+    raise UnsafeLinkError(
+        f"refusing a {what} to {redact_url(resolved)}: not on {redact_url(base_url)}; "
+        + _link_hint(origin if web else None)
+    )
 
 
 def next_link(bundle: Mapping[str, Any]) -> str | None:
-    for link in bundle.get("link") or ():
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else ():
         if isinstance(link, Mapping) and link.get("relation") == "next":
             url = link.get("url")
             if isinstance(url, str) and url.strip():
                 return url
     return None
+
+
+# ---------------------------------------------------------------- search pages
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    """One searchset page, its shape checked: its entries (objects), `total` and `next` link."""
+
+    entries: list[dict[str, Any]]
+    total: int | None
+    next: str | None
+
+
+def _kind(value: Any) -> str:
+    """What a JSON value is, for a message: `a string`, `a list`, ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    return {dict: "an object", list: "a list", str: "a string", int: "a number",
+            float: "a number"}.get(type(value), type(value).__name__)
+
+
+def checked_page(bundle: Any, where: str) -> SearchPage:
+    """A search page as a `SearchPage`. Anything a searchset Bundle cannot be (not a Bundle;
+    `entry` or `link` not a list; an entry, its `resource` or its `search` not an object; `total`
+    not a whole number) is a SourceError naming `where`, never another exception: a page that is
+    read wrongly must not be read as a short one. Entries without a resource are kept (and
+    counted as no match)."""
+    if not isinstance(bundle, Mapping):
+        raise SourceError(f"{where}: the JSON is {_kind(bundle)}, not a Bundle")
+    rtype = bundle.get("resourceType")
+    if rtype != "Bundle":
+        shown = repr(rtype)[:60] if isinstance(rtype, str) or rtype is None else _kind(rtype)
+        raise SourceError(f"{where}: expected a Bundle, got {shown}")
+    raw_entries = bundle.get("entry")
+    if raw_entries is None:
+        raw_entries = []
+    if not isinstance(raw_entries, list):
+        raise SourceError(f"{where}: Bundle.entry is {_kind(raw_entries)}, not a list")
+    entries: list[dict[str, Any]] = []
+    for n, entry in enumerate(raw_entries):
+        if not isinstance(entry, dict):
+            raise SourceError(f"{where}: Bundle.entry[{n}] is {_kind(entry)}, not an object")
+        for key in ("resource", "search"):
+            value = entry.get(key)
+            if value is not None and not isinstance(value, dict):
+                raise SourceError(f"{where}: Bundle.entry[{n}].{key} is {_kind(value)}, "
+                                  "not an object")
+        entries.append(entry)
+    total = bundle.get("total")
+    if total is not None and (isinstance(total, bool) or not isinstance(total, int)
+                              or total < 0):
+        raise SourceError(f"{where}: Bundle.total is {_kind(total)}, not a whole number")
+    links = bundle.get("link")
+    if links is not None and not isinstance(links, list):
+        raise SourceError(f"{where}: Bundle.link is {_kind(links)}, not a list")
+    for n, link in enumerate(links or ()):
+        if not isinstance(link, dict):
+            raise SourceError(f"{where}: Bundle.link[{n}] is {_kind(link)}, not an object")
+    return SearchPage(entries, total, next_link(bundle))
+
+
+def entry_mode(entry: Mapping[str, Any], resource_type: str) -> str | None:
+    """`match`, `include` or `outcome` for a search entry; None when it holds no resource. An
+    entry without `search.mode` is a match when it is of the searched type (else an include);
+    an OperationOutcome is an outcome unless OperationOutcomes were searched."""
+    resource = entry.get("resource")
+    if not isinstance(resource, Mapping):
+        return None
+    search = entry.get("search")
+    mode = search.get("mode") if isinstance(search, Mapping) else None
+    rtype = resource.get("resourceType")
+    if mode == "outcome" or (rtype == "OperationOutcome" and resource_type != "OperationOutcome"):
+        return "outcome"
+    if mode == "include":
+        return "include"
+    if mode == "match" or rtype == resource_type:
+        return "match"
+    return "include"
+
+
+def count_only(params: Sequence[tuple[str, str]]) -> bool:
+    """A search that asks for the total alone (`_summary=count`, `_count=0`): no pages to
+    check against it."""
+    return any((name == "_summary" and value.strip() == "count")
+               or (name == "_count" and value.strip() == "0") for name, value in params)
+
+
+@dataclass
+class SearchTally:
+    """The distinct match entries a search's pages delivered, against the first `total` a page
+    gave. Resources repeated across pages count once; `_include` entries and OperationOutcomes
+    not at all. After a restart (an expired page) the keyed ones are kept, and entries without
+    an id are counted again from zero, since the server sends them again."""
+
+    resource_type: str
+    total: int | None = None
+    keys: set[str] = field(default_factory=set)
+    keyless: int = 0
+
+    @property
+    def delivered(self) -> int:
+        return len(self.keys) + self.keyless
+
+    def restart(self) -> None:
+        self.keyless = 0
+
+    def add_page(self, page: SearchPage, number: int) -> None:
+        """Count one page; a page without a match before `total` is reached, or more distinct
+        matches than `total`, is a SourceError."""
+        if self.total is None:
+            self.total = page.total
+        matches = [e for e in page.entries if entry_mode(e, self.resource_type) == "match"]
+        before = self.delivered
+        for entry in matches:
+            key = _entry_key(entry)
+            if key is None:
+                self.keyless += 1
+            else:
+                self.keys.add(key)
+        if self.total is None:
+            return
+        if not matches and before < self.total:
+            raise self._short(f"page {number} came back empty")
+        if self.delivered > self.total:
+            raise self._short("more than the total: the result changed while it was read")
+
+    def finish(self) -> None:
+        """The `next` links have ended: the delivered matches must make up `total`."""
+        if self.total is not None and self.delivered != self.total:
+            why = ("a page came back short or the next links ended early"
+                   if self.delivered < self.total else
+                   "more than the total: the result changed while it was read")
+            raise self._short(why)
+
+    def _short(self, why: str) -> SourceError:
+        return SourceError(f"{self.resource_type} search: server said total {self.total} but its "
+                           f"pages held {self.delivered} ({why}); nothing from this search was "
+                           "used")
 
 
 def _param_list(params: SearchParams | None) -> list[tuple[str, str]]:
@@ -505,12 +730,16 @@ class FhirClient:
         self._owns_session = session is None
         self.session = session if session is not None else requests.Session()
         self.session.headers.update({"Accept": FHIR_JSON, "User-Agent": settings.user_agent})
-        # Mounted on the base's origin: adapters mounted later on a longer prefix (tests) win.
+        self.trusted_origins = parse_origins(settings.trusted_link_origins)
+        # Foreign origins whose links were rewritten onto the base (Bulk: files there too).
+        self.rewritten_origins: set[Origin] = set()
+        # Mounted on the base's origin (and trusted ones): adapters mounted later on a longer
+        # prefix (tests) win.
         base = urlsplit(self.base_url)
-        self.session.mount(
-            f"{base.scheme}://{base.netloc}/",
-            HTTPAdapter(max_retries=build_retry(settings, self._on_retry)),
-        )
+        for prefix in [f"{base.scheme}://{base.netloc}/",
+                       *sorted(f"{_origin_text(o)}/" for o in self.trusted_origins)]:
+            self.session.mount(prefix,
+                               HTTPAdapter(max_retries=build_retry(settings, self._on_retry)))
         self._requests_auth = _RequestsAuth(self.auth)
         self._capabilities: ServerCapabilities | None = None
 
@@ -524,17 +753,45 @@ class FhirClient:
         log.info("retrying %s %s after %s", method, redact_url(url or ""), why)
 
     def url_for(self, url_or_path: str) -> str:
+        """A path under the base, or an absolute URL on the base's origin or a trusted one
+        (`fhir.trusted_link_origins`); anything else is refused, never rewritten here."""
         if url_or_path.startswith(("http://", "https://")):
             try:
-                same_origin = _origin(url_or_path) == _origin(self.base_url)
+                origin: Origin | None = _origin(url_or_path)
             except ValueError:  # a port that is not a number
-                same_origin = False
-            if not same_origin:
+                origin = None
+            if origin is None or not (origin == _origin(self.base_url)
+                                      or origin in self.trusted_origins):
+                hint = (f"; add {_origin_text(origin)} to fhir.trusted_link_origins "
+                        "(FHIRPANEL_FHIR_TRUSTED_LINK_ORIGINS) to allow it"
+                        if origin is not None and origin[0] in ("http", "https") else "")
                 raise UnsafeLinkError(f"refusing a request to {redact_url(url_or_path)}: "
-                                      f"not on {redact_url(self.base_url)}")
+                                      f"not on {redact_url(self.base_url)}{hint}")
             return url_or_path
         path = url_or_path.lstrip("/")
         return f"{self.base_url}/{path}" if path else self.base_url
+
+    def trusts(self, url: str) -> bool:
+        """True for an absolute URL on the base's origin or a trusted one."""
+        try:
+            origin = _origin(url)
+        except ValueError:
+            return False
+        return origin == _origin(self.base_url) or origin in self.trusted_origins
+
+    def link(self, link: str, what: str = "paging link") -> str:
+        """A link the server gave, resolved per `resolve_link` with this client's settings
+        (UnsafeLinkError when they do not allow it). A rewrite is logged once per origin."""
+        resolved = resolve_link(self.base_url, link, trusted=self.trusted_origins,
+                                rewrite=self.settings.rewrite_foreign_links, what=what)
+        given = urljoin(self.base_url + "/", link.strip())
+        if not self.trusts(given):  # resolve_link rewrote it onto the base
+            origin = _origin(given)
+            if origin not in self.rewritten_origins:
+                log.warning("%s on %s rewritten onto %s (fhir.rewrite_foreign_links)", what,
+                            _origin_text(origin), redact_url(self.base_url))
+            self.rewritten_origins.add(origin)
+        return resolved
 
     def request(
         self,
@@ -549,7 +806,8 @@ class FhirClient:
     ) -> requests.Response:
         """Send one request (urllib3 retries underneath) and return a 2xx response; any other
         status raises the FhirHttpError subclass for it. A body cut off mid-read is retried here
-        for idempotent methods, a 401 once after `auth.invalidate()`. With `stream`, a 2xx body
+        for idempotent methods; a 401, or a 403 that blames the token (`token_refused`), once
+        after `auth.invalidate()` (one renewal per request). With `stream`, a 2xx body
         is left unread for the caller to iterate and close (Bulk Data files);
         `authenticate=False` sends no credentials (files without `requiresAccessToken`)."""
         method = method.upper()
@@ -582,11 +840,15 @@ class FhirClient:
                 raise self._transport_error(method, url, exc) from exc
             unread = stream and 200 <= response.status_code < 300
             self.stats.count_response(method, 0 if unread else len(response.content))
-            if response.status_code == 401 and authenticate and not reauthenticated:
+            if (authenticate and not reauthenticated
+                    and (response.status_code == 401
+                         or (response.status_code == 403 and token_refused(
+                             response.headers.get("WWW-Authenticate", ""), response.content)))):
+                # One renewal per request, shared by 401 and a 403 that blames the token.
                 reauthenticated = True
                 self.auth.invalidate()
-                log.info("%s %s: 401, credentials renewed, trying once more", method,
-                         redact_url(url))
+                log.info("%s %s: %d, credentials renewed, trying once more", method,
+                         redact_url(url), response.status_code)
                 continue
             if not 200 <= response.status_code < 300:
                 raise error_for_response(
@@ -646,18 +908,24 @@ class FhirClient:
     def search_pages(
         self, resource_type: str, params: SearchParams | None = None
     ) -> Iterator[dict[str, Any]]:
-        """Searchset Bundles, page by page, following `next` links exactly as given. An expired
-        page (410, HAPI's cached searches) restarts the search once from the first page; bundles
-        after a restart leave out entries already yielded. Stops on a repeated next link; more
-        than `max_pages` pages raise SourceError rather than silently truncate."""
+        """Searchset Bundles, page by page, following `next` links per `link()`. Each page's
+        shape is checked (`checked_page`; its `entry` list holds objects only). When a page gives
+        `total`, the distinct match entries of all pages must make it up (`SearchTally`): an
+        empty page before it is reached, a chain that ends short, or more than it is a
+        SourceError; count-only searches (`_summary=count`, `_count=0`) are not checked. An
+        expired page (410, HAPI's cached searches) restarts the search once from the first page;
+        bundles after a restart leave out entries already yielded. Stops on a repeated next link;
+        more than `max_pages` pages raise SourceError rather than silently truncate."""
         first_query = _param_list(params)
         if not any(name == "_count" for name, _ in first_query):
             first_query.append(("_count", str(self.settings.page_size)))
+        check = not count_only(first_query)
         first_url = self.url_for(resource_type)
         url: str = first_url
         query: list[tuple[str, str]] | None = first_query
         visited: set[str] = set()
         yielded: set[str] = set()
+        tally = SearchTally(resource_type)
         restarted = False
         pages = 0
         while True:
@@ -676,31 +944,33 @@ class FhirClient:
                 log.warning("%s search: page expired (410); restarting from the first page",
                             resource_type)
                 url, query, visited = first_url, first_query, set()
+                tally.restart()
                 continue
-            bundle = self._json(response)
-            if bundle.get("resourceType") != "Bundle":
-                raise SourceError(f"{redact_url(response.url)}: expected a Bundle, got "
-                                  f"{bundle.get('resourceType')!r}")
             pages += 1
+            where = f"{resource_type} search page {pages} ({redact_url(response.url or url)})"
+            bundle = self._json(response)
+            page = checked_page(bundle, where)
             self.stats.pages += 1
+            if check:
+                tally.add_page(page, pages)
             visited.add(response.url)
             if not first_page:
                 visited.add(url)
-            entries = [e for e in bundle.get("entry") or () if isinstance(e, dict)]
+            entries = page.entries
             if restarted:
                 entries = [e for e in entries if _entry_key(e) not in yielded]
-                bundle = {**bundle, "entry": entries}
             yielded.update(k for k in map(_entry_key, entries) if k is not None)
-            yield bundle
-            link = next_link(bundle)
-            if link is None:
-                return
-            following = resolve_link(self.base_url, link)
+            yield {**bundle, "entry": entries}
+            if page.next is None:
+                break
+            following = self.link(page.next)
             if following in visited:
                 log.warning("%s search: next link repeats a page already read; stopping",
                             resource_type)
-                return
+                break
             url, query = following, None
+        if check:
+            tally.finish()
 
     def search(
         self, resource_type: str, params: SearchParams | None = None
@@ -708,14 +978,12 @@ class FhirClient:
         """Resources of `match` entries (or entries without a mode) and `include` entries;
         OperationOutcome entries are logged as warnings."""
         for bundle in self.search_pages(resource_type, params):
-            for entry in bundle.get("entry") or ():
-                resource = entry.get("resource")
-                if not isinstance(resource, dict):
+            for entry in bundle["entry"]:
+                mode = entry_mode(entry, resource_type)
+                if mode is None:
                     continue
-                search = entry.get("search")
-                mode = search.get("mode") if isinstance(search, Mapping) else None
-                if mode == "outcome" or (resource.get("resourceType") == "OperationOutcome"
-                                         and resource_type != "OperationOutcome"):
+                resource = entry["resource"]
+                if mode == "outcome":
                     for line in outcome_messages(resource):
                         log.warning("%s search: server says: %s", resource_type, line[:300])
                     continue

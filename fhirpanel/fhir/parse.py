@@ -91,7 +91,7 @@ def parse_date(value: Any) -> date | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ParseProblem(f"bad date {value!r}")
+        raise ParseProblem(f"bad date {_shown(value)}")
     text = value.strip()
     try:
         if len(text) == 4:
@@ -102,25 +102,31 @@ def parse_date(value: Any) -> date | None:
             return date.fromisoformat(text)
         return parse_instant(text).date() if "T" in text else date.fromisoformat(text[:10])
     except ValueError as exc:
-        raise ParseProblem(f"bad date {value!r}") from exc
+        raise ParseProblem(f"bad date {_shown(value)}") from exc
+
+
+def _shown(value: Any) -> str:
+    """A value for an issue line: its repr, cut short (a server may send anything)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def parse_instant(value: Any) -> datetime:
     """A FHIR dateTime/instant to an aware UTC datetime; date-only values are midnight UTC.
     HAPI sends local offsets (-05:00) as well as Z: both are honoured."""
     if not isinstance(value, str) or not value:
-        raise ParseProblem(f"bad dateTime {value!r}")
+        raise ParseProblem(f"bad dateTime {_shown(value)}")
     try:
         if "T" not in value:
             day = parse_date(value)
             assert day is not None  # noqa: S101 - parse_date returns a date for a str
             return datetime(day.year, day.month, day.day, tzinfo=UTC)
         moment = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise ParseProblem(f"bad dateTime {value!r}") from exc
-    if moment.tzinfo is None:  # FHIR requires a zone when there is a time; assume UTC
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+        if moment.tzinfo is None:  # FHIR requires a zone when there is a time; assume UTC
+            moment = moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:  # OverflowError: 0001-01-01T00:00:00+01:00
+        raise ParseProblem(f"bad dateTime {_shown(value)}") from exc
 
 
 def _optional_instant(value: Any) -> datetime | None:
@@ -416,15 +422,16 @@ def parse_resource(res: Any, expected_type: str | None = None,
         return Issue(where or "?", "not a JSON object")
     rtype = res.get("resourceType")
     if expected_type is not None and rtype != expected_type:
-        return Issue(describe(res, where), f"expected {expected_type}, got {rtype!r}")
+        return Issue(describe(res, where), f"expected {expected_type}, got {_shown(rtype)}")
     parser = PARSERS.get(rtype) if isinstance(rtype, str) else None
     if parser is None:
-        return Issue(describe(res, where), f"unsupported resourceType {rtype!r}")
+        return Issue(describe(res, where), f"unsupported resourceType {_shown(rtype)}")
     try:
         return parser(res)
     except ParseProblem as exc:
         return Issue(describe(res, where), str(exc))
-    except (TypeError, AttributeError, KeyError) as exc:  # wrong JSON shapes deep inside
+    # Wrong JSON shapes deep inside (a number where a list belongs, a year 0, ...).
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError, OverflowError) as exc:
         return Issue(describe(res, where), f"malformed: {type(exc).__name__}")
 
 

@@ -3,7 +3,8 @@
 `SmartBackendAuth` is an `AuthProvider` for `FhirClient`. It finds the token endpoint in
 `{base}/.well-known/smart-configuration` (or takes `fhir.smart_token_url`), signs a short-lived
 client assertion with the registered private key (RS384 or ES384, PyJWT), trades it for an access
-token, caches the token until shortly before it expires and fetches a new one after a 401. One
+token, caches the token until shortly before it expires and fetches a new one after a 401 (or a
+403 that says the token is invalid or expired: `client.token_refused`), once per request. One
 instance may be shared by threads (the worker and the API): renewal happens under a lock.
 
 Neither the private key, the assertion nor the access token ever reaches a log line, a message or
@@ -216,7 +217,8 @@ class AccessToken:
 
 class SmartBackendAuth:
     """SMART Backend Services for `FhirClient`: `apply` sets `Authorization: Bearer <token>`,
-    fetching or renewing the token first when needed; `invalidate` (after a 401) drops it.
+    fetching or renewing the token first when needed; `invalidate` (after a 401, or a 403 that
+    blames the token) drops it.
 
     `session` (tests: a fake transport adapter) and `clock` (wall time: the assertion's `iat` and
     `exp` are epoch seconds) may be injected."""

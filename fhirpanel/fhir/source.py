@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol, cast
@@ -71,31 +72,50 @@ def _belongs_to(res: Mapping[str, Any], patients: set[str]) -> bool:
     return isinstance(ref, str) and "/".join(ref.split("/")[-2:]) in patients
 
 
-_NDJSON_NAME = re.compile(r"^(?:\d+\.)?(?P<type>[A-Z][A-Za-z]+)(?:[.-]\d+)*\.ndjson(?:\.gz)?$")
+_NDJSON_NAME = re.compile(r"^(?:\d+\.)?(?P<type>[A-Za-z]+)(?:[.-]\d+)*\.ndjson(?:\.gz)?$",
+                          re.IGNORECASE)
+# Without these a run would read a population with no patients or no visits: refused.
+REQUIRED_TYPES = ("Patient", "Encounter")
+# What a truncated or corrupt file raises part-way through a read.
+_BROKEN_FILE = (EOFError, gzip.BadGzipFile, zlib.error, OSError)
 
 
 class NdjsonSource:
     """A directory of Bulk Data NDJSON files: `Patient.ndjson`, `Patient.1.ndjson`,
-    `1.Patient.ndjson`, optionally gzipped. Streams line by line: constant memory per line."""
+    `1.Patient.ndjson`, optionally gzipped (`.ndjson.gz`); names match in any case
+    (`patient.ndjson`, `PATIENT.NDJSON.GZ`). Streams line by line: constant memory per line.
 
-    def __init__(self, directory: str | Path) -> None:
+    Reading a type in `require` (Patient and Encounter unless told otherwise) with no file for it
+    is a SourceError, and so is a file that cannot be read to its end (a truncated or corrupt
+    `.gz`): a short read is never taken for a small population. A bad line is an `Issue`."""
+
+    def __init__(self, directory: str | Path, require: Sequence[str] = REQUIRED_TYPES) -> None:
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise ConfigError(f"NDJSON source directory not found: {self.directory}")
+        self.require = frozenset(require)
 
     def describe(self) -> str:
         return f"ndjson:{self.directory}"
 
     def files_for(self, resource_type: str) -> list[Path]:
         found = []
-        for path in sorted(self.directory.iterdir()):
-            match = _NDJSON_NAME.match(path.name)
-            if match and match.group("type") == resource_type and path.is_file():
-                found.append(path)
+        wanted = resource_type.lower()
+        try:
+            for path in sorted(self.directory.iterdir()):
+                match = _NDJSON_NAME.match(path.name)
+                if match and match.group("type").lower() == wanted and path.is_file():
+                    found.append(path)
+        except OSError as exc:
+            raise SourceError(f"cannot list {self.directory}: {_why(exc)}") from exc
         return found
 
     def read(self, resource_type: str) -> Iterator[Item]:
-        for path in self.files_for(resource_type):
+        files = self.files_for(resource_type)
+        if not files and resource_type in self.require:
+            raise SourceError(f"{self.describe()} has no {resource_type} file (looked for "
+                              f"{resource_type}*.ndjson[.gz], any case)")
+        for path in files:
             yield from self._read_file(path, resource_type)
 
     def read_for_patients(self, resource_type: str, patients: Sequence[str]) -> Iterator[Item]:
@@ -106,13 +126,21 @@ class NdjsonSource:
 
     def _read_file(self, path: Path, resource_type: str) -> Iterator[Item]:
         try:
-            handle = cast(
-                IO[bytes], gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
-            )
+            handle = cast(IO[bytes], gzip.open(path, "rb") if path.name.lower().endswith(".gz")
+                          else path.open("rb"))
         except OSError as exc:
-            raise SourceError(f"cannot read {path}: {exc}") from exc
+            raise SourceError(f"cannot read {path}: {_why(exc)}") from exc
         with handle:
-            for lineno, line in enumerate(handle, start=1):
+            lines = enumerate(handle, start=1)
+            while True:
+                try:
+                    lineno, line = next(lines)
+                except StopIteration:
+                    return
+                except _BROKEN_FILE as exc:
+                    raise SourceError(f"{self.describe()}: {path.name} could not be read to its "
+                                      f"end ({_why(exc)}): a truncated or corrupt file; nothing "
+                                      "from this source was used") from exc
                 if not line.strip():
                     continue
                 where = f"{path.name}:{lineno}"
@@ -127,10 +155,17 @@ class NdjsonSource:
                 if res.get("resourceType") != resource_type:
                     yield Issue(
                         f"{resource_type}/? ({where})",
-                        f"resourceType {res.get('resourceType')!r} in a {resource_type} file",
+                        f"resourceType {repr(res.get('resourceType'))[:60]} in a "
+                        f"{resource_type} file",
                     )
                     continue
                 yield res
+
+
+def _why(exc: BaseException) -> str:
+    """An exception as a short phrase for a one-line message."""
+    text = " ".join(str(exc).split())[:160]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class ServerSource:

@@ -1,9 +1,10 @@
 """Loopback HTTP helpers for client tests: a small server base and a fault-injecting proxy.
 
 `FaultProxy` sits on 127.0.0.1 in front of the sandbox FHIR server and answers each request per a
-script of faults (a status, a reset before answering, a reset halfway through the body, a stall),
-passing everything else through. It records when each request arrived so tests can count attempts
-and measure waits.
+script of faults (a status, a reset before answering, a reset halfway through the body, a stall,
+a `Rewrite` of the JSON body the server sent), passing everything else through. `on_path` fires
+a fault on the requests whose path and query hold given fragments, whatever the script says. It
+records when each request arrived so tests can count attempts and measure waits.
 """
 
 from __future__ import annotations
@@ -138,7 +139,53 @@ class Stall:
     seconds: float
 
 
-Fault = Status | Stall | str
+@dataclass(frozen=True)
+class Rewrite:
+    """Forward, then answer with the server's JSON body changed by `change` (the parsed body in,
+    any JSON value out); a body that is not JSON passes unchanged. `name` is what arrivals
+    record."""
+
+    name: str
+    change: Callable[[Any], Any]
+
+
+def _without_next(links: Any) -> Any:
+    if not isinstance(links, list):
+        return links
+    return [link for link in links if not (isinstance(link, dict)
+                                           and link.get("relation") == "next")]
+
+
+# A searchset page that lost its entries and its next link, keeping `total` (issue 12).
+EMPTY_PAGE = Rewrite("empty-page", lambda b: {**b, "entry": [],
+                                              "link": _without_next(b.get("link"))})
+# A page whose next link is gone: the chain ends early.
+DROP_NEXT = Rewrite("drop-next", lambda b: {**b, "link": _without_next(b.get("link"))})
+# Bundles that are not searchsets a client can read.
+ENTRY_STRING = Rewrite("entry-string", lambda b: {**b, "entry": "entries"})
+ENTRY_STRINGS = Rewrite("entry-strings", lambda b: {**b, "entry": ["a", "b"]})
+
+
+def next_link_on(origin: str) -> Rewrite:
+    """The page's `next` link moved onto another origin (a proxied HAPI naming itself)."""
+
+    def change(bundle: Any) -> Any:
+        links = bundle.get("link") if isinstance(bundle, dict) else None
+        if not isinstance(links, list):
+            return bundle
+        moved = []
+        for link in links:
+            if isinstance(link, dict) and link.get("relation") == "next":
+                parts = urlsplit(str(link.get("url", "")))
+                url = origin + parts.path + (f"?{parts.query}" if parts.query else "")
+                link = {**link, "url": url}
+            moved.append(link)
+        return {**bundle, "link": moved}
+
+    return Rewrite(f"next-on {origin}", change)
+
+
+Fault = Status | Stall | Rewrite | str
 
 
 @dataclass(frozen=True)
@@ -165,6 +212,13 @@ class FaultProxy(LoopbackServer):
         self.default = default
         self.arrivals: list[Arrival] = []
         self._lock = threading.Lock()
+        self._path_faults: list[list[Any]] = []  # [fragments, fault, times left, method]
+
+    def on_path(self, *fragments: str, fault: Fault, times: int = 1, method: str = "GET") -> None:
+        """`fault` for the next `times` requests whose path and query hold every fragment,
+        before (and without using) the script."""
+        with self._lock:
+            self._path_faults.append([fragments, fault, times, method])
 
     def script(self, *faults: Fault, default: Fault = PASS) -> None:
         with self._lock:
@@ -179,7 +233,9 @@ class FaultProxy(LoopbackServer):
     def handle(self, handler: BaseHTTPRequestHandler) -> None:
         body = read_body(handler)
         with self._lock:
-            fault = self._faults.popleft() if self._faults else self.default
+            fault = self._path_fault(handler)
+            if fault is None:
+                fault = self._faults.popleft() if self._faults else self.default
             self.arrivals.append(Arrival(handler.command, handler.path, time.monotonic(),
                                          _fault_name(fault)))
         if isinstance(fault, Status):
@@ -191,6 +247,13 @@ class FaultProxy(LoopbackServer):
             reset(handler)
         else:
             status, headers, data = self._forward(handler, body)
+            if isinstance(fault, Rewrite):
+                try:
+                    parsed = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    pass
+                else:
+                    data = orjson.dumps(fault.change(parsed))
             if fault == RESET_MID_BODY:
                 handler.send_response(status)
                 for name, value in headers:
@@ -206,6 +269,15 @@ class FaultProxy(LoopbackServer):
                 content_type = next((v for k, v in headers if k.lower() == "content-type"),
                                     "application/fhir+json")
                 send(handler, status, data, passed, content_type=content_type)
+
+    def _path_fault(self, handler: BaseHTTPRequestHandler) -> Fault | None:
+        for rule in self._path_faults:
+            fragments, fault, times, method = rule
+            if times > 0 and handler.command == method and all(f in handler.path
+                                                               for f in fragments):
+                rule[2] = times - 1
+                return fault
+        return None
 
     def _forward(self, handler: BaseHTTPRequestHandler,
                  body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -232,4 +304,6 @@ def _fault_name(fault: Fault) -> str:
         return str(fault.code)
     if isinstance(fault, Stall):
         return f"stall {fault.seconds:g}s"
+    if isinstance(fault, Rewrite):
+        return fault.name
     return fault

@@ -9,7 +9,12 @@ from typing import Any
 import pytest
 
 from fhirpanel.config import FhirSettings
-from fhirpanel.errors import InvalidRequestError, NotFoundError, VersionConflictError
+from fhirpanel.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    SourceError,
+    VersionConflictError,
+)
 from fhirpanel.fhir.client import FhirClient
 from fhirpanel.sandbox.server import SandboxServer
 
@@ -85,6 +90,38 @@ def test_include_entries_are_yielded_too(sandbox: SandboxServer, client: FhirCli
     assert sorted((r["resourceType"], r["id"]) for r in got) == [
         ("Encounter", "e0"), ("Encounter", "e1"), ("Encounter", "e2"),
         ("Patient", "p0000"), ("Patient", "p0001"), ("Patient", "p0002")]
+
+
+def test_paged_include_entries_do_not_count_toward_the_total(sandbox: SandboxServer) -> None:
+    sandbox.load(patients(60))
+    sandbox.load(encounter(f"e{i:03d}", f"p{i:04d}") for i in range(60))
+    with FhirClient(settings_for(sandbox, page_size=25)) as client:
+        got = list(client.search("Encounter", {"_include": "Encounter:subject"}))
+        assert client.stats.pages == 3
+    assert sum(1 for r in got if r["resourceType"] == "Encounter") == 60
+    assert sum(1 for r in got if r["resourceType"] == "Patient") == 60
+
+
+def test_a_result_that_grows_while_it_is_paged_is_a_failed_read(sandbox: SandboxServer) -> None:
+    sandbox.load(patients(100))
+    with FhirClient(settings_for(sandbox, page_size=40)) as client:
+        pages = client.search("Patient")
+        first = [next(pages)["id"] for _ in range(40)]
+        client.create({"resourceType": "Patient", "active": True})  # between pages 1 and 2
+        with pytest.raises(SourceError) as caught:
+            list(pages)
+    assert len(first) == 40
+    assert str(caught.value) == ("Patient search: server said total 100 but its pages held 101 "
+                                 "(more than the total: the result changed while it was read); "
+                                 "nothing from this search was used")
+
+
+def test_count_only_searches_are_not_checked_against_their_pages(sandbox: SandboxServer,
+                                                                client: FhirClient) -> None:
+    sandbox.load(patients(7))
+    for params in ([("_summary", "count")], [("_count", "0")]):
+        (page,) = client.search_pages("Patient", params)
+        assert page["total"] == 7 and page["entry"] == []
 
 
 def test_strict_handling_turns_an_unknown_parameter_into_an_error(sandbox: SandboxServer,

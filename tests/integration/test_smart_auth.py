@@ -39,7 +39,7 @@ from fhirpanel.fhir.client import FhirClient, NoAuth
 from fhirpanel.fhir.smart import ASSERTION_TYPE, SmartBackendAuth, default_scopes, jwks_for_settings
 from fhirpanel.sandbox.server import SandboxServer
 from tests.conftest import AS_OF, ROOT
-from tests.integration.faults import FaultProxy, outcome, read_body, send
+from tests.integration.faults import FaultProxy, Status, outcome, read_body, send
 
 CLIENT_ID = "fhirpanel-integration"
 SEKMET_TOKEN_LIFETIME = 60
@@ -88,6 +88,11 @@ class SmartGate(FaultProxy):
         self.expires_in: int | None = 300
         self.discovery: Literal["ok", "404", "no-token-endpoint"] = "ok"
         self.accept_tokens = True
+        # How a dead token is refused: 401 with WWW-Authenticate (RFC 6750), or as some servers
+        # do, 403 with an OperationOutcome.
+        self.dead_token_status = 401
+        self.dead_token_message = "invalid or expired access token"
+        self.dead_token_headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
         self.discoveries = 0
         self.tokens: dict[str, float] = {}  # issued token -> when it expires (epoch seconds)
         self.jtis: set[str] = set()
@@ -108,9 +113,9 @@ class SmartGate(FaultProxy):
         else:
             read_body(handler)
             with self.auth_lock:
-                self.fhir_log.append((handler.path, "401"))
-            send(handler, 401, outcome("invalid or expired access token", "login"),
-                 {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+                self.fhir_log.append((handler.path, str(self.dead_token_status)))
+            send(handler, self.dead_token_status, outcome(self.dead_token_message, "login"),
+                 self.dead_token_headers)
 
     def revoke_all(self) -> None:
         with self.auth_lock:
@@ -293,6 +298,40 @@ def test_a_revoked_token_is_renewed_once_on_401(gate: SmartGate, keys: Keys) -> 
     assert [r for _, r in gate.fhir_log][3:] == ["401", "401"]
     assert len(gate.issued) == 3
     assert len({t.claims["jti"] for t in gate.issued}) == 3  # never a replayed assertion
+
+
+@pytest.mark.parametrize(("message", "headers"), [
+    ("Access token expired", {}),  # an OperationOutcome alone says so
+    ("Forbidden", {"WWW-Authenticate": 'Bearer error="invalid_token", error_description="x"'}),
+])
+def test_a_403_that_blames_the_token_renews_it_once(gate: SmartGate, keys: Keys, message: str,
+                                                     headers: dict[str, str]) -> None:
+    gate.dead_token_status, gate.dead_token_message = 403, message
+    gate.dead_token_headers = headers
+    with FhirClient(settings_for(gate.base_url, keys.rs384, "rsa-1")) as client:
+        patient = next(client.search("Patient", {"_count": "1"}))["id"]
+        gate.revoke_all()
+        assert client.read("Patient", patient)["id"] == patient
+        assert [r for _, r in gate.fhir_log] == ["ok", "403", "ok"]
+        assert len(gate.issued) == 2
+
+        gate.accept_tokens = False  # the same one-renewal budget as a 401: then an error
+        with pytest.raises(AuthError) as caught:
+            client.read("Patient", patient)
+    assert caught.value.status == 403 and caught.value.exit_code == ExitCode.AUTH
+    assert [r for _, r in gate.fhir_log][3:] == ["403", "403"]
+    assert len(gate.issued) == 3
+
+
+def test_a_403_for_a_permission_fails_at_once(gate: SmartGate, keys: Keys) -> None:
+    with FhirClient(settings_for(gate.base_url, keys.rs384, "rsa-1")) as client:
+        patient = next(client.search("Patient", {"_count": "1"}))["id"]
+        gate.on_path(f"/Patient/{patient}", fault=Status(403))  # "injected 403": no token word
+        with pytest.raises(AuthError) as caught:
+            client.read("Patient", patient)
+    assert caught.value.status == 403
+    assert len(gate.issued) == 1  # no renewal
+    assert len(gate.arrivals_for(lambda a: a.path == f"/fhir/Patient/{patient}")) == 1
 
 
 @pytest.mark.parametrize(("signer", "kid", "expected"), [

@@ -41,6 +41,8 @@ from fhirpanel.fhir.client import (
     auth_from_settings,
     build_retry,
     error_for_response,
+    outcome_messages,
+    parse_origins,
     redact_url,
     resolve_link,
 )
@@ -667,3 +669,294 @@ def test_a_post_is_retried_after_connect_errors_but_not_read_errors() -> None:
         with pytest.raises(type(lost)):
             retry.increment("POST", "/fhir", error=lost)
         assert retry.increment("GET", "/fhir", error=lost).total == 4
+
+
+# ---------------------------------------------------------------- completeness against `total`
+
+
+def counted(entries: list[dict[str, Any]], total: int | None, next_url: str | None = None,
+            **extra: Any) -> dict[str, Any]:
+    page = bundle(entries, next_url)
+    if total is not None:
+        page["total"] = total
+    page["entry"].extend(extra.get("more_entries", ()))
+    return page
+
+
+def test_a_total_made_up_by_the_pages_passes() -> None:
+    client, _ = fake_client(paged({
+        "1": (200, counted([patient("a"), patient("b")], 4, f"{BASE}/Patient?page=2")),
+        "2": (200, counted([patient("c"), patient("d")], None)),  # total on the first page only
+    }))
+    assert [r["id"] for r in client.search("Patient")] == list("abcd")
+
+
+def test_an_empty_page_before_the_total_is_a_failed_read() -> None:
+    client, transport = fake_client(paged({
+        "1": (200, counted([patient("a"), patient("b")], 300, f"{BASE}/Patient?page=2")),
+        "2": (200, counted([], 300)),  # no next link either: the issue's scenario
+    }))
+    got: list[str] = []
+    with pytest.raises(SourceError) as caught:
+        got.extend(r["id"] for r in client.search("Patient"))
+    assert str(caught.value) == ("Patient search: server said total 300 but its pages held 2 "
+                                 "(page 2 came back empty); nothing from this search was used")
+    assert caught.value.exit_code == ExitCode.SOURCE
+    assert got == ["a", "b"] and len(transport.seen) == 2
+
+
+def test_an_empty_first_page_with_a_total_yields_nothing() -> None:
+    client, _ = fake_client(lambda r: (200, counted([], 300)))
+    got: list[dict[str, Any]] = []
+    with pytest.raises(SourceError, match="total 300 but its pages held 0"):
+        got.extend(client.search("Encounter"))
+    assert got == []
+
+
+def test_a_next_chain_that_ends_before_the_total_is_a_failed_read() -> None:
+    client, _ = fake_client(paged({
+        "1": (200, counted([patient("a"), patient("b")], 5, f"{BASE}/Patient?page=2")),
+        "2": (200, counted([patient("c")], 5)),  # short, and no next link
+    }))
+    with pytest.raises(SourceError, match=r"total 5 but its pages held 3 \(a page came back "
+                                          r"short or the next links ended early\)"):
+        list(client.search("Patient"))
+
+
+def test_a_repeated_next_link_before_the_total_is_a_failed_read() -> None:
+    client, _ = fake_client(paged({
+        "1": (200, counted([patient("a")], 3, f"{BASE}/Patient?page=2")),
+        "2": (200, counted([patient("b")], 3, f"{BASE}/Patient?page=2")),
+    }))
+    with pytest.raises(SourceError, match="total 3 but its pages held 2"):
+        list(client.search("Patient"))
+
+
+def test_more_distinct_matches_than_the_total_is_a_failed_read() -> None:
+    client, _ = fake_client(lambda r: (200, counted([patient("a"), patient("b")], 1)))
+    with pytest.raises(SourceError, match=r"total 1 but its pages held 2 \(more than the total"):
+        list(client.search("Patient"))
+
+
+def test_includes_outcomes_and_repeated_resources_do_not_count_toward_the_total() -> None:
+    include = {"resource": {"resourceType": "Practitioner", "id": "d1"},
+               "search": {"mode": "include"}}
+    same_type_include = {"resource": patient("linked"), "search": {"mode": "include"}}
+    no_mode_other_type = {"resource": {"resourceType": "Organization", "id": "o1"}}
+    warning = {"resource": {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "warning", "code": "informational", "diagnostics": "fine"}]}}
+    client, _ = fake_client(paged({
+        "1": (200, counted([patient("a"), patient("b")], 3, f"{BASE}/Patient?page=2",
+                           more_entries=[include, same_type_include, warning])),
+        # `b` again (an offset shifted by a concurrent write), plus `c`: 3 distinct matches.
+        "2": (200, counted([patient("b"), patient("c")], 3,
+                           more_entries=[include, no_mode_other_type])),
+    }))
+    got = [(r["resourceType"], r["id"]) for r in client.search("Patient")]
+    assert ("Patient", "c") in got and ("Practitioner", "d1") in got
+    assert ("Organization", "o1") in got  # yielded as before, counted as an include
+
+
+def test_count_only_searches_are_not_checked() -> None:
+    client, transport = fake_client(lambda r: (200, counted([], 42)))
+    for params in ([("_summary", "count")], [("_count", "0")]):
+        pages = list(client.search_pages("CareTeam", params))
+        assert [p["total"] for p in pages] == [42] and pages[0]["entry"] == []
+    assert len(transport.seen) == 2
+
+
+def test_without_a_total_nothing_is_checked() -> None:
+    client, _ = fake_client(paged({
+        "1": (200, counted([patient("a")], None, f"{BASE}/Patient?page=2")),
+        "2": (200, counted([], None)),
+    }))
+    assert [r["id"] for r in client.search("Patient")] == ["a"]
+
+
+def test_a_restart_after_an_expired_page_counts_each_resource_once() -> None:
+    calls = {"2": 0}
+
+    def handler(request: requests.PreparedRequest) -> Answer:
+        page = dict(parse_qsl(urlsplit(request.url or "").query)).get("page", "1")
+        if page == "1":
+            return 200, counted([patient("a"), patient("b")], 4, f"{BASE}/Patient?page=2")
+        if page == "2":
+            calls["2"] += 1
+            return gone() if calls["2"] == 1 else (
+                200, counted([patient("c"), patient("d")], 4))
+        raise AssertionError(page)
+
+    client, _ = fake_client(handler)
+    assert [r["id"] for r in client.search("Patient")] == list("abcd")
+    assert client.stats.restarts == 1
+
+
+@pytest.mark.parametrize(("page", "message"), [
+    ({"resourceType": "Bundle", "entry": "abc"}, "Bundle.entry is a string, not a list"),
+    ({"resourceType": "Bundle", "entry": ["a", "b"]}, r"Bundle.entry\[0\] is a string"),
+    ({"resourceType": "Bundle", "entry": [{"resource": 7}]},
+     r"Bundle.entry\[0\].resource is a number, not an object"),
+    ({"resourceType": "Bundle", "entry": [], "link": "next"}, "Bundle.link is a string"),
+    ({"resourceType": "Bundle", "entry": [], "total": "300"},
+     "Bundle.total is a string, not a whole number"),
+    ({"resourceType": "Bundle", "total": -1}, "Bundle.total is a number, not a whole number"),
+])
+def test_a_wrongly_shaped_page_is_a_one_line_source_error(page: dict[str, Any],
+                                                          message: str) -> None:
+    client, _ = fake_client(lambda r: (200, page))
+    with pytest.raises(SourceError, match=message) as caught:
+        list(client.search("Patient"))
+    assert str(caught.value).startswith(f"Patient search page 1 ({BASE}/Patient?_count=200): ")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b"42", b'"Bundle"', b"\xff\xfe{}",
+                                  b"[" * 5000 + b"]" * 5000])
+def test_a_page_that_is_not_a_json_object_is_a_source_error(body: bytes) -> None:
+    client, _ = fake_client(lambda r: (200, body, {"Content-Type": "application/fhir+json"}))
+    with pytest.raises(SourceError, match=r"not JSON|JSON is not an object"):
+        list(client.search("Patient"))
+
+
+def test_outcomes_with_wrong_shapes_give_no_lines_rather_than_errors() -> None:
+    assert outcome_messages({"issue": 5}) == []
+    assert outcome_messages({"issue": [{"details": {"coding": 3}, "code": "x"}]}) == ["x"]
+    assert str(error_for_response(500, b'{"resourceType": "OperationOutcome", "issue": 1}'))
+
+
+# ---------------------------------------------------------------- foreign-origin links
+
+
+PROXIED = "https://ehr.example.org/fhir"
+HAPI_LINK = "http://localhost:8080/fhir?_getpages=abc&_getpagesoffset=200&_count=200"
+
+
+def test_a_foreign_link_says_which_settings_allow_it() -> None:
+    with pytest.raises(UnsafeLinkError) as caught:
+        resolve_link(PROXIED, HAPI_LINK)
+    assert str(caught.value) == (
+        "refusing a paging link to http://localhost:8080/fhir?_getpages=abc&_getpagesoffset=200"
+        "&_count=200: not on https://ehr.example.org/fhir; add http://localhost:8080 to "
+        "fhir.trusted_link_origins (FHIRPANEL_FHIR_TRUSTED_LINK_ORIGINS) to follow it, or set "
+        "fhir.rewrite_foreign_links = true (FHIRPANEL_FHIR_REWRITE_FOREIGN_LINKS) to send it to "
+        "the base URL instead")
+
+
+@pytest.mark.parametrize(("base", "link", "expected"), [
+    # HAPI behind a proxy without server_address: only the origin changes.
+    (PROXIED, HAPI_LINK,
+     "https://ehr.example.org/fhir?_getpages=abc&_getpagesoffset=200&_count=200"),
+    (PROXIED, "http://10.0.0.5:8080/fhir/Patient?_offset=200",
+     "https://ehr.example.org/fhir/Patient?_offset=200"),
+    (PROXIED, "http://backend/files/Patient.ndjson", "https://ehr.example.org/files/Patient.ndjson"),
+    # The path is never remapped, even when it lies outside the base's path.
+    ("https://ehr.example.org/ehr/fhir", HAPI_LINK,
+     "https://ehr.example.org/fhir?_getpages=abc&_getpagesoffset=200&_count=200"),
+    ("https://ehr.example.org:8443/fhir", "https://u:p@backend/fhir?x=1#frag",
+     "https://ehr.example.org:8443/fhir?x=1"),
+])
+def test_foreign_links_are_rewritten_onto_the_base_when_asked(base: str, link: str,
+                                                               expected: str) -> None:
+    assert resolve_link(base, link, rewrite=True) == expected
+    with pytest.raises(UnsafeLinkError):  # the setting is what allows it
+        resolve_link(base, link)
+
+
+def test_rewriting_never_applies_to_other_schemes() -> None:
+    with pytest.raises(UnsafeLinkError):
+        resolve_link(PROXIED, "ftp://localhost/fhir?x=1", rewrite=True)
+
+
+def test_trusted_origins_are_followed_as_given_and_others_still_refused() -> None:
+    trusted = parse_origins("http://localhost:8080, https://mirror.example.org")
+    assert resolve_link(PROXIED, HAPI_LINK, trusted=trusted) == HAPI_LINK
+    with pytest.raises(UnsafeLinkError, match="localhost:9090"):
+        resolve_link(PROXIED, "http://localhost:9090/fhir?_getpages=x", trusted=trusted)
+
+
+@pytest.mark.parametrize("value", ["localhost:8080", "http://h/fhir", "ftp://h", "http://",
+                                   "http://u:p@h", "http://h:port"])
+def test_trusted_origins_must_be_origins(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"fhir\.trusted_link_origins"):
+        FhirClient(FhirSettings(base_url=PROXIED, trusted_link_origins=value))
+
+
+def test_the_client_rewrites_a_proxied_hapi_next_link() -> None:
+    def handler(request: requests.PreparedRequest) -> Answer:
+        if "_getpages" in (request.url or ""):
+            return 200, counted([patient("b")], 2)
+        return 200, counted([patient("a")], 2, HAPI_LINK)
+
+    client, transport = fake_client(handler, base=PROXIED, rewrite_foreign_links=True)
+    assert [r["id"] for r in client.search("Patient")] == ["a", "b"]
+    assert transport.seen[1].url == (
+        "https://ehr.example.org/fhir?_getpages=abc&_getpagesoffset=200&_count=200")
+    refused, _ = fake_client(handler, base=PROXIED)
+    with pytest.raises(UnsafeLinkError, match=r"fhir\.rewrite_foreign_links"):
+        list(refused.search("Patient"))
+
+
+def test_the_client_follows_a_trusted_origin_with_its_credentials() -> None:
+    def handler(request: requests.PreparedRequest) -> Answer:
+        if "_getpages" in (request.url or ""):
+            return 200, counted([patient("b")], 2)
+        return 200, counted([patient("a")], 2, HAPI_LINK)
+
+    client, transport = fake_client(handler, base=PROXIED, auth="bearer", token="t-1",
+                                    trusted_link_origins="http://localhost:8080")
+    session = client.session
+    session.mount("http://localhost:8080/", transport)  # over the client's retrying adapter
+    assert [r["id"] for r in client.search("Patient")] == ["a", "b"]
+    assert transport.seen[1].url == HAPI_LINK
+    assert transport.seen[1].headers["Authorization"] == "Bearer t-1"
+    assert client.url_for(HAPI_LINK) == HAPI_LINK
+    with pytest.raises(UnsafeLinkError, match=r"add http://elsewhere\.test to fhir\.trusted_link"):
+        client.url_for("http://elsewhere.test/fhir")
+
+
+# ---------------------------------------------------------------- 403 that blames the token
+
+
+@pytest.mark.parametrize(("headers", "body", "renews"), [
+    ({"WWW-Authenticate": 'Bearer error="invalid_token", error_description="expired"'}, b"",
+     True),
+    ({}, orjson.dumps({"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "security", "diagnostics": "Access token expired"}]}), True),
+    ({}, b'{"error": "invalid_token"}', True),
+    ({}, b"The token is not valid", True),
+    ({}, orjson.dumps({"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "forbidden",
+         "diagnostics": "Scope system/Patient.read does not allow writes"}]}), False),
+    ({"WWW-Authenticate": 'Bearer error="insufficient_scope"'}, b"", False),
+])
+def test_a_403_that_blames_the_token_renews_it_once(headers: dict[str, str], body: bytes,
+                                                    renews: bool) -> None:
+    issued = iter(["old", "new", "newer"])
+
+    def handler(request: requests.PreparedRequest) -> Answer:
+        if request.headers.get("Authorization") == "Bearer new":
+            return 200, patient("a")
+        return 403, body, {"Content-Type": "application/json", **headers}
+
+    transport = FakeTransport(handler)
+    session = requests.Session()
+    session.mount("http://", transport)
+    client = FhirClient(FhirSettings(base_url=BASE), session=session,
+                        auth=BearerAuth(fetch=lambda: next(issued)))
+    session.mount("http://fhir.test/", transport)
+    if renews:
+        assert client.read("Patient", "a")["id"] == "a"
+        assert [r.headers["Authorization"] for r in transport.seen] == ["Bearer old",
+                                                                         "Bearer new"]
+    else:
+        with pytest.raises(AuthError):
+            client.read("Patient", "a")
+        assert len(transport.seen) == 1  # other 403s fail at once
+
+
+def test_401_and_403_share_one_renewal_per_request() -> None:
+    answers = iter([(401, b""), (403, b'{"error": "invalid_token"}')])
+    client, transport = fake_client(lambda r: next(answers), auth="bearer", token="t")
+    with pytest.raises(AuthError) as caught:
+        client.read("Patient", "a")
+    assert caught.value.status == 403 and len(transport.seen) == 2

@@ -237,3 +237,26 @@ def test_recorded_hapi_practitioners_parse() -> None:
     assert all(isinstance(r, PractitionerRoleRecord) for r in roles)
     docs = [parse_resource(r) for r in entries("searchset-practitioner-1.json")]
     assert isinstance(docs[0], PractitionerRecord) and docs[0].npi
+
+
+@pytest.mark.parametrize(("resource", "problem"), [
+    # A valid dateTime whose UTC value falls outside the calendar: OverflowError inside.
+    (encounter(period={"start": "0001-01-01T00:00:00+01:00"}), "bad dateTime"),
+    (encounter(period={"start": "9999-12-31T23:00:00-05:00"}), "bad dateTime"),
+    ({"resourceType": "Patient", "id": "p1", "birthDate": "0000"}, "bad date '0000'"),
+    ({"resourceType": "Patient", "id": "p1", "birthDate": ["x"] * 500}, "bad date ['x', "),
+    ({"resourceType": "Patient", "id": "p1", "link": 7}, "malformed: TypeError"),
+    ({"resourceType": "Practitioner", "id": "d1", "name": [{"given": 5}]},
+     "malformed: TypeError"),
+])
+def test_out_of_range_and_wrongly_shaped_values_are_issues(resource: dict[str, Any],
+                                                          problem: str) -> None:
+    out = parse_resource(resource)
+    assert isinstance(out, Issue)
+    assert out.problem.startswith(problem) and len(out.problem) < 100
+
+
+def test_a_huge_resource_type_is_cut_short_in_the_issue() -> None:
+    out = parse_resource({"resourceType": "X" * 10_000, "id": "a"}, expected_type="Patient")
+    assert isinstance(out, Issue)
+    assert out.problem.startswith("expected Patient, got 'XXX") and len(out.problem) < 100
