@@ -16,6 +16,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+from urllib.parse import quote
 
 from rich.console import Console
 from rich.table import Table
@@ -30,8 +31,16 @@ from fhirpanel.errors import (
     SourceError,
     TransportError,
 )
+from fhirpanel.fhir.build import identifier_token
 from fhirpanel.fhir.capability import ServerCapabilities
-from fhirpanel.fhir.client import FhirClient, NoAuth, auth_from_settings, redact_url
+from fhirpanel.fhir.client import (
+    FhirClient,
+    NoAuth,
+    auth_from_settings,
+    outcome_messages,
+    redact_url,
+)
+from fhirpanel.writeback.plan import entry_status, refusal_kind, response_problem
 
 Status = Literal["yes", "no", "partial", "unknown"]
 Credentials = Literal["accepted", "refused", "not tried", "unconfirmed"]
@@ -97,6 +106,7 @@ class ServerCheck:
     findings: list[Finding] = field(default_factory=list)
     smart_configuration: dict[str, Any] | None = None
     credentials: Credentials | None = None  # None: fhir.auth = none
+    transaction_size: int | None = None  # the largest transaction accepted (None: not probed)
 
     @property
     def missing(self) -> list[Finding]:
@@ -137,6 +147,7 @@ class ServerCheck:
             "verdict": self.verdict(),
             "missing": [f"{f.area} {f.name}" for f in self.missing],
             "credentials": self.credentials,
+            "transaction_size": self.transaction_size,
             "findings": [{**asdict(f), "blocking": f.blocking} for f in self.findings],
             "smart_configuration": self.smart_configuration,
         }
@@ -146,14 +157,18 @@ class ServerCheck:
 
 
 def check_server(url: str, settings: Settings, *, read_only: bool = False) -> ServerCheck:
-    """Fetch what the server declares and judge it against what fhirpanel uses."""
+    """Fetch what the server declares and judge it against what fhirpanel uses; when writing
+    back in transactions, probe the largest transaction it accepts (`probe_transaction_size`)."""
     fhir = settings.with_fhir(base_url=url).fhir
+    probe: TransactionProbe | None = None
     with FhirClient(fhir, auth=NoAuth()) as public:
         try:
             caps = _capabilities(public, url)
         except AuthError:
             caps = None  # some servers protect /metadata too: try with the credentials below
         smart_config, smart_note = _smart_configuration(public)
+        if fhir.auth == "none" and caps is not None and _probing(caps, settings, read_only):
+            probe = probe_transaction_size(public, settings.writeback)
     credentials: tuple[Finding, Credentials] | None = None
     if fhir.auth != "none":
         try:
@@ -167,6 +182,9 @@ def check_server(url: str, settings: Settings, *, read_only: bool = False) -> Se
                 if caps is None:
                     caps = _capabilities(private, url)
                 credentials = _probe_credentials(private, fhir.auth)
+                if credentials[1] in ("accepted", "unconfirmed") and _probing(
+                        caps, settings, read_only):
+                    probe = probe_transaction_size(private, settings.writeback)
     if caps is None:
         raise AuthError(401, "the server asks for credentials even for /metadata; configure "
                         "fhir.auth (see fhirpanel.example.toml) and check again",
@@ -177,12 +195,116 @@ def check_server(url: str, settings: Settings, *, read_only: bool = False) -> Se
         software=" ".join(p for p in (caps.software_name, caps.software_version) if p)
         or "not stated",
         read_only=read_only, smart_configuration=smart_config,
-        credentials=credentials[1] if credentials else None)
+        credentials=credentials[1] if credentials else None,
+        transaction_size=probe.accepted if probe is not None else None)
     check.findings.extend(judge(caps, settings, read_only=read_only,
                                 smart_config=smart_config, smart_note=smart_note))
+    if probe is not None:
+        check.findings.append(probe.finding(settings.writeback, caps))
+    elif (_wants_transactions(caps, settings, read_only)
+          and not settings.writeback.probe_transactions):
+        check.findings.append(Finding(
+            "write", "transaction size", "unknown", "not probed",
+            f"off (writeback.probe_transactions = false): starts at "
+            f"{settings.writeback.batch_size} entries and halves on a refusal"))
     if credentials is not None:
         check.findings.append(credentials[0])
     return check
+
+
+# --------------------------------------------------------------------------- transaction size
+
+# The search each probe entry sends: a count of CareTeams carrying fhirpanel's identifier system
+# with a value fhirpanel never writes (its values are "<kind>.<id>"): no resource is returned,
+# nothing is written, no patient data is read.
+PROBE_TYPE = "CareTeam"
+PROBE_VALUE = "fhirpanel-transaction-size-probe"
+PROBE_MAX_TRIES = 12  # halving from any batch size a server will take ends well before this
+
+
+@dataclass(frozen=True)
+class TransactionProbe:
+    """The largest transaction a server accepted (0: none), and what it said on the way."""
+
+    accepted: int
+    refused: tuple[tuple[int, str], ...] = ()  # (entries, why), in the order tried
+    problem: str = ""  # why the probe could not tell
+
+    def finding(self, cfg: WritebackSettings, caps: ServerCapabilities) -> Finding:
+        tried = "; ".join(f"{n} refused ({why})" for n, why in self.refused)
+        medplum = ("medplum" in (caps.software_name or "").lower())
+        limits = (" Medplum refuses a write transaction of more than 50 updates, or of more "
+                  "than 8 entries when one is conditional: the run halves on its own."
+                  if medplum else "")
+        if self.problem:
+            return Finding("write", "transaction size", "unknown",
+                           f"{tried + '; ' if tried else ''}{self.problem}",
+                           f"could not be probed: starts at {cfg.batch_size} entries and "
+                           f"halves on a refusal.{limits}")
+        if self.accepted == 0:
+            return Finding("write", "transaction size", "no", tried or "refused",
+                           "transactions refused: the run writes one request per resource "
+                           f"after the first refusal.{limits}")
+        server = f"{self.accepted} entries accepted" + (f"; {tried}" if tried else "")
+        if self.accepted >= cfg.batch_size:
+            text = (f"transactions of {cfg.batch_size} (writeback.batch_size) accepted for "
+                    "reads; a server that limits write entries is met by halving during the "
+                    f"run.{limits}")
+            return Finding("write", "transaction size", "yes", server, text)
+        text = (f"set writeback.batch_size = {self.accepted}: larger transactions are refused "
+                f"(a run halves on its own after the first refusal).{limits}")
+        return Finding("write", "transaction size", "partial", server, text)
+
+
+def _wants_transactions(caps: ServerCapabilities, settings: Settings, read_only: bool) -> bool:
+    return not read_only and caps.transaction and settings.writeback.use_transactions
+
+
+def _probing(caps: ServerCapabilities, settings: Settings, read_only: bool) -> bool:
+    return (_wants_transactions(caps, settings, read_only)
+            and settings.writeback.probe_transactions)
+
+
+def probe_bundle(cfg: WritebackSettings, entries: int) -> dict[str, Any]:
+    """A transaction of `entries` count-only searches for an identifier that never exists."""
+    query = (f"identifier={quote(identifier_token(cfg, PROBE_VALUE), safe=':')}"
+             "&_summary=count")
+    return {"resourceType": "Bundle", "type": "transaction",
+            "entry": [{"request": {"method": "GET", "url": f"{PROBE_TYPE}?{query}"}}
+                      for _ in range(entries)]}
+
+
+def probe_transaction_size(client: FhirClient, cfg: WritebackSettings) -> TransactionProbe:
+    """The largest transaction the server accepts, from writeback.batch_size down, halving on a
+    refusal for size (as a run does). Read-only: GET entries only, count-only searches for an
+    identifier fhirpanel never writes; at most PROBE_MAX_TRIES requests. A server may limit
+    write entries more tightly than reads (Medplum counts updates and conditional entries):
+    the run still halves on such a refusal."""
+    size = max(1, cfg.batch_size)
+    refused: list[tuple[int, str]] = []
+    for _ in range(PROBE_MAX_TRIES):
+        try:
+            answer = client.transaction(probe_bundle(cfg, size))
+        except FhirHttpError as exc:
+            why = "; ".join(outcome_messages(exc.outcome or {})) or str(exc)
+            refused.append((size, f"HTTP {exc.status}: {' '.join(why.split())[:160]}"))
+            if refusal_kind(exc.status, exc.outcome, str(exc)) == "size" and size > 1:
+                size //= 2
+                continue
+            return TransactionProbe(0, tuple(refused))
+        except SourceError as exc:
+            return TransactionProbe(0, tuple(refused), f"no usable answer: {str(exc)[:160]}")
+        problem = response_problem(answer, size)
+        if problem is not None:
+            return TransactionProbe(0, tuple(refused), f"answered oddly: {problem}")
+        failed = [s for s in (entry_status(e) for e in answer["entry"])
+                  if s is None or not 200 <= s < 300]
+        if failed:
+            return TransactionProbe(size, tuple(refused),
+                                    f"{size} entries accepted, but {len(failed)} entry "
+                                    "answer(s) without a 2xx status")
+        return TransactionProbe(size, tuple(refused))
+    return TransactionProbe(0, tuple(refused), "no size accepted")
 
 
 def _capabilities(client: FhirClient, url: str) -> ServerCapabilities:
@@ -425,8 +547,8 @@ def _write_mode_findings(caps: ServerCapabilities, cfg: WritebackSettings,
     elif not cfg.use_transactions:
         text = "off (writeback.use_transactions = false): one request per resource"
     else:
-        text = (f"writes in transaction Bundles of {cfg.batch_size}; a refused Bundle is "
-                "retried entry by entry")
+        text = (f"writes in transaction Bundles of {cfg.batch_size}; one refused as too large "
+                "halves the size for the rest of the run, any other is retried entry by entry")
     yield Finding("write", "transaction", "yes" if caps.transaction else "no",
                   "declared" if caps.transaction else "not declared", text)
     yield Finding("write", "batch", "yes" if caps.batch else "no",

@@ -97,6 +97,9 @@ class WritebackSettings:
     use_conditional_update: bool = True  # when the server advertises it
     use_transactions: bool = True  # when the server advertises them
     author_name: str = "fhirpanel"  # Provenance agent display
+    # check-server sends one read-only transaction (count-only searches for an identifier that
+    # never exists) to find the largest transaction the server accepts, up to batch_size.
+    probe_transactions: bool = True
 
     @property
     def care_plan_tier_set(self) -> frozenset[int]:

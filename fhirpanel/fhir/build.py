@@ -610,6 +610,7 @@ def build_care_team(
     *,
     codes: WritebackCodes,
     clinician: ClinicianInfo | None = None,
+    problems: list[str] | None = None,
 ) -> Resource | None:
     """The patient's primary-care CareTeam (US Core CareTeam).
 
@@ -619,35 +620,53 @@ def build_care_team(
     team becomes inactive and its open fhirpanel participants end; None when there is no team.
     Participants fhirpanel did not add are never touched. An entered-in-error team is left alone
     (None).
+
+    fhirpanel's participants are known by their element id (`fhirpanel-pcp-N`); on a server
+    that drops element ids (no participant keeps one of ours), by their content: exactly the
+    role, member and period fhirpanel writes. Growth is refused, not repeated: a second open copy
+    of our participant for the PCP is left as it is, and a participant for the PCP that looks
+    like ours but was changed by the server stops another from being added; both are appended to
+    `problems` (the writer records them as issues).
     """
     if existing is not None and existing.get("status") == "entered-in-error":
         return None
     assigned = assignment.status == "assigned" and bool(assignment.practitioner)
     if not assigned and existing is None:
         return None
+    notes = problems if problems is not None else []
     today = _day(as_of)
     team = _start_resource(existing, "CareTeam")
     participants: list[dict[str, Any]] = [
         p for p in team.get("participant") or () if isinstance(p, dict)]
-    ours = [p for p in participants if str(p.get("id", "")).startswith(PCP_PARTICIPANT_PREFIX)]
+    ours = _our_participants(participants, codes)
     open_ours = [p for p in ours if not (p.get("period") or {}).get("end")]
 
     if assigned:
         info = clinician or ClinicianInfo(practitioner=str(assignment.practitioner),
                                           role=assignment.practitioner_role,
                                           kind=codes.kinds.default_kind)
-        current = next((p for p in open_ours
-                        if info.refers_to((p.get("member") or {}).get("reference"))), None)
+        for_pcp = [p for p in open_ours
+                   if info.refers_to((p.get("member") or {}).get("reference"))]
+        current = for_pcp[0] if for_pcp else None
+        if len(for_pcp) > 1:
+            notes.append(f"{len(for_pcp)} open copies of fhirpanel's participant for "
+                         f"{info.member}; left as they are, none added")
         for p in open_ours:
-            if p is not current:
+            if not any(p is q for q in for_pcp):
                 _end_participant(p, today)
         if current is None:
-            participants.append({
-                "id": f"{PCP_PARTICIPANT_PREFIX}{_next_participant_number(ours)}",
-                "role": [_concept(codes.role_for(info.kind))],
-                "member": {"reference": info.member},
-                "period": {"start": today},
-            })
+            lookalike = _participant_lookalike(participants, ours, info, codes)
+            if lookalike is not None:
+                notes.append(f"a participant for {info.member} that looks like fhirpanel's own "
+                             "is on the team but differs from what fhirpanel writes (the server "
+                             "may rewrite it); not adding another")
+            else:
+                participants.append({
+                    "id": f"{PCP_PARTICIPANT_PREFIX}{_next_participant_number(ours)}",
+                    "role": [_concept(codes.role_for(info.kind))],
+                    "member": {"reference": info.member},
+                    "period": {"start": today},
+                })
         team["status"] = "active"
         team["period"] = {"start": _start(existing) or today}
         if info.organization:
@@ -673,6 +692,84 @@ def build_care_team(
                          "category", "name", "subject", "period", "participant",
                          "managingOrganization"))
     return validate_resource(team)
+
+
+def open_pcp_members(team: Mapping[str, Any] | None, codes: WritebackCodes) -> list[str]:
+    """The member references of fhirpanel's open PCP participants on a CareTeam (by element id,
+    or by content on a server that drops element ids); [] for none or an inactive team."""
+    if team is None or team.get("status") == "entered-in-error":
+        return []
+    participants = [p for p in team.get("participant") or () if isinstance(p, dict)]
+    return [str((p.get("member") or {}).get("reference"))
+            for p in _our_participants(participants, codes)
+            if not (p.get("period") or {}).get("end")]
+
+
+def _has_our_id(element: Mapping[str, Any], prefix: str) -> bool:
+    return str(element.get("id", "")).startswith(prefix)
+
+
+def _without_id(element: Mapping[str, Any]) -> bool:
+    return not element.get("id")
+
+
+def _our_participants(participants: Sequence[dict[str, Any]],
+                      codes: WritebackCodes) -> list[dict[str, Any]]:
+    """fhirpanel's participants: by element id; when none carries one of ours (a server that
+    drops element ids), the id-less ones whose content is exactly what fhirpanel writes."""
+    by_id = [p for p in participants if _has_our_id(p, PCP_PARTICIPANT_PREFIX)]
+    if by_id:
+        return by_id
+    return [p for p in participants if _without_id(p) and _is_our_participant(p, codes)]
+
+
+def _is_our_participant(participant: Mapping[str, Any], codes: WritebackCodes) -> bool:
+    """Exactly the shape fhirpanel writes: one of its role concepts, a member reference and a
+    period with a start (and maybe an end), nothing else."""
+    if set(participant) - {"id", "role", "member", "period"}:
+        return False
+    member = participant.get("member")
+    if not (isinstance(member, Mapping) and set(member) == {"reference"}
+            and isinstance(member.get("reference"), str)):
+        return False
+    period = participant.get("period")
+    if not (isinstance(period, Mapping) and isinstance(period.get("start"), str)
+            and not set(period) - {"start", "end"}):
+        return False
+    roles = [_concept(coding) for coding in codes.roles.values()]
+    return participant.get("role") in [[role] for role in roles]
+
+
+def _reference_tail(reference: Any) -> str:
+    """`PractitionerRole/r1` for a relative or absolute reference (or a versioned one)."""
+    if not isinstance(reference, str):
+        return ""
+    parts = [p for p in reference.split("/") if p]
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    return "/".join(parts[-2:])
+
+
+def _participant_lookalike(participants: Sequence[Mapping[str, Any]],
+                           ours: Sequence[Mapping[str, Any]], info: ClinicianInfo,
+                           codes: WritebackCodes) -> Mapping[str, Any] | None:
+    """An open participant, not recognised as ours, for the PCP with one of our role codes: a
+    copy of ours the server changed (an absolute reference, an added display). Another one of
+    ours would be a duplicate."""
+    wanted = {_reference_tail(info.practitioner), _reference_tail(info.role)} - {""}
+    role_codes = {c["code"] for c in codes.roles.values()}
+    for p in participants:
+        if any(p is o for o in ours) or (p.get("period") or {}).get("end"):
+            continue
+        member = p.get("member")
+        reference = member.get("reference") if isinstance(member, Mapping) else None
+        if _reference_tail(reference) not in wanted:
+            continue
+        for concept in p.get("role") or ():
+            codings = concept.get("coding") if isinstance(concept, Mapping) else None
+            if any(isinstance(c, Mapping) and c.get("code") in role_codes for c in codings or ()):
+                return p
+    return None
 
 
 def _end_participant(participant: dict[str, Any], day: str) -> None:
@@ -741,6 +838,7 @@ def build_care_plan(
     codes: WritebackCodes,
     labels: NarrativeLabels | None = None,
     care_team_ref: str | None = None,
+    problems: list[str] | None = None,
 ) -> Resource | None:
     """The patient's care-management CarePlan (US Core CarePlan), or None when none is needed.
 
@@ -752,8 +850,15 @@ def build_care_plan(
     for: `completed` (`revoked` when the patient is excluded) with `period.end`; not-started
     activities are cancelled. A closed plan is never reopened by an unchanged input, and never
     deleted.
+
+    fhirpanel's activities are known by their element id (`fhirpanel-<key>`); on a server that
+    drops element ids (no activity keeps one of ours), by their content: an id-less activity
+    whose detail has the kind and code of a template activity. Growth is refused, not repeated:
+    extra copies are left as they are, and an activity that looks like a template one but was
+    changed stops another from being added; both go to `problems`.
     """
     labels = labels or NarrativeLabels()
+    notes = problems if problems is not None else []
     wanted = (assignment.status == "assigned" and risk is not None
               and care_plan_called_for(risk, cfg))
     if not wanted and existing is None:
@@ -784,7 +889,7 @@ def build_care_plan(
             plan["addresses"] = addresses
         else:
             plan.pop("addresses", None)
-        plan["activity"] = _plan_activities(plan.get("activity"), template)
+        plan["activity"] = _plan_activities(plan.get("activity"), template, templates, notes)
         plan["text"] = _care_plan_text(risk, template, codes, labels)
     elif str(plan.get("status")) not in _CLOSED_PLAN_STATUSES:
         excluded = assignment.status == "excluded"
@@ -793,7 +898,11 @@ def build_care_plan(
         period.setdefault("start", today)
         period["end"] = max(today, str(period["start"]))
         plan["period"] = period
-        plan["activity"] = [_cancel_if_not_started(a) for a in plan.get("activity") or ()]
+        activities = [copy.deepcopy(a) for a in plan.get("activity") or ()
+                      if isinstance(a, Mapping)]
+        mine = _our_activities(activities, templates)
+        plan["activity"] = [_cancel_if_not_started(a) if any(a is m for m in mine) else a
+                            for a in activities]
         if not plan["activity"]:
             plan.pop("activity")
         plan["text"] = _closed_plan_text(assignment, risk, today, codes, labels)
@@ -809,34 +918,105 @@ def build_care_plan(
     return validate_resource(plan)
 
 
-def _plan_activities(existing: Any, template: TierTemplate) -> list[Any]:
+def _activity_key(activity: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """(kind, code system, code) of an activity's detail, for recognising ours by content."""
+    detail = activity.get("detail")
+    if not isinstance(detail, Mapping) or not isinstance(detail.get("kind"), str):
+        return None
+    code = detail.get("code")
+    codings = code.get("coding") if isinstance(code, Mapping) else None
+    if not isinstance(codings, list) or len(codings) != 1 or not isinstance(codings[0], Mapping):
+        return None
+    system, value = codings[0].get("system"), codings[0].get("code")
+    if not isinstance(system, str) or not isinstance(value, str):
+        return None
+    return detail["kind"], system, value
+
+
+def _template_key(item: ActivityTemplate) -> tuple[str, str, str]:
+    return item.kind, item.code["system"], item.code["code"]
+
+
+def _our_activities(activities: Sequence[Mapping[str, Any]],
+                    templates: CarePlanTemplates) -> list[Mapping[str, Any]]:
+    """fhirpanel's activities: by element id; when none carries one of ours (a server that drops
+    element ids), the id-less ones with the kind and code of an activity in any tier's
+    template."""
+    by_id = [a for a in activities if _has_our_id(a, ACTIVITY_ID_PREFIX)]
+    if by_id:
+        return by_id
+    keys = {_template_key(item) for tier in templates.tiers.values() for item in tier.activities}
+    return [a for a in activities if _without_id(a) and _activity_key(a) in keys]
+
+
+def _activity_lookalike(activities: Sequence[Mapping[str, Any]],
+                        ours: Sequence[Mapping[str, Any]],
+                        item: ActivityTemplate) -> Mapping[str, Any] | None:
+    """An id-less activity, not recognised as ours, with the template activity's code or text:
+    a copy of ours the server changed. Adding the template one again would be a duplicate."""
+    for activity in activities:
+        if any(activity is o for o in ours) or not _without_id(activity):
+            continue
+        detail = activity.get("detail")
+        if not isinstance(detail, Mapping):
+            continue
+        code = detail.get("code")
+        codings = code.get("coding") if isinstance(code, Mapping) else None
+        if detail.get("description") == item.text or any(
+                isinstance(c, Mapping) and c.get("code") == item.code["code"]
+                for c in codings or ()):
+            return activity
+    return None
+
+
+def _plan_activities(existing: Any, template: TierTemplate, templates: CarePlanTemplates,
+                     notes: list[str]) -> list[Any]:
     old = [copy.deepcopy(a) for a in existing or () if isinstance(a, Mapping)]
-    ours = {str(a.get("id")): a for a in old
-            if str(a.get("id", "")).startswith(ACTIVITY_ID_PREFIX)}
-    foreign = [a for a in old if not str(a.get("id", "")).startswith(ACTIVITY_ID_PREFIX)]
+    mine = _our_activities(old, templates)
+    by_id = {str(a.get("id")): a for a in mine if _has_our_id(a, ACTIVITY_ID_PREFIX)}
+    by_content = [a for a in mine if not _has_our_id(a, ACTIVITY_ID_PREFIX)]
+    foreign = [a for a in old if not any(a is m for m in mine)]
+    extras: list[Any] = []  # copies of ours beyond the first: left as they are
     activities: list[Any] = []
     for item in template.activities:
-        previous = ours.pop(item.element_id, None)
+        previous = by_id.pop(item.element_id, None)
+        keep_id = True
+        if previous is None:
+            copies = [a for a in by_content if _activity_key(a) == _template_key(item)]
+            if copies:
+                previous, keep_id = copies[0], False  # the server drops element ids
+                by_content = [a for a in by_content if not any(a is c for c in copies)]
+                if len(copies) > 1:
+                    notes.append(f"{len(copies)} copies of fhirpanel's activity {item.key!r}; "
+                                 "the extra ones are left as they are, none added")
+                    extras.extend(copies[1:])
+            elif _activity_lookalike(old, mine, item) is not None:
+                notes.append(f"an activity that looks like fhirpanel's {item.key!r} is on the "
+                             "plan but differs from what fhirpanel writes (the server may "
+                             "rewrite it); not adding another")
+                continue
         detail: dict[str, Any] = dict((previous or {}).get("detail") or {})
         detail["kind"] = item.kind
         detail["code"] = _concept(item.code, item.code.get("display"))
         detail["status"] = detail.get("status") or "not-started"
         detail["description"] = item.text
         activity = dict(previous or {})
-        activity["id"] = item.element_id
+        if keep_id:
+            activity["id"] = item.element_id
         activity["detail"] = _order(detail, ("kind", "code", "status", "description"))
         activities.append(_order(activity, ("id", "detail")))
     # Template activities no longer called for: dropped unless someone has started them.
-    kept = [ours[k] for k in sorted(ours)
-            if (ours[k].get("detail") or {}).get("status", "not-started") != "not-started"]
-    return activities + kept + foreign
+    leftover = [by_id[k] for k in sorted(by_id)] + by_content
+    kept = [a for a in leftover
+            if (a.get("detail") or {}).get("status", "not-started") != "not-started"]
+    return activities + kept + extras + foreign
 
 
 def _cancel_if_not_started(activity: Any) -> Any:
+    """One of fhirpanel's activities, cancelled when nobody has started it."""
     activity = copy.deepcopy(activity)
     detail = activity.get("detail") if isinstance(activity, dict) else None
-    if (isinstance(detail, dict) and detail.get("status") == "not-started"
-            and str(activity.get("id", "")).startswith(ACTIVITY_ID_PREFIX)):
+    if isinstance(detail, dict) and detail.get("status") == "not-started":
         detail["status"] = "cancelled"
     return activity
 

@@ -3,9 +3,11 @@ optionally RiskAssessment, attribution Group, Provenance)."""
 
 from fhirpanel.writeback.writer import (
     SimulatedCrash,
+    WriteBackInterrupted,
     WritebackTables,
     WriteSummary,
     write_back,
 )
 
-__all__ = ["SimulatedCrash", "WriteSummary", "WritebackTables", "write_back"]
+__all__ = ["SimulatedCrash", "WriteBackInterrupted", "WriteSummary", "WritebackTables",
+           "write_back"]

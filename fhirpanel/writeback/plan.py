@@ -7,6 +7,7 @@ keeps the tally the run report and the terminal show.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -15,8 +16,15 @@ from fhirpanel.config import WritebackSettings
 from fhirpanel.fhir.build import Resource, has_managed_tag, same_content
 
 Action = Literal["create", "update", "unchanged", "skipped", "failed", "none"]
-# Actions the report counts, in the order it lists them.
-COUNTED_ACTIONS: tuple[str, ...] = ("create", "update", "unchanged", "skipped", "failed")
+# Actions the report counts, in the order it lists them. `matched`: a conditional create
+# (If-None-Exist) found the resource already there, so nothing was written.
+COUNTED_ACTIONS: tuple[str, ...] = ("create", "update", "matched", "unchanged", "skipped",
+                                    "failed")
+# What became of one write, as far as the server confirmed it:
+#   written: a 2xx answer for this write; matched: If-None-Exist found one (200, no write);
+#   conflict: 409/412; failed: any other error status; unknown: no usable answer (a response
+#   that is not a transaction-response, has the wrong number of entries, or no status).
+Outcome = Literal["written", "matched", "conflict", "failed", "unknown"]
 Builder = Callable[[Mapping[str, Any] | None], Resource | None]
 
 
@@ -33,6 +41,10 @@ class PlannedWrite:
     action: Action = "none"
     written_id: str | None = None
     written_version: str | None = None
+    # What the server confirmed for this run's write ("" until one is sent and answered).
+    outcome: Outcome | Literal[""] = ""
+    # Problems the builder found (a managed resource that grew), reported as issues.
+    problems: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -57,10 +69,14 @@ class PlannedWrite:
         return version if isinstance(version, str) and version else None
 
     def prepare(self, existing: dict[str, Any] | None) -> None:
-        """Build against `existing` and decide."""
+        """Build against `existing` and decide. A rebuild forgets what an earlier write of this
+        item returned: only a write answered after it counts."""
         self.existing = existing
+        self.problems.clear()
         self.resource = self.build(existing)
         self.action = decide(self.resource, existing)
+        self.outcome = ""
+        self.written_id = self.written_version = None
 
 
 def decide(built: Mapping[str, Any] | None, existing: Mapping[str, Any] | None) -> Action:
@@ -114,3 +130,97 @@ class WriteCounts:
 
     def as_dict(self) -> dict[str, dict[str, int]]:
         return {rtype: dict(row) for rtype, row in self.by_type.items()}
+
+
+# --------------------------------------------------------------------------- server answers
+
+
+def entry_status(entry: Mapping[str, Any]) -> int | None:
+    """The HTTP status of a transaction/batch-response entry: `response.status` is "201",
+    "201 Created" or "HTTP/1.1 201 Created"; None when missing or not a status."""
+    response = entry.get("response")
+    status = response.get("status") if isinstance(response, Mapping) else None
+    if isinstance(status, int) and not isinstance(status, bool):
+        return status if 100 <= status <= 599 else None
+    if not isinstance(status, str):
+        return None
+    match = _STATUS.match(status.strip())
+    return int(match.group(1)) if match else None
+
+
+_STATUS = re.compile(r"(?:HTTP/\d(?:\.\d)?\s+)?([1-5]\d\d)\b")
+
+
+def entry_outcome(status: int | None, *, conditional_create: bool) -> Outcome:
+    """What one entry's status says about its write. A 200 to a create sent with If-None-Exist
+    is a match: the server found the resource and wrote nothing."""
+    if status is None:
+        return "unknown"
+    if 200 <= status < 300:
+        return "matched" if conditional_create and status == 200 else "written"
+    if status in (409, 412):
+        return "conflict"
+    return "failed"
+
+
+RESPONSE_TYPES = frozenset({"transaction-response", "batch-response"})
+
+
+def response_problem(bundle: Mapping[str, Any], sent: int) -> str | None:
+    """Why a transaction's answer cannot be read entry by entry (then no entry is taken as
+    written), or None when it can: a Bundle of type transaction-response or batch-response
+    with one entry object per entry sent."""
+    if bundle.get("resourceType") != "Bundle":
+        return f"the answer is a {bundle.get('resourceType')!r}, not a Bundle"
+    kind = bundle.get("type")
+    if kind not in RESPONSE_TYPES:
+        return f"the answer is a Bundle of type {kind!r}, not a transaction-response"
+    entries = bundle.get("entry")
+    if entries is None:
+        entries = []
+    if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
+        return "the answer's entries are not a list of objects"
+    if len(entries) != sent:
+        return f"the answer has {len(entries)} entries for the {sent} sent"
+    return None
+
+
+# Refusals of a transaction for its size, or of transactions altogether. Medplum answers 400
+# with an `invalid` issue and these texts (packages/fhir-router/src/batch.ts); HAPI and others
+# use 413, or the `too-costly` / `not-supported` issue codes.
+_SIZE_TEXT = re.compile(
+    r"too (many|large|big)|more \w+( \w+)? (entries|operations|resources) than|exceed|"
+    r"maximum (number|size|of)|limit", re.IGNORECASE)
+_UNSUPPORTED_TEXT = re.compile(
+    r"transactions? (are |is )?(not (supported|allowed|enabled|permitted))|"
+    r"(not|un)supported (bundle|transaction)|(bundle|transaction) type .*not supported",
+    re.IGNORECASE)
+
+
+def refusal_kind(status: int, outcome: Mapping[str, Any] | None,
+                 message: str = "") -> Literal["size", "unsupported"] | None:
+    """Whether an error answer to a transaction refuses it for its size ("size": send smaller
+    ones), refuses transactions altogether ("unsupported": send single requests), or is some
+    other refusal (None: the entries are retried one by one, the size stays)."""
+    if status == 413:
+        return "size"
+    if status not in (400, 403, 405, 422, 501):
+        return None
+    codes: set[str] = set()
+    texts = [message]
+    for issue in (outcome or {}).get("issue") or ():
+        if not isinstance(issue, Mapping):
+            continue
+        if isinstance(issue.get("code"), str):
+            codes.add(issue["code"])
+        details = issue.get("details")
+        if isinstance(details, Mapping) and isinstance(details.get("text"), str):
+            texts.append(details["text"])
+        if isinstance(issue.get("diagnostics"), str):
+            texts.append(issue["diagnostics"])
+    text = " ".join(texts)
+    if "too-costly" in codes or _SIZE_TEXT.search(text):
+        return "size"
+    if "not-supported" in codes or _UNSUPPORTED_TEXT.search(text) or status in (405, 501):
+        return "unsupported"
+    return None

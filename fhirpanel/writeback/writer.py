@@ -7,16 +7,32 @@ reads. Creates use conditional update (`PUT Type?identifier=system|value`) where
 advertises it, else `POST` (with `If-None-Exist` where conditional create is advertised); updates
 are `PUT Type/id` with `If-Match`, so a resource someone changed since it was read is re-read and
 the change re-applied on top (409/412, a bounded number of times). Writes go in transaction
-Bundles where the server supports them; a failed transaction is retried entry by entry so one bad
-resource does not block the rest. Resources without fhirpanel's tag and identifier are never
-modified. CareTeams are written before CarePlans, which reference them.
+Bundles where the server supports them. Resources without fhirpanel's tag and identifier are
+never modified. CareTeams are written before CarePlans, which reference them.
+
+Only what the server confirmed counts. A transaction's answer is read entry by entry (a server
+may run a `transaction` as a batch and answer 200 with a failed entry): a 2xx entry is written, a
+409/412 entry goes through the conflict path, any other status is sent again on its own, and an
+answer that cannot be read entry by entry (not a transaction-response, another number of
+entries, no status) makes every entry "unknown": it is re-read before anything is decided. A 200
+to a create sent with If-None-Exist is a match (nothing written). The counts, the ledger, the
+failed patients and Provenance follow only confirmed writes.
+
+A transaction refused for its size (or transactions refused altogether) halves the batch size
+for the rest of the run, down to single requests, and retries the refused batch; other refusals
+are retried entry by entry. A transport failure (a lost answer, an unreachable server) ends the
+write-back with `WriteBackInterrupted` (exit 13) carrying the summary so far; the writes whose
+answer was lost are `summary.unconfirmed`, which the caller keeps and passes to the next run:
+one found on the server with the content fhirpanel would build landed, and gets the Provenance
+it never had.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,11 +40,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import orjson
+import requests
 
 from fhirpanel.config import WritebackSettings
 from fhirpanel.domain.attribution import Assignment
 from fhirpanel.domain.records import Issue
-from fhirpanel.errors import FhirHttpError, VersionConflictError, WriteBackError
+from fhirpanel.errors import (
+    FhirHttpError,
+    SourceError,
+    TransportError,
+    VersionConflictError,
+    WriteBackError,
+)
 from fhirpanel.fhir.build import (
     ATTRIBUTION_GROUP_KIND,
     CARE_PLAN_KIND,
@@ -46,17 +69,34 @@ from fhirpanel.fhir.build import (
     build_provenance,
     build_risk_assessment,
     care_plan_tiers,
+    has_managed_tag,
     identifier_token,
     identifier_value,
     is_managed,
+    open_pcp_members,
 )
 from fhirpanel.fhir.capability import ServerCapabilities
-from fhirpanel.fhir.client import FhirClient
+from fhirpanel.fhir.client import FhirClient, outcome_messages
 from fhirpanel.mappings import load_mapping, load_mapping_ref
-from fhirpanel.writeback.plan import PlannedWrite, WriteCounts, choose_existing
+from fhirpanel.writeback.plan import (
+    Builder,
+    PlannedWrite,
+    WriteCounts,
+    choose_existing,
+    entry_outcome,
+    entry_status,
+    refusal_kind,
+    response_problem,
+)
 
 if TYPE_CHECKING:  # run.py may call write_back: no import cycle at run time
     from fhirpanel.run import RunOutcome
+
+Key = tuple[str, str]  # (resource type, business identifier value)
+# Called once the CareTeams are planned, before anything is sent: (PCP participations this
+# pass would end, of the open ones on the server), (teams whose PCP would change, of the teams
+# with one). It may raise (a ChangeHeld brake) to stop the write-back with nothing written.
+Guard = Callable[[tuple[int, int], tuple[int, int]], None]
 
 
 class Ledger(Protocol):
@@ -80,7 +120,18 @@ BULK_READ_MAX_RATIO = 2
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-class SimulatedCrash(WriteBackError):
+class WriteBackInterrupted(WriteBackError):
+    """The write-back stopped part way: a transport failure (the server could not be reached, or
+    the answer to a write was lost), or a simulated crash. The message is one line. `summary` is
+    what was done and confirmed up to then; its `unconfirmed` holds the writes whose outcome is
+    unknown, for the caller to keep and pass to the next run's `write_back(unconfirmed=...)`."""
+
+    def __init__(self, message: str, summary: WriteSummary | None = None) -> None:
+        super().__init__(" ".join(message.split()))
+        self.summary = summary
+
+
+class SimulatedCrash(WriteBackInterrupted):
     """Raised by `fail_after_batches` to test that an interrupted run converges when re-run."""
 
 
@@ -112,7 +163,8 @@ class WritebackTables:
 
 @dataclass
 class WriteSummary:
-    """What a write-back did (or, dry run, would do)."""
+    """What a write-back did (or, dry run, would do). Counts, `failed_subjects` and Provenance
+    follow only what the server confirmed."""
 
     dry_run: bool
     counts: WriteCounts = field(default_factory=WriteCounts)
@@ -128,6 +180,14 @@ class WriteSummary:
     requests: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    # Writes sent whose answer was lost (rtype, identifier value): the whole set to keep for
+    # the next run, those given in and not settled by this run included.
+    unconfirmed: set[Key] = field(default_factory=set)
+    # Provenance written for earlier writes whose answer was lost, once a read confirmed them.
+    provenance_recovered: int = 0
+    # Entries per transaction in use at the end of the run (1: single requests); lower than
+    # writeback.batch_size when the server refused larger transactions.
+    batch_size: int = 0
 
     @property
     def written(self) -> int:
@@ -145,12 +205,15 @@ class WriteSummary:
             "counts": self.counts.as_dict(),
             "written": self.written,
             "provenance": self.provenance,
+            "provenance_recovered": self.provenance_recovered,
             "batches": self.batches,
             "transactions": self.transactions,
+            "batch_size": self.batch_size,
             "strategy": dict(sorted(self.strategy.items())),
             "conflicts_resolved": self.conflicts_resolved,
             "foreign_left_alone": self.foreign,
             "ledger_hits": self.ledger_hits,
+            "unconfirmed": [list(key) for key in sorted(self.unconfirmed)],
             "requests": self.requests,
             "seconds": round(self.seconds, 3),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
@@ -168,11 +231,16 @@ class WriteSummary:
             parts = [f"{row.get('create', 0)} {verbs['create']}",
                      f"{row.get('update', 0)} {verbs['update']}",
                      f"{row.get('unchanged', 0)} unchanged"]
-            parts += [f"{row[a]} {a}" for a in ("skipped", "failed") if row.get(a)]
+            parts += [f"{row[a]} {a}" for a in ("matched", "skipped", "failed") if row.get(a)]
             out.append(f"  {rtype}: " + ", ".join(parts))
         if not self.dry_run:
-            out.append(f"  {self.provenance} Provenance, {self.requests.get('total', 0)} requests "
-                       f"({self.write_requests} writes)")
+            recovered = (f" (+{self.provenance_recovered} for earlier writes)"
+                         if self.provenance_recovered else "")
+            out.append(f"  {self.provenance} Provenance{recovered}, "
+                       f"{self.requests.get('total', 0)} requests ({self.write_requests} writes)")
+        if self.unconfirmed:
+            out.append(f"  {len(self.unconfirmed)} write(s) unconfirmed (answer lost): "
+                       "checked by the next run")
         if self.issues:
             out.append(f"  {len(self.issues)} issue(s), first: {self.issues[0].resource}: "
                        f"{self.issues[0].problem}")
@@ -192,6 +260,8 @@ def write_back(
     capabilities: ServerCapabilities | None = None,
     ledger: Ledger | None = None,
     trust_ledger: bool = True,
+    unconfirmed: Collection[Key] = (),
+    guard: Guard | None = None,
 ) -> WriteSummary:
     """Write (or plan, `dry_run=True`) CareTeams, CarePlans and the optional resources for one
     run. `now` is the Provenance time (default: the clock). `capabilities` overrides what the
@@ -199,18 +269,41 @@ def write_back(
 
     `ledger` (the state store's): resources it knows are taken as the server's copy instead of
     being read again (`trust_ledger`; a full refresh passes False to reconcile with the server),
-    and every resource written or found unchanged is recorded in it. A stale ledger copy costs
-    one version conflict: the writer then re-reads and re-applies."""
+    and every resource confirmed written or found unchanged is recorded in it. A stale ledger
+    copy costs one version conflict: the writer then re-reads and re-applies.
+
+    `unconfirmed`: the (type, identifier) pairs of an earlier run's `summary.unconfirmed`. Each
+    is read from the server, not the ledger; one found with the content this run would build
+    landed, and gets the Provenance it lacked (unless one already targets that version).
+    The returned `summary.unconfirmed` is the whole set to keep for the next run.
+
+    `guard` (not called in a dry run) sees what the CareTeams planned would do before anything
+    is sent: ((participations ended, open ones), (teams whose PCP changes, teams with one)); an
+    exception it raises ends the write-back with nothing written.
+
+    Raises WriteBackInterrupted (a WriteBackError, exit 13, one line) with `.summary` on a
+    transport failure, after which `summary.unconfirmed` says which writes may have landed."""
     started = time.perf_counter()
     before = _stats_snapshot(client)
     tables = tables or WritebackTables.load(settings, mappings_dir)
-    caps = capabilities or client.capabilities()
+    try:
+        caps = capabilities or client.capabilities()
+    except TransportError as exc:
+        raise WriteBackInterrupted(
+            f"write-back did not start, the FHIR server could not be reached: {exc}",
+            WriteSummary(dry_run=dry_run, unconfirmed=set(unconfirmed))) from exc
     session = _Session(client, settings, caps, tables, dry_run=dry_run,
                        now=now or datetime.now(UTC), fail_after_batches=fail_after_batches,
-                       ledger=ledger, trust_ledger=trust_ledger)
+                       ledger=ledger, trust_ledger=trust_ledger, unconfirmed=unconfirmed,
+                       guard=guard)
     summary = session.summary
     try:
         session.run(outcome)
+    except TransportError as exc:
+        raise WriteBackInterrupted(
+            f"write-back stopped, the FHIR server could not be reached or an answer was lost: "
+            f"{exc}; {summary.written} write(s) confirmed, {len(summary.unconfirmed)} "
+            "unconfirmed (checked by the next run)", summary) from exc
     finally:
         summary.seconds = time.perf_counter() - started
         summary.requests = _stats_delta(client, before)
@@ -241,13 +334,19 @@ class _Request:
             request["ifNoneExist"] = self.if_none_exist
         return {"resource": self.item.resource, "request": request}
 
+    @property
+    def conditional_create(self) -> bool:
+        return self.kind == "create" and bool(self.if_none_exist)
+
 
 class _Session:
     def __init__(self, client: FhirClient, settings: WritebackSettings,
                  caps: ServerCapabilities, tables: WritebackTables, *, dry_run: bool,
                  now: datetime, fail_after_batches: int | None,
-                 ledger: Ledger | None = None, trust_ledger: bool = True) -> None:
+                 ledger: Ledger | None = None, trust_ledger: bool = True,
+                 unconfirmed: Collection[Key] = (), guard: Guard | None = None) -> None:
         self.client = client
+        self.guard = guard
         self.ledger = ledger
         self.trust_ledger = trust_ledger
         self.cfg = settings
@@ -257,19 +356,42 @@ class _Session:
         self.now = now
         self.fail_after_batches = fail_after_batches
         self.transactions = settings.use_transactions and caps.transaction
-        self.summary = WriteSummary(dry_run=dry_run, transactions=self.transactions)
+        # Resources per write batch (one Provenance each), and entries per transaction: halved
+        # for the rest of the run when the server refuses a transaction for its size.
+        self.batch_size = max(1, settings.batch_size)
+        self.tx_size = self.batch_size if self.transactions else 1
+        self.refusal: tuple[int, str] | None = None  # (size refused, why), the first time
+        self.carried: frozenset[Key] = frozenset(unconfirmed)
+        self.summary = WriteSummary(dry_run=dry_run, transactions=self.transactions,
+                                    unconfirmed=set(self.carried))
 
     # ------------------------------------------------------------ phases
 
     def run(self, outcome: RunOutcome) -> None:
+        try:
+            self._run(outcome)
+        finally:
+            self.summary.batch_size = self.tx_size
+            if self.refusal is not None:
+                size, why = self.refusal
+                now = ("single requests" if self.tx_size == 1
+                       else f"transactions of at most {self.tx_size} entries")
+                self.summary.issues.append(Issue(
+                    resource="write-back",
+                    problem=f"the server refused a transaction of {size} entries ({why}); "
+                            f"{now} for the rest of the run (writeback.batch_size = "
+                            f"{self.tx_size} starts there)",
+                    action="recorded"))
+
+    def _run(self, outcome: RunOutcome) -> None:
         codes, cfg = self.tables.codes, self.cfg
         as_of = outcome.as_of
         directory = ClinicianDirectory(outcome.population, codes)
         assignments = outcome.attribution.assignments
         clinicians = {a.patient: directory.resolve(a) for a in assignments}
 
-        teams = [self._planned("CareTeam", CARE_TEAM_KIND, a.patient, _team_builder(
-            a, as_of, cfg, codes, clinicians[a.patient])) for a in assignments]
+        teams = [self._planned("CareTeam", CARE_TEAM_KIND, a.patient, functools.partial(
+            _team_builder, a, as_of, cfg, codes, clinicians[a.patient])) for a in assignments]
         self._phase("CareTeam", teams)
         team_refs = {item.subject: self._reference(item) for item in teams}
 
@@ -277,14 +399,15 @@ class _Session:
         for a in assignments:
             team_ref = team_refs.get(a.patient)
             risk = outcome.risk.get(a.patient)
-            plans.append(self._planned("CarePlan", CARE_PLAN_KIND, a.patient, _plan_builder(
-                a, risk, as_of, cfg, self.tables, team_ref)))
+            plans.append(self._planned("CarePlan", CARE_PLAN_KIND, a.patient, functools.partial(
+                _plan_builder, a, risk, as_of, cfg, self.tables, team_ref)))
         self._phase("CarePlan", plans, check=_plan_has_team)
 
         if cfg.risk_assessment:
             assessments = [self._planned(
                 "RiskAssessment", RISK_ASSESSMENT_KIND, a.patient,
-                _risk_builder(a, outcome.risk.get(a.patient), as_of, cfg, self.tables))
+                functools.partial(_risk_builder, a, outcome.risk.get(a.patient), as_of, cfg,
+                                  self.tables))
                 for a in assignments]
             self._phase("RiskAssessment", assessments)
 
@@ -296,15 +419,18 @@ class _Session:
                     members.setdefault(info.organization, []).append(
                         GroupMember(a.patient, info.member))
             organizations = sorted(set(members) | set(outcome.population.organizations))
-            groups = [self._planned("Group", ATTRIBUTION_GROUP_KIND, org, _group_builder(
-                org, members.get(org, []), as_of, cfg, codes)) for org in organizations]
+            groups = [self._planned("Group", ATTRIBUTION_GROUP_KIND, org, functools.partial(
+                _group_builder, org, members.get(org, []), as_of, cfg, codes))
+                for org in organizations]
             self._phase("Group", groups)
 
     def _planned(self, rtype: str, kind: str, subject: str,
-                 build: Callable[[Mapping[str, Any] | None], dict[str, Any] | None]
-                 ) -> PlannedWrite:
-        return PlannedWrite(rtype=rtype, identifier=identifier_value(kind, subject),
-                            subject=subject, build=build)
+                 make: Callable[[list[str]], Builder]) -> PlannedWrite:
+        """`make(problems)` binds a builder that reports growth into the item's problems."""
+        item = PlannedWrite(rtype=rtype, identifier=identifier_value(kind, subject),
+                            subject=subject, build=_unbound)
+        item.build = make(item.problems)
+        return item
 
     def _reference(self, item: PlannedWrite) -> str | None:
         """How a CarePlan refers to its CareTeam: the literal `CareTeam/id` once it exists; in a
@@ -320,13 +446,15 @@ class _Session:
     def _phase(self, rtype: str, items: list[PlannedWrite],
                check: Callable[[PlannedWrite], str | None] | None = None) -> None:
         """Read what exists, build, decide, then write what changed. `check` may hold back a
-        built resource (with the reason)."""
+        built resource (with the reason); the guard sees the CareTeams before any write."""
         self.summary.strategy[rtype] = self._create_strategy(rtype)
         started = time.perf_counter()
         identifiers = [i.identifier for i in items]
         known: dict[str, dict[str, Any]] = {}
         if self.ledger is not None and self.trust_ledger:
-            known = self.ledger.lookup(rtype, identifiers)
+            # A write whose answer was lost is read from the server, never from the ledger.
+            known = self.ledger.lookup(
+                rtype, [v for v in identifiers if (rtype, v) not in self.carried])
             self.summary.ledger_hits += len(known)
         found = self._read_existing(rtype, [v for v in identifiers if v not in known])
         for value, resource in known.items():
@@ -336,6 +464,8 @@ class _Session:
         for item in items:
             if not self._prepare(item, found.get(item.identifier, [])):
                 continue
+            for note in item.problems:
+                self._issue(item, note, "recorded")
             problem = check(item) if check is not None and item.action != "none" else None
             if problem:
                 item.action = "skipped"
@@ -349,12 +479,16 @@ class _Session:
             elif item.action == "unchanged":
                 self.summary.counts.add(rtype, "unchanged")
         built = time.perf_counter()
+        if rtype == "CareTeam" and self.guard is not None and not self.dry_run:
+            self.guard(*_pcp_figures(items, self.tables.codes))
         if not self.dry_run:
-            size = max(1, self.cfg.batch_size)
-            for start in range(0, len(to_write), size):
-                self._write_batch(rtype, to_write[start:start + size])
-        if self.ledger is not None and not self.dry_run:
-            self._record_ledger(items)
+            try:
+                self._settle_carried(rtype, items)
+                for start in range(0, len(to_write), self.batch_size):
+                    self._write_chunk(rtype, to_write[start:start + self.batch_size])
+            finally:
+                if self.ledger is not None:
+                    self._record_ledger(items)
         timings = self.summary.timings
         timings[f"{rtype}.read"] = timings.get(f"{rtype}.read", 0.0) + read_done - started
         timings[f"{rtype}.build"] = timings.get(f"{rtype}.build", 0.0) + built - read_done
@@ -362,10 +496,11 @@ class _Session:
                                      + time.perf_counter() - built)
 
     def _record_ledger(self, items: Sequence[PlannedWrite]) -> None:
-        """What the server now holds for each item, as far as this run knows it."""
+        """What the server now holds for each item, as far as it confirmed it."""
         assert self.ledger is not None  # noqa: S101 - checked by the caller
         for item in items:
-            if item.action in ("create", "update") and item.written_id and item.resource:
+            if (item.outcome == "written" and item.action in ("create", "update")
+                    and item.written_id and item.resource):
                 meta = dict(item.resource.get("meta") or {})
                 if item.written_version:
                     meta["versionId"] = item.written_version
@@ -386,6 +521,7 @@ class _Session:
         if choice.foreign or (choice.resource is not None
                               and not is_managed(choice.resource, self.cfg)):
             item.existing = choice.resource
+            item.action = "skipped"
             self.summary.foreign += 1
             self.summary.counts.add(item.rtype, "skipped")
             self._issue(item, "carries fhirpanel's identifier but not its tag: not ours, "
@@ -465,22 +601,61 @@ class _Session:
             return _Request(item, "create", "POST", rtype, if_none_exist=query)
         return _Request(item, "create", "POST", rtype)
 
-    def _write_batch(self, rtype: str, items: list[PlannedWrite]) -> None:
-        requests = [self._request_for(item) for item in items]
-        written: list[PlannedWrite] = []
-        if self.transactions and len(requests) > 1:
+    def _write_chunk(self, rtype: str, items: list[PlannedWrite]) -> None:
+        """Write one batch (up to writeback.batch_size items), then count what the server
+        confirmed and write one Provenance for it."""
+        self._send_items(rtype, items)
+        self._finish_chunk(rtype, items)
+
+    def _send_items(self, rtype: str, items: list[PlannedWrite]) -> None:
+        """Transactions of up to `tx_size` entries where possible, else one request each. A
+        transaction refused for its size lowers `tx_size` for the rest of the run and is sent
+        again at the new size; another refusal is retried entry by entry."""
+        start = 0
+        while start < len(items):
+            use_transaction = self.transactions and self.tx_size > 1
+            part = items[start:start + (self.tx_size if use_transaction else len(items))]
+            requests_ = [self._request_for(item) for item in part]
+            if not use_transaction or len(part) == 1:
+                self._send_each(requests_)
+                start += len(part)
+                continue
             try:
-                written = self._send_transaction(requests)
+                self._send_transaction(rtype, requests_)
             except FhirHttpError as exc:
+                kind = refusal_kind(exc.status, exc.outcome, str(exc))
+                if kind is not None:
+                    self._shrink(len(part), kind, exc)
+                    continue  # the same entries again, at the new size
                 log.warning("%s transaction of %d entries refused (%s); retrying one by one",
-                            rtype, len(requests), str(exc)[:200])
-                written = self._send_each(requests)
-        else:
-            written = self._send_each(requests)
-        sent = {id(item) for item in written}
+                            rtype, len(part), str(exc)[:200])
+                self._send_each(requests_)
+            start += len(part)
+
+    def _shrink(self, size: int, kind: str, exc: FhirHttpError) -> None:
+        """Halve the transaction size for the rest of the run (single requests when the server
+        refuses transactions altogether)."""
+        smaller = 1 if kind == "unsupported" else max(1, min(size, self.tx_size) // 2)
+        why = "; ".join(outcome_messages(exc.outcome or {})) or str(exc)
+        why = f"HTTP {exc.status}: {' '.join(why.split())[:200]}"
+        log.warning("transaction of %d entries refused (%s); %s from now on", size, why,
+                    "single requests" if smaller == 1 else f"at most {smaller} entries")
+        if self.refusal is None:
+            self.refusal = (size, why)
+        self.tx_size = min(self.tx_size, smaller)
+
+    def _finish_chunk(self, rtype: str, items: Sequence[PlannedWrite]) -> None:
+        written: list[PlannedWrite] = []
         for item in items:
-            if item.action in ("create", "update") and id(item) in sent:
-                self.summary.counts.add(rtype, item.action)
+            if item.action in ("create", "update"):
+                if item.outcome == "written":
+                    written.append(item)
+                    self.summary.counts.add(rtype, item.action)
+                else:  # not reached without an answer: a bug guard, never counted as written
+                    self._fail(item, "no confirmed answer for this write")
+                    self.summary.counts.add(rtype, "failed")
+            elif item.outcome == "matched":
+                self.summary.counts.add(rtype, "matched")
             elif item.action == "unchanged":
                 self.summary.counts.add(rtype, "unchanged")
             elif item.action == "failed":
@@ -491,49 +666,159 @@ class _Session:
                 self._record_provenance(written)
         if self.fail_after_batches is not None and self.summary.batches >= self.fail_after_batches:
             raise SimulatedCrash(f"stopped after {self.summary.batches} write batch(es) "
-                                 "(fail_after_batches)")
+                                 "(fail_after_batches)", self.summary)
 
-    def _send_transaction(self, requests: Sequence[_Request]) -> list[PlannedWrite]:
+    def _send_transaction(self, rtype: str, requests_: Sequence[_Request]) -> None:
+        """One transaction; every entry ends written, matched, re-sent or re-read. Raises the
+        FhirHttpError of a refused transaction (nothing was written)."""
+        items = [r.item for r in requests_]
         bundle = {"resourceType": "Bundle", "type": "transaction",
-                  "entry": [r.entry() for r in requests]}
-        response = self.client.transaction(bundle)
-        entries = [e for e in response.get("entry") or () if isinstance(e, Mapping)]
-        if len(entries) != len(requests):
-            raise WriteBackError(f"transaction response has {len(entries)} entries for "
-                                 f"{len(requests)} requests")
-        for request, entry in zip(requests, entries, strict=True):
-            _record_written(request.item, request.item.rtype, entry)
-        return [r.item for r in requests]
+                  "entry": [r.entry() for r in requests_]}
+        self._mark(items)
+        try:
+            response = self.client.transaction(bundle)
+        except FhirHttpError:
+            self._unmark(items)  # a refused transaction writes nothing
+            raise
+        except TransportError:
+            raise  # the answer is lost: the entries stay unconfirmed
+        except SourceError as exc:  # a 2xx answer that is not a JSON object
+            self._unknown_answer(rtype, items, str(exc))
+            return
+        problem = response_problem(response, len(requests_))
+        if problem is not None:
+            self._unknown_answer(rtype, items, problem)
+            return
+        conflicts: list[tuple[_Request, int]] = []
+        resend: list[tuple[_Request, int]] = []
+        matched: list[PlannedWrite] = []
+        unknown: list[PlannedWrite] = []
+        for request, entry in zip(requests_, response["entry"], strict=True):
+            item = request.item
+            status = entry_status(entry)
+            outcome = entry_outcome(status, conditional_create=request.conditional_create)
+            if outcome in ("written", "matched"):
+                _record_written(item, rtype, entry)
+                if not item.written_id:  # 2xx, but where? read it back
+                    unknown.append(item)
+                    continue
+                self._unmark([item])
+                if outcome == "matched":
+                    matched.append(item)
+                    continue
+                item.outcome = "written"
+                if request.kind == "conditional" and status == 200 and item.action == "create":
+                    item.action = "update"  # the server found one and updated it
+            elif outcome == "unknown":
+                unknown.append(item)
+            else:
+                self._unmark([item])
+                assert status is not None  # noqa: S101 - conflict/failed have a status
+                (conflicts if outcome == "conflict" else resend).append((request, status))
+        for request, status in conflicts:
+            log.info("%s: %d in the transaction answer; re-reading and re-applying",
+                     request.item.label, status)
+            self._after_conflict(request.item, f"HTTP {status} in a transaction answer")
+        for request, status in resend:
+            log.info("%s: %d in the transaction answer; sending it on its own",
+                     request.item.label, status)
+            self._send_with_retries(request)
+        if matched:
+            self._reconcile(rtype, matched, "matched")
+        if unknown:
+            self._reconcile(rtype, unknown, "unknown")
 
-    def _send_each(self, requests: Sequence[_Request]) -> list[PlannedWrite]:
-        written = []
-        for request in requests:
-            if self._send_with_retries(request):
-                written.append(request.item)
-        return written
+    def _unknown_answer(self, rtype: str, items: Sequence[PlannedWrite], problem: str) -> None:
+        self.summary.issues.append(Issue(
+            resource=f"{rtype} transaction ({len(items)} entries)",
+            problem=f"{problem}; every entry was re-read before anything was counted",
+            action="recorded"))
+        log.warning("%s transaction of %d entries: %s; re-reading them", rtype, len(items),
+                    problem)
+        self._reconcile(rtype, items, "unknown")
 
-    def _send_with_retries(self, request: _Request) -> bool:
-        """One write; on a version conflict re-read, rebuild and try again (bounded)."""
+    def _reconcile(self, rtype: str, items: Sequence[PlannedWrite], why: str, *,
+                   resend: bool = True) -> None:
+        """Re-read items whose write is not known to have happened (`unknown`) or that a
+        conditional create found already there (`matched`), and decide again: the server holds
+        what this run would build (a landed write gets its Provenance; a match counts as
+        matched), or the write is sent on its own."""
+        fresh = self._read_existing(rtype, [item.identifier for item in items])
+        landed: list[PlannedWrite] = []
+        for item in items:
+            if not self._prepare(item, fresh.get(item.identifier, [])):
+                self._unmark([item])
+                continue
+            if item.action == "unchanged":
+                if why == "matched":
+                    item.outcome = "matched"
+                else:
+                    landed.append(item)
+            elif item.action in ("create", "update"):
+                if resend:
+                    self._send_with_retries(self._request_for(item), reconcile=False)
+                else:
+                    self._unmark([item])
+                    self._fail(item, "the server's answers to this write could not be read"
+                               if why == "unknown" else "a conditional create matched a "
+                               "resource that a search by identifier does not return")
+            else:
+                self._unmark([item])
+        self._recover_provenance(landed)
+
+    def _after_conflict(self, item: PlannedWrite, problem: str) -> None:
+        """A 409/412 for a transaction entry: re-read, re-apply, send on its own (bounded)."""
+        if self.cfg.max_conflict_retries < 1:
+            self._fail(item, f"version conflict ({problem})")
+            return
+        if self._reapply(item) and item.action in ("create", "update"):
+            self._send_with_retries(self._request_for(item), attempt=1)
+
+    def _send_each(self, requests_: Sequence[_Request]) -> None:
+        for request in requests_:
+            self._send_with_retries(request)
+
+    def _send_with_retries(self, request: _Request, *, attempt: int = 0,
+                           reconcile: bool = True) -> None:
+        """One write; on a version conflict re-read, rebuild and try again (bounded). An answer
+        that cannot be read is settled by a re-read (once)."""
         item = request.item
-        for attempt in range(self.cfg.max_conflict_retries + 1):
+        while True:
+            retries = self.client.stats.retries
             try:
                 self._send_one(request)
-                return True
             except VersionConflictError as exc:
+                # After a retry (an answer lost, the PUT sent again), the conflict may be with
+                # this very write: found as built, it landed, and gets its Provenance.
+                resent = self.client.stats.retries > retries
+                self._unmark([item])
                 if attempt >= self.cfg.max_conflict_retries:
                     self._fail(item, f"version conflict persisted after {attempt} re-read(s): "
                                f"{exc}")
-                    return False
+                    return
+                attempt += 1
                 log.info("%s: version conflict, re-reading and re-applying", item.label)
                 if not self._reapply(item):
-                    return False
+                    return
+                if item.action == "unchanged" and resent:
+                    self._recover_provenance([item])
                 if item.action not in ("create", "update"):
-                    return False
+                    return
                 request = self._request_for(item)
+                continue
             except FhirHttpError as exc:
+                self._unmark([item])
                 self._fail(item, str(exc))
-                return False
-        return False
+                return
+            if item.outcome == "unknown":
+                if reconcile:
+                    self._reconcile(item.rtype, [item], "unknown", resend=False)
+                else:
+                    self._unmark([item])
+                    self._fail(item, "the server's answers to this write could not be read")
+            elif item.outcome == "matched":
+                self._reconcile(item.rtype, [item], "matched", resend=reconcile)
+            return
 
     def _reapply(self, item: PlannedWrite) -> bool:
         """Rebuild `item` on what the server holds now. False when it is no longer ours."""
@@ -544,28 +829,72 @@ class _Session:
         return True
 
     def _send_one(self, request: _Request) -> None:
+        """Send one write and record what the server answered in `item.outcome`: written,
+        matched (If-None-Exist found one), or unknown (a 2xx answer that cannot be read).
+        Error statuses raise; a transport failure leaves the item unconfirmed and raises."""
         item, resource = request.item, request.item.resource
         assert resource is not None  # noqa: S101 - only built resources are sent
-        if request.kind == "update":
-            written = self.client.update(resource, if_match=request.if_match)
-            _record_written(item, item.rtype, {"resource": written})
-        elif request.kind == "conditional":
-            query = request.url.split("?", 1)[1]
-            written = self.client.conditional_update(resource, query)
-            _record_written(item, item.rtype, {"resource": written})
-        elif request.if_none_exist:
-            response = self.client.request(
-                "POST", item.rtype, json=resource,
-                headers={"If-None-Exist": request.if_none_exist,
-                         "Prefer": "return=representation"})
-            body = orjson.loads(response.content) if response.content.strip() else {}
-            _record_written(item, item.rtype, {
-                "resource": body if isinstance(body, dict) else {},
-                "response": {"location": response.headers.get("Location", ""),
-                             "etag": response.headers.get("ETag", "")}})
-        else:
-            written = self.client.create(resource)
-            _record_written(item, item.rtype, {"resource": written})
+        self._mark([item])
+        try:
+            if request.kind == "update":
+                written = self.client.update(resource, if_match=request.if_match)
+                entry: dict[str, Any] = {"resource": written, "response": {"status": "200"}}
+            elif request.kind == "conditional":
+                entry = self._answer(self.client.request(
+                    "PUT", request.url, json=resource,
+                    headers={"Prefer": "return=representation"}))
+            elif request.if_none_exist:
+                entry = self._answer(self.client.request(
+                    "POST", item.rtype, json=resource,
+                    headers={"If-None-Exist": request.if_none_exist,
+                             "Prefer": "return=representation"}))
+            else:
+                written = self.client.create(resource)
+                entry = {"resource": written, "response": {"status": "201"}}
+        except (FhirHttpError, TransportError):
+            raise
+        except SourceError as exc:  # 2xx, but the body is not a JSON object
+            log.warning("%s: the answer to its write could not be read (%s)", item.label, exc)
+            item.outcome = "unknown"
+            return
+        status = entry_status(entry)
+        outcome = entry_outcome(status, conditional_create=request.conditional_create)
+        _record_written(item, item.rtype, entry)
+        if outcome not in ("written", "matched") or not item.written_id:
+            item.outcome = "unknown"
+            return
+        self._unmark([item])
+        item.outcome = outcome
+        if request.kind == "conditional" and status == 200 and item.action == "create":
+            item.action = "update"
+
+    @staticmethod
+    def _answer(response: requests.Response) -> dict[str, Any]:
+        """A single write's answer in the shape of a transaction-response entry."""
+        body: Any = {}
+        if response.content.strip():
+            try:
+                body = orjson.loads(response.content)
+            except orjson.JSONDecodeError as exc:
+                raise SourceError(f"answer to a write is not JSON ({exc})") from exc
+        if not isinstance(body, dict):
+            raise SourceError("answer to a write is not a JSON object")
+        return {"resource": body,
+                "response": {"status": str(response.status_code),
+                             "location": response.headers.get("Location", ""),
+                             "etag": response.headers.get("ETag", "")}}
+
+    # ------------------------------------------------------------ confirmation bookkeeping
+
+    def _mark(self, items: Iterable[PlannedWrite]) -> None:
+        """About to send: unconfirmed until the server answers."""
+        self.summary.unconfirmed.update((i.rtype, i.identifier) for i in items)
+
+    def _unmark(self, items: Iterable[PlannedWrite]) -> None:
+        """The server answered (or the item needs nothing more): no longer unconfirmed."""
+        self.summary.unconfirmed.difference_update((i.rtype, i.identifier) for i in items)
+
+    # ------------------------------------------------------------ Provenance
 
     def _record_provenance(self, written: Sequence[PlannedWrite]) -> None:
         targets = [_versioned(item) for item in written if item.written_id]
@@ -574,18 +903,93 @@ class _Session:
         activity = "CREATE" if all(i.action == "create" for i in written) else "UPDATE"
         provenance = build_provenance(targets, self.now, self.cfg, codes=self.tables.codes,
                                       activity=activity)
+        self._mark(written)  # until the Provenance is confirmed
         try:
             self.client.create(provenance)
             self.summary.provenance += 1
         except FhirHttpError as exc:
+            # The writes stand; their Provenance is owed: the targets stay marked, and the next
+            # run that finds them as written writes it.
             self.summary.issues.append(Issue(
-                resource=f"Provenance ({len(targets)} targets)", problem=str(exc)[:300],
-                action="skipped"))
+                resource=f"Provenance ({len(targets)} targets)",
+                problem=f"{str(exc)[:260]}; written by the next run", action="recorded"))
+            return
+        except TransportError:
+            raise  # the Provenance may or may not exist: its targets stay unconfirmed
+        except SourceError as exc:  # 2xx that cannot be read: checked by the next run
+            self.summary.issues.append(Issue(
+                resource=f"Provenance ({len(targets)} targets)",
+                problem=f"the answer could not be read ({str(exc)[:200]}); checked next run",
+                action="recorded"))
+            return
+        self._unmark(written)
+
+    def _settle_carried(self, rtype: str, items: Sequence[PlannedWrite]) -> None:
+        """Writes an earlier run sent without an answer: one the server now holds as this run
+        would build it landed, and gets its missing Provenance; one still to write is settled
+        when this run's write is answered; one no longer ours (or no longer built) is done."""
+        landed: list[PlannedWrite] = []
+        for item in items:
+            key = (item.rtype, item.identifier)
+            if key not in self.carried or item.action in ("create", "update"):
+                continue
+            if item.action == "unchanged" and item.existing is not None:
+                landed.append(item)
+            else:
+                self._unmark([item])
+        self._recover_provenance(landed)
+
+    def _recover_provenance(self, items: Sequence[PlannedWrite]) -> None:
+        """A Provenance per resource whose write landed without an answer (found with the
+        content fhirpanel builds), for its version on the server, unless one of ours already
+        targets that version (the lost answer may have been the Provenance's own)."""
+        for item in items:
+            existing = item.existing or {}
+            rid = existing.get("id")
+            if not self.cfg.provenance or not isinstance(rid, str) or not rid:
+                self._unmark([item])
+                continue
+            version = item.existing_version
+            target = (f"{item.rtype}/{rid}/_history/{version}" if version
+                      else f"{item.rtype}/{rid}")
+            if self._has_provenance(item.rtype, rid, target):
+                self._unmark([item])
+                continue
+            meta = existing.get("meta") if isinstance(existing.get("meta"), Mapping) else {}
+            recorded = _instant(meta.get("lastUpdated") if isinstance(meta, Mapping) else None)
+            provenance = build_provenance(
+                [target], recorded or self.now, self.cfg, codes=self.tables.codes,
+                activity="CREATE" if version == "1" else "UPDATE")
+            try:
+                self.client.create(provenance)
+                self.summary.provenance_recovered += 1
+                log.info("%s: its earlier write landed without an answer; Provenance written",
+                         item.label)
+            except FhirHttpError as exc:
+                self.summary.issues.append(Issue(
+                    resource=f"Provenance ({target})", problem=str(exc)[:300], action="skipped"))
+            except TransportError:
+                raise
+            except SourceError:  # 2xx that cannot be read: checked again by the next run
+                continue
+            self._unmark([item])
+
+    def _has_provenance(self, rtype: str, rid: str, target: str) -> bool:
+        """Whether one of fhirpanel's Provenance already targets `target` (a server that cannot
+        search Provenance by target: no, and one is written)."""
+        try:
+            found = list(self.client.search("Provenance", [("target", f"{rtype}/{rid}")]))
+        except FhirHttpError:
+            return False
+        return any(has_managed_tag(p, self.cfg) and any(
+            isinstance(t, Mapping) and _reference_tail(t.get("reference")) == target
+            for t in p.get("target") or ()) for p in found)
 
     # ------------------------------------------------------------ issues
 
     def _fail(self, item: PlannedWrite, problem: str) -> None:
         item.action = "failed"
+        item.outcome = "failed"
         self.summary.failed_subjects.add(item.subject)
         self._issue(item, problem[:300], "skipped")
 
@@ -597,28 +1001,31 @@ class _Session:
 # --------------------------------------------------------------------------- builders bound
 
 
+def _unbound(existing: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    raise AssertionError("builder not bound")  # pragma: no cover - replaced in _planned
+
+
 def _team_builder(assignment: Assignment, as_of: Any, cfg: WritebackSettings,
-                  codes: WritebackCodes, clinician: ClinicianInfo | None
-                  ) -> Callable[[Mapping[str, Any] | None], dict[str, Any] | None]:
+                  codes: WritebackCodes, clinician: ClinicianInfo | None,
+                  problems: list[str]) -> Builder:
     def build(existing: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return build_care_team(assignment, existing, as_of, cfg, codes=codes,
-                               clinician=clinician)
+                               clinician=clinician, problems=problems)
     return build
 
 
 def _plan_builder(assignment: Assignment, risk: Any, as_of: Any, cfg: WritebackSettings,
-                  tables: WritebackTables, team_ref: str | None
-                  ) -> Callable[[Mapping[str, Any] | None], dict[str, Any] | None]:
+                  tables: WritebackTables, team_ref: str | None,
+                  problems: list[str]) -> Builder:
     def build(existing: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return build_care_plan(assignment, risk, existing, as_of, cfg, tables.templates,
                                codes=tables.codes, labels=tables.labels,
-                               care_team_ref=team_ref)
+                               care_team_ref=team_ref, problems=problems)
     return build
 
 
 def _risk_builder(assignment: Assignment, risk: Any, as_of: Any, cfg: WritebackSettings,
-                  tables: WritebackTables
-                  ) -> Callable[[Mapping[str, Any] | None], dict[str, Any] | None]:
+                  tables: WritebackTables, problems: list[str]) -> Builder:
     def build(existing: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return build_risk_assessment(assignment, risk, existing, as_of, cfg,
                                      codes=tables.codes, labels=tables.labels)
@@ -626,12 +1033,35 @@ def _risk_builder(assignment: Assignment, risk: Any, as_of: Any, cfg: WritebackS
 
 
 def _group_builder(organization: str, members: Sequence[GroupMember], as_of: Any,
-                   cfg: WritebackSettings, codes: WritebackCodes
-                   ) -> Callable[[Mapping[str, Any] | None], dict[str, Any] | None]:
+                   cfg: WritebackSettings, codes: WritebackCodes,
+                   problems: list[str]) -> Builder:
     def build(existing: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return build_attribution_group(organization, members, existing, as_of, cfg,
                                        codes=codes)
     return build
+
+
+def _pcp_figures(teams: Sequence[PlannedWrite], codes: WritebackCodes
+                 ) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((PCP participations ended, open ones now), (teams whose PCP changes, teams with one))
+    for the CareTeams as planned (a team not written keeps what it has)."""
+    ended = open_now = changed = with_pcp = 0
+    for item in teams:
+        before = open_pcp_members(item.existing, codes) if item.action != "skipped" else []
+        if not before:
+            continue
+        with_pcp += 1
+        open_now += len(before)
+        after = (open_pcp_members(item.resource, codes)
+                 if item.action in ("create", "update") else before)
+        remaining = list(after)
+        for member in before:
+            if member in remaining:
+                remaining.remove(member)
+            else:
+                ended += 1
+        changed += set(before) != set(after)
+    return (ended, open_now), (changed, with_pcp)
 
 
 def _plan_has_team(item: PlannedWrite) -> str | None:
@@ -662,6 +1092,8 @@ def _record_written(item: PlannedWrite, rtype: str, entry: Mapping[str, Any]) ->
     assert isinstance(resource, Mapping)  # noqa: S101 - narrowed above
     rid, version = _id_version_from_location(str(response.get("location") or ""), rtype)
     meta = resource.get("meta") if isinstance(resource.get("meta"), Mapping) else {}
+    if resource.get("resourceType") not in (None, rtype):
+        resource, meta = {}, {}  # e.g. an OperationOutcome: says nothing about the id
     rid = rid or (resource.get("id") if isinstance(resource.get("id"), str) else None)
     version = version or (meta.get("versionId") if isinstance(meta, Mapping) else None)
     etag = str(response.get("etag") or "")
@@ -683,6 +1115,27 @@ def _id_version_from_location(location: str, rtype: str) -> tuple[str | None, st
     return rid, version
 
 
+def _reference_tail(reference: Any) -> str:
+    """`CareTeam/1/_history/2` from an absolute or relative reference."""
+    if not isinstance(reference, str):
+        return ""
+    parts = [p for p in urlsplit(reference).path.split("/") if p]
+    if len(parts) >= 4 and parts[-2] == "_history":
+        return "/".join(parts[-4:])
+    return "/".join(parts[-2:])
+
+
+def _instant(value: Any) -> datetime | None:
+    """A FHIR instant as an aware datetime, or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
 def _versioned(item: PlannedWrite) -> str:
     base = f"{item.rtype}/{item.written_id}"
     return f"{base}/_history/{item.written_version}" if item.written_version else base
@@ -700,4 +1153,3 @@ def _stats_delta(client: FhirClient, before: Mapping[str, Any]) -> dict[str, Any
     }
     return {"total": client.stats.requests - int(before["requests"]),
             "by_method": dict(sorted(by_method.items()))}
-

@@ -26,7 +26,8 @@ from fhirpanel.errors import ExitCode, SourceError
 from fhirpanel.fhir.capability import parse_capability_statement
 from fhirpanel.sandbox.server import SandboxServer, free_port
 from tests.conftest import HAPI_DIR
-from tests.integration.faults import LoopbackServer, outcome, send
+from tests.integration.faults import LoopbackServer, outcome, read_body, send
+from tests.integration.medplum_like import MedplumLike
 
 R4_ASSEMBLED = HAPI_DIR / "capability_r4_assembled.json"
 STU3_RECORDED = HAPI_DIR / "capabilitystatement-stu3-1.json"
@@ -72,6 +73,7 @@ class ReplayServer(LoopbackServer):
         return f"{self.origin}/baseR4"
 
     def handle(self, handler: BaseHTTPRequestHandler) -> None:
+        read_body(handler)  # a POST (check-server's transaction probe) leaves none behind
         path = urlsplit(handler.path).path
         with self._lock:
             self.requests.append((path, handler.headers.get("Authorization")))
@@ -141,6 +143,45 @@ def test_the_sandbox_server_offers_everything(loaded_sandbox: SandboxServer) -> 
         assert line in text
 
 
+# --------------------------------------------------------------------------- transaction size
+
+
+def test_the_transaction_probe_finds_the_size_that_works(loaded_sandbox: SandboxServer) -> None:
+    check = check_server(loaded_sandbox.base_url, hermetic())
+    size = finding(check, "write", "transaction size")
+    assert (size.status, size.server, check.transaction_size) == ("yes", "100 entries accepted",
+                                                                  100)
+    # A server that caps every transaction at 30 entries: 100 and 50 refused, 25 accepted.
+    with MedplumLike(loaded_sandbox.base_url, max_entries=30) as capped:
+        check = check_server(capped.base_url, hermetic())
+        posts = capped.arrivals_for(lambda a: a.method == "POST")
+        assert [t.entries for t in capped.transactions] == [100, 50, 25]
+    assert check.transaction_size == 25 and check.ok
+    assert check.as_dict()["transaction_size"] == 25
+    size = finding(check, "write", "transaction size")
+    assert size.status == "partial" and not size.blocking
+    assert size.server.startswith("25 entries accepted; 100 refused (HTTP 400")
+    assert "set writeback.batch_size = 25" in size.fhirpanel
+    # Read-only: GET entries, count-only searches for an identifier fhirpanel never writes.
+    assert len(posts) == 3 and not capped.arrivals_for(lambda a: a.method in ("PUT", "DELETE"))
+    # Medplum's write limits do not apply to reads: the probe sees its full size.
+    with MedplumLike(loaded_sandbox.base_url) as medplum:
+        assert check_server(medplum.base_url, hermetic()).transaction_size == 100
+
+
+def test_the_probe_is_skipped_read_only_or_when_turned_off(loaded_sandbox: SandboxServer) -> None:
+    with MedplumLike(loaded_sandbox.base_url) as proxy:
+        read_only = check_server(proxy.base_url, hermetic(), read_only=True)
+        off = check_server(proxy.base_url,
+                           hermetic(FHIRPANEL_WRITEBACK_PROBE_TRANSACTIONS="false"))
+        assert proxy.arrivals_for(lambda a: a.method == "POST") == []
+    assert read_only.transaction_size is None
+    assert not [f for f in read_only.findings if f.name == "transaction size"]
+    row = finding(off, "write", "transaction size")
+    assert row.status == "unknown" and "probe_transactions = false" in row.fhirpanel
+    assert off.as_dict()["transaction_size"] is None
+
+
 def test_cli_prints_json(loaded_sandbox: SandboxServer, capsys: pytest.CaptureFixture[str]
                          ) -> None:
     code = main(["check-server", loaded_sandbox.base_url, "--json", "--read-only"])
@@ -172,10 +213,15 @@ def test_hapi_r4_statement(replay: ReplayServer) -> None:
     smart = finding(check, "smart", "SMART configuration")
     assert smart.status == "no" and "HTTP 404" in smart.server and not smart.blocking
     assert check.smart_configuration is None
-    # Both documents are public: nothing was sent with credentials.
+    # Both documents are public: nothing was sent with credentials. Then the transaction probe
+    # (POST to the base), which this replay does not serve: not blocking.
     assert [p for p, _ in replay.requests] == ["/baseR4/metadata",
-                                               "/baseR4/.well-known/smart-configuration"]
+                                               "/baseR4/.well-known/smart-configuration",
+                                               "/baseR4"]
     assert all(auth is None for _, auth in replay.requests)
+    size = finding(check, "write", "transaction size")
+    assert size.status == "no" and not size.blocking and "HTTP 404" in size.server
+    assert check.transaction_size == 0
     assert "fhirpanel can work with this server" in rendered(check)
 
 
@@ -267,8 +313,11 @@ def test_configured_credentials_are_tried_once(replay: ReplayServer, token: str,
     assert credentials.status == status and check.exit_code == code
     sent = [(p, a) for p, a in replay.requests if p == "/baseR4/Patient"]
     assert sent and all(a == f"Bearer {token}" for _, a in sent)
-    # /metadata and the SMART document still went without credentials.
-    assert all(a is None for p, a in replay.requests if p != "/baseR4/Patient")
+    # /metadata and the SMART document still went without credentials; the transaction probe
+    # (POST to the base) only with credentials the server accepted.
+    assert all(a is None for p, a in replay.requests if p not in ("/baseR4/Patient", "/baseR4"))
+    probes = [a for p, a in replay.requests if p == "/baseR4"]
+    assert probes == ([f"Bearer {token}"] if status == "yes" else [])
     assert token not in json.dumps(check.as_dict())
 
 

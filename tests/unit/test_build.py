@@ -395,6 +395,136 @@ def test_plan_is_revoked_when_the_patient_is_excluded(codes: WritebackCodes,
                            codes=codes) is None
 
 
+# --------------------------------------------------------------------------- servers that drop ids
+
+
+def drop_element_ids(value: Any, top: bool = True) -> Any:
+    """What a server that keeps no element ids stores: every nested `id` gone."""
+    if isinstance(value, dict):
+        return {k: drop_element_ids(v, False) for k, v in value.items()
+                if top or k != "id"}
+    if isinstance(value, list):
+        return [drop_element_ids(v, False) for v in value]
+    return value
+
+
+def test_team_on_a_server_that_drops_element_ids_does_not_grow(codes: WritebackCodes) -> None:
+    stored = None
+    for run in range(3):
+        problems: list[str] = []
+        team = build_care_team(assigned(), stored, AS_OF, CFG, codes=codes,
+                               clinician=physician(), problems=problems)
+        assert team is not None and problems == []
+        if stored is not None:
+            assert same_content(team, stored), f"run {run + 1} changed the team"
+        stored = drop_element_ids(as_stored(team, version=str(run + 1)))
+    assert stored is not None and len(stored["participant"]) == 1
+    # A PCP change still ends ours (recognised by content) and adds the new one.
+    new_pcp = ClinicianInfo("Practitioner/d2", None, "nurse_practitioner", "Organization/o1")
+    moved = build_care_team(assigned(practitioner="Practitioner/d2", role=None), stored, LATER,
+                            CFG, codes=codes, clinician=new_pcp)
+    assert moved is not None
+    old, new = moved["participant"]
+    assert "id" not in old and old["period"] == {"start": "2026-11-22", "end": "2027-02-01"}
+    assert new["member"] == {"reference": "Practitioner/d2"}
+
+
+def test_team_growth_is_reported_not_repeated(codes: WritebackCodes) -> None:
+    first = build_care_team(assigned(), None, AS_OF, CFG, codes=codes, clinician=physician())
+    assert first is not None
+    # Two copies already there (the old behaviour on an id-dropping server): neither is ended,
+    # no third is added, and the problem is reported.
+    grown = drop_element_ids(as_stored(first))
+    grown["participant"].append(copy.deepcopy(grown["participant"][0]))
+    problems: list[str] = []
+    team = build_care_team(assigned(), grown, LATER, CFG, codes=codes, clinician=physician(),
+                           problems=problems)
+    assert team is not None and team["participant"] == grown["participant"]
+    assert len(problems) == 1 and "2 open copies" in problems[0]
+    # A server that rewrites our participant (an absolute reference, a display): not ours by
+    # content any more, but another would be a duplicate.
+    rewritten = drop_element_ids(as_stored(first))
+    participant = rewritten["participant"][0]
+    participant["member"] = {"reference": "https://ehr.example.org/fhir/PractitionerRole/r1",
+                             "display": "Dr One"}
+    problems = []
+    team = build_care_team(assigned(), rewritten, LATER, CFG, codes=codes,
+                           clinician=physician(), problems=problems)
+    assert team is not None and len(team["participant"]) == 1
+    assert len(problems) == 1 and "looks like fhirpanel's own" in problems[0]
+
+
+def test_ids_kept_means_only_ids_count(codes: WritebackCodes) -> None:
+    """On a server that keeps element ids, an id-less participant with a PCP role is someone
+    else's (an EHR user's): never ended, and ours is kept alongside."""
+    first = build_care_team(assigned(), None, AS_OF, CFG, codes=codes, clinician=physician())
+    assert first is not None
+    stored = as_stored(first)
+    theirs = {"role": [{"coding": [dict(codes.role_for("physician"))]}],
+              "member": {"reference": "Practitioner/d9"}, "period": {"start": "2026-01-01"}}
+    stored["participant"].append(theirs)
+    new_pcp = ClinicianInfo("Practitioner/d2", None, "physician", "Organization/o1")
+    moved = build_care_team(assigned(practitioner="Practitioner/d2", role=None), stored, LATER,
+                            CFG, codes=codes, clinician=new_pcp)
+    assert moved is not None
+    assert moved["participant"][1] == theirs
+    assert moved["participant"][2]["id"] == f"{PCP_PARTICIPANT_PREFIX}2"
+
+
+def test_plan_on_a_server_that_drops_element_ids_does_not_grow(
+        codes: WritebackCodes, templates: CarePlanTemplates, labels: NarrativeLabels) -> None:
+    stored = None
+    for run in range(3):
+        problems: list[str] = []
+        plan = build_care_plan(assigned(), risk_result(3), stored, AS_OF, CFG, templates,
+                               codes=codes, labels=labels, care_team_ref="CareTeam/t1",
+                               problems=problems)
+        assert plan is not None and problems == []
+        if stored is not None:
+            assert same_content(plan, stored), f"run {run + 1} changed the plan"
+        stored = drop_element_ids(as_stored(plan, version=str(run + 1)))
+    assert stored is not None
+    tier3 = templates.for_tier(3)
+    assert tier3 is not None and len(stored["activity"]) == len(tier3.activities)
+    # Progress is kept, the tier change adds exactly the new activity, closing cancels ours.
+    stored["activity"][0]["detail"]["status"] = "in-progress"
+    up = build_care_plan(assigned(), risk_result(4), stored, LATER, CFG, templates,
+                         codes=codes, labels=labels, care_team_ref="CareTeam/t1")
+    assert up is not None
+    tier4 = templates.for_tier(4)
+    assert tier4 is not None and len(up["activity"]) == len(tier4.activities)
+    assert up["activity"][0]["detail"]["status"] == "in-progress"
+    assert [a.get("id") for a in up["activity"]].count(None) == len(tier3.activities)
+    closed = build_care_plan(assigned(), risk_result(1, ccm=False), stored, LATER, CFG,
+                             templates, codes=codes, labels=labels)
+    assert closed is not None
+    assert [a["detail"]["status"] for a in closed["activity"]][1:] == ["cancelled"] * (
+        len(tier3.activities) - 1)
+
+
+def test_plan_growth_is_reported_not_repeated(codes: WritebackCodes,
+                                              templates: CarePlanTemplates) -> None:
+    first = build_care_plan(assigned(), risk_result(3), None, AS_OF, CFG, templates,
+                            codes=codes, care_team_ref="CareTeam/t1")
+    assert first is not None
+    grown = drop_element_ids(as_stored(first))
+    grown["activity"] = grown["activity"] + copy.deepcopy(grown["activity"])  # 1 -> 2
+    problems: list[str] = []
+    plan = build_care_plan(assigned(), risk_result(3), grown, LATER, CFG, templates,
+                           codes=codes, care_team_ref="CareTeam/t1", problems=problems)
+    assert plan is not None and same_content(plan, grown)
+    assert len(problems) == len(first["activity"])
+    assert all("2 copies" in p for p in problems)
+    # An activity the server rewrote (its code lost a coding field): not another one.
+    rewritten = drop_element_ids(as_stored(first))
+    rewritten["activity"][0]["detail"]["code"]["coding"][0].pop("system")
+    problems = []
+    plan = build_care_plan(assigned(), risk_result(3), rewritten, LATER, CFG, templates,
+                           codes=codes, care_team_ref="CareTeam/t1", problems=problems)
+    assert plan is not None and len(plan["activity"]) == len(first["activity"])
+    assert len(problems) == 1 and "looks like fhirpanel's" in problems[0]
+
+
 # --------------------------------------------------------------------------- RiskAssessment
 
 

@@ -7,9 +7,23 @@ from typing import Any
 
 from fhirpanel.config import WritebackSettings
 from fhirpanel.domain.records import Issue
+from fhirpanel.errors import WriteBackError
 from fhirpanel.fhir.build import comparable, same_content
-from fhirpanel.writeback.plan import PlannedWrite, WriteCounts, choose_existing, decide
-from fhirpanel.writeback.writer import WriteSummary, _id_version_from_location
+from fhirpanel.writeback.plan import (
+    PlannedWrite,
+    WriteCounts,
+    choose_existing,
+    decide,
+    entry_outcome,
+    entry_status,
+    refusal_kind,
+    response_problem,
+)
+from fhirpanel.writeback.writer import (
+    WriteBackInterrupted,
+    WriteSummary,
+    _id_version_from_location,
+)
 
 CFG = WritebackSettings()
 TAG = {"system": CFG.tag_system, "code": CFG.tag_code}
@@ -98,8 +112,8 @@ def test_counts_and_summary() -> None:
     assert summary.written == 6
     assert summary.write_requests == 3
     report = summary.as_report()
-    assert report["counts"]["CareTeam"] == {"create": 5, "update": 0, "unchanged": 2,
-                                            "skipped": 0, "failed": 0}
+    assert report["counts"]["CareTeam"] == {"create": 5, "update": 0, "matched": 0,
+                                            "unchanged": 2, "skipped": 0, "failed": 0}
     assert report["issues"] == [{"resource": "CareTeam/x", "problem": "HTTP 400",
                                  "action": "skipped"}]
     lines = summary.lines()
@@ -115,3 +129,93 @@ def test_location_parsing() -> None:
         "http://127.0.0.1:8080/fhir/CareTeam/abc/_history/4", "CareTeam") == ("abc", "4")
     assert _id_version_from_location("CarePlan/12", "CarePlan") == ("12", None)
     assert _id_version_from_location("", "CarePlan") == (None, None)
+
+
+# --------------------------------------------------------------------------- server answers
+
+
+def test_entry_status_reads_every_form_servers_use() -> None:
+    assert entry_status({"response": {"status": "201 Created"}}) == 201
+    assert entry_status({"response": {"status": "412"}}) == 412  # Medplum: the number only
+    assert entry_status({"response": {"status": "HTTP/1.1 200 OK"}}) == 200
+    assert entry_status({"response": {"status": 204}}) == 204
+    for broken in ({}, {"response": "201"}, {"response": {}}, {"response": {"status": "ok"}},
+                   {"response": {"status": True}}, {"response": {"status": 999}},
+                   {"response": {"status": "2010"}}):
+        assert entry_status(broken) is None, broken
+
+
+def test_entry_outcome() -> None:
+    assert entry_outcome(201, conditional_create=False) == "written"
+    assert entry_outcome(200, conditional_create=False) == "written"
+    # If-None-Exist answered 200: the server found one and wrote nothing.
+    assert entry_outcome(200, conditional_create=True) == "matched"
+    assert entry_outcome(201, conditional_create=True) == "written"
+    assert entry_outcome(412, conditional_create=False) == "conflict"
+    assert entry_outcome(409, conditional_create=True) == "conflict"
+    assert entry_outcome(500, conditional_create=False) == "failed"
+    assert entry_outcome(400, conditional_create=False) == "failed"
+    assert entry_outcome(None, conditional_create=False) == "unknown"
+
+
+def test_response_problem_refuses_what_cannot_be_read_entry_by_entry() -> None:
+    ok = {"resourceType": "Bundle", "type": "transaction-response",
+          "entry": [{"response": {"status": "201"}}] * 2}
+    assert response_problem(ok, 2) is None
+    assert response_problem({**ok, "type": "batch-response"}, 2) is None
+    assert "3 sent" in str(response_problem(ok, 3))
+    assert "searchset" in str(response_problem({**ok, "type": "searchset"}, 2))
+    assert "not a Bundle" in str(response_problem({"resourceType": "OperationOutcome"}, 2))
+    assert response_problem({**ok, "entry": "x"}, 2) is not None
+    assert response_problem({**ok, "entry": ["x", "y"]}, 2) is not None
+    assert "0 entries" in str(response_problem({**ok, "entry": None}, 2))
+
+
+def _medplum(text: str) -> dict[str, Any]:
+    """Medplum's badRequest(): code `invalid`, the reason in details.text."""
+    return {"resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "invalid", "details": {"text": text}}]}
+
+
+def test_refusal_kind() -> None:
+    # Medplum's two size refusals (packages/fhir-router/src/batch.ts).
+    assert refusal_kind(400, _medplum(
+        "Transaction contains more update operations than allowed")) == "size"
+    assert refusal_kind(400, _medplum(
+        "Transaction requires strict isolation but has too many entries")) == "size"
+    assert refusal_kind(413, None) == "size"
+    too_costly = {"issue": [{"severity": "error", "code": "too-costly"}]}
+    assert refusal_kind(422, too_costly) == "size"
+    unsupported = {"issue": [{"severity": "error", "code": "not-supported"}]}
+    assert refusal_kind(400, unsupported) == "unsupported"
+    assert refusal_kind(400, _medplum("Transactions are not supported")) == "unsupported"
+    assert refusal_kind(405, None) == "unsupported"
+    # Anything else: entry by entry, the size stays.
+    assert refusal_kind(400, _medplum("Invalid resource: missing status")) is None
+    assert refusal_kind(500, _medplum("too many entries")) is None
+    assert refusal_kind(412, None) is None
+
+
+def test_summary_shows_matched_recovered_and_unconfirmed() -> None:
+    counts = WriteCounts()
+    counts.add("CareTeam", "create", 3)
+    counts.add("CareTeam", "matched")
+    summary = WriteSummary(dry_run=False, counts=counts, provenance=1, provenance_recovered=2,
+                           batch_size=6, unconfirmed={("CarePlan", "careplan-cm.p2")},
+                           requests={"total": 5, "by_method": {"POST": 2, "GET": 3}})
+    assert summary.written == 3  # a match writes nothing
+    lines = summary.lines()
+    assert lines[1] == "  CareTeam: 3 created, 0 updated, 0 unchanged, 1 matched"
+    assert lines[2].startswith("  1 Provenance (+2 for earlier writes)")
+    assert "1 write(s) unconfirmed" in lines[3]
+    report = summary.as_report()
+    assert report["unconfirmed"] == [["CarePlan", "careplan-cm.p2"]]
+    assert (report["provenance_recovered"], report["batch_size"]) == (2, 6)
+
+
+def test_interrupted_write_back_is_one_line_exit_13_with_its_summary() -> None:
+    summary = WriteSummary(dry_run=False, unconfirmed={("CareTeam", "careteam-pcp.p1")})
+    error = WriteBackInterrupted("POST http://x/fhir failed\n(ConnectionError:\r\n reset)", summary)
+    assert isinstance(error, WriteBackError) and error.exit_code == 13
+    assert str(error) == "POST http://x/fhir failed (ConnectionError: reset)"
+    assert error.summary is summary
