@@ -9,7 +9,8 @@ and requests per second. Target: p99 under 100 ms for `GET /api/panels` and
 `GET /api/panels/<biggest panel>?page=1`.
 
 The dashboard's own pages (the overview and the biggest panel's first page) are measured the
-same way, signed in with a session cookie.
+same way, each client signed in as a browser is: the sign-in form's CSRF token from
+`GET /login`, then the token posted to `/login`, which sets the session cookie.
 
     .venv/bin/python bench/api.py [--patients 100000] [--clients 4] [--requests 200]
                                   [--server gunicorn|werkzeug] [--workers 2] [--refill]
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -48,6 +50,7 @@ SERVE = ("from fhirpanel.api.serve import serve; from fhirpanel.config import Se
          "serve(Settings.load())")
 START_TIMEOUT = 60.0  # seconds for the server to answer /healthz
 REQUEST_TIMEOUT = 30.0
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 def filled_store(patients: int, seed: int, refill: bool) -> Path:
@@ -184,8 +187,14 @@ class Figures:
 def session_for(base: str, *, dashboard: bool) -> requests.Session:
     session = requests.Session()
     if dashboard:
-        response = session.get(f"{base}/login?token={TOKEN}", timeout=REQUEST_TIMEOUT,
-                               allow_redirects=False)
+        # As a browser signs in: the form (and its CSRF token), then the token posted.
+        form = session.get(f"{base}/login", timeout=REQUEST_TIMEOUT)
+        found = CSRF_FIELD.search(form.text)
+        if form.status_code != 200 or found is None:
+            raise SystemExit(f"dashboard sign-in form: HTTP {form.status_code}, no CSRF token")
+        response = session.post(f"{base}/login", timeout=REQUEST_TIMEOUT,
+                                allow_redirects=False,
+                                data={"token": TOKEN, "csrf_token": found.group(1)})
         if response.status_code != 303:
             raise SystemExit(f"dashboard sign-in failed: HTTP {response.status_code}")
     else:

@@ -25,7 +25,13 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from fhirpanel import __version__
 from fhirpanel.config import Settings
-from fhirpanel.errors import ConfigError, ExitCode, FhirpanelError, SourceError
+from fhirpanel.errors import (
+    ConfigError,
+    ExitCode,
+    FhirpanelError,
+    SourceError,
+    one_line,
+)
 from fhirpanel.fhir.source import ServerSource
 from fhirpanel.run import open_source
 
@@ -47,10 +53,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args, console))
     except FhirpanelError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
+        log.debug("%s", type(exc).__name__, exc_info=True)
+        error_line(one_line(exc))
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: one line here, the traceback at DEBUG
+        log.debug("unexpected error", exc_info=True)
+        error_line(f"unexpected {type(exc).__name__}: {one_line(exc)} (set "
+                   "FHIRPANEL_LOG_LEVEL=DEBUG for the traceback, and please report it)")
+        return ExitCode.FAILURE
+
+
+def error_line(message: str) -> None:
+    """One line on stderr, never wrapped whatever the terminal's width."""
+    stream = sys.stderr
+    label = "\x1b[31merror:\x1b[0m" if stream.isatty() else "error:"
+    stream.write(f"{label} {message}\n")
+    stream.flush()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="compute and report only (default)")
     mode.add_argument("--write", action="store_true",
                       help="write CareTeam/CarePlan back to the FHIR server")
+    run.add_argument("--accept-change", action="store_true",
+                     help="with --write: let through a pass that would change more than "
+                          "[safety] allows (read the held run's figures first)")
+    run.add_argument("--database", help="with --write: the store whose lock keeps one writer "
+                                        "at a time (default: settings)")
     run.add_argument("--report", type=Path, help="write the JSON report to this file")
     run.add_argument("--quiet", action="store_true", help="no progress or summary on the terminal")
     run.set_defaults(func=cmd_run)
@@ -113,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     ref.add_argument("--database", help="the store's SQLAlchemy URL (default: settings)")
     ref.add_argument("--no-write", action="store_true",
                      help="compute and store only; write nothing back to the FHIR server")
+    ref.add_argument("--accept-change", action="store_true",
+                     help="let through a pass that would change more than [safety] allows "
+                          "(read the held run's figures first: fhirpanel runs)")
     ref.add_argument("--json", action="store_true", help="print the result as JSON")
     ref.set_defaults(func=cmd_refresh)
 
@@ -169,12 +197,34 @@ def reading_progress(console: Console, enabled: bool) -> Iterator[object]:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    settings = Settings.load(args.config)
+    if args.database:
+        settings = dataclasses.replace(settings, database_url=args.database)
+    as_of = args.as_of or date.today()
+    if not args.write:
+        return _run_pass(args, console, settings, as_of, lease=None)
+    if args.source.startswith("ndjson:"):
+        raise ConfigError("--write needs a FHIR server source (http://... or bulk:...), "
+                          "not NDJSON")
+    from fhirpanel.jobs.refresh import leased_run
+    from fhirpanel.store import Store
+
+    # One writer at a time: the same lease as `fhirpanel refresh` and the worker.
+    store = Store(settings.database)
+    try:
+        with leased_run(settings, store, "run", "cli", args.source, as_of) as lease:
+            return _run_pass(args, console, settings, as_of, lease=lease)
+    finally:
+        store.close()
+
+
+def _run_pass(args: argparse.Namespace, console: Console, settings: Settings, as_of: date,
+              lease: Any) -> int:
     from fhirpanel.fhir.bulk import BulkSource
     from fhirpanel.report import build_report, render_summary, write_report
     from fhirpanel.run import run_full
 
-    settings = Settings.load(args.config)
-    as_of = args.as_of or date.today()
+    started = time.perf_counter()
     source = open_source(args.source, settings)
     show = not args.quiet and console.is_terminal
     with reading_progress(console, show) as progress:
@@ -183,15 +233,39 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         source.close()  # the downloaded NDJSON is read; the client stays for write-back
     writeback = None
     if isinstance(source, ServerSource | BulkSource):
-        from fhirpanel.writeback import WritebackTables, write_back
+        from fhirpanel.writeback import WriteBackInterrupted, WritebackTables, write_back
 
         tables = WritebackTables.load(settings.writeback, settings.mappings_path,
                                       tiers=settings.risk.tiers)
-        writeback = write_back(outcome, source.client, settings.writeback,
-                               dry_run=not args.write, tables=tables)
+        guard = _write_guard(args, settings, lease) if lease is not None else None
+        extra: dict[str, Any] = {}
+        if lease is not None and guard is not None:
+            from fhirpanel.jobs.refresh import unconfirmed_writes
+
+            extra = {"guard": guard["guard"],
+                     "unconfirmed": unconfirmed_writes(lease.store, args.source)}
+        try:
+            writeback = write_back(outcome, source.client, settings.writeback,
+                                   dry_run=not args.write, tables=tables, **extra)
+        except WriteBackInterrupted as exc:
+            if lease is not None:
+                _remember_unconfirmed(lease, args.source, exc.summary)
+            raise
+        if lease is not None:
+            _remember_unconfirmed(lease, args.source, writeback)
+        if lease is not None and guard is not None and guard["accepted"][0]:
+            from fhirpanel.jobs.refresh import consume_acceptance
+
+            consume_acceptance(lease.store, args.source, lease.run_id)
     elif args.write:
         raise ConfigError("--write needs a FHIR server source (http://... or bulk:...), "
                           "not NDJSON")
+    if lease is not None and writeback is not None:
+        failed = writeback.counts.total("failed")
+        lease.finish("partial" if failed else "succeeded",
+                     counts={"written": writeback.written, "writeback": writeback.counts.as_dict(),
+                             "writeback_failed": failed, "issues": len(outcome.population.issues)},
+                     seconds=round(time.perf_counter() - started, 3))
     report = build_report(outcome)
     if writeback is not None:
         report["writeback"] = writeback.as_report()
@@ -221,6 +295,32 @@ def _store_settings(args: argparse.Namespace) -> Settings:
     return dataclasses.replace(settings, **changes) if changes else settings
 
 
+def _remember_unconfirmed(lease: Any, source: str, summary: Any) -> None:
+    """Writes sent without an answer: a later run that finds them landed writes their
+    Provenance (the same record the refresh jobs keep for this source)."""
+    from fhirpanel.jobs.refresh import save_unconfirmed
+
+    with lease.store.session() as s:
+        save_unconfirmed(lease.store, s, source, summary, lease.run_id)
+
+
+def _write_guard(args: argparse.Namespace, settings: Settings, lease: Any) -> dict[str, Any]:
+    """`write_back(guard=...)` for `run --write`: the brake on ended PCP participations and
+    changed assignments, checked after the CareTeams are planned and before anything is sent."""
+    from fhirpanel.jobs.refresh import check_write_brake
+
+    accepted = [False]
+
+    def guard(ended: tuple[int, int], changed: tuple[int, int]) -> None:
+        from fhirpanel.jobs import brake
+
+        change = brake.figures(settings.safety, ended=ended, changed=changed)
+        accepted[0] = check_write_brake(settings, lease.store, args.source, change,
+                                        what="run --write", accept_all=args.accept_change)
+
+    return {"guard": guard, "accepted": accepted}
+
+
 def cmd_refresh(args: argparse.Namespace, console: Console) -> int:
     from fhirpanel.jobs.refresh import full_refresh, incremental_refresh
     from fhirpanel.store import Store
@@ -229,22 +329,27 @@ def cmd_refresh(args: argparse.Namespace, console: Console) -> int:
     store = Store(settings.database)
     refresh = full_refresh if args.full else incremental_refresh
     result = refresh(settings, store, trigger="cli", as_of=args.as_of,
-                     write=False if args.no_write else None)
+                     write=False if args.no_write else None,
+                     accept_change=args.accept_change)
     if args.json:
         run = store.run(result.run_id) if result.run_id else None
         console.print_json(data=run or {"status": result.status, "error": result.error})
     else:
         console.print(f"{result.kind} refresh (run {result.run_id}): [bold]{result.status}"
-                      f"[/bold] in {result.seconds:.1f}s, {result.requests} FHIR requests")
-        if result.error:
-            console.print(f"  {result.error}", highlight=False)
+                      f"[/bold] in {result.seconds:.1f}s, {result.requests} FHIR requests",
+                      soft_wrap=True)
         for key, value in result.counts.items():
-            console.print(f"  {key}: {value}", highlight=False)
+            console.print(f"  {key}: {value}", highlight=False, soft_wrap=True)
         if result.watermark_after != result.watermark_before:
-            console.print(f"  watermark: {result.watermark_before} -> {result.watermark_after}")
+            console.print(f"  watermark: {result.watermark_before} -> {result.watermark_after}",
+                          soft_wrap=True)
     store.close()
+    if result.error and result.status != "succeeded":
+        error_line(result.error)
     if result.status == "skipped":
         return ExitCode.BUSY
+    if result.status == "held":
+        return ExitCode.HELD
     if result.status in ("failed", "abandoned"):
         exc = result.exception
         return exc.exit_code if isinstance(exc, FhirpanelError) else ExitCode.FAILURE
@@ -381,8 +486,10 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
                   "(sekmet, 127.0.0.1, seeded with the committed 300-patient population)")
     with sandbox_process(db) as base:
         console.print(f"Sandbox FHIR base: {base}")
+        # The demo's own store holds the write lock (serve_demo starts it afresh after).
         run_args = ["run", "--source", base, "--as-of", DEMO_AS_OF, "--write",
-                    "--report", str(report)]
+                    "--report", str(report),
+                    "--database", f"sqlite:///{(workdir / 'fhirpanel.db').resolve()}"]
         code = main(run_args)
         if code != ExitCode.OK or args.no_serve:
             return code
@@ -426,8 +533,20 @@ def serve_demo(base: str, workdir: Path, console: Console) -> int:
         children.append(_spawn(["serve"], env, workdir / "api.log"))
         url = f"http://{LOOPBACK}:{port}"
         _wait_until(lambda: _answers(f"{url}/healthz"), children, "the API", 60)
+        # A single-use sign-in link (valid for an hour) made in the demo's store: the token
+        # itself never goes into an address.
+        from fhirpanel.store import Store
+        from fhirpanel.store.sessions import issue_login_link
+
+        store = Store(f"sqlite:///{state.resolve()}")
+        try:
+            link = issue_login_link(store, "demo", ttl_seconds=3600)
+        finally:
+            store.close()
         console.print()
-        console.print(f"Dashboard:  [bold]{url}/login?token={token}[/bold]")
+        console.print(f"Dashboard:  [bold]{url}{link}[/bold]", soft_wrap=True)
+        console.print("            (a sign-in link: it works once, within the hour; after "
+                      "that, sign in with the admin token)")
         console.print(f"API:        {url}/api/panels   (Authorization: Bearer {token})")
         console.print(f"OpenAPI:    {url}/openapi.json")
         console.print(f"Admin token: {token}")

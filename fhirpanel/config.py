@@ -139,6 +139,21 @@ class SchedulerSettings:
 
 
 @dataclass(frozen=True)
+class SafetySettings:
+    """The brake on sudden change: a pass that would change more than these shares of what the
+    store or the server holds stops before writing and is recorded `held` until an operator
+    accepts it. A practice's population moves well under 1% a day (deaths, moves, transfers) and
+    a nightly pass sees one day of it; a lost search page moves a page's worth at once."""
+
+    max_removed_patients: float = 0.05  # share of stored patients one pass may remove
+    max_ended_participations: float = 0.05  # share of active PCP participations one pass may end
+    max_changed_assignments: float = 0.10  # share of stored assignments one pass may change
+    # Below this many removals/ends/changes a pass is never held (a 40-patient test practice
+    # must not stop on its third change).
+    min_count: int = 10
+
+
+@dataclass(frozen=True)
 class ApiSettings:
     """`fhirpanel serve`: the API and dashboard."""
 
@@ -165,6 +180,7 @@ class Settings:
     writeback: WritebackSettings = field(default_factory=WritebackSettings)
     bulk: BulkSettings = field(default_factory=BulkSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    safety: SafetySettings = field(default_factory=SafetySettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     mappings_dir: str = ""  # empty: the mappings/ folder shipped with fhirpanel
     database_url: str = field(default="", repr=False)  # empty: sqlite:///var/fhirpanel.db

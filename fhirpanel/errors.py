@@ -15,6 +15,14 @@ class ExitCode:
     WRITEBACK = 13  # write-back failed
     BUSY = 14  # another refresh holds the lock
     CAPABILITY = 15  # the server lacks a required capability
+    HELD = 16  # a pass would change too much at once: held for an operator to accept
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's message on one line: whitespace runs (newlines from a server's text, a
+    multi-line exception) become single spaces, control characters are dropped."""
+    text = " ".join(str(exc).split())
+    return "".join(ch for ch in text if ch.isprintable()) or type(exc).__name__
 
 
 class FhirpanelError(Exception):
@@ -98,3 +106,13 @@ class WriteBackError(FhirpanelError):
 
 class BusyError(FhirpanelError):
     exit_code = ExitCode.BUSY
+
+
+class ChangeHeld(FhirpanelError):
+    """A pass would remove, end or change more than `[safety]` allows: nothing was written."""
+
+    exit_code = ExitCode.HELD
+
+    def __init__(self, message: str, figures: dict[str, Any]) -> None:
+        self.figures = figures
+        super().__init__(message)

@@ -13,7 +13,9 @@ removed or changed in the settings, is refused. Read tokens see every page; admi
 get the buttons, and every POST checks the scope and a CSRF token derived from the session id.
 Pages only read the store; changes go through the store's audited methods. A confirmation holds
 at once; an override asks for an incremental refresh (best effort: a busy lock leaves the
-patient queued for the next one).
+patient queued for the next one). A run the brake held (a change larger than `[safety]` allows)
+shows its figures in words on every page's banner and on the runs page, where an admin accepts
+it after a confirmation page that repeats the figures.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from fhirpanel.api import dashboard_queries as dq
+from fhirpanel.api import held
 from fhirpanel.api.auth import Account, TokenTable
 from fhirpanel.config import Settings
 from fhirpanel.errors import FhirpanelError
@@ -54,7 +57,7 @@ from fhirpanel.fhir.build import CARE_PLAN_KIND, CARE_TEAM_KIND, identifier_valu
 from fhirpanel.mappings import load_mapping_ref
 from fhirpanel.store import Store, queries
 from fhirpanel.store import sessions as web_sessions
-from fhirpanel.store.repository import CONFIRMERS, REQUESTERS, AssignmentChanged
+from fhirpanel.store.repository import CONFIRMERS, REQUESTERS, AssignmentChanged, NotHeld
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +94,15 @@ RULES = {
                "Assigned by hand at the request of the clinician, the patient, the family or "
                "staff; it holds until removed."),
 }
-RUN_STATUS = {
-    "running": ("running", "info"), "succeeded": ("succeeded", "ok"),
-    "partial": ("partly written", "warn"), "failed": ("failed", "bad"),
-    "skipped": ("skipped (busy)", "warn"), "abandoned": ("abandoned", "bad"),
+RUN_STATUS = {  # every status in api.openapi.RUN_STATUSES: (label, badge class)
+    "queued": ("waiting for the worker", "info"), "running": ("running", "info"),
+    "succeeded": ("succeeded", "ok"), "partial": ("partly written", "warn"),
+    "failed": ("failed", "bad"), "skipped": ("skipped (busy)", "warn"),
+    "abandoned": ("abandoned", "bad"), "held": ("held: needs review", "bad"),
+    "accepted": ("held, then accepted", "info"),
+    "crashed": ("crashed (process stopped)", "bad"),
 }
+MAX_RUN_ID = 2**31 - 1
 SORT_CHOICES = (("patient", "Patient id"), ("-tier", "Highest risk first"),
                 ("tier", "Lowest risk first"), ("last_visit", "Longest since last visit"),
                 ("-last_visit", "Most recent visit"), ("rule", "Rule"))
@@ -356,6 +363,10 @@ def _ref(rtype: str, raw: str) -> str:
     return f"{rtype}/{value}"
 
 
+def held_figures(run: Mapping[str, Any]) -> list[held.Figure]:
+    return held.figures(run, _settings().safety.min_count)
+
+
 def when(iso: str | None) -> str:
     """`2026-11-23T11:58:30.123Z` → `2026-11-23 11:58 UTC`."""
     if not iso:
@@ -415,6 +426,7 @@ def _helpers() -> dict[str, Any]:
         "rule_name": lambda r: RULES.get(r, (r or "–", ""))[0],
         "rule_text": lambda r: RULES.get(r, ("", r or ""))[1],
         "step_text": step_text, "outreach_text": outreach_text, "run_summary": run_summary,
+        "held_figures": held_figures,
         "status_text": lambda s: RUN_STATUS.get(s, (s, ""))[0],
         "status_class": lambda s: RUN_STATUS.get(s, (s, "info"))[1],
         "status_word": lambda s: {"assigned": "Assigned", "unassigned": "Unassigned",
@@ -440,6 +452,7 @@ def _with_figures(c: dict[str, Any]) -> dict[str, Any]:
 
 def _render(template: str, **context: Any) -> str:
     context.setdefault("running", dq.running_run(_store()))
+    context.setdefault("held_runs", held.awaiting(_store()))
     context.setdefault("here_url", request.full_path.rstrip("?"))
     return render_template(template, **context)
 
@@ -601,13 +614,17 @@ def outreach() -> ResponseReturnValue:
 
 @bp.get("/runs")
 def runs() -> ResponseReturnValue:
+    """Every run, newest first; a held run with its figures in words and, for admins, the
+    button that leads to accepting it."""
     store = _store()
     per_page = 25
     total = store.count_runs()
     pages = max(1, -(-total // per_page))
     page = min(_int_arg("page", 1), pages)
-    return _render("runs.html", rows=store.runs(limit=per_page, offset=(page - 1) * per_page),
-                   total=total, page=page, pages=pages)
+    rows = store.runs(limit=per_page, offset=(page - 1) * per_page)
+    return _render("runs.html", rows=rows, total=total, page=page, pages=pages,
+                   superseded=held.superseded(store, [r for r in rows
+                                                      if r["status"] == "held"]))
 
 
 # ---------------------------------------------------------------- changes (admin tokens)
@@ -743,6 +760,44 @@ def start_run() -> ResponseReturnValue:
         log.info("dashboard: %s started %s refresh %s", viewer.name, kind, run_id)
         flash(f"{kind.capitalize()} refresh started (run #{run_id}). Reload this page to "
               "follow it.", "success")
+    return redirect(url_for("dashboard.runs"), code=303)
+
+
+@bp.route("/runs/<int:run_id>/accept", methods=["GET", "POST"])
+def accept_run(run_id: int) -> ResponseReturnValue:
+    """Accept a held run in two steps: the runs page's button (a POST) or this address (a GET)
+    shows the figures again with a confirmation form; that form (POST with `confirm=yes`)
+    accepts. Admins only, CSRF-checked like every POST."""
+    store, viewer = _store(), _viewer()
+    assert viewer is not None  # noqa: S101 - _require_sign_in ran
+    if not viewer.admin:
+        abort(403, description="Your token is view only. Ask an administrator to review and "
+                               "accept a held run.")
+    run = store.run(run_id) if run_id <= MAX_RUN_ID else None
+    if run is None:
+        abort(404, description=f"No run #{run_id}.")
+    if run["status"] != "held":
+        flash(f"Nothing to accept: {held.not_held_reason(run)}.", "error")
+        return redirect(url_for("dashboard.runs"), code=303)
+    later = held.superseded(store, [run]).get(run_id)
+    if later is not None:
+        flash(f"Nothing to accept: {held.superseded_reason(run, later)}.", "error")
+        return redirect(url_for("dashboard.runs"), code=303)
+    if request.method == "GET" or request.form.get("confirm") != "yes":
+        return _render("accept.html", run=run, figures=held_figures(run))
+    try:
+        result = held.accept(_settings(), store, run_id, viewer.name)
+    except held.Superseded as exc:
+        flash(f"Nothing to accept: {exc}.", "error")
+        return redirect(url_for("dashboard.runs"), code=303)
+    except NotHeld:
+        now = store.run(run_id)
+        flash(f"Nothing to accept: {held.not_held_reason(now) if now else 'no such run'}.",
+              "error")
+        return redirect(url_for("dashboard.runs"), code=303)
+    log.info("dashboard: %s accepted held run %s (next run %s)", viewer.name, run_id,
+             result.next_run)
+    flash(f"Run #{run_id} accepted: {result.detail}.", "success")
     return redirect(url_for("dashboard.runs"), code=303)
 
 

@@ -1,9 +1,9 @@
 """`/metrics` in the Prometheus text format, from a registry owned by one app.
 
-Store figures (runs by kind and status, the last run's duration and write-back counts, patients
-per status and tier, unconfirmed assignments) are read from the store at each scrape by a custom
-collector, so every process reports the same values. Request latency is a histogram observed by
-the app itself.
+Store figures (runs by kind and status, held runs awaiting acceptance, the last run's duration
+and write-back counts, patients per status and tier, unconfirmed assignments) are read from the
+store at each scrape by a custom collector, so every process reports the same values. Request
+latency is a histogram observed by the app itself.
 
 Multi-worker caveat: under gunicorn each worker process has its own registry, so the latency
 histogram only counts the requests of the worker that answers the scrape, and a scrape lands on
@@ -24,6 +24,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
+from fhirpanel.api.held import awaiting
+from fhirpanel.api.openapi import RUN_KINDS, RUN_STATUSES
 from fhirpanel.store import Store
 from fhirpanel.store.queries import store_figures
 
@@ -55,9 +57,26 @@ class StoreCollector(Collector):
 
         runs = CounterMetricFamily("fhirpanel_runs", "Refresh runs recorded, by kind and status",
                                    labels=["kind", "status"])
-        for (kind, status), n in sorted(figures.runs.items()):
-            runs.add_metric([kind, status], n)
+        # Every known status of every kind seen (0 when none), so an alert on a status that
+        # has not happened yet (held, crashed) has a series to watch.
+        kinds = sorted({kind for kind, _ in figures.runs} | set(RUN_KINDS))
+        statuses = [*RUN_STATUSES, *sorted({s for _, s in figures.runs} - set(RUN_STATUSES))]
+        for kind in kinds:
+            for status in statuses:
+                runs.add_metric([kind, status], figures.runs.get((kind, status), 0))
         yield runs
+        held_runs = 0
+        if any(status == "held" for _, status in figures.runs):
+            try:
+                held_runs = len(awaiting(self.store))
+            except SQLAlchemyError as exc:  # counted as held, superseded or not
+                log.warning("metrics: held runs not checked (%s)", type(exc).__name__)
+                held_runs = sum(n for (_, status), n in figures.runs.items()
+                                if status == "held")
+        yield GaugeMetricFamily("fhirpanel_runs_held",
+                                "Held runs awaiting acceptance: the brake stopped a change "
+                                "larger than [safety] allows and nothing was written (not "
+                                "counting those a later run superseded)", value=held_runs)
 
         duration = GaugeMetricFamily("fhirpanel_last_run_duration_seconds",
                                      "Duration of the last finished run of each kind",

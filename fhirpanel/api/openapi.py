@@ -18,8 +18,14 @@ from fhirpanel.store.repository import CONFIRMERS, REQUESTERS
 JSON = "application/json"
 PROBLEM = "application/problem+json"
 FHIR_ID = r"[A-Za-z0-9\-.]{1,64}"
-RUN_KINDS = ["full", "incremental"]
-RUN_STATUSES = ["queued", "running", "succeeded", "partial", "failed", "skipped", "abandoned"]
+RUN_KINDS = ["full", "incremental"]  # what POST /api/runs starts
+RECORDED_KINDS = [*RUN_KINDS, "run"]  # a recorded run: also `fhirpanel run --write`
+# Every status the store writes: queued (for the worker), running, then succeeded, partial
+# (some writes failed), failed, skipped (the lock was busy), abandoned (stopped before writing),
+# held (the brake stopped a too-large change; nothing written), accepted (a held run an operator
+# let through) or crashed (its process died; found when its lease was taken over).
+RUN_STATUSES = ["queued", "running", "succeeded", "partial", "failed", "skipped", "abandoned",
+                "held", "accepted", "crashed"]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -101,6 +107,8 @@ def build_openapi(api: ApiSettings) -> dict[str, Any]:
                     "413": _problem("TooLarge"), "415": _problem("UnsupportedMediaType"),
                     "400": _problem("BadRequest"), "422": _problem("Unprocessable")}
     admin_note = "Needs an admin token."
+    run_id = _path("run_id", {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+                   "The run's id")
 
     paths: dict[str, Any] = {
         "/healthz": {"get": {
@@ -238,10 +246,34 @@ def build_openapi(api: ApiSettings) -> dict[str, Any]:
         "/api/runs/{run_id}": {"get": {
             "operationId": "getRun", "tags": ["runs"],
             "summary": "One run",
-            "parameters": [_path("run_id", {"type": "integer", "minimum": 1,
-                                            "maximum": 2**31 - 1}, "The run's id")],
+            "parameters": [run_id],
             "responses": {"200": _json(_ref("Run"), "The run"), "404": _problem("NotFound"),
                           **read_errors}}},
+        "/api/runs/{run_id}/accept": {"post": {
+            "operationId": "acceptRun", "tags": ["runs"],
+            "summary": "Let a held run's change through",
+            "description": "A pass that would remove, end or change more than the `[safety]` "
+                           "limits allow is recorded `held` with its figures in "
+                           "`counts.held` (`{name: {count, of, share, limit}}` for "
+                           "`removed_patients`, `ended_participations`, "
+                           "`changed_assignments`) and writes nothing. Accepting it, after "
+                           "reading those figures, marks it `accepted` (audited under the "
+                           "token's name, `counts.accepted` = `{by, at}`) and starts or queues "
+                           "the next refresh (`next_run`; null when a refresh is running, or "
+                           "for a held `fhirpanel run --write`, which is simply run again): "
+                           "that pass goes ahead when it changes no more than the accepted "
+                           "figures (give or take 5%). No body. 409 when the run is not held "
+                           "(already accepted, or never held). " + admin_note,
+            "x-fhirpanel-scope": "admin",
+            "parameters": [run_id],
+            "responses": {
+                "202": {**_json(_ref("AcceptResult"), "Accepted"),
+                        "headers": {"Location": {"description": "The next run's URL, when "
+                                                                "one was started",
+                                                 "schema": {"type": "string"}}}},
+                "404": _problem("NotFound"), "409": _problem("Conflict"),
+                "401": _problem("Unauthorized"), "403": _problem("Forbidden"),
+                "413": _problem("TooLarge"), "503": _problem("Unavailable")}}},
     }
     return {
         "openapi": "3.1.0",
@@ -290,7 +322,8 @@ def _responses(api: ApiSettings) -> dict[str, Any]:
         "Forbidden": problem("A read token on an endpoint that needs admin", challenge),
         "NotFound": problem("No such patient, clinician, override or run"),
         "Conflict": problem("The state does not allow it (patient not assigned or excluded, "
-                            "assignment changed, a refresh already running)"),
+                            "assignment changed, a refresh already running, a run to accept "
+                            "that is not held)"),
         "TooLarge": problem(f"The body is larger than {api.max_body_bytes} bytes "
                             "(`api.max_body_bytes`), whether sent with a Content-Length or "
                             "chunked"),
@@ -449,13 +482,23 @@ def _schemas() -> dict[str, Any]:
         "ConfirmResult": _obj({"confirmation": _ref("Confirmation")}),
         "RunRequest": _obj({"kind": {"type": "string", "enum": RUN_KINDS}}, closed=True),
         "Run": _obj({
-            "id": integer, "kind": {"type": "string", "enum": RUN_KINDS}, "trigger": string,
+            "id": integer, "kind": {"type": "string", "enum": RECORDED_KINDS},
+            "trigger": string,
             "source": string, "as_of": string, "started_at": _nullable("string"),
             "finished_at": _nullable("string"),
             "status": {"type": "string", "enum": RUN_STATUSES},
-            "counts": {"type": "object"}, "error": _nullable("string"),
+            "counts": {"type": "object", "description": "What the run did; a held run's "
+                       "figures are in `held` (`{name: {count, of, share, limit}}`), an "
+                       "accepted one's acceptance in `accepted` (`{by, at}`)"},
+            "error": _nullable("string"),
             "watermark_before": _nullable("string"), "watermark_after": _nullable("string"),
             "requests": integer, "seconds": _nullable("number"),
         }),
         "RunPage": _paged("Run"),
+        "AcceptResult": _obj({
+            "run": _ref("Run"),
+            "next_run": _nullable("integer", description="The run started or queued to "
+                                  "apply the change, or null"),
+            "detail": {"type": "string", "description": "What happens next, in words"},
+        }),
     }

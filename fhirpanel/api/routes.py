@@ -1,7 +1,8 @@
 """The JSON API under `/api`: panels, patients and their explanation, the unassigned and outreach
 lists, overrides and confirmations, and runs. It only reads the store; changes go through the
 store's audited methods (the token's name is the actor) and then ask for an incremental refresh,
-best effort: a busy lock leaves the patient queued for the next one."""
+best effort: a busy lock leaves the patient queued for the next one. A run the brake held (too
+large a change at once) is let through with `POST /api/runs/{id}/accept`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from fhirpanel.api import held
 from fhirpanel.api.params import (
     Member,
     bool_param,
@@ -27,7 +29,7 @@ from fhirpanel.errors import FhirpanelError
 from fhirpanel.fhir.build import CARE_PLAN_KIND, CARE_TEAM_KIND, identifier_value
 from fhirpanel.store import Store
 from fhirpanel.store import queries as q
-from fhirpanel.store.repository import CONFIRMERS, REQUESTERS, AssignmentChanged
+from fhirpanel.store.repository import CONFIRMERS, REQUESTERS, AssignmentChanged, NotHeld
 
 log = logging.getLogger(__name__)
 
@@ -340,3 +342,30 @@ def start_run() -> tuple[Response, int, dict[str, str]]:
     found = _store().run(run_id) or {"id": run_id, "kind": body["kind"], "status": "running"}
     return jsonify(found), 202, {"Location": f"{request.script_root}/api/runs/{run_id}"}
 
+
+
+@bp.post("/runs/<int:run_id>/accept")
+@admin_only
+def accept_run(run_id: int) -> tuple[Response, int, dict[str, str]]:
+    """Let a held run's change through, after reading its figures (`counts.held`): the run
+    becomes `accepted` (audited), and the next pass is started or queued; it goes ahead when it
+    changes no more than those figures. 409 when the run is not held, or a later run
+    superseded it."""
+    store = _store()
+    found = store.run(run_id) if run_id <= MAX_RUN_ID else None
+    if found is None:
+        raise not_found(f"no run {run_id}")
+    if found["status"] != "held":
+        raise conflict(held.not_held_reason(found), "run-not-held")
+    settings = current_app.extensions["fhirpanel"].settings
+    try:
+        result = held.accept(settings, store, run_id, _actor())
+    except held.Superseded as exc:
+        raise conflict(str(exc), "run-superseded") from exc
+    except NotHeld as exc:  # accepted by someone else a moment ago
+        now = store.run(run_id)
+        raise conflict(held.not_held_reason(now) if now else str(exc), "run-not-held") from exc
+    log.info("API: %s accepted held run %s (next run %s)", _actor(), run_id, result.next_run)
+    headers = ({"Location": f"{request.script_root}/api/runs/{result.next_run}"}
+               if result.next_run is not None else {})
+    return jsonify(run=result.run, next_run=result.next_run, detail=result.detail), 202, headers

@@ -11,6 +11,7 @@ work (write-back is idempotent, so nothing is written twice).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import email.utils
 import hashlib
@@ -26,10 +27,11 @@ from fhirpanel.config import Settings
 from fhirpanel.domain.attribution import ManualAssignment
 from fhirpanel.domain.panels import AgeSexWeights, Panel, Suggestion, suggest_clinicians
 from fhirpanel.domain.records import Population
-from fhirpanel.errors import ConfigError, FhirpanelError
+from fhirpanel.errors import BusyError, ChangeHeld, ConfigError, FhirpanelError, one_line
 from fhirpanel.fhir.parse import ParseProblem, parse_instant, reference_id
 from fhirpanel.fhir.source import FhirSource, ServerSource
 from fhirpanel.ingest import read_population
+from fhirpanel.jobs import brake
 from fhirpanel.run import MethodTables, RunOutcome, analyse, open_source, run_full
 from fhirpanel.store import Store, lock_holder_id
 from fhirpanel.store.repository import now_utc
@@ -52,7 +54,7 @@ class Abandoned(FhirpanelError):
 class RefreshResult:
     run_id: int | None
     kind: str
-    status: str  # succeeded | partial | failed | skipped | abandoned
+    status: str  # succeeded | partial | failed | held | skipped | abandoned
     counts: dict[str, Any] = field(default_factory=dict)
     watermark_before: str | None = None
     watermark_after: str | None = None
@@ -84,6 +86,8 @@ class Job:
     fail_after_batches: int | None = None
     holder: str = ""  # who holds the refresh lock for this run
     lost_lock: threading.Event = field(default_factory=threading.Event)
+    accept_change: bool = False  # the operator let a large change through (--accept-change)
+    used_acceptance: bool = False  # a stored acceptance let this pass through: consume it
 
     @property
     def source_spec(self) -> str:
@@ -128,28 +132,50 @@ class Job:
 def full_refresh(settings: Settings, store: Store, *, trigger: str = "cli",
                  as_of: date | None = None, source: str | None = None,
                  write: bool | None = None, stop: threading.Event | None = None,
-                 fail_after_batches: int | None = None) -> RefreshResult:
+                 fail_after_batches: int | None = None,
+                 accept_change: bool = False) -> RefreshResult:
     job = Job(settings, store, trigger, as_of, source, write, stop or threading.Event(),
-              fail_after_batches)
+              fail_after_batches, accept_change=accept_change)
     return _locked(job, "full")
 
 
 def incremental_refresh(settings: Settings, store: Store, *, trigger: str = "cli",
                         as_of: date | None = None, source: str | None = None,
                         write: bool | None = None, stop: threading.Event | None = None,
-                        fail_after_batches: int | None = None) -> RefreshResult:
+                        fail_after_batches: int | None = None,
+                        accept_change: bool = False) -> RefreshResult:
     job = Job(settings, store, trigger, as_of, source, write, stop or threading.Event(),
-              fail_after_batches)
+              fail_after_batches, accept_change=accept_change)
     return _locked(job, "incremental")
 
 
+def accept_held_run(settings: Settings, store: Store, run_id: int, actor: str,
+                    trigger: str = "api") -> tuple[dict[str, Any], int | None]:
+    """An operator read a held run's figures and lets such a change through: the next pass on
+    that source proceeds if it changes no more than that (brake.check). Returns the run and the
+    id of the run started to apply it (None when the lock is held or the run was not a
+    refresh: the next pass, or `run --write` again, will use the acceptance)."""
+    run = store.accept_held(run_id, actor)
+    with store.session() as s:
+        store.set_context(s, _context_key("accept", run["source"]),
+                          {"run": run_id, "figures": run["counts"].get("held", {}),
+                           "by": actor, "at": now_utc().isoformat()}, run_id)
+    next_run = None
+    if run["kind"] in ("full", "incremental"):
+        kind: Kind = "full" if run["kind"] == "full" else "incremental"
+        next_run = request_run(settings, store, kind, trigger, source=run["source"])
+    return run, next_run
+
+
 def request_run(settings: Settings, store: Store, kind: Kind, trigger: str,
-                on_done: Callable[[RefreshResult], None] | None = None) -> int | None:
+                on_done: Callable[[RefreshResult], None] | None = None,
+                source: str | None = None) -> int | None:
     """Start a refresh and return its run id, or None when another refresh holds the lock or
     is queued (nothing is recorded then: the caller says "busy"). With a live worker
     (`fhirpanel worker` beat its heartbeat lately) the run is queued for it, so the heavy work
-    stays out of the web process; otherwise it runs in a background thread here."""
-    job = Job(settings, store, trigger)
+    stays out of the web process; otherwise it runs in a background thread here. `source`:
+    what to read (default: the configured source)."""
+    job = Job(settings, store, trigger, source=source)
     if on_done is None and store.worker_alive(WORKER_ALIVE_SECONDS):
         if store.lock_info() is not None:
             return None
@@ -178,6 +204,83 @@ def request_run(settings: Settings, store: Store, kind: Kind, trigger: str,
 # ---------------------------------------------------------------- locking and bookkeeping
 
 
+@dataclass
+class Lease:
+    """The refresh lock held by a run that is not a refresh (`fhirpanel run --write`): one
+    writer at a time against the server, whatever the command."""
+
+    store: Store
+    run_id: int
+    holder: str
+    lost: threading.Event
+    finished: bool = False
+
+    def finish(self, status: str, counts: Mapping[str, Any] | None = None,
+               error: str | None = None, seconds: float | None = None) -> None:
+        self.store.finish_run(self.run_id, status, counts=counts, error=error, seconds=seconds)
+        self.finished = True
+
+
+@contextlib.contextmanager
+def leased_run(settings: Settings, store: Store, kind: str, trigger: str, source: str,
+               as_of: date) -> Iterator[Lease]:
+    """Take the refresh lock (BusyError when another run holds it), record a run of `kind`,
+    beat the lock's heartbeat, and release it at the end. A run the block did not finish is
+    recorded `held`, `failed` or `abandoned` from the exception that ended it."""
+    holder = lock_holder_id()
+    key = source.rstrip("/")
+    if not store.try_lock(holder, settings.scheduler.lock_stale_seconds):
+        info = store.lock_info() or {}
+        reason = f"another run holds the refresh lock ({info.get('holder', '?')})"
+        store.record_skipped(kind, trigger, key, as_of.isoformat(), reason)
+        raise BusyError(f"{reason}; nothing was written. Try again when it has finished")
+    started = time.perf_counter()
+    lost, beat_stop = threading.Event(), threading.Event()
+    try:
+        run_id = store.start_run(kind, trigger, key, as_of.isoformat())
+        beat = threading.Thread(target=_heartbeat, args=(store, holder, beat_stop, lost),
+                                name="fhirpanel-lock-heartbeat", daemon=True)
+        beat.start()
+        lease = Lease(store, run_id, holder, lost)
+        try:
+            yield lease
+        except BaseException as exc:
+            if not lease.finished:
+                status = ("held" if isinstance(exc, ChangeHeld) else "abandoned"
+                          if isinstance(exc, KeyboardInterrupt | Abandoned) else "failed")
+                counts = {"held": exc.figures} if isinstance(exc, ChangeHeld) else None
+                _failed(store, run_id, kind, status, exc, started, counts=counts)
+                lease.finished = True
+            raise
+        finally:
+            beat_stop.set()
+            beat.join(timeout=5)
+        if not lease.finished:
+            lease.finish("succeeded", seconds=round(time.perf_counter() - started, 3))
+    finally:
+        store.release_lock(holder)
+
+
+def check_write_brake(settings: Settings, store: Store, source: str, change: list[brake.Change],
+                      *, what: str, accept_all: bool) -> bool:
+    """The brake for a pass outside the refresh jobs (`run --write`): raises ChangeHeld, or
+    returns True when a stored acceptance let it through (consume it with `consume_acceptance`)."""
+    key = _context_key("accept", source.rstrip("/"))
+    try:
+        brake.check(change, settings.safety, what=what, accept_all=accept_all)
+        return False
+    except ChangeHeld:
+        accepted = store.context(key)
+        figures = accepted.get("figures") if isinstance(accepted, dict) else None
+        brake.check(change, settings.safety, what=what, accepted=figures or {})
+        return True
+
+
+def consume_acceptance(store: Store, source: str, run_id: int) -> None:
+    with store.session() as s:
+        store.set_context(s, _context_key("accept", source.rstrip("/")), None, run_id)
+
+
 def run_queued(settings: Settings, store: Store, stop: threading.Event | None = None
                ) -> RefreshResult | None:
     """Run the oldest queued run (the worker calls this every few seconds). None: nothing
@@ -193,7 +296,9 @@ def run_queued(settings: Settings, store: Store, stop: threading.Event | None = 
             store.release_lock(holder)
     if claimed is None:
         return None
-    job = Job(settings, store, claimed["trigger"], stop=stop or threading.Event())
+    # The source the run was asked for (an accepted held run names its own).
+    job = Job(settings, store, claimed["trigger"], source=claimed["source"] or None,
+              stop=stop or threading.Event())
     if claimed["as_of"]:
         job.as_of = date.fromisoformat(claimed["as_of"])
     kind: Kind = "full" if claimed["kind"] == "full" else "incremental"
@@ -249,14 +354,25 @@ def _run_holding(job: Job, kind: Kind, holder: str, run_id: int) -> RefreshResul
             result = _incremental(job, run_id)
     except Abandoned as exc:
         result = _failed(store, run_id, kind, "abandoned", exc, started)
+    except ChangeHeld as exc:
+        log.log(_report_level(job, logging.WARNING), "%s refresh %d: %s", kind, run_id, exc)
+        result = _failed(store, run_id, kind, "held", exc, started,
+                         counts={"held": exc.figures})
     except Exception as exc:  # recorded on the run; the caller decides what to do
-        log.exception("%s refresh %d failed", kind, run_id)
+        log.log(_report_level(job, logging.ERROR), "%s refresh %d failed: %s", kind, run_id,
+                one_line(exc))
+        log.debug("%s refresh %d failed", kind, run_id, exc_info=True)
         result = _failed(store, run_id, kind, "failed", exc, started)
     finally:
         beat_stop.set()
         beat.join(timeout=5)
         store.release_lock(holder)
     return result
+
+
+def _report_level(job: Job, level: int) -> int:
+    """The CLI prints a run's outcome as its one error line: the log says it at INFO there."""
+    return logging.INFO if job.trigger == "cli" else level
 
 
 def _heartbeat(store: Store, holder: str, stop: threading.Event,
@@ -267,19 +383,40 @@ def _heartbeat(store: Store, holder: str, stop: threading.Event,
                 log.error("the refresh lock was taken over: this run stops at its next step")
                 lost.set()
                 return
-        except Exception:  # a missed beat only risks a takeover after lock_stale_seconds
-            log.warning("lock heartbeat failed", exc_info=True)
+        except Exception as exc:  # a missed beat only risks a takeover after lock_stale_seconds
+            log.warning("lock heartbeat failed: %s", one_line(exc))
+            log.debug("lock heartbeat failed", exc_info=True)
 
 
 def _failed(store: Store, run_id: int, kind: str, status: str, exc: BaseException,
-            started: float) -> RefreshResult:
+            started: float, counts: dict[str, Any] | None = None) -> RefreshResult:
     seconds = time.perf_counter() - started
-    error = f"{type(exc).__name__}: {exc}"
+    error = one_line(exc) if isinstance(exc, FhirpanelError) else (
+        f"{type(exc).__name__}: {one_line(exc)}")
     try:
-        store.finish_run(run_id, status, error=error, seconds=round(seconds, 3))
-    except Exception:
-        log.exception("could not record run %d as %s", run_id, status)
-    return RefreshResult(run_id, kind, status, error=error, exception=exc, seconds=seconds)
+        store.finish_run(run_id, status, error=error, seconds=round(seconds, 3), counts=counts)
+    except Exception as record_exc:
+        log.error("could not record run %d as %s: %s", run_id, status, one_line(record_exc))
+    return RefreshResult(run_id, kind, status, counts=dict(counts or {}), error=error,
+                         exception=exc, seconds=seconds)
+
+
+def _apply_brake(job: Job, what: str, change: list[brake.Change]) -> None:
+    """Hold the pass (ChangeHeld) when it changes too much, unless accepted."""
+    accepted = job.store.context(_context_key("accept", job.source_key))
+    figures = accepted.get("figures") if isinstance(accepted, dict) else None
+    try:
+        brake.check(change, job.settings.safety, what=what, accept_all=job.accept_change)
+    except ChangeHeld:
+        brake.check(change, job.settings.safety, what=what, accepted=figures or {})
+        job.used_acceptance = True
+        log.warning("%s: a large change let through by an operator's acceptance", what)
+
+
+def _consume_acceptance(job: Job, s: Any, run_id: int) -> None:
+    """An acceptance lets one pass through: gone once that pass commits."""
+    if job.used_acceptance:
+        job.store.set_context(s, _context_key("accept", job.source_key), None, run_id)
 
 
 # ---------------------------------------------------------------- full refresh
@@ -303,6 +440,16 @@ def _full(job: Job, run_id: int) -> RefreshResult:
         close = getattr(source, "close", None)  # a Bulk export's downloaded files; the
         if callable(close) and not isinstance(source, ServerSource):  # client stays open
             close()
+    export = getattr(source, "result", None)
+    complete = not getattr(export, "issues", None)  # False: a Bulk export with error files
+    stored = store.assignment_states()
+    seen = {a.patient: (a.status, a.practitioner) for a in outcome.attribution.assignments}
+    change = brake.figures(
+        settings.safety,
+        removed=(len(set(stored) - set(seen)) if complete else 0, len(stored)),
+        changed=(sum(1 for p, state in seen.items() if p in stored and stored[p] != state),
+                 len(stored)))
+    _apply_brake(job, "the full refresh", change)
     job.check_stop("write-back")
     ledger = store.ledger(run_id)
     writeback = _write(job, source, outcome, ledger, trust_ledger=False)
@@ -312,9 +459,8 @@ def _full(job: Job, run_id: int) -> RefreshResult:
                  or watermark_before)
     weights = outcome.panels.weights
     counts = _counts(outcome, writeback)
+    counts["change"] = {c.name: c.as_dict() for c in change}
     status = "partial" if counts.get("writeback_failed") else "succeeded"
-    export = getattr(source, "result", None)
-    complete = not getattr(export, "issues", None)  # False: a Bulk export with error files
     if not complete:
         counts["removals_skipped"] = "the Bulk export reported errors"
     with store.session() as s:
@@ -324,6 +470,7 @@ def _full(job: Job, run_id: int) -> RefreshResult:
             weights=_patient_weights(outcome, weights), clinician_names=_names(outcome),
             done_pending=pending, started_at=read_at, remove_missing=complete))
         ledger.flush(s)
+        save_unconfirmed(store, s, job.source_key, writeback, run_id)
         store.set_context(s, "weights", [[b, sx, w] for (b, sx), w in
                                          sorted(weights.weights.items())], run_id)
         store.set_context(s, "as_of", job.day.isoformat(), run_id)
@@ -331,6 +478,7 @@ def _full(job: Job, run_id: int) -> RefreshResult:
         store.set_context(s, _seen_key(job.source_key),
                           recorder.seen_after(watermark), run_id)
         store.set_context(s, _floor_key(job.source_key), watermark, run_id)
+        _consume_acceptance(job, s, run_id)
         if watermark:
             store.set_watermark(s, job.source_key, watermark, run_id)
         _queue_failed(store, s, writeback)
@@ -415,6 +563,14 @@ def _incremental(job: Job, run_id: int) -> RefreshResult:
             counts["patients_not_found"] = len(missing)
             log.warning("%d changed patient(s) no longer on the server, removed from the "
                         "store: %s", len(missing), ", ".join(missing[:10]))
+        stored = store.assignment_states()
+        change = brake.figures(
+            settings.safety,
+            removed=(sum(1 for p in missing if p in stored), len(stored)),
+            changed=(sum(1 for a in outcome.attribution.assignments if a.patient in stored
+                         and stored[a.patient] != (a.status, a.practitioner)), len(stored)))
+        _apply_brake(job, "the incremental pass", change)
+        counts["change"] = {c.name: c.as_dict() for c in change}
         job.check_stop("write-back")
         writeback = _write(job, source, outcome, ledger, trust_ledger=True, incremental=True)
         counts.update(_counts(outcome, writeback))
@@ -432,6 +588,7 @@ def _incremental(job: Job, run_id: int) -> RefreshResult:
     with store.session() as s:
         job.check_lock(s)
         store.set_context(s, held_key, held, run_id)
+        _consume_acceptance(job, s, run_id)
         if outcome is not None:
             counts.update(store.save_outcome(
                 s, outcome, run_id, full=False, report_patients=_report_patients(outcome),
@@ -439,6 +596,7 @@ def _incremental(job: Job, run_id: int) -> RefreshResult:
                 clinician_names=_names(outcome), done_pending=pending, started_at=read_at,
                 gone=missing))
         ledger.flush(s)
+        save_unconfirmed(store, s, job.source_key, writeback, run_id)
         if not counts.get("watermark_held"):
             store.set_context(s, seen_key, sorted(set(recent)), run_id)
         if watermark != watermark_before:
@@ -466,16 +624,48 @@ def _write(job: Job, source: FhirSource, outcome: RunOutcome, ledger: Any, *,
         if job.write:
             raise ConfigError("writing back needs a FHIR server source (http://... or bulk:...)")
         return None
-    from fhirpanel.writeback import WritebackTables, write_back
+    from fhirpanel.writeback import WriteBackInterrupted, WritebackTables, write_back
 
     cfg = job.settings.writeback
     if incremental and cfg.attribution_group:
         # A Group lists a whole organisation's patients: only a full refresh rebuilds it.
         cfg = dataclasses.replace(cfg, attribution_group=False)
     tables = WritebackTables.load(cfg, job.settings.mappings_path, tiers=job.settings.risk.tiers)
-    return write_back(outcome, client, cfg, dry_run=False, tables=tables,
-                      ledger=ledger, trust_ledger=trust_ledger,
-                      fail_after_batches=job.fail_after_batches)
+    stored_count = len(job.store.patient_ids()) if incremental else 0
+
+    def guard(ended: tuple[int, int], changed: tuple[int, int]) -> None:
+        # PCP participations the CareTeams would end, before anything is sent. An incremental
+        # pass sees only its own patients' teams: measure it on the whole stored practice.
+        of = stored_count if incremental else ended[1]
+        what = "the incremental pass" if incremental else "the full refresh"
+        _apply_brake(job, what, brake.figures(job.settings.safety, ended=(ended[0], of)))
+
+    try:
+        return write_back(outcome, client, cfg, dry_run=False, tables=tables,
+                          ledger=ledger, trust_ledger=trust_ledger,
+                          fail_after_batches=job.fail_after_batches,
+                          unconfirmed=unconfirmed_writes(job.store, job.source_key), guard=guard)
+    except WriteBackInterrupted as exc:
+        # Sent without an answer: remembered, so a later pass that finds them landed writes
+        # their Provenance. Stored on its own: the run's results are not committed.
+        with job.store.session() as s:
+            save_unconfirmed(job.store, s, job.source_key, exc.summary, None)
+        raise
+
+
+def unconfirmed_writes(store: Store, source_key: str) -> list[tuple[str, str]]:
+    """Writes an earlier pass on this source sent without getting an answer."""
+    rows = store.context(_context_key("unconfirmed", source_key.rstrip("/"))) or []
+    return [(str(r[0]), str(r[1])) for r in rows if isinstance(r, list) and len(r) == 2]
+
+
+def save_unconfirmed(store: Store, s: Any, source_key: str, summary: Any,
+                     run_id: int | None) -> None:
+    """The writer's whole unconfirmed set replaces the stored one."""
+    if summary is None:
+        return
+    keys = sorted([rtype, ident] for rtype, ident in getattr(summary, "unconfirmed", ()) or ())
+    store.set_context(s, _context_key("unconfirmed", source_key.rstrip("/")), keys, run_id)
 
 
 def _suggestions(store: Store, outcome: RunOutcome, tables: MethodTables,

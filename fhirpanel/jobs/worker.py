@@ -37,7 +37,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from fhirpanel.config import Settings
-from fhirpanel.errors import ConfigError, FhirHttpError, TransportError
+from fhirpanel.errors import ConfigError, FhirHttpError, TransportError, one_line
 from fhirpanel.jobs.refresh import (
     RefreshResult,
     full_refresh,
@@ -254,8 +254,9 @@ def _beat(store: Store, stop: threading.Event) -> None:
     while True:
         try:
             store.worker_heartbeat()
-        except Exception:
-            log.warning("worker heartbeat failed", exc_info=True)
+        except Exception as exc:
+            log.warning("worker heartbeat failed: %s", one_line(exc))
+            log.debug("worker heartbeat failed", exc_info=True)
         if stop.wait(QUEUE_SECONDS):
             return
 

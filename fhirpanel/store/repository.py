@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
-import socket
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fhirpanel.domain.attribution import ManualAssignment
 from fhirpanel.errors import ConfigError, FhirpanelError
+from fhirpanel.store.lease import holder_is_dead, new_holder
 from fhirpanel.store.models import (
     AssignmentHistory,
     AuditEntry,
@@ -73,6 +72,10 @@ class StoreError(FhirpanelError):
     """The state store cannot be opened or used."""
 
 
+class NotHeld(FhirpanelError):
+    """Accepting a run that is not held."""
+
+
 class AssignmentChanged(FhirpanelError):
     """A change asked about an assignment that no longer holds (a refresh moved the patient)."""
 
@@ -89,8 +92,8 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 def lock_holder_id() -> str:
-    """Who holds a lock: host, process and a random part (two stores in one process differ)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+    """Who holds a lock: host, process, its start time and a random part (store/lease.py)."""
+    return new_holder()
 
 
 class Store:
@@ -182,15 +185,26 @@ class Store:
             if row is None:  # released meanwhile: try once more next time
                 return False
             beat = _aware(row.heartbeat_at) or now
-            if row.holder != holder and (now - beat).total_seconds() < stale_seconds:
+            previous = row.holder  # the update below refreshes `row` in the session
+            dead = previous != holder and holder_is_dead(previous)
+            if previous != holder and not dead and (now - beat).total_seconds() < stale_seconds:
                 return False
             result = s.execute(update(Lock).where(
-                Lock.name == name, Lock.holder == row.holder,
+                Lock.name == name, Lock.holder == previous,
                 Lock.heartbeat_at == row.heartbeat_at,
             ).values(holder=holder, acquired_at=now, heartbeat_at=now))
             taken = bool(getattr(result, "rowcount", 0) == 1)
-        if taken and row.holder != holder:
-            log.warning("took over a stale %s lock from %s", name, row.holder)
+            if taken and previous != holder and name == REFRESH_LOCK:
+                # Only the holder of the refresh lock runs: whatever is still `running` was
+                # its run, and it will never finish.
+                why = ("its process is gone (same host)" if dead
+                       else f"its lease was not renewed for {stale_seconds:g}s")
+                s.execute(update(Run).where(Run.status == "running").values(
+                    status="crashed", finished_at=now,
+                    error=f"the process running it stopped before finishing: {why}"))
+        if taken and previous != holder:
+            log.warning("took over the %s lock from %s: %s", name, previous,
+                        "its process is gone" if dead else "stale")
         return taken
 
     def heartbeat(self, holder: str, name: str = REFRESH_LOCK) -> bool:
@@ -246,6 +260,34 @@ class Store:
             return
         with self.session() as s:
             s.execute(stmt)
+
+    def accept_held(self, run_id: int, actor: str) -> dict[str, Any]:
+        """Mark a held run `accepted` (its figures were read and the change let through);
+        audited. StoreError when the run is not held."""
+        with self.session() as s:
+            row = s.get(Run, run_id)
+            if row is None or row.status != "held":
+                status = "no such run" if row is None else f"it is {row.status}"
+                raise NotHeld(f"run {run_id} is not held ({status})")
+            counts = dict(row.counts or {})
+            counts["accepted"] = {"by": actor, "at": now_utc().isoformat()}
+            row.status, row.counts = "accepted", counts
+            _audit(s, actor, "accept-change", None,
+                   {"run": run_id, "figures": counts.get("held", {})})
+            s.flush()
+            return run_dict(row)
+
+    def held_runs(self) -> list[dict[str, Any]]:
+        """Held runs nobody has accepted yet, newest first."""
+        with self.session() as s:
+            rows = s.scalars(select(Run).where(Run.status == "held").order_by(Run.id.desc()))
+            return [run_dict(r) for r in rows]
+
+    def assignment_states(self) -> dict[str, tuple[str, str | None]]:
+        """patient -> (status, practitioner) as stored: what a pass's changes are measured on."""
+        with self.session() as s:
+            return {p: (st, pr) for p, st, pr in s.execute(
+                select(PatientState.patient, PatientState.status, PatientState.practitioner))}
 
     def record_skipped(self, kind: str, trigger: str, source: str, as_of: str,
                        reason: str) -> int:
@@ -381,6 +423,12 @@ class Store:
                       actor: str) -> dict[str, Any]:
         now = now_utc()
         with self.session() as s:
+            if not self.is_sqlite:
+                # Overrides for one patient saved at once queue here, one transaction at a time
+                # (SQLite serialises writers by itself); the unique index stays the backstop.
+                key = int.from_bytes(hashlib.sha256(patient.encode()).digest()[:8], "big",
+                                     signed=True)
+                s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
             s.execute(update(Override).where(Override.patient == patient,
                                              Override.removed_at.is_(None))
                       .values(removed_at=now, removed_by=actor))

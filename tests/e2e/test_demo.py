@@ -1,5 +1,6 @@
 """`make demo` as a user runs it: the sandbox, the main job, then the worker and the API on
-127.0.0.1 with a printed URL and token; SIGTERM stops everything it started."""
+127.0.0.1 with a printed single-use sign-in link and token; SIGTERM stops everything it
+started."""
 
 from __future__ import annotations
 
@@ -33,9 +34,11 @@ def test_demo_serves_the_api_and_dashboard_and_stops_cleanly(tmp_path: Path) -> 
             time.sleep(1)
             text = out_path.read_text(errors="replace")
         token = re.search(r"Admin token: (\S+)", text).group(1)  # type: ignore[union-attr]
-        login = re.search(r"Dashboard:\s+(http://127\.0\.0\.1:\d+)/login\?token=", text)
+        login = re.search(r"Dashboard:\s+((http://127\.0\.0\.1:\d+)/login/once/[A-Za-z0-9_-]+)\s",
+                          text)
         assert login, text
-        base = login.group(1)
+        link, base = login.group(1), login.group(2)
+        assert token not in link  # the token never goes into an address
 
         panels = requests.get(f"{base}/api/panels", timeout=10,
                               headers={"Authorization": f"Bearer {token}"})
@@ -44,8 +47,18 @@ def test_demo_serves_the_api_and_dashboard_and_stops_cleanly(tmp_path: Path) -> 
         assert requests.get(f"{base}/api/panels", timeout=10).status_code == 401
         assert requests.get(f"{base}/readyz", timeout=10).json()["status"] == "ready"
         with requests.Session() as browser:
-            page = browser.get(f"{base}/login?token={token}", timeout=10)
-            assert page.status_code == 200 and "fhirpanel" in page.text
+            # The printed link signs the browser in and lands on the dashboard.
+            page = browser.get(link, timeout=10)
+            assert page.status_code == 200, page.status_code
+            assert page.url == f"{base}/" and [r.status_code for r in page.history] == [303]
+            assert "Practice overview" in page.text and "Signed in as" in page.text
+            assert browser.get(f"{base}/runs", timeout=10, allow_redirects=False) \
+                .status_code == 200
+        with requests.Session() as other:
+            # A second use is refused, and signs nobody in.
+            again = other.get(link, timeout=10)
+            assert again.status_code == 410 and "has been used" in again.text
+            assert other.get(f"{base}/", timeout=10, allow_redirects=False).status_code == 302
         assert (tmp_path / "var" / "demo" / "report.json").is_file()
     finally:
         if proc.poll() is None:

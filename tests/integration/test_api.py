@@ -30,7 +30,7 @@ from fhirpanel.api.auth import TokenTable
 from fhirpanel.config import Settings
 from fhirpanel.errors import ConfigError
 from fhirpanel.fhir.build import CARE_PLAN_KIND, CARE_TEAM_KIND, identifier_value
-from fhirpanel.jobs.refresh import full_refresh
+from fhirpanel.jobs.refresh import full_refresh, run_queued
 from fhirpanel.sandbox.server import SandboxServer, free_port
 from fhirpanel.store import Store
 from fhirpanel.store.models import Clinician, PatientState
@@ -197,7 +197,8 @@ ADMIN_CALLS = [("post", "/api/assignments/pat-000006/override",
                 {"practitioner": "prac-0001", "reason": "moved", "requested_by": "patient"}),
                ("delete", "/api/assignments/pat-000006/override", None),
                ("post", "/api/assignments/pat-000006/confirm", {"confirmed_by": "clinician"}),
-               ("post", "/api/runs", {"kind": "full"})]
+               ("post", "/api/runs", {"kind": "full"}),
+               ("post", "/api/runs/1/accept", None)]
 
 
 @pytest.mark.parametrize("path", PROTECTED_GETS)
@@ -802,6 +803,166 @@ def test_an_ndjson_source_cannot_run_an_incremental_refresh(store: Store) -> Non
     refresh = response.get_json()["refresh"]
     assert refresh["started"] is False and "FHIR server source" in refresh["detail"]
     assert store.lock_info() is None
+
+
+# ---------------------------------------------------------------- held runs
+
+FIGURES = {"removed_patients": {"count": 100, "of": 300, "share": 0.3333, "limit": 0.05},
+           "changed_assignments": {"count": 3, "of": 248, "share": 0.0121, "limit": 0.1}}
+
+
+def held_run(store: Store, kind: str = "full", source: str = "http://x/fhir") -> int:
+    """A run the brake held, as the refresh jobs record one."""
+    run_id = store.start_run(kind, "schedule", source, AS_OF)
+    store.finish_run(run_id, "held", counts={"held": FIGURES}, seconds=0.5,
+                     error="full refresh held: it would remove 100 of 300 stored patients")
+    return run_id
+
+
+def shrunken_source(directory: Path, keep: int) -> str:
+    """The committed population with only the first `keep` Patient lines: a read that lost
+    patients (their encounters and conditions stay)."""
+    target = directory / "short"
+    shutil.copytree(POPULATION_DIR, target, ignore=shutil.ignore_patterns("bundles"))
+    lines = (POPULATION_DIR / "Patient.ndjson").read_bytes().splitlines(keepends=True)
+    (target / "Patient.ndjson").write_bytes(b"".join(lines[:keep]))
+    return f"ndjson:{target}"
+
+
+def runs_held_metrics(client: FlaskClient) -> dict[str, float]:
+    samples = metric_samples(client.get("/metrics", headers=READ_H).get_data(as_text=True))
+    out = {"held_gauge": samples[("fhirpanel_runs_held", ())]}
+    for status in ("held", "accepted", "crashed", "queued"):
+        out[status] = samples[("fhirpanel_runs_total", (("kind", "full"), ("status", status)))]
+    return out
+
+
+def test_a_held_refresh_is_accepted_through_the_api_and_the_next_pass_applies_it(
+        store: Store, tmp_path: Path) -> None:
+    """A real held run (a full refresh whose read lost a third of the patients), its figures
+    in the API and /metrics, accepted by an admin: the run is `accepted` and audited, the next
+    pass is queued for the worker and, run, goes through; a second accept is a 409."""
+    source = shrunken_source(tmp_path, keep=200)
+    settings = api_settings(FHIRPANEL_SCHEDULER_SOURCE=source)
+    before = store.assignment_states()
+    result = full_refresh(settings, store, as_of=date.fromisoformat(AS_OF), write=False)
+    assert result.status == "held" and result.run_id is not None
+    run_id = result.run_id
+    removed = result.counts["held"]["removed_patients"]
+    assert removed["of"] == len(before) and removed["count"] == len(before) - 200
+    trigger = TriggerRecorder()
+    client = create_app(settings, store=store, trigger=trigger).test_client()
+
+    shown = client.get(f"/api/runs/{run_id}", headers=READ_H).get_json()
+    assert shown["status"] == "held" and shown["counts"]["held"]["removed_patients"] == removed
+    assert runs_held_metrics(client) == {"held_gauge": 1, "held": 1, "accepted": 0,
+                                         "crashed": 0, "queued": 0}
+    problem(client.post(f"/api/runs/{run_id}/accept", headers=READ_H), 403)
+    assert store.run(run_id)["status"] == "held"  # type: ignore[index]
+
+    store.worker_heartbeat()  # a live worker: the next pass is queued for it, not run here
+    response = client.post(f"/api/runs/{run_id}/accept", headers=ADMIN_H)
+    assert response.status_code == 202, response.get_data(as_text=True)
+    body = response.get_json()
+    next_run = body["next_run"]
+    assert isinstance(next_run, int) and next_run != run_id
+    assert response.headers["Location"].endswith(f"/api/runs/{next_run}")
+    assert body["run"]["id"] == run_id and body["run"]["status"] == "accepted"
+    assert body["run"]["counts"]["accepted"]["by"] == "alice"
+    assert "queued" in body["detail"]
+    assert trigger.calls == []  # accept_held_run starts the next pass itself
+
+    # The store: accepted, audited under the token's name, the next pass queued.
+    stored = store.run(run_id)
+    assert stored is not None and stored["status"] == "accepted"
+    assert stored["counts"]["held"]["removed_patients"] == removed  # the figures stay
+    audit = [a for a in store.audit() if a["action"] == "accept-change"]
+    assert len(audit) == 1 and audit[0]["actor"] == "alice"
+    assert audit[0]["detail"]["run"] == run_id
+    assert audit[0]["detail"]["figures"]["removed_patients"]["count"] == removed["count"]
+    queued = store.run(next_run)
+    assert queued is not None and queued["status"] == "queued" and queued["kind"] == "full"
+    assert store.held_runs() == []
+    assert runs_held_metrics(client) == {"held_gauge": 0, "held": 0, "accepted": 1,
+                                         "crashed": 0, "queued": 1}
+
+    again = problem(client.post(f"/api/runs/{run_id}/accept", headers=ADMIN_H), 409)
+    assert again["type"] == "urn:fhirpanel:problem:run-not-held"
+    assert "already accepted by alice" in again["detail"]
+    assert len([a for a in store.audit() if a["action"] == "accept-change"]) == 1
+
+    # The worker runs the queued pass: the accepted change goes through.
+    done = run_queued(settings, store)
+    assert done is not None and done.run_id == next_run and done.status == "succeeded", \
+        done and done.error
+    assert len(store.assignment_states()) == 200
+
+
+def test_accept_refuses_unknown_and_unheld_runs_and_says_what_happens_next(
+        client: FlaskClient, store: Store, trigger: TriggerRecorder) -> None:
+    problem(client.post("/api/runs/999/accept", headers=ADMIN_H), 404)
+    problem(client.post("/api/runs/99999999999999999999/accept", headers=ADMIN_H), 404)
+    not_held = problem(client.post("/api/runs/1/accept", headers=ADMIN_H), 409)
+    assert not_held["type"].endswith("run-not-held")
+    assert "not held (it is succeeded)" in not_held["detail"]
+    assert store.run(1)["status"] == "succeeded"  # type: ignore[index]
+
+    # A held `run --write`: accepted; nothing starts here (the operator runs it again).
+    write_run = held_run(store, kind="run")
+    response = client.post(f"/api/runs/{write_run}/accept", headers=ADMIN_H)
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["next_run"] is None and "Location" not in response.headers
+    assert "run --write" in body["detail"] and body["run"]["kind"] == "run"
+
+    # A held full refresh while another process holds the lock: accepted, no run started.
+    full_run = held_run(store, kind="full")
+    assert store.try_lock("someone-else", stale_seconds=3600)
+    try:
+        response = client.post(f"/api/runs/{full_run}/accept", headers=ADMIN_H)
+    finally:
+        store.release_lock("someone-else")
+    assert response.status_code == 202
+    assert response.get_json()["next_run"] is None
+    assert "a refresh is running" in response.get_json()["detail"]
+    assert store.run(full_run)["status"] == "accepted"  # type: ignore[index]
+
+    # A held incremental pass on an NDJSON source: the acceptance stands though the next
+    # pass cannot start (an NDJSON source cannot run incrementally); the answer says why.
+    incremental = held_run(store, kind="incremental")
+    response = client.post(f"/api/runs/{incremental}/accept", headers=ADMIN_H)
+    assert response.status_code == 202
+    assert response.get_json()["next_run"] is None
+    assert "could not start" in response.get_json()["detail"]
+    assert store.run(incremental)["status"] == "accepted"  # type: ignore[index]
+    assert [a["detail"]["run"] for a in store.audit() if a["action"] == "accept-change"] == [
+        incremental, full_run, write_run]
+    assert trigger.calls == [] and store.held_runs() == []
+
+
+def test_a_held_run_a_later_run_superseded_no_longer_waits_and_cannot_be_accepted(
+        client: FlaskClient, store: Store) -> None:
+    """The source was fixed and the next full refresh went through: the held run is moot. It
+    leaves the gauge, and accepting it (a standing permission for the next pass) is refused."""
+    stale = held_run(store, kind="full", source="http://x/fhir")
+    other_source = held_run(store, kind="full", source="http://y/fhir")
+    assert runs_held_metrics(client)["held_gauge"] == 2
+    later = store.start_run("full", "schedule", "http://x/fhir", AS_OF)
+    store.finish_run(later, "succeeded", counts={}, seconds=1.0)
+    metrics = runs_held_metrics(client)
+    assert metrics["held_gauge"] == 1 and metrics["held"] == 2  # runs_total counts them all
+    refused = problem(client.post(f"/api/runs/{stale}/accept", headers=ADMIN_H), 409)
+    assert refused["type"] == "urn:fhirpanel:problem:run-superseded"
+    assert f"superseded by run {later} (full, succeeded)" in refused["detail"]
+    assert store.run(stale)["status"] == "held"  # type: ignore[index]
+    assert [a for a in store.audit() if a["action"] == "accept-change"] == []
+    # A held incremental pass is superseded by a later full refresh of its source as well.
+    incremental = held_run(store, kind="incremental", source="http://y/fhir")
+    done = store.start_run("full", "schedule", "http://y/fhir", AS_OF)
+    store.finish_run(done, "partial", counts={}, seconds=1.0)
+    problem(client.post(f"/api/runs/{incremental}/accept", headers=ADMIN_H), 409)
+    problem(client.post(f"/api/runs/{other_source}/accept", headers=ADMIN_H), 409)
+    assert runs_held_metrics(client)["held_gauge"] == 0
 
 
 # ---------------------------------------------------------------- metrics, problems, dashboard

@@ -20,7 +20,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from fhirpanel.api.app import create_app
-from fhirpanel.api.dashboard import SESSION_KEY
+from fhirpanel.api.dashboard import RUN_STATUS, SESSION_KEY
+from fhirpanel.api.openapi import RUN_STATUSES
 from fhirpanel.config import Settings
 from fhirpanel.jobs.refresh import full_refresh
 from fhirpanel.sandbox.server import SandboxServer
@@ -456,6 +457,141 @@ def test_run_buttons_start_a_refresh_or_say_one_is_running(app: Flask, store: St
     assert "disabled" in html and f"run #{run_id}" in html
     assert "refresh is running" in page(client, "/")
     store.release_lock("somebody-else")
+
+
+# ---------------------------------------------------------------- held runs
+
+HELD = {"removed_patients": {"count": 100, "of": 300, "share": 0.3333, "limit": 0.05},
+        "ended_participations": {"count": 2, "of": 248, "share": 0.0081, "limit": 0.05}}
+REMOVED_WORDS = "would remove 100 of 300 stored patients (33.3%, limit 5%)"
+
+
+def held_app(store: Store, tmp_path: Path) -> Flask:
+    """The app with a source configured, so accepting a held refresh can queue the next."""
+    settings = make_settings(tmp_path / "state.db", page_size=10)
+    settings = dataclasses.replace(settings, scheduler=dataclasses.replace(
+        settings.scheduler, source=f"ndjson:{POPULATION_DIR}", as_of=AS_OF))
+    application = create_app(settings, store=store, trigger=Trigger())
+    application.testing = True
+    return application
+
+
+def record_held(store: Store) -> int:
+    run_id = store.start_run("full", "schedule", f"ndjson:{POPULATION_DIR}", AS_OF)
+    store.finish_run(run_id, "held", counts={"held": HELD}, seconds=1.0,
+                     error="full refresh held: it would remove 100 of 300 stored patients")
+    return run_id
+
+
+def test_a_held_run_is_shown_in_words_and_an_admin_accepts_it_after_confirming(
+        store: Store, tmp_path: Path) -> None:
+    app = held_app(store, tmp_path)
+    run_id = record_held(store)
+    store.worker_heartbeat()  # a live worker: the next pass is queued, not run in the test
+    client = sign_in(app)
+
+    # Every page but the runs page carries the banner; the runs page has the figures in words.
+    overview = page(client, "/")
+    banner = overview.split('id="held-banner"', 1)[1].split("</div>", 1)[0]
+    assert f"run #{run_id} (full) is <strong>held</strong>" in banner
+    assert REMOVED_WORDS in banner and "would end" not in banner  # only what is over
+    assert "accept if the change is real" in banner
+    assert 'id="held-banner"' in page(client, "/unassigned")
+    runs = page(client, "/runs")
+    assert 'id="held-banner"' not in runs
+    row = runs.split(f'<tr data-run="{run_id}">', 1)[1].split("</tr>", 1)[0]
+    assert "held: needs review" in row
+    assert f"{REMOVED_WORDS} <strong>(over the limit)</strong>" in row
+    assert "would end 2 of 248 active PCP participations (0.8%, limit 5%)" in row
+    assert f'action="/runs/{run_id}/accept"' in row and "Accept this change" in row
+
+    # The button (a POST without CSRF is refused) leads to a confirmation with the figures.
+    assert client.post(f"/runs/{run_id}/accept", data={"confirm": "yes"}).status_code == 400
+    step = client.post(f"/runs/{run_id}/accept", data={"csrf_token": csrf(client)})
+    assert step.status_code == 200
+    confirm = step.get_data(as_text=True)
+    assert f"Accept the change held in run #{run_id}?" in confirm and REMOVED_WORDS in confirm
+    assert 'name="confirm" value="yes"' in confirm
+    assert REMOVED_WORDS in page(client, f"/runs/{run_id}/accept")  # the same page by address
+    stored = store.run(run_id)
+    assert stored is not None and stored["status"] == "held"
+    assert not [a for a in store.audit() if a["action"] == "accept-change"]
+
+    done = client.post(f"/runs/{run_id}/accept",
+                       data={"csrf_token": csrf(client), "confirm": "yes"})
+    assert done.status_code == 303 and done.location == "/runs"
+    accepted = store.run(run_id)
+    assert accepted is not None and accepted["status"] == "accepted"
+    assert accepted["counts"]["accepted"]["by"] == "boss"
+    audit = [a for a in store.audit() if a["action"] == "accept-change"]
+    assert len(audit) == 1 and audit[0]["actor"] == "boss" and audit[0]["detail"]["run"] == run_id
+    queued = [r for r in store.runs() if r["status"] == "queued"]
+    assert len(queued) == 1 and queued[0]["kind"] == "full" and queued[0]["id"] > run_id
+    html = page(client, "/runs")
+    assert any(f"Run #{run_id} accepted: run {queued[0]['id']} is queued" in f
+               for f in flashes(html))
+    row = html.split(f'<tr data-run="{run_id}">', 1)[1].split("</tr>", 1)[0]
+    assert "held, then accepted" in row and "Accepted by boss" in row
+    assert "Accept this change" not in row and 'id="held-banner"' not in page(client, "/")
+
+    # A second accept is refused with a message; nothing more is audited or queued.
+    again = client.post(f"/runs/{run_id}/accept",
+                        data={"csrf_token": csrf(client), "confirm": "yes"},
+                        follow_redirects=True)
+    assert any("already accepted by boss" in f for f in flashes(again.get_data(as_text=True)))
+    assert len([a for a in store.audit() if a["action"] == "accept-change"]) == 1
+    assert len([r for r in store.runs() if r["status"] == "queued"]) == 1
+    assert client.get("/runs/999/accept").status_code == 404
+
+
+def test_a_read_token_sees_a_held_run_but_cannot_accept_it(store: Store,
+                                                           tmp_path: Path) -> None:
+    app = held_app(store, tmp_path)
+    run_id = record_held(store)
+    client = sign_in(app, READ)
+    banner = page(client, "/").split('id="held-banner"', 1)[1].split("</div>", 1)[0]
+    assert REMOVED_WORDS in banner and "an administrator can accept" in banner
+    runs = page(client, "/runs")
+    assert REMOVED_WORDS in runs and "Accept this change" not in runs
+    assert "An administrator can accept it" in runs
+    assert client.get(f"/runs/{run_id}/accept").status_code == 403
+    response = client.post(f"/runs/{run_id}/accept",
+                           data={"csrf_token": csrf(client), "confirm": "yes"})
+    assert response.status_code == 403
+    stored = store.run(run_id)
+    assert stored is not None and stored["status"] == "held"
+
+
+def test_a_held_run_a_later_run_superseded_leaves_the_banner(store: Store,
+                                                               tmp_path: Path) -> None:
+    app = held_app(store, tmp_path)
+    run_id = record_held(store)
+    client = sign_in(app)
+    assert 'id="held-banner"' in page(client, "/")
+    later = store.start_run("full", "schedule", f"ndjson:{POPULATION_DIR}", AS_OF)
+    store.finish_run(later, "succeeded", counts={"assigned": 248}, seconds=1.0)
+    assert 'id="held-banner"' not in page(client, "/")
+    row = page(client, "/runs").split(f'<tr data-run="{run_id}">', 1)[1].split("</tr>", 1)[0]
+    assert "held, superseded" in row and REMOVED_WORDS in row
+    assert f"Run #{later} (full, succeeded) came after it" in row
+    assert "Accept this change" not in row
+    refused = client.post(f"/runs/{run_id}/accept",
+                          data={"csrf_token": csrf(client), "confirm": "yes"},
+                          follow_redirects=True)
+    assert any(f"superseded by run {later}" in f for f in flashes(refused.get_data(as_text=True)))
+    stored = store.run(run_id)
+    assert stored is not None and stored["status"] == "held"
+
+
+def test_every_run_status_has_a_label(app: Flask, store: Store) -> None:
+    assert set(RUN_STATUS) == set(RUN_STATUSES)
+    for status in RUN_STATUSES:
+        # One source each: a later succeeded run of the same source would supersede.
+        run_id = store.start_run("incremental", "schedule", status, AS_OF, status=status)
+        store.finish_run(run_id, status, seconds=0.1)
+    html = page(sign_in(app), "/runs")
+    for label, css in RUN_STATUS.values():
+        assert f'class="badge {css} run-status">{label}<' in html
 
 
 # ---------------------------------------------------------------- with a FHIR server

@@ -6,6 +6,7 @@ deadline) plus explicit cases with real ids from the committed population."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,8 @@ from schemathesis import GenerationMode, checks
 from schemathesis.core.result import Ok
 
 from fhirpanel.api.app import create_app
-from fhirpanel.api.openapi import build_openapi
+from fhirpanel.api.dashboard import RUN_STATUS
+from fhirpanel.api.openapi import RUN_STATUSES, build_openapi
 from fhirpanel.api.params import MAX_JSON_DEPTH
 from fhirpanel.store import Store
 from tests.conftest import AS_OF
@@ -196,11 +198,22 @@ REAL_CASES = [
 ]
 
 
-def test_real_answers_conform_to_the_document(app: Flask) -> None:
-    """Explicit requests with ids that exist, so the 2xx bodies are checked too."""
+def test_real_answers_conform_to_the_document(app: Flask, api_store: Store) -> None:
+    """Explicit requests with ids that exist, so the 2xx bodies are checked too (a held run
+    of `fhirpanel run --write` accepted, listed and read among them)."""
+    held = api_store.start_run("run", "cli", "http://x/fhir", AS_OF)
+    api_store.finish_run(held, "held", seconds=0.1, error="run --write held", counts={
+        "held": {"ended_participations": {"count": 40, "of": 200, "share": 0.2,
+                                          "limit": 0.05}}})
     loaded = schemathesis.openapi.from_wsgi("/openapi.json", app, headers=READ_H)
     statuses = []
-    for path, method, path_parameters, query, body in REAL_CASES:
+    cases = [*REAL_CASES,
+             ("/api/runs/{run_id}", "GET", {"run_id": held}, {}, None),
+             ("/api/runs/{run_id}/accept", "POST", {"run_id": held}, {}, None),
+             ("/api/runs/{run_id}/accept", "POST", {"run_id": held}, {}, None),
+             ("/api/runs/{run_id}/accept", "POST", {"run_id": 1}, {}, None),
+             ("/api/runs", "GET", {}, {"page_size": 50}, None)]
+    for path, method, path_parameters, query, body in cases:
         operation = loaded[path][method]
         kwargs: dict[str, Any] = {"path_parameters": path_parameters, "query": query}
         if body is not None:
@@ -209,4 +222,24 @@ def test_real_answers_conform_to_the_document(app: Flask) -> None:
         response = operation.Case(**kwargs).call_and_validate(headers=ADMIN_H)
         statuses.append(response.status_code)
     assert statuses == [200, 200, 200, 200, 200, 200, 200, 200, 201, 201, 200, 409, 202, 200,
-                        200, 200, 200, 200]
+                        200, 200, 200, 200, 200, 202, 409, 409, 200]
+    accepted = api_store.run(held)
+    assert accepted is not None and accepted["status"] == "accepted"
+
+
+def test_run_statuses_cover_what_the_store_writes(document: dict[str, Any]) -> None:
+    """Every status string the jobs and the store write is in the document's enum (and in
+    the dashboard's labels): a run in any of them must validate."""
+    written: set[str] = set()
+    root = Path(__file__).resolve().parents[2] / "fhirpanel"
+    # The places a run's status is written or matched (a Run's, not a patient's).
+    pattern = re.compile(r'(?:Run\.status\s*==\s*|\bstatus=|row\.status, row\.counts = |'
+                         r'_failed\(store, run_id, kind, |finish_run\(run_id, |finish\()'
+                         r'"([a-z]+)"')
+    for path in [*(root / "jobs").glob("*.py"), *(root / "store").glob("*.py"),
+                 root / "cli.py"]:
+        written |= set(pattern.findall(path.read_text()))
+    assert {"held", "accepted", "crashed", "queued", "skipped"} <= written
+    enum = document["components"]["schemas"]["Run"]["properties"]["status"]["enum"]
+    assert written <= set(enum), written - set(enum)
+    assert set(RUN_STATUSES) == set(enum) == set(RUN_STATUS)
