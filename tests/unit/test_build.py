@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import subprocess
+import sys
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -50,6 +54,9 @@ AS_OF = date(2026, 11, 22)
 LATER = date(2027, 2, 1)
 V2_0360 = "http://terminology.hl7.org/CodeSystem/v2-0360"
 CFG = WritebackSettings()
+
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -229,24 +236,39 @@ def test_unassigned_or_excluded_patient_gets_an_inactive_team(codes: WritebackCo
                         or {}, stored)
 
 
-def test_builders_are_deterministic(codes: WritebackCodes, templates: CarePlanTemplates,
-                                    labels: NarrativeLabels) -> None:
-    def build_all() -> bytes:
-        team = build_care_team(assigned(), None, AS_OF, CFG, codes=codes, clinician=physician())
-        plan = build_care_plan(assigned(), risk_result(), None, AS_OF, CFG, templates,
-                               codes=codes, labels=labels, care_team_ref="CareTeam/t1")
-        group = build_attribution_group(
-            "Organization/o1", [GroupMember("Patient/p2", "Practitioner/d1"),
-                                GroupMember("Patient/p1", "Practitioner/d1")],
-            None, AS_OF, CFG, codes=codes)
-        return orjson.dumps([team, plan, group])
+def build_all_bytes() -> bytes:
+    """A CareTeam, a CarePlan and a Group built from scratch, as bytes (also run by
+    test_builders_are_deterministic in fresh interpreters)."""
+    codes = WritebackCodes.from_mapping(load_mapping("writeback_codes"))
+    templates = CarePlanTemplates.from_mapping(load_mapping("careplan_templates"))
+    labels = NarrativeLabels.from_mappings(
+        tiers=load_mapping("tiers"), charlson=load_mapping("charlson_quan2005"),
+        chronic=load_mapping("chronic_conditions"), risk=load_mapping("risk"))
+    team = build_care_team(assigned(), None, AS_OF, CFG, codes=codes, clinician=physician())
+    plan = build_care_plan(assigned(), risk_result(), None, AS_OF, CFG, templates,
+                           codes=codes, labels=labels, care_team_ref="CareTeam/t1")
+    group = build_attribution_group(
+        "Organization/o1", [GroupMember("Patient/p2", "Practitioner/d1"),
+                            GroupMember("Patient/p1", "Practitioner/d1")],
+        None, AS_OF, CFG, codes=codes)
+    return orjson.dumps([team, plan, group])
 
-    assert build_all() == build_all()
+
+def test_builders_are_deterministic(codes: WritebackCodes) -> None:
+    # Across interpreters with different hash seeds (set and dict orders), not only twice in
+    # one process where any ordering accident would repeat itself.
+    script = "import sys; from tests.unit.test_build import build_all_bytes; " \
+             "sys.stdout.buffer.write(build_all_bytes())"
+    outputs = {subprocess.run([sys.executable, "-c", script], capture_output=True, check=True,
+                              cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+               for seed in ("0", "1", "4242")}
+    assert len(outputs) == 1
+    assert outputs == {build_all_bytes()}
     reordered = build_attribution_group(
         "Organization/o1", [GroupMember("Patient/p1", "Practitioner/d1"),
                             GroupMember("Patient/p2", "Practitioner/d1")],
         None, AS_OF, CFG, codes=codes)
-    assert orjson.dumps(reordered) == orjson.dumps(orjson.loads(build_all())[2])
+    assert orjson.dumps(reordered) == orjson.dumps(orjson.loads(build_all_bytes())[2])
 
 
 def test_directory_does_not_depend_on_record_order(codes: WritebackCodes) -> None:

@@ -24,7 +24,8 @@ from fhirpanel.errors import MappingError
 from fhirpanel.mappings import load_mapping
 
 ROOT = Path(__file__).resolve().parents[2]
-QUAN_REFERENCE = ROOT.parent / "shared" / "reference" / "quan_icd10_charlson.json"
+# An independent transcription of Quan 2005's ICD-10 Charlson prefixes (its "source" names it).
+QUAN_REFERENCE = ROOT / "tests" / "fixtures" / "quan_icd10_charlson.json"
 RISK_FILES = ("charlson_quan2005", "snomed_icd10cm", "chronic_conditions", "tiers", "risk")
 
 # The generator catalogue (brief "The condition catalogue"): ICD-10-CM, SNOMED CT, chronic.
@@ -229,8 +230,6 @@ def charlson() -> CharlsonTable:
 
 
 def test_charlson_matches_the_reference_transcription(charlson: CharlsonTable) -> None:
-    if not QUAN_REFERENCE.is_file():
-        pytest.skip(f"reference file not present at {QUAN_REFERENCE}")
     reference = json.loads(QUAN_REFERENCE.read_text(encoding="utf-8"))
     assert {c.key: list(c.prefixes) for c in charlson.categories} == reference["categories"]
     assert dict(charlson.weights["charlson1987"]) == reference["weights_charlson_1987"]
