@@ -1,4 +1,4 @@
-"""The `fhirpanel run --report` JSON document (stable keys, architecture.md) and the terminal
+"""The `fhirpanel run --report` JSON document (stable keys, docs/architecture.md) and the terminal
 summary a practice manager reads."""
 
 from __future__ import annotations

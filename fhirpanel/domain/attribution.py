@@ -1,5 +1,5 @@
 """Attribution: active patients, qualifying visits, eligible clinicians, the Four Cut method and
-attribution pipelines, with an explanation for every assignment (methods.md s.1-2).
+attribution pipelines, with an explanation for every assignment (docs/methods.md s.1-2).
 
 Pure: takes a `Population`, an as-of date and typed rules built from `mappings/` tables, returns
 immutable results sorted by id. The same input in any order gives the same output.
@@ -150,7 +150,8 @@ def _code_rows(rows: Any, where: str, *, allow_empty: bool = False,
 
 @dataclass(frozen=True)
 class VisitRules:
-    """What makes an Encounter a qualifying visit (methods.md s.1; mappings/qualifying_visits)."""
+    """What makes an Encounter a qualifying visit (docs/methods.md s.1;
+    mappings/qualifying_visits)."""
 
     statuses: frozenset[str]
     classes: frozenset[str]
@@ -214,14 +215,14 @@ class SentinelExamCodes:
         return cls(codes=frozenset(codes))
 
     def is_sentinel(self, encounter: EncounterRecord) -> bool:
-        # Encounter.type, serviceType and reasonCode all count (methods.md s.2).
+        # Encounter.type, serviceType and reasonCode all count (docs/methods.md s.2).
         return any(code.key in self.codes for code in encounter.codes)
 
 
 @dataclass(frozen=True)
 class PrimaryCareSpecialties:
     """Primary-care role/specialty codes and text labels, with the pediatric subset
-    (methods.md s.1; mappings/primary_care)."""
+    (docs/methods.md s.1; mappings/primary_care)."""
 
     codes: frozenset[tuple[str, str]]
     labels: frozenset[str]  # normalised
@@ -424,7 +425,8 @@ class QualifyingVisit:
 
 
 def exclusion_reason(patient: PatientRecord, as_of: date) -> str | None:
-    """merged, deceased or inactive (methods.md s.1), in that order of precedence; else None."""
+    """merged, deceased or inactive (docs/methods.md s.1), in that order of precedence; else
+    None."""
     if patient.replaced_by is not None:
         return "merged"
     if patient.deceased and (patient.deceased_date is None or patient.deceased_date <= as_of):
@@ -447,8 +449,9 @@ def _role_match(codes: Iterable[tuple[str, str]], texts: Iterable[str],
 def assess_eligibility(population: Population, as_of: date,
                        rules: AttributionRules) -> EligibilityReport:
     """A clinician is eligible when any active PractitionerRole of theirs matches a primary-care
-    code, else a text label (methods.md s.1). With no PractitionerRole at all, every clinician on
-    a qualifying visit on or before the as-of date is eligible and the report says so."""
+    code, else a text label (docs/methods.md s.1). With no PractitionerRole at all, every
+    clinician on a qualifying visit on or before the as-of date is eligible and the report says
+    so."""
     specialties = rules.primary_care
     clinicians: set[str] = set(population.practitioners)
     clinicians.update(r.practitioner for r in population.roles.values() if r.practitioner)
@@ -527,7 +530,7 @@ class FourCutDecision:
 
 def _latest_on_same_day(candidates: Sequence[QualifyingVisit]) -> tuple[QualifyingVisit, bool]:
     """Among visits on one day: one clinician wins outright; several are a remaining tie,
-    broken by the latest start time, then the lowest clinician id, and flagged (methods.md
+    broken by the latest start time, then the lowest clinician id, and flagged (docs/methods.md
     s.2). Returns the deciding visit and whether a tie was broken."""
     clinicians = {v.practitioner for v in candidates}
     latest_start = max(v.start for v in candidates)
@@ -649,7 +652,7 @@ def attribute_patients(population: Population, as_of: date, pipeline: Pipeline,
 
     - declared-pcp: Patient.generalPractitioner naming an eligible Practitioner, or a
       PractitionerRole of one; an Organization is ignored. With window_months, only for a
-      patient who had a qualifying visit in that window (an active patient, methods.md s.1).
+      patient who had a qualifying visit in that window (an active patient, docs/methods.md s.1).
     - risk-product: the payer's member list (patient -> clinician), taken as given; skipped when
       no list is passed. window_months, if set, works as for declared-pcp.
     - four-cut: the Four Cut method over the step's window.

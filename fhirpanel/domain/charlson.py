@@ -1,5 +1,5 @@
 """Charlson Comorbidity Index on ICD-10 codes: Quan 2005 categories, Charlson 1987 or Quan 2011
-weights, the Quan hierarchy and optional age points (methods.md s.4)."""
+weights, the Quan hierarchy and optional age points (docs/methods.md s.4)."""
 
 from __future__ import annotations
 

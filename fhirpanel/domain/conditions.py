@@ -1,5 +1,5 @@
 """Conditions to the diagnosis codes risk scoring uses: status filters, ICD-10-CM normalisation, the
-SNOMED CT to ICD-10-CM crosswalk and the chronic condition groups (methods.md s.4)."""
+SNOMED CT to ICD-10-CM crosswalk and the chronic condition groups (docs/methods.md s.4)."""
 
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ def normalise_icd10(code: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ConditionFilter:
-    """Which Conditions count (methods.md s.4: active/recurrence/relapse or absent; not refuted or
-    entered-in-error; problem-list items and encounter diagnoses alike)."""
+    """Which Conditions count (docs/methods.md s.4: active/recurrence/relapse or absent; not
+    refuted or entered-in-error; problem-list items and encounter diagnoses alike)."""
 
     counted_clinical_status: frozenset[str]
     count_absent_clinical_status: bool

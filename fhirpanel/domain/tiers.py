@@ -1,4 +1,4 @@
-"""Risk tiers from ordered threshold rules (`mappings/tiers.toml`; methods.md s.5).
+"""Risk tiers from ordered threshold rules (`mappings/tiers.toml`; docs/methods.md s.5).
 
 A rule matches when every condition in its `all` list holds and, if it has an `any` list, at least
 one of those does; a condition is a table of thresholds that must all hold, e.g.
@@ -94,7 +94,7 @@ class TierRule:
 
 @dataclass(frozen=True, slots=True)
 class TierShape:
-    """Expected shares of a primary-care panel, after the Kaiser pyramid (methods.md s.5)."""
+    """Expected shares of a primary-care panel, after the Kaiser pyramid (docs/methods.md s.5)."""
 
     high_min_share: float = 0.05  # tiers 3 and 4 together
     high_max_share: float = 0.25

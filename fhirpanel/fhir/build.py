@@ -1,4 +1,5 @@
-"""Pure builders for write-back: attribution and risk results in, FHIR R4 JSON out (methods.md s.6).
+"""Pure builders for write-back: attribution and risk results in, FHIR R4 JSON out
+(docs/methods.md s.6).
 
 Every builder takes what the server holds now (`existing`, or None) and returns the resource as it
 should be, or None when there is nothing to write. It keeps what fhirpanel does not manage

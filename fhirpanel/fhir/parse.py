@@ -1,7 +1,7 @@
 """FHIR R4 JSON (plain dicts) to domain records. Bad input becomes an `Issue`, never an exception.
 
 Incoming resources are never parsed into `fhir.resources` models: those are slow and large
-(architecture.md); these functions read only the fields the domain needs.
+(docs/architecture.md); these functions read only the fields the domain needs.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ Record = (
     | OrganizationRecord
 )
 
-# Participant types in the order methods.md s.1 prefers them: primary performer, then attender.
+# Participant types in the order docs/methods.md s.1 prefers them: primary performer, then attender.
 PREFERRED_PARTICIPANT_TYPES = ("PPRF", "ATND")
 
 
@@ -255,7 +255,7 @@ def parse_patient(res: Resource) -> PatientRecord:
 
 
 def _participant_individual(res: Resource) -> tuple[str | None, str | None, bool]:
-    """(Practitioner ref, PractitionerRole ref, had any participant) per methods.md s.1:
+    """(Practitioner ref, PractitionerRole ref, had any participant) per docs/methods.md s.1:
     PPRF, else ATND, else the first participant with a clinician individual."""
     candidates: list[tuple[int, int, str]] = []
     participants = res.get("participant") or ()

@@ -5,7 +5,7 @@ plus FHIR transaction Bundles. The same (patients, seed, as_of, malformed_rate) 
 byte-identical output: every random choice comes from `random.Random` instances seeded from those
 arguments, nothing reads the clock, and nothing iterates over a hash-ordered set.
 
-The population is shaped so that every rule in design/methods.md sections 1-5 is exercised: visit
+The population is shaped so that every rule in docs/methods.md sections 1-5 is exercised: visit
 patterns are dealt from a shuffled deck per block of patients (so each pattern occurs in any
 population of a few hundred), and condition prevalence follows US primary care by age band.
 Figures are approximations from published prevalence surveys; the codes are real, the people are
@@ -63,7 +63,7 @@ CONDITION_DEFECTS: Final = ("no-subject", "unknown-subject", "bad-date")
 STORABLE_DEFECTS: Final = ("participant-no-individual", "no-participant")
 BAD_DATE: Final = "2025-13-45"
 
-# Look-back windows (methods.md s.1): designed visits stay clear of the window edges so a
+# Look-back windows (docs/methods.md s.1): designed visits stay clear of the window edges so a
 # day's difference in how a window is cut does not change which pattern a patient shows.
 WINDOW_MONTHS: Final = 18
 LAPSED_FROM_MONTHS: Final = 24
@@ -1175,7 +1175,7 @@ class PatientGenerator:
         return res
 
     def _participants(self, rng: random.Random, visit: Visit) -> list[dict[str, Any]]:
-        """The visit's clinician is found by methods.md s.1 (PPRF, else ATND, else the first
+        """The visit's clinician is found by docs/methods.md s.1 (PPRF, else ATND, else the first
         participant with an individual) whichever of these shapes an EHR sends."""
         who = visit.clinician
         individual = who.role_reference if rng.random() < ROLE_REFERENCE_SHARE else who.reference
@@ -1326,7 +1326,7 @@ def _preventive_cpt(age: float, new_patient: bool) -> str:
 
 def _wellness_codes(rng: random.Random, age: float) -> tuple[list[dict[str, str]], str]:
     """The codings of a sentinel exam and where the EHR puts them (type ~85%, else serviceType
-    or reasonCode; methods.md s.2 looks at all three)."""
+    or reasonCode; docs/methods.md s.2 looks at all three)."""
     snomed = WELL_CHILD if age < 18 else GENERAL_EXAM
     cpt = _coding(CPT, _preventive_cpt(age, rng.random() < 0.2))
     roll = rng.random()

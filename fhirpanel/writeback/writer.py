@@ -1,5 +1,5 @@
 """Write a run's results back to the FHIR server: CareTeam, CarePlan, and optionally
-RiskAssessment and attribution Groups, with a Provenance per batch (methods.md s.6).
+RiskAssessment and attribution Groups, with a Provenance per batch (docs/methods.md s.6).
 
 Idempotent: every resource is found by its business identifier, rebuilt from what the server
 holds, and written only when its content changed, so a second run with no new data sends only

@@ -114,7 +114,7 @@ def refused_by_servers(res: dict[str, Any], patients: int) -> bool:
 
 
 class Practice:
-    """Just enough of methods.md s.1-2 to see which attribution case each patient is."""
+    """Just enough of docs/methods.md s.1-2 to see which attribution case each patient is."""
 
     def __init__(self, resources: list[dict[str, Any]]) -> None:
         typed = by_type(resources)
