@@ -928,8 +928,9 @@ def test_accept_refuses_unknown_and_unheld_runs_and_says_what_happens_next(
     assert store.run(full_run)["status"] == "accepted"  # type: ignore[index]
 
     # A held incremental pass on an NDJSON source: the acceptance stands though the next
-    # pass cannot start (an NDJSON source cannot run incrementally); the answer says why.
-    incremental = held_run(store, kind="incremental")
+    # pass cannot start (an NDJSON source cannot run incrementally); the answer says why. The
+    # next pass reads the held run's own source, whatever the settings name.
+    incremental = held_run(store, kind="incremental", source=f"ndjson:{POPULATION_DIR}")
     response = client.post(f"/api/runs/{incremental}/accept", headers=ADMIN_H)
     assert response.status_code == 202
     assert response.get_json()["next_run"] is None
