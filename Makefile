@@ -4,7 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck venv clean bench
+MEDPLUM_DIR   := tests/interop/medplum
+MEDPLUM_STAMP := $(MEDPLUM_DIR)/node_modules/.fhirpanel-installed
+
+.PHONY: demo test lint typecheck venv clean bench medplum
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 2; }
@@ -20,7 +23,16 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fhirpanel demo
 
-test: $(STAMP)
+# Medplum's FHIR router for the interop suite (tests/interop/medplum): pinned in its
+# package-lock.json, installed once per lock file.
+medplum: $(MEDPLUM_STAMP)
+
+$(MEDPLUM_STAMP): $(MEDPLUM_DIR)/package-lock.json $(MEDPLUM_DIR)/package.json
+	@command -v npm >/dev/null 2>&1 || { echo "need node and npm (Node.js >= 20) on PATH"; exit 2; }
+	cd $(MEDPLUM_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	sha256sum $(MEDPLUM_DIR)/package-lock.json | cut -d' ' -f1 > $@
+
+test: $(STAMP) medplum
 	$(BIN)/ruff check .
 	$(BIN)/mypy fhirpanel
 	$(BIN)/pytest -q
