@@ -16,6 +16,7 @@ class ExitCode:
     BUSY = 14  # another refresh holds the lock
     CAPABILITY = 15  # the server lacks a required capability
     HELD = 16  # a pass would change too much at once: held for an operator to accept
+    STORE = 17  # the state store (database) cannot be opened or used
 
 
 def one_line(exc: BaseException) -> str:

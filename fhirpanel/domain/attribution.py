@@ -13,7 +13,6 @@ of `Encounter.period.start`; an Encounter without a start cannot be placed and n
 
 from __future__ import annotations
 
-import calendar
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,6 +22,7 @@ from functools import lru_cache
 from typing import Any, Literal, get_args
 
 from fhirpanel.domain.codes import verhoeff_valid
+from fhirpanel.domain.dates import months_before
 from fhirpanel.domain.records import (
     CPT,
     HCPCS,
@@ -44,18 +44,6 @@ MAX_WINDOW_MONTHS = 120
 # --- month arithmetic -------------------------------------------------------------------------
 
 
-# Pure functions of few distinct inputs, called per visit: memoized (same results, less time).
-@lru_cache(maxsize=4096)
-def months_before(day: date, months: int) -> date:
-    """`day` minus `months` calendar months; the day of month is clamped to the month's end
-    (2026-08-31 minus 6 months is 2026-02-28)."""
-    if months < 0:
-        raise ValueError("months must be >= 0")
-    index = day.year * 12 + (day.month - 1) - months
-    year, month = divmod(index, 12)
-    month += 1
-    last = calendar.monthrange(year, month)[1]
-    return date(year, month, min(day.day, last))
 
 
 def in_window(day: date, as_of: date, months: int | None) -> bool:

@@ -22,6 +22,7 @@ from fhirpanel.domain.attribution import (
     qualifying_visits,
     visits_in_window,
 )
+from fhirpanel.domain.dates import age_on
 from fhirpanel.domain.outreach import OutreachItem, outreach_list
 from fhirpanel.domain.records import Population
 from fhirpanel.errors import MappingError
@@ -42,17 +43,11 @@ def band_label(band: tuple[int, int | None]) -> str:
 BAND_LABELS: tuple[str, ...] = tuple(band_label(b) for b in AGE_BANDS)
 
 
-def age_on(birth_date: date, as_of: date) -> int:
-    """Whole years of age on the as-of date."""
-    before_birthday = (as_of.month, as_of.day) < (birth_date.month, birth_date.day)
-    return as_of.year - birth_date.year - int(before_birthday)
-
-
 def age_band(birth_date: date | None, as_of: date) -> str | None:
     """The band label for the age on the as-of date; None when unknown or not yet born."""
-    if birth_date is None or birth_date > as_of:
-        return None
     age = age_on(birth_date, as_of)
+    if age is None:
+        return None
     for band in AGE_BANDS:
         low, high = band
         if age >= low and (high is None or age <= high):
@@ -344,8 +339,8 @@ def _suggest(population: Population, attribution: AttributionResult, as_of: date
             continue
         patient = population.patients.get(assignment.patient)
         birth_date = patient.birth_date if patient is not None else None
-        is_child = (birth_date is not None and birth_date <= as_of
-                    and age_on(birth_date, as_of) < capacities.pediatric_age_limit)
+        age = age_on(birth_date, as_of)
+        is_child = age is not None and age < capacities.pediatric_age_limit
         if is_child and pediatric:
             pool, reason = pediatric, "most open risk-adjusted capacity among pediatric clinicians"
         elif not is_child and adult_pool:

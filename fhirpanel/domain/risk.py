@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import calendar
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -18,6 +17,7 @@ from fhirpanel.domain.conditions import (
     mapping_strings,
     patient_diagnoses,
 )
+from fhirpanel.domain.dates import age_on, months_before
 from fhirpanel.domain.hcc import HccScore, HccScorer, HccSettings
 from fhirpanel.domain.records import (
     ConditionRecord,
@@ -72,21 +72,6 @@ class UtilisationRules:
         return ed, inpatient
 
 
-def months_before(day: date, months: int) -> date:
-    """The same calendar day `months` earlier, clamped to the month's end (29 Feb -> 28 Feb)."""
-    year, month_index = divmod(day.year * 12 + day.month - 1 - months, 12)
-    last_day = calendar.monthrange(year, month_index + 1)[1]
-    return date(year, month_index + 1, min(day.day, last_day))
-
-
-def age_on(birth_date: date | None, as_of: date) -> int | None:
-    """Completed years on the as-of date; None without a birth date or when born later."""
-    if birth_date is None or birth_date > as_of:
-        return None
-    years = as_of.year - birth_date.year
-    if (as_of.month, as_of.day) < (birth_date.month, birth_date.day):
-        years -= 1
-    return years
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import html
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any, Final
 
 from fhir.resources.R4B import get_fhir_model_class
@@ -33,6 +33,7 @@ from fhirpanel.domain.records import (
 )
 from fhirpanel.domain.risk import RiskResult
 from fhirpanel.errors import FhirpanelError, MappingError
+from fhirpanel.fhir.parse import fhir_instant
 
 Resource = dict[str, Any]
 Coding = dict[str, str]
@@ -1253,11 +1254,10 @@ def _group_members(existing: Mapping[str, Any] | None,
 # --------------------------------------------------------------------------- Provenance
 
 
-def fhir_instant(moment: datetime) -> str:
-    """A FHIR instant in UTC with a Z (the moment must be timezone-aware)."""
+def _recorded(moment: datetime) -> str:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise BuildError("Provenance.recorded needs a timezone-aware instant")
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return fhir_instant(moment)
 
 
 def build_provenance(
@@ -1280,7 +1280,7 @@ def build_provenance(
         "resourceType": "Provenance",
         "meta": {"tag": [{"system": cfg.tag_system, "code": cfg.tag_code}]},
         "target": [{"reference": t} for t in listed],
-        "recorded": fhir_instant(recorded),
+        "recorded": _recorded(recorded),
         "activity": _concept({"system": codes.provenance_activity_system, "code": activity,
                               "display": display}),
         "reason": [_concept(codes.provenance_reason)],

@@ -111,6 +111,16 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def fhir_instant(moment: datetime) -> str:
+    """An aware datetime as a FHIR instant in UTC with milliseconds, always. A search value's
+    precision sets its range (FHIR search, "date"): `gt2026-11-23T13:00:31Z` means after
+    13:00:32, so a value with whole seconds would skip the rest of its second."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("a FHIR instant needs a timezone-aware datetime")
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
 def parse_instant(value: Any) -> datetime:
     """A FHIR dateTime/instant to an aware UTC datetime; date-only values are midnight UTC.
     HAPI sends local offsets (-05:00) as well as Z: both are honoured."""

@@ -28,7 +28,7 @@ from fhirpanel.domain.attribution import ManualAssignment
 from fhirpanel.domain.panels import AgeSexWeights, Panel, Suggestion, suggest_clinicians
 from fhirpanel.domain.records import Population
 from fhirpanel.errors import BusyError, ChangeHeld, ConfigError, FhirpanelError, one_line
-from fhirpanel.fhir.parse import ParseProblem, parse_instant, reference_id
+from fhirpanel.fhir.parse import ParseProblem, fhir_instant, parse_instant, reference_id
 from fhirpanel.fhir.source import FhirSource, ServerSource
 from fhirpanel.ingest import read_population
 from fhirpanel.jobs import brake
@@ -812,14 +812,6 @@ class _SeenRecorder:
             if stamp is not None and stamp > floor:
                 keys.add(f"{ref}@{stamp.astimezone(UTC).isoformat()}")
         return sorted(keys)
-
-
-def fhir_instant(moment: datetime) -> str:
-    """A UTC instant with milliseconds, always. A date search value's precision sets its range
-    (FHIR search, "date"): `gt2026-11-23T13:00:31Z` means after 13:00:32, so a value with
-    whole seconds would skip the rest of its second."""
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _server_now(source: FhirSource) -> str | None:

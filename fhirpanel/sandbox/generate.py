@@ -24,6 +24,7 @@ from typing import Any, Final
 
 import orjson
 
+from fhirpanel.domain.dates import months_before
 from fhirpanel.domain.records import (
     CPT,
     HCPCS,
@@ -387,17 +388,6 @@ def is_valid_npi(value: str) -> bool:
             and npi_check_digit(value[:9]) == value[9])
 
 
-def months_before(day: date, months: int) -> date:
-    """The same day-of-month `months` earlier (clamped to the month's last day)."""
-    total = day.year * 12 + (day.month - 1) - months
-    year, month = divmod(total, 12)
-    month += 1
-    for candidate in (day.day, 30, 29, 28):
-        try:
-            return date(year, month, candidate)
-        except ValueError:
-            continue
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _poisson(rng: random.Random, mean: float) -> int:

@@ -38,7 +38,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fhirpanel.domain.attribution import ManualAssignment
-from fhirpanel.errors import ConfigError, FhirpanelError
+from fhirpanel.errors import ConfigError, ExitCode, FhirpanelError
 from fhirpanel.store.lease import holder_is_dead, new_holder
 from fhirpanel.store.models import (
     AssignmentHistory,
@@ -69,7 +69,9 @@ CONFIRMERS = ("clinician", "patient")
 
 
 class StoreError(FhirpanelError):
-    """The state store cannot be opened or used."""
+    """The state store cannot be opened or used (an unreachable database is not a bug)."""
+
+    exit_code = ExitCode.STORE
 
 
 class NotHeld(FhirpanelError):

@@ -70,3 +70,15 @@ def test_refresh_without_a_source_is_a_usage_error(tmp_path: Path) -> None:
     out = fhirpanel("refresh", "--database", f"sqlite:///{tmp_path / 's.db'}")
     assert out.returncode == ExitCode.USAGE
     assert "nothing to read" in out.stderr
+
+
+def test_an_unreachable_store_is_its_own_exit_code_with_one_line(tmp_path: Path) -> None:
+    from tests.integration.faults import LoopbackServer
+
+    with LoopbackServer() as closed:  # a port nothing answers once the server is gone
+        port = closed.port
+    out = fhirpanel("refresh", "--full", "--source", f"ndjson:{POPULATION_DIR}", "--as-of", AS_OF,
+                    "--database", f"postgresql+psycopg://fhirpanel@127.0.0.1:{port}/none")
+    assert out.returncode == ExitCode.STORE == 17, out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot migrate the store")

@@ -624,7 +624,7 @@ def test_provenance(codes: WritebackCodes) -> None:
                             codes=codes, activity="CREATE")
     assert prov["target"] == [{"reference": "CareTeam/a/_history/2"},
                               {"reference": "CareTeam/b/_history/1"}]
-    assert prov["recorded"] == "2026-11-22T12:30:00Z"
+    assert prov["recorded"] == "2026-11-22T12:30:00.000Z"
     assert prov["agent"][0]["who"] == {"type": "Device", "display": "fhirpanel"}
     assert prov["activity"]["coding"][0]["code"] == "CREATE"
     assert prov["reason"][0]["coding"][0]["code"] == "TREAT"
