@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 MEDPLUM_DIR   := tests/interop/medplum
 MEDPLUM_STAMP := $(MEDPLUM_DIR)/node_modules/.fhirpanel-installed
 
-.PHONY: demo test lint typecheck venv clean bench medplum
+.PHONY: demo test lint typecheck venv clean bench medplum hapi hapi-jar
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 2; }
@@ -32,7 +32,16 @@ $(MEDPLUM_STAMP): $(MEDPLUM_DIR)/package-lock.json $(MEDPLUM_DIR)/package.json
 	cd $(MEDPLUM_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	sha256sum $(MEDPLUM_DIR)/package-lock.json | cut -d' ' -f1 > $@
 
-test: $(STAMP) medplum
+# A HAPI FHIR JPA server (8.8.0, in-memory H2) for the interop suite (tests/interop/hapi): the
+# jar is built by Maven into tests/interop/hapi/target, again only when its sources change
+# (Maven's cache: ~/.m2). `make hapi` serves it on 127.0.0.1:8080 until Ctrl-C.
+hapi-jar: $(STAMP)
+	$(BIN)/python -m tests.interop.hapi_server --build-only
+
+hapi: $(STAMP)
+	$(BIN)/python -m tests.interop.hapi_server --port 8080
+
+test: $(STAMP) medplum hapi-jar
 	$(BIN)/ruff check .
 	$(BIN)/mypy fhirpanel
 	$(BIN)/pytest -q
