@@ -40,7 +40,14 @@ from fhirpanel.fhir.client import (
     outcome_messages,
     redact_url,
 )
-from fhirpanel.writeback.plan import entry_status, refusal_kind, response_problem
+from fhirpanel.writeback.plan import (
+    MEDPLUM_LIMITS,
+    MEDPLUM_MAX_STRICT_ENTRIES,
+    MEDPLUM_MAX_UPDATES,
+    entry_status,
+    refusal_kind,
+    response_problem,
+)
 
 Status = Literal["yes", "no", "partial", "unknown"]
 Credentials = Literal["accepted", "refused", "not tried", "unconfirmed"]
@@ -106,7 +113,12 @@ class ServerCheck:
     findings: list[Finding] = field(default_factory=list)
     smart_configuration: dict[str, Any] | None = None
     credentials: Credentials | None = None  # None: fhir.auth = none
-    transaction_size: int | None = None  # the largest transaction accepted (None: not probed)
+    # The largest transaction of read entries accepted (None: not probed). Write entries may be
+    # capped lower, which a read-only probe cannot see.
+    transaction_size: int | None = None
+    # Write limits known for this server's software (Medplum's, with transactions turned on):
+    # entries per transaction with a conditional entry ("conditional") and without ("plain").
+    write_limits: dict[str, int] | None = None
 
     @property
     def missing(self) -> list[Finding]:
@@ -148,6 +160,7 @@ class ServerCheck:
             "missing": [f"{f.area} {f.name}" for f in self.missing],
             "credentials": self.credentials,
             "transaction_size": self.transaction_size,
+            "transaction_write_limits": self.write_limits,
             "findings": [{**asdict(f), "blocking": f.blocking} for f in self.findings],
             "smart_configuration": self.smart_configuration,
         }
@@ -196,7 +209,8 @@ def check_server(url: str, settings: Settings, *, read_only: bool = False) -> Se
         or "not stated",
         read_only=read_only, smart_configuration=smart_config,
         credentials=credentials[1] if credentials else None,
-        transaction_size=probe.accepted if probe is not None else None)
+        transaction_size=probe.accepted if probe is not None else None,
+        write_limits=dict(MEDPLUM_LIMITS) if is_medplum(caps) else None)
     check.findings.extend(judge(caps, settings, read_only=read_only,
                                 smart_config=smart_config, smart_note=smart_note))
     if probe is not None:
@@ -206,7 +220,7 @@ def check_server(url: str, settings: Settings, *, read_only: bool = False) -> Se
         check.findings.append(Finding(
             "write", "transaction size", "unknown", "not probed",
             f"off (writeback.probe_transactions = false): starts at "
-            f"{settings.writeback.batch_size} entries and halves on a refusal"))
+            f"{settings.writeback.batch_size} entries.{write_caveat(caps)}"))
     if credentials is not None:
         check.findings.append(credentials[0])
     return check
@@ -222,9 +236,30 @@ PROBE_VALUE = "fhirpanel-transaction-size-probe"
 PROBE_MAX_TRIES = 12  # halving from any batch size a server will take ends well before this
 
 
+def is_medplum(caps: ServerCapabilities) -> bool:
+    """The CapabilityStatement's software name says Medplum (Medplum's server: "medplum")."""
+    return "medplum" in (caps.software_name or "").lower()
+
+
+def write_caveat(caps: ServerCapabilities) -> str:
+    """What a read-only probe cannot tell about write transactions, and what a run does."""
+    adapts = ("fhirpanel adapts on the first refusal (to the limit a refusal names when it "
+              "knows the text, else halving) and the next run starts from the learned sizes")
+    if is_medplum(caps):
+        return (f" Medplum, with transactions turned on, refuses a write transaction of more "
+                f"than {MEDPLUM_MAX_UPDATES} updates, or of more than "
+                f"{MEDPLUM_MAX_STRICT_ENTRIES} entries when one is conditional (fhirpanel's "
+                f"creates are): expect {MEDPLUM_MAX_STRICT_ENTRIES} entries for creates and "
+                f"{MEDPLUM_MAX_UPDATES} for updates; {adapts}.")
+    return (f" Servers may cap write entries lower than reads (Medplum: {MEDPLUM_MAX_UPDATES} "
+            f"updates, {MEDPLUM_MAX_STRICT_ENTRIES} entries when one is conditional), which "
+            f"this read-only probe cannot see; {adapts}.")
+
+
 @dataclass(frozen=True)
 class TransactionProbe:
-    """The largest transaction a server accepted (0: none), and what it said on the way."""
+    """The largest transaction of read entries a server accepted (0: none), and what it said on
+    the way. It says nothing about write entries, which a server may cap lower."""
 
     accepted: int
     refused: tuple[tuple[int, str], ...] = ()  # (entries, why), in the order tried
@@ -232,27 +267,28 @@ class TransactionProbe:
 
     def finding(self, cfg: WritebackSettings, caps: ServerCapabilities) -> Finding:
         tried = "; ".join(f"{n} refused ({why})" for n, why in self.refused)
-        medplum = ("medplum" in (caps.software_name or "").lower())
-        limits = (" Medplum refuses a write transaction of more than 50 updates, or of more "
-                  "than 8 entries when one is conditional: the run halves on its own."
-                  if medplum else "")
+        caveat = write_caveat(caps)
+        medplum = is_medplum(caps)
         if self.problem:
             return Finding("write", "transaction size", "unknown",
                            f"{tried + '; ' if tried else ''}{self.problem}",
-                           f"could not be probed: starts at {cfg.batch_size} entries and "
-                           f"halves on a refusal.{limits}")
+                           f"could not be probed: starts at {cfg.batch_size} entries.{caveat}")
         if self.accepted == 0:
             return Finding("write", "transaction size", "no", tried or "refused",
                            "transactions refused: the run writes one request per resource "
-                           f"after the first refusal.{limits}")
-        server = f"{self.accepted} entries accepted" + (f"; {tried}" if tried else "")
+                           f"after the first refusal.{caveat}")
+        server = f"{self.accepted} read entries accepted" + (f"; {tried}" if tried else "")
+        if medplum:
+            server += (f"; write entries: Medplum's limits ({MEDPLUM_MAX_UPDATES} updates, "
+                       f"{MEDPLUM_MAX_STRICT_ENTRIES} with a conditional entry)")
         if self.accepted >= cfg.batch_size:
-            text = (f"transactions of {cfg.batch_size} (writeback.batch_size) accepted for "
-                    "reads; a server that limits write entries is met by halving during the "
-                    f"run.{limits}")
-            return Finding("write", "transaction size", "yes", server, text)
+            text = (f"read transactions of {cfg.batch_size} (writeback.batch_size) accepted; "
+                    f"not a promise for writes.{caveat}")
+            return Finding("write", "transaction size", "partial" if medplum else "yes",
+                           server, text)
         text = (f"set writeback.batch_size = {self.accepted}: larger transactions are refused "
-                f"(a run halves on its own after the first refusal).{limits}")
+                f"even for reads (a run lowers its size on its own after the first "
+                f"refusal).{caveat}")
         return Finding("write", "transaction size", "partial", server, text)
 
 
@@ -266,20 +302,24 @@ def _probing(caps: ServerCapabilities, settings: Settings, read_only: bool) -> b
 
 
 def probe_bundle(cfg: WritebackSettings, entries: int) -> dict[str, Any]:
-    """A transaction of `entries` count-only searches for an identifier that never exists."""
-    query = (f"identifier={quote(identifier_token(cfg, PROBE_VALUE), safe=':')}"
-             "&_summary=count")
+    """A transaction of `entries` count-only searches for identifiers that never exist. Each
+    entry asks for its own value: HAPI answers repeated searches from its cache and adds an
+    `X-Cache` header per entry, and more than 100 headers break HTTP clients (http.client)."""
+    def query(n: int) -> str:
+        token = identifier_token(cfg, f"{PROBE_VALUE}-{n}")
+        return f"identifier={quote(token, safe=':')}&_summary=count"
+
     return {"resourceType": "Bundle", "type": "transaction",
-            "entry": [{"request": {"method": "GET", "url": f"{PROBE_TYPE}?{query}"}}
-                      for _ in range(entries)]}
+            "entry": [{"request": {"method": "GET", "url": f"{PROBE_TYPE}?{query(n)}"}}
+                      for n in range(entries)]}
 
 
 def probe_transaction_size(client: FhirClient, cfg: WritebackSettings) -> TransactionProbe:
-    """The largest transaction the server accepts, from writeback.batch_size down, halving on a
-    refusal for size (as a run does). Read-only: GET entries only, count-only searches for an
-    identifier fhirpanel never writes; at most PROBE_MAX_TRIES requests. A server may limit
-    write entries more tightly than reads (Medplum counts updates and conditional entries):
-    the run still halves on such a refusal."""
+    """The largest transaction of read entries the server accepts, from writeback.batch_size
+    down, halving on a refusal for size. Read-only: GET entries only, count-only searches for an
+    identifier fhirpanel never writes; at most PROBE_MAX_TRIES requests. Never writes, so it
+    cannot see limits on write entries (Medplum counts updates and conditional entries): the
+    finding says so, and a run adapts on the first such refusal."""
     size = max(1, cfg.batch_size)
     refused: list[tuple[int, str]] = []
     for _ in range(PROBE_MAX_TRIES):
@@ -547,8 +587,11 @@ def _write_mode_findings(caps: ServerCapabilities, cfg: WritebackSettings,
     elif not cfg.use_transactions:
         text = "off (writeback.use_transactions = false): one request per resource"
     else:
-        text = (f"writes in transaction Bundles of {cfg.batch_size}; one refused as too large "
-                "halves the size for the rest of the run, any other is retried entry by entry")
+        text = (f"writes in transaction Bundles of up to {cfg.batch_size}; one refused as too "
+                "large lowers the size of its kind (with or without conditional entries) for "
+                "the rest of the run, straight to the limit the refusal names when fhirpanel "
+                "knows it (Medplum's), else by half; one refused whole for a version conflict "
+                "is re-read and sent again once; any other is retried entry by entry")
     yield Finding("write", "transaction", "yes" if caps.transaction else "no",
                   "declared" if caps.transaction else "not declared", text)
     yield Finding("write", "batch", "yes" if caps.batch else "no",

@@ -97,8 +97,9 @@ class WritebackSettings:
     use_conditional_update: bool = True  # when the server advertises it
     use_transactions: bool = True  # when the server advertises them
     author_name: str = "fhirpanel"  # Provenance agent display
-    # check-server sends one read-only transaction (count-only searches for an identifier that
-    # never exists) to find the largest transaction the server accepts, up to batch_size.
+    # check-server sends read-only transactions (count-only searches for identifiers that never
+    # exist) to find the largest transaction of read entries the server accepts, up to
+    # batch_size; write entries may be capped lower, which the first write run adapts to.
     probe_transactions: bool = True
 
     @property

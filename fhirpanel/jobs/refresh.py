@@ -644,7 +644,11 @@ def _write(job: Job, source: FhirSource, outcome: RunOutcome, ledger: Any, *,
         return write_back(outcome, client, cfg, dry_run=False, tables=tables,
                           ledger=ledger, trust_ledger=trust_ledger,
                           fail_after_batches=job.fail_after_batches,
-                          unconfirmed=unconfirmed_writes(job.store, job.source_key), guard=guard)
+                          unconfirmed=unconfirmed_writes(job.store, job.source_key), guard=guard,
+                          # Transaction sizes a refusal taught an earlier pass; a full pass starts
+                          # from the configured size, so a raised limit is found again.
+                          batch_sizes=learned_batch_sizes(job.store, job.source_key)
+                          if incremental else None)
     except WriteBackInterrupted as exc:
         # Sent without an answer: remembered, so a later pass that finds them landed writes
         # their Provenance. Stored on its own: the run's results are not committed.
@@ -661,11 +665,23 @@ def unconfirmed_writes(store: Store, source_key: str) -> list[tuple[str, str]]:
 
 def save_unconfirmed(store: Store, s: Any, source_key: str, summary: Any,
                      run_id: int | None) -> None:
-    """The writer's whole unconfirmed set replaces the stored one."""
+    """What a write-back leaves for the next one on this source: the writer's whole unconfirmed
+    set (it replaces the stored one) and the transaction sizes it settled on, if it sent any."""
     if summary is None:
         return
+    key = source_key.rstrip("/")
     keys = sorted([rtype, ident] for rtype, ident in getattr(summary, "unconfirmed", ()) or ())
-    store.set_context(s, _context_key("unconfirmed", source_key.rstrip("/")), keys, run_id)
+    store.set_context(s, _context_key("unconfirmed", key), keys, run_id)
+    sizes = dict(getattr(summary, "batch_sizes", None) or {})
+    if sizes:
+        store.set_context(s, _context_key("batch_sizes", key), sizes, run_id)
+
+
+def learned_batch_sizes(store: Store, source_key: str) -> dict[str, int] | None:
+    stored = store.context(_context_key("batch_sizes", source_key.rstrip("/")))
+    if not isinstance(stored, dict):
+        return None
+    return {str(k): int(v) for k, v in stored.items() if isinstance(v, int) and v > 0}
 
 
 def _suggestions(store: Store, outcome: RunOutcome, tables: MethodTables,

@@ -58,6 +58,11 @@ from fhirpanel.store.models import (
 if TYPE_CHECKING:
     from fhirpanel.run import RunOutcome
 
+try:  # POSIX: the SQLite migration lock (Windows has none and migrates unguarded)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 REFRESH_LOCK = "refresh"
@@ -135,17 +140,35 @@ class Store:
         """Bring the schema to the newest migration."""
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
-        try:
-            with self.engine.begin() as connection:
-                if not self.is_sqlite:
-                    # The worker and the API starting together on an empty database: one
-                    # migrates, the other waits (SQLite serialises writers by itself).
-                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
-                                       {"key": MIGRATION_LOCK_KEY})
-                config.attributes["connection"] = connection
-                command.upgrade(config, "head")
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot migrate the store at {self.describe()}: {exc}") from exc
+        with self._migration_lock():
+            try:
+                with self.engine.begin() as connection:
+                    if not self.is_sqlite:
+                        # The worker and the API starting together on an empty database: one
+                        # migrates, the other waits.
+                        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                           {"key": MIGRATION_LOCK_KEY})
+                    config.attributes["connection"] = connection
+                    command.upgrade(config, "head")
+            except SQLAlchemyError as exc:
+                raise StoreError(f"cannot migrate the store at {self.describe()}: "
+                                 f"{' '.join(str(exc).split())[:300]}") from exc
+
+    @contextlib.contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        """SQLite: processes starting together on a new file migrate one after the other. Its
+        DDL commits statement by statement, so a transaction alone cannot keep a second
+        process from meeting half of the first one's tables: a lock file beside it does."""
+        database = make_url(self.url).database or ""
+        if not self.is_sqlite or not database or database == ":memory:" or fcntl is None:
+            yield
+            return
+        with open(f"{database}.migrate-lock", "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def close(self) -> None:
         self.engine.dispose()

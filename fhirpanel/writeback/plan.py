@@ -185,6 +185,62 @@ def response_problem(bundle: Mapping[str, Any], sent: int) -> str | None:
     return None
 
 
+# Transaction sizes are kept apart for two kinds of batch: with at least one conditional entry
+# (PUT Type?identifier=..., POST with ifNoneExist) and without (updates by id, plain creates).
+CONDITIONAL = "conditional"
+PLAIN = "plain"
+BATCH_KINDS: tuple[str, ...] = (CONDITIONAL, PLAIN)
+
+# Medplum's router (@medplum/fhir-router 5.2.13, packages/fhir-router/src/batch.ts), with
+# transactions turned on, refuses before writing anything (HTTP 400, `invalid`, the text in
+# `details.text`) a transaction of more than MEDPLUM_MAX_UPDATES update entries (PUT Type/id and
+# PUT Type?search; batch.ts:30, 268-269), then one of more than MEDPLUM_MAX_STRICT_ENTRIES
+# entries when any entry is conditional (batch.ts:31, 271-275, 482-496). Either text names
+# Medplum's router, whose two limits are constants checked in that order: a batch with a
+# conditional entry refused for its updates would next be refused for its isolation, so both
+# texts give both limits.
+MEDPLUM_MAX_UPDATES = 50
+MEDPLUM_MAX_STRICT_ENTRIES = 8
+MEDPLUM_LIMITS: Mapping[str, int] = {CONDITIONAL: MEDPLUM_MAX_STRICT_ENTRIES,
+                                     PLAIN: MEDPLUM_MAX_UPDATES}
+KNOWN_LIMIT_TEXTS: tuple[tuple[str, Mapping[str, int]], ...] = (
+    ("transaction contains more update operations than allowed", MEDPLUM_LIMITS),
+    ("transaction requires strict isolation but has too many entries", MEDPLUM_LIMITS),
+)
+
+
+def known_limits(status: int, outcome: Mapping[str, Any] | None,
+                 message: str = "") -> Mapping[str, int] | None:
+    """The transaction sizes (batch kind -> entries) a refusal names when its text is one
+    fhirpanel knows (Medplum's two), else None (a size refusal then halves the size)."""
+    if status not in (400, 422):
+        return None
+    text = " ".join(_refusal_texts(outcome, message)[1]).lower()
+    for known, limits in KNOWN_LIMIT_TEXTS:
+        if known in text:
+            return limits
+    return None
+
+
+def _refusal_texts(outcome: Mapping[str, Any] | None,
+                   message: str) -> tuple[set[str], list[str]]:
+    """(issue codes, texts) of an error answer: the message, each issue's details.text and
+    diagnostics."""
+    codes: set[str] = set()
+    texts = [message]
+    for issue in (outcome or {}).get("issue") or ():
+        if not isinstance(issue, Mapping):
+            continue
+        if isinstance(issue.get("code"), str):
+            codes.add(issue["code"])
+        details = issue.get("details")
+        if isinstance(details, Mapping) and isinstance(details.get("text"), str):
+            texts.append(details["text"])
+        if isinstance(issue.get("diagnostics"), str):
+            texts.append(issue["diagnostics"])
+    return codes, texts
+
+
 # Refusals of a transaction for its size, or of transactions altogether. Medplum answers 400
 # with an `invalid` issue and these texts (packages/fhir-router/src/batch.ts); HAPI and others
 # use 413, or the `too-costly` / `not-supported` issue codes.
@@ -206,18 +262,7 @@ def refusal_kind(status: int, outcome: Mapping[str, Any] | None,
         return "size"
     if status not in (400, 403, 405, 422, 501):
         return None
-    codes: set[str] = set()
-    texts = [message]
-    for issue in (outcome or {}).get("issue") or ():
-        if not isinstance(issue, Mapping):
-            continue
-        if isinstance(issue.get("code"), str):
-            codes.add(issue["code"])
-        details = issue.get("details")
-        if isinstance(details, Mapping) and isinstance(details.get("text"), str):
-            texts.append(details["text"])
-        if isinstance(issue.get("diagnostics"), str):
-            texts.append(issue["diagnostics"])
+    codes, texts = _refusal_texts(outcome, message)
     text = " ".join(texts)
     if "too-costly" in codes or _SIZE_TEXT.search(text):
         return "size"

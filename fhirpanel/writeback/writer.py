@@ -18,13 +18,23 @@ entries, no status) makes every entry "unknown": it is re-read before anything i
 to a create sent with If-None-Exist is a match (nothing written). The counts, the ledger, the
 failed patients and Provenance follow only confirmed writes.
 
-A transaction refused for its size (or transactions refused altogether) halves the batch size
-for the rest of the run, down to single requests, and retries the refused batch; other refusals
-are retried entry by entry. A transport failure (a lost answer, an unreachable server) ends the
-write-back with `WriteBackInterrupted` (exit 13) carrying the summary so far; the writes whose
-answer was lost are `summary.unconfirmed`, which the caller keeps and passes to the next run:
-one found on the server with the content fhirpanel would build landed, and gets the Provenance
-it never had.
+Transactions have two sizes: one for batches with a conditional entry (a conditional update or
+create) and one for batches without (updates by id, plain creates); while they are equal a batch
+mixes both. A transaction refused for its size lowers the size of its kind for the rest of the
+run (never raised within a run) and the refused entries are sent again: straight to the limit a
+refusal names when fhirpanel knows its text (Medplum's, plan.known_limits), else halved, down to
+single requests; transactions refused altogether mean single requests. The sizes in use are
+`summary.batch_sizes`, which a caller keeps and passes to the next run (`write_back(batch_sizes=
+...)`) so that it starts there. A transaction refused whole for a version conflict (409/412 with
+no entry named: an atomic transaction) is re-read in one search, re-applied and sent again as
+one; only when that conflicts again do its entries go one by one (each with its own bounded
+conflict path). Entries a transaction-response answers 409/412 are likewise re-read together and
+sent again together. Other refusals are retried entry by entry.
+
+A transport failure (a lost answer, an unreachable server) ends the write-back with
+`WriteBackInterrupted` (exit 13) carrying the summary so far; the writes whose answer was lost
+are `summary.unconfirmed`, which the caller keeps and passes to the next run: one found on the
+server with the content fhirpanel would build landed, and gets the Provenance it never had.
 """
 
 from __future__ import annotations
@@ -79,12 +89,16 @@ from fhirpanel.fhir.capability import ServerCapabilities
 from fhirpanel.fhir.client import FhirClient, outcome_messages
 from fhirpanel.mappings import load_mapping, load_mapping_ref
 from fhirpanel.writeback.plan import (
+    BATCH_KINDS,
+    CONDITIONAL,
+    PLAIN,
     Builder,
     PlannedWrite,
     WriteCounts,
     choose_existing,
     entry_outcome,
     entry_status,
+    known_limits,
     refusal_kind,
     response_problem,
 )
@@ -188,6 +202,11 @@ class WriteSummary:
     # Entries per transaction in use at the end of the run (1: single requests); lower than
     # writeback.batch_size when the server refused larger transactions.
     batch_size: int = 0
+    # Entries per transaction in use at the end of the run, per kind of batch: "conditional"
+    # (with a conditional create or update) and "plain" (without). Empty when the run sent no
+    # transactions (dry run, transactions off or not declared). Pass it to the next run's
+    # `write_back(batch_sizes=...)` to start from what this one learned.
+    batch_sizes: dict[str, int] = field(default_factory=dict)
 
     @property
     def written(self) -> int:
@@ -209,6 +228,7 @@ class WriteSummary:
             "batches": self.batches,
             "transactions": self.transactions,
             "batch_size": self.batch_size,
+            "batch_sizes": dict(sorted(self.batch_sizes.items())),
             "strategy": dict(sorted(self.strategy.items())),
             "conflicts_resolved": self.conflicts_resolved,
             "foreign_left_alone": self.foreign,
@@ -262,6 +282,7 @@ def write_back(
     trust_ledger: bool = True,
     unconfirmed: Collection[Key] = (),
     guard: Guard | None = None,
+    batch_sizes: Mapping[str, int] | None = None,
 ) -> WriteSummary:
     """Write (or plan, `dry_run=True`) CareTeams, CarePlans and the optional resources for one
     run. `now` is the Provenance time (default: the clock). `capabilities` overrides what the
@@ -281,6 +302,11 @@ def write_back(
     is sent: ((participations ended, open ones), (teams whose PCP changes, teams with one)); an
     exception it raises ends the write-back with nothing written.
 
+    `batch_sizes`: the transaction sizes to start from, an earlier run's `summary.batch_sizes`
+    ({"conditional": n, "plain": m}; other keys ignored, a missing one starts at
+    writeback.batch_size, none is taken above it). A run only ever lowers them; start a full
+    refresh from None so that a server whose limits were raised is met at the configured size.
+
     Raises WriteBackInterrupted (a WriteBackError, exit 13, one line) with `.summary` on a
     transport failure, after which `summary.unconfirmed` says which writes may have landed."""
     started = time.perf_counter()
@@ -295,7 +321,7 @@ def write_back(
     session = _Session(client, settings, caps, tables, dry_run=dry_run,
                        now=now or datetime.now(UTC), fail_after_batches=fail_after_batches,
                        ledger=ledger, trust_ledger=trust_ledger, unconfirmed=unconfirmed,
-                       guard=guard)
+                       guard=guard, batch_sizes=batch_sizes)
     summary = session.summary
     try:
         session.run(outcome)
@@ -338,13 +364,20 @@ class _Request:
     def conditional_create(self) -> bool:
         return self.kind == "create" and bool(self.if_none_exist)
 
+    @property
+    def batch_kind(self) -> str:
+        """The kind of batch this entry makes: CONDITIONAL (a conditional update or create,
+        which Medplum runs under strict isolation) or PLAIN."""
+        return CONDITIONAL if self.kind == "conditional" or self.conditional_create else PLAIN
+
 
 class _Session:
     def __init__(self, client: FhirClient, settings: WritebackSettings,
                  caps: ServerCapabilities, tables: WritebackTables, *, dry_run: bool,
                  now: datetime, fail_after_batches: int | None,
                  ledger: Ledger | None = None, trust_ledger: bool = True,
-                 unconfirmed: Collection[Key] = (), guard: Guard | None = None) -> None:
+                 unconfirmed: Collection[Key] = (), guard: Guard | None = None,
+                 batch_sizes: Mapping[str, int] | None = None) -> None:
         self.client = client
         self.guard = guard
         self.ledger = ledger
@@ -356,11 +389,13 @@ class _Session:
         self.now = now
         self.fail_after_batches = fail_after_batches
         self.transactions = settings.use_transactions and caps.transaction
-        # Resources per write batch (one Provenance each), and entries per transaction: halved
-        # for the rest of the run when the server refuses a transaction for its size.
+        # Resources per write batch (one Provenance each), and entries per transaction for each
+        # kind of batch: from `batch_sizes` (an earlier run's), never above the batch size;
+        # lowered for the rest of the run when the server refuses a transaction for its size.
         self.batch_size = max(1, settings.batch_size)
-        self.tx_size = self.batch_size if self.transactions else 1
+        self.sizes = start_sizes(self.batch_size, batch_sizes)
         self.refusal: tuple[int, str] | None = None  # (size refused, why), the first time
+        self.refusals = 0  # transactions refused for their size (or refused altogether)
         self.carried: frozenset[Key] = frozenset(unconfirmed)
         self.summary = WriteSummary(dry_run=dry_run, transactions=self.transactions,
                                     unconfirmed=set(self.carried))
@@ -371,16 +406,17 @@ class _Session:
         try:
             self._run(outcome)
         finally:
-            self.summary.batch_size = self.tx_size
+            self.summary.batch_size = max(self.sizes.values()) if self.transactions else 1
+            sent = self.transactions and not self.dry_run
+            self.summary.batch_sizes = dict(self.sizes) if sent else {}
             if self.refusal is not None:
                 size, why = self.refusal
-                now = ("single requests" if self.tx_size == 1
-                       else f"transactions of at most {self.tx_size} entries")
+                more = f" ({self.refusals} refusals in all)" if self.refusals > 1 else ""
                 self.summary.issues.append(Issue(
                     resource="write-back",
-                    problem=f"the server refused a transaction of {size} entries ({why}); "
-                            f"{now} for the rest of the run (writeback.batch_size = "
-                            f"{self.tx_size} starts there)",
+                    problem=f"the server refused a transaction of {size} entries ({why}){more};"
+                            f" {sizes_text(self.sizes)} for the rest of the run (the run's "
+                            "batch_sizes: the next run starts there when given them)",
                     action="recorded"))
 
     def _run(self, outcome: RunOutcome) -> None:
@@ -607,42 +643,111 @@ class _Session:
         self._send_items(rtype, items)
         self._finish_chunk(rtype, items)
 
-    def _send_items(self, rtype: str, items: list[PlannedWrite]) -> None:
-        """Transactions of up to `tx_size` entries where possible, else one request each. A
-        transaction refused for its size lowers `tx_size` for the rest of the run and is sent
-        again at the new size; another refusal is retried entry by entry."""
-        start = 0
-        while start < len(items):
-            use_transaction = self.transactions and self.tx_size > 1
-            part = items[start:start + (self.tx_size if use_transaction else len(items))]
-            requests_ = [self._request_for(item) for item in part]
-            if not use_transaction or len(part) == 1:
-                self._send_each(requests_)
-                start += len(part)
-                continue
-            try:
-                self._send_transaction(rtype, requests_)
-            except FhirHttpError as exc:
-                kind = refusal_kind(exc.status, exc.outcome, str(exc))
-                if kind is not None:
-                    self._shrink(len(part), kind, exc)
-                    continue  # the same entries again, at the new size
-                log.warning("%s transaction of %d entries refused (%s); retrying one by one",
-                            rtype, len(part), str(exc)[:200])
-                self._send_each(requests_)
-            start += len(part)
+    def _send_items(self, rtype: str, items: Sequence[PlannedWrite], *,
+                    retried: bool = False) -> None:
+        """Transactions where possible, else one request each. Batches with a conditional entry
+        and batches without have their own size (`self.sizes`), and mix while the two are equal.
+        A transaction refused for its size lowers the size of its kind for the rest of the run
+        and its entries are sent again; one refused whole for a version conflict is re-read and
+        sent again as one (`retried`: this already is that second try, so its entries go one by
+        one); another refusal is retried entry by entry."""
+        pending = [self._request_for(item) for item in items]
+        attempt = 1 if retried else 0
+        while pending:
+            part, kind = self._next_part(pending)
+            taken = {id(r) for r in part}
+            if not self.transactions or len(part) == 1:
+                self._send_each(part, attempt=attempt)
+            else:
+                try:
+                    self._send_transaction(rtype, part, retried=retried)
+                except FhirHttpError as exc:
+                    refusal = refusal_kind(exc.status, exc.outcome, str(exc))
+                    if refusal is not None:
+                        self._shrink(kind, len(part), refusal, exc)
+                        continue  # the same entries again, at the new size
+                    if exc.status in (409, 412):
+                        self._whole_conflict(rtype, part, exc, retried=retried)
+                    else:
+                        log.warning("%s transaction of %d entries refused (%s); retrying one "
+                                    "by one", rtype, len(part), str(exc)[:200])
+                        self._send_each(part, attempt=attempt)
+            pending = [r for r in pending if id(r) not in taken]
 
-    def _shrink(self, size: int, kind: str, exc: FhirHttpError) -> None:
-        """Halve the transaction size for the rest of the run (single requests when the server
-        refuses transactions altogether)."""
-        smaller = 1 if kind == "unsupported" else max(1, min(size, self.tx_size) // 2)
+    def _next_part(self, pending: Sequence[_Request]) -> tuple[list[_Request], str]:
+        """The next entries to send together, and the kind of batch they make: the first
+        pending ones while both sizes are equal, else the first pending entry's kind only."""
+        if not self.transactions:
+            return list(pending), PLAIN
+        if len(set(self.sizes.values())) == 1:
+            part = list(pending[:self.sizes[PLAIN]])
+            kind = CONDITIONAL if any(r.batch_kind == CONDITIONAL for r in part) else PLAIN
+            return part, kind
+        kind = pending[0].batch_kind
+        return [r for r in pending if r.batch_kind == kind][:self.sizes[kind]], kind
+
+    def _shrink(self, kind: str, size: int, refusal: str, exc: FhirHttpError) -> None:
+        """Lower the size of the refused batch's kind for the rest of the run: to the limits
+        the refusal names (plan.known_limits), else half the refused size (a batch without
+        conditional entries never gets less room than one with them); single requests when
+        the server refuses transactions altogether."""
         why = "; ".join(outcome_messages(exc.outcome or {})) or str(exc)
         why = f"HTTP {exc.status}: {' '.join(why.split())[:200]}"
-        log.warning("transaction of %d entries refused (%s); %s from now on", size, why,
-                    "single requests" if smaller == 1 else f"at most {smaller} entries")
+        sizes = dict(self.sizes)
+        if refusal == "unsupported":
+            sizes = dict.fromkeys(sizes, 1)
+        else:
+            for limited, limit in (known_limits(exc.status, exc.outcome, str(exc)) or {}).items():
+                if limited in sizes:
+                    sizes[limited] = max(1, min(sizes[limited], limit))
+            if sizes[kind] >= size:  # not named, or the named limit does not bring it under
+                sizes[kind] = max(1, size // 2)
+                if kind == PLAIN:
+                    sizes[CONDITIONAL] = min(sizes[CONDITIONAL], sizes[PLAIN])
+        self.sizes = sizes
+        log.warning("transaction of %d entries (%s) refused (%s); %s from now on", size, kind,
+                    why, sizes_text(sizes))
+        self.refusals += 1
         if self.refusal is None:
             self.refusal = (size, why)
-        self.tx_size = min(self.tx_size, smaller)
+
+    def _whole_conflict(self, rtype: str, requests_: Sequence[_Request], exc: FhirHttpError,
+                        *, retried: bool) -> None:
+        """A transaction refused whole for a version conflict (409/412; an atomic transaction
+        names no entry): re-read its resources in one search, re-apply, send them again as one.
+        Refused so again (`retried`), its entries go one by one, each on its own conflict path."""
+        problem = f"HTTP {exc.status} for the whole transaction"
+        if retried:
+            log.info("%s transaction of %d entries: %s again after a re-read; sending them one "
+                     "by one", rtype, len(requests_), problem)
+            self._send_each(requests_, attempt=1)
+            return
+        log.info("%s transaction of %d entries: %s; re-reading and re-applying them", rtype,
+                 len(requests_), problem)
+        self._reapply_together(rtype, [r.item for r in requests_], problem, named=False)
+
+    def _reapply_together(self, rtype: str, items: Sequence[PlannedWrite], problem: str, *,
+                          named: bool) -> None:
+        """Re-read items after a version conflict (one search for all), rebuild them on what
+        the server holds now, and send those still to write again together (the first of the
+        bounded conflict retries). `named`: the server said each of them conflicted; else only
+        those found changed since they were read count as conflicts resolved."""
+        if self.cfg.max_conflict_retries < 1:
+            for item in items:
+                self._fail(item, f"version conflict ({problem})")
+            return
+        before = {id(item): (item.current_id, item.existing_version) for item in items}
+        fresh = self._read_existing(rtype, [item.identifier for item in items])
+        again: list[PlannedWrite] = []
+        for item in items:
+            if not self._prepare(item, fresh.get(item.identifier, [])):
+                continue
+            if named or (item.current_id, item.existing_version) != before[id(item)]:
+                self.summary.conflicts_resolved += 1
+            if item.action in ("create", "update"):
+                again.append(item)
+        if again:
+            self._send_items(rtype, again, retried=True)
 
     def _finish_chunk(self, rtype: str, items: Sequence[PlannedWrite]) -> None:
         written: list[PlannedWrite] = []
@@ -668,9 +773,12 @@ class _Session:
             raise SimulatedCrash(f"stopped after {self.summary.batches} write batch(es) "
                                  "(fail_after_batches)", self.summary)
 
-    def _send_transaction(self, rtype: str, requests_: Sequence[_Request]) -> None:
+    def _send_transaction(self, rtype: str, requests_: Sequence[_Request], *,
+                          retried: bool = False) -> None:
         """One transaction; every entry ends written, matched, re-sent or re-read. Raises the
-        FhirHttpError of a refused transaction (nothing was written)."""
+        FhirHttpError of a refused transaction (nothing was written). Entries answered 409/412
+        are re-read together and sent again together, or (`retried`: they were just re-read)
+        each on its own conflict path."""
         items = [r.item for r in requests_]
         bundle = {"resourceType": "Bundle", "type": "transaction",
                   "entry": [r.entry() for r in requests_]}
@@ -715,10 +823,16 @@ class _Session:
                 self._unmark([item])
                 assert status is not None  # noqa: S101 - conflict/failed have a status
                 (conflicts if outcome == "conflict" else resend).append((request, status))
-        for request, status in conflicts:
-            log.info("%s: %d in the transaction answer; re-reading and re-applying",
+        if conflicts and not retried:
+            log.info("%s transaction: %d entries answered 409/412; re-reading and re-applying",
+                     rtype, len(conflicts))
+            self._reapply_together(rtype, [r.item for r, _ in conflicts],
+                                   "409/412 in a transaction answer", named=True)
+        for request, status in conflicts if retried else ():
+            log.info("%s: %d in the transaction answer again; re-reading and re-applying",
                      request.item.label, status)
-            self._after_conflict(request.item, f"HTTP {status} in a transaction answer")
+            self._after_conflict(request.item, f"HTTP {status} in a transaction answer",
+                                 attempt=1)
         for request, status in resend:
             log.info("%s: %d in the transaction answer; sending it on its own",
                      request.item.label, status)
@@ -766,17 +880,20 @@ class _Session:
                 self._unmark([item])
         self._recover_provenance(landed)
 
-    def _after_conflict(self, item: PlannedWrite, problem: str) -> None:
-        """A 409/412 for a transaction entry: re-read, re-apply, send on its own (bounded)."""
-        if self.cfg.max_conflict_retries < 1:
-            self._fail(item, f"version conflict ({problem})")
+    def _after_conflict(self, item: PlannedWrite, problem: str, *, attempt: int = 0) -> None:
+        """A 409/412 for a transaction entry (`attempt` re-reads already made for it): re-read,
+        re-apply, send on its own (bounded by writeback.max_conflict_retries)."""
+        if attempt >= self.cfg.max_conflict_retries:
+            self._fail(item, f"version conflict ({problem})"
+                       + (f" after {attempt} re-read(s)" if attempt else ""))
             return
         if self._reapply(item) and item.action in ("create", "update"):
-            self._send_with_retries(self._request_for(item), attempt=1)
+            self._send_with_retries(self._request_for(item), attempt=attempt + 1)
 
-    def _send_each(self, requests_: Sequence[_Request]) -> None:
+    def _send_each(self, requests_: Sequence[_Request], *, attempt: int = 0) -> None:
+        """One request each; `attempt`: conflict re-reads already made for them."""
         for request in requests_:
-            self._send_with_retries(request)
+            self._send_with_retries(request, attempt=attempt)
 
     def _send_with_retries(self, request: _Request, *, attempt: int = 0,
                            reconcile: bool = True) -> None:
@@ -1139,6 +1256,27 @@ def _instant(value: Any) -> datetime | None:
 def _versioned(item: PlannedWrite) -> str:
     base = f"{item.rtype}/{item.written_id}"
     return f"{base}/_history/{item.written_version}" if item.written_version else base
+
+
+def start_sizes(batch_size: int, given: Mapping[str, int] | None) -> dict[str, int]:
+    """Entries per transaction for each kind of batch at the start of a run: `given` (an earlier
+    run's `summary.batch_sizes`) where it holds a usable size, capped at `batch_size`."""
+    sizes = dict.fromkeys(BATCH_KINDS, batch_size)
+    for kind, size in (given or {}).items():
+        if kind in sizes and isinstance(size, int) and not isinstance(size, bool):
+            sizes[kind] = max(1, min(batch_size, size))
+    return sizes
+
+
+def sizes_text(sizes: Mapping[str, int]) -> str:
+    """`transactions of at most 8 entries with a conditional entry, 50 without`."""
+    conditional, plain = sizes[CONDITIONAL], sizes[PLAIN]
+    if conditional == plain:
+        return "single requests" if plain == 1 else f"transactions of at most {plain} entries"
+    with_ = ("conditional entries one by one" if conditional == 1
+             else f"at most {conditional} entries with a conditional entry")
+    without = "single requests without" if plain == 1 else f"{plain} without"
+    return f"transactions of {with_}, {without}"
 
 
 def _stats_snapshot(client: FhirClient) -> dict[str, Any]:

@@ -17,8 +17,13 @@ What it copies from @medplum/fhir-router (packages/fhir-router/src/batch.ts, rea
   here they always apply, `max_updates=None` / `max_strict_entries=None` turn them off.)
 - A success entry's `response.location` is `Type/id` (no version) with the resource in the
   entry, as Medplum's `buildBundleResponse()` answers.
+- `atomic`: all or nothing (the sandbox runs the Bundle as one transaction); a stale If-Match
+  fails the whole Bundle with 412 and Medplum's `preconditionFailed` outcome ("Precondition
+  Failed"), which names no entry.
 
-For tests on top of that: `max_entries` (a server that caps any transaction, `too-costly`),
+`software=("medplum", "5.2.13")` answers /metadata with Medplum's software name (Medplum's server
+names itself "medplum", packages/server/src/fhir/metadata.ts). For tests on top of that:
+`max_entries` (a server that caps any transaction, `too-costly`),
 `strip_element_ids` (a server that keeps no element ids inside resources), per-transaction entry
 faults (`script_transaction`: entry k answers 412, 500..., or answers without a status; the whole
 answer as a searchset or one entry short), faults on the next write requests only
@@ -57,6 +62,10 @@ from tests.integration.faults import (
     send,
 )
 
+PRECONDITION_FAILED = orjson.dumps({  # @medplum/core outcomes.ts preconditionFailed
+    "resourceType": "OperationOutcome", "id": "precondition-failed",
+    "issue": [{"severity": "error", "code": "processing",
+               "details": {"text": "Precondition Failed"}}]})
 MAX_UPDATES = 50  # packages/fhir-router/src/batch.ts: maxUpdates
 MAX_STRICT_ENTRIES = 8  # packages/fhir-router/src/batch.ts: maxSerializableTransactionEntries
 TOO_MANY_UPDATES = "Transaction contains more update operations than allowed"
@@ -95,8 +104,14 @@ class TransactionScript:
 class TransactionSeen:
     entries: int
     updates: int
-    conditional: bool
+    conditional: bool  # any entry conditional (Medplum: strict isolation)
     status: int  # the HTTP status answered
+    conditional_entries: int = 0  # how many entries are conditional
+
+    @property
+    def mixed(self) -> bool:
+        """Conditional entries and others in one Bundle."""
+        return 0 < self.conditional_entries < self.entries
 
 
 class MedplumLike(FaultProxy):
@@ -104,7 +119,7 @@ class MedplumLike(FaultProxy):
                  max_updates: int | None = MAX_UPDATES,
                  max_strict_entries: int | None = MAX_STRICT_ENTRIES,
                  max_entries: int | None = None, strip_element_ids: bool = False,
-                 status_text: bool = False) -> None:
+                 status_text: bool = False, software: tuple[str, str] | None = None) -> None:
         super().__init__(upstream)
         self.atomic = atomic
         self.max_updates = max_updates
@@ -112,6 +127,7 @@ class MedplumLike(FaultProxy):
         self.max_entries = max_entries
         self.strip_element_ids = strip_element_ids
         self.status_text = status_text
+        self.software = software  # (name, version) for /metadata; None: the sandbox's
         self.base_path = urlsplit(self.upstream).path.rstrip("/")
         self.transactions: list[TransactionSeen] = []
         self.before_transaction: Callable[[dict[str, Any]], None] | None = None
@@ -189,7 +205,14 @@ class MedplumLike(FaultProxy):
             body = orjson.dumps(strip_ids(orjson.loads(body)))
         headers = {k: v for k, v in handler.headers.items()
                    if k.lower() not in ("host", "connection", "content-length")}
-        return self._upstream(handler.command, handler.path, headers, body or None)
+        status, kept, data = self._upstream(handler.command, handler.path, headers, body or None)
+        if (self.software is not None and handler.command == "GET"
+                and path == f"{self.base_path}/metadata" and status == 200):
+            statement = orjson.loads(data)
+            name, version = self.software
+            statement["software"] = {"name": name, "version": version}
+            data = orjson.dumps(statement)
+        return status, kept, data
 
     def _upstream(self, method: str, path: str, headers: Mapping[str, str],
                   body: bytes | None) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -221,10 +244,10 @@ class MedplumLike(FaultProxy):
         if not entries:
             return 400, bad_request("Missing bundle entries")
         updates = sum(1 for e in entries if _method(e) == "PUT")
-        conditional = any(_conditional(e) for e in entries)
-        refusal = self._refusal(kind, entries, updates, conditional)
+        strict = sum(1 for e in entries if _conditional(e))
+        refusal = self._refusal(kind, entries, updates, strict > 0)
         if refusal is not None:
-            self._seen(len(entries), updates, conditional, 400)
+            self._seen(len(entries), updates, strict, 400)
             return 400, refusal
         with self._mlock:
             script = self._scripts.popleft() if self._scripts else TransactionScript()
@@ -232,12 +255,12 @@ class MedplumLike(FaultProxy):
         if hook is not None:
             hook(bundle)
         if kind == "transaction" and self.atomic:
-            return self._atomic(bundle, entries, updates, conditional, script)
+            return self._atomic(bundle, entries, updates, strict, script)
         results = [self._entry(n, entry, script) for n, entry in enumerate(entries)]
         if script.answer == SHORT:
             results = results[:-1]
         answer_type = SEARCHSET if script.answer == SEARCHSET else f"{kind}-response"
-        self._seen(len(entries), updates, conditional, 200)
+        self._seen(len(entries), updates, strict, 200)
         return 200, orjson.dumps({"resourceType": "Bundle", "type": answer_type,
                                   "entry": results})
 
@@ -255,18 +278,20 @@ class MedplumLike(FaultProxy):
             return bad_request(TOO_MANY_STRICT)
         return None
 
-    def _seen(self, entries: int, updates: int, conditional: bool, status: int) -> None:
+    def _seen(self, entries: int, updates: int, strict: int, status: int) -> None:
         with self._mlock:
-            self.transactions.append(TransactionSeen(entries, updates, conditional, status))
+            self.transactions.append(TransactionSeen(entries, updates, strict > 0, status,
+                                                     strict))
 
     def _atomic(self, bundle: dict[str, Any], entries: list[dict[str, Any]], updates: int,
-                conditional: bool, script: TransactionScript) -> tuple[int, bytes]:
+                strict: int, script: TransactionScript) -> tuple[int, bytes]:
         """Transactions turned on: all or nothing. A scripted entry failure fails the whole
         Bundle (nothing written); otherwise the sandbox runs it as one transaction."""
         failing = [s for s in script.entries.values() if isinstance(s, int) and s >= 300]
         if failing:
-            self._seen(len(entries), updates, conditional, failing[0])
-            return failing[0], outcome(f"entry failed with {failing[0]}", code="conflict")
+            self._seen(len(entries), updates, strict, failing[0])
+            return failing[0], (PRECONDITION_FAILED if failing[0] == 412 else
+                                outcome(f"entry failed with {failing[0]}", code="conflict"))
         if self.strip_element_ids:
             bundle = {**bundle, "entry": [
                 {**e, "resource": strip_ids(e["resource"])} if isinstance(e.get("resource"),
@@ -276,7 +301,9 @@ class MedplumLike(FaultProxy):
             "POST", self.base_path or "/", {"Content-Type": "application/fhir+json",
                                             "Accept": "application/fhir+json"},
             orjson.dumps(bundle))
-        self._seen(len(entries), updates, conditional, status)
+        self._seen(len(entries), updates, strict, status)
+        if status == 412:  # Medplum names no entry: preconditionFailed for the whole Bundle
+            return status, PRECONDITION_FAILED
         return status, data
 
     def _entry(self, index: int, entry: dict[str, Any],

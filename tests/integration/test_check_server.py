@@ -149,8 +149,15 @@ def test_the_sandbox_server_offers_everything(loaded_sandbox: SandboxServer) -> 
 def test_the_transaction_probe_finds_the_size_that_works(loaded_sandbox: SandboxServer) -> None:
     check = check_server(loaded_sandbox.base_url, hermetic())
     size = finding(check, "write", "transaction size")
-    assert (size.status, size.server, check.transaction_size) == ("yes", "100 entries accepted",
-                                                                  100)
+    assert (size.status, size.server, check.transaction_size) == (
+        "yes", "100 read entries accepted", 100)
+    # Only reads were tried: the finding says write entries may be capped lower, and how a run
+    # meets that.
+    assert "not a promise for writes" in size.fhirpanel
+    assert "Servers may cap write entries lower than reads (Medplum: 50 updates, 8 entries " \
+           "when one is conditional)" in size.fhirpanel
+    assert "adapts on the first refusal" in size.fhirpanel
+    assert check.write_limits is None and check.as_dict()["transaction_write_limits"] is None
     # A server that caps every transaction at 30 entries: 100 and 50 refused, 25 accepted.
     with MedplumLike(loaded_sandbox.base_url, max_entries=30) as capped:
         check = check_server(capped.base_url, hermetic())
@@ -160,13 +167,33 @@ def test_the_transaction_probe_finds_the_size_that_works(loaded_sandbox: Sandbox
     assert check.as_dict()["transaction_size"] == 25
     size = finding(check, "write", "transaction size")
     assert size.status == "partial" and not size.blocking
-    assert size.server.startswith("25 entries accepted; 100 refused (HTTP 400")
+    assert size.server.startswith("25 read entries accepted; 100 refused (HTTP 400")
     assert "set writeback.batch_size = 25" in size.fhirpanel
     # Read-only: GET entries, count-only searches for an identifier fhirpanel never writes.
     assert len(posts) == 3 and not capped.arrivals_for(lambda a: a.method in ("PUT", "DELETE"))
-    # Medplum's write limits do not apply to reads: the probe sees its full size.
-    with MedplumLike(loaded_sandbox.base_url) as medplum:
-        assert check_server(medplum.base_url, hermetic()).transaction_size == 100
+
+
+def test_the_probe_cannot_see_medplum_write_limits_and_says_so(
+        loaded_sandbox: SandboxServer) -> None:
+    """Medplum's write limits do not apply to read entries: the probe's 100 is accepted, yet a
+    write transaction of 100 would be refused. Named Medplum by its CapabilityStatement, the
+    finding gives the limits (not a "yes"), and the JSON carries them."""
+    with MedplumLike(loaded_sandbox.base_url, software=("medplum", "5.2.13")) as medplum:
+        check = check_server(medplum.base_url, hermetic())
+        assert [t.entries for t in medplum.transactions] == [100]
+        assert not medplum.arrivals_for(lambda a: a.method in ("PUT", "DELETE", "PATCH"))
+    assert check.software == "medplum 5.2.13" and check.ok
+    assert check.transaction_size == 100
+    size = finding(check, "write", "transaction size")
+    assert size.status == "partial" and not size.blocking
+    assert size.server == ("100 read entries accepted; write entries: Medplum's limits "
+                           "(50 updates, 8 with a conditional entry)")
+    assert "refuses a write transaction of more than 50 updates, or of more than 8 entries " \
+           "when one is conditional" in size.fhirpanel
+    assert "expect 8 entries for creates and 50 for updates" in size.fhirpanel
+    assert check.as_dict()["transaction_write_limits"] == {"conditional": 8, "plain": 50}
+    text = rendered(check)
+    assert "100 read entries accepted" in text
 
 
 def test_the_probe_is_skipped_read_only_or_when_turned_off(loaded_sandbox: SandboxServer) -> None:

@@ -164,3 +164,31 @@ def sandbox_count(sandbox: SandboxServer, rtype: str) -> int:
     body = requests.get(f"{sandbox.base_url}/{rtype}", params={"_summary": "count"},
                         timeout=10).content
     return int(orjson.loads(body)["total"])
+
+
+def test_the_transaction_sizes_a_refusal_taught_start_the_next_incremental_pass(
+        sandbox: SandboxServer, population_dir: Path, store: Store) -> None:
+    from tests.integration.medplum_like import MedplumLike
+    from tests.integration.test_refresh import add_visits, pick_moves
+
+    sandbox.load_ndjson_dir(population_dir)
+    with MedplumLike(sandbox.base_url) as proxy:  # Medplum's 50 updates / 8 strict entries
+        settings = settings_for(proxy.base_url)
+        full = full_refresh(settings, store, as_of=AS_OF_DATE, write=True)
+        assert full.status == "succeeded", full.error
+        assert full.writeback.batch_sizes == {"conditional": 8, "plain": 50}
+        learned = [i for i in full.writeback.issues if "transaction" in i.problem.lower()
+                   and "refused" in i.problem.lower()]
+        assert len(learned) == 1, [i.problem for i in full.writeback.issues]  # said once
+        from fhirpanel.jobs.refresh import learned_batch_sizes
+
+        assert learned_batch_sizes(store, proxy.base_url) == {"conditional": 8, "plain": 50}
+        add_visits(sandbox.base_url, pick_moves(store, 12), store)
+        from fhirpanel.jobs.refresh import incremental_refresh
+
+        step = incremental_refresh(settings, store, as_of=AS_OF_DATE)
+        assert step.status == "succeeded", step.error
+        assert step.writeback.batch_sizes == {"conditional": 8, "plain": 50}
+        refusals = [i for i in step.writeback.issues if "transaction" in i.problem.lower()
+                    and "refused" in i.problem.lower()]
+        assert refusals == []  # started from what the full refresh learned: nothing refused

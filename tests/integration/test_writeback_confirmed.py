@@ -4,8 +4,10 @@ the real sandbox FHIR server by tests/integration/medplum_like.py.
 
 Each test checks the server's managed resources (count and content) against one clean run of
 the same data, not only the counters: per-entry 412/422 in a transaction-response, an answer
-that cannot be read entry by entry, Medplum's limits (the batch halves, no entry-by-entry resend
-for the rest of the run), an If-None-Exist match, a server that drops element ids (3 runs, no
+that cannot be read entry by entry, Medplum's limits (read from the refusal: 8 entries with a
+conditional entry, 50 without, after one refusal; the learned sizes start the next run with
+none), a refusal that cannot be read (its kind halves), a conflict in an atomic transaction (one
+re-read, one resend), an If-None-Exist match, a server that drops element ids (3 runs, no
 growth), and a lost answer (the rerun writes the missing Provenance, once).
 """
 
@@ -17,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from fhirpanel.config import FhirSettings, WritebackSettings
@@ -27,6 +30,8 @@ from fhirpanel.fhir.client import FhirClient
 from fhirpanel.run import RunOutcome
 from fhirpanel.sandbox.server import SandboxServer
 from fhirpanel.writeback import WriteBackInterrupted, WritebackTables, WriteSummary
+from fhirpanel.writeback.plan import known_limits
+from fhirpanel.writeback.writer import sizes_text, start_sizes
 from tests.integration.faults import PASS, RESET_MID_BODY, Status
 from tests.integration.medplum_like import (
     NO_STATUS,
@@ -35,6 +40,7 @@ from tests.integration.medplum_like import (
     TOO_MANY_UPDATES,
     MedplumLike,
     TransactionScript,
+    bad_request,
     strip_ids,
 )
 from tests.integration.test_writeback import (
@@ -206,17 +212,20 @@ def test_an_answer_that_cannot_be_read_is_re_read_not_counted(
 # --------------------------------------------------------------------------- Medplum's limits
 
 
-def test_medplum_limits_halve_the_batch_for_the_rest_of_the_run(
+def test_medplum_limits_are_read_and_the_learned_sizes_start_the_next_run(
         loaded: SandboxServer, direct: FhirClient, outcome: RunOutcome,
-        tables: WritebackTables, clean: dict[str, Any]) -> None:
+        tables: WritebackTables, clean: dict[str, Any], population_dir: Path) -> None:
     with MedplumLike(loaded.base_url) as proxy, through(proxy) as client:
-        # Creates are conditional updates (PUT CareTeam?identifier=...): more than 50 updates,
-        # and more than 8 entries with a conditional one, are both refused.
+        # Creates are conditional updates (PUT CareTeam?identifier=...). The first transaction
+        # of 100 is refused for its updates (> 50); Medplum would refuse any batch with a
+        # conditional entry above 8 next: straight to 8 after that one refusal, 50 without.
         first = write(outcome, client, tables)
         refused = [t for t in proxy.transactions if t.status == 400]
         accepted = [t for t in proxy.transactions if t.status == 200]
-        assert [t.entries for t in refused] == [100, 50, 25, 12]
-        assert accepted and max(t.entries for t in accepted) <= 6
+        assert [t.entries for t in refused] == [100]
+        assert max(t.entries for t in accepted) == 8 and all(t.conditional for t in accepted)
+        assert first.batch_sizes == {"conditional": 8, "plain": 50} and first.batch_size == 50
+        assert first.as_report()["batch_sizes"] == {"conditional": 8, "plain": 50}
         # No entry-by-entry resend: every write was a transaction or a Provenance, but for the
         # last entry of a write batch when it is left alone (a transaction of 1 is not sent).
         kinds = Counter((a.method, a.path.split("?")[0].rsplit("/", 1)[-1])
@@ -225,27 +234,101 @@ def test_medplum_limits_halve_the_batch_for_the_rest_of_the_run(
                                                                ("POST", "Provenance"))}
         assert sum(singles.values()) <= first.batches
         assert kinds[("POST", "fhir")] == len(proxy.transactions)
-        assert first.batch_size == 6
         [issue] = [i for i in first.issues if i.resource == "write-back"]
-        assert "transaction of 100 entries" in issue.problem
-        assert TOO_MANY_UPDATES in issue.problem and "at most 6 entries" in issue.problem
+        assert "transaction of 100 entries" in issue.problem and TOO_MANY_UPDATES in issue.problem
+        assert "at most 8 entries with a conditional entry, 50 without" in issue.problem
         assert end_state(direct) == clean
         assert len(ours(direct, "CareTeam")) == len(assigned_patients(outcome))
         assert len(ours(direct, "CarePlan")) == len(expected_plans(outcome))
         assert first.provenance == first.batches  # one per write batch of 100, as before
 
-        # Updates by id (not conditional): only the 50-update limit applies.
-        teams = list(by_identifier(ours(direct, "CareTeam")).values())
-        suspend(loaded, teams)
+        # The next run, given the learned sizes: 60 updates by id and 10 re-creates in one write
+        # batch go apart (50 + 10 without a conditional entry, 8 + 2 with), none refused.
+        teams = in_write_order(outcome, by_identifier(ours(direct, "CareTeam")))
+        suspend(loaded, teams[:60])
+        for team in teams[60:70]:
+            direct.request("DELETE", f"CareTeam/{team['id']}")
         proxy.reset_counts()
+        second = write(outcome, client, tables, batch_sizes=first.batch_sizes)
+        seen = [t for t in proxy.transactions]
+    assert [t.status for t in seen] == [200] * len(seen)
+    assert not any(t.mixed for t in seen)
+    assert all(t.entries <= (8 if t.conditional else 50) for t in seen)
+    care_teams = [t.entries for t in seen[:4]]
+    assert sorted(care_teams) == [2, 8, 10, 50]
+    assert counts(second, "CareTeam") == {"update": 60, "create": 10,
+                                          "unchanged": len(teams) - 70}
+    assert second.batch_sizes == first.batch_sizes
+    assert not [i for i in second.issues if i.resource == "write-back"]
+    assert end_state(direct) == clean
+
+    # A first run on a clean server from the learned sizes: the same writes, none refused,
+    # one request fewer.
+    with SandboxServer() as other:
+        other.load_ndjson_dir(population_dir)
+        with MedplumLike(other.base_url) as proxy, through(proxy) as client, \
+                FhirClient(FhirSettings(base_url=other.base_url)) as other_direct:
+            again = write(outcome, client, tables, batch_sizes=first.batch_sizes)
+            assert [t.status for t in proxy.transactions if t.status != 200] == []
+            assert again.requests["total"] == first.requests["total"] - 1
+            assert again.counts.as_dict() == first.counts.as_dict()
+            assert end_state(other_direct) == clean
+
+
+def test_updates_by_id_from_the_configured_size_settle_at_50(
+        loaded: SandboxServer, direct: FhirClient, outcome: RunOutcome,
+        tables: WritebackTables, clean: dict[str, Any]) -> None:
+    """Updates by id alone (no conditional entry): one refusal, then Medplum's 50."""
+    write(outcome, direct, tables)
+    teams = list(by_identifier(ours(direct, "CareTeam")).values())
+    suspend(loaded, teams)
+    with MedplumLike(loaded.base_url) as proxy, through(proxy) as client:
         second = write(outcome, client, tables)
     assert [t.entries for t in proxy.transactions if t.status == 400] == [100]
     assert max(t.entries for t in proxy.transactions if t.status == 200) == 50
+    assert not any(t.conditional for t in proxy.transactions)
     assert not any(a.method == "PUT" for a in proxy.writes())
     assert counts(second, "CareTeam") == {"update": len(teams)}
-    assert second.batch_size == 50
+    assert second.batch_sizes == {"conditional": 8, "plain": 50}
     assert TOO_MANY_STRICT not in " ".join(i.problem for i in second.issues)
     assert end_state(direct) == clean
+
+
+def test_a_size_refusal_fhirpanel_cannot_read_halves_its_own_kind(
+        loaded: SandboxServer, direct: FhirClient, outcome: RunOutcome,
+        tables: WritebackTables, clean: dict[str, Any]) -> None:
+    """A server that caps every transaction at 30 entries (`too-costly`, no known text): the
+    size of the refused kind halves, the other kind's stays until it is refused itself."""
+    with MedplumLike(loaded.base_url, max_entries=30, **NO_LIMITS) as proxy, \
+            through(proxy) as client:
+        first = write(outcome, client, tables)
+        assert [t.entries for t in proxy.transactions if t.status == 400] == [100, 50]
+        assert max(t.entries for t in proxy.transactions if t.status == 200) == 25
+        assert first.batch_sizes == {"conditional": 25, "plain": 100}
+        teams = list(by_identifier(ours(direct, "CareTeam")).values())
+        suspend(loaded, teams)
+        proxy.reset_counts()
+        second = write(outcome, client, tables, batch_sizes=first.batch_sizes)
+    assert [t.entries for t in proxy.transactions if t.status == 400] == [100, 50]
+    assert second.batch_sizes == {"conditional": 25, "plain": 25}
+    assert end_state(direct) == clean
+
+
+def test_start_sizes_are_capped_by_the_configured_batch_size() -> None:
+    assert start_sizes(100, None) == {"conditional": 100, "plain": 100}
+    assert start_sizes(40, {"conditional": 8, "plain": 50, "other": 3}) == {
+        "conditional": 8, "plain": 40}
+    assert start_sizes(100, {"conditional": 0, "plain": True}) == {  # type: ignore[dict-item]
+        "conditional": 1, "plain": 100}
+    assert known_limits(400, orjson.loads(bad_request(TOO_MANY_STRICT))) == {
+        "conditional": 8, "plain": 50}
+    assert known_limits(400, None, f"HTTP 400: {TOO_MANY_UPDATES}") == {
+        "conditional": 8, "plain": 50}
+    assert known_limits(400, orjson.loads(bad_request("Bundle too large"))) is None
+    assert known_limits(412, orjson.loads(bad_request(TOO_MANY_STRICT))) is None
+    assert sizes_text({"conditional": 1, "plain": 1}) == "single requests"
+    assert sizes_text({"conditional": 1, "plain": 50}) == (
+        "transactions of conditional entries one by one, 50 without")
 
 
 # --------------------------------------------------------------------------- If-None-Exist
@@ -353,24 +436,94 @@ def test_a_lost_answer_ends_the_write_back_and_the_rerun_writes_the_missing_prov
 # --------------------------------------------------------------------------- atomic transactions
 
 
-def test_atomic_transactions_fail_whole_and_are_retried_entry_by_entry(
+def re_reads(proxy: MedplumLike, rtype: str) -> int:
+    """Searches of a type after the first transaction (the phase's own reads come before)."""
+    arrivals = proxy.arrivals_for()
+    first = next(n for n, a in enumerate(arrivals) if a.method == "POST"
+                 and a.path.split("?")[0].rstrip("/") == proxy.base_path)
+    return sum(1 for a in arrivals[first:]
+               if a.method == "GET" and a.path.split("?")[0].endswith(f"/{rtype}"))
+
+
+def test_an_atomic_conflict_costs_one_re_read_and_one_resend(
         loaded: SandboxServer, direct: FhirClient, outcome: RunOutcome,
         tables: WritebackTables, clean: dict[str, Any]) -> None:
-    """A project with transactions turned on: all or nothing. A conflict in one entry fails the
-    whole Bundle (HTTP 412, nothing written): not a size refusal, so the size stays and the
-    entries go one by one."""
+    """A project with transactions turned on: all or nothing. A clinician edits one of three
+    teams between fhirpanel's read and its write: the transaction fails whole (412, Medplum's
+    "Precondition Failed", no entry named). One search re-reads the three, the change is
+    re-applied on the edited one, and the three go again as one transaction."""
     with MedplumLike(loaded.base_url, atomic=True) as proxy, through(proxy) as client:
         write(outcome, client, tables)
         assert end_state(direct) == clean
         teams = in_write_order(outcome, by_identifier(ours(direct, "CareTeam")))
         suspend(loaded, teams[:3])
+
+        def clinician_edits(bundle: dict[str, Any]) -> None:
+            current = direct.read("CareTeam", teams[1]["id"])
+            loaded.ctx.store.update({**current, "status": "inactive"}, origin="internal")
+
         proxy.reset_counts()
-        proxy.script_transaction(TransactionScript(entries={1: 412}))
+        proxy.before_transaction = clinician_edits
         summary = write(outcome, client, tables)
-    assert [t.status for t in proxy.transactions] == [412]
-    assert [a.method for a in proxy.writes()] == ["POST", "PUT", "PUT", "PUT", "POST"]
+        searched = re_reads(proxy, "CareTeam")
+    assert [(t.entries, t.status) for t in proxy.transactions] == [(3, 412), (3, 200)]
+    assert [a.method for a in proxy.writes()] == ["POST", "POST", "POST"]  # + its Provenance
+    assert searched == 1  # the one re-read
     assert counts(summary, "CareTeam") == {"update": 3, "unchanged": len(teams) - 3}
-    assert summary.batch_size == 100 and summary.provenance == 1
+    assert summary.conflicts_resolved == 1 and summary.provenance == 1
+    assert summary.batch_size == 100 and summary.failed_subjects == set()
+    assert end_state(direct) == clean
+
+
+def test_an_atomic_conflict_again_after_the_re_read_goes_one_by_one(
+        loaded: SandboxServer, direct: FhirClient, outcome: RunOutcome,
+        tables: WritebackTables, clean: dict[str, Any]) -> None:
+    """The resend conflicts too (another edit in between): its entries go one by one, and only
+    the edited one is re-read again."""
+    with MedplumLike(loaded.base_url, atomic=True) as proxy, through(proxy) as client:
+        write(outcome, client, tables)
+        teams = in_write_order(outcome, by_identifier(ours(direct, "CareTeam")))
+        suspend(loaded, teams[:3])
+
+        def edit(n: int) -> Any:
+            def hook(bundle: dict[str, Any]) -> None:
+                current = direct.read("CareTeam", teams[n]["id"])
+                loaded.ctx.store.update({**current, "status": "inactive"}, origin="internal")
+                if n == 1:
+                    proxy.before_transaction = edit(2)
+            return hook
+
+        proxy.reset_counts()
+        proxy.before_transaction = edit(1)
+        summary = write(outcome, client, tables)
+        searched = re_reads(proxy, "CareTeam")
+    assert [(t.entries, t.status) for t in proxy.transactions] == [(3, 412), (3, 412)]
+    assert [a.method for a in proxy.writes()] == ["POST", "POST", "PUT", "PUT", "PUT", "PUT",
+                                                  "POST"]
+    assert searched == 2  # the batch's re-read, then team 2's alone
+    assert counts(summary, "CareTeam") == {"update": 3, "unchanged": len(teams) - 3}
+    assert summary.conflicts_resolved == 2 and summary.failed_subjects == set()
+    assert end_state(direct) == clean
+
+
+def test_conflicting_entries_of_a_transaction_response_are_re_read_together(
+        loaded: SandboxServer, direct: FhirClient, outcome: RunOutcome,
+        tables: WritebackTables, clean: dict[str, Any]) -> None:
+    """Medplum's default (a transaction run as a batch): two entries answered 412 are re-read
+    in one search and sent again in one transaction."""
+    with MedplumLike(loaded.base_url, **NO_LIMITS) as proxy, through(proxy) as client:
+        write(outcome, client, tables)
+        teams = in_write_order(outcome, by_identifier(ours(direct, "CareTeam")))
+        suspend(loaded, teams[:4])
+        proxy.reset_counts()
+        proxy.script_transaction(TransactionScript(entries={0: 412, 2: 412}))
+        summary = write(outcome, client, tables)
+        searched = re_reads(proxy, "CareTeam")
+    assert [(t.entries, t.status) for t in proxy.transactions] == [(4, 200), (2, 200)]
+    assert [a.method for a in proxy.writes()] == ["POST", "POST", "POST"]
+    assert searched == 1
+    assert counts(summary, "CareTeam") == {"update": 4, "unchanged": len(teams) - 4}
+    assert summary.conflicts_resolved == 2 and summary.provenance == 1
     assert end_state(direct) == clean
 
 
