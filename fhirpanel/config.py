@@ -114,6 +114,9 @@ class BulkSettings:
     group_id: str = ""  # export one Group (`Group/<id>/$export`); empty: system-level export
     poll_interval: float = 2.0  # seconds between status polls when the server sends no Retry-After
     max_wait_seconds: float = 3600.0  # give up on an export that takes longer
+    # Poll at least this often, whatever Retry-After asks (0: honour it as sent). HAPI asks for
+    # 120 s on its first polls even for a small export.
+    max_retry_after: float = 0.0
     download_dir: str = ""  # empty: a temporary folder under var/
     since: str = ""  # `_since` for an incremental export (an instant)
     # Added with the bulk source: keep the downloaded NDJSON folder after the run (debugging).

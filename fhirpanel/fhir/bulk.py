@@ -388,6 +388,8 @@ class BulkExport:
                 raise SourceError(f"Bulk export not finished after {self.stats.polls} status "
                                   f"polls (last progress: {progress or 'none'}); cancelled")
             wait = max(MIN_POLL_SECONDS, self.settings.poll_interval if wait is None else wait)
+            if self.settings.max_retry_after > 0:  # an operator's cap on the server's Retry-After
+                wait = min(wait, max(MIN_POLL_SECONDS, self.settings.max_retry_after))
             elapsed = self._clock() - started
             if elapsed + wait > limit:
                 raise SourceError(

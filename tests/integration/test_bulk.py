@@ -380,6 +380,15 @@ def test_retry_after_is_honoured_in_seconds_and_as_a_date(tmp_path: Path,
     assert "collecting 10%" in caplog.text
 
 
+def test_an_operator_can_cap_a_long_retry_after(tmp_path: Path) -> None:
+    clock = FakeClock()
+    polls = [(202, {"Retry-After": "120"}, b""), (202, {"Retry-After": "2"}, b"")]
+    with FakeBulkServer(polls) as server:
+        result = scripted_export(server, tmp_path, clock, max_retry_after=5).run()
+    assert clock.waits == [5.0, 2.0]  # HAPI's 120 s capped; a shorter wait kept as asked
+    assert result.counts == {"Patient": 2}
+
+
 def test_the_wait_is_bounded_and_the_export_cancelled(tmp_path: Path) -> None:
     clock = FakeClock()
     with FakeBulkServer(repeat=(202, {"Retry-After": "5"}, b"")) as server:
