@@ -337,8 +337,8 @@ def test_bulk_export(server: Handle, tmp_path: Path,
     slow = [w for w in waits if w and w.isdigit() and int(w) >= 30]
     if slow:
         record_property("compat", f"known limit: the server answers status polls with "
-                                  f"Retry-After: {max(slow)}, which fhirpanel honours (a "
-                                  f"{int(max(slow)) * len(waits)} s wait here); workaround: "
+                                  f"Retry-After: {max(slow)}, which fhirpanel honours (a wait "
+                                  f"of {max(slow)} s per poll); workaround: "
                                   f"bulk.max_retry_after (3 s: the export took {seconds:.0f} s), "
                                   f"or none needed for a nightly full refresh")
 
