@@ -1,5 +1,5 @@
-"""`fhirpanel worker`: the scheduler process (style.md: its own process, never inside the web
-workers).
+"""`fhirpanel worker`: the scheduler process (its own process, never inside the web workers:
+docs/architecture.md#the-worker).
 
 APScheduler 3.x `BlockingScheduler` with two jobs, module-level functions with stable ids:
 `incremental` every `scheduler.incremental_minutes` (and at start) and `full` on

@@ -33,11 +33,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
+
+from tests.interop.processes import metadata_ok, stop_process
 
 HAPI_VERSION = "8.8.0"  # pinned in tests/interop/hapi/pom.xml
 HAPI_DIR = Path(__file__).resolve().parent / "hapi"
@@ -231,7 +231,7 @@ class HapiServer:
                 if match:
                     base = match.group(1)
                     self.ready_line = match.group(0)
-            if base is not None and _metadata_ok(base):
+            if base is not None and metadata_ok(base, 10):
                 return base
             time.sleep(0.2)
         raise RuntimeError(f"the HAPI server was not ready within {self.startup_timeout:g}s:\n"
@@ -264,15 +264,7 @@ class HapiServer:
         """SIGTERM the JVM (by its pid; its shutdown hook stops Jetty and Spring) and wait for
         it; SIGKILL if it does not go in time."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGKILL)
-                process.wait(timeout=timeout)
+        stop_process(process, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -285,13 +277,6 @@ class HapiServer:
                  tb: TracebackType | None) -> None:
         self.stop()
 
-
-def _metadata_ok(base: str) -> bool:
-    try:
-        with urllib.request.urlopen(base + "/metadata", timeout=10) as response:  # noqa: S310
-            return bool(response.status == 200)
-    except (OSError, urllib.error.URLError):
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:

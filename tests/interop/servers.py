@@ -12,14 +12,12 @@ package-lock.json changes (a stamp file in node_modules records the lock it was 
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -29,6 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
+
+from tests.interop.processes import metadata_ok, stop_process
 
 # ------------------------------------------------------------------------------------- Medplum
 
@@ -177,7 +177,7 @@ class MedplumServer:
                 if match:
                     base = match.group(1)
                     self.ready_line = match.group(0)
-            if base is not None and _metadata_ok(base):
+            if base is not None and metadata_ok(base, 5):
                 return base
             time.sleep(0.05)
         raise RuntimeError(f"the Medplum server was not ready within {self.startup_timeout:g}s:"
@@ -202,15 +202,7 @@ class MedplumServer:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the server (by its pid) and wait for it; SIGKILL if it does not go."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGKILL)
-                process.wait(timeout=timeout)
+        stop_process(process, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -223,13 +215,6 @@ class MedplumServer:
                  tb: TracebackType | None) -> None:
         self.stop()
 
-
-def _metadata_ok(base: str) -> bool:
-    try:
-        with urllib.request.urlopen(base + "/metadata", timeout=5) as response:  # noqa: S310
-            return bool(response.status == 200)
-    except (OSError, urllib.error.URLError):
-        return False
 
 
 # ------------------------------------------------------------------------------ loading data
