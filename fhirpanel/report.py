@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fhirpanel.domain.attribution import Assignment
-from fhirpanel.run import RunOutcome
+from fhirpanel.domain.outcome import RunOutcome
 
 REPORT_VERSION = 1
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 
 from fhirpanel.config import Settings
 from fhirpanel.domain.attribution import (
-    AttributionResult,
     AttributionRules,
     ManualAssignment,
     Pipeline,
@@ -22,11 +21,10 @@ from fhirpanel.domain.attribution import (
     VisitRules,
     attribute_patients,
 )
+from fhirpanel.domain.outcome import RunOutcome
 from fhirpanel.domain.panels import (
     AgeSexWeights,
     CapacitySettings,
-    OutreachItem,
-    PanelSummary,
     compute_age_sex_weights,
     compute_panels,
     outreach_list,
@@ -34,7 +32,6 @@ from fhirpanel.domain.panels import (
 from fhirpanel.domain.records import Population
 from fhirpanel.domain.risk import (
     RiskConfig,
-    RiskResult,
     check_tier_shape,
     score_patients,
     tier_distribution,
@@ -82,20 +79,6 @@ class MethodTables:
                 hcc_segment=risk.hcc_segment,
             ),
         )
-
-
-@dataclass
-class RunOutcome:
-    as_of: date
-    source: str
-    population: Population
-    attribution: AttributionResult
-    risk: dict[str, RiskResult]
-    panels: PanelSummary
-    outreach: tuple[OutreachItem, ...]
-    tier_distribution: dict[str, int]
-    warnings: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def analyse(population: Population, as_of: date, tables: MethodTables, *,

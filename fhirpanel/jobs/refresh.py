@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from fhirpanel.config import Settings
 from fhirpanel.domain.attribution import ManualAssignment
+from fhirpanel.domain.outcome import RunOutcome
 from fhirpanel.domain.panels import AgeSexWeights, Panel, Suggestion, suggest_clinicians
 from fhirpanel.domain.records import Population
 from fhirpanel.errors import BusyError, ChangeHeld, ConfigError, FhirpanelError, one_line
@@ -32,7 +33,7 @@ from fhirpanel.fhir.parse import ParseProblem, fhir_instant, parse_instant, refe
 from fhirpanel.fhir.source import FhirSource, ServerSource
 from fhirpanel.ingest import read_population
 from fhirpanel.jobs import brake
-from fhirpanel.run import MethodTables, RunOutcome, analyse, open_source, run_full
+from fhirpanel.run import MethodTables, analyse, open_source, run_full
 from fhirpanel.store import Store, lock_holder_id
 from fhirpanel.store.repository import now_utc
 

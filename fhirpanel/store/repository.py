@@ -56,7 +56,7 @@ from fhirpanel.store.models import (
 )
 
 if TYPE_CHECKING:
-    from fhirpanel.run import RunOutcome
+    from fhirpanel.domain.outcome import RunOutcome
 
 try:  # POSIX: the SQLite migration lock (Windows has none and migrates unguarded)
     import fcntl

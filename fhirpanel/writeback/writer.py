@@ -104,7 +104,7 @@ from fhirpanel.writeback.plan import (
 )
 
 if TYPE_CHECKING:  # run.py may call write_back: no import cycle at run time
-    from fhirpanel.run import RunOutcome
+    from fhirpanel.domain.outcome import RunOutcome
 
 Key = tuple[str, str]  # (resource type, business identifier value)
 # Called once the CareTeams are planned, before anything is sent: (PCP participations this

@@ -17,6 +17,7 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from fhirpanel.config import FhirSettings, Settings, WritebackSettings
+from fhirpanel.domain.outcome import RunOutcome
 from fhirpanel.fhir.build import (
     PCP_PARTICIPANT_PREFIX,
     business_identifier,
@@ -26,7 +27,7 @@ from fhirpanel.fhir.build import (
 from fhirpanel.fhir.capability import ServerCapabilities
 from fhirpanel.fhir.client import FhirClient
 from fhirpanel.fhir.source import ServerSource
-from fhirpanel.run import RunOutcome, run_full
+from fhirpanel.run import run_full
 from fhirpanel.sandbox.server import SandboxServer
 from fhirpanel.writeback import SimulatedCrash, WritebackTables, WriteSummary, write_back, writer
 from tests.conftest import AS_OF

@@ -23,11 +23,11 @@ import orjson
 import pytest
 
 from fhirpanel.config import FhirSettings, WritebackSettings
+from fhirpanel.domain.outcome import RunOutcome
 from fhirpanel.errors import ExitCode, WriteBackError
 from fhirpanel.fhir.build import identifier_value
 from fhirpanel.fhir.capability import ServerCapabilities
 from fhirpanel.fhir.client import FhirClient
-from fhirpanel.run import RunOutcome
 from fhirpanel.sandbox.server import SandboxServer
 from fhirpanel.writeback import WriteBackInterrupted, WritebackTables, WriteSummary
 from fhirpanel.writeback.plan import known_limits

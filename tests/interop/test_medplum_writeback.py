@@ -28,8 +28,8 @@ import requests
 
 from fhirpanel.checkserver import check_server
 from fhirpanel.config import FhirSettings, Settings, WritebackSettings
+from fhirpanel.domain.outcome import RunOutcome
 from fhirpanel.fhir.client import FhirClient
-from fhirpanel.run import RunOutcome
 from fhirpanel.sandbox.server import SandboxServer
 from fhirpanel.writeback import WritebackTables, WriteSummary
 from tests.integration.medplum_like import TOO_MANY_UPDATES
