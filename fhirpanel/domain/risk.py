@@ -14,7 +14,6 @@ from fhirpanel.domain.conditions import (
     ConditionFilter,
     Crosswalk,
     PatientDiagnoses,
-    mapping_strings,
     patient_diagnoses,
 )
 from fhirpanel.domain.dates import age_on, months_before
@@ -40,19 +39,6 @@ class UtilisationRules:
     ed_classes: frozenset[str]
     inpatient_classes: frozenset[str]
 
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> UtilisationRules:
-        where = "risk [utilisation]"
-        months = data.get("lookback_months")
-        if not isinstance(months, int) or isinstance(months, bool) or not 1 <= months <= 120:
-            raise MappingError(f"{where}: lookback_months must be 1-120")
-        return cls(
-            lookback_months=months,
-            statuses=frozenset(mapping_strings(data, "encounter_statuses", where)),
-            ed_classes=frozenset(mapping_strings(data, "ed_classes", where)),
-            inpatient_classes=frozenset(mapping_strings(data, "inpatient_classes", where)),
-        )
-
     def window_start(self, as_of: date) -> date:
         """The first day of the look-back window (the same day `lookback_months` earlier)."""
         return months_before(as_of, self.lookback_months)
@@ -76,7 +62,8 @@ class UtilisationRules:
 
 @dataclass(frozen=True)
 class RiskConfig:
-    """Settings and tables for one scoring run; built from the mapping files."""
+    """Settings and tables for one scoring run; built from the mapping files (the weight set,
+    model and segment from settings where they name one, else from `risk.toml`)."""
 
     charlson: CharlsonTable
     crosswalk: Crosswalk
@@ -90,56 +77,14 @@ class RiskConfig:
     hcc_model: str = "V28"
     hcc_segment: str = "CNA"
 
-    @classmethod
-    def from_mappings(
-        cls,
-        charlson: Mapping[str, Any],
-        crosswalk: Mapping[str, Any],
-        chronic: Mapping[str, Any],
-        tiers: Mapping[str, Any],
-        risk: Mapping[str, Any],
-        *,
-        charlson_weights: str | None = None,
-        charlson_age_points: bool | None = None,
-        hcc_model: str | None = None,
-        hcc_segment: str | None = None,
-    ) -> RiskConfig:
-        """Typed, validated configuration; explicit arguments override `risk.toml`."""
-        sections = {}
-        for name in ("charlson", "hcc", "conditions", "utilisation"):
-            section = risk.get(name)
-            if not isinstance(section, Mapping):
-                raise MappingError(f"risk: missing [{name}] table")
-            sections[name] = section
-        table = CharlsonTable.from_mapping(charlson)
-        hcc = HccSettings.from_mapping(sections["hcc"])
-        weights = charlson_weights or sections["charlson"].get("weights")
-        if weights not in table.weight_sets:
+    def __post_init__(self) -> None:
+        if self.charlson_weights not in self.charlson.weight_sets:
             raise MappingError(
-                f"unknown Charlson weight set {weights!r}; available: {list(table.weight_sets)}"
+                f"unknown Charlson weight set {self.charlson_weights!r}; available: "
+                f"{list(self.charlson.weight_sets)}"
             )
-        age_points = charlson_age_points
-        if age_points is None:
-            age_points = sections["charlson"].get("age_points")
-            if not isinstance(age_points, bool):
-                raise MappingError("risk [charlson]: age_points must be true or false")
-        model = hcc_model or hcc.default_model
-        segment = hcc_segment or hcc.default_segment
-        hcc.model_name(model)
-        hcc.segment(segment)
-        return cls(
-            charlson=table,
-            crosswalk=Crosswalk.from_mapping(crosswalk),
-            chronic=ChronicConditions.from_mapping(chronic),
-            tiers=TierRules.from_mapping(tiers),
-            hcc=hcc,
-            condition_filter=ConditionFilter.from_mapping(sections["conditions"]),
-            utilisation=UtilisationRules.from_mapping(sections["utilisation"]),
-            charlson_weights=str(weights),
-            charlson_age_points=age_points,
-            hcc_model=model,
-            hcc_segment=segment,
-        )
+        self.hcc.model_name(self.hcc_model)
+        self.hcc.segment(self.hcc_segment)
 
     def hcc_scorer(self) -> HccScorer:
         return HccScorer(self.hcc, self.hcc_model, self.hcc_segment)

@@ -9,11 +9,9 @@ without an HCC score.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from fhirpanel.domain.conditions import mapping_text
 from fhirpanel.errors import MappingError
 
 METRICS = ("hcc", "charlson", "ed", "inpatient", "chronic")
@@ -100,16 +98,6 @@ class TierShape:
     high_max_share: float = 0.25
     complex_max_share: float = 0.05  # tier 4
 
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> TierShape:
-        values: dict[str, float] = {}
-        for key in ("high_min_share", "high_max_share", "complex_max_share"):
-            value = data.get(key)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-                raise MappingError(f"tiers [shape]: {key} must be a share between 0 and 1")
-            values[key] = float(value)
-        return cls(**values)
-
 
 @dataclass(frozen=True)
 class TierRules:
@@ -118,30 +106,18 @@ class TierRules:
     labels: Mapping[int, str]
     shape: TierShape
 
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> TierRules:
-        raw_labels = data.get("tiers")
-        if not isinstance(raw_labels, Mapping) or not raw_labels:
-            raise MappingError("tiers: [tiers] must label each tier")
-        labels: dict[int, str] = {}
-        for key, label in raw_labels.items():
-            if not str(key).isdigit() or not isinstance(label, str) or not label.strip():
-                raise MappingError(f"tiers: bad tier label {key!r} = {label!r}")
-            labels[int(key)] = label.strip()
-        default = data.get("default_tier")
-        if not isinstance(default, int) or default not in labels:
-            raise MappingError(f"tiers: default_tier must be one of {sorted(labels)}")
-        raw_rules = data.get("rules")
-        if not isinstance(raw_rules, list) or not raw_rules:
-            raise MappingError("tiers: needs a non-empty [[rules]] list")
-        rules = tuple(_rule(raw, index, labels) for index, raw in enumerate(raw_rules))
-        names = [r.name for r in rules]
+    def __post_init__(self) -> None:
+        known = sorted(self.labels)
+        if self.default_tier not in self.labels:
+            raise MappingError(f"default_tier: must be one of {known}")
+        for number, rule in enumerate(self.rules, start=1):
+            if rule.tier not in self.labels:
+                raise MappingError(f"rules[{number}].tier: must be one of {known}")
+            if not rule.all_of and not rule.any_of:
+                raise MappingError(f"rules[{number}]: needs an `all` or an `any` list")
+        names = [r.name for r in self.rules]
         if len(set(names)) != len(names):
-            raise MappingError("tiers: rule names must be unique")
-        shape = data.get("shape", {})
-        if not isinstance(shape, Mapping):
-            raise MappingError("tiers: [shape] must be a table")
-        return cls(rules, default, labels, TierShape.from_mapping(shape) if shape else TierShape())
+            raise MappingError("rules: rule names must be unique")
 
     @property
     def tiers(self) -> tuple[int, ...]:
@@ -188,40 +164,19 @@ def shape_warnings(distribution: Mapping[str, int], shape: TierShape) -> list[st
     return warnings
 
 
-def _rule(raw: Any, index: int, labels: Mapping[int, str]) -> TierRule:
-    where = f"tiers rule {index + 1}"
-    if not isinstance(raw, Mapping):
-        raise MappingError(f"{where}: not a table")
-    tier = raw.get("tier")
-    if not isinstance(tier, int) or tier not in labels:
-        raise MappingError(f"{where}: tier must be one of {sorted(labels)}")
-    unknown = set(raw) - {"tier", "name", "all", "any"}
-    if unknown:
-        raise MappingError(f"{where}: unknown keys {sorted(unknown)}")
-    all_of = _clauses(raw.get("all", []), where)
-    any_of = _clauses(raw.get("any", []), where)
-    if not all_of and not any_of:
-        raise MappingError(f"{where}: needs an `all` or an `any` list")
-    return TierRule(tier, mapping_text(raw, "name", where), all_of, any_of)
-
-
-def _clauses(value: Any, where: str) -> tuple[Clause, ...]:
-    if not isinstance(value, list):
-        raise MappingError(f"{where}: `all` and `any` must be lists of tables")
-    clauses: list[Clause] = []
-    for raw in value:
-        if not isinstance(raw, Mapping) or not raw:
-            raise MappingError(f"{where}: each condition must be a non-empty table")
+def clauses(conditions: Sequence[Mapping[str, float]], where: str) -> tuple[Clause, ...]:
+    """A rule's `all` or `any` list: each condition a table of `<metric>_<operator>` thresholds
+    (values already checked to be numbers >= 0)."""
+    out: list[Clause] = []
+    for number, condition in enumerate(conditions, start=1):
         thresholds: list[Threshold] = []
-        for key, number in sorted(raw.items()):
-            metric, _, operator = str(key).rpartition("_")
+        for key, value in sorted(condition.items()):
+            metric, _, operator = key.rpartition("_")
             if metric not in METRICS or operator not in OPERATORS:
                 raise MappingError(
-                    f"{where}: unknown threshold {key!r}; use <metric>_gte or <metric>_lt with "
-                    f"metric one of {', '.join(METRICS)}"
+                    f"{where}[{number}]: unknown threshold {key!r}; use <metric>_gte or "
+                    f"<metric>_lt with metric one of {', '.join(METRICS)}"
                 )
-            if isinstance(number, bool) or not isinstance(number, int | float) or number < 0:
-                raise MappingError(f"{where}: {key} must be a number >= 0")
-            thresholds.append(Threshold(metric, operator, float(number), METRICS.index(metric)))
-        clauses.append(Clause(tuple(thresholds)))
-    return tuple(clauses)
+            thresholds.append(Threshold(metric, operator, float(value), METRICS.index(metric)))
+        out.append(Clause(tuple(thresholds)))
+    return tuple(out)

@@ -1,13 +1,14 @@
 """Write-back of attribution and risk results as FHIR resources (CareTeam, CarePlan, and
-optionally RiskAssessment, attribution Group, Provenance)."""
+optionally RiskAssessment, attribution Group, Provenance): `builders` make them, `identity`
+recognises fhirpanel's own, `plan` decides and `writer` sends."""
 
+from fhirpanel.tables import WritebackTables
 from fhirpanel.writeback.writer import (
-    SimulatedCrash,
     WriteBackInterrupted,
-    WritebackTables,
     WriteSummary,
     write_back,
 )
 
-__all__ = ["SimulatedCrash", "WriteBackInterrupted", "WriteSummary", "WritebackTables",
+# WritebackTables is built by fhirpanel.tables; re-exported here for existing callers.
+__all__ = ["WriteBackInterrupted", "WriteSummary", "WritebackTables",
            "write_back"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fhirpanel.config import WritebackSettings
-from fhirpanel.fhir.build import Resource, has_managed_tag, same_content
+from fhirpanel.writeback.identity import Resource, has_managed_tag, same_content
 
 Action = Literal["create", "update", "unchanged", "skipped", "failed", "none"]
 # Actions the report counts, in the order it lists them. `matched`: a conditional create

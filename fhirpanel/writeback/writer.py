@@ -45,7 +45,6 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
@@ -62,32 +61,31 @@ from fhirpanel.errors import (
     VersionConflictError,
     WriteBackError,
 )
-from fhirpanel.fhir.build import (
-    ATTRIBUTION_GROUP_KIND,
-    CARE_PLAN_KIND,
-    CARE_TEAM_KIND,
-    RISK_ASSESSMENT_KIND,
-    CarePlanTemplates,
+from fhirpanel.fhir.capability import ServerCapabilities
+from fhirpanel.fhir.client import FhirClient, outcome_messages
+from fhirpanel.tables import WritebackTables
+from fhirpanel.tables.writeback import WritebackCodes
+from fhirpanel.writeback.builders import (
     ClinicianDirectory,
     ClinicianInfo,
     GroupMember,
-    NarrativeLabels,
-    WritebackCodes,
     build_attribution_group,
     build_care_plan,
     build_care_team,
     build_provenance,
     build_risk_assessment,
-    care_plan_tiers,
+    open_pcp_members,
+)
+from fhirpanel.writeback.identity import (
+    ATTRIBUTION_GROUP_KIND,
+    CARE_PLAN_KIND,
+    CARE_TEAM_KIND,
+    RISK_ASSESSMENT_KIND,
     has_managed_tag,
     identifier_token,
     identifier_value,
     is_managed,
-    open_pcp_members,
 )
-from fhirpanel.fhir.capability import ServerCapabilities
-from fhirpanel.fhir.client import FhirClient, outcome_messages
-from fhirpanel.mappings import load_mapping, load_mapping_ref
 from fhirpanel.writeback.plan import (
     BATCH_KINDS,
     CONDITIONAL,
@@ -124,7 +122,6 @@ class Ledger(Protocol):
 
 log = logging.getLogger(__name__)
 
-WRITEBACK_CODES = "writeback_codes"
 # Identifier tokens per search: `identifier=sys|v1,sys|v2,...` stays well under URL limits.
 IDENTIFIER_BATCH = 50
 # From this many identifiers, read all of ours in pages when the server holds at most
@@ -136,43 +133,13 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 class WriteBackInterrupted(WriteBackError):
     """The write-back stopped part way: a transport failure (the server could not be reached, or
-    the answer to a write was lost), or a simulated crash. The message is one line. `summary` is
+    the answer to a write was lost). The message is one line. `summary` is
     what was done and confirmed up to then; its `unconfirmed` holds the writes whose outcome is
     unknown, for the caller to keep and pass to the next run's `write_back(unconfirmed=...)`."""
 
     def __init__(self, message: str, summary: WriteSummary | None = None) -> None:
         super().__init__(" ".join(message.split()))
         self.summary = summary
-
-
-class SimulatedCrash(WriteBackInterrupted):
-    """Raised by `fail_after_batches` to test that an interrupted run converges when re-run."""
-
-
-@dataclass(frozen=True)
-class WritebackTables:
-    """The mapping tables write-back uses, loaded and validated once."""
-
-    codes: WritebackCodes
-    templates: CarePlanTemplates
-    labels: NarrativeLabels
-
-    @classmethod
-    def load(cls, settings: WritebackSettings, mappings_dir: Path | None = None,
-             tiers: str = "tiers") -> WritebackTables:
-        templates = CarePlanTemplates.from_mapping(
-            load_mapping_ref(settings.care_plan_templates, mappings_dir))
-        templates.require(care_plan_tiers(settings))
-        return cls(
-            codes=WritebackCodes.from_mapping(load_mapping(WRITEBACK_CODES, mappings_dir)),
-            templates=templates,
-            labels=NarrativeLabels.from_mappings(
-                tiers=load_mapping_ref(tiers, mappings_dir),
-                charlson=load_mapping("charlson_quan2005", mappings_dir),
-                chronic=load_mapping("chronic_conditions", mappings_dir),
-                risk=load_mapping("risk", mappings_dir),
-            ),
-        )
 
 
 @dataclass
@@ -273,10 +240,8 @@ def write_back(
     settings: WritebackSettings,
     *,
     dry_run: bool,
+    tables: WritebackTables,
     now: datetime | None = None,
-    fail_after_batches: int | None = None,
-    tables: WritebackTables | None = None,
-    mappings_dir: Path | None = None,
     capabilities: ServerCapabilities | None = None,
     ledger: Ledger | None = None,
     trust_ledger: bool = True,
@@ -285,7 +250,8 @@ def write_back(
     batch_sizes: Mapping[str, int] | None = None,
 ) -> WriteSummary:
     """Write (or plan, `dry_run=True`) CareTeams, CarePlans and the optional resources for one
-    run. `now` is the Provenance time (default: the clock). `capabilities` overrides what the
+    run, with the write-back part of the pass's tables (`Tables.load(settings).writeback`).
+    `now` is the Provenance time (default: the clock). `capabilities` overrides what the
     server's CapabilityStatement says (tests, or a server that over-promises).
 
     `ledger` (the state store's): resources it knows are taken as the server's copy instead of
@@ -311,7 +277,6 @@ def write_back(
     transport failure, after which `summary.unconfirmed` says which writes may have landed."""
     started = time.perf_counter()
     before = _stats_snapshot(client)
-    tables = tables or WritebackTables.load(settings, mappings_dir)
     try:
         caps = capabilities or client.capabilities()
     except TransportError as exc:
@@ -319,9 +284,8 @@ def write_back(
             f"write-back did not start, the FHIR server could not be reached: {exc}",
             WriteSummary(dry_run=dry_run, unconfirmed=set(unconfirmed))) from exc
     session = _Session(client, settings, caps, tables, dry_run=dry_run,
-                       now=now or datetime.now(UTC), fail_after_batches=fail_after_batches,
-                       ledger=ledger, trust_ledger=trust_ledger, unconfirmed=unconfirmed,
-                       guard=guard, batch_sizes=batch_sizes)
+                       now=now or datetime.now(UTC), ledger=ledger, trust_ledger=trust_ledger,
+                       unconfirmed=unconfirmed, guard=guard, batch_sizes=batch_sizes)
     summary = session.summary
     try:
         session.run(outcome)
@@ -374,8 +338,7 @@ class _Request:
 class _Session:
     def __init__(self, client: FhirClient, settings: WritebackSettings,
                  caps: ServerCapabilities, tables: WritebackTables, *, dry_run: bool,
-                 now: datetime, fail_after_batches: int | None,
-                 ledger: Ledger | None = None, trust_ledger: bool = True,
+                 now: datetime, ledger: Ledger | None = None, trust_ledger: bool = True,
                  unconfirmed: Collection[Key] = (), guard: Guard | None = None,
                  batch_sizes: Mapping[str, int] | None = None) -> None:
         self.client = client
@@ -387,7 +350,6 @@ class _Session:
         self.tables = tables
         self.dry_run = dry_run
         self.now = now
-        self.fail_after_batches = fail_after_batches
         self.transactions = settings.use_transactions and caps.transaction
         # Resources per write batch (one Provenance each), and entries per transaction for each
         # kind of batch: from `batch_sizes` (an earlier run's), never above the batch size;
@@ -769,9 +731,6 @@ class _Session:
             self.summary.batches += 1
             if self.cfg.provenance:
                 self._record_provenance(written)
-        if self.fail_after_batches is not None and self.summary.batches >= self.fail_after_batches:
-            raise SimulatedCrash(f"stopped after {self.summary.batches} write batch(es) "
-                                 "(fail_after_batches)", self.summary)
 
     def _send_transaction(self, rtype: str, requests_: Sequence[_Request], *,
                           retried: bool = False) -> None:

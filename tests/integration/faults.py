@@ -307,3 +307,40 @@ def _fault_name(fault: Fault) -> str:
     if isinstance(fault, Rewrite):
         return fault.name
     return fault
+
+
+class ConnectionCut:
+    """The HTTP layer loses the server after N write batches: the next write, and every request
+    after it, fails with a connection error before it is sent, as when the server or the network
+    goes away mid-write (reads before that write pass). A write batch ends with its Provenance
+    (one per batch, `writeback.provenance`), so "after N batches" is "after N Provenance creates
+    were answered". Installed by the `cut_connection` fixture on `requests`' HTTPAdapter, so it
+    reaches the clients a refresh builds for itself; nothing in fhirpanel carries a test hook."""
+
+    def __init__(self) -> None:
+        self.after: int | None = None
+        self.batches = 0
+        self.cut = False
+        self.refused: list[str] = []
+
+    def arm(self, after_batches: int) -> None:
+        self.after, self.batches, self.cut, self.refused = after_batches, 0, False, []
+
+    def disarm(self) -> None:
+        self.after, self.cut = None, False
+
+    def send(self, real: Callable[..., Any], adapter: Any, request: Any,
+             *args: Any, **kwargs: Any) -> Any:
+        import requests
+
+        if (self.after is not None and self.batches >= self.after
+                and request.method in ("POST", "PUT", "PATCH", "DELETE")):
+            self.cut = True
+        if self.cut:
+            self.refused.append(f"{request.method} {request.url}")
+            raise requests.ConnectionError("connection to the FHIR server lost (test cut)")
+        response = real(adapter, request, *args, **kwargs)
+        if request.method == "POST" and urlsplit(request.url).path.rstrip("/").endswith(
+                "/Provenance") and 200 <= response.status_code < 300:
+            self.batches += 1
+        return response

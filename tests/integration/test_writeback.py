@@ -18,19 +18,23 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from fhirpanel.config import FhirSettings, Settings, WritebackSettings
 from fhirpanel.domain.outcome import RunOutcome
-from fhirpanel.fhir.build import (
-    PCP_PARTICIPANT_PREFIX,
-    business_identifier,
-    care_plan_called_for,
-    comparable,
-)
 from fhirpanel.fhir.capability import ServerCapabilities
 from fhirpanel.fhir.client import FhirClient
 from fhirpanel.fhir.source import ServerSource
 from fhirpanel.run import run_full
 from fhirpanel.sandbox.server import SandboxServer
-from fhirpanel.writeback import SimulatedCrash, WritebackTables, WriteSummary, write_back, writer
+from fhirpanel.tables import Tables
+from fhirpanel.writeback import (
+    WriteBackInterrupted,
+    WritebackTables,
+    WriteSummary,
+    write_back,
+    writer,
+)
+from fhirpanel.writeback.builders import care_plan_called_for
+from fhirpanel.writeback.identity import PCP_PARTICIPANT_PREFIX, business_identifier, comparable
 from tests.conftest import AS_OF
+from tests.integration.faults import ConnectionCut
 
 AS_OF_DATE = date.fromisoformat(AS_OF)
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -40,8 +44,9 @@ PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 
 
 @pytest.fixture(scope="module")
-def tables() -> WritebackTables:
-    return WritebackTables.load(WritebackSettings())
+def tables(tables: Tables) -> WritebackTables:
+    """Here `tables` is the write-back part of the session's (tests/conftest.py)."""
+    return tables.writeback
 
 
 @pytest.fixture
@@ -231,14 +236,19 @@ def test_changed_visit_history_moves_the_patient(client: FhirClient, loaded: San
 
 @pytest.mark.parametrize("plain_server", [False, True], ids=["transactions", "single-requests"])
 def test_run_killed_mid_write_converges(client: FhirClient, tables: WritebackTables,
-                                        plain_server: bool) -> None:
+                                        plain_server: bool, cut_connection: ConnectionCut
+                                        ) -> None:
     outcome = analyse(client)
     caps = client.capabilities()
     if plain_server:
         caps = without_conditional_update(caps)
     settings = WritebackSettings(batch_size=40)
-    with pytest.raises(SimulatedCrash):
-        write(outcome, client, tables, settings, fail_after_batches=2, capabilities=caps)
+    cut_connection.arm(after_batches=2)
+    with pytest.raises(WriteBackInterrupted) as stopped:
+        write(outcome, client, tables, settings, capabilities=caps)
+    cut_connection.disarm()
+    assert cut_connection.refused  # the third batch never reached the server
+    assert stopped.value.summary is not None and stopped.value.summary.batches == 2
     assert len(by_identifier(ours(client, "CareTeam"))) == 80
     rerun = write(outcome, client, tables, settings, capabilities=caps)
     assert rerun.counts.get("CareTeam", "unchanged") == 80

@@ -22,14 +22,15 @@ from typing import Any
 import orjson
 import pytest
 
-from fhirpanel.config import FhirSettings, WritebackSettings
+from fhirpanel.config import FhirSettings
 from fhirpanel.domain.outcome import RunOutcome
 from fhirpanel.errors import ExitCode, WriteBackError
-from fhirpanel.fhir.build import identifier_value
 from fhirpanel.fhir.capability import ServerCapabilities
 from fhirpanel.fhir.client import FhirClient
 from fhirpanel.sandbox.server import SandboxServer
+from fhirpanel.tables import Tables
 from fhirpanel.writeback import WriteBackInterrupted, WritebackTables, WriteSummary
+from fhirpanel.writeback.identity import identifier_value
 from fhirpanel.writeback.plan import known_limits
 from fhirpanel.writeback.writer import sizes_text, start_sizes
 from tests.integration.faults import PASS, RESET_MID_BODY, Status
@@ -73,8 +74,9 @@ class DictLedger:
 
 
 @pytest.fixture(scope="module")
-def tables() -> WritebackTables:
-    return WritebackTables.load(WritebackSettings())
+def tables(tables: Tables) -> WritebackTables:
+    """Here `tables` is the write-back part of the session's (tests/conftest.py)."""
+    return tables.writeback
 
 
 @pytest.fixture(scope="module")

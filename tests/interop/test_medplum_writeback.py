@@ -27,10 +27,11 @@ import pytest
 import requests
 
 from fhirpanel.checkserver import check_server
-from fhirpanel.config import FhirSettings, Settings, WritebackSettings
+from fhirpanel.config import FhirSettings, Settings
 from fhirpanel.domain.outcome import RunOutcome
 from fhirpanel.fhir.client import FhirClient
 from fhirpanel.sandbox.server import SandboxServer
+from fhirpanel.tables import Tables
 from fhirpanel.writeback import WritebackTables, WriteSummary
 from tests.integration.medplum_like import TOO_MANY_UPDATES
 from tests.integration.snapshots import managed_snapshot
@@ -137,8 +138,8 @@ def refusal_texts(summary: WriteSummary) -> str:
 
 
 @pytest.fixture(scope="module")
-def tables() -> WritebackTables:
-    return WritebackTables.load(WritebackSettings())
+def tables(tables: Tables) -> WritebackTables:
+    return tables.writeback
 
 
 @pytest.fixture(scope="module")

@@ -27,15 +27,17 @@ import pytest
 
 from fhirpanel.checkserver import check_server
 from fhirpanel.config import Settings
+from fhirpanel.domain.outcome import RunOutcome
 from fhirpanel.domain.records import Issue
 from fhirpanel.errors import FhirHttpError, GoneError, NotFoundError
 from fhirpanel.fhir.client import FhirClient
 from fhirpanel.fhir.source import Item, MemorySource, ServerSource
 from fhirpanel.ingest import read_population
 from fhirpanel.report import build_report
-from fhirpanel.run import MethodTables, RunOutcome, analyse
+from fhirpanel.run import analyse
 from fhirpanel.sandbox.generate import write_population
-from fhirpanel.writeback import WritebackTables, write_back
+from fhirpanel.tables import Tables
+from fhirpanel.writeback import write_back
 
 pytestmark = pytest.mark.live
 log = logging.getLogger(__name__)
@@ -204,7 +206,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
 @pytest.fixture(scope="module")
 def outcome(live: LiveRun) -> RunOutcome:
     population = read_population(TaggedSource(live.client, live.tag), patients=live.patients)
-    return analyse(population, AS_OF, MethodTables.load(live.settings), source="live")
+    return analyse(population, AS_OF, Tables.load(live.settings).method, source="live")
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -233,7 +235,7 @@ def test_attribution_matches_the_same_resources_read_from_memory(
     assigned = [a for a in outcome.attribution.assignments if a.status == "assigned"]
     assert assigned, "the synthetic population always has attributable patients"
     local = read_population(MemorySource(live.resources))
-    expected = analyse(local, AS_OF, MethodTables.load(live.settings), source="live")
+    expected = analyse(local, AS_OF, Tables.load(live.settings).method, source="live")
     server_report, local_report = build_report(outcome), build_report(expected)
     for key in ("patients", "panels", "summary"):
         assert server_report[key] == local_report[key], key
@@ -242,7 +244,7 @@ def test_attribution_matches_the_same_resources_read_from_memory(
 def test_write_back_then_a_second_pass_writes_nothing(live: LiveRun,
                                                       outcome: RunOutcome) -> None:
     cfg = live.settings.writeback
-    tables = WritebackTables.load(cfg, live.settings.mappings_path, tiers=live.settings.risk.tiers)
+    tables = Tables.load(live.settings).writeback
     first = write_back(outcome, live.client, cfg, dry_run=False, tables=tables)
     assert first.counts.total("failed") == 0, first.issues[:3]
     assert first.counts.get("CareTeam", "create") > 0 and first.written > 0

@@ -17,9 +17,6 @@ from fhirpanel.domain.attribution import (
     ManualAssignment,
     Pipeline,
     PipelineStep,
-    PrimaryCareSpecialties,
-    SentinelExamCodes,
-    VisitRules,
     assess_eligibility,
     attribute_patients,
     in_window,
@@ -38,10 +35,17 @@ from fhirpanel.domain.records import (
     PractitionerRoleRecord,
 )
 from fhirpanel.errors import MappingError
-from fhirpanel.mappings import load_mapping
+from fhirpanel.tables.files import load_mapping_ref
+from fhirpanel.tables.loader import (
+    parse_pipeline,
+    parse_primary_care,
+    parse_sentinel_exams,
+    parse_visit_rules,
+)
 
 AS_OF = date(2026, 11, 22)
 VISIT_TYPE = "urn:fhirpanel:sandbox:visit-type"
+META = {"source": "tests", "version": "1"}
 PREVENTIVE = Code(CPT, "99396", "Preventive visit, established patient, 40-64")
 OFFICE = Code(SNOMED, "185349003", "Encounter for check up")
 FAMILY = "207Q00000X"
@@ -51,16 +55,16 @@ PEDIATRICS = "208000000X"
 
 def load_rules() -> AttributionRules:
     return AttributionRules(
-        visits=VisitRules.from_mapping(load_mapping("qualifying_visits")),
-        sentinel=SentinelExamCodes.from_mapping(load_mapping("sentinel_exams")),
-        primary_care=PrimaryCareSpecialties.from_mapping(load_mapping("primary_care")),
+        visits=parse_visit_rules(load_mapping_ref("qualifying_visits")),
+        sentinel=parse_sentinel_exams(load_mapping_ref("sentinel_exams")),
+        primary_care=parse_primary_care(load_mapping_ref("primary_care")),
     )
 
 
 RULES = load_rules()
-MGMA = Pipeline.from_mapping(load_mapping("pipelines/mgma"))
-CASE_1 = Pipeline.from_mapping(load_mapping("pipelines/case_study_1"))
-CASE_3 = Pipeline.from_mapping(load_mapping("pipelines/case_study_3"))
+MGMA = parse_pipeline(load_mapping_ref("pipelines/mgma"))
+CASE_1 = parse_pipeline(load_mapping_ref("pipelines/case_study_1"))
+CASE_3 = parse_pipeline(load_mapping_ref("pipelines/case_study_3"))
 CASCADE = Pipeline("cascade", (PipelineStep("four-cut", 12), PipelineStep("four-cut", 18),
                                PipelineStep("four-cut", 36)))
 
@@ -648,7 +652,7 @@ def test_encounters_of_unknown_patients_are_ignored() -> None:
 
 
 def _pipeline(*steps: Mapping[str, Any], name: str = "p") -> Pipeline:
-    return Pipeline.from_mapping({"meta": {}, "name": name, "steps": list(steps)})
+    return parse_pipeline({"meta": META, "name": name, "steps": list(steps)})
 
 
 def test_pipeline_names_its_steps() -> None:
@@ -660,28 +664,45 @@ def test_pipeline_names_its_steps() -> None:
 
 
 @pytest.mark.parametrize(("steps", "message"), [
-    ([{"kind": "four-cuts", "window_months": 12}], "is not one of"),
-    ([{"kind": "four-cut"}], "needs window_months"),
-    ([{"kind": "four-cut", "window_months": 0}], "window_months must be"),
-    ([{"kind": "four-cut", "window_months": 500}], "window_months must be"),
-    ([{"kind": "four-cut", "window_months": "18"}], "window_months must be"),
-    ([{"kind": "four-cut", "window_months": True}], "window_months must be"),
+    # the file's shape (fhirpanel.tables.schemas)
+    ([{"kind": "four-cuts", "window_months": 12}],
+     r"^pipeline: steps\[1\]\.kind: Input should be 'manual', 'declared-pcp', 'risk-product' "
+     r"or 'four-cut' \(got 'four-cuts'\)$"),
+    ([{"kind": "four-cut", "window_months": 0}],
+     r"^pipeline: steps\[1\]\.window_months: Input should be greater than or equal to 1 "),
+    ([{"kind": "four-cut", "window_months": 500}],
+     r"^pipeline: steps\[1\]\.window_months: Input should be less than or equal to 120 "),
+    ([{"kind": "four-cut", "window_months": "18"}],
+     r"^pipeline: steps\[1\]\.window_months: Input should be a valid integer \(got '18'\)$"),
+    ([{"kind": "four-cut", "window_months": True}],
+     r"^pipeline: steps\[1\]\.window_months: Input should be a valid integer \(got True\)$"),
+    ([{"kind": "four-cut", "window_months": 18, "windows": 3}],
+     r"^pipeline: steps\[1\]\.windows: Extra inputs are not permitted"),
+    ([], r"^pipeline: steps: List should have at least 1 item after validation, not 0$"),
+    # the pipeline's own rules (Pipeline)
+    ([{"kind": "four-cut"}], r"^pipeline: steps\[1\]: a four-cut step needs window_months$"),
     ([{"kind": "four-cut", "window_months": 18}, {"kind": "four-cut", "window_months": 18}],
-     "duplicate step"),
-    ([{"kind": "four-cut", "window_months": 18}, {"kind": "manual"}], "may only come first"),
-    ([{"kind": "manual", "window_months": 3}], "takes no window_months"),
-    ([{"kind": "four-cut", "window_months": 18, "windows": 3}], "unknown key"),
-    ([], "at least one"),
+     r"^pipeline: steps: duplicate step\(s\) four-cut-18m$"),
+    ([{"kind": "four-cut", "window_months": 18}, {"kind": "manual"}],
+     r"^pipeline: steps\[2\]: a manual step outranks all others and may only come first$"),
+    ([{"kind": "manual", "window_months": 3}],
+     r"^pipeline: steps\[1\]: a manual step takes no window_months$"),
 ])
 def test_bad_pipelines_are_refused(steps: list[dict[str, Any]], message: str) -> None:
     with pytest.raises(MappingError, match=message):
         _pipeline(*steps)
-    with pytest.raises(MappingError, match="name"):
-        Pipeline.from_mapping({"steps": [{"kind": "manual"}]})
+
+
+def test_a_pipeline_needs_a_name_and_meta() -> None:
+    with pytest.raises(MappingError, match=r"^pipeline: name: Field required$"):
+        parse_pipeline({"meta": META, "steps": [{"kind": "manual"}]})
+    with pytest.raises(MappingError, match=r"^pipeline: meta: Field required$"):
+        parse_pipeline({"name": "p", "steps": [{"kind": "manual"}]})
 
 
 def _visit_table(**changes: Any) -> dict[str, Any]:
     data: dict[str, Any] = {
+        "meta": META,
         "statuses": {"qualifying": ["finished"]},
         "classes": {"qualifying": ["AMB"], "not_qualifying": ["EMER"]},
         "excluded_codes": [{"system": VISIT_TYPE, "code": "NURSE"}],
@@ -691,21 +712,26 @@ def _visit_table(**changes: Any) -> dict[str, Any]:
     return data
 
 
-def test_visit_rules_from_mapping_and_their_errors() -> None:
-    rules = VisitRules.from_mapping(_visit_table())
+def test_visit_rules_from_a_table_and_their_errors() -> None:
+    rules = parse_visit_rules(_visit_table())
     assert rules.excluded_texts == frozenset({"nurse visit"})
-    with pytest.raises(MappingError, match="both qualifying and not"):
-        VisitRules.from_mapping(_visit_table(
+    with pytest.raises(MappingError, match=r"^qualifying_visits: classes: AMB both qualifying "
+                                           "and not$"):
+        parse_visit_rules(_visit_table(
             classes={"qualifying": ["AMB"], "not_qualifying": ["AMB"]}))
-    with pytest.raises(MappingError, match="duplicate code"):
-        VisitRules.from_mapping(_visit_table(excluded_codes=[
+    with pytest.raises(MappingError, match=r"^qualifying_visits: excluded_codes: duplicate code "
+                                           f"{VISIT_TYPE}\\|NURSE$"):
+        parse_visit_rules(_visit_table(excluded_codes=[
             {"system": VISIT_TYPE, "code": "NURSE"}, {"system": VISIT_TYPE, "code": "NURSE"}]))
-    with pytest.raises(MappingError, match="duplicate labels"):
-        VisitRules.from_mapping(_visit_table(excluded_texts={"labels": ["Lab", "lab"]}))
-    with pytest.raises(MappingError, match="statuses"):
-        VisitRules.from_mapping(_visit_table(statuses={"qualifying": []}))
-    with pytest.raises(MappingError, match="not a URI"):
-        VisitRules.from_mapping(_visit_table(excluded_codes=[{"system": "local", "code": "X"}]))
+    with pytest.raises(MappingError, match=r"^qualifying_visits: excluded_texts\.labels: "
+                                           r"duplicate labels \(compared case-insensitively\)$"):
+        parse_visit_rules(_visit_table(excluded_texts={"labels": ["Lab", "lab"]}))
+    with pytest.raises(MappingError, match=r"^qualifying_visits: statuses\.qualifying: List "
+                                           "should have at least 1 item"):
+        parse_visit_rules(_visit_table(statuses={"qualifying": []}))
+    with pytest.raises(MappingError, match=r"^qualifying_visits: excluded_codes\[1\]: code "
+                                           "system 'local' is not a URI$"):
+        parse_visit_rules(_visit_table(excluded_codes=[{"system": "local", "code": "X"}]))
 
 
 @pytest.mark.parametrize(("system", "code", "message"), [
@@ -718,8 +744,8 @@ def test_visit_rules_from_mapping_and_their_errors() -> None:
     (VISIT_TYPE, "NURSE ONLY", "not a well-formed code"),
 ])
 def test_malformed_codes_are_refused(system: str, code: str, message: str) -> None:
-    with pytest.raises(MappingError, match=message):
-        SentinelExamCodes.from_mapping({"codes": [{"system": system, "code": code}]})
+    with pytest.raises(MappingError, match=rf"^sentinel_exams: codes\[1\]: .*{message}"):
+        parse_sentinel_exams({"meta": META, "codes": [{"system": system, "code": code}]})
 
 
 def test_snomed_check_digit() -> None:
@@ -729,19 +755,23 @@ def test_snomed_check_digit() -> None:
 
 def test_sentinel_and_not_sentinel_may_not_overlap() -> None:
     row = {"system": SNOMED, "code": "185349003"}
-    with pytest.raises(MappingError, match="sentinel and not"):
-        SentinelExamCodes.from_mapping({"codes": [row], "not_sentinel": [row]})
+    with pytest.raises(MappingError, match=r"^sentinel_exams: not_sentinel: listed as sentinel "
+                                           "and not: "):
+        parse_sentinel_exams({"meta": META, "codes": [row], "not_sentinel": [row]})
 
 
 def test_primary_care_table_errors() -> None:
-    good = {"codes": [{"system": NUCC, "code": FAMILY, "pediatric": False}],
+    good = {"meta": META,
+            "codes": [{"system": NUCC, "code": FAMILY, "pediatric": False}],
             "texts": {"labels": ["Family Medicine"], "pediatric_labels": []}}
-    assert PrimaryCareSpecialties.from_mapping(good).labels == frozenset({"family medicine"})
-    with pytest.raises(MappingError, match="pediatric must be"):
-        PrimaryCareSpecialties.from_mapping(
+    assert parse_primary_care(good).labels == frozenset({"family medicine"})
+    with pytest.raises(MappingError, match=r"^primary_care: codes\[1\]\.pediatric: Input "
+                                           r"should be a valid boolean \(got 'yes'\)$"):
+        parse_primary_care(
             {**good, "codes": [{"system": NUCC, "code": FAMILY, "pediatric": "yes"}]})
-    with pytest.raises(MappingError, match="pediatric labels not in labels"):
-        PrimaryCareSpecialties.from_mapping(
+    with pytest.raises(MappingError, match=r"^primary_care: texts: pediatric labels not in "
+                                           r"labels: \['pediatrics'\]$"):
+        parse_primary_care(
             {**good, "texts": {"labels": ["x"], "pediatric_labels": ["pediatrics"]}})
-    with pytest.raises(MappingError, match=r"\[texts\]"):
-        PrimaryCareSpecialties.from_mapping({"codes": good["codes"]})
+    with pytest.raises(MappingError, match=r"^primary_care: texts: Field required$"):
+        parse_primary_care({"meta": META, "codes": good["codes"]})

@@ -1,5 +1,5 @@
-"""The attribution and panel mapping files load through `load_mapping`, validate through their
-`from_mapping`, name their source, and hold the codes the methods and the sandbox rely on."""
+"""The attribution and panel mapping files load and validate through `fhirpanel.tables`, name
+their source, and hold the codes the methods and the sandbox rely on."""
 
 from __future__ import annotations
 
@@ -8,26 +8,27 @@ from typing import Any
 
 import pytest
 
-from fhirpanel.domain.attribution import (
-    Pipeline,
-    PrimaryCareSpecialties,
-    SentinelExamCodes,
-    VisitRules,
-)
-from fhirpanel.domain.panels import AgeSexWeights, CapacitySettings
 from fhirpanel.domain.records import CPT, HCPCS, NUCC, SNOMED
-from fhirpanel.mappings import load_mapping
+from fhirpanel.tables.files import load_mapping_ref
+from fhirpanel.tables.loader import (
+    parse_age_sex_weights,
+    parse_capacities,
+    parse_pipeline,
+    parse_primary_care,
+    parse_sentinel_exams,
+    parse_visit_rules,
+)
 
 VISIT_TYPE = "urn:fhirpanel:sandbox:visit-type"
 LOADERS: dict[str, Callable[[dict[str, Any]], object]] = {
-    "qualifying_visits": VisitRules.from_mapping,
-    "sentinel_exams": SentinelExamCodes.from_mapping,
-    "primary_care": PrimaryCareSpecialties.from_mapping,
-    "capacity": CapacitySettings.from_mapping,
-    "pipelines/mgma": Pipeline.from_mapping,
-    "pipelines/case_study_1": Pipeline.from_mapping,
-    "pipelines/case_study_3": Pipeline.from_mapping,
-    "age_sex_weights_example": AgeSexWeights.from_mapping,
+    "qualifying_visits": parse_visit_rules,
+    "sentinel_exams": parse_sentinel_exams,
+    "primary_care": parse_primary_care,
+    "capacity": parse_capacities,
+    "pipelines/mgma": parse_pipeline,
+    "pipelines/case_study_1": parse_pipeline,
+    "pipelines/case_study_3": parse_pipeline,
+    "age_sex_weights_example": parse_age_sex_weights,
 }
 SOURCES = {
     "qualifying_visits": "MGMA",
@@ -43,13 +44,13 @@ SOURCES = {
 
 @pytest.mark.parametrize("name", sorted(LOADERS))
 def test_mapping_loads_validates_and_names_its_source(name: str) -> None:
-    data = load_mapping(name)
+    data = load_mapping_ref(name)
     assert LOADERS[name](data) is not None
     assert SOURCES[name] in data["meta"]["source"]
 
 
 def test_qualifying_visit_rules() -> None:
-    rules = VisitRules.from_mapping(load_mapping("qualifying_visits"))
+    rules = parse_visit_rules(load_mapping_ref("qualifying_visits"))
     assert rules.statuses == frozenset({"finished"})
     assert rules.classes == frozenset({"AMB", "VR"})
     assert not rules.classes & {"EMER", "IMP", "ACUTE", "HH", "OBSENC"}
@@ -62,7 +63,7 @@ def test_qualifying_visit_rules() -> None:
 
 
 def test_sentinel_exam_codes() -> None:
-    codes = SentinelExamCodes.from_mapping(load_mapping("sentinel_exams")).codes
+    codes = parse_sentinel_exams(load_mapping_ref("sentinel_exams")).codes
     cpt = {f"{n}" for n in [*range(99381, 99388), *range(99391, 99398)]}
     assert {c for s, c in codes if s == CPT} == cpt
     assert {c for s, c in codes if s == HCPCS} == {"G0402", "G0438", "G0439"}
@@ -72,7 +73,7 @@ def test_sentinel_exam_codes() -> None:
 
 
 def test_primary_care_specialties() -> None:
-    pc = PrimaryCareSpecialties.from_mapping(load_mapping("primary_care"))
+    pc = parse_primary_care(load_mapping_ref("primary_care"))
     nucc = {c for s, c in pc.codes if s == NUCC}
     assert {"207Q00000X", "207R00000X", "208000000X", "208D00000X", "207QG0300X",
             "363L00000X", "363LF0000X", "363LP2300X", "363LA2200X", "363LG0600X",
@@ -100,15 +101,15 @@ def test_primary_care_specialties() -> None:
 
 def test_pipelines() -> None:
     def steps(name: str) -> list[str]:
-        return [s.name for s in Pipeline.from_mapping(load_mapping(f"pipelines/{name}")).steps]
+        return [s.name for s in parse_pipeline(load_mapping_ref(f"pipelines/{name}")).steps]
 
     assert steps("mgma") == ["four-cut-18m"]
     assert steps("case_study_1") == ["risk-product", "four-cut-12m", "four-cut-18m"]
     assert steps("case_study_3") == ["declared-pcp", "four-cut-18m", "four-cut-36m"]
-    assert Pipeline.from_mapping(load_mapping("pipelines/mgma")).name == "mgma"
+    assert parse_pipeline(load_mapping_ref("pipelines/mgma")).name == "mgma"
 
 
 def test_capacity_default_is_the_murray_example() -> None:
-    settings = CapacitySettings.from_mapping(load_mapping("capacity"))
+    settings = parse_capacities(load_mapping_ref("capacity"))
     assert settings.default.panel_capacity == 2200
     assert dict(settings.overrides) == {}

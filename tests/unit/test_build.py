@@ -16,7 +16,7 @@ import orjson
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
-from fhirpanel.config import WritebackSettings
+from fhirpanel.config import Settings, WritebackSettings
 from fhirpanel.domain.attribution import Assignment
 from fhirpanel.domain.records import (
     NUCC,
@@ -29,26 +29,25 @@ from fhirpanel.domain.records import (
 )
 from fhirpanel.domain.risk import RiskResult
 from fhirpanel.errors import MappingError
-from fhirpanel.fhir.build import (
-    PCP_PARTICIPANT_PREFIX,
+from fhirpanel.tables import Tables
+from fhirpanel.tables.files import load_mapping_ref
+from fhirpanel.tables.loader import parse_templates, parse_writeback_codes
+from fhirpanel.tables.writeback import CarePlanTemplates, NarrativeLabels, WritebackCodes
+from fhirpanel.writeback.builders import (
     BuildError,
-    CarePlanTemplates,
     ClinicianDirectory,
     ClinicianInfo,
     GroupMember,
-    NarrativeLabels,
-    WritebackCodes,
     build_attribution_group,
     build_care_plan,
     build_care_team,
     build_provenance,
     build_risk_assessment,
     care_plan_called_for,
-    is_managed,
-    same_content,
+    element_id,
     validate_resource,
 )
-from fhirpanel.mappings import load_mapping
+from fhirpanel.writeback.identity import PCP_PARTICIPANT_PREFIX, is_managed, same_content
 
 AS_OF = date(2026, 11, 22)
 LATER = date(2027, 2, 1)
@@ -60,20 +59,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def codes() -> WritebackCodes:
-    return WritebackCodes.from_mapping(load_mapping("writeback_codes"))
+def codes(tables: Tables) -> WritebackCodes:
+    return tables.writeback.codes
 
 
 @pytest.fixture(scope="module")
-def templates() -> CarePlanTemplates:
-    return CarePlanTemplates.from_mapping(load_mapping("careplan_templates"))
+def templates(tables: Tables) -> CarePlanTemplates:
+    return tables.writeback.templates
 
 
 @pytest.fixture(scope="module")
-def labels() -> NarrativeLabels:
-    return NarrativeLabels.from_mappings(
-        tiers=load_mapping("tiers"), charlson=load_mapping("charlson_quan2005"),
-        chronic=load_mapping("chronic_conditions"), risk=load_mapping("risk"))
+def labels(tables: Tables) -> NarrativeLabels:
+    return tables.writeback.labels
 
 
 def assigned(patient: str = "Patient/p1", practitioner: str = "Practitioner/d1",
@@ -239,11 +236,8 @@ def test_unassigned_or_excluded_patient_gets_an_inactive_team(codes: WritebackCo
 def build_all_bytes() -> bytes:
     """A CareTeam, a CarePlan and a Group built from scratch, as bytes (also run by
     test_builders_are_deterministic in fresh interpreters)."""
-    codes = WritebackCodes.from_mapping(load_mapping("writeback_codes"))
-    templates = CarePlanTemplates.from_mapping(load_mapping("careplan_templates"))
-    labels = NarrativeLabels.from_mappings(
-        tiers=load_mapping("tiers"), charlson=load_mapping("charlson_quan2005"),
-        chronic=load_mapping("chronic_conditions"), risk=load_mapping("risk"))
+    tables = Tables.load(Settings.load(env={})).writeback
+    codes, templates, labels = tables.codes, tables.templates, tables.labels
     team = build_care_team(assigned(), None, AS_OF, CFG, codes=codes, clinician=physician())
     plan = build_care_plan(assigned(), risk_result(), None, AS_OF, CFG, templates,
                            codes=codes, labels=labels, care_team_ref="CareTeam/t1")
@@ -349,7 +343,7 @@ def test_tier2_plan_uses_the_tier2_template(codes: WritebackCodes,
                            care_team_ref="CareTeam/t1")
     tier2 = templates.for_tier(2)
     assert plan is not None and tier2 is not None
-    assert [a["id"] for a in plan["activity"]] == [a.element_id for a in tier2.activities]
+    assert [a["id"] for a in plan["activity"]] == [element_id(a) for a in tier2.activities]
     assert "Chronic Care Management eligibility" in plan["text"]["div"]
     assert build_care_plan(assigned(), risk_result(1), None, AS_OF, CFG, templates,
                            codes=codes) is None
@@ -644,16 +638,24 @@ def test_invalid_resource_is_a_build_error_naming_it() -> None:
 
 
 def test_mapping_files_are_validated() -> None:
-    data = load_mapping("writeback_codes")
-    broken = copy.deepcopy(data)
+    broken = copy.deepcopy(load_mapping_ref("writeback_codes"))
     broken["roles"]["physician"]["code"] = "446050001"  # bad SNOMED check digit
-    with pytest.raises(MappingError, match="check digit"):
-        WritebackCodes.from_mapping(broken)
-    plans = copy.deepcopy(load_mapping("careplan_templates"))
+    with pytest.raises(MappingError, match=r"^writeback_codes: roles\.physician: .*check digit"):
+        parse_writeback_codes(broken)
+    broken = copy.deepcopy(load_mapping_ref("writeback_codes"))
+    broken["care_plan"]["categories"].reverse()
+    with pytest.raises(MappingError, match="first category must be US Core assess-plan"):
+        parse_writeback_codes(broken)
+    plans = copy.deepcopy(load_mapping_ref("careplan_templates"))
     plans["tiers"]["3"]["activities"][0]["kind"] = "Procedure"
-    with pytest.raises(MappingError, match="activity kind"):
-        CarePlanTemplates.from_mapping(plans)
-    templates = CarePlanTemplates.from_mapping(load_mapping("careplan_templates"))
+    with pytest.raises(MappingError, match=r"tiers\.3\.activities\[1\]\.kind: Input should be "
+                                           r"'Appointment', "):
+        parse_templates(plans)
+    plans = copy.deepcopy(load_mapping_ref("careplan_templates"))
+    plans["tiers"]["3"]["activities"][1]["key"] = "care-management"
+    with pytest.raises(MappingError, match=r"tiers\.3\.activities: activity keys must be unique"):
+        parse_templates(plans)
+    templates = parse_templates(load_mapping_ref("careplan_templates"))
     templates.require({2, 3, 4})
     with pytest.raises(MappingError, match=r"tier\(s\) \[5\]"):
         templates.require({3, 5})

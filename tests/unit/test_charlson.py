@@ -8,12 +8,13 @@ import pytest
 
 from fhirpanel.domain.charlson import CharlsonTable
 from fhirpanel.errors import MappingError
-from fhirpanel.mappings import load_mapping
+from fhirpanel.tables import Tables
+from fhirpanel.tables.loader import parse_charlson
 
 
 @pytest.fixture(scope="module")
-def table() -> CharlsonTable:
-    return CharlsonTable.from_mapping(load_mapping("charlson_quan2005"))
+def table(tables: Tables) -> CharlsonTable:
+    return tables.method.risk.charlson
 
 
 def test_diabetes_heart_failure_ckd4_charlson_1987(table: CharlsonTable) -> None:
@@ -147,7 +148,7 @@ def _minimal(**changes: Any) -> dict[str, Any]:
 
 
 def test_minimal_table_loads() -> None:
-    table = CharlsonTable.from_mapping(_minimal())
+    table = parse_charlson(_minimal())
     # E11.22 hits both x (E11) and y (E112); x is dropped -> 2
     assert table.score(["E1122"], "a").score == 2
 
@@ -155,15 +156,15 @@ def test_minimal_table_loads() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"weight_sets": {}}, "weight_sets"),
-        ({"categories": []}, "categories"),
+        ({"weight_sets": {}}, r"weight_sets: Dictionary should have at least 1 item"),
+        ({"categories": []}, r"categories: List should have at least 1 item"),
         (
             {
                 "categories": [
                     {"key": "x", "label": "X", "icd10_prefixes": ["E11"], "weights": {"b": 1}}
                 ]
             },
-            "needs a weight",
+            r"categories\[1\]\.weights: x needs a weight for each of \['a'\]",
         ),
         (
             {
@@ -171,7 +172,7 @@ def test_minimal_table_loads() -> None:
                     {"key": "x", "label": "X", "icd10_prefixes": ["E1.1"], "weights": {"a": 1}}
                 ]
             },
-            "not a dot-less ICD-10 prefix",
+            r"categories\[1\]\.icd10_prefixes: 'E1\.1' is not a dot-less ICD-10 prefix",
         ),
         (
             {
@@ -179,9 +180,12 @@ def test_minimal_table_loads() -> None:
                     {"key": "x", "label": "X", "icd10_prefixes": ["E11"], "weights": {"a": -1}}
                 ]
             },
-            "integer >= 0",
+            r"categories\[1\]\.weights\.a: Input should be greater than or equal to 0",
         ),
-        ({"hierarchy": [{"drop": "x", "when": "zz"}]}, "unknown category"),
+        (
+            {"hierarchy": [{"drop": "x", "when": "zz"}]},
+            r"hierarchy\[1\]: unknown category in x / zz",
+        ),
         (
             {
                 "age_points": [
@@ -189,16 +193,20 @@ def test_minimal_table_loads() -> None:
                     {"min_age": 55, "points": 2},
                 ]
             },
-            "overlap",
+            r"age_points: bands overlap",
+        ),
+        (
+            {"age_points": [{"min_age": 50, "max_age": 40, "points": 1}]},
+            r"age_points\[1\]: max_age 40 is below min_age",
         ),
     ],
 )
 def test_invalid_tables_are_rejected(changes: dict[str, Any], message: str) -> None:
-    with pytest.raises(MappingError, match=message):
-        CharlsonTable.from_mapping(_minimal(**changes))
+    with pytest.raises(MappingError, match=rf"^charlson_quan2005: {message}"):
+        parse_charlson(_minimal(**changes))
 
 
 def test_duplicate_category_is_rejected() -> None:
     category = {"key": "x", "label": "X", "icd10_prefixes": ["E11"], "weights": {"a": 1}}
-    with pytest.raises(MappingError, match="appears twice"):
-        CharlsonTable.from_mapping(_minimal(categories=[category, category], hierarchy=[]))
+    with pytest.raises(MappingError, match=r"categories\[2\]: category 'x' appears twice"):
+        parse_charlson(_minimal(categories=[category, category], hierarchy=[]))

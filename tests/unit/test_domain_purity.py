@@ -10,6 +10,7 @@ FORBIDDEN_MODULES = {
     "requests", "urllib3", "httpx", "flask", "sqlalchemy", "apscheduler", "socket", "sqlite3",
     "subprocess", "http", "urllib", "fhirpanel.fhir", "fhirpanel.store", "fhirpanel.api",
     "fhirpanel.jobs", "fhirpanel.writeback", "fhirpanel.mappings", "fhirpanel.config",
+    "fhirpanel.tables", "pydantic",
     "os", "pathlib", "time", "random", "logging",
 }
 # Calls that read the clock or the file system.

@@ -9,12 +9,14 @@ import pytest
 
 from fhirpanel.domain.hcc import HccScorer, HccSettings, calculate_raf
 from fhirpanel.errors import MappingError
-from fhirpanel.mappings import load_mapping
+from fhirpanel.tables import Tables
+from fhirpanel.tables.files import load_mapping_ref
+from fhirpanel.tables.loader import parse_hcc_settings
 
 
 @pytest.fixture(scope="module")
-def settings() -> HccSettings:
-    return HccSettings.from_mapping(load_mapping("risk")["hcc"])
+def settings(tables: Tables) -> HccSettings:
+    return tables.method.risk.hcc
 
 
 def test_v28_72_year_old_woman(settings: HccSettings) -> None:
@@ -155,26 +157,31 @@ def test_cache_gives_identical_scores_to_per_patient_calls(settings: HccSettings
         assert scorer.cache_size == scorer.misses
 
 
-def _hcc(**changes: Any) -> dict[str, Any]:
-    data = dict(load_mapping("risk")["hcc"])
-    data.update(changes)
-    return data
+def _risk(**changes: Any) -> dict[str, Any]:
+    """risk.toml's data with its [hcc] table changed."""
+    data = load_mapping_ref("risk")
+    return {**data, "hcc": {**data["hcc"], **changes}}
 
 
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"model": "V99"}, "unknown HCC model"),
-        ({"segment": "XYZ"}, "unknown HCC segment"),
-        ({"payment_year": 2025}, "payment_year"),
-        ({"sex": {"male": "1"}}, "M or F"),
-        ({"models": {"V28": "RxHCC Model V08"}}, "CMS-HCC model"),
-        ({"segments": {"CNA": {"label": "x", "dual_elgbl_cd": "00"}}}, "orec"),
+        # what the settings check (HccSettings)
+        ({"model": "V99"}, r"unknown HCC model 'V99'; configured: \['V24', 'V28'\]"),
+        ({"segment": "XYZ"}, r"unknown HCC segment 'XYZ'"),
+        ({"payment_year": 2025}, r"hcc\.payment_year: 2025 not available"),
+        ({"models": {"V28": "RxHCC Model V08"}},
+         r"hcc\.models\.V28: must name a CMS-HCC model: 'RxHCC Model V08'"),
+        # the file's shape (schemas)
+        ({"sex": {"male": "1"}}, r"hcc\.sex\.male: Input should be 'M' or 'F' \(got '1'\)"),
+        ({"segments": {"CNA": {"label": "x", "dual_elgbl_cd": "00"}}},
+         r"hcc\.segments\.CNA\.orec: Field required; hcc\.segments\.CNA\.crec: Field required"),
+        ({"payment_year": "2026"}, r"hcc\.payment_year: Input should be a valid integer"),
     ],
 )
 def test_invalid_hcc_settings_are_rejected(changes: dict[str, Any], message: str) -> None:
-    with pytest.raises(MappingError, match=message):
-        HccSettings.from_mapping(_hcc(**changes))
+    with pytest.raises(MappingError, match=rf"^risk: {message}"):
+        parse_hcc_settings(_risk(**changes))
 
 
 def test_sex_codes(settings: HccSettings) -> None:

@@ -21,11 +21,13 @@ from fhirpanel.domain.panels import (
 )
 from fhirpanel.domain.records import CPT, Code, PatientRecord, Population
 from fhirpanel.errors import MappingError
-from fhirpanel.mappings import load_mapping
+from fhirpanel.tables.files import load_mapping_ref
+from fhirpanel.tables.loader import parse_age_sex_weights, parse_capacities
 from tests.unit.test_attribution import (
     AS_OF,
     CARDIOLOGY,
     FAMILY,
+    META,
     PEDIATRICS,
     RULES,
     attribute,
@@ -39,7 +41,7 @@ from tests.unit.test_attribution import (
 )
 
 PREVENTIVE = Code(CPT, "99396", "Preventive visit")
-CAPACITY = CapacitySettings.from_mapping(load_mapping("capacity"))
+CAPACITY = parse_capacities(load_mapping_ref("capacity"))
 NEUTRAL = AgeSexWeights(weights={})
 
 
@@ -73,16 +75,17 @@ def test_capacity_formula_murray_and_davies() -> None:
     assert ClinicianCapacity(24, 200, 3).panel_capacity == 1600
 
 
-def test_capacity_settings_from_mapping_with_overrides_inheriting_the_default() -> None:
+def test_capacity_settings_from_a_table_with_overrides_inheriting_the_default() -> None:
     assert CAPACITY.default.panel_capacity == 2200
     assert CAPACITY.pediatric_age_limit == 18
     data = {
+        "meta": META,
         "default": {"visits_per_day": 20, "clinic_days_per_year": 220,
                     "visits_per_patient_per_year": 2},
         "overrides": {doc(1): {"fte": 0.5}, doc(2): {"visits_per_day": 24}},
         "suggestions": {"pediatric_age_limit": 18},
     }
-    settings = CapacitySettings.from_mapping(data)
+    settings = parse_capacities(data)
     assert settings.default.fte == 1.0
     assert settings.for_clinician(doc(1)).panel_capacity == 1100
     assert settings.for_clinician(doc(2)).panel_capacity == 2640
@@ -90,23 +93,38 @@ def test_capacity_settings_from_mapping_with_overrides_inheriting_the_default() 
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"default": {"visits_per_day": 20, "clinic_days_per_year": 220}}, "missing"),
+    # the file's shape (schemas)
+    ({"default": {"visits_per_day": 20, "clinic_days_per_year": 220}},
+     r"default\.visits_per_patient_per_year: Field required"),
     ({"default": {"visits_per_day": -1, "clinic_days_per_year": 220,
-                  "visits_per_patient_per_year": 2}}, "positive number"),
+                  "visits_per_patient_per_year": 2}},
+     r"default\.visits_per_day: Input should be greater than 0 \(got -1\)"),
     ({"default": {"visits_per_day": "20", "clinic_days_per_year": 220,
-                  "visits_per_patient_per_year": 2}}, "positive number"),
+                  "visits_per_patient_per_year": 2}},
+     r"default\.visits_per_day: Input should be a valid number \(got '20'\)"),
+    ({"default": {"visits_per_day": float("inf"), "clinic_days_per_year": 220,
+                  "visits_per_patient_per_year": 2}},
+     r"default\.visits_per_day: Input should be a finite number"),
     ({"default": {"visits_per_day": 20, "clinic_days_per_year": 220,
-                  "visits_per_patient_per_year": 2, "fte": 80}}, "percentage"),
+                  "visits_per_patient_per_year": 2, "hours": 8}},
+     r"default\.hours: Extra inputs are not permitted"),
+    ({"overrides": {doc(1): {"days": 3}}},
+     r'overrides\."Practitioner/d1"\.days: Extra inputs are not permitted'),
+    ({"suggestions": {"pediatric_age_limit": 0}},
+     r"suggestions\.pediatric_age_limit: Input should be greater than or equal to 1"),
+    ({"suggestions": {}}, r"suggestions\.pediatric_age_limit: Field required"),
+    # the settings' own checks (CapacitySettings)
     ({"default": {"visits_per_day": 20, "clinic_days_per_year": 220,
-                  "visits_per_patient_per_year": 2, "hours": 8}}, "unknown key"),
-    ({"overrides": {"d1": {"fte": 0.5}}}, "not a Practitioner reference"),
-    ({"suggestions": {"pediatric_age_limit": 0}}, "pediatric_age_limit"),
-    ({"suggestions": {}}, "pediatric_age_limit"),
+                  "visits_per_patient_per_year": 2, "fte": 80}},
+     r"default\.fte: above 2\.0 looks like a percentage"),
+    ({"overrides": {doc(1): {"fte": 50}}},
+     r'overrides\."Practitioner/d1"\.fte: above 2\.0 looks like a percentage'),
+    ({"overrides": {"d1": {"fte": 0.5}}}, r"overrides: 'd1' is not a Practitioner reference"),
 ])
 def test_bad_capacity_tables_are_refused(change: dict[str, Any], message: str) -> None:
-    data = {**load_mapping("capacity"), **change}
-    with pytest.raises(MappingError, match=message):
-        CapacitySettings.from_mapping(data)
+    data = {**load_mapping_ref("capacity"), **change}
+    with pytest.raises(MappingError, match=rf"^capacity: {message}"):
+        parse_capacities(data)
 
 
 # --- age/sex weights ---------------------------------------------------------------------------
@@ -162,22 +180,26 @@ def test_age_sex_weights_without_visits_are_neutral() -> None:
 
 
 def test_supplied_age_sex_table() -> None:
-    example = AgeSexWeights.from_mapping(load_mapping("age_sex_weights_example"))
+    example = parse_age_sex_weights(load_mapping_ref("age_sex_weights_example"))
     assert len(example.weights) == 30
-    table = AgeSexWeights.from_mapping({"weights": [
+    table = parse_age_sex_weights({"meta": META, "weights": [
         {"band": "65-74", "sex": "male", "weight": 1.8},
         {"band": "0-1", "sex": "female", "weight": 0.9}]})
     assert table.weight(born(70), "male", AS_OF) == 1.8
     assert table.weight(born(70), "female", AS_OF) == 1.0
     for rows, message in [
-        ([{"band": "65-75", "sex": "male", "weight": 1}], "band"),
-        ([{"band": "65-74", "sex": "M", "weight": 1}], "sex"),
-        ([{"band": "65-74", "sex": "male", "weight": 0}], "positive"),
-        ([{"band": "65-74", "sex": "male", "weight": 1}] * 2, "duplicate cell"),
-        ([], "needs"),
+        ([{"band": "65-75", "sex": "male", "weight": 1}],
+         r"weights\[1\]\.band: '65-75' is not one of 0-1, 2-4, "),
+        ([{"band": "65-74", "sex": "M", "weight": 1}],
+         r"weights\[1\]\.sex: 'M' is not one of female, male, other$"),
+        ([{"band": "65-74", "sex": "male", "weight": 0}],
+         r"weights\[1\]\.weight: Input should be greater than 0 \(got 0\)$"),
+        ([{"band": "65-74", "sex": "male", "weight": 1}] * 2,
+         r"weights\[2\]: duplicate cell 65-74 male$"),
+        ([], r"weights: List should have at least 1 item after validation, not 0$"),
     ]:
-        with pytest.raises(MappingError, match=message):
-            AgeSexWeights.from_mapping({"weights": rows})
+        with pytest.raises(MappingError, match=rf"^age_sex_weights: {message}"):
+            parse_age_sex_weights({"meta": META, "weights": rows})
 
 
 # --- panels ------------------------------------------------------------------------------------

@@ -3,12 +3,14 @@ Charlson, HCC, utilisation, CCM, tiers, determinism and the report shape."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from fhirpanel.config import Settings
 from fhirpanel.domain.records import (
     ICD10,
     ICD10CM,
@@ -30,21 +32,19 @@ from fhirpanel.domain.risk import (
     tier_distribution_by_panel,
 )
 from fhirpanel.errors import MappingError
-from fhirpanel.mappings import load_mapping
+from fhirpanel.tables import Tables
 
 AS_OF = date(2026, 11, 22)
 BORN_72 = date(1954, 3, 1)  # 72 on the as-of date
 
 
+SHIPPED = Tables.load(Settings.load(env={})).method.risk
+
+
 def config(**overrides: Any) -> RiskConfig:
-    return RiskConfig.from_mappings(
-        charlson=load_mapping("charlson_quan2005"),
-        crosswalk=load_mapping("snomed_icd10cm"),
-        chronic=load_mapping("chronic_conditions"),
-        tiers=load_mapping("tiers"),
-        risk=load_mapping("risk"),
-        **overrides,
-    )
+    """The shipped risk tables with a weight set, age points, model or segment changed, as
+    settings would change them (RiskConfig checks the names)."""
+    return dataclasses.replace(SHIPPED, **overrides)
 
 
 DEFAULT = config()

@@ -11,17 +11,17 @@ import pytest
 
 from fhirpanel.domain.charlson import CharlsonTable
 from fhirpanel.domain.conditions import (
-    ChronicConditions,
     Crosswalk,
     is_icd10cm_code,
     is_snomed_id,
     normalise_icd10,
     verhoeff_valid,
 )
-from fhirpanel.domain.hcc import HccSettings, dx_to_cc_default
-from fhirpanel.domain.tiers import TierRules
+from fhirpanel.domain.hcc import dx_to_cc_default
 from fhirpanel.errors import MappingError
-from fhirpanel.mappings import load_mapping
+from fhirpanel.tables import Tables
+from fhirpanel.tables.files import load_mapping_ref
+from fhirpanel.tables.loader import parse_chronic, parse_crosswalk
 
 ROOT = Path(__file__).resolve().parents[2]
 # An independent transcription of Quan 2005's ICD-10 Charlson prefixes (its "source" names it).
@@ -66,16 +66,17 @@ CATALOGUE = (
 
 @pytest.mark.parametrize("name", RISK_FILES)
 def test_every_risk_file_loads_with_source_and_version(name: str) -> None:
-    data = load_mapping(name)
+    data = load_mapping_ref(name)
     assert data["meta"]["source"].strip() and str(data["meta"]["version"]).strip()
 
 
-def test_every_risk_file_validates() -> None:
-    assert len(CharlsonTable.from_mapping(load_mapping("charlson_quan2005")).categories) == 17
-    assert len(Crosswalk.from_mapping(load_mapping("snomed_icd10cm"))) >= 80
-    assert len(ChronicConditions.from_mapping(load_mapping("chronic_conditions")).groups) >= 20
-    assert TierRules.from_mapping(load_mapping("tiers")).tiers == (1, 2, 3, 4)
-    assert HccSettings.from_mapping(load_mapping("risk")["hcc"]).default_model == "V28"
+def test_every_risk_file_validates(tables: Tables) -> None:
+    risk = tables.method.risk
+    assert len(risk.charlson.categories) == 17
+    assert len(risk.crosswalk) >= 80
+    assert len(risk.chronic.groups) >= 20
+    assert risk.tiers.tiers == (1, 2, 3, 4)
+    assert risk.hcc.default_model == "V28"
 
 
 # --- code checks ---------------------------------------------------------------------------------
@@ -111,8 +112,8 @@ def test_icd10cm_pattern_refuses(code: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def crosswalk() -> Crosswalk:
-    return Crosswalk.from_mapping(load_mapping("snomed_icd10cm"))
+def crosswalk(tables: Tables) -> Crosswalk:
+    return tables.method.risk.crosswalk
 
 
 def test_crosswalk_rows_are_well_formed(crosswalk: Crosswalk) -> None:
@@ -140,7 +141,7 @@ def test_catalogue_here_matches_the_generator() -> None:
 
 
 def test_crosswalk_covers_the_common_chronic_conditions(crosswalk: Crosswalk) -> None:
-    chronic = ChronicConditions.from_mapping(load_mapping("chronic_conditions"))
+    chronic = parse_chronic(load_mapping_ref("chronic_conditions"))
     covered = {g for row in crosswalk.rows for g in chronic.groups_for_code(row.icd10cm_key)}
     expected = {
         "hypertension",
@@ -208,25 +209,28 @@ GOOD_ROW = {
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ([{**GOOD_ROW, "snomed": "22298007"}], "not a valid SNOMED CT id"),
-        ([{**GOOD_ROW, "icd10cm": "I21-9"}], "not a well-formed ICD-10-CM code"),
-        ([GOOD_ROW, GOOD_ROW], "appears twice"),
-        ([{**GOOD_ROW, "snomed_display": ""}], "snomed_display"),
-        ([{**GOOD_ROW, "note": ""}], "note"),
-        ([], "non-empty"),
+        ([{**GOOD_ROW, "snomed": "22298007"}],
+         r"rows\[1\]\.snomed: '22298007' is not a valid SNOMED CT id$"),
+        ([{**GOOD_ROW, "icd10cm": "I21-9"}],
+         r"rows\[1\]\.icd10cm: 'I21-9' is not a well-formed ICD-10-CM code$"),
+        ([GOOD_ROW, GOOD_ROW], r"rows\[2\]\.snomed: SNOMED 22298006 appears twice$"),
+        ([{**GOOD_ROW, "snomed_display": ""}],
+         r"rows\[1\]\.snomed_display: String should have at least 1 character"),
+        ([{**GOOD_ROW, "note": ""}], r"rows\[1\]\.note: String should have at least 1 character"),
+        ([], r"rows: List should have at least 1 item after validation, not 0$"),
     ],
 )
 def test_bad_crosswalks_are_rejected(rows: list[dict[str, Any]], message: str) -> None:
-    with pytest.raises(MappingError, match=message):
-        Crosswalk.from_mapping(_crosswalk(rows))
+    with pytest.raises(MappingError, match=rf"^snomed_icd10cm: {message}"):
+        parse_crosswalk(_crosswalk(rows))
 
 
 # --- Charlson against the reference --------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def charlson() -> CharlsonTable:
-    return CharlsonTable.from_mapping(load_mapping("charlson_quan2005"))
+def charlson(tables: Tables) -> CharlsonTable:
+    return tables.method.risk.charlson
 
 
 def test_charlson_matches_the_reference_transcription(charlson: CharlsonTable) -> None:
@@ -255,14 +259,14 @@ def test_charlson_published_weights(charlson: CharlsonTable) -> None:
 
 
 def test_catalogue_chronic_flags_match_the_groups() -> None:
-    chronic = ChronicConditions.from_mapping(load_mapping("chronic_conditions"))
+    chronic = parse_chronic(load_mapping_ref("chronic_conditions"))
     for icd, snomed, is_chronic in CATALOGUE:
         groups = chronic.groups_for_code(normalise_icd10(icd))
         assert bool(groups) == is_chronic, (icd, snomed, groups)
 
 
 def test_chronic_groups_edges() -> None:
-    chronic = ChronicConditions.from_mapping(load_mapping("chronic_conditions"))
+    chronic = parse_chronic(load_mapping_ref("chronic_conditions"))
     assert chronic.groups_for_code("E1122") == ("diabetes", "ckd")
     assert chronic.groups_for_code("C440") == ()  # non-melanoma skin: outside both ranges
     assert chronic.groups_for_code("C439") == ("cancer",)
@@ -275,10 +279,17 @@ def test_chronic_groups_edges() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"ccm": {}}, "min_chronic_conditions"),
-        ({"groups": [{"key": "x", "label": "X"}]}, "no icd10cm_prefixes"),
-        ({"groups": [{"key": "x", "label": "X", "icd10cm_prefixes": ["I1.0"]}]}, "prefix"),
-        ({"groups": [{"key": "x", "label": "X", "icd10cm_ranges": [["C50", "C00"]]}]}, "ranges"),
+        ({"ccm": {}}, r"ccm\.min_chronic_conditions: Field required$"),
+        ({"ccm": {"min_chronic_conditions": 0}},
+         r"ccm\.min_chronic_conditions: Input should be greater than or equal to 1"),
+        ({"groups": [{"key": "x", "label": "X"}]},
+         r"groups\[1\]: x has no icd10cm_prefixes or icd10cm_ranges$"),
+        ({"groups": [{"key": "x", "label": "X", "icd10cm_prefixes": ["I1.0"]}]},
+         r"groups\[1\]\.icd10cm_prefixes: 'I1\.0' is not a dot-less ICD-10 prefix$"),
+        ({"groups": [{"key": "x", "label": "X", "icd10cm_ranges": [["C50", "C00"]]}]},
+         r"groups\[1\]\.icd10cm_ranges: bad entry \['C50', 'C00'\]"),
+        ({"groups": [{"key": "x", "label": "X", "icd10cm_ranges": [["C50"]]}]},
+         r"groups\[1\]\.icd10cm_ranges\[1\]: List should have at least 2 items"),
         (
             {
                 "groups": [
@@ -286,22 +297,23 @@ def test_chronic_groups_edges() -> None:
                     {"key": "x", "label": "Y", "icd10cm_prefixes": ["I11"]},
                 ]
             },
-            "twice",
+            r"groups\[2\]: key 'x' appears twice$",
         ),
     ],
 )
 def test_bad_chronic_files_are_rejected(changes: dict[str, Any], message: str) -> None:
     data: dict[str, Any] = {
+        "meta": {"source": "t", "version": "1"},
         "ccm": {"min_chronic_conditions": 2},
         "groups": [{"key": "x", "label": "X", "icd10cm_prefixes": ["I10"]}],
     }
     data.update(changes)
-    with pytest.raises(MappingError, match=message):
-        ChronicConditions.from_mapping(data)
+    with pytest.raises(MappingError, match=rf"^chronic_conditions: {message}"):
+        parse_chronic(data)
 
 
-def test_risk_toml_models_are_known_to_hccinfhir() -> None:
-    settings = HccSettings.from_mapping(load_mapping("risk")["hcc"])
+def test_risk_toml_models_are_known_to_hccinfhir(tables: Tables) -> None:
+    settings = tables.method.risk.hcc
     known_models = {model for _, model in dx_to_cc_default}
     for name in settings.models.values():
         assert name in known_models

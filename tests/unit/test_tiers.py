@@ -9,15 +9,17 @@ import pytest
 from fhirpanel.domain.risk import check_tier_shape
 from fhirpanel.domain.tiers import TierMetrics, TierRules, TierShape, shape_warnings
 from fhirpanel.errors import MappingError
-from fhirpanel.mappings import load_mapping
+from fhirpanel.tables import Tables
+from fhirpanel.tables.loader import parse_tier_rules
 
 LABELS = {"1": "low", "2": "rising", "3": "high", "4": "complex"}
 
 
 def rules(*raw_rules: dict[str, Any], **extra: Any) -> TierRules:
-    data: dict[str, Any] = {"default_tier": 1, "tiers": LABELS, "rules": list(raw_rules)}
+    data: dict[str, Any] = {"meta": {"source": "tests", "version": "1"}, "default_tier": 1,
+                            "tiers": LABELS, "rules": list(raw_rules)}
     data.update(extra)
-    return TierRules.from_mapping(data)
+    return parse_tier_rules(data)
 
 
 def metrics(
@@ -79,8 +81,8 @@ def test_hcc_threshold_never_holds_without_a_score() -> None:
 
 
 @pytest.fixture(scope="module")
-def shipped() -> TierRules:
-    return TierRules.from_mapping(load_mapping("tiers"))
+def shipped(tables: Tables) -> TierRules:
+    return tables.method.risk.tiers
 
 
 def test_shipped_rules_every_boundary(shipped: TierRules) -> None:
@@ -125,27 +127,39 @@ def test_shipped_rules_are_ordered_from_tier_4_down(shipped: TierRules) -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"tier": 5, "name": "x", "any": [{"hcc_gte": 1}]}, "tier must be one of"),
-        ({"tier": 3, "name": "x"}, "needs an `all` or an `any`"),
-        ({"tier": 3, "name": "x", "any": [{"risk_gte": 1}]}, "unknown threshold"),
-        ({"tier": 3, "name": "x", "any": [{"hcc_gt": 1}]}, "unknown threshold"),
-        ({"tier": 3, "name": "x", "any": [{"hcc_gte": "high"}]}, "number"),
-        ({"tier": 3, "name": "x", "any": [{}]}, "non-empty table"),
-        ({"tier": 3, "name": "x", "any": [{"hcc_gte": 1}], "when": 1}, "unknown keys"),
-        ({"tier": 3, "any": [{"hcc_gte": 1}]}, "name"),
+        # the rules' own checks (TierRules, tiers.clauses)
+        ({"tier": 5, "name": "x", "any": [{"hcc_gte": 1}]},
+         r"rules\[1\]\.tier: must be one of \[1, 2, 3, 4\]"),
+        ({"tier": 3, "name": "x"}, r"rules\[1\]: needs an `all` or an `any` list"),
+        ({"tier": 3, "name": "x", "any": [{"risk_gte": 1}]},
+         r"rules\[1\]\.any\[1\]: unknown threshold 'risk_gte'"),
+        ({"tier": 3, "name": "x", "all": [{"hcc_gt": 1}]},
+         r"rules\[1\]\.all\[1\]: unknown threshold 'hcc_gt'"),
+        # the file's shape (schemas)
+        ({"tier": 3, "name": "x", "any": [{"hcc_gte": "high"}]},
+         r"rules\[1\]\.any\[1\]\.hcc_gte: Input should be a valid number \(got 'high'\)"),
+        ({"tier": 3, "name": "x", "any": [{"hcc_gte": -1}]},
+         r"rules\[1\]\.any\[1\]\.hcc_gte: Input should be greater than or equal to 0"),
+        ({"tier": 3, "name": "x", "any": [{}]},
+         r"rules\[1\]\.any\[1\]: Dictionary should have at least 1 item"),
+        ({"tier": 3, "name": "x", "any": [{"hcc_gte": 1}], "when": 1},
+         r"rules\[1\]\.when: Extra inputs are not permitted"),
+        ({"tier": 3, "any": [{"hcc_gte": 1}]}, r"rules\[1\]\.name: Field required"),
     ],
 )
 def test_invalid_rules_are_rejected(raw: dict[str, Any], message: str) -> None:
-    with pytest.raises(MappingError, match=message):
+    with pytest.raises(MappingError, match=rf"^tiers: {message}"):
         rules(raw)
 
 
 def test_duplicate_rule_names_and_bad_default_are_rejected() -> None:
     rule = {"tier": 3, "name": "x", "any": [{"hcc_gte": 1}]}
-    with pytest.raises(MappingError, match="unique"):
+    with pytest.raises(MappingError, match=r"^tiers: rules: rule names must be unique$"):
         rules(rule, rule)
-    with pytest.raises(MappingError, match="default_tier"):
+    with pytest.raises(MappingError, match=r"^tiers: default_tier: must be one of \[1, 2, 3, 4\]$"):
         rules(rule, default_tier=7)
+    with pytest.raises(MappingError, match=r"^tiers: tiers\.x \(the key\): String should match "):
+        rules(rule, tiers={**LABELS, "x": "extra"})
 
 
 def test_shape_within_bounds_has_no_warning() -> None:
@@ -173,7 +187,7 @@ def test_shape_bounds_come_from_the_file(shipped: TierRules) -> None:
     assert shipped.shape == TierShape(0.05, 0.25, 0.05)
     strict = TierShape(high_min_share=0.10, high_max_share=0.20, complex_max_share=0.02)
     assert len(shape_warnings({"1": 70, "2": 22, "3": 5, "4": 3}, strict)) == 2
-    with pytest.raises(MappingError, match="share"):
-        TierShape.from_mapping(
-            {"high_min_share": 5, "high_max_share": 0.2, "complex_max_share": 0.05}
-        )
+    with pytest.raises(MappingError, match=r"^tiers: shape\.high_min_share: Input should be "
+                                           r"less than or equal to 1 \(got 5\)$"):
+        rules({"tier": 3, "name": "x", "any": [{"hcc_gte": 1}]},
+              shape={"high_min_share": 5, "high_max_share": 0.2, "complex_max_share": 0.05})

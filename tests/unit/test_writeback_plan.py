@@ -8,7 +8,7 @@ from typing import Any
 from fhirpanel.config import WritebackSettings
 from fhirpanel.domain.records import Issue
 from fhirpanel.errors import WriteBackError
-from fhirpanel.fhir.build import comparable, same_content
+from fhirpanel.writeback.identity import comparable, same_content
 from fhirpanel.writeback.plan import (
     PlannedWrite,
     WriteCounts,
