@@ -33,13 +33,17 @@ from fhirpanel.fhir.parse import ParseProblem, fhir_instant, parse_instant, refe
 from fhirpanel.fhir.source import FhirSource, ServerSource
 from fhirpanel.ingest import read_population
 from fhirpanel.jobs import brake
-from fhirpanel.run import MethodTables, analyse, open_source, run_full
+from fhirpanel.jobs.rows import result_rows
+from fhirpanel.run import analyse, open_source, run_full
 from fhirpanel.store import Store, lock_holder_id
-from fhirpanel.store.repository import now_utc
+from fhirpanel.store.engine import now_utc
+from fhirpanel.store.review import queue_patient
+from fhirpanel.tables import MethodTables, Tables
+from fhirpanel.vocabulary import COMPLETED_STATUSES, RunKind, RunStatus
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["full", "incremental"]
+Kind = Literal[RunKind.FULL, RunKind.INCREMENTAL]  # what a refresh pass is
 # What an incremental pass searches by `_lastUpdated`, and how each names its patient.
 CHANGE_TYPES = ("Encounter", "Condition", "Patient")
 HEARTBEAT_SECONDS = 60.0
@@ -54,8 +58,8 @@ class Abandoned(FhirpanelError):
 @dataclass
 class RefreshResult:
     run_id: int | None
-    kind: str
-    status: str  # succeeded | partial | failed | held | skipped | abandoned
+    kind: str  # a RunKind
+    status: str  # a RunStatus: succeeded | partial | failed | held | skipped | abandoned
     counts: dict[str, Any] = field(default_factory=dict)
     watermark_before: str | None = None
     watermark_after: str | None = None
@@ -69,7 +73,7 @@ class RefreshResult:
 
     @property
     def ok(self) -> bool:
-        return self.status in ("succeeded", "partial")
+        return self.status in COMPLETED_STATUSES
 
 
 @dataclass
@@ -83,12 +87,18 @@ class Job:
     source: str | None = None
     write: bool | None = None
     stop: threading.Event = field(default_factory=threading.Event)
-    # Tests: fail the write-back after N batches (a crash before commit).
-    fail_after_batches: int | None = None
     holder: str = ""  # who holds the refresh lock for this run
     lost_lock: threading.Event = field(default_factory=threading.Event)
     accept_change: bool = False  # the operator let a large change through (--accept-change)
     used_acceptance: bool = False  # a stored acceptance let this pass through: consume it
+    _tables: Tables | None = field(default=None, repr=False)
+
+    @property
+    def tables(self) -> Tables:
+        """The mapping tables, loaded once for the pass (analysis and write-back share them)."""
+        if self._tables is None:
+            self._tables = Tables.load(self.settings)
+        return self._tables
 
     @property
     def source_spec(self) -> str:
@@ -133,21 +143,19 @@ class Job:
 def full_refresh(settings: Settings, store: Store, *, trigger: str = "cli",
                  as_of: date | None = None, source: str | None = None,
                  write: bool | None = None, stop: threading.Event | None = None,
-                 fail_after_batches: int | None = None,
                  accept_change: bool = False) -> RefreshResult:
     job = Job(settings, store, trigger, as_of, source, write, stop or threading.Event(),
-              fail_after_batches, accept_change=accept_change)
-    return _locked(job, "full")
+              accept_change=accept_change)
+    return _locked(job, RunKind.FULL)
 
 
 def incremental_refresh(settings: Settings, store: Store, *, trigger: str = "cli",
                         as_of: date | None = None, source: str | None = None,
                         write: bool | None = None, stop: threading.Event | None = None,
-                        fail_after_batches: int | None = None,
                         accept_change: bool = False) -> RefreshResult:
     job = Job(settings, store, trigger, as_of, source, write, stop or threading.Event(),
-              fail_after_batches, accept_change=accept_change)
-    return _locked(job, "incremental")
+              accept_change=accept_change)
+    return _locked(job, RunKind.INCREMENTAL)
 
 
 def accept_held_run(settings: Settings, store: Store, run_id: int, actor: str,
@@ -162,8 +170,8 @@ def accept_held_run(settings: Settings, store: Store, run_id: int, actor: str,
                           {"run": run_id, "figures": run["counts"].get("held", {}),
                            "by": actor, "at": now_utc().isoformat()}, run_id)
     next_run = None
-    if run["kind"] in ("full", "incremental"):
-        kind: Kind = "full" if run["kind"] == "full" else "incremental"
+    if run["kind"] in (RunKind.FULL, RunKind.INCREMENTAL):
+        kind: Kind = RunKind.FULL if run["kind"] == RunKind.FULL else RunKind.INCREMENTAL
         next_run = request_run(settings, store, kind, trigger, source=run["source"])
     return run, next_run
 
@@ -247,8 +255,8 @@ def leased_run(settings: Settings, store: Store, kind: str, trigger: str, source
             yield lease
         except BaseException as exc:
             if not lease.finished:
-                status = ("held" if isinstance(exc, ChangeHeld) else "abandoned"
-                          if isinstance(exc, KeyboardInterrupt | Abandoned) else "failed")
+                status = (RunStatus.HELD if isinstance(exc, ChangeHeld) else RunStatus.ABANDONED
+                          if isinstance(exc, KeyboardInterrupt | Abandoned) else RunStatus.FAILED)
                 counts = {"held": exc.figures} if isinstance(exc, ChangeHeld) else None
                 _failed(store, run_id, kind, status, exc, started, counts=counts)
                 lease.finished = True
@@ -257,7 +265,7 @@ def leased_run(settings: Settings, store: Store, kind: str, trigger: str, source
             beat_stop.set()
             beat.join(timeout=5)
         if not lease.finished:
-            lease.finish("succeeded", seconds=round(time.perf_counter() - started, 3))
+            lease.finish(RunStatus.SUCCEEDED, seconds=round(time.perf_counter() - started, 3))
     finally:
         store.release_lock(holder)
 
@@ -302,20 +310,20 @@ def run_queued(settings: Settings, store: Store, stop: threading.Event | None = 
               stop=stop or threading.Event())
     if claimed["as_of"]:
         job.as_of = date.fromisoformat(claimed["as_of"])
-    kind: Kind = "full" if claimed["kind"] == "full" else "incremental"
+    kind: Kind = RunKind.FULL if claimed["kind"] == RunKind.FULL else RunKind.INCREMENTAL
     return _run_holding(job, kind, holder, int(claimed["id"]))
 
 
 def _effective_kind(job: Job, kind: Kind) -> Kind:
     """An incremental pass needs a server source and a previous full run: else run full."""
-    if kind == "incremental" and not job.source_spec.startswith(("http://", "https://")):
+    if kind == RunKind.INCREMENTAL and not job.source_spec.startswith(("http://", "https://")):
         raise ConfigError("an incremental refresh needs a FHIR server source (http://...); "
                           "NDJSON and Bulk sources are read whole: use a full refresh")
-    if kind == "incremental" and (job.store.watermark(job.source_key) is None
-                                  or job.store.context("weights") is None):
+    if kind == RunKind.INCREMENTAL and (job.store.watermark(job.source_key) is None
+                                        or job.store.context("weights") is None):
         log.info("no full refresh of %s stored yet: running a full refresh instead",
                  job.source_key)
-        return "full"
+        return RunKind.FULL
     return kind
 
 
@@ -329,7 +337,7 @@ def _locked(job: Job, kind: Kind) -> RefreshResult:
         reason = f"another refresh is running (lock held by {info.get('holder', '?')})"
         run_id = store.record_skipped(kind, job.trigger, source_key, job.day.isoformat(), reason)
         log.info("%s refresh skipped: %s", kind, reason)
-        return RefreshResult(run_id, kind, "skipped", error=reason)
+        return RefreshResult(run_id, kind, RunStatus.SKIPPED, error=reason)
     try:
         run_id = store.start_run(kind, job.trigger, source_key, job.day.isoformat(),
                                  store.watermark(source_key))
@@ -349,21 +357,21 @@ def _run_holding(job: Job, kind: Kind, holder: str, run_id: int) -> RefreshResul
     beat.start()
     started = time.perf_counter()
     try:
-        if kind == "full":
+        if kind == RunKind.FULL:
             result = _full(job, run_id)
         else:
             result = _incremental(job, run_id)
     except Abandoned as exc:
-        result = _failed(store, run_id, kind, "abandoned", exc, started)
+        result = _failed(store, run_id, kind, RunStatus.ABANDONED, exc, started)
     except ChangeHeld as exc:
         log.log(_report_level(job, logging.WARNING), "%s refresh %d: %s", kind, run_id, exc)
-        result = _failed(store, run_id, kind, "held", exc, started,
+        result = _failed(store, run_id, kind, RunStatus.HELD, exc, started,
                          counts={"held": exc.figures})
     except Exception as exc:  # recorded on the run; the caller decides what to do
         log.log(_report_level(job, logging.ERROR), "%s refresh %d failed: %s", kind, run_id,
                 one_line(exc))
         log.debug("%s refresh %d failed", kind, run_id, exc_info=True)
-        result = _failed(store, run_id, kind, "failed", exc, started)
+        result = _failed(store, run_id, kind, RunStatus.FAILED, exc, started)
     finally:
         beat_stop.set()
         beat.join(timeout=5)
@@ -436,7 +444,8 @@ def _full(job: Job, run_id: int) -> RefreshResult:
     server_start = _server_now(source)
     recorder = _SeenRecorder(source)
     try:
-        outcome = run_full(settings, recorder, job.day, manual=store.active_overrides())
+        outcome = run_full(settings, recorder, job.day, manual=store.active_overrides(),
+                           tables=job.tables)
     finally:
         close = getattr(source, "close", None)  # a Bulk export's downloaded files; the
         if callable(close) and not isinstance(source, ServerSource):  # client stays open
@@ -461,15 +470,15 @@ def _full(job: Job, run_id: int) -> RefreshResult:
     weights = outcome.panels.weights
     counts = _counts(outcome, writeback)
     counts["change"] = {c.name: c.as_dict() for c in change}
-    status = "partial" if counts.get("writeback_failed") else "succeeded"
+    status = RunStatus.PARTIAL if counts.get("writeback_failed") else RunStatus.SUCCEEDED
     if not complete:
         counts["removals_skipped"] = "the Bulk export reported errors"
+    rows = result_rows(outcome, clinicians=True)  # built before the transaction: it stays short
     with store.session() as s:
         job.check_lock(s)
-        counts.update(store.save_outcome(
-            s, outcome, run_id, full=True, report_patients=_report_patients(outcome),
-            weights=_patient_weights(outcome, weights), clinician_names=_names(outcome),
-            done_pending=pending, started_at=read_at, remove_missing=complete))
+        counts.update(store.save_results(
+            s, rows, run_id, full=True, done_pending=pending, started_at=read_at,
+            remove_missing=complete))
         ledger.flush(s)
         save_unconfirmed(store, s, job.source_key, writeback, run_id)
         store.set_context(s, "weights", [[b, sx, w] for (b, sx), w in
@@ -482,12 +491,12 @@ def _full(job: Job, run_id: int) -> RefreshResult:
         _consume_acceptance(job, s, run_id)
         if watermark:
             store.set_watermark(s, job.source_key, watermark, run_id)
-        _queue_failed(store, s, writeback)
+        _queue_failed(s, writeback)
         store.finish_run(run_id, status, counts=counts, watermark_after=watermark,
                          requests=_requests(source) - before_requests,
                          seconds=round(time.perf_counter() - started, 3), session=s)
     log.info("full refresh %d %s: %s", run_id, status, counts)
-    return RefreshResult(run_id, "full", status, counts, watermark_before, watermark,
+    return RefreshResult(run_id, RunKind.FULL, status, counts, watermark_before, watermark,
                          _requests(source) - before_requests, time.perf_counter() - started,
                          outcome=outcome, writeback=writeback,
                          patients=tuple(a.patient for a in outcome.attribution.assignments))
@@ -549,7 +558,7 @@ def _incremental(job: Job, run_id: int) -> RefreshResult:
     missing: list[str] = []
     ledger = store.ledger(run_id)
     if affected:
-        tables = MethodTables.load(settings)
+        tables = job.tables.method
         population = read_population(source, patients=affected)
         weights = _stored_weights(store)
         manual = _manual_for(store.active_overrides(), affected)
@@ -575,26 +584,26 @@ def _incremental(job: Job, run_id: int) -> RefreshResult:
         job.check_stop("write-back")
         writeback = _write(job, source, outcome, ledger, trust_ledger=True, incremental=True)
         counts.update(_counts(outcome, writeback))
-    status = "partial" if counts.get("writeback_failed") else "succeeded"
+    status = RunStatus.PARTIAL if counts.get("writeback_failed") else RunStatus.SUCCEEDED
     watermark = newest_raw if newest_at > parse_instant(watermark_before) else watermark_before
     held_key = _context_key("held", job.source_key)
     held = int(store.context(held_key) or 0)
-    if status == "partial" and held < MAX_HELD_PASSES:
+    if status == RunStatus.PARTIAL and held < MAX_HELD_PASSES:
         # Failed writes keep the watermark in place, so the next pass sees the same changes
         # again; after a few such passes it moves on and the queue alone retries them.
         watermark, held = watermark_before, held + 1
         counts["watermark_held"] = True
     else:
         held = 0
+    # An incremental pass stores its patients only; the panels follow from the patients table.
+    rows = result_rows(outcome, clinicians=False) if outcome is not None else None
     with store.session() as s:
         job.check_lock(s)
         store.set_context(s, held_key, held, run_id)
         _consume_acceptance(job, s, run_id)
-        if outcome is not None:
-            counts.update(store.save_outcome(
-                s, outcome, run_id, full=False, report_patients=_report_patients(outcome),
-                weights=_patient_weights(outcome, outcome.panels.weights),
-                clinician_names=_names(outcome), done_pending=pending, started_at=read_at,
+        if rows is not None:
+            counts.update(store.save_results(
+                s, rows, run_id, full=False, done_pending=pending, started_at=read_at,
                 gone=missing))
         ledger.flush(s)
         save_unconfirmed(store, s, job.source_key, writeback, run_id)
@@ -602,12 +611,12 @@ def _incremental(job: Job, run_id: int) -> RefreshResult:
             store.set_context(s, seen_key, sorted(set(recent)), run_id)
         if watermark != watermark_before:
             store.set_watermark(s, job.source_key, watermark, run_id)
-        _queue_failed(store, s, writeback)
+        _queue_failed(s, writeback)
         store.finish_run(run_id, status, counts=counts, watermark_after=watermark,
                          requests=client.stats.requests - before_requests,
                          seconds=round(time.perf_counter() - started, 3), session=s)
     log.info("incremental refresh %d %s: %s", run_id, status, counts)
-    return RefreshResult(run_id, "incremental", status, counts, watermark_before, watermark,
+    return RefreshResult(run_id, RunKind.INCREMENTAL, status, counts, watermark_before, watermark,
                          client.stats.requests - before_requests, time.perf_counter() - started,
                          patients=tuple(affected), outcome=outcome, writeback=writeback)
 
@@ -625,13 +634,13 @@ def _write(job: Job, source: FhirSource, outcome: RunOutcome, ledger: Any, *,
         if job.write:
             raise ConfigError("writing back needs a FHIR server source (http://... or bulk:...)")
         return None
-    from fhirpanel.writeback import WriteBackInterrupted, WritebackTables, write_back
+    from fhirpanel.writeback import WriteBackInterrupted, write_back
 
     cfg = job.settings.writeback
     if incremental and cfg.attribution_group:
         # A Group lists a whole organisation's patients: only a full refresh rebuilds it.
         cfg = dataclasses.replace(cfg, attribution_group=False)
-    tables = WritebackTables.load(cfg, job.settings.mappings_path, tiers=job.settings.risk.tiers)
+    tables = job.tables.writeback
     stored_count = len(job.store.patient_ids()) if incremental else 0
 
     def guard(ended: tuple[int, int], changed: tuple[int, int]) -> None:
@@ -644,7 +653,6 @@ def _write(job: Job, source: FhirSource, outcome: RunOutcome, ledger: Any, *,
     try:
         return write_back(outcome, client, cfg, dry_run=False, tables=tables,
                           ledger=ledger, trust_ledger=trust_ledger,
-                          fail_after_batches=job.fail_after_batches,
                           unconfirmed=unconfirmed_writes(job.store, job.source_key), guard=guard,
                           # Transaction sizes a refusal taught an earlier pass; a full pass starts
                           # from the configured size, so a raised limit is found again.
@@ -703,15 +711,13 @@ def _suggestions(store: Store, outcome: RunOutcome, tables: MethodTables,
                               tables.capacities, panels, weights)
 
 
-def _queue_failed(store: Store, s: Any, writeback: Any) -> None:
+def _queue_failed(s: Any, writeback: Any) -> None:
     """Patients whose CareTeam or CarePlan could not be written: redone by the next pass."""
     failed = sorted(getattr(writeback, "failed_subjects", ()) or ())
     if failed:
-        from fhirpanel.store.repository import _queue, now_utc
-
         now = now_utc()
         for patient in failed:
-            _queue(s, patient, "write-back failed", now)
+            queue_patient(s, patient, "write-back failed", now)
 
 
 def _counts(outcome: RunOutcome, writeback: Any) -> dict[str, Any]:
@@ -737,21 +743,6 @@ def _summary(outcome: RunOutcome) -> dict[str, Any]:
     report = build_report(outcome)
     return {"summary": report["summary"], "eligibility": report["eligibility"],
             "pipeline": report["pipeline"], "warnings": report["warnings"]}
-
-
-def _report_patients(outcome: RunOutcome) -> dict[str, dict[str, Any]]:
-    from fhirpanel.report import patient_entry
-
-    return {a.patient: patient_entry(a, outcome) for a in outcome.attribution.assignments}
-
-
-def _patient_weights(outcome: RunOutcome, weights: AgeSexWeights) -> dict[str, float]:
-    return {pid: weights.weight(p.birth_date, p.sex, outcome.as_of)
-            for pid, p in outcome.population.patients.items()}
-
-
-def _names(outcome: RunOutcome) -> dict[str, str | None]:
-    return {pid: p.name for pid, p in outcome.population.practitioners.items()}
 
 
 def _stored_weights(store: Store) -> AgeSexWeights:

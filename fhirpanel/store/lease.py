@@ -1,4 +1,8 @@
-"""Who holds a lease, and whether that holder can still be alive.
+"""The refresh lock: a named lease in the `locks` table, and who holds it.
+
+`LeaseStore` takes, renews, checks (fencing, inside a run's final transaction) and releases a
+lease. Taking over the refresh lock from a dead or stale holder also marks that holder's run
+`crashed`: only the holder of the refresh lock runs, so its run will never finish.
 
 A holder id names the host, the process and when that process started:
 `host:pid:start:boot:pidns:random`. A lease whose holder ran on this host, in this PID namespace
@@ -13,11 +17,23 @@ Where there is no `/proc` (macOS), a process is judged by `os.kill(pid, 0)` alon
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from sqlalchemy import delete, insert, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from fhirpanel.store.engine import StoreEngine, aware, iso, now_utc
+from fhirpanel.store.models import Lock, Run
+from fhirpanel.vocabulary import RunStatus
+
+log = logging.getLogger(__name__)
+REFRESH_LOCK = "refresh"
 _PROC = Path("/proc")
 _HOST_MAX = 60  # the holder column is 128 characters
 
@@ -50,6 +66,11 @@ def new_holder() -> str:
     host = socket.gethostname()[:_HOST_MAX].replace(":", "_")
     return str(Holder(host, pid, process_start(pid) or "", boot_id(), pid_namespace(),
                       os.urandom(4).hex()))
+
+
+def lock_holder_id() -> str:
+    """Who holds a lock: host, process, its start time and a random part."""
+    return new_holder()
 
 
 def holder_is_dead(text: str) -> bool:
@@ -115,3 +136,70 @@ def pid_namespace() -> str:
         return str(os.stat(_PROC / "self/ns/pid").st_ino)
     except OSError:
         return ""
+
+
+class LeaseStore(StoreEngine):
+    """The `locks` table: one refresh at a time across workers, the CLI and the API."""
+
+    def try_lock(self, holder: str, stale_seconds: float, name: str = REFRESH_LOCK) -> bool:
+        """Take the lease if it is free or stale (its holder stopped heartbeating). Atomic: an
+        insert, or a compare-and-swap update of a stale row."""
+        now = now_utc()
+        try:
+            with self.session() as s:
+                s.execute(insert(Lock).values(name=name, holder=holder, acquired_at=now,
+                                              heartbeat_at=now))
+            return True
+        except IntegrityError:
+            pass
+        with self.session() as s:
+            row = s.get(Lock, name)
+            if row is None:  # released meanwhile: try once more next time
+                return False
+            beat = aware(row.heartbeat_at) or now
+            previous = row.holder  # the update below refreshes `row` in the session
+            dead = previous != holder and holder_is_dead(previous)
+            if previous != holder and not dead and (now - beat).total_seconds() < stale_seconds:
+                return False
+            result = s.execute(update(Lock).where(
+                Lock.name == name, Lock.holder == previous,
+                Lock.heartbeat_at == row.heartbeat_at,
+            ).values(holder=holder, acquired_at=now, heartbeat_at=now))
+            taken = bool(getattr(result, "rowcount", 0) == 1)
+            if taken and previous != holder and name == REFRESH_LOCK:
+                # Only the holder of the refresh lock runs: whatever is still `running` was
+                # its run, and it will never finish.
+                why = ("its process is gone (same host)" if dead
+                       else f"its lease was not renewed for {stale_seconds:g}s")
+                s.execute(update(Run).where(Run.status == RunStatus.RUNNING).values(
+                    status=RunStatus.CRASHED, finished_at=now,
+                    error=f"the process running it stopped before finishing: {why}"))
+        if taken and previous != holder:
+            log.warning("took over the %s lock from %s: %s", name, previous,
+                        "its process is gone" if dead else "stale")
+        return taken
+
+    def heartbeat(self, holder: str, name: str = REFRESH_LOCK) -> bool:
+        """Renew the lease; False when it is no longer ours (taken over as stale)."""
+        with self.session() as s:
+            result = s.execute(update(Lock).where(Lock.name == name, Lock.holder == holder)
+                               .values(heartbeat_at=now_utc()))
+            return bool(getattr(result, "rowcount", 0) == 1)
+
+    @staticmethod
+    def holds_lock(s: Session, holder: str, name: str = REFRESH_LOCK) -> bool:
+        """Inside a run's final transaction: is the lease still ours (fencing)?"""
+        row = s.get(Lock, name)
+        return row is not None and row.holder == holder
+
+    def release_lock(self, holder: str, name: str = REFRESH_LOCK) -> None:
+        with self.session() as s:
+            s.execute(delete(Lock).where(Lock.name == name, Lock.holder == holder))
+
+    def lock_info(self, name: str = REFRESH_LOCK) -> dict[str, Any] | None:
+        with self.session() as s:
+            row = s.get(Lock, name)
+            if row is None:
+                return None
+            return {"holder": row.holder, "acquired_at": iso(row.acquired_at),
+                    "heartbeat_at": iso(row.heartbeat_at)}

@@ -44,19 +44,20 @@ class Base(DeclarativeBase):
 
 
 class Run(Base):
-    """One refresh (full or incremental) or a refused attempt (status `skipped`)."""
+    """One refresh (full or incremental), a `run --write`, or a refused attempt (status
+    `skipped`)."""
 
     __tablename__ = "runs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    kind: Mapped[str] = mapped_column(String(16))  # full | incremental
+    kind: Mapped[str] = mapped_column(String(16))  # a vocabulary.RunKind
     trigger: Mapped[str] = mapped_column(String(16))  # cli | schedule | subscription | api
     source: Mapped[str] = mapped_column(String(512))
     as_of: Mapped[str] = mapped_column(String(10))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    # queued (for the worker) | running | succeeded | partial (some writes failed) | failed |
-    # skipped (the lock was held) | abandoned
+    # a vocabulary.RunStatus: queued (for the worker) | running | succeeded | partial | failed |
+    # held | accepted | skipped | crashed | abandoned
     status: Mapped[str] = mapped_column(String(16), index=True)
     counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

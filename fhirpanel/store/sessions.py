@@ -20,8 +20,8 @@ from typing import Literal
 
 from sqlalchemy import delete, update
 
+from fhirpanel.store.engine import StoreEngine
 from fhirpanel.store.models import DashboardSession, LoginCode
-from fhirpanel.store.repository import Store
 
 LOGIN_LINK_PREFIX = "/login/once/"
 TOKEN_BYTES = 32  # session ids and sign-in codes: 256 random bits, 43 URL-safe characters
@@ -58,7 +58,7 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def create_session(store: Store, *, actor: str, token_fp: str, via: str,
+def create_session(store: StoreEngine, *, actor: str, token_fp: str, via: str,
                    lifetime_seconds: float, replaces: str | None = None,
                    now: datetime | None = None) -> str:
     """Start a session and return its id (for the cookie; only its hash is stored). A session
@@ -80,7 +80,7 @@ def create_session(store: Store, *, actor: str, token_fp: str, via: str,
     return session_id
 
 
-def active_session(store: Store, session_id: str, *, idle_seconds: float,
+def active_session(store: StoreEngine, session_id: str, *, idle_seconds: float,
                    now: datetime | None = None) -> SessionInfo | None:
     """The session behind a cookie's id, or None when it is unknown, revoked, expired or idle
     too long. Marks it used (at most once a minute, so page views rarely write)."""
@@ -105,7 +105,7 @@ def active_session(store: Store, session_id: str, *, idle_seconds: float,
                            expires_at=expires)
 
 
-def revoke_session(store: Store, session_id: str, reason: str = "signed out",
+def revoke_session(store: StoreEngine, session_id: str, reason: str = "signed out",
                    now: datetime | None = None) -> bool:
     """End a session for every copy of its cookie. True when it was still in force."""
     if not SECRET_PATTERN.fullmatch(session_id):
@@ -117,7 +117,7 @@ def revoke_session(store: Store, session_id: str, reason: str = "signed out",
         return bool(getattr(result, "rowcount", 0) == 1)
 
 
-def issue_login_link(store: Store, actor: str, ttl_seconds: int = 600) -> str:
+def issue_login_link(store: StoreEngine, actor: str, ttl_seconds: int = 600) -> str:
     """A single-use sign-in link for the account named `actor` (a name from `api.admin_tokens`
     or `api.read_tokens`), valid for `ttl_seconds`: the path `/login/once/<code>`, to be put
     after the dashboard's address. Following it signs the browser in as that account (while
@@ -135,7 +135,7 @@ def issue_login_link(store: Store, actor: str, ttl_seconds: int = 600) -> str:
     return LOGIN_LINK_PREFIX + code
 
 
-def redeem_login_code(store: Store, code: str,
+def redeem_login_code(store: StoreEngine, code: str,
                       now: datetime | None = None) -> tuple[Redeemed, str | None]:
     """Use a sign-in code: ("ok", actor) the first time within its lifetime; ("used", None),
     ("expired", None) or ("unknown", None) otherwise. Two requests racing with the same code:

@@ -97,11 +97,14 @@ def test_worker_moves_a_patient_after_a_new_encounter(
     add_visits(loaded.base_url, moves, store)
     wait_for(lambda: team_practitioner(loaded.base_url, patient) == target,
              f"the CareTeam of {patient} to name {target}")
-    state = store.patient_state(patient)
-    assert state is not None and state["practitioner"] == target
-    triggers = {r["trigger"] for r in store.runs() if r["kind"] == "incremental"
-                and r["status"] == "succeeded" and (r["counts"] or {}).get("patients")}
-    assert ("subscription" in triggers) if mode == "subscription" else ("schedule" in triggers)
+    # The CareTeam is written before the pass commits to the store: wait for the store too.
+    wait_for(lambda: (store.patient_state(patient) or {}).get("practitioner") == target,
+             f"the store to assign {patient} to {target}")
+    wanted = "subscription" if mode == "subscription" else "schedule"
+    wait_for(lambda: wanted in {r["trigger"] for r in store.runs() if r["kind"] == "incremental"
+                                and r["status"] == "succeeded"
+                                and (r["counts"] or {}).get("patients")},
+             f"a succeeded incremental run triggered by {wanted}")
 
     if mode == "polling":
         # A run asked for through the API while the worker lives is queued and the worker runs

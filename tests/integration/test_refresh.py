@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from fhirpanel.config import FhirSettings, Settings
-from fhirpanel.fhir.build import CARE_TEAM_KIND, identifier_value
 from fhirpanel.fhir.client import FhirClient
 from fhirpanel.jobs import refresh as refresh_module
 from fhirpanel.jobs.refresh import (
@@ -29,8 +28,9 @@ from fhirpanel.jobs.refresh import (
 )
 from fhirpanel.sandbox.server import SandboxServer
 from fhirpanel.store import Store
+from fhirpanel.writeback.identity import CARE_TEAM_KIND, identifier_value
 from tests.conftest import AS_OF
-from tests.integration.faults import FaultProxy, outcome, send
+from tests.integration.faults import ConnectionCut, FaultProxy, outcome, send
 
 AS_OF_DATE = date.fromisoformat(AS_OF)
 FAST = {"max_retries": 1, "backoff_factor": 0.01, "backoff_max": 0.05,
@@ -219,15 +219,18 @@ def test_the_same_patient_twice_is_processed_once(loaded: SandboxServer, store: 
 
 
 def test_a_crash_before_commit_leaves_the_watermark_and_the_next_pass_finishes(
-        loaded: SandboxServer, store: Store, after_full: RefreshResult) -> None:
+        loaded: SandboxServer, store: Store, after_full: RefreshResult,
+        cut_connection: ConnectionCut) -> None:
     settings = settings_for(loaded.base_url)
     watermark = store.watermark(loaded.base_url)
     moves = pick_moves(store, 2)
     add_visits(loaded.base_url, moves, store)
 
-    crashed = incremental_refresh(settings, store, as_of=AS_OF_DATE, fail_after_batches=1)
+    cut_connection.arm(after_batches=0)  # the server goes away at the pass's first write
+    crashed = incremental_refresh(settings, store, as_of=AS_OF_DATE)
+    cut_connection.disarm()
     assert crashed.status == "failed"
-    assert "fail_after_batches" in (crashed.error or "")
+    assert "connection to the FHIR server lost" in (crashed.error or "")
     assert store.watermark(loaded.base_url) == watermark
     assert store.runs()[0]["status"] == "failed"
     assert store.lock_info() is None  # released

@@ -17,11 +17,19 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
 from fhirpanel.config import Settings
+from fhirpanel.domain.attribution import Assignment, AttributionResult, EligibilityReport
+from fhirpanel.domain.outcome import RunOutcome
+from fhirpanel.domain.outreach import OutreachItem
+from fhirpanel.domain.panels import AgeSexWeights, Panel, PanelSummary, Suggestion
+from fhirpanel.domain.records import PatientRecord, Population, PractitionerRecord
+from fhirpanel.domain.risk import RiskResult
 from fhirpanel.fhir.source import NdjsonSource
 from fhirpanel.jobs.refresh import full_refresh
+from fhirpanel.jobs.rows import result_rows
 from fhirpanel.run import run_full
 from fhirpanel.store import Store
 from fhirpanel.store.models import Base
+from fhirpanel.store.results import ClinicianRow, PatientRow, ResultRows
 from tests.conftest import AS_OF, POPULATION_DIR
 
 AS_OF_DATE = date.fromisoformat(AS_OF)
@@ -247,7 +255,6 @@ def test_confirming_a_clinician_the_patient_no_longer_has_is_refused(filled: Sto
 def test_a_full_run_removes_absent_patients_only_when_its_read_was_complete(
         filled: Store, remove_missing: bool) -> None:
     from fhirpanel.fhir.source import MemorySource, NdjsonSource
-    from fhirpanel.jobs import refresh
 
     resources = [r for r in (item for rtype in ("Patient", "Encounter", "Condition",
                                                 "Practitioner", "PractitionerRole",
@@ -263,9 +270,103 @@ def test_a_full_run_removes_absent_patients_only_when_its_read_was_complete(
     outcome = run_full(Settings.load(env={}), MemorySource(subset), AS_OF_DATE)
     run_id = filled.start_run("full", "test", "memory", AS_OF)
     with filled.session() as s:
-        counts = filled.save_outcome(
-            s, outcome, run_id, full=True, report_patients=refresh._report_patients(outcome),
-            weights=refresh._patient_weights(outcome, outcome.panels.weights),
-            clinician_names=refresh._names(outcome), remove_missing=remove_missing)
+        counts = filled.save_results(s, result_rows(outcome, clinicians=True), run_id,
+                                     full=True, remove_missing=remove_missing)
     assert counts["patients_removed"] == (300 - len(keep) if remove_missing else 0)
     assert len(filled.patient_ids()) == (len(keep) if remove_missing else 300)
+
+
+def small_outcome() -> RunOutcome:
+    """Three patients and two clinicians, every field the rows carry set by hand."""
+    as_of = date(2026, 11, 22)
+    population = Population(
+        patients={
+            "Patient/a": PatientRecord("Patient/a", birth_date=date(1950, 1, 1), sex="female"),
+            "Patient/b": PatientRecord("Patient/b", birth_date=date(2020, 6, 1), sex="male"),
+            "Patient/c": PatientRecord("Patient/c", active=False)},
+        practitioners={"Practitioner/p1": PractitionerRecord("Practitioner/p1", name="Dr One")})
+    eligibility = EligibilityReport(by_code=("Practitioner/p1", "Practitioner/p2"), by_text=(),
+                                    not_matched=(), fallback_all_on_visits=False,
+                                    pediatric=("Practitioner/p2",))
+    assignments = (
+        Assignment("Patient/a", "assigned", "Practitioner/p1", rule="plurality",
+                   step="four-cut-18m", last_visit=date(2026, 3, 4)),
+        Assignment("Patient/b", "unassigned", reason="no qualifying visit"),
+        Assignment("Patient/c", "excluded", reason="inactive"))
+    risk = RiskResult("Patient/a", charlson=3, charlson_categories=("chf",), hcc=1.234,
+                      hccs=("HCC85",), interactions=(), ed_visits=1, inpatient_stays=0,
+                      chronic_conditions=("chf", "copd"), ccm_eligible=True, tier=2,
+                      tier_rule="charlson", basis_conditions=("Condition/k1",))
+    panels = PanelSummary(
+        panels=(Panel("Practitioner/p1", 1, 2.5, 1800.0, 1797.5, tiers=(("1", 0), ("2", 1)),
+                      hcc_adjusted_size=1.1),
+                Panel("Practitioner/p2", 0, 0.0, 1500.0, 1500.0)),
+        suggestions=(Suggestion("Patient/b", "Practitioner/p2", "most open capacity"),),
+        weights=AgeSexWeights({("75-84", "female"): 2.5}))
+    return RunOutcome(
+        as_of=as_of, source="memory", population=population,
+        attribution=AttributionResult(as_of, "default", assignments, eligibility),
+        risk={"Patient/a": risk}, panels=panels,
+        outreach=(OutreachItem("Patient/a", "Practitioner/p1", ("not-seen-12m",),
+                               date(2026, 3, 4), None),),
+        tier_distribution={"2": 1})
+
+
+def test_result_rows_map_an_outcome_to_plain_rows() -> None:
+    outcome = small_outcome()
+    rows = result_rows(outcome, clinicians=True)
+    a, b, c = rows.patients
+    assert a == PatientRow(
+        patient="Patient/a", status="assigned", practitioner="Practitioner/p1",
+        rule="plurality", step="four-cut-18m", reason=None, tier=2, charlson=3, hcc=1.234,
+        ccm_eligible=True, weight=2.5, last_visit="2026-03-04", outreach=("not-seen-12m",),
+        suggested=None, suggestion_reason=None, detail=a.detail)
+    assert a.detail["practitioner"] == "Practitioner/p1"
+    assert a.detail["risk"]["tier"] == 2 and a.detail["last_visit"] == "2026-03-04"
+    # No weight for a boy of 6 in the table: 1.0; no risk: the defaults.
+    assert (b.status, b.weight, b.tier, b.charlson, b.hcc, b.ccm_eligible) == (
+        "unassigned", 1.0, None, None, None, False)
+    assert (b.suggested, b.suggestion_reason, b.reason) == (
+        "Practitioner/p2", "most open capacity", "no qualifying visit")
+    assert (c.status, c.reason, c.detail) == ("excluded", "inactive",
+                                              {"patient": "Patient/c", "status": "excluded",
+                                               "reason": "inactive"})
+    assert rows.clinicians == (
+        ClinicianRow("Practitioner/p1", "Dr One", eligible=True, pediatric=False, size=1,
+                     risk_adjusted_size=2.5, capacity=1800.0, open_capacity=1797.5,
+                     hcc_adjusted_size=1.1, tiers={"1": 0, "2": 1}),
+        ClinicianRow("Practitioner/p2", None, eligible=True, pediatric=True, size=0,
+                     risk_adjusted_size=0.0, capacity=1500.0, open_capacity=1500.0))
+    assert result_rows(outcome, clinicians=False).clinicians is None
+
+
+def test_the_store_saves_plain_rows(store: Store) -> None:
+    rows = result_rows(small_outcome(), clinicians=True)
+    run_id = store.start_run("full", "test", "memory", AS_OF)
+    with store.session() as s:
+        counts = store.save_results(s, rows, run_id, full=True)
+    assert counts == {"patients_stored": 3, "assignments_changed": 0, "patients_new": 3,
+                      "patients_removed": 0}
+    a = store.patient_state("Patient/a")
+    assert a is not None
+    assert {k: a[k] for k in ("status", "practitioner", "rule", "tier", "weight", "outreach",
+                              "confirmation", "override", "run_id")} == {
+        "status": "assigned", "practitioner": "Practitioner/p1", "rule": "plurality",
+        "tier": 2, "weight": 2.5, "outreach": ["not-seen-12m"], "confirmation": "proposed",
+        "override": False, "run_id": run_id}
+    p1 = store.clinician("Practitioner/p1")
+    assert p1 is not None
+    assert (p1["name"], p1["size"], p1["tiers"], p1["unconfirmed"]) == (
+        "Dr One", 1, {"1": 0, "2": 1}, 1)
+    # An incremental pass keeps the panels and recomputes them from the patients table.
+    moved = ResultRows(patients=(PatientRow("Patient/a", "assigned", "Practitioner/p2",
+                                            rule="plurality", weight=2.5),))
+    with store.session() as s:
+        counts = store.save_results(s, moved, run_id, full=False)
+    assert counts["assignments_changed"] == 1
+    assert [h["practitioner"] for h in store.history("Patient/a")] == [
+        "Practitioner/p1", "Practitioner/p2"]
+    assert [(c["practitioner"], c["size"]) for c in store.clinicians()] == [
+        ("Practitioner/p1", 0), ("Practitioner/p2", 1)]
+    with pytest.raises(ValueError, match="clinicians"), store.session() as s:
+        store.save_results(s, moved, run_id, full=True)

@@ -1,0 +1,326 @@
+"""A pass's results: each patient's current assignment and risk (`patients`), their assignment
+history (`assignment_history`) and the clinicians' panels (`clinicians`); saving them, and
+reading them back.
+
+The store takes plain rows (`PatientRow`, `ClinicianRow`, bundled as `ResultRows`), never the
+domain's outcome: the caller maps a pass's outcome to rows (`fhirpanel.jobs.rows`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from fhirpanel.store.engine import CHUNK, StoreEngine, iso, now_utc
+from fhirpanel.store.models import (
+    AssignmentHistory,
+    Clinician,
+    Confirmation,
+    Override,
+    PatientState,
+    PendingPatient,
+)
+
+
+@dataclass(frozen=True)
+class PatientRow:
+    """One patient as a pass computed them: the `patients` columns a pass decides."""
+
+    patient: str
+    status: str  # assigned | unassigned | excluded
+    practitioner: str | None = None
+    rule: str | None = None  # `manual` for an override in force
+    step: str | None = None
+    reason: str | None = None
+    tier: int | None = None
+    charlson: int | None = None
+    hcc: float | None = None
+    ccm_eligible: bool = False
+    weight: float = 1.0  # age/sex weight (panel sizing)
+    last_visit: str | None = None  # YYYY-MM-DD
+    outreach: tuple[str, ...] = ()
+    suggested: str | None = None
+    suggestion_reason: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)  # the report's entry
+
+
+@dataclass(frozen=True)
+class ClinicianRow:
+    """One clinician's panel as a full pass computed it."""
+
+    practitioner: str
+    name: str | None
+    eligible: bool
+    pediatric: bool
+    size: int
+    risk_adjusted_size: float
+    capacity: float
+    open_capacity: float
+    hcc_adjusted_size: float | None = None
+    tiers: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResultRows:
+    """What one pass stores. `clinicians`: every panel, for a full pass (it replaces them all);
+    None for an incremental pass, whose panel figures are recomputed from the patients table."""
+
+    patients: tuple[PatientRow, ...]
+    clinicians: tuple[ClinicianRow, ...] | None = None
+
+
+class ResultStore(StoreEngine):
+    """Patients, their history and the clinicians' panels."""
+
+    def save_results(self, s: Session, rows: ResultRows, run_id: int, *, full: bool,
+                     done_pending: Iterable[str] = (), started_at: datetime | None = None,
+                     gone: Sequence[str] = (), remove_missing: bool = True) -> dict[str, int]:
+        """Store the patients a run computed (all of them for a full run, which also removes
+        patients no longer on the server), their history, and the panels. Returns counts of
+        changed assignments.
+
+        `started_at`: when the run read its overrides and queue. Queue entries and overrides
+        made after it (while the run computed) stay pending for the next pass."""
+        if full and rows.clinicians is None:
+            raise ValueError("a full pass replaces every panel: give ResultRows.clinicians")
+        now = now_utc()
+        cutoff = started_at or now
+        ids = [p.patient for p in rows.patients]
+        existing = _existing_states(s, ids, full=full)
+        overrides = {r.patient for r in s.scalars(
+            select(Override).where(Override.removed_at.is_(None),
+                                   Override.created_at <= cutoff))}
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        history: list[dict[str, Any]] = []
+        close_history: list[str] = []
+        changed = 0
+        touched_clinicians: set[str] = set()
+        for p in rows.patients:
+            row = _patient_values(p, override=p.patient in overrides and p.rule == "manual",
+                                  run_id=run_id, now=now)
+            before = existing.get(p.patient)
+            if p.practitioner:
+                touched_clinicians.add(p.practitioner)
+            if before is None:
+                inserts.append(row)
+            else:
+                updates.append(row)
+                if before[1]:
+                    touched_clinicians.add(before[1])
+            key = (p.status, p.practitioner, p.rule)
+            if before is None or before != key:
+                changed += before is not None
+                if before is not None:
+                    close_history.append(p.patient)
+                history.append({"patient": p.patient, "status": p.status,
+                                "practitioner": p.practitioner, "rule": p.rule,
+                                "step": p.step, "valid_from": now, "valid_to": None,
+                                "run_id": run_id})
+        for start in range(0, len(close_history), CHUNK):
+            s.execute(update(AssignmentHistory).where(
+                AssignmentHistory.patient.in_(close_history[start:start + CHUNK]),
+                AssignmentHistory.valid_to.is_(None)).values(valid_to=now))
+        if inserts:
+            s.execute(insert(PatientState), inserts)
+        if updates:
+            s.execute(update(PatientState), updates)
+        if history:
+            s.execute(insert(AssignmentHistory), history)
+        # Patients no longer on the server: every one a full run did not see, and those an
+        # incremental pass was told of (`gone`: changed, then not found).
+        if full:
+            # `remove_missing=False`: the read was known to be incomplete (a Bulk export
+            # reported errors): absence proves nothing, so nobody is removed.
+            vanished = sorted(set(existing) - set(ids)) if remove_missing else []
+        else:
+            vanished = sorted(set(gone) - set(ids))
+        for start in range(0, len(vanished), CHUNK):
+            batch = vanished[start:start + CHUNK]
+            if not full:
+                touched_clinicians.update(p for p in s.scalars(
+                    select(PatientState.practitioner).where(PatientState.patient.in_(batch)))
+                    if p)
+            s.execute(update(AssignmentHistory).where(
+                AssignmentHistory.patient.in_(batch),
+                AssignmentHistory.valid_to.is_(None)).values(valid_to=now))
+            s.execute(delete(PatientState).where(PatientState.patient.in_(batch)))
+        removed = len(vanished)
+        if full:
+            _save_clinicians(s, rows.clinicians or (), now)
+        # Confirmations in SQL, after the rows are written and inside this transaction: a
+        # confirm() committed while the run computed is not overwritten.
+        _refresh_confirmations(s, None if full else ids)
+        if not full:
+            recompute_clinicians(s, sorted(touched_clinicians))
+        else:
+            recompute_clinicians(s, list(s.scalars(select(Clinician.practitioner))),
+                                 sizes=False)
+        # The queue entries and overrides this pass took in are done with.
+        done = list(done_pending)
+        for start in range(0, len(done), CHUNK):
+            s.execute(delete(PendingPatient).where(
+                PendingPatient.patient.in_(done[start:start + CHUNK]),
+                PendingPatient.since <= cutoff))
+        applied = sorted(overrides & set(ids))
+        for start in range(0, len(applied), CHUNK):
+            s.execute(update(Override).where(
+                Override.removed_at.is_(None), Override.applied_run.is_(None),
+                Override.created_at <= cutoff,
+                Override.patient.in_(applied[start:start + CHUNK])).values(applied_run=run_id))
+        return {"patients_stored": len(ids), "assignments_changed": changed,
+                "patients_new": len(inserts), "patients_removed": removed}
+
+    def assignment_states(self) -> dict[str, tuple[str, str | None]]:
+        """patient -> (status, practitioner) as stored: what a pass's changes are measured on."""
+        with self.session() as s:
+            return {p: (st, pr) for p, st, pr in s.execute(
+                select(PatientState.patient, PatientState.status, PatientState.practitioner))}
+
+    def patient_ids(self) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(PatientState.patient).order_by(PatientState.patient)))
+
+    def patient_state(self, patient: str) -> dict[str, Any] | None:
+        with self.session() as s:
+            row = s.get(PatientState, patient)
+            return patient_dict(row) if row is not None else None
+
+    def history(self, patient: str) -> list[dict[str, Any]]:
+        with self.session() as s:
+            rows = s.scalars(select(AssignmentHistory).where(AssignmentHistory.patient == patient)
+                             .order_by(AssignmentHistory.id))
+            return [{"status": r.status, "practitioner": r.practitioner, "rule": r.rule,
+                     "step": r.step, "valid_from": iso(r.valid_from),
+                     "valid_to": iso(r.valid_to), "run_id": r.run_id} for r in rows]
+
+    def clinicians(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            rows = s.scalars(select(Clinician).order_by(Clinician.practitioner))
+            return [clinician_dict(r) for r in rows]
+
+    def clinician(self, practitioner: str) -> dict[str, Any] | None:
+        with self.session() as s:
+            row = s.get(Clinician, practitioner)
+            return clinician_dict(row) if row is not None else None
+
+
+def recompute_clinicians(s: Session, practitioners: Sequence[str], *, sizes: bool = True
+                         ) -> None:
+    """Panel figures from the patients table: size, risk-adjusted size, tiers, unconfirmed.
+    Capacity stays as the last full run computed it."""
+    wanted = sorted(set(practitioners))
+    for start in range(0, len(wanted), CHUNK):
+        batch = wanted[start:start + CHUNK]
+        assigned = (PatientState.status == "assigned")
+        totals = {p: (int(n), float(w or 0.0), int(u or 0)) for p, n, w, u in s.execute(
+            select(PatientState.practitioner, func.count(), func.sum(PatientState.weight),
+                   func.sum(case((PatientState.confirmation == "proposed", 1), else_=0)))
+            .where(assigned, PatientState.practitioner.in_(batch))
+            .group_by(PatientState.practitioner))}
+        tiers: dict[str, dict[str, int]] = {}
+        for p, tier, n in s.execute(
+                select(PatientState.practitioner, PatientState.tier, func.count())
+                .where(assigned, PatientState.practitioner.in_(batch),
+                       PatientState.tier.is_not(None))
+                .group_by(PatientState.practitioner, PatientState.tier)):
+            tiers.setdefault(str(p), {})[str(tier)] = int(n)
+        for practitioner in batch:
+            row = s.get(Clinician, practitioner)
+            if row is None:
+                continue
+            size, weight, unconfirmed = totals.get(practitioner, (0, 0.0, 0))
+            row.unconfirmed = unconfirmed
+            if sizes:
+                row.size = size
+                row.risk_adjusted_size = weight
+                row.open_capacity = row.capacity - weight
+                known = dict.fromkeys(row.tiers or {}, 0)
+                row.tiers = dict(sorted({**known, **tiers.get(practitioner, {})}.items()))
+                row.updated_at = now_utc()
+
+
+def _patient_values(p: PatientRow, *, override: bool, run_id: int,
+                    now: datetime) -> dict[str, Any]:
+    return {"patient": p.patient, "status": p.status, "practitioner": p.practitioner,
+            "rule": p.rule, "step": p.step, "reason": p.reason, "tier": p.tier,
+            "charlson": p.charlson, "hcc": p.hcc, "ccm_eligible": p.ccm_eligible,
+            "weight": p.weight, "last_visit": p.last_visit, "override": override,
+            "outreach": list(p.outreach), "suggested": p.suggested,
+            "suggestion_reason": p.suggestion_reason, "detail": dict(p.detail),
+            "run_id": run_id, "updated_at": now}
+
+
+def _existing_states(s: Session, ids: Sequence[str], *, full: bool
+                     ) -> dict[str, tuple[str, str | None, str | None]]:
+    cols = (PatientState.patient, PatientState.status, PatientState.practitioner,
+            PatientState.rule)
+    if full:
+        return {p: (st, pr, ru) for p, st, pr, ru in s.execute(select(*cols))}
+    out: dict[str, tuple[str, str | None, str | None]] = {}
+    for start in range(0, len(ids), CHUNK):
+        for p, st, pr, ru in s.execute(select(*cols).where(
+                PatientState.patient.in_(ids[start:start + CHUNK]))):
+            out[p] = (st, pr, ru)
+    return out
+
+
+def _refresh_confirmations(s: Session, ids: Sequence[str] | None) -> None:
+    """Each patient's confirmation: the newest confirmation of the current clinician made
+    since the current assignment began (one made before a move away and back has lapsed)."""
+    began = (select(func.max(AssignmentHistory.valid_from))
+             .where(AssignmentHistory.patient == PatientState.patient,
+                    AssignmentHistory.valid_to.is_(None))
+             .scalar_subquery())
+    latest = (select(Confirmation.confirmed_by)
+              .where(Confirmation.patient == PatientState.patient,
+                     Confirmation.practitioner == PatientState.practitioner,
+                     Confirmation.created_at >= began)
+              .order_by(Confirmation.id.desc()).limit(1)
+              .scalar_subquery())
+    value = func.coalesce(latest, "proposed")
+    if ids is None:
+        s.execute(update(PatientState).values(confirmation=value),
+                  execution_options={"synchronize_session": False})
+        return
+    for start in range(0, len(ids), CHUNK):
+        s.execute(update(PatientState).where(PatientState.patient.in_(ids[start:start + CHUNK]))
+                  .values(confirmation=value), execution_options={"synchronize_session": False})
+
+
+def _save_clinicians(s: Session, clinicians: Iterable[ClinicianRow], now: datetime) -> None:
+    s.execute(delete(Clinician))
+    rows = [{"practitioner": c.practitioner, "name": c.name, "eligible": c.eligible,
+             "pediatric": c.pediatric, "size": c.size,
+             "risk_adjusted_size": c.risk_adjusted_size,
+             "hcc_adjusted_size": c.hcc_adjusted_size, "capacity": c.capacity,
+             "open_capacity": c.open_capacity, "tiers": dict(c.tiers), "unconfirmed": 0,
+             "updated_at": now} for c in clinicians]
+    if rows:
+        s.execute(insert(Clinician), rows)
+
+
+def patient_dict(r: PatientState) -> dict[str, Any]:
+    return {"patient": r.patient, "status": r.status, "practitioner": r.practitioner,
+            "rule": r.rule, "step": r.step, "reason": r.reason, "tier": r.tier,
+            "charlson": r.charlson, "hcc": r.hcc, "ccm_eligible": r.ccm_eligible,
+            "weight": r.weight, "last_visit": r.last_visit, "confirmation": r.confirmation,
+            "override": r.override, "outreach": r.outreach or [], "suggested": r.suggested,
+            "suggestion_reason": r.suggestion_reason, "detail": r.detail or {},
+            "run_id": r.run_id, "updated_at": iso(r.updated_at)}
+
+
+def clinician_dict(r: Clinician) -> dict[str, Any]:
+    return {"practitioner": r.practitioner, "name": r.name, "eligible": r.eligible,
+            "pediatric": r.pediatric, "size": r.size,
+            "risk_adjusted_size": round(r.risk_adjusted_size, 1),
+            "hcc_adjusted_size": (round(r.hcc_adjusted_size, 1)
+                                  if r.hcc_adjusted_size is not None else None),
+            "capacity": round(r.capacity), "open_capacity": round(r.open_capacity, 1),
+            "tiers": r.tiers or {}, "unconfirmed": r.unconfirmed,
+            "updated_at": iso(r.updated_at)}
