@@ -19,7 +19,6 @@ import io
 import ipaddress
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,11 +34,13 @@ from fhirpanel.api.openapi import build_openapi
 from fhirpanel.api.problems import forbidden, register_problem_handlers, unauthorized
 from fhirpanel.config import ApiSettings, Settings
 from fhirpanel.errors import ConfigError
+from fhirpanel.service.review import Trigger
 from fhirpanel.store import Store
+from fhirpanel.tables import Tables
+from fhirpanel.vocabulary import STARTABLE_KINDS
 
 log = logging.getLogger(__name__)
 
-Trigger = Callable[[str, str], int | None]  # (kind, trigger) → run id, or None when busy
 PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.readyz"})
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 
@@ -55,6 +56,7 @@ class ApiContext:
     metrics: ApiMetrics
     fhir_probe: FhirProbe
     openapi: dict[str, Any]
+    tables: Tables
 
 
 def default_trigger(settings: Settings, store: Store) -> Trigger:
@@ -63,7 +65,7 @@ def default_trigger(settings: Settings, store: Store) -> Trigger:
     def trigger(kind: str, by: str) -> int | None:
         from fhirpanel.jobs.refresh import request_run
 
-        if kind not in ("full", "incremental"):
+        if kind not in STARTABLE_KINDS:
             raise ValueError(f"unknown refresh kind {kind!r}")
         return request_run(settings, store, kind, by)  # type: ignore[arg-type]
 
@@ -71,8 +73,11 @@ def default_trigger(settings: Settings, store: Store) -> Trigger:
 
 
 def create_app(settings: Settings | None = None, *, store: Store | None = None,
-               trigger: Trigger | None = None, allow_no_tokens: bool = False) -> Flask:
+               trigger: Trigger | None = None, allow_no_tokens: bool = False,
+               tables: Tables | None = None) -> Flask:
     settings = settings if settings is not None else Settings.load()
+    # Loaded once: a broken mapping file stops the app at start, not a page later.
+    tables = tables if tables is not None else Tables.load(settings)
     tokens = TokenTable.from_settings(settings.api)
     if not tokens and not allow_no_tokens:
         raise ConfigError("no API tokens configured: set api.admin_tokens and/or "
@@ -94,7 +99,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None,
         settings=settings, store=store,
         trigger=trigger if trigger is not None else default_trigger(settings, store),
         tokens=tokens, metrics=ApiMetrics(store), fhir_probe=FhirProbe(settings.fhir),
-        openapi=build_openapi(settings.api))
+        openapi=build_openapi(settings.api), tables=tables)
     app.extensions["fhirpanel"] = context
 
     register_problem_handlers(app)

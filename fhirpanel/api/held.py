@@ -28,11 +28,14 @@ from fhirpanel.jobs.refresh import accept_held_run
 from fhirpanel.store import Store
 from fhirpanel.store.models import Run
 from fhirpanel.store.repository import NotHeld
+from fhirpanel.vocabulary import RunKind, RunStatus
 
 log = logging.getLogger(__name__)
 
-REFRESH_KINDS = ("full", "incremental")  # runs whose acceptance starts the next pass here
-SUPERSEDING = ("succeeded", "partial", "accepted")  # a later run in these: the held one is moot
+# Runs whose acceptance starts the next pass here.
+REFRESH_KINDS = (RunKind.FULL, RunKind.INCREMENTAL)
+# A later run in these: the held one is moot.
+SUPERSEDING = (RunStatus.SUCCEEDED, RunStatus.PARTIAL, RunStatus.ACCEPTED)
 
 
 class Superseded(Exception):
@@ -79,7 +82,8 @@ def superseded(store: Store, runs: list[dict[str, Any]]) -> dict[int, dict[str, 
     out: dict[int, dict[str, Any]] = {}
     with store.session() as s:
         for run in runs:
-            kinds = list(REFRESH_KINDS) if run["kind"] == "incremental" else [run["kind"]]
+            kinds = (list(REFRESH_KINDS) if run["kind"] == RunKind.INCREMENTAL
+                     else [run["kind"]])
             row = s.execute(select(Run.id, Run.kind, Run.status).where(
                 Run.id > run["id"], Run.source == run["source"], Run.kind.in_(kinds),
                 Run.status.in_(SUPERSEDING)).order_by(Run.id).limit(1)).first()
@@ -105,7 +109,7 @@ def superseded_reason(run: Mapping[str, Any], later: Mapping[str, Any]) -> str:
 def not_held_reason(run: Mapping[str, Any]) -> str:
     """Why a run cannot be accepted, for a 409 or a flash message."""
     accepted = (run.get("counts") or {}).get("accepted")
-    if run.get("status") == "accepted" and isinstance(accepted, Mapping):
+    if run.get("status") == RunStatus.ACCEPTED and isinstance(accepted, Mapping):
         return (f"run {run['id']} was already accepted by {accepted.get('by', '?')} at "
                 f"{accepted.get('at', '?')}")
     return f"run {run['id']} is not held (it is {run.get('status')}): only a held run can be " \
@@ -117,7 +121,7 @@ def accept(settings: Settings, store: Store, run_id: int, actor: str) -> Accepte
     Superseded when a later run made it moot. Once the acceptance is stored it stands: a next
     pass that cannot start is reported in `detail`, and the following pass uses it."""
     found = store.run(run_id)
-    if found is not None and found.get("status") == "held":
+    if found is not None and found.get("status") == RunStatus.HELD:
         later = superseded(store, [found]).get(run_id)
         if later is not None:
             raise Superseded(superseded_reason(found, later))
@@ -127,7 +131,7 @@ def accept(settings: Settings, store: Store, run_id: int, actor: str) -> Accepte
         raise
     except Exception as exc:
         stored = store.run(run_id)
-        if stored is None or stored.get("status") != "accepted":
+        if stored is None or stored.get("status") != RunStatus.ACCEPTED:
             raise
         log.warning("held run %d accepted by %s; the next pass could not start: %s", run_id,
                     actor, type(exc).__name__)
@@ -141,7 +145,7 @@ def accept(settings: Settings, store: Store, run_id: int, actor: str) -> Accepte
 def _next_detail(store: Store, run: Mapping[str, Any], next_run: int | None) -> str:
     if next_run is not None:
         started = store.run(next_run)
-        if started is not None and started.get("status") == "queued":
+        if started is not None and started.get("status") == RunStatus.QUEUED:
             return f"run {next_run} is queued for the worker to apply the change"
         return f"run {next_run} has started to apply the change"
     if run.get("kind") in REFRESH_KINDS:

@@ -20,7 +20,7 @@ import re
 API_LOGGERS = ("fhirpanel.api", "fhirpanel.api.app", "fhirpanel.api.auth",
                "fhirpanel.api.dashboard", "fhirpanel.api.health", "fhirpanel.api.metrics",
                "fhirpanel.api.params", "fhirpanel.api.problems", "fhirpanel.api.routes",
-               "fhirpanel.api.serve", "fhirpanel.store.sessions")
+               "fhirpanel.api.serve", "fhirpanel.service.review", "fhirpanel.store.sessions")
 
 _NAMED = {"\r": "\\r", "\n": "\\n", "\t": "\\t", "\\": "\\\\"}
 _CONTROLS = "\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069"

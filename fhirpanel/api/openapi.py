@@ -14,18 +14,18 @@ from fhirpanel.api.params import MAX_JSON_DEPTH
 from fhirpanel.config import ApiSettings
 from fhirpanel.store.queries import OUTREACH_KINDS, SORT_VALUES
 from fhirpanel.store.repository import CONFIRMERS, REQUESTERS
+from fhirpanel.vocabulary import FHIR_ID_PATTERN, STARTABLE_KINDS, RunKind, RunStatus
 
 JSON = "application/json"
 PROBLEM = "application/problem+json"
-FHIR_ID = r"[A-Za-z0-9\-.]{1,64}"
-RUN_KINDS = ["full", "incremental"]  # what POST /api/runs starts
-RECORDED_KINDS = [*RUN_KINDS, "run"]  # a recorded run: also `fhirpanel run --write`
-# Every status the store writes: queued (for the worker), running, then succeeded, partial
-# (some writes failed), failed, skipped (the lock was busy), abandoned (stopped before writing),
-# held (the brake stopped a too-large change; nothing written), accepted (a held run an operator
-# let through) or crashed (its process died; found when its lease was taken over).
-RUN_STATUSES = ["queued", "running", "succeeded", "partial", "failed", "skipped", "abandoned",
-                "held", "accepted", "crashed"]
+RUN_KINDS = [k.value for k in STARTABLE_KINDS]  # what POST /api/runs starts
+RECORDED_KINDS = [k.value for k in RunKind]  # a recorded run: also `fhirpanel run --write`
+# Every status the store writes (`RunStatus` says what each means), in the order this document
+# and /metrics have always listed them; a status added later comes at the end.
+_LISTED = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.SUCCEEDED, RunStatus.PARTIAL,
+           RunStatus.FAILED, RunStatus.SKIPPED, RunStatus.ABANDONED, RunStatus.HELD,
+           RunStatus.ACCEPTED, RunStatus.CRASHED)
+RUN_STATUSES = [s.value for s in (*_LISTED, *(s for s in RunStatus if s not in _LISTED))]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -100,7 +100,7 @@ def build_openapi(api: ApiSettings) -> dict[str, Any]:
         return _query("sort", {"type": "string", "enum": list(SORT_VALUES), "default": default},
                       "Sort key; a leading `-` sorts descending. Ties go by patient id.")
 
-    patient_id = _path("patient", {"type": "string", "pattern": f"^(Patient/)?{FHIR_ID}$"},
+    patient_id = _path("patient", {"type": "string", "pattern": f"^(Patient/)?{FHIR_ID_PATTERN}$"},
                        "The patient's id, bare (`pat-1`) or as a reference (`Patient/pat-1`)")
     read_errors = {"401": _problem("Unauthorized"), "503": _problem("Unavailable")}
     admin_errors = {**read_errors, "403": _problem("Forbidden"),
@@ -145,7 +145,7 @@ def build_openapi(api: ApiSettings) -> dict[str, Any]:
             "summary": "The patients of one panel",
             "parameters": [
                 _path("practitioner",
-                      {"type": "string", "pattern": f"^(Practitioner/)?{FHIR_ID}$"},
+                      {"type": "string", "pattern": f"^(Practitioner/)?{FHIR_ID_PATTERN}$"},
                       "The clinician's id, bare or as `Practitioner/<id>`"),
                 *paging, sort("patient"), tier,
                 _query("unconfirmed", {"type": "boolean"},
@@ -180,7 +180,7 @@ def build_openapi(api: ApiSettings) -> dict[str, Any]:
             "parameters": [
                 *paging, sort("-tier"),
                 _query("practitioner",
-                       {"type": "string", "pattern": f"^(Practitioner/)?{FHIR_ID}$"},
+                       {"type": "string", "pattern": f"^(Practitioner/)?{FHIR_ID_PATTERN}$"},
                        "Only this clinician's patients"),
                 _query("reason", {"type": "string", "enum": list(OUTREACH_KINDS)},
                        "Only this kind of outreach"),
@@ -338,7 +338,7 @@ def _responses(api: ApiSettings) -> dict[str, Any]:
 def _schemas() -> dict[str, Any]:
     string, integer, number, boolean = ({"type": t} for t in
                                         ("string", "integer", "number", "boolean"))
-    reference = {"type": "string", "pattern": r"^[A-Za-z]+/[A-Za-z0-9\-.]{1,64}$"}
+    reference = {"type": "string", "pattern": f"^[A-Za-z]+/{FHIR_ID_PATTERN}$"}
     tiers = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0},
              "description": "Patients per risk tier (`\"1\"` .. `\"4\"`)"}
     confirmation_state = {"type": "string", "enum": ["proposed", *CONFIRMERS]}
@@ -458,7 +458,7 @@ def _schemas() -> dict[str, Any]:
         }),
         "OverrideRequest": _obj({
             "practitioner": {"type": "string", "maxLength": 200,
-                             "pattern": f"^(Practitioner/)?{FHIR_ID}$",
+                             "pattern": f"^(Practitioner/)?{FHIR_ID_PATTERN}$",
                              "description": "An eligible clinician, bare id or reference"},
             "reason": {"type": "string", "maxLength": 500, "pattern": r"\S",
                        "description": "Why (goes into the audit log)"},
@@ -470,7 +470,7 @@ def _schemas() -> dict[str, Any]:
         "ConfirmRequest": _obj({
             "confirmed_by": {"type": "string", "enum": list(CONFIRMERS)},
             "practitioner": {"type": "string", "maxLength": 200,
-                             "pattern": f"^(Practitioner/)?{FHIR_ID}$",
+                             "pattern": f"^(Practitioner/)?{FHIR_ID_PATTERN}$",
                              "description": "The clinician being confirmed; must be the "
                                             "current one"},
             "note": {"type": "string", "maxLength": 500},

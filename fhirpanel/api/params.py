@@ -14,9 +14,8 @@ from typing import Any
 from flask import request
 
 from fhirpanel.api.problems import Problem, invalid, not_found
+from fhirpanel.service.review import reference
 
-# FHIR R4 id datatype: [A-Za-z0-9\-\.]{1,64}
-FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 INTEGER = re.compile(r"-?[0-9]{1,12}")  # plain ASCII digits: no `1_000`, no spaces
 # The API's bodies are flat objects; 64 levels is far more than any needs and far less than
 # the parser's recursion limit (a body nested 5,000 deep used to end in a RecursionError, 500).
@@ -24,18 +23,11 @@ MAX_JSON_DEPTH = 64
 # A JSON string (with its escapes; an unterminated one runs to the end) or a bracket: strings
 # are skipped whole, brackets counted. Possessive, and every string start matches: linear time.
 _JSON_TOKEN = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)|[\[\]{}]', re.S)
-# Both are used with fullmatch: `$` would let a trailing newline through.
-
-
-def reference(rtype: str, raw: str) -> str | None:
-    """`pat-1` or `Patient/pat-1` → `Patient/pat-1`; None when it is not a valid id."""
-    value = raw
-    if value.startswith(rtype + "/"):
-        value = value[len(rtype) + 1:]
-    return f"{rtype}/{value}" if FHIR_ID.fullmatch(value) else None
+# Patterns are used with fullmatch: `$` would let a trailing newline through.
 
 
 def path_reference(rtype: str, raw: str) -> str:
+    """A resource id in the path (`reference`: the one check, shared with the dashboard)."""
     ref = reference(rtype, raw)
     if ref is None:
         raise not_found(f"{raw!r} is not a {rtype} id")

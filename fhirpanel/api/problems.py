@@ -12,6 +12,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from fhirpanel.errors import BusyError, ConfigError, FhirpanelError
+from fhirpanel.service.errors import (
+    AssignmentMoved,
+    InvalidInput,
+    NoOverride,
+    NotAssigned,
+    PatientExcluded,
+    PatientNotFound,
+    ReviewError,
+)
 from fhirpanel.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -20,6 +29,12 @@ PROBLEM_JSON = "application/problem+json"
 # Problem types are URNs: stable names that promise no web page behind them.
 TYPE_PREFIX = "urn:fhirpanel:problem:"
 BEARER_REALM = 'Bearer realm="fhirpanel"'
+# The review service's refusals that are a 409, by problem type.
+REVIEW_CONFLICTS: dict[type[ReviewError], str] = {
+    PatientExcluded: "patient-excluded",
+    NotAssigned: "patient-not-assigned",
+    AssignmentMoved: "assignment-changed",
+}
 
 
 class Problem(Exception):
@@ -57,6 +72,17 @@ def not_found(detail: str) -> Problem:
 
 def conflict(detail: str, kind: str = "conflict") -> Problem:
     return Problem(409, "Conflict", detail, kind=kind)
+
+
+def review_problem(exc: ReviewError) -> Problem:
+    """A refusal of the review service: a wrong body member is a 422 naming it, an unknown
+    patient or a missing override a 404, a change the patient's state forbids a 409."""
+    if isinstance(exc, InvalidInput):
+        return invalid(exc.field, exc.message)
+    if isinstance(exc, PatientNotFound | NoOverride):
+        return not_found(str(exc))
+    kind = next((k for cls, k in REVIEW_CONFLICTS.items() if isinstance(exc, cls)), "conflict")
+    return conflict(str(exc), kind)
 
 
 def unauthorized(detail: str, *, bad_token: bool) -> Problem:
@@ -107,6 +133,8 @@ def register_problem_handlers(app: Flask) -> None:
 
     @app.errorhandler(FhirpanelError)
     def _ours(exc: FhirpanelError) -> Response:
+        if isinstance(exc, ReviewError):
+            return problem_response(review_problem(exc))
         if isinstance(exc, BusyError):
             return problem_response(conflict(str(exc), "busy"))
         if isinstance(exc, StoreError):

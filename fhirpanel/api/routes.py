@@ -1,8 +1,9 @@
 """The JSON API under `/api`: panels, patients and their explanation, the unassigned and outreach
-lists, overrides and confirmations, and runs. It only reads the store; changes go through the
-store's audited methods (the token's name is the actor) and then ask for an incremental refresh,
-best effort: a busy lock leaves the patient queued for the next one. A run the brake held (too
-large a change at once) is let through with `POST /api/runs/{id}/accept`."""
+lists, overrides and confirmations, and runs. It only reads the store; the explanation and the
+changes go through `fhirpanel.service.review` (the rules, shared with the dashboard; the token's
+name is the actor), which asks for an incremental refresh after an override, best effort: a
+busy lock leaves the patient queued for the next one. A run the brake held (too large a change
+at once) is let through with `POST /api/runs/{id}/accept`."""
 
 from __future__ import annotations
 
@@ -21,23 +22,20 @@ from fhirpanel.api.params import (
     int_param,
     json_body,
     path_reference,
-    reference,
     reference_param,
 )
-from fhirpanel.api.problems import Problem, conflict, invalid, not_found
-from fhirpanel.errors import FhirpanelError
-from fhirpanel.fhir.build import CARE_PLAN_KIND, CARE_TEAM_KIND, identifier_value
+from fhirpanel.api.problems import Problem, conflict, not_found
+from fhirpanel.service.review import ReviewService
 from fhirpanel.store import Store
 from fhirpanel.store import queries as q
-from fhirpanel.store.repository import CONFIRMERS, REQUESTERS, AssignmentChanged, NotHeld
+from fhirpanel.store.repository import CONFIRMERS, REQUESTERS, NotHeld
+from fhirpanel.vocabulary import STARTABLE_KINDS, RunStatus
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 TRIGGER = "api"  # recorded on runs the API starts
-AUDIT_LIMIT = 50  # audit entries in a patient's explanation
-RUN_KINDS = ("full", "incremental")
 MAX_TIER = 9
 MAX_RUN_ID = 2**31 - 1  # larger path values are no run (and would overflow SQLite's INTEGER)
 
@@ -137,36 +135,7 @@ def _panel_row(r: dict[str, Any]) -> dict[str, Any]:
 @bp.get("/patients/<path:patient>")
 def patient(patient: str) -> Response:
     """The full explanation of one patient's assignment and risk."""
-    store = _store()
-    ref, state = _stored_patient(patient)
-    detail = state.pop("detail", None) or {}
-    written = {}
-    for rtype, kind in (("CareTeam", CARE_TEAM_KIND), ("CarePlan", CARE_PLAN_KIND)):
-        entry = store.ledger_entry(rtype, identifier_value(kind, ref))
-        written[rtype] = None if entry is None else {
-            "reference": f"{rtype}/{entry['id']}", "version": entry["version"],
-            "identifier": entry["identifier"], "updated_at": entry["updated_at"]}
-    suggested = state.pop("suggested", None)
-    suggestion_reason = state.pop("suggestion_reason", None)
-    body = {
-        **state,
-        "suggested": ({"practitioner": suggested, "reason": suggestion_reason}
-                      if suggested else None),
-        "tie_broken": bool(detail.get("tie_broken", False)),
-        "sentinel_exam": detail.get("sentinel_exam"),
-        "practitioner_role": detail.get("practitioner_role"),
-        "visits": {str(k): int(v) for k, v in (detail.get("visits") or {}).items()},
-        "evidence": list(detail.get("evidence") or []),
-        "risk": detail.get("risk"),
-        "written": written,
-        "history": store.history(ref),
-        "active_override": store.override_for(ref),
-        "overrides": store.overrides(ref),
-        "confirmations": store.confirmations(ref),
-        "pending": q.is_pending(store, ref),
-        "audit": store.audit(limit=AUDIT_LIMIT, patient=ref),
-    }
-    return jsonify(body)
+    return jsonify(_review().explain(path_reference("Patient", patient)).as_dict())
 
 
 @bp.get("/unassigned")
@@ -205,32 +174,14 @@ def outreach() -> Response:
 
 
 # ---------------------------------------------------------------- changes (admin)
+# The review service checks and makes the change; its refusals become problem documents in
+# `problems.register_problem_handlers`. The patient is looked up before the body is read, so an
+# unknown patient is a 404 whatever the body.
 
 
-def _ask_refresh() -> dict[str, Any]:
-    """Start an incremental refresh so a change shows soon. Best effort: when the lock is busy
-    or the refresh cannot start, the patient stays queued for the next one."""
-    try:
-        run_id = current_app.extensions["fhirpanel"].trigger("incremental", TRIGGER)
-    except Exception as exc:  # the change is stored either way
-        log.warning("could not start a refresh after a change: %s", type(exc).__name__)
-        # Our own errors say what to fix (no source configured, say); others stay in the log.
-        detail = (str(exc) if isinstance(exc, FhirpanelError)
-                  else "the refresh could not start; the next one applies the change")
-        return {"run_id": None, "started": False, "detail": detail}
-    if run_id is None:
-        return {"run_id": None, "started": False,
-                "detail": "a refresh is running; the next one applies the change"}
-    return {"run_id": run_id, "started": True, "detail": "a refresh has started"}
-
-
-def _stored_patient(raw: str) -> tuple[str, dict[str, Any]]:
-    store = _store()
-    ref = path_reference("Patient", raw)
-    state = store.patient_state(ref)
-    if state is None:
-        raise not_found(f"no {ref} in the last refresh")
-    return ref, state
+def _review() -> ReviewService:
+    context = current_app.extensions["fhirpanel"]
+    return ReviewService.over(context.store, context.trigger, TRIGGER)
 
 
 OVERRIDE_BODY = (Member("practitioner", max_length=200), Member("reason", free_text=True),
@@ -241,37 +192,20 @@ OVERRIDE_BODY = (Member("practitioner", max_length=200), Member("reason", free_t
 @admin_only
 def add_override(patient: str) -> tuple[Response, int]:
     """Assign the patient to a clinician by hand; it takes effect at the next refresh."""
-    store = _store()
-    ref, state = _stored_patient(patient)
+    review = _review()
+    target = review.patient(path_reference("Patient", patient))
     body = json_body(OVERRIDE_BODY)
-    practitioner = reference("Practitioner", body["practitioner"])
-    if practitioner is None:
-        raise invalid("practitioner", "must be a Practitioner id or reference")
-    clinician = store.clinician(practitioner)
-    if clinician is None:
-        raise invalid("practitioner", f"{practitioner} is not a clinician in the last refresh")
-    if not clinician["eligible"]:
-        raise invalid("practitioner", f"{practitioner} is not eligible for a primary-care "
-                                      "panel")
-    if state["status"] == "excluded":
-        raise conflict(f"{ref} is not an active patient ({state['reason'] or 'excluded'}): "
-                       "there is nothing to assign", "patient-excluded")
-    override = store.add_override(ref, practitioner, reason=body["reason"],
-                                  requested_by=body["requested_by"], actor=_actor())
-    log.info("API: %s overrode %s to %s", _actor(), ref, practitioner)
-    return jsonify(override=override, refresh=_ask_refresh()), 201
+    done = review.override(target, body["practitioner"], reason=body["reason"],
+                           requested_by=body["requested_by"], actor=_actor())
+    return jsonify(override=done.override, refresh=done.refresh.as_dict()), 201
 
 
 @bp.delete("/assignments/<path:patient>/override")
 @admin_only
 def remove_override(patient: str) -> Response:
     """Remove the patient's override: the usual rules decide again at the next refresh."""
-    store = _store()
-    ref, _ = _stored_patient(patient)
-    if not store.remove_override(ref, _actor()):
-        raise not_found(f"{ref} has no override in force")
-    log.info("API: %s removed the override of %s", _actor(), ref)
-    return jsonify(removed=True, patient=ref, refresh=_ask_refresh())
+    done = _review().remove_override(path_reference("Patient", patient), actor=_actor())
+    return jsonify(removed=True, patient=done.patient, refresh=done.refresh.as_dict())
 
 
 CONFIRM_BODY = (Member("confirmed_by", choices=CONFIRMERS),
@@ -282,27 +216,13 @@ CONFIRM_BODY = (Member("confirmed_by", choices=CONFIRMERS),
 @bp.post("/assignments/<path:patient>/confirm")
 @admin_only
 def confirm(patient: str) -> tuple[Response, int]:
-    """Confirm the patient's current clinician, with the clinician or with the patient."""
-    store = _store()
-    ref, state = _stored_patient(patient)
+    """Confirm the patient's current clinician, with the clinician or with the patient; with
+    `practitioner`, only while that clinician is still the patient's."""
+    review = _review()
+    target = review.patient(path_reference("Patient", patient))
     body = json_body(CONFIRM_BODY)
-    current = state["practitioner"]
-    if state["status"] != "assigned" or not current:
-        raise conflict(f"{ref} is {state['status']}: only an assigned patient can be "
-                       "confirmed", "patient-not-assigned")
-    if "practitioner" in body:
-        asked = reference("Practitioner", body["practitioner"])
-        if asked is None:
-            raise invalid("practitioner", "must be a Practitioner id or reference")
-        if asked != current:
-            raise conflict(f"{ref} is assigned to {current}, not {asked}: reload and confirm "
-                           "the current assignment", "assignment-changed")
-    try:
-        confirmation = store.confirm(ref, current, confirmed_by=body["confirmed_by"],
-                                     actor=_actor(), note=body.get("note", ""))
-    except AssignmentChanged as exc:  # a refresh moved the patient since the read above
-        raise conflict(str(exc), "assignment-changed") from exc
-    log.info("API: %s confirmed %s with the %s", _actor(), ref, body["confirmed_by"])
+    confirmation = review.confirm(target, confirmed_by=body["confirmed_by"], actor=_actor(),
+                                  shown=body.get("practitioner"), note=body.get("note", ""))
     # A confirmation changes no attribution and nothing written back: no refresh needed.
     return jsonify(confirmation=confirmation), 201
 
@@ -333,13 +253,14 @@ def run(run_id: int) -> Response:
 @admin_only
 def start_run() -> tuple[Response, int, dict[str, str]]:
     """Start a full or incremental refresh in the background; refused while one runs."""
-    body = json_body((Member("kind", choices=RUN_KINDS),))
+    body = json_body((Member("kind", choices=STARTABLE_KINDS),))
     run_id = current_app.extensions["fhirpanel"].trigger(body["kind"], TRIGGER)
     if run_id is None:
         raise Problem(409, "Conflict", "a refresh is already running; try again when it has "
                                        "finished", kind="refresh-running")
     log.info("API: %s started %s refresh %s", _actor(), body["kind"], run_id)
-    found = _store().run(run_id) or {"id": run_id, "kind": body["kind"], "status": "running"}
+    found = _store().run(run_id) or {"id": run_id, "kind": body["kind"],
+                                     "status": RunStatus.RUNNING.value}
     return jsonify(found), 202, {"Location": f"{request.script_root}/api/runs/{run_id}"}
 
 
@@ -355,7 +276,7 @@ def accept_run(run_id: int) -> tuple[Response, int, dict[str, str]]:
     found = store.run(run_id) if run_id <= MAX_RUN_ID else None
     if found is None:
         raise not_found(f"no run {run_id}")
-    if found["status"] != "held":
+    if found["status"] != RunStatus.HELD:
         raise conflict(held.not_held_reason(found), "run-not-held")
     settings = current_app.extensions["fhirpanel"].settings
     try:

@@ -10,8 +10,6 @@ escaped (`fhirpanel.api.gunicorn_log.SafeLogger`), so a request cannot write a l
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 from typing import Any
 
@@ -43,7 +41,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "access_log_format": ACCESS_LOG_FORMAT,
         "logger_class": LOGGER_CLASS,
         "errorlog": "-",
-        "loglevel": settings.log_level.lower(),
+        "loglevel": settings.log_level_for(service=True).lower(),
         "timeout": 60,
         "graceful_timeout": 20,
         "preload_app": False,  # each worker opens its own store connections
@@ -91,26 +89,3 @@ def serve(settings: Settings) -> None:
     log.info("serving the API on http://%s:%d with %d worker(s)", api.host, api.port,
              api.workers)
     FhirpanelApplication().run()
-
-
-def register(subparsers: Any) -> None:
-    """Add `fhirpanel serve` to the CLI."""
-    cmd = subparsers.add_parser("serve", help="serve the API and dashboard with gunicorn")
-    cmd.add_argument("--config", help="a fhirpanel.toml settings file")
-    cmd.add_argument("--host", default=None, help="default: api.host (127.0.0.1)")
-    cmd.add_argument("--port", type=int, default=None, help="default: api.port (8000)")
-    cmd.add_argument("--database", default=None,
-                     help="the store's SQLAlchemy URL (default: settings)")
-    cmd.set_defaults(func=cmd_serve)
-
-
-def cmd_serve(args: argparse.Namespace, console: Any) -> int:
-    settings = Settings.load(args.config)
-    api_changes = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    if api_changes:
-        settings = dataclasses.replace(settings,
-                                       api=dataclasses.replace(settings.api, **api_changes))
-    if args.database:
-        settings = dataclasses.replace(settings, database_url=args.database)
-    serve(settings)
-    return 0

@@ -24,11 +24,11 @@ import pytest
 
 from fhirpanel.api.app import create_app
 from fhirpanel.config import Settings
-from fhirpanel.fhir.build import CARE_TEAM_KIND, identifier_value
 from fhirpanel.jobs.refresh import full_refresh, incremental_refresh
 from fhirpanel.sandbox.server import SandboxServer
 from fhirpanel.store import Store
 from fhirpanel.store.sessions import issue_login_link
+from fhirpanel.writeback.identity import CARE_TEAM_KIND, identifier_value
 from tests.conftest import AS_OF
 
 CHROMIUM = Path("/usr/bin/chromium")

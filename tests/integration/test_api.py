@@ -29,11 +29,11 @@ from fhirpanel.api.app import create_app
 from fhirpanel.api.auth import TokenTable
 from fhirpanel.config import Settings
 from fhirpanel.errors import ConfigError
-from fhirpanel.fhir.build import CARE_PLAN_KIND, CARE_TEAM_KIND, identifier_value
 from fhirpanel.jobs.refresh import full_refresh, run_queued
 from fhirpanel.sandbox.server import SandboxServer, free_port
-from fhirpanel.store import Store
+from fhirpanel.store import Store, reads
 from fhirpanel.store.models import Clinician, PatientState
+from fhirpanel.writeback.identity import CARE_PLAN_KIND, CARE_TEAM_KIND, identifier_value
 from tests.conftest import AS_OF, POPULATION_DIR, ROOT
 
 ADMIN = "admin-token-for-tests-0123456789"
@@ -461,6 +461,41 @@ def test_patient_explanation_shows_what_was_written(client: FlaskClient, store: 
     assert written["CareTeam"]["version"] == "3"
     assert written["CarePlan"]["reference"] == "CarePlan/cp-5"
     assert written["CarePlan"]["identifier"] == "careplan-cm.pat-000006"
+
+
+def test_the_explanation_reads_in_one_session_what_the_store_methods_read(
+        store: Store) -> None:
+    """`reads.patient_record` (one session) agrees with the store's methods (one session
+    each), with overrides, a confirmation, the audit and a ledger entry in place."""
+    patient = first_assigned(store)
+    ref, doc = patient["patient"], patient["practitioner"]
+    other = eligible_other(store, doc)
+    store.confirm(ref, doc, confirmed_by="patient", actor="alice", note="x")
+    store.add_override(ref, other, reason="one", requested_by="family", actor="alice")
+    store.add_override(ref, doc, reason="two", requested_by="clinician", actor="bob")
+    ledger = store.ledger(1)
+    team = identifier_value(CARE_TEAM_KIND, ref)
+    ledger.record("CareTeam", team, {"resourceType": "CareTeam", "id": "ct-1",
+                                     "meta": {"versionId": "4"}})
+    with store.session() as s:
+        ledger.flush(s)
+    plan = identifier_value(CARE_PLAN_KIND, ref)
+    record = reads.patient_record(store, ref, ledger=[("CareTeam", team), ("CarePlan", plan)],
+                                  audit_limit=2)
+    assert record is not None
+    assert record["state"] == store.patient_state(ref)
+    assert record["history"] == store.history(ref)
+    assert record["overrides"] == store.overrides(ref) and len(record["overrides"]) == 2
+    assert record["active_override"] == store.override_for(ref)
+    assert record["active_override"]["reason"] == "two"
+    assert record["confirmations"] == store.confirmations(ref)
+    assert record["audit"] == store.audit(limit=2, patient=ref)
+    assert [a["action"] for a in record["audit"]] == ["override", "override"]
+    assert record["pending"] is True and ref in store.pending_patients()
+    assert record["ledger"] == {"CareTeam": store.ledger_entry("CareTeam", team),
+                                "CarePlan": None}
+    assert record["ledger"]["CareTeam"]["id"] == "ct-1"
+    assert reads.patient_record(store, "Patient/pat-999999") is None
 
 
 def test_unknown_patient_is_404(client: FlaskClient) -> None:

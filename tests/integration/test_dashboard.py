@@ -607,7 +607,7 @@ def test_patient_page_shows_the_care_team_and_plan_written(
     try:
         result = full_refresh(settings, store, as_of=AS_OF_DATE, write=True)
         assert result.status == "succeeded", result.error
-        from fhirpanel.fhir.build import CARE_PLAN_KIND, CARE_TEAM_KIND, identifier_value
+        from fhirpanel.writeback.identity import CARE_PLAN_KIND, CARE_TEAM_KIND, identifier_value
 
         patient = next(p for p in store.patient_ids() if store.ledger_entry(
             "CarePlan", identifier_value(CARE_PLAN_KIND, p)))

@@ -21,6 +21,7 @@ from fhirpanel.api.dashboard import RUN_STATUS
 from fhirpanel.api.openapi import RUN_STATUSES, build_openapi
 from fhirpanel.api.params import MAX_JSON_DEPTH
 from fhirpanel.store import Store
+from fhirpanel.vocabulary import RunStatus
 from tests.conftest import AS_OF
 from tests.integration.test_api import (
     ADMIN_H,
@@ -228,18 +229,18 @@ def test_real_answers_conform_to_the_document(app: Flask, api_store: Store) -> N
 
 
 def test_run_statuses_cover_what_the_store_writes(document: dict[str, Any]) -> None:
-    """Every status string the jobs and the store write is in the document's enum (and in
-    the dashboard's labels): a run in any of them must validate."""
-    written: set[str] = set()
+    """A run's status is written only as a `RunStatus` member (no bare strings left in the
+    places that write or match one), and every member is in the document's enum and the
+    dashboard's labels: a run in any of them must validate and show."""
     root = Path(__file__).resolve().parents[2] / "fhirpanel"
-    # The places a run's status is written or matched (a Run's, not a patient's).
     pattern = re.compile(r'(?:Run\.status\s*==\s*|\bstatus=|row\.status, row\.counts = |'
                          r'_failed\(store, run_id, kind, |finish_run\(run_id, |finish\()'
                          r'"([a-z]+)"')
-    for path in [*(root / "jobs").glob("*.py"), *(root / "store").glob("*.py"),
-                 root / "cli.py"]:
-        written |= set(pattern.findall(path.read_text()))
-    assert {"held", "accepted", "crashed", "queued", "skipped"} <= written
+    places = [*(root / "jobs").glob("*.py"), *(root / "store").glob("*.py"),
+              *(root / "service").glob("*.py"), *(root / "commands").glob("*.py"),
+              root / "cli.py"]
+    literal = {str(p.relative_to(root)): found for p in places
+               if (found := pattern.findall(p.read_text()))}
+    assert literal == {}, literal
     enum = document["components"]["schemas"]["Run"]["properties"]["status"]["enum"]
-    assert written <= set(enum), written - set(enum)
-    assert set(RUN_STATUSES) == set(enum) == set(RUN_STATUS)
+    assert set(enum) == set(RUN_STATUSES) == set(RUN_STATUS) == {s.value for s in RunStatus}

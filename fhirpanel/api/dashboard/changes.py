@@ -1,0 +1,199 @@
+"""The forms that change something (admin tokens; `signin` checks the scope and CSRF): confirm,
+override and remove an override through the review service, start a refresh, accept a held
+run. Each answers with a redirect back and a flash message; the service's refusals are worded
+here for a person."""
+
+from __future__ import annotations
+
+from flask import abort, flash, redirect, request, url_for
+from flask.typing import ResponseReturnValue
+
+from fhirpanel.api import held
+from fhirpanel.api.dashboard.base import (
+    MAX_RUN_ID,
+    MAX_TEXT,
+    TRIGGER,
+    bare,
+    bp,
+    log,
+    review,
+    settings,
+    store,
+    trigger,
+)
+from fhirpanel.api.dashboard.pages import stored_patient
+from fhirpanel.api.dashboard.render import held_figures, practitioner_name, render
+from fhirpanel.api.dashboard.signin import safe_next, signed_in
+from fhirpanel.errors import FhirpanelError
+from fhirpanel.service.errors import (
+    AssignmentMoved,
+    IneligibleClinician,
+    InvalidChoice,
+    InvalidReference,
+    MissingText,
+    NoOverride,
+    NotAssigned,
+    PatientExcluded,
+    ReviewError,
+    UnknownClinician,
+)
+from fhirpanel.service.review import Refresh
+from fhirpanel.store.repository import NotHeld
+from fhirpanel.vocabulary import STARTABLE_KINDS, RunStatus
+
+
+def _back(default: str) -> ResponseReturnValue:
+    return redirect(safe_next(request.form.get("next"), default), code=303)
+
+
+def _text(name: str) -> str:
+    return " ".join(request.form.get(name, "").split())[:MAX_TEXT]
+
+
+def _patient_url(ref: str) -> str:
+    return url_for("dashboard.patient", patient=bare(ref))
+
+
+def _refreshed(what: str, refresh: Refresh) -> None:
+    """Say the change is stored, and when it shows (a busy lock: at the next refresh)."""
+    if refresh.run_id is None:
+        flash(f"{what} It will be applied by the next refresh.", "success")
+    else:
+        flash(f"{what} A refresh (run #{refresh.run_id}) has started to apply it.", "success")
+
+
+def _confirm_refusal(ref: str, exc: ReviewError) -> str:
+    if isinstance(exc, InvalidChoice):
+        return "Choose who confirmed: the clinician or the patient."
+    if isinstance(exc, NotAssigned):
+        return f"Patient {bare(ref)} has no clinician to confirm yet."
+    if isinstance(exc, AssignmentMoved) and exc.current is not None:
+        return (f"Patient {bare(ref)} was moved to {practitioner_name(exc.current)} by a "
+                "refresh since this page was loaded: check the new assignment, then confirm.")
+    if isinstance(exc, AssignmentMoved | InvalidReference):
+        return f"Patient {bare(ref)}'s assignment changed a moment ago: reload and confirm again."
+    return str(exc)
+
+
+def _override_refusal(ref: str, exc: ReviewError) -> str:
+    if isinstance(exc, InvalidReference | UnknownClinician):
+        return "Choose the clinician the patient should go to."
+    if isinstance(exc, IneligibleClinician):
+        return (f"{exc.name or bare(exc.practitioner)} is not a primary-care clinician here: "
+                "choose another.")
+    if isinstance(exc, InvalidChoice):
+        return "Say who asked for the change: the clinician, the patient or the family."
+    if isinstance(exc, MissingText):
+        return "Give a short reason (it goes into the audit log)."
+    if isinstance(exc, PatientExcluded):
+        return f"Patient {bare(ref)} is not an active patient: nothing to assign."
+    return str(exc)
+
+
+@bp.post("/patients/<patient_id>/confirm")
+def confirm(patient_id: str) -> ResponseReturnValue:
+    target, me = stored_patient(patient_id), signed_in()
+    default = _patient_url(target.ref)
+    # The clinician the page showed: a refresh may have moved the patient since it loaded.
+    shown = request.form.get("practitioner", "").strip() or None
+    confirmed_by = request.form.get("confirmed_by", "")
+    try:
+        done = review().confirm(target, confirmed_by=confirmed_by, actor=me.name, shown=shown,
+                                note=_text("note"))
+    except ReviewError as exc:
+        flash(_confirm_refusal(target.ref, exc), "error")
+        return _back(default)
+    who = "the clinician" if confirmed_by == "clinician" else "the patient"
+    flash(f"Patient {bare(target.ref)}: assignment to "
+          f"{practitioner_name(done['practitioner'])} confirmed with {who}.", "success")
+    return _back(default)
+
+
+@bp.post("/patients/<patient_id>/override")
+def override(patient_id: str) -> ResponseReturnValue:
+    target, me = stored_patient(patient_id), signed_in()
+    default = _patient_url(target.ref)
+    try:
+        done = review().override(target, request.form.get("practitioner", "").strip(),
+                                 reason=_text("reason"),
+                                 requested_by=request.form.get("requested_by", ""),
+                                 actor=me.name)
+    except ReviewError as exc:
+        flash(_override_refusal(target.ref, exc), "error")
+        return _back(default)
+    name = done.clinician.get("name") or bare(done.override["practitioner"])
+    _refreshed(f"Patient {bare(target.ref)} will move to {name}.", done.refresh)
+    return _back(default)
+
+
+@bp.post("/patients/<patient_id>/override/remove")
+def remove_override(patient_id: str) -> ResponseReturnValue:
+    target, me = stored_patient(patient_id), signed_in()
+    default = _patient_url(target.ref)
+    try:
+        done = review().remove_override(target, actor=me.name)
+    except NoOverride:
+        flash(f"Patient {bare(target.ref)} has no override to remove.", "error")
+        return _back(default)
+    _refreshed(f"Override of patient {bare(target.ref)} removed: the usual rules decide again.",
+               done.refresh)
+    return _back(default)
+
+
+@bp.post("/runs/start")
+def start_run() -> ResponseReturnValue:
+    me = signed_in()
+    kind = request.form.get("kind", "")
+    if kind not in STARTABLE_KINDS:
+        flash("Choose an incremental or a full refresh.", "error")
+        return redirect(url_for("dashboard.runs"), code=303)
+    try:
+        run_id = trigger()(kind, TRIGGER)
+    except FhirpanelError as exc:
+        flash(f"The refresh could not start: {exc}", "error")
+        return redirect(url_for("dashboard.runs"), code=303)
+    if run_id is None:
+        flash("A refresh is already running. Try again when it has finished.", "error")
+    else:
+        log.info("dashboard: %s started %s refresh %s", me.name, kind, run_id)
+        flash(f"{kind.capitalize()} refresh started (run #{run_id}). Reload this page to "
+              "follow it.", "success")
+    return redirect(url_for("dashboard.runs"), code=303)
+
+
+@bp.route("/runs/<int:run_id>/accept", methods=["GET", "POST"])
+def accept_run(run_id: int) -> ResponseReturnValue:
+    """Accept a held run in two steps: the runs page's button (a POST) or this address (a GET)
+    shows the figures again with a confirmation form; that form (POST with `confirm=yes`)
+    accepts. Admins only, CSRF-checked like every POST."""
+    st, me = store(), signed_in()
+    if not me.admin:
+        abort(403, description="Your token is view only. Ask an administrator to review and "
+                               "accept a held run.")
+    run = st.run(run_id) if run_id <= MAX_RUN_ID else None
+    if run is None:
+        abort(404, description=f"No run #{run_id}.")
+    runs_url = url_for("dashboard.runs")
+    if run["status"] != RunStatus.HELD:
+        flash(f"Nothing to accept: {held.not_held_reason(run)}.", "error")
+        return redirect(runs_url, code=303)
+    later = held.superseded(st, [run]).get(run_id)
+    if later is not None:
+        flash(f"Nothing to accept: {held.superseded_reason(run, later)}.", "error")
+        return redirect(runs_url, code=303)
+    if request.method == "GET" or request.form.get("confirm") != "yes":
+        return render("accept.html", run=run, figures=held_figures(run))
+    try:
+        result = held.accept(settings(), st, run_id, me.name)
+    except held.Superseded as exc:
+        flash(f"Nothing to accept: {exc}.", "error")
+        return redirect(runs_url, code=303)
+    except NotHeld:
+        now = st.run(run_id)
+        flash(f"Nothing to accept: {held.not_held_reason(now) if now else 'no such run'}.",
+              "error")
+        return redirect(runs_url, code=303)
+    log.info("dashboard: %s accepted held run %s (next run %s)", me.name, run_id,
+             result.next_run)
+    flash(f"Run #{run_id} accepted: {result.detail}.", "success")
+    return redirect(runs_url, code=303)
