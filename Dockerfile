@@ -34,15 +34,14 @@ ENV PYTHONUNBUFFERED=1 \
     FHIRPANEL_MAPPINGS_DIR=/opt/fhirpanel/mappings \
     FHIRPANEL_DATABASE_URL=sqlite:////var/lib/fhirpanel/fhirpanel.db \
     FHIRPANEL_API_HOST=0.0.0.0 \
-    FHIRPANEL_API_PORT=8000 \
-    FHIRPANEL_LOG_LEVEL=INFO
+    FHIRPANEL_API_PORT=8000
 RUN groupadd --system --gid 10001 fhirpanel \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/fhirpanel \
         --shell /usr/sbin/nologin fhirpanel \
  && mkdir -p /var/lib/fhirpanel \
  && chown fhirpanel:fhirpanel /var/lib/fhirpanel
 COPY --from=build /opt/fhirpanel /opt/fhirpanel
-# Code lists, weights, tiers, templates: data read at start (fhirpanel/mappings.py). An installed
+# Code lists, weights, tiers, templates: data read at start (fhirpanel/tables). An installed
 # package cannot find them beside itself, so FHIRPANEL_MAPPINGS_DIR points here.
 COPY mappings/ /opt/fhirpanel/mappings/
 # The state store (SQLite by default) and any working files (var/) live on the volume.

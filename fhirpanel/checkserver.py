@@ -1,5 +1,5 @@
-"""`fhirpanel check-server URL`: what a FHIR server declares that fhirpanel uses, and what fhirpanel
-does where something is missing.
+"""What a FHIR server declares that fhirpanel uses, and what fhirpanel does where something is
+missing: the checks behind `fhirpanel check-server URL` (fhirpanel.commands.check_server).
 
 Reads `/metadata` (the CapabilityStatement) and `.well-known/smart-configuration` without
 credentials: the FHIR RESTful API (capabilities interaction) and SMART App Launch (discovery) both
@@ -11,7 +11,6 @@ settings cannot even be tried; a URL where no FHIR server answers is a SourceErr
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,6 @@ from fhirpanel.errors import (
     SourceError,
     TransportError,
 )
-from fhirpanel.fhir.build import identifier_token
 from fhirpanel.fhir.capability import ServerCapabilities
 from fhirpanel.fhir.client import (
     FhirClient,
@@ -40,6 +38,7 @@ from fhirpanel.fhir.client import (
     outcome_messages,
     redact_url,
 )
+from fhirpanel.writeback.identity import identifier_token
 from fhirpanel.writeback.plan import (
     MEDPLUM_LIMITS,
     MEDPLUM_MAX_STRICT_ENTRIES,
@@ -745,26 +744,3 @@ def render(check: ServerCheck, console: Console) -> None:
     console.print(table)
     colour = "green" if check.ok else "red"
     console.print(f"[{colour}]{check.verdict()}[/{colour}]", highlight=False)
-
-
-def register(subparsers: Any) -> None:
-    """Add `check-server` to the `fhirpanel` command."""
-    cmd = subparsers.add_parser(
-        "check-server", help="show what a FHIR server supports that fhirpanel uses")
-    cmd.add_argument("url", help="the FHIR base URL, e.g. https://ehr.example.org/fhir/R4")
-    cmd.add_argument("--config", help="a fhirpanel.toml settings file")
-    cmd.add_argument("--read-only", action="store_true",
-                     help="judge reading only (no CareTeam/CarePlan write-back)")
-    cmd.add_argument("--json", action="store_true", help="print the result as JSON")
-    cmd.set_defaults(func=cmd_check_server)
-
-
-def cmd_check_server(args: argparse.Namespace, console: Console) -> int:
-    settings = Settings.load(args.config)
-    check = check_server(args.url, settings, read_only=args.read_only)
-    if args.json:
-        # Straight to the file: rich would wrap long lines.
-        console.file.write(json.dumps(check.as_dict(), indent=2) + "\n")
-    else:
-        render(check, console)
-    return check.exit_code

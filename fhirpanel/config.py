@@ -188,7 +188,8 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     mappings_dir: str = ""  # empty: the mappings/ folder shipped with fhirpanel
     database_url: str = field(default="", repr=False)  # empty: sqlite:///var/fhirpanel.db
-    log_level: str = "INFO"
+    # fhirpanel's and its libraries' log level; empty: each process's own (`log_level_for`).
+    log_level: Literal["", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = ""
 
     @classmethod
     def load(
@@ -220,6 +221,13 @@ class Settings:
     @property
     def mappings_path(self) -> Path | None:
         return Path(self.mappings_dir) if self.mappings_dir else None
+
+    def log_level_for(self, *, service: bool) -> str:
+        """fhirpanel's own log level in this process: `log_level` when set, else INFO in a
+        long-running service (the worker, the API: its log is the record of what it did) and
+        WARNING in a command that prints a summary on the terminal, so the summary is not
+        buried. The one place the per-process default is decided."""
+        return self.log_level or ("INFO" if service else "WARNING")
 
 
 def _build(cls: type[Any], data: Mapping[str, Any], env: Mapping[str, str], prefix: str,

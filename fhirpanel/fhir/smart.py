@@ -8,12 +8,11 @@ token, caches the token until shortly before it expires and fetches a new one af
 instance may be shared by threads (the worker and the API): renewal happens under a lock.
 
 Neither the private key, the assertion nor the access token ever reaches a log line, a message or
-a repr. `python -m fhirpanel.fhir.smart` prints the JWKS (public key) to register with the EHR.
+a repr. `fhirpanel smart-jwks` prints the JWKS (public key) to register with the EHR.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json
@@ -21,7 +20,6 @@ import logging
 import re
 import secrets
 import stat
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,7 +39,6 @@ from fhirpanel.config import FhirSettings
 from fhirpanel.errors import (
     AuthError,
     ConfigError,
-    FhirpanelError,
     ServerError,
     TransportError,
 )
@@ -505,29 +502,5 @@ def _note_server_support(document: Mapping[str, Any], algorithm: str) -> None:
                     ", ".join(map(str, algorithms)), algorithm)
 
 
-# ---------------------------------------------------------------- python -m
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Print the JWKS holding the configured key's public half (what to register)."""
-    from fhirpanel.config import Settings
-
-    parser = argparse.ArgumentParser(
-        prog="python -m fhirpanel.fhir.smart",
-        description="print the JWKS (public key) to register with the EHR for SMART Backend "
-                    "Services, from the fhir.smart_* settings")
-    parser.add_argument("--config", help="a fhirpanel.toml settings file")
-    args = parser.parse_args(argv)
-    try:
-        settings = Settings.load(args.config)
-        document = jwks_for_settings(settings.fhir)
-    except FhirpanelError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return exc.exit_code
-    sys.stdout.write(json.dumps(document, indent=2) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
+if __name__ == "__main__":  # the old way to print the JWKS: say where it went
+    raise SystemExit("the JWKS is printed by `fhirpanel smart-jwks [--config FILE]`")

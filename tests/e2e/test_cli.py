@@ -88,3 +88,58 @@ def test_demo_runs_the_main_job_on_the_sandbox(tmp_path: Path) -> None:
     assert "Panels" in out.stdout
     report = json.loads((tmp_path / "var" / "demo" / "report.json").read_text())
     assert report["summary"]["assigned"] > 0
+
+
+def test_log_level_is_one_setting_from_the_environment_or_the_file(tmp_path: Path) -> None:
+    args = ("run", "--source", f"ndjson:{POPULATION_DIR}", "--as-of", AS_OF, "--quiet")
+    quiet = fhirpanel(*args)
+    assert quiet.returncode == 0 and " INFO " not in quiet.stderr  # a command: warnings only
+    config = tmp_path / "fhirpanel.toml"
+    config.write_text('log_level = "INFO"\n')
+    from_file = fhirpanel(*args, "--config", str(config))
+    assert from_file.returncode == 0 and " INFO fhirpanel.run: read " in from_file.stderr
+    env = {**os.environ, "FHIRPANEL_LOG_LEVEL": "WARNING"}  # the environment wins
+    out = subprocess.run([sys.executable, "-m", "fhirpanel", *args, "--config", str(config)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert out.returncode == 0 and " INFO " not in out.stderr
+
+
+def test_smart_jwks_prints_the_public_key_only(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = tmp_path / "smart.pem"
+    key.write_bytes(ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    env = {**os.environ, "FHIRPANEL_FHIR_SMART_KEY_FILE": str(key),
+           "FHIRPANEL_FHIR_SMART_ALGORITHM": "ES384"}
+    out = subprocess.run([sys.executable, "-m", "fhirpanel", "smart-jwks"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    (jwk,) = json.loads(out.stdout)["keys"]
+    assert jwk["kty"] == "EC" and jwk["alg"] == "ES384" and "d" not in jwk
+    missing = subprocess.run([sys.executable, "-m", "fhirpanel", "smart-jwks"], cwd=ROOT,
+                             env={k: v for k, v in env.items()
+                                  if k != "FHIRPANEL_FHIR_SMART_KEY_FILE"},
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: SMART: no private key")
+
+
+def test_exit_codes_are_mapped_in_one_place() -> None:
+    from fhirpanel.cli import exit_code_for, exit_code_for_run
+    from fhirpanel.errors import BusyError, ChangeHeld, ConfigError, ExitCode
+    from fhirpanel.store import StoreError
+    from fhirpanel.vocabulary import RunStatus
+
+    assert exit_code_for(StoreError("no database")) == ExitCode.STORE == 17
+    assert exit_code_for(ConfigError("x")) == ExitCode.USAGE
+    assert exit_code_for(KeyboardInterrupt()) == 130
+    assert exit_code_for(ValueError("a bug")) == ExitCode.FAILURE
+    assert exit_code_for_run(RunStatus.SUCCEEDED) == ExitCode.OK
+    assert exit_code_for_run(RunStatus.PARTIAL) == ExitCode.WRITEBACK
+    assert exit_code_for_run(RunStatus.SKIPPED, BusyError("x")) == ExitCode.BUSY
+    assert exit_code_for_run(RunStatus.HELD, ChangeHeld("x", {})) == ExitCode.HELD
+    assert exit_code_for_run(RunStatus.FAILED, StoreError("x")) == ExitCode.STORE
+    assert exit_code_for_run(RunStatus.ABANDONED) == ExitCode.FAILURE

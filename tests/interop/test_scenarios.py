@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from fhirpanel.fhir.build import CARE_TEAM_KIND, identifier_value
+from fhirpanel.writeback.identity import CARE_TEAM_KIND, identifier_value
 from tests.integration.faults import FaultProxy, Status
 from tests.interop.scenario_servers import (
     POPULATION,

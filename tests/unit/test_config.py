@@ -63,3 +63,19 @@ def test_secrets_are_not_in_repr() -> None:
                            "FHIRPANEL_FHIR_PASSWORD": "hunter2-pass"})
     assert s.fhir.token == "s3cr3t-token"
     assert "s3cr3t-token" not in repr(s) and "hunter2-pass" not in repr(s)
+
+
+def test_one_log_level_setting_with_a_default_per_process(tmp_path: Path) -> None:
+    default = Settings.load(env={})
+    assert default.log_level == ""  # empty: the process decides, in one place
+    assert default.log_level_for(service=True) == "INFO"  # the worker, the API
+    assert default.log_level_for(service=False) == "WARNING"  # a command with a summary
+    path = tmp_path / "c.toml"
+    path.write_text('log_level = "ERROR"\n')
+    from_file = Settings.load(path, env={})
+    assert from_file.log_level_for(service=True) == from_file.log_level_for(service=False) \
+        == "ERROR"
+    from_env = Settings.load(path, env={"FHIRPANEL_LOG_LEVEL": "DEBUG"})  # the environment wins
+    assert from_env.log_level_for(service=False) == "DEBUG"
+    with pytest.raises(ConfigError, match=r"FHIRPANEL_LOG_LEVEL: .* is not one of"):
+        Settings.load(env={"FHIRPANEL_LOG_LEVEL": "verbose"})

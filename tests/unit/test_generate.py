@@ -588,3 +588,38 @@ def test_memory_does_not_grow_with_the_population() -> None:
     large_peak = _peak_while_streaming(2000)
     # Ten times the patients (same clinician count): the peak is about the same.
     assert large_peak < small_peak * 1.3 + 100_000, (small_peak, large_peak)
+
+
+# ---------------------------------------------------------------- the catalogue as data
+
+
+def test_the_catalogue_ships_as_package_data() -> None:
+    from importlib import resources
+
+    from fhirpanel.sandbox.catalogue import CATALOGUE, CATALOGUE_FILE, load_catalogue
+
+    shipped = resources.files("fhirpanel.sandbox").joinpath(CATALOGUE_FILE)
+    assert shipped.is_file()
+    assert load_catalogue(shipped.read_text(encoding="utf-8")) == CATALOGUE
+    assert CONDITION_CATALOGUE == CATALOGUE.conditions
+    assert [key for key, _ in CATALOGUE.pattern_deck][:2] == ["none", "lapsed"]  # file order
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (('hiv = [0.0, 0.003', 'hiv_typo = [0.0, 0.003'), "prevalence names unknown hiv_typo"),
+    (("pa = 0.4", 'pa = "often"'), "preference.senior.pa: expected a number"),
+    (('nephrology = ["ckd4", "t2dm_ckd"]', 'nephrology = ["ckd5"]'),
+     "specialist_for names unknown ckd5"),
+    (("merge = 1", "merge = 0"), "visit_patterns.merge: expected a number of cards"),
+    (('state = "IL"', "state = 17"), "places.state: expected a string"),
+    (("[prevalence]", "[prevalence"), "not valid TOML"),
+])
+def test_a_broken_catalogue_is_refused_by_name(edit: tuple[str, str], message: str) -> None:
+    from importlib import resources
+
+    from fhirpanel.sandbox.catalogue import CATALOGUE_FILE, CatalogueError, load_catalogue
+
+    text = resources.files("fhirpanel.sandbox").joinpath(CATALOGUE_FILE).read_text("utf-8")
+    assert edit[0] in text
+    with pytest.raises(CatalogueError, match=re.escape(message)):
+        load_catalogue(text.replace(edit[0], edit[1], 1))
