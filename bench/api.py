@@ -46,8 +46,10 @@ from fhirpanel.store import Store  # noqa: E402
 
 TOKEN = "bench-read-token-0123456789"  # noqa: S105 - a throwaway token on loopback
 # What `fhirpanel serve` runs (gunicorn, settings from the environment).
-SERVE = ("from fhirpanel.api.serve import serve; from fhirpanel.config import Settings; "
-         "serve(Settings.load())")
+SERVE = (
+    "from fhirpanel.api.serve import serve; from fhirpanel.config import Settings; "
+    "serve(Settings.load())"
+)
 START_TIMEOUT = 60.0  # seconds for the server to answer /healthz
 REQUEST_TIMEOUT = 30.0
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -73,15 +75,19 @@ def filled_store(patients: int, seed: int, refill: bool) -> Path:
     started = time.perf_counter()
     store = Store(f"sqlite:///{partial}")
     try:
-        result = full_refresh(Settings.load(env={}), store, source=f"ndjson:{source}",
-                              as_of=AS_OF, write=False)
+        result = full_refresh(
+            Settings.load(env={}), store, source=f"ndjson:{source}", as_of=AS_OF, write=False
+        )
     finally:
         store.close()
     if result.status != "succeeded":
         raise SystemExit(f"filling the store failed: {result.error}")
     partial.replace(db)
-    print(f"  filled in {time.perf_counter() - started:.0f} s: {result.counts.get('assigned')} "
-          "assigned", flush=True)
+    print(
+        f"  filled in {time.perf_counter() - started:.0f} s: {result.counts.get('assigned')} "
+        "assigned",
+        flush=True,
+    )
     return db
 
 
@@ -103,15 +109,25 @@ def analyzed_copy(db: Path) -> Path:
 @contextmanager
 def gunicorn_server(db: Path, workers: int) -> Iterator[str]:
     port = free_port()
-    env = dict(os.environ, FHIRPANEL_DATABASE_URL=f"sqlite:///{db}",
-               FHIRPANEL_API_READ_TOKENS=f"bench={TOKEN}", FHIRPANEL_API_ADMIN_TOKENS="",
-               FHIRPANEL_API_WORKERS=str(workers), FHIRPANEL_API_HOST="127.0.0.1",
-               FHIRPANEL_API_PORT=str(port), FHIRPANEL_LOG_LEVEL="WARNING")
+    env = dict(
+        os.environ,
+        FHIRPANEL_DATABASE_URL=f"sqlite:///{db}",
+        FHIRPANEL_API_READ_TOKENS=f"bench={TOKEN}",
+        FHIRPANEL_API_ADMIN_TOKENS="",
+        FHIRPANEL_API_WORKERS=str(workers),
+        FHIRPANEL_API_HOST="127.0.0.1",
+        FHIRPANEL_API_PORT=str(port),
+        FHIRPANEL_LOG_LEVEL="WARNING",
+    )
     log_path = db.with_name("api-serve.log")  # gunicorn's error log, for a failed start
     with log_path.open("w") as log_file:
         process = subprocess.Popen(  # noqa: S603 - our own code
-            [sys.executable, "-c", SERVE], env=env, stdout=subprocess.DEVNULL,
-            stderr=log_file, text=True)
+            [sys.executable, "-c", SERVE],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            text=True,
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             wait_ready(base, process, log_path)
@@ -135,8 +151,10 @@ def werkzeug_server(db: Path) -> Iterator[str]:
 
     base_settings = Settings.load(env={})
     settings = dataclasses.replace(
-        base_settings, database_url=f"sqlite:///{db}",
-        api=dataclasses.replace(base_settings.api, read_tokens=f"bench={TOKEN}"))
+        base_settings,
+        database_url=f"sqlite:///{db}",
+        api=dataclasses.replace(base_settings.api, read_tokens=f"bench={TOKEN}"),
+    )
     server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="bench-api", daemon=True)
     thread.start()
@@ -150,8 +168,9 @@ def werkzeug_server(db: Path) -> Iterator[str]:
         server.server_close()
 
 
-def wait_ready(base: str, process: subprocess.Popen[str] | None,
-               log_path: Path | None = None) -> None:
+def wait_ready(
+    base: str, process: subprocess.Popen[str] | None, log_path: Path | None = None
+) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -179,9 +198,11 @@ class Figures:
             return f"  {self.label:<44} no successful request ({self.errors} errors)"
         q = statistics.quantiles(ms, n=100, method="inclusive")
         rate = len(ms) / self.seconds if self.seconds else 0.0
-        return (f"  {self.label:<44} p50 {q[49]:6.1f} ms  p90 {q[89]:6.1f} ms  "
-                f"p99 {q[98]:6.1f} ms  max {ms[-1]:6.1f} ms  {rate:6.0f} req/s  "
-                f"n={len(ms)} errors={self.errors}")
+        return (
+            f"  {self.label:<44} p50 {q[49]:6.1f} ms  p90 {q[89]:6.1f} ms  "
+            f"p99 {q[98]:6.1f} ms  max {ms[-1]:6.1f} ms  {rate:6.0f} req/s  "
+            f"n={len(ms)} errors={self.errors}"
+        )
 
 
 def session_for(base: str, *, dashboard: bool) -> requests.Session:
@@ -192,9 +213,12 @@ def session_for(base: str, *, dashboard: bool) -> requests.Session:
         found = CSRF_FIELD.search(form.text)
         if form.status_code != 200 or found is None:
             raise SystemExit(f"dashboard sign-in form: HTTP {form.status_code}, no CSRF token")
-        response = session.post(f"{base}/login", timeout=REQUEST_TIMEOUT,
-                                allow_redirects=False,
-                                data={"token": TOKEN, "csrf_token": found.group(1)})
+        response = session.post(
+            f"{base}/login",
+            timeout=REQUEST_TIMEOUT,
+            allow_redirects=False,
+            data={"token": TOKEN, "csrf_token": found.group(1)},
+        )
         if response.status_code != 303:
             raise SystemExit(f"dashboard sign-in failed: HTTP {response.status_code}")
     else:
@@ -202,8 +226,16 @@ def session_for(base: str, *, dashboard: bool) -> requests.Session:
     return session
 
 
-def load(base: str, path: str, label: str, clients: int, per_client: int, *,
-         dashboard: bool = False, warmup: int = 10) -> Figures:
+def load(
+    base: str,
+    path: str,
+    label: str,
+    clients: int,
+    per_client: int,
+    *,
+    dashboard: bool = False,
+    warmup: int = 10,
+) -> Figures:
     figures = Figures(label)
     lock = threading.Lock()
     sessions = [session_for(base, dashboard=dashboard) for _ in range(clients)]
@@ -230,8 +262,10 @@ def load(base: str, path: str, label: str, clients: int, per_client: int, *,
             figures.latencies.extend(mine)
             figures.errors += errors
 
-    threads = [threading.Thread(target=client, args=(s,), name=f"bench-client-{i}")
-               for i, s in enumerate(sessions)]
+    threads = [
+        threading.Thread(target=client, args=(s,), name=f"bench-client-{i}")
+        for i, s in enumerate(sessions)
+    ]
     started = time.perf_counter()
     for t in threads:
         t.start()
@@ -244,8 +278,9 @@ def load(base: str, path: str, label: str, clients: int, per_client: int, *,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--patients", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--clients", type=int, default=4)
@@ -253,9 +288,11 @@ def main() -> None:
     parser.add_argument("--server", choices=("gunicorn", "werkzeug"), default="gunicorn")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--refill", action="store_true", help="rebuild the cached store")
-    parser.add_argument("--analyze", action="store_true",
-                        help="serve a copy of the store with SQLite planner statistics "
-                             "(ANALYZE), to compare")
+    parser.add_argument(
+        "--analyze",
+        action="store_true",
+        help="serve a copy of the store with SQLite planner statistics (ANALYZE), to compare",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
@@ -270,26 +307,34 @@ def main() -> None:
     finally:
         store.close()
     top_id = top["practitioner"].split("/", 1)[1]
-    print(f"store: {db.name}, {args.patients:,} patients, {clinicians} clinicians; biggest "
-          f"panel {top['practitioner']} with {top['size']:,} patients")
-    server = (gunicorn_server(db, args.workers) if args.server == "gunicorn"
-              else werkzeug_server(db))
+    print(
+        f"store: {db.name}, {args.patients:,} patients, {clinicians} clinicians; biggest "
+        f"panel {top['practitioner']} with {top['size']:,} patients"
+    )
+    server = gunicorn_server(db, args.workers) if args.server == "gunicorn" else werkzeug_server(db)
     with server as base:
-        print(f"server: {args.server}"
-              f"{f' ({args.workers} workers)' if args.server == 'gunicorn' else ''} at {base}; "
-              f"load: {args.clients} clients x {args.requests} requests per endpoint, "
-              f"{os.cpu_count()} CPUs shared by server and clients")
+        print(
+            f"server: {args.server}"
+            f"{f' ({args.workers} workers)' if args.server == 'gunicorn' else ''} at {base}; "
+            f"load: {args.clients} clients x {args.requests} requests per endpoint, "
+            f"{os.cpu_count()} CPUs shared by server and clients"
+        )
         runs = [
             ("/api/panels", "GET /api/panels", False),
             (f"/api/panels/{top_id}?page=1", f"GET /api/panels/{top_id}?page=1", False),
-            (f"/api/panels/{top_id}?page=1&sort=-tier&unconfirmed=true",
-             "  ... &sort=-tier&unconfirmed=true", False),
+            (
+                f"/api/panels/{top_id}?page=1&sort=-tier&unconfirmed=true",
+                "  ... &sort=-tier&unconfirmed=true",
+                False,
+            ),
             ("/", "dashboard GET /", True),
             (f"/panels/{top_id}", f"dashboard GET /panels/{top_id}", True),
         ]
         for path, label, dashboard in runs:
-            print(load(base, path, label, args.clients, args.requests,
-                       dashboard=dashboard).line(), flush=True)
+            print(
+                load(base, path, label, args.clients, args.requests, dashboard=dashboard).line(),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -37,11 +37,15 @@ def main() -> None:
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items())
-    print(f"{args.patients:,} patients from NDJSON: total {total:.1f}s ({stages}); "
-          f"peak RSS {rss_mb:,.0f} MB (targets: < 60 s, < 3 GB)")
+    print(
+        f"{args.patients:,} patients from NDJSON: total {total:.1f}s ({stages}); "
+        f"peak RSS {rss_mb:,.0f} MB (targets: < 60 s, < 3 GB)"
+    )
     summary = report["summary"]
-    print(f"assigned {summary['assigned']:,}, unassigned {summary['unassigned']:,}, excluded "
-          f"{summary['excluded']:,}; by rule {summary['by_rule']}; panels {len(report['panels'])}")
+    print(
+        f"assigned {summary['assigned']:,}, unassigned {summary['unassigned']:,}, excluded "
+        f"{summary['excluded']:,}; by rule {summary['by_rule']}; panels {len(report['panels'])}"
+    )
     print(f"tiers (assigned): {summary['tiers']}; warnings: {report['warnings']}")
     statuses = Counter(p["status"] for p in report["patients"])
     print(f"statuses {dict(statuses)}; issues {summary['issues']:,}")

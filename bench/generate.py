@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="fhirpanel-bench-"))
     rss_before = peak_rss_bytes()
     started = time.perf_counter()
-    counts = write_population(out, args.patients, args.seed, args.as_of,
-                              args.malformed_rate, args.bundle_size)
+    counts = write_population(
+        out, args.patients, args.seed, args.as_of, args.malformed_rate, args.bundle_size
+    )
     seconds = time.perf_counter() - started
     total = sum(counts.values())
 
@@ -51,14 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         size = (out / f"{rtype}.ndjson").stat().st_size
         print(f"  {rtype:<18}{count:>12,}  {megabytes(size):>12}")
     bundles = sorted((out / "bundles").glob("transaction-*.json"))
-    print(f"  {'bundles':<18}{len(bundles):>12,}  "
-          f"{megabytes(sum(b.stat().st_size for b in bundles)):>12}")
+    print(
+        f"  {'bundles':<18}{len(bundles):>12,}  "
+        f"{megabytes(sum(b.stat().st_size for b in bundles)):>12}"
+    )
     print(f"resources           {total:,}")
     print(f"seconds             {seconds:,.1f}")
     print(f"patients/s          {args.patients / seconds:,.0f}")
     print(f"resources/s         {total / seconds:,.0f}")
-    print(f"peak RSS            {megabytes(peak_rss_bytes())} "
-          f"(at start {megabytes(rss_before)})")
+    print(f"peak RSS            {megabytes(peak_rss_bytes())} (at start {megabytes(rss_before)})")
     if args.out is None:
         shutil.rmtree(out)
     return 0

@@ -217,9 +217,7 @@ def main() -> None:
     )
     for panel, dist in list(flagged.items())[:12]:
         n = sum(dist.values()) or 1
-        print(
-            f"  {panel:<28} {n:>6,}  " + "  ".join(f"{t}:{c / n:6.1%}" for t, c in dist.items())
-        )
+        print(f"  {panel:<28} {n:>6,}  " + "  ".join(f"{t}:{c / n:6.1%}" for t, c in dist.items()))
     if len(flagged) > 12:
         print(f"  ... and {len(flagged) - 12} more")
 

@@ -48,12 +48,15 @@ def describe(label: str, summary: WriteSummary) -> None:
     rate = summary.written / summary.seconds if summary.seconds else 0.0
     counts = "; ".join(
         f"{rtype} " + ", ".join(f"{n} {action}" for action, n in row.items() if n)
-        for rtype, row in summary.counts.by_type.items())
+        for rtype, row in summary.counts.by_type.items()
+    )
     verb = "planned" if summary.dry_run else "written"
-    print(f"{label}: {summary.seconds:.2f}s, {summary.written:,} {verb} "
-          f"({rate:,.0f} resources/s), {requests.get('total', 0):,} requests "
-          f"{requests.get('by_method', {})}, {summary.provenance} Provenance, "
-          f"{len(summary.issues)} issues")
+    print(
+        f"{label}: {summary.seconds:.2f}s, {summary.written:,} {verb} "
+        f"({rate:,.0f} resources/s), {requests.get('total', 0):,} requests "
+        f"{requests.get('by_method', {})}, {summary.provenance} Provenance, "
+        f"{len(summary.issues)} issues"
+    )
     print(f"    {counts}")
     phases = ", ".join(f"{k} {v:.2f}s" for k, v in summary.timings.items())
     print(f"    {phases}")
@@ -64,17 +67,24 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--optional", action="store_true",
-                        help="also write RiskAssessments and attribution Groups")
-    parser.add_argument("--no-transactions", action="store_true",
-                        help="single requests instead of transaction Bundles")
+    parser.add_argument(
+        "--optional", action="store_true", help="also write RiskAssessments and attribution Groups"
+    )
+    parser.add_argument(
+        "--no-transactions",
+        action="store_true",
+        help="single requests instead of transaction Bundles",
+    )
     args = parser.parse_args()
 
     directory = population_dir(args.patients, args.seed)
     writeback = dataclasses.replace(
-        WritebackSettings(), batch_size=args.batch_size,
-        risk_assessment=args.optional, attribution_group=args.optional,
-        use_transactions=not args.no_transactions)
+        WritebackSettings(),
+        batch_size=args.batch_size,
+        risk_assessment=args.optional,
+        attribution_group=args.optional,
+        use_transactions=not args.no_transactions,
+    )
     settings = dataclasses.replace(Settings.load(env={}), writeback=writeback)
     tables = Tables.load(settings)
 
@@ -86,12 +96,15 @@ def main() -> None:
             started = time.perf_counter()
             outcome = run_full(settings, ServerSource(client), AS_OF, tables=tables)
             assigned = sum(1 for a in outcome.attribution.assignments if a.status == "assigned")
-            print(f"read and analysed {len(outcome.population.patients):,} patients from the "
-                  f"server in {time.perf_counter() - started:.1f}s ({assigned:,} assigned)")
+            print(
+                f"read and analysed {len(outcome.population.patients):,} patients from the "
+                f"server in {time.perf_counter() - started:.1f}s ({assigned:,} assigned)"
+            )
 
             def run(dry_run: bool) -> WriteSummary:
-                return write_back(outcome, client, writeback, dry_run=dry_run, now=NOW,
-                                  tables=tables.writeback)
+                return write_back(
+                    outcome, client, writeback, dry_run=dry_run, now=NOW, tables=tables.writeback
+                )
 
             describe("dry run   ", run(True))
             describe("first run ", run(False))

@@ -52,12 +52,21 @@ Status = Literal["yes", "no", "partial", "unknown"]
 Credentials = Literal["accepted", "refused", "not tried", "unconfirmed"]
 
 # What a run reads (ingest.py READ_ORDER) and what write-back writes (writeback/writer.py).
-READ_TYPES = ("Patient", "Encounter", "Condition", "Practitioner", "PractitionerRole",
-              "Organization")
+READ_TYPES = (
+    "Patient",
+    "Encounter",
+    "Condition",
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+)
 WRITE_TYPES = ("CareTeam", "CarePlan")
 # Optional writes and the WritebackSettings flag that turns each on.
-OPTIONAL_WRITES = (("RiskAssessment", "risk_assessment"), ("Group", "attribution_group"),
-                   ("Provenance", "provenance"))
+OPTIONAL_WRITES = (
+    ("RiskAssessment", "risk_assessment"),
+    ("Group", "attribution_group"),
+    ("Provenance", "provenance"),
+)
 # FHIR R4 search, "Parameters for all resources": servers often leave them out of the statement.
 COMMON_PARAMS = frozenset({"_id", "_lastUpdated"})
 
@@ -76,10 +85,15 @@ class ParamUse:
 # search_since). `_count` and `_summary` are result parameters, never listed per resource.
 READ_PARAMS = (
     ParamUse("Patient", "_id", "a batch of patients: Patient?_id=a,b,…"),
-    ParamUse("Encounter", "patient", "a patient's visits: Encounter?patient=Patient/a,…",
-             required=True),
-    ParamUse("Condition", "patient", "a patient's conditions: Condition?patient=Patient/a,…",
-             required=True),
+    ParamUse(
+        "Encounter", "patient", "a patient's visits: Encounter?patient=Patient/a,…", required=True
+    ),
+    ParamUse(
+        "Condition",
+        "patient",
+        "a patient's conditions: Condition?patient=Patient/a,…",
+        required=True,
+    ),
     ParamUse("Patient", "_lastUpdated", "incremental refresh: Patient?_lastUpdated=gt…"),
     ParamUse("Encounter", "_lastUpdated", "incremental refresh: Encounter?_lastUpdated=gt…"),
     ParamUse("Condition", "_lastUpdated", "incremental refresh: Condition?_lastUpdated=gt…"),
@@ -195,31 +209,46 @@ def check_server(url: str, settings: Settings, *, read_only: bool = False) -> Se
                     caps = _capabilities(private, url)
                 credentials = _probe_credentials(private, fhir.auth)
                 if credentials[1] in ("accepted", "unconfirmed") and _probing(
-                        caps, settings, read_only):
+                    caps, settings, read_only
+                ):
                     probe = probe_transaction_size(private, settings.writeback)
     if caps is None:
-        raise AuthError(401, "the server asks for credentials even for /metadata; configure "
-                        "fhir.auth (see fhirpanel.example.toml) and check again",
-                        url=redact_url(url.rstrip("/") + "/metadata"))
+        raise AuthError(
+            401,
+            "the server asks for credentials even for /metadata; configure "
+            "fhir.auth (see fhirpanel.example.toml) and check again",
+            url=redact_url(url.rstrip("/") + "/metadata"),
+        )
     check = ServerCheck(
-        url=redact_url(url), fhir_version=caps.fhir_version or "not stated",
+        url=redact_url(url),
+        fhir_version=caps.fhir_version or "not stated",
         release=caps.release,
         software=" ".join(p for p in (caps.software_name, caps.software_version) if p)
         or "not stated",
-        read_only=read_only, smart_configuration=smart_config,
+        read_only=read_only,
+        smart_configuration=smart_config,
         credentials=credentials[1] if credentials else None,
         transaction_size=probe.accepted if probe is not None else None,
-        write_limits=dict(MEDPLUM_LIMITS) if is_medplum(caps) else None)
-    check.findings.extend(judge(caps, settings, read_only=read_only,
-                                smart_config=smart_config, smart_note=smart_note))
+        write_limits=dict(MEDPLUM_LIMITS) if is_medplum(caps) else None,
+    )
+    check.findings.extend(
+        judge(caps, settings, read_only=read_only, smart_config=smart_config, smart_note=smart_note)
+    )
     if probe is not None:
         check.findings.append(probe.finding(settings.writeback, caps))
-    elif (_wants_transactions(caps, settings, read_only)
-          and not settings.writeback.probe_transactions):
-        check.findings.append(Finding(
-            "write", "transaction size", "unknown", "not probed",
-            f"off (writeback.probe_transactions = false): starts at "
-            f"{settings.writeback.batch_size} entries.{write_caveat(caps)}"))
+    elif (
+        _wants_transactions(caps, settings, read_only) and not settings.writeback.probe_transactions
+    ):
+        check.findings.append(
+            Finding(
+                "write",
+                "transaction size",
+                "unknown",
+                "not probed",
+                f"off (writeback.probe_transactions = false): starts at "
+                f"{settings.writeback.batch_size} entries.{write_caveat(caps)}",
+            )
+        )
     if credentials is not None:
         check.findings.append(credentials[0])
     return check
@@ -242,17 +271,23 @@ def is_medplum(caps: ServerCapabilities) -> bool:
 
 def write_caveat(caps: ServerCapabilities) -> str:
     """What a read-only probe cannot tell about write transactions, and what a run does."""
-    adapts = ("fhirpanel adapts on the first refusal (to the limit a refusal names when it "
-              "knows the text, else halving) and the next run starts from the learned sizes")
+    adapts = (
+        "fhirpanel adapts on the first refusal (to the limit a refusal names when it "
+        "knows the text, else halving) and the next run starts from the learned sizes"
+    )
     if is_medplum(caps):
-        return (f" Medplum, with transactions turned on, refuses a write transaction of more "
-                f"than {MEDPLUM_MAX_UPDATES} updates, or of more than "
-                f"{MEDPLUM_MAX_STRICT_ENTRIES} entries when one is conditional (fhirpanel's "
-                f"creates are): expect {MEDPLUM_MAX_STRICT_ENTRIES} entries for creates and "
-                f"{MEDPLUM_MAX_UPDATES} for updates; {adapts}.")
-    return (f" Servers may cap write entries lower than reads (Medplum: {MEDPLUM_MAX_UPDATES} "
-            f"updates, {MEDPLUM_MAX_STRICT_ENTRIES} entries when one is conditional), which "
-            f"this read-only probe cannot see; {adapts}.")
+        return (
+            f" Medplum, with transactions turned on, refuses a write transaction of more "
+            f"than {MEDPLUM_MAX_UPDATES} updates, or of more than "
+            f"{MEDPLUM_MAX_STRICT_ENTRIES} entries when one is conditional (fhirpanel's "
+            f"creates are): expect {MEDPLUM_MAX_STRICT_ENTRIES} entries for creates and "
+            f"{MEDPLUM_MAX_UPDATES} for updates; {adapts}."
+        )
+    return (
+        f" Servers may cap write entries lower than reads (Medplum: {MEDPLUM_MAX_UPDATES} "
+        f"updates, {MEDPLUM_MAX_STRICT_ENTRIES} entries when one is conditional), which "
+        f"this read-only probe cannot see; {adapts}."
+    )
 
 
 @dataclass(frozen=True)
@@ -269,25 +304,41 @@ class TransactionProbe:
         caveat = write_caveat(caps)
         medplum = is_medplum(caps)
         if self.problem:
-            return Finding("write", "transaction size", "unknown",
-                           f"{tried + '; ' if tried else ''}{self.problem}",
-                           f"could not be probed: starts at {cfg.batch_size} entries.{caveat}")
+            return Finding(
+                "write",
+                "transaction size",
+                "unknown",
+                f"{tried + '; ' if tried else ''}{self.problem}",
+                f"could not be probed: starts at {cfg.batch_size} entries.{caveat}",
+            )
         if self.accepted == 0:
-            return Finding("write", "transaction size", "no", tried or "refused",
-                           "transactions refused: the run writes one request per resource "
-                           f"after the first refusal.{caveat}")
+            return Finding(
+                "write",
+                "transaction size",
+                "no",
+                tried or "refused",
+                "transactions refused: the run writes one request per resource "
+                f"after the first refusal.{caveat}",
+            )
         server = f"{self.accepted} read entries accepted" + (f"; {tried}" if tried else "")
         if medplum:
-            server += (f"; write entries: Medplum's limits ({MEDPLUM_MAX_UPDATES} updates, "
-                       f"{MEDPLUM_MAX_STRICT_ENTRIES} with a conditional entry)")
+            server += (
+                f"; write entries: Medplum's limits ({MEDPLUM_MAX_UPDATES} updates, "
+                f"{MEDPLUM_MAX_STRICT_ENTRIES} with a conditional entry)"
+            )
         if self.accepted >= cfg.batch_size:
-            text = (f"read transactions of {cfg.batch_size} (writeback.batch_size) accepted; "
-                    f"not a promise for writes.{caveat}")
-            return Finding("write", "transaction size", "partial" if medplum else "yes",
-                           server, text)
-        text = (f"set writeback.batch_size = {self.accepted}: larger transactions are refused "
-                f"even for reads (a run lowers its size on its own after the first "
-                f"refusal).{caveat}")
+            text = (
+                f"read transactions of {cfg.batch_size} (writeback.batch_size) accepted; "
+                f"not a promise for writes.{caveat}"
+            )
+            return Finding(
+                "write", "transaction size", "partial" if medplum else "yes", server, text
+            )
+        text = (
+            f"set writeback.batch_size = {self.accepted}: larger transactions are refused "
+            f"even for reads (a run lowers its size on its own after the first "
+            f"refusal).{caveat}"
+        )
         return Finding("write", "transaction size", "partial", server, text)
 
 
@@ -296,21 +347,26 @@ def _wants_transactions(caps: ServerCapabilities, settings: Settings, read_only:
 
 
 def _probing(caps: ServerCapabilities, settings: Settings, read_only: bool) -> bool:
-    return (_wants_transactions(caps, settings, read_only)
-            and settings.writeback.probe_transactions)
+    return _wants_transactions(caps, settings, read_only) and settings.writeback.probe_transactions
 
 
 def probe_bundle(cfg: WritebackSettings, entries: int) -> dict[str, Any]:
     """A transaction of `entries` count-only searches for identifiers that never exist. Each
     entry asks for its own value: HAPI answers repeated searches from its cache and adds an
     `X-Cache` header per entry, and more than 100 headers break HTTP clients (http.client)."""
+
     def query(n: int) -> str:
         token = identifier_token(cfg, f"{PROBE_VALUE}-{n}")
         return f"identifier={quote(token, safe=':')}&_summary=count"
 
-    return {"resourceType": "Bundle", "type": "transaction",
-            "entry": [{"request": {"method": "GET", "url": f"{PROBE_TYPE}?{query(n)}"}}
-                      for n in range(entries)]}
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"request": {"method": "GET", "url": f"{PROBE_TYPE}?{query(n)}"}}
+            for n in range(entries)
+        ],
+    }
 
 
 def probe_transaction_size(client: FhirClient, cfg: WritebackSettings) -> TransactionProbe:
@@ -336,12 +392,15 @@ def probe_transaction_size(client: FhirClient, cfg: WritebackSettings) -> Transa
         problem = response_problem(answer, size)
         if problem is not None:
             return TransactionProbe(0, tuple(refused), f"answered oddly: {problem}")
-        failed = [s for s in (entry_status(e) for e in answer["entry"])
-                  if s is None or not 200 <= s < 300]
+        failed = [
+            s for s in (entry_status(e) for e in answer["entry"]) if s is None or not 200 <= s < 300
+        ]
         if failed:
-            return TransactionProbe(size, tuple(refused),
-                                    f"{size} entries accepted, but {len(failed)} entry "
-                                    "answer(s) without a 2xx status")
+            return TransactionProbe(
+                size,
+                tuple(refused),
+                f"{size} entries accepted, but {len(failed)} entry answer(s) without a 2xx status",
+            )
         return TransactionProbe(size, tuple(refused))
     return TransactionProbe(0, tuple(refused), "no size accepted")
 
@@ -355,11 +414,13 @@ def _capabilities(client: FhirClient, url: str) -> ServerCapabilities:
     except TransportError as exc:
         raise SourceError(f"cannot reach a FHIR server at {where}: {exc}") from exc
     except NotFoundError as exc:
-        raise SourceError(f"no FHIR /metadata at {where} (HTTP 404): is it the FHIR base URL?"
-                          ) from exc
+        raise SourceError(
+            f"no FHIR /metadata at {where} (HTTP 404): is it the FHIR base URL?"
+        ) from exc
     except FhirHttpError as exc:
-        raise SourceError(f"{where}/metadata did not answer with a CapabilityStatement: {exc}"
-                          ) from exc
+        raise SourceError(
+            f"{where}/metadata did not answer with a CapabilityStatement: {exc}"
+        ) from exc
     except SourceError as exc:  # not JSON, or JSON that is not a CapabilityStatement
         raise SourceError(f"{where} does not look like a FHIR server: {exc}") from exc
 
@@ -367,8 +428,9 @@ def _capabilities(client: FhirClient, url: str) -> ServerCapabilities:
 def _smart_configuration(client: FhirClient) -> tuple[dict[str, Any] | None, str]:
     """The SMART discovery document (SMART App Launch 2.x, "Conformance"), or why there is none."""
     try:
-        response = client.request("GET", ".well-known/smart-configuration",
-                                  headers={"Accept": "application/json"})
+        response = client.request(
+            "GET", ".well-known/smart-configuration", headers={"Accept": "application/json"}
+        )
     except FhirHttpError as exc:
         return None, f"none (HTTP {exc.status})"
     except SourceError as exc:
@@ -387,8 +449,14 @@ def _credentials_name(auth: str) -> str:
 
 
 def _credentials_unusable(auth: str, exc: ConfigError) -> tuple[Finding, Credentials]:
-    return Finding("auth", _credentials_name(auth), "no", f"not tried: {exc}",
-                   "fix the fhir.* settings before a run", required=True), "not tried"
+    return Finding(
+        "auth",
+        _credentials_name(auth),
+        "no",
+        f"not tried: {exc}",
+        "fix the fhir.* settings before a run",
+        required=True,
+    ), "not tried"
 
 
 def _probe_credentials(client: FhirClient, auth: str) -> tuple[Finding, Credentials]:
@@ -397,23 +465,44 @@ def _probe_credentials(client: FhirClient, auth: str) -> tuple[Finding, Credenti
     try:
         client.request("GET", "Patient", params=[("_summary", "count")])
     except AuthError as exc:
-        return Finding("auth", name, "no", f"refused: {exc}",
-                       "cannot read: fix the credentials before a run", required=True), "refused"
+        return Finding(
+            "auth",
+            name,
+            "no",
+            f"refused: {exc}",
+            "cannot read: fix the credentials before a run",
+            required=True,
+        ), "refused"
     except ConfigError as exc:  # SMART: no token endpoint found, a key that does not fit
         return _credentials_unusable(auth, exc)
     except (FhirHttpError, SourceError) as exc:
-        return Finding("auth", name, "unknown", f"not confirmed: {str(exc)[:160]}",
-                       "a count-only Patient search failed for another reason"), "unconfirmed"
-    return Finding("auth", name, "yes", "accepted (Patient?_summary=count)",
-                   "reads and writes with these credentials"), "accepted"
+        return Finding(
+            "auth",
+            name,
+            "unknown",
+            f"not confirmed: {str(exc)[:160]}",
+            "a count-only Patient search failed for another reason",
+        ), "unconfirmed"
+    return Finding(
+        "auth",
+        name,
+        "yes",
+        "accepted (Patient?_summary=count)",
+        "reads and writes with these credentials",
+    ), "accepted"
 
 
 # --------------------------------------------------------------------------- judging
 
 
-def judge(caps: ServerCapabilities, settings: Settings, *, read_only: bool = False,
-          smart_config: Mapping[str, Any] | None = None,
-          smart_note: str = "none") -> list[Finding]:
+def judge(
+    caps: ServerCapabilities,
+    settings: Settings,
+    *,
+    read_only: bool = False,
+    smart_config: Mapping[str, Any] | None = None,
+    smart_note: str = "none",
+) -> list[Finding]:
     """Every finding, pure: the statement, the SMART document and the settings in, rows out."""
     return [
         *_server_findings(caps),
@@ -428,19 +517,36 @@ def judge(caps: ServerCapabilities, settings: Settings, *, read_only: bool = Fal
 def _server_findings(caps: ServerCapabilities) -> Iterable[Finding]:
     version = f"{caps.fhir_version or 'not stated'} ({caps.release})"
     if caps.is_r4_family:
-        yield Finding("server", "FHIR version", "yes", version, "reads and writes FHIR R4",
-                      required=True)
+        yield Finding(
+            "server", "FHIR version", "yes", version, "reads and writes FHIR R4", required=True
+        )
     else:
-        yield Finding("server", "FHIR version", "no", version,
-                      "cannot work: fhirpanel reads and writes FHIR R4 (4.0.x) or R4B",
-                      required=True)
+        yield Finding(
+            "server",
+            "FHIR version",
+            "no",
+            version,
+            "cannot work: fhirpanel reads and writes FHIR R4 (4.0.x) or R4B",
+            required=True,
+        )
     formats = [f.lower() for f in caps.formats]
     if not formats or any("json" in f for f in formats):
-        yield Finding("server", "JSON format", "yes" if formats else "unknown",
-                      ", ".join(caps.formats) or "not stated", "sends and reads FHIR JSON")
+        yield Finding(
+            "server",
+            "JSON format",
+            "yes" if formats else "unknown",
+            ", ".join(caps.formats) or "not stated",
+            "sends and reads FHIR JSON",
+        )
     else:
-        yield Finding("server", "JSON format", "no", ", ".join(caps.formats),
-                      "cannot work: fhirpanel speaks FHIR JSON only", required=True)
+        yield Finding(
+            "server",
+            "JSON format",
+            "no",
+            ", ".join(caps.formats),
+            "cannot work: fhirpanel speaks FHIR JSON only",
+            required=True,
+        )
 
 
 def _interactions(caps: ServerCapabilities, rtype: str, wanted: Sequence[str]) -> str:
@@ -457,21 +563,37 @@ def _read_findings(caps: ServerCapabilities) -> Iterable[Finding]:
     for rtype in READ_TYPES:
         searchable = caps.supports(rtype, "search-type")
         yield Finding(
-            "read", rtype, "yes" if searchable else "no",
+            "read",
+            rtype,
+            "yes" if searchable else "no",
             _interactions(caps, rtype, ("search-type", "read")),
-            "paged search (_count = fhir.page_size)" if searchable
-            else "cannot work: every run searches this type", required=True)
+            "paged search (_count = fhir.page_size)"
+            if searchable
+            else "cannot work: every run searches this type",
+            required=True,
+        )
     for use in READ_PARAMS:
         declared = caps.supports_search_param(use.rtype, use.name)
         name = f"{use.rtype}?{use.name}"
         if declared:
             yield Finding("search", name, "yes", "declared", use.use, required=use.required)
         elif use.name in COMMON_PARAMS:
-            yield Finding("search", name, "unknown", "not declared",
-                          f"{use.use}; a parameter FHIR defines for every type, sent anyway")
+            yield Finding(
+                "search",
+                name,
+                "unknown",
+                "not declared",
+                f"{use.use}; a parameter FHIR defines for every type, sent anyway",
+            )
         else:
-            yield Finding("search", name, "no", "not declared",
-                          f"cannot read a patient's data: {use.use}", required=use.required)
+            yield Finding(
+                "search",
+                name,
+                "no",
+                "not declared",
+                f"cannot read a patient's data: {use.use}",
+                required=use.required,
+            )
 
 
 def _create_strategy(caps: ServerCapabilities, rtype: str, cfg: WritebackSettings) -> str:
@@ -488,7 +610,7 @@ _STRATEGY_TEXT = {
     "conditional-update": "creates with PUT {t}?identifier=… (conditional update)",
     "conditional-create": "creates with POST and If-None-Exist (conditional create)",
     "search-then-create": "searches by identifier, then POST (keep one writer: concurrent runs "
-                          "could duplicate)",
+    "could duplicate)",
 }
 
 
@@ -499,8 +621,9 @@ def _written_types(cfg: WritebackSettings, read_only: bool) -> list[tuple[str, s
     return rows
 
 
-def _write_findings(caps: ServerCapabilities, cfg: WritebackSettings,
-                    read_only: bool) -> Iterable[Finding]:
+def _write_findings(
+    caps: ServerCapabilities, cfg: WritebackSettings, read_only: bool
+) -> Iterable[Finding]:
     written = _written_types(cfg, read_only)
     for rtype, flag, used in written:
         provenance = rtype == "Provenance"
@@ -510,14 +633,20 @@ def _write_findings(caps: ServerCapabilities, cfg: WritebackSettings,
         required = used and not provenance
         if not used:
             why = "--read-only" if read_only else f"writeback.{flag} = false"
-            yield Finding("write", rtype, "yes" if supported else "no", server,
-                          f"not written ({why})")
+            yield Finding(
+                "write", rtype, "yes" if supported else "no", server, f"not written ({why})"
+            )
         elif supported and provenance:
             yield Finding("write", rtype, "yes", server, "one Provenance per write batch")
         elif provenance:
-            yield Finding("write", rtype, "no", server,
-                          "each batch's Provenance is skipped and listed as an issue; "
-                          "set writeback.provenance = false")
+            yield Finding(
+                "write",
+                rtype,
+                "no",
+                server,
+                "each batch's Provenance is skipped and listed as an issue; "
+                "set writeback.provenance = false",
+            )
         elif supported:
             text = _STRATEGY_TEXT[_create_strategy(caps, rtype, cfg)].format(t=rtype)
             versioning = caps.resources[rtype].versioning
@@ -527,22 +656,33 @@ def _write_findings(caps: ServerCapabilities, cfg: WritebackSettings,
             yield Finding("write", rtype, "yes", server, text, required=required)
         else:
             how = f"turn writeback.{flag} off" if flag else "run with --dry-run or --read-only"
-            yield Finding("write", rtype, "no", server, f"cannot write back {rtype}: {how}",
-                          required=required)
+            yield Finding(
+                "write", rtype, "no", server, f"cannot write back {rtype}: {how}", required=required
+            )
         if not provenance:
             declared = caps.supports_search_param(rtype, "identifier")
             yield Finding(
-                "write", f"{rtype}?identifier", "yes" if declared else "no",
+                "write",
+                f"{rtype}?identifier",
+                "yes" if declared else "no",
                 "declared" if declared else "not declared",
-                ("finds what fhirpanel wrote before (idempotent runs)" if declared else
-                 "cannot find what fhirpanel wrote: every run would create duplicates")
-                if used else "not needed (not written)", required=required)
-    yield from _write_mode_findings(caps, cfg, [t for t, _, used in written
-                                                if used and t != "Provenance"])
+                (
+                    "finds what fhirpanel wrote before (idempotent runs)"
+                    if declared
+                    else "cannot find what fhirpanel wrote: every run would create duplicates"
+                )
+                if used
+                else "not needed (not written)",
+                required=required,
+            )
+    yield from _write_mode_findings(
+        caps, cfg, [t for t, _, used in written if used and t != "Provenance"]
+    )
 
 
-def _write_mode_findings(caps: ServerCapabilities, cfg: WritebackSettings,
-                         types: Sequence[str]) -> Iterable[Finding]:
+def _write_mode_findings(
+    caps: ServerCapabilities, cfg: WritebackSettings, types: Sequence[str]
+) -> Iterable[Finding]:
     def declaring(test: Any) -> list[str]:
         return [t for t in types if test(t)]
 
@@ -550,13 +690,24 @@ def _write_mode_findings(caps: ServerCapabilities, cfg: WritebackSettings,
     creates = declaring(lambda t: t in caps.resources and caps.resources[t].conditional_create)
     listed = [t for t in (*WRITE_TYPES, *(t for t, _ in OPTIONAL_WRITES)) if t != "Provenance"]
     all_updates = [t for t in listed if caps.conditional_update(t)]
-    all_creates = [t for t in listed
-                   if t in caps.resources and caps.resources[t].conditional_create]
+    all_creates = [
+        t for t in listed if t in caps.resources and caps.resources[t].conditional_create
+    ]
     if not types:
-        yield Finding("write", "conditional update", _share(all_updates, listed),
-                      _names(all_updates), "not needed (nothing is written)")
-        yield Finding("write", "conditional create", _share(all_creates, listed),
-                      _names(all_creates), "not needed (nothing is written)")
+        yield Finding(
+            "write",
+            "conditional update",
+            _share(all_updates, listed),
+            _names(all_updates),
+            "not needed (nothing is written)",
+        )
+        yield Finding(
+            "write",
+            "conditional create",
+            _share(all_creates, listed),
+            _names(all_creates),
+            "not needed (nothing is written)",
+        )
     else:
         lacking = [t for t in types if t not in updates]
         if not cfg.use_conditional_update:
@@ -564,10 +715,11 @@ def _write_mode_findings(caps: ServerCapabilities, cfg: WritebackSettings,
         elif not lacking:
             text = "new resources are created idempotently with PUT Type?identifier=…"
         else:
-            text = (f"{', '.join(lacking)}: conditional create where declared, else search by "
-                    "identifier then POST")
-        yield Finding("write", "conditional update", _share(updates, types), _names(updates),
-                      text)
+            text = (
+                f"{', '.join(lacking)}: conditional create where declared, else search by "
+                "identifier then POST"
+            )
+        yield Finding("write", "conditional update", _share(updates, types), _names(updates), text)
         fallback = [t for t in types if _create_strategy(caps, t, cfg) != "conditional-update"]
         if not fallback:
             text = "not needed (conditional update is used)"
@@ -575,10 +727,11 @@ def _write_mode_findings(caps: ServerCapabilities, cfg: WritebackSettings,
             text = f"used for {', '.join(fallback)} instead of conditional update"
         else:
             bare = [t for t in fallback if t not in creates]
-            text = (f"{', '.join(bare)}: search by identifier, then POST (keep one writer: "
-                    "concurrent runs could duplicate)")
-        yield Finding("write", "conditional create", _share(creates, types), _names(creates),
-                      text)
+            text = (
+                f"{', '.join(bare)}: search by identifier, then POST (keep one writer: "
+                "concurrent runs could duplicate)"
+            )
+        yield Finding("write", "conditional create", _share(creates, types), _names(creates), text)
     if not types:
         text = "not needed (nothing is written)"
     elif not caps.transaction:
@@ -586,16 +739,27 @@ def _write_mode_findings(caps: ServerCapabilities, cfg: WritebackSettings,
     elif not cfg.use_transactions:
         text = "off (writeback.use_transactions = false): one request per resource"
     else:
-        text = (f"writes in transaction Bundles of up to {cfg.batch_size}; one refused as too "
-                "large lowers the size of its kind (with or without conditional entries) for "
-                "the rest of the run, straight to the limit the refusal names when fhirpanel "
-                "knows it (Medplum's), else by half; one refused whole for a version conflict "
-                "is re-read and sent again once; any other is retried entry by entry")
-    yield Finding("write", "transaction", "yes" if caps.transaction else "no",
-                  "declared" if caps.transaction else "not declared", text)
-    yield Finding("write", "batch", "yes" if caps.batch else "no",
-                  "declared" if caps.batch else "not declared",
-                  "not used: fhirpanel sends transactions or single requests")
+        text = (
+            f"writes in transaction Bundles of up to {cfg.batch_size}; one refused as too "
+            "large lowers the size of its kind (with or without conditional entries) for "
+            "the rest of the run, straight to the limit the refusal names when fhirpanel "
+            "knows it (Medplum's), else by half; one refused whole for a version conflict "
+            "is re-read and sent again once; any other is retried entry by entry"
+        )
+    yield Finding(
+        "write",
+        "transaction",
+        "yes" if caps.transaction else "no",
+        "declared" if caps.transaction else "not declared",
+        text,
+    )
+    yield Finding(
+        "write",
+        "batch",
+        "yes" if caps.batch else "no",
+        "declared" if caps.batch else "not declared",
+        "not used: fhirpanel sends transactions or single requests",
+    )
 
 
 def _share(have: Sequence[str], of: Sequence[str]) -> Status:
@@ -614,49 +778,78 @@ def _bulk_findings(caps: ServerCapabilities, settings: Settings) -> Iterable[Fin
     export = caps.export
     source = settings.scheduler.source
     # fhir/bulk.py exports a Group for `bulk:BASE/Group/ID` or bulk.group_id, else the system.
-    group_id = settings.bulk.group_id or (source.rsplit("/Group/", 1)[-1].split("/")[0]
-                                          if "/Group/" in source else "")
+    group_id = settings.bulk.group_id or (
+        source.rsplit("/Group/", 1)[-1].split("/")[0] if "/Group/" in source else ""
+    )
     bulk_source = source.startswith("bulk:")  # the worker reads with $export
     fallback = "`bulk:` sources unavailable here: fhirpanel reads with paged searches"
     if export.system:
-        text = ("`--source bulk:BASE` exports with $export" if not group_id
-                else f"available; the configured export is Group/{group_id}")
+        text = (
+            "`--source bulk:BASE` exports with $export"
+            if not group_id
+            else f"available; the configured export is Group/{group_id}"
+        )
     else:
         text = fallback
-    yield Finding("bulk", "$export (system)", "yes" if export.system else "no",
-                  "declared" if export.system else "not declared", text,
-                  required=bulk_source and not group_id)
-    yield Finding("bulk", "$export (Patient)", "yes" if export.patient else "no",
-                  "declared" if export.patient else "not declared",
-                  "not used: fhirpanel exports at system or Group level")
+    yield Finding(
+        "bulk",
+        "$export (system)",
+        "yes" if export.system else "no",
+        "declared" if export.system else "not declared",
+        text,
+        required=bulk_source and not group_id,
+    )
+    yield Finding(
+        "bulk",
+        "$export (Patient)",
+        "yes" if export.patient else "no",
+        "declared" if export.patient else "not declared",
+        "not used: fhirpanel exports at system or Group level",
+    )
     if export.group:
-        text = (f"exports Group/{group_id}" if group_id
-                else "`--source bulk:BASE/Group/ID` exports one Group")
+        text = (
+            f"exports Group/{group_id}"
+            if group_id
+            else "`--source bulk:BASE/Group/ID` exports one Group"
+        )
     else:
-        text = (f"cannot export Group/{group_id}: {fallback}" if group_id else fallback)
-    yield Finding("bulk", "$export (Group)", "yes" if export.group else "no",
-                  "declared" if export.group else "not declared", text,
-                  required=bulk_source and bool(group_id))
+        text = f"cannot export Group/{group_id}: {fallback}" if group_id else fallback
+    yield Finding(
+        "bulk",
+        "$export (Group)",
+        "yes" if export.group else "no",
+        "declared" if export.group else "not declared",
+        text,
+        required=bulk_source and bool(group_id),
+    )
 
 
 def _subscription_findings(caps: ServerCapabilities, settings: Settings) -> Iterable[Finding]:
     sched = settings.scheduler
-    polling = (f"the worker polls Encounter?_lastUpdated=gt… every "
-               f"{sched.incremental_minutes:g} min")
+    polling = f"the worker polls Encounter?_lastUpdated=gt… every {sched.incremental_minutes:g} min"
     if not caps.subscriptions_rest_hook:
         text = polling
     elif sched.subscriptions:
         text = "the worker registers an Encounter rest-hook Subscription (scheduler.subscriptions)"
     else:
         text = f"off (scheduler.subscriptions = false): {polling}"
-    yield Finding("subscriptions", "rest-hook Subscription",
-                  "yes" if caps.subscriptions_rest_hook else "no",
-                  "Subscription create declared" if caps.subscriptions_rest_hook
-                  else "no Subscription create", text)
+    yield Finding(
+        "subscriptions",
+        "rest-hook Subscription",
+        "yes" if caps.subscriptions_rest_hook else "no",
+        "Subscription create declared"
+        if caps.subscriptions_rest_hook
+        else "no Subscription create",
+        text,
+    )
     if caps.subscription_topics:
-        yield Finding("subscriptions", "topics (R5 backport)", "yes",
-                      f"{len(caps.subscription_topics)} topic(s)",
-                      "not used: fhirpanel subscribes with R4 criteria")
+        yield Finding(
+            "subscriptions",
+            "topics (R5 backport)",
+            "yes",
+            f"{len(caps.subscription_topics)} topic(s)",
+            "not used: fhirpanel subscribes with R4 criteria",
+        )
 
 
 def _listed(config: Mapping[str, Any] | None, key: str) -> list[str] | None:
@@ -664,46 +857,78 @@ def _listed(config: Mapping[str, Any] | None, key: str) -> list[str] | None:
     return [str(v) for v in value] if isinstance(value, list) else None
 
 
-def _smart_findings(caps: ServerCapabilities, settings: Settings,
-                    config: Mapping[str, Any] | None, note: str) -> Iterable[Finding]:
+def _smart_findings(
+    caps: ServerCapabilities, settings: Settings, config: Mapping[str, Any] | None, note: str
+) -> Iterable[Finding]:
     fhir = settings.fhir
     smart = fhir.auth == "smart"
     unused = f"not used (fhir.auth = {fhir.auth})"
     declared = caps.smart.declared
-    where = (".well-known/smart-configuration" if config is not None
-             else "CapabilityStatement only" if declared else f".well-known: {note}")
-    yield Finding("smart", "SMART configuration",
-                  "yes" if config is not None or declared else "no", where,
-                  "discovers the token endpoint" if smart else unused)
+    where = (
+        ".well-known/smart-configuration"
+        if config is not None
+        else "CapabilityStatement only"
+        if declared
+        else f".well-known: {note}"
+    )
+    yield Finding(
+        "smart",
+        "SMART configuration",
+        "yes" if config is not None or declared else "no",
+        where,
+        "discovers the token endpoint" if smart else unused,
+    )
     token = (config or {}).get("token_endpoint") or caps.smart.token_url
     token_text = redact_url(str(token)) if token else "not stated"
     if fhir.smart_token_url:
         use = f"uses fhir.smart_token_url ({redact_url(fhir.smart_token_url)})"
     else:
-        use = ("requests tokens there" if token else
-               "cannot get tokens: set fhir.smart_token_url")
-    yield Finding("smart", "token endpoint", "yes" if token else "no", token_text,
-                  use if smart else unused, required=smart and not fhir.smart_token_url)
+        use = "requests tokens there" if token else "cannot get tokens: set fhir.smart_token_url"
+    yield Finding(
+        "smart",
+        "token endpoint",
+        "yes" if token else "no",
+        token_text,
+        use if smart else unused,
+        required=smart and not fhir.smart_token_url,
+    )
     checks = (
-        ("client_credentials grant", "grant_types_supported", "client_credentials",
-         "SMART Backend Services: a client-credentials grant"),
-        ("private_key_jwt", "token_endpoint_auth_methods_supported", "private_key_jwt",
-         "authenticates with a signed JWT assertion"),
-        (f"{fhir.smart_algorithm} signatures", "token_endpoint_auth_signing_alg_values_supported",
-         fhir.smart_algorithm, f"signs the assertion with {fhir.smart_algorithm} "
-         "(fhir.smart_algorithm)"),
+        (
+            "client_credentials grant",
+            "grant_types_supported",
+            "client_credentials",
+            "SMART Backend Services: a client-credentials grant",
+        ),
+        (
+            "private_key_jwt",
+            "token_endpoint_auth_methods_supported",
+            "private_key_jwt",
+            "authenticates with a signed JWT assertion",
+        ),
+        (
+            f"{fhir.smart_algorithm} signatures",
+            "token_endpoint_auth_signing_alg_values_supported",
+            fhir.smart_algorithm,
+            f"signs the assertion with {fhir.smart_algorithm} (fhir.smart_algorithm)",
+        ),
     )
     for name, key, wanted, use in checks:
         values = _listed(config, key)
         if values is None:
-            yield Finding("smart", name, "unknown", f"{key} not stated",
-                          use if smart else unused)
+            yield Finding("smart", name, "unknown", f"{key} not stated", use if smart else unused)
         elif wanted in values:
-            yield Finding("smart", name, "yes", ", ".join(values), use if smart else unused,
-                          required=smart)
+            yield Finding(
+                "smart", name, "yes", ", ".join(values), use if smart else unused, required=smart
+            )
         else:
-            yield Finding("smart", name, "no", ", ".join(values) or "none",
-                          f"cannot authenticate: {use}" if smart else unused, required=smart)
+            yield Finding(
+                "smart",
+                name,
+                "no",
+                ", ".join(values) or "none",
+                f"cannot authenticate: {use}" if smart else unused,
+                required=smart,
+            )
     capabilities = _listed(config, "capabilities")
     permission = f"permission-{fhir.smart_scope_version}"
     scopes = "system/Patient.read" if fhir.smart_scope_version == "v1" else "system/Patient.rs"
@@ -713,10 +938,15 @@ def _smart_findings(caps: ServerCapabilities, settings: Settings,
     else:
         have = [c for c in capabilities if c.startswith("permission-")]
         other = "v2" if fhir.smart_scope_version == "v1" else "v1"
-        yield Finding("smart", "scope syntax", "yes" if permission in have else "no",
-                      ", ".join(have),
-                      (use if permission in have else
-                       f"set fhir.smart_scope_version = {other}") if smart else unused)
+        yield Finding(
+            "smart",
+            "scope syntax",
+            "yes" if permission in have else "no",
+            ", ".join(have),
+            (use if permission in have else f"set fhir.smart_scope_version = {other}")
+            if smart
+            else unused,
+        )
 
 
 # --------------------------------------------------------------------------- output
@@ -725,8 +955,10 @@ _MARKS: dict[Status, str] = {"yes": "yes", "no": "NO", "partial": "partly", "unk
 
 
 def render(check: ServerCheck, console: Console) -> None:
-    console.print(f"[bold]{check.url}[/bold]: {check.software}, FHIR {check.fhir_version} "
-                  f"({check.release})", highlight=False)
+    console.print(
+        f"[bold]{check.url}[/bold]: {check.software}, FHIR {check.fhir_version} ({check.release})",
+        highlight=False,
+    )
     table = Table(show_lines=False, pad_edge=False)
     table.add_column("area")
     table.add_column("capability")
@@ -735,11 +967,24 @@ def render(check: ServerCheck, console: Console) -> None:
     table.add_column("fhirpanel")
     previous = ""
     for f in check.findings:
-        style = ("red" if f.blocking else "yellow" if f.status in ("no", "partial")
-                 else "dim" if f.status == "unknown" else "")
+        style = (
+            "red"
+            if f.blocking
+            else "yellow"
+            if f.status in ("no", "partial")
+            else "dim"
+            if f.status == "unknown"
+            else ""
+        )
         mark = _MARKS[f.status] + (" (required)" if f.blocking else "")
-        table.add_row(f.area if f.area != previous else "", f.name, mark, f.server,
-                      f.fhirpanel, style=style or None)
+        table.add_row(
+            f.area if f.area != previous else "",
+            f.name,
+            mark,
+            f.server,
+            f.fhirpanel,
+            style=style or None,
+        )
         previous = f.area
     console.print(table)
     colour = "green" if check.ok else "red"

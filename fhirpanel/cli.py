@@ -41,8 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_code_for(exc)
     except Exception as exc:  # a bug: one line here, the traceback at DEBUG
         log.debug("unexpected error", exc_info=True)
-        error_line(f"unexpected {type(exc).__name__}: {one_line(exc)} (set "
-                   "FHIRPANEL_LOG_LEVEL=DEBUG for the traceback, and please report it)")
+        error_line(
+            f"unexpected {type(exc).__name__}: {one_line(exc)} (set "
+            "FHIRPANEL_LOG_LEVEL=DEBUG for the traceback, and please report it)"
+        )
         return exit_code_for(exc)
 
 
@@ -87,8 +89,10 @@ def configure_logging(args: argparse.Namespace) -> None:
         settings = Settings.load(getattr(args, "config", None))
     except ConfigError:
         settings = Settings()  # the command says what is wrong when it loads them itself
-    logging.basicConfig(level=settings.log_level or logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level or logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     log.setLevel(settings.log_level_for(service=args.command in SERVICES))
 
 
@@ -105,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     parser = argparse.ArgumentParser(
-        prog="fhirpanel", description="FHIR-native empanelment and risk-stratified care management")
+        prog="fhirpanel", description="FHIR-native empanelment and risk-stratified care management"
+    )
     parser.add_argument("--version", action="version", version=f"fhirpanel {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     # In the order `fhirpanel --help` lists them.

@@ -230,8 +230,9 @@ class Settings:
         return self.log_level or ("INFO" if service else "WARNING")
 
 
-def _build(cls: type[Any], data: Mapping[str, Any], env: Mapping[str, str], prefix: str,
-           where: str) -> Any:
+def _build(
+    cls: type[Any], data: Mapping[str, Any], env: Mapping[str, str], prefix: str, where: str
+) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a table")
     hints = typing.get_type_hints(cls)
@@ -244,8 +245,9 @@ def _build(cls: type[Any], data: Mapping[str, Any], env: Mapping[str, str], pref
         hint = hints[f.name]
         env_key = f"{prefix}{f.name.upper()}"
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            kwargs[f.name] = _build(hint, data.get(f.name, {}), env, env_key + "_",
-                                    f"{where}[{f.name}]")
+            kwargs[f.name] = _build(
+                hint, data.get(f.name, {}), env, env_key + "_", f"{where}[{f.name}]"
+            )
         elif env_key in env:
             kwargs[f.name] = _coerce(hint, env[env_key], env_key)
         elif f.name in data:

@@ -28,13 +28,20 @@ log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Record)
 
 # Read clinicians and organisations first: they are few, and patients' references need them.
-READ_ORDER = ("Organization", "Practitioner", "PractitionerRole", "Patient", "Encounter",
-              "Condition")
+READ_ORDER = (
+    "Organization",
+    "Practitioner",
+    "PractitionerRole",
+    "Patient",
+    "Encounter",
+    "Condition",
+)
 Progress = Callable[[str, int], None]  # (resource type, resources read so far of that type)
 
 
-def read_population(source: FhirSource, progress: Progress | None = None,
-                    patients: Sequence[str] | None = None) -> Population:
+def read_population(
+    source: FhirSource, progress: Progress | None = None, patients: Sequence[str] | None = None
+) -> Population:
     """Everything a run needs. With `patients`, only those patients' Patient, Encounter and
     Condition resources (plus all clinicians and organisations)."""
     builder = PopulationBuilder()
@@ -55,8 +62,9 @@ class PopulationBuilder:
         self._encounters: dict[str, EncounterRecord] = {}
         self._conditions: dict[str, ConditionRecord] = {}
 
-    def add_items(self, rtype: str, items: Iterable[Item],
-                  progress: Progress | None = None) -> None:
+    def add_items(
+        self, rtype: str, items: Iterable[Item], progress: Progress | None = None
+    ) -> None:
         count = 0
         for item in items:
             count += 1
@@ -120,14 +128,22 @@ class PopulationBuilder:
                 role = pop.roles.get(enc.practitioner_role)
                 if role is None or role.practitioner is None:
                     why = "unknown" if role is None else "has no practitioner"
-                    pop.issues.append(Issue(
-                        enc.id, f"participant {enc.practitioner_role} {why}; "
-                        "not counted for attribution", "recorded"))
+                    pop.issues.append(
+                        Issue(
+                            enc.id,
+                            f"participant {enc.practitioner_role} {why}; "
+                            "not counted for attribution",
+                            "recorded",
+                        )
+                    )
                 else:
                     enc = dataclasses.replace(enc, practitioner=role.practitioner)
             elif enc.practitioner is None:
-                pop.issues.append(Issue(
-                    enc.id, "no clinician participant; not counted for attribution", "recorded"))
+                pop.issues.append(
+                    Issue(
+                        enc.id, "no clinician participant; not counted for attribution", "recorded"
+                    )
+                )
             out.append(enc)
         return out
 
@@ -159,13 +175,16 @@ def future_date_issues(population: Population, as_of: date) -> list[Issue]:
     where they matter (no age from a future birth date; a visit after the as-of date counts for
     neither attribution, utilisation nor panel weights), and skipping the Patient would make a
     refresh remove them from the store."""
-    issues = [Issue(pid, BIRTH_IN_FUTURE, "recorded")
-              for pid, patient in sorted(population.patients.items())
-              if patient.birth_date is not None and patient.birth_date > as_of]
-    issues.extend(Issue(enc.id, ENCOUNTER_IN_FUTURE, "recorded")
-                  for enc in sorted(population.encounters, key=lambda e: e.id)
-                  if enc.day is not None and enc.day > as_of
-                  and enc.status not in NOT_YET_STATUSES)
+    issues = [
+        Issue(pid, BIRTH_IN_FUTURE, "recorded")
+        for pid, patient in sorted(population.patients.items())
+        if patient.birth_date is not None and patient.birth_date > as_of
+    ]
+    issues.extend(
+        Issue(enc.id, ENCOUNTER_IN_FUTURE, "recorded")
+        for enc in sorted(population.encounters, key=lambda e: e.id)
+        if enc.day is not None and enc.day > as_of and enc.status not in NOT_YET_STATUSES
+    )
     return issues
 
 
@@ -187,5 +206,11 @@ def _newer(a: R, b: R) -> R:
     return b
 
 
-__all__ = ["READ_ORDER", "RESOURCE_TYPES", "PopulationBuilder", "add_future_date_issues",
-           "future_date_issues", "read_population"]
+__all__ = [
+    "READ_ORDER",
+    "RESOURCE_TYPES",
+    "PopulationBuilder",
+    "add_future_date_issues",
+    "future_date_issues",
+    "read_population",
+]

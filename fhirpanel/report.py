@@ -23,12 +23,14 @@ def patient_entry(assignment: Assignment, outcome: RunOutcome) -> dict[str, Any]
         entry["reason"] = assignment.reason
         return entry
     if assignment.status == "assigned":
-        entry.update({
-            "practitioner": assignment.practitioner,
-            "rule": assignment.rule,
-            "step": assignment.step,
-            "tie_broken": assignment.tie_broken,
-        })
+        entry.update(
+            {
+                "practitioner": assignment.practitioner,
+                "rule": assignment.rule,
+                "step": assignment.step,
+                "tie_broken": assignment.tie_broken,
+            }
+        )
         if assignment.practitioner_role:
             entry["practitioner_role"] = assignment.practitioner_role
         if assignment.sentinel_exam:
@@ -95,10 +97,15 @@ def build_report(outcome: RunOutcome) -> dict[str, Any]:
             for s in outcome.panels.suggestions
         ],
         "outreach": [
-            {"patient": o.patient, "practitioner": o.practitioner, "reasons": list(o.reasons),
-             "last_visit": o.last_visit.isoformat() if o.last_visit else None,
-             "last_sentinel_exam": (o.last_sentinel_exam.isoformat()
-                                    if o.last_sentinel_exam else None)}
+            {
+                "patient": o.patient,
+                "practitioner": o.practitioner,
+                "reasons": list(o.reasons),
+                "last_visit": o.last_visit.isoformat() if o.last_visit else None,
+                "last_sentinel_exam": (
+                    o.last_sentinel_exam.isoformat() if o.last_sentinel_exam else None
+                ),
+            }
             for o in outcome.outreach
         ],
         "warnings": list(outcome.warnings),
@@ -119,38 +126,61 @@ def render_summary(report: dict[str, Any], source: str, console: Console) -> Non
     summary = report["summary"]
     console.print(
         f"[bold]fhirpanel[/bold] as of {report['as_of']} - pipeline {report['pipeline']} - "
-        f"source {source}")
+        f"source {source}"
+    )
     table = Table(title="Panels (T1-T4: patients per risk tier)", header_style="bold")
-    for column in ("Clinician", "Id", "Patients", "Risk-adj.", "Capacity", "Open", "% used",
-                   "T1", "T2", "T3", "T4"):
-        table.add_column(column, justify="left" if column in ("Clinician", "Id") else "right",
-                         no_wrap=True)
+    for column in (
+        "Clinician",
+        "Id",
+        "Patients",
+        "Risk-adj.",
+        "Capacity",
+        "Open",
+        "% used",
+        "T1",
+        "T2",
+        "T3",
+        "T4",
+    ):
+        table.add_column(
+            column, justify="left" if column in ("Clinician", "Id") else "right", no_wrap=True
+        )
     for panel in report["panels"]:
         capacity = panel["capacity"] or 0
         used = f"{100 * panel['risk_adjusted_size'] / capacity:.0f}%" if capacity else "-"
         tiers = panel["tiers"]
         table.add_row(
-            panel["name"] or "-", panel["practitioner"].removeprefix("Practitioner/"),
-            str(panel["size"]), f"{panel['risk_adjusted_size']:.1f}",
-            str(capacity), f"{panel['open_capacity']:.0f}", used,
-            *(str(tiers.get(t, 0)) for t in ("1", "2", "3", "4")))
+            panel["name"] or "-",
+            panel["practitioner"].removeprefix("Practitioner/"),
+            str(panel["size"]),
+            f"{panel['risk_adjusted_size']:.1f}",
+            str(capacity),
+            f"{panel['open_capacity']:.0f}",
+            used,
+            *(str(tiers.get(t, 0)) for t in ("1", "2", "3", "4")),
+        )
     console.print(table)
     by_rule = ", ".join(f"{k} {v}" for k, v in summary["by_rule"].items()) or "none"
     console.print(
         f"Patients: {summary['patients']}  assigned {summary['assigned']}  "
         f"unassigned {summary['unassigned']}  excluded {summary['excluded']}  "
-        f"(tie-broken, to review: {summary['tie_broken']})")
+        f"(tie-broken, to review: {summary['tie_broken']})"
+    )
     console.print(f"Assigned by: {by_rule}")
     elig = report["eligibility"]
     console.print(
         f"Clinicians eligible by code {elig['by_code']}, by text {elig['by_text']}, "
-        f"not matched {elig['not_matched']}")
+        f"not matched {elig['not_matched']}"
+    )
     tiers = summary["tiers"]
-    console.print("Tiers (assigned patients): " + ", ".join(
-        f"{t}: {tiers.get(t, 0)}" for t in ("1", "2", "3", "4")))
+    console.print(
+        "Tiers (assigned patients): "
+        + ", ".join(f"{t}: {tiers.get(t, 0)}" for t in ("1", "2", "3", "4"))
+    )
     console.print(
         f"Outreach: {len(report['outreach'])} patients to contact; "
-        f"suggestions for unassigned: {len(report['suggestions'])}")
+        f"suggestions for unassigned: {len(report['suggestions'])}"
+    )
     read = ", ".join(f"{k} {v}" for k, v in summary["resources_read"].items())
     console.print(f"Read: {read}; {summary['issues']} input issues recorded")
     for warning in report["warnings"]:

@@ -30,47 +30,76 @@ log = logging.getLogger(__name__)
 __all__ = ["analyse", "open_source", "run_full"]
 
 
-def analyse(population: Population, as_of: date, tables: MethodTables, *,
-            source: str = "", manual: dict[str, ManualAssignment] | None = None,
-            weights: AgeSexWeights | None = None,
-            timings: dict[str, float] | None = None,
-            outreach_months: tuple[int, int] = (12, 24)) -> RunOutcome:
+def analyse(
+    population: Population,
+    as_of: date,
+    tables: MethodTables,
+    *,
+    source: str = "",
+    manual: dict[str, ManualAssignment] | None = None,
+    weights: AgeSexWeights | None = None,
+    timings: dict[str, float] | None = None,
+    outreach_months: tuple[int, int] = (12, 24),
+) -> RunOutcome:
     """Everything after reading: pure functions in order, timed. Dates after `as_of` (birth
     dates, encounters) are first added to the population's issues (`recorded`)."""
     timings = {} if timings is None else timings
     clock = _Stopwatch(timings)
     add_future_date_issues(population, as_of)
     with clock("attribute"):
-        attribution = attribute_patients(population, as_of, tables.pipeline, tables.rules,
-                                         manual=manual)
+        attribution = attribute_patients(
+            population, as_of, tables.pipeline, tables.rules, manual=manual
+        )
     with clock("risk"):
         risk = score_patients(population, as_of, tables.risk)
     tiers = {pid: r.tier for pid, r in risk.items()}
     hcc = {pid: r.hcc for pid, r in risk.items() if r.hcc is not None}
     with clock("panels"):
         if weights is None:
-            weights = compute_age_sex_weights(population, as_of, tables.rules,
-                                              visits=attribution.visits)
-        panels = compute_panels(population, attribution, as_of, tables.capacities, weights,
-                                tiers=tiers, hcc_scores=hcc)
-        outreach = outreach_list(population, attribution, as_of, tables.rules,
-                                 not_seen_months=outreach_months[0],
-                                 sentinel_months=outreach_months[1])
-    assigned = [risk[a.patient] for a in attribution.assignments
-                if a.status == "assigned" and a.patient in risk]
+            weights = compute_age_sex_weights(
+                population, as_of, tables.rules, visits=attribution.visits
+            )
+        panels = compute_panels(
+            population, attribution, as_of, tables.capacities, weights, tiers=tiers, hcc_scores=hcc
+        )
+        outreach = outreach_list(
+            population,
+            attribution,
+            as_of,
+            tables.rules,
+            not_seen_months=outreach_months[0],
+            sentinel_months=outreach_months[1],
+        )
+    assigned = [
+        risk[a.patient]
+        for a in attribution.assignments
+        if a.status == "assigned" and a.patient in risk
+    ]
     distribution = tier_distribution(assigned)
     warnings = check_tier_shape(distribution)
     if attribution.eligibility.fallback_all_on_visits:
-        warnings.append("no PractitionerRole data: every clinician on a qualifying visit was "
-                        "treated as eligible for attribution")
-    return RunOutcome(as_of=as_of, source=source, population=population,
-                      attribution=attribution, risk=risk, panels=panels, outreach=outreach,
-                      tier_distribution=distribution, warnings=warnings, timings=timings)
+        warnings.append(
+            "no PractitionerRole data: every clinician on a qualifying visit was "
+            "treated as eligible for attribution"
+        )
+    return RunOutcome(
+        as_of=as_of,
+        source=source,
+        population=population,
+        attribution=attribution,
+        risk=risk,
+        panels=panels,
+        outreach=outreach,
+        tier_distribution=distribution,
+        warnings=warnings,
+        timings=timings,
+    )
 
 
 def open_source(spec: str, settings: Settings) -> FhirSource:
     """A source from `--source`: a FHIR base URL, `ndjson:DIR` or `bulk:BASE`, with the client
     built from settings (auth, timeouts, retries)."""
+
     def client_factory(base_url: str) -> object:
         from fhirpanel.fhir.client import FhirClient
 
@@ -79,10 +108,14 @@ def open_source(spec: str, settings: Settings) -> FhirSource:
     return source_from_spec(spec, client_factory, bulk=settings.bulk)
 
 
-def run_full(settings: Settings, source: FhirSource, as_of: date,
-             progress: Progress | None = None,
-             manual: dict[str, ManualAssignment] | None = None,
-             tables: Tables | None = None) -> RunOutcome:
+def run_full(
+    settings: Settings,
+    source: FhirSource,
+    as_of: date,
+    progress: Progress | None = None,
+    manual: dict[str, ManualAssignment] | None = None,
+    tables: Tables | None = None,
+) -> RunOutcome:
     """Read the whole population and analyse it with the pass's `tables` (loaded here when not
     given; a pass that also writes loads them once and passes them to both)."""
     timings: dict[str, float] = {}
@@ -91,12 +124,24 @@ def run_full(settings: Settings, source: FhirSource, as_of: date,
         tables = tables or Tables.load(settings)
     with clock("read"):
         population = read_population(source, progress=progress)
-    log.info("read %s from %s (%d issues)", population.counts(), source.describe(),
-             len(population.issues))
-    return analyse(population, as_of, tables.method, source=source.describe(), manual=manual,
-                   timings=timings,
-                   outreach_months=(settings.attribution.outreach_not_seen_months,
-                                    settings.attribution.outreach_sentinel_months))
+    log.info(
+        "read %s from %s (%d issues)",
+        population.counts(),
+        source.describe(),
+        len(population.issues),
+    )
+    return analyse(
+        population,
+        as_of,
+        tables.method,
+        source=source.describe(),
+        manual=manual,
+        timings=timings,
+        outreach_months=(
+            settings.attribution.outreach_not_seen_months,
+            settings.attribution.outreach_sentinel_months,
+        ),
+    )
 
 
 class _Stopwatch:

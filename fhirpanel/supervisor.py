@@ -54,18 +54,33 @@ class Supervisor:
 
     children: list[tuple[Child, float]] = field(default_factory=list)
 
-    def start(self, args: list[str], *, env: dict[str, str] | None = None,
-              log_path: Path | None = None, grace: float = 30) -> Child:
+    def start(
+        self,
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        grace: float = 30,
+    ) -> Child:
         """`python -m fhirpanel ARGS`; output to `log_path` (stdout and stderr), or stdout
         dropped and stderr shared with the supervisor when there is none."""
         cmd = [sys.executable, "-m", "fhirpanel", *args]
         if log_path is None:
-            child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,  # noqa: S603 - our own module
-                                     start_new_session=True)
+            child = subprocess.Popen(  # noqa: S603 - our own module
+                cmd,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         else:
             with log_path.open("wb") as log_file:
-                child = subprocess.Popen(cmd, env=env, stdout=log_file,  # noqa: S603 - our own module
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                child = subprocess.Popen(  # noqa: S603 - our own module
+                    cmd,
+                    env=env,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
         self.children.append((child, grace))
         return child
 
@@ -73,8 +88,9 @@ class Supervisor:
         """A child that has exited, if any."""
         return next((c for c, _ in self.children if c.poll() is not None), None)
 
-    def wait_until(self, check: Callable[[], bool], what: str, timeout: float,
-                   poll: float = 0.5) -> None:
+    def wait_until(
+        self, check: Callable[[], bool], what: str, timeout: float, poll: float = 0.5
+    ) -> None:
         """Until `check()` holds; SourceError when a child exits first or time runs out."""
         deadline = time.monotonic() + timeout
         while not check():
@@ -104,6 +120,7 @@ class Supervisor:
 def supervised() -> Iterator[Supervisor]:
     """A supervisor whose children are all stopped on the way out, however the block ends;
     SIGTERM inside the block raises KeyboardInterrupt, as Ctrl-C does."""
+
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 

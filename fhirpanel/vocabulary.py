@@ -10,9 +10,9 @@ from enum import StrEnum
 class RunKind(StrEnum):
     """What a recorded run did."""
 
-    FULL = "full"                # read the whole population (`fhirpanel refresh`, nightly)
+    FULL = "full"  # read the whole population (`fhirpanel refresh`, nightly)
     INCREMENTAL = "incremental"  # changes since the watermark
-    RUN = "run"                  # `fhirpanel run --write`
+    RUN = "run"  # `fhirpanel run --write`
 
 
 # What `POST /api/runs` and the dashboard may start.
@@ -22,15 +22,15 @@ STARTABLE_KINDS: tuple[RunKind, ...] = (RunKind.FULL, RunKind.INCREMENTAL)
 class RunStatus(StrEnum):
     """A run's state. `queued` and `running` are open; the rest are final."""
 
-    QUEUED = "queued"        # asked for (API, dashboard), waiting for the worker
+    QUEUED = "queued"  # asked for (API, dashboard), waiting for the worker
     RUNNING = "running"
     SUCCEEDED = "succeeded"
-    PARTIAL = "partial"      # finished, with recorded items skipped or writes unconfirmed
+    PARTIAL = "partial"  # finished, with recorded items skipped or writes unconfirmed
     FAILED = "failed"
-    HELD = "held"            # the brake stopped it: nothing written or stored
-    ACCEPTED = "accepted"    # was held; a person read its figures and let the change through
-    SKIPPED = "skipped"      # refused before it started (busy, no watermark, ...)
-    CRASHED = "crashed"      # its holder died; marked by the next one to take the lease
+    HELD = "held"  # the brake stopped it: nothing written or stored
+    ACCEPTED = "accepted"  # was held; a person read its figures and let the change through
+    SKIPPED = "skipped"  # refused before it started (busy, no watermark, ...)
+    CRASHED = "crashed"  # its holder died; marked by the next one to take the lease
     ABANDONED = "abandoned"  # interrupted, or left `running` by a process that is gone
 
 

@@ -72,17 +72,24 @@ def default_trigger(settings: Settings, store: Store) -> Trigger:
     return trigger
 
 
-def create_app(settings: Settings | None = None, *, store: Store | None = None,
-               trigger: Trigger | None = None, allow_no_tokens: bool = False,
-               tables: Tables | None = None) -> Flask:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: Store | None = None,
+    trigger: Trigger | None = None,
+    allow_no_tokens: bool = False,
+    tables: Tables | None = None,
+) -> Flask:
     settings = settings if settings is not None else Settings.load()
     # Loaded once: a broken mapping file stops the app at start, not a page later.
     tables = tables if tables is not None else Tables.load(settings)
     tokens = TokenTable.from_settings(settings.api)
     if not tokens and not allow_no_tokens:
-        raise ConfigError("no API tokens configured: set api.admin_tokens and/or "
-                          "api.read_tokens (FHIRPANEL_API_ADMIN_TOKENS, "
-                          "FHIRPANEL_API_READ_TOKENS), e.g. `alice=<a long random string>`")
+        raise ConfigError(
+            "no API tokens configured: set api.admin_tokens and/or "
+            "api.read_tokens (FHIRPANEL_API_ADMIN_TOKENS, "
+            "FHIRPANEL_API_READ_TOKENS), e.g. `alice=<a long random string>`"
+        )
     check_api_settings(settings.api)
     logsafe.install()
     store = store if store is not None else Store(settings.database)
@@ -96,10 +103,15 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None,
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.config["SESSION_COOKIE_SECURE"] = secure_cookie(settings.api)
     context = ApiContext(
-        settings=settings, store=store,
+        settings=settings,
+        store=store,
         trigger=trigger if trigger is not None else default_trigger(settings, store),
-        tokens=tokens, metrics=ApiMetrics(store), fhir_probe=FhirProbe(settings.fhir),
-        openapi=build_openapi(settings.api), tables=tables)
+        tokens=tokens,
+        metrics=ApiMetrics(store),
+        fhir_probe=FhirProbe(settings.fhir),
+        openapi=build_openapi(settings.api),
+        tables=tables,
+    )
     app.extensions["fhirpanel"] = context
 
     register_problem_handlers(app)
@@ -184,12 +196,12 @@ def _register_hooks(app: Flask, context: ApiContext) -> None:
             raise unauthorized("send Authorization: Bearer <token>", bad_token=False)
         account = context.tokens.lookup(token)
         if account is None:
-            log.info("API request refused: unknown token (%s %s)", request.method,
-                     request.path)
+            log.info("API request refused: unknown token (%s %s)", request.method, request.path)
             raise unauthorized("the token is not recognised", bad_token=True)
         if not account.allows(scope):
-            raise forbidden(f"the token {account.name!r} may only read; this needs an admin "
-                            "token", scope)
+            raise forbidden(
+                f"the token {account.name!r} may only read; this needs an admin token", scope
+            )
         g.account = account
 
     @app.before_request
@@ -220,8 +232,9 @@ def _register_hooks(app: Flask, context: ApiContext) -> None:
         started = g.pop("request_started", None)
         if started is not None:
             rule = request.url_rule.rule if request.url_rule is not None else "(unmatched)"
-            context.metrics.observe(rule, request.method, response.status_code,
-                                    time.perf_counter() - started)
+            context.metrics.observe(
+                rule, request.method, response.status_code, time.perf_counter() - started
+            )
         if request.blueprint != "dashboard":
             # Answers carry patient ids: keep them out of shared caches.
             response.headers.setdefault("Cache-Control", "no-store")

@@ -63,8 +63,9 @@ class TokenTable:
                 if not token:
                     raise ConfigError(f"{where}: empty token")
                 if not NAME.match(name):
-                    raise ConfigError(f"{where}: the name must be 1-64 letters, digits or "
-                                      "_.@- characters")
+                    raise ConfigError(
+                        f"{where}: the name must be 1-64 letters, digits or _.@- characters"
+                    )
                 if token in by_token:
                     # Listed as admin and again as read: admin wins (admins come first).
                     continue
@@ -72,8 +73,9 @@ class TokenTable:
                     raise ConfigError(f"{where}: the name {name!r} is used twice")
                 names[name] = scope
                 if len(token) < MIN_TOKEN_LENGTH:
-                    log.warning("API token %r is shorter than %d characters", name,
-                                MIN_TOKEN_LENGTH)
+                    log.warning(
+                        "API token %r is shorter than %d characters", name, MIN_TOKEN_LENGTH
+                    )
                 by_token[token] = Account(name, scope, token)
         return cls(list(by_token.values()))
 

@@ -42,8 +42,10 @@ class SafeLogger(Logger):  # type: ignore[misc]
         raw_uri = environ.get("RAW_URI") or ""
         if path.startswith(LOGIN_LINK_PREFIX) or raw_uri.startswith(LOGIN_LINK_PREFIX):
             atoms["U"] = redact_path(path)
-            atoms["r"] = (f"{environ.get('REQUEST_METHOD')} {LOGIN_LINK_PREFIX}{REDACTED} "
-                          f"{environ.get('SERVER_PROTOCOL')}")
+            atoms["r"] = (
+                f"{environ.get('REQUEST_METHOD')} {LOGIN_LINK_PREFIX}{REDACTED} "
+                f"{environ.get('SERVER_PROTOCOL')}"
+            )
             atoms.pop("{raw_uri}e", None)
             atoms.pop("{path_info}e", None)
         return atoms

@@ -37,8 +37,13 @@ class FhirProbe:
     answer below 500 counts as reachable (a 401 still proves the server is up); the check sends
     no credentials."""
 
-    def __init__(self, fhir: FhirSettings, *, cache_seconds: float = PROBE_CACHE_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        fhir: FhirSettings,
+        *,
+        cache_seconds: float = PROBE_CACHE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.base = fhir.base_url.rstrip("/")
         self.verify = fhir.verify_tls
         self.user_agent = fhir.user_agent
@@ -60,16 +65,17 @@ class FhirProbe:
 
     def _probe(self) -> ProbeResult:
         try:
-            response = requests.get(f"{self.base}/metadata", timeout=PROBE_TIMEOUT,
-                                    verify=self.verify,
-                                    headers={"Accept": "application/fhir+json",
-                                             "User-Agent": self.user_agent})
+            response = requests.get(
+                f"{self.base}/metadata",
+                timeout=PROBE_TIMEOUT,
+                verify=self.verify,
+                headers={"Accept": "application/fhir+json", "User-Agent": self.user_agent},
+            )
         except requests.RequestException as exc:
             log.warning("readiness: FHIR server unreachable (%s)", type(exc).__name__)
             return ProbeResult(False, f"unreachable: {type(exc).__name__}")
         if response.status_code >= 500:
-            return ProbeResult(False, f"answered HTTP {response.status_code}",
-                               response.status_code)
+            return ProbeResult(False, f"answered HTTP {response.status_code}", response.status_code)
         return ProbeResult(True, f"answered HTTP {response.status_code}", response.status_code)
 
 
@@ -104,11 +110,22 @@ def _last_run_check(store: Any) -> dict[str, Any]:
     except SQLAlchemyError:
         return {"ok": False, "detail": "store unreachable"}
     if good is None:
-        return {"ok": False, "detail": "no refresh has stored results yet",
-                "run_id": last["id"] if last else None,
-                "status": last["status"] if last else None}
+        return {
+            "ok": False,
+            "detail": "no refresh has stored results yet",
+            "run_id": last["id"] if last else None,
+            "status": last["status"] if last else None,
+        }
     assert last is not None  # noqa: S101 - `good` is one of them
-    detail = "last refresh succeeded" if last["id"] == good["id"] else (
-        f"last refresh {last['status']}; serving the results of run {good['id']}")
-    return {"ok": True, "detail": detail, "run_id": last["id"], "status": last["status"],
-            "finished_at": last["finished_at"]}
+    detail = (
+        "last refresh succeeded"
+        if last["id"] == good["id"]
+        else (f"last refresh {last['status']}; serving the results of run {good['id']}")
+    )
+    return {
+        "ok": True,
+        "detail": detail,
+        "run_id": last["id"],
+        "status": last["status"],
+        "finished_at": last["finished_at"],
+    }

@@ -68,8 +68,7 @@ def figures(run: Mapping[str, Any], min_count: int) -> list[Figure]:
         if not isinstance(item, Mapping):
             continue
         try:
-            change = brake.Change(name, int(item["count"]), int(item["of"]),
-                                  float(item["limit"]))
+            change = brake.Change(name, int(item["count"]), int(item["of"]), float(item["limit"]))
         except (KeyError, TypeError, ValueError):
             continue
         out.append(Figure(name, "would " + change.describe(), change.exceeds(min_count)))
@@ -82,11 +81,18 @@ def superseded(store: Store, runs: list[dict[str, Any]]) -> dict[int, dict[str, 
     out: dict[int, dict[str, Any]] = {}
     with store.session() as s:
         for run in runs:
-            kinds = (list(REFRESH_KINDS) if run["kind"] == RunKind.INCREMENTAL
-                     else [run["kind"]])
-            row = s.execute(select(Run.id, Run.kind, Run.status).where(
-                Run.id > run["id"], Run.source == run["source"], Run.kind.in_(kinds),
-                Run.status.in_(SUPERSEDING)).order_by(Run.id).limit(1)).first()
+            kinds = list(REFRESH_KINDS) if run["kind"] == RunKind.INCREMENTAL else [run["kind"]]
+            row = s.execute(
+                select(Run.id, Run.kind, Run.status)
+                .where(
+                    Run.id > run["id"],
+                    Run.source == run["source"],
+                    Run.kind.in_(kinds),
+                    Run.status.in_(SUPERSEDING),
+                )
+                .order_by(Run.id)
+                .limit(1)
+            ).first()
             if row is not None:
                 out[int(run["id"])] = {"id": row.id, "kind": row.kind, "status": row.status}
     return out
@@ -101,19 +107,24 @@ def awaiting(store: Store) -> list[dict[str, Any]]:
 
 
 def superseded_reason(run: Mapping[str, Any], later: Mapping[str, Any]) -> str:
-    return (f"run {run['id']} was superseded by run {later['id']} ({later['kind']}, "
-            f"{later['status']}): the change it held was never made, and there is nothing "
-            "to accept")
+    return (
+        f"run {run['id']} was superseded by run {later['id']} ({later['kind']}, "
+        f"{later['status']}): the change it held was never made, and there is nothing "
+        "to accept"
+    )
 
 
 def not_held_reason(run: Mapping[str, Any]) -> str:
     """Why a run cannot be accepted, for a 409 or a flash message."""
     accepted = (run.get("counts") or {}).get("accepted")
     if run.get("status") == RunStatus.ACCEPTED and isinstance(accepted, Mapping):
-        return (f"run {run['id']} was already accepted by {accepted.get('by', '?')} at "
-                f"{accepted.get('at', '?')}")
-    return f"run {run['id']} is not held (it is {run.get('status')}): only a held run can be " \
-           "accepted"
+        return (
+            f"run {run['id']} was already accepted by {accepted.get('by', '?')} at "
+            f"{accepted.get('at', '?')}"
+        )
+    return (
+        f"run {run['id']} is not held (it is {run.get('status')}): only a held run can be accepted"
+    )
 
 
 def accept(settings: Settings, store: Store, run_id: int, actor: str) -> Accepted:
@@ -133,11 +144,19 @@ def accept(settings: Settings, store: Store, run_id: int, actor: str) -> Accepte
         stored = store.run(run_id)
         if stored is None or stored.get("status") != RunStatus.ACCEPTED:
             raise
-        log.warning("held run %d accepted by %s; the next pass could not start: %s", run_id,
-                    actor, type(exc).__name__)
+        log.warning(
+            "held run %d accepted by %s; the next pass could not start: %s",
+            run_id,
+            actor,
+            type(exc).__name__,
+        )
         why = str(exc) if isinstance(exc, FhirpanelError) else "see the log"
-        return Accepted(stored, None, f"the next refresh could not start ({why}); the next "
-                                      "pass on this source uses the acceptance")
+        return Accepted(
+            stored,
+            None,
+            f"the next refresh could not start ({why}); the next "
+            "pass on this source uses the acceptance",
+        )
     log.info("%s accepted held run %d; next run %s", actor, run_id, next_run)
     return Accepted(run, next_run, _next_detail(store, run, next_run))
 
@@ -149,7 +168,8 @@ def _next_detail(store: Store, run: Mapping[str, Any], next_run: int | None) -> 
             return f"run {next_run} is queued for the worker to apply the change"
         return f"run {next_run} has started to apply the change"
     if run.get("kind") in REFRESH_KINDS:
-        return ("a refresh is running or queued; the next pass on this source goes ahead if "
-                "it changes no more than this")
-    return ("run `fhirpanel run --write` again: it goes ahead if it changes no more than "
-            "this")
+        return (
+            "a refresh is running or queued; the next pass on this source goes ahead if "
+            "it changes no more than this"
+        )
+    return "run `fhirpanel run --write` again: it goes ahead if it changes no more than this"

@@ -17,10 +17,20 @@ import logging
 import re
 
 # The loggers of fhirpanel/api and the session store: their messages can carry request input.
-API_LOGGERS = ("fhirpanel.api", "fhirpanel.api.app", "fhirpanel.api.auth",
-               "fhirpanel.api.dashboard", "fhirpanel.api.health", "fhirpanel.api.metrics",
-               "fhirpanel.api.params", "fhirpanel.api.problems", "fhirpanel.api.routes",
-               "fhirpanel.api.serve", "fhirpanel.service.review", "fhirpanel.store.sessions")
+API_LOGGERS = (
+    "fhirpanel.api",
+    "fhirpanel.api.app",
+    "fhirpanel.api.auth",
+    "fhirpanel.api.dashboard",
+    "fhirpanel.api.health",
+    "fhirpanel.api.metrics",
+    "fhirpanel.api.params",
+    "fhirpanel.api.problems",
+    "fhirpanel.api.routes",
+    "fhirpanel.api.serve",
+    "fhirpanel.service.review",
+    "fhirpanel.store.sessions",
+)
 
 _NAMED = {"\r": "\\r", "\n": "\\n", "\t": "\\t", "\\": "\\\\"}
 _CONTROLS = "\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069"

@@ -55,8 +55,9 @@ class StoreCollector(Collector):
         up.add_metric([], 1)
         yield up
 
-        runs = CounterMetricFamily("fhirpanel_runs", "Refresh runs recorded, by kind and status",
-                                   labels=["kind", "status"])
+        runs = CounterMetricFamily(
+            "fhirpanel_runs", "Refresh runs recorded, by kind and status", labels=["kind", "status"]
+        )
         # Every known status of every kind seen (0 when none), so an alert on a status that
         # has not happened yet (held, crashed) has a series to watch.
         kinds = sorted({kind for kind, _ in figures.runs} | set(RUN_KINDS))
@@ -71,25 +72,35 @@ class StoreCollector(Collector):
                 held_runs = len(awaiting(self.store))
             except SQLAlchemyError as exc:  # counted as held, superseded or not
                 log.warning("metrics: held runs not checked (%s)", type(exc).__name__)
-                held_runs = sum(n for (_, status), n in figures.runs.items()
-                                if status == "held")
-        yield GaugeMetricFamily("fhirpanel_runs_held",
-                                "Held runs awaiting acceptance: the brake stopped a change "
-                                "larger than [safety] allows and nothing was written (not "
-                                "counting those a later run superseded)", value=held_runs)
+                held_runs = sum(n for (_, status), n in figures.runs.items() if status == "held")
+        yield GaugeMetricFamily(
+            "fhirpanel_runs_held",
+            "Held runs awaiting acceptance: the brake stopped a change "
+            "larger than [safety] allows and nothing was written (not "
+            "counting those a later run superseded)",
+            value=held_runs,
+        )
 
-        duration = GaugeMetricFamily("fhirpanel_last_run_duration_seconds",
-                                     "Duration of the last finished run of each kind",
-                                     labels=["kind"])
-        finished = GaugeMetricFamily("fhirpanel_last_run_finished_timestamp_seconds",
-                                     "When the last finished run of each kind ended (Unix time)",
-                                     labels=["kind"])
-        success = GaugeMetricFamily("fhirpanel_last_run_success",
-                                    "1 when the last finished run of each kind succeeded "
-                                    "(fully or partly)", labels=["kind"])
-        written = GaugeMetricFamily("fhirpanel_last_run_writeback",
-                                    "Write-back actions of the last finished run of each kind",
-                                    labels=["kind", "resource_type", "action"])
+        duration = GaugeMetricFamily(
+            "fhirpanel_last_run_duration_seconds",
+            "Duration of the last finished run of each kind",
+            labels=["kind"],
+        )
+        finished = GaugeMetricFamily(
+            "fhirpanel_last_run_finished_timestamp_seconds",
+            "When the last finished run of each kind ended (Unix time)",
+            labels=["kind"],
+        )
+        success = GaugeMetricFamily(
+            "fhirpanel_last_run_success",
+            "1 when the last finished run of each kind succeeded (fully or partly)",
+            labels=["kind"],
+        )
+        written = GaugeMetricFamily(
+            "fhirpanel_last_run_writeback",
+            "Write-back actions of the last finished run of each kind",
+            labels=["kind", "resource_type", "action"],
+        )
         for kind, run in sorted(figures.last_runs.items()):
             if run.get("seconds") is not None:
                 duration.add_metric([kind], float(run["seconds"]))
@@ -102,30 +113,44 @@ class StoreCollector(Collector):
                     written.add_metric([kind, rtype, action], n)
         yield from (duration, finished, success, written)
 
-        patients = GaugeMetricFamily("fhirpanel_patients", "Patients in the store by status",
-                                     labels=["status"])
+        patients = GaugeMetricFamily(
+            "fhirpanel_patients", "Patients in the store by status", labels=["status"]
+        )
         for status in ("assigned", "unassigned", "excluded"):
             patients.add_metric([status], figures.totals.get(status, 0))
         yield patients
 
-        tiers = GaugeMetricFamily("fhirpanel_assigned_patients_by_tier",
-                                  "Assigned patients per risk tier", labels=["tier"])
+        tiers = GaugeMetricFamily(
+            "fhirpanel_assigned_patients_by_tier",
+            "Assigned patients per risk tier",
+            labels=["tier"],
+        )
         for tier, n in sorted(figures.tiers.items()):
             tiers.add_metric([tier], n)
         yield tiers
 
         for name, key, text in (
-            ("fhirpanel_unconfirmed_assignments", "unconfirmed",
-             "Assigned patients whose clinician nobody has confirmed"),
+            (
+                "fhirpanel_unconfirmed_assignments",
+                "unconfirmed",
+                "Assigned patients whose clinician nobody has confirmed",
+            ),
             ("fhirpanel_overrides_active", "overrides", "Manual assignments in force"),
-            ("fhirpanel_pending_patients", "pending",
-             "Patients queued for the next refresh (overrides, failed writes)"),
+            (
+                "fhirpanel_pending_patients",
+                "pending",
+                "Patients queued for the next refresh (overrides, failed writes)",
+            ),
         ):
             yield GaugeMetricFamily(name, text, value=figures.totals.get(key, 0))
-        yield GaugeMetricFamily("fhirpanel_clinicians", "Clinicians with a panel record",
-                                value=figures.clinicians)
-        yield GaugeMetricFamily("fhirpanel_refresh_running",
-                                "1 while a refresh holds the lock", value=int(figures.lock_held))
+        yield GaugeMetricFamily(
+            "fhirpanel_clinicians", "Clinicians with a panel record", value=figures.clinicians
+        )
+        yield GaugeMetricFamily(
+            "fhirpanel_refresh_running",
+            "1 while a refresh holds the lock",
+            value=int(figures.lock_held),
+        )
 
 
 def _writeback(run: dict[str, Any]) -> dict[str, dict[str, int]]:
@@ -134,8 +159,9 @@ def _writeback(run: dict[str, Any]) -> dict[str, dict[str, int]]:
     if isinstance(raw, dict):
         for rtype, actions in raw.items():
             if isinstance(actions, dict):
-                out[str(rtype)] = {str(a): int(n) for a, n in actions.items()
-                                   if isinstance(n, int | float)}
+                out[str(rtype)] = {
+                    str(a): int(n) for a, n in actions.items() if isinstance(n, int | float)
+                }
     return out
 
 
@@ -157,8 +183,10 @@ class ApiMetrics:
         self.latency = Histogram(
             "fhirpanel_http_request_duration_seconds",
             "API and dashboard request latency (this worker process only)",
-            labelnames=("endpoint", "method", "status"), buckets=LATENCY_BUCKETS,
-            registry=self.registry)
+            labelnames=("endpoint", "method", "status"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
 
     def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         self.latency.labels(endpoint, method, str(status)).observe(seconds)

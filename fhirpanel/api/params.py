@@ -96,23 +96,32 @@ def json_body(members: Sequence[Member]) -> dict[str, str]:
     """The body as a dict of the declared members, all strings (free text has its whitespace
     collapsed, nothing else is altered); absent optional members are left out."""
     if not request.is_json:
-        raise Problem(415, "Unsupported Media Type",
-                      "send the body as JSON with Content-Type: application/json",
-                      kind="unsupported-media-type")
+        raise Problem(
+            415,
+            "Unsupported Media Type",
+            "send the body as JSON with Content-Type: application/json",
+            kind="unsupported-media-type",
+        )
     raw = request.get_data(cache=True)
     depth = json_depth(raw)
     if depth > MAX_JSON_DEPTH:
-        raise Problem(400, "JSON nested too deeply",
-                      f"the body nests arrays or objects {depth} levels deep; at most "
-                      f"{MAX_JSON_DEPTH} are accepted", kind="json-too-deep")
+        raise Problem(
+            400,
+            "JSON nested too deeply",
+            f"the body nests arrays or objects {depth} levels deep; at most "
+            f"{MAX_JSON_DEPTH} are accepted",
+            kind="json-too-deep",
+        )
     try:
         body = json.loads(raw, parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {exc}",
-                      kind="malformed-json") from None
+        raise Problem(
+            400, "Malformed JSON", f"the body is not valid JSON: {exc}", kind="malformed-json"
+        ) from None
     except RecursionError:  # a guard: the depth check above comes first
-        raise Problem(400, "JSON nested too deeply", "the body nests too deeply",
-                      kind="json-too-deep") from None
+        raise Problem(
+            400, "JSON nested too deeply", "the body nests too deeply", kind="json-too-deep"
+        ) from None
     if not isinstance(body, dict):
         raise invalid("(body)", "must be a JSON object")
     known = {m.name for m in members}

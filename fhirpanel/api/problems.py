@@ -41,9 +41,16 @@ class Problem(Exception):
     """An error the API answers on purpose. `errors` names the offending fields or parameters
     (`[{"field": "reason", "message": "..."}]`)."""
 
-    def __init__(self, status: int, title: str, detail: str, *, kind: str | None = None,
-                 errors: Sequence[Mapping[str, str]] = (),
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        *,
+        kind: str | None = None,
+        errors: Sequence[Mapping[str, str]] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.title = title
@@ -62,8 +69,13 @@ def invalid(field: str, message: str, *, status: int = 422, where: str = "body")
     missing or wrong."""
     kind = "invalid-parameter" if where == "query" else "invalid-body"
     title = "Invalid query parameter" if where == "query" else "Invalid request body"
-    return Problem(status, title, f"{field}: {message}", kind=kind,
-                   errors=[{"field": field, "message": message}])
+    return Problem(
+        status,
+        title,
+        f"{field}: {message}",
+        kind=kind,
+        errors=[{"field": field, "message": message}],
+    )
 
 
 def not_found(detail: str) -> Problem:
@@ -88,20 +100,26 @@ def review_problem(exc: ReviewError) -> Problem:
 def unauthorized(detail: str, *, bad_token: bool) -> Problem:
     # RFC 6750 section 3: `error="invalid_token"` only when a token was sent.
     challenge = BEARER_REALM + (', error="invalid_token"' if bad_token else "")
-    return Problem(401, "Unauthorized", detail, kind="unauthorized",
-                   headers={"WWW-Authenticate": challenge})
+    return Problem(
+        401, "Unauthorized", detail, kind="unauthorized", headers={"WWW-Authenticate": challenge}
+    )
 
 
 def forbidden(detail: str, scope: str) -> Problem:
     challenge = f'{BEARER_REALM}, error="insufficient_scope", scope="{scope}"'
-    return Problem(403, "Forbidden", detail, kind="insufficient-scope",
-                   headers={"WWW-Authenticate": challenge})
+    return Problem(
+        403, "Forbidden", detail, kind="insufficient-scope", headers={"WWW-Authenticate": challenge}
+    )
 
 
 def problem_response(problem: Problem) -> Response:
-    body: dict[str, Any] = {"type": problem.type, "title": problem.title,
-                            "status": problem.status, "detail": problem.detail,
-                            "instance": request.path}
+    body: dict[str, Any] = {
+        "type": problem.type,
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+        "instance": request.path,
+    }
     if problem.errors:
         body["errors"] = problem.errors
     response = Response(json.dumps(body), status=problem.status, mimetype=PROBLEM_JSON)
@@ -139,25 +157,38 @@ def register_problem_handlers(app: Flask) -> None:
             return problem_response(conflict(str(exc), "busy"))
         if isinstance(exc, StoreError):
             log.error("store unavailable: %s", exc)
-            return problem_response(Problem(503, "Service Unavailable",
-                                            "the state store cannot be reached",
-                                            kind="store-unavailable"))
+            return problem_response(
+                Problem(
+                    503,
+                    "Service Unavailable",
+                    "the state store cannot be reached",
+                    kind="store-unavailable",
+                )
+            )
         if isinstance(exc, ConfigError):
-            return problem_response(Problem(503, "Service Unavailable", str(exc),
-                                            kind="not-configured"))
+            return problem_response(
+                Problem(503, "Service Unavailable", str(exc), kind="not-configured")
+            )
         log.exception("request failed: %s", type(exc).__name__)
         return problem_response(Problem(500, "Internal Server Error", str(exc)))
 
     @app.errorhandler(SQLAlchemyError)
     def _database(exc: SQLAlchemyError) -> Response:
-        log.error("store error on %s %s: %s", request.method, request.path,
-                  type(exc).__name__)
-        return problem_response(Problem(503, "Service Unavailable",
-                                        "the state store could not answer; try again",
-                                        kind="store-unavailable"))
+        log.error("store error on %s %s: %s", request.method, request.path, type(exc).__name__)
+        return problem_response(
+            Problem(
+                503,
+                "Service Unavailable",
+                "the state store could not answer; try again",
+                kind="store-unavailable",
+            )
+        )
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.path)
-        return problem_response(Problem(500, "Internal Server Error",
-                                        "an unexpected error occurred; it has been logged"))
+        return problem_response(
+            Problem(
+                500, "Internal Server Error", "an unexpected error occurred; it has been logged"
+            )
+        )

@@ -73,11 +73,16 @@ def _link(page: int, page_size: int) -> str:
     return f"{request.script_root}{request.path}?{urlencode(args)}"
 
 
-def _paged(items: list[dict[str, Any]], total: int, page: int, page_size: int,
-           **extra: Any) -> Response:
+def _paged(
+    items: list[dict[str, Any]], total: int, page: int, page_size: int, **extra: Any
+) -> Response:
     pages = max(1, -(-total // page_size))
     body = {
-        "items": items, "total": total, "page": page, "page_size": page_size, "pages": pages,
+        "items": items,
+        "total": total,
+        "page": page,
+        "page_size": page_size,
+        "pages": pages,
         "next": _link(page + 1, page_size) if page < pages else None,
         "prev": _link(min(page - 1, pages), page_size) if page > 1 else None,
         **extra,
@@ -92,14 +97,30 @@ def _paged(items: list[dict[str, Any]], total: int, page: int, page_size: int,
 def panels() -> Response:
     """Every clinician's panel: size, risk-adjusted size, capacity, tier mix, unconfirmed."""
     store = _store()
-    return jsonify(panels=[_panel(c) for c in store.clinicians()],
-                   totals=q.practice_totals(store), as_of=store.context("as_of"))
+    return jsonify(
+        panels=[_panel(c) for c in store.clinicians()],
+        totals=q.practice_totals(store),
+        as_of=store.context("as_of"),
+    )
 
 
 def _panel(c: dict[str, Any]) -> dict[str, Any]:
-    return {k: c[k] for k in ("practitioner", "name", "eligible", "pediatric", "size",
-                              "risk_adjusted_size", "hcc_adjusted_size", "capacity",
-                              "open_capacity", "tiers", "unconfirmed")}
+    return {
+        k: c[k]
+        for k in (
+            "practitioner",
+            "name",
+            "eligible",
+            "pediatric",
+            "size",
+            "risk_adjusted_size",
+            "hcc_adjusted_size",
+            "capacity",
+            "open_capacity",
+            "tiers",
+            "unconfirmed",
+        )
+    }
 
 
 @bp.get("/panels/<path:practitioner>")
@@ -114,19 +135,43 @@ def panel(practitioner: str) -> Response:
     sort = choice_param("sort", q.SORT_VALUES, "patient") or "patient"
     tier = int_param("tier", None, low=0, high=MAX_TIER)
     unconfirmed, overdue = bool_param("unconfirmed"), bool_param("overdue")
-    result = q.panel_patients(store, ref, tier=tier, unconfirmed=unconfirmed, overdue=overdue,
-                              sort=sort, page=page, page_size=page_size, detail=True)
-    return _paged([_panel_row(r) for r in result.rows], result.total, page, page_size,
-                  panel=_panel(clinician), sort=sort,
-                  filters={"tier": tier, "unconfirmed": unconfirmed, "overdue": overdue})
+    result = q.panel_patients(
+        store,
+        ref,
+        tier=tier,
+        unconfirmed=unconfirmed,
+        overdue=overdue,
+        sort=sort,
+        page=page,
+        page_size=page_size,
+        detail=True,
+    )
+    return _paged(
+        [_panel_row(r) for r in result.rows],
+        result.total,
+        page,
+        page_size,
+        panel=_panel(clinician),
+        sort=sort,
+        filters={"tier": tier, "unconfirmed": unconfirmed, "overdue": overdue},
+    )
 
 
 def _panel_row(r: dict[str, Any]) -> dict[str, Any]:
-    return {"patient": r["patient"], "tier": r["tier"], "charlson": r["charlson"],
-            "hcc": r["hcc"], "ccm_eligible": bool(r["ccm_eligible"]),
-            "drivers": r.get("drivers", {}), "rule": r["rule"], "step": r["step"],
-            "last_visit": r["last_visit"], "confirmation": r["confirmation"],
-            "override": bool(r["override"]), "outreach": r["outreach"]}
+    return {
+        "patient": r["patient"],
+        "tier": r["tier"],
+        "charlson": r["charlson"],
+        "hcc": r["hcc"],
+        "ccm_eligible": bool(r["ccm_eligible"]),
+        "drivers": r.get("drivers", {}),
+        "rule": r["rule"],
+        "step": r["step"],
+        "last_visit": r["last_visit"],
+        "confirmation": r["confirmation"],
+        "override": bool(r["override"]),
+        "outreach": r["outreach"],
+    }
 
 
 # ---------------------------------------------------------------- patients
@@ -144,12 +189,21 @@ def unassigned() -> Response:
     page, page_size = _paging()
     sort = choice_param("sort", q.SORT_VALUES, "-tier") or "-tier"
     tier = int_param("tier", None, low=0, high=MAX_TIER)
-    result = q.unassigned_patients(_store(), tier=tier, sort=sort, page=page,
-                                   page_size=page_size)
-    items = [{"patient": r["patient"], "tier": r["tier"], "reason": r["reason"],
-              "last_visit": r["last_visit"],
-              "suggested": ({"practitioner": r["suggested"], "reason": r["suggestion_reason"]}
-                            if r["suggested"] else None)} for r in result.rows]
+    result = q.unassigned_patients(_store(), tier=tier, sort=sort, page=page, page_size=page_size)
+    items = [
+        {
+            "patient": r["patient"],
+            "tier": r["tier"],
+            "reason": r["reason"],
+            "last_visit": r["last_visit"],
+            "suggested": (
+                {"practitioner": r["suggested"], "reason": r["suggestion_reason"]}
+                if r["suggested"]
+                else None
+            ),
+        }
+        for r in result.rows
+    ]
     return _paged(items, result.total, page, page_size, sort=sort, filters={"tier": tier})
 
 
@@ -161,16 +215,37 @@ def outreach() -> Response:
     sort = choice_param("sort", q.SORT_VALUES, "-tier") or "-tier"
     practitioner = reference_param("practitioner", "Practitioner")
     reason = choice_param("reason", q.OUTREACH_KINDS, None)
-    result = q.outreach_patients(_store(), practitioner=practitioner, reason=reason, sort=sort,
-                                 page=page, page_size=page_size)
-    items = [{"patient": r["patient"], "practitioner": r["practitioner"], "tier": r["tier"],
-              "last_visit": r["last_visit"], "outreach": r["outreach"],
-              "confirmation": r["confirmation"]} for r in result.rows]
-    return _paged(items, result.total, page, page_size, sort=sort,
-                  filters={"practitioner": practitioner, "reason": reason},
-                  thresholds={
-                      "not_seen_months": settings.attribution.outreach_not_seen_months,
-                      "sentinel_months": settings.attribution.outreach_sentinel_months})
+    result = q.outreach_patients(
+        _store(),
+        practitioner=practitioner,
+        reason=reason,
+        sort=sort,
+        page=page,
+        page_size=page_size,
+    )
+    items = [
+        {
+            "patient": r["patient"],
+            "practitioner": r["practitioner"],
+            "tier": r["tier"],
+            "last_visit": r["last_visit"],
+            "outreach": r["outreach"],
+            "confirmation": r["confirmation"],
+        }
+        for r in result.rows
+    ]
+    return _paged(
+        items,
+        result.total,
+        page,
+        page_size,
+        sort=sort,
+        filters={"practitioner": practitioner, "reason": reason},
+        thresholds={
+            "not_seen_months": settings.attribution.outreach_not_seen_months,
+            "sentinel_months": settings.attribution.outreach_sentinel_months,
+        },
+    )
 
 
 # ---------------------------------------------------------------- changes (admin)
@@ -184,8 +259,11 @@ def _review() -> ReviewService:
     return ReviewService.over(context.store, context.trigger, TRIGGER)
 
 
-OVERRIDE_BODY = (Member("practitioner", max_length=200), Member("reason", free_text=True),
-                 Member("requested_by", choices=REQUESTERS))
+OVERRIDE_BODY = (
+    Member("practitioner", max_length=200),
+    Member("reason", free_text=True),
+    Member("requested_by", choices=REQUESTERS),
+)
 
 
 @bp.post("/assignments/<path:patient>/override")
@@ -195,8 +273,13 @@ def add_override(patient: str) -> tuple[Response, int]:
     review = _review()
     target = review.patient(path_reference("Patient", patient))
     body = json_body(OVERRIDE_BODY)
-    done = review.override(target, body["practitioner"], reason=body["reason"],
-                           requested_by=body["requested_by"], actor=_actor())
+    done = review.override(
+        target,
+        body["practitioner"],
+        reason=body["reason"],
+        requested_by=body["requested_by"],
+        actor=_actor(),
+    )
     return jsonify(override=done.override, refresh=done.refresh.as_dict()), 201
 
 
@@ -208,9 +291,11 @@ def remove_override(patient: str) -> Response:
     return jsonify(removed=True, patient=done.patient, refresh=done.refresh.as_dict())
 
 
-CONFIRM_BODY = (Member("confirmed_by", choices=CONFIRMERS),
-                Member("practitioner", required=False, max_length=200),
-                Member("note", required=False, allow_empty=True, free_text=True))
+CONFIRM_BODY = (
+    Member("confirmed_by", choices=CONFIRMERS),
+    Member("practitioner", required=False, max_length=200),
+    Member("note", required=False, allow_empty=True, free_text=True),
+)
 
 
 @bp.post("/assignments/<path:patient>/confirm")
@@ -221,8 +306,13 @@ def confirm(patient: str) -> tuple[Response, int]:
     review = _review()
     target = review.patient(path_reference("Patient", patient))
     body = json_body(CONFIRM_BODY)
-    confirmation = review.confirm(target, confirmed_by=body["confirmed_by"], actor=_actor(),
-                                  shown=body.get("practitioner"), note=body.get("note", ""))
+    confirmation = review.confirm(
+        target,
+        confirmed_by=body["confirmed_by"],
+        actor=_actor(),
+        shown=body.get("practitioner"),
+        note=body.get("note", ""),
+    )
     # A confirmation changes no attribution and nothing written back: no refresh needed.
     return jsonify(confirmation=confirmation), 201
 
@@ -236,8 +326,11 @@ def runs() -> Response:
     store = _store()
     page, page_size = _paging()
     total = store.count_runs()
-    items = store.runs(limit=page_size, offset=(page - 1) * page_size) \
-        if (page - 1) * page_size < total else []
+    items = (
+        store.runs(limit=page_size, offset=(page - 1) * page_size)
+        if (page - 1) * page_size < total
+        else []
+    )
     return _paged(items, total, page, page_size)
 
 
@@ -256,13 +349,19 @@ def start_run() -> tuple[Response, int, dict[str, str]]:
     body = json_body((Member("kind", choices=STARTABLE_KINDS),))
     run_id = current_app.extensions["fhirpanel"].trigger(body["kind"], TRIGGER)
     if run_id is None:
-        raise Problem(409, "Conflict", "a refresh is already running; try again when it has "
-                                       "finished", kind="refresh-running")
+        raise Problem(
+            409,
+            "Conflict",
+            "a refresh is already running; try again when it has finished",
+            kind="refresh-running",
+        )
     log.info("API: %s started %s refresh %s", _actor(), body["kind"], run_id)
-    found = _store().run(run_id) or {"id": run_id, "kind": body["kind"],
-                                     "status": RunStatus.RUNNING.value}
+    found = _store().run(run_id) or {
+        "id": run_id,
+        "kind": body["kind"],
+        "status": RunStatus.RUNNING.value,
+    }
     return jsonify(found), 202, {"Location": f"{request.script_root}/api/runs/{run_id}"}
-
 
 
 @bp.post("/runs/<int:run_id>/accept")
@@ -287,6 +386,9 @@ def accept_run(run_id: int) -> tuple[Response, int, dict[str, str]]:
         now = store.run(run_id)
         raise conflict(held.not_held_reason(now) if now else str(exc), "run-not-held") from exc
     log.info("API: %s accepted held run %s (next run %s)", _actor(), run_id, result.next_run)
-    headers = ({"Location": f"{request.script_root}/api/runs/{result.next_run}"}
-               if result.next_run is not None else {})
+    headers = (
+        {"Location": f"{request.script_root}/api/runs/{result.next_run}"}
+        if result.next_run is not None
+        else {}
+    )
     return jsonify(run=result.run, next_run=result.next_run, detail=result.detail), 202, headers

@@ -60,9 +60,11 @@ def check_before_serving(settings: Settings) -> None:
 
     check_api_settings(settings.api)
     if not TokenTable.from_settings(settings.api):
-        raise ConfigError("no API tokens configured: set api.admin_tokens and/or "
-                          "api.read_tokens (FHIRPANEL_API_ADMIN_TOKENS, "
-                          "FHIRPANEL_API_READ_TOKENS)")
+        raise ConfigError(
+            "no API tokens configured: set api.admin_tokens and/or "
+            "api.read_tokens (FHIRPANEL_API_ADMIN_TOKENS, "
+            "FHIRPANEL_API_READ_TOKENS)"
+        )
     store = Store(settings.database)  # migrates to the newest schema
     store.close()  # no connection may cross the fork into the workers
 
@@ -86,6 +88,5 @@ def serve(settings: Settings) -> None:
             return create_app(settings)
 
     api = settings.api
-    log.info("serving the API on http://%s:%d with %d worker(s)", api.host, api.port,
-             api.workers)
+    log.info("serving the API on http://%s:%d with %d worker(s)", api.host, api.port, api.workers)
     FhirpanelApplication().run()

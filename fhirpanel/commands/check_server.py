@@ -14,11 +14,15 @@ from fhirpanel.config import Settings
 
 def register(subparsers: Any) -> None:
     cmd = subparsers.add_parser(
-        "check-server", help="show what a FHIR server supports that fhirpanel uses")
+        "check-server", help="show what a FHIR server supports that fhirpanel uses"
+    )
     cmd.add_argument("url", help="the FHIR base URL, e.g. https://ehr.example.org/fhir/R4")
     cmd.add_argument("--config", help="a fhirpanel.toml settings file")
-    cmd.add_argument("--read-only", action="store_true",
-                     help="judge reading only (no CareTeam/CarePlan write-back)")
+    cmd.add_argument(
+        "--read-only",
+        action="store_true",
+        help="judge reading only (no CareTeam/CarePlan write-back)",
+    )
     cmd.add_argument("--json", action="store_true", help="print the result as JSON")
     cmd.set_defaults(func=cmd_check_server)
 

@@ -30,8 +30,9 @@ def as_of(text: str) -> date:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from exc
 
 
-def load_settings(config: str | None, *, database: str | None = None,
-                  source: str | None = None) -> Settings:
+def load_settings(
+    config: str | None, *, database: str | None = None, source: str | None = None
+) -> Settings:
     """The settings (`--config`, else FHIRPANEL_CONFIG, and the environment) with `--database`
     and, for the refresh commands, `--source` (scheduler.source) laid over them."""
     settings = Settings.load(config)

@@ -19,27 +19,38 @@ from fhirpanel.ingest import Progress as ReadProgress
 
 
 def register(subparsers: Any) -> None:
-    run = subparsers.add_parser("run", help="one full pass: read, attribute, score risk, "
-                                            "size panels")
-    run.add_argument("--source", required=True,
-                     help="a FHIR base URL (http://...), ndjson:DIRECTORY of Bulk Data files, "
-                          "or bulk:BASE[/Group/ID] for a Bulk Data $export")
-    run.add_argument("--as-of", type=as_of, default=None,
-                     help="the as-of date (YYYY-MM-DD); default today")
+    run = subparsers.add_parser(
+        "run", help="one full pass: read, attribute, score risk, size panels"
+    )
+    run.add_argument(
+        "--source",
+        required=True,
+        help="a FHIR base URL (http://...), ndjson:DIRECTORY of Bulk Data files, "
+        "or bulk:BASE[/Group/ID] for a Bulk Data $export",
+    )
+    run.add_argument(
+        "--as-of", type=as_of, default=None, help="the as-of date (YYYY-MM-DD); default today"
+    )
     run.add_argument("--config", help="a fhirpanel.toml settings file")
     mode = run.add_mutually_exclusive_group()
-    mode.add_argument("--dry-run", action="store_true", default=True,
-                      help="compute and report only (default)")
-    mode.add_argument("--write", action="store_true",
-                      help="write CareTeam/CarePlan back to the FHIR server")
-    run.add_argument("--accept-change", action="store_true",
-                     help="with --write: let through a pass that would change more than "
-                          "[safety] allows (read the held run's figures first)")
-    run.add_argument("--database", help="with --write: the store whose lock keeps one writer "
-                                        "at a time (default: settings)")
+    mode.add_argument(
+        "--dry-run", action="store_true", default=True, help="compute and report only (default)"
+    )
+    mode.add_argument(
+        "--write", action="store_true", help="write CareTeam/CarePlan back to the FHIR server"
+    )
+    run.add_argument(
+        "--accept-change",
+        action="store_true",
+        help="with --write: let through a pass that would change more than "
+        "[safety] allows (read the held run's figures first)",
+    )
+    run.add_argument(
+        "--database",
+        help="with --write: the store whose lock keeps one writer at a time (default: settings)",
+    )
     run.add_argument("--report", type=Path, help="write the JSON report to this file")
-    run.add_argument("--quiet", action="store_true",
-                     help="no progress or summary on the terminal")
+    run.add_argument("--quiet", action="store_true", help="no progress or summary on the terminal")
     run.set_defaults(func=cmd_run)
 
 
@@ -53,8 +64,13 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     def reading() -> contextlib.AbstractContextManager[ReadProgress | None]:
         return reading_progress(console, show)
 
-    result = run_pass(settings, args.source, args.as_of or date.today(),
-                      PassOptions(write=args.write, accept_change=args.accept_change), reading)
+    result = run_pass(
+        settings,
+        args.source,
+        args.as_of or date.today(),
+        PassOptions(write=args.write, accept_change=args.accept_change),
+        reading,
+    )
     if args.report:
         write_report(result.report, args.report)
     if not args.quiet:
@@ -72,9 +88,14 @@ def reading_progress(console: Console, enabled: bool) -> Iterator[ReadProgress |
     if not enabled:
         yield None
         return
-    with Progress(SpinnerColumn(), TextColumn("reading {task.description}"),
-                  TextColumn("{task.completed:>9,} resources"), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("reading {task.description}"),
+        TextColumn("{task.completed:>9,} resources"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         tasks: dict[str, Any] = {}
 
         def update(rtype: str, count: int) -> None:

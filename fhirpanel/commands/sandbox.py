@@ -26,17 +26,24 @@ def register(subparsers: Any) -> None:
     gen.add_argument("--malformed-rate", type=float, default=0.01)
     gen.set_defaults(func=cmd_generate)
 
-    box = subparsers.add_parser("sandbox",
-                                help="start the local sandbox FHIR server on 127.0.0.1")
+    box = subparsers.add_parser("sandbox", help="start the local sandbox FHIR server on 127.0.0.1")
     box.add_argument("--port", type=int, default=0, help="default: a free port")
-    box.add_argument("--db", default="var/sandbox/sandbox.db",
-                     help="SQLite file for the server's store (':memory:' for none)")
-    box.add_argument("--patients", type=int, default=None,
-                     help="seed with a generated population of N patients "
-                          "(default: the committed 300-patient population)")
+    box.add_argument(
+        "--db",
+        default="var/sandbox/sandbox.db",
+        help="SQLite file for the server's store (':memory:' for none)",
+    )
+    box.add_argument(
+        "--patients",
+        type=int,
+        default=None,
+        help="seed with a generated population of N patients "
+        "(default: the committed 300-patient population)",
+    )
     box.add_argument("--seed", type=int, default=42)
-    box.add_argument("--from-ndjson", type=Path, default=None,
-                     help="seed from this NDJSON directory instead")
+    box.add_argument(
+        "--from-ndjson", type=Path, default=None, help="seed from this NDJSON directory instead"
+    )
     box.set_defaults(func=cmd_sandbox)
 
 
@@ -47,12 +54,15 @@ def cmd_generate(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError("--patients must be at least 1")
     day = args.as_of or date.fromisoformat(DEMO_AS_OF)
     started = time.perf_counter()
-    counts = write_population(args.out, args.patients, args.seed, day,
-                              malformed_rate=args.malformed_rate)
+    counts = write_population(
+        args.out, args.patients, args.seed, day, malformed_rate=args.malformed_rate
+    )
     elapsed = time.perf_counter() - started
     listing = ", ".join(f"{k} {v:,}" for k, v in counts.items())
-    console.print(f"Wrote {listing} to {args.out} in {elapsed:.1f}s (seed {args.seed}, "
-                  f"as of {day.isoformat()})")
+    console.print(
+        f"Wrote {listing} to {args.out} in {elapsed:.1f}s (seed {args.seed}, "
+        f"as of {day.isoformat()})"
+    )
     return ExitCode.OK
 
 

@@ -17,8 +17,9 @@ def register(subparsers: Any) -> None:
     cmd.add_argument("--config", help="a fhirpanel.toml settings file")
     cmd.add_argument("--host", default=None, help="default: api.host (127.0.0.1)")
     cmd.add_argument("--port", type=int, default=None, help="default: api.port (8000)")
-    cmd.add_argument("--database", default=None,
-                     help="the store's SQLAlchemy URL (default: settings)")
+    cmd.add_argument(
+        "--database", default=None, help="the store's SQLAlchemy URL (default: settings)"
+    )
     cmd.set_defaults(func=cmd_serve)
 
 
@@ -28,7 +29,8 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
     settings = load_settings(args.config, database=args.database)
     api_changes = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if api_changes:
-        settings = dataclasses.replace(settings,
-                                       api=dataclasses.replace(settings.api, **api_changes))
+        settings = dataclasses.replace(
+            settings, api=dataclasses.replace(settings.api, **api_changes)
+        )
     serve(settings)
     return ExitCode.OK

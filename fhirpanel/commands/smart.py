@@ -15,9 +15,11 @@ from fhirpanel.errors import ExitCode
 
 def register(subparsers: Any) -> None:
     cmd = subparsers.add_parser(
-        "smart-jwks", help="print the public key (JWKS) to register for SMART Backend Services",
+        "smart-jwks",
+        help="print the public key (JWKS) to register for SMART Backend Services",
         description="print the JWKS (public key) to register with the EHR for SMART Backend "
-                    "Services, from the fhir.smart_* settings")
+        "Services, from the fhir.smart_* settings",
+    )
     cmd.add_argument("--config", help="a fhirpanel.toml settings file")
     cmd.set_defaults(func=cmd_smart_jwks)
 

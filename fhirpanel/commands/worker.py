@@ -13,11 +13,15 @@ from fhirpanel.errors import ConfigError
 
 
 def register(subparsers: Any) -> None:
-    work = subparsers.add_parser("worker", help="the scheduler process: incremental refresh "
-                                                "every few minutes, a nightly full refresh, "
-                                                "Subscriptions")
-    work.add_argument("--source", default=None,
-                      help="default: scheduler.source or fhir.base_url from settings")
+    work = subparsers.add_parser(
+        "worker",
+        help="the scheduler process: incremental refresh "
+        "every few minutes, a nightly full refresh, "
+        "Subscriptions",
+    )
+    work.add_argument(
+        "--source", default=None, help="default: scheduler.source or fhir.base_url from settings"
+    )
     work.add_argument("--config", help="a fhirpanel.toml settings file")
     work.add_argument("--database", help="the store's SQLAlchemy URL (default: settings)")
     work.set_defaults(func=cmd_worker)
@@ -28,6 +32,8 @@ def cmd_worker(args: argparse.Namespace, console: Console) -> int:
 
     settings = load_settings(args.config, database=args.database, source=args.source)
     if not (settings.scheduler.source or settings.fhir.base_url):
-        raise ConfigError("the worker needs a source: --source, scheduler.source or "
-                          "fhir.base_url (FHIRPANEL_FHIR_BASE_URL)")
+        raise ConfigError(
+            "the worker needs a source: --source, scheduler.source or "
+            "fhir.base_url (FHIRPANEL_FHIR_BASE_URL)"
+        )
     return run_worker(settings)

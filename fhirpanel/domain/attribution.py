@@ -44,8 +44,6 @@ MAX_WINDOW_MONTHS = 120
 # --- month arithmetic -------------------------------------------------------------------------
 
 
-
-
 def in_window(day: date, as_of: date, months: int | None) -> bool:
     """True when `window_start < day <= as_of`; `months=None` means no lower bound."""
     if day > as_of:
@@ -66,6 +64,7 @@ _CODE_PATTERNS: dict[str, re.Pattern[str]] = {
 }
 _ANY_CODE = re.compile(r"^\S+$")
 _SYSTEM = re.compile(r"^(https?://\S+|urn:\S+)$")
+
 
 def check_code(system: str, code: str, where: str) -> None:
     """Raise MappingError unless (system, code) is well formed for its code system."""
@@ -123,10 +122,15 @@ class VisitRules:
     excluded_texts: frozenset[str] = frozenset()  # normalised labels
 
     @classmethod
-    def create(cls, *, statuses: Sequence[str], classes: Sequence[str],
-               not_qualifying: Sequence[str] = (),
-               excluded_codes: Sequence[tuple[str, str]] = (),
-               excluded_texts: Sequence[str] = ()) -> VisitRules:
+    def create(
+        cls,
+        *,
+        statuses: Sequence[str],
+        classes: Sequence[str],
+        not_qualifying: Sequence[str] = (),
+        excluded_codes: Sequence[tuple[str, str]] = (),
+        excluded_texts: Sequence[str] = (),
+    ) -> VisitRules:
         """The rules, checked: no duplicates, no class both qualifying and not qualifying (the
         file lists the latter for the reader), well-formed codes."""
         qualifying_statuses = _unique(statuses, "statuses.qualifying")
@@ -134,9 +138,12 @@ class VisitRules:
         both = sorted(set(qualifying) & set(_unique(not_qualifying, "classes.not_qualifying")))
         if both:
             raise MappingError(f"classes: {', '.join(both)} both qualifying and not")
-        return cls(statuses=frozenset(qualifying_statuses), classes=frozenset(qualifying),
-                   excluded_codes=_codes(excluded_codes, "excluded_codes"),
-                   excluded_texts=_labels(excluded_texts, "excluded_texts.labels"))
+        return cls(
+            statuses=frozenset(qualifying_statuses),
+            classes=frozenset(qualifying),
+            excluded_codes=_codes(excluded_codes, "excluded_codes"),
+            excluded_texts=_labels(excluded_texts, "excluded_texts.labels"),
+        )
 
     def is_excluded_type(self, encounter: EncounterRecord) -> bool:
         """Visit type on the exclusion list: Encounter.type / serviceType codes, or type texts."""
@@ -162,8 +169,9 @@ class SentinelExamCodes:
     codes: frozenset[tuple[str, str]]
 
     @classmethod
-    def create(cls, *, codes: Sequence[tuple[str, str]],
-               not_sentinel: Sequence[tuple[str, str]] = ()) -> SentinelExamCodes:
+    def create(
+        cls, *, codes: Sequence[tuple[str, str]], not_sentinel: Sequence[tuple[str, str]] = ()
+    ) -> SentinelExamCodes:
         """The codes, checked; `not_sentinel` lists look-alikes kept out on purpose, and a code
         may not be in both."""
         sentinel = _codes(codes, "codes")
@@ -188,9 +196,14 @@ class PrimaryCareSpecialties:
     pediatric_labels: frozenset[str] = frozenset()
 
     @classmethod
-    def create(cls, *, codes: Sequence[tuple[str, str]], labels: Sequence[str],
-               pediatric_codes: Sequence[tuple[str, str]] = (),
-               pediatric_labels: Sequence[str] = ()) -> PrimaryCareSpecialties:
+    def create(
+        cls,
+        *,
+        codes: Sequence[tuple[str, str]],
+        labels: Sequence[str],
+        pediatric_codes: Sequence[tuple[str, str]] = (),
+        pediatric_labels: Sequence[str] = (),
+    ) -> PrimaryCareSpecialties:
         """The codes and labels, checked; the pediatric ones must be among them."""
         all_codes = _codes(codes, "codes")
         stray_codes = sorted(f"{s}|{c}" for s, c in set(pediatric_codes) - all_codes)
@@ -201,8 +214,12 @@ class PrimaryCareSpecialties:
         stray = sorted(pediatric - all_labels)
         if stray:
             raise MappingError(f"texts: pediatric labels not in labels: {stray}")
-        return cls(codes=all_codes, labels=all_labels, pediatric_codes=frozenset(pediatric_codes),
-                   pediatric_labels=pediatric)
+        return cls(
+            codes=all_codes,
+            labels=all_labels,
+            pediatric_codes=frozenset(pediatric_codes),
+            pediatric_labels=pediatric,
+        )
 
 
 @dataclass(frozen=True)
@@ -243,8 +260,9 @@ class Pipeline:
             if step.kind == "manual" and step.window_months is not None:
                 raise MappingError(f"steps[{number}]: a manual step takes no window_months")
             if step.kind == "manual" and number > 1:
-                raise MappingError(f"steps[{number}]: a manual step outranks all others and "
-                                   "may only come first")
+                raise MappingError(
+                    f"steps[{number}]: a manual step outranks all others and may only come first"
+                )
         names = [s.name for s in self.steps]
         dupes = sorted(n for n, c in Counter(names).items() if c > 1)
         if dupes:
@@ -303,8 +321,7 @@ class EligibilityReport:
     on_visits: tuple[str, ...] = ()
     pediatric: tuple[str, ...] = ()  # eligible clinicians with a pediatric role
     pediatric_only: tuple[str, ...] = ()  # ... and no other primary-care role
-    _eligible: frozenset[str] = field(default=frozenset(), init=False, repr=False,
-                                      compare=False)
+    _eligible: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         members = self.on_visits if self.fallback_all_on_visits else self.by_code + self.by_text
@@ -327,7 +344,8 @@ class AttributionResult:
     # The qualifying visits per patient the decision used; panels and outreach reuse them
     # rather than classify every encounter again.
     visits: Mapping[str, tuple[QualifyingVisit, ...]] = field(
-        default_factory=dict, compare=False, repr=False)
+        default_factory=dict, compare=False, repr=False
+    )
 
     def by_patient(self) -> dict[str, Assignment]:
         return {a.patient: a for a in self.assignments}
@@ -360,9 +378,12 @@ def exclusion_reason(patient: PatientRecord, as_of: date) -> str | None:
     return None
 
 
-def _role_match(codes: Iterable[tuple[str, str]], texts: Iterable[str],
-                code_set: frozenset[tuple[str, str]], label_set: frozenset[str],
-                ) -> Literal["code", "text"] | None:
+def _role_match(
+    codes: Iterable[tuple[str, str]],
+    texts: Iterable[str],
+    code_set: frozenset[tuple[str, str]],
+    label_set: frozenset[str],
+) -> Literal["code", "text"] | None:
     if any(key in code_set for key in codes):
         return "code"
     if any(normalise_label(t) in label_set for t in texts):
@@ -370,8 +391,9 @@ def _role_match(codes: Iterable[tuple[str, str]], texts: Iterable[str],
     return None
 
 
-def assess_eligibility(population: Population, as_of: date,
-                       rules: AttributionRules) -> EligibilityReport:
+def assess_eligibility(
+    population: Population, as_of: date, rules: AttributionRules
+) -> EligibilityReport:
     """A clinician is eligible when any active PractitionerRole of theirs matches a primary-care
     code, else a text label (docs/methods.md s.1). With no PractitionerRole at all, every
     clinician on a qualifying visit on or before the as-of date is eligible and the report says
@@ -382,13 +404,17 @@ def assess_eligibility(population: Population, as_of: date,
     clinicians.update(e.practitioner for e in population.encounters if e.practitioner)
     if not population.roles:
         on_visits = {
-            e.practitioner for e in population.encounters
-            if e.practitioner and e.day is not None and e.day <= as_of
-            and rules.visits.qualifies(e)
+            e.practitioner
+            for e in population.encounters
+            if e.practitioner and e.day is not None and e.day <= as_of and rules.visits.qualifies(e)
         }
         return EligibilityReport(
-            by_code=(), by_text=(), not_matched=tuple(sorted(clinicians - on_visits)),
-            fallback_all_on_visits=True, on_visits=tuple(sorted(on_visits)))
+            by_code=(),
+            by_text=(),
+            not_matched=tuple(sorted(clinicians - on_visits)),
+            fallback_all_on_visits=True,
+            on_visits=tuple(sorted(on_visits)),
+        )
     matches: dict[str, set[str]] = {}
     pediatric_roles: dict[str, set[bool]] = {}
     for role in population.roles.values():
@@ -400,21 +426,28 @@ def assess_eligibility(population: Population, as_of: date,
         if how is None:
             continue
         matches.setdefault(role.practitioner, set()).add(how)
-        is_pediatric = _role_match(keys, role.texts, specialties.pediatric_codes,
-                                   specialties.pediatric_labels) is not None
+        is_pediatric = (
+            _role_match(keys, role.texts, specialties.pediatric_codes, specialties.pediatric_labels)
+            is not None
+        )
         pediatric_roles.setdefault(role.practitioner, set()).add(is_pediatric)
     by_code = sorted(p for p, how in matches.items() if "code" in how)
     by_text = sorted(p for p, how in matches.items() if "code" not in how)
     pediatric = sorted(p for p, flags in pediatric_roles.items() if True in flags)
     pediatric_only = sorted(p for p, flags in pediatric_roles.items() if flags == {True})
     return EligibilityReport(
-        by_code=tuple(by_code), by_text=tuple(by_text),
-        not_matched=tuple(sorted(clinicians - set(matches))), fallback_all_on_visits=False,
-        pediatric=tuple(pediatric), pediatric_only=tuple(pediatric_only))
+        by_code=tuple(by_code),
+        by_text=tuple(by_text),
+        not_matched=tuple(sorted(clinicians - set(matches))),
+        fallback_all_on_visits=False,
+        pediatric=tuple(pediatric),
+        pediatric_only=tuple(pediatric_only),
+    )
 
 
-def qualifying_visits(population: Population, as_of: date, rules: AttributionRules,
-                      eligibility: EligibilityReport) -> dict[str, tuple[QualifyingVisit, ...]]:
+def qualifying_visits(
+    population: Population, as_of: date, rules: AttributionRules, eligibility: EligibilityReport
+) -> dict[str, tuple[QualifyingVisit, ...]]:
     """Per patient, qualifying visits to eligible clinicians on or before the as-of date,
     oldest first (ties by start time, then Encounter id)."""
     out: dict[str, list[QualifyingVisit]] = {}
@@ -424,15 +457,22 @@ def qualifying_visits(population: Population, as_of: date, rules: AttributionRul
         day = enc.start.date()
         if day > as_of or not eligibility.is_eligible(enc.practitioner):
             continue
-        out.setdefault(enc.patient, []).append(QualifyingVisit(
-            day=day, start=enc.start, encounter=enc.id, practitioner=enc.practitioner,
-            practitioner_role=enc.practitioner_role,
-            sentinel=rules.sentinel.is_sentinel(enc)))
+        out.setdefault(enc.patient, []).append(
+            QualifyingVisit(
+                day=day,
+                start=enc.start,
+                encounter=enc.id,
+                practitioner=enc.practitioner,
+                practitioner_role=enc.practitioner_role,
+                sentinel=rules.sentinel.is_sentinel(enc),
+            )
+        )
     return {patient: tuple(sorted(visits)) for patient, visits in out.items()}
 
 
-def visits_in_window(visits: Sequence[QualifyingVisit], as_of: date,
-                     months: int | None) -> tuple[QualifyingVisit, ...]:
+def visits_in_window(
+    visits: Sequence[QualifyingVisit], as_of: date, months: int | None
+) -> tuple[QualifyingVisit, ...]:
     return tuple(v for v in visits if in_window(v.day, as_of, months))
 
 
@@ -491,15 +531,21 @@ def four_cut(visits: Sequence[QualifyingVisit]) -> FourCutDecision | None:
     if sentinels:
         last_day = max(v.day for v in sentinels)
         visit, broken = _latest_on_same_day([v for v in sentinels if v.day == last_day])
-        return FourCutDecision(visit.practitioner, "sentinel-exam", (visit.encounter,),
-                               tie_broken=broken, sentinel_exam=visit.encounter)
+        return FourCutDecision(
+            visit.practitioner,
+            "sentinel-exam",
+            (visit.encounter,),
+            tie_broken=broken,
+            sentinel_exam=visit.encounter,
+        )
     # Four Cut, step 4: the tied provider seen last.
     tied_visits = [v for v in visits if v.practitioner in tied]
     last_day = max(v.day for v in tied_visits)
     on_last_day = [v for v in tied_visits if v.day == last_day]
     visit, broken = _latest_on_same_day(on_last_day)
-    evidence = tuple(sorted(v.encounter for v in on_last_day
-                            if v.practitioner == visit.practitioner))
+    evidence = tuple(
+        sorted(v.encounter for v in on_last_day if v.practitioner == visit.practitioner)
+    )
     return FourCutDecision(visit.practitioner, "last-visit", evidence, tie_broken=broken)
 
 
@@ -516,8 +562,9 @@ class _Choice:
     confirmation: str = "proposed"
 
 
-def _clinician_from_reference(reference: str, population: Population,
-                              eligibility: EligibilityReport) -> tuple[str, str | None] | None:
+def _clinician_from_reference(
+    reference: str, population: Population, eligibility: EligibilityReport
+) -> tuple[str, str | None] | None:
     """An eligible clinician named by a Practitioner or PractitionerRole reference; an
     Organization, an unknown role or an ineligible clinician gives None."""
     if reference.startswith("PractitionerRole/"):
@@ -544,32 +591,52 @@ def _last_day(visits: Sequence[QualifyingVisit], practitioner: str) -> date | No
     return max(days) if days else None
 
 
-def _explained(patient: str, choice: _Choice, step: str, window: int | None,
-               visits: Sequence[QualifyingVisit]) -> Assignment:
+def _explained(
+    patient: str, choice: _Choice, step: str, window: int | None, visits: Sequence[QualifyingVisit]
+) -> Assignment:
     """A manual, declared-PCP or risk-product choice with the visits behind it for review."""
     return Assignment(
-        patient=patient, status="assigned", practitioner=choice.practitioner,
+        patient=patient,
+        status="assigned",
+        practitioner=choice.practitioner,
         practitioner_role=choice.practitioner_role or _latest_role(visits, choice.practitioner),
-        rule=choice.rule, step=step, window_months=window, visits=visit_counts(visits),
-        last_visit=_last_day(visits, choice.practitioner), confirmation=choice.confirmation)
+        rule=choice.rule,
+        step=step,
+        window_months=window,
+        visits=visit_counts(visits),
+        last_visit=_last_day(visits, choice.practitioner),
+        confirmation=choice.confirmation,
+    )
 
 
-def _unassigned_reason(population_visits: Sequence[EncounterRecord], rules: AttributionRules,
-                       as_of: date, window: int | None) -> str:
+def _unassigned_reason(
+    population_visits: Sequence[EncounterRecord],
+    rules: AttributionRules,
+    as_of: date,
+    window: int | None,
+) -> str:
     span = f"in the last {window} months" if window is not None else "on or before the as-of date"
-    qualifying = [e for e in population_visits
-                  if e.practitioner and e.day is not None and in_window(e.day, as_of, window)
-                  and rules.visits.qualifies(e)]
+    qualifying = [
+        e
+        for e in population_visits
+        if e.practitioner
+        and e.day is not None
+        and in_window(e.day, as_of, window)
+        and rules.visits.qualifies(e)
+    ]
     if qualifying:
         return f"qualifying visits {span} were only with clinicians not eligible for primary care"
     return f"no qualifying visit {span}"
 
 
-def attribute_patients(population: Population, as_of: date, pipeline: Pipeline,
-                       rules: AttributionRules,
-                       manual: Mapping[str, ManualAssignment] | None = None,
-                       risk_product_members: Mapping[str, str] | None = None,
-                       ) -> AttributionResult:
+def attribute_patients(
+    population: Population,
+    as_of: date,
+    pipeline: Pipeline,
+    rules: AttributionRules,
+    manual: Mapping[str, ManualAssignment] | None = None,
+    risk_product_members: Mapping[str, str] | None = None,
+) -> AttributionResult:
     """Attribute every patient in the population: excluded (with the reason), assigned (with the
     step, rule and evidence) or unassigned (with why). Manual assignments outrank every step;
     then the pipeline's steps in order, first match wins (white paper, Exhibit Two).
@@ -597,30 +664,52 @@ def attribute_patients(population: Population, as_of: date, pipeline: Pipeline,
         visits = visits_by_patient.get(patient_id, ())
         override = manual.get(patient_id)
         if override is not None:
-            choice = _Choice(override.practitioner, override.practitioner_role, "manual",
-                             override.confirmation)
-            assignments.append(_explained(
-                patient_id, choice, "manual", explain_window,
-                visits_in_window(visits, as_of, explain_window)))
+            choice = _Choice(
+                override.practitioner, override.practitioner_role, "manual", override.confirmation
+            )
+            assignments.append(
+                _explained(
+                    patient_id,
+                    choice,
+                    "manual",
+                    explain_window,
+                    visits_in_window(visits, as_of, explain_window),
+                )
+            )
             continue
-        assignment = _run_steps(patient, visits, pipeline, population, eligibility, as_of,
-                                risk_product_members)
+        assignment = _run_steps(
+            patient, visits, pipeline, population, eligibility, as_of, risk_product_members
+        )
         if assignment is None:
             window_visits = visits_in_window(visits, as_of, explain_window)
             assignment = Assignment(
-                patient=patient_id, status="unassigned", window_months=explain_window,
+                patient=patient_id,
+                status="unassigned",
+                window_months=explain_window,
                 visits=visit_counts(window_visits),
-                reason=_unassigned_reason(encounters_by_patient.get(patient_id, ()), rules,
-                                          as_of, explain_window))
+                reason=_unassigned_reason(
+                    encounters_by_patient.get(patient_id, ()), rules, as_of, explain_window
+                ),
+            )
         assignments.append(assignment)
-    return AttributionResult(as_of=as_of, pipeline=pipeline.name,
-                             assignments=tuple(assignments), eligibility=eligibility,
-                             visits=visits_by_patient)
+    return AttributionResult(
+        as_of=as_of,
+        pipeline=pipeline.name,
+        assignments=tuple(assignments),
+        eligibility=eligibility,
+        visits=visits_by_patient,
+    )
 
 
-def _run_steps(patient: PatientRecord, visits: tuple[QualifyingVisit, ...], pipeline: Pipeline,
-               population: Population, eligibility: EligibilityReport, as_of: date,
-               risk_product_members: Mapping[str, str] | None) -> Assignment | None:
+def _run_steps(
+    patient: PatientRecord,
+    visits: tuple[QualifyingVisit, ...],
+    pipeline: Pipeline,
+    population: Population,
+    eligibility: EligibilityReport,
+    as_of: date,
+    risk_product_members: Mapping[str, str] | None,
+) -> Assignment | None:
     for step in pipeline.steps:
         window_visits = visits_in_window(visits, as_of, step.window_months)
         if step.kind == "four-cut":
@@ -628,15 +717,23 @@ def _run_steps(patient: PatientRecord, visits: tuple[QualifyingVisit, ...], pipe
             if decision is None:
                 continue
             on_deciding = [v for v in window_visits if v.encounter in decision.evidence]
-            role = (_latest_role(on_deciding, decision.practitioner)
-                    or _latest_role(window_visits, decision.practitioner))
+            role = _latest_role(on_deciding, decision.practitioner) or _latest_role(
+                window_visits, decision.practitioner
+            )
             return Assignment(
-                patient=patient.id, status="assigned", practitioner=decision.practitioner,
-                practitioner_role=role, rule=decision.rule, step=step.name,
-                window_months=step.window_months, tie_broken=decision.tie_broken,
-                visits=visit_counts(window_visits), evidence=decision.evidence,
+                patient=patient.id,
+                status="assigned",
+                practitioner=decision.practitioner,
+                practitioner_role=role,
+                rule=decision.rule,
+                step=step.name,
+                window_months=step.window_months,
+                tie_broken=decision.tie_broken,
+                visits=visit_counts(window_visits),
+                evidence=decision.evidence,
                 sentinel_exam=decision.sentinel_exam,
-                last_visit=_last_day(window_visits, decision.practitioner))
+                last_visit=_last_day(window_visits, decision.practitioner),
+            )
         if step.kind == "manual":
             continue  # applied before the steps, whatever its place
         if step.window_months is not None and not window_visits:
@@ -657,10 +754,12 @@ def _run_steps(patient: PatientRecord, visits: tuple[QualifyingVisit, ...], pipe
                 elif member_of.startswith("Practitioner/"):
                     choice = _Choice(member_of, None, "risk-product")
         if choice is not None:
-            window = step.window_months if step.window_months is not None else (
-                pipeline.widest_window)
-            return _explained(patient.id, choice, step.name, window,
-                              visits_in_window(visits, as_of, window))
+            window = (
+                step.window_months if step.window_months is not None else (pipeline.widest_window)
+            )
+            return _explained(
+                patient.id, choice, step.name, window, visits_in_window(visits, as_of, window)
+            )
     return None
 
 

@@ -24,6 +24,7 @@ VIA_ICD10 = "icd10"
 VIA_CROSSWALK = "snomed-crosswalk"
 ICD_SYSTEMS = {ICD10CM: VIA_ICD10CM, ICD10: VIA_ICD10}
 
+
 def is_snomed_id(code: str) -> bool:
     """A well-formed SNOMED CT concept id: 6-18 digits with a valid Verhoeff check digit."""
     return bool(SNOMED_ID_PATTERN.match(code)) and verhoeff_valid(code)

@@ -24,15 +24,21 @@ class OutreachItem:
     last_sentinel_exam: date | None
 
 
-def outreach_list(population: Population, attribution: AttributionResult, as_of: date,
-                  rules: AttributionRules, not_seen_months: int = 12,
-                  sentinel_months: int = 24) -> tuple[OutreachItem, ...]:
+def outreach_list(
+    population: Population,
+    attribution: AttributionResult,
+    as_of: date,
+    rules: AttributionRules,
+    not_seen_months: int = 12,
+    sentinel_months: int = 24,
+) -> tuple[OutreachItem, ...]:
     """Every assigned patient with no qualifying visit to an eligible (primary-care) clinician in
     the last `not_seen_months`, or no sentinel exam in the last `sentinel_months`. Visits to any
     eligible clinician count, not only the patient's PCP: the practice has seen them. Sorted by
     clinician, then patient, as a per-clinician worklist."""
-    visits = attribution.visits or qualifying_visits(population, as_of, rules,
-                                                     attribution.eligibility)
+    visits = attribution.visits or qualifying_visits(
+        population, as_of, rules, attribution.eligibility
+    )
     items = []
     for assignment in attribution.assignments:
         if assignment.status != "assigned" or assignment.practitioner is None:
@@ -47,10 +53,15 @@ def outreach_list(population: Population, attribution: AttributionResult, as_of:
         if last_sentinel is None or not in_window(last_sentinel, as_of, sentinel_months):
             reasons.append(f"no-sentinel-{sentinel_months}m")
         if reasons:
-            items.append(OutreachItem(
-                patient=assignment.patient, practitioner=assignment.practitioner,
-                reasons=tuple(reasons), last_visit=last_visit,
-                last_sentinel_exam=last_sentinel))
+            items.append(
+                OutreachItem(
+                    patient=assignment.patient,
+                    practitioner=assignment.practitioner,
+                    reasons=tuple(reasons),
+                    last_visit=last_visit,
+                    last_sentinel_exam=last_sentinel,
+                )
+            )
     return tuple(sorted(items, key=lambda item: (item.practitioner, item.patient)))
 
 

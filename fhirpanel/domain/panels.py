@@ -28,7 +28,15 @@ from fhirpanel.errors import MappingError
 
 # Age bands for age/sex weights, inclusive years; None is open-ended.
 AGE_BANDS: tuple[tuple[int, int | None], ...] = (
-    (0, 1), (2, 4), (5, 11), (12, 17), (18, 29), (30, 44), (45, 64), (65, 74), (75, 84),
+    (0, 1),
+    (2, 4),
+    (5, 11),
+    (12, 17),
+    (18, 29),
+    (30, 44),
+    (45, 64),
+    (65, 74),
+    (75, 84),
     (85, None),
 )
 SEXES = ("female", "male", "other")
@@ -68,8 +76,12 @@ class ClinicianCapacity:
     def panel_capacity(self) -> float:
         """Murray & Davies: panel x visits per patient per year = visits per day x clinic days
         per year (x FTE). 20 x 220 / 2 = 2,200."""
-        return (self.visits_per_day * self.clinic_days_per_year * self.fte
-                / self.visits_per_patient_per_year)
+        return (
+            self.visits_per_day
+            * self.clinic_days_per_year
+            * self.fte
+            / self.visits_per_patient_per_year
+        )
 
 
 @dataclass(frozen=True)
@@ -82,8 +94,10 @@ class CapacitySettings:
         for ref in self.overrides:
             if not ref.startswith("Practitioner/") or ref == "Practitioner/":
                 raise MappingError(f"overrides: {ref!r} is not a Practitioner reference")
-        named = [("default", self.default),
-                 *((f'overrides."{ref}"', c) for ref, c in self.overrides.items())]
+        named = [
+            ("default", self.default),
+            *((f'overrides."{ref}"', c) for ref, c in self.overrides.items()),
+        ]
         for where, capacity in named:
             if capacity.fte > 2.0:
                 raise MappingError(f"{where}.fte: above 2.0 looks like a percentage; use 0-2")
@@ -127,7 +141,10 @@ class AgeSexWeights:
 
 
 def compute_age_sex_weights(
-    population: Population, as_of: date, rules: AttributionRules, window_months: int = 12,
+    population: Population,
+    as_of: date,
+    rules: AttributionRules,
+    window_months: int = 12,
     visits: Mapping[str, tuple[QualifyingVisit, ...]] | None = None,
 ) -> AgeSexWeights:
     """Murray's age/sex weights from the organisation's own data: a cell's visit rate (qualifying
@@ -156,13 +173,17 @@ def compute_age_sex_weights(
         seen = len(visits_in_window(visits.get(patient_id, ()), as_of, window_months))
         cell_visits[cell] = cell_visits.get(cell, 0) + seen
     total_patients, total_visits = sum(patients.values()), sum(cell_visits.values())
-    basis = tuple((band, sex, patients[(band, sex)], cell_visits[(band, sex)])
-                  for band, sex in sorted(patients))
+    basis = tuple(
+        (band, sex, patients[(band, sex)], cell_visits[(band, sex)])
+        for band, sex in sorted(patients)
+    )
     if total_visits == 0:
         return AgeSexWeights(weights={}, basis=basis)
     # (v / n) / (V / N), arranged to divide once for exact, order-independent floats.
-    weights = {cell: (cell_visits[cell] * total_patients) / (patients[cell] * total_visits)
-               for cell in sorted(patients)}
+    weights = {
+        cell: (cell_visits[cell] * total_patients) / (patients[cell] * total_visits)
+        for cell in sorted(patients)
+    }
     return AgeSexWeights(weights=weights, basis=basis)
 
 
@@ -202,10 +223,15 @@ def _tier_key(tier: int) -> str:
     return str(tier)
 
 
-def compute_panels(population: Population, attribution: AttributionResult, as_of: date,
-                   capacities: CapacitySettings, weights: AgeSexWeights,
-                   tiers: Mapping[str, int] | None = None,
-                   hcc_scores: Mapping[str, float] | None = None) -> PanelSummary:
+def compute_panels(
+    population: Population,
+    attribution: AttributionResult,
+    as_of: date,
+    capacities: CapacitySettings,
+    weights: AgeSexWeights,
+    tiers: Mapping[str, int] | None = None,
+    hcc_scores: Mapping[str, float] | None = None,
+) -> PanelSummary:
     """A panel for every eligible clinician (size 0 included) and any clinician assigned a
     patient, then a PCP suggestion for each unassigned active patient (docs/methods.md s.3).
 
@@ -242,28 +268,42 @@ def compute_panels(population: Population, attribution: AttributionResult, as_of
         capacity = capacities.for_clinician(clinician).panel_capacity
         tier_counts: tuple[tuple[str, int], ...] = ()
         if tiers is not None:
-            tier_counts = tuple((_tier_key(t), sum(1 for p in patients if tiers.get(p) == t))
-                                for t in tier_keys)
+            tier_counts = tuple(
+                (_tier_key(t), sum(1 for p in patients if tiers.get(p) == t)) for t in tier_keys
+            )
         hcc_adjusted: float | None = None
         if hcc_scores is not None:
             hcc_adjusted = math.fsum(
-                hcc_scores[p] / mean_hcc if p in hcc_scores and mean_hcc else 1.0
-                for p in patients)
-        panels.append(Panel(
-            practitioner=clinician, size=len(patients), risk_adjusted_size=risk_adjusted,
-            capacity=capacity, open_capacity=capacity - risk_adjusted, tiers=tier_counts,
-            hcc_adjusted_size=hcc_adjusted,
-            unconfirmed=sum(1 for p in patients if by_patient[p].confirmation == "proposed")))
+                hcc_scores[p] / mean_hcc if p in hcc_scores and mean_hcc else 1.0 for p in patients
+            )
+        panels.append(
+            Panel(
+                practitioner=clinician,
+                size=len(patients),
+                risk_adjusted_size=risk_adjusted,
+                capacity=capacity,
+                open_capacity=capacity - risk_adjusted,
+                tiers=tier_counts,
+                hcc_adjusted_size=hcc_adjusted,
+                unconfirmed=sum(1 for p in patients if by_patient[p].confirmation == "proposed"),
+            )
+        )
 
     suggestions = _suggest(population, attribution, as_of, capacities, panels, weight_of)
     return PanelSummary(panels=tuple(panels), suggestions=suggestions, weights=weights)
 
 
-def suggest_clinicians(population: Population, attribution: AttributionResult, as_of: date,
-                       capacities: CapacitySettings, panels: Sequence[Panel],
-                       weights: AgeSexWeights) -> tuple[Suggestion, ...]:
+def suggest_clinicians(
+    population: Population,
+    attribution: AttributionResult,
+    as_of: date,
+    capacities: CapacitySettings,
+    panels: Sequence[Panel],
+    weights: AgeSexWeights,
+) -> tuple[Suggestion, ...]:
     """Suggestions for the unassigned patients of `attribution` against panels computed
     elsewhere (an incremental refresh passes the stored, practice-wide panels)."""
+
     def weight_of(patient_id: str) -> float:
         patient = population.patients.get(patient_id)
         return 1.0 if patient is None else weights.weight(patient.birth_date, patient.sex, as_of)
@@ -271,9 +311,14 @@ def suggest_clinicians(population: Population, attribution: AttributionResult, a
     return _suggest(population, attribution, as_of, capacities, list(panels), weight_of)
 
 
-def _suggest(population: Population, attribution: AttributionResult, as_of: date,
-             capacities: CapacitySettings, panels: list[Panel],
-             weight_of: Callable[[str], float]) -> tuple[Suggestion, ...]:
+def _suggest(
+    population: Population,
+    attribution: AttributionResult,
+    as_of: date,
+    capacities: CapacitySettings,
+    panels: list[Panel],
+    weight_of: Callable[[str], float],
+) -> tuple[Suggestion, ...]:
     eligibility = attribution.eligibility
     eligible = set(eligibility.eligible)
     if not eligible:

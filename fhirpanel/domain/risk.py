@@ -58,8 +58,6 @@ class UtilisationRules:
         return ed, inpatient
 
 
-
-
 @dataclass(frozen=True)
 class RiskConfig:
     """Settings and tables for one scoring run; built from the mapping files (the weight set,

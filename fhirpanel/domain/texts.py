@@ -25,31 +25,37 @@ class RuleText:
 RULES: Mapping[str, RuleText] = {
     "single-provider": RuleText(
         "Only clinician seen",
-        "Every qualifying visit in the look-back window was with this clinician "
-        "(Four Cut, cut 1)."),
+        "Every qualifying visit in the look-back window was with this clinician (Four Cut, cut 1).",
+    ),
     "plurality": RuleText(
         "Seen most often",
         "Most qualifying visits in the look-back window were with this clinician "
-        "(Four Cut, cut 2: plurality)."),
+        "(Four Cut, cut 2: plurality).",
+    ),
     "sentinel-exam": RuleText(
         "Did the last check-up",
         "Visits were tied; this clinician did the most recent physical or wellness exam "
-        "(Four Cut, cut 3: sentinel exam)."),
+        "(Four Cut, cut 3: sentinel exam).",
+    ),
     "last-visit": RuleText(
         "Seen last",
         "Visits were tied and no check-up decided; this clinician saw the patient last "
-        "(Four Cut, cut 4)."),
+        "(Four Cut, cut 4).",
+    ),
     "declared-pcp": RuleText(
         "Patient's named clinician",
-        "The patient's record names this clinician as their primary-care clinician."),
+        "The patient's record names this clinician as their primary-care clinician.",
+    ),
     "risk-product": RuleText(
         "Payer's member list",
         "The payer's member list for a risk-based product places the patient with this "
-        "clinician; the list is taken as given."),
+        "clinician; the list is taken as given.",
+    ),
     "manual": RuleText(
         "Override",
         "Assigned by hand at the request of the clinician, the patient, the family or staff; "
-        "it holds until removed."),
+        "it holds until removed.",
+    ),
 }
 
 # Keyed by `PipelineStep.kind`; a Four Cut step's text names its window.
@@ -60,8 +66,10 @@ STEPS: Mapping[str, str] = {
     "four-cut": "Four Cut method, visits in the last {months} months",
 }
 _FOUR_CUT_PREFIX, _MONTHS_SUFFIX = "four-cut-", "m"
-_OUTREACH = {"not-seen": "Not seen in {months} months",
-             "no-sentinel": "No check-up in {months} months"}
+_OUTREACH = {
+    "not-seen": "Not seen in {months} months",
+    "no-sentinel": "No check-up in {months} months",
+}
 
 
 def rule_label(rule: str | None) -> str:
@@ -107,9 +115,17 @@ def _months(name: str, prefix: str) -> int | None:
     """`<prefix><digits>m` → the number, else None."""
     if not (name.startswith(prefix) and name.endswith(_MONTHS_SUFFIX)):
         return None
-    digits = name[len(prefix):-len(_MONTHS_SUFFIX)]
+    digits = name[len(prefix) : -len(_MONTHS_SUFFIX)]
     return int(digits) if digits.isascii() and digits.isdigit() else None
 
 
-__all__ = ["RULES", "STEPS", "RuleText", "outreach_text", "parse_step", "rule_label",
-           "rule_text", "step_text"]
+__all__ = [
+    "RULES",
+    "STEPS",
+    "RuleText",
+    "outreach_text",
+    "parse_step",
+    "rule_label",
+    "rule_text",
+    "step_text",
+]

@@ -46,8 +46,14 @@ from fhirpanel.fhir.source import REQUIRED_TYPES, Item, NdjsonSource, ServerSour
 
 log = logging.getLogger(__name__)
 
-EXPORT_TYPES = ("Patient", "Encounter", "Condition", "Practitioner", "PractitionerRole",
-                "Organization")
+EXPORT_TYPES = (
+    "Patient",
+    "Encounter",
+    "Condition",
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+)
 # Outside the Patient compartment: a Group-level export need not contain them (IG, "Group level
 # export"), so when its manifest has none they are read by paged search instead.
 NON_COMPARTMENT_TYPES = frozenset({"Practitioner", "PractitionerRole", "Organization"})
@@ -64,8 +70,7 @@ TRANSIENT_CODES = frozenset({"transient", "throttled", "timeout", "lock-error"})
 
 _TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_INSTANT = re.compile(
-    r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})$")
+_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})$")
 _GROUP_URL = re.compile(r"^(?P<base>.+?)/Group/(?P<id>[^/]+)$")
 
 
@@ -89,8 +94,9 @@ def parse_bulk_spec(spec: str) -> BulkTarget:
         raise ConfigError(f"bulk source needs an http(s) FHIR base URL: {redact_url(url)!r}")
     parts = urlsplit(url)
     if parts.query or parts.fragment:
-        raise ConfigError("bulk source URL takes no query: set _since with bulk.since "
-                          "(FHIRPANEL_BULK_SINCE)")
+        raise ConfigError(
+            "bulk source URL takes no query: set _since with bulk.since (FHIRPANEL_BULK_SINCE)"
+        )
     match = _GROUP_URL.match(url)
     if match is None:
         return BulkTarget(url)
@@ -108,8 +114,7 @@ def check_group_id(group_id: str) -> str:
 def check_since(since: str) -> str:
     """`_since` must be a FHIR instant (with seconds and a zone)."""
     if not _INSTANT.match(since):
-        raise ConfigError(f"bulk since {since!r} is not a FHIR instant "
-                          "(e.g. 2026-11-01T00:00:00Z)")
+        raise ConfigError(f"bulk since {since!r} is not a FHIR instant (e.g. 2026-11-01T00:00:00Z)")
     return since
 
 
@@ -209,8 +214,9 @@ def is_transient(error: FhirHttpError) -> bool:
     return bool(codes) and codes <= TRANSIENT_CODES
 
 
-def error_file_issues(lines: Sequence[bytes], name: str, limit: int = MAX_ERROR_ISSUES
-                      ) -> list[Issue]:
+def error_file_issues(
+    lines: Sequence[bytes], name: str, limit: int = MAX_ERROR_ISSUES
+) -> list[Issue]:
     """One Issue per OperationOutcome issue line in an export's error file."""
     issues: list[Issue] = []
     skipped = 0
@@ -232,8 +238,13 @@ def error_file_issues(lines: Sequence[bytes], name: str, limit: int = MAX_ERROR_
                 continue
             issues.append(Issue(where, f"export error: {message[:300]}", "recorded"))
     if skipped:
-        issues.append(Issue(f"OperationOutcome/? ({name})",
-                            f"export error: {skipped} more error lines not listed", "recorded"))
+        issues.append(
+            Issue(
+                f"OperationOutcome/? ({name})",
+                f"export error: {skipped} more error lines not listed",
+                "recorded",
+            )
+        )
     return issues
 
 
@@ -331,7 +342,9 @@ class BulkExport:
         what = f"Group/{self.group_id}" if self.group_id else "system-level"
         try:
             response = self.client.request(
-                "GET", self.kickoff_path, params=params,
+                "GET",
+                self.kickoff_path,
+                params=params,
                 headers={"Accept": FHIR_JSON, "Prefer": "respond-async"},
             )
         except AuthError:
@@ -342,9 +355,11 @@ class BulkExport:
         except FhirHttpError as exc:
             raise SourceError(f"Bulk export kick-off ({what}) refused: {exc}") from exc
         if response.status_code != 202:
-            raise SourceError(f"Bulk export kick-off ({what}) answered HTTP "
-                              f"{response.status_code}, not 202 Accepted: the server does not run "
-                              "$export asynchronously")
+            raise SourceError(
+                f"Bulk export kick-off ({what}) answered HTTP "
+                f"{response.status_code}, not 202 Accepted: the server does not run "
+                "$export asynchronously"
+            )
         location = response.headers.get("Content-Location", "").strip()
         if not location:
             raise SourceError(f"Bulk export kick-off ({what}): 202 without Content-Location")
@@ -365,8 +380,9 @@ class BulkExport:
             self.stats.polls += 1
             wait: float | None
             try:
-                response = self.client.request("GET", status_url,
-                                               headers={"Accept": "application/json"})
+                response = self.client.request(
+                    "GET", status_url, headers={"Accept": "application/json"}
+                )
             except AuthError:
                 raise
             except FhirHttpError as exc:
@@ -378,15 +394,18 @@ class BulkExport:
                 if response.status_code == 200:
                     return parse_manifest(_json_body(response))
                 if response.status_code != 202:
-                    raise SourceError(f"Bulk export status answered HTTP "
-                                      f"{response.status_code}, expected 202 or 200")
+                    raise SourceError(
+                        f"Bulk export status answered HTTP "
+                        f"{response.status_code}, expected 202 or 200"
+                    )
                 progress = " ".join(response.headers.get("X-Progress", "").split())[:100]
                 log.info("bulk export in progress: %s", progress or "(no X-Progress)")
-                wait = retry_after_seconds(response.headers.get("Retry-After"),
-                                           self._wall_clock())
+                wait = retry_after_seconds(response.headers.get("Retry-After"), self._wall_clock())
             if self.stats.polls >= self.max_polls:
-                raise SourceError(f"Bulk export not finished after {self.stats.polls} status "
-                                  f"polls (last progress: {progress or 'none'}); cancelled")
+                raise SourceError(
+                    f"Bulk export not finished after {self.stats.polls} status "
+                    f"polls (last progress: {progress or 'none'}); cancelled"
+                )
             wait = max(MIN_POLL_SECONDS, self.settings.poll_interval if wait is None else wait)
             if self.settings.max_retry_after > 0:  # an operator's cap on the server's Retry-After
                 wait = min(wait, max(MIN_POLL_SECONDS, self.settings.max_retry_after))
@@ -394,7 +413,8 @@ class BulkExport:
             if elapsed + wait > limit:
                 raise SourceError(
                     f"Bulk export not finished within {limit:g}s (bulk.max_wait_seconds; "
-                    f"next poll in {wait:g}s, last progress: {progress or 'none'}); cancelled")
+                    f"next poll in {wait:g}s, last progress: {progress or 'none'}); cancelled"
+                )
             self._sleep(wait)
 
     def _delete(self, status_url: str) -> None:
@@ -412,8 +432,9 @@ class BulkExport:
         root = Path(self.settings.download_dir or DEFAULT_DOWNLOAD_DIR)
         try:
             root.mkdir(parents=True, exist_ok=True)
-            _sweep_stale(root, older_than=max(STALE_EXPORT_SECONDS,
-                                              2 * self.settings.max_wait_seconds))
+            _sweep_stale(
+                root, older_than=max(STALE_EXPORT_SECONDS, 2 * self.settings.max_wait_seconds)
+            )
             partial = Path(tempfile.mkdtemp(prefix="export-", suffix=".partial", dir=root))
         except OSError as exc:
             raise SourceError(f"cannot create a download folder under {root}: {exc}") from exc
@@ -421,8 +442,11 @@ class BulkExport:
         deadline = started + self.settings.max_wait_seconds
         try:
             wanted = [f for f in manifest.output if f.type in self.types]
-            warnings = [f"export file of unrequested type {f.type} ignored"
-                        for f in manifest.output if f.type not in self.types]
+            warnings = [
+                f"export file of unrequested type {f.type} ignored"
+                for f in manifest.output
+                if f.type not in self.types
+            ]
             counts: dict[str, int] = {}
             done: list[tuple[Path, str]] = []
             for file, name in zip(wanted, download_names(wanted), strict=True):
@@ -435,7 +459,8 @@ class BulkExport:
                     raise SourceError(
                         f"Bulk export {file.type} file {name} ({redact_url(file.url)}): the "
                         f"manifest says {file.count} resources but {lines} lines were "
-                        f"downloaded ({short}); nothing was imported")
+                        f"downloaded ({short}); nothing was imported"
+                    )
             issues = self._error_issues(manifest, partial, deadline, warnings)
             for part, name in done:
                 part.rename(partial / name)
@@ -449,13 +474,20 @@ class BulkExport:
         self.stats.lines = sum(counts.values())
         for warning in warnings:
             log.warning("bulk export: %s", warning)
-        log.info("bulk export: %d files, %d lines, %.1f MB in %.1fs (export %.1fs, %d polls)",
-                 self.stats.files, self.stats.lines, self.stats.bytes / 1e6,
-                 self.stats.download_seconds, self.stats.export_seconds, self.stats.polls)
+        log.info(
+            "bulk export: %d files, %d lines, %.1f MB in %.1fs (export %.1fs, %d polls)",
+            self.stats.files,
+            self.stats.lines,
+            self.stats.bytes / 1e6,
+            self.stats.download_seconds,
+            self.stats.export_seconds,
+            self.stats.polls,
+        )
         return ExportResult(directory, manifest, counts, issues, warnings, self.stats)
 
-    def _error_issues(self, manifest: ExportManifest, folder: Path, deadline: float,
-                      warnings: list[str]) -> list[Issue]:
+    def _error_issues(
+        self, manifest: ExportManifest, folder: Path, deadline: float, warnings: list[str]
+    ) -> list[Issue]:
         """The error files' OperationOutcomes as issues (content stays out of the logs)."""
         issues: list[Issue] = []
         for n, file in enumerate(manifest.error, start=1):
@@ -470,8 +502,9 @@ class BulkExport:
             finally:
                 path.unlink(missing_ok=True)
         if issues:
-            log.warning("bulk export: the server reported %d errors (see the report's issues)",
-                        len(issues))
+            log.warning(
+                "bulk export: the server reported %d errors (see the report's issues)", len(issues)
+            )
         return issues
 
     def _fetch(self, file: ManifestFile, target: Path, with_token: bool, deadline: float) -> int:
@@ -482,21 +515,34 @@ class BulkExport:
                 return self._stream(client, url, file, target, with_token, deadline)
             except _BrokenDownload as exc:
                 if attempt == DOWNLOAD_ATTEMPTS:
-                    raise SourceError(f"Bulk export {file.type} file {redact_url(file.url)}: "
-                                      f"connection broke {attempt} times ({exc})") from exc
-                log.info("bulk export: %s file broke off (%s); downloading it again",
-                         file.type, exc)
+                    raise SourceError(
+                        f"Bulk export {file.type} file {redact_url(file.url)}: "
+                        f"connection broke {attempt} times ({exc})"
+                    ) from exc
+                log.info(
+                    "bulk export: %s file broke off (%s); downloading it again", file.type, exc
+                )
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _stream(self, client: FhirClient, url: str, file: ManifestFile, target: Path,
-                with_token: bool, deadline: float) -> int:
+    def _stream(
+        self,
+        client: FhirClient,
+        url: str,
+        file: ManifestFile,
+        target: Path,
+        with_token: bool,
+        deadline: float,
+    ) -> int:
         where = f"Bulk export {file.type} file {redact_url(file.url)}"
         try:
-            response = client.request("GET", url, headers={"Accept": NDJSON}, stream=True,
-                                      authenticate=with_token)
+            response = client.request(
+                "GET", url, headers={"Accept": NDJSON}, stream=True, authenticate=with_token
+            )
         except (NotFoundError, GoneError) as exc:
-            raise SourceError(f"{where} is gone (HTTP {exc.status}): the export expired or was "
-                              "removed; run the export again") from exc
+            raise SourceError(
+                f"{where} is gone (HTTP {exc.status}): the export expired or was "
+                "removed; run the export again"
+            ) from exc
         except AuthError:
             raise
         except FhirHttpError as exc:
@@ -516,9 +562,11 @@ class BulkExport:
                         filled = False
                     filled = filled or bool(rest.strip())
                     if self._clock() > deadline:
-                        raise SourceError(f"{where}: downloads took longer than "
-                                          f"{self.settings.max_wait_seconds:g}s "
-                                          "(bulk.max_wait_seconds)")
+                        raise SourceError(
+                            f"{where}: downloads took longer than "
+                            f"{self.settings.max_wait_seconds:g}s "
+                            "(bulk.max_wait_seconds)"
+                        )
         except requests.exceptions.RequestException as exc:  # before OSError: it is one
             raise _BrokenDownload(type(exc).__name__) from exc
         except OSError as exc:
@@ -546,10 +594,12 @@ class BulkExport:
         if rewrite and (with_token or rewritten):
             return self.client, self.client.link(url, "Bulk file URL")
         if with_token:
-            raise SourceError(f"Bulk export file {redact_url(url)} needs our access token but is "
-                              f"not on the FHIR server {redact_url(self.client.base_url)}: "
-                              "refused; add its origin to fhir.trusted_link_origins or set "
-                              "fhir.rewrite_foreign_links = true if it is that server")
+            raise SourceError(
+                f"Bulk export file {redact_url(url)} needs our access token but is "
+                f"not on the FHIR server {redact_url(self.client.base_url)}: "
+                "refused; add its origin to fhir.trusted_link_origins or set "
+                "fhir.rewrite_foreign_links = true if it is that server"
+            )
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
         if origin not in self._file_clients:
@@ -562,8 +612,9 @@ def _json_body(response: requests.Response) -> Any:
     try:
         return orjson.loads(response.content)
     except orjson.JSONDecodeError as exc:
-        raise SourceError(f"Bulk export status {redact_url(response.url)}: 200 without a JSON "
-                          "manifest") from exc
+        raise SourceError(
+            f"Bulk export status {redact_url(response.url)}: 200 without a JSON manifest"
+        ) from exc
 
 
 # ---------------------------------------------------------------- the source
@@ -637,12 +688,14 @@ class BulkSource:
             self._pending = list(result.issues)
             # A full export must hold Patient and Encounter files (of the types it asked for);
             # an incremental one (`_since`) need not: nothing of a type may have changed.
-            required = () if self.export.since else [
-                t for t in REQUIRED_TYPES if t in self.export.types]
+            required = (
+                () if self.export.since else [t for t in REQUIRED_TYPES if t in self.export.types]
+            )
             self._files = NdjsonSource(result.directory, require=required)
             if not self.keep_files:
-                self._cleanup = weakref.finalize(self, shutil.rmtree, result.directory,
-                                                 ignore_errors=True)
+                self._cleanup = weakref.finalize(
+                    self, shutil.rmtree, result.directory, ignore_errors=True
+                )
         return self._files
 
     def _take_issues(self) -> list[Issue]:

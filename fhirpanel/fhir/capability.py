@@ -22,10 +22,12 @@ _RELEASES: tuple[tuple[str, str], ...] = (
 )
 
 # restful-security-service: R4 system, and the STU3 one it replaced.
-_SECURITY_SERVICE_SYSTEMS = frozenset({
-    "http://terminology.hl7.org/CodeSystem/restful-security-service",
-    "http://hl7.org/fhir/restful-security-service",
-})
+_SECURITY_SERVICE_SYSTEMS = frozenset(
+    {
+        "http://terminology.hl7.org/CodeSystem/restful-security-service",
+        "http://hl7.org/fhir/restful-security-service",
+    }
+)
 _SMART_SERVICE_CODE = "SMART-on-FHIR"
 # SMART App Launch 1.0, "Conformance" section: the oauth-uris extension on rest.security.
 _OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
@@ -191,13 +193,17 @@ def parse_capability_statement(cs: Mapping[str, Any]) -> ServerCapabilities:
             if ext.get("url") == _SUBSCRIPTION_TOPIC
             and (ext.get("valueCanonical") or ext.get("valueUri"))
         ),
-        security_services=tuple(sorted({
-            str(coding["code"])
-            for sec in security
-            for service in _mappings(sec.get("service"))
-            for coding in _mappings(service.get("coding"))
-            if isinstance(coding.get("code"), str)
-        })),
+        security_services=tuple(
+            sorted(
+                {
+                    str(coding["code"])
+                    for sec in security
+                    for service in _mappings(sec.get("service"))
+                    for coding in _mappings(service.get("coding"))
+                    if isinstance(coding.get("code"), str)
+                }
+            )
+        ),
     )
 
 
@@ -255,6 +261,7 @@ def _export_support(
             group = True
         else:
             system = True
+
     def has_export(rtype: str) -> bool:
         return any(_operation_name(op) == "export" for op in resource_ops.get(rtype, ()))
 

@@ -247,8 +247,9 @@ class BudgetedRetry(Retry):
             wait = retry.planned_wait(response)
             if now - started + wait > self.budget_seconds:
                 status = response.status if response is not None else None
-                reason = error or ResponseError(f"retry budget of {self.budget_seconds:g}s spent"
-                                                f" (last status {status})")
+                reason = error or ResponseError(
+                    f"retry budget of {self.budget_seconds:g}s spent (last status {status})"
+                )
                 raise MaxRetryError(_pool, url, reason) from reason  # type: ignore[arg-type]
         if self.listener is not None:
             self.listener(method, url, response.status if response is not None else None, error)
@@ -324,8 +325,9 @@ def error_for_response(
     error_class = _error_class(status)
     if status == 403 and codes and codes[0] == "HAPI-1979":
         message += " (HAPI refuses bearer tokens it does not know: set fhir.auth = 'none')"
-    return error_class(status, message, url=redact_url(url), outcome=outcome,
-                       hapi_code=codes[0] if codes else None)
+    return error_class(
+        status, message, url=redact_url(url), outcome=outcome, hapi_code=codes[0] if codes else None
+    )
 
 
 # A 403 that blames the token rather than the permission: RFC 6750 `invalid_token` (in
@@ -366,16 +368,20 @@ def outcome_messages(outcome: Mapping[str, Any]) -> list[str]:
     """One line per issue (errors first: warnings only when there is no error), from
     `diagnostics`, else `details.text`, else a coding display, else the issue code."""
     raw_issues = outcome.get("issue")
-    issues = ([i for i in raw_issues if isinstance(i, Mapping)]
-              if isinstance(raw_issues, list) else [])
+    issues = (
+        [i for i in raw_issues if isinstance(i, Mapping)] if isinstance(raw_issues, list) else []
+    )
     errors = [i for i in issues if i.get("severity") in ("fatal", "error")]
     lines = []
     for issue in errors or issues:
         raw_details = issue.get("details")
         details: Mapping[str, Any] = raw_details if isinstance(raw_details, Mapping) else {}
         raw_codings = details.get("coding")
-        codings = ([c for c in raw_codings if isinstance(c, Mapping)]
-                   if isinstance(raw_codings, list) else [])
+        codings = (
+            [c for c in raw_codings if isinstance(c, Mapping)]
+            if isinstance(raw_codings, list)
+            else []
+        )
         text = (
             issue.get("diagnostics")
             or details.get("text")
@@ -478,24 +484,43 @@ def parse_origins(value: str, setting: str = "fhir.trusted_link_origins") -> fro
             origin = _origin(item)
         except ValueError:
             origin = None
-        if (origin is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname
-                or parts.path not in ("", "/") or parts.query or parts.fragment
-                or "@" in parts.netloc):
-            raise ConfigError(f"{setting}: {item!r} is not an origin (scheme://host[:port], "
-                              "no path)")
+        if (
+            origin is None
+            or parts.scheme.lower() not in ("http", "https")
+            or not parts.hostname
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+            or "@" in parts.netloc
+        ):
+            raise ConfigError(
+                f"{setting}: {item!r} is not an origin (scheme://host[:port], no path)"
+            )
         origins.add(origin)
     return frozenset(origins)
 
 
 def _link_hint(origin: Origin | None) -> str:
-    trust = (f"add {_origin_text(origin)} to fhir.trusted_link_origins "
-             "(FHIRPANEL_FHIR_TRUSTED_LINK_ORIGINS) to follow it, or " if origin else "")
-    return (f"{trust}set fhir.rewrite_foreign_links = true (FHIRPANEL_FHIR_REWRITE_FOREIGN_LINKS)"
-            " to send it to the base URL instead")
+    trust = (
+        f"add {_origin_text(origin)} to fhir.trusted_link_origins "
+        "(FHIRPANEL_FHIR_TRUSTED_LINK_ORIGINS) to follow it, or "
+        if origin
+        else ""
+    )
+    return (
+        f"{trust}set fhir.rewrite_foreign_links = true (FHIRPANEL_FHIR_REWRITE_FOREIGN_LINKS)"
+        " to send it to the base URL instead"
+    )
 
 
-def resolve_link(base_url: str, link: str, *, trusted: frozenset[Origin] = frozenset(),
-                 rewrite: bool = False, what: str = "paging link") -> str:
+def resolve_link(
+    base_url: str,
+    link: str,
+    *,
+    trusted: frozenset[Origin] = frozenset(),
+    rewrite: bool = False,
+    what: str = "paging link",
+) -> str:
     """A link from the server (a paging `next` link, a Bulk status or file URL) resolved against
     the service base. On the base's origin (scheme, host and port) it is followed exactly as
     given (HAPI: `/baseR4?_getpages=` at the server root; sekmet: `Type?_offset=`), spelling the
@@ -512,8 +537,9 @@ def resolve_link(base_url: str, link: str, *, trusted: frozenset[Origin] = froze
         base, target = urlsplit(base_url), urlsplit(resolved)
     except ValueError as exc:  # "Invalid IPv6 URL" and the like
         shown = " ".join(link.split())[:100]
-        raise UnsafeLinkError(f"refusing a {what} that is not a valid URL ({exc}): "
-                              f"{shown!r}") from None
+        raise UnsafeLinkError(
+            f"refusing a {what} that is not a valid URL ({exc}): {shown!r}"
+        ) from None
     try:
         origin: Origin | None = _origin(resolved)
     except ValueError:  # a port that is not a number
@@ -560,8 +586,13 @@ def _kind(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true or false"
-    return {dict: "an object", list: "a list", str: "a string", int: "a number",
-            float: "a number"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
 
 
 def checked_page(bundle: Any, where: str) -> SearchPage:
@@ -588,12 +619,12 @@ def checked_page(bundle: Any, where: str) -> SearchPage:
         for key in ("resource", "search"):
             value = entry.get(key)
             if value is not None and not isinstance(value, dict):
-                raise SourceError(f"{where}: Bundle.entry[{n}].{key} is {_kind(value)}, "
-                                  "not an object")
+                raise SourceError(
+                    f"{where}: Bundle.entry[{n}].{key} is {_kind(value)}, not an object"
+                )
         entries.append(entry)
     total = bundle.get("total")
-    if total is not None and (isinstance(total, bool) or not isinstance(total, int)
-                              or total < 0):
+    if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
         raise SourceError(f"{where}: Bundle.total is {_kind(total)}, not a whole number")
     links = bundle.get("link")
     if links is not None and not isinstance(links, list):
@@ -626,8 +657,11 @@ def entry_mode(entry: Mapping[str, Any], resource_type: str) -> str | None:
 def count_only(params: Sequence[tuple[str, str]]) -> bool:
     """A search that asks for the total alone (`_summary=count`, `_count=0`): no pages to
     check against it."""
-    return any((name == "_summary" and value.strip() == "count")
-               or (name == "_count" and value.strip() == "0") for name, value in params)
+    return any(
+        (name == "_summary" and value.strip() == "count")
+        or (name == "_count" and value.strip() == "0")
+        for name, value in params
+    )
 
 
 @dataclass
@@ -672,15 +706,19 @@ class SearchTally:
     def finish(self) -> None:
         """The `next` links have ended: the delivered matches must make up `total`."""
         if self.total is not None and self.delivered != self.total:
-            why = ("a page came back short or the next links ended early"
-                   if self.delivered < self.total else
-                   "more than the total: the result changed while it was read")
+            why = (
+                "a page came back short or the next links ended early"
+                if self.delivered < self.total
+                else "more than the total: the result changed while it was read"
+            )
             raise self._short(why)
 
     def _short(self, why: str) -> SourceError:
-        return SourceError(f"{self.resource_type} search: server said total {self.total} but its "
-                           f"pages held {self.delivered} ({why}); nothing from this search was "
-                           "used")
+        return SourceError(
+            f"{self.resource_type} search: server said total {self.total} but its "
+            f"pages held {self.delivered} ({why}); nothing from this search was "
+            "used"
+        )
 
 
 def _param_list(params: SearchParams | None) -> list[tuple[str, str]]:
@@ -736,10 +774,13 @@ class FhirClient:
         # Mounted on the base's origin (and trusted ones): adapters mounted later on a longer
         # prefix (tests) win.
         base = urlsplit(self.base_url)
-        for prefix in [f"{base.scheme}://{base.netloc}/",
-                       *sorted(f"{_origin_text(o)}/" for o in self.trusted_origins)]:
-            self.session.mount(prefix,
-                               HTTPAdapter(max_retries=build_retry(settings, self._on_retry)))
+        for prefix in [
+            f"{base.scheme}://{base.netloc}/",
+            *sorted(f"{_origin_text(o)}/" for o in self.trusted_origins),
+        ]:
+            self.session.mount(
+                prefix, HTTPAdapter(max_retries=build_retry(settings, self._on_retry))
+            )
         self._requests_auth = _RequestsAuth(self.auth)
         self._capabilities: ServerCapabilities | None = None
 
@@ -760,13 +801,19 @@ class FhirClient:
                 origin: Origin | None = _origin(url_or_path)
             except ValueError:  # a port that is not a number
                 origin = None
-            if origin is None or not (origin == _origin(self.base_url)
-                                      or origin in self.trusted_origins):
-                hint = (f"; add {_origin_text(origin)} to fhir.trusted_link_origins "
-                        "(FHIRPANEL_FHIR_TRUSTED_LINK_ORIGINS) to allow it"
-                        if origin is not None and origin[0] in ("http", "https") else "")
-                raise UnsafeLinkError(f"refusing a request to {redact_url(url_or_path)}: "
-                                      f"not on {redact_url(self.base_url)}{hint}")
+            if origin is None or not (
+                origin == _origin(self.base_url) or origin in self.trusted_origins
+            ):
+                hint = (
+                    f"; add {_origin_text(origin)} to fhir.trusted_link_origins "
+                    "(FHIRPANEL_FHIR_TRUSTED_LINK_ORIGINS) to allow it"
+                    if origin is not None and origin[0] in ("http", "https")
+                    else ""
+                )
+                raise UnsafeLinkError(
+                    f"refusing a request to {redact_url(url_or_path)}: "
+                    f"not on {redact_url(self.base_url)}{hint}"
+                )
             return url_or_path
         path = url_or_path.lstrip("/")
         return f"{self.base_url}/{path}" if path else self.base_url
@@ -782,14 +829,23 @@ class FhirClient:
     def link(self, link: str, what: str = "paging link") -> str:
         """A link the server gave, resolved per `resolve_link` with this client's settings
         (UnsafeLinkError when they do not allow it). A rewrite is logged once per origin."""
-        resolved = resolve_link(self.base_url, link, trusted=self.trusted_origins,
-                                rewrite=self.settings.rewrite_foreign_links, what=what)
+        resolved = resolve_link(
+            self.base_url,
+            link,
+            trusted=self.trusted_origins,
+            rewrite=self.settings.rewrite_foreign_links,
+            what=what,
+        )
         given = urljoin(self.base_url + "/", link.strip())
         if not self.trusts(given):  # resolve_link rewrote it onto the base
             origin = _origin(given)
             if origin not in self.rewritten_origins:
-                log.warning("%s on %s rewritten onto %s (fhir.rewrite_foreign_links)", what,
-                            _origin_text(origin), redact_url(self.base_url))
+                log.warning(
+                    "%s on %s rewritten onto %s (fhir.rewrite_foreign_links)",
+                    what,
+                    _origin_text(origin),
+                    redact_url(self.base_url),
+                )
             self.rewritten_origins.add(origin)
         return resolved
 
@@ -825,13 +881,21 @@ class FhirClient:
         while True:
             try:
                 response = self.session.request(
-                    method, url, params=query, data=body, headers=send_headers,
-                    auth=auth, allow_redirects=False, stream=stream,
+                    method,
+                    url,
+                    params=query,
+                    data=body,
+                    headers=send_headers,
+                    auth=auth,
+                    allow_redirects=False,
+                    stream=stream,
                     verify=self.settings.verify_tls,
                     timeout=(self.settings.connect_timeout, self.settings.read_timeout),
                 )
-            except (requests.exceptions.ChunkedEncodingError,
-                    requests.exceptions.ConnectionError) as exc:
+            except (
+                requests.exceptions.ChunkedEncodingError,
+                requests.exceptions.ConnectionError,
+            ) as exc:
                 if self._retry_broken_body(method, exc, body_retries, started):
                     body_retries += 1
                     continue
@@ -840,20 +904,35 @@ class FhirClient:
                 raise self._transport_error(method, url, exc) from exc
             unread = stream and 200 <= response.status_code < 300
             self.stats.count_response(method, 0 if unread else len(response.content))
-            if (authenticate and not reauthenticated
-                    and (response.status_code == 401
-                         or (response.status_code == 403 and token_refused(
-                             response.headers.get("WWW-Authenticate", ""), response.content)))):
+            if (
+                authenticate
+                and not reauthenticated
+                and (
+                    response.status_code == 401
+                    or (
+                        response.status_code == 403
+                        and token_refused(
+                            response.headers.get("WWW-Authenticate", ""), response.content
+                        )
+                    )
+                )
+            ):
                 # One renewal per request, shared by 401 and a 403 that blames the token.
                 reauthenticated = True
                 self.auth.invalidate()
-                log.info("%s %s: %d, credentials renewed, trying once more", method,
-                         redact_url(url), response.status_code)
+                log.info(
+                    "%s %s: %d, credentials renewed, trying once more",
+                    method,
+                    redact_url(url),
+                    response.status_code,
+                )
                 continue
             if not 200 <= response.status_code < 300:
                 raise error_for_response(
-                    response.status_code, response.content,
-                    response.headers.get("Content-Type", ""), response.url or url,
+                    response.status_code,
+                    response.content,
+                    response.headers.get("Content-Type", ""),
+                    response.url or url,
                     response.reason or "",
                 )
             return response
@@ -878,9 +957,7 @@ class FhirClient:
         if isinstance(cause, MaxRetryError):
             cause = cause.reason
         detail = " ".join(str(cause).split())[:200] if cause is not None else ""
-        return TransportError(
-            f"{method} {redact_url(url)} failed ({type(exc).__name__}: {detail})"
-        )
+        return TransportError(f"{method} {redact_url(url)} failed ({type(exc).__name__}: {detail})")
 
     def _json(self, response: requests.Response) -> dict[str, Any]:
         try:
@@ -930,8 +1007,10 @@ class FhirClient:
         pages = 0
         while True:
             if pages >= self.settings.max_pages:
-                raise SourceError(f"{resource_type} search: more than {self.settings.max_pages} "
-                                  "pages (fhir.max_pages); stopping rather than truncating")
+                raise SourceError(
+                    f"{resource_type} search: more than {self.settings.max_pages} "
+                    "pages (fhir.max_pages); stopping rather than truncating"
+                )
             first_page = query is not None
             headers = self._search_headers() if first_page else {}
             try:
@@ -941,8 +1020,9 @@ class FhirClient:
                     raise
                 restarted = True
                 self.stats.restarts += 1
-                log.warning("%s search: page expired (410); restarting from the first page",
-                            resource_type)
+                log.warning(
+                    "%s search: page expired (410); restarting from the first page", resource_type
+                )
                 url, query, visited = first_url, first_query, set()
                 tally.restart()
                 continue
@@ -965,8 +1045,9 @@ class FhirClient:
                 break
             following = self.link(page.next)
             if following in visited:
-                log.warning("%s search: next link repeats a page already read; stopping",
-                            resource_type)
+                log.warning(
+                    "%s search: next link repeats a page already read; stopping", resource_type
+                )
                 break
             url, query = following, None
         if check:
@@ -1002,7 +1083,7 @@ class FhirClient:
         base = _param_list(params)
         size = max(1, self.settings.patient_batch)
         for start in range(0, len(unique), size):
-            batch = unique[start:start + size]
+            batch = unique[start : start + size]
             yield from self.search(resource_type, [*base, (param, ",".join(batch))])
 
     def search_since(
@@ -1027,21 +1108,27 @@ class FhirClient:
         headers = {"Prefer": "return=representation"}
         if if_match is not None:
             headers["If-Match"] = _if_match(if_match)
-        response = self.request("PUT", f"{rtype}/{quote(rid, safe='')}", json=resource,
-                                headers=headers)
+        response = self.request(
+            "PUT", f"{rtype}/{quote(rid, safe='')}", json=resource, headers=headers
+        )
         return self._written(response, rtype)
 
     def conditional_update(self, resource: Mapping[str, Any], query: str) -> dict[str, Any]:
         """PUT Type?query: updates the one match, creates when none (several: 412)."""
         rtype, _ = _type_and_id(resource, need_id=False)
-        response = self.request("PUT", f"{rtype}?{query.lstrip('?')}", json=resource,
-                                headers={"Prefer": "return=representation"})
+        response = self.request(
+            "PUT",
+            f"{rtype}?{query.lstrip('?')}",
+            json=resource,
+            headers={"Prefer": "return=representation"},
+        )
         return self._written(response, rtype)
 
     def create(self, resource: Mapping[str, Any]) -> dict[str, Any]:
         rtype, _ = _type_and_id(resource, need_id=False)
-        response = self.request("POST", rtype, json=resource,
-                                headers={"Prefer": "return=representation"})
+        response = self.request(
+            "POST", rtype, json=resource, headers={"Prefer": "return=representation"}
+        )
         return self._written(response, rtype)
 
     def transaction(self, bundle: Mapping[str, Any]) -> dict[str, Any]:

@@ -425,8 +425,7 @@ def describe(res: Any, fallback: str) -> str:
     return fallback or "?"
 
 
-def parse_resource(res: Any, expected_type: str | None = None,
-                   where: str = "") -> Record | Issue:
+def parse_resource(res: Any, expected_type: str | None = None, where: str = "") -> Record | Issue:
     """One resource to its record, or an Issue saying why it was skipped."""
     if not isinstance(res, Mapping):
         return Issue(where or "?", "not a JSON object")

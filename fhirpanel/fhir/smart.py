@@ -61,8 +61,14 @@ _MAX_DETAIL = 300
 
 # What fhirpanel does to each type (fhir/source reads; writeback searches by identifier, then
 # creates or updates; Provenance is only created). Nothing is ever deleted.
-READ_TYPES = ("Patient", "Encounter", "Condition", "Practitioner", "PractitionerRole",
-              "Organization")
+READ_TYPES = (
+    "Patient",
+    "Encounter",
+    "Condition",
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+)
 WRITE_TYPES = ("CareTeam", "CarePlan", "RiskAssessment", "Group")
 CREATE_ONLY_TYPES = ("Provenance",)
 
@@ -107,8 +113,10 @@ def load_signing_key(settings: FhirSettings) -> SigningKey:
         try:
             pem = path.read_bytes()
         except OSError as exc:
-            raise ConfigError(f"SMART: cannot read the private key file {path}: "
-                              f"{exc.strerror or type(exc).__name__}") from None
+            raise ConfigError(
+                f"SMART: cannot read the private key file {path}: "
+                f"{exc.strerror or type(exc).__name__}"
+            ) from None
         _warn_if_shared(path)
         where = f"the private key file {path}"
     elif settings.smart_private_key:
@@ -118,8 +126,10 @@ def load_signing_key(settings: FhirSettings) -> SigningKey:
         pem = text.encode("utf-8")
         where = "fhir.smart_private_key (FHIRPANEL_FHIR_SMART_PRIVATE_KEY)"
     else:
-        raise ConfigError("SMART: no private key; set fhir.smart_key_file "
-                          "(FHIRPANEL_FHIR_SMART_KEY_FILE) or FHIRPANEL_FHIR_SMART_PRIVATE_KEY")
+        raise ConfigError(
+            "SMART: no private key; set fhir.smart_key_file "
+            "(FHIRPANEL_FHIR_SMART_KEY_FILE) or FHIRPANEL_FHIR_SMART_PRIVATE_KEY"
+        )
     key = _parse_private_key(pem, where)
     _check_key_fits(key, settings.smart_algorithm, where)
     return key
@@ -127,41 +137,53 @@ def load_signing_key(settings: FhirSettings) -> SigningKey:
 
 def _parse_private_key(pem: bytes, where: str) -> SigningKey:
     if b"PUBLIC KEY-----" in pem and b"PRIVATE KEY-----" not in pem:
-        raise ConfigError(f"SMART: {where} holds a public key; fhirpanel signs with the private "
-                          "key (the public one is what you register with the EHR)")
+        raise ConfigError(
+            f"SMART: {where} holds a public key; fhirpanel signs with the private "
+            "key (the public one is what you register with the EHR)"
+        )
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except TypeError:  # cryptography: encrypted, and no password given
-        raise ConfigError(f"SMART: {where} is an encrypted key; give fhirpanel an unencrypted "
-                          "PEM (protect it with file permissions or a secret store)") from None
+        raise ConfigError(
+            f"SMART: {where} is an encrypted key; give fhirpanel an unencrypted "
+            "PEM (protect it with file permissions or a secret store)"
+        ) from None
     except (ValueError, UnsupportedAlgorithm):
         raise ConfigError(f"SMART: {where} is not a PEM private key") from None
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise ConfigError(f"SMART: {where} is a {type(key).__name__.removeprefix('_')}; "
-                          "SMART Backend Services needs an RSA key (RS384) or a P-384 EC key "
-                          "(ES384)")
+        raise ConfigError(
+            f"SMART: {where} is a {type(key).__name__.removeprefix('_')}; "
+            "SMART Backend Services needs an RSA key (RS384) or a P-384 EC key "
+            "(ES384)"
+        )
     return key
 
 
 def _check_key_fits(key: SigningKey, algorithm: str, where: str) -> None:
     if algorithm == "RS384":
         if not isinstance(key, rsa.RSAPrivateKey):
-            raise ConfigError(f"SMART: fhir.smart_algorithm is RS384 but {where} is an EC key "
-                              "(use ES384, or an RSA key)")
+            raise ConfigError(
+                f"SMART: fhir.smart_algorithm is RS384 but {where} is an EC key "
+                "(use ES384, or an RSA key)"
+            )
         if key.key_size < MIN_RSA_BITS:
-            raise ConfigError(f"SMART: {where} is a {key.key_size}-bit RSA key; RS384 needs "
-                              f"{MIN_RSA_BITS} bits or more")
+            raise ConfigError(
+                f"SMART: {where} is a {key.key_size}-bit RSA key; RS384 needs "
+                f"{MIN_RSA_BITS} bits or more"
+            )
     elif algorithm == "ES384":
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ConfigError(f"SMART: fhir.smart_algorithm is ES384 but {where} is an RSA key "
-                              "(use RS384, or a P-384 EC key)")
+            raise ConfigError(
+                f"SMART: fhir.smart_algorithm is ES384 but {where} is an RSA key "
+                "(use RS384, or a P-384 EC key)"
+            )
         # RFC 7518 s.3.4: ES384 is ECDSA over P-384 (secp384r1).
         if not isinstance(key.curve, ec.SECP384R1):
-            raise ConfigError(f"SMART: ES384 needs a P-384 (secp384r1) key; {where} is on "
-                              f"{key.curve.name}")
+            raise ConfigError(
+                f"SMART: ES384 needs a P-384 (secp384r1) key; {where} is on {key.curve.name}"
+            )
     else:
-        raise ConfigError(f"SMART: unsupported fhir.smart_algorithm {algorithm!r} "
-                          "(RS384 or ES384)")
+        raise ConfigError(f"SMART: unsupported fhir.smart_algorithm {algorithm!r} (RS384 or ES384)")
 
 
 def _warn_if_shared(path: Path) -> None:
@@ -189,8 +211,9 @@ def public_jwk(key: SigningKey, algorithm: str, kid: str = "") -> dict[str, Any]
 def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
     """RFC 7638: SHA-256 over the required members in lexicographic order, no whitespace."""
     required = ("e", "kty", "n") if jwk.get("kty") == "RSA" else ("crv", "kty", "x", "y")
-    canonical = json.dumps({name: jwk[name] for name in required}, separators=(",", ":"),
-                           sort_keys=True)
+    canonical = json.dumps(
+        {name: jwk[name] for name in required}, separators=(",", ":"), sort_keys=True
+    )
     digest = hashlib.sha256(canonical.encode("utf-8")).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
@@ -228,8 +251,10 @@ class SmartBackendAuth:
         clock: Clock = time.time,
     ) -> None:
         if not settings.smart_client_id:
-            raise ConfigError("SMART: fhir.smart_client_id (FHIRPANEL_FHIR_SMART_CLIENT_ID) is "
-                              "not set; it is the client id the EHR gave at registration")
+            raise ConfigError(
+                "SMART: fhir.smart_client_id (FHIRPANEL_FHIR_SMART_CLIENT_ID) is "
+                "not set; it is the client id the EHR gave at registration"
+            )
         if settings.smart_token_url and not _is_http_url(settings.smart_token_url):
             raise ConfigError("SMART: fhir.smart_token_url must be an http(s) URL")
         self.settings = settings
@@ -249,8 +274,10 @@ class SmartBackendAuth:
         self.token_requests = 0  # token endpoint calls that got an answer (for logs and tests)
 
     def __repr__(self) -> str:
-        return (f"SmartBackendAuth(client_id={self.client_id!r}, algorithm={self.algorithm!r}, "
-                f"kid={self.kid!r}, token_url={self._token_url!r})")
+        return (
+            f"SmartBackendAuth(client_id={self.client_id!r}, algorithm={self.algorithm!r}, "
+            f"kid={self.kid!r}, token_url={self._token_url!r})"
+        )
 
     # ------------------------------------------------------------ AuthProvider
 
@@ -265,8 +292,10 @@ class SmartBackendAuth:
         sent = getattr(self._local, "token", None)
         with self._lock:
             if self._token is not None and (sent is None or sent is self._token):
-                log.info("SMART: access token for %s refused; a new one will be requested",
-                         self.client_id)
+                log.info(
+                    "SMART: access token for %s refused; a new one will be requested",
+                    self.client_id,
+                )
                 self._token = None
 
     # ------------------------------------------------------------ tokens
@@ -298,8 +327,10 @@ class SmartBackendAuth:
         if response.status_code >= 500:
             raise ServerError(response.status_code, "SMART discovery failed", url=url)
         if response.status_code != 200:
-            raise ConfigError(f"SMART discovery: GET {url} answered {response.status_code}; "
-                              f"the server publishes no SMART configuration there ({hint})")
+            raise ConfigError(
+                f"SMART discovery: GET {url} answered {response.status_code}; "
+                f"the server publishes no SMART configuration there ({hint})"
+            )
         document = _json_object(response)
         if document is None:
             raise ConfigError(f"SMART discovery: {url} is not a JSON object ({hint})")
@@ -327,9 +358,11 @@ class SmartBackendAuth:
         if response.status_code >= 500:
             raise ServerError(response.status_code, "SMART token request failed", url=token_url)
         if response.status_code != 200:
-            raise AuthError(response.status_code,
-                            f"SMART token request refused: {_oauth_error(response)}",
-                            url=token_url)
+            raise AuthError(
+                response.status_code,
+                f"SMART token request refused: {_oauth_error(response)}",
+                url=token_url,
+            )
         return self._parse_token(response, token_url)
 
     def client_assertion(self, token_url: str) -> str:
@@ -343,22 +376,28 @@ class SmartBackendAuth:
             "exp": now + ASSERTION_LIFETIME_SECONDS,
             "jti": secrets.token_urlsafe(24),
         }
-        return jwt.encode(claims, self._key, algorithm=self.algorithm,
-                          headers={"kid": self.kid, "typ": "JWT"})
+        return jwt.encode(
+            claims, self._key, algorithm=self.algorithm, headers={"kid": self.kid, "typ": "JWT"}
+        )
 
     def _parse_token(self, response: requests.Response, token_url: str) -> AccessToken:
         body = _json_object(response)
         if body is None:
-            raise AuthError(response.status_code, "SMART token response is not a JSON object",
-                            url=token_url)
+            raise AuthError(
+                response.status_code, "SMART token response is not a JSON object", url=token_url
+            )
         value = body.get("access_token")
         if not isinstance(value, str) or not value.strip():
-            raise AuthError(response.status_code, "SMART token response has no access_token",
-                            url=token_url)
+            raise AuthError(
+                response.status_code, "SMART token response has no access_token", url=token_url
+            )
         token_type = body.get("token_type", "bearer")
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
-            raise AuthError(response.status_code, f"SMART token type {token_type!r} is not "
-                            "supported (bearer only)", url=token_url)
+            raise AuthError(
+                response.status_code,
+                f"SMART token type {token_type!r} is not supported (bearer only)",
+                url=token_url,
+            )
         lifetime = _expires_in(body.get("expires_in"))
         now = self._clock()
         granted = body.get("scope") if isinstance(body.get("scope"), str) else self.scope
@@ -376,8 +415,9 @@ class SmartBackendAuth:
 
     # ------------------------------------------------------------ HTTP
 
-    def _send(self, method: str, url: str, form: Callable[[], dict[str, str] | None], *,
-              what: str) -> requests.Response:
+    def _send(
+        self, method: str, url: str, form: Callable[[], dict[str, str] | None], *, what: str
+    ) -> requests.Response:
         """One request, retried on connection errors and 429/502/503/504 at most
         `fhir.max_retries` times within `fhir.retry_budget_seconds`. Never follows a redirect
         with a form (the assertion stays with the endpoint it was made for)."""
@@ -401,8 +441,9 @@ class SmartBackendAuth:
                 if response is not None:
                     return response
                 detail = " ".join(str(error).split())[:200]
-                raise TransportError(f"{what}: {method} {url} failed "
-                                     f"({type(error).__name__}: {detail})")
+                raise TransportError(
+                    f"{what}: {method} {url} failed ({type(error).__name__}: {detail})"
+                )
             attempt += 1
             why = f"status {response.status_code}" if response is not None else type(error).__name__
             log.info("%s: retrying after %s", what, why)
@@ -413,10 +454,14 @@ class SmartBackendAuth:
         session = self._session or requests.Session()
         try:
             return session.request(
-                method, url, data=data,
+                method,
+                url,
+                data=data,
                 headers={"Accept": "application/json", "User-Agent": s.user_agent},
-                timeout=(s.connect_timeout, s.read_timeout), verify=s.verify_tls,
-                allow_redirects=data is None, auth=_no_credentials,
+                timeout=(s.connect_timeout, s.read_timeout),
+                verify=s.verify_tls,
+                allow_redirects=data is None,
+                auth=_no_credentials,
             )
         finally:
             if self._session is None:
@@ -440,8 +485,9 @@ def _is_http_url(url: str) -> bool:
 def _warn_if_plain_http(token_url: str) -> None:
     parts = urlsplit(token_url)
     if parts.scheme == "http" and (parts.hostname or "") not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("SMART token endpoint %s is plain http: tokens cross the network "
-                    "unencrypted", token_url)
+        log.warning(
+            "SMART token endpoint %s is plain http: tokens cross the network unencrypted", token_url
+        )
 
 
 def _json_object(response: requests.Response) -> dict[str, Any] | None:
@@ -475,8 +521,11 @@ def _expires_in(value: Any) -> float:
     except (TypeError, ValueError):
         seconds = -1.0
     if not seconds > 0:
-        log.warning("SMART token response: expires_in %r is not a positive number; assuming "
-                    "%ss", value, DEFAULT_EXPIRES_IN)
+        log.warning(
+            "SMART token response: expires_in %r is not a positive number; assuming %ss",
+            value,
+            DEFAULT_EXPIRES_IN,
+        )
         return float(DEFAULT_EXPIRES_IN)
     return seconds
 
@@ -491,15 +540,25 @@ def _retry_after(response: requests.Response, default: float, ceiling: float) ->
 def _note_server_support(document: Mapping[str, Any], algorithm: str) -> None:
     """Warn (only) when the configuration says the server will not take what we send."""
     methods = document.get("token_endpoint_auth_methods_supported")
-    if isinstance(methods, Sequence) and not isinstance(methods, str) \
-            and "private_key_jwt" not in methods:
-        log.warning("SMART: the server does not list private_key_jwt among its token endpoint "
-                    "auth methods")
+    if (
+        isinstance(methods, Sequence)
+        and not isinstance(methods, str)
+        and "private_key_jwt" not in methods
+    ):
+        log.warning(
+            "SMART: the server does not list private_key_jwt among its token endpoint auth methods"
+        )
     algorithms = document.get("token_endpoint_auth_signing_alg_values_supported")
-    if isinstance(algorithms, Sequence) and not isinstance(algorithms, str) \
-            and algorithm not in algorithms:
-        log.warning("SMART: the server lists signing algorithms %s, not %s",
-                    ", ".join(map(str, algorithms)), algorithm)
+    if (
+        isinstance(algorithms, Sequence)
+        and not isinstance(algorithms, str)
+        and algorithm not in algorithms
+    ):
+        log.warning(
+            "SMART: the server lists signing algorithms %s, not %s",
+            ", ".join(map(str, algorithms)),
+            algorithm,
+        )
 
 
 if __name__ == "__main__":  # the old way to print the JWKS: say where it went

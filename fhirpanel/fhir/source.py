@@ -72,8 +72,9 @@ def _belongs_to(res: Mapping[str, Any], patients: set[str]) -> bool:
     return isinstance(ref, str) and "/".join(ref.split("/")[-2:]) in patients
 
 
-_NDJSON_NAME = re.compile(r"^(?:\d+\.)?(?P<type>[A-Za-z]+)(?:[.-]\d+)*\.ndjson(?:\.gz)?$",
-                          re.IGNORECASE)
+_NDJSON_NAME = re.compile(
+    r"^(?:\d+\.)?(?P<type>[A-Za-z]+)(?:[.-]\d+)*\.ndjson(?:\.gz)?$", re.IGNORECASE
+)
 # Without these a run would read a population with no patients or no visits: refused.
 REQUIRED_TYPES = ("Patient", "Encounter")
 # What a truncated or corrupt file raises part-way through a read.
@@ -113,8 +114,10 @@ class NdjsonSource:
     def read(self, resource_type: str) -> Iterator[Item]:
         files = self.files_for(resource_type)
         if not files and resource_type in self.require:
-            raise SourceError(f"{self.describe()} has no {resource_type} file (looked for "
-                              f"{resource_type}*.ndjson[.gz], any case)")
+            raise SourceError(
+                f"{self.describe()} has no {resource_type} file (looked for "
+                f"{resource_type}*.ndjson[.gz], any case)"
+            )
         for path in files:
             yield from self._read_file(path, resource_type)
 
@@ -126,8 +129,10 @@ class NdjsonSource:
 
     def _read_file(self, path: Path, resource_type: str) -> Iterator[Item]:
         try:
-            handle = cast(IO[bytes], gzip.open(path, "rb") if path.name.lower().endswith(".gz")
-                          else path.open("rb"))
+            handle = cast(
+                IO[bytes],
+                gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb"),
+            )
         except OSError as exc:
             raise SourceError(f"cannot read {path}: {_why(exc)}") from exc
         with handle:
@@ -138,9 +143,11 @@ class NdjsonSource:
                 except StopIteration:
                     return
                 except _BROKEN_FILE as exc:
-                    raise SourceError(f"{self.describe()}: {path.name} could not be read to its "
-                                      f"end ({_why(exc)}): a truncated or corrupt file; nothing "
-                                      "from this source was used") from exc
+                    raise SourceError(
+                        f"{self.describe()}: {path.name} could not be read to its "
+                        f"end ({_why(exc)}): a truncated or corrupt file; nothing "
+                        "from this source was used"
+                    ) from exc
                 if not line.strip():
                     continue
                 where = f"{path.name}:{lineno}"
@@ -188,8 +195,9 @@ class ServerSource:
             yield from self.client.search_by_patients(resource_type, list(patients))
 
 
-def source_from_spec(spec: str, client_factory: Any = None,
-                     bulk: BulkSettings | None = None) -> FhirSource:
+def source_from_spec(
+    spec: str, client_factory: Any = None, bulk: BulkSettings | None = None
+) -> FhirSource:
     """`ndjson:DIR`, an http(s) FHIR base URL, or `bulk:BASE[/Group/ID]` (a Bulk Data export
     with `bulk` settings). `client_factory(base_url)` builds the client."""
     if spec.startswith("ndjson:"):
@@ -200,8 +208,7 @@ def source_from_spec(spec: str, client_factory: Any = None,
         target = parse_bulk_spec(spec)
         if client_factory is None:
             raise ConfigError("a bulk: source needs a client")
-        export = BulkExport(client_factory(target.base_url), bulk,
-                            group_id=target.group_id or None)
+        export = BulkExport(client_factory(target.base_url), bulk, group_id=target.group_id or None)
         return BulkSource(export)
     if spec.startswith(("http://", "https://")):
         if client_factory is None:

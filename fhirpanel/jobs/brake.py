@@ -41,30 +41,51 @@ class Change:
 
     def describe(self) -> str:
         verb, noun = LABELS[self.name]
-        return (f"{verb} {self.count} of {self.of} {noun} ({self.share:.1%}, "
-                f"limit {self.limit:.0%})")
+        return f"{verb} {self.count} of {self.of} {noun} ({self.share:.1%}, limit {self.limit:.0%})"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "of": self.of, "share": round(self.share, 4),
-                "limit": self.limit}
+        return {
+            "count": self.count,
+            "of": self.of,
+            "share": round(self.share, 4),
+            "limit": self.limit,
+        }
 
 
-def figures(settings: SafetySettings, *, removed: tuple[int, int] | None = None,
-            ended: tuple[int, int] | None = None,
-            changed: tuple[int, int] | None = None) -> list[Change]:
+def figures(
+    settings: SafetySettings,
+    *,
+    removed: tuple[int, int] | None = None,
+    ended: tuple[int, int] | None = None,
+    changed: tuple[int, int] | None = None,
+) -> list[Change]:
     """Changes as (count, out of); a figure not known for this pass is left out."""
-    limits = {"removed_patients": settings.max_removed_patients,
-              "ended_participations": settings.max_ended_participations,
-              "changed_assignments": settings.max_changed_assignments}
-    given = {"removed_patients": removed, "ended_participations": ended,
-             "changed_assignments": changed}
-    return [Change(name, count, of, limits[name])
-            for name, pair in given.items() if pair is not None
-            for count, of in [pair]]
+    limits = {
+        "removed_patients": settings.max_removed_patients,
+        "ended_participations": settings.max_ended_participations,
+        "changed_assignments": settings.max_changed_assignments,
+    }
+    given = {
+        "removed_patients": removed,
+        "ended_participations": ended,
+        "changed_assignments": changed,
+    }
+    return [
+        Change(name, count, of, limits[name])
+        for name, pair in given.items()
+        if pair is not None
+        for count, of in [pair]
+    ]
 
 
-def check(changes: list[Change], settings: SafetySettings, *, what: str,
-          accept_all: bool = False, accepted: Mapping[str, Any] | None = None) -> None:
+def check(
+    changes: list[Change],
+    settings: SafetySettings,
+    *,
+    what: str,
+    accept_all: bool = False,
+    accepted: Mapping[str, Any] | None = None,
+) -> None:
     """Raise ChangeHeld when a change exceeds its limit, unless `accept_all` (the operator said
     `--accept-change`) or `accepted` (figures of a held run an operator accepted) covers it."""
     over = [c for c in changes if c.exceeds(settings.min_count)]
@@ -73,9 +94,11 @@ def check(changes: list[Change], settings: SafetySettings, *, what: str,
     if accepted is not None and all(_covered(c, accepted) for c in over):
         return
     detail = {c.name: c.as_dict() for c in changes}
-    message = (f"{what} held: it would {'; '.join(c.describe() for c in over)}. Nothing was "
-               "written. If this is real, let it through with --accept-change (or accept the "
-               "held run on the dashboard's runs page)")
+    message = (
+        f"{what} held: it would {'; '.join(c.describe() for c in over)}. Nothing was "
+        "written. If this is real, let it through with --accept-change (or accept the "
+        "held run on the dashboard's runs page)"
+    )
     raise ChangeHeld(message, detail)
 
 

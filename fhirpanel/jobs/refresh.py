@@ -104,8 +104,10 @@ class Job:
     def source_spec(self) -> str:
         spec = self.source or self.settings.scheduler.source or self.settings.fhir.base_url
         if not spec:
-            raise ConfigError("nothing to read: give --source, or set scheduler.source or "
-                              "fhir.base_url (FHIRPANEL_FHIR_BASE_URL)")
+            raise ConfigError(
+                "nothing to read: give --source, or set scheduler.source or "
+                "fhir.base_url (FHIRPANEL_FHIR_BASE_URL)"
+            )
         return spec
 
     @property
@@ -140,35 +142,74 @@ class Job:
 # ---------------------------------------------------------------- entry points
 
 
-def full_refresh(settings: Settings, store: Store, *, trigger: str = "cli",
-                 as_of: date | None = None, source: str | None = None,
-                 write: bool | None = None, stop: threading.Event | None = None,
-                 accept_change: bool = False) -> RefreshResult:
-    job = Job(settings, store, trigger, as_of, source, write, stop or threading.Event(),
-              accept_change=accept_change)
+def full_refresh(
+    settings: Settings,
+    store: Store,
+    *,
+    trigger: str = "cli",
+    as_of: date | None = None,
+    source: str | None = None,
+    write: bool | None = None,
+    stop: threading.Event | None = None,
+    accept_change: bool = False,
+) -> RefreshResult:
+    job = Job(
+        settings,
+        store,
+        trigger,
+        as_of,
+        source,
+        write,
+        stop or threading.Event(),
+        accept_change=accept_change,
+    )
     return _locked(job, RunKind.FULL)
 
 
-def incremental_refresh(settings: Settings, store: Store, *, trigger: str = "cli",
-                        as_of: date | None = None, source: str | None = None,
-                        write: bool | None = None, stop: threading.Event | None = None,
-                        accept_change: bool = False) -> RefreshResult:
-    job = Job(settings, store, trigger, as_of, source, write, stop or threading.Event(),
-              accept_change=accept_change)
+def incremental_refresh(
+    settings: Settings,
+    store: Store,
+    *,
+    trigger: str = "cli",
+    as_of: date | None = None,
+    source: str | None = None,
+    write: bool | None = None,
+    stop: threading.Event | None = None,
+    accept_change: bool = False,
+) -> RefreshResult:
+    job = Job(
+        settings,
+        store,
+        trigger,
+        as_of,
+        source,
+        write,
+        stop or threading.Event(),
+        accept_change=accept_change,
+    )
     return _locked(job, RunKind.INCREMENTAL)
 
 
-def accept_held_run(settings: Settings, store: Store, run_id: int, actor: str,
-                    trigger: str = "api") -> tuple[dict[str, Any], int | None]:
+def accept_held_run(
+    settings: Settings, store: Store, run_id: int, actor: str, trigger: str = "api"
+) -> tuple[dict[str, Any], int | None]:
     """An operator read a held run's figures and lets such a change through: the next pass on
     that source proceeds if it changes no more than that (brake.check). Returns the run and the
     id of the run started to apply it (None when the lock is held or the run was not a
     refresh: the next pass, or `run --write` again, will use the acceptance)."""
     run = store.accept_held(run_id, actor)
     with store.session() as s:
-        store.set_context(s, _context_key("accept", run["source"]),
-                          {"run": run_id, "figures": run["counts"].get("held", {}),
-                           "by": actor, "at": now_utc().isoformat()}, run_id)
+        store.set_context(
+            s,
+            _context_key("accept", run["source"]),
+            {
+                "run": run_id,
+                "figures": run["counts"].get("held", {}),
+                "by": actor,
+                "at": now_utc().isoformat(),
+            },
+            run_id,
+        )
     next_run = None
     if run["kind"] in (RunKind.FULL, RunKind.INCREMENTAL):
         kind: Kind = RunKind.FULL if run["kind"] == RunKind.FULL else RunKind.INCREMENTAL
@@ -176,9 +217,14 @@ def accept_held_run(settings: Settings, store: Store, run_id: int, actor: str,
     return run, next_run
 
 
-def request_run(settings: Settings, store: Store, kind: Kind, trigger: str,
-                on_done: Callable[[RefreshResult], None] | None = None,
-                source: str | None = None) -> int | None:
+def request_run(
+    settings: Settings,
+    store: Store,
+    kind: Kind,
+    trigger: str,
+    on_done: Callable[[RefreshResult], None] | None = None,
+    source: str | None = None,
+) -> int | None:
     """Start a refresh and return its run id, or None when another refresh holds the lock or
     is queued (nothing is recorded then: the caller says "busy"). With a live worker
     (`fhirpanel worker` beat its heartbeat lately) the run is queued for it, so the heavy work
@@ -195,8 +241,9 @@ def request_run(settings: Settings, store: Store, kind: Kind, trigger: str,
         return None
     try:
         kind = _effective_kind(job, kind)
-        run_id = store.start_run(kind, trigger, job.source_key, job.day.isoformat(),
-                                 store.watermark(job.source_key))
+        run_id = store.start_run(
+            kind, trigger, job.source_key, job.day.isoformat(), store.watermark(job.source_key)
+        )
     except BaseException:
         store.release_lock(holder)
         raise
@@ -224,15 +271,21 @@ class Lease:
     lost: threading.Event
     finished: bool = False
 
-    def finish(self, status: str, counts: Mapping[str, Any] | None = None,
-               error: str | None = None, seconds: float | None = None) -> None:
+    def finish(
+        self,
+        status: str,
+        counts: Mapping[str, Any] | None = None,
+        error: str | None = None,
+        seconds: float | None = None,
+    ) -> None:
         self.store.finish_run(self.run_id, status, counts=counts, error=error, seconds=seconds)
         self.finished = True
 
 
 @contextlib.contextmanager
-def leased_run(settings: Settings, store: Store, kind: str, trigger: str, source: str,
-               as_of: date) -> Iterator[Lease]:
+def leased_run(
+    settings: Settings, store: Store, kind: str, trigger: str, source: str, as_of: date
+) -> Iterator[Lease]:
     """Take the refresh lock (BusyError when another run holds it), record a run of `kind`,
     beat the lock's heartbeat, and release it at the end. A run the block did not finish is
     recorded `held`, `failed` or `abandoned` from the exception that ended it."""
@@ -247,16 +300,25 @@ def leased_run(settings: Settings, store: Store, kind: str, trigger: str, source
     lost, beat_stop = threading.Event(), threading.Event()
     try:
         run_id = store.start_run(kind, trigger, key, as_of.isoformat())
-        beat = threading.Thread(target=_heartbeat, args=(store, holder, beat_stop, lost),
-                                name="fhirpanel-lock-heartbeat", daemon=True)
+        beat = threading.Thread(
+            target=_heartbeat,
+            args=(store, holder, beat_stop, lost),
+            name="fhirpanel-lock-heartbeat",
+            daemon=True,
+        )
         beat.start()
         lease = Lease(store, run_id, holder, lost)
         try:
             yield lease
         except BaseException as exc:
             if not lease.finished:
-                status = (RunStatus.HELD if isinstance(exc, ChangeHeld) else RunStatus.ABANDONED
-                          if isinstance(exc, KeyboardInterrupt | Abandoned) else RunStatus.FAILED)
+                status = (
+                    RunStatus.HELD
+                    if isinstance(exc, ChangeHeld)
+                    else RunStatus.ABANDONED
+                    if isinstance(exc, KeyboardInterrupt | Abandoned)
+                    else RunStatus.FAILED
+                )
                 counts = {"held": exc.figures} if isinstance(exc, ChangeHeld) else None
                 _failed(store, run_id, kind, status, exc, started, counts=counts)
                 lease.finished = True
@@ -270,8 +332,15 @@ def leased_run(settings: Settings, store: Store, kind: str, trigger: str, source
         store.release_lock(holder)
 
 
-def check_write_brake(settings: Settings, store: Store, source: str, change: list[brake.Change],
-                      *, what: str, accept_all: bool) -> bool:
+def check_write_brake(
+    settings: Settings,
+    store: Store,
+    source: str,
+    change: list[brake.Change],
+    *,
+    what: str,
+    accept_all: bool,
+) -> bool:
     """The brake for a pass outside the refresh jobs (`run --write`): raises ChangeHeld, or
     returns True when a stored acceptance let it through (consume it with `consume_acceptance`)."""
     key = _context_key("accept", source.rstrip("/"))
@@ -290,8 +359,9 @@ def consume_acceptance(store: Store, source: str, run_id: int) -> None:
         store.set_context(s, _context_key("accept", source.rstrip("/")), None, run_id)
 
 
-def run_queued(settings: Settings, store: Store, stop: threading.Event | None = None
-               ) -> RefreshResult | None:
+def run_queued(
+    settings: Settings, store: Store, stop: threading.Event | None = None
+) -> RefreshResult | None:
     """Run the oldest queued run (the worker calls this every few seconds). None: nothing
     queued, or the lock is held (the run stays queued)."""
     holder = lock_holder_id()
@@ -306,8 +376,13 @@ def run_queued(settings: Settings, store: Store, stop: threading.Event | None = 
     if claimed is None:
         return None
     # The source the run was asked for (an accepted held run names its own).
-    job = Job(settings, store, claimed["trigger"], source=claimed["source"] or None,
-              stop=stop or threading.Event())
+    job = Job(
+        settings,
+        store,
+        claimed["trigger"],
+        source=claimed["source"] or None,
+        stop=stop or threading.Event(),
+    )
     if claimed["as_of"]:
         job.as_of = date.fromisoformat(claimed["as_of"])
     kind: Kind = RunKind.FULL if claimed["kind"] == RunKind.FULL else RunKind.INCREMENTAL
@@ -317,12 +392,14 @@ def run_queued(settings: Settings, store: Store, stop: threading.Event | None = 
 def _effective_kind(job: Job, kind: Kind) -> Kind:
     """An incremental pass needs a server source and a previous full run: else run full."""
     if kind == RunKind.INCREMENTAL and not job.source_spec.startswith(("http://", "https://")):
-        raise ConfigError("an incremental refresh needs a FHIR server source (http://...); "
-                          "NDJSON and Bulk sources are read whole: use a full refresh")
-    if kind == RunKind.INCREMENTAL and (job.store.watermark(job.source_key) is None
-                                        or job.store.context("weights") is None):
-        log.info("no full refresh of %s stored yet: running a full refresh instead",
-                 job.source_key)
+        raise ConfigError(
+            "an incremental refresh needs a FHIR server source (http://...); "
+            "NDJSON and Bulk sources are read whole: use a full refresh"
+        )
+    if kind == RunKind.INCREMENTAL and (
+        job.store.watermark(job.source_key) is None or job.store.context("weights") is None
+    ):
+        log.info("no full refresh of %s stored yet: running a full refresh instead", job.source_key)
         return RunKind.FULL
     return kind
 
@@ -339,8 +416,9 @@ def _locked(job: Job, kind: Kind) -> RefreshResult:
         log.info("%s refresh skipped: %s", kind, reason)
         return RefreshResult(run_id, kind, RunStatus.SKIPPED, error=reason)
     try:
-        run_id = store.start_run(kind, job.trigger, source_key, job.day.isoformat(),
-                                 store.watermark(source_key))
+        run_id = store.start_run(
+            kind, job.trigger, source_key, job.day.isoformat(), store.watermark(source_key)
+        )
     except BaseException:
         store.release_lock(holder)
         raise
@@ -352,8 +430,12 @@ def _run_holding(job: Job, kind: Kind, holder: str, run_id: int) -> RefreshResul
     store = job.store
     job.holder = holder
     beat_stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(store, holder, beat_stop, job.lost_lock),
-                            name="fhirpanel-lock-heartbeat", daemon=True)
+    beat = threading.Thread(
+        target=_heartbeat,
+        args=(store, holder, beat_stop, job.lost_lock),
+        name="fhirpanel-lock-heartbeat",
+        daemon=True,
+    )
     beat.start()
     started = time.perf_counter()
     try:
@@ -365,11 +447,17 @@ def _run_holding(job: Job, kind: Kind, holder: str, run_id: int) -> RefreshResul
         result = _failed(store, run_id, kind, RunStatus.ABANDONED, exc, started)
     except ChangeHeld as exc:
         log.log(_report_level(job, logging.WARNING), "%s refresh %d: %s", kind, run_id, exc)
-        result = _failed(store, run_id, kind, RunStatus.HELD, exc, started,
-                         counts={"held": exc.figures})
+        result = _failed(
+            store, run_id, kind, RunStatus.HELD, exc, started, counts={"held": exc.figures}
+        )
     except Exception as exc:  # recorded on the run; the caller decides what to do
-        log.log(_report_level(job, logging.ERROR), "%s refresh %d failed: %s", kind, run_id,
-                one_line(exc))
+        log.log(
+            _report_level(job, logging.ERROR),
+            "%s refresh %d failed: %s",
+            kind,
+            run_id,
+            one_line(exc),
+        )
         log.debug("%s refresh %d failed", kind, run_id, exc_info=True)
         result = _failed(store, run_id, kind, RunStatus.FAILED, exc, started)
     finally:
@@ -384,8 +472,7 @@ def _report_level(job: Job, level: int) -> int:
     return logging.INFO if job.trigger == "cli" else level
 
 
-def _heartbeat(store: Store, holder: str, stop: threading.Event,
-               lost: threading.Event) -> None:
+def _heartbeat(store: Store, holder: str, stop: threading.Event, lost: threading.Event) -> None:
     while not stop.wait(HEARTBEAT_SECONDS):
         try:
             if not store.heartbeat(holder):
@@ -397,17 +484,28 @@ def _heartbeat(store: Store, holder: str, stop: threading.Event,
             log.debug("lock heartbeat failed", exc_info=True)
 
 
-def _failed(store: Store, run_id: int, kind: str, status: str, exc: BaseException,
-            started: float, counts: dict[str, Any] | None = None) -> RefreshResult:
+def _failed(
+    store: Store,
+    run_id: int,
+    kind: str,
+    status: str,
+    exc: BaseException,
+    started: float,
+    counts: dict[str, Any] | None = None,
+) -> RefreshResult:
     seconds = time.perf_counter() - started
-    error = one_line(exc) if isinstance(exc, FhirpanelError) else (
-        f"{type(exc).__name__}: {one_line(exc)}")
+    error = (
+        one_line(exc)
+        if isinstance(exc, FhirpanelError)
+        else (f"{type(exc).__name__}: {one_line(exc)}")
+    )
     try:
         store.finish_run(run_id, status, error=error, seconds=round(seconds, 3), counts=counts)
     except Exception as record_exc:
         log.error("could not record run %d as %s: %s", run_id, status, one_line(record_exc))
-    return RefreshResult(run_id, kind, status, counts=dict(counts or {}), error=error,
-                         exception=exc, seconds=seconds)
+    return RefreshResult(
+        run_id, kind, status, counts=dict(counts or {}), error=error, exception=exc, seconds=seconds
+    )
 
 
 def _apply_brake(job: Job, what: str, change: list[brake.Change]) -> None:
@@ -444,8 +542,9 @@ def _full(job: Job, run_id: int) -> RefreshResult:
     server_start = _server_now(source)
     recorder = _SeenRecorder(source)
     try:
-        outcome = run_full(settings, recorder, job.day, manual=store.active_overrides(),
-                           tables=job.tables)
+        outcome = run_full(
+            settings, recorder, job.day, manual=store.active_overrides(), tables=job.tables
+        )
     finally:
         close = getattr(source, "close", None)  # a Bulk export's downloaded files; the
         if callable(close) and not isinstance(source, ServerSource):  # client stays open
@@ -457,16 +556,20 @@ def _full(job: Job, run_id: int) -> RefreshResult:
     change = brake.figures(
         settings.safety,
         removed=(len(set(stored) - set(seen)) if complete else 0, len(stored)),
-        changed=(sum(1 for p, state in seen.items() if p in stored and stored[p] != state),
-                 len(stored)))
+        changed=(
+            sum(1 for p, state in seen.items() if p in stored and stored[p] != state),
+            len(stored),
+        ),
+    )
     _apply_brake(job, "the full refresh", change)
     job.check_stop("write-back")
     ledger = store.ledger(run_id)
     writeback = _write(job, source, outcome, ledger, trust_ledger=False)
     # No stop check from here: the write-back is done, the commit is one local transaction.
     export_time = getattr(source, "transaction_time", "") or None  # a Bulk export's snapshot
-    watermark = (export_time or server_start or _newest_instant(outcome.population)
-                 or watermark_before)
+    watermark = (
+        export_time or server_start or _newest_instant(outcome.population) or watermark_before
+    )
     weights = outcome.panels.weights
     counts = _counts(outcome, writeback)
     counts["change"] = {c.name: c.as_dict() for c in change}
@@ -476,30 +579,53 @@ def _full(job: Job, run_id: int) -> RefreshResult:
     rows = result_rows(outcome, clinicians=True)  # built before the transaction: it stays short
     with store.session() as s:
         job.check_lock(s)
-        counts.update(store.save_results(
-            s, rows, run_id, full=True, done_pending=pending, started_at=read_at,
-            remove_missing=complete))
+        counts.update(
+            store.save_results(
+                s,
+                rows,
+                run_id,
+                full=True,
+                done_pending=pending,
+                started_at=read_at,
+                remove_missing=complete,
+            )
+        )
         ledger.flush(s)
         save_unconfirmed(store, s, job.source_key, writeback, run_id)
-        store.set_context(s, "weights", [[b, sx, w] for (b, sx), w in
-                                         sorted(weights.weights.items())], run_id)
+        store.set_context(
+            s, "weights", [[b, sx, w] for (b, sx), w in sorted(weights.weights.items())], run_id
+        )
         store.set_context(s, "as_of", job.day.isoformat(), run_id)
         store.set_context(s, "summary", _summary(outcome), run_id)
-        store.set_context(s, _seen_key(job.source_key),
-                          recorder.seen_after(watermark), run_id)
+        store.set_context(s, _seen_key(job.source_key), recorder.seen_after(watermark), run_id)
         store.set_context(s, _floor_key(job.source_key), watermark, run_id)
         _consume_acceptance(job, s, run_id)
         if watermark:
             store.set_watermark(s, job.source_key, watermark, run_id)
         _queue_failed(s, writeback)
-        store.finish_run(run_id, status, counts=counts, watermark_after=watermark,
-                         requests=_requests(source) - before_requests,
-                         seconds=round(time.perf_counter() - started, 3), session=s)
+        store.finish_run(
+            run_id,
+            status,
+            counts=counts,
+            watermark_after=watermark,
+            requests=_requests(source) - before_requests,
+            seconds=round(time.perf_counter() - started, 3),
+            session=s,
+        )
     log.info("full refresh %d %s: %s", run_id, status, counts)
-    return RefreshResult(run_id, RunKind.FULL, status, counts, watermark_before, watermark,
-                         _requests(source) - before_requests, time.perf_counter() - started,
-                         outcome=outcome, writeback=writeback,
-                         patients=tuple(a.patient for a in outcome.attribution.assignments))
+    return RefreshResult(
+        run_id,
+        RunKind.FULL,
+        status,
+        counts,
+        watermark_before,
+        watermark,
+        _requests(source) - before_requests,
+        time.perf_counter() - started,
+        outcome=outcome,
+        writeback=writeback,
+        patients=tuple(a.patient for a in outcome.attribution.assignments),
+    )
 
 
 # ---------------------------------------------------------------- incremental pass
@@ -510,8 +636,10 @@ def _incremental(job: Job, run_id: int) -> RefreshResult:
     started = time.perf_counter()
     source = open_source(job.source_spec, settings)
     if not isinstance(source, ServerSource):
-        raise ConfigError("an incremental refresh needs a FHIR server source (http://...); "
-                          "NDJSON and Bulk sources are read whole by a full refresh")
+        raise ConfigError(
+            "an incremental refresh needs a FHIR server source (http://...); "
+            "NDJSON and Bulk sources are read whole by a full refresh"
+        )
     client = source.client
     before_requests = client.stats.requests
     watermark_before = store.watermark(job.source_key)
@@ -552,8 +680,12 @@ def _incremental(job: Job, run_id: int) -> RefreshResult:
     pending = store.pending_patients()
     affected = sorted(changed | set(pending))
     job.check_stop("reading patients")
-    counts: dict[str, Any] = {"changed_resources": found, "patients_changed": len(changed),
-                              "patients_pending": len(pending), "patients": len(affected)}
+    counts: dict[str, Any] = {
+        "changed_resources": found,
+        "patients_changed": len(changed),
+        "patients_pending": len(pending),
+        "patients": len(affected),
+    }
     outcome = writeback = None
     missing: list[str] = []
     ledger = store.ledger(run_id)
@@ -562,23 +694,42 @@ def _incremental(job: Job, run_id: int) -> RefreshResult:
         population = read_population(source, patients=affected)
         weights = _stored_weights(store)
         manual = _manual_for(store.active_overrides(), affected)
-        outcome = analyse(population, job.day, tables, source=source.describe(), manual=manual,
-                          weights=weights,
-                          outreach_months=(settings.attribution.outreach_not_seen_months,
-                                           settings.attribution.outreach_sentinel_months))
-        outcome.panels = dataclasses.replace(outcome.panels, suggestions=_suggestions(
-            store, outcome, tables, weights))
+        outcome = analyse(
+            population,
+            job.day,
+            tables,
+            source=source.describe(),
+            manual=manual,
+            weights=weights,
+            outreach_months=(
+                settings.attribution.outreach_not_seen_months,
+                settings.attribution.outreach_sentinel_months,
+            ),
+        )
+        outcome.panels = dataclasses.replace(
+            outcome.panels, suggestions=_suggestions(store, outcome, tables, weights)
+        )
         missing = sorted(set(affected) - set(population.patients))
         if missing:
             counts["patients_not_found"] = len(missing)
-            log.warning("%d changed patient(s) no longer on the server, removed from the "
-                        "store: %s", len(missing), ", ".join(missing[:10]))
+            log.warning(
+                "%d changed patient(s) no longer on the server, removed from the store: %s",
+                len(missing),
+                ", ".join(missing[:10]),
+            )
         stored = store.assignment_states()
         change = brake.figures(
             settings.safety,
             removed=(sum(1 for p in missing if p in stored), len(stored)),
-            changed=(sum(1 for a in outcome.attribution.assignments if a.patient in stored
-                         and stored[a.patient] != (a.status, a.practitioner)), len(stored)))
+            changed=(
+                sum(
+                    1
+                    for a in outcome.attribution.assignments
+                    if a.patient in stored and stored[a.patient] != (a.status, a.practitioner)
+                ),
+                len(stored),
+            ),
+        )
         _apply_brake(job, "the incremental pass", change)
         counts["change"] = {c.name: c.as_dict() for c in change}
         job.check_stop("write-back")
@@ -602,9 +753,17 @@ def _incremental(job: Job, run_id: int) -> RefreshResult:
         store.set_context(s, held_key, held, run_id)
         _consume_acceptance(job, s, run_id)
         if rows is not None:
-            counts.update(store.save_results(
-                s, rows, run_id, full=False, done_pending=pending, started_at=read_at,
-                gone=missing))
+            counts.update(
+                store.save_results(
+                    s,
+                    rows,
+                    run_id,
+                    full=False,
+                    done_pending=pending,
+                    started_at=read_at,
+                    gone=missing,
+                )
+            )
         ledger.flush(s)
         save_unconfirmed(store, s, job.source_key, writeback, run_id)
         if not counts.get("watermark_held"):
@@ -612,20 +771,43 @@ def _incremental(job: Job, run_id: int) -> RefreshResult:
         if watermark != watermark_before:
             store.set_watermark(s, job.source_key, watermark, run_id)
         _queue_failed(s, writeback)
-        store.finish_run(run_id, status, counts=counts, watermark_after=watermark,
-                         requests=client.stats.requests - before_requests,
-                         seconds=round(time.perf_counter() - started, 3), session=s)
+        store.finish_run(
+            run_id,
+            status,
+            counts=counts,
+            watermark_after=watermark,
+            requests=client.stats.requests - before_requests,
+            seconds=round(time.perf_counter() - started, 3),
+            session=s,
+        )
     log.info("incremental refresh %d %s: %s", run_id, status, counts)
-    return RefreshResult(run_id, RunKind.INCREMENTAL, status, counts, watermark_before, watermark,
-                         client.stats.requests - before_requests, time.perf_counter() - started,
-                         patients=tuple(affected), outcome=outcome, writeback=writeback)
+    return RefreshResult(
+        run_id,
+        RunKind.INCREMENTAL,
+        status,
+        counts,
+        watermark_before,
+        watermark,
+        client.stats.requests - before_requests,
+        time.perf_counter() - started,
+        patients=tuple(affected),
+        outcome=outcome,
+        writeback=writeback,
+    )
 
 
 # ---------------------------------------------------------------- pieces
 
 
-def _write(job: Job, source: FhirSource, outcome: RunOutcome, ledger: Any, *,
-           trust_ledger: bool, incremental: bool = False) -> Any:
+def _write(
+    job: Job,
+    source: FhirSource,
+    outcome: RunOutcome,
+    ledger: Any,
+    *,
+    trust_ledger: bool,
+    incremental: bool = False,
+) -> Any:
     write = job.settings.scheduler.write if job.write is None else job.write
     if not write:
         return None
@@ -651,13 +833,20 @@ def _write(job: Job, source: FhirSource, outcome: RunOutcome, ledger: Any, *,
         _apply_brake(job, what, brake.figures(job.settings.safety, ended=(ended[0], of)))
 
     try:
-        return write_back(outcome, client, cfg, dry_run=False, tables=tables,
-                          ledger=ledger, trust_ledger=trust_ledger,
-                          unconfirmed=unconfirmed_writes(job.store, job.source_key), guard=guard,
-                          # Transaction sizes a refusal taught an earlier pass; a full pass starts
-                          # from the configured size, so a raised limit is found again.
-                          batch_sizes=learned_batch_sizes(job.store, job.source_key)
-                          if incremental else None)
+        return write_back(
+            outcome,
+            client,
+            cfg,
+            dry_run=False,
+            tables=tables,
+            ledger=ledger,
+            trust_ledger=trust_ledger,
+            unconfirmed=unconfirmed_writes(job.store, job.source_key),
+            guard=guard,
+            # Transaction sizes a refusal taught an earlier pass; a full pass starts
+            # from the configured size, so a raised limit is found again.
+            batch_sizes=learned_batch_sizes(job.store, job.source_key) if incremental else None,
+        )
     except WriteBackInterrupted as exc:
         # Sent without an answer: remembered, so a later pass that finds them landed writes
         # their Provenance. Stored on its own: the run's results are not committed.
@@ -672,8 +861,9 @@ def unconfirmed_writes(store: Store, source_key: str) -> list[tuple[str, str]]:
     return [(str(r[0]), str(r[1])) for r in rows if isinstance(r, list) and len(r) == 2]
 
 
-def save_unconfirmed(store: Store, s: Any, source_key: str, summary: Any,
-                     run_id: int | None) -> None:
+def save_unconfirmed(
+    store: Store, s: Any, source_key: str, summary: Any, run_id: int | None
+) -> None:
     """What a write-back leaves for the next one on this source: the writer's whole unconfirmed
     set (it replaces the stored one) and the transaction sizes it settled on, if it sent any."""
     if summary is None:
@@ -693,8 +883,9 @@ def learned_batch_sizes(store: Store, source_key: str) -> dict[str, int] | None:
     return {str(k): int(v) for k, v in stored.items() if isinstance(v, int) and v > 0}
 
 
-def _suggestions(store: Store, outcome: RunOutcome, tables: MethodTables,
-                 weights: AgeSexWeights) -> tuple[Suggestion, ...]:
+def _suggestions(
+    store: Store, outcome: RunOutcome, tables: MethodTables, weights: AgeSexWeights
+) -> tuple[Suggestion, ...]:
     """Suggestions for this pass's unassigned patients against the practice-wide panels in the
     store (the pass itself only sees the patients it recomputed)."""
     stored = {c["practitioner"]: c for c in store.clinicians()}
@@ -705,10 +896,18 @@ def _suggestions(store: Store, outcome: RunOutcome, tables: MethodTables,
             capacity = tables.capacities.for_clinician(clinician).panel_capacity
             panels.append(Panel(clinician, 0, 0.0, capacity, capacity))
         else:
-            panels.append(Panel(clinician, row["size"], row["risk_adjusted_size"],
-                                row["capacity"], row["open_capacity"]))
-    return suggest_clinicians(outcome.population, outcome.attribution, outcome.as_of,
-                              tables.capacities, panels, weights)
+            panels.append(
+                Panel(
+                    clinician,
+                    row["size"],
+                    row["risk_adjusted_size"],
+                    row["capacity"],
+                    row["open_capacity"],
+                )
+            )
+    return suggest_clinicians(
+        outcome.population, outcome.attribution, outcome.as_of, tables.capacities, panels, weights
+    )
 
 
 def _queue_failed(s: Any, writeback: Any) -> None:
@@ -725,8 +924,10 @@ def _counts(outcome: RunOutcome, writeback: Any) -> dict[str, Any]:
     for a in outcome.attribution.assignments:
         statuses[a.status] = statuses.get(a.status, 0) + 1
     counts: dict[str, Any] = {
-        "assigned": statuses.get("assigned", 0), "unassigned": statuses.get("unassigned", 0),
-        "excluded": statuses.get("excluded", 0), "issues": len(outcome.population.issues),
+        "assigned": statuses.get("assigned", 0),
+        "unassigned": statuses.get("unassigned", 0),
+        "excluded": statuses.get("excluded", 0),
+        "issues": len(outcome.population.issues),
         "tiers": dict(outcome.tier_distribution),
     }
     if writeback is not None:
@@ -741,8 +942,12 @@ def _summary(outcome: RunOutcome) -> dict[str, Any]:
     from fhirpanel.report import build_report
 
     report = build_report(outcome)
-    return {"summary": report["summary"], "eligibility": report["eligibility"],
-            "pipeline": report["pipeline"], "warnings": report["warnings"]}
+    return {
+        "summary": report["summary"],
+        "eligibility": report["eligibility"],
+        "pipeline": report["pipeline"],
+        "warnings": report["warnings"],
+    }
 
 
 def _stored_weights(store: Store) -> AgeSexWeights:
@@ -750,8 +955,9 @@ def _stored_weights(store: Store) -> AgeSexWeights:
     return AgeSexWeights(weights={(str(b), str(sx)): float(w) for b, sx, w in rows})
 
 
-def _manual_for(overrides: Mapping[str, ManualAssignment], patients: Iterable[str]
-                ) -> dict[str, ManualAssignment]:
+def _manual_for(
+    overrides: Mapping[str, ManualAssignment], patients: Iterable[str]
+) -> dict[str, ManualAssignment]:
     wanted = set(patients)
     return {p: m for p, m in overrides.items() if p in wanted}
 
@@ -830,8 +1036,9 @@ def _server_now(source: FhirSource) -> str | None:
     if client is None:
         return None
     try:
-        response = client.request("GET", "Patient", params=[("_summary", "count")],
-                                  headers={"Cache-Control": "no-cache"})
+        response = client.request(
+            "GET", "Patient", params=[("_summary", "count")], headers={"Cache-Control": "no-cache"}
+        )
     except FhirpanelError:
         return None
     try:
@@ -853,8 +1060,7 @@ def _server_now(source: FhirSource) -> str | None:
 def _newest_instant(population: Population) -> str | None:
     """The newest `meta.lastUpdated` among what a full run read (server time)."""
     newest: datetime | None = None
-    for table in (population.patients.values(), population.encounters,
-                  population.conditions):
+    for table in (population.patients.values(), population.encounters, population.conditions):
         for record in table:
             stamp = getattr(record, "last_updated", None)
             if stamp is not None and (newest is None or stamp > newest):

@@ -9,8 +9,9 @@ from fhirpanel.store.results import ClinicianRow, PatientRow, ResultRows
 
 def result_rows(outcome: RunOutcome, *, clinicians: bool) -> ResultRows:
     """Every patient the pass attributed, and with `clinicians` (a full pass) every panel."""
-    return ResultRows(patients=patient_rows(outcome),
-                      clinicians=clinician_rows(outcome) if clinicians else None)
+    return ResultRows(
+        patients=patient_rows(outcome), clinicians=clinician_rows(outcome) if clinicians else None
+    )
 
 
 def patient_rows(outcome: RunOutcome) -> tuple[PatientRow, ...]:
@@ -25,21 +26,31 @@ def patient_rows(outcome: RunOutcome) -> tuple[PatientRow, ...]:
         risk = outcome.risk.get(a.patient)
         suggestion = suggestions.get(a.patient)
         person = outcome.population.patients.get(a.patient)
-        rows.append(PatientRow(
-            patient=a.patient, status=a.status, practitioner=a.practitioner, rule=a.rule,
-            step=a.step, reason=a.reason,
-            tier=risk.tier if risk is not None else None,
-            charlson=risk.charlson if risk is not None else None,
-            hcc=risk.hcc if risk is not None else None,
-            ccm_eligible=bool(risk.ccm_eligible) if risk is not None else False,
-            # A patient the population does not hold counts as one (weight 1.0).
-            weight=(weights.weight(person.birth_date, person.sex, outcome.as_of)
-                    if person is not None else 1.0),
-            last_visit=a.last_visit.isoformat() if a.last_visit else None,
-            outreach=outreach.get(a.patient, ()),
-            suggested=suggestion.practitioner if suggestion else None,
-            suggestion_reason=suggestion.reason if suggestion else None,
-            detail=patient_entry(a, outcome)))
+        rows.append(
+            PatientRow(
+                patient=a.patient,
+                status=a.status,
+                practitioner=a.practitioner,
+                rule=a.rule,
+                step=a.step,
+                reason=a.reason,
+                tier=risk.tier if risk is not None else None,
+                charlson=risk.charlson if risk is not None else None,
+                hcc=risk.hcc if risk is not None else None,
+                ccm_eligible=bool(risk.ccm_eligible) if risk is not None else False,
+                # A patient the population does not hold counts as one (weight 1.0).
+                weight=(
+                    weights.weight(person.birth_date, person.sex, outcome.as_of)
+                    if person is not None
+                    else 1.0
+                ),
+                last_visit=a.last_visit.isoformat() if a.last_visit else None,
+                outreach=outreach.get(a.patient, ()),
+                suggested=suggestion.practitioner if suggestion else None,
+                suggestion_reason=suggestion.reason if suggestion else None,
+                detail=patient_entry(a, outcome),
+            )
+        )
     return tuple(rows)
 
 
@@ -47,12 +58,20 @@ def clinician_rows(outcome: RunOutcome) -> tuple[ClinicianRow, ...]:
     eligibility = outcome.attribution.eligibility
     eligible, pediatric = set(eligibility.eligible), set(eligibility.pediatric)
     practitioners = outcome.population.practitioners
-    return tuple(ClinicianRow(
-        practitioner=panel.practitioner,
-        name=practitioners[panel.practitioner].name
-        if panel.practitioner in practitioners else None,
-        eligible=panel.practitioner in eligible, pediatric=panel.practitioner in pediatric,
-        size=panel.size, risk_adjusted_size=panel.risk_adjusted_size,
-        hcc_adjusted_size=panel.hcc_adjusted_size, capacity=panel.capacity,
-        open_capacity=panel.open_capacity, tiers={t: n for t, n in panel.tiers})
-        for panel in outcome.panels.panels)
+    return tuple(
+        ClinicianRow(
+            practitioner=panel.practitioner,
+            name=practitioners[panel.practitioner].name
+            if panel.practitioner in practitioners
+            else None,
+            eligible=panel.practitioner in eligible,
+            pediatric=panel.practitioner in pediatric,
+            size=panel.size,
+            risk_adjusted_size=panel.risk_adjusted_size,
+            hcc_adjusted_size=panel.hcc_adjusted_size,
+            capacity=panel.capacity,
+            open_capacity=panel.open_capacity,
+            tiers={t: n for t, n in panel.tiers},
+        )
+        for panel in outcome.panels.panels
+    )

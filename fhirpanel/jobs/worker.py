@@ -89,8 +89,7 @@ def incremental_job(trigger: str = "schedule") -> None:
         return
     with state.running:
         started = time.monotonic()
-        result = incremental_refresh(state.settings, state.store, trigger=trigger,
-                                     stop=state.stop)
+        result = incremental_refresh(state.settings, state.store, trigger=trigger, stop=state.stop)
         _remember(state, result)
     # A notification that arrived while this pass ran may have been coalesced away: run again.
     if state.notified_at > started and not state.stop.is_set():
@@ -102,8 +101,9 @@ def full_job(trigger: str = "schedule") -> None:
     if state.stop.is_set():
         return
     with state.running:
-        _remember(state, full_refresh(state.settings, state.store, trigger=trigger,
-                                      stop=state.stop))
+        _remember(
+            state, full_refresh(state.settings, state.store, trigger=trigger, stop=state.stop)
+        )
 
 
 def queue_job() -> None:
@@ -122,8 +122,13 @@ def queue_job() -> None:
 def _remember(state: WorkerState, result: RefreshResult) -> None:
     state.last_result = result
     state.results = [*state.results[-49:], result]
-    log.info("%s refresh run %s: %s %s", result.kind, result.run_id, result.status,
-             result.error or result.counts)
+    log.info(
+        "%s refresh run %s: %s %s",
+        result.kind,
+        result.run_id,
+        result.status,
+        result.error or result.counts,
+    )
 
 
 def wake(state: WorkerState, trigger: str) -> None:
@@ -131,10 +136,15 @@ def wake(state: WorkerState, trigger: str) -> None:
     if state.scheduler is None or state.stop.is_set():
         return
     with contextlib.suppress(Exception):  # the scheduler is shutting down
-        state.scheduler.add_job(incremental_job, kwargs={"trigger": trigger},
-                                id=f"{INCREMENTAL_JOB}-now", replace_existing=True,
-                                max_instances=1, coalesce=True,
-                                misfire_grace_time=None)
+        state.scheduler.add_job(
+            incremental_job,
+            kwargs={"trigger": trigger},
+            id=f"{INCREMENTAL_JOB}-now",
+            replace_existing=True,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
 
 
 # ---------------------------------------------------------------- notifications
@@ -187,15 +197,19 @@ class HookServer:
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
-        self._thread = threading.Thread(target=self.httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.2},
-                                        name="fhirpanel-hook", daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="fhirpanel-hook",
+            daemon=True,
+        )
 
     def check(self, path: str, authorization: str) -> int:
         if not path.startswith("/hook"):
             return 404
-        if self.token and not hmac.compare_digest(authorization.encode(),
-                                                  f"Bearer {self.token}".encode()):
+        if self.token and not hmac.compare_digest(
+            authorization.encode(), f"Bearer {self.token}".encode()
+        ):
             return 401
         return 200
 
@@ -216,7 +230,9 @@ def register_subscription(client: Any, endpoint: str, token: str) -> str | None:
         log.info("the FHIR server does not advertise Subscriptions: polling only")
         return None
     subscription: dict[str, Any] = {
-        "resourceType": "Subscription", "status": "requested", "reason": SUBSCRIPTION_REASON,
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": SUBSCRIPTION_REASON,
         "criteria": "Encounter?",
         # No payload: a bare ping carries no PHI; the pass reads what changed itself.
         "channel": {"type": "rest-hook", "endpoint": endpoint},
@@ -290,8 +306,9 @@ def notifications(state: WorkerState) -> Iterator[HookServer | None]:
         client.close()
 
 
-def run_worker(settings: Settings, *, store: Store | None = None,
-               ready: threading.Event | None = None) -> int:
+def run_worker(
+    settings: Settings, *, store: Store | None = None, ready: threading.Event | None = None
+) -> int:
     """Run until SIGTERM/SIGINT. Returns the exit code."""
     global _state
     cfg = settings.scheduler
@@ -304,26 +321,40 @@ def run_worker(settings: Settings, *, store: Store | None = None,
     store = store or Store(settings.database)
     abandoned = store.abandon_stale_runs()
     if abandoned:
-        log.warning("marked %d run(s) left running by a stopped process as abandoned",
-                    abandoned)
-    scheduler = BlockingScheduler(job_defaults={"max_instances": 1, "coalesce": True},
-                                  executors={"default": {"type": "threadpool",
-                                                         "max_workers": 2}})
+        log.warning("marked %d run(s) left running by a stopped process as abandoned", abandoned)
+    scheduler = BlockingScheduler(
+        job_defaults={"max_instances": 1, "coalesce": True},
+        executors={"default": {"type": "threadpool", "max_workers": 2}},
+    )
     state = WorkerState(settings=settings, store=store, scheduler=scheduler)
     _state = state
     source = cfg.source or settings.fhir.base_url
     if source.startswith(("http://", "https://")):
-        scheduler.add_job(incremental_job, IntervalTrigger(minutes=cfg.incremental_minutes),
-                          id=INCREMENTAL_JOB, next_run_time=datetime.now(UTC),
-                          misfire_grace_time=int(cfg.incremental_minutes * 60))
+        scheduler.add_job(
+            incremental_job,
+            IntervalTrigger(minutes=cfg.incremental_minutes),
+            id=INCREMENTAL_JOB,
+            next_run_time=datetime.now(UTC),
+            misfire_grace_time=int(cfg.incremental_minutes * 60),
+        )
         scheduler.add_job(full_job, full_trigger, id=FULL_JOB, misfire_grace_time=3600)
     else:
         # NDJSON and Bulk sources are read whole: full refreshes only, the first one now.
         log.info("source %s has no incremental search: full refreshes only", source[:80])
-        scheduler.add_job(full_job, full_trigger, id=FULL_JOB, misfire_grace_time=3600,
-                          next_run_time=datetime.now(UTC))
-    scheduler.add_job(queue_job, IntervalTrigger(seconds=QUEUE_SECONDS), id=QUEUE_JOB,
-                      next_run_time=datetime.now(UTC), misfire_grace_time=QUEUE_SECONDS)
+        scheduler.add_job(
+            full_job,
+            full_trigger,
+            id=FULL_JOB,
+            misfire_grace_time=3600,
+            next_run_time=datetime.now(UTC),
+        )
+    scheduler.add_job(
+        queue_job,
+        IntervalTrigger(seconds=QUEUE_SECONDS),
+        id=QUEUE_JOB,
+        next_run_time=datetime.now(UTC),
+        misfire_grace_time=QUEUE_SECONDS,
+    )
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %d: stopping after the current step", signum)
@@ -341,18 +372,25 @@ def run_worker(settings: Settings, *, store: Store | None = None,
     scheduler.add_job(watch_stop, IntervalTrigger(seconds=1), id="stop-watch")
 
     # The liveness heartbeat has a thread of its own: a long refresh must not starve it.
-    beat = threading.Thread(target=_beat, args=(store, state.stop), name="fhirpanel-worker-beat",
-                            daemon=True)
+    beat = threading.Thread(
+        target=_beat, args=(store, state.stop), name="fhirpanel-worker-beat", daemon=True
+    )
     beat.start()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with notifications(state) as hook:
             where = f", notifications on port {hook.port}" if hook else ""
-            log.info("worker started: incremental every %s min, full at '%s'%s",
-                     cfg.incremental_minutes, cfg.full_cron, where)
-            print(f"fhirpanel worker ready (store {store.describe()}{where})",  # noqa: T201
-                  flush=True)
+            log.info(
+                "worker started: incremental every %s min, full at '%s'%s",
+                cfg.incremental_minutes,
+                cfg.full_cron,
+                where,
+            )
+            print(  # noqa: T201 - the ready line a supervisor waits for
+                f"fhirpanel worker ready (store {store.describe()}{where})",
+                flush=True,
+            )
             if ready is not None:
                 ready.set()
             if not state.stop.is_set():  # a signal during start-up: do not start at all
@@ -361,8 +399,11 @@ def run_worker(settings: Settings, *, store: Store | None = None,
             if state.running.acquire(timeout=SHUTDOWN_GRACE_SECONDS):
                 state.running.release()
             else:
-                log.warning("a refresh was still running after %.0fs; it will be recorded "
-                            "abandoned at the next start", SHUTDOWN_GRACE_SECONDS)
+                log.warning(
+                    "a refresh was still running after %.0fs; it will be recorded "
+                    "abandoned at the next start",
+                    SHUTDOWN_GRACE_SECONDS,
+                )
     finally:
         state.stop.set()  # ends the heartbeat thread
         for sig, handler in previous.items():

@@ -78,46 +78,66 @@ def load_catalogue(text: str | None = None) -> Catalogue:
     except tomllib.TOMLDecodeError as exc:
         raise CatalogueError(f"{CATALOGUE_FILE}: not valid TOML: {exc}") from exc
     conditions = tuple(
-        ConditionDef(key, _str(row, "icd10cm", f"conditions.{key}"),
-                     _str(row, "snomed", f"conditions.{key}"),
-                     _str(row, "display", f"conditions.{key}"),
-                     _bool(row, "chronic", f"conditions.{key}"))
-        for key, row in _table(data, "conditions").items())
+        ConditionDef(
+            key,
+            _str(row, "icd10cm", f"conditions.{key}"),
+            _str(row, "snomed", f"conditions.{key}"),
+            _str(row, "display", f"conditions.{key}"),
+            _bool(row, "chronic", f"conditions.{key}"),
+        )
+        for key, row in _table(data, "conditions").items()
+    )
     known = {c.key for c in conditions}
     people = _table(data, "people")
     clinicians = _table(data, "clinicians")
     places = _table(data, "places")
-    taxonomy = {k: _strings(v, f"clinicians.taxonomy.{k}", 2)
-                for k, v in _table(clinicians, "taxonomy", "clinicians.").items()}
+    taxonomy = {
+        k: _strings(v, f"clinicians.taxonomy.{k}", 2)
+        for k, v in _table(clinicians, "taxonomy", "clinicians.").items()
+    }
     catalogue = Catalogue(
         conditions=conditions,
-        prevalence={k: _floats(v, f"prevalence.{k}", AGE_BAND_COUNT)
-                    for k, v in _table(data, "prevalence").items()},
-        sex_factor={k: _floats(v, f"sex_factor.{k}", 2)
-                    for k, v in _table(data, "sex_factor").items()},
+        prevalence={
+            k: _floats(v, f"prevalence.{k}", AGE_BAND_COUNT)
+            for k, v in _table(data, "prevalence").items()
+        },
+        sex_factor={
+            k: _floats(v, f"sex_factor.{k}", 2) for k, v in _table(data, "sex_factor").items()
+        },
         dependent_conditions=tuple(
             _dependent(d, f"dependent_conditions.draws[{i}]")
-            for i, d in enumerate(_list(_table(data, "dependent_conditions"), "draws"))),
-        age_bands=tuple(_age_band(v, f"people.age_bands[{i}]")
-                        for i, v in enumerate(_list(people, "age_bands"))),
+            for i, d in enumerate(_list(_table(data, "dependent_conditions"), "draws"))
+        ),
+        age_bands=tuple(
+            _age_band(v, f"people.age_bands[{i}]") for i, v in enumerate(_list(people, "age_bands"))
+        ),
         given_female=_strings(people.get("given_female"), "people.given_female"),
         given_male=_strings(people.get("given_male"), "people.given_male"),
         family_names=_strings(people.get("family"), "people.family"),
-        pcp_hiring_order=_strings(clinicians.get("pcp_hiring_order"),
-                                  "clinicians.pcp_hiring_order"),
+        pcp_hiring_order=_strings(
+            clinicians.get("pcp_hiring_order"), "clinicians.pcp_hiring_order"
+        ),
         taxonomy=taxonomy,
-        text_labels={k: _str(clinicians["text_labels"], k, "clinicians.text_labels")
-                     for k in _table(clinicians, "text_labels", "clinicians.")},
+        text_labels={
+            k: _str(clinicians["text_labels"], k, "clinicians.text_labels")
+            for k in _table(clinicians, "text_labels", "clinicians.")
+        },
         pcp_preference={
             group: {k: _float(w, f"clinicians.preference.{group}.{k}") for k, w in table.items()}
-            for group, table in _table(clinicians, "preference", "clinicians.").items()},
-        qualifications={k: _str(clinicians["qualifications"], k, "clinicians.qualifications")
-                        for k in _table(clinicians, "qualifications", "clinicians.")},
-        specialist_for={k: _strings(v, f"clinicians.specialist_for.{k}")
-                        for k, v in _table(clinicians, "specialist_for", "clinicians.").items()},
+            for group, table in _table(clinicians, "preference", "clinicians.").items()
+        },
+        qualifications={
+            k: _str(clinicians["qualifications"], k, "clinicians.qualifications")
+            for k in _table(clinicians, "qualifications", "clinicians.")
+        },
+        specialist_for={
+            k: _strings(v, f"clinicians.specialist_for.{k}")
+            for k, v in _table(clinicians, "specialist_for", "clinicians.").items()
+        },
         state=_str(places, "state", "places"),
-        clinics=tuple(_place(v, f"places.clinics[{i}]")
-                      for i, v in enumerate(_list(places, "clinics"))),
+        clinics=tuple(
+            _place(v, f"places.clinics[{i}]") for i, v in enumerate(_list(places, "clinics"))
+        ),
         hospital=_place(places.get("hospital"), "places.hospital"),
         pattern_deck=_deck(_table(data, "visit_patterns"), "visit_patterns"),
         status_deck=_deck(_table(data, "patient_statuses"), "patient_statuses"),
@@ -128,6 +148,7 @@ def load_catalogue(text: str | None = None) -> Catalogue:
 
 def _check_references(cat: Catalogue, known: set[str]) -> None:
     """Every name one table uses is defined in the table it points at."""
+
     def need(names: Any, where: str, defined: Mapping[str, Any] | set[str]) -> None:
         missing = sorted(set(names) - set(defined))
         if missing:
@@ -135,18 +156,24 @@ def _check_references(cat: Catalogue, known: set[str]) -> None:
 
     need(cat.prevalence, "prevalence", known)
     need(cat.sex_factor, "sex_factor", known)
-    need({n for parent, child, _ in cat.dependent_conditions for n in (parent, child)},
-         "dependent_conditions", known)
+    need(
+        {n for parent, child, _ in cat.dependent_conditions for n in (parent, child)},
+        "dependent_conditions",
+        known,
+    )
     need({k for keys in cat.specialist_for.values() for k in keys}, "specialist_for", known)
     need(cat.specialist_for, "specialist_for", cat.taxonomy)
     need({k.rstrip("*") for k in cat.pcp_hiring_order}, "pcp_hiring_order", cat.taxonomy)
-    need({k.rstrip("*") for k in cat.pcp_hiring_order if k.endswith("*")},
-         "pcp_hiring_order (text only)", cat.text_labels)
-    need({k for table in cat.pcp_preference.values() for k in table}, "preference",
-         cat.taxonomy)
+    need(
+        {k.rstrip("*") for k in cat.pcp_hiring_order if k.endswith("*")},
+        "pcp_hiring_order (text only)",
+        cat.text_labels,
+    )
+    need({k for table in cat.pcp_preference.values() for k in table}, "preference", cat.taxonomy)
     if not (cat.clinics and cat.age_bands and cat.pcp_hiring_order):
-        raise CatalogueError(f"{CATALOGUE_FILE}: clinics, age_bands and pcp_hiring_order "
-                             "must not be empty")
+        raise CatalogueError(
+            f"{CATALOGUE_FILE}: clinics, age_bands and pcp_hiring_order must not be empty"
+        )
 
 
 # ---------------------------------------------------------------- typed reads
@@ -197,16 +224,22 @@ def _floats(value: Any, where: str, length: int) -> tuple[float, ...]:
 
 
 def _strings(value: Any, where: str, length: int | None = None) -> tuple[str, ...]:
-    if (not isinstance(value, list) or not all(isinstance(v, str) and v for v in value)
-            or (length is not None and len(value) != length)):
+    if (
+        not isinstance(value, list)
+        or not all(isinstance(v, str) and v for v in value)
+        or (length is not None and len(value) != length)
+    ):
         raise _fail(where, f"{length or 'an array of'} strings", value)
     return tuple(value)
 
 
 def _age_band(value: Any, where: str) -> AgeBand:
-    if (not isinstance(value, list) or len(value) != 3
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value[:2])
-            or not 0 <= value[0] < value[1]):
+    if (
+        not isinstance(value, list)
+        or len(value) != 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value[:2])
+        or not 0 <= value[0] < value[1]
+    ):
         raise _fail(where, "[years from, years to, weight]", value)
     return AgeBand(value[0], value[1], _float(value[2], where))
 
@@ -214,8 +247,11 @@ def _age_band(value: Any, where: str) -> AgeBand:
 def _dependent(value: Any, where: str) -> tuple[str, str, float]:
     if not isinstance(value, dict):
         raise _fail(where, "a table", value)
-    return (_str(value, "parent", where), _str(value, "condition", where),
-            _float(value.get("share"), f"{where}.share"))
+    return (
+        _str(value, "parent", where),
+        _str(value, "condition", where),
+        _float(value.get("share"), f"{where}.share"),
+    )
 
 
 def _place(value: Any, where: str) -> Place:

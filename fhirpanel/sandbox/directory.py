@@ -46,8 +46,12 @@ def npi_check_digit(first_nine: str) -> str:
 
 
 def is_valid_npi(value: str) -> bool:
-    return (len(value) == 10 and value.isdigit() and value[0] in "12"
-            and npi_check_digit(value[:9]) == value[9])
+    return (
+        len(value) == 10
+        and value.isdigit()
+        and value[0] in "12"
+        and npi_check_digit(value[:9]) == value[9]
+    )
 
 
 @dataclass(slots=True)
@@ -123,8 +127,18 @@ def build_directory(patients: int, seed: int) -> Directory:
             first_nine = f"1{rng.randrange(10**8):08d}"
             npi = first_nine + npi_check_digit(first_nine)
         used_npis.add(npi)
-        return Clinician(number, kind, organization, text_only, rng.uniform(0.7, 1.3), given,
-                         rng.choice(FAMILY_NAMES), gender, qualification, npi)
+        return Clinician(
+            number,
+            kind,
+            organization,
+            text_only,
+            rng.uniform(0.7, 1.3),
+            given,
+            rng.choice(FAMILY_NAMES),
+            gender,
+            qualification,
+            npi,
+        )
 
     pcps = []
     for i in range(pcp_count(patients)):
@@ -132,16 +146,19 @@ def build_directory(patients: int, seed: int) -> Directory:
         pcps.append(hire(slot.rstrip("*"), CLINICS[i % len(CLINICS)].id, slot.endswith("*")))
     n_pcp = len(pcps)
     specialists: dict[str, list[Clinician]] = {}
-    for kind, count in (("cardiology", max(1, round(n_pcp / 10))),
-                        ("endocrinology", max(1, round(n_pcp / 15))),
-                        ("nephrology", max(1, round(n_pcp / 15))),
-                        ("emergency", max(2, round(n_pcp / 6))),
-                        ("hospitalist", max(2, round(n_pcp / 6)))):
+    for kind, count in (
+        ("cardiology", max(1, round(n_pcp / 10))),
+        ("endocrinology", max(1, round(n_pcp / 15))),
+        ("nephrology", max(1, round(n_pcp / 15))),
+        ("emergency", max(2, round(n_pcp / 6))),
+        ("hospitalist", max(2, round(n_pcp / 6))),
+    ):
         specialists[kind] = [hire(kind, HOSPITAL.id) for _ in range(count)]
     nurses = [hire("rn", CLINICS[i % len(CLINICS)].id) for i in range(max(3, round(n_pcp / 2)))]
     specialists["rn"] = nurses
-    nurses_by_clinic = {clinic.id: [n for n in nurses if n.organization == clinic.id]
-                        for clinic in CLINICS}
+    nurses_by_clinic = {
+        clinic.id: [n for n in nurses if n.organization == clinic.id] for clinic in CLINICS
+    }
     pools: dict[str, tuple[list[Clinician], list[float]]] = {}
     for group, preference in PCP_PREFERENCE.items():
         members = [c for c in pcps if c.kind in preference]
@@ -158,21 +175,26 @@ def organization_resources(seed: int) -> list[Resource]:
     out = []
     for org_id, name, city, postal in (*CLINICS, HOSPITAL):
         first_nine = f"1{rng.randrange(10**8):08d}"
-        out.append({
-            "resourceType": "Organization",
-            "id": org_id,
-            "identifier": [{"system": NPI, "value": first_nine + npi_check_digit(first_nine)}],
-            "active": True,
-            "type": [concept(coding(ORGANIZATION_TYPE, "prov", "Healthcare Provider"))],
-            "name": name,
-            "address": [{"city": city, "state": STATE, "postalCode": postal, "country": "US"}],
-        })
+        out.append(
+            {
+                "resourceType": "Organization",
+                "id": org_id,
+                "identifier": [{"system": NPI, "value": first_nine + npi_check_digit(first_nine)}],
+                "active": True,
+                "type": [concept(coding(ORGANIZATION_TYPE, "prov", "Healthcare Provider"))],
+                "name": name,
+                "address": [{"city": city, "state": STATE, "postalCode": postal, "country": "US"}],
+            }
+        )
     return out
 
 
 def practitioner_resource(clinician: Clinician) -> Resource:
-    name: dict[str, Any] = {"use": "official", "family": clinician.family,
-                            "given": [clinician.given]}
+    name: dict[str, Any] = {
+        "use": "official",
+        "family": clinician.family,
+        "given": [clinician.given],
+    }
     if clinician.qualification in ("MD", "DO"):
         name["prefix"] = ["Dr."]
     return {
@@ -182,8 +204,15 @@ def practitioner_resource(clinician: Clinician) -> Resource:
         "active": True,
         "name": [name],
         "gender": clinician.gender,
-        "qualification": [{"code": concept(coding(
-            V2_0360, clinician.qualification, QUALIFICATIONS[clinician.qualification]))}],
+        "qualification": [
+            {
+                "code": concept(
+                    coding(
+                        V2_0360, clinician.qualification, QUALIFICATIONS[clinician.qualification]
+                    )
+                )
+            }
+        ],
     }
 
 

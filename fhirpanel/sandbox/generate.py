@@ -56,7 +56,12 @@ __all__ = [
 ]
 
 RESOURCE_TYPES: Final = (
-    "Patient", "Encounter", "Condition", "Practitioner", "PractitionerRole", "Organization",
+    "Patient",
+    "Encounter",
+    "Condition",
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
 )
 
 
@@ -81,8 +86,9 @@ def _as_date(as_of: date) -> date:
     return date(as_of.year, as_of.month, as_of.day)  # a datetime passed in loses its time
 
 
-def generate_population(patients: int, seed: int, as_of: date, malformed_rate: float = 0.01
-                        ) -> Iterator[dict[str, Any]]:
+def generate_population(
+    patients: int, seed: int, as_of: date, malformed_rate: float = 0.01
+) -> Iterator[dict[str, Any]]:
     """FHIR R4 resources of a synthetic primary-care practice, streamed: organisations,
     practitioners and roles first, then each patient with their encounters and conditions."""
     _check_arguments(patients, malformed_rate)
@@ -93,8 +99,14 @@ def generate_population(patients: int, seed: int, as_of: date, malformed_rate: f
             yield resource
 
 
-def write_population(out_dir: Path, patients: int, seed: int, as_of: date,
-                     malformed_rate: float = 0.01, bundle_size: int = 500) -> dict[str, int]:
+def write_population(
+    out_dir: Path,
+    patients: int,
+    seed: int,
+    as_of: date,
+    malformed_rate: float = 0.01,
+    bundle_size: int = 500,
+) -> dict[str, int]:
     """Write `<Type>.ndjson` (Bulk Data style) and `bundles/transaction-NNNN.json` (PUT by id,
     at most `bundle_size` entries, organisations and clinicians first). A patient's resources
     share a bundle when they fit (a merged pair too), so references point at the same or an
@@ -108,8 +120,10 @@ def write_population(out_dir: Path, patients: int, seed: int, as_of: date,
         stale.unlink()
     generator = PatientGenerator(patients, seed, _as_date(as_of), malformed_rate)
     counts = dict.fromkeys(RESOURCE_TYPES, 0)
-    handles = {rtype: (out_dir / f"{rtype}.ndjson").open("wb", buffering=1 << 20)
-               for rtype in RESOURCE_TYPES}
+    handles = {
+        rtype: (out_dir / f"{rtype}.ndjson").open("wb", buffering=1 << 20)
+        for rtype in RESOURCE_TYPES
+    }
     writer = _BundleWriter(bundle_dir, bundle_size)
     try:
         directory = [(res, True) for res in _directory_resources(seed, generator.directory)]
@@ -123,8 +137,9 @@ def write_population(out_dir: Path, patients: int, seed: int, as_of: date,
     return counts
 
 
-def _serialise(group: list[tuple[Resource, bool]], handles: dict[str, Any],
-               counts: dict[str, int]) -> list[bytes]:
+def _serialise(
+    group: list[tuple[Resource, bool]], handles: dict[str, Any], counts: dict[str, int]
+) -> list[bytes]:
     """Write each resource's NDJSON line; return the bundle entries of the storable ones."""
     entries = []
     for resource, storable in group:
@@ -133,9 +148,10 @@ def _serialise(group: list[tuple[Resource, bool]], handles: dict[str, Any],
         handles[rtype].write(line + b"\n")
         counts[rtype] += 1
         if storable:
-            url = f'{rtype}/{resource["id"]}'.encode()
-            entries.append(b'{"resource":' + line + b',"request":{"method":"PUT","url":"'
-                           + url + b'"}}')
+            url = f"{rtype}/{resource['id']}".encode()
+            entries.append(
+                b'{"resource":' + line + b',"request":{"method":"PUT","url":"' + url + b'"}}'
+            )
     return entries
 
 
@@ -154,7 +170,7 @@ class _BundleWriter:
             self.flush()
         while len(entries) > self.size:  # a group larger than a bundle is split in order
             self.pending = entries[: self.size]
-            entries = entries[self.size:]
+            entries = entries[self.size :]
             self.flush()
         self.pending.extend(entries)
 
@@ -162,7 +178,10 @@ class _BundleWriter:
         if not self.pending:
             return
         self.written += 1
-        body = (b'{"resourceType":"Bundle","type":"transaction","entry":[\n'
-                + b",\n".join(self.pending) + b"\n]}\n")
+        body = (
+            b'{"resourceType":"Bundle","type":"transaction","entry":[\n'
+            + b",\n".join(self.pending)
+            + b"\n]}\n"
+        )
         (self.directory / f"transaction-{self.written:04d}.json").write_bytes(body)
         self.pending = []

@@ -41,7 +41,11 @@ MRN: Final = "urn:fhirpanel:sandbox:mrn"
 # Malformed copies carry this id suffix so tests can find them; nothing else marks them.
 MALFORMED_ID_SUFFIX: Final = "-x"
 ENCOUNTER_DEFECTS: Final = (
-    "no-subject", "unknown-subject", "bad-date", "participant-no-individual", "no-participant",
+    "no-subject",
+    "unknown-subject",
+    "bad-date",
+    "participant-no-individual",
+    "no-participant",
 )
 CONDITION_DEFECTS: Final = ("no-subject", "unknown-subject", "bad-date")
 # Defects a conformant server still stores (Encounter.subject and .participant are optional);
@@ -71,8 +75,11 @@ ENCOUNTER_CLASS: Final = {
 }
 PARTICIPANT_TYPE: Final = {
     code: [concept(coding(PARTICIPATION_TYPE, code, display))]
-    for code, display in (("PPRF", "primary performer"), ("ATND", "attender"),
-                          ("SPRF", "secondary performer"))
+    for code, display in (
+        ("PPRF", "primary performer"),
+        ("ATND", "attender"),
+        ("SPRF", "secondary performer"),
+    )
 }
 LOCAL_OFFICE: Final = coding(VISIT_TYPE, "OFFICE", "Office visit")
 LOCAL_WELLNESS: Final = coding(VISIT_TYPE, "WELLNESS", "Wellness visit")
@@ -87,19 +94,31 @@ OFFICE_TYPES: Final = {
 WELLNESS_LOCAL_ONLY: Final = [concept(LOCAL_WELLNESS, text="Annual physical")]
 EXCLUDED_TYPES: Final = {
     "NURSE": [concept(coding(VISIT_TYPE, "NURSE", "Nurse-only visit"), text="Nurse visit")],
-    "LAB": [concept(
-        coding(SNOMED, "82078001", "Collection of blood specimen for laboratory"),
-        coding(VISIT_TYPE, "LAB", "Lab draw"), text="Lab draw")],
-    "VACCINE": [concept(
-        coding(SNOMED, "33879002", "Administration of vaccine to produce active immunity"),
-        coding(VISIT_TYPE, "VACCINE", "Vaccine-only visit"), text="Vaccine visit")],
-    "ANTICOAG": [concept(coding(VISIT_TYPE, "ANTICOAG", "Anticoagulation clinic"),
-                         text="Anticoagulation clinic")],
+    "LAB": [
+        concept(
+            coding(SNOMED, "82078001", "Collection of blood specimen for laboratory"),
+            coding(VISIT_TYPE, "LAB", "Lab draw"),
+            text="Lab draw",
+        )
+    ],
+    "VACCINE": [
+        concept(
+            coding(SNOMED, "33879002", "Administration of vaccine to produce active immunity"),
+            coding(VISIT_TYPE, "VACCINE", "Vaccine-only visit"),
+            text="Vaccine visit",
+        )
+    ],
+    "ANTICOAG": [
+        concept(
+            coding(VISIT_TYPE, "ANTICOAG", "Anticoagulation clinic"), text="Anticoagulation clinic"
+        )
+    ],
 }
 EMERGENCY_TYPE: Final = [concept(coding(SNOMED, "50849002", "Emergency room admission"))]
 INPATIENT_TYPE: Final = [concept(coding(SNOMED, "32485007", "Hospital admission"))]
-HOME_TYPE: Final = [concept(coding(VISIT_TYPE, "HOME", "Home health visit"),
-                            text="Home health visit")]
+HOME_TYPE: Final = [
+    concept(coding(VISIT_TYPE, "HOME", "Home health visit"), text="Home health visit")
+]
 CLINICAL_STATUS: Final = {
     s: concept(coding(CONDITION_CLINICAL, s)) for s in ("active", "remission", "resolved")
 }
@@ -107,10 +126,12 @@ VERIFICATION_STATUS: Final = {
     s: concept(coding(CONDITION_VER_STATUS, s))
     for s in ("confirmed", "refuted", "entered-in-error")
 }
-PROBLEM_LIST: Final = [concept(coding(CONDITION_CATEGORY, "problem-list-item",
-                                      "Problem List Item"))]
-ENCOUNTER_DIAGNOSIS: Final = [concept(coding(CONDITION_CATEGORY, "encounter-diagnosis",
-                                             "Encounter Diagnosis"))]
+PROBLEM_LIST: Final = [
+    concept(coding(CONDITION_CATEGORY, "problem-list-item", "Problem List Item"))
+]
+ENCOUNTER_DIAGNOSIS: Final = [
+    concept(coding(CONDITION_CATEGORY, "encounter-diagnosis", "Encounter Diagnosis"))
+]
 MRN_TYPE: Final = concept(coding(V2_0203, "MR", "Medical record number"))
 
 
@@ -151,13 +172,21 @@ class PatientGenerator:
 
     # -- one patient
 
-    def _patient(self, rng: random.Random, index: int, pattern: str, status: str,
-                 survivor: Person | None) -> tuple[list[tuple[Resource, bool]], Person]:
+    def _patient(
+        self, rng: random.Random, index: int, pattern: str, status: str, survivor: Person | None
+    ) -> tuple[list[tuple[Resource, bool]], Person]:
         cal = self.calendar
         pid = f"pat-{index:06d}"
         if survivor is not None:  # the duplicate chart of the same person, merged away
-            person = Person(index, pid, survivor.gender, survivor.birth, survivor.given,
-                            survivor.family, survivor.main_pcp)
+            person = Person(
+                index,
+                pid,
+                survivor.gender,
+                survivor.birth,
+                survivor.given,
+                survivor.family,
+                survivor.main_pcp,
+            )
         else:
             person = self._person(rng, index, pid, pattern)
         age = (cal.as_of - person.birth) / 365.25
@@ -169,15 +198,17 @@ class PatientGenerator:
             death = max(cal.as_of - rng.randint(1, 150), person.birth + 1)
         # Half the never-seen patients still have a problem list (imported from elsewhere).
         has_history = pattern not in ("none", "merged_duplicate") or (
-            pattern == "none" and rng.random() < 0.5)
+            pattern == "none" and rng.random() < 0.5
+        )
         chronic = self._chronic_conditions(rng, age, person.gender) if has_history else []
         visits = self.planner.plan(rng, person, pattern, band, group, chronic)
         if death is not None:
             visits = [v for v in visits if v.day <= death]
         visits.sort(key=lambda v: (v.day, v.minute))
 
-        patient = self._patient_resource(rng, person, status, death, survivor, group,
-                                         links_next=pattern == "merge_survivor")
+        patient = self._patient_resource(
+            rng, person, status, death, survivor, group, links_next=pattern == "merge_survivor"
+        )
         out: list[tuple[Resource, bool]] = [(patient, True)]
         encounter_ids: list[tuple[str, Visit]] = []
         for seq, visit in enumerate(visits, start=1):
@@ -215,15 +246,23 @@ class PatientGenerator:
         main_pcp = rng.choices(members, cum_weights=cumulative)[0]
         return Person(index, pid, gender, birth, given, rng.choice(FAMILY_NAMES), main_pcp)
 
-    def _patient_resource(self, rng: random.Random, person: Person, status: str,
-                          death: int | None, survivor: Person | None, group: str,
-                          links_next: bool) -> Resource:
+    def _patient_resource(
+        self,
+        rng: random.Random,
+        person: Person,
+        status: str,
+        death: int | None,
+        survivor: Person | None,
+        group: str,
+        links_next: bool,
+    ) -> Resource:
         mrn = (person.index * 7919 + self._mrn_offset) % 10**8  # 7919 prime: one per index
         res: Resource = {
             "resourceType": "Patient",
             "id": person.id,
-            "identifier": [{"use": "usual", "type": MRN_TYPE, "system": MRN,
-                            "value": f"M{mrn:08d}"}],
+            "identifier": [
+                {"use": "usual", "type": MRN_TYPE, "system": MRN, "value": f"M{mrn:08d}"}
+            ],
         }
         if status == "inactive":
             res["active"] = False
@@ -238,8 +277,9 @@ class PatientGenerator:
             else:
                 res["deceasedDateTime"] = _stamp(death, rng.randrange(24 * 60), utc=True)
         clinic = next(c for c in CLINICS if c.id == person.main_pcp.organization)
-        res["address"] = [{"city": clinic.city, "state": STATE, "postalCode": clinic.postal_code,
-                           "country": "US"}]
+        res["address"] = [
+            {"city": clinic.city, "state": STATE, "postalCode": clinic.postal_code, "country": "US"}
+        ]
         if rng.random() < DECLARED_PCP_SHARE and survivor is None:
             declared = person.main_pcp
             if rng.random() < DECLARED_OTHER_SHARE:
@@ -247,15 +287,18 @@ class PatientGenerator:
                 others = [c for c in members if c is not person.main_pcp]
                 declared = rng.choice(others) if others else declared
             use_role = rng.random() < 0.4
-            res["generalPractitioner"] = [declared.role_reference if use_role
-                                          else declared.reference]
+            res["generalPractitioner"] = [
+                declared.role_reference if use_role else declared.reference
+            ]
         res["managingOrganization"] = {"reference": f"Organization/{person.main_pcp.organization}"}
         if survivor is not None:
-            res["link"] = [{"other": {"reference": f"Patient/{survivor.id}"},
-                            "type": "replaced-by"}]
+            res["link"] = [
+                {"other": {"reference": f"Patient/{survivor.id}"}, "type": "replaced-by"}
+            ]
         elif links_next:  # the duplicate chart is the next patient record
-            res["link"] = [{"other": {"reference": f"Patient/pat-{person.index + 1:06d}"},
-                            "type": "replaces"}]
+            res["link"] = [
+                {"other": {"reference": f"Patient/pat-{person.index + 1:06d}"}, "type": "replaces"}
+            ]
         return res
 
     # -- conditions drawn before visits (visit rates follow morbidity)
@@ -287,8 +330,15 @@ class PatientGenerator:
 
     # -- resources
 
-    def _encounter(self, rng: random.Random, person: Person, seq: int, visit: Visit,
-                   chronic: list[str], age_now: float) -> Resource:
+    def _encounter(
+        self,
+        rng: random.Random,
+        person: Person,
+        seq: int,
+        visit: Visit,
+        chronic: list[str],
+        age_now: float,
+    ) -> Resource:
         res: Resource = {
             "resourceType": "Encounter",
             "id": f"enc-{person.index:06d}-{seq:03d}",
@@ -332,7 +382,8 @@ class PatientGenerator:
         if reasons:
             res["reasonCode"] = reasons
         res["serviceProvider"] = {
-            "reference": f"Organization/{visit.organization or visit.clinician.organization}"}
+            "reference": f"Organization/{visit.organization or visit.clinician.organization}"
+        }
         return res
 
     def _participants(self, rng: random.Random, visit: Visit) -> list[dict[str, Any]]:
@@ -341,9 +392,14 @@ class PatientGenerator:
         who = visit.clinician
         individual = who.role_reference if rng.random() < ROLE_REFERENCE_SHARE else who.reference
         if visit.kind in ("ed", "inpatient"):
-            return [{"type": PARTICIPANT_TYPE["ATND" if visit.kind == "inpatient" or
-                                              rng.random() < 0.5 else "PPRF"],
-                     "individual": individual}]
+            return [
+                {
+                    "type": PARTICIPANT_TYPE[
+                        "ATND" if visit.kind == "inpatient" or rng.random() < 0.5 else "PPRF"
+                    ],
+                    "individual": individual,
+                }
+            ]
         shape = rng.random()
         if shape < 0.70:
             return [{"type": PARTICIPANT_TYPE["PPRF"], "individual": individual}]
@@ -351,8 +407,10 @@ class PatientGenerator:
             return [{"type": PARTICIPANT_TYPE["ATND"], "individual": individual}]
         helper = self.directory.nurse(rng, who) if who.kind != "rn" else None
         if shape < 0.88 and helper is not None:  # a secondary performer listed first
-            return [{"type": PARTICIPANT_TYPE["SPRF"], "individual": helper.reference},
-                    {"type": PARTICIPANT_TYPE["PPRF"], "individual": individual}]
+            return [
+                {"type": PARTICIPANT_TYPE["SPRF"], "individual": helper.reference},
+                {"type": PARTICIPANT_TYPE["PPRF"], "individual": individual},
+            ]
         if shape < 0.93:  # older interfaces send no participant type
             return [{"individual": individual}]
         out = [{"type": PARTICIPANT_TYPE["PPRF"], "individual": individual}]
@@ -360,9 +418,15 @@ class PatientGenerator:
             out.append({"type": PARTICIPANT_TYPE["SPRF"], "individual": helper.reference})
         return out
 
-    def _conditions(self, rng: random.Random, person: Person, chronic: list[str],
-                    encounters: list[tuple[str, Visit]], band: int,
-                    death: int | None) -> list[Resource]:
+    def _conditions(
+        self,
+        rng: random.Random,
+        person: Person,
+        chronic: list[str],
+        encounters: list[tuple[str, Visit]],
+        band: int,
+        death: int | None,
+    ) -> list[Resource]:
         cal = self.calendar
         last_day = death if death is not None else cal.as_of
         out: list[Resource] = []
@@ -382,8 +446,21 @@ class PatientGenerator:
                 clinical = None  # some problem lists carry no status at all
             elif roll < 0.07:
                 clinical = "remission"
-            out.append(self._condition(rng, person, seq, CONDITIONS[key], clinical,
-                                       verification, PROBLEM_LIST, onset, recorded, None, None))
+            out.append(
+                self._condition(
+                    rng,
+                    person,
+                    seq,
+                    CONDITIONS[key],
+                    clinical,
+                    verification,
+                    PROBLEM_LIST,
+                    onset,
+                    recorded,
+                    None,
+                    None,
+                )
+            )
         acute_share = 0.30 if band == 0 else 0.15
         for enc_id, visit in encounters:
             if visit.status != "finished" or visit.kind not in ("office", "ed"):
@@ -404,15 +481,37 @@ class PatientGenerator:
                 abatement_day = abatement
             if verification == "entered-in-error":
                 clinical, abatement_day = None, None
-            out.append(self._condition(rng, person, seq, CONDITIONS[key], clinical, verification,
-                                       ENCOUNTER_DIAGNOSIS, visit.day, visit.day, enc_id,
-                                       abatement_day))
+            out.append(
+                self._condition(
+                    rng,
+                    person,
+                    seq,
+                    CONDITIONS[key],
+                    clinical,
+                    verification,
+                    ENCOUNTER_DIAGNOSIS,
+                    visit.day,
+                    visit.day,
+                    enc_id,
+                    abatement_day,
+                )
+            )
         return out
 
-    def _condition(self, rng: random.Random, person: Person, seq: int, cond: ConditionDef,
-                   clinical: str | None, verification: str, category: list[dict[str, Any]],
-                   onset: int, recorded: int, encounter: str | None,
-                   abatement: int | None) -> Resource:
+    def _condition(
+        self,
+        rng: random.Random,
+        person: Person,
+        seq: int,
+        cond: ConditionDef,
+        clinical: str | None,
+        verification: str,
+        category: list[dict[str, Any]],
+        onset: int,
+        recorded: int,
+        encounter: str | None,
+        abatement: int | None,
+    ) -> Resource:
         res: Resource = {"resourceType": "Condition", "id": f"cond-{person.index:06d}-{seq:03d}"}
         if clinical is not None:
             res["clinicalStatus"] = CLINICAL_STATUS[clinical]
@@ -434,8 +533,14 @@ class PatientGenerator:
         res["recordedDate"] = date.fromordinal(recorded).isoformat()
         return res
 
-    def _maybe_malformed(self, rng: random.Random, out: list[tuple[Resource, bool]],
-                         good: Resource, defects: tuple[str, ...], index: int) -> None:
+    def _maybe_malformed(
+        self,
+        rng: random.Random,
+        out: list[tuple[Resource, bool]],
+        good: Resource,
+        defects: tuple[str, ...],
+        index: int,
+    ) -> None:
         """Now and then, a broken copy of the resource just made (an extra record, so the
         designed visit patterns stay intact)."""
         if self.malformed_odds <= 0 or rng.random() >= self.malformed_odds:
@@ -458,7 +563,8 @@ class PatientGenerator:
         else:
             del bad["participant"]
         storable = defect in STORABLE_DEFECTS or (
-            defect == "no-subject" and bad["resourceType"] == "Encounter")
+            defect == "no-subject" and bad["resourceType"] == "Encounter"
+        )
         out.append((bad, storable))
 
 
@@ -502,8 +608,11 @@ def _wellness_codes(rng: random.Random, age: float) -> tuple[list[dict[str, str]
     cpt = coding(CPT, _preventive_cpt(age, rng.random() < 0.2))
     roll = rng.random()
     if age >= 65 and rng.random() < 0.4:  # Medicare annual wellness visit (HCPCS)
-        awv = (coding(HCPCS, "G0438", "Annual wellness visit, initial") if rng.random() < 0.25
-               else coding(HCPCS, "G0439", "Annual wellness visit, subsequent"))
+        awv = (
+            coding(HCPCS, "G0438", "Annual wellness visit, initial")
+            if rng.random() < 0.25
+            else coding(HCPCS, "G0439", "Annual wellness visit, subsequent")
+        )
         codings = [awv] if roll < 0.5 else [snomed, awv]
     elif roll < 0.55:
         codings = [snomed]

@@ -99,7 +99,11 @@ class SandboxServer:
         self.ctx = app.state.ctx
         logging.getLogger("sekmet").setLevel(logging.WARNING)
         config = uvicorn.Config(
-            app, host=LOOPBACK, port=self.port, log_level="warning", access_log=False,
+            app,
+            host=LOOPBACK,
+            port=self.port,
+            log_level="warning",
+            access_log=False,
             lifespan="off",
         )
         self._server = uvicorn.Server(config)
@@ -168,5 +172,6 @@ def serve_forever(port: int, db_path: str, seed_dir: Path | None = None) -> None
         app.state.ctx.store.reset()
         n = load_into_store(app.state.ctx.store, iter_ndjson_dir(seed_dir))
         log.info("sandbox seeded with %d resources from %s", n, seed_dir)
-    uvicorn.run(app, host=LOOPBACK, port=port, log_level="warning", access_log=False,
-                lifespan="off")
+    uvicorn.run(
+        app, host=LOOPBACK, port=port, log_level="warning", access_log=False, lifespan="off"
+    )

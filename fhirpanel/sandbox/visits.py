@@ -164,15 +164,24 @@ class VisitPlanner:
         self.calendar = calendar
         self.directory = directory
 
-    def plan(self, rng: random.Random, person: Person, pattern: str, band: int, group: str,
-             chronic: list[str]) -> list[Visit]:
+    def plan(
+        self,
+        rng: random.Random,
+        person: Person,
+        pattern: str,
+        band: int,
+        group: str,
+        chronic: list[str],
+    ) -> list[Visit]:
         """The visits of `person`, whose visit pattern is `pattern`, in no particular order."""
         cal = self.calendar
         lo_window = max(cal.window_lo, person.birth + 3)
         lo_history = max(cal.history_lo, person.birth + 3)
-        yearly = min(10.0, OFFICE_RATE[band] * (3.0 if band == 0 and
-                                                cal.as_of - person.birth < 730 else 1.0)
-                     + OFFICE_RATE_PER_CONDITION * len(chronic))
+        yearly = min(
+            10.0,
+            OFFICE_RATE[band] * (3.0 if band == 0 and cal.as_of - person.birth < 730 else 1.0)
+            + OFFICE_RATE_PER_CONDITION * len(chronic),
+        )
         per_period = yearly * WINDOW_MONTHS / 12
         main = person.main_pcp
         visits: list[Visit] = []
@@ -199,21 +208,26 @@ class VisitPlanner:
             if pattern == "split":  # the second PCP has fewer visits: a strict plurality
                 second = colleague(main)
                 seconds = set(rng.sample(range(count), rng.randint(1, (count - 1) // 2)))
-                visits += [office(d, second if i in seconds else main)
-                           for i, d in enumerate(days)]
+                visits += [office(d, second if i in seconds else main) for i, d in enumerate(days)]
             elif pattern == "single":
                 visits += [office(d, main) for d in days]
             else:  # loyal: covering visits stay below the main PCP's count
-                covering = min(sum(rng.random() < COVERING_SHARE for _ in days),
-                               (count - 1) // 2)
+                covering = min(sum(rng.random() < COVERING_SHARE for _ in days), (count - 1) // 2)
                 covered = set(rng.sample(range(count), covering))
-                visits += [office(d, colleague(main) if i in covered else main)
-                           for i, d in enumerate(days)]
+                visits += [
+                    office(d, colleague(main) if i in covered else main) for i, d in enumerate(days)
+                ]
             self._wellness(rng, visits, band, lambda v: v.clinician is main)
-            before = _office_days(rng, lo_history, cal.pre_window_hi,
-                                  _poisson(rng, per_period))
-            history = [office(d, main if pattern == "single" or rng.random() > COVERING_SHARE
-                              else colleague(main)) for d in before]
+            before = _office_days(rng, lo_history, cal.pre_window_hi, _poisson(rng, per_period))
+            history = [
+                office(
+                    d,
+                    main
+                    if pattern == "single" or rng.random() > COVERING_SHARE
+                    else colleague(main),
+                )
+                for d in before
+            ]
             self._wellness(rng, history, band, lambda v: v.clinician is main)
             visits += history
         elif pattern.startswith("tie_"):
@@ -239,8 +253,7 @@ class VisitPlanner:
                 visits.append(noise)
         elif pattern == "lapsed":
             days = _office_days(rng, lo_history, cal.lapsed_hi, rng.randint(1, 4))
-            visits += [office(d, main if rng.random() < 0.75 else colleague(main))
-                       for d in days]
+            visits += [office(d, main if rng.random() < 0.75 else colleague(main)) for d in days]
             self._wellness(rng, visits, band, lambda v: v.clinician is main)
             background_hi = cal.lapsed_hi  # nothing at all in the last 24 months
         elif pattern == "specialist_only":
@@ -252,33 +265,48 @@ class VisitPlanner:
                 visits.append(self._specialist_visit(rng, day, who))
         elif pattern == "ed_only":
             designed_pcp = False
-            for day in sorted(rng.randint(lo_window, cal.window_hi)
-                              for _ in range(rng.randint(1, 3))):
+            for day in sorted(
+                rng.randint(lo_window, cal.window_hi) for _ in range(rng.randint(1, 3))
+            ):
                 visits += self._emergency(rng, day, admit=rng.random() < 0.25)
         elif pattern == "excluded_only":
             designed_pcp = False
             days = _office_days(rng, lo_window, cal.window_hi, rng.randint(1, 3))
             for i, day in enumerate(days):
                 who = main if i == 0 or rng.random() < 0.3 else self.directory.nurse(rng, main)
-                visits.append(self._excluded(rng, day, who,
-                                             rng.choice(("NURSE", "LAB", "VACCINE", "ANTICOAG"))))
+                visits.append(
+                    self._excluded(
+                        rng, day, who, rng.choice(("NURSE", "LAB", "VACCINE", "ANTICOAG"))
+                    )
+                )
         elif pattern == "merged_duplicate":
             days = _office_days(rng, lo_window, cal.window_hi, rng.randint(1, 2))
             return [office(d, main) for d in days]
         elif pattern == "none":
             return []
 
-        visits += self._background(rng, person, band, group, chronic, lo_history, background_hi,
-                                   designed_pcp)
+        visits += self._background(
+            rng, person, band, group, chronic, lo_history, background_hi, designed_pcp
+        )
         for visit in visits:  # telehealth: ordinary office visits held by video
-            if visit.kind == "office" and visit.klass == "AMB" and visit.status == "finished" \
-                    and rng.random() < (TELEHEALTH_SHARE if band else TELEHEALTH_SHARE / 2):
+            if (
+                visit.kind == "office"
+                and visit.klass == "AMB"
+                and visit.status == "finished"
+                and rng.random() < (TELEHEALTH_SHARE if band else TELEHEALTH_SHARE / 2)
+            ):
                 visit.klass = "VR"
         return visits
 
-    def _tie(self, rng: random.Random, pattern: str, main: Clinician,
-             colleague: Callable[..., Clinician], lo: int,
-             office: Callable[..., Visit]) -> list[Visit]:
+    def _tie(
+        self,
+        rng: random.Random,
+        pattern: str,
+        main: Clinician,
+        colleague: Callable[..., Clinician],
+        lo: int,
+        office: Callable[..., Visit],
+    ) -> list[Visit]:
         """Equal qualifying-visit counts in the window between two or three PCPs."""
         cal = self.calendar
         tied = [main, colleague(main)]
@@ -326,26 +354,35 @@ class VisitPlanner:
             rng.choice(candidates).kind = "wellness"
         return visits
 
-    def _wellness(self, rng: random.Random, visits: list[Visit], band: int,
-                  eligible: Callable[[Visit], bool]) -> None:
+    def _wellness(
+        self, rng: random.Random, visits: list[Visit], band: int, eligible: Callable[[Visit], bool]
+    ) -> None:
         candidates = [v for v in visits if v.kind == "office" and eligible(v)]
         if candidates and rng.random() < WELLNESS_SHARE[band]:
             rng.choice(candidates).kind = "wellness"
 
     def _excluded(self, rng: random.Random, day: int, who: Clinician, subtype: str) -> Visit:
-        return Visit(day, _office_minute(rng), who, "excluded", subtype=subtype,
-                     length=rng.choice((10, 15)))
+        return Visit(
+            day, _office_minute(rng), who, "excluded", subtype=subtype, length=rng.choice((10, 15))
+        )
 
     def _specialist_visit(self, rng: random.Random, day: int, who: Clinician) -> Visit:
-        return Visit(day, _office_minute(rng), who, "specialist", length=rng.choice((20, 30, 40)),
-                     organization=HOSPITAL.id)
+        return Visit(
+            day,
+            _office_minute(rng),
+            who,
+            "specialist",
+            length=rng.choice((20, 30, 40)),
+            organization=HOSPITAL.id,
+        )
 
     def _emergency(self, rng: random.Random, day: int, admit: bool) -> list[Visit]:
         minute = rng.randrange(24 * 60)
         stay = rng.randint(120, 480)
         doctor = rng.choice(self.directory.specialists["emergency"])
-        out = [Visit(day, minute, doctor, "ed", klass="EMER", length=stay,
-                     organization=HOSPITAL.id)]
+        out = [
+            Visit(day, minute, doctor, "ed", klass="EMER", length=stay, organization=HOSPITAL.id)
+        ]
         if admit:
             start = minute + stay
             out.append(self._inpatient(rng, day + start // 1440, start % 1440))
@@ -354,14 +391,30 @@ class VisitPlanner:
     def _inpatient(self, rng: random.Random, day: int, minute: int) -> Visit:
         length = rng.randint(1, 6) * 1440 + rng.randrange(-300, 300)
         hospitalist = rng.choice(self.directory.specialists["hospitalist"])
-        visit = Visit(day, minute, hospitalist, "inpatient", klass="IMP", length=length,
-                      organization=HOSPITAL.id)
+        visit = Visit(
+            day,
+            minute,
+            hospitalist,
+            "inpatient",
+            klass="IMP",
+            length=length,
+            organization=HOSPITAL.id,
+        )
         if day * 1440 + minute + length >= (self.calendar.as_of + 1) * 1440:
             visit.status = "in-progress"  # still in hospital on the as-of date
         return visit
 
-    def _background(self, rng: random.Random, person: Person, band: int, group: str,
-                    chronic: list[str], lo: int, hi: int, designed_pcp: bool) -> list[Visit]:
+    def _background(
+        self,
+        rng: random.Random,
+        person: Person,
+        band: int,
+        group: str,
+        chronic: list[str],
+        lo: int,
+        hi: int,
+        designed_pcp: bool,
+    ) -> list[Visit]:
         """Visits that never qualify under the default rules: emergency, inpatient, specialist,
         and, around PCP care, excluded visit types, home health, cancelled and future
         appointments."""
@@ -372,22 +425,24 @@ class VisitPlanner:
             return out
         years = (hi - lo) / 365.25
         n_chronic = len(chronic)
-        ed_rate = (0.25 if band == 0 else 0.15) + 0.05 * n_chronic + \
-            (0.2 if "heart_failure" in chronic or "copd" in chronic else 0.0)
+        ed_rate = (
+            (0.25 if band == 0 else 0.15)
+            + 0.05 * n_chronic
+            + (0.2 if "heart_failure" in chronic or "copd" in chronic else 0.0)
+        )
         for _ in range(min(_poisson(rng, ed_rate * years), 12)):
-            out += self._emergency(rng, rng.randint(lo, hi),
-                                   admit=band >= 2 and rng.random() < 0.2)
+            out += self._emergency(rng, rng.randint(lo, hi), admit=band >= 2 and rng.random() < 0.2)
         imp_rate = 0.01 + (0.04 if band >= 3 else 0.0) + 0.015 * n_chronic
         for _ in range(min(_poisson(rng, imp_rate * years), 6)):
-            out.append(self._inpatient(rng, rng.randint(lo, hi),
-                                       rng.randrange(24 * 60)))
+            out.append(self._inpatient(rng, rng.randint(lo, hi), rng.randrange(24 * 60)))
         for kind, keys in SPECIALIST_FOR.items():
-            if any(k in chronic for k in keys) or (kind == "endocrinology" and "t2dm" in chronic
-                                                   and rng.random() < 0.3):
+            if any(k in chronic for k in keys) or (
+                kind == "endocrinology" and "t2dm" in chronic and rng.random() < 0.3
+            ):
                 who = self.directory.specialists[kind][
-                    person.index % len(self.directory.specialists[kind])]
-                for day in _office_days(rng, lo, hi,
-                                        min(_poisson(rng, 1.2 * years), 8)):
+                    person.index % len(self.directory.specialists[kind])
+                ]
+                for day in _office_days(rng, lo, hi, min(_poisson(rng, 1.2 * years), 8)):
                     out.append(self._specialist_visit(rng, day, who))
         if not designed_pcp:
             return out
@@ -400,8 +455,9 @@ class VisitPlanner:
             excluded += ["NURSE"] * _poisson(rng, 0.4 * years)
         if "afib" in chronic:
             excluded += ["ANTICOAG"] * min(_poisson(rng, 3.0 * years), 12)
-        excluded += ["VACCINE"] * sum(rng.random() < (0.45 if band in (0, 4) else 0.3)
-                                      for _ in range(3))
+        excluded += ["VACCINE"] * sum(
+            rng.random() < (0.45 if band in (0, 4) else 0.3) for _ in range(3)
+        )
         for subtype in excluded:
             who = main if rng.random() < 0.3 else self.directory.nurse(rng, main)
             day = _office_days(rng, lo, hi, 1)[0]
@@ -409,8 +465,9 @@ class VisitPlanner:
         if band >= 4 or "alzheimers" in chronic or "heart_failure" in chronic:
             for day in _office_days(rng, lo, hi, min(_poisson(rng, 0.6 * years), 6)):
                 who = main if rng.random() < 0.3 else self.directory.nurse(rng, main)
-                out.append(Visit(day, 9 * 60 + 30 * rng.randrange(16), who, "home", klass="HH",
-                                 length=45))
+                out.append(
+                    Visit(day, 9 * 60 + 30 * rng.randrange(16), who, "home", klass="HH", length=45)
+                )
         for _ in range(_poisson(rng, CANCELLED_SHARE * 3 * years)):
             day = _office_days(rng, lo, hi, 1)[0]
             who = main if rng.random() < 0.6 else rng.choice(self.directory.pools[group][0])
@@ -421,8 +478,7 @@ class VisitPlanner:
             day = _office_days(rng, cal.as_of + 1, cal.as_of + 30, 1)[0]
             out.append(Visit(day, _office_minute(rng), main, "office", status="planned"))
         if rng.random() < 0.003:  # in the building on the as-of date
-            out.append(Visit(cal.as_of, _office_minute(rng), main, "office",
-                             status="in-progress"))
+            out.append(Visit(cal.as_of, _office_minute(rng), main, "office", status="in-progress"))
         if rng.random() < 0.003:  # admitted in the last few days, not yet discharged
             out.append(self._inpatient(rng, cal.as_of - rng.randint(0, 3), rng.randrange(1440)))
         return out

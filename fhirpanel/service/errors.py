@@ -49,8 +49,7 @@ class UnknownClinician(InvalidInput):
 class IneligibleClinician(InvalidInput):
     """A clinician the last refresh found not eligible for a primary-care panel."""
 
-    def __init__(self, practitioner: str, name: str | None,
-                 field: str = "practitioner") -> None:
+    def __init__(self, practitioner: str, name: str | None, field: str = "practitioner") -> None:
         self.practitioner = practitioner
         self.name = name
         super().__init__(field, f"{practitioner} is not eligible for a primary-care panel")
@@ -75,8 +74,10 @@ class PatientExcluded(ReviewError):
     def __init__(self, patient: str, reason: str | None) -> None:
         self.patient = patient
         self.reason = reason
-        super().__init__(f"{patient} is not an active patient ({reason or 'excluded'}): "
-                         "there is nothing to assign")
+        super().__init__(
+            f"{patient} is not an active patient ({reason or 'excluded'}): "
+            "there is nothing to assign"
+        )
 
 
 class NotAssigned(ReviewError):
@@ -94,13 +95,17 @@ class AssignmentMoved(ReviewError):
     since; `current` is None when the store found the move as it wrote (a refresh committed
     between the read and the confirmation)."""
 
-    def __init__(self, patient: str, *, current: str | None, shown: str | None,
-                 message: str | None = None) -> None:
+    def __init__(
+        self, patient: str, *, current: str | None, shown: str | None, message: str | None = None
+    ) -> None:
         self.patient = patient
         self.current = current
         self.shown = shown
-        super().__init__(message or f"{patient} is assigned to {current}, not {shown}: reload "
-                                    "and confirm the current assignment")
+        super().__init__(
+            message
+            or f"{patient} is assigned to {current}, not {shown}: reload "
+            "and confirm the current assignment"
+        )
 
 
 class NoOverride(ReviewError):
@@ -109,6 +114,17 @@ class NoOverride(ReviewError):
         super().__init__(f"{patient} has no override in force")
 
 
-__all__ = ["AssignmentMoved", "IneligibleClinician", "InvalidChoice", "InvalidInput",
-           "InvalidReference", "MissingText", "NoOverride", "NotAssigned", "PatientExcluded",
-           "PatientNotFound", "ReviewError", "UnknownClinician"]
+__all__ = [
+    "AssignmentMoved",
+    "IneligibleClinician",
+    "InvalidChoice",
+    "InvalidInput",
+    "InvalidReference",
+    "MissingText",
+    "NoOverride",
+    "NotAssigned",
+    "PatientExcluded",
+    "PatientNotFound",
+    "ReviewError",
+    "UnknownClinician",
+]

@@ -61,9 +61,13 @@ def _no_progress() -> Iterator[Progress | None]:
     yield None
 
 
-def run_pass(settings: Settings, source_spec: str, as_of: date,
-             options: PassOptions | None = None,
-             reading: ReadingProgress = _no_progress) -> PassResult:
+def run_pass(
+    settings: Settings,
+    source_spec: str,
+    as_of: date,
+    options: PassOptions | None = None,
+    reading: ReadingProgress = _no_progress,
+) -> PassResult:
     """One pass over `source_spec` (a FHIR base URL, `ndjson:DIR` or `bulk:BASE`) on `as_of`.
     A writing pass takes the refresh lease in `settings.database` first (BusyError when another
     run holds it); ChangeHeld when the brake stops it. `reading` shows the read's progress."""
@@ -77,15 +81,20 @@ def run_pass(settings: Settings, source_spec: str, as_of: date,
 
     store = Store(settings.database)
     try:
-        with leased_run(settings, store, RunKind.RUN, options.trigger, source_spec,
-                        as_of) as lease:
+        with leased_run(settings, store, RunKind.RUN, options.trigger, source_spec, as_of) as lease:
             return _pass(settings, source_spec, as_of, options, reading, lease=lease)
     finally:
         store.close()
 
 
-def _pass(settings: Settings, spec: str, as_of: date, options: PassOptions,
-          reading: ReadingProgress, lease: Lease | None) -> PassResult:
+def _pass(
+    settings: Settings,
+    spec: str,
+    as_of: date,
+    options: PassOptions,
+    reading: ReadingProgress,
+    lease: Lease | None,
+) -> PassResult:
     from fhirpanel.fhir.bulk import BulkSource
     from fhirpanel.report import build_report
     from fhirpanel.run import run_full
@@ -99,25 +108,38 @@ def _pass(settings: Settings, spec: str, as_of: date, options: PassOptions,
         source.close()  # the downloaded NDJSON is read; the client stays for write-back
     writeback = None
     if isinstance(source, ServerSource | BulkSource):
-        writeback = _write_back(settings, spec, outcome, source.client, options, lease,
-                                tables.writeback)
+        writeback = _write_back(
+            settings, spec, outcome, source.client, options, lease, tables.writeback
+        )
     elif options.write:
         raise ConfigError(NOT_A_SERVER)
     if lease is not None and writeback is not None:
         failed = writeback.counts.total("failed")
-        lease.finish(RunStatus.PARTIAL if failed else RunStatus.SUCCEEDED,
-                     counts={"written": writeback.written, "writeback": writeback.counts.as_dict(),
-                             "writeback_failed": failed, "issues": len(outcome.population.issues)},
-                     seconds=round(time.perf_counter() - started, 3))
+        lease.finish(
+            RunStatus.PARTIAL if failed else RunStatus.SUCCEEDED,
+            counts={
+                "written": writeback.written,
+                "writeback": writeback.counts.as_dict(),
+                "writeback_failed": failed,
+                "issues": len(outcome.population.issues),
+            },
+            seconds=round(time.perf_counter() - started, 3),
+        )
     report = build_report(outcome)
     if writeback is not None:
         report["writeback"] = writeback.as_report()
     return PassResult(outcome, report, writeback)
 
 
-def _write_back(settings: Settings, spec: str, outcome: RunOutcome, client: Any,
-                options: PassOptions, lease: Lease | None,
-                tables: WritebackTables) -> WriteSummary:
+def _write_back(
+    settings: Settings,
+    spec: str,
+    outcome: RunOutcome,
+    client: Any,
+    options: PassOptions,
+    lease: Lease | None,
+    tables: WritebackTables,
+) -> WriteSummary:
     """Plan (no lease: a dry run) or write, behind the brake, remembering unconfirmed writes."""
     from fhirpanel.writeback import WriteBackInterrupted, write_back
 
@@ -126,11 +148,14 @@ def _write_back(settings: Settings, spec: str, outcome: RunOutcome, client: Any,
     if lease is not None:
         from fhirpanel.jobs.refresh import unconfirmed_writes
 
-        extra = {"guard": _write_guard(settings, spec, options, lease, accepted),
-                 "unconfirmed": unconfirmed_writes(lease.store, spec)}
+        extra = {
+            "guard": _write_guard(settings, spec, options, lease, accepted),
+            "unconfirmed": unconfirmed_writes(lease.store, spec),
+        }
     try:
-        writeback = write_back(outcome, client, settings.writeback, dry_run=not options.write,
-                               tables=tables, **extra)
+        writeback = write_back(
+            outcome, client, settings.writeback, dry_run=not options.write, tables=tables, **extra
+        )
     except WriteBackInterrupted as exc:
         if lease is not None:
             _remember_unconfirmed(lease, spec, exc.summary)
@@ -153,8 +178,9 @@ def _remember_unconfirmed(lease: Lease, source: str, summary: Any) -> None:
         save_unconfirmed(lease.store, s, source, summary, lease.run_id)
 
 
-def _write_guard(settings: Settings, source: str, options: PassOptions, lease: Lease,
-                 accepted: list[bool]) -> Callable[[tuple[int, int], tuple[int, int]], None]:
+def _write_guard(
+    settings: Settings, source: str, options: PassOptions, lease: Lease, accepted: list[bool]
+) -> Callable[[tuple[int, int], tuple[int, int]], None]:
     """`write_back(guard=...)` for a writing pass: the brake on ended PCP participations and
     changed assignments, checked after the CareTeams are planned and before anything is sent."""
     from fhirpanel.jobs.refresh import check_write_brake
@@ -163,7 +189,13 @@ def _write_guard(settings: Settings, source: str, options: PassOptions, lease: L
         from fhirpanel.jobs import brake
 
         change = brake.figures(settings.safety, ended=ended, changed=changed)
-        accepted[0] = check_write_brake(settings, lease.store, source, change,
-                                        what="run --write", accept_all=options.accept_change)
+        accepted[0] = check_write_brake(
+            settings,
+            lease.store,
+            source,
+            change,
+            what="run --write",
+            accept_all=options.accept_change,
+        )
 
     return guard

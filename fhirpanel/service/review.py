@@ -54,7 +54,7 @@ WRITTEN = (("CareTeam", CARE_TEAM_KIND), ("CarePlan", CARE_PLAN_KIND))
 def reference(rtype: str, raw: str) -> str | None:
     """`pat-1` or `Patient/pat-1` → `Patient/pat-1`; None when it is not a FHIR id (the one
     check of a reference, for paths, bodies, forms and query parameters alike)."""
-    value = raw[len(rtype) + 1:] if raw.startswith(rtype + "/") else raw
+    value = raw[len(rtype) + 1 :] if raw.startswith(rtype + "/") else raw
     return f"{rtype}/{value}" if FHIR_ID.fullmatch(value) else None
 
 
@@ -77,20 +77,23 @@ class StoreForReview(Protocol):
 
     def clinicians(self) -> list[dict[str, Any]]: ...
 
-    def add_override(self, patient: str, practitioner: str, *, reason: str, requested_by: str,
-                     actor: str) -> dict[str, Any]: ...
+    def add_override(
+        self, patient: str, practitioner: str, *, reason: str, requested_by: str, actor: str
+    ) -> dict[str, Any]: ...
 
     def remove_override(self, patient: str, actor: str) -> bool: ...
 
-    def confirm(self, patient: str, practitioner: str, *, confirmed_by: str, actor: str,
-                note: str = "") -> dict[str, Any]: ...
+    def confirm(
+        self, patient: str, practitioner: str, *, confirmed_by: str, actor: str, note: str = ""
+    ) -> dict[str, Any]: ...
 
 
 class PatientReader(Protocol):
     """A patient's whole record in one read (`fhirpanel.store.reads.patient_record`)."""
 
-    def __call__(self, patient: str, *, ledger: Sequence[tuple[str, str]],
-                 audit_limit: int) -> dict[str, Any] | None: ...
+    def __call__(
+        self, patient: str, *, ledger: Sequence[tuple[str, str]], audit_limit: int
+    ) -> dict[str, Any] | None: ...
 
 
 # ---------------------------------------------------------------- results
@@ -175,25 +178,37 @@ class Explanation:
 
     def as_dict(self) -> dict[str, Any]:
         """The explanation as `GET /api/patients/{patient}` serves it."""
-        state = {k: v for k, v in self.state.items()
-                 if k not in ("detail", "suggested", "suggestion_reason")}
+        state = {
+            k: v
+            for k, v in self.state.items()
+            if k not in ("detail", "suggested", "suggestion_reason")
+        }
         suggested = self.state.get("suggested")
         detail = self.detail
         return {
             **state,
-            "suggested": ({"practitioner": suggested,
-                           "reason": self.state.get("suggestion_reason")}
-                          if suggested else None),
+            "suggested": (
+                {"practitioner": suggested, "reason": self.state.get("suggestion_reason")}
+                if suggested
+                else None
+            ),
             "tie_broken": bool(detail.get("tie_broken", False)),
             "sentinel_exam": detail.get("sentinel_exam"),
             "practitioner_role": detail.get("practitioner_role"),
             "visits": self.visits,
             "evidence": self.evidence,
             "risk": self.risk,
-            "written": {rtype: None if entry is None else {
-                "reference": f"{rtype}/{entry['id']}", "version": entry["version"],
-                "identifier": entry["identifier"], "updated_at": entry["updated_at"]}
-                for rtype, entry in self.written.items()},
+            "written": {
+                rtype: None
+                if entry is None
+                else {
+                    "reference": f"{rtype}/{entry['id']}",
+                    "version": entry["version"],
+                    "identifier": entry["identifier"],
+                    "updated_at": entry["updated_at"],
+                }
+                for rtype, entry in self.written.items()
+            },
             "history": self.history,
             "active_override": self.active_override,
             "overrides": self.overrides,
@@ -210,8 +225,9 @@ class ReviewService:
     """One entry point's view of reviewing: `by` names it on the runs it starts and in the
     log (`api`, `dashboard`)."""
 
-    def __init__(self, store: StoreForReview, read_patient: PatientReader, trigger: Trigger,
-                 by: str) -> None:
+    def __init__(
+        self, store: StoreForReview, read_patient: PatientReader, trigger: Trigger, by: str
+    ) -> None:
         self._store = store
         self._read_patient = read_patient
         self._trigger = trigger
@@ -246,11 +262,16 @@ class ReviewService:
             raise PatientNotFound(ref)
         written = record["ledger"]
         return Explanation(
-            patient=ref, state=record["state"],
+            patient=ref,
+            state=record["state"],
             written={rtype: written.get(rtype) for rtype, _ in WRITTEN},
-            history=record["history"], overrides=record["overrides"],
-            active_override=record["active_override"], confirmations=record["confirmations"],
-            pending=bool(record["pending"]), audit=record["audit"])
+            history=record["history"],
+            overrides=record["overrides"],
+            active_override=record["active_override"],
+            confirmations=record["confirmations"],
+            pending=bool(record["pending"]),
+            audit=record["audit"],
+        )
 
     def eligible_clinicians(self) -> list[dict[str, Any]]:
         """The clinicians an override may choose (as `Store.clinicians`)."""
@@ -268,8 +289,15 @@ class ReviewService:
 
     # ------------------------------------------------------------ changes
 
-    def override(self, patient: str | Patient, practitioner: str, *, reason: str,
-                 requested_by: str, actor: str) -> Overridden:
+    def override(
+        self,
+        patient: str | Patient,
+        practitioner: str,
+        *,
+        reason: str,
+        requested_by: str,
+        actor: str,
+    ) -> Overridden:
         """Assign the patient to an eligible clinician by hand; it takes effect at the next
         refresh, which is asked for. Checked in this order: the patient, the clinician, who
         asked, the reason, and that the patient is active."""
@@ -283,8 +311,9 @@ class ReviewService:
         if target.status == "excluded":
             raise PatientExcluded(target.ref, target.state.get("reason"))
         ref = str(clinician["practitioner"])
-        stored = self._store.add_override(target.ref, ref, reason=reason,
-                                          requested_by=requested_by, actor=actor)
+        stored = self._store.add_override(
+            target.ref, ref, reason=reason, requested_by=requested_by, actor=actor
+        )
         log.info("%s: %s overrode %s to %s", self._by, actor, target.ref, ref)
         return Overridden(stored, clinician, self.ask_refresh())
 
@@ -296,8 +325,15 @@ class ReviewService:
         log.info("%s: %s removed the override of %s", self._by, actor, target.ref)
         return OverrideRemoved(target.ref, self.ask_refresh())
 
-    def confirm(self, patient: str | Patient, *, confirmed_by: str, actor: str,
-                shown: str | None = None, note: str = "") -> dict[str, Any]:
+    def confirm(
+        self,
+        patient: str | Patient,
+        *,
+        confirmed_by: str,
+        actor: str,
+        shown: str | None = None,
+        note: str = "",
+    ) -> dict[str, Any]:
         """Confirm the patient's current clinician with the clinician or the patient.
         `shown`: the clinician the caller saw; when a refresh has moved the patient since,
         nothing is confirmed (AssignmentMoved), and the same when a refresh commits a move
@@ -313,11 +349,17 @@ class ReviewService:
             if seen != current:
                 raise AssignmentMoved(target.ref, current=current, shown=seen)
         try:
-            confirmation = self._store.confirm(target.ref, current, confirmed_by=confirmed_by,
-                                               actor=actor, note=" ".join(note.split()))
+            confirmation = self._store.confirm(
+                target.ref,
+                current,
+                confirmed_by=confirmed_by,
+                actor=actor,
+                note=" ".join(note.split()),
+            )
         except AssignmentChanged as exc:
-            raise AssignmentMoved(target.ref, current=None, shown=current,
-                                  message=str(exc)) from exc
+            raise AssignmentMoved(
+                target.ref, current=None, shown=current, message=str(exc)
+            ) from exc
         log.info("%s: %s confirmed %s with the %s", self._by, actor, target.ref, confirmed_by)
         return confirmation
 
@@ -330,14 +372,28 @@ class ReviewService:
             log.warning("could not start a refresh after a change: %s", type(exc).__name__)
             # Our own errors say what to fix (no source configured, say); others stay in the
             # log.
-            detail = (str(exc) if isinstance(exc, FhirpanelError)
-                      else "the refresh could not start; the next one applies the change")
+            detail = (
+                str(exc)
+                if isinstance(exc, FhirpanelError)
+                else "the refresh could not start; the next one applies the change"
+            )
             return Refresh(None, False, detail)
         if run_id is None:
             return Refresh(None, False, "a refresh is running; the next one applies the change")
         return Refresh(run_id, True, "a refresh has started")
 
 
-__all__ = ["AUDIT_LIMIT", "Explanation", "Overridden", "OverrideRemoved", "Patient",
-           "PatientReader", "Refresh", "ReviewService", "StoreForReview", "Trigger", "reference",
-           "require_reference"]
+__all__ = [
+    "AUDIT_LIMIT",
+    "Explanation",
+    "Overridden",
+    "OverrideRemoved",
+    "Patient",
+    "PatientReader",
+    "Refresh",
+    "ReviewService",
+    "StoreForReview",
+    "Trigger",
+    "reference",
+    "require_reference",
+]

@@ -103,13 +103,16 @@ class StoreEngine:
                     if not self.is_sqlite:
                         # The worker and the API starting together on an empty database: one
                         # migrates, the other waits.
-                        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
-                                           {"key": MIGRATION_LOCK_KEY})
+                        connection.execute(
+                            text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                        )
                     config.attributes["connection"] = connection
                     command.upgrade(config, "head")
             except SQLAlchemyError as exc:
-                raise StoreError(f"cannot migrate the store at {self.describe()}: "
-                                 f"{' '.join(str(exc).split())[:300]}") from exc
+                raise StoreError(
+                    f"cannot migrate the store at {self.describe()}: "
+                    f"{' '.join(str(exc).split())[:300]}"
+                ) from exc
 
     @contextlib.contextmanager
     def _migration_lock(self) -> Iterator[None]:

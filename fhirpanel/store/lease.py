@@ -64,8 +64,9 @@ def new_holder() -> str:
     """The id of a lease holder in this process (two calls differ: two stores in one process)."""
     pid = os.getpid()
     host = socket.gethostname()[:_HOST_MAX].replace(":", "_")
-    return str(Holder(host, pid, process_start(pid) or "", boot_id(), pid_namespace(),
-                      os.urandom(4).hex()))
+    return str(
+        Holder(host, pid, process_start(pid) or "", boot_id(), pid_namespace(), os.urandom(4).hex())
+    )
 
 
 def lock_holder_id() -> str:
@@ -121,7 +122,7 @@ def _stat_fields(pid: int) -> list[str] | None:
     except OSError:
         return None
     close = raw.rfind(")")
-    return raw[close + 1:].split() if close >= 0 else None
+    return raw[close + 1 :].split() if close >= 0 else None
 
 
 def boot_id() -> str:
@@ -147,8 +148,9 @@ class LeaseStore(StoreEngine):
         now = now_utc()
         try:
             with self.session() as s:
-                s.execute(insert(Lock).values(name=name, holder=holder, acquired_at=now,
-                                              heartbeat_at=now))
+                s.execute(
+                    insert(Lock).values(name=name, holder=holder, acquired_at=now, heartbeat_at=now)
+                )
             return True
         except IntegrityError:
             pass
@@ -161,29 +163,50 @@ class LeaseStore(StoreEngine):
             dead = previous != holder and holder_is_dead(previous)
             if previous != holder and not dead and (now - beat).total_seconds() < stale_seconds:
                 return False
-            result = s.execute(update(Lock).where(
-                Lock.name == name, Lock.holder == previous,
-                Lock.heartbeat_at == row.heartbeat_at,
-            ).values(holder=holder, acquired_at=now, heartbeat_at=now))
+            result = s.execute(
+                update(Lock)
+                .where(
+                    Lock.name == name,
+                    Lock.holder == previous,
+                    Lock.heartbeat_at == row.heartbeat_at,
+                )
+                .values(holder=holder, acquired_at=now, heartbeat_at=now)
+            )
             taken = bool(getattr(result, "rowcount", 0) == 1)
             if taken and previous != holder and name == REFRESH_LOCK:
                 # Only the holder of the refresh lock runs: whatever is still `running` was
                 # its run, and it will never finish.
-                why = ("its process is gone (same host)" if dead
-                       else f"its lease was not renewed for {stale_seconds:g}s")
-                s.execute(update(Run).where(Run.status == RunStatus.RUNNING).values(
-                    status=RunStatus.CRASHED, finished_at=now,
-                    error=f"the process running it stopped before finishing: {why}"))
+                why = (
+                    "its process is gone (same host)"
+                    if dead
+                    else f"its lease was not renewed for {stale_seconds:g}s"
+                )
+                s.execute(
+                    update(Run)
+                    .where(Run.status == RunStatus.RUNNING)
+                    .values(
+                        status=RunStatus.CRASHED,
+                        finished_at=now,
+                        error=f"the process running it stopped before finishing: {why}",
+                    )
+                )
         if taken and previous != holder:
-            log.warning("took over the %s lock from %s: %s", name, previous,
-                        "its process is gone" if dead else "stale")
+            log.warning(
+                "took over the %s lock from %s: %s",
+                name,
+                previous,
+                "its process is gone" if dead else "stale",
+            )
         return taken
 
     def heartbeat(self, holder: str, name: str = REFRESH_LOCK) -> bool:
         """Renew the lease; False when it is no longer ours (taken over as stale)."""
         with self.session() as s:
-            result = s.execute(update(Lock).where(Lock.name == name, Lock.holder == holder)
-                               .values(heartbeat_at=now_utc()))
+            result = s.execute(
+                update(Lock)
+                .where(Lock.name == name, Lock.holder == holder)
+                .values(heartbeat_at=now_utc())
+            )
             return bool(getattr(result, "rowcount", 0) == 1)
 
     @staticmethod
@@ -201,5 +224,8 @@ class LeaseStore(StoreEngine):
             row = s.get(Lock, name)
             if row is None:
                 return None
-            return {"holder": row.holder, "acquired_at": iso(row.acquired_at),
-                    "heartbeat_at": iso(row.heartbeat_at)}
+            return {
+                "holder": row.holder,
+                "acquired_at": iso(row.acquired_at),
+                "heartbeat_at": iso(row.heartbeat_at),
+            }

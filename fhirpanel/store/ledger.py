@@ -30,9 +30,14 @@ class LedgerStore(StoreEngine):
             row = s.get(LedgerEntry, (rtype, identifier))
             if row is None:
                 return None
-            return {"rtype": rtype, "identifier": identifier, "id": row.server_id,
-                    "version": row.version, "hash": row.content_hash,
-                    "updated_at": iso(row.updated_at)}
+            return {
+                "rtype": rtype,
+                "identifier": identifier,
+                "id": row.server_id,
+                "version": row.version,
+                "hash": row.content_hash,
+                "updated_at": iso(row.updated_at),
+            }
 
 
 @dataclass
@@ -50,9 +55,12 @@ class StoreLedger:
         unique = sorted(set(identifiers))
         with self.store.session() as s:
             for start in range(0, len(unique), CHUNK):
-                rows = s.scalars(select(LedgerEntry).where(
-                    LedgerEntry.rtype == rtype,
-                    LedgerEntry.identifier.in_(unique[start:start + CHUNK])))
+                rows = s.scalars(
+                    select(LedgerEntry).where(
+                        LedgerEntry.rtype == rtype,
+                        LedgerEntry.identifier.in_(unique[start : start + CHUNK]),
+                    )
+                )
                 for row in rows:
                     try:
                         resource = orjson.loads(zlib.decompress(row.resource))
@@ -70,16 +78,22 @@ class StoreLedger:
         version = meta.get("versionId") if isinstance(meta, Mapping) else None
         raw = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
         self.pending[(rtype, identifier)] = {
-            "rtype": rtype, "identifier": identifier, "server_id": rid,
+            "rtype": rtype,
+            "identifier": identifier,
+            "server_id": rid,
             "version": str(version) if version else None,
             "content_hash": hashlib.sha256(raw).hexdigest(),
-            "resource": zlib.compress(raw, 6), "run_id": self.run_id,
+            "resource": zlib.compress(raw, 6),
+            "run_id": self.run_id,
         }
 
     def forget(self, rtype: str, identifier: str) -> None:
         """A resource that could not be written: drop any record so the next pass re-reads."""
-        self.pending[(rtype, identifier)] = {"rtype": rtype, "identifier": identifier,
-                                             "forget": True}
+        self.pending[(rtype, identifier)] = {
+            "rtype": rtype,
+            "identifier": identifier,
+            "forget": True,
+        }
 
     def flush(self, s: Session) -> int:
         now = now_utc()
@@ -91,9 +105,12 @@ class StoreLedger:
         for rtype, rows in by_type.items():
             keys = [r["identifier"] for r in rows]
             for start in range(0, len(keys), CHUNK):
-                s.execute(delete(LedgerEntry).where(
-                    LedgerEntry.rtype == rtype,
-                    LedgerEntry.identifier.in_(keys[start:start + CHUNK])))
+                s.execute(
+                    delete(LedgerEntry).where(
+                        LedgerEntry.rtype == rtype,
+                        LedgerEntry.identifier.in_(keys[start : start + CHUNK]),
+                    )
+                )
             keep = [dict(r, updated_at=now) for r in rows if not r.get("forget")]
             if keep:
                 s.execute(insert(LedgerEntry), keep)

@@ -177,9 +177,13 @@ class Override(Base):
     __tablename__ = "overrides"
     __table_args__ = (
         # At most one override in force per patient (migration 0003).
-        Index("uq_overrides_active_patient", "patient", unique=True,
-              sqlite_where=text("removed_at IS NULL"),
-              postgresql_where=text("removed_at IS NULL")),
+        Index(
+            "uq_overrides_active_patient",
+            "patient",
+            unique=True,
+            sqlite_where=text("removed_at IS NULL"),
+            postgresql_where=text("removed_at IS NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

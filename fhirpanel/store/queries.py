@@ -19,11 +19,24 @@ from fhirpanel.store.models import Clinician, Lock, Override, PatientState, Pend
 from fhirpanel.store.repository import REFRESH_LOCK, Store, run_dict
 
 # Columns a list row needs (the per-patient `detail` JSON is read separately, for a page).
-LIST_COLUMNS = (PatientState.patient, PatientState.status, PatientState.practitioner,
-                PatientState.rule, PatientState.step, PatientState.reason, PatientState.tier,
-                PatientState.charlson, PatientState.hcc, PatientState.ccm_eligible,
-                PatientState.last_visit, PatientState.confirmation, PatientState.override,
-                PatientState.outreach, PatientState.suggested, PatientState.suggestion_reason)
+LIST_COLUMNS = (
+    PatientState.patient,
+    PatientState.status,
+    PatientState.practitioner,
+    PatientState.rule,
+    PatientState.step,
+    PatientState.reason,
+    PatientState.tier,
+    PatientState.charlson,
+    PatientState.hcc,
+    PatientState.ccm_eligible,
+    PatientState.last_visit,
+    PatientState.confirmation,
+    PatientState.override,
+    PatientState.outreach,
+    PatientState.suggested,
+    PatientState.suggestion_reason,
+)
 SORTS: dict[str, tuple[Any, ...]] = {
     "patient": (PatientState.patient,),
     "tier": (PatientState.tier, PatientState.patient),
@@ -33,8 +46,14 @@ SORTS: dict[str, tuple[Any, ...]] = {
 }
 SORT_VALUES = tuple(v for key in SORTS for v in (key, "-" + key))
 OUTREACH_KINDS = ("not-seen", "no-sentinel")  # reasons look like `not-seen-12m`
-DRIVER_KEYS = ("charlson_categories", "hccs", "chronic_conditions", "ed_visits",
-               "inpatient_stays", "tier_rule")
+DRIVER_KEYS = (
+    "charlson_categories",
+    "hccs",
+    "chronic_conditions",
+    "ed_visits",
+    "inpatient_stays",
+    "tier_rule",
+)
 
 
 @dataclass(frozen=True)
@@ -60,29 +79,47 @@ def ordering(sort: str) -> list[Any]:
     return [first, *columns[1:]]
 
 
-def _page(store: Store, conditions: Sequence[Any], sort: str, page: int, page_size: int, *,
-          clamp: bool, detail: bool) -> Page:
+def _page(
+    store: Store,
+    conditions: Sequence[Any],
+    sort: str,
+    page: int,
+    page_size: int,
+    *,
+    clamp: bool,
+    detail: bool,
+) -> Page:
     """`clamp`: a page past the end gives the last page (the dashboard); otherwise it is empty
     (the API, whose links say where the pages are). `detail`: add each row's risk drivers,
     read for the page's rows only so the sort never carries the JSON."""
     page_size = max(1, page_size)
     with store.session() as s:
-        total = int(s.scalar(select(func.count()).select_from(PatientState)
-                             .where(*conditions)) or 0)
+        total = int(
+            s.scalar(select(func.count()).select_from(PatientState).where(*conditions)) or 0
+        )
         page = max(1, page)
         if clamp:
             page = min(page, max(1, -(-total // page_size)))
         rows: list[dict[str, Any]] = []
         if (page - 1) * page_size < total:
-            result = s.execute(select(*LIST_COLUMNS).where(*conditions)
-                               .order_by(*ordering(sort))
-                               .limit(page_size).offset((page - 1) * page_size))
+            result = s.execute(
+                select(*LIST_COLUMNS)
+                .where(*conditions)
+                .order_by(*ordering(sort))
+                .limit(page_size)
+                .offset((page - 1) * page_size)
+            )
             rows = [dict(r) for r in result.mappings()]
         details: dict[str, Any] = {}
         if detail and rows:
-            details = {p: d for p, d in s.execute(
-                select(PatientState.patient, PatientState.detail)
-                .where(PatientState.patient.in_([r["patient"] for r in rows])))}
+            details = {
+                p: d
+                for p, d in s.execute(
+                    select(PatientState.patient, PatientState.detail).where(
+                        PatientState.patient.in_([r["patient"] for r in rows])
+                    )
+                )
+            }
     for row in rows:
         row["outreach"] = list(row.get("outreach") or [])
         if detail:
@@ -101,10 +138,19 @@ def has_outreach() -> Any:
     return func.json_array_length(PatientState.outreach) > 0
 
 
-def panel_patients(store: Store, practitioner: str, *, tier: int | None = None,
-                   unconfirmed: bool = False, overdue: bool = False, sort: str = "patient",
-                   page: int = 1, page_size: int = 50, clamp: bool = False,
-                   detail: bool = False) -> Page:
+def panel_patients(
+    store: Store,
+    practitioner: str,
+    *,
+    tier: int | None = None,
+    unconfirmed: bool = False,
+    overdue: bool = False,
+    sort: str = "patient",
+    page: int = 1,
+    page_size: int = 50,
+    clamp: bool = False,
+    detail: bool = False,
+) -> Page:
     """The assigned patients of one clinician. `overdue`: flagged for outreach."""
     conditions = _in_panel(practitioner)
     if tier is not None:
@@ -116,8 +162,15 @@ def panel_patients(store: Store, practitioner: str, *, tier: int | None = None,
     return _page(store, conditions, sort, page, page_size, clamp=clamp, detail=detail)
 
 
-def unassigned_patients(store: Store, *, tier: int | None = None, sort: str = "-tier",
-                        page: int = 1, page_size: int = 50, clamp: bool = False) -> Page:
+def unassigned_patients(
+    store: Store,
+    *,
+    tier: int | None = None,
+    sort: str = "-tier",
+    page: int = 1,
+    page_size: int = 50,
+    clamp: bool = False,
+) -> Page:
     """Active patients no clinician qualified for, with the suggested clinician."""
     conditions: list[Any] = [PatientState.status == "unassigned"]
     if tier is not None:
@@ -125,9 +178,16 @@ def unassigned_patients(store: Store, *, tier: int | None = None, sort: str = "-
     return _page(store, conditions, sort, page, page_size, clamp=clamp, detail=False)
 
 
-def outreach_patients(store: Store, *, practitioner: str | None = None,
-                      reason: str | None = None, sort: str = "-tier", page: int = 1,
-                      page_size: int = 50, clamp: bool = False) -> Page:
+def outreach_patients(
+    store: Store,
+    *,
+    practitioner: str | None = None,
+    reason: str | None = None,
+    sort: str = "-tier",
+    page: int = 1,
+    page_size: int = 50,
+    clamp: bool = False,
+) -> Page:
     """Assigned patients flagged for outreach; `reason` is `not-seen` or `no-sentinel`."""
     if practitioner:
         conditions = [*_in_panel(practitioner), has_outreach()]
@@ -146,17 +206,27 @@ def practice_totals(store: Store) -> dict[str, int]:
 
 
 def _practice_totals(s: Session) -> dict[str, int]:
-    by_status = {str(k): int(v) for k, v in s.execute(
-        select(PatientState.status, func.count()).group_by(PatientState.status))}
+    by_status = {
+        str(k): int(v)
+        for k, v in s.execute(
+            select(PatientState.status, func.count()).group_by(PatientState.status)
+        )
+    }
     # The clinicians table keeps each panel's unconfirmed count: no patient scan needed.
     unconfirmed = s.scalar(select(func.coalesce(func.sum(Clinician.unconfirmed), 0)))
-    overrides = s.scalar(select(func.count()).select_from(Override)
-                         .where(Override.removed_at.is_(None)))
+    overrides = s.scalar(
+        select(func.count()).select_from(Override).where(Override.removed_at.is_(None))
+    )
     pending = s.scalar(select(func.count()).select_from(PendingPatient))
-    return {"patients": sum(by_status.values()), "assigned": by_status.get("assigned", 0),
-            "unassigned": by_status.get("unassigned", 0),
-            "excluded": by_status.get("excluded", 0), "unconfirmed": int(unconfirmed or 0),
-            "overrides": int(overrides or 0), "pending": int(pending or 0)}
+    return {
+        "patients": sum(by_status.values()),
+        "assigned": by_status.get("assigned", 0),
+        "unassigned": by_status.get("unassigned", 0),
+        "excluded": by_status.get("excluded", 0),
+        "unconfirmed": int(unconfirmed or 0),
+        "overrides": int(overrides or 0),
+        "pending": int(pending or 0),
+    }
 
 
 def is_pending(store: Store, patient: str) -> bool:
@@ -185,12 +255,17 @@ FINISHED = ("succeeded", "partial", "failed")
 def store_figures(store: Store) -> StoreFigures:
     figures = StoreFigures()
     with store.session() as s:
-        for kind, status, n in s.execute(select(Run.kind, Run.status, func.count())
-                                         .group_by(Run.kind, Run.status)):
+        for kind, status, n in s.execute(
+            select(Run.kind, Run.status, func.count()).group_by(Run.kind, Run.status)
+        ):
             figures.runs[(str(kind), str(status))] = int(n)
         for kind in sorted({k for k, _ in figures.runs}):
-            row = s.scalars(select(Run).where(Run.kind == kind, Run.status.in_(FINISHED))
-                            .order_by(Run.id.desc()).limit(1)).first()
+            row = s.scalars(
+                select(Run)
+                .where(Run.kind == kind, Run.status.in_(FINISHED))
+                .order_by(Run.id.desc())
+                .limit(1)
+            ).first()
             if row is not None:
                 figures.last_runs[kind] = run_dict(row)
         figures.totals = _practice_totals(s)

@@ -37,8 +37,9 @@ _outreach_lock = threading.Lock()
 # ---------------------------------------------------------------- one patient
 
 
-def patient_record(store: Store, patient: str, *, ledger: Sequence[tuple[str, str]] = (),
-                   audit_limit: int = 50) -> dict[str, Any] | None:
+def patient_record(
+    store: Store, patient: str, *, ledger: Sequence[tuple[str, str]] = (), audit_limit: int = 50
+) -> dict[str, Any] | None:
     """Everything stored about one patient, read in one session; None when the last refresh
     has no such patient. `ledger`: the (resource type, identifier) pairs of what may have been
     written for the patient; each comes back under its type, None when not written.
@@ -49,36 +50,82 @@ def patient_record(store: Store, patient: str, *, ledger: Sequence[tuple[str, st
         row = s.get(PatientState, patient)
         if row is None:
             return None
-        history = [{"status": r.status, "practitioner": r.practitioner, "rule": r.rule,
-                    "step": r.step, "valid_from": iso(r.valid_from),
-                    "valid_to": iso(r.valid_to), "run_id": r.run_id}
-                   for r in s.scalars(select(AssignmentHistory)
-                                      .where(AssignmentHistory.patient == patient)
-                                      .order_by(AssignmentHistory.id))]
-        overrides = [override_dict(r) for r in s.scalars(
-            select(Override).where(Override.patient == patient).order_by(Override.id))]
-        confirmations = [{"practitioner": r.practitioner, "confirmed_by": r.confirmed_by,
-                          "note": r.note, "actor": r.actor, "created_at": iso(r.created_at)}
-                         for r in s.scalars(select(Confirmation)
-                                            .where(Confirmation.patient == patient)
-                                            .order_by(Confirmation.id))]
-        audit = [{"at": iso(r.at), "actor": r.actor, "action": r.action,
-                  "patient": r.patient, "detail": r.detail}
-                 for r in s.scalars(select(AuditEntry).where(AuditEntry.patient == patient)
-                                    .order_by(AuditEntry.id.desc()).limit(audit_limit))]
+        history = [
+            {
+                "status": r.status,
+                "practitioner": r.practitioner,
+                "rule": r.rule,
+                "step": r.step,
+                "valid_from": iso(r.valid_from),
+                "valid_to": iso(r.valid_to),
+                "run_id": r.run_id,
+            }
+            for r in s.scalars(
+                select(AssignmentHistory)
+                .where(AssignmentHistory.patient == patient)
+                .order_by(AssignmentHistory.id)
+            )
+        ]
+        overrides = [
+            override_dict(r)
+            for r in s.scalars(
+                select(Override).where(Override.patient == patient).order_by(Override.id)
+            )
+        ]
+        confirmations = [
+            {
+                "practitioner": r.practitioner,
+                "confirmed_by": r.confirmed_by,
+                "note": r.note,
+                "actor": r.actor,
+                "created_at": iso(r.created_at),
+            }
+            for r in s.scalars(
+                select(Confirmation)
+                .where(Confirmation.patient == patient)
+                .order_by(Confirmation.id)
+            )
+        ]
+        audit = [
+            {
+                "at": iso(r.at),
+                "actor": r.actor,
+                "action": r.action,
+                "patient": r.patient,
+                "detail": r.detail,
+            }
+            for r in s.scalars(
+                select(AuditEntry)
+                .where(AuditEntry.patient == patient)
+                .order_by(AuditEntry.id.desc())
+                .limit(audit_limit)
+            )
+        ]
         written: dict[str, dict[str, Any] | None] = {}
         for rtype, identifier in ledger:
             entry = s.get(LedgerEntry, (rtype, identifier))
-            written[rtype] = None if entry is None else {
-                "rtype": rtype, "identifier": identifier, "id": entry.server_id,
-                "version": entry.version, "hash": entry.content_hash,
-                "updated_at": iso(entry.updated_at)}
+            written[rtype] = (
+                None
+                if entry is None
+                else {
+                    "rtype": rtype,
+                    "identifier": identifier,
+                    "id": entry.server_id,
+                    "version": entry.version,
+                    "hash": entry.content_hash,
+                    "updated_at": iso(entry.updated_at),
+                }
+            )
         pending = s.get(PendingPatient, patient) is not None
         return {
-            "state": patient_dict(row), "history": history, "overrides": overrides,
+            "state": patient_dict(row),
+            "history": history,
+            "overrides": overrides,
             # One active override at most (a partial unique index, migration 0003).
             "active_override": next((o for o in overrides if o["removed_at"] is None), None),
-            "confirmations": confirmations, "pending": pending, "audit": audit,
+            "confirmations": confirmations,
+            "pending": pending,
+            "audit": audit,
             "ledger": written,
         }
 
@@ -96,8 +143,14 @@ def outreach_count(store: Store) -> int:
         if key in _outreach_counts:
             return _outreach_counts[key]
     with store.session() as s:
-        count = int(s.scalar(select(func.count()).select_from(PatientState).where(
-            PatientState.status == "assigned", has_outreach())) or 0)
+        count = int(
+            s.scalar(
+                select(func.count())
+                .select_from(PatientState)
+                .where(PatientState.status == "assigned", has_outreach())
+            )
+            or 0
+        )
     with _outreach_lock:
         if len(_outreach_counts) > 64:  # bounded: one entry per store and run
             _outreach_counts.clear()
@@ -110,10 +163,14 @@ def running_run(store: Store) -> dict[str, Any] | None:
     if store.lock_info() is None:
         return None
     with store.session() as s:
-        row = s.scalars(select(Run).where(Run.status == RunStatus.RUNNING)
-                        .order_by(Run.id.desc()).limit(1)).first()
-        return run_dict(row) if row is not None else {"id": None, "kind": "refresh",
-                                                      "status": RunStatus.RUNNING.value}
+        row = s.scalars(
+            select(Run).where(Run.status == RunStatus.RUNNING).order_by(Run.id.desc()).limit(1)
+        ).first()
+        return (
+            run_dict(row)
+            if row is not None
+            else {"id": None, "kind": "refresh", "status": RunStatus.RUNNING.value}
+        )
 
 
 def pending_among(store: Store, patients: Sequence[str]) -> set[str]:
@@ -121,5 +178,8 @@ def pending_among(store: Store, patients: Sequence[str]) -> set[str]:
     if not patients:
         return set()
     with store.session() as s:
-        return set(s.scalars(select(PendingPatient.patient)
-                             .where(PendingPatient.patient.in_(list(patients)))))
+        return set(
+            s.scalars(
+                select(PendingPatient.patient).where(PendingPatient.patient.in_(list(patients)))
+            )
+        )

@@ -77,9 +77,18 @@ class ResultRows:
 class ResultStore(StoreEngine):
     """Patients, their history and the clinicians' panels."""
 
-    def save_results(self, s: Session, rows: ResultRows, run_id: int, *, full: bool,
-                     done_pending: Iterable[str] = (), started_at: datetime | None = None,
-                     gone: Sequence[str] = (), remove_missing: bool = True) -> dict[str, int]:
+    def save_results(
+        self,
+        s: Session,
+        rows: ResultRows,
+        run_id: int,
+        *,
+        full: bool,
+        done_pending: Iterable[str] = (),
+        started_at: datetime | None = None,
+        gone: Sequence[str] = (),
+        remove_missing: bool = True,
+    ) -> dict[str, int]:
         """Store the patients a run computed (all of them for a full run, which also removes
         patients no longer on the server), their history, and the panels. Returns counts of
         changed assignments.
@@ -92,9 +101,12 @@ class ResultStore(StoreEngine):
         cutoff = started_at or now
         ids = [p.patient for p in rows.patients]
         existing = _existing_states(s, ids, full=full)
-        overrides = {r.patient for r in s.scalars(
-            select(Override).where(Override.removed_at.is_(None),
-                                   Override.created_at <= cutoff))}
+        overrides = {
+            r.patient
+            for r in s.scalars(
+                select(Override).where(Override.removed_at.is_(None), Override.created_at <= cutoff)
+            )
+        }
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         history: list[dict[str, Any]] = []
@@ -102,8 +114,9 @@ class ResultStore(StoreEngine):
         changed = 0
         touched_clinicians: set[str] = set()
         for p in rows.patients:
-            row = _patient_values(p, override=p.patient in overrides and p.rule == "manual",
-                                  run_id=run_id, now=now)
+            row = _patient_values(
+                p, override=p.patient in overrides and p.rule == "manual", run_id=run_id, now=now
+            )
             before = existing.get(p.patient)
             if p.practitioner:
                 touched_clinicians.add(p.practitioner)
@@ -118,14 +131,27 @@ class ResultStore(StoreEngine):
                 changed += before is not None
                 if before is not None:
                     close_history.append(p.patient)
-                history.append({"patient": p.patient, "status": p.status,
-                                "practitioner": p.practitioner, "rule": p.rule,
-                                "step": p.step, "valid_from": now, "valid_to": None,
-                                "run_id": run_id})
+                history.append(
+                    {
+                        "patient": p.patient,
+                        "status": p.status,
+                        "practitioner": p.practitioner,
+                        "rule": p.rule,
+                        "step": p.step,
+                        "valid_from": now,
+                        "valid_to": None,
+                        "run_id": run_id,
+                    }
+                )
         for start in range(0, len(close_history), CHUNK):
-            s.execute(update(AssignmentHistory).where(
-                AssignmentHistory.patient.in_(close_history[start:start + CHUNK]),
-                AssignmentHistory.valid_to.is_(None)).values(valid_to=now))
+            s.execute(
+                update(AssignmentHistory)
+                .where(
+                    AssignmentHistory.patient.in_(close_history[start : start + CHUNK]),
+                    AssignmentHistory.valid_to.is_(None),
+                )
+                .values(valid_to=now)
+            )
         if inserts:
             s.execute(insert(PatientState), inserts)
         if updates:
@@ -141,14 +167,20 @@ class ResultStore(StoreEngine):
         else:
             vanished = sorted(set(gone) - set(ids))
         for start in range(0, len(vanished), CHUNK):
-            batch = vanished[start:start + CHUNK]
+            batch = vanished[start : start + CHUNK]
             if not full:
-                touched_clinicians.update(p for p in s.scalars(
-                    select(PatientState.practitioner).where(PatientState.patient.in_(batch)))
-                    if p)
-            s.execute(update(AssignmentHistory).where(
-                AssignmentHistory.patient.in_(batch),
-                AssignmentHistory.valid_to.is_(None)).values(valid_to=now))
+                touched_clinicians.update(
+                    p
+                    for p in s.scalars(
+                        select(PatientState.practitioner).where(PatientState.patient.in_(batch))
+                    )
+                    if p
+                )
+            s.execute(
+                update(AssignmentHistory)
+                .where(AssignmentHistory.patient.in_(batch), AssignmentHistory.valid_to.is_(None))
+                .values(valid_to=now)
+            )
             s.execute(delete(PatientState).where(PatientState.patient.in_(batch)))
         removed = len(vanished)
         if full:
@@ -159,28 +191,44 @@ class ResultStore(StoreEngine):
         if not full:
             recompute_clinicians(s, sorted(touched_clinicians))
         else:
-            recompute_clinicians(s, list(s.scalars(select(Clinician.practitioner))),
-                                 sizes=False)
+            recompute_clinicians(s, list(s.scalars(select(Clinician.practitioner))), sizes=False)
         # The queue entries and overrides this pass took in are done with.
         done = list(done_pending)
         for start in range(0, len(done), CHUNK):
-            s.execute(delete(PendingPatient).where(
-                PendingPatient.patient.in_(done[start:start + CHUNK]),
-                PendingPatient.since <= cutoff))
+            s.execute(
+                delete(PendingPatient).where(
+                    PendingPatient.patient.in_(done[start : start + CHUNK]),
+                    PendingPatient.since <= cutoff,
+                )
+            )
         applied = sorted(overrides & set(ids))
         for start in range(0, len(applied), CHUNK):
-            s.execute(update(Override).where(
-                Override.removed_at.is_(None), Override.applied_run.is_(None),
-                Override.created_at <= cutoff,
-                Override.patient.in_(applied[start:start + CHUNK])).values(applied_run=run_id))
-        return {"patients_stored": len(ids), "assignments_changed": changed,
-                "patients_new": len(inserts), "patients_removed": removed}
+            s.execute(
+                update(Override)
+                .where(
+                    Override.removed_at.is_(None),
+                    Override.applied_run.is_(None),
+                    Override.created_at <= cutoff,
+                    Override.patient.in_(applied[start : start + CHUNK]),
+                )
+                .values(applied_run=run_id)
+            )
+        return {
+            "patients_stored": len(ids),
+            "assignments_changed": changed,
+            "patients_new": len(inserts),
+            "patients_removed": removed,
+        }
 
     def assignment_states(self) -> dict[str, tuple[str, str | None]]:
         """patient -> (status, practitioner) as stored: what a pass's changes are measured on."""
         with self.session() as s:
-            return {p: (st, pr) for p, st, pr in s.execute(
-                select(PatientState.patient, PatientState.status, PatientState.practitioner))}
+            return {
+                p: (st, pr)
+                for p, st, pr in s.execute(
+                    select(PatientState.patient, PatientState.status, PatientState.practitioner)
+                )
+            }
 
     def patient_ids(self) -> list[str]:
         with self.session() as s:
@@ -193,11 +241,23 @@ class ResultStore(StoreEngine):
 
     def history(self, patient: str) -> list[dict[str, Any]]:
         with self.session() as s:
-            rows = s.scalars(select(AssignmentHistory).where(AssignmentHistory.patient == patient)
-                             .order_by(AssignmentHistory.id))
-            return [{"status": r.status, "practitioner": r.practitioner, "rule": r.rule,
-                     "step": r.step, "valid_from": iso(r.valid_from),
-                     "valid_to": iso(r.valid_to), "run_id": r.run_id} for r in rows]
+            rows = s.scalars(
+                select(AssignmentHistory)
+                .where(AssignmentHistory.patient == patient)
+                .order_by(AssignmentHistory.id)
+            )
+            return [
+                {
+                    "status": r.status,
+                    "practitioner": r.practitioner,
+                    "rule": r.rule,
+                    "step": r.step,
+                    "valid_from": iso(r.valid_from),
+                    "valid_to": iso(r.valid_to),
+                    "run_id": r.run_id,
+                }
+                for r in rows
+            ]
 
     def clinicians(self) -> list[dict[str, Any]]:
         with self.session() as s:
@@ -210,25 +270,32 @@ class ResultStore(StoreEngine):
             return clinician_dict(row) if row is not None else None
 
 
-def recompute_clinicians(s: Session, practitioners: Sequence[str], *, sizes: bool = True
-                         ) -> None:
+def recompute_clinicians(s: Session, practitioners: Sequence[str], *, sizes: bool = True) -> None:
     """Panel figures from the patients table: size, risk-adjusted size, tiers, unconfirmed.
     Capacity stays as the last full run computed it."""
     wanted = sorted(set(practitioners))
     for start in range(0, len(wanted), CHUNK):
-        batch = wanted[start:start + CHUNK]
-        assigned = (PatientState.status == "assigned")
-        totals = {p: (int(n), float(w or 0.0), int(u or 0)) for p, n, w, u in s.execute(
-            select(PatientState.practitioner, func.count(), func.sum(PatientState.weight),
-                   func.sum(case((PatientState.confirmation == "proposed", 1), else_=0)))
-            .where(assigned, PatientState.practitioner.in_(batch))
-            .group_by(PatientState.practitioner))}
+        batch = wanted[start : start + CHUNK]
+        assigned = PatientState.status == "assigned"
+        totals = {
+            p: (int(n), float(w or 0.0), int(u or 0))
+            for p, n, w, u in s.execute(
+                select(
+                    PatientState.practitioner,
+                    func.count(),
+                    func.sum(PatientState.weight),
+                    func.sum(case((PatientState.confirmation == "proposed", 1), else_=0)),
+                )
+                .where(assigned, PatientState.practitioner.in_(batch))
+                .group_by(PatientState.practitioner)
+            )
+        }
         tiers: dict[str, dict[str, int]] = {}
         for p, tier, n in s.execute(
-                select(PatientState.practitioner, PatientState.tier, func.count())
-                .where(assigned, PatientState.practitioner.in_(batch),
-                       PatientState.tier.is_not(None))
-                .group_by(PatientState.practitioner, PatientState.tier)):
+            select(PatientState.practitioner, PatientState.tier, func.count())
+            .where(assigned, PatientState.practitioner.in_(batch), PatientState.tier.is_not(None))
+            .group_by(PatientState.practitioner, PatientState.tier)
+        ):
             tiers.setdefault(str(p), {})[str(tier)] = int(n)
         for practitioner in batch:
             row = s.get(Clinician, practitioner)
@@ -245,27 +312,41 @@ def recompute_clinicians(s: Session, practitioners: Sequence[str], *, sizes: boo
                 row.updated_at = now_utc()
 
 
-def _patient_values(p: PatientRow, *, override: bool, run_id: int,
-                    now: datetime) -> dict[str, Any]:
-    return {"patient": p.patient, "status": p.status, "practitioner": p.practitioner,
-            "rule": p.rule, "step": p.step, "reason": p.reason, "tier": p.tier,
-            "charlson": p.charlson, "hcc": p.hcc, "ccm_eligible": p.ccm_eligible,
-            "weight": p.weight, "last_visit": p.last_visit, "override": override,
-            "outreach": list(p.outreach), "suggested": p.suggested,
-            "suggestion_reason": p.suggestion_reason, "detail": dict(p.detail),
-            "run_id": run_id, "updated_at": now}
+def _patient_values(p: PatientRow, *, override: bool, run_id: int, now: datetime) -> dict[str, Any]:
+    return {
+        "patient": p.patient,
+        "status": p.status,
+        "practitioner": p.practitioner,
+        "rule": p.rule,
+        "step": p.step,
+        "reason": p.reason,
+        "tier": p.tier,
+        "charlson": p.charlson,
+        "hcc": p.hcc,
+        "ccm_eligible": p.ccm_eligible,
+        "weight": p.weight,
+        "last_visit": p.last_visit,
+        "override": override,
+        "outreach": list(p.outreach),
+        "suggested": p.suggested,
+        "suggestion_reason": p.suggestion_reason,
+        "detail": dict(p.detail),
+        "run_id": run_id,
+        "updated_at": now,
+    }
 
 
-def _existing_states(s: Session, ids: Sequence[str], *, full: bool
-                     ) -> dict[str, tuple[str, str | None, str | None]]:
-    cols = (PatientState.patient, PatientState.status, PatientState.practitioner,
-            PatientState.rule)
+def _existing_states(
+    s: Session, ids: Sequence[str], *, full: bool
+) -> dict[str, tuple[str, str | None, str | None]]:
+    cols = (PatientState.patient, PatientState.status, PatientState.practitioner, PatientState.rule)
     if full:
         return {p: (st, pr, ru) for p, st, pr, ru in s.execute(select(*cols))}
     out: dict[str, tuple[str, str | None, str | None]] = {}
     for start in range(0, len(ids), CHUNK):
-        for p, st, pr, ru in s.execute(select(*cols).where(
-                PatientState.patient.in_(ids[start:start + CHUNK]))):
+        for p, st, pr, ru in s.execute(
+            select(*cols).where(PatientState.patient.in_(ids[start : start + CHUNK]))
+        ):
             out[p] = (st, pr, ru)
     return out
 
@@ -273,54 +354,102 @@ def _existing_states(s: Session, ids: Sequence[str], *, full: bool
 def _refresh_confirmations(s: Session, ids: Sequence[str] | None) -> None:
     """Each patient's confirmation: the newest confirmation of the current clinician made
     since the current assignment began (one made before a move away and back has lapsed)."""
-    began = (select(func.max(AssignmentHistory.valid_from))
-             .where(AssignmentHistory.patient == PatientState.patient,
-                    AssignmentHistory.valid_to.is_(None))
-             .scalar_subquery())
-    latest = (select(Confirmation.confirmed_by)
-              .where(Confirmation.patient == PatientState.patient,
-                     Confirmation.practitioner == PatientState.practitioner,
-                     Confirmation.created_at >= began)
-              .order_by(Confirmation.id.desc()).limit(1)
-              .scalar_subquery())
+    began = (
+        select(func.max(AssignmentHistory.valid_from))
+        .where(
+            AssignmentHistory.patient == PatientState.patient, AssignmentHistory.valid_to.is_(None)
+        )
+        .scalar_subquery()
+    )
+    latest = (
+        select(Confirmation.confirmed_by)
+        .where(
+            Confirmation.patient == PatientState.patient,
+            Confirmation.practitioner == PatientState.practitioner,
+            Confirmation.created_at >= began,
+        )
+        .order_by(Confirmation.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
     value = func.coalesce(latest, "proposed")
     if ids is None:
-        s.execute(update(PatientState).values(confirmation=value),
-                  execution_options={"synchronize_session": False})
+        s.execute(
+            update(PatientState).values(confirmation=value),
+            execution_options={"synchronize_session": False},
+        )
         return
     for start in range(0, len(ids), CHUNK):
-        s.execute(update(PatientState).where(PatientState.patient.in_(ids[start:start + CHUNK]))
-                  .values(confirmation=value), execution_options={"synchronize_session": False})
+        s.execute(
+            update(PatientState)
+            .where(PatientState.patient.in_(ids[start : start + CHUNK]))
+            .values(confirmation=value),
+            execution_options={"synchronize_session": False},
+        )
 
 
 def _save_clinicians(s: Session, clinicians: Iterable[ClinicianRow], now: datetime) -> None:
     s.execute(delete(Clinician))
-    rows = [{"practitioner": c.practitioner, "name": c.name, "eligible": c.eligible,
-             "pediatric": c.pediatric, "size": c.size,
-             "risk_adjusted_size": c.risk_adjusted_size,
-             "hcc_adjusted_size": c.hcc_adjusted_size, "capacity": c.capacity,
-             "open_capacity": c.open_capacity, "tiers": dict(c.tiers), "unconfirmed": 0,
-             "updated_at": now} for c in clinicians]
+    rows = [
+        {
+            "practitioner": c.practitioner,
+            "name": c.name,
+            "eligible": c.eligible,
+            "pediatric": c.pediatric,
+            "size": c.size,
+            "risk_adjusted_size": c.risk_adjusted_size,
+            "hcc_adjusted_size": c.hcc_adjusted_size,
+            "capacity": c.capacity,
+            "open_capacity": c.open_capacity,
+            "tiers": dict(c.tiers),
+            "unconfirmed": 0,
+            "updated_at": now,
+        }
+        for c in clinicians
+    ]
     if rows:
         s.execute(insert(Clinician), rows)
 
 
 def patient_dict(r: PatientState) -> dict[str, Any]:
-    return {"patient": r.patient, "status": r.status, "practitioner": r.practitioner,
-            "rule": r.rule, "step": r.step, "reason": r.reason, "tier": r.tier,
-            "charlson": r.charlson, "hcc": r.hcc, "ccm_eligible": r.ccm_eligible,
-            "weight": r.weight, "last_visit": r.last_visit, "confirmation": r.confirmation,
-            "override": r.override, "outreach": r.outreach or [], "suggested": r.suggested,
-            "suggestion_reason": r.suggestion_reason, "detail": r.detail or {},
-            "run_id": r.run_id, "updated_at": iso(r.updated_at)}
+    return {
+        "patient": r.patient,
+        "status": r.status,
+        "practitioner": r.practitioner,
+        "rule": r.rule,
+        "step": r.step,
+        "reason": r.reason,
+        "tier": r.tier,
+        "charlson": r.charlson,
+        "hcc": r.hcc,
+        "ccm_eligible": r.ccm_eligible,
+        "weight": r.weight,
+        "last_visit": r.last_visit,
+        "confirmation": r.confirmation,
+        "override": r.override,
+        "outreach": r.outreach or [],
+        "suggested": r.suggested,
+        "suggestion_reason": r.suggestion_reason,
+        "detail": r.detail or {},
+        "run_id": r.run_id,
+        "updated_at": iso(r.updated_at),
+    }
 
 
 def clinician_dict(r: Clinician) -> dict[str, Any]:
-    return {"practitioner": r.practitioner, "name": r.name, "eligible": r.eligible,
-            "pediatric": r.pediatric, "size": r.size,
-            "risk_adjusted_size": round(r.risk_adjusted_size, 1),
-            "hcc_adjusted_size": (round(r.hcc_adjusted_size, 1)
-                                  if r.hcc_adjusted_size is not None else None),
-            "capacity": round(r.capacity), "open_capacity": round(r.open_capacity, 1),
-            "tiers": r.tiers or {}, "unconfirmed": r.unconfirmed,
-            "updated_at": iso(r.updated_at)}
+    return {
+        "practitioner": r.practitioner,
+        "name": r.name,
+        "eligible": r.eligible,
+        "pediatric": r.pediatric,
+        "size": r.size,
+        "risk_adjusted_size": round(r.risk_adjusted_size, 1),
+        "hcc_adjusted_size": (
+            round(r.hcc_adjusted_size, 1) if r.hcc_adjusted_size is not None else None
+        ),
+        "capacity": round(r.capacity),
+        "open_capacity": round(r.open_capacity, 1),
+        "tiers": r.tiers or {},
+        "unconfirmed": r.unconfirmed,
+        "updated_at": iso(r.updated_at),
+    }

@@ -36,8 +36,9 @@ class ReviewStore(StoreEngine):
 
     # ------------------------------------------------------------ overrides
 
-    def add_override(self, patient: str, practitioner: str, *, reason: str, requested_by: str,
-                     actor: str) -> dict[str, Any]:
+    def add_override(
+        self, patient: str, practitioner: str, *, reason: str, requested_by: str, actor: str
+    ) -> dict[str, Any]:
         """A manual assignment; it replaces any active one and takes effect at the next
         refresh (the patient is queued)."""
         if requested_by not in REQUESTERS:
@@ -52,35 +53,51 @@ class ReviewStore(StoreEngine):
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _add_override(self, patient: str, practitioner: str, reason: str, requested_by: str,
-                      actor: str) -> dict[str, Any]:
+    def _add_override(
+        self, patient: str, practitioner: str, reason: str, requested_by: str, actor: str
+    ) -> dict[str, Any]:
         now = now_utc()
         with self.session() as s:
             if not self.is_sqlite:
                 # Overrides for one patient saved at once queue here, one transaction at a time
                 # (SQLite serialises writers by itself); the unique index stays the backstop.
-                key = int.from_bytes(hashlib.sha256(patient.encode()).digest()[:8], "big",
-                                     signed=True)
+                key = int.from_bytes(
+                    hashlib.sha256(patient.encode()).digest()[:8], "big", signed=True
+                )
                 s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-            s.execute(update(Override).where(Override.patient == patient,
-                                             Override.removed_at.is_(None))
-                      .values(removed_at=now, removed_by=actor))
-            row = Override(patient=patient, practitioner=practitioner, reason=reason,
-                           requested_by=requested_by, actor=actor, created_at=now)
+            s.execute(
+                update(Override)
+                .where(Override.patient == patient, Override.removed_at.is_(None))
+                .values(removed_at=now, removed_by=actor)
+            )
+            row = Override(
+                patient=patient,
+                practitioner=practitioner,
+                reason=reason,
+                requested_by=requested_by,
+                actor=actor,
+                created_at=now,
+            )
             s.add(row)
             queue_patient(s, patient, "override", now)
-            add_audit(s, actor, "override", patient, {"practitioner": practitioner,
-                                                      "reason": reason,
-                                                      "requested_by": requested_by})
+            add_audit(
+                s,
+                actor,
+                "override",
+                patient,
+                {"practitioner": practitioner, "reason": reason, "requested_by": requested_by},
+            )
             s.flush()
             return override_dict(row)
 
     def remove_override(self, patient: str, actor: str) -> bool:
         now = now_utc()
         with self.session() as s:
-            result = s.execute(update(Override).where(Override.patient == patient,
-                                                      Override.removed_at.is_(None))
-                               .values(removed_at=now, removed_by=actor))
+            result = s.execute(
+                update(Override)
+                .where(Override.patient == patient, Override.removed_at.is_(None))
+                .values(removed_at=now, removed_by=actor)
+            )
             removed = bool(getattr(result, "rowcount", 0))
             if removed:
                 queue_patient(s, patient, "override removed", now)
@@ -90,26 +107,36 @@ class ReviewStore(StoreEngine):
     def active_overrides(self) -> dict[str, ManualAssignment]:
         with self.session() as s:
             rows = s.scalars(select(Override).where(Override.removed_at.is_(None)))
-            return {r.patient: ManualAssignment(
-                patient=r.patient, practitioner=r.practitioner, reason=r.reason,
-                requested_by=r.requested_by, confirmation="confirmed") for r in rows}
+            return {
+                r.patient: ManualAssignment(
+                    patient=r.patient,
+                    practitioner=r.practitioner,
+                    reason=r.reason,
+                    requested_by=r.requested_by,
+                    confirmation="confirmed",
+                )
+                for r in rows
+            }
 
     def override_for(self, patient: str) -> dict[str, Any] | None:
         with self.session() as s:
-            row = s.scalars(select(Override).where(Override.patient == patient,
-                                                   Override.removed_at.is_(None))).first()
+            row = s.scalars(
+                select(Override).where(Override.patient == patient, Override.removed_at.is_(None))
+            ).first()
             return override_dict(row) if row is not None else None
 
     def overrides(self, patient: str) -> list[dict[str, Any]]:
         with self.session() as s:
-            rows = s.scalars(select(Override).where(Override.patient == patient)
-                             .order_by(Override.id))
+            rows = s.scalars(
+                select(Override).where(Override.patient == patient).order_by(Override.id)
+            )
             return [override_dict(r) for r in rows]
 
     # ------------------------------------------------------------ confirmations
 
-    def confirm(self, patient: str, practitioner: str, *, confirmed_by: str, actor: str,
-                note: str = "") -> dict[str, Any]:
+    def confirm(
+        self, patient: str, practitioner: str, *, confirmed_by: str, actor: str, note: str = ""
+    ) -> dict[str, Any]:
         """Confirm the patient's current clinician. Effective at once (it changes no
         attribution); it lapses if the patient later moves to another clinician."""
         if confirmed_by not in CONFIRMERS:
@@ -118,31 +145,65 @@ class ReviewStore(StoreEngine):
         with self.session() as s:
             # The update first: it takes the row's write lock, so a refresh committing a new
             # assignment cannot slip between the check and the confirmation.
-            result = s.execute(update(PatientState).where(
-                PatientState.patient == patient, PatientState.practitioner == practitioner,
-                PatientState.status == "assigned").values(confirmation=confirmed_by))
+            result = s.execute(
+                update(PatientState)
+                .where(
+                    PatientState.patient == patient,
+                    PatientState.practitioner == practitioner,
+                    PatientState.status == "assigned",
+                )
+                .values(confirmation=confirmed_by)
+            )
             if getattr(result, "rowcount", 0) != 1:
-                raise AssignmentChanged(f"{patient} is not assigned to {practitioner} (any "
-                                        "more): reload and confirm the current assignment")
-            row = Confirmation(patient=patient, practitioner=practitioner,
-                               confirmed_by=confirmed_by, note=note, actor=actor,
-                               created_at=now)
+                raise AssignmentChanged(
+                    f"{patient} is not assigned to {practitioner} (any "
+                    "more): reload and confirm the current assignment"
+                )
+            row = Confirmation(
+                patient=patient,
+                practitioner=practitioner,
+                confirmed_by=confirmed_by,
+                note=note,
+                actor=actor,
+                created_at=now,
+            )
             s.add(row)
-            add_audit(s, actor, "confirm", patient, {"practitioner": practitioner,
-                                                     "confirmed_by": confirmed_by, "note": note})
+            add_audit(
+                s,
+                actor,
+                "confirm",
+                patient,
+                {"practitioner": practitioner, "confirmed_by": confirmed_by, "note": note},
+            )
             recompute_clinicians(s, [practitioner])
             s.flush()
-            return {"id": row.id, "patient": patient, "practitioner": practitioner,
-                    "confirmed_by": confirmed_by, "note": note, "actor": actor,
-                    "created_at": iso(now)}
+            return {
+                "id": row.id,
+                "patient": patient,
+                "practitioner": practitioner,
+                "confirmed_by": confirmed_by,
+                "note": note,
+                "actor": actor,
+                "created_at": iso(now),
+            }
 
     def confirmations(self, patient: str) -> list[dict[str, Any]]:
         with self.session() as s:
-            rows = s.scalars(select(Confirmation).where(Confirmation.patient == patient)
-                             .order_by(Confirmation.id))
-            return [{"practitioner": r.practitioner, "confirmed_by": r.confirmed_by,
-                     "note": r.note, "actor": r.actor, "created_at": iso(r.created_at)}
-                    for r in rows]
+            rows = s.scalars(
+                select(Confirmation)
+                .where(Confirmation.patient == patient)
+                .order_by(Confirmation.id)
+            )
+            return [
+                {
+                    "practitioner": r.practitioner,
+                    "confirmed_by": r.confirmed_by,
+                    "note": r.note,
+                    "actor": r.actor,
+                    "created_at": iso(r.created_at),
+                }
+                for r in rows
+            ]
 
     # ------------------------------------------------------------ the pending-patient queue
 
@@ -164,11 +225,20 @@ class ReviewStore(StoreEngine):
             if patient:
                 stmt = stmt.where(AuditEntry.patient == patient)
             rows = s.scalars(stmt.order_by(AuditEntry.id.desc()).limit(limit))
-            return [{"at": iso(r.at), "actor": r.actor, "action": r.action,
-                     "patient": r.patient, "detail": r.detail} for r in rows]
+            return [
+                {
+                    "at": iso(r.at),
+                    "actor": r.actor,
+                    "action": r.action,
+                    "patient": r.patient,
+                    "detail": r.detail,
+                }
+                for r in rows
+            ]
 
-    def record_audit(self, actor: str, action: str, patient: str | None,
-                     detail: Mapping[str, Any]) -> None:
+    def record_audit(
+        self, actor: str, action: str, patient: str | None, detail: Mapping[str, Any]
+    ) -> None:
         with self.session() as s:
             add_audit(s, actor, action, patient, detail)
 
@@ -189,19 +259,32 @@ def queue_patient(s: Session, patient: str, reason: str, now: datetime) -> None:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         stmt = sqlite_insert(PendingPatient).values(**values)
-    s.execute(stmt.on_conflict_do_update(index_elements=["patient"],
-                                         set_={"reason": reason, "since": now}))
+    s.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["patient"], set_={"reason": reason, "since": now}
+        )
+    )
 
 
-def add_audit(s: Session, actor: str, action: str, patient: str | None,
-              detail: Mapping[str, Any]) -> None:
+def add_audit(
+    s: Session, actor: str, action: str, patient: str | None, detail: Mapping[str, Any]
+) -> None:
     """An audit entry, in the transaction of the change it records."""
-    s.add(AuditEntry(at=now_utc(), actor=actor, action=action, patient=patient,
-                     detail=dict(detail)))
+    s.add(
+        AuditEntry(at=now_utc(), actor=actor, action=action, patient=patient, detail=dict(detail))
+    )
 
 
 def override_dict(r: Override) -> dict[str, Any]:
-    return {"id": r.id, "patient": r.patient, "practitioner": r.practitioner,
-            "reason": r.reason, "requested_by": r.requested_by, "actor": r.actor,
-            "created_at": iso(r.created_at), "removed_at": iso(r.removed_at),
-            "removed_by": r.removed_by, "applied_run": r.applied_run}
+    return {
+        "id": r.id,
+        "patient": r.patient,
+        "practitioner": r.practitioner,
+        "reason": r.reason,
+        "requested_by": r.requested_by,
+        "actor": r.actor,
+        "created_at": iso(r.created_at),
+        "removed_at": iso(r.removed_at),
+        "removed_by": r.removed_by,
+        "applied_run": r.applied_run,
+    }

@@ -37,25 +37,51 @@ class RunStore(LeaseStore):
 
     # ------------------------------------------------------------ runs
 
-    def start_run(self, kind: str, trigger: str, source: str, as_of: str,
-                  watermark_before: str | None = None,
-                  status: str = RunStatus.RUNNING) -> int:
+    def start_run(
+        self,
+        kind: str,
+        trigger: str,
+        source: str,
+        as_of: str,
+        watermark_before: str | None = None,
+        status: str = RunStatus.RUNNING,
+    ) -> int:
         with self.session() as s:
-            run = Run(kind=kind, trigger=trigger, source=source, as_of=as_of,
-                      started_at=now_utc(), status=status, counts={},
-                      watermark_before=watermark_before, requests=0)
+            run = Run(
+                kind=kind,
+                trigger=trigger,
+                source=source,
+                as_of=as_of,
+                started_at=now_utc(),
+                status=status,
+                counts={},
+                watermark_before=watermark_before,
+                requests=0,
+            )
             s.add(run)
             s.flush()
             return int(run.id)
 
-    def finish_run(self, run_id: int, status: str, *, counts: Mapping[str, Any] | None = None,
-                   error: str | None = None, watermark_after: str | None = None,
-                   requests: int = 0, seconds: float | None = None,
-                   session: Session | None = None) -> None:
-        values: dict[str, Any] = {"status": status, "finished_at": now_utc(),
-                                  "error": error[:4000] if error else None,
-                                  "watermark_after": watermark_after, "requests": requests,
-                                  "seconds": seconds}
+    def finish_run(
+        self,
+        run_id: int,
+        status: str,
+        *,
+        counts: Mapping[str, Any] | None = None,
+        error: str | None = None,
+        watermark_after: str | None = None,
+        requests: int = 0,
+        seconds: float | None = None,
+        session: Session | None = None,
+    ) -> None:
+        values: dict[str, Any] = {
+            "status": status,
+            "finished_at": now_utc(),
+            "error": error[:4000] if error else None,
+            "watermark_after": watermark_after,
+            "requests": requests,
+            "seconds": seconds,
+        }
         if counts is not None:
             values["counts"] = dict(counts)
         stmt = update(Run).where(Run.id == run_id).values(**values)
@@ -76,20 +102,21 @@ class RunStore(LeaseStore):
             counts = dict(row.counts or {})
             counts["accepted"] = {"by": actor, "at": now_utc().isoformat()}
             row.status, row.counts = RunStatus.ACCEPTED.value, counts
-            add_audit(s, actor, "accept-change", None,
-                      {"run": run_id, "figures": counts.get("held", {})})
+            add_audit(
+                s, actor, "accept-change", None, {"run": run_id, "figures": counts.get("held", {})}
+            )
             s.flush()
             return run_dict(row)
 
     def held_runs(self) -> list[dict[str, Any]]:
         """Held runs nobody has accepted yet, newest first."""
         with self.session() as s:
-            rows = s.scalars(select(Run).where(Run.status == RunStatus.HELD)
-                             .order_by(Run.id.desc()))
+            rows = s.scalars(
+                select(Run).where(Run.status == RunStatus.HELD).order_by(Run.id.desc())
+            )
             return [run_dict(r) for r in rows]
 
-    def record_skipped(self, kind: str, trigger: str, source: str, as_of: str,
-                       reason: str) -> int:
+    def record_skipped(self, kind: str, trigger: str, source: str, as_of: str, reason: str) -> int:
         run_id = self.start_run(kind, trigger, source, as_of, status=RunStatus.SKIPPED)
         self.finish_run(run_id, RunStatus.SKIPPED, error=reason, seconds=0.0)
         return run_id
@@ -100,9 +127,15 @@ class RunStore(LeaseStore):
         if self.lock_info() is not None:
             return 0
         with self.session() as s:
-            result = s.execute(update(Run).where(Run.status == RunStatus.RUNNING).values(
-                status=RunStatus.ABANDONED, finished_at=now_utc(),
-                error="the process running it stopped before finishing"))
+            result = s.execute(
+                update(Run)
+                .where(Run.status == RunStatus.RUNNING)
+                .values(
+                    status=RunStatus.ABANDONED,
+                    finished_at=now_utc(),
+                    error="the process running it stopped before finishing",
+                )
+            )
             return int(getattr(result, "rowcount", 0) or 0)
 
     def runs(self, limit: int = 20, offset: int = 0) -> list[dict[str, Any]]:
@@ -114,8 +147,9 @@ class RunStore(LeaseStore):
         with self.session() as s:
             return int(s.scalar(select(func.count()).select_from(Run)) or 0)
 
-    def last_run(self, kind: str | None = None,
-                 statuses: Sequence[str] = FINISHED_STATUSES) -> dict[str, Any] | None:
+    def last_run(
+        self, kind: str | None = None, statuses: Sequence[str] = FINISHED_STATUSES
+    ) -> dict[str, Any] | None:
         with self.session() as s:
             stmt = select(Run).where(Run.status.in_(statuses))
             if kind:
@@ -148,8 +182,9 @@ class RunStore(LeaseStore):
     def queue_run(self, kind: str, trigger: str, source: str, as_of: str) -> int | None:
         """Queue a run for the worker; None when one is queued already (it will do)."""
         with self.session() as s:
-            queued = s.scalar(select(func.count()).select_from(Run)
-                              .where(Run.status == RunStatus.QUEUED))
+            queued = s.scalar(
+                select(func.count()).select_from(Run).where(Run.status == RunStatus.QUEUED)
+            )
             if queued:
                 return None
         return self.start_run(kind, trigger, source, as_of, status=RunStatus.QUEUED)
@@ -157,13 +192,16 @@ class RunStore(LeaseStore):
     def claim_queued(self) -> dict[str, Any] | None:
         """The oldest queued run, marked `running` (compare-and-swap: one claimant wins)."""
         with self.session() as s:
-            row = s.scalars(select(Run).where(Run.status == RunStatus.QUEUED).order_by(Run.id)
-                            .limit(1)).first()
+            row = s.scalars(
+                select(Run).where(Run.status == RunStatus.QUEUED).order_by(Run.id).limit(1)
+            ).first()
             if row is None:
                 return None
-            result = s.execute(update(Run).where(Run.id == row.id,
-                                                 Run.status == RunStatus.QUEUED)
-                               .values(status=RunStatus.RUNNING, started_at=now_utc()))
+            result = s.execute(
+                update(Run)
+                .where(Run.id == row.id, Run.status == RunStatus.QUEUED)
+                .values(status=RunStatus.RUNNING, started_at=now_utc())
+            )
             if getattr(result, "rowcount", 0) != 1:
                 return None
             return run_dict(row) | {"status": RunStatus.RUNNING.value}
@@ -206,8 +244,19 @@ def run_dict(r: Run) -> dict[str, Any]:
     seconds = r.seconds
     if seconds is None and started and finished:
         seconds = (finished - started).total_seconds()
-    return {"id": r.id, "kind": r.kind, "trigger": r.trigger, "source": r.source,
-            "as_of": r.as_of, "started_at": iso(started), "finished_at": iso(finished),
-            "status": r.status, "counts": r.counts or {}, "error": r.error,
-            "watermark_before": r.watermark_before, "watermark_after": r.watermark_after,
-            "requests": r.requests, "seconds": round(seconds, 3) if seconds is not None else None}
+    return {
+        "id": r.id,
+        "kind": r.kind,
+        "trigger": r.trigger,
+        "source": r.source,
+        "as_of": r.as_of,
+        "started_at": iso(started),
+        "finished_at": iso(finished),
+        "status": r.status,
+        "counts": r.counts or {},
+        "error": r.error,
+        "watermark_before": r.watermark_before,
+        "watermark_after": r.watermark_after,
+        "requests": r.requests,
+        "seconds": round(seconds, 3) if seconds is not None else None,
+    }

@@ -58,21 +58,41 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def create_session(store: StoreEngine, *, actor: str, token_fp: str, via: str,
-                   lifetime_seconds: float, replaces: str | None = None,
-                   now: datetime | None = None) -> str:
+def create_session(
+    store: StoreEngine,
+    *,
+    actor: str,
+    token_fp: str,
+    via: str,
+    lifetime_seconds: float,
+    replaces: str | None = None,
+    now: datetime | None = None,
+) -> str:
     """Start a session and return its id (for the cookie; only its hash is stored). A session
     the browser held before (`replaces`) is revoked in the same transaction."""
     now = now or _now()
     session_id = secrets.token_urlsafe(TOKEN_BYTES)
     with store.session() as s:
         if replaces:
-            s.execute(update(DashboardSession).where(
-                DashboardSession.id == digest(replaces), DashboardSession.revoked_at.is_(None),
-            ).values(revoked_at=now, revoked_reason="signed in again"))
-        s.add(DashboardSession(
-            id=digest(session_id), actor=actor, token_fp=token_fp, via=via, created_at=now,
-            last_seen_at=now, expires_at=now + timedelta(seconds=lifetime_seconds)))
+            s.execute(
+                update(DashboardSession)
+                .where(
+                    DashboardSession.id == digest(replaces),
+                    DashboardSession.revoked_at.is_(None),
+                )
+                .values(revoked_at=now, revoked_reason="signed in again")
+            )
+        s.add(
+            DashboardSession(
+                id=digest(session_id),
+                actor=actor,
+                token_fp=token_fp,
+                via=via,
+                created_at=now,
+                last_seen_at=now,
+                expires_at=now + timedelta(seconds=lifetime_seconds),
+            )
+        )
         # Housekeeping, cheap on the expiry indexes: rows long past their expiry go.
         cutoff = now - KEEP_AFTER_EXPIRY
         s.execute(delete(DashboardSession).where(DashboardSession.expires_at < cutoff))
@@ -80,8 +100,9 @@ def create_session(store: StoreEngine, *, actor: str, token_fp: str, via: str,
     return session_id
 
 
-def active_session(store: StoreEngine, session_id: str, *, idle_seconds: float,
-                   now: datetime | None = None) -> SessionInfo | None:
+def active_session(
+    store: StoreEngine, session_id: str, *, idle_seconds: float, now: datetime | None = None
+) -> SessionInfo | None:
     """The session behind a cookie's id, or None when it is unknown, revoked, expired or idle
     too long. Marks it used (at most once a minute, so page views rarely write)."""
     if not SECRET_PATTERN.fullmatch(session_id):
@@ -96,24 +117,40 @@ def active_session(store: StoreEngine, session_id: str, *, idle_seconds: float,
         if now >= expires or (now - seen).total_seconds() >= idle_seconds:
             return None
         if (now - seen).total_seconds() >= TOUCH_EVERY_SECONDS:
-            s.execute(update(DashboardSession).where(
-                DashboardSession.id == key, DashboardSession.revoked_at.is_(None),
-            ).values(last_seen_at=now))
+            s.execute(
+                update(DashboardSession)
+                .where(
+                    DashboardSession.id == key,
+                    DashboardSession.revoked_at.is_(None),
+                )
+                .values(last_seen_at=now)
+            )
             seen = now
-        return SessionInfo(actor=row.actor, token_fp=row.token_fp, via=row.via,
-                           created_at=_aware(row.created_at), last_seen_at=seen,
-                           expires_at=expires)
+        return SessionInfo(
+            actor=row.actor,
+            token_fp=row.token_fp,
+            via=row.via,
+            created_at=_aware(row.created_at),
+            last_seen_at=seen,
+            expires_at=expires,
+        )
 
 
-def revoke_session(store: StoreEngine, session_id: str, reason: str = "signed out",
-                   now: datetime | None = None) -> bool:
+def revoke_session(
+    store: StoreEngine, session_id: str, reason: str = "signed out", now: datetime | None = None
+) -> bool:
     """End a session for every copy of its cookie. True when it was still in force."""
     if not SECRET_PATTERN.fullmatch(session_id):
         return False
     with store.session() as s:
-        result = s.execute(update(DashboardSession).where(
-            DashboardSession.id == digest(session_id), DashboardSession.revoked_at.is_(None),
-        ).values(revoked_at=now or _now(), revoked_reason=reason[:32]))
+        result = s.execute(
+            update(DashboardSession)
+            .where(
+                DashboardSession.id == digest(session_id),
+                DashboardSession.revoked_at.is_(None),
+            )
+            .values(revoked_at=now or _now(), revoked_reason=reason[:32])
+        )
         return bool(getattr(result, "rowcount", 0) == 1)
 
 
@@ -130,13 +167,20 @@ def issue_login_link(store: StoreEngine, actor: str, ttl_seconds: int = 600) -> 
     code = secrets.token_urlsafe(TOKEN_BYTES)
     now = _now()
     with store.session() as s:
-        s.add(LoginCode(code_hash=digest(code), actor=actor, created_at=now,
-                        expires_at=now + timedelta(seconds=ttl_seconds)))
+        s.add(
+            LoginCode(
+                code_hash=digest(code),
+                actor=actor,
+                created_at=now,
+                expires_at=now + timedelta(seconds=ttl_seconds),
+            )
+        )
     return LOGIN_LINK_PREFIX + code
 
 
-def redeem_login_code(store: StoreEngine, code: str,
-                      now: datetime | None = None) -> tuple[Redeemed, str | None]:
+def redeem_login_code(
+    store: StoreEngine, code: str, now: datetime | None = None
+) -> tuple[Redeemed, str | None]:
     """Use a sign-in code: ("ok", actor) the first time within its lifetime; ("used", None),
     ("expired", None) or ("unknown", None) otherwise. Two requests racing with the same code:
     one wins (a compare-and-set on `used_at`)."""
@@ -145,9 +189,15 @@ def redeem_login_code(store: StoreEngine, code: str,
     now = now or _now()
     key = digest(code)
     with store.session() as s:
-        result = s.execute(update(LoginCode).where(
-            LoginCode.code_hash == key, LoginCode.used_at.is_(None), LoginCode.expires_at > now,
-        ).values(used_at=now))
+        result = s.execute(
+            update(LoginCode)
+            .where(
+                LoginCode.code_hash == key,
+                LoginCode.used_at.is_(None),
+                LoginCode.expires_at > now,
+            )
+            .values(used_at=now)
+        )
         row = s.get(LoginCode, key)
         if row is None:
             return "unknown", None

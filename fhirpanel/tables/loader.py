@@ -114,8 +114,10 @@ class Tables:
     @classmethod
     def load(cls, settings: Settings) -> Tables:
         reader = _Reader(settings.mappings_path)
-        return cls(method=reader.method(settings),
-                   writeback=reader.writeback(settings.writeback, settings.risk.tiers))
+        return cls(
+            method=reader.method(settings),
+            writeback=reader.writeback(settings.writeback, settings.risk.tiers),
+        )
 
 
 class _Reader:
@@ -158,9 +160,17 @@ class _Reader:
         chronic = self.build(CHRONIC, ChronicConditionsFile, _chronic)
         tiers = self.build(settings.tiers, TiersFile, _tier_rules)
         risk = self.model(RiskFile, RISK)
-        return _within(self.label(RISK), lambda: _risk_config(
-            risk, charlson=charlson, crosswalk=crosswalk, chronic=chronic, tiers=tiers,
-            settings=settings))
+        return _within(
+            self.label(RISK),
+            lambda: _risk_config(
+                risk,
+                charlson=charlson,
+                crosswalk=crosswalk,
+                chronic=chronic,
+                tiers=tiers,
+                settings=settings,
+            ),
+        )
 
     def writeback(self, settings: WritebackSettings, tiers: str) -> WritebackTables:
         ref = settings.care_plan_templates
@@ -169,9 +179,12 @@ class _Reader:
         return WritebackTables(
             codes=self.build(WRITEBACK_CODES, WritebackCodesFile, _writeback_codes),
             templates=templates,
-            labels=_labels(self.model(TiersFile, tiers), self.model(CharlsonFile, CHARLSON),
-                           self.model(ChronicConditionsFile, CHRONIC),
-                           self.model(RiskFile, RISK)),
+            labels=_labels(
+                self.model(TiersFile, tiers),
+                self.model(CharlsonFile, CHARLSON),
+                self.model(ChronicConditionsFile, CHRONIC),
+                self.model(RiskFile, RISK),
+            ),
         )
 
 
@@ -186,8 +199,7 @@ def _within(where: str, make: Callable[[], T]) -> T:
 # --------------------------------------------------------------------------- one file's data
 
 
-def _parse(data: Mapping[str, Any], where: str, schema: type[M],
-           convert: Callable[[M], T]) -> T:
+def _parse(data: Mapping[str, Any], where: str, schema: type[M], convert: Callable[[M], T]) -> T:
     model = validate(schema, data, where)
     return _within(where, lambda: convert(model))
 
@@ -196,13 +208,15 @@ def parse_visit_rules(data: Mapping[str, Any], where: str = "qualifying_visits")
     return _parse(data, where, QualifyingVisitsFile, _visit_rules)
 
 
-def parse_sentinel_exams(data: Mapping[str, Any],
-                         where: str = "sentinel_exams") -> SentinelExamCodes:
+def parse_sentinel_exams(
+    data: Mapping[str, Any], where: str = "sentinel_exams"
+) -> SentinelExamCodes:
     return _parse(data, where, SentinelExamsFile, _sentinel_exams)
 
 
-def parse_primary_care(data: Mapping[str, Any],
-                       where: str = "primary_care") -> PrimaryCareSpecialties:
+def parse_primary_care(
+    data: Mapping[str, Any], where: str = "primary_care"
+) -> PrimaryCareSpecialties:
     return _parse(data, where, PrimaryCareFile, _primary_care)
 
 
@@ -214,8 +228,7 @@ def parse_capacities(data: Mapping[str, Any], where: str = "capacity") -> Capaci
     return _parse(data, where, CapacityFile, _capacities)
 
 
-def parse_age_sex_weights(data: Mapping[str, Any],
-                          where: str = "age_sex_weights") -> AgeSexWeights:
+def parse_age_sex_weights(data: Mapping[str, Any], where: str = "age_sex_weights") -> AgeSexWeights:
     return _parse(data, where, AgeSexWeightsFile, _age_sex_weights)
 
 
@@ -240,13 +253,13 @@ def parse_hcc_settings(data: Mapping[str, Any], where: str = RISK) -> HccSetting
     return _parse(data, where, RiskFile, lambda risk: _hcc(risk.hcc))
 
 
-def parse_writeback_codes(data: Mapping[str, Any],
-                          where: str = WRITEBACK_CODES) -> WritebackCodes:
+def parse_writeback_codes(data: Mapping[str, Any], where: str = WRITEBACK_CODES) -> WritebackCodes:
     return _parse(data, where, WritebackCodesFile, _writeback_codes)
 
 
-def parse_templates(data: Mapping[str, Any],
-                    where: str = "careplan_templates") -> CarePlanTemplates:
+def parse_templates(
+    data: Mapping[str, Any], where: str = "careplan_templates"
+) -> CarePlanTemplates:
     return _parse(data, where, CarePlanTemplatesFile, _templates)
 
 
@@ -259,9 +272,12 @@ def _pairs(rows: Sequence[CodeRow]) -> list[tuple[str, str]]:
 
 def _visit_rules(f: QualifyingVisitsFile) -> VisitRules:
     return VisitRules.create(
-        statuses=f.statuses.qualifying, classes=f.classes.qualifying,
-        not_qualifying=f.classes.not_qualifying, excluded_codes=_pairs(f.excluded_codes),
-        excluded_texts=f.excluded_texts.labels)
+        statuses=f.statuses.qualifying,
+        classes=f.classes.qualifying,
+        not_qualifying=f.classes.not_qualifying,
+        excluded_codes=_pairs(f.excluded_codes),
+        excluded_texts=f.excluded_texts.labels,
+    )
 
 
 def _sentinel_exams(f: SentinelExamsFile) -> SentinelExamCodes:
@@ -270,25 +286,32 @@ def _sentinel_exams(f: SentinelExamsFile) -> SentinelExamCodes:
 
 def _primary_care(f: PrimaryCareFile) -> PrimaryCareSpecialties:
     return PrimaryCareSpecialties.create(
-        codes=_pairs(f.codes), labels=f.texts.labels,
+        codes=_pairs(f.codes),
+        labels=f.texts.labels,
         pediatric_codes=_pairs([row for row in f.codes if row.pediatric]),
-        pediatric_labels=f.texts.pediatric_labels)
+        pediatric_labels=f.texts.pediatric_labels,
+    )
 
 
 def _pipeline(f: PipelineFile) -> Pipeline:
-    return Pipeline(name=f.name,
-                    steps=tuple(PipelineStep(s.kind, s.window_months) for s in f.steps))
+    return Pipeline(
+        name=f.name, steps=tuple(PipelineStep(s.kind, s.window_months) for s in f.steps)
+    )
 
 
 def _capacities(f: CapacityFile) -> CapacitySettings:
     d = f.default
-    default = ClinicianCapacity(d.visits_per_day, d.clinic_days_per_year,
-                                d.visits_per_patient_per_year, d.fte)
+    default = ClinicianCapacity(
+        d.visits_per_day, d.clinic_days_per_year, d.visits_per_patient_per_year, d.fte
+    )
     # An override changes the fields it names; the rest are the default's.
-    overrides = {ref: dataclasses.replace(default, **row.model_dump(exclude_none=True))
-                 for ref, row in sorted(f.overrides.items())}
-    return CapacitySettings(default=default, overrides=overrides,
-                            pediatric_age_limit=f.suggestions.pediatric_age_limit)
+    overrides = {
+        ref: dataclasses.replace(default, **row.model_dump(exclude_none=True))
+        for ref, row in sorted(f.overrides.items())
+    }
+    return CapacitySettings(
+        default=default, overrides=overrides, pediatric_age_limit=f.suggestions.pediatric_age_limit
+    )
 
 
 def _age_sex_weights(f: AgeSexWeightsFile) -> AgeSexWeights:
@@ -298,59 +321,103 @@ def _age_sex_weights(f: AgeSexWeightsFile) -> AgeSexWeights:
 def _charlson(f: CharlsonFile) -> CharlsonTable:
     return CharlsonTable.create(
         weight_sets=list(f.weight_sets),
-        categories=[(CharlsonCategory(c.key, c.label, tuple(c.icd10_prefixes)), c.weights)
-                    for c in f.categories],
+        categories=[
+            (CharlsonCategory(c.key, c.label, tuple(c.icd10_prefixes)), c.weights)
+            for c in f.categories
+        ],
         hierarchy=[(h.drop, h.when) for h in f.hierarchy],
-        age_bands=[AgeBand(a.min_age, a.max_age, a.points) for a in f.age_points])
+        age_bands=[AgeBand(a.min_age, a.max_age, a.points) for a in f.age_points],
+    )
 
 
 def _crosswalk(f: CrosswalkFile) -> Crosswalk:
-    return Crosswalk.create([CrosswalkRow(r.snomed, r.snomed_display, r.icd10cm,
-                                          r.icd10cm_display, r.note) for r in f.rows])
+    return Crosswalk.create(
+        [
+            CrosswalkRow(r.snomed, r.snomed_display, r.icd10cm, r.icd10cm_display, r.note)
+            for r in f.rows
+        ]
+    )
 
 
 def _chronic(f: ChronicConditionsFile) -> ChronicConditions:
-    groups = tuple(ChronicGroup(g.key, g.label, tuple(g.icd10cm_prefixes),
-                                tuple((low, high) for low, high in g.icd10cm_ranges))
-                   for g in f.groups)
+    groups = tuple(
+        ChronicGroup(
+            g.key,
+            g.label,
+            tuple(g.icd10cm_prefixes),
+            tuple((low, high) for low, high in g.icd10cm_ranges),
+        )
+        for g in f.groups
+    )
     return ChronicConditions(groups=groups, min_for_ccm=f.ccm.min_chronic_conditions)
 
 
 def _tier_rules(f: TiersFile) -> TierRules:
-    rules = tuple(TierRule(r.tier, r.name, clauses(r.all_of, f"rules[{n}].all"),
-                           clauses(r.any_of, f"rules[{n}].any"))
-                  for n, r in enumerate(f.rules, start=1))
+    rules = tuple(
+        TierRule(
+            r.tier,
+            r.name,
+            clauses(r.all_of, f"rules[{n}].all"),
+            clauses(r.any_of, f"rules[{n}].any"),
+        )
+        for n, r in enumerate(f.rules, start=1)
+    )
     s = f.shape
-    shape = (TierShape(s.high_min_share, s.high_max_share, s.complex_max_share)
-             if s is not None else TierShape())
-    return TierRules(rules=rules, default_tier=f.default_tier,
-                     labels={int(k): label for k, label in f.tiers.items()}, shape=shape)
+    shape = (
+        TierShape(s.high_min_share, s.high_max_share, s.complex_max_share)
+        if s is not None
+        else TierShape()
+    )
+    return TierRules(
+        rules=rules,
+        default_tier=f.default_tier,
+        labels={int(k): label for k, label in f.tiers.items()},
+        shape=shape,
+    )
 
 
 def _hcc(h: HccSection) -> HccSettings:
     return HccSettings(
         models=dict(h.models),
-        segments={key: HccSegment(key, s.label, s.dual_elgbl_cd, s.orec, s.crec)
-                  for key, s in h.segments.items()},
-        default_model=h.model, default_segment=h.segment, payment_year=h.payment_year,
-        sex_codes=dict(h.sex))
+        segments={
+            key: HccSegment(key, s.label, s.dual_elgbl_cd, s.orec, s.crec)
+            for key, s in h.segments.items()
+        },
+        default_model=h.model,
+        default_segment=h.segment,
+        payment_year=h.payment_year,
+        sex_codes=dict(h.sex),
+    )
 
 
-def _risk_config(risk: RiskFile, *, charlson: CharlsonTable, crosswalk: Crosswalk,
-                 chronic: ChronicConditions, tiers: TierRules,
-                 settings: RiskSettings) -> RiskConfig:
+def _risk_config(
+    risk: RiskFile,
+    *,
+    charlson: CharlsonTable,
+    crosswalk: Crosswalk,
+    chronic: ChronicConditions,
+    tiers: TierRules,
+    settings: RiskSettings,
+) -> RiskConfig:
     """Settings name the weight set, age points, model and segment; risk.toml's are defaults."""
     hcc, conditions, use = _hcc(risk.hcc), risk.conditions, risk.utilisation
     return RiskConfig(
-        charlson=charlson, crosswalk=crosswalk, chronic=chronic, tiers=tiers, hcc=hcc,
+        charlson=charlson,
+        crosswalk=crosswalk,
+        chronic=chronic,
+        tiers=tiers,
+        hcc=hcc,
         condition_filter=ConditionFilter(
             counted_clinical_status=frozenset(conditions.counted_clinical_status),
             count_absent_clinical_status=conditions.count_absent_clinical_status,
-            skipped_verification_status=frozenset(conditions.skipped_verification_status)),
+            skipped_verification_status=frozenset(conditions.skipped_verification_status),
+        ),
         utilisation=UtilisationRules(
-            lookback_months=use.lookback_months, statuses=frozenset(use.encounter_statuses),
+            lookback_months=use.lookback_months,
+            statuses=frozenset(use.encounter_statuses),
             ed_classes=frozenset(use.ed_classes),
-            inpatient_classes=frozenset(use.inpatient_classes)),
+            inpatient_classes=frozenset(use.inpatient_classes),
+        ),
         charlson_weights=settings.charlson_weights or risk.charlson.weights,
         charlson_age_points=settings.charlson_age_points,
         hcc_model=settings.hcc_model or hcc.default_model,
@@ -371,9 +438,11 @@ def _coding_of(system: str, code: str, display: str | None) -> Coding:
 
 def _kind_rule(kind: str, rule: KindRule) -> ClinicianKindRule:
     return ClinicianKindRule(
-        kind=kind, qualifications=frozenset(rule.qualifications),
+        kind=kind,
+        qualifications=frozenset(rule.qualifications),
         taxonomy_prefixes=tuple(rule.taxonomy_prefixes),
-        qualification_texts=frozenset(normalise_label(t) for t in rule.qualification_texts))
+        qualification_texts=frozenset(normalise_label(t) for t in rule.qualification_texts),
+    )
 
 
 def _writeback_codes(f: WritebackCodesFile) -> WritebackCodes:
@@ -396,8 +465,10 @@ def _writeback_codes(f: WritebackCodesFile) -> WritebackCodes:
         risk_code_text=risk.code_text,
         risk_method_text=risk.method_text,
         risk_qualitative_system=risk.qualitative_system,
-        risk_by_tier={int(tier): _coding_of(risk.qualitative_system, q.code, q.display)
-                      for tier, q in risk.tiers.items()},
+        risk_by_tier={
+            int(tier): _coding_of(risk.qualitative_system, q.code, q.display)
+            for tier, q in risk.tiers.items()
+        },
         attributed_provider_url=group.attributed_provider_url,
         change_type_url=group.change_type_url,
         change_new=group.change_new,
@@ -411,16 +482,24 @@ def _writeback_codes(f: WritebackCodesFile) -> WritebackCodes:
 
 
 def _templates(f: CarePlanTemplatesFile) -> CarePlanTemplates:
-    return CarePlanTemplates(tiers={
-        int(key): TierTemplate(
-            tier=int(key), description=tier.description,
-            activities=tuple(ActivityTemplate(key=a.key, kind=a.kind, code=_coding(a.code),
-                                              text=a.text) for a in tier.activities))
-        for key, tier in f.tiers.items()})
+    return CarePlanTemplates(
+        tiers={
+            int(key): TierTemplate(
+                tier=int(key),
+                description=tier.description,
+                activities=tuple(
+                    ActivityTemplate(key=a.key, kind=a.kind, code=_coding(a.code), text=a.text)
+                    for a in tier.activities
+                ),
+            )
+            for key, tier in f.tiers.items()
+        }
+    )
 
 
-def _labels(tiers: TiersFile, charlson: CharlsonFile, chronic: ChronicConditionsFile,
-            risk: RiskFile) -> NarrativeLabels:
+def _labels(
+    tiers: TiersFile, charlson: CharlsonFile, chronic: ChronicConditionsFile, risk: RiskFile
+) -> NarrativeLabels:
     return NarrativeLabels(
         tiers={int(k): label for k, label in tiers.tiers.items()},
         charlson={c.key: c.label for c in charlson.categories},

@@ -389,8 +389,7 @@ class WritebackCodesFile(TableFile):
 
 
 class ActivityRow(Shape):
-    key: Annotated[str, StringConstraints(strip_whitespace=True,
-                                          pattern=r"^[a-z0-9][a-z0-9-]*$")]
+    key: Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[a-z0-9][a-z0-9-]*$")]
     kind: ActivityKind
     code: CodeRow
     text: Text

@@ -23,8 +23,14 @@ ClinicianKind = Literal["physician", "nurse_practitioner", "physician_assistant"
 CLINICIAN_KINDS: Final[tuple[str, ...]] = get_args(ClinicianKind)
 # CarePlan.activity.detail.kind (R4 care-plan-activity-kind value set).
 ActivityKind = Literal[
-    "Appointment", "CommunicationRequest", "DeviceRequest", "MedicationRequest",
-    "NutritionOrder", "Task", "ServiceRequest", "VisionPrescription",
+    "Appointment",
+    "CommunicationRequest",
+    "DeviceRequest",
+    "MedicationRequest",
+    "NutritionOrder",
+    "Task",
+    "ServiceRequest",
+    "VisionPrescription",
 ]
 ACTIVITY_KINDS: Final[frozenset[str]] = frozenset(get_args(ActivityKind))
 # US Core CarePlan requires the assess-plan category (slice AssessPlan).
@@ -53,18 +59,24 @@ class ClinicianKinds:
     taxonomy_system: str
     rules: tuple[ClinicianKindRule, ...]  # in CLINICIAN_KINDS order: the first match wins
 
-    def kind_of(self, practitioner: PractitionerRecord | None,
-                roles: Sequence[PractitionerRoleRecord] = ()) -> str:
+    def kind_of(
+        self, practitioner: PractitionerRecord | None, roles: Sequence[PractitionerRoleRecord] = ()
+    ) -> str:
         """Qualification codes (v2-0360) first, then PractitionerRole taxonomy codes, then
         qualification texts; else the default kind."""
         if practitioner is not None:
-            quals = {c.code for c in practitioner.qualifications
-                     if c.system == self.qualification_system}
+            quals = {
+                c.code for c in practitioner.qualifications if c.system == self.qualification_system
+            }
             for rule in self.rules:
                 if quals & rule.qualifications:
                     return rule.kind
-        taxonomies = sorted(c.code for role in roles for c in (*role.codes, *role.specialties)
-                            if c.system == self.taxonomy_system)
+        taxonomies = sorted(
+            c.code
+            for role in roles
+            for c in (*role.codes, *role.specialties)
+            if c.system == self.taxonomy_system
+        )
         for rule in self.rules:
             if any(t.startswith(rule.taxonomy_prefixes) for t in taxonomies):
                 return rule.kind
@@ -104,19 +116,27 @@ class WritebackCodes:
 
     def __post_init__(self) -> None:
         # Named by their place in writeback_codes.toml.
-        _check_codings([
-            ("care_team.category", self.care_team_category),
-            *((f"roles.{kind}", coding) for kind, coding in self.roles.items()),
-            *((f"care_plan.categories[{n}]", coding)
-              for n, coding in enumerate(self.care_plan_categories, start=1)),
-            *((f"risk_assessment.tiers.{tier}", coding)
-              for tier, coding in self.risk_by_tier.items()),
-            ("provenance.agent_type", self.provenance_agent_type),
-            ("provenance.reason", self.provenance_reason),
-        ])
+        _check_codings(
+            [
+                ("care_team.category", self.care_team_category),
+                *((f"roles.{kind}", coding) for kind, coding in self.roles.items()),
+                *(
+                    (f"care_plan.categories[{n}]", coding)
+                    for n, coding in enumerate(self.care_plan_categories, start=1)
+                ),
+                *(
+                    (f"risk_assessment.tiers.{tier}", coding)
+                    for tier, coding in self.risk_by_tier.items()
+                ),
+                ("provenance.agent_type", self.provenance_agent_type),
+                ("provenance.reason", self.provenance_reason),
+            ]
+        )
         if not self.care_plan_categories or self.care_plan_categories[0]["code"] != ASSESS_PLAN:
-            raise MappingError(f"care_plan.categories: the first category must be US Core "
-                               f"{ASSESS_PLAN} (US Core CarePlan requires it)")
+            raise MappingError(
+                f"care_plan.categories: the first category must be US Core "
+                f"{ASSESS_PLAN} (US Core CarePlan requires it)"
+            )
 
     def role_for(self, kind: str) -> Coding:
         return self.roles.get(kind, self.roles[self.kinds.default_kind])
@@ -148,8 +168,10 @@ class CarePlanTemplates:
             keys = [a.key for a in template.activities]
             if len(set(keys)) != len(keys):
                 raise MappingError(f"tiers.{tier}.activities: activity keys must be unique")
-            _check_codings((f"tiers.{tier}.activities[{n}].code", a.code)
-                           for n, a in enumerate(template.activities, start=1))
+            _check_codings(
+                (f"tiers.{tier}.activities[{n}].code", a.code)
+                for n, a in enumerate(template.activities, start=1)
+            )
 
     def for_tier(self, tier: int) -> TierTemplate | None:
         return self.tiers.get(tier)
@@ -158,8 +180,10 @@ class CarePlanTemplates:
         """MappingError unless every tier that gets a CarePlan has a template."""
         missing = sorted(set(tiers) - set(self.tiers))
         if missing:
-            raise MappingError(f"no activities for tier(s) {missing}, which "
-                               "writeback.care_plan_tiers gives a CarePlan")
+            raise MappingError(
+                f"no activities for tier(s) {missing}, which "
+                "writeback.care_plan_tiers gives a CarePlan"
+            )
 
 
 def care_plan_tiers(cfg: WritebackSettings) -> frozenset[int]:

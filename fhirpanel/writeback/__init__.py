@@ -10,5 +10,4 @@ from fhirpanel.writeback.writer import (
 )
 
 # WritebackTables is built by fhirpanel.tables; re-exported here for existing callers.
-__all__ = ["WriteBackInterrupted", "WriteSummary", "WritebackTables",
-           "write_back"]
+__all__ = ["WriteBackInterrupted", "WriteSummary", "WritebackTables", "write_back"]

@@ -57,7 +57,8 @@ def has_managed_tag(resource: Mapping[str, Any], cfg: WritebackSettings) -> bool
     meta = resource.get("meta")
     tags = meta.get("tag") if isinstance(meta, Mapping) else None
     return any(
-        isinstance(t, Mapping) and t.get("system") == cfg.tag_system
+        isinstance(t, Mapping)
+        and t.get("system") == cfg.tag_system
         and t.get("code") == cfg.tag_code
         for t in tags or ()
     )

@@ -18,8 +18,7 @@ from fhirpanel.writeback.identity import Resource, has_managed_tag, same_content
 Action = Literal["create", "update", "unchanged", "skipped", "failed", "none"]
 # Actions the report counts, in the order it lists them. `matched`: a conditional create
 # (If-None-Exist) found the resource already there, so nothing was written.
-COUNTED_ACTIONS: tuple[str, ...] = ("create", "update", "matched", "unchanged", "skipped",
-                                    "failed")
+COUNTED_ACTIONS: tuple[str, ...] = ("create", "update", "matched", "unchanged", "skipped", "failed")
 # What became of one write, as far as the server confirmed it:
 #   written: a 2xx answer for this write; matched: If-None-Exist found one (200, no write);
 #   conflict: 409/412; failed: any other error status; unknown: no usable answer (a response
@@ -105,8 +104,9 @@ def choose_existing(found: Sequence[dict[str, Any]], cfg: WritebackSettings) -> 
     problems: list[str] = []
     if len(found) > 1:
         ids = ", ".join(sorted(str(r.get("id")) for r in found))
-        problems.append(f"{len(found)} resources share this identifier ({ids}); "
-                        "only one is maintained")
+        problems.append(
+            f"{len(found)} resources share this identifier ({ids}); only one is maintained"
+        )
     if not managed:
         return ExistingChoice(found[0], tuple(problems), foreign=True)
     return ExistingChoice(managed[0], tuple(problems))
@@ -201,16 +201,19 @@ BATCH_KINDS: tuple[str, ...] = (CONDITIONAL, PLAIN)
 # texts give both limits.
 MEDPLUM_MAX_UPDATES = 50
 MEDPLUM_MAX_STRICT_ENTRIES = 8
-MEDPLUM_LIMITS: Mapping[str, int] = {CONDITIONAL: MEDPLUM_MAX_STRICT_ENTRIES,
-                                     PLAIN: MEDPLUM_MAX_UPDATES}
+MEDPLUM_LIMITS: Mapping[str, int] = {
+    CONDITIONAL: MEDPLUM_MAX_STRICT_ENTRIES,
+    PLAIN: MEDPLUM_MAX_UPDATES,
+}
 KNOWN_LIMIT_TEXTS: tuple[tuple[str, Mapping[str, int]], ...] = (
     ("transaction contains more update operations than allowed", MEDPLUM_LIMITS),
     ("transaction requires strict isolation but has too many entries", MEDPLUM_LIMITS),
 )
 
 
-def known_limits(status: int, outcome: Mapping[str, Any] | None,
-                 message: str = "") -> Mapping[str, int] | None:
+def known_limits(
+    status: int, outcome: Mapping[str, Any] | None, message: str = ""
+) -> Mapping[str, int] | None:
     """The transaction sizes (batch kind -> entries) a refusal names when its text is one
     fhirpanel knows (Medplum's two), else None (a size refusal then halves the size)."""
     if status not in (400, 422):
@@ -222,8 +225,7 @@ def known_limits(status: int, outcome: Mapping[str, Any] | None,
     return None
 
 
-def _refusal_texts(outcome: Mapping[str, Any] | None,
-                   message: str) -> tuple[set[str], list[str]]:
+def _refusal_texts(outcome: Mapping[str, Any] | None, message: str) -> tuple[set[str], list[str]]:
     """(issue codes, texts) of an error answer: the message, each issue's details.text and
     diagnostics."""
     codes: set[str] = set()
@@ -246,15 +248,19 @@ def _refusal_texts(outcome: Mapping[str, Any] | None,
 # use 413, or the `too-costly` / `not-supported` issue codes.
 _SIZE_TEXT = re.compile(
     r"too (many|large|big)|more \w+( \w+)? (entries|operations|resources) than|exceed|"
-    r"maximum (number|size|of)|limit", re.IGNORECASE)
+    r"maximum (number|size|of)|limit",
+    re.IGNORECASE,
+)
 _UNSUPPORTED_TEXT = re.compile(
     r"transactions? (are |is )?(not (supported|allowed|enabled|permitted))|"
     r"(not|un)supported (bundle|transaction)|(bundle|transaction) type .*not supported",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 
-def refusal_kind(status: int, outcome: Mapping[str, Any] | None,
-                 message: str = "") -> Literal["size", "unsupported"] | None:
+def refusal_kind(
+    status: int, outcome: Mapping[str, Any] | None, message: str = ""
+) -> Literal["size", "unsupported"] | None:
     """Whether an error answer to a transaction refuses it for its size ("size": send smaller
     ones), refuses transactions altogether ("unsupported": send single requests), or is some
     other refusal (None: the entries are retried one by one, the size stays)."""

@@ -120,6 +120,7 @@ class Ledger(Protocol):
 
     def forget(self, rtype: str, identifier: str) -> None: ...
 
+
 log = logging.getLogger(__name__)
 
 # Identifier tokens per search: `identifier=sys|v1,sys|v2,...` stays well under URL limits.
@@ -210,27 +211,43 @@ class WriteSummary:
     def lines(self) -> list[str]:
         """A few lines for the terminal."""
         head = "write-back (dry run, nothing written)" if self.dry_run else "write-back"
-        verbs = ({"create": "to create", "update": "to update"} if self.dry_run
-                 else {"create": "created", "update": "updated"})
-        out = [f"{head}: {self.written} resource(s) "
-               f"{'to write' if self.dry_run else 'written'} in {self.seconds:.1f}s"]
+        verbs = (
+            {"create": "to create", "update": "to update"}
+            if self.dry_run
+            else {"create": "created", "update": "updated"}
+        )
+        out = [
+            f"{head}: {self.written} resource(s) "
+            f"{'to write' if self.dry_run else 'written'} in {self.seconds:.1f}s"
+        ]
         for rtype, row in self.counts.by_type.items():
-            parts = [f"{row.get('create', 0)} {verbs['create']}",
-                     f"{row.get('update', 0)} {verbs['update']}",
-                     f"{row.get('unchanged', 0)} unchanged"]
+            parts = [
+                f"{row.get('create', 0)} {verbs['create']}",
+                f"{row.get('update', 0)} {verbs['update']}",
+                f"{row.get('unchanged', 0)} unchanged",
+            ]
             parts += [f"{row[a]} {a}" for a in ("matched", "skipped", "failed") if row.get(a)]
             out.append(f"  {rtype}: " + ", ".join(parts))
         if not self.dry_run:
-            recovered = (f" (+{self.provenance_recovered} for earlier writes)"
-                         if self.provenance_recovered else "")
-            out.append(f"  {self.provenance} Provenance{recovered}, "
-                       f"{self.requests.get('total', 0)} requests ({self.write_requests} writes)")
+            recovered = (
+                f" (+{self.provenance_recovered} for earlier writes)"
+                if self.provenance_recovered
+                else ""
+            )
+            out.append(
+                f"  {self.provenance} Provenance{recovered}, "
+                f"{self.requests.get('total', 0)} requests ({self.write_requests} writes)"
+            )
         if self.unconfirmed:
-            out.append(f"  {len(self.unconfirmed)} write(s) unconfirmed (answer lost): "
-                       "checked by the next run")
+            out.append(
+                f"  {len(self.unconfirmed)} write(s) unconfirmed (answer lost): "
+                "checked by the next run"
+            )
         if self.issues:
-            out.append(f"  {len(self.issues)} issue(s), first: {self.issues[0].resource}: "
-                       f"{self.issues[0].problem}")
+            out.append(
+                f"  {len(self.issues)} issue(s), first: {self.issues[0].resource}: "
+                f"{self.issues[0].problem}"
+            )
         return out
 
 
@@ -282,10 +299,21 @@ def write_back(
     except TransportError as exc:
         raise WriteBackInterrupted(
             f"write-back did not start, the FHIR server could not be reached: {exc}",
-            WriteSummary(dry_run=dry_run, unconfirmed=set(unconfirmed))) from exc
-    session = _Session(client, settings, caps, tables, dry_run=dry_run,
-                       now=now or datetime.now(UTC), ledger=ledger, trust_ledger=trust_ledger,
-                       unconfirmed=unconfirmed, guard=guard, batch_sizes=batch_sizes)
+            WriteSummary(dry_run=dry_run, unconfirmed=set(unconfirmed)),
+        ) from exc
+    session = _Session(
+        client,
+        settings,
+        caps,
+        tables,
+        dry_run=dry_run,
+        now=now or datetime.now(UTC),
+        ledger=ledger,
+        trust_ledger=trust_ledger,
+        unconfirmed=unconfirmed,
+        guard=guard,
+        batch_sizes=batch_sizes,
+    )
     summary = session.summary
     try:
         session.run(outcome)
@@ -293,7 +321,9 @@ def write_back(
         raise WriteBackInterrupted(
             f"write-back stopped, the FHIR server could not be reached or an answer was lost: "
             f"{exc}; {summary.written} write(s) confirmed, {len(summary.unconfirmed)} "
-            "unconfirmed (checked by the next run)", summary) from exc
+            "unconfirmed (checked by the next run)",
+            summary,
+        ) from exc
     finally:
         summary.seconds = time.perf_counter() - started
         summary.requests = _stats_delta(client, before)
@@ -336,11 +366,21 @@ class _Request:
 
 
 class _Session:
-    def __init__(self, client: FhirClient, settings: WritebackSettings,
-                 caps: ServerCapabilities, tables: WritebackTables, *, dry_run: bool,
-                 now: datetime, ledger: Ledger | None = None, trust_ledger: bool = True,
-                 unconfirmed: Collection[Key] = (), guard: Guard | None = None,
-                 batch_sizes: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        client: FhirClient,
+        settings: WritebackSettings,
+        caps: ServerCapabilities,
+        tables: WritebackTables,
+        *,
+        dry_run: bool,
+        now: datetime,
+        ledger: Ledger | None = None,
+        trust_ledger: bool = True,
+        unconfirmed: Collection[Key] = (),
+        guard: Guard | None = None,
+        batch_sizes: Mapping[str, int] | None = None,
+    ) -> None:
         self.client = client
         self.guard = guard
         self.ledger = ledger
@@ -359,8 +399,9 @@ class _Session:
         self.refusal: tuple[int, str] | None = None  # (size refused, why), the first time
         self.refusals = 0  # transactions refused for their size (or refused altogether)
         self.carried: frozenset[Key] = frozenset(unconfirmed)
-        self.summary = WriteSummary(dry_run=dry_run, transactions=self.transactions,
-                                    unconfirmed=set(self.carried))
+        self.summary = WriteSummary(
+            dry_run=dry_run, transactions=self.transactions, unconfirmed=set(self.carried)
+        )
 
     # ------------------------------------------------------------ phases
 
@@ -374,12 +415,15 @@ class _Session:
             if self.refusal is not None:
                 size, why = self.refusal
                 more = f" ({self.refusals} refusals in all)" if self.refusals > 1 else ""
-                self.summary.issues.append(Issue(
-                    resource="write-back",
-                    problem=f"the server refused a transaction of {size} entries ({why}){more};"
-                            f" {sizes_text(self.sizes)} for the rest of the run (the run's "
-                            "batch_sizes: the next run starts there when given them)",
-                    action="recorded"))
+                self.summary.issues.append(
+                    Issue(
+                        resource="write-back",
+                        problem=f"the server refused a transaction of {size} entries ({why}){more};"
+                        f" {sizes_text(self.sizes)} for the rest of the run (the run's "
+                        "batch_sizes: the next run starts there when given them)",
+                        action="recorded",
+                    )
+                )
 
     def _run(self, outcome: RunOutcome) -> None:
         codes, cfg = self.tables.codes, self.cfg
@@ -388,8 +432,15 @@ class _Session:
         assignments = outcome.attribution.assignments
         clinicians = {a.patient: directory.resolve(a) for a in assignments}
 
-        teams = [self._planned("CareTeam", CARE_TEAM_KIND, a.patient, functools.partial(
-            _team_builder, a, as_of, cfg, codes, clinicians[a.patient])) for a in assignments]
+        teams = [
+            self._planned(
+                "CareTeam",
+                CARE_TEAM_KIND,
+                a.patient,
+                functools.partial(_team_builder, a, as_of, cfg, codes, clinicians[a.patient]),
+            )
+            for a in assignments
+        ]
         self._phase("CareTeam", teams)
         team_refs = {item.subject: self._reference(item) for item in teams}
 
@@ -397,16 +448,28 @@ class _Session:
         for a in assignments:
             team_ref = team_refs.get(a.patient)
             risk = outcome.risk.get(a.patient)
-            plans.append(self._planned("CarePlan", CARE_PLAN_KIND, a.patient, functools.partial(
-                _plan_builder, a, risk, as_of, cfg, self.tables, team_ref)))
+            plans.append(
+                self._planned(
+                    "CarePlan",
+                    CARE_PLAN_KIND,
+                    a.patient,
+                    functools.partial(_plan_builder, a, risk, as_of, cfg, self.tables, team_ref),
+                )
+            )
         self._phase("CarePlan", plans, check=_plan_has_team)
 
         if cfg.risk_assessment:
-            assessments = [self._planned(
-                "RiskAssessment", RISK_ASSESSMENT_KIND, a.patient,
-                functools.partial(_risk_builder, a, outcome.risk.get(a.patient), as_of, cfg,
-                                  self.tables))
-                for a in assignments]
+            assessments = [
+                self._planned(
+                    "RiskAssessment",
+                    RISK_ASSESSMENT_KIND,
+                    a.patient,
+                    functools.partial(
+                        _risk_builder, a, outcome.risk.get(a.patient), as_of, cfg, self.tables
+                    ),
+                )
+                for a in assignments
+            ]
             self._phase("RiskAssessment", assessments)
 
         if cfg.attribution_group:
@@ -415,18 +478,27 @@ class _Session:
                 info = clinicians[a.patient]
                 if info is not None and info.organization:
                     members.setdefault(info.organization, []).append(
-                        GroupMember(a.patient, info.member))
+                        GroupMember(a.patient, info.member)
+                    )
             organizations = sorted(set(members) | set(outcome.population.organizations))
-            groups = [self._planned("Group", ATTRIBUTION_GROUP_KIND, org, functools.partial(
-                _group_builder, org, members.get(org, []), as_of, cfg, codes))
-                for org in organizations]
+            groups = [
+                self._planned(
+                    "Group",
+                    ATTRIBUTION_GROUP_KIND,
+                    org,
+                    functools.partial(_group_builder, org, members.get(org, []), as_of, cfg, codes),
+                )
+                for org in organizations
+            ]
             self._phase("Group", groups)
 
-    def _planned(self, rtype: str, kind: str, subject: str,
-                 make: Callable[[list[str]], Builder]) -> PlannedWrite:
+    def _planned(
+        self, rtype: str, kind: str, subject: str, make: Callable[[list[str]], Builder]
+    ) -> PlannedWrite:
         """`make(problems)` binds a builder that reports growth into the item's problems."""
-        item = PlannedWrite(rtype=rtype, identifier=identifier_value(kind, subject),
-                            subject=subject, build=_unbound)
+        item = PlannedWrite(
+            rtype=rtype, identifier=identifier_value(kind, subject), subject=subject, build=_unbound
+        )
         item.build = make(item.problems)
         return item
 
@@ -441,8 +513,12 @@ class _Session:
             return f"{item.rtype}?identifier={identifier_token(self.cfg, item.identifier)}"
         return None
 
-    def _phase(self, rtype: str, items: list[PlannedWrite],
-               check: Callable[[PlannedWrite], str | None] | None = None) -> None:
+    def _phase(
+        self,
+        rtype: str,
+        items: list[PlannedWrite],
+        check: Callable[[PlannedWrite], str | None] | None = None,
+    ) -> None:
         """Read what exists, build, decide, then write what changed. `check` may hold back a
         built resource (with the reason); the guard sees the CareTeams before any write."""
         self.summary.strategy[rtype] = self._create_strategy(rtype)
@@ -452,7 +528,8 @@ class _Session:
         if self.ledger is not None and self.trust_ledger:
             # A write whose answer was lost is read from the server, never from the ledger.
             known = self.ledger.lookup(
-                rtype, [v for v in identifiers if (rtype, v) not in self.carried])
+                rtype, [v for v in identifiers if (rtype, v) not in self.carried]
+            )
             self.summary.ledger_hits += len(known)
         found = self._read_existing(rtype, [v for v in identifiers if v not in known])
         for value, resource in known.items():
@@ -483,29 +560,35 @@ class _Session:
             try:
                 self._settle_carried(rtype, items)
                 for start in range(0, len(to_write), self.batch_size):
-                    self._write_chunk(rtype, to_write[start:start + self.batch_size])
+                    self._write_chunk(rtype, to_write[start : start + self.batch_size])
             finally:
                 if self.ledger is not None:
                     self._record_ledger(items)
         timings = self.summary.timings
         timings[f"{rtype}.read"] = timings.get(f"{rtype}.read", 0.0) + read_done - started
         timings[f"{rtype}.build"] = timings.get(f"{rtype}.build", 0.0) + built - read_done
-        timings[f"{rtype}.write"] = (timings.get(f"{rtype}.write", 0.0)
-                                     + time.perf_counter() - built)
+        timings[f"{rtype}.write"] = timings.get(f"{rtype}.write", 0.0) + time.perf_counter() - built
 
     def _record_ledger(self, items: Sequence[PlannedWrite]) -> None:
         """What the server now holds for each item, as far as it confirmed it."""
         assert self.ledger is not None  # noqa: S101 - checked by the caller
         for item in items:
-            if (item.outcome == "written" and item.action in ("create", "update")
-                    and item.written_id and item.resource):
+            if (
+                item.outcome == "written"
+                and item.action in ("create", "update")
+                and item.written_id
+                and item.resource
+            ):
                 meta = dict(item.resource.get("meta") or {})
                 if item.written_version:
                     meta["versionId"] = item.written_version
                 else:
                     meta.pop("versionId", None)
-                self.ledger.record(item.rtype, item.identifier,
-                                   {**item.resource, "id": item.written_id, "meta": meta})
+                self.ledger.record(
+                    item.rtype,
+                    item.identifier,
+                    {**item.resource, "id": item.written_id, "meta": meta},
+                )
             elif item.action == "unchanged" and item.existing is not None:
                 self.ledger.record(item.rtype, item.identifier, item.existing)
             elif item.action in ("failed", "create", "update"):
@@ -516,14 +599,18 @@ class _Session:
         choice = choose_existing(found, self.cfg)
         for problem in choice.problems:
             self._issue(item, problem, "recorded")
-        if choice.foreign or (choice.resource is not None
-                              and not is_managed(choice.resource, self.cfg)):
+        if choice.foreign or (
+            choice.resource is not None and not is_managed(choice.resource, self.cfg)
+        ):
             item.existing = choice.resource
             item.action = "skipped"
             self.summary.foreign += 1
             self.summary.counts.add(item.rtype, "skipped")
-            self._issue(item, "carries fhirpanel's identifier but not its tag: not ours, "
-                        "left untouched", "skipped")
+            self._issue(
+                item,
+                "carries fhirpanel's identifier but not its tag: not ours, left untouched",
+                "skipped",
+            )
             return False
         item.prepare(choice.resource)
         return True
@@ -547,16 +634,18 @@ class _Session:
         if len(unique) >= BULK_READ_MIN:
             total = self._count_ours(rtype)
             if total is not None and total <= len(unique) * BULK_READ_MAX_RATIO:
-                return self._collect(self.client.search(
-                    rtype, [("identifier", f"{self.cfg.identifier_system}|")]), rtype,
-                    set(unique))
+                return self._collect(
+                    self.client.search(rtype, [("identifier", f"{self.cfg.identifier_system}|")]),
+                    rtype,
+                    set(unique),
+                )
         found: dict[str, list[dict[str, Any]]] = {}
         for start in range(0, len(unique), IDENTIFIER_BATCH):
-            batch = unique[start:start + IDENTIFIER_BATCH]
+            batch = unique[start : start + IDENTIFIER_BATCH]
             tokens = ",".join(identifier_token(self.cfg, v) for v in batch)
             for value, resources in self._collect(
-                    self.client.search(rtype, [("identifier", tokens)]), rtype,
-                    set(batch)).items():
+                self.client.search(rtype, [("identifier", tokens)]), rtype, set(batch)
+            ).items():
                 found.setdefault(value, []).extend(resources)
         return found
 
@@ -568,8 +657,9 @@ class _Session:
             return total if isinstance(total, int) else None
         return None
 
-    def _collect(self, resources: Iterable[dict[str, Any]], rtype: str,
-                 wanted: set[str]) -> dict[str, list[dict[str, Any]]]:
+    def _collect(
+        self, resources: Iterable[dict[str, Any]], rtype: str, wanted: set[str]
+    ) -> dict[str, list[dict[str, Any]]]:
         found: dict[str, list[dict[str, Any]]] = {}
         for resource in resources:
             if resource.get("resourceType") != rtype:
@@ -586,9 +676,13 @@ class _Session:
         if item.action == "update" and item.current_id:
             if item.resource is not None:
                 item.resource["id"] = item.current_id
-            return _Request(item, "update", "PUT",
-                            f"{rtype}/{quote(item.current_id, safe='')}",
-                            if_match=item.existing_version)
+            return _Request(
+                item,
+                "update",
+                "PUT",
+                f"{rtype}/{quote(item.current_id, safe='')}",
+                if_match=item.existing_version,
+            )
         if item.resource is not None:
             item.resource.pop("id", None)
         query = f"identifier={quote(identifier_token(self.cfg, item.identifier), safe=':')}"
@@ -605,8 +699,9 @@ class _Session:
         self._send_items(rtype, items)
         self._finish_chunk(rtype, items)
 
-    def _send_items(self, rtype: str, items: Sequence[PlannedWrite], *,
-                    retried: bool = False) -> None:
+    def _send_items(
+        self, rtype: str, items: Sequence[PlannedWrite], *, retried: bool = False
+    ) -> None:
         """Transactions where possible, else one request each. Batches with a conditional entry
         and batches without have their own size (`self.sizes`), and mix while the two are equal.
         A transaction refused for its size lowers the size of its kind for the rest of the run
@@ -631,8 +726,12 @@ class _Session:
                     if exc.status in (409, 412):
                         self._whole_conflict(rtype, part, exc, retried=retried)
                     else:
-                        log.warning("%s transaction of %d entries refused (%s); retrying one "
-                                    "by one", rtype, len(part), str(exc)[:200])
+                        log.warning(
+                            "%s transaction of %d entries refused (%s); retrying one by one",
+                            rtype,
+                            len(part),
+                            str(exc)[:200],
+                        )
                         self._send_each(part, attempt=attempt)
             pending = [r for r in pending if id(r) not in taken]
 
@@ -642,11 +741,11 @@ class _Session:
         if not self.transactions:
             return list(pending), PLAIN
         if len(set(self.sizes.values())) == 1:
-            part = list(pending[:self.sizes[PLAIN]])
+            part = list(pending[: self.sizes[PLAIN]])
             kind = CONDITIONAL if any(r.batch_kind == CONDITIONAL for r in part) else PLAIN
             return part, kind
         kind = pending[0].batch_kind
-        return [r for r in pending if r.batch_kind == kind][:self.sizes[kind]], kind
+        return [r for r in pending if r.batch_kind == kind][: self.sizes[kind]], kind
 
     def _shrink(self, kind: str, size: int, refusal: str, exc: FhirHttpError) -> None:
         """Lower the size of the refused batch's kind for the rest of the run: to the limits
@@ -667,29 +766,44 @@ class _Session:
                 if kind == PLAIN:
                     sizes[CONDITIONAL] = min(sizes[CONDITIONAL], sizes[PLAIN])
         self.sizes = sizes
-        log.warning("transaction of %d entries (%s) refused (%s); %s from now on", size, kind,
-                    why, sizes_text(sizes))
+        log.warning(
+            "transaction of %d entries (%s) refused (%s); %s from now on",
+            size,
+            kind,
+            why,
+            sizes_text(sizes),
+        )
         self.refusals += 1
         if self.refusal is None:
             self.refusal = (size, why)
 
-    def _whole_conflict(self, rtype: str, requests_: Sequence[_Request], exc: FhirHttpError,
-                        *, retried: bool) -> None:
+    def _whole_conflict(
+        self, rtype: str, requests_: Sequence[_Request], exc: FhirHttpError, *, retried: bool
+    ) -> None:
         """A transaction refused whole for a version conflict (409/412; an atomic transaction
         names no entry): re-read its resources in one search, re-apply, send them again as one.
         Refused so again (`retried`), its entries go one by one, each on its own conflict path."""
         problem = f"HTTP {exc.status} for the whole transaction"
         if retried:
-            log.info("%s transaction of %d entries: %s again after a re-read; sending them one "
-                     "by one", rtype, len(requests_), problem)
+            log.info(
+                "%s transaction of %d entries: %s again after a re-read; sending them one by one",
+                rtype,
+                len(requests_),
+                problem,
+            )
             self._send_each(requests_, attempt=1)
             return
-        log.info("%s transaction of %d entries: %s; re-reading and re-applying them", rtype,
-                 len(requests_), problem)
+        log.info(
+            "%s transaction of %d entries: %s; re-reading and re-applying them",
+            rtype,
+            len(requests_),
+            problem,
+        )
         self._reapply_together(rtype, [r.item for r in requests_], problem, named=False)
 
-    def _reapply_together(self, rtype: str, items: Sequence[PlannedWrite], problem: str, *,
-                          named: bool) -> None:
+    def _reapply_together(
+        self, rtype: str, items: Sequence[PlannedWrite], problem: str, *, named: bool
+    ) -> None:
         """Re-read items after a version conflict (one search for all), rebuild them on what
         the server holds now, and send those still to write again together (the first of the
         bounded conflict retries). `named`: the server said each of them conflicted; else only
@@ -732,15 +846,19 @@ class _Session:
             if self.cfg.provenance:
                 self._record_provenance(written)
 
-    def _send_transaction(self, rtype: str, requests_: Sequence[_Request], *,
-                          retried: bool = False) -> None:
+    def _send_transaction(
+        self, rtype: str, requests_: Sequence[_Request], *, retried: bool = False
+    ) -> None:
         """One transaction; every entry ends written, matched, re-sent or re-read. Raises the
         FhirHttpError of a refused transaction (nothing was written). Entries answered 409/412
         are re-read together and sent again together, or (`retried`: they were just re-read)
         each on its own conflict path."""
         items = [r.item for r in requests_]
-        bundle = {"resourceType": "Bundle", "type": "transaction",
-                  "entry": [r.entry() for r in requests_]}
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [r.entry() for r in requests_],
+        }
         self._mark(items)
         try:
             response = self.client.transaction(bundle)
@@ -783,18 +901,27 @@ class _Session:
                 assert status is not None  # noqa: S101 - conflict/failed have a status
                 (conflicts if outcome == "conflict" else resend).append((request, status))
         if conflicts and not retried:
-            log.info("%s transaction: %d entries answered 409/412; re-reading and re-applying",
-                     rtype, len(conflicts))
-            self._reapply_together(rtype, [r.item for r, _ in conflicts],
-                                   "409/412 in a transaction answer", named=True)
+            log.info(
+                "%s transaction: %d entries answered 409/412; re-reading and re-applying",
+                rtype,
+                len(conflicts),
+            )
+            self._reapply_together(
+                rtype, [r.item for r, _ in conflicts], "409/412 in a transaction answer", named=True
+            )
         for request, status in conflicts if retried else ():
-            log.info("%s: %d in the transaction answer again; re-reading and re-applying",
-                     request.item.label, status)
-            self._after_conflict(request.item, f"HTTP {status} in a transaction answer",
-                                 attempt=1)
+            log.info(
+                "%s: %d in the transaction answer again; re-reading and re-applying",
+                request.item.label,
+                status,
+            )
+            self._after_conflict(request.item, f"HTTP {status} in a transaction answer", attempt=1)
         for request, status in resend:
-            log.info("%s: %d in the transaction answer; sending it on its own",
-                     request.item.label, status)
+            log.info(
+                "%s: %d in the transaction answer; sending it on its own",
+                request.item.label,
+                status,
+            )
             self._send_with_retries(request)
         if matched:
             self._reconcile(rtype, matched, "matched")
@@ -802,16 +929,19 @@ class _Session:
             self._reconcile(rtype, unknown, "unknown")
 
     def _unknown_answer(self, rtype: str, items: Sequence[PlannedWrite], problem: str) -> None:
-        self.summary.issues.append(Issue(
-            resource=f"{rtype} transaction ({len(items)} entries)",
-            problem=f"{problem}; every entry was re-read before anything was counted",
-            action="recorded"))
-        log.warning("%s transaction of %d entries: %s; re-reading them", rtype, len(items),
-                    problem)
+        self.summary.issues.append(
+            Issue(
+                resource=f"{rtype} transaction ({len(items)} entries)",
+                problem=f"{problem}; every entry was re-read before anything was counted",
+                action="recorded",
+            )
+        )
+        log.warning("%s transaction of %d entries: %s; re-reading them", rtype, len(items), problem)
         self._reconcile(rtype, items, "unknown")
 
-    def _reconcile(self, rtype: str, items: Sequence[PlannedWrite], why: str, *,
-                   resend: bool = True) -> None:
+    def _reconcile(
+        self, rtype: str, items: Sequence[PlannedWrite], why: str, *, resend: bool = True
+    ) -> None:
         """Re-read items whose write is not known to have happened (`unknown`) or that a
         conditional create found already there (`matched`), and decide again: the server holds
         what this run would build (a landed write gets its Provenance; a match counts as
@@ -832,9 +962,13 @@ class _Session:
                     self._send_with_retries(self._request_for(item), reconcile=False)
                 else:
                     self._unmark([item])
-                    self._fail(item, "the server's answers to this write could not be read"
-                               if why == "unknown" else "a conditional create matched a "
-                               "resource that a search by identifier does not return")
+                    self._fail(
+                        item,
+                        "the server's answers to this write could not be read"
+                        if why == "unknown"
+                        else "a conditional create matched a "
+                        "resource that a search by identifier does not return",
+                    )
             else:
                 self._unmark([item])
         self._recover_provenance(landed)
@@ -843,8 +977,11 @@ class _Session:
         """A 409/412 for a transaction entry (`attempt` re-reads already made for it): re-read,
         re-apply, send on its own (bounded by writeback.max_conflict_retries)."""
         if attempt >= self.cfg.max_conflict_retries:
-            self._fail(item, f"version conflict ({problem})"
-                       + (f" after {attempt} re-read(s)" if attempt else ""))
+            self._fail(
+                item,
+                f"version conflict ({problem})"
+                + (f" after {attempt} re-read(s)" if attempt else ""),
+            )
             return
         if self._reapply(item) and item.action in ("create", "update"):
             self._send_with_retries(self._request_for(item), attempt=attempt + 1)
@@ -854,8 +991,9 @@ class _Session:
         for request in requests_:
             self._send_with_retries(request, attempt=attempt)
 
-    def _send_with_retries(self, request: _Request, *, attempt: int = 0,
-                           reconcile: bool = True) -> None:
+    def _send_with_retries(
+        self, request: _Request, *, attempt: int = 0, reconcile: bool = True
+    ) -> None:
         """One write; on a version conflict re-read, rebuild and try again (bounded). An answer
         that cannot be read is settled by a re-read (once)."""
         item = request.item
@@ -869,8 +1007,9 @@ class _Session:
                 resent = self.client.stats.retries > retries
                 self._unmark([item])
                 if attempt >= self.cfg.max_conflict_retries:
-                    self._fail(item, f"version conflict persisted after {attempt} re-read(s): "
-                               f"{exc}")
+                    self._fail(
+                        item, f"version conflict persisted after {attempt} re-read(s): {exc}"
+                    )
                     return
                 attempt += 1
                 log.info("%s: version conflict, re-reading and re-applying", item.label)
@@ -916,14 +1055,26 @@ class _Session:
                 written = self.client.update(resource, if_match=request.if_match)
                 entry: dict[str, Any] = {"resource": written, "response": {"status": "200"}}
             elif request.kind == "conditional":
-                entry = self._answer(self.client.request(
-                    "PUT", request.url, json=resource,
-                    headers={"Prefer": "return=representation"}))
+                entry = self._answer(
+                    self.client.request(
+                        "PUT",
+                        request.url,
+                        json=resource,
+                        headers={"Prefer": "return=representation"},
+                    )
+                )
             elif request.if_none_exist:
-                entry = self._answer(self.client.request(
-                    "POST", item.rtype, json=resource,
-                    headers={"If-None-Exist": request.if_none_exist,
-                             "Prefer": "return=representation"}))
+                entry = self._answer(
+                    self.client.request(
+                        "POST",
+                        item.rtype,
+                        json=resource,
+                        headers={
+                            "If-None-Exist": request.if_none_exist,
+                            "Prefer": "return=representation",
+                        },
+                    )
+                )
             else:
                 written = self.client.create(resource)
                 entry = {"resource": written, "response": {"status": "201"}}
@@ -955,10 +1106,14 @@ class _Session:
                 raise SourceError(f"answer to a write is not JSON ({exc})") from exc
         if not isinstance(body, dict):
             raise SourceError("answer to a write is not a JSON object")
-        return {"resource": body,
-                "response": {"status": str(response.status_code),
-                             "location": response.headers.get("Location", ""),
-                             "etag": response.headers.get("ETag", "")}}
+        return {
+            "resource": body,
+            "response": {
+                "status": str(response.status_code),
+                "location": response.headers.get("Location", ""),
+                "etag": response.headers.get("ETag", ""),
+            },
+        }
 
     # ------------------------------------------------------------ confirmation bookkeeping
 
@@ -977,8 +1132,9 @@ class _Session:
         if not targets:
             return
         activity = "CREATE" if all(i.action == "create" for i in written) else "UPDATE"
-        provenance = build_provenance(targets, self.now, self.cfg, codes=self.tables.codes,
-                                      activity=activity)
+        provenance = build_provenance(
+            targets, self.now, self.cfg, codes=self.tables.codes, activity=activity
+        )
         self._mark(written)  # until the Provenance is confirmed
         try:
             self.client.create(provenance)
@@ -986,17 +1142,24 @@ class _Session:
         except FhirHttpError as exc:
             # The writes stand; their Provenance is owed: the targets stay marked, and the next
             # run that finds them as written writes it.
-            self.summary.issues.append(Issue(
-                resource=f"Provenance ({len(targets)} targets)",
-                problem=f"{str(exc)[:260]}; written by the next run", action="recorded"))
+            self.summary.issues.append(
+                Issue(
+                    resource=f"Provenance ({len(targets)} targets)",
+                    problem=f"{str(exc)[:260]}; written by the next run",
+                    action="recorded",
+                )
+            )
             return
         except TransportError:
             raise  # the Provenance may or may not exist: its targets stay unconfirmed
         except SourceError as exc:  # 2xx that cannot be read: checked by the next run
-            self.summary.issues.append(Issue(
-                resource=f"Provenance ({len(targets)} targets)",
-                problem=f"the answer could not be read ({str(exc)[:200]}); checked next run",
-                action="recorded"))
+            self.summary.issues.append(
+                Issue(
+                    resource=f"Provenance ({len(targets)} targets)",
+                    problem=f"the answer could not be read ({str(exc)[:200]}); checked next run",
+                    action="recorded",
+                )
+            )
             return
         self._unmark(written)
 
@@ -1026,24 +1189,31 @@ class _Session:
                 self._unmark([item])
                 continue
             version = item.existing_version
-            target = (f"{item.rtype}/{rid}/_history/{version}" if version
-                      else f"{item.rtype}/{rid}")
+            target = f"{item.rtype}/{rid}/_history/{version}" if version else f"{item.rtype}/{rid}"
             if self._has_provenance(item.rtype, rid, target):
                 self._unmark([item])
                 continue
             meta = existing.get("meta") if isinstance(existing.get("meta"), Mapping) else {}
             recorded = _instant(meta.get("lastUpdated") if isinstance(meta, Mapping) else None)
             provenance = build_provenance(
-                [target], recorded or self.now, self.cfg, codes=self.tables.codes,
-                activity="CREATE" if version == "1" else "UPDATE")
+                [target],
+                recorded or self.now,
+                self.cfg,
+                codes=self.tables.codes,
+                activity="CREATE" if version == "1" else "UPDATE",
+            )
             try:
                 self.client.create(provenance)
                 self.summary.provenance_recovered += 1
-                log.info("%s: its earlier write landed without an answer; Provenance written",
-                         item.label)
+                log.info(
+                    "%s: its earlier write landed without an answer; Provenance written", item.label
+                )
             except FhirHttpError as exc:
-                self.summary.issues.append(Issue(
-                    resource=f"Provenance ({target})", problem=str(exc)[:300], action="skipped"))
+                self.summary.issues.append(
+                    Issue(
+                        resource=f"Provenance ({target})", problem=str(exc)[:300], action="skipped"
+                    )
+                )
             except TransportError:
                 raise
             except SourceError:  # 2xx that cannot be read: checked again by the next run
@@ -1057,9 +1227,14 @@ class _Session:
             found = list(self.client.search("Provenance", [("target", f"{rtype}/{rid}")]))
         except FhirHttpError:
             return False
-        return any(has_managed_tag(p, self.cfg) and any(
-            isinstance(t, Mapping) and _reference_tail(t.get("reference")) == target
-            for t in p.get("target") or ()) for p in found)
+        return any(
+            has_managed_tag(p, self.cfg)
+            and any(
+                isinstance(t, Mapping) and _reference_tail(t.get("reference")) == target
+                for t in p.get("target") or ()
+            )
+            for p in found
+        )
 
     # ------------------------------------------------------------ issues
 
@@ -1081,44 +1256,81 @@ def _unbound(existing: Mapping[str, Any] | None) -> dict[str, Any] | None:
     raise AssertionError("builder not bound")  # pragma: no cover - replaced in _planned
 
 
-def _team_builder(assignment: Assignment, as_of: Any, cfg: WritebackSettings,
-                  codes: WritebackCodes, clinician: ClinicianInfo | None,
-                  problems: list[str]) -> Builder:
+def _team_builder(
+    assignment: Assignment,
+    as_of: Any,
+    cfg: WritebackSettings,
+    codes: WritebackCodes,
+    clinician: ClinicianInfo | None,
+    problems: list[str],
+) -> Builder:
     def build(existing: Mapping[str, Any] | None) -> dict[str, Any] | None:
-        return build_care_team(assignment, existing, as_of, cfg, codes=codes,
-                               clinician=clinician, problems=problems)
+        return build_care_team(
+            assignment, existing, as_of, cfg, codes=codes, clinician=clinician, problems=problems
+        )
+
     return build
 
 
-def _plan_builder(assignment: Assignment, risk: Any, as_of: Any, cfg: WritebackSettings,
-                  tables: WritebackTables, team_ref: str | None,
-                  problems: list[str]) -> Builder:
+def _plan_builder(
+    assignment: Assignment,
+    risk: Any,
+    as_of: Any,
+    cfg: WritebackSettings,
+    tables: WritebackTables,
+    team_ref: str | None,
+    problems: list[str],
+) -> Builder:
     def build(existing: Mapping[str, Any] | None) -> dict[str, Any] | None:
-        return build_care_plan(assignment, risk, existing, as_of, cfg, tables.templates,
-                               codes=tables.codes, labels=tables.labels,
-                               care_team_ref=team_ref, problems=problems)
+        return build_care_plan(
+            assignment,
+            risk,
+            existing,
+            as_of,
+            cfg,
+            tables.templates,
+            codes=tables.codes,
+            labels=tables.labels,
+            care_team_ref=team_ref,
+            problems=problems,
+        )
+
     return build
 
 
-def _risk_builder(assignment: Assignment, risk: Any, as_of: Any, cfg: WritebackSettings,
-                  tables: WritebackTables, problems: list[str]) -> Builder:
+def _risk_builder(
+    assignment: Assignment,
+    risk: Any,
+    as_of: Any,
+    cfg: WritebackSettings,
+    tables: WritebackTables,
+    problems: list[str],
+) -> Builder:
     def build(existing: Mapping[str, Any] | None) -> dict[str, Any] | None:
-        return build_risk_assessment(assignment, risk, existing, as_of, cfg,
-                                     codes=tables.codes, labels=tables.labels)
+        return build_risk_assessment(
+            assignment, risk, existing, as_of, cfg, codes=tables.codes, labels=tables.labels
+        )
+
     return build
 
 
-def _group_builder(organization: str, members: Sequence[GroupMember], as_of: Any,
-                   cfg: WritebackSettings, codes: WritebackCodes,
-                   problems: list[str]) -> Builder:
+def _group_builder(
+    organization: str,
+    members: Sequence[GroupMember],
+    as_of: Any,
+    cfg: WritebackSettings,
+    codes: WritebackCodes,
+    problems: list[str],
+) -> Builder:
     def build(existing: Mapping[str, Any] | None) -> dict[str, Any] | None:
-        return build_attribution_group(organization, members, existing, as_of, cfg,
-                                       codes=codes)
+        return build_attribution_group(organization, members, existing, as_of, cfg, codes=codes)
+
     return build
 
 
-def _pcp_figures(teams: Sequence[PlannedWrite], codes: WritebackCodes
-                 ) -> tuple[tuple[int, int], tuple[int, int]]:
+def _pcp_figures(
+    teams: Sequence[PlannedWrite], codes: WritebackCodes
+) -> tuple[tuple[int, int], tuple[int, int]]:
     """((PCP participations ended, open ones now), (teams whose PCP changes, teams with one))
     for the CareTeams as planned (a team not written keeps what it has)."""
     ended = open_now = changed = with_pcp = 0
@@ -1128,8 +1340,11 @@ def _pcp_figures(teams: Sequence[PlannedWrite], codes: WritebackCodes
             continue
         with_pcp += 1
         open_now += len(before)
-        after = (open_pcp_members(item.resource, codes)
-                 if item.action in ("create", "update") else before)
+        after = (
+            open_pcp_members(item.resource, codes)
+            if item.action in ("create", "update")
+            else before
+        )
         remaining = list(after)
         for member in before:
             if member in remaining:
@@ -1155,8 +1370,11 @@ def _plan_has_team(item: PlannedWrite) -> str | None:
 
 def _our_identifier_values(resource: Mapping[str, Any], cfg: WritebackSettings) -> Iterator[str]:
     for ident in resource.get("identifier") or ():
-        if (isinstance(ident, Mapping) and ident.get("system") == cfg.identifier_system
-                and isinstance(ident.get("value"), str)):
+        if (
+            isinstance(ident, Mapping)
+            and ident.get("system") == cfg.identifier_system
+            and isinstance(ident.get("value"), str)
+        ):
             yield ident["value"]
 
 
@@ -1232,8 +1450,11 @@ def sizes_text(sizes: Mapping[str, int]) -> str:
     conditional, plain = sizes[CONDITIONAL], sizes[PLAIN]
     if conditional == plain:
         return "single requests" if plain == 1 else f"transactions of at most {plain} entries"
-    with_ = ("conditional entries one by one" if conditional == 1
-             else f"at most {conditional} entries with a conditional entry")
+    with_ = (
+        "conditional entries one by one"
+        if conditional == 1
+        else f"at most {conditional} entries with a conditional entry"
+    )
     without = "single requests without" if plain == 1 else f"{plain} without"
     return f"transactions of {with_}, {without}"
 
@@ -1248,5 +1469,7 @@ def _stats_delta(client: FhirClient, before: Mapping[str, Any]) -> dict[str, Any
         for method, n in client.stats.by_method.items()
         if n - int(before["by_method"].get(method, 0))
     }
-    return {"total": client.stats.requests - int(before["requests"]),
-            "by_method": dict(sorted(by_method.items()))}
+    return {
+        "total": client.stats.requests - int(before["requests"]),
+        "by_method": dict(sorted(by_method.items())),
+    }

@@ -15,16 +15,31 @@ from tests.integration.test_check_server import ReplayServer, without
 
 def fhirpanel(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     run_env = {**os.environ, "COLUMNS": "160", **env}
-    return subprocess.run([sys.executable, "-m", "fhirpanel", *args], cwd=ROOT, env=run_env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "fhirpanel", *args],
+        cwd=ROOT,
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_check_server_on_the_sandbox(loaded_sandbox: SandboxServer) -> None:
     out = fhirpanel("check-server", loaded_sandbox.base_url)
     assert out.returncode == 0, out.stderr
-    for text in ("FHIR 4.0.1 (R4)", "PractitionerRole", "Encounter?patient", "CareTeam",
-                 "transaction", "$export (system)", "rest-hook Subscription",
-                 "SMART configuration", "fhirpanel can work with this server"):
+    for text in (
+        "FHIR 4.0.1 (R4)",
+        "PractitionerRole",
+        "Encounter?patient",
+        "CareTeam",
+        "transaction",
+        "$export (system)",
+        "rest-hook Subscription",
+        "SMART configuration",
+        "fhirpanel can work with this server",
+    ):
         assert text in out.stdout, text
     assert out.stderr == ""
 
@@ -34,8 +49,15 @@ def test_check_server_json_read_only(loaded_sandbox: SandboxServer) -> None:
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["ok"] and data["read_only"] and data["release"] == "R4"
-    assert {f["area"] for f in data["findings"]} >= {"server", "read", "search", "write", "bulk",
-                                                     "subscriptions", "smart"}
+    assert {f["area"] for f in data["findings"]} >= {
+        "server",
+        "read",
+        "search",
+        "write",
+        "bulk",
+        "subscriptions",
+        "smart",
+    }
 
 
 def test_check_server_on_a_hapi_stu3_replay_exits_15() -> None:
@@ -61,8 +83,12 @@ def test_check_server_with_a_config_file_that_turns_on_risk_assessments(tmp_path
 
 
 def test_check_server_errors_are_one_line() -> None:
-    unreachable = fhirpanel("check-server", f"http://127.0.0.1:{free_port()}/fhir",
-                            FHIRPANEL_FHIR_MAX_RETRIES="1", FHIRPANEL_FHIR_BACKOFF_FACTOR="0.01")
+    unreachable = fhirpanel(
+        "check-server",
+        f"http://127.0.0.1:{free_port()}/fhir",
+        FHIRPANEL_FHIR_MAX_RETRIES="1",
+        FHIRPANEL_FHIR_BACKOFF_FACTOR="0.01",
+    )
     assert unreachable.returncode == 10
     assert "cannot reach a FHIR server" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr

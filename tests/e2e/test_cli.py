@@ -14,17 +14,26 @@ from fhirpanel.sandbox.server import free_port
 from tests.conftest import AS_OF, POPULATION_DIR, ROOT
 
 
-def fhirpanel(*args: str, cwd: Path = ROOT,
-              timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def fhirpanel(
+    *args: str, cwd: Path = ROOT, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "160"}
-    return subprocess.run([sys.executable, "-m", "fhirpanel", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "fhirpanel", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_run_on_ndjson_writes_the_report_and_a_summary(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
-    out = fhirpanel("run", "--source", f"ndjson:{POPULATION_DIR}", "--as-of", AS_OF,
-                    "--report", str(report))
+    out = fhirpanel(
+        "run", "--source", f"ndjson:{POPULATION_DIR}", "--as-of", AS_OF, "--report", str(report)
+    )
     assert out.returncode == 0, out.stderr
     assert "Panels" in out.stdout and "assigned" in out.stdout
     data = json.loads(report.read_text())
@@ -35,8 +44,14 @@ def test_run_on_ndjson_writes_the_report_and_a_summary(tmp_path: Path) -> None:
     assigned = [p for p in data["patients"] if p["status"] == "assigned"]
     for entry in assigned:
         assert entry["practitioner"].startswith("Practitioner/")
-        assert entry["rule"] in {"single-provider", "plurality", "sentinel-exam", "last-visit",
-                                 "declared-pcp", "manual"}
+        assert entry["rule"] in {
+            "single-provider",
+            "plurality",
+            "sentinel-exam",
+            "last-visit",
+            "declared-pcp",
+            "manual",
+        }
         assert entry["visits"] and entry["evidence"]
         assert {"charlson", "hcc", "tier", "ccm_eligible"} <= set(entry["risk"])
     excluded = [p for p in data["patients"] if p["status"] == "excluded"]
@@ -48,8 +63,9 @@ def test_run_on_ndjson_writes_the_report_and_a_summary(tmp_path: Path) -> None:
 def test_generate_is_deterministic(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):
-        res = fhirpanel("generate", "--patients", "40", "--seed", "3", "--out", str(out),
-                        "--as-of", AS_OF)
+        res = fhirpanel(
+            "generate", "--patients", "40", "--seed", "3", "--out", str(out), "--as-of", AS_OF
+        )
         assert res.returncode == 0, res.stderr
     for name in ("Patient.ndjson", "Encounter.ndjson", "Condition.ndjson"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
@@ -73,10 +89,19 @@ def test_usage_errors_are_one_line(args: list[str], code: int, message: str) -> 
 def test_unreachable_server_is_a_source_error() -> None:
     port = free_port()  # nothing listens there
     env_args = ["run", "--source", f"http://127.0.0.1:{port}/fhir", "--as-of", AS_OF]
-    out = subprocess.run([sys.executable, "-m", "fhirpanel", *env_args], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120, check=False,
-                         env={**os.environ, "FHIRPANEL_FHIR_MAX_RETRIES": "1",
-                              "FHIRPANEL_FHIR_BACKOFF_FACTOR": "0.01"})
+    out = subprocess.run(
+        [sys.executable, "-m", "fhirpanel", *env_args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={
+            **os.environ,
+            "FHIRPANEL_FHIR_MAX_RETRIES": "1",
+            "FHIRPANEL_FHIR_BACKOFF_FACTOR": "0.01",
+        },
+    )
     assert out.returncode == 10, out.stderr
     assert "error:" in out.stderr and "Traceback" not in out.stderr
 
@@ -99,9 +124,15 @@ def test_log_level_is_one_setting_from_the_environment_or_the_file(tmp_path: Pat
     from_file = fhirpanel(*args, "--config", str(config))
     assert from_file.returncode == 0 and " INFO fhirpanel.run: read " in from_file.stderr
     env = {**os.environ, "FHIRPANEL_LOG_LEVEL": "WARNING"}  # the environment wins
-    out = subprocess.run([sys.executable, "-m", "fhirpanel", *args, "--config", str(config)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-                         check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "fhirpanel", *args, "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert out.returncode == 0 and " INFO " not in out.stderr
 
 
@@ -110,20 +141,39 @@ def test_smart_jwks_prints_the_public_key_only(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     key = tmp_path / "smart.pem"
-    key.write_bytes(ec.generate_private_key(ec.SECP384R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    env = {**os.environ, "FHIRPANEL_FHIR_SMART_KEY_FILE": str(key),
-           "FHIRPANEL_FHIR_SMART_ALGORITHM": "ES384"}
-    out = subprocess.run([sys.executable, "-m", "fhirpanel", "smart-jwks"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120, check=False)
+    key.write_bytes(
+        ec.generate_private_key(ec.SECP384R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    env = {
+        **os.environ,
+        "FHIRPANEL_FHIR_SMART_KEY_FILE": str(key),
+        "FHIRPANEL_FHIR_SMART_ALGORITHM": "ES384",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "fhirpanel", "smart-jwks"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     (jwk,) = json.loads(out.stdout)["keys"]
     assert jwk["kty"] == "EC" and jwk["alg"] == "ES384" and "d" not in jwk
-    missing = subprocess.run([sys.executable, "-m", "fhirpanel", "smart-jwks"], cwd=ROOT,
-                             env={k: v for k, v in env.items()
-                                  if k != "FHIRPANEL_FHIR_SMART_KEY_FILE"},
-                             capture_output=True, text=True, timeout=120, check=False)
+    missing = subprocess.run(
+        [sys.executable, "-m", "fhirpanel", "smart-jwks"],
+        cwd=ROOT,
+        env={k: v for k, v in env.items() if k != "FHIRPANEL_FHIR_SMART_KEY_FILE"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert missing.returncode == 2 and missing.stderr.startswith("error: SMART: no private key")
 
 

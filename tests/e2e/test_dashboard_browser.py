@@ -32,9 +32,16 @@ from fhirpanel.writeback.identity import CARE_TEAM_KIND, identifier_value
 from tests.conftest import AS_OF
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 AS_OF_DATE = date.fromisoformat(AS_OF)
 TOKEN = "browser-test-admin-token"
 TIMEOUT_MS = 20_000  # any single wait in the browser
@@ -66,10 +73,12 @@ def served(sandbox: SandboxServer, population_dir: Path, tmp_path: Path) -> Iter
     sandbox.load_ndjson_dir(population_dir)
     base = Settings.load(env={})
     settings = dataclasses.replace(
-        base, database_url=f"sqlite:///{tmp_path / 'state.db'}",
+        base,
+        database_url=f"sqlite:///{tmp_path / 'state.db'}",
         fhir=dataclasses.replace(base.fhir, base_url=sandbox.base_url),
         scheduler=dataclasses.replace(base.scheduler, source=sandbox.base_url),
-        api=dataclasses.replace(base.api, admin_tokens=f"manager={TOKEN}"))
+        api=dataclasses.replace(base.api, admin_tokens=f"manager={TOKEN}"),
+    )
     store = Store(settings.database)
     first = full_refresh(settings, store, as_of=AS_OF_DATE, write=True)
     assert first.status == "succeeded", first.error
@@ -88,8 +97,9 @@ def served(sandbox: SandboxServer, population_dir: Path, tmp_path: Path) -> Iter
 
     app = create_app(settings, store=store, trigger=trigger)
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="dashboard-test-server",
-                              daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, name="dashboard-test-server", daemon=True
+    )
     thread.start()
     try:
         yield Served(f"http://127.0.0.1:{server.server_port}", store, settings, runs, busy)
@@ -101,16 +111,23 @@ def served(sandbox: SandboxServer, population_dir: Path, tmp_path: Path) -> Iter
 
 
 def test_manager_confirms_overrides_and_sees_both_after_a_refresh(
-        chromium: Path, served: Served, output_dir: Path) -> None:
+    chromium: Path, served: Served, output_dir: Path
+) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     store = served.store
     clinicians = store.clinicians()
-    source = max((c for c in clinicians if c["eligible"] and not c["pediatric"]),
-                 key=lambda c: c["size"])
-    target = max((c for c in clinicians if c["eligible"] and not c["pediatric"]
-                  and c["practitioner"] != source["practitioner"]),
-                 key=lambda c: c["open_capacity"])
+    source = max(
+        (c for c in clinicians if c["eligible"] and not c["pediatric"]), key=lambda c: c["size"]
+    )
+    target = max(
+        (
+            c
+            for c in clinicians
+            if c["eligible"] and not c["pediatric"] and c["practitioner"] != source["practitioner"]
+        ),
+        key=lambda c: c["open_capacity"],
+    )
     source_id = source["practitioner"].split("/")[1]
     target_id = target["practitioner"].split("/")[1]
 
@@ -154,14 +171,16 @@ def test_manager_confirms_overrides_and_sees_both_after_a_refresh(
             row = page.locator(f'tr[data-patient="{confirmed}"]')
             row.get_by_role("button", name="Confirm with clinician").click()
             expect(page.locator(".flashes")).to_contain_text("confirmed with the clinician")
-            expect(page.locator(f'tr[data-patient="{confirmed}"] td.confirmation')) \
-                .to_contain_text("Confirmed with clinician")
+            expect(page.locator(f'tr[data-patient="{confirmed}"] td.confirmation')).to_contain_text(
+                "Confirmed with clinician"
+            )
 
             # Override another: the family asked for the clinician with the most room. The
             # worker is busy, so the change waits in the queue for the next refresh.
             served.busy.set()
             page.locator(f'tr[data-patient="{moved}"]').get_by_role(
-                "link", name="Change clinician…").click()
+                "link", name="Change clinician…"
+            ).click()
             expect(page.get_by_role("heading", name="Change clinician")).to_be_visible()
             page.get_by_label("New clinician").select_option(target["practitioner"])
             page.get_by_label("Family").check()
@@ -192,8 +211,7 @@ def test_manager_confirms_overrides_and_sees_both_after_a_refresh(
             expect(moved_row).to_contain_text("Override")
             page.screenshot(path=str(output_dir / "07-new-panel.png"))
             page.goto(served.base_url + f"/patients/{moved.split('/')[1]}")
-            expect(page.locator("#patient-clinician")).to_contain_text(
-                target["name"] or target_id)
+            expect(page.locator("#patient-clinician")).to_contain_text(target["name"] or target_id)
             expect(page.locator("#patient-rule")).to_have_text("Override")
             team = store.ledger_entry("CareTeam", identifier_value(CARE_TEAM_KIND, moved))
             assert team is not None and team["version"] == "2"  # rewritten for the new PCP
@@ -201,7 +219,8 @@ def test_manager_confirms_overrides_and_sees_both_after_a_refresh(
             page.screenshot(path=str(output_dir / "08-moved-patient.png"), full_page=True)
             page.goto(served.base_url + f"/patients/{confirmed.split('/')[1]}")
             expect(page.locator("#patient-confirmation")).to_contain_text(
-                "Confirmed with clinician")
+                "Confirmed with clinician"
+            )
             page.goto(served.base_url + f"/panels/{source_id}")
             expect(page.locator(f'tr[data-patient="{moved}"]')).to_have_count(0)
 
@@ -233,8 +252,9 @@ def test_manager_confirms_overrides_and_sees_both_after_a_refresh(
             fresh = browser.new_page()
             fresh.set_default_timeout(TIMEOUT_MS)
             fresh.goto(link)
-            expect(fresh.get_by_role("heading", name="This sign-in link has been used")) \
-                .to_be_visible()
+            expect(
+                fresh.get_by_role("heading", name="This sign-in link has been used")
+            ).to_be_visible()
             fresh.screenshot(path=str(output_dir / "09-link-used.png"))
         finally:
             browser.close()

@@ -21,9 +21,13 @@ READY_WITHIN = 240.0  # seconds: a bound on start-up, not a speed target
 def test_demo_serves_the_api_and_dashboard_and_stops_cleanly(tmp_path: Path) -> None:
     out_path = tmp_path / "demo.out"
     with out_path.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "fhirpanel", "demo"], cwd=tmp_path,
-                                env={**os.environ, "COLUMNS": "160"}, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fhirpanel", "demo"],
+            cwd=tmp_path,
+            env={**os.environ, "COLUMNS": "160"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     base = ""
     try:
         deadline = time.monotonic() + READY_WITHIN
@@ -34,14 +38,16 @@ def test_demo_serves_the_api_and_dashboard_and_stops_cleanly(tmp_path: Path) -> 
             time.sleep(1)
             text = out_path.read_text(errors="replace")
         token = re.search(r"Admin token: (\S+)", text).group(1)  # type: ignore[union-attr]
-        login = re.search(r"Dashboard:\s+((http://127\.0\.0\.1:\d+)/login/once/[A-Za-z0-9_-]+)\s",
-                          text)
+        login = re.search(
+            r"Dashboard:\s+((http://127\.0\.0\.1:\d+)/login/once/[A-Za-z0-9_-]+)\s", text
+        )
         assert login, text
         link, base = login.group(1), login.group(2)
         assert token not in link  # the token never goes into an address
 
-        panels = requests.get(f"{base}/api/panels", timeout=10,
-                              headers={"Authorization": f"Bearer {token}"})
+        panels = requests.get(
+            f"{base}/api/panels", timeout=10, headers={"Authorization": f"Bearer {token}"}
+        )
         assert panels.status_code == 200
         assert sum(p["size"] for p in panels.json()["panels"]) == 248
         assert requests.get(f"{base}/api/panels", timeout=10).status_code == 401
@@ -52,8 +58,7 @@ def test_demo_serves_the_api_and_dashboard_and_stops_cleanly(tmp_path: Path) -> 
             assert page.status_code == 200, page.status_code
             assert page.url == f"{base}/" and [r.status_code for r in page.history] == [303]
             assert "Practice overview" in page.text and "Signed in as" in page.text
-            assert browser.get(f"{base}/runs", timeout=10, allow_redirects=False) \
-                .status_code == 200
+            assert browser.get(f"{base}/runs", timeout=10, allow_redirects=False).status_code == 200
         with requests.Session() as other:
             # A second use is refused, and signs nobody in.
             again = other.get(link, timeout=10)

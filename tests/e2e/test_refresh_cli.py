@@ -16,8 +16,16 @@ from tests.e2e.test_cli import fhirpanel
 
 def test_full_refresh_then_runs(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'state.db'}"
-    out = fhirpanel("refresh", "--full", "--source", f"ndjson:{POPULATION_DIR}", "--as-of",
-                    AS_OF, "--database", db)
+    out = fhirpanel(
+        "refresh",
+        "--full",
+        "--source",
+        f"ndjson:{POPULATION_DIR}",
+        "--as-of",
+        AS_OF,
+        "--database",
+        db,
+    )
     assert out.returncode == 0, out.stderr
     assert "full refresh (run 1): succeeded" in out.stdout
     assert "assigned: 248" in out.stdout
@@ -32,23 +40,25 @@ def test_full_refresh_then_runs(tmp_path: Path) -> None:
     assert table.returncode == 0 and "succeeded" in table.stdout
 
     # NDJSON has no `_lastUpdated` search: an incremental pass on it is refused clearly.
-    inc = fhirpanel("refresh", "--source", f"ndjson:{POPULATION_DIR}", "--as-of", AS_OF,
-                    "--database", db)
+    inc = fhirpanel(
+        "refresh", "--source", f"ndjson:{POPULATION_DIR}", "--as-of", AS_OF, "--database", db
+    )
     assert inc.returncode == ExitCode.USAGE, inc.stdout + inc.stderr
     assert "needs a FHIR server source" in inc.stderr
 
 
-def test_incremental_refresh_against_the_sandbox(loaded_sandbox: SandboxServer,
-                                                 tmp_path: Path) -> None:
+def test_incremental_refresh_against_the_sandbox(
+    loaded_sandbox: SandboxServer, tmp_path: Path
+) -> None:
     db = f"sqlite:///{tmp_path / 'state.db'}"
     base = loaded_sandbox.base_url
-    first = fhirpanel("refresh", "--source", base, "--as-of", AS_OF, "--database", db,
-                      "--no-write")
+    first = fhirpanel("refresh", "--source", base, "--as-of", AS_OF, "--database", db, "--no-write")
     # No full refresh stored yet: the first pass is a full one.
     assert first.returncode == 0, first.stderr
     assert "full refresh (run 1): succeeded" in first.stdout
-    second = fhirpanel("refresh", "--source", base, "--as-of", AS_OF, "--database", db,
-                       "--no-write")
+    second = fhirpanel(
+        "refresh", "--source", base, "--as-of", AS_OF, "--database", db, "--no-write"
+    )
     assert second.returncode == 0, second.stderr
     assert "incremental refresh (run 2): succeeded" in second.stdout
     assert "patients: 0" in second.stdout
@@ -58,8 +68,16 @@ def test_refresh_while_another_holds_the_lock_exits_busy(tmp_path: Path) -> None
     db = f"sqlite:///{tmp_path / 'state.db'}"
     store = Store(db)
     assert store.try_lock("another-worker", stale_seconds=3600)
-    out = fhirpanel("refresh", "--full", "--source", f"ndjson:{POPULATION_DIR}", "--as-of",
-                    AS_OF, "--database", db)
+    out = fhirpanel(
+        "refresh",
+        "--full",
+        "--source",
+        f"ndjson:{POPULATION_DIR}",
+        "--as-of",
+        AS_OF,
+        "--database",
+        db,
+    )
     assert out.returncode == ExitCode.BUSY
     assert "skipped" in out.stdout
     assert out.stderr == "error: another refresh is running (lock held by another-worker)\n"
@@ -77,8 +95,16 @@ def test_an_unreachable_store_is_its_own_exit_code_with_one_line(tmp_path: Path)
 
     with LoopbackServer() as closed:  # a port nothing answers once the server is gone
         port = closed.port
-    out = fhirpanel("refresh", "--full", "--source", f"ndjson:{POPULATION_DIR}", "--as-of", AS_OF,
-                    "--database", f"postgresql+psycopg://fhirpanel@127.0.0.1:{port}/none")
+    out = fhirpanel(
+        "refresh",
+        "--full",
+        "--source",
+        f"ndjson:{POPULATION_DIR}",
+        "--as-of",
+        AS_OF,
+        "--database",
+        f"postgresql+psycopg://fhirpanel@127.0.0.1:{port}/none",
+    )
     assert out.returncode == ExitCode.STORE == 17, out.stderr
     lines = out.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot migrate the store")

@@ -51,8 +51,13 @@ def start_worker(base_url: str, db: Path, log: Path, **env: str) -> subprocess.P
         **env,
     }
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "fhirpanel", "worker"], cwd=ROOT,
-                                env=environment, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "fhirpanel", "worker"],
+            cwd=ROOT,
+            env=environment,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 @pytest.fixture
@@ -77,44 +82,71 @@ def subscriptions(base_url: str) -> list[dict[str, object]]:
 
 @pytest.mark.parametrize("mode", ["subscription", "polling"])
 def test_worker_moves_a_patient_after_a_new_encounter(
-        mode: str, loaded: SandboxServer, tmp_path: Path, output_dir: Path,
-        stop_later: list[subprocess.Popen[bytes]]) -> None:
+    mode: str,
+    loaded: SandboxServer,
+    tmp_path: Path,
+    output_dir: Path,
+    stop_later: list[subprocess.Popen[bytes]],
+) -> None:
     db = tmp_path / "state.db"
     log = output_dir / f"worker-{mode}.log"
-    env = ({"FHIRPANEL_SCHEDULER_INCREMENTAL_MINUTES": "60"} if mode == "subscription" else
-           {"FHIRPANEL_SCHEDULER_SUBSCRIPTIONS": "false",
-            "FHIRPANEL_SCHEDULER_INCREMENTAL_MINUTES": "0.05"})  # every 3 s
+    env = (
+        {"FHIRPANEL_SCHEDULER_INCREMENTAL_MINUTES": "60"}
+        if mode == "subscription"
+        else {
+            "FHIRPANEL_SCHEDULER_SUBSCRIPTIONS": "false",
+            "FHIRPANEL_SCHEDULER_INCREMENTAL_MINUTES": "0.05",
+        }
+    )  # every 3 s
     proc = start_worker(loaded.base_url, db, log, **env)
     stop_later.append(proc)
     store = Store(f"sqlite:///{db}")
     wait_for(lambda: full_run_done(store), "the worker's first full refresh")
     if mode == "subscription":
-        wait_for(lambda: any(s.get("status") == "active" for s in subscriptions(
-            loaded.base_url)), "an active Subscription")
+        wait_for(
+            lambda: any(s.get("status") == "active" for s in subscriptions(loaded.base_url)),
+            "an active Subscription",
+        )
 
     moves = pick_moves(store, 1)
     patient, target = next(iter(moves.items()))
     add_visits(loaded.base_url, moves, store)
-    wait_for(lambda: team_practitioner(loaded.base_url, patient) == target,
-             f"the CareTeam of {patient} to name {target}")
+    wait_for(
+        lambda: team_practitioner(loaded.base_url, patient) == target,
+        f"the CareTeam of {patient} to name {target}",
+    )
     # The CareTeam is written before the pass commits to the store: wait for the store too.
-    wait_for(lambda: (store.patient_state(patient) or {}).get("practitioner") == target,
-             f"the store to assign {patient} to {target}")
+    wait_for(
+        lambda: (store.patient_state(patient) or {}).get("practitioner") == target,
+        f"the store to assign {patient} to {target}",
+    )
     wanted = "subscription" if mode == "subscription" else "schedule"
-    wait_for(lambda: wanted in {r["trigger"] for r in store.runs() if r["kind"] == "incremental"
-                                and r["status"] == "succeeded"
-                                and (r["counts"] or {}).get("patients")},
-             f"a succeeded incremental run triggered by {wanted}")
+    wait_for(
+        lambda: (
+            wanted
+            in {
+                r["trigger"]
+                for r in store.runs()
+                if r["kind"] == "incremental"
+                and r["status"] == "succeeded"
+                and (r["counts"] or {}).get("patients")
+            }
+        ),
+        f"a succeeded incremental run triggered by {wanted}",
+    )
 
     if mode == "polling":
         # A run asked for through the API while the worker lives is queued and the worker runs
         # it (the web process does no refresh work itself).
         settings = Settings.load(env={"FHIRPANEL_SCHEDULER_AS_OF": AS_OF}).with_fhir(
-            base_url=loaded.base_url)
+            base_url=loaded.base_url
+        )
         run_id = request_run(settings, store, "full", "api")
         assert run_id is not None
-        wait_for(lambda: (store.run(run_id) or {}).get("status") == "succeeded",
-                 "the worker to run the queued full refresh")
+        wait_for(
+            lambda: (store.run(run_id) or {}).get("status") == "succeeded",
+            "the worker to run the queued full refresh",
+        )
 
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=60) == 0, log.read_text()

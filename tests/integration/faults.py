@@ -57,7 +57,9 @@ class LoopbackServer:
         self._httpd = _Server((LOOPBACK, 0), Handler)
         self.port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
             name=f"{type(self).__name__}-{self.port}",
         )
 
@@ -83,9 +85,13 @@ def read_body(handler: BaseHTTPRequestHandler) -> bytes:
     return handler.rfile.read(length) if length else b""
 
 
-def send(handler: BaseHTTPRequestHandler, status: int, body: bytes = b"",
-         headers: dict[str, str] | None = None,
-         content_type: str = "application/fhir+json; charset=utf-8") -> None:
+def send(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    content_type: str = "application/fhir+json; charset=utf-8",
+) -> None:
     handler.send_response(status)
     for name, value in (headers or {}).items():
         handler.send_header(name, value)
@@ -110,10 +116,12 @@ def reset(handler: BaseHTTPRequestHandler) -> None:
 
 
 def outcome(diagnostics: str, code: str = "transient") -> bytes:
-    return orjson.dumps({
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}],
-    })
+    return orjson.dumps(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}],
+        }
+    )
 
 
 # ---------------------------------------------------------------- faults
@@ -152,13 +160,15 @@ class Rewrite:
 def _without_next(links: Any) -> Any:
     if not isinstance(links, list):
         return links
-    return [link for link in links if not (isinstance(link, dict)
-                                           and link.get("relation") == "next")]
+    return [
+        link for link in links if not (isinstance(link, dict) and link.get("relation") == "next")
+    ]
 
 
 # A searchset page that lost its entries and its next link, keeping `total` (issue 12).
-EMPTY_PAGE = Rewrite("empty-page", lambda b: {**b, "entry": [],
-                                              "link": _without_next(b.get("link"))})
+EMPTY_PAGE = Rewrite(
+    "empty-page", lambda b: {**b, "entry": [], "link": _without_next(b.get("link"))}
+)
 # A page whose next link is gone: the chain ends early.
 DROP_NEXT = Rewrite("drop-next", lambda b: {**b, "link": _without_next(b.get("link"))})
 # Bundles that are not searchsets a client can read.
@@ -236,8 +246,9 @@ class FaultProxy(LoopbackServer):
             fault = self._path_fault(handler)
             if fault is None:
                 fault = self._faults.popleft() if self._faults else self.default
-            self.arrivals.append(Arrival(handler.command, handler.path, time.monotonic(),
-                                         _fault_name(fault)))
+            self.arrivals.append(
+                Arrival(handler.command, handler.path, time.monotonic(), _fault_name(fault))
+            )
         if isinstance(fault, Status):
             send(handler, fault.code, outcome(f"injected {fault.code}"), fault.headers)
         elif isinstance(fault, Stall):
@@ -266,31 +277,42 @@ class FaultProxy(LoopbackServer):
                 reset(handler)
             else:
                 passed = {k: v for k, v in headers if k.lower() != "content-type"}
-                content_type = next((v for k, v in headers if k.lower() == "content-type"),
-                                    "application/fhir+json")
+                content_type = next(
+                    (v for k, v in headers if k.lower() == "content-type"), "application/fhir+json"
+                )
                 send(handler, status, data, passed, content_type=content_type)
 
     def _path_fault(self, handler: BaseHTTPRequestHandler) -> Fault | None:
         for rule in self._path_faults:
             fragments, fault, times, method = rule
-            if times > 0 and handler.command == method and all(f in handler.path
-                                                               for f in fragments):
+            if (
+                times > 0
+                and handler.command == method
+                and all(f in handler.path for f in fragments)
+            ):
                 rule[2] = times - 1
                 return fault
         return None
 
-    def _forward(self, handler: BaseHTTPRequestHandler,
-                 body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _forward(
+        self, handler: BaseHTTPRequestHandler, body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         conn = http.client.HTTPConnection(self._upstream_host, self._upstream_port, timeout=30)
         try:
-            headers = {k: v for k, v in handler.headers.items()
-                       if k.lower() not in ("host", "connection", "content-length")}
+            headers = {
+                k: v
+                for k, v in handler.headers.items()
+                if k.lower() not in ("host", "connection", "content-length")
+            }
             conn.request(handler.command, handler.path, body=body or None, headers=headers)
             response = conn.getresponse()
             data = response.read()
-            kept = [(k, v) for k, v in response.getheaders()
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection",
-                                         "date", "server")]
+            kept = [
+                (k, v)
+                for k, v in response.getheaders()
+                if k.lower()
+                not in ("content-length", "transfer-encoding", "connection", "date", "server")
+            ]
             status = response.status
         finally:
             conn.close()
@@ -329,18 +351,25 @@ class ConnectionCut:
     def disarm(self) -> None:
         self.after, self.cut = None, False
 
-    def send(self, real: Callable[..., Any], adapter: Any, request: Any,
-             *args: Any, **kwargs: Any) -> Any:
+    def send(
+        self, real: Callable[..., Any], adapter: Any, request: Any, *args: Any, **kwargs: Any
+    ) -> Any:
         import requests
 
-        if (self.after is not None and self.batches >= self.after
-                and request.method in ("POST", "PUT", "PATCH", "DELETE")):
+        if (
+            self.after is not None
+            and self.batches >= self.after
+            and request.method in ("POST", "PUT", "PATCH", "DELETE")
+        ):
             self.cut = True
         if self.cut:
             self.refused.append(f"{request.method} {request.url}")
             raise requests.ConnectionError("connection to the FHIR server lost (test cut)")
         response = real(adapter, request, *args, **kwargs)
-        if request.method == "POST" and urlsplit(request.url).path.rstrip("/").endswith(
-                "/Provenance") and 200 <= response.status_code < 300:
+        if (
+            request.method == "POST"
+            and urlsplit(request.url).path.rstrip("/").endswith("/Provenance")
+            and 200 <= response.status_code < 300
+        ):
             self.batches += 1
         return response

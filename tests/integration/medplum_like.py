@@ -62,10 +62,15 @@ from tests.integration.faults import (
     send,
 )
 
-PRECONDITION_FAILED = orjson.dumps({  # @medplum/core outcomes.ts preconditionFailed
-    "resourceType": "OperationOutcome", "id": "precondition-failed",
-    "issue": [{"severity": "error", "code": "processing",
-               "details": {"text": "Precondition Failed"}}]})
+PRECONDITION_FAILED = orjson.dumps(
+    {  # @medplum/core outcomes.ts preconditionFailed
+        "resourceType": "OperationOutcome",
+        "id": "precondition-failed",
+        "issue": [
+            {"severity": "error", "code": "processing", "details": {"text": "Precondition Failed"}}
+        ],
+    }
+)
 MAX_UPDATES = 50  # packages/fhir-router/src/batch.ts: maxUpdates
 MAX_STRICT_ENTRIES = 8  # packages/fhir-router/src/batch.ts: maxSerializableTransactionEntries
 TOO_MANY_UPDATES = "Transaction contains more update operations than allowed"
@@ -77,9 +82,12 @@ SHORT = "short"  # answer fault: the last entry left out
 
 def bad_request(text: str, code: str = "invalid") -> bytes:
     """Medplum's badRequest() OperationOutcome."""
-    return orjson.dumps({"resourceType": "OperationOutcome",
-                         "issue": [{"severity": "error", "code": code,
-                                    "details": {"text": text}}]})
+    return orjson.dumps(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": code, "details": {"text": text}}],
+        }
+    )
 
 
 def strip_ids(value: Any, top: bool = True) -> Any:
@@ -115,11 +123,18 @@ class TransactionSeen:
 
 
 class MedplumLike(FaultProxy):
-    def __init__(self, upstream: str, *, atomic: bool = False,
-                 max_updates: int | None = MAX_UPDATES,
-                 max_strict_entries: int | None = MAX_STRICT_ENTRIES,
-                 max_entries: int | None = None, strip_element_ids: bool = False,
-                 status_text: bool = False, software: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        atomic: bool = False,
+        max_updates: int | None = MAX_UPDATES,
+        max_strict_entries: int | None = MAX_STRICT_ENTRIES,
+        max_entries: int | None = None,
+        strip_element_ids: bool = False,
+        status_text: bool = False,
+        software: tuple[str, str] | None = None,
+    ) -> None:
         super().__init__(upstream)
         self.atomic = atomic
         self.max_updates = max_updates
@@ -168,8 +183,9 @@ class MedplumLike(FaultProxy):
         with self._lock:
             if fault == PASS and self._faults:
                 fault = self._faults.popleft()
-            self.arrivals.append(Arrival(handler.command, handler.path, time.monotonic(),
-                                         _fault_name(fault)))
+            self.arrivals.append(
+                Arrival(handler.command, handler.path, time.monotonic(), _fault_name(fault))
+            )
         if isinstance(fault, Status):
             send(handler, fault.code, outcome(f"injected {fault.code}"), fault.headers)
             return
@@ -191,39 +207,52 @@ class MedplumLike(FaultProxy):
             reset(handler)
             return
         passed = {k: v for k, v in headers if k.lower() != "content-type"}
-        content_type = next((v for k, v in headers if k.lower() == "content-type"),
-                            "application/fhir+json")
+        content_type = next(
+            (v for k, v in headers if k.lower() == "content-type"), "application/fhir+json"
+        )
         send(handler, status, data, passed, content_type=content_type)
 
-    def _route(self, handler: BaseHTTPRequestHandler,
-               body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _route(
+        self, handler: BaseHTTPRequestHandler, body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         path = urlsplit(handler.path).path.rstrip("/")
         if handler.command == "POST" and path == self.base_path:
             status, data = self._bundle(body)
             return status, [("Content-Type", "application/fhir+json")], data
         if handler.command in ("POST", "PUT") and body and self.strip_element_ids:
             body = orjson.dumps(strip_ids(orjson.loads(body)))
-        headers = {k: v for k, v in handler.headers.items()
-                   if k.lower() not in ("host", "connection", "content-length")}
+        headers = {
+            k: v
+            for k, v in handler.headers.items()
+            if k.lower() not in ("host", "connection", "content-length")
+        }
         status, kept, data = self._upstream(handler.command, handler.path, headers, body or None)
-        if (self.software is not None and handler.command == "GET"
-                and path == f"{self.base_path}/metadata" and status == 200):
+        if (
+            self.software is not None
+            and handler.command == "GET"
+            and path == f"{self.base_path}/metadata"
+            and status == 200
+        ):
             statement = orjson.loads(data)
             name, version = self.software
             statement["software"] = {"name": name, "version": version}
             data = orjson.dumps(statement)
         return status, kept, data
 
-    def _upstream(self, method: str, path: str, headers: Mapping[str, str],
-                  body: bytes | None) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _upstream(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes | None
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         conn = http.client.HTTPConnection(self._upstream_host, self._upstream_port, timeout=30)
         try:
             conn.request(method, path, body=body, headers=dict(headers))
             response = conn.getresponse()
             data = response.read()
-            kept = [(k, v) for k, v in response.getheaders()
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection",
-                                         "date", "server")]
+            kept = [
+                (k, v)
+                for k, v in response.getheaders()
+                if k.lower()
+                not in ("content-length", "transfer-encoding", "connection", "date", "server")
+            ]
             status = response.status
         finally:
             conn.close()
@@ -261,60 +290,88 @@ class MedplumLike(FaultProxy):
             results = results[:-1]
         answer_type = SEARCHSET if script.answer == SEARCHSET else f"{kind}-response"
         self._seen(len(entries), updates, strict, 200)
-        return 200, orjson.dumps({"resourceType": "Bundle", "type": answer_type,
-                                  "entry": results})
+        return 200, orjson.dumps({"resourceType": "Bundle", "type": answer_type, "entry": results})
 
-    def _refusal(self, kind: str, entries: list[dict[str, Any]], updates: int,
-                 conditional: bool) -> bytes | None:
+    def _refusal(
+        self, kind: str, entries: list[dict[str, Any]], updates: int, conditional: bool
+    ) -> bytes | None:
         if self.max_entries is not None and len(entries) > self.max_entries:
-            return bad_request(f"Bundle has {len(entries)} entries, more than the "
-                               f"{self.max_entries} allowed", code="too-costly")
+            return bad_request(
+                f"Bundle has {len(entries)} entries, more than the {self.max_entries} allowed",
+                code="too-costly",
+            )
         if kind != "transaction":
             return None
         if self.max_updates is not None and updates > self.max_updates:
             return bad_request(TOO_MANY_UPDATES)
-        if (conditional and self.max_strict_entries is not None
-                and len(entries) > self.max_strict_entries):
+        if (
+            conditional
+            and self.max_strict_entries is not None
+            and len(entries) > self.max_strict_entries
+        ):
             return bad_request(TOO_MANY_STRICT)
         return None
 
     def _seen(self, entries: int, updates: int, strict: int, status: int) -> None:
         with self._mlock:
-            self.transactions.append(TransactionSeen(entries, updates, strict > 0, status,
-                                                     strict))
+            self.transactions.append(TransactionSeen(entries, updates, strict > 0, status, strict))
 
-    def _atomic(self, bundle: dict[str, Any], entries: list[dict[str, Any]], updates: int,
-                strict: int, script: TransactionScript) -> tuple[int, bytes]:
+    def _atomic(
+        self,
+        bundle: dict[str, Any],
+        entries: list[dict[str, Any]],
+        updates: int,
+        strict: int,
+        script: TransactionScript,
+    ) -> tuple[int, bytes]:
         """Transactions turned on: all or nothing. A scripted entry failure fails the whole
         Bundle (nothing written); otherwise the sandbox runs it as one transaction."""
         failing = [s for s in script.entries.values() if isinstance(s, int) and s >= 300]
         if failing:
             self._seen(len(entries), updates, strict, failing[0])
-            return failing[0], (PRECONDITION_FAILED if failing[0] == 412 else
-                                outcome(f"entry failed with {failing[0]}", code="conflict"))
+            return failing[0], (
+                PRECONDITION_FAILED
+                if failing[0] == 412
+                else outcome(f"entry failed with {failing[0]}", code="conflict")
+            )
         if self.strip_element_ids:
-            bundle = {**bundle, "entry": [
-                {**e, "resource": strip_ids(e["resource"])} if isinstance(e.get("resource"),
-                                                                           dict) else e
-                for e in entries]}
+            bundle = {
+                **bundle,
+                "entry": [
+                    {**e, "resource": strip_ids(e["resource"])}
+                    if isinstance(e.get("resource"), dict)
+                    else e
+                    for e in entries
+                ],
+            }
         status, _, data = self._upstream(
-            "POST", self.base_path or "/", {"Content-Type": "application/fhir+json",
-                                            "Accept": "application/fhir+json"},
-            orjson.dumps(bundle))
+            "POST",
+            self.base_path or "/",
+            {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"},
+            orjson.dumps(bundle),
+        )
         self._seen(len(entries), updates, strict, status)
         if status == 412:  # Medplum names no entry: preconditionFailed for the whole Bundle
             return status, PRECONDITION_FAILED
         return status, data
 
-    def _entry(self, index: int, entry: dict[str, Any],
-               script: TransactionScript) -> dict[str, Any]:
+    def _entry(
+        self, index: int, entry: dict[str, Any], script: TransactionScript
+    ) -> dict[str, Any]:
         """One entry run on its own, answered as Medplum's buildBundleResponse() does."""
         fault = script.entries.get(index)
         if isinstance(fault, int):
-            return {"response": {"status": self._status(fault),
-                                 "outcome": orjson.loads(outcome(
-                                     f"injected {fault}",
-                                     code="conflict" if fault in (409, 412) else "exception"))}}
+            return {
+                "response": {
+                    "status": self._status(fault),
+                    "outcome": orjson.loads(
+                        outcome(
+                            f"injected {fault}",
+                            code="conflict" if fault in (409, 412) else "exception",
+                        )
+                    ),
+                }
+            }
         request = entry.get("request") or {}
         method, url = str(request.get("method", "")).upper(), str(request.get("url", ""))
         headers = {"Accept": "application/fhir+json", "Prefer": "return=representation"}
@@ -327,8 +384,9 @@ class MedplumLike(FaultProxy):
         if isinstance(resource, dict) and method in ("POST", "PUT"):
             headers["Content-Type"] = "application/fhir+json"
             body = orjson.dumps(strip_ids(resource) if self.strip_element_ids else resource)
-        status, _, data = self._upstream(method, f"{self.base_path}/{url.lstrip('/')}",
-                                         headers, body)
+        status, _, data = self._upstream(
+            method, f"{self.base_path}/{url.lstrip('/')}", headers, body
+        )
         answered = orjson.loads(data) if data.strip() else None
         response: dict[str, Any] = {"status": self._status(status)}
         result: dict[str, Any] = {"response": response}

@@ -24,11 +24,14 @@ def server_resources(base_url: str, rtype: str) -> list[dict[str, Any]]:
     for _ in range(200):
         if url is None:
             break
-        bundle = orjson.loads(requests.get(url, timeout=30,
-                                           headers={"Cache-Control": "no-cache"}).content)
+        bundle = orjson.loads(
+            requests.get(url, timeout=30, headers={"Cache-Control": "no-cache"}).content
+        )
         out.extend(e["resource"] for e in bundle.get("entry") or () if "resource" in e)
-        url = next((link["url"] for link in bundle.get("link") or ()
-                    if link.get("relation") == "next"), None)
+        url = next(
+            (link["url"] for link in bundle.get("link") or () if link.get("relation") == "next"),
+            None,
+        )
     return out
 
 
@@ -45,8 +48,10 @@ def managed_snapshot(base_url: str) -> dict[str, dict[str, Any]]:
     teams = server_resources(base_url, "CareTeam")
     team_ids = {f"CareTeam/{t['id']}": our_identifier(t) for t in teams}
     snapshot: dict[str, dict[str, Any]] = {}
-    for rtype, resources in (("CareTeam", teams), ("CarePlan",
-                                                   server_resources(base_url, "CarePlan"))):
+    for rtype, resources in (
+        ("CareTeam", teams),
+        ("CarePlan", server_resources(base_url, "CarePlan")),
+    ):
         for resource in resources:
             ident = our_identifier(resource)
             if ident is None:
@@ -56,8 +61,10 @@ def managed_snapshot(base_url: str) -> dict[str, dict[str, Any]]:
                 raise AssertionError(f"duplicate managed resource {key}")
             body = {k: v for k, v in resource.items() if k not in ("id", "meta", "text")}
             if rtype == "CarePlan":
-                body["careTeam"] = [team_ids.get(ref.get("reference"), ref.get("reference"))
-                                    for ref in body.get("careTeam") or ()]
+                body["careTeam"] = [
+                    team_ids.get(ref.get("reference"), ref.get("reference"))
+                    for ref in body.get("careTeam") or ()
+                ]
             snapshot[key] = _strip_element_ids(body)
     return snapshot
 
@@ -94,14 +101,19 @@ def provenance_targets(base_url: str) -> set[str]:
 def uncovered_versions(base_url: str) -> list[str]:
     """Managed resource versions no Provenance names."""
     targets = provenance_targets(base_url)
-    return sorted(f"{ref}/_history/{v}" for ref, v in current_versions(base_url).items()
-                  if f"{ref}/_history/{v}" not in targets and ref not in targets)
+    return sorted(
+        f"{ref}/_history/{v}"
+        for ref, v in current_versions(base_url).items()
+        if f"{ref}/_history/{v}" not in targets and ref not in targets
+    )
 
 
 def ledger_rows(store: Store) -> dict[tuple[str, str], tuple[str, str | None]]:
     with store.session() as s:
-        return {(r.rtype, r.identifier): (r.server_id, r.version)
-                for r in s.scalars(select(LedgerEntry))}
+        return {
+            (r.rtype, r.identifier): (r.server_id, r.version)
+            for r in s.scalars(select(LedgerEntry))
+        }
 
 
 def ledger_mismatches(store: Store, base_url: str) -> list[str]:
@@ -111,8 +123,10 @@ def ledger_mismatches(store: Store, base_url: str) -> list[str]:
         for resource in server_resources(base_url, rtype):
             ident = our_identifier(resource)
             if ident is not None:
-                by_ident[(rtype, ident)] = (resource["id"],
-                                            str(resource.get("meta", {}).get("versionId")))
+                by_ident[(rtype, ident)] = (
+                    resource["id"],
+                    str(resource.get("meta", {}).get("versionId")),
+                )
     wrong = []
     for key, (rid, version) in ledger_rows(store).items():
         if by_ident.get(key) != (rid, version):

@@ -62,8 +62,13 @@ def fill_template(directory: Path) -> Path:
     can be copied)."""
     path = directory / "filled.db"
     store = Store(f"sqlite:///{path}")
-    result = full_refresh(api_settings(), store, source=f"ndjson:{POPULATION_DIR}",
-                          as_of=date.fromisoformat(AS_OF), write=False)
+    result = full_refresh(
+        api_settings(),
+        store,
+        source=f"ndjson:{POPULATION_DIR}",
+        as_of=date.fromisoformat(AS_OF),
+        write=False,
+    )
     assert result.status == "succeeded", result.error
     store.close()
     return path
@@ -131,9 +136,17 @@ def problem(response: Any, status: int) -> dict[str, Any]:
 def patients_where(store: Store, *conditions: Any) -> list[dict[str, Any]]:
     with store.session() as s:
         rows = s.scalars(select(PatientState).where(*conditions).order_by(PatientState.patient))
-        return [{"patient": r.patient, "practitioner": r.practitioner, "tier": r.tier,
-                 "status": r.status, "confirmation": r.confirmation,
-                 "outreach": list(r.outreach or [])} for r in rows]
+        return [
+            {
+                "patient": r.patient,
+                "practitioner": r.practitioner,
+                "tier": r.tier,
+                "status": r.status,
+                "confirmation": r.confirmation,
+                "outreach": list(r.outreach or []),
+            }
+            for r in rows
+        ]
 
 
 def biggest_panel(store: Store) -> dict[str, Any]:
@@ -155,19 +168,28 @@ def bare(ref: str) -> str:
 
 
 def test_tokens_parse_names_labels_and_scopes() -> None:
-    table = TokenTable.from_settings(api_settings(
-        FHIRPANEL_API_ADMIN_TOKENS=f"alice={ADMIN}, second-admin-token-xyz",
-        FHIRPANEL_API_READ_TOKENS=f"{READ},{ADMIN}").api)
+    table = TokenTable.from_settings(
+        api_settings(
+            FHIRPANEL_API_ADMIN_TOKENS=f"alice={ADMIN}, second-admin-token-xyz",
+            FHIRPANEL_API_READ_TOKENS=f"{READ},{ADMIN}",
+        ).api
+    )
     assert [(a.name, a.scope) for a in table.accounts] == [
-        ("alice", "admin"), ("admin-2", "admin"), ("read-1", "read")]
+        ("alice", "admin"),
+        ("admin-2", "admin"),
+        ("read-1", "read"),
+    ]
     assert table.lookup(ADMIN).name == "alice"  # type: ignore[union-attr]
     assert table.lookup(READ).scope == "read"  # type: ignore[union-attr]
     assert table.lookup("nope") is None
     assert ADMIN not in repr(table.accounts)  # tokens stay out of reprs
     with pytest.raises(ConfigError, match="used twice"):
-        TokenTable.from_settings(api_settings(
-            FHIRPANEL_API_ADMIN_TOKENS="bob=token-one-aaaaaaaaaaaa",
-            FHIRPANEL_API_READ_TOKENS="bob=token-two-bbbbbbbbbbbb").api)
+        TokenTable.from_settings(
+            api_settings(
+                FHIRPANEL_API_ADMIN_TOKENS="bob=token-one-aaaaaaaaaaaa",
+                FHIRPANEL_API_READ_TOKENS="bob=token-two-bbbbbbbbbbbb",
+            ).api
+        )
     with pytest.raises(ConfigError, match="name"):
         TokenTable.from_settings(api_settings(FHIRPANEL_API_ADMIN_TOKENS="bad name=x").api)
 
@@ -190,15 +212,28 @@ def test_derived_session_key_is_stable_and_secret_key_wins(store: Store) -> None
     assert c.secret_key == "explicit-key"
 
 
-PROTECTED_GETS = ["/api/panels", "/api/panels/prac-0001", "/api/patients/pat-000006",
-                  "/api/unassigned", "/api/outreach", "/api/runs", "/api/runs/1", "/metrics",
-                  "/openapi.json"]
-ADMIN_CALLS = [("post", "/api/assignments/pat-000006/override",
-                {"practitioner": "prac-0001", "reason": "moved", "requested_by": "patient"}),
-               ("delete", "/api/assignments/pat-000006/override", None),
-               ("post", "/api/assignments/pat-000006/confirm", {"confirmed_by": "clinician"}),
-               ("post", "/api/runs", {"kind": "full"}),
-               ("post", "/api/runs/1/accept", None)]
+PROTECTED_GETS = [
+    "/api/panels",
+    "/api/panels/prac-0001",
+    "/api/patients/pat-000006",
+    "/api/unassigned",
+    "/api/outreach",
+    "/api/runs",
+    "/api/runs/1",
+    "/metrics",
+    "/openapi.json",
+]
+ADMIN_CALLS = [
+    (
+        "post",
+        "/api/assignments/pat-000006/override",
+        {"practitioner": "prac-0001", "reason": "moved", "requested_by": "patient"},
+    ),
+    ("delete", "/api/assignments/pat-000006/override", None),
+    ("post", "/api/assignments/pat-000006/confirm", {"confirmed_by": "clinician"}),
+    ("post", "/api/runs", {"kind": "full"}),
+    ("post", "/api/runs/1/accept", None),
+]
 
 
 @pytest.mark.parametrize("path", PROTECTED_GETS)
@@ -218,9 +253,14 @@ def test_every_endpoint_but_health_needs_a_token(client: FlaskClient, path: str)
 
 
 @pytest.mark.parametrize(("method", "path", "body"), ADMIN_CALLS)
-def test_read_tokens_cannot_change_anything(client: FlaskClient, store: Store,
-                                            trigger: TriggerRecorder, method: str, path: str,
-                                            body: dict[str, str] | None) -> None:
+def test_read_tokens_cannot_change_anything(
+    client: FlaskClient,
+    store: Store,
+    trigger: TriggerRecorder,
+    method: str,
+    path: str,
+    body: dict[str, str] | None,
+) -> None:
     call: Callable[..., Any] = getattr(client, method)
     response = call(path, json=body, headers=READ_H)
     problem(response, 403)
@@ -241,13 +281,13 @@ def test_health_checks_need_no_token(client: FlaskClient) -> None:
     assert body["checks"]["last_run"]["status"] == "succeeded"
 
 
-def test_tokens_never_reach_the_log(client: FlaskClient, caplog: pytest.LogCaptureFixture
-                                    ) -> None:
+def test_tokens_never_reach_the_log(client: FlaskClient, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     client.get("/api/panels", headers=READ_H)
     client.get("/api/panels", headers={"Authorization": "Bearer wrong-token-xyz-123"})
-    client.post("/api/assignments/pat-000006/confirm", json={"confirmed_by": "clinician"},
-                headers=ADMIN_H)
+    client.post(
+        "/api/assignments/pat-000006/confirm", json={"confirmed_by": "clinician"}, headers=ADMIN_H
+    )
     text = caplog.text
     assert "refused" in text  # the unknown token was logged as an event...
     for secret in (READ, ADMIN, "wrong-token-xyz-123"):
@@ -257,8 +297,7 @@ def test_tokens_never_reach_the_log(client: FlaskClient, caplog: pytest.LogCaptu
 # ---------------------------------------------------------------- readiness
 
 
-def test_readyz_reaches_the_real_sandbox_fhir_server(store: Store, sandbox: SandboxServer
-                                                     ) -> None:
+def test_readyz_reaches_the_real_sandbox_fhir_server(store: Store, sandbox: SandboxServer) -> None:
     settings = api_settings(FHIRPANEL_FHIR_BASE_URL=sandbox.base_url)
     client = create_app(settings, store=store).test_client()
     body = client.get("/readyz").get_json()
@@ -285,8 +324,9 @@ def test_readyz_is_503_before_any_refresh(tmp_path: Path) -> None:
         empty.close()
 
 
-def test_readyz_serves_the_last_good_run_after_a_failed_one(client: FlaskClient,
-                                                             store: Store) -> None:
+def test_readyz_serves_the_last_good_run_after_a_failed_one(
+    client: FlaskClient, store: Store
+) -> None:
     run_id = store.start_run("incremental", "schedule", "x", AS_OF)
     store.finish_run(run_id, "failed", error="boom")
     body = client.get("/readyz").get_json()
@@ -304,8 +344,15 @@ def test_panels_lists_every_clinician_with_figures(client: FlaskClient, store: S
     assert {p["practitioner"] for p in body["panels"]} == set(clinicians)
     for panel in body["panels"]:
         c = clinicians[panel["practitioner"]]
-        for key in ("size", "risk_adjusted_size", "capacity", "open_capacity", "tiers",
-                    "unconfirmed", "eligible"):
+        for key in (
+            "size",
+            "risk_adjusted_size",
+            "capacity",
+            "open_capacity",
+            "tiers",
+            "unconfirmed",
+            "eligible",
+        ):
             assert panel[key] == c[key]
     assigned = patients_where(store, PatientState.status == "assigned")
     assert body["totals"]["assigned"] == len(assigned) == sum(p["size"] for p in body["panels"])
@@ -316,9 +363,14 @@ def test_panels_lists_every_clinician_with_figures(client: FlaskClient, store: S
 
 def test_panel_pages_cover_the_panel_exactly_once(client: FlaskClient, store: Store) -> None:
     panel = biggest_panel(store)
-    expected = [p["patient"] for p in patients_where(
-        store, PatientState.status == "assigned",
-        PatientState.practitioner == panel["practitioner"])]
+    expected = [
+        p["patient"]
+        for p in patients_where(
+            store,
+            PatientState.status == "assigned",
+            PatientState.practitioner == panel["practitioner"],
+        )
+    ]
     assert len(expected) == panel["size"] > 7
     seen: list[str] = []
     url: str | None = f"/api/panels/{bare(panel['practitioner'])}?page_size=7"
@@ -336,8 +388,9 @@ def test_panel_pages_cover_the_panel_exactly_once(client: FlaskClient, store: St
     assert len(body["items"]) == len(expected) - 7 * (pages - 1)  # the last page's remainder
 
 
-def test_panel_accepts_both_id_forms_and_pages_past_the_end(client: FlaskClient,
-                                                            store: Store) -> None:
+def test_panel_accepts_both_id_forms_and_pages_past_the_end(
+    client: FlaskClient, store: Store
+) -> None:
     panel = biggest_panel(store)
     ref = panel["practitioner"]
     a = client.get(f"/api/panels/{bare(ref)}", headers=READ_H).get_json()
@@ -352,15 +405,29 @@ def test_panel_accepts_both_id_forms_and_pages_past_the_end(client: FlaskClient,
     assert len(full["items"]) == panel["size"] and full["next"] is None
 
 
-@pytest.mark.parametrize(("query", "name"), [
-    ("page=0", "page"), ("page=-1", "page"), ("page=abc", "page"), ("page=1.5", "page"),
-    ("page=2%0A", "page"), ("page=1_0", "page"), ("page=%201", "page"),
-    ("page_size=0", "page_size"), ("page_size=101", "page_size"), ("page_size=", "page_size"),
-    ("sort=name", "sort"), ("tier=high", "tier"), ("tier=10", "tier"),
-    ("unconfirmed=maybe", "unconfirmed"), ("overdue=1", "overdue"),
-])
-def test_panel_rejects_bad_query_parameters(client: FlaskClient, store: Store, query: str,
-                                            name: str) -> None:
+@pytest.mark.parametrize(
+    ("query", "name"),
+    [
+        ("page=0", "page"),
+        ("page=-1", "page"),
+        ("page=abc", "page"),
+        ("page=1.5", "page"),
+        ("page=2%0A", "page"),
+        ("page=1_0", "page"),
+        ("page=%201", "page"),
+        ("page_size=0", "page_size"),
+        ("page_size=101", "page_size"),
+        ("page_size=", "page_size"),
+        ("sort=name", "sort"),
+        ("tier=high", "tier"),
+        ("tier=10", "tier"),
+        ("unconfirmed=maybe", "unconfirmed"),
+        ("overdue=1", "overdue"),
+    ],
+)
+def test_panel_rejects_bad_query_parameters(
+    client: FlaskClient, store: Store, query: str, name: str
+) -> None:
     ref = biggest_panel(store)["practitioner"]
     body = problem(client.get(f"/api/panels/{bare(ref)}?{query}", headers=READ_H), 400)
     assert body["errors"][0]["field"] == name
@@ -370,8 +437,10 @@ def test_panel_sorting(client: FlaskClient, store: Store) -> None:
     ref = bare(biggest_panel(store)["practitioner"])
 
     def rows(sort: str) -> list[dict[str, Any]]:
-        return client.get(f"/api/panels/{ref}?sort={sort}&page_size=100",  # type: ignore[no-any-return]
-                          headers=READ_H).get_json()["items"]
+        return client.get(
+            f"/api/panels/{ref}?sort={sort}&page_size=100",  # type: ignore[no-any-return]
+            headers=READ_H,
+        ).get_json()["items"]
 
     by_tier = rows("-tier")
     keys = [(-r["tier"], r["patient"]) for r in by_tier]
@@ -391,10 +460,16 @@ def test_panel_filters(client: FlaskClient, store: Store) -> None:
     assert tier2["total"] == panel["tiers"]["2"] > 0
     assert {r["tier"] for r in tier2["items"]} == {2}
     assert tier2["filters"] == {"tier": 2, "unconfirmed": False, "overdue": False}
-    overdue = client.get(f"/api/panels/{ref}?overdue=true&page_size=100",
-                         headers=READ_H).get_json()
-    expected = [p for p in patients_where(store, PatientState.practitioner == panel[
-        "practitioner"], PatientState.status == "assigned") if p["outreach"]]
+    overdue = client.get(f"/api/panels/{ref}?overdue=true&page_size=100", headers=READ_H).get_json()
+    expected = [
+        p
+        for p in patients_where(
+            store,
+            PatientState.practitioner == panel["practitioner"],
+            PatientState.status == "assigned",
+        )
+        if p["outreach"]
+    ]
     assert overdue["total"] == len(expected) > 0
     assert all(r["outreach"] for r in overdue["items"])
     # The next pages keep the filter.
@@ -402,10 +477,12 @@ def test_panel_filters(client: FlaskClient, store: Store) -> None:
     assert "overdue=true" in small.get_json()["next"]
     # Confirm one, then it drops out of the unconfirmed filter.
     first = tier2["items"][0]["patient"]
-    client.post(f"/api/assignments/{bare(first)}/confirm", json={"confirmed_by": "patient"},
-                headers=ADMIN_H)
-    unconfirmed = client.get(f"/api/panels/{ref}?unconfirmed=true&page_size=100",
-                             headers=READ_H).get_json()
+    client.post(
+        f"/api/assignments/{bare(first)}/confirm", json={"confirmed_by": "patient"}, headers=ADMIN_H
+    )
+    unconfirmed = client.get(
+        f"/api/panels/{ref}?unconfirmed=true&page_size=100", headers=READ_H
+    ).get_json()
     assert unconfirmed["total"] == panel["size"] - 1
     assert first not in {r["patient"] for r in unconfirmed["items"]}
     assert {r["confirmation"] for r in unconfirmed["items"]} == {"proposed"}
@@ -450,10 +527,16 @@ def test_patient_explanation(client: FlaskClient, store: Store) -> None:
 
 def test_patient_explanation_shows_what_was_written(client: FlaskClient, store: Store) -> None:
     ledger = store.ledger(1)
-    ledger.record("CareTeam", identifier_value(CARE_TEAM_KIND, "Patient/pat-000006"),
-                  {"resourceType": "CareTeam", "id": "ct-77", "meta": {"versionId": "3"}})
-    ledger.record("CarePlan", identifier_value(CARE_PLAN_KIND, "Patient/pat-000006"),
-                  {"resourceType": "CarePlan", "id": "cp-5"})
+    ledger.record(
+        "CareTeam",
+        identifier_value(CARE_TEAM_KIND, "Patient/pat-000006"),
+        {"resourceType": "CareTeam", "id": "ct-77", "meta": {"versionId": "3"}},
+    )
+    ledger.record(
+        "CarePlan",
+        identifier_value(CARE_PLAN_KIND, "Patient/pat-000006"),
+        {"resourceType": "CarePlan", "id": "cp-5"},
+    )
     with store.session() as s:
         ledger.flush(s)
     written = client.get("/api/patients/pat-000006", headers=READ_H).get_json()["written"]
@@ -463,8 +546,7 @@ def test_patient_explanation_shows_what_was_written(client: FlaskClient, store: 
     assert written["CarePlan"]["identifier"] == "careplan-cm.pat-000006"
 
 
-def test_the_explanation_reads_in_one_session_what_the_store_methods_read(
-        store: Store) -> None:
+def test_the_explanation_reads_in_one_session_what_the_store_methods_read(store: Store) -> None:
     """`reads.patient_record` (one session) agrees with the store's methods (one session
     each), with overrides, a confirmation, the audit and a ledger entry in place."""
     patient = first_assigned(store)
@@ -475,13 +557,15 @@ def test_the_explanation_reads_in_one_session_what_the_store_methods_read(
     store.add_override(ref, doc, reason="two", requested_by="clinician", actor="bob")
     ledger = store.ledger(1)
     team = identifier_value(CARE_TEAM_KIND, ref)
-    ledger.record("CareTeam", team, {"resourceType": "CareTeam", "id": "ct-1",
-                                     "meta": {"versionId": "4"}})
+    ledger.record(
+        "CareTeam", team, {"resourceType": "CareTeam", "id": "ct-1", "meta": {"versionId": "4"}}
+    )
     with store.session() as s:
         ledger.flush(s)
     plan = identifier_value(CARE_PLAN_KIND, ref)
-    record = reads.patient_record(store, ref, ledger=[("CareTeam", team), ("CarePlan", plan)],
-                                  audit_limit=2)
+    record = reads.patient_record(
+        store, ref, ledger=[("CareTeam", team), ("CarePlan", plan)], audit_limit=2
+    )
     assert record is not None
     assert record["state"] == store.patient_state(ref)
     assert record["history"] == store.history(ref)
@@ -492,8 +576,7 @@ def test_the_explanation_reads_in_one_session_what_the_store_methods_read(
     assert record["audit"] == store.audit(limit=2, patient=ref)
     assert [a["action"] for a in record["audit"]] == ["override", "override"]
     assert record["pending"] is True and ref in store.pending_patients()
-    assert record["ledger"] == {"CareTeam": store.ledger_entry("CareTeam", team),
-                                "CarePlan": None}
+    assert record["ledger"] == {"CareTeam": store.ledger_entry("CareTeam", team), "CarePlan": None}
     assert record["ledger"]["CareTeam"]["id"] == "ct-1"
     assert reads.patient_record(store, "Patient/pat-999999") is None
 
@@ -512,8 +595,9 @@ def test_unassigned_with_suggestions(client: FlaskClient, store: Store) -> None:
     assert body["total"] == len(expected) == 44
     assert {r["patient"] for r in body["items"]} == {p["patient"] for p in expected}
     suggested = [r for r in body["items"] if r["suggested"]]
-    assert suggested and all(r["suggested"]["practitioner"].startswith("Practitioner/")
-                             for r in suggested)
+    assert suggested and all(
+        r["suggested"]["practitioner"].startswith("Practitioner/") for r in suggested
+    )
     eligible = {c["practitioner"] for c in store.clinicians() if c["eligible"]}
     assert {r["suggested"]["practitioner"] for r in suggested} <= eligible
     tiers = [r["tier"] if r["tier"] is not None else -1 for r in body["items"]]
@@ -523,20 +607,21 @@ def test_unassigned_with_suggestions(client: FlaskClient, store: Store) -> None:
 
 
 def test_outreach_list_and_filters(client: FlaskClient, store: Store) -> None:
-    flagged = [p for p in patients_where(store, PatientState.status == "assigned")
-               if p["outreach"]]
+    flagged = [p for p in patients_where(store, PatientState.status == "assigned") if p["outreach"]]
     body = client.get("/api/outreach?page_size=100", headers=READ_H).get_json()
     assert body["total"] == len(flagged) > 0
     assert all(r["outreach"] for r in body["items"])
     assert body["thresholds"] == {"not_seen_months": 12, "sentinel_months": 24}
     for kind in ("not-seen", "no-sentinel"):
-        want = {p["patient"] for p in flagged
-                if any(o.startswith(kind + "-") for o in p["outreach"])}
+        want = {
+            p["patient"] for p in flagged if any(o.startswith(kind + "-") for o in p["outreach"])
+        }
         got = client.get(f"/api/outreach?reason={kind}&page_size=100", headers=READ_H)
         assert got.get_json()["total"] == len(want)
     doc = flagged[0]["practitioner"]
-    mine = client.get(f"/api/outreach?practitioner={bare(doc)}&page_size=100",
-                      headers=READ_H).get_json()
+    mine = client.get(
+        f"/api/outreach?practitioner={bare(doc)}&page_size=100", headers=READ_H
+    ).get_json()
     assert mine["total"] == sum(1 for p in flagged if p["practitioner"] == doc)
     assert {r["practitioner"] for r in mine["items"]} == {doc}
     problem(client.get("/api/outreach?reason=late", headers=READ_H), 400)
@@ -547,17 +632,29 @@ def test_outreach_list_and_filters(client: FlaskClient, store: Store) -> None:
 
 
 def eligible_other(store: Store, current: str | None) -> str:
-    return str(next(c["practitioner"] for c in store.clinicians()
-                    if c["eligible"] and c["practitioner"] != current))
+    return str(
+        next(
+            c["practitioner"]
+            for c in store.clinicians()
+            if c["eligible"] and c["practitioner"] != current
+        )
+    )
 
 
-def test_override_is_stored_audited_and_triggers_a_refresh(client: FlaskClient, store: Store,
-                                                           trigger: TriggerRecorder) -> None:
+def test_override_is_stored_audited_and_triggers_a_refresh(
+    client: FlaskClient, store: Store, trigger: TriggerRecorder
+) -> None:
     patient = first_assigned(store)
     target = eligible_other(store, patient["practitioner"])
-    response = client.post(f"/api/assignments/{bare(patient['patient'])}/override",
-                           json={"practitioner": bare(target), "reason": "moved  closer\nto "
-                                 "the clinic", "requested_by": "family"}, headers=ADMIN_H)
+    response = client.post(
+        f"/api/assignments/{bare(patient['patient'])}/override",
+        json={
+            "practitioner": bare(target),
+            "reason": "moved  closer\nto the clinic",
+            "requested_by": "family",
+        },
+        headers=ADMIN_H,
+    )
     assert response.status_code == 201, response.get_data(as_text=True)
     body = response.get_json()
     assert body["override"]["practitioner"] == target
@@ -568,58 +665,68 @@ def test_override_is_stored_audited_and_triggers_a_refresh(client: FlaskClient, 
     assert store.override_for(patient["patient"])["practitioner"] == target  # type: ignore[index]
     [entry] = store.audit()
     assert (entry["actor"], entry["action"], entry["patient"]) == (
-        "alice", "override", patient["patient"])
+        "alice",
+        "override",
+        patient["patient"],
+    )
     assert entry["detail"]["requested_by"] == "family"
-    explained = client.get(f"/api/patients/{bare(patient['patient'])}",
-                           headers=READ_H).get_json()
+    explained = client.get(f"/api/patients/{bare(patient['patient'])}", headers=READ_H).get_json()
     assert explained["pending"] is True and explained["active_override"]["practitioner"] == target
     assert explained["audit"][0]["action"] == "override"
     # Not applied yet: the next refresh does it.
     assert explained["practitioner"] == patient["practitioner"]
 
 
-def test_override_when_the_refresh_is_busy_or_cannot_start(client: FlaskClient, store: Store,
-                                                           trigger: TriggerRecorder) -> None:
+def test_override_when_the_refresh_is_busy_or_cannot_start(
+    client: FlaskClient, store: Store, trigger: TriggerRecorder
+) -> None:
     patient = first_assigned(store)
     target = eligible_other(store, patient["practitioner"])
     body = {"practitioner": target, "reason": "asked", "requested_by": "patient"}
     trigger.answer = None
-    busy = client.post(f"/api/assignments/{bare(patient['patient'])}/override", json=body,
-                       headers=ADMIN_H)
+    busy = client.post(
+        f"/api/assignments/{bare(patient['patient'])}/override", json=body, headers=ADMIN_H
+    )
     assert busy.status_code == 201 and busy.get_json()["refresh"]["started"] is False
     trigger.error = ConfigError("nothing to read")
-    failed = client.post(f"/api/assignments/{bare(patient['patient'])}/override", json=body,
-                         headers=ADMIN_H)
+    failed = client.post(
+        f"/api/assignments/{bare(patient['patient'])}/override", json=body, headers=ADMIN_H
+    )
     assert failed.status_code == 201
-    assert failed.get_json()["refresh"] == {"run_id": None, "started": False,
-                                            "detail": "nothing to read"}
+    assert failed.get_json()["refresh"] == {
+        "run_id": None,
+        "started": False,
+        "detail": "nothing to read",
+    }
     # The second override replaced the first.
-    assert [o["removed_at"] is None for o in store.overrides(patient["patient"])] == [
-        False, True]
+    assert [o["removed_at"] is None for o in store.overrides(patient["patient"])] == [False, True]
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"reason": "r", "requested_by": "patient"}, "practitioner"),
-    ({"practitioner": "prac-0001", "requested_by": "patient"}, "reason"),
-    ({"practitioner": "prac-0001", "reason": "   ", "requested_by": "patient"}, "reason"),
-    ({"practitioner": "prac-0001", "reason": "r"}, "requested_by"),
-    ({"practitioner": "prac-0001", "reason": "r", "requested_by": "neighbour"},
-     "requested_by"),
-    ({"practitioner": "prac-0001", "reason": "r", "requested_by": "patient", "x": 1}, "x"),
-    ({"practitioner": 7, "reason": "r", "requested_by": "patient"}, "practitioner"),
-    ({"practitioner": None, "reason": "r", "requested_by": "patient"}, "practitioner"),
-    ({"practitioner": "prac 1", "reason": "r", "requested_by": "patient"}, "practitioner"),
-    ({"practitioner": "prac-0001", "reason": "r" * 501, "requested_by": "patient"}, "reason"),
-    ({"practitioner": "prac-9999", "reason": "r", "requested_by": "patient"}, "practitioner"),
-    (["prac-0001"], "(body)"),
-])
-def test_override_body_is_validated_strictly(client: FlaskClient, store: Store,
-                                             trigger: TriggerRecorder, body: Any,
-                                             field: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"reason": "r", "requested_by": "patient"}, "practitioner"),
+        ({"practitioner": "prac-0001", "requested_by": "patient"}, "reason"),
+        ({"practitioner": "prac-0001", "reason": "   ", "requested_by": "patient"}, "reason"),
+        ({"practitioner": "prac-0001", "reason": "r"}, "requested_by"),
+        ({"practitioner": "prac-0001", "reason": "r", "requested_by": "neighbour"}, "requested_by"),
+        ({"practitioner": "prac-0001", "reason": "r", "requested_by": "patient", "x": 1}, "x"),
+        ({"practitioner": 7, "reason": "r", "requested_by": "patient"}, "practitioner"),
+        ({"practitioner": None, "reason": "r", "requested_by": "patient"}, "practitioner"),
+        ({"practitioner": "prac 1", "reason": "r", "requested_by": "patient"}, "practitioner"),
+        ({"practitioner": "prac-0001", "reason": "r" * 501, "requested_by": "patient"}, "reason"),
+        ({"practitioner": "prac-9999", "reason": "r", "requested_by": "patient"}, "practitioner"),
+        (["prac-0001"], "(body)"),
+    ],
+)
+def test_override_body_is_validated_strictly(
+    client: FlaskClient, store: Store, trigger: TriggerRecorder, body: Any, field: str
+) -> None:
     response = client.post("/api/assignments/pat-000006/override", json=body, headers=ADMIN_H)
     problem_body = problem(response, 422)
-    assert problem_body["errors"] == [{"field": field, "message": problem_body["errors"][0][
-        "message"]}]
+    assert problem_body["errors"] == [
+        {"field": field, "message": problem_body["errors"][0]["message"]}
+    ]
     assert store.audit() == [] and trigger.calls == []
 
 
@@ -628,53 +735,86 @@ def test_override_to_an_ineligible_clinician_is_422(client: FlaskClient, store: 
     doc = biggest_panel(store)["practitioner"]
     with store.session() as s:
         s.execute(update(Clinician).where(Clinician.practitioner == doc).values(eligible=False))
-    body = problem(client.post("/api/assignments/pat-000006/override", json={
-        "practitioner": doc, "reason": "asked", "requested_by": "clinician"},
-        headers=ADMIN_H), 422)
+    body = problem(
+        client.post(
+            "/api/assignments/pat-000006/override",
+            json={"practitioner": doc, "reason": "asked", "requested_by": "clinician"},
+            headers=ADMIN_H,
+        ),
+        422,
+    )
     assert body["errors"][0]["field"] == "practitioner" and "not eligible" in body["detail"]
     # A practitioner on the server who is not a primary-care clinician (no panel at all).
     known = {c["practitioner"] for c in store.clinicians()}
-    specialist = next(f"Practitioner/prac-{i:04d}" for i in range(1, 100)
-                      if f"Practitioner/prac-{i:04d}" not in known)
-    body = problem(client.post("/api/assignments/pat-000006/override", json={
-        "practitioner": specialist, "reason": "asked", "requested_by": "clinician"},
-        headers=ADMIN_H), 422)
+    specialist = next(
+        f"Practitioner/prac-{i:04d}"
+        for i in range(1, 100)
+        if f"Practitioner/prac-{i:04d}" not in known
+    )
+    body = problem(
+        client.post(
+            "/api/assignments/pat-000006/override",
+            json={"practitioner": specialist, "reason": "asked", "requested_by": "clinician"},
+            headers=ADMIN_H,
+        ),
+        422,
+    )
     assert body["errors"][0]["field"] == "practitioner"
     assert store.override_for("Patient/pat-000006") is None and store.audit() == []
 
 
 def test_malformed_json_and_wrong_content_type(client: FlaskClient, store: Store) -> None:
     url = "/api/assignments/pat-000006/override"
-    body = problem(client.post(url, data='{"practitioner": ', headers=ADMIN_H,
-                               content_type="application/json"), 400)
+    body = problem(
+        client.post(
+            url, data='{"practitioner": ', headers=ADMIN_H, content_type="application/json"
+        ),
+        400,
+    )
     assert body["type"].endswith("malformed-json")
     problem(client.post(url, data="", headers=ADMIN_H, content_type="application/json"), 400)
-    problem(client.post(url, data='{"reason": NaN}', headers=ADMIN_H,
-                        content_type="application/json"), 400)
-    problem(client.post(url, data="practitioner=prac-0001", headers=ADMIN_H,
-                        content_type="application/x-www-form-urlencoded"), 415)
-    problem(client.post(url, data="x" * 70_000, headers=ADMIN_H,
-                        content_type="application/json"), 413)
+    problem(
+        client.post(url, data='{"reason": NaN}', headers=ADMIN_H, content_type="application/json"),
+        400,
+    )
+    problem(
+        client.post(
+            url,
+            data="practitioner=prac-0001",
+            headers=ADMIN_H,
+            content_type="application/x-www-form-urlencoded",
+        ),
+        415,
+    )
+    problem(
+        client.post(url, data="x" * 70_000, headers=ADMIN_H, content_type="application/json"), 413
+    )
     assert store.audit() == []
 
 
 def test_override_of_unknown_or_excluded_patients(client: FlaskClient, store: Store) -> None:
     target = eligible_other(store, None)
     body = {"practitioner": target, "reason": "asked", "requested_by": "patient"}
-    problem(client.post("/api/assignments/pat-999999/override", json=body, headers=ADMIN_H),
-            404)
+    problem(client.post("/api/assignments/pat-999999/override", json=body, headers=ADMIN_H), 404)
     excluded = patients_where(store, PatientState.status == "excluded")[0]["patient"]
-    conflict = problem(client.post(f"/api/assignments/{bare(excluded)}/override", json=body,
-                                   headers=ADMIN_H), 409)
+    conflict = problem(
+        client.post(f"/api/assignments/{bare(excluded)}/override", json=body, headers=ADMIN_H), 409
+    )
     assert conflict["type"].endswith("patient-excluded")
 
 
 def test_override_removal(client: FlaskClient, store: Store, trigger: TriggerRecorder) -> None:
     patient = first_assigned(store)["patient"]
     problem(client.delete(f"/api/assignments/{bare(patient)}/override", headers=ADMIN_H), 404)
-    client.post(f"/api/assignments/{bare(patient)}/override", headers=ADMIN_H, json={
-        "practitioner": eligible_other(store, None), "reason": "asked",
-        "requested_by": "clinician"})
+    client.post(
+        f"/api/assignments/{bare(patient)}/override",
+        headers=ADMIN_H,
+        json={
+            "practitioner": eligible_other(store, None),
+            "reason": "asked",
+            "requested_by": "clinician",
+        },
+    )
     removed = client.delete(f"/api/assignments/{patient}/override", headers=ADMIN_H)
     assert removed.status_code == 200
     assert removed.get_json()["removed"] is True and removed.get_json()["patient"] == patient
@@ -685,14 +825,19 @@ def test_override_removal(client: FlaskClient, store: Store, trigger: TriggerRec
     problem(client.delete("/api/assignments/pat-999999/override", headers=ADMIN_H), 404)
 
 
-def test_confirm_an_assignment(client: FlaskClient, store: Store,
-                               trigger: TriggerRecorder) -> None:
+def test_confirm_an_assignment(client: FlaskClient, store: Store, trigger: TriggerRecorder) -> None:
     patient = first_assigned(store)
     doc = patient["practitioner"]
     before = store.clinician(doc)["unconfirmed"]  # type: ignore[index]
-    response = client.post(f"/api/assignments/{bare(patient['patient'])}/confirm",
-                           json={"confirmed_by": "clinician", "practitioner": bare(doc),
-                                 "note": "seen at the\n  team meeting"}, headers=ADMIN_H)
+    response = client.post(
+        f"/api/assignments/{bare(patient['patient'])}/confirm",
+        json={
+            "confirmed_by": "clinician",
+            "practitioner": bare(doc),
+            "note": "seen at the\n  team meeting",
+        },
+        headers=ADMIN_H,
+    )
     assert response.status_code == 201, response.get_data(as_text=True)
     confirmation = response.get_json()["confirmation"]
     assert confirmation["practitioner"] == doc and confirmation["actor"] == "alice"
@@ -702,32 +847,59 @@ def test_confirm_an_assignment(client: FlaskClient, store: Store,
     assert next(p for p in panels if p["practitioner"] == doc)["unconfirmed"] == before - 1
     assert store.audit()[0]["action"] == "confirm" and store.audit()[0]["actor"] == "alice"
     assert trigger.calls == []  # a confirmation changes no attribution: no refresh
-    explained = client.get(f"/api/patients/{bare(patient['patient'])}",
-                           headers=READ_H).get_json()
+    explained = client.get(f"/api/patients/{bare(patient['patient'])}", headers=READ_H).get_json()
     assert explained["confirmation"] == "clinician"
     assert explained["confirmations"][0]["confirmed_by"] == "clinician"
 
 
 def test_confirm_needs_an_assigned_patient_and_the_current_clinician(
-        client: FlaskClient, store: Store, trigger: TriggerRecorder) -> None:
+    client: FlaskClient, store: Store, trigger: TriggerRecorder
+) -> None:
     unassigned = patients_where(store, PatientState.status == "unassigned")[0]["patient"]
-    body = problem(client.post(f"/api/assignments/{bare(unassigned)}/confirm",
-                               json={"confirmed_by": "patient"}, headers=ADMIN_H), 409)
+    body = problem(
+        client.post(
+            f"/api/assignments/{bare(unassigned)}/confirm",
+            json={"confirmed_by": "patient"},
+            headers=ADMIN_H,
+        ),
+        409,
+    )
     assert body["type"].endswith("patient-not-assigned")
     patient = first_assigned(store)
     other = eligible_other(store, patient["practitioner"])
-    changed = problem(client.post(f"/api/assignments/{bare(patient['patient'])}/confirm",
-                                  json={"confirmed_by": "patient", "practitioner": other},
-                                  headers=ADMIN_H), 409)
+    changed = problem(
+        client.post(
+            f"/api/assignments/{bare(patient['patient'])}/confirm",
+            json={"confirmed_by": "patient", "practitioner": other},
+            headers=ADMIN_H,
+        ),
+        409,
+    )
     assert changed["type"].endswith("assignment-changed")
-    missing = problem(client.post(f"/api/assignments/{bare(patient['patient'])}/confirm",
-                                  json={"note": "x"}, headers=ADMIN_H), 422)
+    missing = problem(
+        client.post(
+            f"/api/assignments/{bare(patient['patient'])}/confirm",
+            json={"note": "x"},
+            headers=ADMIN_H,
+        ),
+        422,
+    )
     assert missing["errors"][0]["field"] == "confirmed_by"
-    wrong = problem(client.post(f"/api/assignments/{bare(patient['patient'])}/confirm",
-                                json={"confirmed_by": "family"}, headers=ADMIN_H), 422)
+    wrong = problem(
+        client.post(
+            f"/api/assignments/{bare(patient['patient'])}/confirm",
+            json={"confirmed_by": "family"},
+            headers=ADMIN_H,
+        ),
+        422,
+    )
     assert wrong["errors"][0]["field"] == "confirmed_by"
-    problem(client.post("/api/assignments/pat-999999/confirm", json={"confirmed_by": "patient"},
-                        headers=ADMIN_H), 404)
+    problem(
+        client.post(
+            "/api/assignments/pat-999999/confirm", json={"confirmed_by": "patient"}, headers=ADMIN_H
+        ),
+        404,
+    )
     assert store.audit() == [] and trigger.calls == []
 
 
@@ -749,8 +921,9 @@ def test_runs_list_and_one_run(client: FlaskClient, store: Store) -> None:
     problem(client.get("/api/runs/99999999999999999999", headers=READ_H), 404)
 
 
-def test_post_runs_validates_and_reports_busy(client: FlaskClient, store: Store,
-                                              trigger: TriggerRecorder) -> None:
+def test_post_runs_validates_and_reports_busy(
+    client: FlaskClient, store: Store, trigger: TriggerRecorder
+) -> None:
     run_id = store.start_run("full", "api", "x", AS_OF)
     trigger.answer = run_id
     started = client.post("/api/runs", json={"kind": "full"}, headers=ADMIN_H)
@@ -795,12 +968,15 @@ def test_real_refresh_runs_and_the_lock(store: Store) -> None:
     assert run["counts"]["assigned"] == 248
 
 
-def test_override_takes_effect_at_the_refresh_it_triggers(loaded_sandbox: SandboxServer,
-                                                           tmp_path: Path) -> None:
+def test_override_takes_effect_at_the_refresh_it_triggers(
+    loaded_sandbox: SandboxServer, tmp_path: Path
+) -> None:
     """Against the real sandbox server (read only: no write-back): the override's incremental
     refresh reassigns the patient by the `manual` rule; an NDJSON source cannot run one."""
-    settings = api_settings(FHIRPANEL_SCHEDULER_SOURCE=loaded_sandbox.base_url,
-                            FHIRPANEL_FHIR_BASE_URL=loaded_sandbox.base_url)
+    settings = api_settings(
+        FHIRPANEL_SCHEDULER_SOURCE=loaded_sandbox.base_url,
+        FHIRPANEL_FHIR_BASE_URL=loaded_sandbox.base_url,
+    )
     store = Store(f"sqlite:///{tmp_path / 'server.db'}")
     try:
         filled = full_refresh(settings, store, as_of=date.fromisoformat(AS_OF), write=False)
@@ -808,15 +984,16 @@ def test_override_takes_effect_at_the_refresh_it_triggers(loaded_sandbox: Sandbo
         client = create_app(settings, store=store).test_client()
         patient = first_assigned(store)
         target = eligible_other(store, patient["practitioner"])
-        response = client.post(f"/api/assignments/{bare(patient['patient'])}/override", json={
-            "practitioner": target, "reason": "closer to home", "requested_by": "patient"},
-            headers=ADMIN_H)
+        response = client.post(
+            f"/api/assignments/{bare(patient['patient'])}/override",
+            json={"practitioner": target, "reason": "closer to home", "requested_by": "patient"},
+            headers=ADMIN_H,
+        )
         refresh = response.get_json()["refresh"]
         assert refresh["started"] is True, refresh
         run = wait_for_run(store, refresh["run_id"])
         assert (run["kind"], run["status"], run["trigger"]) == ("incremental", "succeeded", "api")
-        body = client.get(f"/api/patients/{bare(patient['patient'])}",
-                          headers=READ_H).get_json()
+        body = client.get(f"/api/patients/{bare(patient['patient'])}", headers=READ_H).get_json()
         assert body["practitioner"] == target and body["rule"] == "manual"
         assert body["pending"] is False
         assert [h["practitioner"] for h in body["history"]] == [patient["practitioner"], target]
@@ -828,12 +1005,16 @@ def test_override_takes_effect_at_the_refresh_it_triggers(loaded_sandbox: Sandbo
 def test_an_ndjson_source_cannot_run_an_incremental_refresh(store: Store) -> None:
     app = create_app(api_settings(), store=store)  # the real trigger, an NDJSON source
     patient = first_assigned(store)
-    others = [c["practitioner"] for c in store.clinicians()
-              if c["eligible"] and c["practitioner"] != patient["practitioner"]]
+    others = [
+        c["practitioner"]
+        for c in store.clinicians()
+        if c["eligible"] and c["practitioner"] != patient["practitioner"]
+    ]
     response = app.test_client().post(
         f"/api/assignments/{bare(patient['patient'])}/override",
         json={"practitioner": bare(others[0]), "reason": "choice", "requested_by": "patient"},
-        headers=ADMIN_H)
+        headers=ADMIN_H,
+    )
     assert response.status_code == 201  # stored all the same
     refresh = response.get_json()["refresh"]
     assert refresh["started"] is False and "FHIR server source" in refresh["detail"]
@@ -842,15 +1023,22 @@ def test_an_ndjson_source_cannot_run_an_incremental_refresh(store: Store) -> Non
 
 # ---------------------------------------------------------------- held runs
 
-FIGURES = {"removed_patients": {"count": 100, "of": 300, "share": 0.3333, "limit": 0.05},
-           "changed_assignments": {"count": 3, "of": 248, "share": 0.0121, "limit": 0.1}}
+FIGURES = {
+    "removed_patients": {"count": 100, "of": 300, "share": 0.3333, "limit": 0.05},
+    "changed_assignments": {"count": 3, "of": 248, "share": 0.0121, "limit": 0.1},
+}
 
 
 def held_run(store: Store, kind: str = "full", source: str = "http://x/fhir") -> int:
     """A run the brake held, as the refresh jobs record one."""
     run_id = store.start_run(kind, "schedule", source, AS_OF)
-    store.finish_run(run_id, "held", counts={"held": FIGURES}, seconds=0.5,
-                     error="full refresh held: it would remove 100 of 300 stored patients")
+    store.finish_run(
+        run_id,
+        "held",
+        counts={"held": FIGURES},
+        seconds=0.5,
+        error="full refresh held: it would remove 100 of 300 stored patients",
+    )
     return run_id
 
 
@@ -873,7 +1061,8 @@ def runs_held_metrics(client: FlaskClient) -> dict[str, float]:
 
 
 def test_a_held_refresh_is_accepted_through_the_api_and_the_next_pass_applies_it(
-        store: Store, tmp_path: Path) -> None:
+    store: Store, tmp_path: Path
+) -> None:
     """A real held run (a full refresh whose read lost a third of the patients), its figures
     in the API and /metrics, accepted by an admin: the run is `accepted` and audited, the next
     pass is queued for the worker and, run, goes through; a second accept is a 409."""
@@ -890,8 +1079,13 @@ def test_a_held_refresh_is_accepted_through_the_api_and_the_next_pass_applies_it
 
     shown = client.get(f"/api/runs/{run_id}", headers=READ_H).get_json()
     assert shown["status"] == "held" and shown["counts"]["held"]["removed_patients"] == removed
-    assert runs_held_metrics(client) == {"held_gauge": 1, "held": 1, "accepted": 0,
-                                         "crashed": 0, "queued": 0}
+    assert runs_held_metrics(client) == {
+        "held_gauge": 1,
+        "held": 1,
+        "accepted": 0,
+        "crashed": 0,
+        "queued": 0,
+    }
     problem(client.post(f"/api/runs/{run_id}/accept", headers=READ_H), 403)
     assert store.run(run_id)["status"] == "held"  # type: ignore[index]
 
@@ -918,8 +1112,13 @@ def test_a_held_refresh_is_accepted_through_the_api_and_the_next_pass_applies_it
     queued = store.run(next_run)
     assert queued is not None and queued["status"] == "queued" and queued["kind"] == "full"
     assert store.held_runs() == []
-    assert runs_held_metrics(client) == {"held_gauge": 0, "held": 0, "accepted": 1,
-                                         "crashed": 0, "queued": 1}
+    assert runs_held_metrics(client) == {
+        "held_gauge": 0,
+        "held": 0,
+        "accepted": 1,
+        "crashed": 0,
+        "queued": 1,
+    }
 
     again = problem(client.post(f"/api/runs/{run_id}/accept", headers=ADMIN_H), 409)
     assert again["type"] == "urn:fhirpanel:problem:run-not-held"
@@ -928,13 +1127,15 @@ def test_a_held_refresh_is_accepted_through_the_api_and_the_next_pass_applies_it
 
     # The worker runs the queued pass: the accepted change goes through.
     done = run_queued(settings, store)
-    assert done is not None and done.run_id == next_run and done.status == "succeeded", \
+    assert done is not None and done.run_id == next_run and done.status == "succeeded", (
         done and done.error
+    )
     assert len(store.assignment_states()) == 200
 
 
 def test_accept_refuses_unknown_and_unheld_runs_and_says_what_happens_next(
-        client: FlaskClient, store: Store, trigger: TriggerRecorder) -> None:
+    client: FlaskClient, store: Store, trigger: TriggerRecorder
+) -> None:
     problem(client.post("/api/runs/999/accept", headers=ADMIN_H), 404)
     problem(client.post("/api/runs/99999999999999999999/accept", headers=ADMIN_H), 404)
     not_held = problem(client.post("/api/runs/1/accept", headers=ADMIN_H), 409)
@@ -972,12 +1173,16 @@ def test_accept_refuses_unknown_and_unheld_runs_and_says_what_happens_next(
     assert "could not start" in response.get_json()["detail"]
     assert store.run(incremental)["status"] == "accepted"  # type: ignore[index]
     assert [a["detail"]["run"] for a in store.audit() if a["action"] == "accept-change"] == [
-        incremental, full_run, write_run]
+        incremental,
+        full_run,
+        write_run,
+    ]
     assert trigger.calls == [] and store.held_runs() == []
 
 
 def test_a_held_run_a_later_run_superseded_no_longer_waits_and_cannot_be_accepted(
-        client: FlaskClient, store: Store) -> None:
+    client: FlaskClient, store: Store
+) -> None:
     """The source was fixed and the next full refresh went through: the held run is moot. It
     leaves the gauge, and accepting it (a standing permission for the next pass) is refused."""
     stale = held_run(store, kind="full", source="http://x/fhir")
@@ -1014,8 +1219,14 @@ def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 
 def test_metrics(client: FlaskClient, store: Store) -> None:
     run_id = store.start_run("incremental", "schedule", "http://x/fhir", AS_OF)
-    store.finish_run(run_id, "partial", seconds=1.5, counts={
-        "writeback": {"CareTeam": {"created": 3, "unchanged": 5}, "CarePlan": {"failed": 1}}})
+    store.finish_run(
+        run_id,
+        "partial",
+        seconds=1.5,
+        counts={
+            "writeback": {"CareTeam": {"created": 3, "unchanged": 5}, "CarePlan": {"failed": 1}}
+        },
+    )
     client.get("/api/panels", headers=READ_H)
     client.get("/api/panels", headers=READ_H)
     response = client.get("/metrics", headers=READ_H)
@@ -1023,24 +1234,41 @@ def test_metrics(client: FlaskClient, store: Store) -> None:
     samples = metric_samples(response.get_data(as_text=True))
     assert samples[("fhirpanel_store_up", ())] == 1
     assert samples[("fhirpanel_runs_total", (("kind", "full"), ("status", "succeeded")))] == 1
-    assert samples[("fhirpanel_runs_total", (("kind", "incremental"), ("status", "partial")))] \
-        == 1
+    assert samples[("fhirpanel_runs_total", (("kind", "incremental"), ("status", "partial")))] == 1
     assert samples[("fhirpanel_last_run_duration_seconds", (("kind", "incremental"),))] == 1.5
-    assert samples[("fhirpanel_last_run_writeback", (
-        ("action", "created"), ("kind", "incremental"), ("resource_type", "CareTeam")))] == 3
-    assert samples[("fhirpanel_last_run_writeback", (
-        ("action", "failed"), ("kind", "incremental"), ("resource_type", "CarePlan")))] == 1
+    assert (
+        samples[
+            (
+                "fhirpanel_last_run_writeback",
+                (("action", "created"), ("kind", "incremental"), ("resource_type", "CareTeam")),
+            )
+        ]
+        == 3
+    )
+    assert (
+        samples[
+            (
+                "fhirpanel_last_run_writeback",
+                (("action", "failed"), ("kind", "incremental"), ("resource_type", "CarePlan")),
+            )
+        ]
+        == 1
+    )
     assert samples[("fhirpanel_patients", (("status", "assigned"),))] == 248
     assert samples[("fhirpanel_patients", (("status", "unassigned"),))] == 44
-    tiers = {k[1][0][1]: v for k, v in samples.items()
-             if k[0] == "fhirpanel_assigned_patients_by_tier"}
-    with_tier = [p for p in patients_where(store, PatientState.status == "assigned")
-                 if p["tier"] is not None]
+    tiers = {
+        k[1][0][1]: v for k, v in samples.items() if k[0] == "fhirpanel_assigned_patients_by_tier"
+    }
+    with_tier = [
+        p for p in patients_where(store, PatientState.status == "assigned") if p["tier"] is not None
+    ]
     assert sum(tiers.values()) == len(with_tier)
     assert samples[("fhirpanel_unconfirmed_assignments", ())] == 248
     assert samples[("fhirpanel_refresh_running", ())] == 0
-    latency = ("fhirpanel_http_request_duration_seconds_count",
-               (("endpoint", "/api/panels"), ("method", "GET"), ("status", "200")))
+    latency = (
+        "fhirpanel_http_request_duration_seconds_count",
+        (("endpoint", "/api/panels"), ("method", "GET"), ("status", "200")),
+    )
     assert samples[latency] == 2
 
 
@@ -1068,9 +1296,23 @@ def test_serve_runs_gunicorn_on_loopback(template: Path, tmp_path: Path) -> None
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fhirpanel", "serve", "--host", "127.0.0.1", "--port",
-             str(port), "--database", f"sqlite:///{tmp_path / 'state.db'}"],
-            cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "fhirpanel",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--database",
+                f"sqlite:///{tmp_path / 'state.db'}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -1104,8 +1346,21 @@ def test_serve_runs_gunicorn_on_loopback(template: Path, tmp_path: Path) -> None
 def test_serve_refuses_to_start_without_tokens(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FHIRPANEL_")}
     result = subprocess.run(
-        [sys.executable, "-m", "fhirpanel", "serve", "--port", str(free_port()), "--database",
-         f"sqlite:///{tmp_path / 'x.db'}"], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "fhirpanel",
+            "serve",
+            "--port",
+            str(free_port()),
+            "--database",
+            f"sqlite:///{tmp_path / 'x.db'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "no API tokens configured" in result.stderr

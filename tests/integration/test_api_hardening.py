@@ -65,10 +65,15 @@ CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e]")  
 
 
 def settings_for(db: Path, **env: str) -> Settings:
-    return Settings.load(env={"FHIRPANEL_API_ADMIN_TOKENS": f"boss={ADMIN}",
-                              "FHIRPANEL_API_READ_TOKENS": f"viewer={READ}",
-                              "FHIRPANEL_API_SECRET_KEY": "hardening-secret",
-                              "FHIRPANEL_DATABASE_URL": f"sqlite:///{db}", **env})
+    return Settings.load(
+        env={
+            "FHIRPANEL_API_ADMIN_TOKENS": f"boss={ADMIN}",
+            "FHIRPANEL_API_READ_TOKENS": f"viewer={READ}",
+            "FHIRPANEL_API_SECRET_KEY": "hardening-secret",
+            "FHIRPANEL_DATABASE_URL": f"sqlite:///{db}",
+            **env,
+        }
+    )
 
 
 class Trigger:
@@ -131,8 +136,10 @@ def test_escape_controls_writes_every_control_character_visibly() -> None:
     assert escape_controls("plain /api/panels") == "plain /api/panels"
     assert escape_controls("a\r\nb") == "a\\r\\nb"
     assert escape_controls("\x1b[31mred\x00\x7f\t") == "\\x1b[31mred\\x00\\x7f\\t"
-    assert escape_controls("c1\x85 ls\u2028 ps\u2029 bidi\u202e") == \
-        "c1\\x85 ls\\u2028 ps\\u2029 bidi\\u202e"
+    assert (
+        escape_controls("c1\x85 ls\u2028 ps\u2029 bidi\u202e")
+        == "c1\\x85 ls\\u2028 ps\\u2029 bidi\\u202e"
+    )
     # A backslash is doubled, so an escaped CR/LF cannot be faked by sending `\r` as text.
     assert escape_controls("x\\r\\n") == "x\\\\r\\\\n"
     # Text already escaped (gunicorn's repr of a refused request line) keeps single backslashes.
@@ -140,20 +147,25 @@ def test_escape_controls_writes_every_control_character_visibly() -> None:
     assert escape_controls("é ü 中") == "é ü 中"
 
 
-def test_the_apps_log_lines_escape_request_input(app: Flask,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_the_apps_log_lines_escape_request_input(
+    app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="fhirpanel")
     client = app.test_client()
-    response = client.get("/api/patients/x%1b[31mFORGED%e2%80%a8%c2%85",
-                          headers={"Authorization": "Bearer not-a-configured-token"})
+    response = client.get(
+        "/api/patients/x%1b[31mFORGED%e2%80%a8%c2%85",
+        headers={"Authorization": "Bearer not-a-configured-token"},
+    )
     assert response.status_code == 401
     refused = [r.getMessage() for r in caplog.records if "unknown token" in r.getMessage()]
-    assert refused == ["API request refused: unknown token "
-                       "(GET /api/patients/x\\x1b[31mFORGED\\u2028\\x85)"]
+    assert refused == [
+        "API request refused: unknown token (GET /api/patients/x\\x1b[31mFORGED\\u2028\\x85)"
+    ]
     # Any message on the API's loggers, whatever its arguments hold.
     caplog.clear()
-    logging.getLogger("fhirpanel.api.dashboard").info("dashboard: %s did %s", "eve\r\n2026",
-                                                      "x\x1b")
+    logging.getLogger("fhirpanel.api.dashboard").info(
+        "dashboard: %s did %s", "eve\r\n2026", "x\x1b"
+    )
     assert [r.getMessage() for r in caplog.records] == ["dashboard: eve\\r\\n2026 did x\\x1b"]
 
 
@@ -161,8 +173,10 @@ def test_serve_configures_the_escaping_gunicorn_logger() -> None:
     options = gunicorn_options(Settings.load(env={}))
     assert options["logger_class"] == LOGGER_CLASS
     assert "%(q)s" not in options["access_log_format"]  # no query strings
-    assert redact_path("/login/once/abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG") == \
-        "/login/once/<redacted>"
+    assert (
+        redact_path("/login/once/abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG")
+        == "/login/once/<redacted>"
+    )
     assert redact_path("/api/panels") == "/api/panels"
 
 
@@ -183,24 +197,42 @@ def test_json_depth_counts_brackets_outside_strings_only() -> None:
 def test_a_deeply_nested_body_is_a_400_problem_not_a_500(app: Flask) -> None:
     client = app.test_client()
     for depth in (5000, MAX_JSON_DEPTH + 1):
-        body = problem(client.post("/api/runs", data=nested(depth), headers=ADMIN_H,
-                                   content_type="application/json"), 400, "json-too-deep")
+        body = problem(
+            client.post(
+                "/api/runs", data=nested(depth), headers=ADMIN_H, content_type="application/json"
+            ),
+            400,
+            "json-too-deep",
+        )
         assert f"{depth} levels" in body["detail"]
     # At the bound the body is parsed, and refused for its content (422), not its shape.
-    body = problem(client.post("/api/runs", data=nested(MAX_JSON_DEPTH), headers=ADMIN_H,
-                               content_type="application/json"), 422, "invalid-body")
+    body = problem(
+        client.post(
+            "/api/runs",
+            data=nested(MAX_JSON_DEPTH),
+            headers=ADMIN_H,
+            content_type="application/json",
+        ),
+        422,
+        "invalid-body",
+    )
     assert body["errors"] == [{"field": "kind", "message": "must be a string"}]
 
 
 def chunked_post(client: FlaskClient, url: str, body: bytes, **kwargs: Any) -> Any:
     """A request without Content-Length whose stream the server ends, as gunicorn hands a
     chunked body to the app."""
-    return client.post(url, input_stream=io.BytesIO(body),
-                       environ_overrides={"wsgi.input_terminated": True}, **kwargs)
+    return client.post(
+        url,
+        input_stream=io.BytesIO(body),
+        environ_overrides={"wsgi.input_terminated": True},
+        **kwargs,
+    )
 
 
-def test_a_body_over_the_limit_is_413_with_or_without_content_length(tmp_path: Path,
-                                                                    store: Store) -> None:
+def test_a_body_over_the_limit_is_413_with_or_without_content_length(
+    tmp_path: Path, store: Store
+) -> None:
     settings = settings_for(tmp_path / "state.db", FHIRPANEL_API_MAX_BODY_BYTES="2048")
     trigger = Trigger()
     client = create_app(settings, store=store, trigger=trigger).test_client()
@@ -208,24 +240,25 @@ def test_a_body_over_the_limit_is_413_with_or_without_content_length(tmp_path: P
     over = b'{"kind": "' + b"a" * 2100 + b'"}'
     body = problem(client.post("/api/runs", data=over, headers=json_h), 413, "body-too-large")
     assert "2048 bytes" in body["detail"]
-    body = problem(chunked_post(client, "/api/runs", over, headers=json_h), 413,
-                   "body-too-large")
+    body = problem(chunked_post(client, "/api/runs", over, headers=json_h), 413, "body-too-large")
     assert "2048 bytes" in body["detail"]
     # Under the limit, a chunked body is read whole (not cut short at the limit, not empty).
     under = b'{"kind": "' + b"a" * 1900 + b'"}'
-    body = problem(chunked_post(client, "/api/runs", under, headers=json_h), 422,
-                   "invalid-body")
+    body = problem(chunked_post(client, "/api/runs", under, headers=json_h), 422, "invalid-body")
     assert body["errors"] == [{"field": "kind", "message": "must be at most 500 characters"}]
     exact = b'{"kind": "' + b" " * (2048 - 16) + b'full"}'
     assert len(exact) == 2048
-    body = problem(chunked_post(client, "/api/runs", exact, headers=json_h), 422,
-                   "invalid-body")
+    body = problem(chunked_post(client, "/api/runs", exact, headers=json_h), 422, "invalid-body")
     assert body["errors"][0]["field"] == "kind"
     assert trigger.calls == []
     # The dashboard's forms are bounded the same way (an HTML page, not a problem document).
     signed, _ = sign_in(create_app(settings, store=store, trigger=trigger))
-    response = chunked_post(signed, "/runs/start", b"kind=full&csrf_token=" + b"x" * 3000,
-                            content_type="application/x-www-form-urlencoded")
+    response = chunked_post(
+        signed,
+        "/runs/start",
+        b"kind=full&csrf_token=" + b"x" * 3000,
+        content_type="application/x-www-form-urlencoded",
+    )
     assert response.status_code == 413 and response.mimetype == "text/html"
     assert "Too much at once" in response.get_data(as_text=True)
 
@@ -248,10 +281,22 @@ def test_settings_out_of_range_are_refused(tmp_path: Path, store: Store) -> None
 # ---------------------------------------------------------------- cookie flags
 
 
-@pytest.mark.parametrize(("host", "loopback"), [
-    ("127.0.0.1", True), ("127.3.2.1", True), ("::1", True), ("[::1]", True),
-    ("localhost", True), ("::ffff:127.0.0.1", True), (ANY_HOST, False), ("::", False),
-    ("10.0.0.5", False), ("", False), ("panels.example.org", False)])
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.3.2.1", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("::ffff:127.0.0.1", True),
+        (ANY_HOST, False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("", False),
+        ("panels.example.org", False),
+    ],
+)
 def test_loopback_hosts(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
     assert secure_cookie(ApiSettings(host=host)) is not loopback
@@ -259,13 +304,21 @@ def test_loopback_hosts(host: str, loopback: bool) -> None:
     assert secure_cookie(ApiSettings(host=host, secure_cookie="never")) is False
 
 
-@pytest.mark.parametrize(("host", "mode", "secure"), [
-    ("127.0.0.1", "auto", False), (ANY_HOST, "auto", True), (ANY_HOST, "never", False),
-    ("127.0.0.1", "always", True)])
-def test_the_session_cookie_flags(tmp_path: Path, store: Store, host: str, mode: str,
-                                  secure: bool) -> None:
-    settings = settings_for(tmp_path / "state.db", FHIRPANEL_API_HOST=host,
-                            FHIRPANEL_API_SECURE_COOKIE=mode)
+@pytest.mark.parametrize(
+    ("host", "mode", "secure"),
+    [
+        ("127.0.0.1", "auto", False),
+        (ANY_HOST, "auto", True),
+        (ANY_HOST, "never", False),
+        ("127.0.0.1", "always", True),
+    ],
+)
+def test_the_session_cookie_flags(
+    tmp_path: Path, store: Store, host: str, mode: str, secure: bool
+) -> None:
+    settings = settings_for(
+        tmp_path / "state.db", FHIRPANEL_API_HOST=host, FHIRPANEL_API_SECURE_COOKIE=mode
+    )
     _, response = sign_in(create_app(settings, store=store, trigger=Trigger()))
     cookies = response.headers.getlist("Set-Cookie")
     assert len(cookies) == 1 and cookies[0].startswith("session=")
@@ -277,8 +330,7 @@ def test_the_session_cookie_flags(tmp_path: Path, store: Store, host: str, mode:
 # ---------------------------------------------------------------- server-side sessions
 
 
-def test_logout_revokes_the_session_for_every_copy_of_the_cookie(app: Flask,
-                                                                  store: Store) -> None:
+def test_logout_revokes_the_session_for_every_copy_of_the_cookie(app: Flask, store: Store) -> None:
     client, _ = sign_in(app)
     [row] = session_rows(store)
     assert row.actor == "boss" and row.via == "token" and row.revoked_at is None
@@ -300,12 +352,12 @@ def test_logout_revokes_the_session_for_every_copy_of_the_cookie(app: Flask,
     refused = replay.get("/")
     assert refused.status_code == 302 and refused.location.startswith("/login")
     replay.set_cookie("session", copied)
-    assert replay.post("/runs/start", data={"kind": "full", "csrf_token": csrf}) \
-        .status_code == 401
+    assert replay.post("/runs/start", data={"kind": "full", "csrf_token": csrf}).status_code == 401
 
 
 def test_a_copied_cookie_from_before_logout_is_refused_by_another_worker(
-        store: Store, tmp_path: Path) -> None:
+    store: Store, tmp_path: Path
+) -> None:
     """Two app instances over one store stand for gunicorn's two worker processes."""
     settings = settings_for(tmp_path / "state.db")
     worker_a = create_app(settings, store=store, trigger=Trigger())
@@ -334,27 +386,35 @@ def test_expired_and_idle_sessions_are_refused(app: Flask, store: Store) -> None
     assert client.get("/").status_code == 302
     other, _ = sign_in(app)
     with store.session() as s:
-        s.execute(update(DashboardSession).where(DashboardSession.id != row.id)
-                  .values(expires_at=now - timedelta(seconds=1)))
+        s.execute(
+            update(DashboardSession)
+            .where(DashboardSession.id != row.id)
+            .values(expires_at=now - timedelta(seconds=1))
+        )
     assert other.get("/").status_code == 302
 
 
 def test_session_records_in_the_store(store: Store) -> None:
     start = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
-    sid = create_session(store, actor="boss", token_fp="f" * 64, via="token",
-                         lifetime_seconds=3600, now=start)
+    sid = create_session(
+        store, actor="boss", token_fp="f" * 64, via="token", lifetime_seconds=3600, now=start
+    )
     info = active_session(store, sid, idle_seconds=600, now=start + timedelta(seconds=30))
     assert info is not None and info.actor == "boss" and info.last_seen_at == start
     # Used after more than a minute: last_seen_at moves (written at most once a minute).
     info = active_session(store, sid, idle_seconds=600, now=start + timedelta(seconds=500))
     assert info is not None and info.last_seen_at == start + timedelta(seconds=500)
-    assert active_session(store, sid, idle_seconds=600,
-                          now=start + timedelta(seconds=1000)) is not None
-    assert active_session(store, sid, idle_seconds=600,
-                          now=start + timedelta(seconds=3600)) is None  # expired
+    assert (
+        active_session(store, sid, idle_seconds=600, now=start + timedelta(seconds=1000))
+        is not None
+    )
+    assert (
+        active_session(store, sid, idle_seconds=600, now=start + timedelta(seconds=3600)) is None
+    )  # expired
     assert active_session(store, "not-a-session-id", idle_seconds=600) is None
-    again = create_session(store, actor="boss", token_fp="f" * 64, via="link",
-                           lifetime_seconds=3600, replaces=sid)
+    again = create_session(
+        store, actor="boss", token_fp="f" * 64, via="link", lifetime_seconds=3600, replaces=sid
+    )
     rows = {r.via: r for r in session_rows(store)}
     assert rows["token"].revoked_reason == "signed in again"
     assert revoke_session(store, again) is True and revoke_session(store, again) is False
@@ -364,8 +424,9 @@ def test_session_records_in_the_store(store: Store) -> None:
 # ---------------------------------------------------------------- sign-in by POST only
 
 
-def test_get_login_with_a_token_shows_the_form_and_signs_nobody_in(app: Flask,
-                                                                   store: Store) -> None:
+def test_get_login_with_a_token_shows_the_form_and_signs_nobody_in(
+    app: Flask, store: Store
+) -> None:
     client = app.test_client()
     response = client.get(f"/login?token={ADMIN}&next=/runs")
     assert response.status_code == 200
@@ -411,8 +472,7 @@ def test_a_sign_in_link_works_once(app: Flask, store: Store) -> None:
     assert len(session_rows(store)) == 1
 
 
-def test_expired_unknown_and_orphaned_sign_in_links_are_refused(app: Flask,
-                                                                store: Store) -> None:
+def test_expired_unknown_and_orphaned_sign_in_links_are_refused(app: Flask, store: Store) -> None:
     expired = issue_login_link(store, "boss", ttl_seconds=60)
     with store.session() as s:
         s.execute(update(LoginCode).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
@@ -470,21 +530,38 @@ def status_of(answer: bytes) -> int:
 FORGED = "2026-12-05 06:00:00,000 INFO fhirpanel.api.dashboard: dashboard sign-in: boss (admin)"
 
 
-def test_serve_writes_escaped_log_lines_bounds_bodies_and_shares_sessions(
-        tmp_path: Path) -> None:
+def test_serve_writes_escaped_log_lines_bounds_bodies_and_shares_sessions(tmp_path: Path) -> None:
     """Under gunicorn with 2 workers: raw socket requests with `%0d%0a` and literal control
     bytes leave one escaped line each; chunked bodies over the limit get 413; a session signed
     out in one worker is refused by both."""
     port = free_port()
-    env = {**os.environ, "FHIRPANEL_API_ADMIN_TOKENS": f"boss={ADMIN}",
-           "FHIRPANEL_API_WORKERS": "2", "FHIRPANEL_LOG_LEVEL": "INFO",
-           "FHIRPANEL_API_MAX_BODY_BYTES": "16384"}
+    env = {
+        **os.environ,
+        "FHIRPANEL_API_ADMIN_TOKENS": f"boss={ADMIN}",
+        "FHIRPANEL_API_WORKERS": "2",
+        "FHIRPANEL_LOG_LEVEL": "INFO",
+        "FHIRPANEL_API_MAX_BODY_BYTES": "16384",
+    }
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fhirpanel", "serve", "--host", "127.0.0.1", "--port",
-             str(port), "--database", f"sqlite:///{tmp_path / 'state.db'}"],
-            cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "fhirpanel",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--database",
+                f"sqlite:///{tmp_path / 'state.db'}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -500,34 +577,55 @@ def test_serve_writes_escaped_log_lines_bounds_bodies_and_shares_sessions(
         host = b"Host: 127.0.0.1\r\nConnection: close\r\n"
         forged = FORGED.replace(" ", "%20").encode()
         # CR/LF, percent-encoded, in the path: no token needed.
-        answer = raw_request(port, b"GET /api/panels/x%0d%0a" + forged + b" HTTP/1.1\r\n"
-                             + host + b"\r\n")
+        answer = raw_request(
+            port, b"GET /api/panels/x%0d%0a" + forged + b" HTTP/1.1\r\n" + host + b"\r\n"
+        )
         assert status_of(answer) == 404
         # ESC and a Unicode line separator reaching the app's own log (an unknown token).
-        answer = raw_request(port, b"GET /api/patients/p%1b[2J%e2%80%a8" + forged
-                             + b" HTTP/1.1\r\n" + host
-                             + b"Authorization: Bearer not-a-configured-token\r\n\r\n")
+        answer = raw_request(
+            port,
+            b"GET /api/patients/p%1b[2J%e2%80%a8"
+            + forged
+            + b" HTTP/1.1\r\n"
+            + host
+            + b"Authorization: Bearer not-a-configured-token\r\n\r\n",
+        )
         assert status_of(answer) == 401
         # Literal control bytes in the request line: refused by gunicorn, logged escaped.
-        answer = raw_request(port, b"GET /x\x1b[31m\r\n" + FORGED.encode() + b" HTTP/1.1\r\n"
-                             + host + b"\r\n")
+        answer = raw_request(
+            port, b"GET /x\x1b[31m\r\n" + FORGED.encode() + b" HTTP/1.1\r\n" + host + b"\r\n"
+        )
         assert status_of(answer) == 400
         answer = raw_request(port, b"GET /x\x1bLITERAL HTTP/1.1\r\n" + host + b"\r\n")
         assert status_of(answer) == 400
 
         # Bodies: 5,000 deep -> 400; chunked over the limit -> 413; chunked under -> read whole.
-        json_h = b"Content-Type: application/json\r\nAuthorization: Bearer " + ADMIN.encode() \
-            + b"\r\n"
+        json_h = (
+            b"Content-Type: application/json\r\nAuthorization: Bearer " + ADMIN.encode() + b"\r\n"
+        )
         deep = nested(5000)
-        answer = raw_request(port, b"POST /api/runs HTTP/1.1\r\n" + host + json_h
-                             + b"Content-Length: %d\r\n\r\n" % len(deep) + deep)
+        answer = raw_request(
+            port,
+            b"POST /api/runs HTTP/1.1\r\n"
+            + host
+            + json_h
+            + b"Content-Length: %d\r\n\r\n" % len(deep)
+            + deep,
+        )
         assert status_of(answer) == 400 and b"json-too-deep" in answer
 
         def chunked(body: bytes) -> bytes:
-            return (b"POST /api/runs HTTP/1.1\r\n" + host + json_h
-                    + b"Transfer-Encoding: chunked\r\n\r\n"
-                    + b"".join(b"%x\r\n" % len(body[i:i + 1000]) + body[i:i + 1000] + b"\r\n"
-                               for i in range(0, len(body), 1000)) + b"0\r\n\r\n")
+            return (
+                b"POST /api/runs HTTP/1.1\r\n"
+                + host
+                + json_h
+                + b"Transfer-Encoding: chunked\r\n\r\n"
+                + b"".join(
+                    b"%x\r\n" % len(body[i : i + 1000]) + body[i : i + 1000] + b"\r\n"
+                    for i in range(0, len(body), 1000)
+                )
+                + b"0\r\n\r\n"
+            )
 
         answer = raw_request(port, chunked(b'{"kind": "' + b"a" * 200_000 + b'"}'))
         assert status_of(answer) == 413 and b"body-too-large" in answer
@@ -539,24 +637,33 @@ def test_serve_writes_escaped_log_lines_bounds_bodies_and_shares_sessions(
         login = browser.get(f"{base}/login", timeout=10)
         csrf = CSRF_FIELD.search(login.text)
         assert csrf is not None
-        signed = browser.post(f"{base}/login", data={"token": ADMIN,
-                                                     "csrf_token": csrf.group(1)},
-                              allow_redirects=False, timeout=10)
+        signed = browser.post(
+            f"{base}/login",
+            data={"token": ADMIN, "csrf_token": csrf.group(1)},
+            allow_redirects=False,
+            timeout=10,
+        )
         assert signed.status_code == 303
         assert "secure" not in signed.headers["Set-Cookie"].lower()  # on loopback
         copied = browser.cookies.get("session")
         assert copied is not None
-        assert all(browser.get(f"{base}/runs", allow_redirects=False, timeout=10).status_code
-                   == 200 for _ in range(8))
+        assert all(
+            browser.get(f"{base}/runs", allow_redirects=False, timeout=10).status_code == 200
+            for _ in range(8)
+        )
         page = browser.get(f"{base}/logout", timeout=10)
         token = CSRF_FIELD.search(page.text)
         assert token is not None
-        out = browser.post(f"{base}/logout", data={"csrf_token": token.group(1)},
-                           allow_redirects=False, timeout=10)
+        out = browser.post(
+            f"{base}/logout", data={"csrf_token": token.group(1)}, allow_redirects=False, timeout=10
+        )
         assert out.status_code == 303
-        replays = [requests.get(f"{base}/runs", cookies={"session": copied},
-                                allow_redirects=False, timeout=10).status_code
-                   for _ in range(8)]
+        replays = [
+            requests.get(
+                f"{base}/runs", cookies={"session": copied}, allow_redirects=False, timeout=10
+            ).status_code
+            for _ in range(8)
+        ]
         assert replays == [302] * 8
         # The old sign-in address with a token: the form, nobody signed in.
         old = requests.get(f"{base}/login?token={ADMIN}", allow_redirects=False, timeout=10)

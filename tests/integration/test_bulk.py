@@ -48,9 +48,14 @@ from tests.integration.faults import (
     send,
 )
 
-FAST: dict[str, Any] = {"max_retries": 2, "backoff_factor": 0.01, "backoff_max": 0.1,
-                        "retry_budget_seconds": 10.0, "connect_timeout": 2.0,
-                        "read_timeout": 10.0}
+FAST: dict[str, Any] = {
+    "max_retries": 2,
+    "backoff_factor": 0.01,
+    "backoff_max": 0.1,
+    "retry_budget_seconds": 10.0,
+    "connect_timeout": 2.0,
+    "read_timeout": 10.0,
+}
 GROUP_ID = "panel-sample"
 
 
@@ -59,11 +64,20 @@ def bulk_sandbox() -> Iterator[SandboxServer]:
     """Our own server with the committed population and a Group of 25 of its patients."""
     with SandboxServer() as server:
         server.load_ndjson_dir(POPULATION_DIR)
-        members = sorted(r["id"] for r in iter_ndjson_dir(POPULATION_DIR)
-                         if r["resourceType"] == "Patient")[:25]
-        server.load([{"resourceType": "Group", "id": GROUP_ID, "type": "person",
-                      "actual": True,
-                      "member": [{"entity": {"reference": f"Patient/{m}"}} for m in members]}])
+        members = sorted(
+            r["id"] for r in iter_ndjson_dir(POPULATION_DIR) if r["resourceType"] == "Patient"
+        )[:25]
+        server.load(
+            [
+                {
+                    "resourceType": "Group",
+                    "id": GROUP_ID,
+                    "type": "person",
+                    "actual": True,
+                    "member": [{"entity": {"reference": f"Patient/{m}"}} for m in members],
+                }
+            ]
+        )
         yield server
 
 
@@ -72,8 +86,9 @@ def client_for(base_url: str, **changes: Any) -> FhirClient:
 
 
 def bulk_source(spec: str, download_dir: Path, **bulk: Any) -> BulkSource:
-    source = source_from_spec(spec, client_for, bulk=BulkSettings(download_dir=str(download_dir),
-                                                                  **bulk))
+    source = source_from_spec(
+        spec, client_for, bulk=BulkSettings(download_dir=str(download_dir), **bulk)
+    )
     assert isinstance(source, BulkSource)
     return source
 
@@ -85,16 +100,23 @@ def leftovers(directory: Path) -> list[str]:
 # ---------------------------------------------------------------- against the sandbox
 
 
-def test_bulk_run_gives_the_same_report_as_the_paged_read(bulk_sandbox: SandboxServer,
-                                                          tmp_path: Path) -> None:
+def test_bulk_run_gives_the_same_report_as_the_paged_read(
+    bulk_sandbox: SandboxServer, tmp_path: Path
+) -> None:
     settings = Settings.load(env={})
     as_of = date.fromisoformat(AS_OF)
     with bulk_source(f"bulk:{bulk_sandbox.base_url}", tmp_path) as source:
         from_bulk = build_report(run_full(settings, source, as_of))
         assert source.result is not None
         manifest_types = {f.type for f in source.result.manifest.output}
-        assert manifest_types == {"Patient", "Encounter", "Condition", "Practitioner",
-                                  "PractitionerRole", "Organization"}
+        assert manifest_types == {
+            "Patient",
+            "Encounter",
+            "Condition",
+            "Practitioner",
+            "PractitionerRole",
+            "Organization",
+        }
         assert source.result.counts["Patient"] == 300
         assert source.result.stats.polls >= 1 and source.transaction_time
         assert leftovers(tmp_path)  # the NDJSON is there while the source is open
@@ -106,8 +128,9 @@ def test_bulk_run_gives_the_same_report_as_the_paged_read(bulk_sandbox: SandboxS
     assert from_bulk["summary"]["assigned"] > 100
 
 
-def test_group_export_reads_the_members_and_clinicians_by_search(bulk_sandbox: SandboxServer,
-                                                                 tmp_path: Path) -> None:
+def test_group_export_reads_the_members_and_clinicians_by_search(
+    bulk_sandbox: SandboxServer, tmp_path: Path
+) -> None:
     with bulk_source(f"bulk:{bulk_sandbox.base_url}/Group/{GROUP_ID}", tmp_path) as source:
         assert source.describe().endswith(f"/Group/{GROUP_ID}")
         population = read_population(source)
@@ -128,22 +151,27 @@ def test_an_unknown_group_is_a_clear_error(bulk_sandbox: SandboxServer, tmp_path
 
 
 def test_incremental_export_with_since(sandbox: SandboxServer, tmp_path: Path) -> None:
-    sandbox.load(r for r in iter_ndjson_dir(POPULATION_DIR)
-                 if r["resourceType"] in ("Practitioner", "Organization"))
+    sandbox.load(
+        r
+        for r in iter_ndjson_dir(POPULATION_DIR)
+        if r["resourceType"] in ("Practitioner", "Organization")
+    )
     with client_for(sandbox.base_url) as client:
         first = BulkExport(client, BulkSettings(download_dir=str(tmp_path))).run()
         assert first.counts == {"Practitioner": 19, "Organization": 4}
         created = client.create({"resourceType": "Patient", "active": True})
-        second = BulkExport(client, BulkSettings(download_dir=str(tmp_path)),
-                            since=first.manifest.transaction_time).run()
+        second = BulkExport(
+            client, BulkSettings(download_dir=str(tmp_path)), since=first.manifest.transaction_time
+        ).run()
     assert second.counts == {"Patient": 1}
     assert "_since=" in second.manifest.request
     line = (second.directory / "Patient.0001.ndjson").read_bytes()
     assert orjson.loads(line)["id"] == created["id"]
 
 
-def test_files_need_the_token_when_the_server_says_so(sandbox: SandboxServer,
-                                                      tmp_path: Path) -> None:
+def test_files_need_the_token_when_the_server_says_so(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
     from sekmet.config import ServerAuth
 
     sandbox.load(r for r in iter_ndjson_dir(POPULATION_DIR) if r["resourceType"] == "Practitioner")
@@ -151,8 +179,9 @@ def test_files_need_the_token_when_the_server_says_so(sandbox: SandboxServer,
     settings = BulkSettings(download_dir=str(tmp_path))
     with client_for(sandbox.base_url) as anonymous, pytest.raises(AuthError):
         BulkExport(anonymous, settings).run()
-    with FhirClient(FhirSettings(base_url=sandbox.base_url, **FAST),
-                    auth=BearerAuth("tok-123")) as client:
+    with FhirClient(
+        FhirSettings(base_url=sandbox.base_url, **FAST), auth=BearerAuth("tok-123")
+    ) as client:
         result = BulkExport(client, settings).run()
     assert result.manifest.requires_access_token is True
     assert result.counts == {"Practitioner": 19}
@@ -211,8 +240,9 @@ def deletes(proxy: FaultProxy) -> list[str]:
     return [a.path for a in proxy.arrivals_for(lambda a: a.method == "DELETE")]
 
 
-def test_a_file_that_fails_mid_export_imports_nothing(proxied: PathFaultProxy,
-                                                      tmp_path: Path) -> None:
+def test_a_file_that_fails_mid_export_imports_nothing(
+    proxied: PathFaultProxy, tmp_path: Path
+) -> None:
     proxied.rules = [("/bulk-files/", RESET_MID_BODY), ("Encounter.ndjson", Status(500))]
     source = bulk_source(f"bulk:{proxied.base_url}", tmp_path)
     with pytest.raises(SourceError, match=r"Encounter file .* could not be downloaded: HTTP 500"):
@@ -242,8 +272,9 @@ def test_an_expired_file_is_a_clear_error(proxied: PathFaultProxy, tmp_path: Pat
     assert leftovers(tmp_path) == []
 
 
-def test_an_export_that_fails_on_the_server_says_why(proxied: PathFaultProxy,
-                                                     tmp_path: Path) -> None:
+def test_an_export_that_fails_on_the_server_says_why(
+    proxied: PathFaultProxy, tmp_path: Path
+) -> None:
     proxied.rules = [("/bulk-status/", Reply(500, "export job crashed: disk full"))]
     source = bulk_source(f"bulk:{proxied.base_url}", tmp_path)
     with pytest.raises(SourceError, match=r"Bulk export failed: .*disk full") as caught:
@@ -256,8 +287,10 @@ def test_an_export_that_fails_on_the_server_says_why(proxied: PathFaultProxy,
 # ---------------------------------------------------------------- a scripted Bulk Data server
 
 
-PATIENTS = b'{"resourceType":"Patient","id":"a","active":true}\n' \
-           b'{"resourceType":"Patient","id":"b","active":true}\n'
+PATIENTS = (
+    b'{"resourceType":"Patient","id":"a","active":true}\n'
+    b'{"resourceType":"Patient","id":"b","active":true}\n'
+)
 
 
 @dataclass(frozen=True)
@@ -272,11 +305,18 @@ class FakeBulkServer(LoopbackServer):
     body), then `repeat` when set, else the manifest; files under `/files/`, listed in the
     manifest at `file_origin` (another server) when given. Records every request."""
 
-    def __init__(self, polls: list[tuple[int, dict[str, str], bytes]] | None = None, *,
-                 repeat: tuple[int, dict[str, str], bytes] | None = None,
-                 requires_token: bool = False, file_origin: str = "",
-                 files: dict[str, bytes] | None = None, errors: dict[str, bytes] | None = None,
-                 counts: dict[str, int] | None = None, location_origin: str = "") -> None:
+    def __init__(
+        self,
+        polls: list[tuple[int, dict[str, str], bytes]] | None = None,
+        *,
+        repeat: tuple[int, dict[str, str], bytes] | None = None,
+        requires_token: bool = False,
+        file_origin: str = "",
+        files: dict[str, bytes] | None = None,
+        errors: dict[str, bytes] | None = None,
+        counts: dict[str, int] | None = None,
+        location_origin: str = "",
+    ) -> None:
         super().__init__()
         self.location_origin = location_origin  # where Content-Location says the status is
         self.polls = deque(polls or [])
@@ -301,11 +341,18 @@ class FakeBulkServer(LoopbackServer):
             "transactionTime": "2026-11-22T00:00:00Z",
             "request": f"{self.base_url}/$export",
             "requiresAccessToken": self.requires_token,
-            "output": [{"type": name.split(".")[0], "url": f"{origin}/files/{name}",
-                        "count": self.counts.get(name, body.count(b"\n"))}
-                       for name, body in self.files.items()],
-            "error": [{"type": "OperationOutcome", "url": f"{origin}/files/{name}"}
-                      for name in self.errors],
+            "output": [
+                {
+                    "type": name.split(".")[0],
+                    "url": f"{origin}/files/{name}",
+                    "count": self.counts.get(name, body.count(b"\n")),
+                }
+                for name, body in self.files.items()
+            ],
+            "error": [
+                {"type": "OperationOutcome", "url": f"{origin}/files/{name}"}
+                for name in self.errors
+            ],
         }
 
     def handle(self, handler: BaseHTTPRequestHandler) -> None:
@@ -324,8 +371,12 @@ class FakeBulkServer(LoopbackServer):
         elif path == "/fhir/status/1":
             send(handler, 200, orjson.dumps(self.manifest()), content_type="application/json")
         elif name in self.files or name in self.errors:
-            send(handler, 200, self.files.get(name) or self.errors[name],
-                 content_type="application/fhir+ndjson")
+            send(
+                handler,
+                200,
+                self.files.get(name) or self.errors[name],
+                content_type="application/fhir+ndjson",
+            )
         else:
             send(handler, 404, outcome("no such path", "not-found"))
 
@@ -349,16 +400,26 @@ class FakeClock:
         return self.wall + self.now
 
 
-def scripted_export(server: FakeBulkServer, tmp_path: Path, clock: FakeClock,
-                    client: FhirClient | None = None, **bulk: Any) -> BulkExport:
+def scripted_export(
+    server: FakeBulkServer,
+    tmp_path: Path,
+    clock: FakeClock,
+    client: FhirClient | None = None,
+    **bulk: Any,
+) -> BulkExport:
     settings = BulkSettings(download_dir=str(tmp_path / "bulk"), **bulk)
-    return BulkExport(client or client_for(server.base_url), settings, sleep=clock.sleep,
-                      clock=clock.monotonic, wall_clock=clock.time)
+    return BulkExport(
+        client or client_for(server.base_url),
+        settings,
+        sleep=clock.sleep,
+        clock=clock.monotonic,
+        wall_clock=clock.time,
+    )
 
 
-def test_retry_after_is_honoured_in_seconds_and_as_a_date(tmp_path: Path,
-                                                          caplog: pytest.LogCaptureFixture
-                                                          ) -> None:
+def test_retry_after_is_honoured_in_seconds_and_as_a_date(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     clock = FakeClock()
     polls = [
         (202, {"Retry-After": "3", "X-Progress": "collecting 10%"}, b""),
@@ -423,12 +484,14 @@ def test_a_transient_poll_error_is_polled_again(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("requires_token", [True, False])
-def test_the_token_goes_to_the_files_only_when_required(tmp_path: Path,
-                                                        requires_token: bool) -> None:
+def test_the_token_goes_to_the_files_only_when_required(
+    tmp_path: Path, requires_token: bool
+) -> None:
     clock = FakeClock()
     with FakeBulkServer(requires_token=requires_token) as server:
-        client = FhirClient(FhirSettings(base_url=server.base_url, **FAST),
-                            auth=BearerAuth("s3cret"))
+        client = FhirClient(
+            FhirSettings(base_url=server.base_url, **FAST), auth=BearerAuth("s3cret")
+        )
         scripted_export(server, tmp_path, clock, client=client).run()
         (file_request,) = server.requests_to("/files/")
         status_request = server.requests_to("/status/1")[0]
@@ -440,14 +503,16 @@ def test_the_token_goes_to_the_files_only_when_required(tmp_path: Path,
 
 
 def test_files_elsewhere_get_no_credentials_and_are_refused_when_they_need_them(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     clock = FakeClock()
     with FakeBulkServer(files={}) as storage:
         storage.files = {"Patient.ndjson": PATIENTS}
         with FakeBulkServer(file_origin=storage.origin, files={}) as server:
             server.files = {"Patient.ndjson": PATIENTS}  # listed here, served by `storage`
-            client = FhirClient(FhirSettings(base_url=server.base_url, **FAST),
-                                auth=BearerAuth("s3cret"))
+            client = FhirClient(
+                FhirSettings(base_url=server.base_url, **FAST), auth=BearerAuth("s3cret")
+            )
             result = scripted_export(server, tmp_path, clock, client=client).run()
             assert result.counts == {"Patient": 2}
             (fetched,) = storage.requests_to("/files/")
@@ -471,8 +536,13 @@ def test_error_files_become_issues_and_counts_are_checked(tmp_path: Path) -> Non
             warnings = source.result.warnings
             files = leftovers(source.result.directory)
     issues = [i for i in first if isinstance(i, Issue)]
-    assert issues == [Issue("OperationOutcome/? (error.0001.ndjson:1)",
-                            "export error: Patient/zz could not be exported", "recorded")]
+    assert issues == [
+        Issue(
+            "OperationOutcome/? (error.0001.ndjson:1)",
+            "export error: Patient/zz could not be exported",
+            "recorded",
+        )
+    ]
     assert [r["id"] for r in first if isinstance(r, dict)] == ["a", "b"]
     assert not any(isinstance(i, Issue) for i in again)  # reported once
     assert warnings == []  # the manifest's count matched
@@ -488,13 +558,16 @@ def test_a_file_short_of_its_manifest_count_imports_nothing(tmp_path: Path) -> N
         assert len(server.requests_to("/status/1", "DELETE")) == 1
     assert str(caught.value) == (
         f"Bulk export Patient file Patient.0001.ndjson ({server.origin}/files/Patient.ndjson): "
-        "the manifest says 3 resources but 2 lines were downloaded (short); nothing was imported")
+        "the manifest says 3 resources but 2 lines were downloaded (short); nothing was imported"
+    )
     assert caught.value.exit_code == ExitCode.SOURCE
     assert leftovers(tmp_path / "bulk") == []
 
 
-@pytest.mark.parametrize("body", [PATIENTS + b"\n \n\r\n", PATIENTS.rstrip(b"\n"),
-                                  b"\n" + PATIENTS.replace(b"\n", b"\n\n")])
+@pytest.mark.parametrize(
+    "body",
+    [PATIENTS + b"\n \n\r\n", PATIENTS.rstrip(b"\n"), b"\n" + PATIENTS.replace(b"\n", b"\n\n")],
+)
 def test_blank_lines_do_not_count_against_the_manifest(tmp_path: Path, body: bytes) -> None:
     with FakeBulkServer(files={"Patient.ndjson": body}, counts={"Patient.ndjson": 2}) as server:
         result = scripted_export(server, tmp_path, FakeClock()).run()
@@ -505,13 +578,17 @@ def test_a_full_export_without_an_encounter_file_is_refused(tmp_path: Path) -> N
     with FakeBulkServer() as server:  # the manifest lists a Patient file only
         source = BulkSource(scripted_export(server, tmp_path, FakeClock()))
         assert [r["id"] for r in source.read("Patient") if isinstance(r, dict)] == ["a", "b"]
-        with pytest.raises(SourceError, match=r"has no Encounter file \(looked for "
-                                              r"Encounter\*\.ndjson\[\.gz\], any case\)"):
+        with pytest.raises(
+            SourceError,
+            match=r"has no Encounter file \(looked for "
+            r"Encounter\*\.ndjson\[\.gz\], any case\)",
+        ):
             list(source.read("Encounter"))
         source.close()
         # An incremental export (`_since`) may have nothing of a type: no file is fine there.
-        since = BulkSource(scripted_export(server, tmp_path, FakeClock(),
-                                           since="2026-11-01T00:00:00Z"))
+        since = BulkSource(
+            scripted_export(server, tmp_path, FakeClock(), since="2026-11-01T00:00:00Z")
+        )
         assert list(since.read("Encounter")) == []
         since.close()
 
@@ -520,7 +597,8 @@ def test_a_full_export_without_an_encounter_file_is_refused(tmp_path: Path) -> N
 
 
 def test_a_status_url_on_another_origin_is_refused_with_the_settings_that_allow_it(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     with FakeBulkServer() as server:
         server.location_origin = f"http://localhost:{server.port}"
         with pytest.raises(SourceError) as caught:
@@ -534,8 +612,9 @@ def test_a_trusted_origin_is_followed_as_given(tmp_path: Path) -> None:
     with FakeBulkServer() as server:
         foreign = f"http://localhost:{server.port}"
         server.location_origin = server.file_origin = foreign
-        client = client_for(server.base_url, trusted_link_origins=foreign, auth="bearer",
-                            token="s3cret")
+        client = client_for(
+            server.base_url, trusted_link_origins=foreign, auth="bearer", token="s3cret"
+        )
         server.requires_token = True
         result = scripted_export(server, tmp_path, FakeClock(), client=client).run()
         polls = server.requests_to("/status/1")
@@ -578,9 +657,25 @@ def test_cli_run_with_a_bulk_source(bulk_sandbox: SandboxServer, tmp_path: Path)
     downloads = tmp_path / "bulk"
     env = {**os.environ, "COLUMNS": "160", "FHIRPANEL_BULK_DOWNLOAD_DIR": str(downloads)}
     out = subprocess.run(
-        [sys.executable, "-m", "fhirpanel", "run", "--source", f"bulk:{bulk_sandbox.base_url}",
-         "--as-of", AS_OF, "--report", str(report)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+        [
+            sys.executable,
+            "-m",
+            "fhirpanel",
+            "run",
+            "--source",
+            f"bulk:{bulk_sandbox.base_url}",
+            "--as-of",
+            AS_OF,
+            "--report",
+            str(report),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     data = json.loads(report.read_text())
     assert data["summary"]["patients"] == 300 and data["as_of"] == AS_OF
@@ -591,10 +686,23 @@ def test_cli_run_with_a_bulk_source(bulk_sandbox: SandboxServer, tmp_path: Path)
 def test_cli_bulk_failure_is_one_line_and_exit_10(tmp_path: Path) -> None:
     with FakeBulkServer([(500, {}, outcome("export job crashed", "exception"))]) as server:
         out = subprocess.run(
-            [sys.executable, "-m", "fhirpanel", "run", "--source", f"bulk:{server.base_url}",
-             "--as-of", AS_OF],
-            cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-            env={**os.environ, "FHIRPANEL_BULK_DOWNLOAD_DIR": str(tmp_path)})
+            [
+                sys.executable,
+                "-m",
+                "fhirpanel",
+                "run",
+                "--source",
+                f"bulk:{server.base_url}",
+                "--as-of",
+                AS_OF,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={**os.environ, "FHIRPANEL_BULK_DOWNLOAD_DIR": str(tmp_path)},
+        )
     assert out.returncode == ExitCode.SOURCE
     assert "Bulk export failed" in out.stderr and "export job crashed" in out.stderr
     assert "Traceback" not in out.stderr

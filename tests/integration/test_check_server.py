@@ -35,8 +35,9 @@ STU3_RECORDED = HAPI_DIR / "capabilitystatement-stu3-1.json"
 
 def hermetic(**env: str) -> Settings:
     """Settings from defaults and the given variables only, retrying little (fast failures)."""
-    return Settings.load(env=env).with_fhir(max_retries=1, backoff_factor=0.01,
-                                            connect_timeout=2.0, read_timeout=10.0)
+    return Settings.load(env=env).with_fhir(
+        max_retries=1, backoff_factor=0.01, connect_timeout=2.0, read_timeout=10.0
+    )
 
 
 def load(path: Any) -> dict[str, Any]:
@@ -79,19 +80,26 @@ class ReplayServer(LoopbackServer):
             self.requests.append((path, handler.headers.get("Authorization")))
         if path == "/baseR4/metadata":
             if isinstance(self.metadata, bytes):
-                send(handler, 200, self.metadata,
-                     content_type=self.content_type or "text/html")
+                send(handler, 200, self.metadata, content_type=self.content_type or "text/html")
             else:
                 send(handler, 200, json.dumps(self.metadata).encode())
         elif path == "/baseR4/Patient":
             if handler.headers.get("Authorization") != "Bearer good":
                 send(handler, 401, outcome("HAPI-0644: not authorized", code="security"))
             else:
-                send(handler, 200, json.dumps({"resourceType": "Bundle", "type": "searchset",
-                                               "total": 0}).encode())
+                send(
+                    handler,
+                    200,
+                    json.dumps(
+                        {"resourceType": "Bundle", "type": "searchset", "total": 0}
+                    ).encode(),
+                )
         else:
-            send(handler, 404, outcome(f"HAPI-0302: Unknown resource type '{path}'",
-                                       code="not-found"))
+            send(
+                handler,
+                404,
+                outcome(f"HAPI-0302: Unknown resource type '{path}'", code="not-found"),
+            )
 
 
 @pytest.fixture
@@ -100,14 +108,20 @@ def replay(request: pytest.FixtureRequest) -> Iterator[ReplayServer]:
         yield server
 
 
-def without(statement: dict[str, Any], rtype: str, *, interactions: tuple[str, ...] = (),
-            flags: tuple[str, ...] = ()) -> dict[str, Any]:
+def without(
+    statement: dict[str, Any],
+    rtype: str,
+    *,
+    interactions: tuple[str, ...] = (),
+    flags: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """A copy of the statement with some interactions or conditional flags taken off a type."""
     stripped = copy.deepcopy(statement)
     for entry in stripped["rest"][0]["resource"]:
         if entry["type"] == rtype:
-            entry["interaction"] = [i for i in entry["interaction"]
-                                    if i["code"] not in interactions]
+            entry["interaction"] = [
+                i for i in entry["interaction"] if i["code"] not in interactions
+            ]
             for flag in flags:
                 entry.pop(flag, None)
     return stripped
@@ -120,8 +134,14 @@ def test_the_sandbox_server_offers_everything(loaded_sandbox: SandboxServer) -> 
     check = check_server(loaded_sandbox.base_url, hermetic())
     assert check.exit_code == ExitCode.OK and check.ok and not check.missing
     assert (check.fhir_version, check.release) == ("4.0.1", "R4")
-    for rtype in ("Patient", "Encounter", "Condition", "Practitioner", "PractitionerRole",
-                  "Organization"):
+    for rtype in (
+        "Patient",
+        "Encounter",
+        "Condition",
+        "Practitioner",
+        "PractitionerRole",
+        "Organization",
+    ):
         assert finding(check, "read", rtype).status == "yes"
     assert finding(check, "search", "Encounter?patient").status == "yes"
     assert finding(check, "write", "CarePlan?identifier").status == "yes"
@@ -138,8 +158,13 @@ def test_the_sandbox_server_offers_everything(loaded_sandbox: SandboxServer) -> 
     text = rendered(check)
     assert "SEKMET FHIR R4 Tester" in text and "FHIR 4.0.1 (R4)" in text
     assert "fhirpanel can work with this server (read and write back)" in text
-    for line in ("Encounter?patient", "conditional update", "$export (Group)",
-                 "rest-hook Subscription", "RS384 signatures"):
+    for line in (
+        "Encounter?patient",
+        "conditional update",
+        "$export (Group)",
+        "rest-hook Subscription",
+        "RS384 signatures",
+    ):
         assert line in text
 
 
@@ -150,12 +175,17 @@ def test_the_transaction_probe_finds_the_size_that_works(loaded_sandbox: Sandbox
     check = check_server(loaded_sandbox.base_url, hermetic())
     size = finding(check, "write", "transaction size")
     assert (size.status, size.server, check.transaction_size) == (
-        "yes", "100 read entries accepted", 100)
+        "yes",
+        "100 read entries accepted",
+        100,
+    )
     # Only reads were tried: the finding says write entries may be capped lower, and how a run
     # meets that.
     assert "not a promise for writes" in size.fhirpanel
-    assert "Servers may cap write entries lower than reads (Medplum: 50 updates, 8 entries " \
-           "when one is conditional)" in size.fhirpanel
+    assert (
+        "Servers may cap write entries lower than reads (Medplum: 50 updates, 8 entries "
+        "when one is conditional)" in size.fhirpanel
+    )
     assert "adapts on the first refusal" in size.fhirpanel
     assert check.write_limits is None and check.as_dict()["transaction_write_limits"] is None
     # A server that caps every transaction at 30 entries: 100 and 50 refused, 25 accepted.
@@ -174,7 +204,8 @@ def test_the_transaction_probe_finds_the_size_that_works(loaded_sandbox: Sandbox
 
 
 def test_the_probe_cannot_see_medplum_write_limits_and_says_so(
-        loaded_sandbox: SandboxServer) -> None:
+    loaded_sandbox: SandboxServer,
+) -> None:
     """Medplum's write limits do not apply to read entries: the probe's 100 is accepted, yet a
     write transaction of 100 would be refused. Named Medplum by its CapabilityStatement, the
     finding gives the limits (not a "yes"), and the JSON carries them."""
@@ -186,10 +217,14 @@ def test_the_probe_cannot_see_medplum_write_limits_and_says_so(
     assert check.transaction_size == 100
     size = finding(check, "write", "transaction size")
     assert size.status == "partial" and not size.blocking
-    assert size.server == ("100 read entries accepted; write entries: Medplum's limits "
-                           "(50 updates, 8 with a conditional entry)")
-    assert "refuses a write transaction of more than 50 updates, or of more than 8 entries " \
-           "when one is conditional" in size.fhirpanel
+    assert size.server == (
+        "100 read entries accepted; write entries: Medplum's limits "
+        "(50 updates, 8 with a conditional entry)"
+    )
+    assert (
+        "refuses a write transaction of more than 50 updates, or of more than 8 entries "
+        "when one is conditional" in size.fhirpanel
+    )
     assert "expect 8 entries for creates and 50 for updates" in size.fhirpanel
     assert check.as_dict()["transaction_write_limits"] == {"conditional": 8, "plain": 50}
     text = rendered(check)
@@ -199,8 +234,7 @@ def test_the_probe_cannot_see_medplum_write_limits_and_says_so(
 def test_the_probe_is_skipped_read_only_or_when_turned_off(loaded_sandbox: SandboxServer) -> None:
     with MedplumLike(loaded_sandbox.base_url) as proxy:
         read_only = check_server(proxy.base_url, hermetic(), read_only=True)
-        off = check_server(proxy.base_url,
-                           hermetic(FHIRPANEL_WRITEBACK_PROBE_TRANSACTIONS="false"))
+        off = check_server(proxy.base_url, hermetic(FHIRPANEL_WRITEBACK_PROBE_TRANSACTIONS="false"))
         assert proxy.arrivals_for(lambda a: a.method == "POST") == []
     assert read_only.transaction_size is None
     assert not [f for f in read_only.findings if f.name == "transaction size"]
@@ -209,8 +243,7 @@ def test_the_probe_is_skipped_read_only_or_when_turned_off(loaded_sandbox: Sandb
     assert off.as_dict()["transaction_size"] is None
 
 
-def test_cli_prints_json(loaded_sandbox: SandboxServer, capsys: pytest.CaptureFixture[str]
-                         ) -> None:
+def test_cli_prints_json(loaded_sandbox: SandboxServer, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["check-server", loaded_sandbox.base_url, "--json", "--read-only"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["ok"] is True and out["exit_code"] == 0
@@ -232,19 +265,26 @@ def test_hapi_r4_statement(replay: ReplayServer) -> None:
     batch = finding(check, "write", "batch")
     assert batch.status == "no" and not batch.blocking
     assert "PUT CarePlan?identifier=" in finding(check, "write", "CarePlan").fhirpanel
-    export = {n: finding(check, "bulk", n).status
-              for n in ("$export (system)", "$export (Patient)", "$export (Group)")}
-    assert export == {"$export (system)": "yes", "$export (Patient)": "yes",
-                      "$export (Group)": "yes"}
+    export = {
+        n: finding(check, "bulk", n).status
+        for n in ("$export (system)", "$export (Patient)", "$export (Group)")
+    }
+    assert export == {
+        "$export (system)": "yes",
+        "$export (Patient)": "yes",
+        "$export (Group)": "yes",
+    }
     # No SMART on a stock HAPI: the discovery document is a 404, which is fine without SMART.
     smart = finding(check, "smart", "SMART configuration")
     assert smart.status == "no" and "HTTP 404" in smart.server and not smart.blocking
     assert check.smart_configuration is None
     # Both documents are public: nothing was sent with credentials. Then the transaction probe
     # (POST to the base), which this replay does not serve: not blocking.
-    assert [p for p, _ in replay.requests] == ["/baseR4/metadata",
-                                               "/baseR4/.well-known/smart-configuration",
-                                               "/baseR4"]
+    assert [p for p, _ in replay.requests] == [
+        "/baseR4/metadata",
+        "/baseR4/.well-known/smart-configuration",
+        "/baseR4",
+    ]
     assert all(auth is None for _, auth in replay.requests)
     size = finding(check, "write", "transaction size")
     assert size.status == "no" and not size.blocking and "HTTP 404" in size.server
@@ -268,10 +308,13 @@ def test_recorded_hapi_stu3_statement_cannot_work(replay: ReplayServer) -> None:
 
 
 @pytest.mark.parametrize(
-    "replay", [without(load(R4_ASSEMBLED), "CarePlan", interactions=("create", "update"))],
-    indirect=True)
+    "replay",
+    [without(load(R4_ASSEMBLED), "CarePlan", interactions=("create", "update"))],
+    indirect=True,
+)
 def test_a_statement_without_careplan_writes_fails_unless_read_only(
-        replay: ReplayServer, capsys: pytest.CaptureFixture[str]) -> None:
+    replay: ReplayServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     check = check_server(replay.base_url, hermetic())
     assert check.exit_code == ExitCode.CAPABILITY
     assert [f"{f.area} {f.name}" for f in check.missing] == ["write CarePlan"]
@@ -285,9 +328,16 @@ def test_a_statement_without_careplan_writes_fails_unless_read_only(
 
 
 @pytest.mark.parametrize(
-    "replay", [without(without(load(R4_ASSEMBLED), "CareTeam", flags=("conditionalUpdate",)),
-                       "CarePlan", flags=("conditionalUpdate", "conditionalCreate"))],
-    indirect=True)
+    "replay",
+    [
+        without(
+            without(load(R4_ASSEMBLED), "CareTeam", flags=("conditionalUpdate",)),
+            "CarePlan",
+            flags=("conditionalUpdate", "conditionalCreate"),
+        )
+    ],
+    indirect=True,
+)
 def test_fallbacks_for_missing_conditional_writes(replay: ReplayServer) -> None:
     check = check_server(replay.base_url, hermetic())
     assert check.exit_code == ExitCode.OK  # fallbacks exist: nothing is required
@@ -304,12 +354,16 @@ def test_fallbacks_for_missing_conditional_writes(replay: ReplayServer) -> None:
 
 @pytest.mark.parametrize(
     ("replay", "message"),
-    [(b"<html><body>Welcome to nginx</body></html>", "does not look like a FHIR server"),
-     ({"resourceType": "Patient", "id": "x"}, "expected a CapabilityStatement"),
-     ({"hello": "world"}, "expected a CapabilityStatement")],
-    indirect=["replay"])
-def test_non_fhir_answers_are_clear_errors(replay: ReplayServer, message: str,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+    [
+        (b"<html><body>Welcome to nginx</body></html>", "does not look like a FHIR server"),
+        ({"resourceType": "Patient", "id": "x"}, "expected a CapabilityStatement"),
+        ({"hello": "world"}, "expected a CapabilityStatement"),
+    ],
+    indirect=["replay"],
+)
+def test_non_fhir_answers_are_clear_errors(
+    replay: ReplayServer, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SourceError, match=message):
         check_server(replay.base_url, hermetic())
     assert main(["check-server", replay.base_url]) == ExitCode.SOURCE
@@ -318,8 +372,10 @@ def test_non_fhir_answers_are_clear_errors(replay: ReplayServer, message: str,
 
 
 def test_a_missing_metadata_endpoint_is_a_clear_error() -> None:
-    with ReplayServer({}) as server, \
-            pytest.raises(SourceError, match=r"no FHIR /metadata .* is it the FHIR base URL"):
+    with (
+        ReplayServer({}) as server,
+        pytest.raises(SourceError, match=r"no FHIR /metadata .* is it the FHIR base URL"),
+    ):
         check_server(server.origin + "/not-fhir", hermetic())
 
 
@@ -330,12 +386,15 @@ def test_an_unreachable_server_is_a_clear_error() -> None:
 
 
 @pytest.mark.parametrize("replay", [load(R4_ASSEMBLED)], indirect=True)
-@pytest.mark.parametrize(("token", "status", "code"),
-                         [("good", "yes", ExitCode.OK), ("stale", "no", ExitCode.AUTH)])
-def test_configured_credentials_are_tried_once(replay: ReplayServer, token: str, status: str,
-                                               code: int) -> None:
-    check = check_server(replay.base_url, hermetic(FHIRPANEL_FHIR_AUTH="bearer",
-                                                   FHIRPANEL_FHIR_TOKEN=token))
+@pytest.mark.parametrize(
+    ("token", "status", "code"), [("good", "yes", ExitCode.OK), ("stale", "no", ExitCode.AUTH)]
+)
+def test_configured_credentials_are_tried_once(
+    replay: ReplayServer, token: str, status: str, code: int
+) -> None:
+    check = check_server(
+        replay.base_url, hermetic(FHIRPANEL_FHIR_AUTH="bearer", FHIRPANEL_FHIR_TOKEN=token)
+    )
     credentials = finding(check, "auth", "credentials (fhir.auth = bearer)")
     assert credentials.status == status and check.exit_code == code
     sent = [(p, a) for p, a in replay.requests if p == "/baseR4/Patient"]
@@ -360,11 +419,18 @@ SMART_DOC = {
 }
 
 
-def judged(settings: Settings, config: dict[str, Any] | None, read_only: bool = False
-           ) -> ServerCheck:
+def judged(
+    settings: Settings, config: dict[str, Any] | None, read_only: bool = False
+) -> ServerCheck:
     caps = parse_capability_statement(load(R4_ASSEMBLED))
-    check = ServerCheck(url="u", fhir_version="4.0.1", release="R4", software="s",
-                        read_only=read_only, smart_configuration=config)
+    check = ServerCheck(
+        url="u",
+        fhir_version="4.0.1",
+        release="R4",
+        software="s",
+        read_only=read_only,
+        smart_configuration=config,
+    )
     check.findings.extend(judge(caps, settings, read_only=read_only, smart_config=config))
     return check
 
@@ -374,14 +440,19 @@ def test_smart_requirements_apply_only_with_smart_auth() -> None:
     check = judged(hermetic(FHIRPANEL_FHIR_AUTH="smart"), SMART_DOC)
     assert {f.name for f in check.missing} == {"private_key_jwt", "RS384 signatures"}
     assert finding(check, "smart", "scope syntax").fhirpanel == "set fhir.smart_scope_version = v2"
-    es384 = judged(hermetic(FHIRPANEL_FHIR_AUTH="smart", FHIRPANEL_FHIR_SMART_ALGORITHM="ES384"),
-                   SMART_DOC)
+    es384 = judged(
+        hermetic(FHIRPANEL_FHIR_AUTH="smart", FHIRPANEL_FHIR_SMART_ALGORITHM="ES384"), SMART_DOC
+    )
     assert finding(es384, "smart", "ES384 signatures").status == "yes"
     # No discovery document and no token URL in settings: no way to get a token.
     bare = judged(hermetic(FHIRPANEL_FHIR_AUTH="smart"), None)
     assert "token endpoint" in {f.name for f in bare.missing}
-    given = judged(hermetic(FHIRPANEL_FHIR_AUTH="smart",
-                            FHIRPANEL_FHIR_SMART_TOKEN_URL="https://auth.example.org/t"), None)
+    given = judged(
+        hermetic(
+            FHIRPANEL_FHIR_AUTH="smart", FHIRPANEL_FHIR_SMART_TOKEN_URL="https://auth.example.org/t"
+        ),
+        None,
+    )
     assert "token endpoint" not in {f.name for f in given.missing}
 
 
@@ -401,18 +472,19 @@ def test_optional_writes_and_bulk_sources_follow_the_settings() -> None:
     no_export = parse_capability_statement(statement)
     assert not no_export.export.any
     worker_on_bulk = hermetic(FHIRPANEL_SCHEDULER_SOURCE="bulk:http://127.0.0.1:1/fhir")
-    assert [f.name for f in judge(no_export, worker_on_bulk) if f.blocking] == [
-        "$export (system)"]
+    assert [f.name for f in judge(no_export, worker_on_bulk) if f.blocking] == ["$export (system)"]
     on_group = hermetic(FHIRPANEL_SCHEDULER_SOURCE="bulk:http://127.0.0.1:1/fhir/Group/g1")
     assert [f.name for f in judge(no_export, on_group) if f.blocking] == ["$export (Group)"]
     assert not [f for f in judge(no_export, hermetic()) if f.blocking]
 
 
 @pytest.mark.parametrize("replay", [load(R4_ASSEMBLED)], indirect=True)
-def test_unusable_credential_settings_still_show_the_server(replay: ReplayServer,
-                                                             tmp_path: Any) -> None:
-    settings = hermetic(FHIRPANEL_FHIR_AUTH="bearer",
-                        FHIRPANEL_FHIR_TOKEN_FILE=str(tmp_path / "missing-token"))
+def test_unusable_credential_settings_still_show_the_server(
+    replay: ReplayServer, tmp_path: Any
+) -> None:
+    settings = hermetic(
+        FHIRPANEL_FHIR_AUTH="bearer", FHIRPANEL_FHIR_TOKEN_FILE=str(tmp_path / "missing-token")
+    )
     check = check_server(replay.base_url, settings)
     assert check.exit_code == ExitCode.USAGE and check.credentials == "not tried"
     row = finding(check, "auth", "credentials (fhir.auth = bearer)")

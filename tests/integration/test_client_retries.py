@@ -18,14 +18,19 @@ from fhirpanel.fhir.client import FhirClient
 from fhirpanel.sandbox.server import SandboxServer, free_port
 from tests.integration.faults import RESET, RESET_MID_BODY, FaultProxy, Stall, Status
 
-FAST: dict[str, Any] = {"max_retries": 3, "backoff_factor": 0.01, "backoff_max": 0.1,
-        "retry_budget_seconds": 10.0, "connect_timeout": 2.0, "read_timeout": 5.0}
+FAST: dict[str, Any] = {
+    "max_retries": 3,
+    "backoff_factor": 0.01,
+    "backoff_max": 0.1,
+    "retry_budget_seconds": 10.0,
+    "connect_timeout": 2.0,
+    "read_timeout": 5.0,
+}
 
 
 @pytest.fixture
 def proxy(sandbox: SandboxServer) -> Iterator[FaultProxy]:
-    sandbox.load({"resourceType": "Patient", "id": f"p{i:03d}", "active": True}
-                 for i in range(60))
+    sandbox.load({"resourceType": "Patient", "id": f"p{i:03d}", "active": True} for i in range(60))
     with FaultProxy(sandbox.base_url) as fault_proxy:
         yield fault_proxy
 
@@ -113,16 +118,21 @@ def test_paging_links_work_through_the_proxy(proxy: FaultProxy) -> None:
     assert all(a.path.startswith("/fhir/Patient") for a in proxy.arrivals)
 
 
-def test_a_transaction_is_retried_on_503_but_not_after_a_lost_answer(proxy: FaultProxy
-                                                                     ) -> None:
-    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": {"resourceType": "Patient", "id": "tx1", "active": True},
-         "request": {"method": "PUT", "url": "Patient/tx1"}}]}
+def test_a_transaction_is_retried_on_503_but_not_after_a_lost_answer(proxy: FaultProxy) -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {"resourceType": "Patient", "id": "tx1", "active": True},
+                "request": {"method": "PUT", "url": "Patient/tx1"},
+            }
+        ],
+    }
     proxy.script(Status(503))
     with client_for(proxy) as client:
         assert client.transaction(bundle)["type"] == "transaction-response"
-        assert [(a.method, a.fault) for a in proxy.arrivals] == [("POST", "503"),
-                                                                 ("POST", "pass")]
+        assert [(a.method, a.fault) for a in proxy.arrivals] == [("POST", "503"), ("POST", "pass")]
         # The request was sent and the connection dropped: the server may have acted on it.
         proxy.script(RESET)
         with pytest.raises(TransportError):

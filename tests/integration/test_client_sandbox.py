@@ -22,21 +22,24 @@ IDENTIFIER_SYSTEM = "https://fhirpanel.test/id/careteam"
 
 
 def patients(n: int, prefix: str = "p") -> list[dict[str, Any]]:
-    return [{"resourceType": "Patient", "id": f"{prefix}{i:04d}", "active": True}
-            for i in range(n)]
+    return [{"resourceType": "Patient", "id": f"{prefix}{i:04d}", "active": True} for i in range(n)]
 
 
 def encounter(eid: str, patient_id: str) -> dict[str, Any]:
-    return {"resourceType": "Encounter", "id": eid, "status": "finished",
-            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
-                      "code": "AMB"},
-            "subject": {"reference": f"Patient/{patient_id}"}}
+    return {
+        "resourceType": "Encounter",
+        "id": eid,
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": f"Patient/{patient_id}"},
+    }
 
 
 @pytest.fixture
 def client(sandbox: SandboxServer) -> Iterator[FhirClient]:
-    with FhirClient(FhirSettings(base_url=sandbox.base_url, max_retries=1,
-                                 backoff_factor=0.01)) as fhir:
+    with FhirClient(
+        FhirSettings(base_url=sandbox.base_url, max_retries=1, backoff_factor=0.01)
+    ) as fhir:
         yield fhir
 
 
@@ -54,8 +57,9 @@ def test_paging_over_several_pages_yields_each_patient_once(sandbox: SandboxServ
         assert client.stats.bytes > 250 * 40
 
 
-def test_last_updated_gt_returns_only_newer_resources(sandbox: SandboxServer,
-                                                      client: FhirClient) -> None:
+def test_last_updated_gt_returns_only_newer_resources(
+    sandbox: SandboxServer, client: FhirClient
+) -> None:
     sandbox.load(patients(30))
     loaded = list(client.search("Patient"))
     watermark = max(r["meta"]["lastUpdated"] for r in loaded)  # the server's clock, not ours
@@ -88,8 +92,13 @@ def test_include_entries_are_yielded_too(sandbox: SandboxServer, client: FhirCli
     sandbox.load(encounter(f"e{i}", f"p{i:04d}") for i in range(3))
     got = list(client.search("Encounter", {"_include": "Encounter:subject"}))
     assert sorted((r["resourceType"], r["id"]) for r in got) == [
-        ("Encounter", "e0"), ("Encounter", "e1"), ("Encounter", "e2"),
-        ("Patient", "p0000"), ("Patient", "p0001"), ("Patient", "p0002")]
+        ("Encounter", "e0"),
+        ("Encounter", "e1"),
+        ("Encounter", "e2"),
+        ("Patient", "p0000"),
+        ("Patient", "p0001"),
+        ("Patient", "p0002"),
+    ]
 
 
 def test_paged_include_entries_do_not_count_toward_the_total(sandbox: SandboxServer) -> None:
@@ -111,21 +120,25 @@ def test_a_result_that_grows_while_it_is_paged_is_a_failed_read(sandbox: Sandbox
         with pytest.raises(SourceError) as caught:
             list(pages)
     assert len(first) == 40
-    assert str(caught.value) == ("Patient search: server said total 100 but its pages held 101 "
-                                 "(more than the total: the result changed while it was read); "
-                                 "nothing from this search was used")
+    assert str(caught.value) == (
+        "Patient search: server said total 100 but its pages held 101 "
+        "(more than the total: the result changed while it was read); "
+        "nothing from this search was used"
+    )
 
 
-def test_count_only_searches_are_not_checked_against_their_pages(sandbox: SandboxServer,
-                                                                client: FhirClient) -> None:
+def test_count_only_searches_are_not_checked_against_their_pages(
+    sandbox: SandboxServer, client: FhirClient
+) -> None:
     sandbox.load(patients(7))
     for params in ([("_summary", "count")], [("_count", "0")]):
         (page,) = client.search_pages("Patient", params)
         assert page["total"] == 7 and page["entry"] == []
 
 
-def test_strict_handling_turns_an_unknown_parameter_into_an_error(sandbox: SandboxServer,
-                                                                  client: FhirClient) -> None:
+def test_strict_handling_turns_an_unknown_parameter_into_an_error(
+    sandbox: SandboxServer, client: FhirClient
+) -> None:
     sandbox.load(patients(3))
     with pytest.raises(InvalidRequestError) as caught:
         list(client.search("Patient", {"favourite-colour": "blue"}))
@@ -147,8 +160,7 @@ def test_read_and_404(sandbox: SandboxServer, client: FhirClient) -> None:
     assert "Patient/no-such-patient" in str(caught.value)
 
 
-def test_a_stale_if_match_is_a_version_conflict(sandbox: SandboxServer,
-                                                client: FhirClient) -> None:
+def test_a_stale_if_match_is_a_version_conflict(sandbox: SandboxServer, client: FhirClient) -> None:
     sandbox.load(patients(1))
     current = client.read("Patient", "p0000")
     version = current["meta"]["versionId"]
@@ -160,11 +172,15 @@ def test_a_stale_if_match_is_a_version_conflict(sandbox: SandboxServer,
     assert client.read("Patient", "p0000")["active"] is False
 
 
-def test_conditional_update_creates_then_updates(sandbox: SandboxServer,
-                                                 client: FhirClient) -> None:
-    team = {"resourceType": "CareTeam", "status": "active",
-            "identifier": [{"system": IDENTIFIER_SYSTEM, "value": "pt-1"}],
-            "subject": {"reference": "Patient/p0000"}}
+def test_conditional_update_creates_then_updates(
+    sandbox: SandboxServer, client: FhirClient
+) -> None:
+    team = {
+        "resourceType": "CareTeam",
+        "status": "active",
+        "identifier": [{"system": IDENTIFIER_SYSTEM, "value": "pt-1"}],
+        "subject": {"reference": "Patient/p0000"},
+    }
     query = f"identifier={IDENTIFIER_SYSTEM}|pt-1"
     created = client.conditional_update(team, query)
     assert created["meta"]["versionId"] == "1"
@@ -178,13 +194,21 @@ def test_conditional_update_creates_then_updates(sandbox: SandboxServer,
 def test_create_and_transaction_round_trip(sandbox: SandboxServer, client: FhirClient) -> None:
     made = client.create({"resourceType": "Patient", "active": True})
     assert made["id"] and made["meta"]["versionId"] == "1"
-    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"fullUrl": "urn:uuid:7f1c3e2a-0000-4000-8000-000000000001",
-         "resource": {"resourceType": "Patient", "active": True},
-         "request": {"method": "POST", "url": "Patient"}},
-        {"resource": encounter("tx-e1", made["id"]),
-         "request": {"method": "PUT", "url": "Encounter/tx-e1"}},
-    ]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:7f1c3e2a-0000-4000-8000-000000000001",
+                "resource": {"resourceType": "Patient", "active": True},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "resource": encounter("tx-e1", made["id"]),
+                "request": {"method": "PUT", "url": "Encounter/tx-e1"},
+            },
+        ],
+    }
     answer = client.transaction(bundle)
     assert answer["type"] == "transaction-response"
     statuses = [e["response"]["status"] for e in answer["entry"]]

@@ -49,9 +49,16 @@ class Trigger:
 def make_settings(db: Path, **api: Any) -> Settings:
     base = Settings.load(env={})
     return dataclasses.replace(
-        base, database_url=f"sqlite:///{db}",
-        api=dataclasses.replace(base.api, admin_tokens=f"boss={ADMIN}",
-                                read_tokens=f"viewer={READ}", secret_key="test-secret", **api))
+        base,
+        database_url=f"sqlite:///{db}",
+        api=dataclasses.replace(
+            base.api,
+            admin_tokens=f"boss={ADMIN}",
+            read_tokens=f"viewer={READ}",
+            secret_key="test-secret",
+            **api,
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +66,13 @@ def filled_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One full refresh of the committed population (NDJSON, no write-back), copied per test."""
     db = tmp_path_factory.mktemp("dash") / "filled.db"
     store = Store(f"sqlite:///{db}")
-    result = full_refresh(Settings.load(env={}), store, source=f"ndjson:{POPULATION_DIR}",
-                          as_of=AS_OF_DATE, write=False)
+    result = full_refresh(
+        Settings.load(env={}),
+        store,
+        source=f"ndjson:{POPULATION_DIR}",
+        as_of=AS_OF_DATE,
+        write=False,
+    )
     assert result.status == "succeeded", result.error
     store.close()
     return db
@@ -82,8 +94,9 @@ def trigger() -> Trigger:
 
 @pytest.fixture
 def app(store: Store, trigger: Trigger, tmp_path: Path) -> Flask:
-    application = create_app(make_settings(tmp_path / "state.db", page_size=10), store=store,
-                             trigger=trigger)
+    application = create_app(
+        make_settings(tmp_path / "state.db", page_size=10), store=store, trigger=trigger
+    )
     application.testing = True
     return application
 
@@ -121,8 +134,11 @@ def biggest(store: Store) -> dict[str, Any]:
 
 
 def assigned_patient(store: Store, practitioner: str) -> str:
-    return next(p for p in store.patient_ids()
-                if (store.patient_state(p) or {}).get("practitioner") == practitioner)
+    return next(
+        p
+        for p in store.patient_ids()
+        if (store.patient_state(p) or {}).get("practitioner") == practitioner
+    )
 
 
 # ---------------------------------------------------------------- sign-in
@@ -130,8 +146,14 @@ def assigned_patient(store: Store, practitioner: str) -> str:
 
 def test_every_page_needs_sign_in(app: Flask) -> None:
     client = app.test_client()
-    for url in ("/", "/panels/prac-0001", "/patients/pat-000001", "/unassigned", "/outreach",
-                "/runs"):
+    for url in (
+        "/",
+        "/panels/prac-0001",
+        "/patients/pat-000001",
+        "/unassigned",
+        "/outreach",
+        "/runs",
+    ):
         response = client.get(url)
         assert response.status_code == 302
         assert response.location.startswith("/login?next=")
@@ -148,8 +170,7 @@ def test_login_form_checks_token_and_csrf(app: Flask) -> None:
     refused = client.post("/login", data={"token": "nope", "csrf_token": csrf(client)})
     assert refused.status_code == 401
     assert "not recognised" in refused.get_data(as_text=True)
-    ok = client.post("/login", data={"token": ADMIN, "csrf_token": csrf(client),
-                                     "next": "/runs"})
+    ok = client.post("/login", data={"token": ADMIN, "csrf_token": csrf(client), "next": "/runs"})
     assert ok.status_code == 303 and ok.location == "/runs"
 
 
@@ -169,12 +190,15 @@ def test_the_session_cookie_keeps_only_a_session_id_and_logout_ends_it(app: Flas
     assert client.get("/").status_code == 302
 
 
-@pytest.mark.parametrize("target", ["//evil.example/", "https://evil.example/", "/\\evil.example",
-                                    "javascript:alert(1)", "runs"])
+@pytest.mark.parametrize(
+    "target",
+    ["//evil.example/", "https://evil.example/", "/\\evil.example", "javascript:alert(1)", "runs"],
+)
 def test_login_ignores_a_next_that_leaves_the_site(app: Flask, target: str) -> None:
     client = app.test_client()
-    response = client.post("/login", data={"token": ADMIN, "next": target,
-                                           "csrf_token": csrf(client)})
+    response = client.post(
+        "/login", data={"token": ADMIN, "next": target, "csrf_token": csrf(client)}
+    )
     assert response.status_code == 303 and response.location == "/"
 
 
@@ -185,14 +209,14 @@ def test_pages_are_not_cached_or_framed(app: Flask) -> None:
     assert "script-src 'self'" in response.headers["Content-Security-Policy"]
 
 
-def test_a_removed_token_signs_its_sessions_out(app: Flask, store: Store,
-                                                tmp_path: Path) -> None:
+def test_a_removed_token_signs_its_sessions_out(app: Flask, store: Store, tmp_path: Path) -> None:
     client = sign_in(app)
     cookie = client.get_cookie("session")
     assert cookie is not None
     settings = make_settings(tmp_path / "state.db")
-    settings = dataclasses.replace(settings, api=dataclasses.replace(
-        settings.api, admin_tokens="boss=a-new-token"))
+    settings = dataclasses.replace(
+        settings, api=dataclasses.replace(settings.api, admin_tokens="boss=a-new-token")
+    )
     other = create_app(settings, store=store, trigger=Trigger()).test_client()
     other.set_cookie("session", cookie.value)
     assert other.get("/").status_code == 302
@@ -203,8 +227,14 @@ def test_a_removed_token_signs_its_sessions_out(app: Flask, store: Store,
 
 def test_overview_shows_panels_against_capacity(app: Flask, store: Store) -> None:
     html = page(sign_in(app), "/")
-    for words in ("Panel size", "Risk-adjusted size", "Capacity", "Unconfirmed", "Unassigned",
-                  "Room left"):
+    for words in (
+        "Panel size",
+        "Risk-adjusted size",
+        "Capacity",
+        "Unconfirmed",
+        "Unassigned",
+        "Room left",
+    ):
         assert words in html
     raw = re.search(r'<script type="application/json" id="panel-data">(.*?)</script>', html, re.S)
     assert raw is not None
@@ -216,8 +246,9 @@ def test_overview_shows_panels_against_capacity(app: Flask, store: Store) -> Non
     assert "chart.umd.js" in html
     for c in clinicians:
         assert f'data-practitioner="{c["practitioner"]}"' in html
-    unassigned = sum(1 for p in store.patient_ids()
-                     if (store.patient_state(p) or {})["status"] == "unassigned")
+    unassigned = sum(
+        1 for p in store.patient_ids() if (store.patient_state(p) or {})["status"] == "unassigned"
+    )
     assert f'id="count-unassigned">{unassigned}<' in html
     assert 'id="last-run-status">succeeded<' in html
 
@@ -263,8 +294,9 @@ def test_panel_page_pages_filters_and_sorts(app: Flask, store: Store) -> None:
 
 def test_patient_page_explains_the_assignment(app: Flask, store: Store) -> None:
     client = sign_in(app)
-    state = next(s for p in store.patient_ids()
-                 if (s := store.patient_state(p)) and s["rule"] == "plurality")
+    state = next(
+        s for p in store.patient_ids() if (s := store.patient_state(p)) and s["rule"] == "plurality"
+    )
     html = page(client, f"/patients/{state['patient'].split('/')[1]}")
     assert "Seen most often" in html and "cut 2" in html
     assert "visits in the last 18 months" in html
@@ -276,8 +308,11 @@ def test_patient_page_explains_the_assignment(app: Flask, store: Store) -> None:
     assert "Charlson index" in html and "HCC score" in html
     assert "Written to the record" in html and "not written" in html  # NDJSON: no write-back
     assert "Assignment history" in html
-    unassigned = next(s for p in store.patient_ids()
-                      if (s := store.patient_state(p)) and s["status"] == "unassigned")
+    unassigned = next(
+        s
+        for p in store.patient_ids()
+        if (s := store.patient_state(p)) and s["status"] == "unassigned"
+    )
     html = page(client, f"/patients/{unassigned['patient']}")
     assert "Suggested clinician" in html and unassigned["reason"] in html
     assert "No patient pat-nobody" in page(client, "/patients/pat-nobody", 404)
@@ -308,28 +343,40 @@ def test_confirm_needs_csrf_and_is_stored_and_audited(app: Flask, store: Store) 
     top = biggest(store)
     patient = assigned_patient(store, top["practitioner"])
     bare = patient.split("/")[1]
-    assert client.post(f"/patients/{bare}/confirm",
-                       data={"confirmed_by": "clinician"}).status_code == 400
-    assert client.post(f"/patients/{bare}/confirm", data={
-        "confirmed_by": "clinician", "csrf_token": "forged"}).status_code == 400
+    assert (
+        client.post(f"/patients/{bare}/confirm", data={"confirmed_by": "clinician"}).status_code
+        == 400
+    )
+    assert (
+        client.post(
+            f"/patients/{bare}/confirm", data={"confirmed_by": "clinician", "csrf_token": "forged"}
+        ).status_code
+        == 400
+    )
     assert (store.patient_state(patient) or {})["confirmation"] == "proposed"
 
     back = f"/panels/{top['practitioner'].split('/')[1]}?sort=-tier"
-    response = client.post(f"/patients/{bare}/confirm", data={
-        "confirmed_by": "patient", "csrf_token": csrf(client), "next": back})
+    response = client.post(
+        f"/patients/{bare}/confirm",
+        data={"confirmed_by": "patient", "csrf_token": csrf(client), "next": back},
+    )
     assert response.status_code == 303 and response.location == back
     assert (store.patient_state(patient) or {})["confirmation"] == "patient"
     assert store.audit(patient=patient)[0]["actor"] == "boss"
     html = page(client, back)
     assert any("confirmed with the patient" in f for f in flashes(html))
     assert (store.clinician(top["practitioner"]) or {})["unconfirmed"] == top["unconfirmed"] - 1
-    bad = client.post(f"/patients/{bare}/confirm", data={
-        "confirmed_by": "family", "csrf_token": csrf(client)}, follow_redirects=True)
+    bad = client.post(
+        f"/patients/{bare}/confirm",
+        data={"confirmed_by": "family", "csrf_token": csrf(client)},
+        follow_redirects=True,
+    )
     assert any("Choose who confirmed" in f for f in flashes(bad.get_data(as_text=True)))
 
 
 def test_override_is_stored_asks_for_a_refresh_and_shows_after_one(
-        app: Flask, store: Store, trigger: Trigger) -> None:
+    app: Flask, store: Store, trigger: Trigger
+) -> None:
     client = sign_in(app)
     clinicians = [c for c in store.clinicians() if c["eligible"] and not c["pediatric"]]
     source, target = clinicians[0], clinicians[1]
@@ -338,9 +385,15 @@ def test_override_is_stored_asks_for_a_refresh_and_shows_after_one(
     form = page(client, f"/patients/{bare}/override?next=/panels/x")
     assert "Who asked?" in form and target["practitioner"] in form
 
-    response = client.post(f"/patients/{bare}/override", data={
-        "practitioner": target["practitioner"], "requested_by": "family",
-        "reason": "moved closer to this clinic", "csrf_token": csrf(client)})
+    response = client.post(
+        f"/patients/{bare}/override",
+        data={
+            "practitioner": target["practitioner"],
+            "requested_by": "family",
+            "reason": "moved closer to this clinic",
+            "csrf_token": csrf(client),
+        },
+    )
     assert response.status_code == 303
     override = store.override_for(patient)
     assert override is not None and override["practitioner"] == target["practitioner"]
@@ -352,61 +405,85 @@ def test_override_is_stored_asks_for_a_refresh_and_shows_after_one(
     assert "waiting for refresh" in html and "Remove override" in html
 
     # The next refresh applies it: the patient is on the new panel, by rule manual.
-    result = full_refresh(Settings.load(env={}), store, source=f"ndjson:{POPULATION_DIR}",
-                          as_of=AS_OF_DATE, write=False)
+    result = full_refresh(
+        Settings.load(env={}),
+        store,
+        source=f"ndjson:{POPULATION_DIR}",
+        as_of=AS_OF_DATE,
+        write=False,
+    )
     assert result.status == "succeeded"
     state = store.patient_state(patient) or {}
     assert state["practitioner"] == target["practitioner"] and state["rule"] == "manual"
     html = page(client, f"/panels/{target['practitioner'].split('/')[1]}?sort=rule")
     assert patient in ROW.findall(html) or patient in page(
-        client, f"/panels/{target['practitioner'].split('/')[1]}?unconfirmed=1&sort=-tier")
+        client, f"/panels/{target['practitioner'].split('/')[1]}?unconfirmed=1&sort=-tier"
+    )
     assert 'id="patient-rule">Override<' in page(client, f"/patients/{bare}")
 
-    removed = client.post(f"/patients/{bare}/override/remove",
-                          data={"csrf_token": csrf(client)}, follow_redirects=True)
+    removed = client.post(
+        f"/patients/{bare}/override/remove",
+        data={"csrf_token": csrf(client)},
+        follow_redirects=True,
+    )
     assert any("Override of patient" in f for f in flashes(removed.get_data(as_text=True)))
     assert store.override_for(patient) is None
 
 
-@pytest.mark.parametrize(("form", "message"), [
-    ({"practitioner": "", "requested_by": "family", "reason": "x"}, "Choose the clinician"),
-    ({"practitioner": "Practitioner/prac-9999", "requested_by": "family", "reason": "x"},
-     "Choose the clinician"),
-    ({"requested_by": "family", "reason": "x"}, "Choose the clinician"),
-    ({"requested_by": "neighbour", "reason": "x", "eligible": True}, "who asked"),
-    ({"requested_by": "patient", "reason": "  ", "eligible": True}, "short reason"),
-    ({"requested_by": "patient", "reason": "x", "ineligible": True}, "not a primary-care"),
-])
-def test_override_refuses_bad_input(app: Flask, store: Store, trigger: Trigger,
-                                    form: dict[str, Any], message: str) -> None:
+@pytest.mark.parametrize(
+    ("form", "message"),
+    [
+        ({"practitioner": "", "requested_by": "family", "reason": "x"}, "Choose the clinician"),
+        (
+            {"practitioner": "Practitioner/prac-9999", "requested_by": "family", "reason": "x"},
+            "Choose the clinician",
+        ),
+        ({"requested_by": "family", "reason": "x"}, "Choose the clinician"),
+        ({"requested_by": "neighbour", "reason": "x", "eligible": True}, "who asked"),
+        ({"requested_by": "patient", "reason": "  ", "eligible": True}, "short reason"),
+        ({"requested_by": "patient", "reason": "x", "ineligible": True}, "not a primary-care"),
+    ],
+)
+def test_override_refuses_bad_input(
+    app: Flask, store: Store, trigger: Trigger, form: dict[str, Any], message: str
+) -> None:
     client = sign_in(app)
     patient = assigned_patient(store, biggest(store)["practitioner"])
     data = {k: v for k, v in form.items() if k not in ("eligible", "ineligible")}
     if form.get("eligible"):
-        data["practitioner"] = next(c["practitioner"] for c in store.clinicians()
-                                    if c["eligible"])
+        data["practitioner"] = next(c["practitioner"] for c in store.clinicians() if c["eligible"])
     if form.get("ineligible"):
         ineligible = [c for c in store.clinicians() if not c["eligible"]]
         if not ineligible:  # every stored clinician is eligible: mark one as not
             from sqlalchemy import update
 
             from fhirpanel.store.models import Clinician
+
             with store.session() as s:
-                s.execute(update(Clinician).where(
-                    Clinician.practitioner == "Practitioner/prac-0007").values(eligible=False))
+                s.execute(
+                    update(Clinician)
+                    .where(Clinician.practitioner == "Practitioner/prac-0007")
+                    .values(eligible=False)
+                )
             ineligible = [store.clinician("Practitioner/prac-0007") or {}]
         data["practitioner"] = ineligible[0]["practitioner"]
     data["csrf_token"] = csrf(client)
-    response = client.post(f"/patients/{patient.split('/')[1]}/override", data=data,
-                           follow_redirects=True)
+    response = client.post(
+        f"/patients/{patient.split('/')[1]}/override", data=data, follow_redirects=True
+    )
     assert any(message in f for f in flashes(response.get_data(as_text=True))), message
     assert store.override_for(patient) is None and trigger.calls == []
-    assert client.post("/patients/pat-nobody/override", data=dict(
-        data, csrf_token=csrf(client))).status_code == 404
+    assert (
+        client.post(
+            "/patients/pat-nobody/override", data=dict(data, csrf_token=csrf(client))
+        ).status_code
+        == 404
+    )
 
 
-def test_read_token_sees_everything_but_cannot_change(app: Flask, store: Store,
-                                                      trigger: Trigger) -> None:
+def test_read_token_sees_everything_but_cannot_change(
+    app: Flask, store: Store, trigger: Trigger
+) -> None:
     client = sign_in(app, READ)
     top = biggest(store)
     pid = top["practitioner"].split("/")[1]
@@ -419,12 +496,15 @@ def test_read_token_sees_everything_but_cannot_change(app: Flask, store: Store,
     bare = patient.split("/")[1]
     assert "Confirm with" not in page(client, f"/patients/{bare}")
     token = csrf(client)
-    for url, data in ((f"/patients/{bare}/confirm", {"confirmed_by": "clinician"}),
-                      (f"/patients/{bare}/override", {
-                          "practitioner": top["practitioner"], "requested_by": "patient",
-                          "reason": "x"}),
-                      (f"/patients/{bare}/override/remove", {}),
-                      ("/runs/start", {"kind": "full"})):
+    for url, data in (
+        (f"/patients/{bare}/confirm", {"confirmed_by": "clinician"}),
+        (
+            f"/patients/{bare}/override",
+            {"practitioner": top["practitioner"], "requested_by": "patient", "reason": "x"},
+        ),
+        (f"/patients/{bare}/override/remove", {}),
+        ("/runs/start", {"kind": "full"}),
+    ):
         response = client.post(url, data=dict(data, csrf_token=token))
         assert response.status_code == 403, url
         assert "view only" in response.get_data(as_text=True)
@@ -434,21 +514,30 @@ def test_read_token_sees_everything_but_cannot_change(app: Flask, store: Store,
     assert client.post("/logout", data={"csrf_token": token}).status_code == 303
 
 
-def test_run_buttons_start_a_refresh_or_say_one_is_running(app: Flask, store: Store,
-                                                           trigger: Trigger) -> None:
+def test_run_buttons_start_a_refresh_or_say_one_is_running(
+    app: Flask, store: Store, trigger: Trigger
+) -> None:
     client = sign_in(app)
-    response = client.post("/runs/start", data={"kind": "incremental",
-                                                "csrf_token": csrf(client)},
-                           follow_redirects=True)
-    assert any("Incremental refresh started (run #41)" in f
-               for f in flashes(response.get_data(as_text=True)))
+    response = client.post(
+        "/runs/start",
+        data={"kind": "incremental", "csrf_token": csrf(client)},
+        follow_redirects=True,
+    )
+    assert any(
+        "Incremental refresh started (run #41)" in f
+        for f in flashes(response.get_data(as_text=True))
+    )
     assert trigger.calls == [("incremental", "dashboard")]
     trigger.answer = None
-    response = client.post("/runs/start", data={"kind": "full", "csrf_token": csrf(client)},
-                           follow_redirects=True)
+    response = client.post(
+        "/runs/start", data={"kind": "full", "csrf_token": csrf(client)}, follow_redirects=True
+    )
     assert any("already running" in f for f in flashes(response.get_data(as_text=True)))
-    bad = client.post("/runs/start", data={"kind": "everything", "csrf_token": csrf(client)},
-                      follow_redirects=True)
+    bad = client.post(
+        "/runs/start",
+        data={"kind": "everything", "csrf_token": csrf(client)},
+        follow_redirects=True,
+    )
     assert any("Choose an incremental" in f for f in flashes(bad.get_data(as_text=True)))
     # While a refresh holds the lock the buttons are disabled and every page says so.
     assert store.try_lock("somebody-else", 3600)
@@ -461,16 +550,22 @@ def test_run_buttons_start_a_refresh_or_say_one_is_running(app: Flask, store: St
 
 # ---------------------------------------------------------------- held runs
 
-HELD = {"removed_patients": {"count": 100, "of": 300, "share": 0.3333, "limit": 0.05},
-        "ended_participations": {"count": 2, "of": 248, "share": 0.0081, "limit": 0.05}}
+HELD = {
+    "removed_patients": {"count": 100, "of": 300, "share": 0.3333, "limit": 0.05},
+    "ended_participations": {"count": 2, "of": 248, "share": 0.0081, "limit": 0.05},
+}
 REMOVED_WORDS = "would remove 100 of 300 stored patients (33.3%, limit 5%)"
 
 
 def held_app(store: Store, tmp_path: Path) -> Flask:
     """The app with a source configured, so accepting a held refresh can queue the next."""
     settings = make_settings(tmp_path / "state.db", page_size=10)
-    settings = dataclasses.replace(settings, scheduler=dataclasses.replace(
-        settings.scheduler, source=f"ndjson:{POPULATION_DIR}", as_of=AS_OF))
+    settings = dataclasses.replace(
+        settings,
+        scheduler=dataclasses.replace(
+            settings.scheduler, source=f"ndjson:{POPULATION_DIR}", as_of=AS_OF
+        ),
+    )
     application = create_app(settings, store=store, trigger=Trigger())
     application.testing = True
     return application
@@ -478,13 +573,19 @@ def held_app(store: Store, tmp_path: Path) -> Flask:
 
 def record_held(store: Store) -> int:
     run_id = store.start_run("full", "schedule", f"ndjson:{POPULATION_DIR}", AS_OF)
-    store.finish_run(run_id, "held", counts={"held": HELD}, seconds=1.0,
-                     error="full refresh held: it would remove 100 of 300 stored patients")
+    store.finish_run(
+        run_id,
+        "held",
+        counts={"held": HELD},
+        seconds=1.0,
+        error="full refresh held: it would remove 100 of 300 stored patients",
+    )
     return run_id
 
 
 def test_a_held_run_is_shown_in_words_and_an_admin_accepts_it_after_confirming(
-        store: Store, tmp_path: Path) -> None:
+    store: Store, tmp_path: Path
+) -> None:
     app = held_app(store, tmp_path)
     run_id = record_held(store)
     store.worker_heartbeat()  # a live worker: the next pass is queued, not run in the test
@@ -517,8 +618,9 @@ def test_a_held_run_is_shown_in_words_and_an_admin_accepts_it_after_confirming(
     assert stored is not None and stored["status"] == "held"
     assert not [a for a in store.audit() if a["action"] == "accept-change"]
 
-    done = client.post(f"/runs/{run_id}/accept",
-                       data={"csrf_token": csrf(client), "confirm": "yes"})
+    done = client.post(
+        f"/runs/{run_id}/accept", data={"csrf_token": csrf(client), "confirm": "yes"}
+    )
     assert done.status_code == 303 and done.location == "/runs"
     accepted = store.run(run_id)
     assert accepted is not None and accepted["status"] == "accepted"
@@ -528,24 +630,26 @@ def test_a_held_run_is_shown_in_words_and_an_admin_accepts_it_after_confirming(
     queued = [r for r in store.runs() if r["status"] == "queued"]
     assert len(queued) == 1 and queued[0]["kind"] == "full" and queued[0]["id"] > run_id
     html = page(client, "/runs")
-    assert any(f"Run #{run_id} accepted: run {queued[0]['id']} is queued" in f
-               for f in flashes(html))
+    assert any(
+        f"Run #{run_id} accepted: run {queued[0]['id']} is queued" in f for f in flashes(html)
+    )
     row = html.split(f'<tr data-run="{run_id}">', 1)[1].split("</tr>", 1)[0]
     assert "held, then accepted" in row and "Accepted by boss" in row
     assert "Accept this change" not in row and 'id="held-banner"' not in page(client, "/")
 
     # A second accept is refused with a message; nothing more is audited or queued.
-    again = client.post(f"/runs/{run_id}/accept",
-                        data={"csrf_token": csrf(client), "confirm": "yes"},
-                        follow_redirects=True)
+    again = client.post(
+        f"/runs/{run_id}/accept",
+        data={"csrf_token": csrf(client), "confirm": "yes"},
+        follow_redirects=True,
+    )
     assert any("already accepted by boss" in f for f in flashes(again.get_data(as_text=True)))
     assert len([a for a in store.audit() if a["action"] == "accept-change"]) == 1
     assert len([r for r in store.runs() if r["status"] == "queued"]) == 1
     assert client.get("/runs/999/accept").status_code == 404
 
 
-def test_a_read_token_sees_a_held_run_but_cannot_accept_it(store: Store,
-                                                           tmp_path: Path) -> None:
+def test_a_read_token_sees_a_held_run_but_cannot_accept_it(store: Store, tmp_path: Path) -> None:
     app = held_app(store, tmp_path)
     run_id = record_held(store)
     client = sign_in(app, READ)
@@ -555,15 +659,15 @@ def test_a_read_token_sees_a_held_run_but_cannot_accept_it(store: Store,
     assert REMOVED_WORDS in runs and "Accept this change" not in runs
     assert "An administrator can accept it" in runs
     assert client.get(f"/runs/{run_id}/accept").status_code == 403
-    response = client.post(f"/runs/{run_id}/accept",
-                           data={"csrf_token": csrf(client), "confirm": "yes"})
+    response = client.post(
+        f"/runs/{run_id}/accept", data={"csrf_token": csrf(client), "confirm": "yes"}
+    )
     assert response.status_code == 403
     stored = store.run(run_id)
     assert stored is not None and stored["status"] == "held"
 
 
-def test_a_held_run_a_later_run_superseded_leaves_the_banner(store: Store,
-                                                               tmp_path: Path) -> None:
+def test_a_held_run_a_later_run_superseded_leaves_the_banner(store: Store, tmp_path: Path) -> None:
     app = held_app(store, tmp_path)
     run_id = record_held(store)
     client = sign_in(app)
@@ -575,9 +679,11 @@ def test_a_held_run_a_later_run_superseded_leaves_the_banner(store: Store,
     assert "held, superseded" in row and REMOVED_WORDS in row
     assert f"Run #{later} (full, succeeded) came after it" in row
     assert "Accept this change" not in row
-    refused = client.post(f"/runs/{run_id}/accept",
-                          data={"csrf_token": csrf(client), "confirm": "yes"},
-                          follow_redirects=True)
+    refused = client.post(
+        f"/runs/{run_id}/accept",
+        data={"csrf_token": csrf(client), "confirm": "yes"},
+        follow_redirects=True,
+    )
     assert any(f"superseded by run {later}" in f for f in flashes(refused.get_data(as_text=True)))
     stored = store.run(run_id)
     assert stored is not None and stored["status"] == "held"
@@ -598,19 +704,24 @@ def test_every_run_status_has_a_label(app: Flask, store: Store) -> None:
 
 
 def test_patient_page_shows_the_care_team_and_plan_written(
-        sandbox: SandboxServer, population_dir: Path, tmp_path: Path) -> None:
+    sandbox: SandboxServer, population_dir: Path, tmp_path: Path
+) -> None:
     sandbox.load_ndjson_dir(population_dir)
     settings = make_settings(tmp_path / "written.db")
-    settings = dataclasses.replace(settings, fhir=dataclasses.replace(
-        settings.fhir, base_url=sandbox.base_url))
+    settings = dataclasses.replace(
+        settings, fhir=dataclasses.replace(settings.fhir, base_url=sandbox.base_url)
+    )
     store = Store(settings.database)
     try:
         result = full_refresh(settings, store, as_of=AS_OF_DATE, write=True)
         assert result.status == "succeeded", result.error
         from fhirpanel.writeback.identity import CARE_PLAN_KIND, CARE_TEAM_KIND, identifier_value
 
-        patient = next(p for p in store.patient_ids() if store.ledger_entry(
-            "CarePlan", identifier_value(CARE_PLAN_KIND, p)))
+        patient = next(
+            p
+            for p in store.patient_ids()
+            if store.ledger_entry("CarePlan", identifier_value(CARE_PLAN_KIND, p))
+        )
         team = store.ledger_entry("CareTeam", identifier_value(CARE_TEAM_KIND, patient)) or {}
         plan = store.ledger_entry("CarePlan", identifier_value(CARE_PLAN_KIND, patient)) or {}
         client = sign_in(create_app(settings, store=store, trigger=Trigger()))
@@ -628,22 +739,27 @@ def test_patient_page_shows_the_care_team_and_plan_written(
 def sandbox_read(sandbox: SandboxServer, rtype: str, rid: str) -> dict[str, Any]:
     import requests
 
-    response = requests.get(f"{sandbox.base_url}/{rtype}/{rid}",
-                            headers={"Accept": "application/fhir+json"}, timeout=10)
+    response = requests.get(
+        f"{sandbox.base_url}/{rtype}/{rid}", headers={"Accept": "application/fhir+json"}, timeout=10
+    )
     response.raise_for_status()
     return response.json()  # type: ignore[no-any-return]
 
 
-def test_confirm_refuses_when_the_patient_moved_since_the_page_loaded(app: Flask,
-                                                                      store: Store) -> None:
+def test_confirm_refuses_when_the_patient_moved_since_the_page_loaded(
+    app: Flask, store: Store
+) -> None:
     client = sign_in(app)
     top = biggest(store)
     patient = assigned_patient(store, top["practitioner"])
-    other = next(c["practitioner"] for c in store.clinicians()
-                 if c["practitioner"] != top["practitioner"])
-    response = client.post(f"/patients/{patient.split('/')[1]}/confirm", data={
-        "confirmed_by": "clinician", "practitioner": other, "csrf_token": csrf(client)},
-        follow_redirects=True)
+    other = next(
+        c["practitioner"] for c in store.clinicians() if c["practitioner"] != top["practitioner"]
+    )
+    response = client.post(
+        f"/patients/{patient.split('/')[1]}/confirm",
+        data={"confirmed_by": "clinician", "practitioner": other, "csrf_token": csrf(client)},
+        follow_redirects=True,
+    )
     assert any("moved to" in f for f in flashes(response.get_data(as_text=True)))
     assert (store.patient_state(patient) or {})["confirmation"] == "proposed"
     assert store.confirmations(patient) == []

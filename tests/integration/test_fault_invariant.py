@@ -31,10 +31,23 @@ from tests.integration.faults import RESET, RESET_MID_BODY, FaultProxy, Status, 
 from tests.integration.snapshots import ledger_mismatches, managed_snapshot, uncovered_versions
 
 AS_OF = date(2026, 11, 22)
-FAST = {"max_retries": 1, "backoff_factor": 0.01, "backoff_max": 0.05,
-        "retry_budget_seconds": 3.0, "read_timeout": 5.0, "page_size": 25}
-FAULTS = [Status(500), Status(503), Status(429, {"Retry-After": "0"}), Status(400),
-          Status(412), RESET, RESET_MID_BODY]
+FAST = {
+    "max_retries": 1,
+    "backoff_factor": 0.01,
+    "backoff_max": 0.05,
+    "retry_budget_seconds": 3.0,
+    "read_timeout": 5.0,
+    "page_size": 25,
+}
+FAULTS = [
+    Status(500),
+    Status(503),
+    Status(429, {"Retry-After": "0"}),
+    Status(400),
+    Status(412),
+    RESET,
+    RESET_MID_BODY,
+]
 
 
 class WriteFaultProxy(FaultProxy):
@@ -46,18 +59,26 @@ class WriteFaultProxy(FaultProxy):
             super().handle(handler)
             return
         status, headers, data = self._forward(handler, read_body(handler))
-        content_type = next((v for k, v in headers if k.lower() == "content-type"),
-                            "application/fhir+json")
-        send(handler, status, data, {k: v for k, v in headers if k.lower() != "content-type"},
-             content_type=content_type)
+        content_type = next(
+            (v for k, v in headers if k.lower() == "content-type"), "application/fhir+json"
+        )
+        send(
+            handler,
+            status,
+            data,
+            {k: v for k, v in headers if k.lower() != "content-type"},
+            content_type=content_type,
+        )
 
 
 def settings_for(base_url: str) -> Settings:
     base = Settings.load(env={})
     return dataclasses.replace(
-        base, fhir=dataclasses.replace(base.fhir, base_url=base_url, **FAST),
+        base,
+        fhir=dataclasses.replace(base.fhir, base_url=base_url, **FAST),
         scheduler=dataclasses.replace(base.scheduler, source=base_url),
-        writeback=dataclasses.replace(base.writeback, batch_size=20))
+        writeback=dataclasses.replace(base.writeback, batch_size=20),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +89,7 @@ def practice(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(practice: Path, tmp_path_factory: pytest.TempPathFactory
-              ) -> Iterator[dict[str, Any]]:
+def reference(practice: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """One clean full refresh with write-back: what every faulted-then-rerun case must equal."""
     db = tmp_path_factory.mktemp("reference") / "state.db"
     with SandboxServer() as server:
@@ -77,37 +97,56 @@ def reference(practice: Path, tmp_path_factory: pytest.TempPathFactory
         store = Store(f"sqlite:///{db}")
         result = full_refresh(settings_for(server.base_url), store, as_of=AS_OF, write=True)
         assert result.status == "succeeded", result.error
-        yield {"server": managed_snapshot(server.base_url),
-               "assignments": store.assignment_states()}
+        yield {
+            "server": managed_snapshot(server.base_url),
+            "assignments": store.assignment_states(),
+        }
         store.close()
 
 
-schedules = st.dictionaries(st.integers(min_value=0, max_value=60), st.sampled_from(FAULTS),
-                            min_size=1, max_size=4)
-write_schedules = st.dictionaries(st.integers(min_value=0, max_value=12),
-                                  st.sampled_from(FAULTS), min_size=1, max_size=3)
+schedules = st.dictionaries(
+    st.integers(min_value=0, max_value=60), st.sampled_from(FAULTS), min_size=1, max_size=4
+)
+write_schedules = st.dictionaries(
+    st.integers(min_value=0, max_value=12), st.sampled_from(FAULTS), min_size=1, max_size=3
+)
 
 
-@settings(max_examples=8, deadline=None, derandomize=True, phases=(Phase.explicit, Phase.generate),
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
+    phases=(Phase.explicit, Phase.generate),
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(schedule=schedules)
 def test_any_fault_then_a_clean_rerun_equals_one_clean_run(
-        schedule: dict[int, Any], practice: Path, reference: dict[str, Any],
-        tmp_path: Path) -> None:
+    schedule: dict[int, Any], practice: Path, reference: dict[str, Any], tmp_path: Path
+) -> None:
     check_invariant(FaultProxy, schedule, practice, reference, tmp_path)
 
 
-@settings(max_examples=8, deadline=None, derandomize=True, phases=(Phase.explicit, Phase.generate),
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
+    phases=(Phase.explicit, Phase.generate),
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(schedule=write_schedules)
 def test_any_write_fault_then_a_clean_rerun_equals_one_clean_run(
-        schedule: dict[int, Any], practice: Path, reference: dict[str, Any],
-        tmp_path: Path) -> None:
+    schedule: dict[int, Any], practice: Path, reference: dict[str, Any], tmp_path: Path
+) -> None:
     check_invariant(WriteFaultProxy, schedule, practice, reference, tmp_path)
 
 
-def check_invariant(proxy_class: type[FaultProxy], schedule: dict[int, Any], practice: Path,
-                    reference: dict[str, Any], tmp_path: Path) -> None:
+def check_invariant(
+    proxy_class: type[FaultProxy],
+    schedule: dict[int, Any],
+    practice: Path,
+    reference: dict[str, Any],
+    tmp_path: Path,
+) -> None:
     db = tmp_path / f"state-{uuid.uuid4().hex}.db"  # tmp_path is shared by the examples
     with SandboxServer() as server:
         server.load_ndjson_dir(practice)
@@ -116,8 +155,7 @@ def check_invariant(proxy_class: type[FaultProxy], schedule: dict[int, Any], pra
             proxy.script(*faults)
             store = Store(f"sqlite:///{db}")
             try:
-                faulted = full_refresh(settings_for(proxy.base_url), store, as_of=AS_OF,
-                                       write=True)
+                faulted = full_refresh(settings_for(proxy.base_url), store, as_of=AS_OF, write=True)
                 assert faulted.status in ("succeeded", "partial", "failed", "held"), faulted
                 assert "\n" not in (faulted.error or "")
                 if faulted.status == "failed":
@@ -125,14 +163,21 @@ def check_invariant(proxy_class: type[FaultProxy], schedule: dict[int, Any], pra
                     assert store.assignment_states() == {}
                     assert store.watermark(proxy.base_url) is None
                 proxy.script()  # no more faults
-                rerun = full_refresh(settings_for(proxy.base_url), store, as_of=AS_OF,
-                                     write=True)
+                rerun = full_refresh(settings_for(proxy.base_url), store, as_of=AS_OF, write=True)
                 assert rerun.status == "succeeded", (schedule, rerun.error)
                 got = managed_snapshot(server.base_url)
-                differ = sorted(k for k in set(got) | set(reference["server"])
-                                if got.get(k) != reference["server"].get(k))
-                assert differ == [], (schedule, faulted.status, faulted.error, differ[:5],
-                                      [got.get(differ[0]), reference["server"].get(differ[0])])
+                differ = sorted(
+                    k
+                    for k in set(got) | set(reference["server"])
+                    if got.get(k) != reference["server"].get(k)
+                )
+                assert differ == [], (
+                    schedule,
+                    faulted.status,
+                    faulted.error,
+                    differ[:5],
+                    [got.get(differ[0]), reference["server"].get(differ[0])],
+                )
                 assert store.assignment_states() == reference["assignments"]
                 assert ledger_mismatches(store, server.base_url) == []
                 # Every managed version the server holds has its Provenance, even one written

@@ -33,18 +33,30 @@ from tests.integration.faults import (
 )
 from tests.integration.snapshots import ledger_rows, managed_snapshot
 
-FAST_ENV = {"FHIRPANEL_FHIR_MAX_RETRIES": "1", "FHIRPANEL_FHIR_BACKOFF_FACTOR": "0.01",
-            "FHIRPANEL_FHIR_BACKOFF_MAX": "0.05", "FHIRPANEL_FHIR_RETRY_BUDGET_SECONDS": "3",
-            "FHIRPANEL_FHIR_PAGE_SIZE": "50", "FHIRPANEL_SCHEDULER_AS_OF": AS_OF}
+FAST_ENV = {
+    "FHIRPANEL_FHIR_MAX_RETRIES": "1",
+    "FHIRPANEL_FHIR_BACKOFF_FACTOR": "0.01",
+    "FHIRPANEL_FHIR_BACKOFF_MAX": "0.05",
+    "FHIRPANEL_FHIR_RETRY_BUDGET_SECONDS": "3",
+    "FHIRPANEL_FHIR_PAGE_SIZE": "50",
+    "FHIRPANEL_SCHEDULER_AS_OF": AS_OF,
+}
 
 
-def cli(*args: str, env: dict[str, str] | None = None,
-        timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("FHIRPANEL_")}
     full_env.update(FAST_ENV)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "fhirpanel", *args], capture_output=True,
-                          text=True, timeout=timeout, env=full_env, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "fhirpanel", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        check=False,
+    )
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -63,23 +75,38 @@ class World:
         self.server, self.proxy, self.db = server, proxy, db
         self.store = Store(db)
 
-    def refresh(self, *extra: str, env: dict[str, str] | None = None
-                ) -> subprocess.CompletedProcess[str]:
-        return cli("refresh", "--database", self.db, "--source", self.proxy.base_url, *extra,
-                   env=env)
+    def refresh(
+        self, *extra: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return cli(
+            "refresh", "--database", self.db, "--source", self.proxy.base_url, *extra, env=env
+        )
 
-    def run_write(self, *extra: str, env: dict[str, str] | None = None
-                  ) -> subprocess.CompletedProcess[str]:
-        return cli("run", "--source", self.proxy.base_url, "--as-of", AS_OF, "--write",
-                   "--quiet", "--database", self.db, *extra, env=env)
+    def run_write(
+        self, *extra: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return cli(
+            "run",
+            "--source",
+            self.proxy.base_url,
+            "--as-of",
+            AS_OF,
+            "--write",
+            "--quiet",
+            "--database",
+            self.db,
+            *extra,
+            env=env,
+        )
 
     def state(self) -> dict[str, Any]:
         patients = sorted(self.store.assignment_states().items())
-        return {"patients": patients,
-                "confirmations": {p: self.store.confirmations(p)
-                                  for p, _ in patients[:40]},
-                "watermark": self.store.watermark(self.proxy.base_url),
-                "ledger": ledger_rows(self.store)}
+        return {
+            "patients": patients,
+            "confirmations": {p: self.store.confirmations(p) for p, _ in patients[:40]},
+            "watermark": self.store.watermark(self.proxy.base_url),
+            "ledger": ledger_rows(self.store),
+        }
 
 
 @pytest.fixture
@@ -89,8 +116,7 @@ def world(sandbox: SandboxServer, population_dir: Path, tmp_path: Path) -> Itera
         w = World(sandbox, proxy, f"sqlite:///{tmp_path / 'state.db'}")
         first = w.refresh("--full")
         assert first.returncode == 0, first.stderr
-        assigned = [(p, s) for p, s in w.store.assignment_states().items()
-                    if s[0] == "assigned"]
+        assigned = [(p, s) for p, s in w.store.assignment_states().items() if s[0] == "assigned"]
         for patient, (_, practitioner) in assigned[:3]:
             assert practitioner is not None
             w.store.confirm(patient, practitioner, confirmed_by="clinician", actor="test")
@@ -98,8 +124,9 @@ def world(sandbox: SandboxServer, population_dir: Path, tmp_path: Path) -> Itera
         w.store.close()
 
 
-def assert_nothing_changed(world: World, before: dict[str, Any],
-                           server_before: dict[str, Any]) -> None:
+def assert_nothing_changed(
+    world: World, before: dict[str, Any], server_before: dict[str, Any]
+) -> None:
     assert world.state() == before
     assert managed_snapshot(world.server.base_url) == server_before
 
@@ -148,7 +175,8 @@ def test_a_next_chain_that_ends_early_fails_the_read(world: World) -> None:
 
 @pytest.mark.parametrize("fault", [ENTRY_STRING, ENTRY_STRINGS], ids=["string", "strings"])
 def test_a_bundle_whose_entry_is_not_a_list_of_objects_is_a_source_error(
-        world: World, fault: Any) -> None:
+    world: World, fault: Any
+) -> None:
     before, server_before = world.state(), managed_snapshot(world.server.base_url)
     world.proxy.on_path("/Patient?", "_count=", fault=fault)
     result = world.refresh("--full")
@@ -160,8 +188,9 @@ def test_a_bundle_whose_entry_is_not_a_list_of_objects_is_a_source_error(
 # ---------------------------------------------------------------- NDJSON folders
 
 
-def test_ndjson_file_names_in_any_case_are_read(world: World, population_dir: Path,
-                                                tmp_path: Path) -> None:
+def test_ndjson_file_names_in_any_case_are_read(
+    world: World, population_dir: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "lower"
     folder.mkdir()
     for path in population_dir.glob("*.ndjson"):
@@ -172,37 +201,42 @@ def test_ndjson_file_names_in_any_case_are_read(world: World, population_dir: Pa
         else:
             shutil.copy(path, target)
     before = world.state()
-    result = cli("refresh", "--full", "--no-write", "--database", world.db, "--source",
-                 f"ndjson:{folder}")
+    result = cli(
+        "refresh", "--full", "--no-write", "--database", world.db, "--source", f"ndjson:{folder}"
+    )
     assert result.returncode == 0, result.stderr
     assert sorted(world.store.assignment_states().items()) == before["patients"]
-    assert {p: world.store.confirmations(p) for p, _ in before["patients"][:40]} == \
-        before["confirmations"]
+    assert {p: world.store.confirmations(p) for p, _ in before["patients"][:40]} == before[
+        "confirmations"
+    ]
 
 
-def test_an_ndjson_folder_without_encounters_is_refused(world: World, population_dir: Path,
-                                                        tmp_path: Path) -> None:
+def test_an_ndjson_folder_without_encounters_is_refused(
+    world: World, population_dir: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "partial"
-    shutil.copytree(population_dir, folder, ignore=shutil.ignore_patterns("bundles",
-                                                                          "Encounter*"))
+    shutil.copytree(population_dir, folder, ignore=shutil.ignore_patterns("bundles", "Encounter*"))
     before = world.state()
-    result = cli("refresh", "--full", "--no-write", "--database", world.db, "--source",
-                 f"ndjson:{folder}")
+    result = cli(
+        "refresh", "--full", "--no-write", "--database", world.db, "--source", f"ndjson:{folder}"
+    )
     assert result.returncode == 10, result.stderr
     assert "Encounter" in one_error_line(result)
     assert world.state() == before
 
 
-def test_a_truncated_gzip_file_is_a_source_error(world: World, population_dir: Path,
-                                                 tmp_path: Path) -> None:
+def test_a_truncated_gzip_file_is_a_source_error(
+    world: World, population_dir: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "cut"
     shutil.copytree(population_dir, folder, ignore=shutil.ignore_patterns("bundles"))
     packed = gzip.compress((folder / "Encounter.ndjson").read_bytes())
     (folder / "Encounter.ndjson").unlink()
     (folder / "Encounter.ndjson.gz").write_bytes(packed[: len(packed) // 2])
     before = world.state()
-    result = cli("refresh", "--full", "--no-write", "--database", world.db, "--source",
-                 f"ndjson:{folder}")
+    result = cli(
+        "refresh", "--full", "--no-write", "--database", world.db, "--source", f"ndjson:{folder}"
+    )
     assert result.returncode == 10, result.stderr
     assert "Encounter.ndjson.gz" in one_error_line(result)
     assert world.state() == before
@@ -227,18 +261,40 @@ def test_foreign_next_links_are_refused_unless_a_setting_allows_them(world: Worl
 # ---------------------------------------------------------------- one writer, dead holders
 
 
-def test_three_run_writes_at_once_leave_no_duplicates(sandbox: SandboxServer,
-                                                      population_dir: Path,
-                                                      tmp_path: Path) -> None:
+def test_three_run_writes_at_once_leave_no_duplicates(
+    sandbox: SandboxServer, population_dir: Path, tmp_path: Path
+) -> None:
     sandbox.load_ndjson_dir(population_dir)
     db = f"sqlite:///{tmp_path / 'state.db'}"
-    env = {**FAST_ENV, "FHIRPANEL_WRITEBACK_USE_CONDITIONAL_UPDATE": "false",
-           "FHIRPANEL_WRITEBACK_USE_TRANSACTIONS": "false"}
+    env = {
+        **FAST_ENV,
+        "FHIRPANEL_WRITEBACK_USE_CONDITIONAL_UPDATE": "false",
+        "FHIRPANEL_WRITEBACK_USE_TRANSACTIONS": "false",
+    }
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("FHIRPANEL_")} | env
-    procs = [subprocess.Popen(  # the same command three times, at once
-        [sys.executable, "-m", "fhirpanel", "run", "--source", sandbox.base_url, "--as-of", AS_OF,
-         "--write", "--quiet", "--database", db], env=full_env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen(  # the same command three times, at once
+            [
+                sys.executable,
+                "-m",
+                "fhirpanel",
+                "run",
+                "--source",
+                sandbox.base_url,
+                "--as-of",
+                AS_OF,
+                "--write",
+                "--quiet",
+                "--database",
+                db,
+            ],
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     codes = [p.wait(timeout=300) for p in procs]
     assert set(codes) <= {0, 14}, [p.stderr.read() if p.stderr else "" for p in procs]
     assert 0 in codes
@@ -251,9 +307,21 @@ def test_a_killed_refresh_does_not_block_the_next_one(world: World) -> None:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("FHIRPANEL_")}
     full_env.update({**FAST_ENV, "FHIRPANEL_FHIR_READ_TIMEOUT": "120"})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fhirpanel", "refresh", "--full", "--database", world.db,
-         "--source", world.proxy.base_url], env=full_env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "fhirpanel",
+            "refresh",
+            "--full",
+            "--database",
+            world.db,
+            "--source",
+            world.proxy.base_url,
+        ],
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while not world.proxy.arrivals_for(lambda a: a.fault.startswith("stall")):
@@ -276,17 +344,20 @@ def test_a_killed_refresh_does_not_block_the_next_one(world: World) -> None:
 
 
 def test_a_refresh_that_would_remove_a_third_of_the_patients_is_held(
-        world: World, population_dir: Path, tmp_path: Path) -> None:
+    world: World, population_dir: Path, tmp_path: Path
+) -> None:
     full = tmp_path / "full"
     shutil.copytree(population_dir, full, ignore=shutil.ignore_patterns("bundles"))
-    first = cli("refresh", "--full", "--no-write", "--database", world.db, "--source",
-                f"ndjson:{full}")
+    first = cli(
+        "refresh", "--full", "--no-write", "--database", world.db, "--source", f"ndjson:{full}"
+    )
     assert first.returncode == 0, first.stderr
     before = world.state()
     lines = (full / "Patient.ndjson").read_bytes().splitlines(keepends=True)
     (full / "Patient.ndjson").write_bytes(b"".join(lines[:200]))
-    held = cli("refresh", "--full", "--no-write", "--database", world.db, "--source",
-               f"ndjson:{full}")
+    held = cli(
+        "refresh", "--full", "--no-write", "--database", world.db, "--source", f"ndjson:{full}"
+    )
     assert held.returncode == 16, held.stderr
     line = one_error_line(held)
     assert "stored patients" in line and "--accept-change" in line
@@ -296,8 +367,16 @@ def test_a_refresh_that_would_remove_a_third_of_the_patients_is_held(
     assert world.state() == before
     listed = cli("runs", "--database", world.db)
     assert "held" in listed.stdout
-    accepted = cli("refresh", "--full", "--no-write", "--accept-change", "--database", world.db,
-                   "--source", f"ndjson:{full}")
+    accepted = cli(
+        "refresh",
+        "--full",
+        "--no-write",
+        "--accept-change",
+        "--database",
+        world.db,
+        "--source",
+        f"ndjson:{full}",
+    )
     assert accepted.returncode == 0, accepted.stderr
     assert len(world.store.assignment_states()) < len(before["patients"]) - 90
 
@@ -306,8 +385,17 @@ def test_a_run_write_that_would_end_most_pcp_participations_is_held(world: World
     before, server_before = world.state(), managed_snapshot(world.server.base_url)
     world.proxy.script()
     # Three years on, every visit is outside the look-back window: everyone would lose the PCP.
-    late = cli("run", "--source", world.proxy.base_url, "--as-of", "2029-11-22", "--write",
-               "--quiet", "--database", world.db)
+    late = cli(
+        "run",
+        "--source",
+        world.proxy.base_url,
+        "--as-of",
+        "2029-11-22",
+        "--write",
+        "--quiet",
+        "--database",
+        world.db,
+    )
     assert late.returncode == 16, late.stderr
     line = one_error_line(late)
     assert "active PCP participations" in line

@@ -26,8 +26,12 @@ from fhirpanel.fhir.client import FhirClient
 from tests.integration.faults import LoopbackServer, outcome, send
 
 HAPI_DIR = Path(__file__).resolve().parents[2] / "sandbox_fixtures" / "hapi"
-RECORDED = ("searchset-encounter-4.json", "searchset-encounter-1.json",
-            "searchset-encounter-3.json", "searchset-encounter-2.json")
+RECORDED = (
+    "searchset-encounter-4.json",
+    "searchset-encounter-1.json",
+    "searchset-encounter-3.json",
+    "searchset-encounter-2.json",
+)
 
 
 def recorded_encounters() -> list[dict[str, Any]]:
@@ -45,9 +49,15 @@ class HapiReplayServer(LoopbackServer):
     that reach it. `link_host` is the host the server names in its links (a HAPI behind a proxy
     may name another one). `relative_offsets`: pages whose next link is written root-relative."""
 
-    def __init__(self, resources: list[dict[str, Any]], *, expire_at_offset: int | None = None,
-                 expirations: int = 1, link_host: str | None = None,
-                 relative_offsets: frozenset[int] = frozenset()) -> None:
+    def __init__(
+        self,
+        resources: list[dict[str, Any]],
+        *,
+        expire_at_offset: int | None = None,
+        expirations: int = 1,
+        link_host: str | None = None,
+        relative_offsets: frozenset[int] = frozenset(),
+    ) -> None:
         super().__init__()
         self.resources = resources
         self.expire_at_offset = expire_at_offset
@@ -84,31 +94,43 @@ class HapiReplayServer(LoopbackServer):
             offset = int(query.get("_getpagesoffset", "0"))
             count = int(query.get("_count", self.searches.get(search_id, 20)))
             expired = search_id not in self.searches or (
-                offset == self.expire_at_offset and self.expirations_left > 0)
+                offset == self.expire_at_offset and self.expirations_left > 0
+            )
             if expired:
                 self.expirations_left -= 1
                 self.searches.pop(search_id, None)
                 # The text HAPI's paging provider uses for an unknown or expired search id.
-                return 410, outcome(f"Search ID[{search_id}] does not exist and may have "
-                                    "expired.", "processing")
+                return 410, outcome(
+                    f"Search ID[{search_id}] does not exist and may have expired.", "processing"
+                )
             return 200, self._page(search_id, offset, count)
         return 404, outcome(f"unknown path {path}", "not-found")
 
     def _page(self, search_id: str, offset: int, count: int) -> dict[str, Any]:
-        chunk = self.resources[offset:offset + count]
+        chunk = self.resources[offset : offset + count]
         links = [{"relation": "self", "url": f"{self.base_url}/Encounter?_count={count}"}]
         following = offset + count
         if following < len(self.resources):
-            path = (f"/baseR4?_getpages={search_id}&_getpagesoffset={following}&_count={count}"
-                    "&_pretty=true&_bundletype=searchset")
+            path = (
+                f"/baseR4?_getpages={search_id}&_getpagesoffset={following}&_count={count}"
+                "&_pretty=true&_bundletype=searchset"
+            )
             url = path if following in self.relative_offsets else self._root() + path
             links.append({"relation": "next", "url": url})
         return {
-            "resourceType": "Bundle", "id": search_id,
+            "resourceType": "Bundle",
+            "id": search_id,
             "meta": {"lastUpdated": "2026-11-22T09:00:00.000-05:00"},
-            "type": "searchset", "link": links,  # no "total", as hapi.fhir.org often answers
-            "entry": [{"fullUrl": f"{self.base_url}/Encounter/{r['id']}", "resource": r,
-                       "search": {"mode": "match"}} for r in chunk],
+            "type": "searchset",
+            "link": links,  # no "total", as hapi.fhir.org often answers
+            "entry": [
+                {
+                    "fullUrl": f"{self.base_url}/Encounter/{r['id']}",
+                    "resource": r,
+                    "search": {"mode": "match"},
+                }
+                for r in chunk
+            ],
         }
 
 
@@ -122,8 +144,11 @@ def serve(resources: list[dict[str, Any]], **options: Any) -> HapiReplayServer:
 
 
 def client_for(server: HapiReplayServer, page_size: int = 5) -> FhirClient:
-    return FhirClient(FhirSettings(base_url=server.base_url, page_size=page_size, max_retries=1,
-                                   backoff_factor=0.01))
+    return FhirClient(
+        FhirSettings(
+            base_url=server.base_url, page_size=page_size, max_retries=1, backoff_factor=0.01
+        )
+    )
 
 
 def ids(resources: Iterator[dict[str, Any]]) -> list[str]:
@@ -131,8 +156,10 @@ def ids(resources: Iterator[dict[str, Any]]) -> list[str]:
 
 
 def test_the_client_pages_through_hapi_getpages_links(encounters: list[dict[str, Any]]) -> None:
-    with serve(encounters, relative_offsets=frozenset({10})) as server, \
-            client_for(server) as client:
+    with (
+        serve(encounters, relative_offsets=frozenset({10})) as server,
+        client_for(server) as client,
+    ):
         got = ids(client.search("Encounter"))
         assert got == [r["id"] for r in encounters] and len(got) == 16
         assert client.stats.pages == 4 and client.stats.restarts == 0
@@ -140,11 +167,15 @@ def test_the_client_pages_through_hapi_getpages_links(encounters: list[dict[str,
         assert paths[0] == "/baseR4/Encounter?_count=5"
         assert all(p.startswith("/baseR4?_getpages=") for p in paths[1:])
         assert [dict(parse_qsl(urlsplit(p).query))["_getpagesoffset"] for p in paths[1:]] == [
-            "5", "10", "15"]
+            "5",
+            "10",
+            "15",
+        ]
 
 
 def test_an_expired_search_restarts_once_and_yields_each_resource_once(
-        encounters: list[dict[str, Any]]) -> None:
+    encounters: list[dict[str, Any]],
+) -> None:
     with serve(encounters, expire_at_offset=10) as server, client_for(server) as client:
         got = ids(client.search("Encounter"))
         assert sorted(got) == sorted(r["id"] for r in encounters) and len(got) == 16
@@ -155,8 +186,10 @@ def test_an_expired_search_restarts_once_and_yields_each_resource_once(
 
 
 def test_a_second_expiry_gives_up(encounters: list[dict[str, Any]]) -> None:
-    with serve(encounters, expire_at_offset=10, expirations=2) as server, \
-            client_for(server) as client:
+    with (
+        serve(encounters, expire_at_offset=10, expirations=2) as server,
+        client_for(server) as client,
+    ):
         got: list[str] = []
         with pytest.raises(GoneError) as caught:
             got.extend(r["id"] for r in client.search("Encounter"))

@@ -80,16 +80,16 @@ def test_document_is_valid_openapi(document: dict[str, Any]) -> None:
     assert len(results) == sum(len(methods) for methods in document["paths"].values())
 
 
-def test_every_route_is_described_and_nothing_else(app: Flask,
-                                                   document: dict[str, Any]) -> None:
+def test_every_route_is_described_and_nothing_else(app: Flask, document: dict[str, Any]) -> None:
     routes = set()
     for rule in app.url_map.iter_rules():
         if rule.endpoint.startswith("dashboard."):
             continue  # HTML pages, not part of the API
         for method in sorted((rule.methods or set()) - HIDDEN_METHODS):
             routes.add((openapi_path(rule.rule), method.lower()))
-    described = {(path, method) for path, methods in document["paths"].items()
-                 for method in methods}
+    described = {
+        (path, method) for path, methods in document["paths"].items() for method in methods
+    }
     assert routes == described
 
 
@@ -100,25 +100,38 @@ def test_admin_operations_are_marked(app: Flask, document: dict[str, Any]) -> No
         if getattr(view, "required_scope", "read") == "admin":
             for method in (rule.methods or set()) - HIDDEN_METHODS:
                 admin_views.add((openapi_path(rule.rule), method.lower()))
-    marked = {(path, method) for path, methods in document["paths"].items()
-              for method, op in methods.items() if op.get("x-fhirpanel-scope") == "admin"}
+    marked = {
+        (path, method)
+        for path, methods in document["paths"].items()
+        for method, op in methods.items()
+        if op.get("x-fhirpanel-scope") == "admin"
+    }
     assert admin_views == marked and marked
     for path, method in marked:
         assert "403" in document["paths"][path][method]["responses"]
-    public = {(p, m) for p, ms in document["paths"].items() for m, op in ms.items()
-              if op.get("security") == []}
+    public = {
+        (p, m)
+        for p, ms in document["paths"].items()
+        for m, op in ms.items()
+        if op.get("security") == []
+    }
     assert public == {("/healthz", "get"), ("/readyz", "get")}
 
 
 def test_body_bounds_are_documented_on_every_operation_with_a_body(
-        document: dict[str, Any]) -> None:
+    document: dict[str, Any],
+) -> None:
     responses = document["components"]["responses"]
     limit = api_settings().api.max_body_bytes
     assert f"larger than {limit} bytes" in responses["TooLarge"]["description"]
     assert "chunked" in responses["TooLarge"]["description"]
     assert f"more than {MAX_JSON_DEPTH} levels deep" in responses["BadRequest"]["description"]
-    with_body = [(path, method, op) for path, methods in document["paths"].items()
-                 for method, op in methods.items() if "requestBody" in op]
+    with_body = [
+        (path, method, op)
+        for path, methods in document["paths"].items()
+        for method, op in methods.items()
+        if "requestBody" in op
+    ]
     assert len(with_body) == 3
     for path, method, op in with_body:
         assert {"400", "413"} <= set(op["responses"]), (path, method)
@@ -146,26 +159,34 @@ OPERATIONS = [
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 @pytest.mark.parametrize(("path", "method", "ids"), OPERATIONS)
-def test_generated_requests_get_documented_answers(api_schema: Any, path: str, method: str,
-                                                   ids: str, mode: GenerationMode) -> None:
+def test_generated_requests_get_documented_answers(
+    api_schema: Any, path: str, method: str, ids: str, mode: GenerationMode
+) -> None:
     """Generated requests (valid ones, then invalid ones) with an admin token: no 5xx, invalid
     input refused with a 4xx, every status, header and body as documented. Driven through
     Hypothesis directly: schemathesis' lazy pytest fixture loader does not run on pytest 9."""
     operation = api_schema[path][method]
     spec = operation.definition.raw
-    fixed = {k: v for k, v in REAL_IDS.items() if "{" + k + "}" in path} if ids == "real" \
-        else None
+    fixed = {k: v for k, v in REAL_IDS.items() if "{" + k + "}" in path} if ids == "real" else None
     variable = [p for p in spec.get("parameters", []) if p["name"] not in (fixed or {})]
     if mode.is_negative and not (variable or spec.get("requestBody")):
         pytest.skip("nothing to make invalid: no free parameter and no body")
     # Which clinicians exist is data, not schema: a valid-looking unknown one is a 422 (issue 7).
-    excluded = [checks.positive_data_acceptance] if (path, method) == (
-        "/api/assignments/{patient}/override", "POST") else []
+    excluded = (
+        [checks.positive_data_acceptance]
+        if (path, method) == ("/api/assignments/{patient}/override", "POST")
+        else []
+    )
 
     # The token is a fixed header, so invalid cases vary parameters and bodies only.
     @given(case=operation.as_strategy(mode, headers=ADMIN_H, path_parameters=fixed))
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     def check(case: Any) -> None:
         case.call_and_validate(excluded_checks=excluded)
 
@@ -174,22 +195,47 @@ def test_generated_requests_get_documented_answers(api_schema: Any, path: str, m
 
 REAL_CASES = [
     ("/api/panels", "GET", {}, {}, None),
-    ("/api/panels/{practitioner}", "GET", {"practitioner": "prac-0008"},
-     {"sort": "-tier", "page_size": 5}, None),
-    ("/api/panels/{practitioner}", "GET", {"practitioner": "Practitioner/prac-0008"},
-     {"overdue": "true", "unconfirmed": "true", "tier": 2}, None),
+    (
+        "/api/panels/{practitioner}",
+        "GET",
+        {"practitioner": "prac-0008"},
+        {"sort": "-tier", "page_size": 5},
+        None,
+    ),
+    (
+        "/api/panels/{practitioner}",
+        "GET",
+        {"practitioner": "Practitioner/prac-0008"},
+        {"overdue": "true", "unconfirmed": "true", "tier": 2},
+        None,
+    ),
     ("/api/panels/{practitioner}", "GET", {"practitioner": "prac-0008"}, {"page": 99}, None),
     ("/api/patients/{patient}", "GET", {"patient": "pat-000006"}, {}, None),
     ("/api/patients/{patient}", "GET", {"patient": "pat-000020"}, {}, None),
     ("/api/unassigned", "GET", {}, {"page_size": 3}, None),
     ("/api/outreach", "GET", {}, {"reason": "not-seen", "practitioner": "prac-0008"}, None),
-    ("/api/assignments/{patient}/confirm", "POST", {"patient": "pat-000006"}, {},
-     {"confirmed_by": "clinician", "note": "ok"}),
-    ("/api/assignments/{patient}/override", "POST", {"patient": "pat-000006"}, {},
-     {"practitioner": "prac-0001", "reason": "moved", "requested_by": "family"}),
+    (
+        "/api/assignments/{patient}/confirm",
+        "POST",
+        {"patient": "pat-000006"},
+        {},
+        {"confirmed_by": "clinician", "note": "ok"},
+    ),
+    (
+        "/api/assignments/{patient}/override",
+        "POST",
+        {"patient": "pat-000006"},
+        {},
+        {"practitioner": "prac-0001", "reason": "moved", "requested_by": "family"},
+    ),
     ("/api/assignments/{patient}/override", "DELETE", {"patient": "pat-000006"}, {}, None),
-    ("/api/assignments/{patient}/confirm", "POST", {"patient": "pat-000020"}, {},
-     {"confirmed_by": "patient"}),
+    (
+        "/api/assignments/{patient}/confirm",
+        "POST",
+        {"patient": "pat-000020"},
+        {},
+        {"confirmed_by": "patient"},
+    ),
     ("/api/runs", "POST", {}, {}, {"kind": "full"}),
     ("/api/runs", "GET", {}, {"page_size": 2}, None),
     ("/api/runs/{run_id}", "GET", {"run_id": 1}, {}, None),
@@ -203,17 +249,25 @@ def test_real_answers_conform_to_the_document(app: Flask, api_store: Store) -> N
     """Explicit requests with ids that exist, so the 2xx bodies are checked too (a held run
     of `fhirpanel run --write` accepted, listed and read among them)."""
     held = api_store.start_run("run", "cli", "http://x/fhir", AS_OF)
-    api_store.finish_run(held, "held", seconds=0.1, error="run --write held", counts={
-        "held": {"ended_participations": {"count": 40, "of": 200, "share": 0.2,
-                                          "limit": 0.05}}})
+    api_store.finish_run(
+        held,
+        "held",
+        seconds=0.1,
+        error="run --write held",
+        counts={
+            "held": {"ended_participations": {"count": 40, "of": 200, "share": 0.2, "limit": 0.05}}
+        },
+    )
     loaded = schemathesis.openapi.from_wsgi("/openapi.json", app, headers=READ_H)
     statuses = []
-    cases = [*REAL_CASES,
-             ("/api/runs/{run_id}", "GET", {"run_id": held}, {}, None),
-             ("/api/runs/{run_id}/accept", "POST", {"run_id": held}, {}, None),
-             ("/api/runs/{run_id}/accept", "POST", {"run_id": held}, {}, None),
-             ("/api/runs/{run_id}/accept", "POST", {"run_id": 1}, {}, None),
-             ("/api/runs", "GET", {}, {"page_size": 50}, None)]
+    cases = [
+        *REAL_CASES,
+        ("/api/runs/{run_id}", "GET", {"run_id": held}, {}, None),
+        ("/api/runs/{run_id}/accept", "POST", {"run_id": held}, {}, None),
+        ("/api/runs/{run_id}/accept", "POST", {"run_id": held}, {}, None),
+        ("/api/runs/{run_id}/accept", "POST", {"run_id": 1}, {}, None),
+        ("/api/runs", "GET", {}, {"page_size": 50}, None),
+    ]
     for path, method, path_parameters, query, body in cases:
         operation = loaded[path][method]
         kwargs: dict[str, Any] = {"path_parameters": path_parameters, "query": query}
@@ -222,8 +276,31 @@ def test_real_answers_conform_to_the_document(app: Flask, api_store: Store) -> N
             kwargs["media_type"] = "application/json"
         response = operation.Case(**kwargs).call_and_validate(headers=ADMIN_H)
         statuses.append(response.status_code)
-    assert statuses == [200, 200, 200, 200, 200, 200, 200, 200, 201, 201, 200, 409, 202, 200,
-                        200, 200, 200, 200, 200, 202, 409, 409, 200]
+    assert statuses == [
+        200,
+        200,
+        200,
+        200,
+        200,
+        200,
+        200,
+        200,
+        201,
+        201,
+        200,
+        409,
+        202,
+        200,
+        200,
+        200,
+        200,
+        200,
+        200,
+        202,
+        409,
+        409,
+        200,
+    ]
     accepted = api_store.run(held)
     assert accepted is not None and accepted["status"] == "accepted"
 
@@ -233,14 +310,21 @@ def test_run_statuses_cover_what_the_store_writes(document: dict[str, Any]) -> N
     places that write or match one), and every member is in the document's enum and the
     dashboard's labels: a run in any of them must validate and show."""
     root = Path(__file__).resolve().parents[2] / "fhirpanel"
-    pattern = re.compile(r'(?:Run\.status\s*==\s*|\bstatus=|row\.status, row\.counts = |'
-                         r'_failed\(store, run_id, kind, |finish_run\(run_id, |finish\()'
-                         r'"([a-z]+)"')
-    places = [*(root / "jobs").glob("*.py"), *(root / "store").glob("*.py"),
-              *(root / "service").glob("*.py"), *(root / "commands").glob("*.py"),
-              root / "cli.py"]
-    literal = {str(p.relative_to(root)): found for p in places
-               if (found := pattern.findall(p.read_text()))}
+    pattern = re.compile(
+        r"(?:Run\.status\s*==\s*|\bstatus=|row\.status, row\.counts = |"
+        r"_failed\(store, run_id, kind, |finish_run\(run_id, |finish\()"
+        r'"([a-z]+)"'
+    )
+    places = [
+        *(root / "jobs").glob("*.py"),
+        *(root / "store").glob("*.py"),
+        *(root / "service").glob("*.py"),
+        *(root / "commands").glob("*.py"),
+        root / "cli.py",
+    ]
+    literal = {
+        str(p.relative_to(root)): found for p in places if (found := pattern.findall(p.read_text()))
+    }
     assert literal == {}, literal
     enum = document["components"]["schemas"]["Run"]["properties"]["status"]["enum"]
     assert set(enum) == set(RUN_STATUSES) == set(RUN_STATUS) == {s.value for s in RunStatus}

@@ -33,15 +33,16 @@ from tests.conftest import AS_OF
 from tests.integration.faults import ConnectionCut, FaultProxy, outcome, send
 
 AS_OF_DATE = date.fromisoformat(AS_OF)
-FAST = {"max_retries": 1, "backoff_factor": 0.01, "backoff_max": 0.05,
-        "retry_budget_seconds": 5.0}
+FAST = {"max_retries": 1, "backoff_factor": 0.01, "backoff_max": 0.05, "retry_budget_seconds": 5.0}
 
 
 def settings_for(base_url: str, **fhir: Any) -> Settings:
     base = Settings.load(env={})
     return dataclasses.replace(
-        base, fhir=dataclasses.replace(base.fhir, base_url=base_url, **fhir),
-        scheduler=dataclasses.replace(base.scheduler, source=base_url))
+        base,
+        fhir=dataclasses.replace(base.fhir, base_url=base_url, **fhir),
+        scheduler=dataclasses.replace(base.scheduler, source=base_url),
+    )
 
 
 @pytest.fixture
@@ -67,16 +68,37 @@ def after_full(loaded: SandboxServer, store: Store) -> RefreshResult:
 def office_visit(patient: str, practitioner: str, day: date, n: int) -> dict[str, Any]:
     start = f"{day.isoformat()}T09:{n:02d}:00Z"
     return {
-        "resourceType": "Encounter", "status": "finished",
+        "resourceType": "Encounter",
+        "status": "finished",
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-        "type": [{"coding": [
-            {"system": "http://snomed.info/sct", "code": "185349003",
-             "display": "Encounter for check up"},
-            {"system": "urn:fhirpanel:sandbox:visit-type", "code": "OFFICE"}]}],
+        "type": [
+            {
+                "coding": [
+                    {
+                        "system": "http://snomed.info/sct",
+                        "code": "185349003",
+                        "display": "Encounter for check up",
+                    },
+                    {"system": "urn:fhirpanel:sandbox:visit-type", "code": "OFFICE"},
+                ]
+            }
+        ],
         "subject": {"reference": patient},
-        "participant": [{"type": [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-            "code": "PPRF"}]}], "individual": {"reference": practitioner}}],
+        "participant": [
+            {
+                "type": [
+                    {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                "code": "PPRF",
+                            }
+                        ]
+                    }
+                ],
+                "individual": {"reference": practitioner},
+            }
+        ],
         "period": {"start": start, "end": start.replace(":00Z", ":30Z")},
     }
 
@@ -84,14 +106,14 @@ def office_visit(patient: str, practitioner: str, day: date, n: int) -> dict[str
 def pick_moves(store: Store, count: int) -> dict[str, str]:
     """`count` assigned adults (plurality or single-provider) and, for each, another eligible,
     non-pediatric clinician to move them to."""
-    clinicians = [c["practitioner"] for c in store.clinicians()
-                  if c["eligible"] and not c["pediatric"]]
+    clinicians = [
+        c["practitioner"] for c in store.clinicians() if c["eligible"] and not c["pediatric"]
+    ]
     moves: dict[str, str] = {}
     for patient in store.patient_ids():
         state = store.patient_state(patient)
         assert state is not None
-        if state["status"] != "assigned" or state["rule"] not in ("plurality",
-                                                                  "single-provider"):
+        if state["status"] != "assigned" or state["rule"] not in ("plurality", "single-provider"):
             continue
         target = next(c for c in clinicians if c != state["practitioner"])
         moves[patient] = target
@@ -108,8 +130,7 @@ def add_visits(base_url: str, moves: dict[str, str], store: Store) -> None:
             assert state is not None
             most = max(state["detail"].get("visits", {}).values(), default=0)
             for n in range(most + 2):  # strictly more visits than anyone else in the window
-                client.create(office_visit(patient, target,
-                                           AS_OF_DATE - timedelta(days=5 + n), n))
+                client.create(office_visit(patient, target, AS_OF_DATE - timedelta(days=5 + n), n))
 
 
 def care_team_version(store: Store, patient: str) -> str | None:
@@ -148,14 +169,16 @@ def team_practitioner(base_url: str, patient: str) -> str | None:
 # ---------------------------------------------------------------- tests
 
 
-def test_full_refresh_stores_every_patient_and_the_ledger(loaded: SandboxServer, store: Store,
-                                                          after_full: RefreshResult) -> None:
+def test_full_refresh_stores_every_patient_and_the_ledger(
+    loaded: SandboxServer, store: Store, after_full: RefreshResult
+) -> None:
     assert len(store.patient_ids()) == 300
     assert after_full.watermark_after is not None
     assert store.watermark(loaded.base_url) == after_full.watermark_after
     assert after_full.counts["written"] > 0
-    assigned = [p for p in store.patient_ids()
-                if (store.patient_state(p) or {}).get("status") == "assigned"]
+    assigned = [
+        p for p in store.patient_ids() if (store.patient_state(p) or {}).get("status") == "assigned"
+    ]
     assert all(care_team_version(store, p) for p in assigned)
     panels = store.clinicians()
     assert sum(c["size"] for c in panels) == len(assigned)
@@ -164,7 +187,8 @@ def test_full_refresh_stores_every_patient_and_the_ledger(loaded: SandboxServer,
 
 
 def test_incremental_moves_exactly_the_patients_with_new_encounters(
-        loaded: SandboxServer, store: Store, after_full: RefreshResult) -> None:
+    loaded: SandboxServer, store: Store, after_full: RefreshResult
+) -> None:
     settings = settings_for(loaded.base_url)
     before = {p: store.patient_state(p) for p in store.patient_ids()}
     versions = {p: care_team_version(store, p) for p in before}
@@ -187,7 +211,10 @@ def test_incremental_moves_exactly_the_patients_with_new_encounters(
         now = store.patient_state(patient)
         assert now is not None
         assert (now["practitioner"], now["rule"], now["status"]) == (
-            state["practitioner"], state["rule"], state["status"]), patient
+            state["practitioner"],
+            state["rule"],
+            state["status"],
+        ), patient
         assert care_team_version(store, patient) == versions[patient], patient
     # Requests grow with the patients touched, not the population: 3 change searches, the
     # clinicians (3 types), 3 batched patient searches, a few writes and CarePlan reads.
@@ -197,7 +224,8 @@ def test_incremental_moves_exactly_the_patients_with_new_encounters(
     assert result.counts["ledger_hits"] >= 3
     panel_sizes = {c["practitioner"]: c["size"] for c in store.clinicians()}
     assert sum(panel_sizes.values()) == sum(
-        1 for p in store.patient_ids() if (store.patient_state(p) or {})["status"] == "assigned")
+        1 for p in store.patient_ids() if (store.patient_state(p) or {})["status"] == "assigned"
+    )
 
     again = incremental_refresh(settings, store, as_of=AS_OF_DATE)
     assert again.status == "succeeded"
@@ -208,8 +236,9 @@ def test_incremental_moves_exactly_the_patients_with_new_encounters(
     assert again.requests <= 3
 
 
-def test_the_same_patient_twice_is_processed_once(loaded: SandboxServer, store: Store,
-                                                  after_full: RefreshResult) -> None:
+def test_the_same_patient_twice_is_processed_once(
+    loaded: SandboxServer, store: Store, after_full: RefreshResult
+) -> None:
     moves = pick_moves(store, 1)
     add_visits(loaded.base_url, moves, store)  # several encounters, one patient
     add_visits(loaded.base_url, moves, store)
@@ -219,8 +248,8 @@ def test_the_same_patient_twice_is_processed_once(loaded: SandboxServer, store: 
 
 
 def test_a_crash_before_commit_leaves_the_watermark_and_the_next_pass_finishes(
-        loaded: SandboxServer, store: Store, after_full: RefreshResult,
-        cut_connection: ConnectionCut) -> None:
+    loaded: SandboxServer, store: Store, after_full: RefreshResult, cut_connection: ConnectionCut
+) -> None:
     settings = settings_for(loaded.base_url)
     watermark = store.watermark(loaded.base_url)
     moves = pick_moves(store, 2)
@@ -259,7 +288,8 @@ class FailWrites(FaultProxy):
 
 
 def test_server_errors_after_the_fetch_keep_the_watermark_and_queue_the_patients(
-        loaded: SandboxServer, store: Store, after_full: RefreshResult) -> None:
+    loaded: SandboxServer, store: Store, after_full: RefreshResult
+) -> None:
     moves = pick_moves(store, 2)
     add_visits(loaded.base_url, moves, store)
     with FailWrites(loaded.base_url) as proxy:
@@ -288,8 +318,9 @@ def test_server_errors_after_the_fetch_keep_the_watermark_and_queue_the_patients
             assert team_practitioner(loaded.base_url, patient) == target
 
 
-def test_a_refresh_while_the_lock_is_held_is_skipped(loaded: SandboxServer, store: Store,
-                                                     after_full: RefreshResult) -> None:
+def test_a_refresh_while_the_lock_is_held_is_skipped(
+    loaded: SandboxServer, store: Store, after_full: RefreshResult
+) -> None:
     assert store.try_lock("someone-else", stale_seconds=3600)
     result = incremental_refresh(settings_for(loaded.base_url), store, as_of=AS_OF_DATE)
     assert result.status == "skipped"
@@ -315,11 +346,13 @@ def test_two_refreshes_started_together_run_once(loaded: SandboxServer, store: S
     assert sorted(r.status for r in results) == ["skipped", "succeeded"]
 
 
-def test_overrides_take_effect_at_the_next_pass(loaded: SandboxServer, store: Store,
-                                                after_full: RefreshResult) -> None:
+def test_overrides_take_effect_at_the_next_pass(
+    loaded: SandboxServer, store: Store, after_full: RefreshResult
+) -> None:
     patient, target = next(iter(pick_moves(store, 1).items()))
-    store.add_override(patient, target, reason="patient's choice", requested_by="patient",
-                       actor="test")
+    store.add_override(
+        patient, target, reason="patient's choice", requested_by="patient", actor="test"
+    )
     assert store.pending_patients() == [patient]
     result = incremental_refresh(settings_for(loaded.base_url), store, as_of=AS_OF_DATE)
     assert result.patients == (patient,)
@@ -331,7 +364,8 @@ def test_overrides_take_effect_at_the_next_pass(loaded: SandboxServer, store: St
 
 
 def test_runs_asked_for_while_a_worker_lives_are_queued_for_it(
-        loaded: SandboxServer, store: Store, after_full: RefreshResult) -> None:
+    loaded: SandboxServer, store: Store, after_full: RefreshResult
+) -> None:
     settings = settings_for(loaded.base_url)
     threaded = request_run(settings, store, "incremental", "api")  # no worker: a thread here
     assert threaded is not None
@@ -352,21 +386,26 @@ def test_runs_asked_for_while_a_worker_lives_are_queued_for_it(
 
 
 def test_a_full_refresh_through_bulk_export_writes_back_to_the_same_server(
-        loaded: SandboxServer, store: Store) -> None:
+    loaded: SandboxServer, store: Store
+) -> None:
     settings = settings_for(loaded.base_url)
     result = full_refresh(settings, store, source=f"bulk:{loaded.base_url}", as_of=AS_OF_DATE)
     assert result.status == "succeeded", result.error
     assert result.counts["patients_stored"] == 300
     assert result.counts["written"] > 0
     assert store.watermark(f"bulk:{loaded.base_url}") is not None
-    patient = next(p for p in store.patient_ids()
-                   if (store.patient_state(p) or {}).get("status") == "assigned")
-    assert team_practitioner(loaded.base_url, patient) == (
-        store.patient_state(patient) or {})["practitioner"]
+    patient = next(
+        p for p in store.patient_ids() if (store.patient_state(p) or {}).get("status") == "assigned"
+    )
+    assert (
+        team_practitioner(loaded.base_url, patient)
+        == (store.patient_state(patient) or {})["practitioner"]
+    )
 
 
 def test_changes_during_a_full_refresh_reach_the_next_pass(
-        loaded: SandboxServer, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded: SandboxServer, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The full refresh's watermark is the server's time before its read: what changes while it
     reads (new visits, an override, a confirmation) is applied by the next pass, not lost."""
     settings = settings_for(loaded.base_url)
@@ -374,8 +413,11 @@ def test_changes_during_a_full_refresh_reach_the_next_pass(
     assert full_refresh(settings, seed, as_of=AS_OF_DATE, write=False).ok
     moves = pick_moves(seed, 2)
     (moved, target), (overridden, chosen) = list(moves.items())
-    confirmed = next(p for p in seed.patient_ids()
-                     if p not in moves and (seed.patient_state(p) or {})["status"] == "assigned")
+    confirmed = next(
+        p
+        for p in seed.patient_ids()
+        if p not in moves and (seed.patient_state(p) or {})["status"] == "assigned"
+    )
     confirmed_with = (seed.patient_state(confirmed) or {})["practitioner"]
     assert full_refresh(settings, store, as_of=AS_OF_DATE).ok  # the store's first full run
     real_run_full = refresh_module.run_full
@@ -383,8 +425,9 @@ def test_changes_during_a_full_refresh_reach_the_next_pass(
     def run_full_with_changes(*args: Any, **kwargs: Any) -> Any:
         outcome = real_run_full(*args, **kwargs)  # the read is done: now things change
         add_visits(loaded.base_url, {moved: target}, seed)
-        store.add_override(overridden, chosen, reason="during the run",
-                           requested_by="patient", actor="test")
+        store.add_override(
+            overridden, chosen, reason="during the run", requested_by="patient", actor="test"
+        )
         store.confirm(confirmed, confirmed_with, confirmed_by="clinician", actor="test")
         return outcome
 
@@ -407,7 +450,8 @@ def test_changes_during_a_full_refresh_reach_the_next_pass(
 
 
 def test_a_confirmation_lapses_when_the_patient_moves_away_and_back(
-        loaded: SandboxServer, store: Store, after_full: RefreshResult) -> None:
+    loaded: SandboxServer, store: Store, after_full: RefreshResult
+) -> None:
     settings = settings_for(loaded.base_url)
     patient, target = next(iter(pick_moves(store, 1).items()))
     first = (store.patient_state(patient) or {})["practitioner"]
@@ -423,10 +467,12 @@ def test_a_confirmation_lapses_when_the_patient_moves_away_and_back(
 
 
 def test_a_deleted_patient_leaves_the_store_at_the_next_pass(
-        loaded: SandboxServer, store: Store, after_full: RefreshResult) -> None:
+    loaded: SandboxServer, store: Store, after_full: RefreshResult
+) -> None:
     settings = settings_for(loaded.base_url)
-    patient = next(p for p in store.patient_ids()
-                   if (store.patient_state(p) or {})["status"] == "assigned")
+    patient = next(
+        p for p in store.patient_ids() if (store.patient_state(p) or {})["status"] == "assigned"
+    )
     store.queue_patients([patient], "test: re-read")
     # Delete the patient's compartment as an EHR merge or purge would.
     with FhirClient(FhirSettings(base_url=loaded.base_url)) as client:

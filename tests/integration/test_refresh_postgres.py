@@ -24,7 +24,8 @@ from tests.integration.test_refresh import (
 
 PG_URL = os.environ.get("FHIRPANEL_TEST_DATABASE_URL", "")
 pytestmark = pytest.mark.skipif(
-    not PG_URL, reason="set FHIRPANEL_TEST_DATABASE_URL to run refreshes on PostgreSQL")
+    not PG_URL, reason="set FHIRPANEL_TEST_DATABASE_URL to run refreshes on PostgreSQL"
+)
 
 
 @pytest.fixture
@@ -45,8 +46,9 @@ def pg_store() -> Iterator[Store]:
         admin.dispose()
 
 
-def test_full_then_incremental_on_postgresql(sandbox: SandboxServer, population_dir: Path,
-                                            pg_store: Store) -> None:
+def test_full_then_incremental_on_postgresql(
+    sandbox: SandboxServer, population_dir: Path, pg_store: Store
+) -> None:
     assert not pg_store.is_sqlite
     sandbox.load_ndjson_dir(population_dir)
     settings = settings_for(sandbox.base_url)

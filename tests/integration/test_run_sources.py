@@ -15,8 +15,9 @@ from fhirpanel.sandbox.server import SandboxServer
 from tests.conftest import AS_OF
 
 
-def test_server_and_ndjson_reports_are_identical(loaded_sandbox: SandboxServer,
-                                                 population_dir: Path) -> None:
+def test_server_and_ndjson_reports_are_identical(
+    loaded_sandbox: SandboxServer, population_dir: Path
+) -> None:
     settings = Settings.load(env={})
     as_of = date.fromisoformat(AS_OF)
     from_files = build_report(run_full(settings, NdjsonSource(population_dir), as_of))

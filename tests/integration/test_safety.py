@@ -39,7 +39,8 @@ def shrunken_copy(population_dir: Path, target: Path, keep: int) -> Path:
 
 
 def test_a_full_refresh_that_would_remove_a_third_of_the_patients_is_held(
-        store: Store, population_dir: Path, tmp_path: Path) -> None:
+    store: Store, population_dir: Path, tmp_path: Path
+) -> None:
     full = f"ndjson:{population_dir}"
     first = full_refresh(settings_for(full), store, as_of=AS_OF_DATE, write=False)
     assert first.status == "succeeded", first.error
@@ -87,12 +88,14 @@ def test_a_full_refresh_that_would_remove_a_third_of_the_patients_is_held(
     assert held_again.status == "held"
 
 
-def test_accept_change_lets_a_large_change_through(store: Store, population_dir: Path,
-                                                   tmp_path: Path) -> None:
+def test_accept_change_lets_a_large_change_through(
+    store: Store, population_dir: Path, tmp_path: Path
+) -> None:
     full_refresh(settings_for(f"ndjson:{population_dir}"), store, as_of=AS_OF_DATE, write=False)
     short = f"ndjson:{shrunken_copy(population_dir, tmp_path / 'short', keep=150)}"
-    result = full_refresh(settings_for(short), store, as_of=AS_OF_DATE, write=False,
-                          accept_change=True)
+    result = full_refresh(
+        settings_for(short), store, as_of=AS_OF_DATE, write=False, accept_change=True
+    )
     assert result.status == "succeeded", result.error
     assert result.counts["change"]["removed_patients"]["count"] >= 140
     assert len(store.assignment_states()) <= 150
@@ -102,8 +105,9 @@ def test_a_lease_whose_process_died_on_this_host_is_taken_over_at_once(store: St
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     me = Holder.parse(new_holder())
     assert me is not None
-    dead = str(Holder(me.host, child.pid, process_start(child.pid) or "", me.boot, me.pidns,
-                      "dead"))
+    dead = str(
+        Holder(me.host, child.pid, process_start(child.pid) or "", me.boot, me.pidns, "dead")
+    )
     assert store.try_lock(dead, stale_seconds=900)
     run_id = store.start_run("full", "cli", "http://x", "2026-11-22")
     assert not store.try_lock(new_holder(), stale_seconds=900)  # alive: refused
@@ -128,31 +132,57 @@ def test_a_lease_on_another_host_waits_for_the_stale_timeout(store: Store) -> No
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fhirpanel", *args], capture_output=True,
-                          text=True, timeout=300, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "fhirpanel", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
 
 
 def test_run_write_waits_for_no_one_but_refuses_while_the_lock_is_held(
-        sandbox: SandboxServer, population_dir: Path, tmp_path: Path) -> None:
+    sandbox: SandboxServer, population_dir: Path, tmp_path: Path
+) -> None:
     sandbox.load_ndjson_dir(population_dir)
     db = f"sqlite:///{tmp_path / 'state.db'}"
     store = Store(db)
     holder = new_holder()  # this test process: alive
     assert store.try_lock(holder, stale_seconds=900)
-    busy = cli("run", "--source", sandbox.base_url, "--as-of", "2026-11-22", "--write",
-               "--quiet", "--database", db)
+    busy = cli(
+        "run",
+        "--source",
+        sandbox.base_url,
+        "--as-of",
+        "2026-11-22",
+        "--write",
+        "--quiet",
+        "--database",
+        db,
+    )
     assert busy.returncode == 14, busy.stderr
     assert busy.stderr.count("\n") == 1 and "another run holds the refresh lock" in busy.stderr
     assert sandbox_count(sandbox, "CareTeam") == 0
     store.release_lock(holder)
 
-    done = cli("run", "--source", sandbox.base_url, "--as-of", "2026-11-22", "--write",
-               "--quiet", "--database", db)
+    done = cli(
+        "run",
+        "--source",
+        sandbox.base_url,
+        "--as-of",
+        "2026-11-22",
+        "--write",
+        "--quiet",
+        "--database",
+        db,
+    )
     assert done.returncode == 0, done.stderr
     runs = store.runs()
     assert runs[0]["kind"] == "run" and runs[0]["status"] == "succeeded"
     assert runs[0]["counts"]["written"] == sandbox_count(sandbox, "CareTeam") + sandbox_count(
-        sandbox, "CarePlan")
+        sandbox, "CarePlan"
+    )
     assert runs[1]["status"] == "skipped"
     assert store.lock_info() is None
     store.close()
@@ -161,13 +191,15 @@ def test_run_write_waits_for_no_one_but_refuses_while_the_lock_is_held(
 def sandbox_count(sandbox: SandboxServer, rtype: str) -> int:
     import requests
 
-    body = requests.get(f"{sandbox.base_url}/{rtype}", params={"_summary": "count"},
-                        timeout=10).content
+    body = requests.get(
+        f"{sandbox.base_url}/{rtype}", params={"_summary": "count"}, timeout=10
+    ).content
     return int(orjson.loads(body)["total"])
 
 
 def test_the_transaction_sizes_a_refusal_taught_start_the_next_incremental_pass(
-        sandbox: SandboxServer, population_dir: Path, store: Store) -> None:
+    sandbox: SandboxServer, population_dir: Path, store: Store
+) -> None:
     from tests.integration.medplum_like import MedplumLike
     from tests.integration.test_refresh import add_visits, pick_moves
 
@@ -177,8 +209,11 @@ def test_the_transaction_sizes_a_refusal_taught_start_the_next_incremental_pass(
         full = full_refresh(settings, store, as_of=AS_OF_DATE, write=True)
         assert full.status == "succeeded", full.error
         assert full.writeback.batch_sizes == {"conditional": 8, "plain": 50}
-        learned = [i for i in full.writeback.issues if "transaction" in i.problem.lower()
-                   and "refused" in i.problem.lower()]
+        learned = [
+            i
+            for i in full.writeback.issues
+            if "transaction" in i.problem.lower() and "refused" in i.problem.lower()
+        ]
         assert len(learned) == 1, [i.problem for i in full.writeback.issues]  # said once
         from fhirpanel.jobs.refresh import learned_batch_sizes
 
@@ -189,6 +224,9 @@ def test_the_transaction_sizes_a_refusal_taught_start_the_next_incremental_pass(
         step = incremental_refresh(settings, store, as_of=AS_OF_DATE)
         assert step.status == "succeeded", step.error
         assert step.writeback.batch_sizes == {"conditional": 8, "plain": 50}
-        refusals = [i for i in step.writeback.issues if "transaction" in i.problem.lower()
-                    and "refused" in i.problem.lower()]
+        refusals = [
+            i
+            for i in step.writeback.issues
+            if "transaction" in i.problem.lower() and "refused" in i.problem.lower()
+        ]
         assert refusals == []  # started from what the full refresh learned: nothing refused

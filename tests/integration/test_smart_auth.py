@@ -46,8 +46,13 @@ SEKMET_TOKEN_LIFETIME = 60
 
 
 def pem(key: Any) -> str:
-    return str(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption()).decode())
+    return str(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+    )
 
 
 @dataclass(frozen=True)
@@ -60,10 +65,12 @@ class Keys:
 
 @pytest.fixture(scope="module")
 def keys() -> Keys:
-    return Keys(rsa.generate_private_key(public_exponent=65537, key_size=2048),
-                ec.generate_private_key(ec.SECP384R1()),
-                rsa.generate_private_key(public_exponent=65537, key_size=2048),
-                ec.generate_private_key(ec.SECP384R1()))
+    return Keys(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        ec.generate_private_key(ec.SECP384R1()),
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        ec.generate_private_key(ec.SECP384R1()),
+    )
 
 
 # ---------------------------------------------------------------- the gate
@@ -114,8 +121,12 @@ class SmartGate(FaultProxy):
             read_body(handler)
             with self.auth_lock:
                 self.fhir_log.append((handler.path, str(self.dead_token_status)))
-            send(handler, self.dead_token_status, outcome(self.dead_token_message, "login"),
-                 self.dead_token_headers)
+            send(
+                handler,
+                self.dead_token_status,
+                outcome(self.dead_token_message, "login"),
+                self.dead_token_headers,
+            )
 
     def revoke_all(self) -> None:
         with self.auth_lock:
@@ -125,8 +136,12 @@ class SmartGate(FaultProxy):
         scheme, _, token = header.partition(" ")
         with self.auth_lock:
             expires = self.tokens.get(token)
-        return (self.accept_tokens and scheme.lower() == "bearer" and expires is not None
-                and expires > time.time())
+        return (
+            self.accept_tokens
+            and scheme.lower() == "bearer"
+            and expires is not None
+            and expires > time.time()
+        )
 
     def _discovery(self, handler: BaseHTTPRequestHandler) -> None:
         self.discoveries += 1
@@ -159,9 +174,13 @@ class SmartGate(FaultProxy):
                 raise Refusal(401, "invalid_client", f"unknown kid {kid!r}")
             public_key, alg = self.registered[kid]
             try:
-                claims = jwt.decode(assertion, public_key, algorithms=[alg],
-                                    audience=self.token_url,
-                                    options={"require": ["iss", "sub", "aud", "exp", "jti"]})
+                claims = jwt.decode(
+                    assertion,
+                    public_key,
+                    algorithms=[alg],
+                    audience=self.token_url,
+                    options={"require": ["iss", "sub", "aud", "exp", "jti"]},
+                )
             except jwt.PyJWTError as exc:
                 raise Refusal(401, "invalid_client", f"assertion rejected: {exc}") from None
             if not claims["iss"] == claims["sub"] == CLIENT_ID:
@@ -174,27 +193,46 @@ class SmartGate(FaultProxy):
                 self.jtis.add(claims["jti"])
         except Refusal as refusal:
             self._log(refusal.error, refusal.description, header, claims, form)
-            send(handler, refusal.status, orjson.dumps(
-                {"error": refusal.error, "error_description": refusal.description}),
-                {"Cache-Control": "no-store"}, content_type="application/json")
+            send(
+                handler,
+                refusal.status,
+                orjson.dumps({"error": refusal.error, "error_description": refusal.description}),
+                {"Cache-Control": "no-store"},
+                content_type="application/json",
+            )
             return
         token = secrets.token_urlsafe(24)
         lifetime = self.expires_in if self.expires_in is not None else 300
         with self.auth_lock:
             self.tokens[token] = time.time() + lifetime
         self._log("issued", "", header, claims, form)
-        body: dict[str, Any] = {"access_token": token, "token_type": "bearer",
-                                "scope": form.get("scope", "")}
+        body: dict[str, Any] = {
+            "access_token": token,
+            "token_type": "bearer",
+            "scope": form.get("scope", ""),
+        }
         if self.expires_in is not None:
             body["expires_in"] = self.expires_in
-        send(handler, 200, orjson.dumps(body), {"Cache-Control": "no-store"},
-             content_type="application/json")
+        send(
+            handler,
+            200,
+            orjson.dumps(body),
+            {"Cache-Control": "no-store"},
+            content_type="application/json",
+        )
 
-    def _log(self, result: str, description: str, header: dict[str, Any],
-             claims: dict[str, Any], form: dict[str, str]) -> None:
+    def _log(
+        self,
+        result: str,
+        description: str,
+        header: dict[str, Any],
+        claims: dict[str, Any],
+        form: dict[str, str],
+    ) -> None:
         with self.auth_lock:
-            self.token_log.append(TokenRequest(result, description, header, claims,
-                                               form.get("scope", "")))
+            self.token_log.append(
+                TokenRequest(result, description, header, claims, form.get("scope", ""))
+            )
 
     @property
     def issued(self) -> list[TokenRequest]:
@@ -209,18 +247,26 @@ class Refusal(Exception):
 
 @pytest.fixture
 def gate(loaded_sandbox: SandboxServer, keys: Keys) -> Iterator[SmartGate]:
-    registered = {"rsa-1": (keys.rs384.public_key(), "RS384"),
-                  "ec-1": (keys.es384.public_key(), "ES384")}
+    registered = {
+        "rsa-1": (keys.rs384.public_key(), "RS384"),
+        "ec-1": (keys.es384.public_key(), "ES384"),
+    }
     with SmartGate(loaded_sandbox.base_url, registered) as smart_gate:
         yield smart_gate
 
 
 def settings_for(base_url: str, key: Any, kid: str, **changes: Any) -> FhirSettings:
     values: dict[str, Any] = {
-        "base_url": base_url, "auth": "smart", "smart_client_id": CLIENT_ID,
-        "smart_private_key": pem(key), "smart_key_id": kid,
+        "base_url": base_url,
+        "auth": "smart",
+        "smart_client_id": CLIENT_ID,
+        "smart_private_key": pem(key),
+        "smart_key_id": kid,
         "smart_algorithm": "ES384" if isinstance(key, ec.EllipticCurvePrivateKey) else "RS384",
-        "max_retries": 1, "backoff_factor": 0.01, "connect_timeout": 5.0, "read_timeout": 30.0,
+        "max_retries": 1,
+        "backoff_factor": 0.01,
+        "connect_timeout": 5.0,
+        "read_timeout": 30.0,
     }
     values.update(changes)
     return FhirSettings(**values)
@@ -230,8 +276,9 @@ def settings_for(base_url: str, key: Any, kid: str, **changes: Any) -> FhirSetti
 
 
 @pytest.mark.parametrize(("kind", "kid"), [("rsa", "rsa-1"), ("ec", "ec-1")])
-def test_token_is_acquired_once_and_reused(gate: SmartGate, keys: Keys, kind: str,
-                                           kid: str) -> None:
+def test_token_is_acquired_once_and_reused(
+    gate: SmartGate, keys: Keys, kind: str, kid: str
+) -> None:
     key = keys.rs384 if kind == "rsa" else keys.es384
     with FhirClient(settings_for(gate.base_url, key, kid)) as client:
         patients = list(client.search("Patient", {"_count": "50"}))  # several pages
@@ -258,8 +305,10 @@ def test_v2_scopes_are_requested(gate: SmartGate, keys: Keys) -> None:
 
 def test_token_is_renewed_before_it_expires(gate: SmartGate, keys: Keys) -> None:
     gate.expires_in = 120  # renewal due 60 s in; the clock moves for the client and the gate
-    with time_machine.travel(time.time(), tick=True) as traveller, \
-            FhirClient(settings_for(gate.base_url, keys.rs384, "rsa-1")) as client:
+    with (
+        time_machine.travel(time.time(), tick=True) as traveller,
+        FhirClient(settings_for(gate.base_url, keys.rs384, "rsa-1")) as client,
+    ):
         first = next(client.search("Patient", {"_count": "1"}))["id"]
         client.read("Patient", first)
         assert len(gate.issued) == 1
@@ -300,12 +349,16 @@ def test_a_revoked_token_is_renewed_once_on_401(gate: SmartGate, keys: Keys) -> 
     assert len({t.claims["jti"] for t in gate.issued}) == 3  # never a replayed assertion
 
 
-@pytest.mark.parametrize(("message", "headers"), [
-    ("Access token expired", {}),  # an OperationOutcome alone says so
-    ("Forbidden", {"WWW-Authenticate": 'Bearer error="invalid_token", error_description="x"'}),
-])
-def test_a_403_that_blames_the_token_renews_it_once(gate: SmartGate, keys: Keys, message: str,
-                                                     headers: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("message", "headers"),
+    [
+        ("Access token expired", {}),  # an OperationOutcome alone says so
+        ("Forbidden", {"WWW-Authenticate": 'Bearer error="invalid_token", error_description="x"'}),
+    ],
+)
+def test_a_403_that_blames_the_token_renews_it_once(
+    gate: SmartGate, keys: Keys, message: str, headers: dict[str, str]
+) -> None:
     gate.dead_token_status, gate.dead_token_message = 403, message
     gate.dead_token_headers = headers
     with FhirClient(settings_for(gate.base_url, keys.rs384, "rsa-1")) as client:
@@ -334,15 +387,21 @@ def test_a_403_for_a_permission_fails_at_once(gate: SmartGate, keys: Keys) -> No
     assert len(gate.arrivals_for(lambda a: a.path == f"/fhir/Patient/{patient}")) == 1
 
 
-@pytest.mark.parametrize(("signer", "kid", "expected"), [
-    ("impostor", "rsa-1", "Signature verification failed"),  # the wrong key under a known kid
-    ("rsa", "rsa-2", "unknown kid 'rsa-2'"),  # the right key under a kid never registered
-])
-def test_a_refused_assertion_is_a_clear_auth_error(gate: SmartGate, keys: Keys, signer: str,
-                                                   kid: str, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("signer", "kid", "expected"),
+    [
+        ("impostor", "rsa-1", "Signature verification failed"),  # the wrong key under a known kid
+        ("rsa", "rsa-2", "unknown kid 'rsa-2'"),  # the right key under a kid never registered
+    ],
+)
+def test_a_refused_assertion_is_a_clear_auth_error(
+    gate: SmartGate, keys: Keys, signer: str, kid: str, expected: str
+) -> None:
     key = keys.impostor if signer == "impostor" else keys.rs384
-    with FhirClient(settings_for(gate.base_url, key, kid)) as client, \
-            pytest.raises(AuthError) as caught:
+    with (
+        FhirClient(settings_for(gate.base_url, key, kid)) as client,
+        pytest.raises(AuthError) as caught,
+    ):
         next(client.search("Patient"))
     message = str(caught.value)
     assert caught.value.exit_code == ExitCode.AUTH and caught.value.status == 401
@@ -355,12 +414,16 @@ def test_a_refused_assertion_is_a_clear_auth_error(gate: SmartGate, keys: Keys, 
 
 def test_discovery_failures_and_the_token_url_override(gate: SmartGate, keys: Keys) -> None:
     gate.discovery = "404"
-    with FhirClient(settings_for(gate.base_url, keys.es384, "ec-1")) as client, \
-            pytest.raises(ConfigError, match=r"answered 404.*smart_token_url"):
+    with (
+        FhirClient(settings_for(gate.base_url, keys.es384, "ec-1")) as client,
+        pytest.raises(ConfigError, match=r"answered 404.*smart_token_url"),
+    ):
         client.read("Patient", "x")
     gate.discovery = "no-token-endpoint"
-    with FhirClient(settings_for(gate.base_url, keys.es384, "ec-1")) as client, \
-            pytest.raises(ConfigError, match="no token_endpoint"):
+    with (
+        FhirClient(settings_for(gate.base_url, keys.es384, "ec-1")) as client,
+        pytest.raises(ConfigError, match="no token_endpoint"),
+    ):
         client.read("Patient", "x")
     discoveries = gate.discoveries
     settings = settings_for(gate.base_url, keys.es384, "ec-1", smart_token_url=gate.token_url)
@@ -393,26 +456,59 @@ def test_one_provider_shared_by_threads_asks_for_one_token(gate: SmartGate, keys
 # ---------------------------------------------------------------- the CLI
 
 
-def fhirpanel_run(source: str, env_extra: dict[str, str], *args: str,
-                  ) -> subprocess.CompletedProcess[str]:
+def fhirpanel_run(
+    source: str,
+    env_extra: dict[str, str],
+    *args: str,
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FHIRPANEL_")}
-    env.update({"COLUMNS": "160", "FHIRPANEL_FHIR_AUTH": "smart",
-                "FHIRPANEL_FHIR_SMART_CLIENT_ID": CLIENT_ID, **env_extra})
-    return subprocess.run([sys.executable, "-m", "fhirpanel", "run", "--source", source,
-                           "--as-of", AS_OF, "--quiet", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    env.update(
+        {
+            "COLUMNS": "160",
+            "FHIRPANEL_FHIR_AUTH": "smart",
+            "FHIRPANEL_FHIR_SMART_CLIENT_ID": CLIENT_ID,
+            **env_extra,
+        }
+    )
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fhirpanel",
+            "run",
+            "--source",
+            source,
+            "--as-of",
+            AS_OF,
+            "--quiet",
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
-def test_cli_run_with_smart_settings_from_the_environment(gate: SmartGate, keys: Keys,
-                                                          tmp_path: Path) -> None:
+def test_cli_run_with_smart_settings_from_the_environment(
+    gate: SmartGate, keys: Keys, tmp_path: Path
+) -> None:
     key_file = tmp_path / "fhirpanel-es384.pem"
     key_file.write_text(pem(keys.es384))
     key_file.chmod(0o600)
     report = tmp_path / "report.json"
-    done = fhirpanel_run(gate.base_url, {"FHIRPANEL_FHIR_SMART_KEY_FILE": str(key_file),
-                                         "FHIRPANEL_FHIR_SMART_KEY_ID": "ec-1",
-                                         "FHIRPANEL_FHIR_SMART_ALGORITHM": "ES384"},
-                         "--report", str(report))
+    done = fhirpanel_run(
+        gate.base_url,
+        {
+            "FHIRPANEL_FHIR_SMART_KEY_FILE": str(key_file),
+            "FHIRPANEL_FHIR_SMART_KEY_ID": "ec-1",
+            "FHIRPANEL_FHIR_SMART_ALGORITHM": "ES384",
+        },
+        "--report",
+        str(report),
+    )
     assert done.returncode == 0, done.stderr
     data = json.loads(report.read_text())
     assert len(data["patients"]) >= 300
@@ -421,8 +517,13 @@ def test_cli_run_with_smart_settings_from_the_environment(gate: SmartGate, keys:
 
 
 def test_cli_run_with_a_refused_key_exits_auth(gate: SmartGate, keys: Keys) -> None:
-    done = fhirpanel_run(gate.base_url, {"FHIRPANEL_FHIR_SMART_PRIVATE_KEY": pem(keys.impostor),
-                                         "FHIRPANEL_FHIR_SMART_KEY_ID": "rsa-1"})
+    done = fhirpanel_run(
+        gate.base_url,
+        {
+            "FHIRPANEL_FHIR_SMART_PRIVATE_KEY": pem(keys.impostor),
+            "FHIRPANEL_FHIR_SMART_KEY_ID": "rsa-1",
+        },
+    )
     assert done.returncode == ExitCode.AUTH, done.stderr
     assert "invalid_client" in done.stderr and "Traceback" not in done.stderr
     assert "PRIVATE KEY" not in done.stderr + done.stdout
@@ -438,36 +539,43 @@ def sekmet_smart(sandbox: SandboxServer, keys: Keys) -> SandboxServer:
     client registered with the JWKS fhirpanel prints for its key."""
     from sekmet.config import ServerAuth, SmartClient
 
-    sandbox.load({"resourceType": "Patient", "id": f"smart-{i}", "active": True}
-                 for i in range(3))
+    sandbox.load({"resourceType": "Patient", "id": f"smart-{i}", "active": True} for i in range(3))
     jwks = jwks_for_settings(settings_for(sandbox.base_url, keys.es384, ""))  # kid: thumbprint
     sandbox.ctx.settings.server_auth = ServerAuth(
-        types=["smart"], token_lifetime=SEKMET_TOKEN_LIFETIME,
-        smart_clients=[SmartClient(client_id=CLIENT_ID, jwks=jwks, scopes="system/*.*")])
+        types=["smart"],
+        token_lifetime=SEKMET_TOKEN_LIFETIME,
+        smart_clients=[SmartClient(client_id=CLIENT_ID, jwks=jwks, scopes="system/*.*")],
+    )
     return sandbox
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
-def test_sekmets_smart_server_accepts_fhirpanel(sekmet_smart: SandboxServer, keys: Keys,
-                                                version: str) -> None:
+def test_sekmets_smart_server_accepts_fhirpanel(
+    sekmet_smart: SandboxServer, keys: Keys, version: str
+) -> None:
     settings = settings_for(sekmet_smart.base_url, keys.es384, "", smart_scope_version=version)
     with FhirClient(settings, auth=NoAuth()) as anonymous, pytest.raises(AuthError) as caught:
         anonymous.read("Patient", "smart-0")
     assert caught.value.status == 401
     with FhirClient(settings) as client:
         assert sorted(p["id"] for p in client.search("Patient")) == [
-            "smart-0", "smart-1", "smart-2"]
+            "smart-0",
+            "smart-1",
+            "smart-2",
+        ]
         auth = client.auth
         assert isinstance(auth, SmartBackendAuth)
         assert auth.token_url == sekmet_smart.base_url.removesuffix("/fhir") + "/auth/token"
         token = auth.access_token()
         assert token.expires_at - token.obtained_at == SEKMET_TOKEN_LIFETIME
-        assert set(token.scope.split()) >= {"system/Patient.read" if version == "v1"
-                                            else "system/Patient.rs"}
+        assert set(token.scope.split()) >= {
+            "system/Patient.read" if version == "v1" else "system/Patient.rs"
+        }
 
 
-def test_sekmets_smart_server_refuses_an_unregistered_key(sekmet_smart: SandboxServer,
-                                                          keys: Keys) -> None:
+def test_sekmets_smart_server_refuses_an_unregistered_key(
+    sekmet_smart: SandboxServer, keys: Keys
+) -> None:
     # An EC key like the registered one: sekmet tries each registered key with the assertion's
     # algorithm, and an RS384 assertion against an EC key crashes its token endpoint (a 500).
     settings = settings_for(sekmet_smart.base_url, keys.impostor_es384, "")

@@ -34,8 +34,15 @@ from tests.conftest import AS_OF, POPULATION_DIR
 
 AS_OF_DATE = date.fromisoformat(AS_OF)
 PG_URL = os.environ.get("FHIRPANEL_TEST_DATABASE_URL", "")
-BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.skipif(
-    not PG_URL, reason="set FHIRPANEL_TEST_DATABASE_URL to test the store on PostgreSQL"))]
+BACKENDS = [
+    "sqlite",
+    pytest.param(
+        "postgresql",
+        marks=pytest.mark.skipif(
+            not PG_URL, reason="set FHIRPANEL_TEST_DATABASE_URL to test the store on PostgreSQL"
+        ),
+    ),
+]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -64,8 +71,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 @pytest.fixture
 def filled(store: Store) -> Store:
     settings = Settings.load(env={})
-    result = full_refresh(settings, store, source=f"ndjson:{POPULATION_DIR}", as_of=AS_OF_DATE,
-                          write=False)
+    result = full_refresh(
+        settings, store, source=f"ndjson:{POPULATION_DIR}", as_of=AS_OF_DATE, write=False
+    )
     assert result.status == "succeeded", result.error
     return store
 
@@ -143,40 +151,55 @@ def test_full_refresh_stores_patients_panels_and_context(filled: Store) -> None:
 
 def test_a_second_full_refresh_changes_nothing(filled: Store) -> None:
     before = {p: filled.patient_state(p) for p in filled.patient_ids()}
-    result = full_refresh(Settings.load(env={}), filled, source=f"ndjson:{POPULATION_DIR}",
-                          as_of=AS_OF_DATE, write=False)
+    result = full_refresh(
+        Settings.load(env={}),
+        filled,
+        source=f"ndjson:{POPULATION_DIR}",
+        as_of=AS_OF_DATE,
+        write=False,
+    )
     assert result.counts["assignments_changed"] == 0
     assert result.counts["patients_new"] == 0
     for patient, state in before.items():
         after = filled.patient_state(patient)
         assert after is not None and state is not None
         assert {k: v for k, v in after.items() if k not in ("run_id", "updated_at")} == {
-            k: v for k, v in state.items() if k not in ("run_id", "updated_at")}
+            k: v for k, v in state.items() if k not in ("run_id", "updated_at")
+        }
         assert len(filled.history(patient)) == 1
 
 
 def test_overrides_confirmations_and_audit(filled: Store) -> None:
-    patient = next(p for p in filled.patient_ids()
-                   if (filled.patient_state(p) or {}).get("status") == "assigned")
+    patient = next(
+        p
+        for p in filled.patient_ids()
+        if (filled.patient_state(p) or {}).get("status") == "assigned"
+    )
     state = filled.patient_state(patient)
     assert state is not None
     current = state["practitioner"]
-    other = next(c["practitioner"] for c in filled.clinicians()
-                 if c["eligible"] and c["practitioner"] != current)
+    other = next(
+        c["practitioner"]
+        for c in filled.clinicians()
+        if c["eligible"] and c["practitioner"] != current
+    )
 
-    confirmed = filled.confirm(patient, current, confirmed_by="patient", actor="nurse",
-                               note="at the visit")
+    confirmed = filled.confirm(
+        patient, current, confirmed_by="patient", actor="nurse", note="at the visit"
+    )
     assert confirmed["confirmed_by"] == "patient"
     assert (filled.patient_state(patient) or {})["confirmation"] == "patient"
     clinician = filled.clinician(current)
     assert clinician is not None and clinician["unconfirmed"] == clinician["size"] - 1
 
-    filled.add_override(patient, other, reason="moved closer", requested_by="family",
-                        actor="manager")
+    filled.add_override(
+        patient, other, reason="moved closer", requested_by="family", actor="manager"
+    )
     assert filled.pending_patients() == [patient]
     assert filled.active_overrides()[patient].practitioner == other
-    filled.add_override(patient, current, reason="changed mind", requested_by="patient",
-                        actor="manager")  # replaces the first
+    filled.add_override(
+        patient, current, reason="changed mind", requested_by="patient", actor="manager"
+    )  # replaces the first
     assert len([o for o in filled.overrides(patient) if o["removed_at"] is None]) == 1
     assert filled.remove_override(patient, actor="manager")
     assert not filled.remove_override(patient, actor="manager")
@@ -190,8 +213,7 @@ def test_overrides_confirmations_and_audit(filled: Store) -> None:
 def test_ledger_round_trip_and_forget(store: Store) -> None:
     run_id = store.start_run("full", "cli", "x", AS_OF)
     ledger = store.ledger(run_id)
-    team = {"resourceType": "CareTeam", "id": "ct1", "meta": {"versionId": "3"},
-            "status": "active"}
+    team = {"resourceType": "CareTeam", "id": "ct1", "meta": {"versionId": "3"}, "status": "active"}
     ledger.record("CareTeam", "careteam-p1", team)
     ledger.record("CareTeam", "careteam-p2", {"resourceType": "CareTeam"})  # no id: ignored
     assert ledger.lookup("CareTeam", ["careteam-p1"]) == {}  # not flushed yet
@@ -223,8 +245,9 @@ def test_overrides_saved_at_once_leave_one_in_force(filled: Store) -> None:
     def save(practitioner: str) -> None:
         barrier.wait()
         try:
-            filled.add_override(patient, practitioner, reason="race", requested_by="staff",
-                                actor=practitioner)
+            filled.add_override(
+                patient, practitioner, reason="race", requested_by="staff", actor=practitioner
+            )
         except BaseException as exc:  # collected: the test fails on any
             errors.append(exc)
 
@@ -242,8 +265,11 @@ def test_overrides_saved_at_once_leave_one_in_force(filled: Store) -> None:
 def test_confirming_a_clinician_the_patient_no_longer_has_is_refused(filled: Store) -> None:
     from fhirpanel.store.repository import AssignmentChanged
 
-    patient = next(p for p in filled.patient_ids()
-                   if (filled.patient_state(p) or {}).get("status") == "assigned")
+    patient = next(
+        p
+        for p in filled.patient_ids()
+        if (filled.patient_state(p) or {}).get("status") == "assigned"
+    )
     current = (filled.patient_state(patient) or {})["practitioner"]
     other = next(c["practitioner"] for c in filled.clinicians() if c["practitioner"] != current)
     with pytest.raises(AssignmentChanged):
@@ -253,25 +279,45 @@ def test_confirming_a_clinician_the_patient_no_longer_has_is_refused(filled: Sto
 
 @pytest.mark.parametrize("remove_missing", [True, False])
 def test_a_full_run_removes_absent_patients_only_when_its_read_was_complete(
-        filled: Store, remove_missing: bool) -> None:
+    filled: Store, remove_missing: bool
+) -> None:
     from fhirpanel.fhir.source import MemorySource, NdjsonSource
 
-    resources = [r for r in (item for rtype in ("Patient", "Encounter", "Condition",
-                                                "Practitioner", "PractitionerRole",
-                                                "Organization")
-                             for item in NdjsonSource(POPULATION_DIR).read(rtype))
-                 if isinstance(r, dict)]
+    resources = [
+        r
+        for r in (
+            item
+            for rtype in (
+                "Patient",
+                "Encounter",
+                "Condition",
+                "Practitioner",
+                "PractitionerRole",
+                "Organization",
+            )
+            for item in NdjsonSource(POPULATION_DIR).read(rtype)
+        )
+        if isinstance(r, dict)
+    ]
     keep = {f"Patient/{r['id']}" for r in resources if r["resourceType"] == "Patient"}
     keep = set(sorted(keep)[:10])
-    subset = [r for r in resources if r["resourceType"] not in ("Patient", "Encounter",
-                                                                "Condition")
-              or f"Patient/{r.get('id')}" in keep
-              or (r.get("subject") or {}).get("reference") in keep]
+    subset = [
+        r
+        for r in resources
+        if r["resourceType"] not in ("Patient", "Encounter", "Condition")
+        or f"Patient/{r.get('id')}" in keep
+        or (r.get("subject") or {}).get("reference") in keep
+    ]
     outcome = run_full(Settings.load(env={}), MemorySource(subset), AS_OF_DATE)
     run_id = filled.start_run("full", "test", "memory", AS_OF)
     with filled.session() as s:
-        counts = filled.save_results(s, result_rows(outcome, clinicians=True), run_id,
-                                     full=True, remove_missing=remove_missing)
+        counts = filled.save_results(
+            s,
+            result_rows(outcome, clinicians=True),
+            run_id,
+            full=True,
+            remove_missing=remove_missing,
+        )
     assert counts["patients_removed"] == (300 - len(keep) if remove_missing else 0)
     assert len(filled.patient_ids()) == (len(keep) if remove_missing else 300)
 
@@ -283,33 +329,72 @@ def small_outcome() -> RunOutcome:
         patients={
             "Patient/a": PatientRecord("Patient/a", birth_date=date(1950, 1, 1), sex="female"),
             "Patient/b": PatientRecord("Patient/b", birth_date=date(2020, 6, 1), sex="male"),
-            "Patient/c": PatientRecord("Patient/c", active=False)},
-        practitioners={"Practitioner/p1": PractitionerRecord("Practitioner/p1", name="Dr One")})
-    eligibility = EligibilityReport(by_code=("Practitioner/p1", "Practitioner/p2"), by_text=(),
-                                    not_matched=(), fallback_all_on_visits=False,
-                                    pediatric=("Practitioner/p2",))
+            "Patient/c": PatientRecord("Patient/c", active=False),
+        },
+        practitioners={"Practitioner/p1": PractitionerRecord("Practitioner/p1", name="Dr One")},
+    )
+    eligibility = EligibilityReport(
+        by_code=("Practitioner/p1", "Practitioner/p2"),
+        by_text=(),
+        not_matched=(),
+        fallback_all_on_visits=False,
+        pediatric=("Practitioner/p2",),
+    )
     assignments = (
-        Assignment("Patient/a", "assigned", "Practitioner/p1", rule="plurality",
-                   step="four-cut-18m", last_visit=date(2026, 3, 4)),
+        Assignment(
+            "Patient/a",
+            "assigned",
+            "Practitioner/p1",
+            rule="plurality",
+            step="four-cut-18m",
+            last_visit=date(2026, 3, 4),
+        ),
         Assignment("Patient/b", "unassigned", reason="no qualifying visit"),
-        Assignment("Patient/c", "excluded", reason="inactive"))
-    risk = RiskResult("Patient/a", charlson=3, charlson_categories=("chf",), hcc=1.234,
-                      hccs=("HCC85",), interactions=(), ed_visits=1, inpatient_stays=0,
-                      chronic_conditions=("chf", "copd"), ccm_eligible=True, tier=2,
-                      tier_rule="charlson", basis_conditions=("Condition/k1",))
+        Assignment("Patient/c", "excluded", reason="inactive"),
+    )
+    risk = RiskResult(
+        "Patient/a",
+        charlson=3,
+        charlson_categories=("chf",),
+        hcc=1.234,
+        hccs=("HCC85",),
+        interactions=(),
+        ed_visits=1,
+        inpatient_stays=0,
+        chronic_conditions=("chf", "copd"),
+        ccm_eligible=True,
+        tier=2,
+        tier_rule="charlson",
+        basis_conditions=("Condition/k1",),
+    )
     panels = PanelSummary(
-        panels=(Panel("Practitioner/p1", 1, 2.5, 1800.0, 1797.5, tiers=(("1", 0), ("2", 1)),
-                      hcc_adjusted_size=1.1),
-                Panel("Practitioner/p2", 0, 0.0, 1500.0, 1500.0)),
+        panels=(
+            Panel(
+                "Practitioner/p1",
+                1,
+                2.5,
+                1800.0,
+                1797.5,
+                tiers=(("1", 0), ("2", 1)),
+                hcc_adjusted_size=1.1,
+            ),
+            Panel("Practitioner/p2", 0, 0.0, 1500.0, 1500.0),
+        ),
         suggestions=(Suggestion("Patient/b", "Practitioner/p2", "most open capacity"),),
-        weights=AgeSexWeights({("75-84", "female"): 2.5}))
+        weights=AgeSexWeights({("75-84", "female"): 2.5}),
+    )
     return RunOutcome(
-        as_of=as_of, source="memory", population=population,
+        as_of=as_of,
+        source="memory",
+        population=population,
         attribution=AttributionResult(as_of, "default", assignments, eligibility),
-        risk={"Patient/a": risk}, panels=panels,
-        outreach=(OutreachItem("Patient/a", "Practitioner/p1", ("not-seen-12m",),
-                               date(2026, 3, 4), None),),
-        tier_distribution={"2": 1})
+        risk={"Patient/a": risk},
+        panels=panels,
+        outreach=(
+            OutreachItem("Patient/a", "Practitioner/p1", ("not-seen-12m",), date(2026, 3, 4), None),
+        ),
+        tier_distribution={"2": 1},
+    )
 
 
 def test_result_rows_map_an_outcome_to_plain_rows() -> None:
@@ -317,26 +402,68 @@ def test_result_rows_map_an_outcome_to_plain_rows() -> None:
     rows = result_rows(outcome, clinicians=True)
     a, b, c = rows.patients
     assert a == PatientRow(
-        patient="Patient/a", status="assigned", practitioner="Practitioner/p1",
-        rule="plurality", step="four-cut-18m", reason=None, tier=2, charlson=3, hcc=1.234,
-        ccm_eligible=True, weight=2.5, last_visit="2026-03-04", outreach=("not-seen-12m",),
-        suggested=None, suggestion_reason=None, detail=a.detail)
+        patient="Patient/a",
+        status="assigned",
+        practitioner="Practitioner/p1",
+        rule="plurality",
+        step="four-cut-18m",
+        reason=None,
+        tier=2,
+        charlson=3,
+        hcc=1.234,
+        ccm_eligible=True,
+        weight=2.5,
+        last_visit="2026-03-04",
+        outreach=("not-seen-12m",),
+        suggested=None,
+        suggestion_reason=None,
+        detail=a.detail,
+    )
     assert a.detail["practitioner"] == "Practitioner/p1"
     assert a.detail["risk"]["tier"] == 2 and a.detail["last_visit"] == "2026-03-04"
     # No weight for a boy of 6 in the table: 1.0; no risk: the defaults.
     assert (b.status, b.weight, b.tier, b.charlson, b.hcc, b.ccm_eligible) == (
-        "unassigned", 1.0, None, None, None, False)
+        "unassigned",
+        1.0,
+        None,
+        None,
+        None,
+        False,
+    )
     assert (b.suggested, b.suggestion_reason, b.reason) == (
-        "Practitioner/p2", "most open capacity", "no qualifying visit")
-    assert (c.status, c.reason, c.detail) == ("excluded", "inactive",
-                                              {"patient": "Patient/c", "status": "excluded",
-                                               "reason": "inactive"})
+        "Practitioner/p2",
+        "most open capacity",
+        "no qualifying visit",
+    )
+    assert (c.status, c.reason, c.detail) == (
+        "excluded",
+        "inactive",
+        {"patient": "Patient/c", "status": "excluded", "reason": "inactive"},
+    )
     assert rows.clinicians == (
-        ClinicianRow("Practitioner/p1", "Dr One", eligible=True, pediatric=False, size=1,
-                     risk_adjusted_size=2.5, capacity=1800.0, open_capacity=1797.5,
-                     hcc_adjusted_size=1.1, tiers={"1": 0, "2": 1}),
-        ClinicianRow("Practitioner/p2", None, eligible=True, pediatric=True, size=0,
-                     risk_adjusted_size=0.0, capacity=1500.0, open_capacity=1500.0))
+        ClinicianRow(
+            "Practitioner/p1",
+            "Dr One",
+            eligible=True,
+            pediatric=False,
+            size=1,
+            risk_adjusted_size=2.5,
+            capacity=1800.0,
+            open_capacity=1797.5,
+            hcc_adjusted_size=1.1,
+            tiers={"1": 0, "2": 1},
+        ),
+        ClinicianRow(
+            "Practitioner/p2",
+            None,
+            eligible=True,
+            pediatric=True,
+            size=0,
+            risk_adjusted_size=0.0,
+            capacity=1500.0,
+            open_capacity=1500.0,
+        ),
+    )
     assert result_rows(outcome, clinicians=False).clinicians is None
 
 
@@ -345,28 +472,62 @@ def test_the_store_saves_plain_rows(store: Store) -> None:
     run_id = store.start_run("full", "test", "memory", AS_OF)
     with store.session() as s:
         counts = store.save_results(s, rows, run_id, full=True)
-    assert counts == {"patients_stored": 3, "assignments_changed": 0, "patients_new": 3,
-                      "patients_removed": 0}
+    assert counts == {
+        "patients_stored": 3,
+        "assignments_changed": 0,
+        "patients_new": 3,
+        "patients_removed": 0,
+    }
     a = store.patient_state("Patient/a")
     assert a is not None
-    assert {k: a[k] for k in ("status", "practitioner", "rule", "tier", "weight", "outreach",
-                              "confirmation", "override", "run_id")} == {
-        "status": "assigned", "practitioner": "Practitioner/p1", "rule": "plurality",
-        "tier": 2, "weight": 2.5, "outreach": ["not-seen-12m"], "confirmation": "proposed",
-        "override": False, "run_id": run_id}
+    assert {
+        k: a[k]
+        for k in (
+            "status",
+            "practitioner",
+            "rule",
+            "tier",
+            "weight",
+            "outreach",
+            "confirmation",
+            "override",
+            "run_id",
+        )
+    } == {
+        "status": "assigned",
+        "practitioner": "Practitioner/p1",
+        "rule": "plurality",
+        "tier": 2,
+        "weight": 2.5,
+        "outreach": ["not-seen-12m"],
+        "confirmation": "proposed",
+        "override": False,
+        "run_id": run_id,
+    }
     p1 = store.clinician("Practitioner/p1")
     assert p1 is not None
     assert (p1["name"], p1["size"], p1["tiers"], p1["unconfirmed"]) == (
-        "Dr One", 1, {"1": 0, "2": 1}, 1)
+        "Dr One",
+        1,
+        {"1": 0, "2": 1},
+        1,
+    )
     # An incremental pass keeps the panels and recomputes them from the patients table.
-    moved = ResultRows(patients=(PatientRow("Patient/a", "assigned", "Practitioner/p2",
-                                            rule="plurality", weight=2.5),))
+    moved = ResultRows(
+        patients=(
+            PatientRow("Patient/a", "assigned", "Practitioner/p2", rule="plurality", weight=2.5),
+        )
+    )
     with store.session() as s:
         counts = store.save_results(s, moved, run_id, full=False)
     assert counts["assignments_changed"] == 1
     assert [h["practitioner"] for h in store.history("Patient/a")] == [
-        "Practitioner/p1", "Practitioner/p2"]
+        "Practitioner/p1",
+        "Practitioner/p2",
+    ]
     assert [(c["practitioner"], c["size"]) for c in store.clinicians()] == [
-        ("Practitioner/p1", 0), ("Practitioner/p2", 1)]
+        ("Practitioner/p1", 0),
+        ("Practitioner/p2", 1),
+    ]
     with pytest.raises(ValueError, match="clinicians"), store.session() as s:
         store.save_results(s, moved, run_id, full=True)

@@ -65,10 +65,22 @@ def analyse(client: FhirClient, as_of: date = AS_OF_DATE) -> RunOutcome:
     return run_full(Settings.load(env={}), ServerSource(client), as_of)
 
 
-def write(outcome: RunOutcome, client: FhirClient, tables: WritebackTables,
-          settings: WritebackSettings | None = None, **kwargs: Any) -> WriteSummary:
-    return write_back(outcome, client, settings or WritebackSettings(), dry_run=False, now=NOW,
-                      tables=tables, **kwargs)
+def write(
+    outcome: RunOutcome,
+    client: FhirClient,
+    tables: WritebackTables,
+    settings: WritebackSettings | None = None,
+    **kwargs: Any,
+) -> WriteSummary:
+    return write_back(
+        outcome,
+        client,
+        settings or WritebackSettings(),
+        dry_run=False,
+        now=NOW,
+        tables=tables,
+        **kwargs,
+    )
 
 
 def ours(client: FhirClient, rtype: str) -> list[dict[str, Any]]:
@@ -90,17 +102,23 @@ def assigned_patients(outcome: RunOutcome) -> set[str]:
 
 def expected_plans(outcome: RunOutcome) -> set[str]:
     cfg = WritebackSettings()
-    return {a.patient for a in outcome.attribution.assignments
-            if a.status == "assigned" and care_plan_called_for(outcome.risk[a.patient], cfg)}
+    return {
+        a.patient
+        for a in outcome.attribution.assignments
+        if a.status == "assigned" and care_plan_called_for(outcome.risk[a.patient], cfg)
+    }
 
 
 def without_conditional_update(caps: ServerCapabilities) -> ServerCapabilities:
     """The sandbox's capabilities with conditional update/create and transactions taken away."""
     return dataclasses.replace(
-        caps, system_interactions=frozenset(),
-        resources={rtype: dataclasses.replace(res, conditional_update=False,
-                                              conditional_create=False)
-                   for rtype, res in caps.resources.items()})
+        caps,
+        system_interactions=frozenset(),
+        resources={
+            rtype: dataclasses.replace(res, conditional_update=False, conditional_create=False)
+            for rtype, res in caps.resources.items()
+        },
+    )
 
 
 def end_state(client: FhirClient) -> dict[str, Any]:
@@ -120,14 +138,14 @@ def end_state(client: FhirClient) -> dict[str, Any]:
 
 
 def test_first_run_creates_teams_and_plans_and_second_run_writes_nothing(
-        client: FhirClient, tables: WritebackTables) -> None:
+    client: FhirClient, tables: WritebackTables
+) -> None:
     outcome = analyse(client)
     patients = assigned_patients(outcome)
     plans_for = expected_plans(outcome)
     assert len(patients) > 200 and len(plans_for) > 20
 
-    planned = write_back(outcome, client, WritebackSettings(), dry_run=True, now=NOW,
-                         tables=tables)
+    planned = write_back(outcome, client, WritebackSettings(), dry_run=True, now=NOW, tables=tables)
     assert planned.counts.get("CareTeam", "create") == len(patients)
     assert planned.counts.get("CarePlan", "create") == len(plans_for)
     assert planned.write_requests == 0
@@ -183,36 +201,50 @@ def test_first_run_creates_teams_and_plans_and_second_run_writes_nothing(
 def visit(eid: str, patient: str, practitioner: str, day: date) -> dict[str, Any]:
     start = datetime(day.year, day.month, day.day, 15, 0, tzinfo=UTC)
     return {
-        "resourceType": "Encounter", "id": eid, "status": "finished",
+        "resourceType": "Encounter",
+        "id": eid,
+        "status": "finished",
         "class": {"system": ENCOUNTER_CLASS, "code": "AMB"},
         "type": [{"text": "Office visit"}],
         "subject": {"reference": patient},
-        "participant": [{"type": [{"coding": [{"system": PARTICIPATION, "code": "PPRF"}]}],
-                         "individual": {"reference": practitioner}}],
-        "period": {"start": start.isoformat(),
-                   "end": (start + timedelta(minutes=20)).isoformat()},
+        "participant": [
+            {
+                "type": [{"coding": [{"system": PARTICIPATION, "code": "PPRF"}]}],
+                "individual": {"reference": practitioner},
+            }
+        ],
+        "period": {"start": start.isoformat(), "end": (start + timedelta(minutes=20)).isoformat()},
     }
 
 
-def test_changed_visit_history_moves_the_patient(client: FhirClient, loaded: SandboxServer,
-                                                 tables: WritebackTables) -> None:
+def test_changed_visit_history_moves_the_patient(
+    client: FhirClient, loaded: SandboxServer, tables: WritebackTables
+) -> None:
     outcome = analyse(client)
     write(outcome, client, tables)
-    patient = next(a for a in outcome.attribution.assignments
-                   if a.status == "assigned" and a.patient in expected_plans(outcome))
+    patient = next(
+        a
+        for a in outcome.attribution.assignments
+        if a.status == "assigned" and a.patient in expected_plans(outcome)
+    )
     old_pcp = patient.practitioner
     identifier = f"careteam-pcp.{patient.patient.split('/')[1]}"
     [before] = by_identifier(ours(client, "CareTeam"))[identifier]["participant"]
     # Another family-medicine clinician the patient now sees more often than the current PCP.
-    new_pcp = next(r.practitioner for r in sorted(outcome.population.roles.values(),
-                                                  key=lambda r: r.id)
-                   if r.practitioner != old_pcp and any(
-                       c.code == "207Q00000X" for c in r.specialties))
+    new_pcp = next(
+        r.practitioner
+        for r in sorted(outcome.population.roles.values(), key=lambda r: r.id)
+        if r.practitioner != old_pcp and any(c.code == "207Q00000X" for c in r.specialties)
+    )
     assert new_pcp is not None
     later = AS_OF_DATE + timedelta(days=30)
     visits = max(n for _, n in patient.visits) + 2
-    loaded.load([visit(f"enc-move-{n}", patient.patient, new_pcp, AS_OF_DATE + timedelta(days=n))
-                 for n in range(1, visits + 1)])
+    loaded.load(
+        [
+            visit(f"enc-move-{n}", patient.patient, new_pcp, AS_OF_DATE + timedelta(days=n))
+            for n in range(1, visits + 1)
+        ]
+    )
 
     moved = analyse(client, later)
     now = next(a for a in moved.attribution.assignments if a.patient == patient.patient)
@@ -225,7 +257,8 @@ def test_changed_visit_history_moves_the_patient(client: FhirClient, loaded: San
     assert ended == {**before, "period": {"start": AS_OF, "end": later.isoformat()}}
     assert added["period"] == {"start": later.isoformat()}
     assert added["member"]["reference"] in {new_pcp} | {
-        r.id for r in moved.population.roles.values() if r.practitioner == new_pcp}
+        r.id for r in moved.population.roles.values() if r.practitioner == new_pcp
+    }
     assert added["id"] == f"{PCP_PARTICIPANT_PREFIX}2"
     assert team["status"] == "active"
     assert len(teams) == len(assigned_patients(moved))
@@ -235,9 +268,9 @@ def test_changed_visit_history_moves_the_patient(client: FhirClient, loaded: San
 
 
 @pytest.mark.parametrize("plain_server", [False, True], ids=["transactions", "single-requests"])
-def test_run_killed_mid_write_converges(client: FhirClient, tables: WritebackTables,
-                                        plain_server: bool, cut_connection: ConnectionCut
-                                        ) -> None:
+def test_run_killed_mid_write_converges(
+    client: FhirClient, tables: WritebackTables, plain_server: bool, cut_connection: ConnectionCut
+) -> None:
     outcome = analyse(client)
     caps = client.capabilities()
     if plain_server:
@@ -263,24 +296,42 @@ def test_run_killed_mid_write_converges(client: FhirClient, tables: WritebackTab
 
 
 @pytest.mark.parametrize("bulk_read", [False, True], ids=["identifier-batches", "paged-read"])
-def test_foreign_care_teams_are_left_untouched(client: FhirClient, loaded: SandboxServer,
-                                               tables: WritebackTables, bulk_read: bool,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_foreign_care_teams_are_left_untouched(
+    client: FhirClient,
+    loaded: SandboxServer,
+    tables: WritebackTables,
+    bulk_read: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     if bulk_read:  # what a large run does: read all of ours in pages
         monkeypatch.setattr(writer, "BULK_READ_MIN", 10)
     outcome = analyse(client)
     patients = sorted(assigned_patients(outcome))
     cfg = WritebackSettings()
-    foreign = {"resourceType": "CareTeam", "id": "ehr-team-1", "status": "active",
-               "name": "Diabetes team", "subject": {"reference": patients[0]},
-               "identifier": [{"system": "urn:ehr:careteam", "value": "42"}],
-               "participant": [{"role": [{"text": "Diabetes educator"}],
-                                "member": {"reference": "Practitioner/prac-0001"}}]}
+    foreign = {
+        "resourceType": "CareTeam",
+        "id": "ehr-team-1",
+        "status": "active",
+        "name": "Diabetes team",
+        "subject": {"reference": patients[0]},
+        "identifier": [{"system": "urn:ehr:careteam", "value": "42"}],
+        "participant": [
+            {
+                "role": [{"text": "Diabetes educator"}],
+                "member": {"reference": "Practitioner/prac-0001"},
+            }
+        ],
+    }
     # Someone else's team that happens to carry our identifier, without our tag.
-    squatter = {"resourceType": "CareTeam", "id": "ehr-team-2", "status": "proposed",
-                "subject": {"reference": patients[1]},
-                "identifier": [{"system": cfg.identifier_system,
-                                "value": f"careteam-pcp.{patients[1].split('/')[1]}"}]}
+    squatter = {
+        "resourceType": "CareTeam",
+        "id": "ehr-team-2",
+        "status": "proposed",
+        "subject": {"reference": patients[1]},
+        "identifier": [
+            {"system": cfg.identifier_system, "value": f"careteam-pcp.{patients[1].split('/')[1]}"}
+        ],
+    }
     loaded.load([foreign, squatter])
     before = [orjson.dumps(client.read("CareTeam", rid)) for rid in ("ehr-team-1", "ehr-team-2")]
 
@@ -300,15 +351,18 @@ def test_foreign_care_teams_are_left_untouched(client: FhirClient, loaded: Sandb
 
 
 def test_server_without_conditional_update_reaches_the_same_end_state(
-        client: FhirClient, population_dir: Path, tables: WritebackTables) -> None:
+    client: FhirClient, population_dir: Path, tables: WritebackTables
+) -> None:
     outcome = analyse(client)
     write(outcome, client, tables)
     with SandboxServer() as plain, FhirClient(FhirSettings(base_url=plain.base_url)) as other:
         plain.load_ndjson_dir(population_dir)
         caps = without_conditional_update(other.capabilities())
         summary = write(analyse(other), other, tables, capabilities=caps)
-        assert summary.strategy == {"CareTeam": "search-then-create",
-                                    "CarePlan": "search-then-create"}
+        assert summary.strategy == {
+            "CareTeam": "search-then-create",
+            "CarePlan": "search-then-create",
+        }
         assert not summary.transactions
         assert end_state(other) == end_state(client)
         assert write(analyse(other), other, tables, capabilities=caps).write_requests == 0
@@ -322,16 +376,16 @@ class MeddlingClient(FhirClient):
 
     meddle: Any = None
 
-    def update(self, resource: Mapping[str, Any], *, if_match: str | None = None
-               ) -> dict[str, Any]:
+    def update(self, resource: Mapping[str, Any], *, if_match: str | None = None) -> dict[str, Any]:
         if self.meddle is not None:
             meddle, self.meddle = self.meddle, None
             meddle(resource)
         return super().update(resource, if_match=if_match)
 
 
-def test_stale_version_conflict_is_reapplied(loaded: SandboxServer,
-                                             tables: WritebackTables) -> None:
+def test_stale_version_conflict_is_reapplied(
+    loaded: SandboxServer, tables: WritebackTables
+) -> None:
     with MeddlingClient(FhirSettings(base_url=loaded.base_url)) as client:
         outcome = analyse(client)
         write(outcome, client, tables)
@@ -343,8 +397,12 @@ def test_stale_version_conflict_is_reapplied(loaded: SandboxServer,
         def clinician_adds_a_member(_: Mapping[str, Any]) -> None:
             # ... but just before it does, a clinician adds a member (version 3).
             current = client.read("CareTeam", team["id"])
-            current["participant"].append({"role": [{"text": "Care manager"}],
-                                           "member": {"reference": "Practitioner/prac-0019"}})
+            current["participant"].append(
+                {
+                    "role": [{"text": "Care manager"}],
+                    "member": {"reference": "Practitioner/prac-0019"},
+                }
+            )
             store.update(current, origin="internal")
 
         client.meddle = clinician_adds_a_member
@@ -363,13 +421,13 @@ def test_stale_version_conflict_is_reapplied(loaded: SandboxServer,
 # --------------------------------------------------------------------------- optional resources
 
 
-def test_risk_assessments_and_attribution_groups(client: FhirClient,
-                                                 tables: WritebackTables) -> None:
+def test_risk_assessments_and_attribution_groups(
+    client: FhirClient, tables: WritebackTables
+) -> None:
     outcome = analyse(client)
     settings = WritebackSettings(risk_assessment=True, attribution_group=True)
     first = write(outcome, client, tables, settings)
-    not_excluded = {a.patient for a in outcome.attribution.assignments
-                    if a.status != "excluded"}
+    not_excluded = {a.patient for a in outcome.attribution.assignments if a.status != "excluded"}
     assessments = by_identifier(ours(client, "RiskAssessment"))
     assert {r["subject"]["reference"] for r in assessments.values()} == not_excluded
     for assessment in assessments.values():

@@ -107,8 +107,9 @@ def outcome(direct: FhirClient) -> RunOutcome:
 
 
 def through(proxy: MedplumLike) -> FhirClient:
-    return FhirClient(FhirSettings(base_url=proxy.base_url, max_retries=1, backoff_factor=0.01,
-                                   read_timeout=10.0))
+    return FhirClient(
+        FhirSettings(base_url=proxy.base_url, max_retries=1, backoff_factor=0.01, read_timeout=10.0)
+    )
 
 
 def provenance_targets(client: FhirClient) -> Counter[str]:
@@ -122,8 +123,9 @@ def suspend(server: SandboxServer, teams: list[dict[str, Any]]) -> None:
         server.ctx.store.update({**team, "status": "suspended"}, origin="internal")
 
 
-def in_write_order(outcome: RunOutcome, teams: Mapping[str, dict[str, Any]]
-                   ) -> list[dict[str, Any]]:
+def in_write_order(
+    outcome: RunOutcome, teams: Mapping[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Our CareTeams in the order the writer sends them (the assignments' order)."""
     order = {a.patient: n for n, a in enumerate(outcome.attribution.assignments)}
     return sorted(teams.values(), key=lambda t: order[t["subject"]["reference"]])
@@ -137,11 +139,17 @@ def counts(summary: WriteSummary, rtype: str) -> dict[str, int]:
 
 
 def test_failed_entries_in_a_transaction_response_are_not_counted_written(
-        loaded: SandboxServer, direct: FhirClient, outcome: RunOutcome,
-        tables: WritebackTables, clean: dict[str, Any]) -> None:
+    loaded: SandboxServer,
+    direct: FhirClient,
+    outcome: RunOutcome,
+    tables: WritebackTables,
+    clean: dict[str, Any],
+) -> None:
     ledger = DictLedger()
-    with MedplumLike(loaded.base_url, status_text=True, **NO_LIMITS) as proxy, \
-            through(proxy) as client:
+    with (
+        MedplumLike(loaded.base_url, status_text=True, **NO_LIMITS) as proxy,
+        through(proxy) as client,
+    ):
         write(outcome, client, tables, ledger=ledger)
         assert end_state(direct) == clean
         teams = in_write_order(outcome, by_identifier(ours(direct, "CareTeam")))
@@ -157,8 +165,7 @@ def test_failed_entries_in_a_transaction_response_are_not_counted_written(
         summary = write(outcome, client, tables, ledger=ledger, trust_ledger=False)
 
     assert [t.entries for t in proxy.transactions] == [2]
-    assert counts(summary, "CareTeam") == {"update": 1, "failed": 1,
-                                           "unchanged": len(teams) - 2}
+    assert counts(summary, "CareTeam") == {"update": 1, "failed": 1, "unchanged": len(teams) - 2}
     assert summary.written == 1 and summary.conflicts_resolved == 1
     second_patient = second["subject"]["reference"]
     assert summary.failed_subjects == {second_patient}
@@ -169,8 +176,9 @@ def test_failed_entries_in_a_transaction_response_are_not_counted_written(
     assert direct.read("CareTeam", second["id"])["status"] == "suspended"
     # Provenance: one new one, for the confirmed write only (its new version).
     added = provenance_targets(direct) - provenance_before
-    assert added == Counter({f"CareTeam/{first['id']}/_history/"
-                             f"{now_first['meta']['versionId']}": 1})
+    assert added == Counter(
+        {f"CareTeam/{first['id']}/_history/{now_first['meta']['versionId']}": 1}
+    )
     # The ledger holds what the server confirmed and forgets the failed write ...
     first_key = ("CareTeam", identifier_value("careteam-pcp", first["subject"]["reference"]))
     second_key = ("CareTeam", identifier_value("careteam-pcp", second_patient))
@@ -184,12 +192,19 @@ def test_failed_entries_in_a_transaction_response_are_not_counted_written(
     assert len(ours(direct, "CareTeam")) == len(assigned_patients(outcome))
 
 
-@pytest.mark.parametrize("script", [TransactionScript(answer=SEARCHSET),
-                                    TransactionScript(entries={1: NO_STATUS})],
-                         ids=["searchset-answer", "entry-without-status"])
+@pytest.mark.parametrize(
+    "script",
+    [TransactionScript(answer=SEARCHSET), TransactionScript(entries={1: NO_STATUS})],
+    ids=["searchset-answer", "entry-without-status"],
+)
 def test_an_answer_that_cannot_be_read_is_re_read_not_counted(
-        loaded: SandboxServer, direct: FhirClient, outcome: RunOutcome,
-        tables: WritebackTables, clean: dict[str, Any], script: TransactionScript) -> None:
+    loaded: SandboxServer,
+    direct: FhirClient,
+    outcome: RunOutcome,
+    tables: WritebackTables,
+    clean: dict[str, Any],
+    script: TransactionScript,
+) -> None:
     with MedplumLike(loaded.base_url, **NO_LIMITS) as proxy, through(proxy) as client:
         write(outcome, client, tables)
         teams = in_write_order(outcome, by_identifier(ours(direct, "CareTeam")))
@@ -215,8 +230,13 @@ def test_an_answer_that_cannot_be_read_is_re_read_not_counted(
 
 
 def test_medplum_limits_are_read_and_the_learned_sizes_start_the_next_run(
-        loaded: SandboxServer, direct: FhirClient, outcome: RunOutcome,
-        tables: WritebackTables, clean: dict[str, Any], population_dir: Path) -> None:
+    loaded: SandboxServer,
+    direct: FhirClient,
+    outcome: RunOutcome,
+    tables: WritebackTables,
+    clean: dict[str, Any],
+    population_dir: Path,
+) -> None:
     with MedplumLike(loaded.base_url) as proxy, through(proxy) as client:
         # Creates are conditional updates (PUT CareTeam?identifier=...). The first transaction
         # of 100 is refused for its updates (> 50); Medplum would refuse any batch with a
@@ -230,10 +250,10 @@ def test_medplum_limits_are_read_and_the_learned_sizes_start_the_next_run(
         assert first.as_report()["batch_sizes"] == {"conditional": 8, "plain": 50}
         # No entry-by-entry resend: every write was a transaction or a Provenance, but for the
         # last entry of a write batch when it is left alone (a transaction of 1 is not sent).
-        kinds = Counter((a.method, a.path.split("?")[0].rsplit("/", 1)[-1])
-                        for a in proxy.writes())
-        singles = {k: n for k, n in kinds.items() if k not in (("POST", "fhir"),
-                                                               ("POST", "Provenance"))}
+        kinds = Counter((a.method, a.path.split("?")[0].rsplit("/", 1)[-1]) for a in proxy.writes())
+        singles = {
+            k: n for k, n in kinds.items() if k not in (("POST", "fhir"), ("POST", "Provenance"))
+        }
         assert sum(singles.values()) <= first.batches
         assert kinds[("POST", "fhir")] == len(proxy.transactions)
         [issue] = [i for i in first.issues if i.resource == "write-back"]
@@ -258,8 +278,7 @@ def test_medplum_limits_are_read_and_the_learned_sizes_start_the_next_run(
     assert all(t.entries <= (8 if t.conditional else 50) for t in seen)
     care_teams = [t.entries for t in seen[:4]]
     assert sorted(care_teams) == [2, 8, 10, 50]
-    assert counts(second, "CareTeam") == {"update": 60, "create": 10,
-                                          "unchanged": len(teams) - 70}
+    assert counts(second, "CareTeam") == {"update": 60, "create": 10, "unchanged": len(teams) - 70}
     assert second.batch_sizes == first.batch_sizes
     assert not [i for i in second.issues if i.resource == "write-back"]
     assert end_state(direct) == clean
@@ -268,8 +287,11 @@ def test_medplum_limits_are_read_and_the_learned_sizes_start_the_next_run(
     # one request fewer.
     with SandboxServer() as other:
         other.load_ndjson_dir(population_dir)
-        with MedplumLike(other.base_url) as proxy, through(proxy) as client, \
-                FhirClient(FhirSettings(base_url=other.base_url)) as other_direct:
+        with (
+            MedplumLike(other.base_url) as proxy,
+            through(proxy) as client,
+            FhirClient(FhirSettings(base_url=other.base_url)) as other_direct,
+        ):
             again = write(outcome, client, tables, batch_sizes=first.batch_sizes)
             assert [t.status for t in proxy.transactions if t.status != 200] == []
             assert again.requests["total"] == first.requests["total"] - 1
@@ -278,8 +300,12 @@ def test_medplum_limits_are_read_and_the_learned_sizes_start_the_next_run(
 
 
 def test_updates_by_id_from_the_configured_size_settle_at_50(
-        loaded: SandboxServer, direct: FhirClient, outcome: RunOutcome,
-        tables: WritebackTables, clean: dict[str, Any]) -> None:
+    loaded: SandboxServer,
+    direct: FhirClient,
+    outcome: RunOutcome,
+    tables: WritebackTables,
+    clean: dict[str, Any],
+) -> None:
     """Updates by id alone (no conditional entry): one refusal, then Medplum's 50."""
     write(outcome, direct, tables)
     teams = list(by_identifier(ours(direct, "CareTeam")).values())
@@ -297,12 +323,18 @@ def test_updates_by_id_from_the_configured_size_settle_at_50(
 
 
 def test_a_size_refusal_fhirpanel_cannot_read_halves_its_own_kind(
-        loaded: SandboxServer, direct: FhirClient, outcome: RunOutcome,
-        tables: WritebackTables, clean: dict[str, Any]) -> None:
+    loaded: SandboxServer,
+    direct: FhirClient,
+    outcome: RunOutcome,
+    tables: WritebackTables,
+    clean: dict[str, Any],
+) -> None:
     """A server that caps every transaction at 30 entries (`too-costly`, no known text): the
     size of the refused kind halves, the other kind's stays until it is refused itself."""
-    with MedplumLike(loaded.base_url, max_entries=30, **NO_LIMITS) as proxy, \
-            through(proxy) as client:
+    with (
+        MedplumLike(loaded.base_url, max_entries=30, **NO_LIMITS) as proxy,
+        through(proxy) as client,
+    ):
         first = write(outcome, client, tables)
         assert [t.entries for t in proxy.transactions if t.status == 400] == [100, 50]
         assert max(t.entries for t in proxy.transactions if t.status == 200) == 25
@@ -319,18 +351,27 @@ def test_a_size_refusal_fhirpanel_cannot_read_halves_its_own_kind(
 def test_start_sizes_are_capped_by_the_configured_batch_size() -> None:
     assert start_sizes(100, None) == {"conditional": 100, "plain": 100}
     assert start_sizes(40, {"conditional": 8, "plain": 50, "other": 3}) == {
-        "conditional": 8, "plain": 40}
+        "conditional": 8,
+        "plain": 40,
+    }
     assert start_sizes(100, {"conditional": 0, "plain": True}) == {  # type: ignore[dict-item]
-        "conditional": 1, "plain": 100}
+        "conditional": 1,
+        "plain": 100,
+    }
     assert known_limits(400, orjson.loads(bad_request(TOO_MANY_STRICT))) == {
-        "conditional": 8, "plain": 50}
+        "conditional": 8,
+        "plain": 50,
+    }
     assert known_limits(400, None, f"HTTP 400: {TOO_MANY_UPDATES}") == {
-        "conditional": 8, "plain": 50}
+        "conditional": 8,
+        "plain": 50,
+    }
     assert known_limits(400, orjson.loads(bad_request("Bundle too large"))) is None
     assert known_limits(412, orjson.loads(bad_request(TOO_MANY_STRICT))) is None
     assert sizes_text({"conditional": 1, "plain": 1}) == "single requests"
     assert sizes_text({"conditional": 1, "plain": 50}) == (
-        "transactions of conditional entries one by one, 50 without")
+        "transactions of conditional entries one by one, 50 without"
+    )
 
 
 # --------------------------------------------------------------------------- If-None-Exist
@@ -338,14 +379,22 @@ def test_start_sizes_are_capped_by_the_configured_batch_size() -> None:
 
 def conditional_create_only(caps: ServerCapabilities) -> ServerCapabilities:
     """The sandbox's capabilities without conditional update: creates are POST + If-None-Exist."""
-    return dataclasses.replace(caps, resources={
-        rtype: dataclasses.replace(res, conditional_update=False)
-        for rtype, res in caps.resources.items()})
+    return dataclasses.replace(
+        caps,
+        resources={
+            rtype: dataclasses.replace(res, conditional_update=False)
+            for rtype, res in caps.resources.items()
+        },
+    )
 
 
 def test_an_if_none_exist_match_is_counted_matched_not_created(
-        loaded: SandboxServer, direct: FhirClient, outcome: RunOutcome,
-        tables: WritebackTables, clean: dict[str, Any]) -> None:
+    loaded: SandboxServer,
+    direct: FhirClient,
+    outcome: RunOutcome,
+    tables: WritebackTables,
+    clean: dict[str, Any],
+) -> None:
     caps = conditional_create_only(direct.capabilities())
     taken: dict[str, Any] = {}
 
@@ -376,10 +425,16 @@ def test_an_if_none_exist_match_is_counted_matched_not_created(
 
 
 def test_a_server_that_drops_element_ids_stays_stable_over_three_runs(
-        loaded: SandboxServer, direct: FhirClient, outcome: RunOutcome,
-        tables: WritebackTables, clean: dict[str, Any]) -> None:
-    with MedplumLike(loaded.base_url, strip_element_ids=True, **NO_LIMITS) as proxy, \
-            through(proxy) as client:
+    loaded: SandboxServer,
+    direct: FhirClient,
+    outcome: RunOutcome,
+    tables: WritebackTables,
+    clean: dict[str, Any],
+) -> None:
+    with (
+        MedplumLike(loaded.base_url, strip_element_ids=True, **NO_LIMITS) as proxy,
+        through(proxy) as client,
+    ):
         runs = [write(outcome, client, tables) for _ in range(3)]
     assert runs[0].written == len(assigned_patients(outcome)) + len(expected_plans(outcome))
     for later in runs[1:]:
@@ -396,13 +451,19 @@ def test_a_server_that_drops_element_ids_stays_stable_over_three_runs(
 
 @pytest.mark.parametrize("lost", ["transaction", "provenance"])
 def test_a_lost_answer_ends_the_write_back_and_the_rerun_writes_the_missing_provenance(
-        loaded: SandboxServer, direct: FhirClient, outcome: RunOutcome,
-        tables: WritebackTables, clean: dict[str, Any], lost: str) -> None:
+    loaded: SandboxServer,
+    direct: FhirClient,
+    outcome: RunOutcome,
+    tables: WritebackTables,
+    clean: dict[str, Any],
+    lost: str,
+) -> None:
     with MedplumLike(loaded.base_url, **NO_LIMITS) as proxy, through(proxy) as client:
         # The first transaction (100 CareTeams) lands; its answer, or that of its Provenance,
         # is cut off halfway through the body.
-        proxy.script_writes(*([RESET_MID_BODY] if lost == "transaction"
-                              else [PASS, RESET_MID_BODY]))
+        proxy.script_writes(
+            *([RESET_MID_BODY] if lost == "transaction" else [PASS, RESET_MID_BODY])
+        )
         with pytest.raises(WriteBackInterrupted) as caught:
             write(outcome, client, tables)
         error = caught.value
@@ -423,8 +484,10 @@ def test_a_lost_answer_ends_the_write_back_and_the_rerun_writes_the_missing_prov
         rerun = write(outcome, client, tables, unconfirmed=interrupted.unconfirmed)
         assert rerun.unconfirmed == set()
         assert rerun.provenance_recovered == (100 if lost == "transaction" else 0)
-        assert counts(rerun, "CareTeam") == {"unchanged": 100,
-                                             "create": len(assigned_patients(outcome)) - 100}
+        assert counts(rerun, "CareTeam") == {
+            "unchanged": 100,
+            "create": len(assigned_patients(outcome)) - 100,
+        }
         assert end_state(direct) == clean
         targets = provenance_targets(direct)
         for team in landed.values():
@@ -441,15 +504,25 @@ def test_a_lost_answer_ends_the_write_back_and_the_rerun_writes_the_missing_prov
 def re_reads(proxy: MedplumLike, rtype: str) -> int:
     """Searches of a type after the first transaction (the phase's own reads come before)."""
     arrivals = proxy.arrivals_for()
-    first = next(n for n, a in enumerate(arrivals) if a.method == "POST"
-                 and a.path.split("?")[0].rstrip("/") == proxy.base_path)
-    return sum(1 for a in arrivals[first:]
-               if a.method == "GET" and a.path.split("?")[0].endswith(f"/{rtype}"))
+    first = next(
+        n
+        for n, a in enumerate(arrivals)
+        if a.method == "POST" and a.path.split("?")[0].rstrip("/") == proxy.base_path
+    )
+    return sum(
+        1
+        for a in arrivals[first:]
+        if a.method == "GET" and a.path.split("?")[0].endswith(f"/{rtype}")
+    )
 
 
 def test_an_atomic_conflict_costs_one_re_read_and_one_resend(
-        loaded: SandboxServer, direct: FhirClient, outcome: RunOutcome,
-        tables: WritebackTables, clean: dict[str, Any]) -> None:
+    loaded: SandboxServer,
+    direct: FhirClient,
+    outcome: RunOutcome,
+    tables: WritebackTables,
+    clean: dict[str, Any],
+) -> None:
     """A project with transactions turned on: all or nothing. A clinician edits one of three
     teams between fhirpanel's read and its write: the transaction fails whole (412, Medplum's
     "Precondition Failed", no entry named). One search re-reads the three, the change is
@@ -478,8 +551,12 @@ def test_an_atomic_conflict_costs_one_re_read_and_one_resend(
 
 
 def test_an_atomic_conflict_again_after_the_re_read_goes_one_by_one(
-        loaded: SandboxServer, direct: FhirClient, outcome: RunOutcome,
-        tables: WritebackTables, clean: dict[str, Any]) -> None:
+    loaded: SandboxServer,
+    direct: FhirClient,
+    outcome: RunOutcome,
+    tables: WritebackTables,
+    clean: dict[str, Any],
+) -> None:
     """The resend conflicts too (another edit in between): its entries go one by one, and only
     the edited one is re-read again."""
     with MedplumLike(loaded.base_url, atomic=True) as proxy, through(proxy) as client:
@@ -493,6 +570,7 @@ def test_an_atomic_conflict_again_after_the_re_read_goes_one_by_one(
                 loaded.ctx.store.update({**current, "status": "inactive"}, origin="internal")
                 if n == 1:
                     proxy.before_transaction = edit(2)
+
             return hook
 
         proxy.reset_counts()
@@ -500,8 +578,15 @@ def test_an_atomic_conflict_again_after_the_re_read_goes_one_by_one(
         summary = write(outcome, client, tables)
         searched = re_reads(proxy, "CareTeam")
     assert [(t.entries, t.status) for t in proxy.transactions] == [(3, 412), (3, 412)]
-    assert [a.method for a in proxy.writes()] == ["POST", "POST", "PUT", "PUT", "PUT", "PUT",
-                                                  "POST"]
+    assert [a.method for a in proxy.writes()] == [
+        "POST",
+        "POST",
+        "PUT",
+        "PUT",
+        "PUT",
+        "PUT",
+        "POST",
+    ]
     assert searched == 2  # the batch's re-read, then team 2's alone
     assert counts(summary, "CareTeam") == {"update": 3, "unchanged": len(teams) - 3}
     assert summary.conflicts_resolved == 2 and summary.failed_subjects == set()
@@ -509,8 +594,12 @@ def test_an_atomic_conflict_again_after_the_re_read_goes_one_by_one(
 
 
 def test_conflicting_entries_of_a_transaction_response_are_re_read_together(
-        loaded: SandboxServer, direct: FhirClient, outcome: RunOutcome,
-        tables: WritebackTables, clean: dict[str, Any]) -> None:
+    loaded: SandboxServer,
+    direct: FhirClient,
+    outcome: RunOutcome,
+    tables: WritebackTables,
+    clean: dict[str, Any],
+) -> None:
     """Medplum's default (a transaction run as a batch): two entries answered 412 are re-read
     in one search and sent again in one transaction."""
     with MedplumLike(loaded.base_url, **NO_LIMITS) as proxy, through(proxy) as client:
@@ -530,8 +619,12 @@ def test_conflicting_entries_of_a_transaction_response_are_re_read_together(
 
 
 def test_a_single_update_whose_answer_is_lost_and_retried_gets_its_provenance(
-        loaded: SandboxServer, direct: FhirClient, outcome: RunOutcome,
-        tables: WritebackTables, clean: dict[str, Any]) -> None:
+    loaded: SandboxServer,
+    direct: FhirClient,
+    outcome: RunOutcome,
+    tables: WritebackTables,
+    clean: dict[str, Any],
+) -> None:
     """One request per resource: a PUT is sent again after its answer was cut off; the retry
     meets its own landed write (412 on the old version). Re-read, found as built: no second
     write, and the Provenance the lost answer would have brought."""
@@ -560,8 +653,8 @@ class Held(Exception):
 
 
 def test_the_guard_sees_the_planned_care_teams_before_anything_is_sent(
-        loaded: SandboxServer, direct: FhirClient, outcome: RunOutcome,
-        tables: WritebackTables) -> None:
+    loaded: SandboxServer, direct: FhirClient, outcome: RunOutcome, tables: WritebackTables
+) -> None:
     """`write_back(guard=...)` (the brake of `run --write`): the figures of the CareTeams as
     planned; raising stops the write-back with nothing sent."""
     seen: list[tuple[tuple[int, int], tuple[int, int]]] = []
@@ -575,8 +668,11 @@ def test_the_guard_sees_the_planned_care_teams_before_anything_is_sent(
     # Three years on, the visits have left the look-back window: most teams would end.
     later = analyse(direct, outcome.as_of.replace(year=outcome.as_of.year + 3))
     still = assigned_patients(later)
-    leaving = sum(1 for t in by_identifier(ours(direct, "CareTeam")).values()
-                  if t["subject"]["reference"] not in still)
+    leaving = sum(
+        1
+        for t in by_identifier(ours(direct, "CareTeam")).values()
+        if t["subject"]["reference"] not in still
+    )
     assert leaving > teams // 2
 
     def hold(ended: tuple[int, int], changed: tuple[int, int]) -> None:

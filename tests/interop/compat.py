@@ -51,8 +51,14 @@ TESTS: dict[str, tuple[str, ...]] = {
     "test_dry_run_report_equals_ndjson": ("dry_run",),
     "test_expired_search_page": ("expired_page",),
     "test_bulk_export": ("export",),
-    "test_write_lifecycle": ("write", "rerun", "later_as_of", "stale_if_match", "pcp_change",
-                             "optional"),
+    "test_write_lifecycle": (
+        "write",
+        "rerun",
+        "later_as_of",
+        "stale_if_match",
+        "pcp_change",
+        "optional",
+    ),
     "test_conditional_update_two_matches": ("two_matches",),
     "test_refresh_full_and_incremental": ("refresh",),
     "test_worker_subscription": ("subscription",),
@@ -82,8 +88,9 @@ def _first_line(text: str, limit: int = 300) -> str:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item,
-                              call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
     global _began
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
@@ -95,18 +102,19 @@ def pytest_runtest_makereport(item: pytest.Item,
         _began = time.monotonic() - report.duration
     rows = TESTS[name]
     for row in rows:
-        _results.setdefault(f"{server}|{row}", {"server": server, "scenario": row,
-                                                "test": name, "seconds": 0.0})
+        _results.setdefault(
+            f"{server}|{row}", {"server": server, "scenario": row, "test": name, "seconds": 0.0}
+        )
     first = _results[f"{server}|{rows[0]}"]
     first["seconds"] = round(first["seconds"] + report.duration, 2)
     notes = [str(v) for k, v in item.user_properties if k == "compat"]
     steps = [str(v) for k, v in item.user_properties if k == "compat_step"]
     if report.skipped:
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(
-            report.longrepr)
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         for row in rows:
-            _results[f"{server}|{row}"].update(status="not supported",
-                                               note=str(reason).removeprefix("Skipped: "))
+            _results[f"{server}|{row}"].update(
+                status="not supported", note=str(reason).removeprefix("Skipped: ")
+            )
     elif report.failed:
         why = _failure(report) if report.when == "call" else f"{report.when}: {_failure(report)}"
         failed_at = next((r for r in rows if r not in steps), rows[-1])
@@ -116,8 +124,9 @@ def pytest_runtest_makereport(item: pytest.Item,
             elif row == failed_at:
                 _results[f"{server}|{row}"].update(status="fail", note=why)
             else:
-                _results[f"{server}|{row}"].update(status="not reached",
-                                                   note=f"after the failure of {failed_at}")
+                _results[f"{server}|{row}"].update(
+                    status="not reached", note=f"after the failure of {failed_at}"
+                )
     elif report.when == "call":
         for row in rows:
             _pass(_results[f"{server}|{row}"], notes if row == rows[0] else [])
@@ -152,9 +161,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "suite_seconds": round(time.monotonic() - _began, 1) if _began else None,
         "tests_this_run": len(_results),
         "servers": servers,
-        "results": sorted(results.values(), key=lambda r: (
-            r["server"], list(SCENARIOS).index(r["scenario"]) if r["scenario"] in SCENARIOS
-            else 99)),
+        "results": sorted(
+            results.values(),
+            key=lambda r: (
+                r["server"],
+                list(SCENARIOS).index(r["scenario"]) if r["scenario"] in SCENARIOS else 99,
+            ),
+        ),
     }
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)
     OUTPUT.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -163,8 +176,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 # --------------------------------------------------------------------------- Markdown
 
 SERVER_ORDER = ("sandbox", "medplum", "medplum_atomic", "hapi")
-SYMBOL = {"pass": "pass", "not supported": "not supported", "known limit": "known limit",
-          "fail": "**FAIL**", "not reached": "not reached"}
+SYMBOL = {
+    "pass": "pass",
+    "not supported": "not supported",
+    "known limit": "known limit",
+    "fail": "**FAIL**",
+    "not reached": "not reached",
+}
 
 
 def render(data: dict[str, Any]) -> str:
@@ -172,8 +190,10 @@ def render(data: dict[str, Any]) -> str:
     servers = [s for s in SERVER_ORDER if any(k[0] == s for k in rows)]
     servers += sorted({k[0] for k in rows} - set(servers))
     info = data.get("servers") or {}
-    out = ["| scenario | " + " | ".join(f"`{s}`" for s in servers) + " |",
-           "|---|" + "---|" * len(servers)]
+    out = [
+        "| scenario | " + " | ".join(f"`{s}`" for s in servers) + " |",
+        "|---|" + "---|" * len(servers),
+    ]
     notes: list[str] = []
     for scenario, label in SCENARIOS.items():
         cells = []
@@ -188,15 +208,20 @@ def render(data: dict[str, Any]) -> str:
                 cell += f" [{len(notes)}]"
             cells.append(cell)
         out.append(f"| {label} | " + " | ".join(cells) + " |")
-    out.append("| `check-server` verdict | " + " | ".join(
-        str(info.get(s, {}).get("verdict", "")).replace("|", "/") for s in servers) + " |")
+    out.append(
+        "| `check-server` verdict | "
+        + " | ".join(str(info.get(s, {}).get("verdict", "")).replace("|", "/") for s in servers)
+        + " |"
+    )
     out.append("")
     out.append("| server | software (CapabilityStatement) | startup s | load s | RSS MiB |")
     out.append("|---|---|---|---|---|")
     for server in servers:
         i = info.get(server, {})
-        out.append(f"| `{server}` | {i.get('software', '')} | {i.get('startup_seconds', '')} | "
-                   f"{i.get('load_seconds', '')} | {i.get('rss_mib', 'in-process')} |")
+        out.append(
+            f"| `{server}` | {i.get('software', '')} | {i.get('startup_seconds', '')} | "
+            f"{i.get('load_seconds', '')} | {i.get('rss_mib', 'in-process')} |"
+        )
     if notes:
         out.append("")
         out.extend(f"{n}. {text}" for n, text in enumerate(notes, 1))
@@ -207,13 +232,17 @@ def render(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.interop.compat",
-                                     description="the interop compatibility table (Markdown)")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.interop.compat",
+        description="the interop compatibility table (Markdown)",
+    )
     parser.add_argument("--json", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
     if not args.json.is_file():
-        print(f"{args.json} not found: run `pytest tests/interop/test_scenarios.py` first",
-              file=sys.stderr)
+        print(
+            f"{args.json} not found: run `pytest tests/interop/test_scenarios.py` first",
+            file=sys.stderr,
+        )
         return 1
     sys.stdout.write(render(json.loads(args.json.read_text())))
     return 0

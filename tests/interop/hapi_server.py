@@ -61,8 +61,9 @@ def m2_repository() -> Path:
 
 def _java_major(java: str) -> int | None:
     try:
-        done = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60,
-                              check=False)
+        done = subprocess.run(
+            [java, "-version"], capture_output=True, text=True, timeout=60, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     match = re.search(r'version "(\d+)(?:\.(\d+))?', done.stderr + done.stdout)
@@ -130,18 +131,26 @@ def build_jar(timeout: float = BUILD_TIMEOUT) -> Path:
                 log.flush()
                 remaining = deadline - time.monotonic()
                 try:
-                    done = subprocess.run(command, cwd=HAPI_DIR, stdin=subprocess.DEVNULL,
-                                          stdout=log, stderr=subprocess.STDOUT,
-                                          timeout=max(remaining, 1.0), check=False)
+                    done = subprocess.run(
+                        command,
+                        cwd=HAPI_DIR,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        timeout=max(remaining, 1.0),
+                        check=False,
+                    )
                 except subprocess.TimeoutExpired as exc:
-                    raise RuntimeError(f"building the HAPI server took more than {timeout:g}s; "
-                                       f"see {log_path}") from exc
+                    raise RuntimeError(
+                        f"building the HAPI server took more than {timeout:g}s; see {log_path}"
+                    ) from exc
                 if done.returncode == 0 and HAPI_JAR.is_file():
                     HAPI_STAMP.write_text(digest + "\n")
                     return HAPI_JAR
         tail = log_path.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"building the HAPI server failed (offline, then online); "
-                           f"{log_path}:\n{tail}")
+        raise RuntimeError(
+            f"building the HAPI server failed (offline, then online); {log_path}:\n{tail}"
+        )
 
 
 class HapiServer:
@@ -155,18 +164,31 @@ class HapiServer:
     `job_maintenance_ms` (2000; HAPI's own pass is once a minute) is how often Batch2 jobs such as
     `$export` advance. `startup_seconds`, `rss_kb()` and `peak_rss_kb()` measure the process."""
 
-    def __init__(self, *, port: int = 0, startup_timeout: float = STARTUP_TIMEOUT,
-                 jvm_options: tuple[str, ...] = JVM_OPTIONS, default_page_size: int | None = None,
-                 max_page_size: int | None = None, search_reuse_ms: int | None = None,
-                 search_expire_ms: int | None = None, subscriptions: str | None = None,
-                 job_maintenance_ms: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        startup_timeout: float = STARTUP_TIMEOUT,
+        jvm_options: tuple[str, ...] = JVM_OPTIONS,
+        default_page_size: int | None = None,
+        max_page_size: int | None = None,
+        search_reuse_ms: int | None = None,
+        search_expire_ms: int | None = None,
+        subscriptions: str | None = None,
+        job_maintenance_ms: int | None = None,
+        log_path: Path | None = None,
+    ) -> None:
         self.port = port
         self.startup_timeout = startup_timeout
         self.jvm_options = jvm_options
         self.options: dict[str, int | str | None] = {
-            "default-page-size": default_page_size, "max-page-size": max_page_size,
-            "search-reuse-ms": search_reuse_ms, "search-expire-ms": search_expire_ms,
-            "subscriptions": subscriptions, "job-maintenance-ms": job_maintenance_ms}
+            "default-page-size": default_page_size,
+            "max-page-size": max_page_size,
+            "search-reuse-ms": search_reuse_ms,
+            "search-expire-ms": search_expire_ms,
+            "subscriptions": subscriptions,
+            "job-maintenance-ms": job_maintenance_ms,
+        }
         self.log_path = log_path
         self.startup_seconds: float | None = None
         self.ready_line = ""
@@ -185,8 +207,14 @@ class HapiServer:
         return self._process.pid if self._process is not None else None
 
     def command(self) -> list[str]:
-        command = [shutil.which("java") or "java", *self.jvm_options, "-jar", str(HAPI_JAR),
-                   "--port", str(self.port)]
+        command = [
+            shutil.which("java") or "java",
+            *self.jvm_options,
+            "-jar",
+            str(HAPI_JAR),
+            "--port",
+            str(self.port),
+        ]
         for name, value in self.options.items():
             if value is not None:
                 command += [f"--{name}", str(value)]
@@ -207,9 +235,14 @@ class HapiServer:
             self.log_path = Path(name)
         self._log = open(self.log_path, "wb")  # closed in stop()
         began = time.monotonic()
-        self._process = subprocess.Popen(self.command(), cwd=HAPI_DIR, stdin=subprocess.DEVNULL,
-                                         stdout=self._log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+        self._process = subprocess.Popen(
+            self.command(),
+            cwd=HAPI_DIR,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             self._base_url = self._wait_ready(began)
         except BaseException:
@@ -224,8 +257,10 @@ class HapiServer:
         base: str | None = None
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"the HAPI server exited ({self._process.returncode}) "
-                                   f"before it was ready:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"the HAPI server exited ({self._process.returncode}) "
+                    f"before it was ready:\n{self.log_tail()}"
+                )
             if base is None:
                 match = _READY.search(self.log_path.read_text(errors="replace"))
                 if match:
@@ -234,8 +269,9 @@ class HapiServer:
             if base is not None and metadata_ok(base, 10):
                 return base
             time.sleep(0.2)
-        raise RuntimeError(f"the HAPI server was not ready within {self.startup_timeout:g}s:\n"
-                           f"{self.log_tail()}")
+        raise RuntimeError(
+            f"the HAPI server was not ready within {self.startup_timeout:g}s:\n{self.log_tail()}"
+        )
 
     def log_tail(self, chars: int = 3000) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -273,17 +309,21 @@ class HapiServer:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
-
 
 
 def main(argv: list[str] | None = None) -> int:
     """Build if needed, start, print the base URL, run until Ctrl-C or SIGTERM."""
-    parser = argparse.ArgumentParser(prog="python -m tests.interop.hapi_server",
-                                     description="HAPI FHIR JPA server (R4, in-memory H2) on "
-                                                 "127.0.0.1")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.interop.hapi_server",
+        description="HAPI FHIR JPA server (R4, in-memory H2) on 127.0.0.1",
+    )
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     parser.add_argument("--build-only", action="store_true", help="build the jar, then exit")
     args = parser.parse_args(argv)
@@ -297,9 +337,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with HapiServer(port=args.port, startup_timeout=600.0) as server:
-        print(f"HAPI FHIR {HAPI_VERSION} at {server.base_url} "
-              f"(started in {server.startup_seconds:.1f} s, log {server.log_path}); Ctrl-C stops",
-              flush=True)
+        print(
+            f"HAPI FHIR {HAPI_VERSION} at {server.base_url} "
+            f"(started in {server.startup_seconds:.1f} s, log {server.log_path}); Ctrl-C stops",
+            flush=True,
+        )
         with contextlib.suppress(KeyboardInterrupt):
             while server._process is not None and server._process.poll() is None:
                 time.sleep(1)

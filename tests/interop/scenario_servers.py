@@ -47,15 +47,22 @@ class Process(Protocol):
 
 
 def _statement(base_url: str) -> dict[str, Any]:
-    request = urllib.request.Request(base_url + "/metadata",  # noqa: S310 - loopback only
-                                     headers={"Accept": "application/fhir+json"})
+    request = urllib.request.Request(  # noqa: S310 - http(s) on loopback
+        base_url + "/metadata",
+        headers={"Accept": "application/fhir+json"},
+    )
     with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
         return dict(json.loads(response.read()))
 
 
 def get_json(url: str, timeout: float = 60.0) -> dict[str, Any]:
-    request = urllib.request.Request(url, headers={"Accept": "application/fhir+json",  # noqa: S310
-                                                   "Cache-Control": "no-cache"})
+    request = urllib.request.Request(  # noqa: S310 - http(s) on loopback
+        url,
+        headers={
+            "Accept": "application/fhir+json",
+            "Cache-Control": "no-cache",
+        },
+    )
     with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
         return dict(json.loads(response.read()))
 
@@ -109,6 +116,7 @@ def _sandbox_launch(log: Path) -> Process:
 def _medplum_launch(atomic: bool) -> Callable[[Path], Process]:
     def launch(log: Path) -> Process:
         return MedplumServer(atomic_transactions=atomic, log_path=log).start()
+
     return launch
 
 
@@ -128,9 +136,14 @@ def _hapi_launch(log: Path) -> Process:
 
 def _hapi_wipe(base_url: str) -> None:
     """`$expunge` everything (the launcher enables expunge): the server is empty again."""
-    status, answer = post_json(base_url + "/$expunge", {
-        "resourceType": "Parameters",
-        "parameter": [{"name": "expungeEverything", "valueBoolean": True}]}, timeout=300)
+    status, answer = post_json(
+        base_url + "/$expunge",
+        {
+            "resourceType": "Parameters",
+            "parameter": [{"name": "expungeEverything", "valueBoolean": True}],
+        },
+        timeout=300,
+    )
     if status != 200:
         raise RuntimeError(f"$expunge: HTTP {status}: {json.dumps(answer)[:500]}")
 
@@ -145,16 +158,35 @@ def _sekmet_version(_: Process) -> str:
 
 
 SERVERS: tuple[ServerEntry, ...] = (
-    ServerEntry("sandbox", "fhirpanel's embedded sandbox (sekmet-fhir, in memory)",
-                lambda: None, _sandbox_launch, software=_sekmet_version),
-    ServerEntry("medplum", "Medplum FHIR router 5.2.13, MemoryRepository; transactions run "
-                           "as batches (Medplum's default)",
-                medplum_available, _medplum_launch(False)),
-    ServerEntry("medplum_atomic", "Medplum FHIR router 5.2.13, MemoryRepository; atomic "
-                                  "transactions (<= 50 updates, <= 8 conditional entries)",
-                medplum_available, _medplum_launch(True)),
-    ServerEntry("hapi", "HAPI FHIR JPA server 8.8.0, R4, in-memory H2",
-                _hapi_available, _hapi_launch, as_transactions=True, wipe=_hapi_wipe),
+    ServerEntry(
+        "sandbox",
+        "fhirpanel's embedded sandbox (sekmet-fhir, in memory)",
+        lambda: None,
+        _sandbox_launch,
+        software=_sekmet_version,
+    ),
+    ServerEntry(
+        "medplum",
+        "Medplum FHIR router 5.2.13, MemoryRepository; transactions run "
+        "as batches (Medplum's default)",
+        medplum_available,
+        _medplum_launch(False),
+    ),
+    ServerEntry(
+        "medplum_atomic",
+        "Medplum FHIR router 5.2.13, MemoryRepository; atomic "
+        "transactions (<= 50 updates, <= 8 conditional entries)",
+        medplum_available,
+        _medplum_launch(True),
+    ),
+    ServerEntry(
+        "hapi",
+        "HAPI FHIR JPA server 8.8.0, R4, in-memory H2",
+        _hapi_available,
+        _hapi_launch,
+        as_transactions=True,
+        wipe=_hapi_wipe,
+    ),
 )
 SERVER_NAMES = tuple(entry.name for entry in SERVERS)
 
@@ -269,16 +301,22 @@ class Handle:
             return "CapabilityStatement lists no Subscription resource"
         codes = [i.get("code") for i in res.get("interaction") or ()]
         doc = res.get("documentation")
-        return (f"CapabilityStatement: Subscription interactions {codes} (no create)"
-                + (f"; documentation: {doc!r}" if doc else ""))
+        return f"CapabilityStatement: Subscription interactions {codes} (no create)" + (
+            f"; documentation: {doc!r}" if doc else ""
+        )
 
     def lacks_export(self) -> str | None:
         """Why Bulk Data `$export` is not available, from the CapabilityStatement."""
         assert self.caps is not None
         if self.caps.export.any:
             return None
-        ops = sorted({str(op.get("name")) for rest in self.statement.get("rest") or ()
-                      for op in rest.get("operation") or ()})
+        ops = sorted(
+            {
+                str(op.get("name"))
+                for rest in self.statement.get("rest") or ()
+                for op in rest.get("operation") or ()
+            }
+        )
         return f"CapabilityStatement declares no $export operation (system operations: {ops})"
 
 
@@ -289,8 +327,11 @@ def next_page_fragment(base_url: str) -> str:
     link = next((x["url"] for x in bundle.get("link") or () if x.get("relation") == "next"), None)
     if link is None:
         raise RuntimeError(f"{base_url}: a search of 5 Encounters gave no next link")
-    keys = [k for k, _ in parse_qsl(urlsplit(link).query, keep_blank_values=True)
-            if k not in ("_count",)]
+    keys = [
+        k
+        for k, _ in parse_qsl(urlsplit(link).query, keep_blank_values=True)
+        if k not in ("_count",)
+    ]
     return f"{keys[0]}=" if keys else urlsplit(link).path.rsplit("/", 1)[-1]
 
 

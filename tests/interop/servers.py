@@ -43,8 +43,9 @@ _READY = re.compile(r"^READY (http://\S+).*$", re.MULTILINE)
 
 def _node_major(node: str) -> int | None:
     try:
-        out = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30,
-                             check=True).stdout
+        out = subprocess.run(
+            [node, "--version"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     match = re.match(r"v(\d+)\.", out.strip())
@@ -93,12 +94,18 @@ def install_medplum(timeout: float = NPM_CI_TIMEOUT) -> None:
         try:
             done = subprocess.run(
                 [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                cwd=MEDPLUM_DIR, capture_output=True, text=True, timeout=timeout, check=False)
+                cwd=MEDPLUM_DIR,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
         except subprocess.TimeoutExpired as exc:
             raise RuntimeError(f"npm ci in {MEDPLUM_DIR} took more than {timeout:g}s") from exc
         if done.returncode != 0:
-            raise RuntimeError(f"npm ci in {MEDPLUM_DIR} failed ({done.returncode}):\n"
-                               f"{done.stderr[-2000:]}")
+            raise RuntimeError(
+                f"npm ci in {MEDPLUM_DIR} failed ({done.returncode}):\n{done.stderr[-2000:]}"
+            )
         MEDPLUM_STAMP.write_text(_lock_digest() + "\n")
 
 
@@ -109,9 +116,15 @@ class MedplumServer:
     batch (HTTP 200, a status per entry). True turns Medplum's transaction feature on (atomic,
     with its size limits). `startup_seconds` and `rss_kb()` measure the process."""
 
-    def __init__(self, *, atomic_transactions: bool = False, port: int = 0,
-                 startup_timeout: float = 60.0, log_requests: bool = False,
-                 log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        atomic_transactions: bool = False,
+        port: int = 0,
+        startup_timeout: float = 60.0,
+        log_requests: bool = False,
+        log_path: Path | None = None,
+    ) -> None:
         self.atomic_transactions = atomic_transactions
         self.port = port
         self.startup_timeout = startup_timeout
@@ -151,9 +164,14 @@ class MedplumServer:
         if self.log_requests:
             command.append("--log-requests")
         began = time.monotonic()
-        self._process = subprocess.Popen(command, cwd=MEDPLUM_DIR, stdin=subprocess.DEVNULL,
-                                         stdout=self._log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+        self._process = subprocess.Popen(
+            command,
+            cwd=MEDPLUM_DIR,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             self._base_url = self._wait_ready(began)
         except BaseException:
@@ -170,8 +188,10 @@ class MedplumServer:
         base: str | None = None
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"the Medplum server exited ({self._process.returncode}) "
-                                   f"before it was ready:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"the Medplum server exited ({self._process.returncode}) "
+                    f"before it was ready:\n{self.log_tail()}"
+                )
             if base is None:
                 match = _READY.search(self.log_path.read_text(errors="replace"))
                 if match:
@@ -180,8 +200,9 @@ class MedplumServer:
             if base is not None and metadata_ok(base, 5):
                 return base
             time.sleep(0.05)
-        raise RuntimeError(f"the Medplum server was not ready within {self.startup_timeout:g}s:"
-                           f"\n{self.log_tail()}")
+        raise RuntimeError(
+            f"the Medplum server was not ready within {self.startup_timeout:g}s:\n{self.log_tail()}"
+        )
 
     def log_tail(self, chars: int = 3000) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -193,8 +214,13 @@ class MedplumServer:
         if self._process is None or self._process.poll() is not None:
             return None
         try:
-            out = subprocess.run(["ps", "-o", "rss=", "-p", str(self._process.pid)],
-                                 capture_output=True, text=True, timeout=10, check=False).stdout
+            out = subprocess.run(
+                ["ps", "-o", "rss=", "-p", str(self._process.pid)],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            ).stdout
         except (OSError, subprocess.SubprocessError):
             return None
         return int(out.strip()) if out.strip().isdigit() else None
@@ -211,10 +237,13 @@ class MedplumServer:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
-
 
 
 # ------------------------------------------------------------------------------ loading data
@@ -223,8 +252,11 @@ class MedplumServer:
 def post_json(url: str, body: Any, timeout: float = 120.0) -> tuple[int, Any]:
     """POST FHIR JSON; (status, parsed body) for any status."""
     request = urllib.request.Request(  # noqa: S310 - loopback test servers only
-        url, data=json.dumps(body).encode(), method="POST",
-        headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"})
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             return response.status, json.loads(response.read() or b"null")
@@ -240,7 +272,7 @@ def iter_as_batches(bundle: dict[str, Any], size: int) -> Iterator[dict[str, Any
     """The entries of a transaction Bundle as `batch` Bundles of at most `size` entries."""
     entries = bundle.get("entry") or []
     for start in range(0, len(entries), size):
-        yield {"resourceType": "Bundle", "type": "batch", "entry": entries[start:start + size]}
+        yield {"resourceType": "Bundle", "type": "batch", "entry": entries[start : start + size]}
 
 
 def load_bundles(base_url: str, population_dir: Path, batch_size: int = 500) -> dict[str, int]:

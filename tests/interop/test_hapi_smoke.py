@@ -68,7 +68,8 @@ def _count(client: FhirClient, resource_type: str) -> int:
 
 def test_starts_within_the_budget(hapi: HapiServer) -> None:
     assert hapi.startup_seconds is not None and hapi.startup_seconds < STARTUP_BUDGET_S, (
-        hapi.startup_seconds)
+        hapi.startup_seconds
+    )
     rss = hapi.rss_kb()
     assert rss is not None and rss < MEMORY_BUDGET_KB, rss
     assert f"hapi {HAPI_VERSION}" in hapi.ready_line
@@ -98,12 +99,16 @@ def test_a_transaction_bundle_loads(client: FhirClient, loaded: dict[str, Any]) 
 def test_a_search_pages_through_hapis_getpages_links(
     client: FhirClient, loaded: dict[str, Any]
 ) -> None:
-    expected = {e["resource"]["id"] for e in loaded["_sent"]["entry"]
-                if e["resource"]["resourceType"] == "Encounter"}
+    expected = {
+        e["resource"]["id"]
+        for e in loaded["_sent"]["entry"]
+        if e["resource"]["resourceType"] == "Encounter"
+    }
     pages = list(client.search_pages("Encounter"))
     assert len(pages) == math.ceil(len(expected) / PAGE) > 2
-    next_links = [link["url"] for page in pages for link in page.get("link", [])
-                  if link["relation"] == "next"]
+    next_links = [
+        link["url"] for page in pages for link in page.get("link", []) if link["relation"] == "next"
+    ]
     assert len(next_links) == len(pages) - 1
     assert all("_getpages=" in url for url in next_links), next_links
     ids = [entry["resource"]["id"] for page in pages for entry in page["entry"]]
@@ -113,9 +118,12 @@ def test_a_search_pages_through_hapis_getpages_links(
 
 
 def test_conditional_update_and_history(client: FhirClient, loaded: dict[str, Any]) -> None:
-    team = {"resourceType": "CareTeam", "status": "active",
-            "identifier": [{"system": "urn:fhirpanel:smoke", "value": "team-1"}],
-            "subject": {"reference": "Patient/pat-000001"}}
+    team = {
+        "resourceType": "CareTeam",
+        "status": "active",
+        "identifier": [{"system": "urn:fhirpanel:smoke", "value": "team-1"}],
+        "subject": {"reference": "Patient/pat-000001"},
+    }
     query = "identifier=urn:fhirpanel:smoke|team-1"
     created = client.conditional_update(team, query)
     assert created["meta"]["versionId"] == "1"
@@ -139,9 +147,15 @@ def test_a_stale_if_match_is_refused(client: FhirClient, loaded: dict[str, Any])
 
 
 def test_check_server_accepts_it(hapi: HapiServer, loaded: dict[str, Any]) -> None:
-    out = subprocess.run([sys.executable, "-m", "fhirpanel", "check-server", hapi.base_url,
-                          "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         check=False, env={**os.environ, "COLUMNS": "160"})
+    out = subprocess.run(
+        [sys.executable, "-m", "fhirpanel", "check-server", hapi.base_url, "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "COLUMNS": "160"},
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     verdict = json.loads(out.stdout)
     assert verdict["ok"] and verdict["release"] == "R4"

@@ -38,8 +38,12 @@ def tag() -> str:
 
 
 def patient(value: str, **extra: Any) -> dict[str, Any]:
-    return {"resourceType": "Patient", "identifier": [{"system": SYSTEM, "value": value}],
-            "name": [{"family": "Smoke", "given": [value]}], **extra}
+    return {
+        "resourceType": "Patient",
+        "identifier": [{"system": SYSTEM, "value": value}],
+        "name": [{"family": "Smoke", "given": [value]}],
+        **extra,
+    }
 
 
 def entry_statuses(answer: dict[str, Any]) -> list[str]:
@@ -58,14 +62,18 @@ def first_bundle(medplum: MedplumServer) -> dict[str, Any]:
     return bundle
 
 
-def test_startup_time_and_memory(medplum: MedplumServer, first_bundle: dict[str, Any],
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_startup_time_and_memory(
+    medplum: MedplumServer, first_bundle: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert medplum.startup_seconds is not None and medplum.startup_seconds < 60
     rss = medplum.rss_kb()
     assert rss is not None
     say(capsys, f"{medplum.ready_line}")
-    say(capsys, f"startup {medplum.startup_seconds:.2f}s; RSS {rss / 1024:.0f} MiB after "
-                f"{len(first_bundle['entry'])} resources (pid {medplum.pid})")
+    say(
+        capsys,
+        f"startup {medplum.startup_seconds:.2f}s; RSS {rss / 1024:.0f} MiB after "
+        f"{len(first_bundle['entry'])} resources (pid {medplum.pid})",
+    )
     metadata = requests.get(medplum.base_url + "/metadata", timeout=10)
     assert metadata.headers["Content-Type"].startswith("application/fhir+json")
     statement = metadata.json()
@@ -75,10 +83,14 @@ def test_startup_time_and_memory(medplum: MedplumServer, first_bundle: dict[str,
     assert {"transaction", "batch"} <= codes
 
 
-def test_paged_search_through_fhirclient(medplum: MedplumServer,
-                                         first_bundle: dict[str, Any]) -> None:
-    patients = {e["resource"]["id"] for e in first_bundle["entry"]
-                if e["resource"]["resourceType"] == "Patient"}
+def test_paged_search_through_fhirclient(
+    medplum: MedplumServer, first_bundle: dict[str, Any]
+) -> None:
+    patients = {
+        e["resource"]["id"]
+        for e in first_bundle["entry"]
+        if e["resource"]["resourceType"] == "Patient"
+    }
     with client(medplum, page_size=10) as fhir:
         pages = list(fhir.search_pages("Patient"))
         found = [e["resource"]["id"] for page in pages for e in page["entry"]]
@@ -91,10 +103,12 @@ def test_paged_search_through_fhirclient(medplum: MedplumServer,
         assert all(e["fullUrl"].startswith(medplum.base_url) for e in pages[0]["entry"])
         some = sorted(patients)[:3]
         encounters = list(fhir.search_by_patients("Encounter", [f"Patient/{p}" for p in some]))
-        expected = [e for e in first_bundle["entry"]
-                    if e["resource"]["resourceType"] == "Encounter"
-                    and e["resource"].get("subject", {}).get("reference")
-                    in {f"Patient/{p}" for p in some}]
+        expected = [
+            e
+            for e in first_bundle["entry"]
+            if e["resource"]["resourceType"] == "Encounter"
+            and e["resource"].get("subject", {}).get("reference") in {f"Patient/{p}" for p in some}
+        ]
         assert len(encounters) == len(expected) > 0
         count = fhir.request("GET", "Patient", params=[("_summary", "count")]).json()
         assert count["total"] >= len(patients) and not count.get("entry")
@@ -104,13 +118,21 @@ def test_paged_search_through_fhirclient(medplum: MedplumServer,
 
 def mixed_transaction(stale_id: str, value: str) -> dict[str, Any]:
     """A valid create, an update with a stale If-Match, and an invalid create."""
-    return {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"request": {"method": "POST", "url": "Patient"}, "resource": patient(value)},
-        {"request": {"method": "PUT", "url": f"Patient/{stale_id}", "ifMatch": 'W/"stale"'},
-         "resource": patient(value + "-u", id=stale_id)},
-        {"request": {"method": "POST", "url": "Condition"},
-         "resource": {"resourceType": "Condition", "code": {"text": "no subject"}}},
-    ]}
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"request": {"method": "POST", "url": "Patient"}, "resource": patient(value)},
+            {
+                "request": {"method": "PUT", "url": f"Patient/{stale_id}", "ifMatch": 'W/"stale"'},
+                "resource": patient(value + "-u", id=stale_id),
+            },
+            {
+                "request": {"method": "POST", "url": "Condition"},
+                "resource": {"resourceType": "Condition", "code": {"text": "no subject"}},
+            },
+        ],
+    }
 
 
 def found(server: MedplumServer, value: str) -> int:
@@ -137,19 +159,47 @@ def test_atomic_transaction_and_its_limits(medplum_atomic: MedplumServer) -> Non
         with pytest.raises(InvalidRequestError):
             fhir.transaction(mixed_transaction(existing["id"], value))
         assert found(medplum_atomic, value) == 0  # rolled back
-        good = {"resourceType": "Bundle", "type": "transaction", "entry": [
-            {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "request": {"method": "POST", "url": "Patient"},
-             "resource": patient(f"{value}-{n}")} for n in range(3)]}
+        good = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                    "request": {"method": "POST", "url": "Patient"},
+                    "resource": patient(f"{value}-{n}"),
+                }
+                for n in range(3)
+            ],
+        }
         answer = fhir.transaction(good)
         assert entry_statuses(answer) == ["201"] * 3
-        updates = {"resourceType": "Bundle", "type": "transaction", "entry": [
-            {"request": {"method": "PUT", "url": f"Patient/{value}-{n}"},
-             "resource": patient(f"{value}-{n}", id=f"{value}-{n}")} for n in range(51)]}
+        updates = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "request": {"method": "PUT", "url": f"Patient/{value}-{n}"},
+                    "resource": patient(f"{value}-{n}", id=f"{value}-{n}"),
+                }
+                for n in range(51)
+            ],
+        }
         with pytest.raises(InvalidRequestError, match="more update operations than allowed"):
             fhir.transaction(updates)
-        conditional = {"resourceType": "Bundle", "type": "transaction", "entry": [
-            {"request": {"method": "PUT", "url": f"Patient?identifier={SYSTEM}|{value}-c{n}"},
-             "resource": patient(f"{value}-c{n}")} for n in range(9)]}
+        conditional = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "request": {
+                        "method": "PUT",
+                        "url": f"Patient?identifier={SYSTEM}|{value}-c{n}",
+                    },
+                    "resource": patient(f"{value}-c{n}"),
+                }
+                for n in range(9)
+            ],
+        }
         with pytest.raises(InvalidRequestError, match="strict isolation"):
             fhir.transaction(conditional)
         conditional["entry"] = conditional["entry"][:8]
@@ -172,19 +222,24 @@ def test_update_with_if_match_and_stale_412(medplum: MedplumServer) -> None:
         for _ in range(2):  # newest first, every time (MemoryRepository alone alternates)
             history = fhir.request("GET", f"Patient/{first['id']}/_history").json()
             assert [e["resource"]["meta"]["versionId"] for e in history["entry"]] == [
-                second["meta"]["versionId"], version]
+                second["meta"]["versionId"],
+                version,
+            ]
 
 
 def test_conditional_create_and_update(medplum: MedplumServer) -> None:
     value = tag()
     query = f"identifier={SYSTEM}|{value}"
     with client(medplum) as fhir:
-        created = fhir.request("POST", "Patient", json=patient(value),
-                               headers={"If-None-Exist": query})
+        created = fhir.request(
+            "POST", "Patient", json=patient(value), headers={"If-None-Exist": query}
+        )
         assert created.status_code == 201 and created.headers["Location"].startswith(
-            medplum.base_url + "/Patient/")
-        again = fhir.request("POST", "Patient", json=patient(value),
-                             headers={"If-None-Exist": query})
+            medplum.base_url + "/Patient/"
+        )
+        again = fhir.request(
+            "POST", "Patient", json=patient(value), headers={"If-None-Exist": query}
+        )
         assert again.status_code == 200 and again.json()["id"] == created.json()["id"]
         updated = fhir.conditional_update(patient(value, gender="other"), query)
         assert updated["id"] == created.json()["id"] and updated["gender"] == "other"
@@ -194,30 +249,46 @@ def test_conditional_create_and_update(medplum: MedplumServer) -> None:
 
 
 def test_validation_on_write(medplum: MedplumServer) -> None:
-    response = requests.post(medplum.base_url + "/Condition", timeout=10,
-                             json={"resourceType": "Condition", "code": {"text": "x"}},
-                             headers={"Content-Type": "application/fhir+json"})
+    response = requests.post(
+        medplum.base_url + "/Condition",
+        timeout=10,
+        json={"resourceType": "Condition", "code": {"text": "x"}},
+        headers={"Content-Type": "application/fhir+json"},
+    )
     assert response.status_code == 400
     assert response.headers["Content-Type"].startswith("application/fhir+json")
     outcome = response.json()
     assert outcome["resourceType"] == "OperationOutcome"
     assert "Missing required property" in json.dumps(outcome)
-    bad_date = requests.post(medplum.base_url + "/Patient", timeout=10,
-                             json={"resourceType": "Patient", "birthDate": "2025-13-45"},
-                             headers={"Content-Type": "application/fhir+json"})
+    bad_date = requests.post(
+        medplum.base_url + "/Patient",
+        timeout=10,
+        json={"resourceType": "Patient", "birthDate": "2025-13-45"},
+        headers={"Content-Type": "application/fhir+json"},
+    )
     assert bad_date.status_code == 400 and "Invalid date" in bad_date.text
 
 
 @pytest.mark.parametrize("mode", ["batch", "atomic"])
-def test_check_server_verdict(mode: str, request: pytest.FixtureRequest,
-                              capsys: pytest.CaptureFixture[str]) -> None:
-    server: MedplumServer = request.getfixturevalue("medplum" if mode == "batch"
-                                                    else "medplum_atomic")
-    done = subprocess.run([sys.executable, "-m", "fhirpanel", "check-server", server.base_url,
-                           "--json"], capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          check=False)
+def test_check_server_verdict(
+    mode: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server: MedplumServer = request.getfixturevalue(
+        "medplum" if mode == "batch" else "medplum_atomic"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "fhirpanel", "check-server", server.base_url, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     check = json.loads(done.stdout)
-    say(capsys, f"check-server ({mode}): {check['verdict']}; software {check['software']}; "
-                f"transaction size {check['transaction_size']}")
+    say(
+        capsys,
+        f"check-server ({mode}): {check['verdict']}; software {check['software']}; "
+        f"transaction size {check['transaction_size']}",
+    )
     assert check["ok"] and check["verdict"].startswith("fhirpanel can work with this server")

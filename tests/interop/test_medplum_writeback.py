@@ -93,9 +93,11 @@ class Recorder:
                 entries += 1
                 req = entry.get("request") or {}
                 conditional += bool(req.get("ifNoneExist")) or (
-                    req.get("method") in ("PUT", "DELETE") and "?" in req.get("url", ""))
-        self.sent.append(Sent(str(request.method), path, url.query, response.status_code,
-                              entries, conditional))
+                    req.get("method") in ("PUT", "DELETE") and "?" in req.get("url", "")
+                )
+        self.sent.append(
+            Sent(str(request.method), path, url.query, response.status_code, entries, conditional)
+        )
 
     def clear(self) -> None:
         self.sent = []
@@ -179,8 +181,11 @@ def first_run(atomic: MedplumServer, tables: WritebackTables) -> FirstRun:
 
 
 def test_first_run_settles_at_medplums_limits_after_one_refusal(
-        atomic: MedplumServer, first_run: FirstRun, clean_snapshot: dict[str, Any],
-        capsys: pytest.CaptureFixture[str]) -> None:
+    atomic: MedplumServer,
+    first_run: FirstRun,
+    clean_snapshot: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     summary, sent = first_run.summary, first_run.sent
     recorder = Recorder("", sent)
     [refused] = recorder.refused
@@ -195,14 +200,21 @@ def test_first_run_settles_at_medplums_limits_after_one_refusal(
     assert summary.requests["total"] == len(sent)
     assert summary.counts.total("failed") == 0 and summary.unconfirmed == set()
     assert managed_snapshot(atomic.base_url) == clean_snapshot
-    say(capsys, f"first run: {len(sent)} requests, {len(recorder.transactions)} transactions "
-                f"({len(recorder.refused)} refused), {summary.written} written, "
-                f"sizes {summary.batch_sizes}")
+    say(
+        capsys,
+        f"first run: {len(sent)} requests, {len(recorder.transactions)} transactions "
+        f"({len(recorder.refused)} refused), {summary.written} written, "
+        f"sizes {summary.batch_sizes}",
+    )
 
 
 def test_updates_from_the_learned_sizes_refuse_nothing(
-        atomic: MedplumServer, first_run: FirstRun, tables: WritebackTables,
-        clean_snapshot: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    atomic: MedplumServer,
+    first_run: FirstRun,
+    tables: WritebackTables,
+    clean_snapshot: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     client, recorder = recording(atomic)
     with client:
         client.capabilities()  # read once per client: not counted in either run
@@ -222,13 +234,20 @@ def test_updates_from_the_learned_sizes_refuse_nothing(
     assert counts[False][1] == 1 and counts[True][1] == 0
     assert counts[True][0] == counts[False][0] - 1
     assert managed_snapshot(atomic.base_url) == clean_snapshot
-    say(capsys, f"{len(teams)} updates by id: {counts[False][0]} requests from the configured "
-                f"size, {counts[True][0]} from the learned sizes")
+    say(
+        capsys,
+        f"{len(teams)} updates by id: {counts[False][0]} requests from the configured "
+        f"size, {counts[True][0]} from the learned sizes",
+    )
 
 
 def test_an_atomic_conflict_costs_one_re_read_and_one_resend(
-        atomic: MedplumServer, first_run: FirstRun, tables: WritebackTables,
-        clean_snapshot: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    atomic: MedplumServer,
+    first_run: FirstRun,
+    tables: WritebackTables,
+    clean_snapshot: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """30 teams to set active again; a clinician edits one of them between fhirpanel's read and
     its write: Medplum fails the whole transaction (412 "Precondition Failed", no entry named).
     One search re-reads the 30, the change is re-applied on the edited one, the 30 go again as
@@ -251,8 +270,7 @@ def test_an_atomic_conflict_costs_one_re_read_and_one_resend(
             clinician.update({**current, "status": "inactive"})
 
         recorder.clear()
-        summary = write(first_run.outcome, client, tables, batch_sizes=sizes,
-                        guard=clinician_edits)
+        summary = write(first_run.outcome, client, tables, batch_sizes=sizes, guard=clinician_edits)
     care_team_tx = [(t.entries, t.status) for t in recorder.transactions if t.entries == 30]
     assert care_team_tx == [(30, 412), (30, 200)]
     assert recorder.searches("CareTeam", after_first_transaction=True) == 1
@@ -262,13 +280,19 @@ def test_an_atomic_conflict_costs_one_re_read_and_one_resend(
     assert summary.conflicts_resolved == 1 and summary.counts.total("failed") == 0
     assert summary.provenance == 1
     assert managed_snapshot(atomic.base_url) == clean_snapshot
-    say(capsys, f"an atomic 412 among 30 updates: {len(recorder.sent)} requests "
-                f"({without_conflict} without the conflict)")
+    say(
+        capsys,
+        f"an atomic 412 among 30 updates: {len(recorder.sent)} requests "
+        f"({without_conflict} without the conflict)",
+    )
 
 
 def test_a_first_run_from_the_learned_sizes_refuses_nothing(
-        first_run: FirstRun, tables: WritebackTables, clean_snapshot: dict[str, Any],
-        capsys: pytest.CaptureFixture[str]) -> None:
+    first_run: FirstRun,
+    tables: WritebackTables,
+    clean_snapshot: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     server = fresh_atomic()
     try:
         client, recorder = recording(server)
@@ -286,8 +310,7 @@ def test_a_first_run_from_the_learned_sizes_refuses_nothing(
     say(capsys, f"first run from the learned sizes: {len(recorder.sent)} requests, none refused")
 
 
-def test_check_server_reports_read_entries_and_medplums_write_limits(
-        atomic: MedplumServer) -> None:
+def test_check_server_reports_read_entries_and_medplums_write_limits(atomic: MedplumServer) -> None:
     """The probe's 100 count-only searches are accepted, while a write transaction of 100 was
     refused above: the finding speaks of read entries and gives Medplum's write limits."""
     settings = Settings.load(env={}).with_fhir(max_retries=1, backoff_factor=0.01)

@@ -71,8 +71,7 @@ def server_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def server(server_name: str, _handles: dict[str, Handle],
-           request: pytest.FixtureRequest) -> Handle:
+def server(server_name: str, _handles: dict[str, Handle], request: pytest.FixtureRequest) -> Handle:
     """The session's server of this name, started and loaded with the committed population
     (reloaded first when an earlier test wrote to it)."""
     handle = _handles.setdefault(server_name, Handle(entry(server_name)))
@@ -88,18 +87,30 @@ def server(server_name: str, _handles: dict[str, Handle],
         raise
     except Exception as exc:  # a server that cannot start or load: the reason, not a traceback
         pytest.fail(f"{server_name}: could not start and load: {exc}")
-    note_server(server_name, software=handle.software(),
-                       startup_seconds=handle.startup_seconds,
-                       load_seconds=handle.load_seconds, rss_mib=handle.rss_mib(),
-                       describe=handle.entry.describe)
+    note_server(
+        server_name,
+        software=handle.software(),
+        startup_seconds=handle.startup_seconds,
+        load_seconds=handle.load_seconds,
+        rss_mib=handle.rss_mib(),
+        describe=handle.entry.describe,
+    )
     return handle
 
 
 @pytest.fixture(scope="session")
 def ndjson_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     path = tmp_path_factory.mktemp("ndjson") / "report.json"
-    cli("run", "--source", f"ndjson:{POPULATION}", "--as-of", AS_OF, "--report", str(path),
-        "--quiet")
+    cli(
+        "run",
+        "--source",
+        f"ndjson:{POPULATION}",
+        "--as-of",
+        AS_OF,
+        "--report",
+        str(path),
+        "--quiet",
+    )
     return dict(json.loads(path.read_bytes()))
 
 
@@ -114,21 +125,37 @@ def note_server(name: str, **info: Any) -> None:
     note(name, **info)
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
-        ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300, ok: tuple[int, ...] = (0,)
+) -> subprocess.CompletedProcess[str]:
     """`fhirpanel ARGS` as a user runs it, with none of this shell's FHIRPANEL_ settings."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("FHIRPANEL_")}
     environment.update(env or {})
-    done = subprocess.run([sys.executable, "-m", "fhirpanel", *args], cwd=ROOT,
-                          env=environment, capture_output=True, text=True, timeout=timeout,
-                          check=False)
-    assert done.returncode in ok, (f"fhirpanel {' '.join(args)} exited {done.returncode}:\n"
-                                   f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    done = subprocess.run(
+        [sys.executable, "-m", "fhirpanel", *args],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode in ok, (
+        f"fhirpanel {' '.join(args)} exited {done.returncode}:\n"
+        f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
     return done
 
 
-def run(base: str, as_of: str, tmp: Path, name: str, *extra: str,
-        env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,)) -> dict[str, Any]:
+def run(
+    base: str,
+    as_of: str,
+    tmp: Path,
+    name: str,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    ok: tuple[int, ...] = (0,),
+) -> dict[str, Any]:
     """`fhirpanel run` (dry unless --write is in extra); the JSON report, with the exit code and
     stderr under `_exit` and `_stderr`."""
     report = tmp / f"{name}.json"
@@ -158,8 +185,9 @@ def search(base: str, query: str) -> list[dict[str, Any]]:
             break
         bundle = get_json(url)
         out.extend(e["resource"] for e in bundle.get("entry") or () if "resource" in e)
-        url = next((x["url"] for x in bundle.get("link") or () if x.get("relation") == "next"),
-                   None)
+        url = next(
+            (x["url"] for x in bundle.get("link") or () if x.get("relation") == "next"), None
+        )
     return out
 
 
@@ -176,9 +204,11 @@ def put(base: str, resource: dict[str, Any]) -> None:
     import urllib.request
 
     request = urllib.request.Request(  # noqa: S310 - loopback test servers only
-        f"{base}/{resource['resourceType']}/{resource['id']}", method="PUT",
+        f"{base}/{resource['resourceType']}/{resource['id']}",
+        method="PUT",
         data=json.dumps(resource).encode(),
-        headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"})
+        headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"},
+    )
     with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
         assert response.status in (200, 201)
 
@@ -186,13 +216,19 @@ def put(base: str, resource: dict[str, Any]) -> None:
 def refusal_notes(report: dict[str, Any]) -> list[str]:
     """Write-back issues that are the server's transaction size limit (Medplum atomic): fhirpanel
     halves its batches and says so; anything else is a finding."""
-    return [i["problem"] for i in report["writeback"]["issues"]
-            if i["resource"] == "write-back" and "refused a transaction" in i["problem"]]
+    return [
+        i["problem"]
+        for i in report["writeback"]["issues"]
+        if i["resource"] == "write-back" and "refused a transaction" in i["problem"]
+    ]
 
 
 def other_issues(report: dict[str, Any]) -> list[dict[str, Any]]:
-    return [i for i in report["writeback"]["issues"]
-            if not (i["resource"] == "write-back" and "refused a transaction" in i["problem"])]
+    return [
+        i
+        for i in report["writeback"]["issues"]
+        if not (i["resource"] == "write-back" and "refused a transaction" in i["problem"])
+    ]
 
 
 class HookProxy(FaultProxy):
@@ -206,8 +242,9 @@ class HookProxy(FaultProxy):
         self.answers: list[tuple[str, int, dict[str, str]]] = []
         self.before: Callable[[str, str, Any], None] | None = None
 
-    def _forward(self, handler: BaseHTTPRequestHandler,
-                 body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _forward(
+        self, handler: BaseHTTPRequestHandler, body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         parsed: Any = None
         if body:
             try:
@@ -265,8 +302,9 @@ def test_load_population(server: Handle) -> None:
 def test_check_server(server: Handle, record_property: Callable[[str, Any], None]) -> None:
     done = cli("check-server", server.base_url, "--json", ok=(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10))
     check = json.loads(done.stdout)
-    note_server(server.name, verdict=check["verdict"],
-                       transaction_size=check.get("transaction_size"))
+    note_server(
+        server.name, verdict=check["verdict"], transaction_size=check.get("transaction_size")
+    )
     assert check["ok"], check["verdict"]
 
 
@@ -281,8 +319,9 @@ def without_writeback(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k not in ("writeback", "_exit", "_stderr")}
 
 
-def test_dry_run_report_equals_ndjson(server: Handle, ndjson_report: dict[str, Any],
-                                      tmp_path: Path) -> None:
+def test_dry_run_report_equals_ndjson(
+    server: Handle, ndjson_report: dict[str, Any], tmp_path: Path
+) -> None:
     """Byte for byte, except: (1) `writeback` (the dry-run plan a server source adds; NDJSON has
     no server to plan against); (2) `issues` and `summary.issues`: the NDJSON files hold 42
     malformed records the bundles leave out (servers refuse them), so the server's issues are
@@ -290,18 +329,24 @@ def test_dry_run_report_equals_ndjson(server: Handle, ndjson_report: dict[str, A
     from fhirpanel.report import write_report
 
     report = dry_report(server, tmp_path)
-    in_bundles = {f"{e['resource']['resourceType']}/{e['resource']['id']}"
-                  for path in sorted((POPULATION / "bundles").glob("transaction-*.json"))
-                  for e in json.loads(path.read_text())["entry"]}
+    in_bundles = {
+        f"{e['resource']['resourceType']}/{e['resource']['id']}"
+        for path in sorted((POPULATION / "bundles").glob("transaction-*.json"))
+        for e in json.loads(path.read_text())["entry"]
+    }
     expected = json.loads(json.dumps(ndjson_report))
     expected["issues"] = [i for i in ndjson_report["issues"] if i["resource"] in in_bundles]
     expected["summary"]["issues"] = len(expected["issues"])
     assert len(ndjson_report["issues"]) - len(expected["issues"]) == 23
-    differing = sorted(k for k in set(report) | set(ndjson_report)
-                       if k not in ("_exit", "_stderr") and report.get(k) != ndjson_report.get(k))
+    differing = sorted(
+        k
+        for k in set(report) | set(ndjson_report)
+        if k not in ("_exit", "_stderr") and report.get(k) != ndjson_report.get(k)
+    )
     assert differing == ["issues", "summary", "writeback"]
-    assert {k for k in report["summary"] if report["summary"][k]
-            != ndjson_report["summary"].get(k)} == {"issues"}
+    assert {
+        k for k in report["summary"] if report["summary"][k] != ndjson_report["summary"].get(k)
+    } == {"issues"}
     write_report(without_writeback(report), tmp_path / "server.json")
     write_report(expected, tmp_path / "ndjson.json")
     assert (tmp_path / "server.json").read_bytes() == (tmp_path / "ndjson.json").read_bytes()
@@ -315,32 +360,42 @@ def test_expired_search_page(server: Handle, tmp_path: Path) -> None:
     fragment = next_page_fragment(server.base_url)
     with HookProxy(server.base_url) as proxy:
         proxy.on_path(fragment, fault=Status(410), times=1)
-        report = run(proxy.base_url, AS_OF, tmp_path, "expired",
-                     env={"FHIRPANEL_LOG_LEVEL": "WARNING"})
+        report = run(
+            proxy.base_url, AS_OF, tmp_path, "expired", env={"FHIRPANEL_LOG_LEVEL": "WARNING"}
+        )
         gone = proxy.arrivals_for(lambda a: a.fault == "410")
     assert len(gone) == 1, f"no next page ({fragment}) was requested"
     assert report["_stderr"].count("restarting from the first page") == 1, report["_stderr"]
     assert without_writeback(report) == without_writeback(dry_report(server, tmp_path))
 
 
-def test_bulk_export(server: Handle, tmp_path: Path,
-                     record_property: Callable[[str, Any], None]) -> None:
+def test_bulk_export(
+    server: Handle, tmp_path: Path, record_property: Callable[[str, Any], None]
+) -> None:
     began = time.monotonic()
     with HookProxy(server.base_url) as proxy:
         # HAPI asks for 120 s between polls even for this small export: poll every 3 s here
         # (bulk.max_retry_after), as an operator in a hurry may.
-        report = run(f"bulk:{proxy.base_url}", AS_OF, tmp_path, "bulk",
-                     env={"FHIRPANEL_BULK_MAX_RETRY_AFTER": "3"})
+        report = run(
+            f"bulk:{proxy.base_url}",
+            AS_OF,
+            tmp_path,
+            "bulk",
+            env={"FHIRPANEL_BULK_MAX_RETRY_AFTER": "3"},
+        )
         waits = [h.get("Retry-After") for _, status, h in proxy.answers if status == 202]
     seconds = time.monotonic() - began
     assert without_writeback(report) == without_writeback(dry_report(server, tmp_path))
     slow = [w for w in waits if w and w.isdigit() and int(w) >= 30]
     if slow:
-        record_property("compat", f"known limit: the server answers status polls with "
-                                  f"Retry-After: {max(slow)}, which fhirpanel honours (a wait "
-                                  f"of {max(slow)} s per poll); workaround: "
-                                  f"bulk.max_retry_after (3 s: the export took {seconds:.0f} s), "
-                                  f"or none needed for a nightly full refresh")
+        record_property(
+            "compat",
+            f"known limit: the server answers status polls with "
+            f"Retry-After: {max(slow)}, which fhirpanel honours (a wait "
+            f"of {max(slow)} s per poll); workaround: "
+            f"bulk.max_retry_after (3 s: the export took {seconds:.0f} s), "
+            f"or none needed for a nightly full refresh",
+        )
 
 
 test_bulk_export.requires = "lacks_export"  # type: ignore[attr-defined]
@@ -348,8 +403,9 @@ test_bulk_export.requires = "lacks_export"  # type: ignore[attr-defined]
 # --------------------------------------------------------------------------- writing scenarios
 
 
-def test_write_lifecycle(server: Handle, tmp_path: Path,
-                         record_property: Callable[[str, Any], None]) -> None:
+def test_write_lifecycle(
+    server: Handle, tmp_path: Path, record_property: Callable[[str, Any], None]
+) -> None:
     """--write; a rerun that writes nothing; a later as-of that updates with If-Match, with a
     clinician editing one CareTeam between fhirpanel's read and its write (the edit survives);
     a PCP change; the optional RiskAssessment/Group/Provenance. One server state, in order."""
@@ -368,10 +424,15 @@ def test_write_lifecycle(server: Handle, tmp_path: Path,
     assert other_issues(first) == []
     for note in refusal_notes(first):
         # The smallest size the run settled on avoids even the first refusal.
-        smallest = min((first["writeback"].get("batch_sizes") or {}).values(),
-                       default=first["writeback"]["batch_size"])
-        record_property("compat", f"known limit: {note}; workaround (to avoid even the one "
-                                  f"refusal): writeback.batch_size = {smallest}")
+        smallest = min(
+            (first["writeback"].get("batch_sizes") or {}).values(),
+            default=first["writeback"]["batch_size"],
+        )
+        record_property(
+            "compat",
+            f"known limit: {note}; workaround (to avoid even the one "
+            f"refusal): writeback.batch_size = {smallest}",
+        )
     assert count(base, "CareTeam") == assigned
     assert count(base, "Provenance") == first["writeback"]["provenance"] >= 1
     step("write")
@@ -406,8 +467,9 @@ def test_write_lifecycle(server: Handle, tmp_path: Path,
     assert other_issues(later) == []
     step("later_as_of")
     final = get_json(f"{base}/CareTeam/{edited['id']}")
-    assert CLINICIAN in [{k: v for k, v in p.items() if k != "id"}
-                         for p in final["participant"]], final["participant"]
+    assert CLINICIAN in [{k: v for k, v in p.items() if k != "id"} for p in final["participant"]], (
+        final["participant"]
+    )
     assert later["writeback"]["conflicts_resolved"] >= 1
     settled = run(base, LATER, tmp_path, "settled", "--write")
     assert writes(settled) == 0, settled["writeback"]["counts"]
@@ -416,23 +478,38 @@ def test_write_lifecycle(server: Handle, tmp_path: Path,
     # 4. a PCP change: visits to another family-medicine clinician
     from tests.integration.test_refresh import office_visit
 
-    moved = next(p for p in later["patients"] if p["status"] == "assigned"
-                 and p["rule"] in ("plurality", "single-provider") and not p.get("tie_broken"))
+    moved = next(
+        p
+        for p in later["patients"]
+        if p["status"] == "assigned"
+        and p["rule"] in ("plurality", "single-provider")
+        and not p.get("tie_broken")
+    )
     patient, old = moved["patient"], moved["practitioner"]
     roles = search(base, "PractitionerRole?_count=100")
-    new = next(r["practitioner"]["reference"] for r in sorted(roles, key=lambda r: r["id"])
-               if r["practitioner"]["reference"] != old and any(
-                   c.get("code") == "207Q00000X" for s in r.get("specialty") or ()
-                   for c in s.get("coding") or ()))
+    new = next(
+        r["practitioner"]["reference"]
+        for r in sorted(roles, key=lambda r: r["id"])
+        if r["practitioner"]["reference"] != old
+        and any(
+            c.get("code") == "207Q00000X"
+            for s in r.get("specialty") or ()
+            for c in s.get("coding") or ()
+        )
+    )
     day = date.fromisoformat(LATEST)
     for n in range(max(moved["visits"].values()) + 2):
-        status, answer = post_json(f"{base}/Encounter", office_visit(
-            patient, new, day - timedelta(days=3 + n), n))
+        status, answer = post_json(
+            f"{base}/Encounter", office_visit(patient, new, day - timedelta(days=3 + n), n)
+        )
         assert status == 201, answer
     pcp = run(base, LATEST, tmp_path, "pcp", "--write", "--accept-change")
     [after] = team(base, patient)
-    pcps = [p for p in after["participant"] if str(p["member"]["reference"]).startswith(
-        ("Practitioner/", "PractitionerRole/"))]
+    pcps = [
+        p
+        for p in after["participant"]
+        if str(p["member"]["reference"]).startswith(("Practitioner/", "PractitionerRole/"))
+    ]
     ended = [p for p in pcps if p.get("period", {}).get("end")]
     current = [p for p in pcps if not p.get("period", {}).get("end")]
     assert len(ended) >= 1 and ended[-1]["period"]["end"] == LATEST, pcps
@@ -441,8 +518,10 @@ def test_write_lifecycle(server: Handle, tmp_path: Path,
     step("pcp_change")
 
     # 5. the optional RiskAssessment and attribution Groups (and their Provenance)
-    optional = {"FHIRPANEL_WRITEBACK_RISK_ASSESSMENT": "true",
-                "FHIRPANEL_WRITEBACK_ATTRIBUTION_GROUP": "true"}
+    optional = {
+        "FHIRPANEL_WRITEBACK_RISK_ASSESSMENT": "true",
+        "FHIRPANEL_WRITEBACK_ATTRIBUTION_GROUP": "true",
+    }
     provenance_before = count(base, "Provenance")
     extra = run(base, LATEST, tmp_path, "optional", "--write", env=optional)
     not_excluded = extra["summary"]["patients"] - extra["summary"]["excluded"]
@@ -469,7 +548,8 @@ def test_conditional_update_two_matches(server: Handle, tmp_path: Path) -> None:
         for e in entries_of(method, path, body):
             req = e.get("request") or {}
             if req.get("method") == "PUT" and str(req.get("url", "")).startswith(
-                    "CareTeam?identifier="):
+                "CareTeam?identifier="
+            ):
                 resource = {k: v for k, v in e["resource"].items() if k != "id"}
                 for _ in range(2):
                     status, answer = post_json(f"{base}/CareTeam", resource)
@@ -483,8 +563,12 @@ def test_conditional_update_two_matches(server: Handle, tmp_path: Path) -> None:
     assert duplicated, "fhirpanel sent no conditional update of a CareTeam"
     teams = team(base, duplicated["subject"])
     assert len(teams) == 2, f"{len(teams)} CareTeams for {duplicated['subject']}"
-    said = [i for i in report["writeback"]["issues"] if duplicated["subject"].split("/")[1]
-            in i["resource"] or "share this identifier" in i["problem"]]
+    said = [
+        i
+        for i in report["writeback"]["issues"]
+        if duplicated["subject"].split("/")[1] in i["resource"]
+        or "share this identifier" in i["problem"]
+    ]
     assert said, report["writeback"]["issues"]
     assert count(base, "CareTeam") == report["summary"]["assigned"] + 1
 
@@ -496,22 +580,27 @@ def test_refresh_full_and_incremental(server: Handle, tmp_path: Path) -> None:
     base = server.base_url
     server.dirty = True
     db = f"sqlite:///{tmp_path / 'state.db'}"
-    full = json.loads(cli("refresh", "--full", "--source", base, "--as-of", AS_OF,
-                          "--database", db, "--json").stdout)
+    full = json.loads(
+        cli(
+            "refresh", "--full", "--source", base, "--as-of", AS_OF, "--database", db, "--json"
+        ).stdout
+    )
     assert full["status"] == "succeeded", full
     store = Store(db)
     try:
         moves = pick_moves(store, 2)
         add_visits(base, moves, store)
-        inc = json.loads(cli("refresh", "--source", base, "--as-of", AS_OF, "--database", db,
-                             "--json").stdout)
+        inc = json.loads(
+            cli("refresh", "--source", base, "--as-of", AS_OF, "--database", db, "--json").stdout
+        )
         assert inc["status"] == "succeeded", inc
         assert inc["counts"]["writeback"]["CareTeam"]["update"] == 2, inc["counts"]
         for patient, target in moves.items():
             assert (store.patient_state(patient) or {})["practitioner"] == target
             assert team_practitioner(base, patient) == target
-        quiet = json.loads(cli("refresh", "--source", base, "--as-of", AS_OF, "--database", db,
-                               "--json").stdout)
+        quiet = json.loads(
+            cli("refresh", "--source", base, "--as-of", AS_OF, "--database", db, "--json").stdout
+        )
         assert quiet["status"] == "succeeded" and not quiet["counts"].get("written"), quiet
     finally:
         store.close()
@@ -527,20 +616,30 @@ def test_worker_subscription(server: Handle, tmp_path: Path) -> None:
     server.dirty = True
     db = tmp_path / "state.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FHIRPANEL_")}
-    env.update(FHIRPANEL_FHIR_BASE_URL=base, FHIRPANEL_DATABASE_URL=f"sqlite:///{db}",
-               FHIRPANEL_LOG_LEVEL="INFO", FHIRPANEL_SCHEDULER_AS_OF=AS_OF,
-               FHIRPANEL_SCHEDULER_INCREMENTAL_MINUTES="60")
+    env.update(
+        FHIRPANEL_FHIR_BASE_URL=base,
+        FHIRPANEL_DATABASE_URL=f"sqlite:///{db}",
+        FHIRPANEL_LOG_LEVEL="INFO",
+        FHIRPANEL_SCHEDULER_AS_OF=AS_OF,
+        FHIRPANEL_SCHEDULER_INCREMENTAL_MINUTES="60",
+    )
     log = tmp_path / "worker.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "fhirpanel", "worker"], cwd=ROOT,
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fhirpanel", "worker"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     store = Store(f"sqlite:///{db}", upgrade=False)
 
     def wait(check: Callable[[], bool], what: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert proc.poll() is None, (f"worker exited {proc.returncode}: "
-                                         f"{log.read_text()[-2000:]}")
+            assert proc.poll() is None, (
+                f"worker exited {proc.returncode}: {log.read_text()[-2000:]}"
+            )
             try:
                 if check():
                     return
@@ -550,17 +649,26 @@ def test_worker_subscription(server: Handle, tmp_path: Path) -> None:
         pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{log.read_text()[-2000:]}")
 
     try:
-        wait(lambda: (store.last_run(kind="full") or {}).get("status") == "succeeded",
-             "the worker's first full refresh")
-        wait(lambda: any(s.get("status") == "active" for s in search(base, "Subscription")),
-             "an active Subscription")
+        wait(
+            lambda: (store.last_run(kind="full") or {}).get("status") == "succeeded",
+            "the worker's first full refresh",
+        )
+        wait(
+            lambda: any(s.get("status") == "active" for s in search(base, "Subscription")),
+            "an active Subscription",
+        )
         moves = pick_moves(store, 1)
         patient, target = next(iter(moves.items()))
         add_visits(base, moves, store)
-        wait(lambda: team_practitioner(base, patient) == target,
-             f"the CareTeam of {patient} to name {target}")
-        triggers = {r["trigger"] for r in store.runs() if r["kind"] == "incremental"
-                    and (r["counts"] or {}).get("patients")}
+        wait(
+            lambda: team_practitioner(base, patient) == target,
+            f"the CareTeam of {patient} to name {target}",
+        )
+        triggers = {
+            r["trigger"]
+            for r in store.runs()
+            if r["kind"] == "incremental" and (r["counts"] or {}).get("patients")
+        }
         assert "subscription" in triggers, triggers
     finally:
         if proc.poll() is None:

@@ -47,12 +47,25 @@ PATIENTS = 12  # about 170 resources: enough for every attribution rule to have 
 SEED = 11
 LIVE_TAG_SYSTEM = "urn:fhirpanel:live-test"
 # Upload order: everything a resource refers to is in the same or an earlier transaction.
-UPLOAD_ORDER = ("Organization", "Practitioner", "PractitionerRole", "Patient", "Encounter",
-                "Condition")
+UPLOAD_ORDER = (
+    "Organization",
+    "Practitioner",
+    "PractitionerRole",
+    "Patient",
+    "Encounter",
+    "Condition",
+)
 WRITTEN_TYPES = ("Provenance", "CarePlan", "CareTeam", "RiskAssessment", "Group")
 # Delete what refers before what is referred to (HAPI enforces referential integrity on delete).
-DELETE_ORDER = (*WRITTEN_TYPES, "Condition", "Encounter", "Patient", "PractitionerRole",
-                "Practitioner", "Organization")
+DELETE_ORDER = (
+    *WRITTEN_TYPES,
+    "Condition",
+    "Encounter",
+    "Patient",
+    "PractitionerRole",
+    "Practitioner",
+    "Organization",
+)
 UPLOAD_BATCH = 100
 CLEANUP_SECONDS = 600.0
 MAX_PAGES = 50
@@ -76,8 +89,9 @@ class LiveRun:
 
     @property
     def patients(self) -> list[str]:
-        return sorted(f"Patient/{r['id']}" for r in self.resources
-                      if r["resourceType"] == "Patient")
+        return sorted(
+            f"Patient/{r['id']}" for r in self.resources if r["resourceType"] == "Patient"
+        )
 
     def count(self, rtype: str) -> int:
         return sum(1 for r in self.resources if r["resourceType"] == rtype)
@@ -119,8 +133,9 @@ def _prefix_references(value: Any, run_id: str) -> Any:
         if isinstance(ref, str) and ref.split("/", 1)[0] in UPLOAD_ORDER and "/" in ref:
             rtype, rid = ref.split("/", 1)
             value = {**value, "reference": f"{rtype}/{run_id}-{rid}"}
-        return {k: _prefix_references(v, run_id) if k != "reference" else v
-                for k, v in value.items()}
+        return {
+            k: _prefix_references(v, run_id) if k != "reference" else v for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_prefix_references(v, run_id) for v in value]
     return value
@@ -130,11 +145,20 @@ def upload(run: LiveRun) -> None:
     """PUT by id: in transactions of UPLOAD_BATCH where the server offers them, else one by one."""
     if run.client.capabilities().transaction:
         for start in range(0, len(run.resources), UPLOAD_BATCH):
-            chunk = run.resources[start:start + UPLOAD_BATCH]
-            run.client.transaction({"resourceType": "Bundle", "type": "transaction", "entry": [
-                {"resource": r, "request": {"method": "PUT",
-                                            "url": f"{r['resourceType']}/{r['id']}"}}
-                for r in chunk]})
+            chunk = run.resources[start : start + UPLOAD_BATCH]
+            run.client.transaction(
+                {
+                    "resourceType": "Bundle",
+                    "type": "transaction",
+                    "entry": [
+                        {
+                            "resource": r,
+                            "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
+                        }
+                        for r in chunk
+                    ],
+                }
+            )
     else:
         for resource in run.resources:
             run.client.update(resource)
@@ -167,8 +191,10 @@ def clean_up(run: LiveRun) -> list[str]:
     for rtype in DELETE_ORDER:
         tag = run.written_tag if rtype in WRITTEN_TYPES else run.tag
         try:
-            leftovers += [f"{rtype}/{rid} (still there)"
-                          for rid in sorted(_ids(run.client, rtype, [("_tag", tag)]))]
+            leftovers += [
+                f"{rtype}/{rid} (still there)"
+                for rid in sorted(_ids(run.client, rtype, [("_tag", tag)]))
+            ]
         except FhirHttpError as exc:
             leftovers.append(f"{rtype}?_tag={tag} (check failed: {exc})")
     return leftovers
@@ -184,15 +210,24 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
     run_id = f"fp{uuid.uuid4().hex[:10]}"
     loaded = Settings.load()  # fhir.auth and credentials from FHIRPANEL_FHIR_*, as in a run
     writeback = dataclasses.replace(
-        loaded.writeback, identifier_system=f"urn:fhirpanel:live-test:{run_id}",
-        tag_code=f"live-{run_id}", risk_assessment=True, attribution_group=True)
+        loaded.writeback,
+        identifier_system=f"urn:fhirpanel:live-test:{run_id}",
+        tag_code=f"live-{run_id}",
+        risk_assessment=True,
+        attribution_group=True,
+    )
     settings = dataclasses.replace(loaded, writeback=writeback).with_fhir(
-        base_url=base, max_pages=MAX_PAGES, page_size=min(loaded.fhir.page_size, 100))
+        base_url=base, max_pages=MAX_PAGES, page_size=min(loaded.fhir.page_size, 100)
+    )
     # The client sends Cache-Control: no-cache on searches, so HAPI's 60 s search cache does
     # not hide the first write-back from the second.
     client = FhirClient(settings.fhir)
-    run = LiveRun(run_id, settings, client,
-                  prefixed_population(tmp_path_factory.mktemp("live-population"), run_id))
+    run = LiveRun(
+        run_id,
+        settings,
+        client,
+        prefixed_population(tmp_path_factory.mktemp("live-population"), run_id),
+    )
     log.info("live run %s against %s: %d resources", run_id, base, len(run.resources))
     try:
         upload(run)
@@ -231,7 +266,8 @@ def test_read_only_this_runs_patients(live: LiveRun, outcome: RunOutcome) -> Non
 
 
 def test_attribution_matches_the_same_resources_read_from_memory(
-        live: LiveRun, outcome: RunOutcome) -> None:
+    live: LiveRun, outcome: RunOutcome
+) -> None:
     assigned = [a for a in outcome.attribution.assignments if a.status == "assigned"]
     assert assigned, "the synthetic population always has attributable patients"
     local = read_population(MemorySource(live.resources))
@@ -241,8 +277,7 @@ def test_attribution_matches_the_same_resources_read_from_memory(
         assert server_report[key] == local_report[key], key
 
 
-def test_write_back_then_a_second_pass_writes_nothing(live: LiveRun,
-                                                      outcome: RunOutcome) -> None:
+def test_write_back_then_a_second_pass_writes_nothing(live: LiveRun, outcome: RunOutcome) -> None:
     cfg = live.settings.writeback
     tables = Tables.load(live.settings).writeback
     first = write_back(outcome, live.client, cfg, dry_run=False, tables=tables)

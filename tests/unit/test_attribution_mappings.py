@@ -58,8 +58,15 @@ def test_qualifying_visit_rules() -> None:
         assert (VISIT_TYPE, code) in rules.excluded_codes
     assert {(SNOMED, "82078001"), (SNOMED, "33879002")} <= rules.excluded_codes
     assert rules.excluded_texts >= {
-        "nurse visit", "nurse only", "lab draw", "lab only", "vaccine only",
-        "immunization only", "anticoagulation clinic", "coumadin clinic"}
+        "nurse visit",
+        "nurse only",
+        "lab draw",
+        "lab only",
+        "vaccine only",
+        "immunization only",
+        "anticoagulation clinic",
+        "coumadin clinic",
+    }
 
 
 def test_sentinel_exam_codes() -> None:
@@ -68,32 +75,62 @@ def test_sentinel_exam_codes() -> None:
     assert {c for s, c in codes if s == CPT} == cpt
     assert {c for s, c in codes if s == HCPCS} == {"G0402", "G0438", "G0439"}
     assert {c for s, c in codes if s == SNOMED} == {
-        "162673000", "410620009", "444971000124105", "456201000124103", "86013001"}
+        "162673000",
+        "410620009",
+        "444971000124105",
+        "456201000124103",
+        "86013001",
+    }
     assert (SNOMED, "185349003") not in codes  # "Encounter for check up" is not a physical
 
 
 def test_primary_care_specialties() -> None:
     pc = parse_primary_care(load_mapping_ref("primary_care"))
     nucc = {c for s, c in pc.codes if s == NUCC}
-    assert {"207Q00000X", "207R00000X", "208000000X", "208D00000X", "207QG0300X",
-            "363L00000X", "363LF0000X", "363LP2300X", "363LA2200X", "363LG0600X",
-            "363LP0200X", "363A00000X", "363AM0700X"} <= nucc
+    assert {
+        "207Q00000X",
+        "207R00000X",
+        "208000000X",
+        "208D00000X",
+        "207QG0300X",
+        "363L00000X",
+        "363LF0000X",
+        "363LP2300X",
+        "363LA2200X",
+        "363LG0600X",
+        "363LP0200X",
+        "363A00000X",
+        "363AM0700X",
+    } <= nucc
     # every 207Q* listed is family medicine; only general, geriatric and adolescent internal
     # medicine; only general and adolescent pediatrics
-    assert {c for c in nucc if c.startswith("207R")} == {"207R00000X", "207RG0300X",
-                                                        "207RA0000X"}
+    assert {c for c in nucc if c.startswith("207R")} == {"207R00000X", "207RG0300X", "207RA0000X"}
     assert {c for c in nucc if c.startswith("2080")} == {"208000000X", "2080A0000X"}
-    for specialist in ("207RC0000X", "207RE0101X", "207RN0300X", "207P00000X", "208M00000X",
-                       "163W00000X", "2080P0202X", "363LA2100X"):
+    for specialist in (
+        "207RC0000X",
+        "207RE0101X",
+        "207RN0300X",
+        "207P00000X",
+        "208M00000X",
+        "163W00000X",
+        "2080P0202X",
+        "363LA2100X",
+    ):
         assert specialist not in nucc
     snomed = {c for s, c in pc.codes if s == SNOMED}
-    assert {"62247001", "59058001", "419772000", "394814009", "394802001",
-            "394537008"} <= snomed
+    assert {"62247001", "59058001", "419772000", "394814009", "394802001", "394537008"} <= snomed
     assert "158965000" not in snomed  # "medical practitioner" covers specialists too
     assert pc.labels == {
-        "family medicine", "family practice", "general practice", "internal medicine",
-        "pediatrics", "geriatric medicine", "nurse practitioner", "physician assistant",
-        "primary care"}
+        "family medicine",
+        "family practice",
+        "general practice",
+        "internal medicine",
+        "pediatrics",
+        "geriatric medicine",
+        "nurse practitioner",
+        "physician assistant",
+        "primary care",
+    }
     assert {(NUCC, "208000000X"), (NUCC, "363LP0200X")} <= pc.pediatric_codes
     assert pc.pediatric_codes <= pc.codes
     assert pc.pediatric_labels == {"pediatrics"}

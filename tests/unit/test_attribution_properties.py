@@ -37,8 +37,9 @@ SPECIALIST = doc(9)
 CLINICIANS = (*PCPS, SPECIALIST)
 ROLES = (*pcp_roles(1, 2, 3), role("r9", SPECIALIST, CARDIOLOGY))
 PATIENT_STATES = ("active",) * 6 + ("inactive", "deceased", "died-later")
-PROPERTY_SETTINGS = settings(max_examples=100, deadline=None,
-                             suppress_health_check=[HealthCheck.too_slow])
+PROPERTY_SETTINGS = settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,16 @@ class VisitSpec:
 
     def record(self, number: int) -> EncounterRecord:
         day = AS_OF - timedelta(days=self.days_ago)
-        start = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(
-            minutes=self.minute)
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(minutes=self.minute)
         return EncounterRecord(
-            id=f"Encounter/e{number:03d}", patient=pid(self.patient), status=self.status,
-            class_code=self.class_code, start=start,
-            types=(PREVENTIVE,) if self.sentinel else (), practitioner=self.clinician)
+            id=f"Encounter/e{number:03d}",
+            patient=pid(self.patient),
+            status=self.status,
+            class_code=self.class_code,
+            start=start,
+            types=(PREVENTIVE,) if self.sentinel else (),
+            practitioner=self.clinician,
+        )
 
 
 visit_specs = st.builds(
@@ -79,11 +84,13 @@ def patient_record(number: int, state: str) -> PatientRecord:
     if state == "inactive":
         return PatientRecord(id=pid(number), active=False)
     if state == "deceased":
-        return PatientRecord(id=pid(number), deceased=True,
-                             deceased_date=AS_OF - timedelta(days=10))
+        return PatientRecord(
+            id=pid(number), deceased=True, deceased_date=AS_OF - timedelta(days=10)
+        )
     if state == "died-later":
-        return PatientRecord(id=pid(number), deceased=True,
-                             deceased_date=AS_OF + timedelta(days=10))
+        return PatientRecord(
+            id=pid(number), deceased=True, deceased_date=AS_OF + timedelta(days=10)
+        )
     return PatientRecord(id=pid(number))
 
 
@@ -103,8 +110,12 @@ def populations(draw: st.DrawFn) -> Population:
     )
 
 
-def reordered(population: Population, encounter_order: list[int], patient_order: list[int],
-              role_order: list[int]) -> Population:
+def reordered(
+    population: Population,
+    encounter_order: list[int],
+    patient_order: list[int],
+    role_order: list[int],
+) -> Population:
     patients = list(population.patients.values())
     roles = list(population.roles.values())
     return Population(
@@ -117,9 +128,9 @@ def reordered(population: Population, encounter_order: list[int], patient_order:
 
 @PROPERTY_SETTINGS
 @given(population=populations(), pipeline=st.sampled_from([MGMA, CASCADE]), data=st.data())
-def test_same_input_in_any_order_gives_the_same_result(population: Population,
-                                                        pipeline: Pipeline,
-                                                        data: st.DataObject) -> None:
+def test_same_input_in_any_order_gives_the_same_result(
+    population: Population, pipeline: Pipeline, data: st.DataObject
+) -> None:
     first = attribute_patients(population, AS_OF, pipeline, RULES)
     shuffled = reordered(
         population,
@@ -132,14 +143,19 @@ def test_same_input_in_any_order_gives_the_same_result(population: Population,
     assert repr(second) == repr(first)
 
 
-def _qualifying_clinicians(population: Population, patient: str, as_of: date,
-                           months: int) -> set[str]:
+def _qualifying_clinicians(
+    population: Population, patient: str, as_of: date, months: int
+) -> set[str]:
     """Worked out here from the raw fields, independently of the module's helpers."""
     start = months_before(as_of, months)
     return {
-        e.practitioner for e in population.encounters
-        if e.patient == patient and e.practitioner in PCPS and e.status == "finished"
-        and e.class_code in ("AMB", "VR") and e.start is not None
+        e.practitioner
+        for e in population.encounters
+        if e.patient == patient
+        and e.practitioner in PCPS
+        and e.status == "finished"
+        and e.class_code in ("AMB", "VR")
+        and e.start is not None
         and start < e.start.date() <= as_of
     }
 
@@ -147,13 +163,15 @@ def _qualifying_clinicians(population: Population, patient: str, as_of: date,
 @PROPERTY_SETTINGS
 @given(population=populations())
 def test_active_patients_with_a_qualifying_visit_go_to_a_clinician_they_saw(
-        population: Population) -> None:
+    population: Population,
+) -> None:
     result = attribute_patients(population, AS_OF, MGMA, RULES).by_patient()
     assert sorted(result) == sorted(population.patients)
     for patient_id, record in population.patients.items():
         assignment = result[patient_id]
         excluded = not record.active or (
-            record.deceased_date is not None and record.deceased_date <= AS_OF)
+            record.deceased_date is not None and record.deceased_date <= AS_OF
+        )
         if excluded:
             assert assignment.status == "excluded"
             continue
@@ -168,12 +186,22 @@ def test_active_patients_with_a_qualifying_visit_go_to_a_clinician_they_saw(
 
 
 @PROPERTY_SETTINGS
-@given(population=populations(), pipeline=st.sampled_from([MGMA, CASCADE]),
-       days_ago=st.integers(0, 1090), minute=st.integers(0, 24 * 60 - 1),
-       sentinel=st.booleans(), class_code=st.sampled_from(["AMB", "VR"]))
+@given(
+    population=populations(),
+    pipeline=st.sampled_from([MGMA, CASCADE]),
+    days_ago=st.integers(0, 1090),
+    minute=st.integers(0, 24 * 60 - 1),
+    sentinel=st.booleans(),
+    class_code=st.sampled_from(["AMB", "VR"]),
+)
 def test_another_visit_to_the_assigned_clinician_never_moves_the_patient(
-        population: Population, pipeline: Pipeline, days_ago: int, minute: int,
-        sentinel: bool, class_code: str) -> None:
+    population: Population,
+    pipeline: Pipeline,
+    days_ago: int,
+    minute: int,
+    sentinel: bool,
+    class_code: str,
+) -> None:
     before = attribute_patients(population, AS_OF, pipeline, RULES)
     checked = 0
     for assignment in before.assignments:
@@ -183,12 +211,21 @@ def test_another_visit_to_the_assigned_clinician_never_moves_the_patient(
         if days_ago >= (AS_OF - months_before(AS_OF, window)).days:
             continue  # the extra visit must fall inside the deciding window
         checked += 1
-        extra = VisitSpec(int(assignment.patient.removeprefix("Patient/p")),
-                          assignment.practitioner, days_ago, minute, class_code, "finished",
-                          sentinel).record(999)
-        grown = Population(patients=population.patients,
-                           encounters=[*population.encounters, extra],
-                           practitioners=population.practitioners, roles=population.roles)
+        extra = VisitSpec(
+            int(assignment.patient.removeprefix("Patient/p")),
+            assignment.practitioner,
+            days_ago,
+            minute,
+            class_code,
+            "finished",
+            sentinel,
+        ).record(999)
+        grown = Population(
+            patients=population.patients,
+            encounters=[*population.encounters, extra],
+            practitioners=population.practitioners,
+            roles=population.roles,
+        )
         after = attribute_patients(grown, AS_OF, pipeline, RULES).by_patient()
         assert after[assignment.patient].practitioner == assignment.practitioner
     # An example with no assigned patient in reach checks nothing: say so, and draw another.

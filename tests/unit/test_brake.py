@@ -17,7 +17,11 @@ def test_a_lost_page_of_patients_is_held_with_its_figures() -> None:
         brake.check(change, LIMITS, what="the full refresh")
     assert held.value.exit_code == ExitCode.HELD == 16
     assert held.value.figures["removed_patients"] == {
-        "count": 100, "of": 300, "share": 0.3333, "limit": 0.05}
+        "count": 100,
+        "of": 300,
+        "share": 0.3333,
+        "limit": 0.05,
+    }
     assert held.value.figures["changed_assignments"]["count"] == 3
     message = str(held.value)
     assert "remove 100 of 300 stored patients (33.3%, limit 5%)" in message
@@ -27,8 +31,7 @@ def test_a_lost_page_of_patients_is_held_with_its_figures() -> None:
 
 def test_ordinary_churn_passes() -> None:
     # 12 of 3,000 removed (0.4%) and 250 of 3,000 changed (8.3%): a normal night.
-    brake.check(brake.figures(LIMITS, removed=(12, 3000), changed=(250, 3000)), LIMITS,
-                what="x")
+    brake.check(brake.figures(LIMITS, removed=(12, 3000), changed=(250, 3000)), LIMITS, what="x")
 
 
 def test_small_practices_are_not_held_below_the_minimum_count() -> None:
@@ -39,14 +42,16 @@ def test_small_practices_are_not_held_below_the_minimum_count() -> None:
 
 
 def test_a_first_pass_with_nothing_stored_is_never_held() -> None:
-    brake.check(brake.figures(LIMITS, removed=(0, 0), changed=(0, 0), ended=(0, 0)), LIMITS,
-                what="x")
+    brake.check(
+        brake.figures(LIMITS, removed=(0, 0), changed=(0, 0), ended=(0, 0)), LIMITS, what="x"
+    )
 
 
 def test_ended_participations_have_their_own_limit() -> None:
     with pytest.raises(ChangeHeld) as held:
-        brake.check(brake.figures(LIMITS, ended=(218, 248), changed=(0, 248)), LIMITS,
-                    what="run --write")
+        brake.check(
+            brake.figures(LIMITS, ended=(218, 248), changed=(0, 248)), LIMITS, what="run --write"
+        )
     assert "end 218 of 248 active PCP participations (87.9%, limit 5%)" in str(held.value)
 
 
@@ -59,12 +64,15 @@ def test_an_acceptance_covers_the_same_change_but_not_a_larger_one() -> None:
     brake.check(brake.figures(LIMITS, removed=(100, 300)), LIMITS, what="x", accepted=accepted)
     brake.check(brake.figures(LIMITS, removed=(105, 300)), LIMITS, what="x", accepted=accepted)
     with pytest.raises(ChangeHeld):
-        brake.check(brake.figures(LIMITS, removed=(106, 300)), LIMITS, what="x",
-                    accepted=accepted)
+        brake.check(brake.figures(LIMITS, removed=(106, 300)), LIMITS, what="x", accepted=accepted)
     # Accepting removals says nothing about a flood of changed assignments.
     with pytest.raises(ChangeHeld):
-        brake.check(brake.figures(LIMITS, removed=(100, 300), changed=(200, 300)), LIMITS,
-                    what="x", accepted=accepted)
+        brake.check(
+            brake.figures(LIMITS, removed=(100, 300), changed=(200, 300)),
+            LIMITS,
+            what="x",
+            accepted=accepted,
+        )
 
 
 def test_limits_come_from_settings() -> None:

@@ -73,33 +73,59 @@ def labels(tables: Tables) -> NarrativeLabels:
     return tables.writeback.labels
 
 
-def assigned(patient: str = "Patient/p1", practitioner: str = "Practitioner/d1",
-             role: str | None = "PractitionerRole/r1") -> Assignment:
-    return Assignment(patient=patient, status="assigned", practitioner=practitioner,
-                      practitioner_role=role, rule="plurality", step="four-cut-18m")
+def assigned(
+    patient: str = "Patient/p1",
+    practitioner: str = "Practitioner/d1",
+    role: str | None = "PractitionerRole/r1",
+) -> Assignment:
+    return Assignment(
+        patient=patient,
+        status="assigned",
+        practitioner=practitioner,
+        practitioner_role=role,
+        rule="plurality",
+        step="four-cut-18m",
+    )
 
 
-def risk_result(tier: int = 3, *, ccm: bool = True, patient: str = "Patient/p1",
-                hcc: float | None = 1.734) -> RiskResult:
+def risk_result(
+    tier: int = 3, *, ccm: bool = True, patient: str = "Patient/p1", hcc: float | None = 1.734
+) -> RiskResult:
     return RiskResult(
-        patient=patient, charlson=3, charlson_categories=("chf", "diab"), hcc=hcc,
-        hccs=("HCC226", "HCC38"), interactions=(), ed_visits=2, inpatient_stays=1,
+        patient=patient,
+        charlson=3,
+        charlson_categories=("chf", "diab"),
+        hcc=hcc,
+        hccs=("HCC226", "HCC38"),
+        interactions=(),
+        ed_visits=2,
+        inpatient_stays=1,
         chronic_conditions=("diabetes", "heart_failure") if ccm else ("diabetes",),
-        ccm_eligible=ccm, tier=tier, tier_rule="high: inpatient>=1",
-        basis_conditions=("Condition/c2", "Condition/c1"))
+        ccm_eligible=ccm,
+        tier=tier,
+        tier_rule="high: inpatient>=1",
+        basis_conditions=("Condition/c2", "Condition/c1"),
+    )
 
 
 def physician() -> ClinicianInfo:
-    return ClinicianInfo(practitioner="Practitioner/d1", role="PractitionerRole/r1",
-                         kind="physician", organization="Organization/o1")
+    return ClinicianInfo(
+        practitioner="Practitioner/d1",
+        role="PractitionerRole/r1",
+        kind="physician",
+        organization="Organization/o1",
+    )
 
 
 def as_stored(resource: dict[str, Any], rid: str = "srv-1", version: str = "1") -> dict[str, Any]:
     """What a server hands back: an id and server meta added."""
     stored = copy.deepcopy(resource)
     stored["id"] = rid
-    stored["meta"] = {**stored.get("meta", {}), "versionId": version,
-                      "lastUpdated": "2026-11-22T10:00:00Z"}
+    stored["meta"] = {
+        **stored.get("meta", {}),
+        "versionId": version,
+        "lastUpdated": "2026-11-22T10:00:00Z",
+    }
     return stored
 
 
@@ -124,8 +150,7 @@ def test_care_team_has_every_us_core_element(codes: WritebackCodes) -> None:
     assert codings(pcp["role"]) == {(SNOMED, "446050000")}
     assert pcp["member"] == {"reference": "PractitionerRole/r1"}
     assert pcp["period"] == {"start": "2026-11-22"}
-    assert team["identifier"] == [{"system": CFG.identifier_system,
-                                   "value": "careteam-pcp.p1"}]
+    assert team["identifier"] == [{"system": CFG.identifier_system, "value": "careteam-pcp.p1"}]
     assert {"system": CFG.tag_system, "code": CFG.tag_code} in team["meta"]["tag"]
     assert "us-core-careteam" in team["meta"]["profile"][0]
     assert team["text"]["status"] == "generated"
@@ -133,13 +158,20 @@ def test_care_team_has_every_us_core_element(codes: WritebackCodes) -> None:
     assert is_managed(team, CFG)
 
 
-@pytest.mark.parametrize(("qualification", "snomed"), [
-    ("MD", "446050000"), ("DO", "446050000"), ("NP", "224571005"), ("PA", "449161006")])
-def test_role_follows_the_clinician_qualification(codes: WritebackCodes, qualification: str,
-                                                  snomed: str) -> None:
+@pytest.mark.parametrize(
+    ("qualification", "snomed"),
+    [("MD", "446050000"), ("DO", "446050000"), ("NP", "224571005"), ("PA", "449161006")],
+)
+def test_role_follows_the_clinician_qualification(
+    codes: WritebackCodes, qualification: str, snomed: str
+) -> None:
     population = Population(
-        practitioners={"Practitioner/d1": PractitionerRecord(
-            id="Practitioner/d1", qualifications=(Code(V2_0360, qualification),))})
+        practitioners={
+            "Practitioner/d1": PractitionerRecord(
+                id="Practitioner/d1", qualifications=(Code(V2_0360, qualification),)
+            )
+        }
+    )
     info = ClinicianDirectory(population, codes).resolve(assigned(role=None))
     assert info is not None
     team = build_care_team(assigned(role=None), None, AS_OF, CFG, codes=codes, clinician=info)
@@ -149,30 +181,48 @@ def test_role_follows_the_clinician_qualification(codes: WritebackCodes, qualifi
     assert team["participant"][0]["member"] == {"reference": "Practitioner/d1"}
 
 
-@pytest.mark.parametrize(("taxonomy", "kind"), [
-    ("363LF0000X", "nurse_practitioner"), ("363A00000X", "physician_assistant"),
-    ("207Q00000X", "physician")])
-def test_kind_from_role_taxonomy_when_no_qualification(codes: WritebackCodes, taxonomy: str,
-                                                       kind: str) -> None:
+@pytest.mark.parametrize(
+    ("taxonomy", "kind"),
+    [
+        ("363LF0000X", "nurse_practitioner"),
+        ("363A00000X", "physician_assistant"),
+        ("207Q00000X", "physician"),
+    ],
+)
+def test_kind_from_role_taxonomy_when_no_qualification(
+    codes: WritebackCodes, taxonomy: str, kind: str
+) -> None:
     population = Population(
         practitioners={"Practitioner/d1": PractitionerRecord(id="Practitioner/d1")},
-        roles={"PractitionerRole/r1": PractitionerRoleRecord(
-            id="PractitionerRole/r1", practitioner="Practitioner/d1",
-            organization="Organization/o9", specialties=(Code(NUCC, taxonomy),))})
+        roles={
+            "PractitionerRole/r1": PractitionerRoleRecord(
+                id="PractitionerRole/r1",
+                practitioner="Practitioner/d1",
+                organization="Organization/o9",
+                specialties=(Code(NUCC, taxonomy),),
+            )
+        },
+    )
     info = ClinicianDirectory(population, codes).resolve(assigned(role=None))
-    assert info == ClinicianInfo("Practitioner/d1", "PractitionerRole/r1", kind,
-                                 "Organization/o9")
+    assert info == ClinicianInfo("Practitioner/d1", "PractitionerRole/r1", kind, "Organization/o9")
 
 
 def test_member_is_the_practitioner_when_its_role_is_ambiguous(codes: WritebackCodes) -> None:
-    roles = {f"PractitionerRole/r{n}": PractitionerRoleRecord(
-        id=f"PractitionerRole/r{n}", practitioner="Practitioner/d1",
-        organization=f"Organization/o{n}") for n in (1, 2)}
+    roles = {
+        f"PractitionerRole/r{n}": PractitionerRoleRecord(
+            id=f"PractitionerRole/r{n}",
+            practitioner="Practitioner/d1",
+            organization=f"Organization/o{n}",
+        )
+        for n in (1, 2)
+    }
     population = Population(
-        patients={"Patient/p1": PatientRecord(id="Patient/p1",
-                                              managing_organization="Organization/home")},
+        patients={
+            "Patient/p1": PatientRecord(id="Patient/p1", managing_organization="Organization/home")
+        },
         practitioners={"Practitioner/d1": PractitionerRecord(id="Practitioner/d1")},
-        roles=roles)
+        roles=roles,
+    )
     info = ClinicianDirectory(population, codes).resolve(assigned(role=None))
     assert info is not None
     assert info.member == "Practitioner/d1"
@@ -190,8 +240,7 @@ def test_unchanged_input_rebuilds_an_equal_team(codes: WritebackCodes) -> None:
     assert again["id"] == "srv-1"
 
 
-def test_pcp_change_ends_the_old_participant_and_keeps_foreign_ones(
-        codes: WritebackCodes) -> None:
+def test_pcp_change_ends_the_old_participant_and_keeps_foreign_ones(codes: WritebackCodes) -> None:
     first = build_care_team(assigned(), None, AS_OF, CFG, codes=codes, clinician=physician())
     assert first is not None
     stored = as_stored(first)
@@ -199,8 +248,14 @@ def test_pcp_change_ends_the_old_participant_and_keeps_foreign_ones(
     stored["participant"].append(foreign)
     stored["note"] = [{"text": "kept"}]
     new_pcp = ClinicianInfo("Practitioner/d2", None, "nurse_practitioner", "Organization/o1")
-    moved = build_care_team(assigned(practitioner="Practitioner/d2", role=None), stored, LATER,
-                            CFG, codes=codes, clinician=new_pcp)
+    moved = build_care_team(
+        assigned(practitioner="Practitioner/d2", role=None),
+        stored,
+        LATER,
+        CFG,
+        codes=codes,
+        clinician=new_pcp,
+    )
     assert moved is not None
     old, kept, new = moved["participant"]
     assert old["member"] == {"reference": "PractitionerRole/r1"}
@@ -216,8 +271,9 @@ def test_pcp_change_ends_the_old_participant_and_keeps_foreign_ones(
 
 
 @pytest.mark.parametrize("status", ["unassigned", "excluded"])
-def test_unassigned_or_excluded_patient_gets_an_inactive_team(codes: WritebackCodes,
-                                                              status: str) -> None:
+def test_unassigned_or_excluded_patient_gets_an_inactive_team(
+    codes: WritebackCodes, status: str
+) -> None:
     leaving = Assignment(patient="Patient/p1", status=status)  # type: ignore[arg-type]
     assert build_care_team(leaving, None, LATER, CFG, codes=codes) is None
     first = build_care_team(assigned(), None, AS_OF, CFG, codes=codes, clinician=physician())
@@ -229,8 +285,9 @@ def test_unassigned_or_excluded_patient_gets_an_inactive_team(codes: WritebackCo
     assert closed["participant"][0]["period"]["end"] == "2027-02-01"
     # Closing again, later, changes nothing.
     stored = as_stored(closed, version="2")
-    assert same_content(build_care_team(leaving, stored, date(2027, 6, 1), CFG, codes=codes)
-                        or {}, stored)
+    assert same_content(
+        build_care_team(leaving, stored, date(2027, 6, 1), CFG, codes=codes) or {}, stored
+    )
 
 
 def build_all_bytes() -> bytes:
@@ -239,49 +296,96 @@ def build_all_bytes() -> bytes:
     tables = Tables.load(Settings.load(env={})).writeback
     codes, templates, labels = tables.codes, tables.templates, tables.labels
     team = build_care_team(assigned(), None, AS_OF, CFG, codes=codes, clinician=physician())
-    plan = build_care_plan(assigned(), risk_result(), None, AS_OF, CFG, templates,
-                           codes=codes, labels=labels, care_team_ref="CareTeam/t1")
+    plan = build_care_plan(
+        assigned(),
+        risk_result(),
+        None,
+        AS_OF,
+        CFG,
+        templates,
+        codes=codes,
+        labels=labels,
+        care_team_ref="CareTeam/t1",
+    )
     group = build_attribution_group(
-        "Organization/o1", [GroupMember("Patient/p2", "Practitioner/d1"),
-                            GroupMember("Patient/p1", "Practitioner/d1")],
-        None, AS_OF, CFG, codes=codes)
+        "Organization/o1",
+        [
+            GroupMember("Patient/p2", "Practitioner/d1"),
+            GroupMember("Patient/p1", "Practitioner/d1"),
+        ],
+        None,
+        AS_OF,
+        CFG,
+        codes=codes,
+    )
     return orjson.dumps([team, plan, group])
 
 
 def test_builders_are_deterministic(codes: WritebackCodes) -> None:
     # Across interpreters with different hash seeds (set and dict orders), not only twice in
     # one process where any ordering accident would repeat itself.
-    script = "import sys; from tests.unit.test_build import build_all_bytes; " \
-             "sys.stdout.buffer.write(build_all_bytes())"
-    outputs = {subprocess.run([sys.executable, "-c", script], capture_output=True, check=True,
-                              cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
-               for seed in ("0", "1", "4242")}
+    script = (
+        "import sys; from tests.unit.test_build import build_all_bytes; "
+        "sys.stdout.buffer.write(build_all_bytes())"
+    )
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            check=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("0", "1", "4242")
+    }
     assert len(outputs) == 1
     assert outputs == {build_all_bytes()}
     reordered = build_attribution_group(
-        "Organization/o1", [GroupMember("Patient/p1", "Practitioner/d1"),
-                            GroupMember("Patient/p2", "Practitioner/d1")],
-        None, AS_OF, CFG, codes=codes)
+        "Organization/o1",
+        [
+            GroupMember("Patient/p1", "Practitioner/d1"),
+            GroupMember("Patient/p2", "Practitioner/d1"),
+        ],
+        None,
+        AS_OF,
+        CFG,
+        codes=codes,
+    )
     assert orjson.dumps(reordered) == orjson.dumps(orjson.loads(build_all_bytes())[2])
 
 
 def test_directory_does_not_depend_on_record_order(codes: WritebackCodes) -> None:
-    roles = [PractitionerRoleRecord(id="PractitionerRole/r1", practitioner="Practitioner/d1",
-                                    specialties=(Code(NUCC, "363L00000X"),))]
+    roles = [
+        PractitionerRoleRecord(
+            id="PractitionerRole/r1",
+            practitioner="Practitioner/d1",
+            specialties=(Code(NUCC, "363L00000X"),),
+        )
+    ]
     forward = Population(roles={r.id: r for r in roles})
     backward = Population(roles={r.id: r for r in reversed(roles)})
-    assert (ClinicianDirectory(forward, codes).resolve(assigned(role=None))
-            == ClinicianDirectory(backward, codes).resolve(assigned(role=None)))
+    assert ClinicianDirectory(forward, codes).resolve(assigned(role=None)) == ClinicianDirectory(
+        backward, codes
+    ).resolve(assigned(role=None))
 
 
 # --------------------------------------------------------------------------- CarePlan
 
 
-def test_care_plan_has_every_us_core_element(codes: WritebackCodes,
-                                             templates: CarePlanTemplates,
-                                             labels: NarrativeLabels) -> None:
-    plan = build_care_plan(assigned(), risk_result(), None, AS_OF, CFG, templates, codes=codes,
-                           labels=labels, care_team_ref="CareTeam/t1")
+def test_care_plan_has_every_us_core_element(
+    codes: WritebackCodes, templates: CarePlanTemplates, labels: NarrativeLabels
+) -> None:
+    plan = build_care_plan(
+        assigned(),
+        risk_result(),
+        None,
+        AS_OF,
+        CFG,
+        templates,
+        codes=codes,
+        labels=labels,
+        care_team_ref="CareTeam/t1",
+    )
     assert plan is not None
     get_fhir_model_class("CarePlan").model_validate(plan)
     assert plan["status"] == "active"
@@ -296,9 +400,19 @@ def test_care_plan_has_every_us_core_element(codes: WritebackCodes,
     assert plan["text"]["status"] == "generated"
     div = plan["text"]["div"]
     assert div.startswith('<div xmlns="http://www.w3.org/1999/xhtml">')
-    for driver in ("tier 3", "High risk", "1.734", "HCC38", "Charlson Comorbidity Index 3",
-                   "Congestive heart failure", "Emergency visits: 2", "inpatient stays: 1",
-                   "Diabetes mellitus", "Chronic Care Management", "inpatient&gt;=1"):
+    for driver in (
+        "tier 3",
+        "High risk",
+        "1.734",
+        "HCC38",
+        "Charlson Comorbidity Index 3",
+        "Congestive heart failure",
+        "Emergency visits: 2",
+        "inpatient stays: 1",
+        "Diabetes mellitus",
+        "Chronic Care Management",
+        "inpatient&gt;=1",
+    ):
         assert driver in div
     tier3 = templates.for_tier(3)
     assert tier3 is not None
@@ -312,58 +426,111 @@ def test_care_plan_has_every_us_core_element(codes: WritebackCodes,
     assert "us-core-careplan" in plan["meta"]["profile"][0]
 
 
-def test_narratives_identify_no_patient(codes: WritebackCodes, templates: CarePlanTemplates,
-                                        labels: NarrativeLabels) -> None:
+def test_narratives_identify_no_patient(
+    codes: WritebackCodes, templates: CarePlanTemplates, labels: NarrativeLabels
+) -> None:
     # Only clinical drivers: no patient reference (and the inputs carry no name or birth date).
     fields = {f.name for f in dataclasses.fields(Assignment)} | {
-        f.name for f in dataclasses.fields(RiskResult)}
+        f.name for f in dataclasses.fields(RiskResult)
+    }
     assert not fields & {"name", "birth_date", "birthDate", "address"}
     team = build_care_team(assigned(), None, AS_OF, CFG, codes=codes, clinician=physician())
-    plan = build_care_plan(assigned(), risk_result(), None, AS_OF, CFG, templates, codes=codes,
-                           labels=labels, care_team_ref="CareTeam/t1")
-    ra = build_risk_assessment(assigned(), risk_result(), None, AS_OF, CFG, codes=codes,
-                               labels=labels)
+    plan = build_care_plan(
+        assigned(),
+        risk_result(),
+        None,
+        AS_OF,
+        CFG,
+        templates,
+        codes=codes,
+        labels=labels,
+        care_team_ref="CareTeam/t1",
+    )
+    ra = build_risk_assessment(
+        assigned(), risk_result(), None, AS_OF, CFG, codes=codes, labels=labels
+    )
     for resource in (team, plan, ra):
         assert resource is not None
         assert "Patient/" not in resource["text"]["div"]
         assert "p1" not in resource["text"]["div"]
 
 
-@pytest.mark.parametrize(("tier", "ccm", "expected"), [
-    (1, True, False), (2, False, False), (2, True, True), (3, False, True), (4, False, True)])
+@pytest.mark.parametrize(
+    ("tier", "ccm", "expected"),
+    [(1, True, False), (2, False, False), (2, True, True), (3, False, True), (4, False, True)],
+)
 def test_which_tiers_get_a_plan(tier: int, ccm: bool, expected: bool) -> None:
     assert care_plan_called_for(risk_result(tier, ccm=ccm), CFG) is expected
-    assert not care_plan_called_for(risk_result(2, ccm=True),
-                                    dataclasses.replace(CFG, care_plan_tier2_when_ccm=False))
+    assert not care_plan_called_for(
+        risk_result(2, ccm=True), dataclasses.replace(CFG, care_plan_tier2_when_ccm=False)
+    )
 
 
-def test_tier2_plan_uses_the_tier2_template(codes: WritebackCodes,
-                                            templates: CarePlanTemplates) -> None:
-    plan = build_care_plan(assigned(), risk_result(2), None, AS_OF, CFG, templates, codes=codes,
-                           care_team_ref="CareTeam/t1")
+def test_tier2_plan_uses_the_tier2_template(
+    codes: WritebackCodes, templates: CarePlanTemplates
+) -> None:
+    plan = build_care_plan(
+        assigned(),
+        risk_result(2),
+        None,
+        AS_OF,
+        CFG,
+        templates,
+        codes=codes,
+        care_team_ref="CareTeam/t1",
+    )
     tier2 = templates.for_tier(2)
     assert plan is not None and tier2 is not None
     assert [a["id"] for a in plan["activity"]] == [element_id(a) for a in tier2.activities]
     assert "Chronic Care Management eligibility" in plan["text"]["div"]
-    assert build_care_plan(assigned(), risk_result(1), None, AS_OF, CFG, templates,
-                           codes=codes) is None
+    assert (
+        build_care_plan(assigned(), risk_result(1), None, AS_OF, CFG, templates, codes=codes)
+        is None
+    )
 
 
-def test_plan_keeps_activity_progress_and_is_stable(codes: WritebackCodes,
-                                                    templates: CarePlanTemplates,
-                                                    labels: NarrativeLabels) -> None:
-    first = build_care_plan(assigned(), risk_result(3), None, AS_OF, CFG, templates,
-                            codes=codes, labels=labels, care_team_ref="CareTeam/t1")
+def test_plan_keeps_activity_progress_and_is_stable(
+    codes: WritebackCodes, templates: CarePlanTemplates, labels: NarrativeLabels
+) -> None:
+    first = build_care_plan(
+        assigned(),
+        risk_result(3),
+        None,
+        AS_OF,
+        CFG,
+        templates,
+        codes=codes,
+        labels=labels,
+        care_team_ref="CareTeam/t1",
+    )
     assert first is not None
     stored = as_stored(first)
     stored["activity"][0]["detail"]["status"] = "in-progress"
     stored["activity"].append({"reference": {"reference": "ServiceRequest/x"}})
-    again = build_care_plan(assigned(), risk_result(3), stored, LATER, CFG, templates,
-                            codes=codes, labels=labels, care_team_ref="CareTeam/t1")
+    again = build_care_plan(
+        assigned(),
+        risk_result(3),
+        stored,
+        LATER,
+        CFG,
+        templates,
+        codes=codes,
+        labels=labels,
+        care_team_ref="CareTeam/t1",
+    )
     assert again is not None and same_content(again, stored)
     # Up to tier 4: new activities, progress kept, the clinician's own activity kept last.
-    up = build_care_plan(assigned(), risk_result(4), stored, LATER, CFG, templates,
-                         codes=codes, labels=labels, care_team_ref="CareTeam/t1")
+    up = build_care_plan(
+        assigned(),
+        risk_result(4),
+        stored,
+        LATER,
+        CFG,
+        templates,
+        codes=codes,
+        labels=labels,
+        care_team_ref="CareTeam/t1",
+    )
     assert up is not None
     assert up["activity"][0]["detail"]["status"] == "in-progress"
     assert up["activity"][-1] == {"reference": {"reference": "ServiceRequest/x"}}
@@ -371,16 +538,34 @@ def test_plan_keeps_activity_progress_and_is_stable(codes: WritebackCodes,
     assert up["period"] == {"start": "2026-11-22"}
 
 
-def test_plan_completes_when_the_patient_leaves_the_tiers(codes: WritebackCodes,
-                                                          templates: CarePlanTemplates,
-                                                          labels: NarrativeLabels) -> None:
-    first = build_care_plan(assigned(), risk_result(3), None, AS_OF, CFG, templates,
-                            codes=codes, labels=labels, care_team_ref="CareTeam/t1")
+def test_plan_completes_when_the_patient_leaves_the_tiers(
+    codes: WritebackCodes, templates: CarePlanTemplates, labels: NarrativeLabels
+) -> None:
+    first = build_care_plan(
+        assigned(),
+        risk_result(3),
+        None,
+        AS_OF,
+        CFG,
+        templates,
+        codes=codes,
+        labels=labels,
+        care_team_ref="CareTeam/t1",
+    )
     assert first is not None
     stored = as_stored(first)
     stored["activity"][1]["detail"]["status"] = "completed"
-    closed = build_care_plan(assigned(), risk_result(1, ccm=False), stored, LATER, CFG,
-                             templates, codes=codes, labels=labels, care_team_ref="CareTeam/t1")
+    closed = build_care_plan(
+        assigned(),
+        risk_result(1, ccm=False),
+        stored,
+        LATER,
+        CFG,
+        templates,
+        codes=codes,
+        labels=labels,
+        care_team_ref="CareTeam/t1",
+    )
     assert closed is not None
     assert closed["status"] == "completed"
     assert closed["period"] == {"start": "2026-11-22", "end": "2027-02-01"}
@@ -391,24 +576,43 @@ def test_plan_completes_when_the_patient_leaves_the_tiers(codes: WritebackCodes,
     assert "completed on 2027-02-01" in closed["text"]["div"]
     # Never reopened by an unchanged input, never deleted.
     stored_closed = as_stored(closed, version="2")
-    again = build_care_plan(assigned(), risk_result(1, ccm=False), stored_closed,
-                            date(2027, 5, 1), CFG, templates, codes=codes, labels=labels)
+    again = build_care_plan(
+        assigned(),
+        risk_result(1, ccm=False),
+        stored_closed,
+        date(2027, 5, 1),
+        CFG,
+        templates,
+        codes=codes,
+        labels=labels,
+    )
     assert again is not None and same_content(again, stored_closed)
 
 
-def test_plan_is_revoked_when_the_patient_is_excluded(codes: WritebackCodes,
-                                                      templates: CarePlanTemplates) -> None:
-    first = build_care_plan(assigned(), risk_result(4), None, AS_OF, CFG, templates,
-                            codes=codes, care_team_ref="CareTeam/t1")
+def test_plan_is_revoked_when_the_patient_is_excluded(
+    codes: WritebackCodes, templates: CarePlanTemplates
+) -> None:
+    first = build_care_plan(
+        assigned(),
+        risk_result(4),
+        None,
+        AS_OF,
+        CFG,
+        templates,
+        codes=codes,
+        care_team_ref="CareTeam/t1",
+    )
     assert first is not None
     excluded = Assignment(patient="Patient/p1", status="excluded", reason="deceased")
-    revoked = build_care_plan(excluded, risk_result(4), as_stored(first), LATER, CFG, templates,
-                              codes=codes)
+    revoked = build_care_plan(
+        excluded, risk_result(4), as_stored(first), LATER, CFG, templates, codes=codes
+    )
     assert revoked is not None
     assert revoked["status"] == "revoked"
     assert revoked["period"]["end"] == "2027-02-01"
-    assert build_care_plan(excluded, risk_result(4), None, LATER, CFG, templates,
-                           codes=codes) is None
+    assert (
+        build_care_plan(excluded, risk_result(4), None, LATER, CFG, templates, codes=codes) is None
+    )
 
 
 # --------------------------------------------------------------------------- servers that drop ids
@@ -417,8 +621,7 @@ def test_plan_is_revoked_when_the_patient_is_excluded(codes: WritebackCodes,
 def drop_element_ids(value: Any, top: bool = True) -> Any:
     """What a server that keeps no element ids stores: every nested `id` gone."""
     if isinstance(value, dict):
-        return {k: drop_element_ids(v, False) for k, v in value.items()
-                if top or k != "id"}
+        return {k: drop_element_ids(v, False) for k, v in value.items() if top or k != "id"}
     if isinstance(value, list):
         return [drop_element_ids(v, False) for v in value]
     return value
@@ -428,8 +631,9 @@ def test_team_on_a_server_that_drops_element_ids_does_not_grow(codes: WritebackC
     stored = None
     for run in range(3):
         problems: list[str] = []
-        team = build_care_team(assigned(), stored, AS_OF, CFG, codes=codes,
-                               clinician=physician(), problems=problems)
+        team = build_care_team(
+            assigned(), stored, AS_OF, CFG, codes=codes, clinician=physician(), problems=problems
+        )
         assert team is not None and problems == []
         if stored is not None:
             assert same_content(team, stored), f"run {run + 1} changed the team"
@@ -437,8 +641,14 @@ def test_team_on_a_server_that_drops_element_ids_does_not_grow(codes: WritebackC
     assert stored is not None and len(stored["participant"]) == 1
     # A PCP change still ends ours (recognised by content) and adds the new one.
     new_pcp = ClinicianInfo("Practitioner/d2", None, "nurse_practitioner", "Organization/o1")
-    moved = build_care_team(assigned(practitioner="Practitioner/d2", role=None), stored, LATER,
-                            CFG, codes=codes, clinician=new_pcp)
+    moved = build_care_team(
+        assigned(practitioner="Practitioner/d2", role=None),
+        stored,
+        LATER,
+        CFG,
+        codes=codes,
+        clinician=new_pcp,
+    )
     assert moved is not None
     old, new = moved["participant"]
     assert "id" not in old and old["period"] == {"start": "2026-11-22", "end": "2027-02-01"}
@@ -453,19 +663,23 @@ def test_team_growth_is_reported_not_repeated(codes: WritebackCodes) -> None:
     grown = drop_element_ids(as_stored(first))
     grown["participant"].append(copy.deepcopy(grown["participant"][0]))
     problems: list[str] = []
-    team = build_care_team(assigned(), grown, LATER, CFG, codes=codes, clinician=physician(),
-                           problems=problems)
+    team = build_care_team(
+        assigned(), grown, LATER, CFG, codes=codes, clinician=physician(), problems=problems
+    )
     assert team is not None and team["participant"] == grown["participant"]
     assert len(problems) == 1 and "2 open copies" in problems[0]
     # A server that rewrites our participant (an absolute reference, a display): not ours by
     # content any more, but another would be a duplicate.
     rewritten = drop_element_ids(as_stored(first))
     participant = rewritten["participant"][0]
-    participant["member"] = {"reference": "https://ehr.example.org/fhir/PractitionerRole/r1",
-                             "display": "Dr One"}
+    participant["member"] = {
+        "reference": "https://ehr.example.org/fhir/PractitionerRole/r1",
+        "display": "Dr One",
+    }
     problems = []
-    team = build_care_team(assigned(), rewritten, LATER, CFG, codes=codes,
-                           clinician=physician(), problems=problems)
+    team = build_care_team(
+        assigned(), rewritten, LATER, CFG, codes=codes, clinician=physician(), problems=problems
+    )
     assert team is not None and len(team["participant"]) == 1
     assert len(problems) == 1 and "looks like fhirpanel's own" in problems[0]
 
@@ -476,25 +690,44 @@ def test_ids_kept_means_only_ids_count(codes: WritebackCodes) -> None:
     first = build_care_team(assigned(), None, AS_OF, CFG, codes=codes, clinician=physician())
     assert first is not None
     stored = as_stored(first)
-    theirs = {"role": [{"coding": [dict(codes.role_for("physician"))]}],
-              "member": {"reference": "Practitioner/d9"}, "period": {"start": "2026-01-01"}}
+    theirs = {
+        "role": [{"coding": [dict(codes.role_for("physician"))]}],
+        "member": {"reference": "Practitioner/d9"},
+        "period": {"start": "2026-01-01"},
+    }
     stored["participant"].append(theirs)
     new_pcp = ClinicianInfo("Practitioner/d2", None, "physician", "Organization/o1")
-    moved = build_care_team(assigned(practitioner="Practitioner/d2", role=None), stored, LATER,
-                            CFG, codes=codes, clinician=new_pcp)
+    moved = build_care_team(
+        assigned(practitioner="Practitioner/d2", role=None),
+        stored,
+        LATER,
+        CFG,
+        codes=codes,
+        clinician=new_pcp,
+    )
     assert moved is not None
     assert moved["participant"][1] == theirs
     assert moved["participant"][2]["id"] == f"{PCP_PARTICIPANT_PREFIX}2"
 
 
 def test_plan_on_a_server_that_drops_element_ids_does_not_grow(
-        codes: WritebackCodes, templates: CarePlanTemplates, labels: NarrativeLabels) -> None:
+    codes: WritebackCodes, templates: CarePlanTemplates, labels: NarrativeLabels
+) -> None:
     stored = None
     for run in range(3):
         problems: list[str] = []
-        plan = build_care_plan(assigned(), risk_result(3), stored, AS_OF, CFG, templates,
-                               codes=codes, labels=labels, care_team_ref="CareTeam/t1",
-                               problems=problems)
+        plan = build_care_plan(
+            assigned(),
+            risk_result(3),
+            stored,
+            AS_OF,
+            CFG,
+            templates,
+            codes=codes,
+            labels=labels,
+            care_team_ref="CareTeam/t1",
+            problems=problems,
+        )
         assert plan is not None and problems == []
         if stored is not None:
             assert same_content(plan, stored), f"run {run + 1} changed the plan"
@@ -504,30 +737,66 @@ def test_plan_on_a_server_that_drops_element_ids_does_not_grow(
     assert tier3 is not None and len(stored["activity"]) == len(tier3.activities)
     # Progress is kept, the tier change adds exactly the new activity, closing cancels ours.
     stored["activity"][0]["detail"]["status"] = "in-progress"
-    up = build_care_plan(assigned(), risk_result(4), stored, LATER, CFG, templates,
-                         codes=codes, labels=labels, care_team_ref="CareTeam/t1")
+    up = build_care_plan(
+        assigned(),
+        risk_result(4),
+        stored,
+        LATER,
+        CFG,
+        templates,
+        codes=codes,
+        labels=labels,
+        care_team_ref="CareTeam/t1",
+    )
     assert up is not None
     tier4 = templates.for_tier(4)
     assert tier4 is not None and len(up["activity"]) == len(tier4.activities)
     assert up["activity"][0]["detail"]["status"] == "in-progress"
     assert [a.get("id") for a in up["activity"]].count(None) == len(tier3.activities)
-    closed = build_care_plan(assigned(), risk_result(1, ccm=False), stored, LATER, CFG,
-                             templates, codes=codes, labels=labels)
+    closed = build_care_plan(
+        assigned(),
+        risk_result(1, ccm=False),
+        stored,
+        LATER,
+        CFG,
+        templates,
+        codes=codes,
+        labels=labels,
+    )
     assert closed is not None
     assert [a["detail"]["status"] for a in closed["activity"]][1:] == ["cancelled"] * (
-        len(tier3.activities) - 1)
+        len(tier3.activities) - 1
+    )
 
 
-def test_plan_growth_is_reported_not_repeated(codes: WritebackCodes,
-                                              templates: CarePlanTemplates) -> None:
-    first = build_care_plan(assigned(), risk_result(3), None, AS_OF, CFG, templates,
-                            codes=codes, care_team_ref="CareTeam/t1")
+def test_plan_growth_is_reported_not_repeated(
+    codes: WritebackCodes, templates: CarePlanTemplates
+) -> None:
+    first = build_care_plan(
+        assigned(),
+        risk_result(3),
+        None,
+        AS_OF,
+        CFG,
+        templates,
+        codes=codes,
+        care_team_ref="CareTeam/t1",
+    )
     assert first is not None
     grown = drop_element_ids(as_stored(first))
     grown["activity"] = grown["activity"] + copy.deepcopy(grown["activity"])  # 1 -> 2
     problems: list[str] = []
-    plan = build_care_plan(assigned(), risk_result(3), grown, LATER, CFG, templates,
-                           codes=codes, care_team_ref="CareTeam/t1", problems=problems)
+    plan = build_care_plan(
+        assigned(),
+        risk_result(3),
+        grown,
+        LATER,
+        CFG,
+        templates,
+        codes=codes,
+        care_team_ref="CareTeam/t1",
+        problems=problems,
+    )
     assert plan is not None and same_content(plan, grown)
     assert len(problems) == len(first["activity"])
     assert all("2 copies" in p for p in problems)
@@ -535,8 +804,17 @@ def test_plan_growth_is_reported_not_repeated(codes: WritebackCodes,
     rewritten = drop_element_ids(as_stored(first))
     rewritten["activity"][0]["detail"]["code"]["coding"][0].pop("system")
     problems = []
-    plan = build_care_plan(assigned(), risk_result(3), rewritten, LATER, CFG, templates,
-                           codes=codes, care_team_ref="CareTeam/t1", problems=problems)
+    plan = build_care_plan(
+        assigned(),
+        risk_result(3),
+        rewritten,
+        LATER,
+        CFG,
+        templates,
+        codes=codes,
+        care_team_ref="CareTeam/t1",
+        problems=problems,
+    )
     assert plan is not None and len(plan["activity"]) == len(first["activity"])
     assert len(problems) == 1 and "looks like fhirpanel's" in problems[0]
 
@@ -545,25 +823,29 @@ def test_plan_growth_is_reported_not_repeated(codes: WritebackCodes,
 
 
 def test_risk_assessment(codes: WritebackCodes, labels: NarrativeLabels) -> None:
-    ra = build_risk_assessment(assigned(), risk_result(3), None, AS_OF, CFG, codes=codes,
-                               labels=labels)
+    ra = build_risk_assessment(
+        assigned(), risk_result(3), None, AS_OF, CFG, codes=codes, labels=labels
+    )
     assert ra is not None
     assert ra["status"] == "final"
     assert ra["occurrenceDateTime"] == "2026-11-22"
     assert ra["basis"] == [{"reference": "Condition/c1"}, {"reference": "Condition/c2"}]
     [prediction] = ra["prediction"]
     assert codings([prediction["qualitativeRisk"]]) == {
-        ("http://terminology.hl7.org/CodeSystem/risk-probability", "high")}
+        ("http://terminology.hl7.org/CodeSystem/risk-probability", "high")
+    }
     assert prediction["relativeRisk"] == 1.734
     assert "tier 3" in prediction["outcome"]["text"]
     assert "Charlson Comorbidity Index 3" in prediction["rationale"]
     assert ra["method"]["text"]
     stored = as_stored(ra)
-    same = build_risk_assessment(assigned(), risk_result(3), stored, LATER, CFG, codes=codes,
-                                 labels=labels)
+    same = build_risk_assessment(
+        assigned(), risk_result(3), stored, LATER, CFG, codes=codes, labels=labels
+    )
     assert same is not None and same_content(same, stored)  # keeps its date
-    changed = build_risk_assessment(assigned(), risk_result(2), stored, LATER, CFG, codes=codes,
-                                    labels=labels)
+    changed = build_risk_assessment(
+        assigned(), risk_result(2), stored, LATER, CFG, codes=codes, labels=labels
+    )
     assert changed is not None
     assert changed["status"] == "amended"
     assert changed["occurrenceDateTime"] == "2027-02-01"
@@ -578,9 +860,11 @@ def member_changes(group: dict[str, Any]) -> dict[str, str]:
 
 
 def test_attribution_group_after_the_atr_list(codes: WritebackCodes) -> None:
-    members = [GroupMember("Patient/p1", "PractitionerRole/r1"),
-               GroupMember("Patient/p2", "PractitionerRole/r1"),
-               GroupMember("Patient/p3", "Practitioner/d3")]
+    members = [
+        GroupMember("Patient/p1", "PractitionerRole/r1"),
+        GroupMember("Patient/p2", "PractitionerRole/r1"),
+        GroupMember("Patient/p3", "Practitioner/d3"),
+    ]
     group = build_attribution_group("Organization/o1", members, None, AS_OF, CFG, codes=codes)
     assert group is not None
     assert (group["type"], group["actual"], group["quantity"]) == ("person", True, 3)
@@ -588,21 +872,28 @@ def test_attribution_group_after_the_atr_list(codes: WritebackCodes) -> None:
     first = group["member"][0]
     assert first["extension"][0] == {
         "url": "http://hl7.org/fhir/us/davinci-atr/StructureDefinition/ext-attributedProvider",
-        "valueReference": {"reference": "PractitionerRole/r1"}}
+        "valueReference": {"reference": "PractitionerRole/r1"},
+    }
     assert first["extension"][1]["url"] == (
-        "http://hl7.org/fhir/us/davinci-atr/StructureDefinition/ext-changeType")
+        "http://hl7.org/fhir/us/davinci-atr/StructureDefinition/ext-changeType"
+    )
     assert set(member_changes(group).values()) == {"new"}
     stored = as_stored(group)
-    unchanged = build_attribution_group("Organization/o1", members, stored, LATER, CFG,
-                                        codes=codes)
+    unchanged = build_attribution_group("Organization/o1", members, stored, LATER, CFG, codes=codes)
     assert unchanged is not None and same_content(unchanged, stored)
-    moved = [GroupMember("Patient/p1", "PractitionerRole/r1"),
-             GroupMember("Patient/p2", "Practitioner/d9"),
-             GroupMember("Patient/p4", "Practitioner/d3")]
+    moved = [
+        GroupMember("Patient/p1", "PractitionerRole/r1"),
+        GroupMember("Patient/p2", "Practitioner/d9"),
+        GroupMember("Patient/p4", "Practitioner/d3"),
+    ]
     changed = build_attribution_group("Organization/o1", moved, stored, LATER, CFG, codes=codes)
     assert changed is not None
-    assert member_changes(changed) == {"Patient/p1": "nochange", "Patient/p2": "changed",
-                                       "Patient/p3": "dropped", "Patient/p4": "new"}
+    assert member_changes(changed) == {
+        "Patient/p1": "nochange",
+        "Patient/p2": "changed",
+        "Patient/p3": "dropped",
+        "Patient/p4": "new",
+    }
     dropped = next(m for m in changed["member"] if m["entity"]["reference"] == "Patient/p3")
     assert dropped["inactive"] is True
     assert dropped["period"] == {"start": "2026-11-22", "end": "2027-02-01"}
@@ -614,25 +905,36 @@ def test_attribution_group_after_the_atr_list(codes: WritebackCodes) -> None:
 
 def test_provenance(codes: WritebackCodes) -> None:
     recorded = datetime(2026, 11, 22, 12, 30, tzinfo=UTC)
-    prov = build_provenance(["CareTeam/b/_history/1", "CareTeam/a/_history/2"], recorded, CFG,
-                            codes=codes, activity="CREATE")
-    assert prov["target"] == [{"reference": "CareTeam/a/_history/2"},
-                              {"reference": "CareTeam/b/_history/1"}]
+    prov = build_provenance(
+        ["CareTeam/b/_history/1", "CareTeam/a/_history/2"],
+        recorded,
+        CFG,
+        codes=codes,
+        activity="CREATE",
+    )
+    assert prov["target"] == [
+        {"reference": "CareTeam/a/_history/2"},
+        {"reference": "CareTeam/b/_history/1"},
+    ]
     assert prov["recorded"] == "2026-11-22T12:30:00.000Z"
     assert prov["agent"][0]["who"] == {"type": "Device", "display": "fhirpanel"}
     assert prov["activity"]["coding"][0]["code"] == "CREATE"
     assert prov["reason"][0]["coding"][0]["code"] == "TREAT"
     with pytest.raises(BuildError, match="timezone"):
-        build_provenance(["CareTeam/a"], datetime(2026, 11, 22), CFG, codes=codes,
-                         activity="CREATE")
+        build_provenance(
+            ["CareTeam/a"], datetime(2026, 11, 22), CFG, codes=codes, activity="CREATE"
+        )
 
 
 # --------------------------------------------------------------------------- errors
 
 
 def test_invalid_resource_is_a_build_error_naming_it() -> None:
-    bad = {"resourceType": "CareTeam", "identifier": [{"value": "careteam-pcp.p9"}],
-           "period": {"start": "2026-13-45"}}
+    bad = {
+        "resourceType": "CareTeam",
+        "identifier": [{"value": "careteam-pcp.p9"}],
+        "period": {"start": "2026-13-45"},
+    }
     with pytest.raises(BuildError, match=r"CareTeam careteam-pcp\.p9"):
         validate_resource(bad)
 
@@ -648,8 +950,11 @@ def test_mapping_files_are_validated() -> None:
         parse_writeback_codes(broken)
     plans = copy.deepcopy(load_mapping_ref("careplan_templates"))
     plans["tiers"]["3"]["activities"][0]["kind"] = "Procedure"
-    with pytest.raises(MappingError, match=r"tiers\.3\.activities\[1\]\.kind: Input should be "
-                                           r"'Appointment', "):
+    with pytest.raises(
+        MappingError,
+        match=r"tiers\.3\.activities\[1\]\.kind: Input should be "
+        r"'Appointment', ",
+    ):
         parse_templates(plans)
     plans = copy.deepcopy(load_mapping_ref("careplan_templates"))
     plans["tiers"]["3"]["activities"][1]["key"] = "care-management"

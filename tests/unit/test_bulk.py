@@ -41,8 +41,10 @@ BASE = "http://127.0.0.1:8080/fhir"
         (f"bulk:{BASE}/$export", BulkTarget(BASE)),
         (f"bulk:{BASE}/Group/g-1.a", BulkTarget(BASE, "g-1.a")),
         (f"bulk:{BASE}/Group/42/$export", BulkTarget(BASE, "42")),
-        ("bulk:https://ehr.example.org/api/FHIR/R4/Group/e3f",
-         BulkTarget("https://ehr.example.org/api/FHIR/R4", "e3f")),
+        (
+            "bulk:https://ehr.example.org/api/FHIR/R4/Group/e3f",
+            BulkTarget("https://ehr.example.org/api/FHIR/R4", "e3f"),
+        ),
     ],
 )
 def test_bulk_specs(spec: str, target: BulkTarget) -> None:
@@ -69,8 +71,7 @@ def client_factory(base_url: str) -> FhirClient:
 
 
 def test_source_from_spec_gives_a_bulk_source_with_the_settings() -> None:
-    settings = BulkSettings(group_id="from-settings", since="2026-11-01T00:00:00Z",
-                            keep_files=True)
+    settings = BulkSettings(group_id="from-settings", since="2026-11-01T00:00:00Z", keep_files=True)
     source = source_from_spec(f"bulk:{BASE}", client_factory, bulk=settings)
     assert isinstance(source, BulkSource)
     assert source.client.base_url == BASE
@@ -86,8 +87,9 @@ def test_source_from_spec_gives_a_bulk_source_with_the_settings() -> None:
 
 
 def test_bulk_settings_come_from_the_environment() -> None:
-    settings = Settings.load(env={"FHIRPANEL_BULK_KEEP_FILES": "yes",
-                                  "FHIRPANEL_BULK_DOWNLOAD_DIR": "var/exports"})
+    settings = Settings.load(
+        env={"FHIRPANEL_BULK_KEEP_FILES": "yes", "FHIRPANEL_BULK_DOWNLOAD_DIR": "var/exports"}
+    )
     assert settings.bulk.keep_files and settings.bulk.download_dir == "var/exports"
 
 
@@ -127,9 +129,11 @@ def test_manifest_parsing() -> None:
     parsed = parse_manifest(manifest())
     assert parsed.transaction_time == "2026-11-22T10:00:00Z"
     assert parsed.requires_access_token is True
-    assert parsed.output == (ManifestFile("Patient", f"{BASE}/files/1", 10),
-                             ManifestFile("Patient", f"{BASE}/files/2", None),
-                             ManifestFile("Encounter", f"{BASE}/files/3", None))
+    assert parsed.output == (
+        ManifestFile("Patient", f"{BASE}/files/1", 10),
+        ManifestFile("Patient", f"{BASE}/files/2", None),
+        ManifestFile("Encounter", f"{BASE}/files/3", None),
+    )
     assert parsed.error == (ManifestFile("OperationOutcome", f"{BASE}/files/err"),)
     empty = parse_manifest({"transactionTime": "t", "request": "r", "output": []})
     assert empty.output == () and empty.error == () and not empty.requires_access_token
@@ -153,11 +157,18 @@ def test_malformed_manifests_are_source_errors(data: Any, message: str) -> None:
 
 
 def test_download_names_are_numbered_per_type_and_recognised(tmp_path: Path) -> None:
-    files = [ManifestFile(t, f"{BASE}/{n}") for n, t in
-             enumerate(["Patient", "Encounter", "Patient", "Patient", "PractitionerRole"])]
+    files = [
+        ManifestFile(t, f"{BASE}/{n}")
+        for n, t in enumerate(["Patient", "Encounter", "Patient", "Patient", "PractitionerRole"])
+    ]
     names = download_names(files)
-    assert names == ["Patient.0001.ndjson", "Encounter.0001.ndjson", "Patient.0002.ndjson",
-                     "Patient.0003.ndjson", "PractitionerRole.0001.ndjson"]
+    assert names == [
+        "Patient.0001.ndjson",
+        "Encounter.0001.ndjson",
+        "Patient.0002.ndjson",
+        "Patient.0003.ndjson",
+        "PractitionerRole.0001.ndjson",
+    ]
     for name in [*names, error_file_name(1), "Patient.0004.ndjson.part"]:
         (tmp_path / name).write_bytes(b"")
     source = NdjsonSource(tmp_path)
@@ -178,8 +189,10 @@ def test_retry_after_in_seconds_or_as_a_date() -> None:
 
 
 def error(code: str) -> FhirHttpError:
-    outcome = {"resourceType": "OperationOutcome",
-               "issue": [{"severity": "error", "code": code, "diagnostics": "x"}]}
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": "x"}],
+    }
     return FhirHttpError(500, "x", outcome=outcome)
 
 
@@ -190,18 +203,28 @@ def test_transient_poll_errors() -> None:
 
 
 def test_error_file_lines_become_issues() -> None:
-    outcome = {"resourceType": "OperationOutcome", "issue": [
-        {"severity": "error", "code": "processing", "diagnostics": "Condition/c1 not exported"},
-        {"severity": "error", "code": "processing", "details": {"text": "Encounter/e2 bad"}},
-    ]}
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {"severity": "error", "code": "processing", "diagnostics": "Condition/c1 not exported"},
+            {"severity": "error", "code": "processing", "details": {"text": "Encounter/e2 bad"}},
+        ],
+    }
     lines = [orjson.dumps(outcome) + b"\n", b"\n", b"not json\n"]
     assert error_file_issues(lines, "error.0001.ndjson") == [
-        Issue("OperationOutcome/? (error.0001.ndjson:1)",
-              "export error: Condition/c1 not exported", "recorded"),
-        Issue("OperationOutcome/? (error.0001.ndjson:1)",
-              "export error: Encounter/e2 bad", "recorded"),
-        Issue("OperationOutcome/? (error.0001.ndjson:3)",
-              "export error: unreadable error line", "recorded"),
+        Issue(
+            "OperationOutcome/? (error.0001.ndjson:1)",
+            "export error: Condition/c1 not exported",
+            "recorded",
+        ),
+        Issue(
+            "OperationOutcome/? (error.0001.ndjson:1)", "export error: Encounter/e2 bad", "recorded"
+        ),
+        Issue(
+            "OperationOutcome/? (error.0001.ndjson:3)",
+            "export error: unreadable error line",
+            "recorded",
+        ),
     ]
     many = error_file_issues([orjson.dumps(outcome)] * 3, "e", limit=4)
     assert len(many) == 5 and many[-1].problem == "export error: 2 more error lines not listed"

@@ -17,8 +17,7 @@ SEARCH = {"code": "search-type"}
 
 
 def recorded_stu3() -> dict[str, Any]:
-    data: dict[str, Any] = orjson.loads(
-        (HAPI_DIR / "capabilitystatement-stu3-1.json").read_bytes())
+    data: dict[str, Any] = orjson.loads((HAPI_DIR / "capabilitystatement-stu3-1.json").read_bytes())
     return data
 
 
@@ -37,45 +36,94 @@ def r4_statement() -> dict[str, Any]:
             {
                 "mode": "server",
                 "security": {
-                    "service": [{"coding": [{
-                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                        "code": "SMART-on-FHIR"}]}],
-                    "extension": [{
-                        "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/"
-                               "oauth-uris",
-                        "extension": [
-                            {"url": "token", "valueUri": "https://ehr.test/oauth/token"},
-                            {"url": "authorize", "valueUri": "https://ehr.test/oauth/authorize"},
-                        ],
-                    }],
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                    "code": "SMART-on-FHIR",
+                                }
+                            ]
+                        }
+                    ],
+                    "extension": [
+                        {
+                            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/"
+                            "oauth-uris",
+                            "extension": [
+                                {"url": "token", "valueUri": "https://ehr.test/oauth/token"},
+                                {
+                                    "url": "authorize",
+                                    "valueUri": "https://ehr.test/oauth/authorize",
+                                },
+                            ],
+                        }
+                    ],
                 },
-                "extension": [{
-                    "url": "http://hl7.org/fhir/StructureDefinition/capabilitystatement-websocket",
-                    "valueUri": "wss://ehr.test/ws"}],
-                "interaction": [{"code": "transaction"}, {"code": "batch"},
-                                {"code": "search-system"}],
-                "operation": [{"name": "export",
-                               "definition": "http://hl7.org/fhir/uv/bulkdata/"
-                                             "OperationDefinition/export"}],
+                "extension": [
+                    {
+                        "url": "http://hl7.org/fhir/StructureDefinition/capabilitystatement-websocket",
+                        "valueUri": "wss://ehr.test/ws",
+                    }
+                ],
+                "interaction": [
+                    {"code": "transaction"},
+                    {"code": "batch"},
+                    {"code": "search-system"},
+                ],
+                "operation": [
+                    {
+                        "name": "export",
+                        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+                    }
+                ],
                 "resource": [
-                    {"type": "Patient", "interaction": [{"code": "read"}, SEARCH],
-                     "searchParam": [{"name": "_id", "type": "token"},
-                                     {"name": "identifier", "type": "token"},
-                                     {"name": "_lastUpdated", "type": "date"}],
-                     "operation": [{"name": "export", "definition":
-                                    "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
-                                    "patient-export"}]},
-                    {"type": "Group", "interaction": [{"code": "read"}],
-                     "operation": [{"name": "export", "definition":
-                                    "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
-                                    "group-export"}]},
-                    {"type": "CareTeam", "conditionalUpdate": True,
-                     "interaction": [{"code": "read"}, {"code": "update"}, {"code": "create"},
-                                     SEARCH],
-                     "searchParam": [{"name": "identifier", "type": "token"},
-                                     {"name": "patient", "type": "reference"}]},
-                    {"type": "CarePlan", "conditionalUpdate": True,
-                     "interaction": [{"code": "read"}, SEARCH]},
+                    {
+                        "type": "Patient",
+                        "interaction": [{"code": "read"}, SEARCH],
+                        "searchParam": [
+                            {"name": "_id", "type": "token"},
+                            {"name": "identifier", "type": "token"},
+                            {"name": "_lastUpdated", "type": "date"},
+                        ],
+                        "operation": [
+                            {
+                                "name": "export",
+                                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
+                                "patient-export",
+                            }
+                        ],
+                    },
+                    {
+                        "type": "Group",
+                        "interaction": [{"code": "read"}],
+                        "operation": [
+                            {
+                                "name": "export",
+                                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
+                                "group-export",
+                            }
+                        ],
+                    },
+                    {
+                        "type": "CareTeam",
+                        "conditionalUpdate": True,
+                        "interaction": [
+                            {"code": "read"},
+                            {"code": "update"},
+                            {"code": "create"},
+                            SEARCH,
+                        ],
+                        "searchParam": [
+                            {"name": "identifier", "type": "token"},
+                            {"name": "patient", "type": "reference"},
+                        ],
+                    },
+                    {
+                        "type": "CarePlan",
+                        "conditionalUpdate": True,
+                        "interaction": [{"code": "read"}, SEARCH],
+                    },
                     {"type": "Subscription", "interaction": [{"code": "create"}]},
                     {"interaction": [{"code": "read"}]},  # no type: skipped
                 ],
@@ -153,8 +201,9 @@ def test_smart_declared_by_the_oauth_extension_alone() -> None:
 
 
 def test_a_bare_statement_parses_with_nothing_supported() -> None:
-    caps = parse_capability_statement({"resourceType": "CapabilityStatement",
-                                       "fhirVersion": "4.3.0", "rest": "garbage"})
+    caps = parse_capability_statement(
+        {"resourceType": "CapabilityStatement", "fhirVersion": "4.3.0", "rest": "garbage"}
+    )
     assert caps.release == "R4B" and caps.resources == {}
     assert not (caps.transaction or caps.batch or caps.export.any or caps.smart.declared)
     assert not caps.subscriptions
@@ -165,16 +214,32 @@ def test_not_a_capability_statement_is_refused() -> None:
         parse_capability_statement({"resourceType": "OperationOutcome"})
 
 
-@pytest.mark.parametrize(("version", "release"), [
-    ("1.0.2", "DSTU2"), ("3.0.1", "STU3"), ("3.0.2", "STU3"), ("4.0.0", "R4"), ("4.0.1", "R4"),
-    ("4.3.0", "R4B"), ("5.0.0", "R5"), ("4.01", "unknown"), ("", "unknown"),
-])
+@pytest.mark.parametrize(
+    ("version", "release"),
+    [
+        ("1.0.2", "DSTU2"),
+        ("3.0.1", "STU3"),
+        ("3.0.2", "STU3"),
+        ("4.0.0", "R4"),
+        ("4.0.1", "R4"),
+        ("4.3.0", "R4B"),
+        ("5.0.0", "R5"),
+        ("4.01", "unknown"),
+        ("", "unknown"),
+    ],
+)
 def test_fhir_release_names(version: str, release: str) -> None:
     assert fhir_release(version) == release
 
 
 def test_a_dstu2_conformance_is_flagged() -> None:
-    caps = parse_capability_statement({"resourceType": "Conformance", "fhirVersion": "1.0.2",
-                                       "rest": [{"mode": "server", "resource": [
-                                           {"type": "Patient", "interaction": [SEARCH]}]}]})
+    caps = parse_capability_statement(
+        {
+            "resourceType": "Conformance",
+            "fhirVersion": "1.0.2",
+            "rest": [
+                {"mode": "server", "resource": [{"type": "Patient", "interaction": [SEARCH]}]}
+            ],
+        }
+    )
     assert caps.release == "DSTU2" and caps.supports("Patient", "search-type")

@@ -67,8 +67,9 @@ class FakeTransport(requests.adapters.BaseAdapter):
         self.handler = handler
         self.seen: list[requests.PreparedRequest] = []
 
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
-             ) -> requests.Response:
+    def send(
+        self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
+    ) -> requests.Response:
         self.seen.append(request)
         answer = self.handler(request)
         status, body = answer[0], answer[1]
@@ -92,8 +93,9 @@ class FakeTransport(requests.adapters.BaseAdapter):
         return [parse_qsl(urlsplit(r.url or "").query) for r in self.seen]
 
 
-def fake_client(handler: Callable[[requests.PreparedRequest], Answer], *, base: str = BASE,
-                **settings: Any) -> tuple[FhirClient, FakeTransport]:
+def fake_client(
+    handler: Callable[[requests.PreparedRequest], Answer], *, base: str = BASE, **settings: Any
+) -> tuple[FhirClient, FakeTransport]:
     transport = FakeTransport(handler)
     session = requests.Session()
     session.mount("http://", transport)
@@ -109,8 +111,12 @@ def bundle(entries: list[dict[str, Any]], next_url: str | None = None) -> dict[s
     links = [{"relation": "self", "url": f"{BASE}/Patient"}]
     if next_url is not None:
         links.append({"relation": "next", "url": next_url})
-    return {"resourceType": "Bundle", "type": "searchset", "link": links,
-            "entry": [{"resource": r, "search": {"mode": "match"}} for r in entries]}
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "link": links,
+        "entry": [{"resource": r, "search": {"mode": "match"}} for r in entries],
+    }
 
 
 def patient(pid: str) -> dict[str, Any]:
@@ -120,12 +126,26 @@ def patient(pid: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- error mapping
 
 
-@pytest.mark.parametrize(("status", "expected"), [
-    (400, InvalidRequestError), (422, InvalidRequestError), (401, AuthError), (403, AuthError),
-    (404, NotFoundError), (409, VersionConflictError), (412, VersionConflictError),
-    (410, GoneError), (500, ServerError), (502, ServerError), (503, ServerError),
-    (504, ServerError), (405, FhirHttpError), (418, FhirHttpError), (429, FhirHttpError),
-])
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (400, InvalidRequestError),
+        (422, InvalidRequestError),
+        (401, AuthError),
+        (403, AuthError),
+        (404, NotFoundError),
+        (409, VersionConflictError),
+        (412, VersionConflictError),
+        (410, GoneError),
+        (500, ServerError),
+        (502, ServerError),
+        (503, ServerError),
+        (504, ServerError),
+        (405, FhirHttpError),
+        (418, FhirHttpError),
+        (429, FhirHttpError),
+    ],
+)
 def test_every_status_maps_to_its_error_and_keeps_the_outcome(status: int, expected: type) -> None:
     body = (HAPI_DIR / "operationoutcome-1.json").read_bytes()
     error = error_for_response(status, body, "application/fhir+json", f"{BASE}/Practitioner")
@@ -136,21 +156,36 @@ def test_every_status_maps_to_its_error_and_keeps_the_outcome(status: int, expec
     assert str(error).startswith(f"HTTP {status} from {BASE}/Practitioner: HAPI-0524: Unknown")
 
 
-@pytest.mark.parametrize(("name", "status", "expected", "code", "words"), [
-    ("operationoutcome-1.json", 400, InvalidRequestError, "HAPI-0524",
-     'Unknown search parameter "organization"'),
-    ("operationoutcome-2.json", 400, InvalidRequestError, "HAPI-0450", "HAPI-1821"),
-    ("operationoutcome-3.json", 400, InvalidRequestError, "HAPI-0450", "HAPI-1861"),
-    ("operationoutcome-4.json", 412, VersionConflictError, "HAPI-2840",
-     "duplicating existing resource: Patient/131943013"),
-    ("operationoutcome-5.json", 400, InvalidRequestError, "HAPI-0450", "HAPI-1814"),
-    ("operationoutcome-6.json", 404, NotFoundError, "HAPI-2001", "Patient/1000 is not known"),
-    ("operationoutcome-7.json", 404, NotFoundError, None, "does-not-exist-openclinic"),
-])
-def test_recorded_hapi_outcomes(name: str, status: int, expected: type, code: str | None,
-                                words: str) -> None:
-    error = error_for_response(status, (HAPI_DIR / name).read_bytes(), "application/fhir+json",
-                               f"{BASE}/Patient")
+@pytest.mark.parametrize(
+    ("name", "status", "expected", "code", "words"),
+    [
+        (
+            "operationoutcome-1.json",
+            400,
+            InvalidRequestError,
+            "HAPI-0524",
+            'Unknown search parameter "organization"',
+        ),
+        ("operationoutcome-2.json", 400, InvalidRequestError, "HAPI-0450", "HAPI-1821"),
+        ("operationoutcome-3.json", 400, InvalidRequestError, "HAPI-0450", "HAPI-1861"),
+        (
+            "operationoutcome-4.json",
+            412,
+            VersionConflictError,
+            "HAPI-2840",
+            "duplicating existing resource: Patient/131943013",
+        ),
+        ("operationoutcome-5.json", 400, InvalidRequestError, "HAPI-0450", "HAPI-1814"),
+        ("operationoutcome-6.json", 404, NotFoundError, "HAPI-2001", "Patient/1000 is not known"),
+        ("operationoutcome-7.json", 404, NotFoundError, None, "does-not-exist-openclinic"),
+    ],
+)
+def test_recorded_hapi_outcomes(
+    name: str, status: int, expected: type, code: str | None, words: str
+) -> None:
+    error = error_for_response(
+        status, (HAPI_DIR / name).read_bytes(), "application/fhir+json", f"{BASE}/Patient"
+    )
     assert type(error) is expected
     assert error.hapi_code == code
     assert words in str(error)
@@ -166,9 +201,12 @@ def test_chained_hapi_codes_keep_the_first_and_show_all() -> None:
 
 def test_a_long_message_is_cut_but_keeps_every_hapi_code() -> None:
     diagnostics = "HAPI-0450: " + "x" * 900 + " HAPI-1821: the real cause"
-    body = orjson.dumps({"resourceType": "OperationOutcome",
-                         "issue": [{"severity": "error", "code": "processing",
-                                    "diagnostics": diagnostics}]})
+    body = orjson.dumps(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "processing", "diagnostics": diagnostics}],
+        }
+    )
     error = error_for_response(400, body)
     assert error.hapi_code == "HAPI-0450"
     assert len(str(error)) < 600
@@ -176,10 +214,19 @@ def test_a_long_message_is_cut_but_keeps_every_hapi_code() -> None:
 
 
 def test_details_text_is_used_when_there_are_no_diagnostics() -> None:
-    body = orjson.dumps({"resourceType": "OperationOutcome", "issue": [
-        {"severity": "warning", "code": "informational", "details": {"text": "just a note"}},
-        {"severity": "error", "code": "conflict", "details": {"text": "version mismatch"}},
-    ]})
+    body = orjson.dumps(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {
+                    "severity": "warning",
+                    "code": "informational",
+                    "details": {"text": "just a note"},
+                },
+                {"severity": "error", "code": "conflict", "details": {"text": "version mismatch"}},
+            ],
+        }
+    )
     error = error_for_response(409, body)
     assert isinstance(error, VersionConflictError)
     assert str(error).endswith("version mismatch")  # errors first, the warning left out
@@ -193,16 +240,27 @@ def test_a_non_json_error_body_gives_a_clear_message() -> None:
     expected = f"Bad Gateway (text/html, {len(html)} bytes, no OperationOutcome): 502 Bad Gateway"
     assert str(error).endswith(f"{expected} nginx")
     empty = error_for_response(503, b"", "", "", "Service Unavailable")
-    assert str(empty) == ("HTTP 503 from server: Service Unavailable (no content type, 0 bytes, "
-                          "no OperationOutcome)")
+    assert str(empty) == (
+        "HTTP 503 from server: Service Unavailable (no content type, 0 bytes, no OperationOutcome)"
+    )
     oauth = error_for_response(401, b'{"error": "invalid_token"}', "application/json")
     assert isinstance(oauth, AuthError) and oauth.exit_code == ExitCode.AUTH
     assert str(oauth).endswith(": invalid_token")
 
 
 def test_hapi_unknown_token_403_says_how_to_fix_it() -> None:
-    body = orjson.dumps({"resourceType": "OperationOutcome", "issue": [
-        {"severity": "error", "code": "processing", "diagnostics": "HAPI-1979: token refused"}]})
+    body = orjson.dumps(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {
+                    "severity": "error",
+                    "code": "processing",
+                    "diagnostics": "HAPI-1979: token refused",
+                }
+            ],
+        }
+    )
     error = error_for_response(403, body)
     assert isinstance(error, AuthError)
     assert "auth = 'none'" in str(error)
@@ -211,10 +269,12 @@ def test_hapi_unknown_token_403_says_how_to_fix_it() -> None:
 def test_long_patient_lists_and_secrets_are_redacted_from_urls() -> None:
     ids = ",".join(f"Patient/p{i}" for i in range(120))
     url = f"https://user:pw@fhir.test/r4/Encounter?patient={ids}&access_token=abc&_count=50"
-    assert redact_url(url) == ("https://fhir.test/r4/Encounter?patient=<120 values>"
-                               "&access_token=***&_count=50")
+    assert redact_url(url) == (
+        "https://fhir.test/r4/Encounter?patient=<120 values>&access_token=***&_count=50"
+    )
     assert redact_url(f"{BASE}/Encounter?patient=Patient/a,Patient/b") == (
-        f"{BASE}/Encounter?patient=Patient/a,Patient/b")
+        f"{BASE}/Encounter?patient=Patient/a,Patient/b"
+    )
 
 
 def test_errors_never_carry_the_request_body() -> None:
@@ -222,8 +282,12 @@ def test_errors_never_carry_the_request_body() -> None:
         return 422, recorded("operationoutcome-2.json")
 
     client, _ = fake_client(handler)
-    secret = {"resourceType": "Patient", "id": "p1", "name": [{"family": "Zyxwvut"}],
-              "birthDate": "1931-02-03"}
+    secret = {
+        "resourceType": "Patient",
+        "id": "p1",
+        "name": [{"family": "Zyxwvut"}],
+        "birthDate": "1931-02-03",
+    }
     with pytest.raises(InvalidRequestError) as caught:
         client.update(secret)
     assert "Zyxwvut" not in str(caught.value) and "1931" not in str(caught.value)
@@ -244,30 +308,51 @@ def test_a_bundle_search_error_keeps_a_short_url() -> None:
 # ---------------------------------------------------------------- links
 
 
-@pytest.mark.parametrize(("base", "link", "expected"), [
-    ("http://127.0.0.1:8080/baseR4", "/baseR4?_getpages=abc&_getpagesoffset=2&_count=2",
-     "http://127.0.0.1:8080/baseR4?_getpages=abc&_getpagesoffset=2&_count=2"),
-    ("http://127.0.0.1:8080/baseR4",
-     "http://127.0.0.1:8080/baseR4?_getpages=abc&_getpagesoffset=2&_bundletype=searchset",
-     "http://127.0.0.1:8080/baseR4?_getpages=abc&_getpagesoffset=2&_bundletype=searchset"),
-    ("http://127.0.0.1:8080/baseR4", "?_getpages=abc", "http://127.0.0.1:8080/baseR4?_getpages=abc"),
-    ("http://127.0.0.1:8080/fhir", "Patient?_count=40&_offset=40",
-     "http://127.0.0.1:8080/fhir/Patient?_count=40&_offset=40"),
-    ("https://fhir.test/r4", "https://FHIR.test:443/r4/Patient?page=2#frag",
-     "https://fhir.test/r4/Patient?page=2"),
-])
+@pytest.mark.parametrize(
+    ("base", "link", "expected"),
+    [
+        (
+            "http://127.0.0.1:8080/baseR4",
+            "/baseR4?_getpages=abc&_getpagesoffset=2&_count=2",
+            "http://127.0.0.1:8080/baseR4?_getpages=abc&_getpagesoffset=2&_count=2",
+        ),
+        (
+            "http://127.0.0.1:8080/baseR4",
+            "http://127.0.0.1:8080/baseR4?_getpages=abc&_getpagesoffset=2&_bundletype=searchset",
+            "http://127.0.0.1:8080/baseR4?_getpages=abc&_getpagesoffset=2&_bundletype=searchset",
+        ),
+        (
+            "http://127.0.0.1:8080/baseR4",
+            "?_getpages=abc",
+            "http://127.0.0.1:8080/baseR4?_getpages=abc",
+        ),
+        (
+            "http://127.0.0.1:8080/fhir",
+            "Patient?_count=40&_offset=40",
+            "http://127.0.0.1:8080/fhir/Patient?_count=40&_offset=40",
+        ),
+        (
+            "https://fhir.test/r4",
+            "https://FHIR.test:443/r4/Patient?page=2#frag",
+            "https://fhir.test/r4/Patient?page=2",
+        ),
+    ],
+)
 def test_next_links_resolve_against_the_base(base: str, link: str, expected: str) -> None:
     assert resolve_link(base, link) == expected
 
 
-@pytest.mark.parametrize("link", [
-    "https://hapi.fhir.org/baseR4?_getpages=abc",  # another host
-    "http://127.0.0.1:9999/baseR4?_getpages=abc",  # another port
-    "https://127.0.0.1:8080/baseR4?_getpages=abc",  # another scheme
-    "//evil.test/baseR4?_getpages=abc",  # scheme-relative
-    "http://localhost:8080/baseR4?_getpages=abc",  # HAPI behind a proxy naming itself
-    "http://127.0.0.1:notaport/baseR4",
-])
+@pytest.mark.parametrize(
+    "link",
+    [
+        "https://hapi.fhir.org/baseR4?_getpages=abc",  # another host
+        "http://127.0.0.1:9999/baseR4?_getpages=abc",  # another port
+        "https://127.0.0.1:8080/baseR4?_getpages=abc",  # another scheme
+        "//evil.test/baseR4?_getpages=abc",  # scheme-relative
+        "http://localhost:8080/baseR4?_getpages=abc",  # HAPI behind a proxy naming itself
+        "http://127.0.0.1:notaport/baseR4",
+    ],
+)
 def test_next_links_elsewhere_are_refused(link: str) -> None:
     with pytest.raises(UnsafeLinkError):
         resolve_link("http://127.0.0.1:8080/baseR4", link)
@@ -306,11 +391,16 @@ def paged(pages: dict[str, Answer]) -> Callable[[requests.PreparedRequest], Answ
 
 
 def test_search_follows_next_links_and_sends_the_search_headers() -> None:
-    client, transport = fake_client(paged({
-        "1": (200, bundle([patient("a"), patient("b")], f"{BASE}/Patient?page=2")),
-        "2": (200, bundle([patient("c")], "Patient?page=3")),
-        "3": (200, bundle([patient("d")])),
-    }), page_size=2)
+    client, transport = fake_client(
+        paged(
+            {
+                "1": (200, bundle([patient("a"), patient("b")], f"{BASE}/Patient?page=2")),
+                "2": (200, bundle([patient("c")], "Patient?page=3")),
+                "3": (200, bundle([patient("d")])),
+            }
+        ),
+        page_size=2,
+    )
     assert [r["id"] for r in client.search("Patient", {"gender": "female"})] == list("abcd")
     first, second, _ = transport.seen
     assert transport.queries()[0] == [("gender", "female"), ("_count", "2")]
@@ -333,15 +423,23 @@ def test_mapping_params_with_several_values_repeat_the_parameter() -> None:
     client, transport = fake_client(lambda r: (200, bundle([])))
     params = {"date": ["ge2020-01-01", "lt2021-01-01"], "status": "finished"}
     list(client.search("Encounter", params))
-    assert transport.queries()[0] == [("date", "ge2020-01-01"), ("date", "lt2021-01-01"),
-                                      ("status", "finished"), ("_count", "200")]
+    assert transport.queries()[0] == [
+        ("date", "ge2020-01-01"),
+        ("date", "lt2021-01-01"),
+        ("status", "finished"),
+        ("_count", "200"),
+    ]
 
 
 def test_a_repeated_next_link_stops_paging() -> None:
-    client, transport = fake_client(paged({
-        "1": (200, bundle([patient("a")], f"{BASE}/Patient?page=2")),
-        "2": (200, bundle([patient("b")], f"{BASE}/Patient?page=2")),
-    }))
+    client, transport = fake_client(
+        paged(
+            {
+                "1": (200, bundle([patient("a")], f"{BASE}/Patient?page=2")),
+                "2": (200, bundle([patient("b")], f"{BASE}/Patient?page=2")),
+            }
+        )
+    )
     assert [r["id"] for r in client.search("Patient")] == ["a", "b"]
     assert len(transport.seen) == 2
 
@@ -360,9 +458,16 @@ def test_paging_is_bounded_by_max_pages() -> None:
 
 
 def gone() -> Answer:
-    return 410, {"resourceType": "OperationOutcome", "issue": [
-        {"severity": "error", "code": "processing",
-         "diagnostics": "Search ID[abc] does not exist and may have expired."}]}
+    return 410, {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": "processing",
+                "diagnostics": "Search ID[abc] does not exist and may have expired.",
+            }
+        ],
+    }
 
 
 def test_an_expired_page_restarts_the_search_once_without_repeats() -> None:
@@ -389,10 +494,14 @@ def test_an_expired_page_restarts_the_search_once_without_repeats() -> None:
 
 
 def test_a_second_expired_page_raises() -> None:
-    client, _ = fake_client(paged({
-        "1": (200, bundle([patient("a")], f"{BASE}/Patient?page=2")),
-        "2": gone(),
-    }))
+    client, _ = fake_client(
+        paged(
+            {
+                "1": (200, bundle([patient("a")], f"{BASE}/Patient?page=2")),
+                "2": gone(),
+            }
+        )
+    )
     got: list[dict[str, Any]] = []
     with pytest.raises(GoneError) as caught:
         got.extend(client.search("Patient"))
@@ -408,17 +517,32 @@ def test_a_410_on_the_first_page_is_not_restarted() -> None:
     assert len(transport.seen) == 1
 
 
-def test_search_yields_match_and_include_and_logs_outcomes(caplog: pytest.LogCaptureFixture
-                                                            ) -> None:
-    page = {"resourceType": "Bundle", "type": "searchset", "entry": [
-        {"resource": {"resourceType": "Encounter", "id": "e1"}, "search": {"mode": "match"}},
-        {"resource": {"resourceType": "Encounter", "id": "e2"}},
-        {"resource": {"resourceType": "Patient", "id": "p1"}, "search": {"mode": "include"}},
-        {"resource": {"resourceType": "OperationOutcome", "issue": [
-            {"severity": "warning", "code": "processing",
-             "diagnostics": "_count capped at 500"}]}, "search": {"mode": "outcome"}},
-        {"fullUrl": "urn:uuid:no-resource"},
-    ]}
+def test_search_yields_match_and_include_and_logs_outcomes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    page = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [
+            {"resource": {"resourceType": "Encounter", "id": "e1"}, "search": {"mode": "match"}},
+            {"resource": {"resourceType": "Encounter", "id": "e2"}},
+            {"resource": {"resourceType": "Patient", "id": "p1"}, "search": {"mode": "include"}},
+            {
+                "resource": {
+                    "resourceType": "OperationOutcome",
+                    "issue": [
+                        {
+                            "severity": "warning",
+                            "code": "processing",
+                            "diagnostics": "_count capped at 500",
+                        }
+                    ],
+                },
+                "search": {"mode": "outcome"},
+            },
+            {"fullUrl": "urn:uuid:no-resource"},
+        ],
+    }
     client, _ = fake_client(lambda r: (200, page))
     with caplog.at_level(logging.WARNING, logger="fhirpanel.fhir.client"):
         got = [(r["resourceType"], r["id"]) for r in client.search("Encounter")]
@@ -490,8 +614,7 @@ def test_writes_with_an_empty_answer_come_back_from_the_headers() -> None:
     client, transport = fake_client(lambda r: (201, b"", headers))
     written = client.conditional_update({"resourceType": "Patient"}, "identifier=sys|v1")
     assert written == {"resourceType": "Patient", "id": "77", "meta": {"versionId": "3"}}
-    assert dict(parse_qsl(urlsplit(transport.seen[0].url or "").query)) == {
-        "identifier": "sys|v1"}
+    assert dict(parse_qsl(urlsplit(transport.seen[0].url or "").query)) == {"identifier": "sys|v1"}
     assert client.create({"resourceType": "Patient"})["id"] == "77"
     assert transport.seen[1].method == "POST" and transport.seen[1].url == f"{BASE}/Patient"
 
@@ -513,8 +636,7 @@ def test_transaction_posts_the_bundle_to_the_base() -> None:
 
 
 def test_capabilities_are_read_once() -> None:
-    client, transport = fake_client(
-        lambda r: (200, recorded("capabilitystatement-stu3-1.json")))
+    client, transport = fake_client(lambda r: (200, recorded("capabilitystatement-stu3-1.json")))
     assert client.capabilities().release == "STU3"
     assert client.capabilities() is client.capabilities()
     assert len(transport.seen) == 1 and transport.seen[0].url == f"{BASE}/metadata"
@@ -553,8 +675,9 @@ def test_auth_reprs_and_settings_hide_secrets() -> None:
     settings = FhirSettings(base_url=BASE, auth="bearer", token="tok-123")
     assert "tok-123" not in repr(settings)
     assert isinstance(auth_from_settings(settings), BearerAuth)
-    assert isinstance(auth_from_settings(FhirSettings(auth="basic", username="u", password="p")),
-                      BasicAuth)
+    assert isinstance(
+        auth_from_settings(FhirSettings(auth="basic", username="u", password="p")), BasicAuth
+    )
     assert isinstance(auth_from_settings(FhirSettings()), NoAuth)
     with pytest.raises(ConfigError):
         auth_from_settings(FhirSettings(auth="bearer"))
@@ -568,8 +691,10 @@ def test_a_401_invalidates_the_token_and_retries_once() -> None:
     def handler(request: requests.PreparedRequest) -> Answer:
         if request.headers.get("Authorization") == "Bearer new":
             return 200, patient("a")
-        return 401, {"resourceType": "OperationOutcome",
-                     "issue": [{"severity": "error", "code": "login", "diagnostics": "expired"}]}
+        return 401, {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "login", "diagnostics": "expired"}],
+        }
 
     transport = FakeTransport(handler)
     session = requests.Session()
@@ -591,8 +716,9 @@ def test_a_401_invalidates_the_token_and_retries_once() -> None:
 
 
 def test_the_token_never_reaches_an_error_message() -> None:
-    client, _ = fake_client(lambda r: (403, recorded("operationoutcome-1.json")), auth="bearer",
-                            token="tok-secret-42")
+    client, _ = fake_client(
+        lambda r: (403, recorded("operationoutcome-1.json")), auth="bearer", token="tok-secret-42"
+    )
     with pytest.raises(AuthError) as caught:
         client.read("Patient", "a")
     assert "tok-secret-42" not in str(caught.value)
@@ -656,7 +782,8 @@ def test_retries_are_counted() -> None:
     adapter = client.session.get_adapter(BASE)
     retry = adapter.max_retries  # type: ignore[attr-defined]
     retry.increment("GET", "/Patient", response=answer(503)).increment(
-        "GET", "/Patient", response=answer(429))
+        "GET", "/Patient", response=answer(429)
+    )
     assert client.stats.retries == 2
 
 
@@ -664,8 +791,10 @@ def test_a_post_is_retried_after_connect_errors_but_not_read_errors() -> None:
     retry = retry_for()
     refused = NewConnectionError(None, "Connection refused")  # type: ignore[arg-type]
     assert retry.increment("POST", "/fhir", error=refused).total == 4
-    for lost in (ReadTimeoutError(None, "/fhir", "read timed out"),  # type: ignore[arg-type]
-                 ProtocolError("Connection aborted.")):
+    for lost in (
+        ReadTimeoutError(None, "/fhir", "read timed out"),  # type: ignore[arg-type]
+        ProtocolError("Connection aborted."),
+    ):
         with pytest.raises(type(lost)):
             retry.increment("POST", "/fhir", error=lost)
         assert retry.increment("GET", "/fhir", error=lost).total == 4
@@ -674,8 +803,9 @@ def test_a_post_is_retried_after_connect_errors_but_not_read_errors() -> None:
 # ---------------------------------------------------------------- completeness against `total`
 
 
-def counted(entries: list[dict[str, Any]], total: int | None, next_url: str | None = None,
-            **extra: Any) -> dict[str, Any]:
+def counted(
+    entries: list[dict[str, Any]], total: int | None, next_url: str | None = None, **extra: Any
+) -> dict[str, Any]:
     page = bundle(entries, next_url)
     if total is not None:
         page["total"] = total
@@ -684,23 +814,36 @@ def counted(entries: list[dict[str, Any]], total: int | None, next_url: str | No
 
 
 def test_a_total_made_up_by_the_pages_passes() -> None:
-    client, _ = fake_client(paged({
-        "1": (200, counted([patient("a"), patient("b")], 4, f"{BASE}/Patient?page=2")),
-        "2": (200, counted([patient("c"), patient("d")], None)),  # total on the first page only
-    }))
+    client, _ = fake_client(
+        paged(
+            {
+                "1": (200, counted([patient("a"), patient("b")], 4, f"{BASE}/Patient?page=2")),
+                "2": (
+                    200,
+                    counted([patient("c"), patient("d")], None),
+                ),  # total on the first page only
+            }
+        )
+    )
     assert [r["id"] for r in client.search("Patient")] == list("abcd")
 
 
 def test_an_empty_page_before_the_total_is_a_failed_read() -> None:
-    client, transport = fake_client(paged({
-        "1": (200, counted([patient("a"), patient("b")], 300, f"{BASE}/Patient?page=2")),
-        "2": (200, counted([], 300)),  # no next link either: the issue's scenario
-    }))
+    client, transport = fake_client(
+        paged(
+            {
+                "1": (200, counted([patient("a"), patient("b")], 300, f"{BASE}/Patient?page=2")),
+                "2": (200, counted([], 300)),  # no next link either: the issue's scenario
+            }
+        )
+    )
     got: list[str] = []
     with pytest.raises(SourceError) as caught:
         got.extend(r["id"] for r in client.search("Patient"))
-    assert str(caught.value) == ("Patient search: server said total 300 but its pages held 2 "
-                                 "(page 2 came back empty); nothing from this search was used")
+    assert str(caught.value) == (
+        "Patient search: server said total 300 but its pages held 2 "
+        "(page 2 came back empty); nothing from this search was used"
+    )
     assert caught.value.exit_code == ExitCode.SOURCE
     assert got == ["a", "b"] and len(transport.seen) == 2
 
@@ -714,20 +857,31 @@ def test_an_empty_first_page_with_a_total_yields_nothing() -> None:
 
 
 def test_a_next_chain_that_ends_before_the_total_is_a_failed_read() -> None:
-    client, _ = fake_client(paged({
-        "1": (200, counted([patient("a"), patient("b")], 5, f"{BASE}/Patient?page=2")),
-        "2": (200, counted([patient("c")], 5)),  # short, and no next link
-    }))
-    with pytest.raises(SourceError, match=r"total 5 but its pages held 3 \(a page came back "
-                                          r"short or the next links ended early\)"):
+    client, _ = fake_client(
+        paged(
+            {
+                "1": (200, counted([patient("a"), patient("b")], 5, f"{BASE}/Patient?page=2")),
+                "2": (200, counted([patient("c")], 5)),  # short, and no next link
+            }
+        )
+    )
+    with pytest.raises(
+        SourceError,
+        match=r"total 5 but its pages held 3 \(a page came back "
+        r"short or the next links ended early\)",
+    ):
         list(client.search("Patient"))
 
 
 def test_a_repeated_next_link_before_the_total_is_a_failed_read() -> None:
-    client, _ = fake_client(paged({
-        "1": (200, counted([patient("a")], 3, f"{BASE}/Patient?page=2")),
-        "2": (200, counted([patient("b")], 3, f"{BASE}/Patient?page=2")),
-    }))
+    client, _ = fake_client(
+        paged(
+            {
+                "1": (200, counted([patient("a")], 3, f"{BASE}/Patient?page=2")),
+                "2": (200, counted([patient("b")], 3, f"{BASE}/Patient?page=2")),
+            }
+        )
+    )
     with pytest.raises(SourceError, match="total 3 but its pages held 2"):
         list(client.search("Patient"))
 
@@ -739,19 +893,40 @@ def test_more_distinct_matches_than_the_total_is_a_failed_read() -> None:
 
 
 def test_includes_outcomes_and_repeated_resources_do_not_count_toward_the_total() -> None:
-    include = {"resource": {"resourceType": "Practitioner", "id": "d1"},
-               "search": {"mode": "include"}}
+    include = {
+        "resource": {"resourceType": "Practitioner", "id": "d1"},
+        "search": {"mode": "include"},
+    }
     same_type_include = {"resource": patient("linked"), "search": {"mode": "include"}}
     no_mode_other_type = {"resource": {"resourceType": "Organization", "id": "o1"}}
-    warning = {"resource": {"resourceType": "OperationOutcome", "issue": [
-        {"severity": "warning", "code": "informational", "diagnostics": "fine"}]}}
-    client, _ = fake_client(paged({
-        "1": (200, counted([patient("a"), patient("b")], 3, f"{BASE}/Patient?page=2",
-                           more_entries=[include, same_type_include, warning])),
-        # `b` again (an offset shifted by a concurrent write), plus `c`: 3 distinct matches.
-        "2": (200, counted([patient("b"), patient("c")], 3,
-                           more_entries=[include, no_mode_other_type])),
-    }))
+    warning = {
+        "resource": {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "warning", "code": "informational", "diagnostics": "fine"}],
+        }
+    }
+    client, _ = fake_client(
+        paged(
+            {
+                "1": (
+                    200,
+                    counted(
+                        [patient("a"), patient("b")],
+                        3,
+                        f"{BASE}/Patient?page=2",
+                        more_entries=[include, same_type_include, warning],
+                    ),
+                ),
+                # `b` again (an offset shifted by a concurrent write), plus `c`: 3 distinct matches.
+                "2": (
+                    200,
+                    counted(
+                        [patient("b"), patient("c")], 3, more_entries=[include, no_mode_other_type]
+                    ),
+                ),
+            }
+        )
+    )
     got = [(r["resourceType"], r["id"]) for r in client.search("Patient")]
     assert ("Patient", "c") in got and ("Practitioner", "d1") in got
     assert ("Organization", "o1") in got  # yielded as before, counted as an include
@@ -766,10 +941,14 @@ def test_count_only_searches_are_not_checked() -> None:
 
 
 def test_without_a_total_nothing_is_checked() -> None:
-    client, _ = fake_client(paged({
-        "1": (200, counted([patient("a")], None, f"{BASE}/Patient?page=2")),
-        "2": (200, counted([], None)),
-    }))
+    client, _ = fake_client(
+        paged(
+            {
+                "1": (200, counted([patient("a")], None, f"{BASE}/Patient?page=2")),
+                "2": (200, counted([], None)),
+            }
+        )
+    )
     assert [r["id"] for r in client.search("Patient")] == ["a"]
 
 
@@ -782,8 +961,7 @@ def test_a_restart_after_an_expired_page_counts_each_resource_once() -> None:
             return 200, counted([patient("a"), patient("b")], 4, f"{BASE}/Patient?page=2")
         if page == "2":
             calls["2"] += 1
-            return gone() if calls["2"] == 1 else (
-                200, counted([patient("c"), patient("d")], 4))
+            return gone() if calls["2"] == 1 else (200, counted([patient("c"), patient("d")], 4))
         raise AssertionError(page)
 
     client, _ = fake_client(handler)
@@ -791,18 +969,26 @@ def test_a_restart_after_an_expired_page_counts_each_resource_once() -> None:
     assert client.stats.restarts == 1
 
 
-@pytest.mark.parametrize(("page", "message"), [
-    ({"resourceType": "Bundle", "entry": "abc"}, "Bundle.entry is a string, not a list"),
-    ({"resourceType": "Bundle", "entry": ["a", "b"]}, r"Bundle.entry\[0\] is a string"),
-    ({"resourceType": "Bundle", "entry": [{"resource": 7}]},
-     r"Bundle.entry\[0\].resource is a number, not an object"),
-    ({"resourceType": "Bundle", "entry": [], "link": "next"}, "Bundle.link is a string"),
-    ({"resourceType": "Bundle", "entry": [], "total": "300"},
-     "Bundle.total is a string, not a whole number"),
-    ({"resourceType": "Bundle", "total": -1}, "Bundle.total is a number, not a whole number"),
-])
-def test_a_wrongly_shaped_page_is_a_one_line_source_error(page: dict[str, Any],
-                                                          message: str) -> None:
+@pytest.mark.parametrize(
+    ("page", "message"),
+    [
+        ({"resourceType": "Bundle", "entry": "abc"}, "Bundle.entry is a string, not a list"),
+        ({"resourceType": "Bundle", "entry": ["a", "b"]}, r"Bundle.entry\[0\] is a string"),
+        (
+            {"resourceType": "Bundle", "entry": [{"resource": 7}]},
+            r"Bundle.entry\[0\].resource is a number, not an object",
+        ),
+        ({"resourceType": "Bundle", "entry": [], "link": "next"}, "Bundle.link is a string"),
+        (
+            {"resourceType": "Bundle", "entry": [], "total": "300"},
+            "Bundle.total is a string, not a whole number",
+        ),
+        ({"resourceType": "Bundle", "total": -1}, "Bundle.total is a number, not a whole number"),
+    ],
+)
+def test_a_wrongly_shaped_page_is_a_one_line_source_error(
+    page: dict[str, Any], message: str
+) -> None:
     client, _ = fake_client(lambda r: (200, page))
     with pytest.raises(SourceError, match=message) as caught:
         list(client.search("Patient"))
@@ -810,8 +996,9 @@ def test_a_wrongly_shaped_page_is_a_one_line_source_error(page: dict[str, Any],
     assert "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("body", [b"[1, 2]", b"42", b'"Bundle"', b"\xff\xfe{}",
-                                  b"[" * 5000 + b"]" * 5000])
+@pytest.mark.parametrize(
+    "body", [b"[1, 2]", b"42", b'"Bundle"', b"\xff\xfe{}", b"[" * 5000 + b"]" * 5000]
+)
 def test_a_page_that_is_not_a_json_object_is_a_source_error(body: bytes) -> None:
     client, _ = fake_client(lambda r: (200, body, {"Content-Type": "application/fhir+json"}))
     with pytest.raises(SourceError, match=r"not JSON|JSON is not an object"):
@@ -839,24 +1026,45 @@ def test_a_foreign_link_says_which_settings_allow_it() -> None:
         "&_count=200: not on https://ehr.example.org/fhir; add http://localhost:8080 to "
         "fhir.trusted_link_origins (FHIRPANEL_FHIR_TRUSTED_LINK_ORIGINS) to follow it, or set "
         "fhir.rewrite_foreign_links = true (FHIRPANEL_FHIR_REWRITE_FOREIGN_LINKS) to send it to "
-        "the base URL instead")
+        "the base URL instead"
+    )
 
 
-@pytest.mark.parametrize(("base", "link", "expected"), [
-    # HAPI behind a proxy without server_address: only the origin changes.
-    (PROXIED, HAPI_LINK,
-     "https://ehr.example.org/fhir?_getpages=abc&_getpagesoffset=200&_count=200"),
-    (PROXIED, "http://10.0.0.5:8080/fhir/Patient?_offset=200",
-     "https://ehr.example.org/fhir/Patient?_offset=200"),
-    (PROXIED, "http://backend/files/Patient.ndjson", "https://ehr.example.org/files/Patient.ndjson"),
-    # The path is never remapped, even when it lies outside the base's path.
-    ("https://ehr.example.org/ehr/fhir", HAPI_LINK,
-     "https://ehr.example.org/fhir?_getpages=abc&_getpagesoffset=200&_count=200"),
-    ("https://ehr.example.org:8443/fhir", "https://u:p@backend/fhir?x=1#frag",
-     "https://ehr.example.org:8443/fhir?x=1"),
-])
-def test_foreign_links_are_rewritten_onto_the_base_when_asked(base: str, link: str,
-                                                               expected: str) -> None:
+@pytest.mark.parametrize(
+    ("base", "link", "expected"),
+    [
+        # HAPI behind a proxy without server_address: only the origin changes.
+        (
+            PROXIED,
+            HAPI_LINK,
+            "https://ehr.example.org/fhir?_getpages=abc&_getpagesoffset=200&_count=200",
+        ),
+        (
+            PROXIED,
+            "http://10.0.0.5:8080/fhir/Patient?_offset=200",
+            "https://ehr.example.org/fhir/Patient?_offset=200",
+        ),
+        (
+            PROXIED,
+            "http://backend/files/Patient.ndjson",
+            "https://ehr.example.org/files/Patient.ndjson",
+        ),
+        # The path is never remapped, even when it lies outside the base's path.
+        (
+            "https://ehr.example.org/ehr/fhir",
+            HAPI_LINK,
+            "https://ehr.example.org/fhir?_getpages=abc&_getpagesoffset=200&_count=200",
+        ),
+        (
+            "https://ehr.example.org:8443/fhir",
+            "https://u:p@backend/fhir?x=1#frag",
+            "https://ehr.example.org:8443/fhir?x=1",
+        ),
+    ],
+)
+def test_foreign_links_are_rewritten_onto_the_base_when_asked(
+    base: str, link: str, expected: str
+) -> None:
     assert resolve_link(base, link, rewrite=True) == expected
     with pytest.raises(UnsafeLinkError):  # the setting is what allows it
         resolve_link(base, link)
@@ -874,8 +1082,10 @@ def test_trusted_origins_are_followed_as_given_and_others_still_refused() -> Non
         resolve_link(PROXIED, "http://localhost:9090/fhir?_getpages=x", trusted=trusted)
 
 
-@pytest.mark.parametrize("value", ["localhost:8080", "http://h/fhir", "ftp://h", "http://",
-                                   "http://u:p@h", "http://h:port"])
+@pytest.mark.parametrize(
+    "value",
+    ["localhost:8080", "http://h/fhir", "ftp://h", "http://", "http://u:p@h", "http://h:port"],
+)
 def test_trusted_origins_must_be_origins(value: str) -> None:
     with pytest.raises(ConfigError, match=r"fhir\.trusted_link_origins"):
         FhirClient(FhirSettings(base_url=PROXIED, trusted_link_origins=value))
@@ -890,7 +1100,8 @@ def test_the_client_rewrites_a_proxied_hapi_next_link() -> None:
     client, transport = fake_client(handler, base=PROXIED, rewrite_foreign_links=True)
     assert [r["id"] for r in client.search("Patient")] == ["a", "b"]
     assert transport.seen[1].url == (
-        "https://ehr.example.org/fhir?_getpages=abc&_getpagesoffset=200&_count=200")
+        "https://ehr.example.org/fhir?_getpages=abc&_getpagesoffset=200&_count=200"
+    )
     refused, _ = fake_client(handler, base=PROXIED)
     with pytest.raises(UnsafeLinkError, match=r"fhir\.rewrite_foreign_links"):
         list(refused.search("Patient"))
@@ -902,8 +1113,13 @@ def test_the_client_follows_a_trusted_origin_with_its_credentials() -> None:
             return 200, counted([patient("b")], 2)
         return 200, counted([patient("a")], 2, HAPI_LINK)
 
-    client, transport = fake_client(handler, base=PROXIED, auth="bearer", token="t-1",
-                                    trusted_link_origins="http://localhost:8080")
+    client, transport = fake_client(
+        handler,
+        base=PROXIED,
+        auth="bearer",
+        token="t-1",
+        trusted_link_origins="http://localhost:8080",
+    )
     session = client.session
     session.mount("http://localhost:8080/", transport)  # over the client's retrying adapter
     assert [r["id"] for r in client.search("Patient")] == ["a", "b"]
@@ -917,20 +1133,54 @@ def test_the_client_follows_a_trusted_origin_with_its_credentials() -> None:
 # ---------------------------------------------------------------- 403 that blames the token
 
 
-@pytest.mark.parametrize(("headers", "body", "renews"), [
-    ({"WWW-Authenticate": 'Bearer error="invalid_token", error_description="expired"'}, b"",
-     True),
-    ({}, orjson.dumps({"resourceType": "OperationOutcome", "issue": [
-        {"severity": "error", "code": "security", "diagnostics": "Access token expired"}]}), True),
-    ({}, b'{"error": "invalid_token"}', True),
-    ({}, b"The token is not valid", True),
-    ({}, orjson.dumps({"resourceType": "OperationOutcome", "issue": [
-        {"severity": "error", "code": "forbidden",
-         "diagnostics": "Scope system/Patient.read does not allow writes"}]}), False),
-    ({"WWW-Authenticate": 'Bearer error="insufficient_scope"'}, b"", False),
-])
-def test_a_403_that_blames_the_token_renews_it_once(headers: dict[str, str], body: bytes,
-                                                    renews: bool) -> None:
+@pytest.mark.parametrize(
+    ("headers", "body", "renews"),
+    [
+        (
+            {"WWW-Authenticate": 'Bearer error="invalid_token", error_description="expired"'},
+            b"",
+            True,
+        ),
+        (
+            {},
+            orjson.dumps(
+                {
+                    "resourceType": "OperationOutcome",
+                    "issue": [
+                        {
+                            "severity": "error",
+                            "code": "security",
+                            "diagnostics": "Access token expired",
+                        }
+                    ],
+                }
+            ),
+            True,
+        ),
+        ({}, b'{"error": "invalid_token"}', True),
+        ({}, b"The token is not valid", True),
+        (
+            {},
+            orjson.dumps(
+                {
+                    "resourceType": "OperationOutcome",
+                    "issue": [
+                        {
+                            "severity": "error",
+                            "code": "forbidden",
+                            "diagnostics": "Scope system/Patient.read does not allow writes",
+                        }
+                    ],
+                }
+            ),
+            False,
+        ),
+        ({"WWW-Authenticate": 'Bearer error="insufficient_scope"'}, b"", False),
+    ],
+)
+def test_a_403_that_blames_the_token_renews_it_once(
+    headers: dict[str, str], body: bytes, renews: bool
+) -> None:
     issued = iter(["old", "new", "newer"])
 
     def handler(request: requests.PreparedRequest) -> Answer:
@@ -941,13 +1191,13 @@ def test_a_403_that_blames_the_token_renews_it_once(headers: dict[str, str], bod
     transport = FakeTransport(handler)
     session = requests.Session()
     session.mount("http://", transport)
-    client = FhirClient(FhirSettings(base_url=BASE), session=session,
-                        auth=BearerAuth(fetch=lambda: next(issued)))
+    client = FhirClient(
+        FhirSettings(base_url=BASE), session=session, auth=BearerAuth(fetch=lambda: next(issued))
+    )
     session.mount("http://fhir.test/", transport)
     if renews:
         assert client.read("Patient", "a")["id"] == "a"
-        assert [r.headers["Authorization"] for r in transport.seen] == ["Bearer old",
-                                                                         "Bearer new"]
+        assert [r.headers["Authorization"] for r in transport.seen] == ["Bearer old", "Bearer new"]
     else:
         with pytest.raises(AuthError):
             client.read("Patient", "a")

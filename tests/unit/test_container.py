@@ -66,15 +66,19 @@ def env_values() -> dict[str, str]:
 
 def settings_sections() -> list[tuple[str, type[Any]]]:
     hints = typing.get_type_hints(Settings)
-    return [(f.name, hints[f.name]) for f in dataclasses.fields(Settings)
-            if dataclasses.is_dataclass(hints[f.name])]
+    return [
+        (f.name, hints[f.name])
+        for f in dataclasses.fields(Settings)
+        if dataclasses.is_dataclass(hints[f.name])
+    ]
 
 
 def all_env_names() -> set[str]:
     names = {f"{ENV_PREFIX}{f.name.upper()}" for f in dataclasses.fields(Settings)}
     for section, cls in settings_sections():
-        names |= {f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}"
-                  for f in dataclasses.fields(cls)}
+        names |= {
+            f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}" for f in dataclasses.fields(cls)
+        }
     return names | {f"{ENV_PREFIX}CONFIG"}
 
 
@@ -92,8 +96,11 @@ def test_slim_python_311_base_and_a_non_root_user() -> None:
 
 
 def test_copy_sources_exist_and_reach_the_build_context() -> None:
-    ignore = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
-              if line.strip() and not line.startswith("#")]
+    ignore = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     allowlist = ignore[0] == "*"
     copied: list[str] = []
     for rest in args_of("COPY"):
@@ -106,7 +113,8 @@ def test_copy_sources_exist_and_reach_the_build_context() -> None:
         assert (ROOT / source).exists(), f"COPY {source}: not in the project"
         if allowlist:
             assert f"!{source.rstrip('/')}" in {i.rstrip("/") for i in ignore}, (
-                f"COPY {source}: excluded by .dockerignore")
+                f"COPY {source}: excluded by .dockerignore"
+            )
     for private in (".venv", ".git", "var", "tests"):
         if not allowlist:
             assert private in ignore
@@ -133,7 +141,7 @@ def test_process_commands_are_cli_subcommands() -> None:
 
 def test_health_check_hits_healthz_on_the_exposed_api_port() -> None:
     (check,) = args_of("HEALTHCHECK")
-    command = json.loads(check[check.index("CMD") + 3:].strip())
+    command = json.loads(check[check.index("CMD") + 3 :].strip())
     assert command[0] == "python" and "urllib.request" in command[-1]
     assert "/healthz" in command[-1] and "curl" not in check
     env = env_values()
@@ -144,8 +152,9 @@ def test_health_check_hits_healthz_on_the_exposed_api_port() -> None:
 
 
 def test_the_api_answers_the_health_check_path() -> None:
-    api_sources = "\n".join(p.read_text(encoding="utf-8")
-                            for p in (ROOT / "fhirpanel" / "api").rglob("*.py"))
+    api_sources = "\n".join(
+        p.read_text(encoding="utf-8") for p in (ROOT / "fhirpanel" / "api").rglob("*.py")
+    )
     assert "/healthz" in api_sources, "the Dockerfile's HEALTHCHECK needs /healthz in fhirpanel/api"
 
 
@@ -156,8 +165,7 @@ def test_environment_names_real_settings_and_the_volume() -> None:
     volumes = json.loads(args_of("VOLUME")[-1])
     assert volumes == ["/var/lib/fhirpanel"]
     assert env["FHIRPANEL_DATABASE_URL"] == "sqlite:////var/lib/fhirpanel/fhirpanel.db"
-    mappings_copy = [rest.split()[-1] for rest in args_of("COPY")
-                     if rest.split()[0] == "mappings/"]
+    mappings_copy = [rest.split()[-1] for rest in args_of("COPY") if rest.split()[0] == "mappings/"]
     assert [p.rstrip("/") for p in mappings_copy] == [env["FHIRPANEL_MAPPINGS_DIR"]]
 
 
@@ -196,8 +204,11 @@ def test_example_documents_every_setting(section: str) -> None:
         commented = re.search(rf"^#\s*{f.name}\s*=", text, flags=re.M)
         where = f"[{section}] {f.name}" if section else f.name
         assert active or commented, f"fhirpanel.example.toml does not mention {where}"
-        env_name = f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}" if section else \
-            f"{ENV_PREFIX}{f.name.upper()}"
+        env_name = (
+            f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}"
+            if section
+            else f"{ENV_PREFIX}{f.name.upper()}"
+        )
         assert env_name in text, f"{where}: its variable {env_name} is not named"
         if not f.repr:  # a secret: shown only as an environment or file reference
             assert not active, f"{where} is a secret: leave it commented out"

@@ -7,11 +7,31 @@ from pathlib import Path
 
 DOMAIN = Path(__file__).resolve().parents[2] / "fhirpanel" / "domain"
 FORBIDDEN_MODULES = {
-    "requests", "urllib3", "httpx", "flask", "sqlalchemy", "apscheduler", "socket", "sqlite3",
-    "subprocess", "http", "urllib", "fhirpanel.fhir", "fhirpanel.store", "fhirpanel.api",
-    "fhirpanel.jobs", "fhirpanel.writeback", "fhirpanel.mappings", "fhirpanel.config",
-    "fhirpanel.tables", "pydantic",
-    "os", "pathlib", "time", "random", "logging",
+    "requests",
+    "urllib3",
+    "httpx",
+    "flask",
+    "sqlalchemy",
+    "apscheduler",
+    "socket",
+    "sqlite3",
+    "subprocess",
+    "http",
+    "urllib",
+    "fhirpanel.fhir",
+    "fhirpanel.store",
+    "fhirpanel.api",
+    "fhirpanel.jobs",
+    "fhirpanel.writeback",
+    "fhirpanel.mappings",
+    "fhirpanel.config",
+    "fhirpanel.tables",
+    "pydantic",
+    "os",
+    "pathlib",
+    "time",
+    "random",
+    "logging",
 }
 # Calls that read the clock or the file system.
 FORBIDDEN_CALLS = {"now", "today", "utcnow", "open", "time", "read_text", "read_bytes"}

@@ -45,25 +45,111 @@ FUZZ_IO = settings(max_examples=30, deadline=None, suppress_health_check=[Health
 # ---------------------------------------------------------------- strategies
 
 # Keys and strings a FHIR server's JSON is made of, so random documents hit the parsers' paths.
-KEYS = ("resourceType", "id", "entry", "resource", "search", "mode", "link", "relation", "url",
-        "total", "type", "fullUrl", "issue", "severity", "diagnostics", "details", "coding",
-        "system", "code", "display", "text", "subject", "reference", "period", "start", "end",
-        "status", "class", "participant", "individual", "birthDate", "gender", "active",
-        "deceasedBoolean", "deceasedDateTime", "generalPractitioner", "meta", "lastUpdated",
-        "output", "error", "count", "requiresAccessToken", "transactionTime", "request",
-        "practitioner", "organization", "specialty", "qualification", "name", "given",
-        "family", "onsetDateTime", "clinicalStatus", "category", "serviceType", "reasonCode")
-WORDS = ("Bundle", "searchset", "match", "include", "outcome", "next", "self", "Patient",
-         "Encounter", "Condition", "Practitioner", "PractitionerRole", "Organization",
-         "OperationOutcome", "Patient/p1", "Practitioner/d1", "PractitionerRole/r1",
-         "2026-11-22", "2026-11-22T10:00:00-05:00", "0001-01-01T00:00:00+01:00", "2025-13-45",
-         "9999-12-31T23:59:59-12:00", "finished", "planned", "AMB", "PPRF", "error",
-         f"{BASE}/Patient?page=2", "Patient?page=3", "?_getpages=x", "//evil.test/x",
-         "http://[::1", "http://fhir.test:99999/x", f"{BASE}/files/Patient.ndjson", "")
+KEYS = (
+    "resourceType",
+    "id",
+    "entry",
+    "resource",
+    "search",
+    "mode",
+    "link",
+    "relation",
+    "url",
+    "total",
+    "type",
+    "fullUrl",
+    "issue",
+    "severity",
+    "diagnostics",
+    "details",
+    "coding",
+    "system",
+    "code",
+    "display",
+    "text",
+    "subject",
+    "reference",
+    "period",
+    "start",
+    "end",
+    "status",
+    "class",
+    "participant",
+    "individual",
+    "birthDate",
+    "gender",
+    "active",
+    "deceasedBoolean",
+    "deceasedDateTime",
+    "generalPractitioner",
+    "meta",
+    "lastUpdated",
+    "output",
+    "error",
+    "count",
+    "requiresAccessToken",
+    "transactionTime",
+    "request",
+    "practitioner",
+    "organization",
+    "specialty",
+    "qualification",
+    "name",
+    "given",
+    "family",
+    "onsetDateTime",
+    "clinicalStatus",
+    "category",
+    "serviceType",
+    "reasonCode",
+)
+WORDS = (
+    "Bundle",
+    "searchset",
+    "match",
+    "include",
+    "outcome",
+    "next",
+    "self",
+    "Patient",
+    "Encounter",
+    "Condition",
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+    "OperationOutcome",
+    "Patient/p1",
+    "Practitioner/d1",
+    "PractitionerRole/r1",
+    "2026-11-22",
+    "2026-11-22T10:00:00-05:00",
+    "0001-01-01T00:00:00+01:00",
+    "2025-13-45",
+    "9999-12-31T23:59:59-12:00",
+    "finished",
+    "planned",
+    "AMB",
+    "PPRF",
+    "error",
+    f"{BASE}/Patient?page=2",
+    "Patient?page=3",
+    "?_getpages=x",
+    "//evil.test/x",
+    "http://[::1",
+    "http://fhir.test:99999/x",
+    f"{BASE}/files/Patient.ndjson",
+    "",
+)
 
 texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
-scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63 - 1)
-           | st.floats(allow_nan=False, allow_infinity=False) | texts | st.sampled_from(WORDS))
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | texts
+    | st.sampled_from(WORDS)
+)
 keys = st.sampled_from(KEYS) | texts
 json_values = st.recursive(
     scalars,
@@ -74,24 +160,40 @@ json_objects = st.dictionaries(keys, json_values, max_size=8)
 
 
 def entry_like() -> st.SearchStrategy[Any]:
-    resource = st.fixed_dictionaries(
-        {"resourceType": st.sampled_from(WORDS) | json_values},
-        optional={"id": texts | json_values, "issue": json_values},
-    ) | json_values
+    resource = (
+        st.fixed_dictionaries(
+            {"resourceType": st.sampled_from(WORDS) | json_values},
+            optional={"id": texts | json_values, "issue": json_values},
+        )
+        | json_values
+    )
     search = st.fixed_dictionaries({}, optional={"mode": st.sampled_from(WORDS) | json_values})
-    return st.fixed_dictionaries({}, optional={"resource": resource,
-                                               "search": search | json_values,
-                                               "fullUrl": json_values}) | json_values
+    return (
+        st.fixed_dictionaries(
+            {},
+            optional={"resource": resource, "search": search | json_values, "fullUrl": json_values},
+        )
+        | json_values
+    )
 
 
-link_like = st.fixed_dictionaries({"relation": st.sampled_from(("next", "self")) | json_values,
-                                   "url": st.sampled_from(WORDS) | json_values}) | json_values
+link_like = (
+    st.fixed_dictionaries(
+        {
+            "relation": st.sampled_from(("next", "self")) | json_values,
+            "url": st.sampled_from(WORDS) | json_values,
+        }
+    )
+    | json_values
+)
 bundles = st.fixed_dictionaries(
     {"resourceType": st.just("Bundle") | json_values},
-    optional={"type": st.just("searchset"),
-              "total": st.integers(min_value=-2, max_value=6) | json_values,
-              "entry": st.lists(entry_like(), max_size=6) | json_values,
-              "link": st.lists(link_like, max_size=3) | json_values},
+    optional={
+        "type": st.just("searchset"),
+        "total": st.integers(min_value=-2, max_value=6) | json_values,
+        "entry": st.lists(entry_like(), max_size=6) | json_values,
+        "link": st.lists(link_like, max_size=3) | json_values,
+    },
 )
 documents = bundles | json_values
 deep = b"[" * 5000 + b"]" * 5000
@@ -111,8 +213,9 @@ bodies = documents.map(as_body) | st.binary(max_size=200) | st.just(deep)
 @given(pages=st.lists(documents, min_size=1, max_size=4), rtype=st.sampled_from(RESOURCE_TYPES))
 @example(pages=[{"resourceType": "Bundle", "entry": "abc"}], rtype="Patient")
 @example(pages=[{"resourceType": "Bundle", "entry": ["a", "b"]}], rtype="Patient")
-@example(pages=[{"resourceType": "Bundle", "entry": [{"fullUrl": "x"}], "link": "next"}],
-         rtype="Patient")
+@example(
+    pages=[{"resourceType": "Bundle", "entry": [{"fullUrl": "x"}], "link": "next"}], rtype="Patient"
+)
 @example(pages=[{"resourceType": "Bundle", "total": 300, "entry": []}], rtype="Encounter")
 @example(pages=[{"resourceType": "Bundle", "total": True}, [1], 5, "s"], rtype="Patient")
 def test_search_pages_end_in_a_page_or_a_source_error(pages: list[Any], rtype: str) -> None:
@@ -146,10 +249,12 @@ class ScriptedTransport(requests.adapters.BaseAdapter):
         self.bodies = list(bodies)
         self.sent = 0
 
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
-             ) -> requests.Response:
-        body = self.bodies[self.sent] if self.sent < len(self.bodies) else b'{"resourceType":' \
-            b'"Bundle"}'
+    def send(
+        self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        body = (
+            self.bodies[self.sent] if self.sent < len(self.bodies) else b'{"resourceType":"Bundle"}'
+        )
         self.sent += 1
         response = requests.Response()
         response.status_code = 200
@@ -197,11 +302,14 @@ def test_the_client_raises_nothing_but_project_errors(bodies: list[bytes]) -> No
 
 
 @FUZZ
-@given(status=st.integers(min_value=400, max_value=599), body=bodies,
-       content_type=st.sampled_from(("application/fhir+json", "application/json", "text/html",
-                                     "")))
-def test_any_error_answer_maps_to_an_http_error(status: int, body: bytes,
-                                                content_type: str) -> None:
+@given(
+    status=st.integers(min_value=400, max_value=599),
+    body=bodies,
+    content_type=st.sampled_from(("application/fhir+json", "application/json", "text/html", "")),
+)
+def test_any_error_answer_maps_to_an_http_error(
+    status: int, body: bytes, content_type: str
+) -> None:
     error = error_for_response(status, body, content_type, f"{BASE}/Patient", "Reason")
     assert isinstance(error, FhirHttpError) and error.status == status
 
@@ -210,10 +318,14 @@ def test_any_error_answer_maps_to_an_http_error(status: int, body: bytes,
 
 
 @FUZZ
-@given(rtype=st.sampled_from(RESOURCE_TYPES), fields=json_objects,
-       expected=st.sampled_from((None, *RESOURCE_TYPES)))
-def test_parse_resource_gives_a_record_or_an_issue(rtype: str, fields: dict[str, Any],
-                                                   expected: str | None) -> None:
+@given(
+    rtype=st.sampled_from(RESOURCE_TYPES),
+    fields=json_objects,
+    expected=st.sampled_from((None, *RESOURCE_TYPES)),
+)
+def test_parse_resource_gives_a_record_or_an_issue(
+    rtype: str, fields: dict[str, Any], expected: str | None
+) -> None:
     out = parse_resource({**fields, "resourceType": rtype}, expected_type=expected, where="x:1")
     if isinstance(out, Issue):
         assert out.problem and "\n" not in out.problem
@@ -230,17 +342,31 @@ def test_parse_resource_takes_any_json_value(value: Any) -> None:
 # ---------------------------------------------------------------- Bulk manifests and errors
 
 
-manifests = st.fixed_dictionaries(
-    {},
-    optional={"transactionTime": json_values, "request": json_values,
-              "requiresAccessToken": st.booleans() | json_values,
-              "output": st.lists(st.fixed_dictionaries(
-                  {}, optional={"type": st.sampled_from(WORDS) | json_values,
-                                "url": st.sampled_from(WORDS) | json_values,
-                                "count": st.integers(-1, 5) | json_values}) | json_values,
-                  max_size=4) | json_values,
-              "error": st.lists(json_values, max_size=2) | json_values},
-) | json_values
+manifests = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "transactionTime": json_values,
+            "request": json_values,
+            "requiresAccessToken": st.booleans() | json_values,
+            "output": st.lists(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "type": st.sampled_from(WORDS) | json_values,
+                        "url": st.sampled_from(WORDS) | json_values,
+                        "count": st.integers(-1, 5) | json_values,
+                    },
+                )
+                | json_values,
+                max_size=4,
+            )
+            | json_values,
+            "error": st.lists(json_values, max_size=2) | json_values,
+        },
+    )
+    | json_values
+)
 
 
 @FUZZ
@@ -271,13 +397,16 @@ def line_of(value: Any) -> bytes:
 
 ndjson_bodies = (
     st.binary(max_size=300)
-    | st.lists(json_objects.map(line_of) | json_values.map(line_of) | st.binary(max_size=40),
-               max_size=6).map(b"\n".join)
-    | st.lists(st.fixed_dictionaries({"resourceType": st.sampled_from(("Patient", "Encounter")),
-                                      "id": texts}, optional={"birthDate": json_values,
-                                                              "subject": json_values,
-                                                              "period": json_values}),
-               max_size=5).map(lambda rs: b"\n".join(map(line_of, rs)))
+    | st.lists(
+        json_objects.map(line_of) | json_values.map(line_of) | st.binary(max_size=40), max_size=6
+    ).map(b"\n".join)
+    | st.lists(
+        st.fixed_dictionaries(
+            {"resourceType": st.sampled_from(("Patient", "Encounter")), "id": texts},
+            optional={"birthDate": json_values, "subject": json_values, "period": json_values},
+        ),
+        max_size=5,
+    ).map(lambda rs: b"\n".join(map(line_of, rs)))
 )
 
 
@@ -290,7 +419,7 @@ def gzip_files(draw: st.DrawFn) -> bytes:
         return packed[: draw(st.integers(0, max(0, len(packed) - 1)))]
     if damage == "flip":
         at = draw(st.integers(0, len(packed) - 1))
-        return packed[:at] + bytes([packed[at] ^ 0xFF]) + packed[at + 1:]
+        return packed[:at] + bytes([packed[at] ^ 0xFF]) + packed[at + 1 :]
     return packed
 
 
@@ -303,12 +432,18 @@ def folder(files: dict[str, bytes]) -> Iterator[Path]:
 
 
 @FUZZ_IO
-@given(patients=ndjson_bodies | gzip_files(), encounters=ndjson_bodies | gzip_files(),
-       gzipped=st.booleans())
-def test_an_ndjson_folder_reads_or_fails_as_a_source_error(patients: bytes, encounters: bytes,
-                                                          gzipped: bool) -> None:
-    names = {"Patient.ndjson.gz" if gzipped else "patient.ndjson": patients,
-             "ENCOUNTER.ndjson.gz" if gzipped else "Encounter.ndjson": encounters}
+@given(
+    patients=ndjson_bodies | gzip_files(),
+    encounters=ndjson_bodies | gzip_files(),
+    gzipped=st.booleans(),
+)
+def test_an_ndjson_folder_reads_or_fails_as_a_source_error(
+    patients: bytes, encounters: bytes, gzipped: bool
+) -> None:
+    names = {
+        "Patient.ndjson.gz" if gzipped else "patient.ndjson": patients,
+        "ENCOUNTER.ndjson.gz" if gzipped else "Encounter.ndjson": encounters,
+    }
     for directory in folder(names):
         try:
             population = read_population(NdjsonSource(directory))
@@ -330,8 +465,9 @@ def test_a_damaged_gzip_is_never_read_as_a_short_file(body: bytes) -> None:
         try:
             items = list(source.read("Patient"))
         except SourceError as exc:
-            assert "Patient.ndjson.gz could not be read to its end" in str(exc) or \
-                "cannot read" in str(exc)
+            assert "Patient.ndjson.gz could not be read to its end" in str(
+                exc
+            ) or "cannot read" in str(exc)
             continue
         expected = gzip.decompress(body).splitlines()
         assert len(items) == sum(1 for line in expected if line.strip())

@@ -37,14 +37,31 @@ CPT = "http://www.ama-assn.org/go/cpt"
 HCPCS = "urn:oid:2.16.840.1.113883.6.285"
 NUCC = "http://nucc.org/provider-taxonomy"
 LOCAL = "urn:fhirpanel:sandbox:visit-type"
-PRIMARY_CARE = {"207Q00000X", "207R00000X", "208000000X", "208D00000X", "207QG0300X",
-                "363LF0000X", "363A00000X"}
+PRIMARY_CARE = {
+    "207Q00000X",
+    "207R00000X",
+    "208000000X",
+    "208D00000X",
+    "207QG0300X",
+    "363LF0000X",
+    "363A00000X",
+}
 PRIMARY_CARE_TEXT = {"family medicine", "internal medicine", "general practice"}
-SENTINEL = ({(SNOMED, "162673000"), (SNOMED, "410620009"), (HCPCS, "G0402"),
-             (HCPCS, "G0438"), (HCPCS, "G0439")}
-            | {(CPT, str(c)) for c in (*range(99381, 99388), *range(99391, 99398))})
-EXCLUDED = {(LOCAL, "NURSE"), (LOCAL, "LAB"), (LOCAL, "VACCINE"), (LOCAL, "ANTICOAG"),
-            (SNOMED, "82078001"), (SNOMED, "33879002")}
+SENTINEL = {
+    (SNOMED, "162673000"),
+    (SNOMED, "410620009"),
+    (HCPCS, "G0402"),
+    (HCPCS, "G0438"),
+    (HCPCS, "G0439"),
+} | {(CPT, str(c)) for c in (*range(99381, 99388), *range(99391, 99398))}
+EXCLUDED = {
+    (LOCAL, "NURSE"),
+    (LOCAL, "LAB"),
+    (LOCAL, "VACCINE"),
+    (LOCAL, "ANTICOAG"),
+    (SNOMED, "82078001"),
+    (SNOMED, "33879002"),
+}
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
@@ -59,8 +76,11 @@ def ndjson(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def tree_bytes(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes()
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != "README.md"}
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != "README.md"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +103,9 @@ def by_type(resources: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 def codes(concepts: Any) -> set[tuple[str, str]]:
     if isinstance(concepts, dict):
         concepts = [concepts]
-    return {(c["system"], c["code"])
-            for concept in concepts or () for c in concept.get("coding", ())}
+    return {
+        (c["system"], c["code"]) for concept in concepts or () for c in concept.get("coding", ())
+    }
 
 
 def defect_of(res: dict[str, Any], patients: int) -> str | None:
@@ -107,7 +128,8 @@ def defect_of(res: dict[str, Any], patients: int) -> str | None:
 def refused_by_servers(res: dict[str, Any], patients: int) -> bool:
     defect = defect_of(res, patients)
     return defect in ("unknown-subject", "bad-date") or (
-        defect == "no-subject" and res["resourceType"] == "Condition")
+        defect == "no-subject" and res["resourceType"] == "Condition"
+    )
 
 
 # ---------------------------------------------------------------- a reference Four Cut
@@ -121,7 +143,8 @@ class Practice:
         self.patients = {p["id"]: p for p in typed["Patient"]}
         self.role_to_practitioner = {
             f"PractitionerRole/{r['id']}": r["practitioner"]["reference"]
-            for r in typed["PractitionerRole"]}
+            for r in typed["PractitionerRole"]
+        }
         self.pcps = set()
         for role in typed["PractitionerRole"]:
             specialties = role.get("specialty", [])
@@ -131,7 +154,7 @@ class Practice:
         self.encounters: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for enc in typed["Encounter"]:
             if not malformed(enc):
-                self.encounters[enc["subject"]["reference"][len("Patient/"):]].append(enc)
+                self.encounters[enc["subject"]["reference"][len("Patient/") :]].append(enc)
         self.window_start = months_before(AS_OF, 18)
         self.history_start = months_before(AS_OF, 36)
 
@@ -155,23 +178,32 @@ class Practice:
 
     @staticmethod
     def all_codes(enc: dict[str, Any]) -> set[tuple[str, str]]:
-        return codes(enc.get("type")) | codes(enc.get("serviceType")) | codes(
-            enc.get("reasonCode"))
+        return codes(enc.get("type")) | codes(enc.get("serviceType")) | codes(enc.get("reasonCode"))
 
     def qualifying(self, enc: dict[str, Any]) -> bool:
-        return (enc["status"] == "finished" and enc["class"]["code"] in ("AMB", "VR")
-                and not self.all_codes(enc) & EXCLUDED and self.clinician(enc) in self.pcps)
+        return (
+            enc["status"] == "finished"
+            and enc["class"]["code"] in ("AMB", "VR")
+            and not self.all_codes(enc) & EXCLUDED
+            and self.clinician(enc) in self.pcps
+        )
 
     def visits(self, pid: str, since: date, test: Any = None) -> list[dict[str, Any]]:
         test = test or self.qualifying
-        return [e for e in self.encounters.get(pid, ())
-                if test(e) and since <= self.start(e).date() <= AS_OF]
+        return [
+            e
+            for e in self.encounters.get(pid, ())
+            if test(e) and since <= self.start(e).date() <= AS_OF
+        ]
 
     def excluded(self, pid: str) -> bool:
         p = self.patients[pid]
-        return (p.get("active") is False or p.get("deceasedBoolean") is True
-                or "deceasedDateTime" in p
-                or any(link["type"] == "replaced-by" for link in p.get("link", ())))
+        return (
+            p.get("active") is False
+            or p.get("deceasedBoolean") is True
+            or "deceasedDateTime" in p
+            or any(link["type"] == "replaced-by" for link in p.get("link", ()))
+        )
 
     def case(self, pid: str) -> str:
         """Which Four Cut case decides the patient (or why none does)."""
@@ -193,8 +225,9 @@ class Practice:
         if any(self.clinician(v) in tied for v in sentinels):
             return f"tie{len(tied)}-sentinel-tied"
         last_day = max(self.start(v).date() for v in visits if self.clinician(v) in tied)
-        on_last_day = [v for v in visits
-                       if self.clinician(v) in tied and self.start(v).date() == last_day]
+        on_last_day = [
+            v for v in visits if self.clinician(v) in tied and self.start(v).date() == last_day
+        ]
         if len({self.clinician(v) for v in on_last_day}) > 1:
             same_instant = len({self.start(v) for v in on_last_day}) == 1
             return "tie-same-instant" if same_instant else "tie-same-day"
@@ -227,8 +260,10 @@ def test_same_arguments_give_byte_identical_files(tmp_path: Path) -> None:
 
 
 def bundle_entries(directory: Path) -> list[list[str]]:
-    return [[e["request"]["url"] for e in orjson.loads(path.read_bytes())["entry"]]
-            for path in sorted((directory / "bundles").glob("transaction-*.json"))]
+    return [
+        [e["request"]["url"] for e in orjson.loads(path.read_bytes())["entry"]]
+        for path in sorted((directory / "bundles").glob("transaction-*.json"))
+    ]
 
 
 def test_another_seed_gives_another_population() -> None:
@@ -289,18 +324,33 @@ def test_malformed_records_at_the_requested_rate(large: list[dict[str, Any]]) ->
     broken = [r for r in records if malformed(r)]
     assert 0.006 < len(broken) / len(records) < 0.014
     defects = Counter(defect_of(res, 2000) for res in broken)
-    assert set(defects) == {"no-subject", "unknown-subject", "bad-date", "no-participant",
-                            "participant-no-individual"}
-    assert not [r for r in generate_population(200, 7, AS_OF, malformed_rate=0.0)
-                if malformed(r)]
+    assert set(defects) == {
+        "no-subject",
+        "unknown-subject",
+        "bad-date",
+        "no-participant",
+        "participant-no-individual",
+    }
+    assert not [r for r in generate_population(200, 7, AS_OF, malformed_rate=0.0) if malformed(r)]
 
 
 def test_every_visit_pattern_occurs(small: list[dict[str, Any]]) -> None:
     practice = Practice(small)
     cases = Counter(practice.case(pid) for pid in practice.patients)
-    for case in ("single-provider", "plurality", "tie2-sentinel-tied", "tie2-sentinel-other",
-                 "tie2-last-visit", "tie3-last-visit", "tie-same-day", "tie-same-instant",
-                 "no-qualifying-visit", "lapsed", "no-encounters", "excluded"):
+    for case in (
+        "single-provider",
+        "plurality",
+        "tie2-sentinel-tied",
+        "tie2-sentinel-other",
+        "tie2-last-visit",
+        "tie3-last-visit",
+        "tie-same-day",
+        "tie-same-instant",
+        "no-qualifying-visit",
+        "lapsed",
+        "no-encounters",
+        "excluded",
+    ):
         assert cases[case] >= 1, (case, cases)
     # Most active patients are assigned by a single provider or a plurality.
     assert cases["single-provider"] + cases["plurality"] > 0.5 * len(practice.patients)
@@ -311,20 +361,29 @@ def test_every_visit_pattern_occurs(small: list[dict[str, Any]]) -> None:
     unassigned = [pid for pid in practice.patients if practice.case(pid) == "no-qualifying-visit"]
     classes = {pid: {e["class"]["code"] for e in practice.encounters[pid]} for pid in unassigned}
     assert any(c <= {"EMER", "IMP"} for c in classes.values())
-    assert any(all(practice.clinician(e) not in practice.pcps
-                   for e in practice.encounters[pid]) and classes[pid] == {"AMB"}
-               for pid in unassigned)
+    assert any(
+        all(practice.clinician(e) not in practice.pcps for e in practice.encounters[pid])
+        and classes[pid] == {"AMB"}
+        for pid in unassigned
+    )
 
     # Excluded visit types with a PCP: dropping the exclusion changes who wins.
     def counting_everything(enc: dict[str, Any]) -> bool:
         return practice.clinician(enc) in practice.pcps
 
-    flips = [pid for pid in practice.patients if not practice.excluded(pid)
-             and practice.winner(pid, practice.qualifying)
-             != practice.winner(pid, counting_everything)]
+    flips = [
+        pid
+        for pid in practice.patients
+        if not practice.excluded(pid)
+        and practice.winner(pid, practice.qualifying) != practice.winner(pid, counting_everything)
+    ]
     assert flips
-    with_pcp = [e for es in practice.encounters.values() for e in es
-                if practice.all_codes(e) & EXCLUDED and practice.clinician(e) in practice.pcps]
+    with_pcp = [
+        e
+        for es in practice.encounters.values()
+        for e in es
+        if practice.all_codes(e) & EXCLUDED and practice.clinician(e) in practice.pcps
+    ]
     assert len(with_pcp) >= 10
 
 
@@ -332,18 +391,23 @@ def test_patient_statuses_and_declared_pcps(small: list[dict[str, Any]]) -> None
     patients = {p["id"]: p for p in by_type(small)["Patient"]}
     assert 1 <= sum(p.get("active") is False for p in patients.values()) <= 6
     dated = [p for p in patients.values() if "deceasedDateTime" in p]
-    assert dated and all(datetime.fromisoformat(p["deceasedDateTime"]).date() < AS_OF
-                         for p in dated)
+    assert dated and all(
+        datetime.fromisoformat(p["deceasedDateTime"]).date() < AS_OF for p in dated
+    )
     assert any(p.get("deceasedBoolean") is True for p in patients.values())
     assert any("active" not in p for p in patients.values())  # absent means active
 
-    merged = [p for p in patients.values()
-              if any(link["type"] == "replaced-by" for link in p.get("link", ()))]
+    merged = [
+        p
+        for p in patients.values()
+        if any(link["type"] == "replaced-by" for link in p.get("link", ()))
+    ]
     assert merged
     for old in merged:
-        survivor = patients[old["link"][0]["other"]["reference"][len("Patient/"):]]
-        assert survivor["link"] == [{"other": {"reference": f"Patient/{old['id']}"},
-                                     "type": "replaces"}]
+        survivor = patients[old["link"][0]["other"]["reference"][len("Patient/") :]]
+        assert survivor["link"] == [
+            {"other": {"reference": f"Patient/{old['id']}"}, "type": "replaces"}
+        ]
         assert (survivor["name"], survivor["birthDate"]) == (old["name"], old["birthDate"])
 
     declared = [p for p in patients.values() if "generalPractitioner" in p]
@@ -353,8 +417,9 @@ def test_patient_statuses_and_declared_pcps(small: list[dict[str, Any]]) -> None
     practice = Practice(small)
     differs = 0
     for p in declared:
-        seen = Counter(practice.clinician(v) for v in practice.visits(p["id"],
-                                                                      practice.window_start))
+        seen = Counter(
+            practice.clinician(v) for v in practice.visits(p["id"], practice.window_start)
+        )
         ref = p["generalPractitioner"][0]["reference"]
         ref = practice.role_to_practitioner.get(ref, ref)
         differs += bool(seen) and seen.most_common(1)[0][0] != ref
@@ -363,24 +428,32 @@ def test_patient_statuses_and_declared_pcps(small: list[dict[str, Any]]) -> None
 
 def test_age_mix_and_prevalence(large: list[dict[str, Any]]) -> None:
     typed = by_type(large)
-    ages = {p["id"]: (AS_OF - date.fromisoformat(p["birthDate"])).days / 365.25
-            for p in typed["Patient"]}
+    ages = {
+        p["id"]: (AS_OF - date.fromisoformat(p["birthDate"])).days / 365.25
+        for p in typed["Patient"]
+    }
     assert 0.16 < sum(a < 18 for a in ages.values()) / len(ages) < 0.24
     assert 0.16 < sum(a >= 65 for a in ages.values()) / len(ages) < 0.24
     has: dict[str, set[str]] = defaultdict(set)
     for cond in typed["Condition"]:
         if not malformed(cond):
-            has[cond["subject"]["reference"][len("Patient/"):]].add(cond["code"]["text"])
+            has[cond["subject"]["reference"][len("Patient/") :]].add(cond["code"]["text"])
     seniors = [pid for pid, age in ages.items() if age >= 65]
 
     def share(display: str, group: list[str]) -> float:
         return sum(display in has[pid] for pid in group) / len(group)
 
-    expected = {"Essential hypertension": 0.60, "Hyperlipidemia": 0.50,
-                "Type 2 diabetes mellitus": 0.22, "Heart failure": 0.08,
-                "Chronic obstructive lung disease": 0.10, "Atrial fibrillation": 0.09,
-                "Coronary arteriosclerosis": 0.15, "Depressive disorder": 0.12,
-                "Chronic kidney disease stage 3": 0.14}
+    expected = {
+        "Essential hypertension": 0.60,
+        "Hyperlipidemia": 0.50,
+        "Type 2 diabetes mellitus": 0.22,
+        "Heart failure": 0.08,
+        "Chronic obstructive lung disease": 0.10,
+        "Atrial fibrillation": 0.09,
+        "Coronary arteriosclerosis": 0.15,
+        "Depressive disorder": 0.12,
+        "Chronic kidney disease stage 3": 0.14,
+    }
     for display, target in expected.items():
         assert abs(share(display, seniors) - target) < max(0.06, target * 0.45), display
     children = [pid for pid, age in ages.items() if age < 18]
@@ -389,14 +462,14 @@ def test_age_mix_and_prevalence(large: list[dict[str, Any]]) -> None:
     # Multimorbidity rises with age.
     adults = [pid for pid, age in ages.items() if 18 <= age < 40]
     chronic = {c.display for c in CONDITION_CATALOGUE if c.chronic}
-    assert (sum(len(has[p] & chronic) for p in seniors) / len(seniors)
-            > 2 * sum(len(has[p] & chronic) for p in adults) / len(adults))
+    assert sum(len(has[p] & chronic) for p in seniors) / len(seniors) > 2 * sum(
+        len(has[p] & chronic) for p in adults
+    ) / len(adults)
 
 
 def test_condition_coding_and_status_mix(large: list[dict[str, Any]]) -> None:
     conditions = [c for c in by_type(large)["Condition"] if not malformed(c)]
-    mix = Counter(tuple(sorted(c["system"] for c in cond["code"]["coding"]))
-                  for cond in conditions)
+    mix = Counter(tuple(sorted(c["system"] for c in cond["code"]["coding"])) for cond in conditions)
     total = len(conditions)
     assert abs(mix[(ICD10CM, SNOMED)] / total - 0.60) < 0.05
     assert abs(mix[(SNOMED,)] / total - 0.30) < 0.05
@@ -413,13 +486,18 @@ def test_condition_coding_and_status_mix(large: list[dict[str, Any]]) -> None:
     verification = Counter(c["verificationStatus"]["coding"][0]["code"] for c in conditions)
     assert 0.01 < verification["refuted"] / total < 0.035
     assert 0.003 < verification["entered-in-error"] / total < 0.02
-    clinical = Counter(c.get("clinicalStatus", {"coding": [{"code": None}]})["coding"][0]["code"]
-                       for c in conditions)
+    clinical = Counter(
+        c.get("clinicalStatus", {"coding": [{"code": None}]})["coding"][0]["code"]
+        for c in conditions
+    )
     assert {"active", "resolved", "remission", None} <= set(clinical)
     for cond in conditions:
         category = cond["category"][0]["coding"][0]["code"]
-        acute = cond["code"]["text"] in ("Upper respiratory infection", "Sprain of ankle",
-                                         "Sinusitis")
+        acute = cond["code"]["text"] in (
+            "Upper respiratory infection",
+            "Sprain of ankle",
+            "Sinusitis",
+        )
         assert category == ("encounter-diagnosis" if acute else "problem-list-item")
         assert ("encounter" in cond) == acute
         if "abatementDateTime" in cond:
@@ -435,8 +513,13 @@ def test_encounter_mix(large: list[dict[str, Any]]) -> None:
     encounters = [e for es in practice.encounters.values() for e in es]
     classes = Counter(e["class"]["code"] for e in encounters)
     assert {"AMB", "VR", "EMER", "IMP", "HH"} == set(classes)
-    office = [e for e in encounters if codes(e["type"]) & {(LOCAL, "OFFICE"), (LOCAL, "WELLNESS")}
-              and e["status"] == "finished" and practice.clinician(e) in practice.pcps]
+    office = [
+        e
+        for e in encounters
+        if codes(e["type"]) & {(LOCAL, "OFFICE"), (LOCAL, "WELLNESS")}
+        and e["status"] == "finished"
+        and practice.clinician(e) in practice.pcps
+    ]
     assert 0.06 < sum(e["class"]["code"] == "VR" for e in office) / len(office) < 0.14
     statuses = Counter(e["status"] for e in encounters)
     assert statuses["finished"] > 0.85 * len(encounters)
@@ -454,8 +537,14 @@ def test_encounter_mix(large: list[dict[str, Any]]) -> None:
     assert any(s.endswith("Z") for s in starts) and any(s.endswith("-05:00") for s in starts)
 
     wellness = [e for e in encounters if practice.all_codes(e) & SENTINEL]
-    placement = Counter("type" if codes(e["type"]) & SENTINEL else
-                        "serviceType" if "serviceType" in e else "reasonCode" for e in wellness)
+    placement = Counter(
+        "type"
+        if codes(e["type"]) & SENTINEL
+        else "serviceType"
+        if "serviceType" in e
+        else "reasonCode"
+        for e in wellness
+    )
     off_type = (placement["serviceType"] + placement["reasonCode"]) / len(wellness)
     assert 0.08 < off_type < 0.22 and placement["serviceType"] and placement["reasonCode"]
     systems = Counter(system for e in wellness for system, _ in practice.all_codes(e) & SENTINEL)
@@ -479,20 +568,25 @@ def test_clinicians_and_roles(small: list[dict[str, Any]]) -> None:
         npi = prac["identifier"][0]
         assert npi["system"] == "http://hl7.org/fhir/sid/us-npi" and is_valid_npi(npi["value"])
         assert prac["qualification"][0]["code"]["coding"][0]["code"] in (
-            "MD", "DO", "NP", "PA", "RN")
+            "MD",
+            "DO",
+            "NP",
+            "PA",
+            "RN",
+        )
     assert npi_check_digit("123456789") == "3"  # CMS's worked example: 1234567893
     specialties: Counter[str] = Counter()
     text_only = 0
     for role in typed["PractitionerRole"]:
         for concept in role["specialty"]:
             if "coding" in concept:
-                specialties.update(c["code"] for c in concept["coding"]
-                                   if c["system"] == NUCC)
+                specialties.update(c["code"] for c in concept["coding"] if c["system"] == NUCC)
             else:
                 text_only += 1
     assert PRIMARY_CARE <= set(specialties)
     assert {"207RC0000X", "207RE0101X", "207RN0300X", "207P00000X", "208M00000X"} <= set(
-        specialties)
+        specialties
+    )
     assert text_only >= 1
     assert sum(specialties[c] for c in PRIMARY_CARE) + text_only >= 6
     # Clinicians scale with the population: about one PCP per 1,500 patients, at least 8.
@@ -510,13 +604,19 @@ def test_a_sample_validates_against_r4b(small: list[dict[str, Any]]) -> None:
 
     good = [r for r in small if not malformed(r)]
     sample = [r for r in good if r["resourceType"] not in ("Encounter", "Condition")]
-    sample = sample[:120] + good[::len(good) // 250][:250]
+    sample = sample[:120] + good[:: len(good) // 250][:250]
     assert len(sample) > 300
     for res in sample:
         get_fhir_model_class(res["resourceType"]).model_validate(res)
-    bad_dates = [r for r in small if malformed(r) and (
-        r.get("period", {}).get("start") == "2025-13-45" or
-        r.get("onsetDateTime") == "2025-13-45")]
+    bad_dates = [
+        r
+        for r in small
+        if malformed(r)
+        and (
+            r.get("period", {}).get("start") == "2025-13-45"
+            or r.get("onsetDateTime") == "2025-13-45"
+        )
+    ]
     assert bad_dates
     for res in bad_dates:
         with pytest.raises(ValueError):
@@ -529,8 +629,11 @@ def test_bundles_are_ordered_transactions_within_the_size_limit(tmp_path: Path) 
     assert [b.name for b in bundles[:2]] == ["transaction-0001.json", "transaction-0002.json"]
     seen: set[str] = set()
     total = 0
-    refused = sum(refused_by_servers(res, 150) for rtype in RESOURCE_TYPES
-                  for res in ndjson(tmp_path / f"{rtype}.ndjson"))
+    refused = sum(
+        refused_by_servers(res, 150)
+        for rtype in RESOURCE_TYPES
+        for res in ndjson(tmp_path / f"{rtype}.ndjson")
+    )
     assert refused
     for path in bundles:
         bundle = orjson.loads(path.read_bytes())
@@ -539,8 +642,10 @@ def test_bundles_are_ordered_transactions_within_the_size_limit(tmp_path: Path) 
         here = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"]}
         for entry in bundle["entry"]:
             res = entry["resource"]
-            assert entry["request"] == {"method": "PUT",
-                                        "url": f"{res['resourceType']}/{res['id']}"}
+            assert entry["request"] == {
+                "method": "PUT",
+                "url": f"{res['resourceType']}/{res['id']}",
+            }
             # Referenced resources are in this bundle or an earlier one.
             assert set(references(res)) <= seen | here, res["id"]
         seen |= here
@@ -567,7 +672,10 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
         write_population(tmp_path, 10, 1, AS_OF, bundle_size=0)
     # No patients still gives the practice itself.
     assert {r["resourceType"] for r in generate_population(0, 1, AS_OF)} == {
-        "Organization", "Practitioner", "PractitionerRole"}
+        "Organization",
+        "Practitioner",
+        "PractitionerRole",
+    }
 
 
 # ---------------------------------------------------------------- streaming
@@ -605,15 +713,20 @@ def test_the_catalogue_ships_as_package_data() -> None:
     assert [key for key, _ in CATALOGUE.pattern_deck][:2] == ["none", "lapsed"]  # file order
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (('hiv = [0.0, 0.003', 'hiv_typo = [0.0, 0.003'), "prevalence names unknown hiv_typo"),
-    (("pa = 0.4", 'pa = "often"'), "preference.senior.pa: expected a number"),
-    (('nephrology = ["ckd4", "t2dm_ckd"]', 'nephrology = ["ckd5"]'),
-     "specialist_for names unknown ckd5"),
-    (("merge = 1", "merge = 0"), "visit_patterns.merge: expected a number of cards"),
-    (('state = "IL"', "state = 17"), "places.state: expected a string"),
-    (("[prevalence]", "[prevalence"), "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("hiv = [0.0, 0.003", "hiv_typo = [0.0, 0.003"), "prevalence names unknown hiv_typo"),
+        (("pa = 0.4", 'pa = "often"'), "preference.senior.pa: expected a number"),
+        (
+            ('nephrology = ["ckd4", "t2dm_ckd"]', 'nephrology = ["ckd5"]'),
+            "specialist_for names unknown ckd5",
+        ),
+        (("merge = 1", "merge = 0"), "visit_patterns.merge: expected a number of cards"),
+        (('state = "IL"', "state = 17"), "places.state: expected a string"),
+        (("[prevalence]", "[prevalence"), "not valid TOML"),
+    ],
+)
 def test_a_broken_catalogue_is_refused_by_name(edit: tuple[str, str], message: str) -> None:
     from importlib import resources
 

@@ -32,8 +32,7 @@ def recorded(name: str) -> dict[str, Any]:
 class RecordedServer(requests.adapters.BaseAdapter):
     """Answers from recorded bodies: `route(url)` names the file (and status) for each URL."""
 
-    def __init__(self, route: Callable[[str], tuple[int, str]],
-                 spliced: bool = False) -> None:
+    def __init__(self, route: Callable[[str], tuple[int, str]], spliced: bool = False) -> None:
         super().__init__()
         self.route = route
         self.urls: list[str] = []
@@ -41,8 +40,9 @@ class RecordedServer(requests.adapters.BaseAdapter):
         # searches, which the client's completeness check would rightly refuse.
         self.spliced = spliced
 
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
-             ) -> requests.Response:
+    def send(
+        self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
+    ) -> requests.Response:
         url = request.url or ""
         self.urls.append(url)
         status, name = self.route(url)
@@ -61,8 +61,9 @@ class RecordedServer(requests.adapters.BaseAdapter):
         return None
 
 
-def hapi_client(base: str, route: Callable[[str], tuple[int, str]], spliced: bool = False,
-                **settings: Any) -> tuple[FhirClient, RecordedServer]:
+def hapi_client(
+    base: str, route: Callable[[str], tuple[int, str]], spliced: bool = False, **settings: Any
+) -> tuple[FhirClient, RecordedServer]:
     server = RecordedServer(route, spliced)
     session = requests.Session()
     session.mount("http://", server)
@@ -86,8 +87,11 @@ def base_and_type(bundle: dict[str, Any]) -> tuple[str, str]:
 
 
 def matches(bundle: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(e["resource"]["resourceType"], e["resource"]["id"]) for e in bundle.get("entry", ())
-            if e.get("search", {}).get("mode", "match") in ("match", "include")]
+    return [
+        (e["resource"]["resourceType"], e["resource"]["id"])
+        for e in bundle.get("entry", ())
+        if e.get("search", {}).get("mode", "match") in ("match", "include")
+    ]
 
 
 @pytest.mark.parametrize("name", SEARCHSETS)
@@ -122,8 +126,11 @@ def test_the_recorded_hapi_searchsets_are_what_the_contract_needs() -> None:
         base, _ = base_and_type(pages[name])
         assert (next_link(pages[name]) or "").startswith(base + "?_getpages=")
     assert [n for n, p in pages.items() if "total" not in p]
-    offsets = {e["resource"]["meta"]["lastUpdated"][-6:] for p in pages.values()
-               for e in p.get("entry", ())}
+    offsets = {
+        e["resource"]["meta"]["lastUpdated"][-6:]
+        for p in pages.values()
+        for e in p.get("entry", ())
+    }
     assert {"-04:00", "-05:00", "+00:00"} <= offsets
 
 
@@ -155,8 +162,9 @@ def test_two_recorded_hapi_pages_chain_through_getpages() -> None:
 def test_local_offsets_in_last_updated_pass_through_untouched() -> None:
     name = "searchset-encounter-3.json"
     base, resource_type = base_and_type(recorded(name))
-    client, server = hapi_client(base, lambda url: (200, name if "_getpages" not in url
-                                                    else EMPTY), spliced=True)
+    client, server = hapi_client(
+        base, lambda url: (200, name if "_getpages" not in url else EMPTY), spliced=True
+    )
     stamps = [r["meta"]["lastUpdated"] for r in client.search(resource_type)]
     assert stamps == ["2021-02-17T23:49:44.000-05:00", "2021-02-17T23:49:44.000-05:00"]
     # A watermark taken from them goes back to HAPI with its offset intact.
@@ -170,8 +178,9 @@ def test_local_offsets_in_last_updated_pass_through_untouched() -> None:
 
 
 def test_hapi_400_for_an_unknown_search_parameter() -> None:
-    client, _ = hapi_client("https://hapi.fhir.org/baseR4",
-                            lambda url: (400, "operationoutcome-1.json"))
+    client, _ = hapi_client(
+        "https://hapi.fhir.org/baseR4", lambda url: (400, "operationoutcome-1.json")
+    )
     with pytest.raises(InvalidRequestError) as caught:
         list(client.search("Practitioner", {"organization": "Organization/1"}))
     assert caught.value.hapi_code == "HAPI-0524"
@@ -179,28 +188,34 @@ def test_hapi_400_for_an_unknown_search_parameter() -> None:
 
 
 def test_hapi_404_and_duplicate_create() -> None:
-    client, _ = hapi_client("http://localhost:18080/fhir",
-                            lambda url: (404, "operationoutcome-6.json"))
+    client, _ = hapi_client(
+        "http://localhost:18080/fhir", lambda url: (404, "operationoutcome-6.json")
+    )
     with pytest.raises(NotFoundError, match="HAPI-2001: Resource Patient/1000 is not known"):
         client.read("Patient", "1000")
-    client, _ = hapi_client("https://hapi.fhir.org/baseR4",
-                            lambda url: (412, "operationoutcome-4.json"))
+    client, _ = hapi_client(
+        "https://hapi.fhir.org/baseR4", lambda url: (412, "operationoutcome-4.json")
+    )
     with pytest.raises(VersionConflictError) as caught:
         client.conditional_update({"resourceType": "Patient"}, "identifier=sys|1")
     assert caught.value.hapi_code == "HAPI-2840"
 
 
 def test_hapi_write_answers() -> None:
-    client, server = hapi_client("https://hapi.fhir.org/baseR4",
-                                 lambda url: (200, "update-response-patient-1.json"))
+    client, server = hapi_client(
+        "https://hapi.fhir.org/baseR4", lambda url: (200, "update-response-patient-1.json")
+    )
     stored = client.update({"resourceType": "Patient", "id": "131944444"})
     assert stored["meta"]["versionId"] == "2"
     assert server.urls == ["https://hapi.fhir.org/baseR4/Patient/131944444"]
-    client, server = hapi_client("https://hapi.fhir.org/baseR4",
-                                 lambda url: (200, "transaction-response-1.json"))
+    client, server = hapi_client(
+        "https://hapi.fhir.org/baseR4", lambda url: (200, "transaction-response-1.json")
+    )
     answer = client.transaction({"resourceType": "Bundle", "type": "transaction", "entry": []})
     assert answer["type"] == "transaction-response"
-    codes = {e["response"]["outcome"]["issue"][0]["details"]["coding"][0]["code"]
-             for e in answer["entry"]}
+    codes = {
+        e["response"]["outcome"]["issue"][0]["details"]["coding"][0]["code"]
+        for e in answer["entry"]
+    }
     assert codes == {"SUCCESSFUL_UPDATE_NO_CONDITIONAL_MATCH"}
     assert server.urls == ["https://hapi.fhir.org/baseR4"]

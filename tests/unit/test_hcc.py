@@ -170,12 +170,16 @@ def _risk(**changes: Any) -> dict[str, Any]:
         ({"model": "V99"}, r"unknown HCC model 'V99'; configured: \['V24', 'V28'\]"),
         ({"segment": "XYZ"}, r"unknown HCC segment 'XYZ'"),
         ({"payment_year": 2025}, r"hcc\.payment_year: 2025 not available"),
-        ({"models": {"V28": "RxHCC Model V08"}},
-         r"hcc\.models\.V28: must name a CMS-HCC model: 'RxHCC Model V08'"),
+        (
+            {"models": {"V28": "RxHCC Model V08"}},
+            r"hcc\.models\.V28: must name a CMS-HCC model: 'RxHCC Model V08'",
+        ),
         # the file's shape (schemas)
         ({"sex": {"male": "1"}}, r"hcc\.sex\.male: Input should be 'M' or 'F' \(got '1'\)"),
-        ({"segments": {"CNA": {"label": "x", "dual_elgbl_cd": "00"}}},
-         r"hcc\.segments\.CNA\.orec: Field required; hcc\.segments\.CNA\.crec: Field required"),
+        (
+            {"segments": {"CNA": {"label": "x", "dual_elgbl_cd": "00"}}},
+            r"hcc\.segments\.CNA\.orec: Field required; hcc\.segments\.CNA\.crec: Field required",
+        ),
         ({"payment_year": "2026"}, r"hcc\.payment_year: Input should be a valid integer"),
     ],
 )

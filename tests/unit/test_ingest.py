@@ -26,23 +26,54 @@ def resources() -> list[dict[str, Any]]:
         {"resourceType": "Patient", "id": "p1", "gender": "male"},
         {"resourceType": "Patient", "id": "p2", "gender": "female"},
         {"resourceType": "Practitioner", "id": "d1"},
-        {"resourceType": "PractitionerRole", "id": "r1",
-         "practitioner": {"reference": "Practitioner/d1"}},
+        {
+            "resourceType": "PractitionerRole",
+            "id": "r1",
+            "practitioner": {"reference": "Practitioner/d1"},
+        },
         {"resourceType": "PractitionerRole", "id": "r-empty"},
-        {"resourceType": "Encounter", "id": "e1", "status": "finished",
-         "subject": {"reference": "Patient/p1"}, "period": {"start": "2026-01-05"},
-         "participant": [{"individual": {"reference": "PractitionerRole/r1"}}]},
-        {"resourceType": "Encounter", "id": "e2", "status": "finished",
-         "subject": {"reference": "Patient/ghost"}, "period": {"start": "2026-01-05"}},
-        {"resourceType": "Encounter", "id": "e3", "status": "finished",
-         "subject": {"reference": "Patient/p2"}, "period": {"start": "2026-01-06"}},
-        {"resourceType": "Encounter", "id": "e4", "status": "finished",
-         "subject": {"reference": "Patient/p2"}, "period": {"start": "2026-01-07"},
-         "participant": [{"individual": {"reference": "PractitionerRole/r-empty"}}]},
-        {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
-         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"}]}},
-        {"resourceType": "Condition", "id": "c2", "subject": {"reference": "Patient/p1"},
-         "code": {"text": "uncoded"}},
+        {
+            "resourceType": "Encounter",
+            "id": "e1",
+            "status": "finished",
+            "subject": {"reference": "Patient/p1"},
+            "period": {"start": "2026-01-05"},
+            "participant": [{"individual": {"reference": "PractitionerRole/r1"}}],
+        },
+        {
+            "resourceType": "Encounter",
+            "id": "e2",
+            "status": "finished",
+            "subject": {"reference": "Patient/ghost"},
+            "period": {"start": "2026-01-05"},
+        },
+        {
+            "resourceType": "Encounter",
+            "id": "e3",
+            "status": "finished",
+            "subject": {"reference": "Patient/p2"},
+            "period": {"start": "2026-01-06"},
+        },
+        {
+            "resourceType": "Encounter",
+            "id": "e4",
+            "status": "finished",
+            "subject": {"reference": "Patient/p2"},
+            "period": {"start": "2026-01-07"},
+            "participant": [{"individual": {"reference": "PractitionerRole/r-empty"}}],
+        },
+        {
+            "resourceType": "Condition",
+            "id": "c1",
+            "subject": {"reference": "Patient/p1"},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"}]},
+        },
+        {
+            "resourceType": "Condition",
+            "id": "c2",
+            "subject": {"reference": "Patient/p1"},
+            "code": {"text": "uncoded"},
+        },
     ]
 
 
@@ -62,10 +93,18 @@ def test_roles_resolve_to_their_practitioner_and_problems_are_recorded() -> None
 
 
 def test_duplicates_keep_the_newer_version() -> None:
-    old = {"resourceType": "Patient", "id": "p1", "gender": "male",
-           "meta": {"lastUpdated": "2026-01-01T00:00:00Z"}}
-    new = {"resourceType": "Patient", "id": "p1", "gender": "female",
-           "meta": {"lastUpdated": "2026-02-01T00:00:00Z"}}
+    old = {
+        "resourceType": "Patient",
+        "id": "p1",
+        "gender": "male",
+        "meta": {"lastUpdated": "2026-01-01T00:00:00Z"},
+    }
+    new = {
+        "resourceType": "Patient",
+        "id": "p1",
+        "gender": "female",
+        "meta": {"lastUpdated": "2026-02-01T00:00:00Z"},
+    }
     pop = read_population(MemorySource([new, old]))
     assert pop.patients["Patient/p1"].sex == "female"
     assert Issue("Patient/p1", "duplicate id in source", "deduplicated") in pop.issues
@@ -78,15 +117,19 @@ def test_ndjson_source_streams_and_reports_bad_lines(tmp_path: Path) -> None:
     lines.append(b"[1, 2]")
     (tmp_path / "Patient.ndjson").write_bytes(b"\n".join(lines) + b"\n\n")
     (tmp_path / "Practitioner.000.ndjson").write_bytes(
-        orjson.dumps({"resourceType": "Practitioner", "id": "d1"}) + b"\n")
+        orjson.dumps({"resourceType": "Practitioner", "id": "d1"}) + b"\n"
+    )
     (tmp_path / "notes.txt").write_text("ignored")
     (tmp_path / "Encounter.ndjson").write_bytes(b"")  # present, and empty
     pop = read_population(NdjsonSource(tmp_path))
     assert sorted(pop.patients) == ["Patient/p1", "Patient/p2"]
     assert list(pop.practitioners) == ["Practitioner/d1"]
     bad = sorted(i.problem for i in pop.issues)
-    assert bad == ["invalid JSON line", "line is not a JSON object",
-                   "resourceType 'Encounter' in a Patient file"]
+    assert bad == [
+        "invalid JSON line",
+        "line is not a JSON object",
+        "resourceType 'Encounter' in a Patient file",
+    ]
     assert all("Patient.ndjson:" in i.resource for i in pop.issues)
 
 
@@ -106,45 +149,56 @@ def ndjson(*resources: dict[str, Any]) -> bytes:
 
 
 P1 = {"resourceType": "Patient", "id": "p1"}
-E1 = {"resourceType": "Encounter", "id": "e1", "status": "finished",
-      "subject": {"reference": "Patient/p1"}, "period": {"start": "2026-01-05"}}
+E1 = {
+    "resourceType": "Encounter",
+    "id": "e1",
+    "status": "finished",
+    "subject": {"reference": "Patient/p1"},
+    "period": {"start": "2026-01-05"},
+}
 
 
-@pytest.mark.parametrize(("patient_name", "encounter_name"), [
-    ("patient.ndjson", "encounter.ndjson"),
-    ("PATIENT.ndjson.gz", "ENCOUNTER.NDJSON"),
-    ("1.patient.ndjson", "Encounter.0001.ndjson.GZ"),
-])
-def test_ndjson_file_names_match_in_any_case_and_gzipped(tmp_path: Path, patient_name: str,
-                                                         encounter_name: str) -> None:
+@pytest.mark.parametrize(
+    ("patient_name", "encounter_name"),
+    [
+        ("patient.ndjson", "encounter.ndjson"),
+        ("PATIENT.ndjson.gz", "ENCOUNTER.NDJSON"),
+        ("1.patient.ndjson", "Encounter.0001.ndjson.GZ"),
+    ],
+)
+def test_ndjson_file_names_match_in_any_case_and_gzipped(
+    tmp_path: Path, patient_name: str, encounter_name: str
+) -> None:
     for name, body in ((patient_name, ndjson(P1)), (encounter_name, ndjson(E1))):
-        (tmp_path / name).write_bytes(gzip.compress(body) if name.lower().endswith(".gz")
-                                      else body)
+        (tmp_path / name).write_bytes(gzip.compress(body) if name.lower().endswith(".gz") else body)
     pop = read_population(NdjsonSource(tmp_path))
     assert list(pop.patients) == ["Patient/p1"]
     assert [e.id for e in pop.encounters] == ["Encounter/e1"]
     assert [i.problem for i in pop.issues] == [
-        "no clinician participant; not counted for attribution"]  # read, not a line issue
+        "no clinician participant; not counted for attribution"
+    ]  # read, not a line issue
 
 
-@pytest.mark.parametrize(("present", "missing"), [("Encounter", "Patient"),
-                                                   ("Patient", "Encounter")])
-def test_a_folder_without_patient_or_encounter_files_is_refused(tmp_path: Path, present: str,
-                                                                missing: str) -> None:
+@pytest.mark.parametrize(
+    ("present", "missing"), [("Encounter", "Patient"), ("Patient", "Encounter")]
+)
+def test_a_folder_without_patient_or_encounter_files_is_refused(
+    tmp_path: Path, present: str, missing: str
+) -> None:
     (tmp_path / f"{present}.ndjson").write_bytes(ndjson(P1 if present == "Patient" else E1))
     (tmp_path / "Practitioner.ndjson").write_bytes(b"")
     with pytest.raises(SourceError) as caught:
         read_population(NdjsonSource(tmp_path))
-    assert str(caught.value) == (f"ndjson:{tmp_path} has no {missing} file "
-                                 f"(looked for {missing}*.ndjson[.gz], any case)")
+    assert str(caught.value) == (
+        f"ndjson:{tmp_path} has no {missing} file (looked for {missing}*.ndjson[.gz], any case)"
+    )
     # Types a run can do without stay optional, and `require` can be narrowed.
     assert list(NdjsonSource(tmp_path).read("Condition")) == []
     assert list(NdjsonSource(tmp_path, require=()).read(missing)) == []
 
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupt"])
-def test_a_damaged_gzip_file_is_a_failed_read_not_a_short_one(tmp_path: Path,
-                                                              damage: str) -> None:
+def test_a_damaged_gzip_file_is_a_failed_read_not_a_short_one(tmp_path: Path, damage: str) -> None:
     body = gzip.compress(ndjson(*({**P1, "id": f"p{i}"} for i in range(2000))))
     if damage == "truncated":
         body = body[: len(body) // 2]
@@ -164,18 +218,40 @@ def test_a_damaged_gzip_file_is_a_failed_read_not_a_short_one(tmp_path: Path,
 
 def test_future_birth_dates_and_encounters_are_recorded_and_kept() -> None:
     as_of = date(2026, 11, 22)
-    pop = read_population(MemorySource([
-        {"resourceType": "Patient", "id": "born-later", "birthDate": "2027-01-01"},
-        {"resourceType": "Patient", "id": "born-today", "birthDate": "2026-11-22"},
-        {**E1, "id": "e-today", "subject": {"reference": "Patient/born-today"},
-         "period": {"start": "2026-11-22T18:00:00-05:00"}},  # 23:00Z: still the as-of day
-        {**E1, "id": "e-late", "subject": {"reference": "Patient/born-today"},
-         "period": {"start": "2026-11-22T20:00:00-05:00"}},  # 01:00Z the day after
-        {**E1, "id": "e-booked", "status": "planned",
-         "subject": {"reference": "Patient/born-today"}, "period": {"start": "2026-12-01"}},
-        {**E1, "id": "e-called-off", "status": "cancelled",
-         "subject": {"reference": "Patient/born-today"}, "period": {"start": "2026-12-02"}},
-    ]))
+    pop = read_population(
+        MemorySource(
+            [
+                {"resourceType": "Patient", "id": "born-later", "birthDate": "2027-01-01"},
+                {"resourceType": "Patient", "id": "born-today", "birthDate": "2026-11-22"},
+                {
+                    **E1,
+                    "id": "e-today",
+                    "subject": {"reference": "Patient/born-today"},
+                    "period": {"start": "2026-11-22T18:00:00-05:00"},
+                },  # 23:00Z: still the as-of day
+                {
+                    **E1,
+                    "id": "e-late",
+                    "subject": {"reference": "Patient/born-today"},
+                    "period": {"start": "2026-11-22T20:00:00-05:00"},
+                },  # 01:00Z the day after
+                {
+                    **E1,
+                    "id": "e-booked",
+                    "status": "planned",
+                    "subject": {"reference": "Patient/born-today"},
+                    "period": {"start": "2026-12-01"},
+                },
+                {
+                    **E1,
+                    "id": "e-called-off",
+                    "status": "cancelled",
+                    "subject": {"reference": "Patient/born-today"},
+                    "period": {"start": "2026-12-02"},
+                },
+            ]
+        )
+    )
     assert future_date_issues(pop, as_of) == [
         Issue("Patient/born-later", "birth date after the as-of date", "recorded"),
         Issue("Encounter/e-late", ENCOUNTER_IN_FUTURE, "recorded"),

@@ -13,8 +13,13 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "fhirpanel"
 
 LEAF, DOMAIN, ADAPTER, SERVICE, ENTRY = range(5)
-LAYER_NAMES = {LEAF: "shared leaf", DOMAIN: "domain", ADAPTER: "adapter", SERVICE: "service",
-               ENTRY: "entry point"}
+LAYER_NAMES = {
+    LEAF: "shared leaf",
+    DOMAIN: "domain",
+    ADAPTER: "adapter",
+    SERVICE: "service",
+    ENTRY: "entry point",
+}
 
 # Longest prefix wins, so `fhirpanel.jobs.worker` (an entry point) overrides `fhirpanel.jobs`.
 LAYERS: dict[str, int] = {
@@ -46,8 +51,12 @@ LAYERS: dict[str, int] = {
 # Within the adapter layer: the store keeps plain rows and knows nothing of FHIR or the
 # write-back; the inbound FHIR package does not build outgoing resources.
 SIDEWAYS_BANS: dict[str, tuple[str, ...]] = {
-    "fhirpanel.store": ("fhirpanel.fhir", "fhirpanel.writeback", "fhirpanel.tables",
-                        "fhirpanel.domain.outcome"),
+    "fhirpanel.store": (
+        "fhirpanel.fhir",
+        "fhirpanel.writeback",
+        "fhirpanel.tables",
+        "fhirpanel.domain.outcome",
+    ),
     "fhirpanel.fhir": ("fhirpanel.writeback", "fhirpanel.store"),
     "fhirpanel.tables": ("fhirpanel.fhir", "fhirpanel.store", "fhirpanel.writeback"),
 }
@@ -61,8 +70,9 @@ def module_name(path: Path) -> str:
 
 
 def layer_of(module: str) -> int:
-    best = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len,
-               default=None)
+    best = max(
+        (p for p in LAYERS if module == p or module.startswith(p + ".")), key=len, default=None
+    )
     if best is None:
         raise AssertionError(f"{module} is in no layer: add it to LAYERS and docs/architecture.md")
     return LAYERS[best]
@@ -85,13 +95,15 @@ def imports(path: Path, module: str) -> list[tuple[int, str]]:
             # `from fhirpanel import x` names a module x, not the package
             if target == "fhirpanel":
                 found += [(node.lineno, f"fhirpanel.{a.name}") for a in node.names]
-    return [(line, name) for line, name in found
-            if name == "fhirpanel" or name.startswith("fhirpanel.")]
+    return [
+        (line, name) for line, name in found if name == "fhirpanel" or name.startswith("fhirpanel.")
+    ]
 
 
 def all_modules() -> list[tuple[Path, str]]:
-    return [(p, module_name(p)) for p in sorted(PACKAGE.rglob("*.py"))
-            if "migrations" not in p.parts]
+    return [
+        (p, module_name(p)) for p in sorted(PACKAGE.rglob("*.py")) if "migrations" not in p.parts
+    ]
 
 
 def test_every_module_has_a_layer() -> None:
@@ -108,8 +120,10 @@ def test_imports_point_downward_only() -> None:
                 continue
             theirs = layer_of(target)
             if theirs > mine:
-                offenders.append(f"{module}:{line} ({LAYER_NAMES[mine]}) imports {target} "
-                                 f"({LAYER_NAMES[theirs]})")
+                offenders.append(
+                    f"{module}:{line} ({LAYER_NAMES[mine]}) imports {target} "
+                    f"({LAYER_NAMES[theirs]})"
+                )
     assert offenders == []
 
 
@@ -125,13 +139,16 @@ def test_no_sideways_imports_the_layout_forbids() -> None:
     assert offenders == []
 
 
-@pytest.mark.parametrize(("module", "target", "upward"), [
-    ("fhirpanel.store.results", "fhirpanel.run", True),
-    ("fhirpanel.writeback.writer", "fhirpanel.jobs.refresh", True),
-    ("fhirpanel.domain.risk", "fhirpanel.tables", True),
-    ("fhirpanel.api.routes", "fhirpanel.service.review", False),
-    ("fhirpanel.jobs.worker", "fhirpanel.jobs.refresh", False),
-])
+@pytest.mark.parametrize(
+    ("module", "target", "upward"),
+    [
+        ("fhirpanel.store.results", "fhirpanel.run", True),
+        ("fhirpanel.writeback.writer", "fhirpanel.jobs.refresh", True),
+        ("fhirpanel.domain.risk", "fhirpanel.tables", True),
+        ("fhirpanel.api.routes", "fhirpanel.service.review", False),
+        ("fhirpanel.jobs.worker", "fhirpanel.jobs.refresh", False),
+    ],
+)
 def test_the_checker_tells_up_from_down(module: str, target: str, upward: bool) -> None:
     assert (layer_of(target) > layer_of(module)) is upward
 

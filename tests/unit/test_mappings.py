@@ -78,8 +78,10 @@ def copy_of_mappings(tmp_path: Path) -> Path:
 def with_mappings(directory: Path, **attribution: str) -> Settings:
     settings = Settings.load(env={})
     return dataclasses.replace(
-        settings, mappings_dir=str(directory),
-        attribution=dataclasses.replace(settings.attribution, **attribution))
+        settings,
+        mappings_dir=str(directory),
+        attribution=dataclasses.replace(settings.attribution, **attribution),
+    )
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -110,47 +112,60 @@ def test_a_wrong_type_names_the_file_and_the_key(tmp_path: Path) -> None:
     directory = copy_of_mappings(tmp_path)
     edit(directory / "tiers.toml", "tier = 3\n", 'tier = "3"\n')
     assert load_error(with_mappings(directory)) == (
-        f"{directory / 'tiers.toml'}: rules[2].tier: Input should be a valid integer (got '3')")
+        f"{directory / 'tiers.toml'}: rules[2].tier: Input should be a valid integer (got '3')"
+    )
 
 
 def test_a_missing_key_names_the_file_and_the_key(tmp_path: Path) -> None:
     directory = copy_of_mappings(tmp_path)
     edit(directory / "capacity.toml", "visits_per_day = 20.0\n", "")
     assert load_error(with_mappings(directory)) == (
-        f"{directory / 'capacity.toml'}: default.visits_per_day: Field required")
+        f"{directory / 'capacity.toml'}: default.visits_per_day: Field required"
+    )
 
 
 def test_an_unknown_key_names_the_file_and_the_key(tmp_path: Path) -> None:
     directory = copy_of_mappings(tmp_path)
-    edit(directory / "pipelines" / "mgma.toml", "window_months = 18\n",
-         "window_months = 18\nwindows = 3\n")
+    edit(
+        directory / "pipelines" / "mgma.toml",
+        "window_months = 18\n",
+        "window_months = 18\nwindows = 3\n",
+    )
     assert load_error(with_mappings(directory)) == (
         f"{directory / 'pipelines' / 'mgma.toml'}: steps[1].windows: "
-        "Extra inputs are not permitted (got 3)")
+        "Extra inputs are not permitted (got 3)"
+    )
 
 
 def test_meta_needs_source_and_version(tmp_path: Path) -> None:
     directory = copy_of_mappings(tmp_path)
     edit(directory / "capacity.toml", 'version = "2026.1"\n', "")
     assert load_error(with_mappings(directory)) == (
-        f"{directory / 'capacity.toml'}: meta.version: Field required")
+        f"{directory / 'capacity.toml'}: meta.version: Field required"
+    )
 
 
 def test_a_check_of_the_typed_table_names_the_file_too(tmp_path: Path) -> None:
     directory = copy_of_mappings(tmp_path)
-    edit(directory / "qualifying_visits.toml", 'qualifying = ["AMB", "VR"]',
-         'qualifying = ["AMB", "VR", "EMER"]')
+    edit(
+        directory / "qualifying_visits.toml",
+        'qualifying = ["AMB", "VR"]',
+        'qualifying = ["AMB", "VR", "EMER"]',
+    )
     assert load_error(with_mappings(directory)) == (
-        f"{directory / 'qualifying_visits.toml'}: classes: EMER both qualifying and not")
+        f"{directory / 'qualifying_visits.toml'}: classes: EMER both qualifying and not"
+    )
 
 
 def test_every_tier_given_a_care_plan_needs_a_template() -> None:
     settings = Settings.load(env={})
     settings = dataclasses.replace(
-        settings, writeback=dataclasses.replace(settings.writeback, care_plan_tiers="3,4,5"))
+        settings, writeback=dataclasses.replace(settings.writeback, care_plan_tiers="3,4,5")
+    )
     assert load_error(settings) == (
         "mappings/careplan_templates.toml: no activities for tier(s) [5], which "
-        "writeback.care_plan_tiers gives a CarePlan")
+        "writeback.care_plan_tiers gives a CarePlan"
+    )
 
 
 def test_several_errors_in_one_message() -> None:
@@ -160,7 +175,8 @@ def test_several_errors_in_one_message() -> None:
     assert str(caught.value) == (
         "p: name: String should have at least 1 character (got ' '); "
         "steps[1].kind: Input should be 'manual', 'declared-pcp', 'risk-product' or 'four-cut' "
-        "(got 'x')")
+        "(got 'x')"
+    )
 
 
 def test_missing_and_broken_files_are_clear_errors(tmp_path: Path) -> None:
@@ -169,13 +185,16 @@ def test_missing_and_broken_files_are_clear_errors(tmp_path: Path) -> None:
     assert load_error(with_mappings(directory)).startswith("mapping file not found: ")
     (directory / "risk.toml").write_text("[meta\n")
     assert load_error(with_mappings(directory)).startswith(
-        f"{directory / 'risk.toml'}: not valid TOML: ")
+        f"{directory / 'risk.toml'}: not valid TOML: "
+    )
 
 
 def test_a_mapping_can_be_a_file_elsewhere(tmp_path: Path) -> None:
     path = tmp_path / "my_pipeline.toml"
-    path.write_text('name = "ours"\n[meta]\nsource = "our practice"\nversion = 1\n'
-                    '[[steps]]\nkind = "four-cut"\nwindow_months = 24\n')
+    path.write_text(
+        'name = "ours"\n[meta]\nsource = "our practice"\nversion = 1\n'
+        '[[steps]]\nkind = "four-cut"\nwindow_months = 24\n'
+    )
     tables = Tables.load(with_mappings(DEFAULT_MAPPINGS_DIR, pipeline=str(path)))
     assert tables.method.pipeline.name == "ours"
     assert tables.method.pipeline.widest_window == 24

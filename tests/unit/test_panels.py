@@ -51,14 +51,16 @@ def born(years: int, days: int = 0) -> date:
 
 
 def person(n: int, years: int | None, sex: str | None = "female", **kwargs: Any) -> PatientRecord:
-    return PatientRecord(id=pid(n), birth_date=born(years) if years is not None else None,
-                         sex=sex, **kwargs)
+    return PatientRecord(
+        id=pid(n), birth_date=born(years) if years is not None else None, sex=sex, **kwargs
+    )
 
 
 def capacities(**open_by_doc: float) -> CapacitySettings:
     """Capacities giving each named clinician exactly this many patients of capacity."""
-    base = ClinicianCapacity(visits_per_day=1.0, clinic_days_per_year=1.0,
-                             visits_per_patient_per_year=1.0)
+    base = ClinicianCapacity(
+        visits_per_day=1.0, clinic_days_per_year=1.0, visits_per_patient_per_year=1.0
+    )
     overrides = {doc(int(k[1:])): ClinicianCapacity(1.0, v, 1.0) for k, v in open_by_doc.items()}
     return CapacitySettings(default=base, overrides=overrides)
 
@@ -67,8 +69,9 @@ def capacities(**open_by_doc: float) -> CapacitySettings:
 
 
 def test_capacity_formula_murray_and_davies() -> None:
-    full = ClinicianCapacity(visits_per_day=20, clinic_days_per_year=220,
-                             visits_per_patient_per_year=2)
+    full = ClinicianCapacity(
+        visits_per_day=20, clinic_days_per_year=220, visits_per_patient_per_year=2
+    )
     assert full.panel_capacity == 2200
     half = ClinicianCapacity(20, 220, 2, fte=0.5)
     assert half.panel_capacity == 1100
@@ -80,8 +83,11 @@ def test_capacity_settings_from_a_table_with_overrides_inheriting_the_default() 
     assert CAPACITY.pediatric_age_limit == 18
     data = {
         "meta": META,
-        "default": {"visits_per_day": 20, "clinic_days_per_year": 220,
-                    "visits_per_patient_per_year": 2},
+        "default": {
+            "visits_per_day": 20,
+            "clinic_days_per_year": 220,
+            "visits_per_patient_per_year": 2,
+        },
         "overrides": {doc(1): {"fte": 0.5}, doc(2): {"visits_per_day": 24}},
         "suggestions": {"pediatric_age_limit": 18},
     }
@@ -92,35 +98,83 @@ def test_capacity_settings_from_a_table_with_overrides_inheriting_the_default() 
     assert settings.for_clinician(doc(3)).panel_capacity == 2200
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    # the file's shape (schemas)
-    ({"default": {"visits_per_day": 20, "clinic_days_per_year": 220}},
-     r"default\.visits_per_patient_per_year: Field required"),
-    ({"default": {"visits_per_day": -1, "clinic_days_per_year": 220,
-                  "visits_per_patient_per_year": 2}},
-     r"default\.visits_per_day: Input should be greater than 0 \(got -1\)"),
-    ({"default": {"visits_per_day": "20", "clinic_days_per_year": 220,
-                  "visits_per_patient_per_year": 2}},
-     r"default\.visits_per_day: Input should be a valid number \(got '20'\)"),
-    ({"default": {"visits_per_day": float("inf"), "clinic_days_per_year": 220,
-                  "visits_per_patient_per_year": 2}},
-     r"default\.visits_per_day: Input should be a finite number"),
-    ({"default": {"visits_per_day": 20, "clinic_days_per_year": 220,
-                  "visits_per_patient_per_year": 2, "hours": 8}},
-     r"default\.hours: Extra inputs are not permitted"),
-    ({"overrides": {doc(1): {"days": 3}}},
-     r'overrides\."Practitioner/d1"\.days: Extra inputs are not permitted'),
-    ({"suggestions": {"pediatric_age_limit": 0}},
-     r"suggestions\.pediatric_age_limit: Input should be greater than or equal to 1"),
-    ({"suggestions": {}}, r"suggestions\.pediatric_age_limit: Field required"),
-    # the settings' own checks (CapacitySettings)
-    ({"default": {"visits_per_day": 20, "clinic_days_per_year": 220,
-                  "visits_per_patient_per_year": 2, "fte": 80}},
-     r"default\.fte: above 2\.0 looks like a percentage"),
-    ({"overrides": {doc(1): {"fte": 50}}},
-     r'overrides\."Practitioner/d1"\.fte: above 2\.0 looks like a percentage'),
-    ({"overrides": {"d1": {"fte": 0.5}}}, r"overrides: 'd1' is not a Practitioner reference"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # the file's shape (schemas)
+        (
+            {"default": {"visits_per_day": 20, "clinic_days_per_year": 220}},
+            r"default\.visits_per_patient_per_year: Field required",
+        ),
+        (
+            {
+                "default": {
+                    "visits_per_day": -1,
+                    "clinic_days_per_year": 220,
+                    "visits_per_patient_per_year": 2,
+                }
+            },
+            r"default\.visits_per_day: Input should be greater than 0 \(got -1\)",
+        ),
+        (
+            {
+                "default": {
+                    "visits_per_day": "20",
+                    "clinic_days_per_year": 220,
+                    "visits_per_patient_per_year": 2,
+                }
+            },
+            r"default\.visits_per_day: Input should be a valid number \(got '20'\)",
+        ),
+        (
+            {
+                "default": {
+                    "visits_per_day": float("inf"),
+                    "clinic_days_per_year": 220,
+                    "visits_per_patient_per_year": 2,
+                }
+            },
+            r"default\.visits_per_day: Input should be a finite number",
+        ),
+        (
+            {
+                "default": {
+                    "visits_per_day": 20,
+                    "clinic_days_per_year": 220,
+                    "visits_per_patient_per_year": 2,
+                    "hours": 8,
+                }
+            },
+            r"default\.hours: Extra inputs are not permitted",
+        ),
+        (
+            {"overrides": {doc(1): {"days": 3}}},
+            r'overrides\."Practitioner/d1"\.days: Extra inputs are not permitted',
+        ),
+        (
+            {"suggestions": {"pediatric_age_limit": 0}},
+            r"suggestions\.pediatric_age_limit: Input should be greater than or equal to 1",
+        ),
+        ({"suggestions": {}}, r"suggestions\.pediatric_age_limit: Field required"),
+        # the settings' own checks (CapacitySettings)
+        (
+            {
+                "default": {
+                    "visits_per_day": 20,
+                    "clinic_days_per_year": 220,
+                    "visits_per_patient_per_year": 2,
+                    "fte": 80,
+                }
+            },
+            r"default\.fte: above 2\.0 looks like a percentage",
+        ),
+        (
+            {"overrides": {doc(1): {"fte": 50}}},
+            r'overrides\."Practitioner/d1"\.fte: above 2\.0 looks like a percentage',
+        ),
+        ({"overrides": {"d1": {"fte": 0.5}}}, r"overrides: 'd1' is not a Practitioner reference"),
+    ],
+)
 def test_bad_capacity_tables_are_refused(change: dict[str, Any], message: str) -> None:
     data = {**load_mapping_ref("capacity"), **change}
     with pytest.raises(MappingError, match=rf"^capacity: {message}"):
@@ -130,11 +184,22 @@ def test_bad_capacity_tables_are_refused(change: dict[str, Any], message: str) -
 # --- age/sex weights ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("birth", "band"), [
-    (born(0), "0-1"), (born(1), "0-1"), (born(2), "2-4"), (born(2, days=-1), "0-1"),
-    (born(17), "12-17"), (born(18), "18-29"), (born(64, days=1), "45-64"),
-    (born(85), "85+"), (born(103), "85+"), (None, None), (AS_OF + timedelta(days=1), None),
-])
+@pytest.mark.parametrize(
+    ("birth", "band"),
+    [
+        (born(0), "0-1"),
+        (born(1), "0-1"),
+        (born(2), "2-4"),
+        (born(2, days=-1), "0-1"),
+        (born(17), "12-17"),
+        (born(18), "18-29"),
+        (born(64, days=1), "45-64"),
+        (born(85), "85+"),
+        (born(103), "85+"),
+        (None, None),
+        (AS_OF + timedelta(days=1), None),
+    ],
+)
 def test_age_bands_on_the_as_of_date(birth: date | None, band: str | None) -> None:
     assert age_band(birth, AS_OF) == band
 
@@ -145,32 +210,49 @@ def test_age_sex_weights_hand_computed() -> None:
     # F30-44 = (4/2)/1.5 = 4/3, M30-44 = 0, F65-74 = (2/1)/1.5 = 4/3.
     roles = [*pcp_roles(1), role("r9", doc(9), CARDIOLOGY)]
     encounters = [
-        visit("a1", pid(1), doc(1), days_ago(10)), visit("a2", pid(1), doc(1), days_ago(20)),
-        visit("a3", pid(1), doc(1), days_ago(30)), visit("b1", pid(2), doc(1), days_ago(40)),
-        visit("c1", pid(4), doc(1), days_ago(50)), visit("c2", pid(4), doc(1), days_ago(60)),
+        visit("a1", pid(1), doc(1), days_ago(10)),
+        visit("a2", pid(1), doc(1), days_ago(20)),
+        visit("a3", pid(1), doc(1), days_ago(30)),
+        visit("b1", pid(2), doc(1), days_ago(40)),
+        visit("c1", pid(4), doc(1), days_ago(50)),
+        visit("c2", pid(4), doc(1), days_ago(60)),
         # not counted: outside 12 months, a specialist, an emergency visit
-        visit("x1", pid(2), doc(1), days_ago(400)), visit("x2", pid(3), doc(9), days_ago(5)),
+        visit("x1", pid(2), doc(1), days_ago(400)),
+        visit("x2", pid(3), doc(9), days_ago(5)),
         visit("x3", pid(3), doc(1), days_ago(5), class_code="EMER"),
         # not counted: an excluded patient and patients without a known cell
-        visit("x4", pid(5), doc(1), days_ago(5)), visit("x5", pid(6), doc(1), days_ago(5)),
+        visit("x4", pid(5), doc(1), days_ago(5)),
+        visit("x5", pid(6), doc(1), days_ago(5)),
         visit("x6", pid(7), doc(1), days_ago(5)),
     ]
-    patients = [person(1, 35), person(2, 44), person(3, 30, "male"), person(4, 70),
-                person(5, 35, active=False), person(6, 35, "unknown"), person(7, None)]
+    patients = [
+        person(1, 35),
+        person(2, 44),
+        person(3, 30, "male"),
+        person(4, 70),
+        person(5, 35, active=False),
+        person(6, 35, "unknown"),
+        person(7, None),
+    ]
     weights = compute_age_sex_weights(build(encounters, patients, roles), AS_OF, RULES)
     assert weights.weights == {
-        ("30-44", "female"): pytest.approx(4 / 3), ("30-44", "male"): 0.0,
+        ("30-44", "female"): pytest.approx(4 / 3),
+        ("30-44", "male"): 0.0,
         ("65-74", "female"): pytest.approx(4 / 3),
     }
-    assert weights.basis == (("30-44", "female", 2, 4), ("30-44", "male", 1, 0),
-                             ("65-74", "female", 1, 2))
+    assert weights.basis == (
+        ("30-44", "female", 2, 4),
+        ("30-44", "male", 1, 0),
+        ("65-74", "female", 1, 2),
+    )
     assert weights.weight(born(40), "female", AS_OF) == pytest.approx(4 / 3)
     assert weights.weight(born(8), "female", AS_OF) == 1.0  # empty cell
     assert weights.weight(born(40), "unknown", AS_OF) == 1.0
     assert weights.weight(None, "female", AS_OF) == 1.0
     # A longer window also counts x1.
-    longer = compute_age_sex_weights(build(encounters, patients, roles), AS_OF, RULES,
-                                     window_months=18)
+    longer = compute_age_sex_weights(
+        build(encounters, patients, roles), AS_OF, RULES, window_months=18
+    )
     assert longer.basis[0] == ("30-44", "female", 2, 5)
 
 
@@ -182,20 +264,34 @@ def test_age_sex_weights_without_visits_are_neutral() -> None:
 def test_supplied_age_sex_table() -> None:
     example = parse_age_sex_weights(load_mapping_ref("age_sex_weights_example"))
     assert len(example.weights) == 30
-    table = parse_age_sex_weights({"meta": META, "weights": [
-        {"band": "65-74", "sex": "male", "weight": 1.8},
-        {"band": "0-1", "sex": "female", "weight": 0.9}]})
+    table = parse_age_sex_weights(
+        {
+            "meta": META,
+            "weights": [
+                {"band": "65-74", "sex": "male", "weight": 1.8},
+                {"band": "0-1", "sex": "female", "weight": 0.9},
+            ],
+        }
+    )
     assert table.weight(born(70), "male", AS_OF) == 1.8
     assert table.weight(born(70), "female", AS_OF) == 1.0
     for rows, message in [
-        ([{"band": "65-75", "sex": "male", "weight": 1}],
-         r"weights\[1\]\.band: '65-75' is not one of 0-1, 2-4, "),
-        ([{"band": "65-74", "sex": "M", "weight": 1}],
-         r"weights\[1\]\.sex: 'M' is not one of female, male, other$"),
-        ([{"band": "65-74", "sex": "male", "weight": 0}],
-         r"weights\[1\]\.weight: Input should be greater than 0 \(got 0\)$"),
-        ([{"band": "65-74", "sex": "male", "weight": 1}] * 2,
-         r"weights\[2\]: duplicate cell 65-74 male$"),
+        (
+            [{"band": "65-75", "sex": "male", "weight": 1}],
+            r"weights\[1\]\.band: '65-75' is not one of 0-1, 2-4, ",
+        ),
+        (
+            [{"band": "65-74", "sex": "M", "weight": 1}],
+            r"weights\[1\]\.sex: 'M' is not one of female, male, other$",
+        ),
+        (
+            [{"band": "65-74", "sex": "male", "weight": 0}],
+            r"weights\[1\]\.weight: Input should be greater than 0 \(got 0\)$",
+        ),
+        (
+            [{"band": "65-74", "sex": "male", "weight": 1}] * 2,
+            r"weights\[2\]: duplicate cell 65-74 male$",
+        ),
         ([], r"weights: List should have at least 1 item after validation, not 0$"),
     ]:
         with pytest.raises(MappingError, match=rf"^age_sex_weights: {message}"):
@@ -210,11 +306,19 @@ WEIGHTS = AgeSexWeights(weights={("65-74", "female"): 2.0, ("30-44", "female"): 
 
 def _panel_population() -> Population:
     encounters = [
-        visit("e1", pid(1), doc(1), days_ago(10)), visit("e2", pid(2), doc(1), days_ago(10)),
-        visit("e3", pid(3), doc(1), days_ago(10)), visit("e4", pid(4), doc(2), days_ago(10)),
+        visit("e1", pid(1), doc(1), days_ago(10)),
+        visit("e2", pid(2), doc(1), days_ago(10)),
+        visit("e3", pid(3), doc(1), days_ago(10)),
+        visit("e4", pid(4), doc(2), days_ago(10)),
     ]
-    patients = [person(1, 70), person(2, 40), person(3, 10, "male"), person(4, 40),
-                person(5, 50, active=False), person(6, 33)]
+    patients = [
+        person(1, 70),
+        person(2, 40),
+        person(3, 10, "male"),
+        person(4, 40),
+        person(5, 50, active=False),
+        person(6, 33),
+    ]
     return build(encounters, patients, roles=pcp_roles(1, 2, 3))
 
 
@@ -222,8 +326,14 @@ def test_panel_size_risk_adjusted_size_capacity_and_tiers() -> None:
     pop = _panel_population()
     manual = {pid(6): ManualAssignment(pid(6), doc(9), confirmation="confirmed-by-clinician")}
     result = attribute(pop, manual=manual)
-    summary = compute_panels(pop, result, AS_OF, CAPACITY, WEIGHTS,
-                             tiers={pid(1): 3, pid(2): 1, pid(3): 1, pid(4): 2, pid(6): 1})
+    summary = compute_panels(
+        pop,
+        result,
+        AS_OF,
+        CAPACITY,
+        WEIGHTS,
+        tiers={pid(1): 3, pid(2): 1, pid(3): 1, pid(4): 2, pid(6): 1},
+    )
     panels = summary.by_practitioner()
     assert [p.practitioner for p in summary.panels] == [doc(1), doc(2), doc(3), doc(9)]
     d1 = panels[doc(1)]
@@ -254,14 +364,20 @@ def test_hcc_adjusted_size_is_mean_normalised() -> None:
 
 def test_suggestions_go_to_the_most_open_capacity_and_use_it_up() -> None:
     roles = pcp_roles(1, 2)
-    pop = build([visit("e1", pid(1), doc(1), days_ago(10))],
-                [person(1, 40), person(2, 40), person(3, 70), person(4, 40)], roles)
+    pop = build(
+        [visit("e1", pid(1), doc(1), days_ago(10))],
+        [person(1, 40), person(2, 40), person(3, 70), person(4, 40)],
+        roles,
+    )
     result = attribute(pop)
     # d1 has 10 - 0.5 (p1) = 9.5 open, d2 has 10. p2 (0.5) -> d2 (9.5 left, tie with d1: lowest
     # id d1 next), p3 (2.0) -> d1 (7.5 left), p4 (0.5) -> d2.
     summary = compute_panels(pop, result, AS_OF, capacities(d1=10, d2=10), WEIGHTS)
     assert [(s.patient, s.practitioner) for s in summary.suggestions] == [
-        (pid(2), doc(2)), (pid(3), doc(1)), (pid(4), doc(2))]
+        (pid(2), doc(2)),
+        (pid(3), doc(1)),
+        (pid(4), doc(2)),
+    ]
     assert {s.reason for s in summary.suggestions} == {"most open risk-adjusted capacity"}
     # the panels themselves are not changed by suggestions
     assert summary.by_practitioner()[doc(2)].size == 0
@@ -269,8 +385,9 @@ def test_suggestions_go_to_the_most_open_capacity_and_use_it_up() -> None:
 
 def test_suggestions_send_children_to_pediatric_clinicians_and_adults_elsewhere() -> None:
     roles = [role("r1", doc(1), PEDIATRICS), role("r2", doc(2), FAMILY)]
-    pop = build(patients=[person(1, 5), person(2, 17, "male"), person(3, 18), person(4, None)],
-                roles=roles)
+    pop = build(
+        patients=[person(1, 5), person(2, 17, "male"), person(3, 18), person(4, None)], roles=roles
+    )
     result = attribute(pop)
     # the pediatrician has less open capacity, but is the only pediatric clinician
     summary = compute_panels(pop, result, AS_OF, capacities(d1=5, d2=100), NEUTRAL)
@@ -307,26 +424,37 @@ def test_outreach_reasons() -> None:
         visit("b1", pid(2), doc(1), days_ago(430)),
         # p3: seen by another PCP last month (counts), physical 30 months ago (too old)
         visit("c1", pid(3), doc(2), days_ago(30)),
-        visit("c2", pid(3), doc(1), days_ago(300)), visit("c3", pid(3), doc(1), days_ago(310)),
+        visit("c2", pid(3), doc(1), days_ago(300)),
+        visit("c3", pid(3), doc(1), days_ago(310)),
         visit("c4", pid(3), doc(1), days_ago(915), types=[PREVENTIVE]),
     ]
     pop = build(encounters, patients=[pid(4)])
     result = attribute(pop, manual={pid(4): ManualAssignment(pid(4), doc(2))})
     items = outreach_list(pop, result, AS_OF, RULES)
     assert items == (
-        OutreachItem(pid(2), doc(1), ("not-seen-12m", "no-sentinel-24m"),
-                     AS_OF - timedelta(days=430), None),
-        OutreachItem(pid(3), doc(1), ("no-sentinel-24m",), AS_OF - timedelta(days=30),
-                     AS_OF - timedelta(days=915)),
+        OutreachItem(
+            pid(2), doc(1), ("not-seen-12m", "no-sentinel-24m"), AS_OF - timedelta(days=430), None
+        ),
+        OutreachItem(
+            pid(3),
+            doc(1),
+            ("no-sentinel-24m",),
+            AS_OF - timedelta(days=30),
+            AS_OF - timedelta(days=915),
+        ),
         OutreachItem(pid(4), doc(2), ("not-seen-12m", "no-sentinel-24m"), None, None),
     )
     # other thresholds
     items = outreach_list(pop, result, AS_OF, RULES, not_seen_months=18, sentinel_months=36)
     assert [(i.patient, i.reasons) for i in items] == [
-        (pid(2), ("no-sentinel-36m",)), (pid(4), ("not-seen-18m", "no-sentinel-36m"))]
+        (pid(2), ("no-sentinel-36m",)),
+        (pid(4), ("not-seen-18m", "no-sentinel-36m")),
+    ]
 
 
 def test_outreach_leaves_out_unassigned_and_excluded_patients() -> None:
-    pop = build([visit("e1", pid(1), doc(1), days_ago(700))],
-                patients=[PatientRecord(id=pid(2), active=False)])
+    pop = build(
+        [visit("e1", pid(1), doc(1), days_ago(700))],
+        patients=[PatientRecord(id=pid(2), active=False)],
+    )
     assert outreach_list(pop, attribute(pop), AS_OF, RULES) == ()

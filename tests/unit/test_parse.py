@@ -31,7 +31,9 @@ def entries(name: str) -> list[dict[str, Any]]:
 
 def encounter(**fields: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
-        "resourceType": "Encounter", "id": "e1", "status": "finished",
+        "resourceType": "Encounter",
+        "id": "e1",
+        "status": "finished",
         "class": {"system": ACT, "code": "AMB"},
         "subject": {"reference": "Patient/p1"},
         "period": {"start": "2026-03-01T09:00:00Z"},
@@ -76,17 +78,29 @@ def test_instants_with_local_offsets_become_utc() -> None:
 
 
 def test_patient_fields() -> None:
-    rec = parse_resource({
-        "resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1954-06",
-        "deceasedDateTime": "2026-01-02T10:00:00Z", "active": True,
-        "link": [{"type": "replaced-by", "other": {"reference": "Patient/p2"}}],
-        "generalPractitioner": [{"reference": "PractitionerRole/r1"}, {"display": "x"}],
-        "managingOrganization": {"reference": "Organization/o1"},
-    })
+    rec = parse_resource(
+        {
+            "resourceType": "Patient",
+            "id": "p1",
+            "gender": "female",
+            "birthDate": "1954-06",
+            "deceasedDateTime": "2026-01-02T10:00:00Z",
+            "active": True,
+            "link": [{"type": "replaced-by", "other": {"reference": "Patient/p2"}}],
+            "generalPractitioner": [{"reference": "PractitionerRole/r1"}, {"display": "x"}],
+            "managingOrganization": {"reference": "Organization/o1"},
+        }
+    )
     assert rec == PatientRecord(
-        id="Patient/p1", active=True, birth_date=date(1954, 6, 1), sex="female", deceased=True,
-        deceased_date=date(2026, 1, 2), replaced_by="Patient/p2",
-        general_practitioners=("PractitionerRole/r1",), managing_organization="Organization/o1",
+        id="Patient/p1",
+        active=True,
+        birth_date=date(1954, 6, 1),
+        sex="female",
+        deceased=True,
+        deceased_date=date(2026, 1, 2),
+        replaced_by="Patient/p2",
+        general_practitioners=("PractitionerRole/r1",),
+        managing_organization="Organization/o1",
     )
 
 
@@ -98,23 +112,34 @@ def test_absent_active_means_active_and_false_means_inactive() -> None:
 
 
 def test_encounter_prefers_primary_performer_over_attender_and_order() -> None:
-    rec = parse_resource(encounter(participant=[
-        participant("Practitioner/att", "ATND"),
-        participant("Practitioner/second", "SPRF"),
-        participant("Practitioner/prim", "PPRF"),
-    ]))
+    rec = parse_resource(
+        encounter(
+            participant=[
+                participant("Practitioner/att", "ATND"),
+                participant("Practitioner/second", "SPRF"),
+                participant("Practitioner/prim", "PPRF"),
+            ]
+        )
+    )
     assert isinstance(rec, EncounterRecord)
     assert rec.practitioner == "Practitioner/prim"
 
 
 def test_encounter_falls_back_to_attender_then_first_individual() -> None:
-    att = parse_resource(encounter(participant=[
-        participant("Practitioner/first"), participant("Practitioner/att", "ATND")]))
-    first = parse_resource(encounter(participant=[
-        {"type": [{"text": "interpreter"}]},
-        participant("RelatedPerson/mum"),
-        participant("Practitioner/first", "SPRF"),
-    ]))
+    att = parse_resource(
+        encounter(
+            participant=[participant("Practitioner/first"), participant("Practitioner/att", "ATND")]
+        )
+    )
+    first = parse_resource(
+        encounter(
+            participant=[
+                {"type": [{"text": "interpreter"}]},
+                participant("RelatedPerson/mum"),
+                participant("Practitioner/first", "SPRF"),
+            ]
+        )
+    )
     assert isinstance(att, EncounterRecord) and att.practitioner == "Practitioner/att"
     assert isinstance(first, EncounterRecord) and first.practitioner == "Practitioner/first"
 
@@ -126,12 +151,18 @@ def test_encounter_keeps_a_practitioner_role_for_later_resolution() -> None:
 
 
 def test_encounter_codes_from_type_service_type_and_reason() -> None:
-    rec = parse_resource(encounter(
-        type=[{"coding": [{"system": "http://snomed.info/sct", "code": "185349003"}],
-               "text": "Office Visit"}],
-        serviceType={"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "99396"}]},
-        reasonCode=[{"coding": [{"system": "http://snomed.info/sct", "code": "162673000"}]}],
-    ))
+    rec = parse_resource(
+        encounter(
+            type=[
+                {
+                    "coding": [{"system": "http://snomed.info/sct", "code": "185349003"}],
+                    "text": "Office Visit",
+                }
+            ],
+            serviceType={"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "99396"}]},
+            reasonCode=[{"coding": [{"system": "http://snomed.info/sct", "code": "162673000"}]}],
+        )
+    )
     assert isinstance(rec, EncounterRecord)
     assert [c.code for c in rec.codes] == ["185349003", "99396", "162673000"]
     assert "office visit" in rec.type_texts
@@ -163,22 +194,32 @@ def test_malformed_encounters_become_issues(change: dict[str, Any], problem: str
 
 def test_wrong_type_and_non_objects_are_issues() -> None:
     assert parse_resource([1, 2], where="Encounter.ndjson:3") == Issue(
-        "Encounter.ndjson:3", "not a JSON object")
+        "Encounter.ndjson:3", "not a JSON object"
+    )
     out = parse_resource({"resourceType": "Observation", "id": "o"}, expected_type="Encounter")
     assert isinstance(out, Issue) and out.resource == "Observation/o"
 
 
 def test_condition_fields() -> None:
-    rec = parse_resource({
-        "resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
-        "code": {"coding": [
-            {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "E11.9"},
-            {"system": "http://snomed.info/sct", "code": "44054006"}], "text": "Diabetes"},
-        "clinicalStatus": {"coding": [{"code": "active"}]},
-        "verificationStatus": {"coding": [{"code": "confirmed"}]},
-        "category": [{"coding": [{"code": "problem-list-item"}]}],
-        "onsetDateTime": "2019-05-04T00:00:00-04:00", "encounter": {"reference": "Encounter/e1"},
-    })
+    rec = parse_resource(
+        {
+            "resourceType": "Condition",
+            "id": "c1",
+            "subject": {"reference": "Patient/p1"},
+            "code": {
+                "coding": [
+                    {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "E11.9"},
+                    {"system": "http://snomed.info/sct", "code": "44054006"},
+                ],
+                "text": "Diabetes",
+            },
+            "clinicalStatus": {"coding": [{"code": "active"}]},
+            "verificationStatus": {"coding": [{"code": "confirmed"}]},
+            "category": [{"coding": [{"code": "problem-list-item"}]}],
+            "onsetDateTime": "2019-05-04T00:00:00-04:00",
+            "encounter": {"reference": "Encounter/e1"},
+        }
+    )
     assert isinstance(rec, ConditionRecord)
     assert [c.code for c in rec.codes] == ["E11.9", "44054006"]
     assert rec.clinical_status == "active" and rec.verification_status == "confirmed"
@@ -187,13 +228,25 @@ def test_condition_fields() -> None:
 
 
 def test_practitioner_role_texts_for_label_matching() -> None:
-    rec = parse_resource({
-        "resourceType": "PractitionerRole", "id": "r1",
-        "practitioner": {"reference": "Practitioner/d1"},
-        "specialty": [{"text": "Family Medicine"}],
-        "code": [{"coding": [{"system": "http://nucc.org/provider-taxonomy",
-                              "code": "207Q00000X", "display": "Family Medicine Physician"}]}],
-    })
+    rec = parse_resource(
+        {
+            "resourceType": "PractitionerRole",
+            "id": "r1",
+            "practitioner": {"reference": "Practitioner/d1"},
+            "specialty": [{"text": "Family Medicine"}],
+            "code": [
+                {
+                    "coding": [
+                        {
+                            "system": "http://nucc.org/provider-taxonomy",
+                            "code": "207Q00000X",
+                            "display": "Family Medicine Physician",
+                        }
+                    ]
+                }
+            ],
+        }
+    )
     assert isinstance(rec, PractitionerRoleRecord)
     assert rec.practitioner == "Practitioner/d1"
     assert "family medicine" in rec.texts and "family medicine physician" in rec.texts
@@ -226,7 +279,12 @@ def test_recorded_hapi_local_offsets_parse() -> None:
 def test_recorded_hapi_conditions_and_patients_parse() -> None:
     conds = [parse_resource(r) for r in entries("searchset-condition-2.json")]
     assert [c.clinical_status for c in conds if isinstance(c, ConditionRecord)] == [
-        "resolved", "active", "resolved", "resolved", "active"]
+        "resolved",
+        "active",
+        "resolved",
+        "resolved",
+        "active",
+    ]
     pats = [parse_resource(r) for r in entries("searchset-patient-1.json")]
     assert all(isinstance(p, PatientRecord) for p in pats)
 
@@ -239,18 +297,24 @@ def test_recorded_hapi_practitioners_parse() -> None:
     assert isinstance(docs[0], PractitionerRecord) and docs[0].npi
 
 
-@pytest.mark.parametrize(("resource", "problem"), [
-    # A valid dateTime whose UTC value falls outside the calendar: OverflowError inside.
-    (encounter(period={"start": "0001-01-01T00:00:00+01:00"}), "bad dateTime"),
-    (encounter(period={"start": "9999-12-31T23:00:00-05:00"}), "bad dateTime"),
-    ({"resourceType": "Patient", "id": "p1", "birthDate": "0000"}, "bad date '0000'"),
-    ({"resourceType": "Patient", "id": "p1", "birthDate": ["x"] * 500}, "bad date ['x', "),
-    ({"resourceType": "Patient", "id": "p1", "link": 7}, "malformed: TypeError"),
-    ({"resourceType": "Practitioner", "id": "d1", "name": [{"given": 5}]},
-     "malformed: TypeError"),
-])
-def test_out_of_range_and_wrongly_shaped_values_are_issues(resource: dict[str, Any],
-                                                          problem: str) -> None:
+@pytest.mark.parametrize(
+    ("resource", "problem"),
+    [
+        # A valid dateTime whose UTC value falls outside the calendar: OverflowError inside.
+        (encounter(period={"start": "0001-01-01T00:00:00+01:00"}), "bad dateTime"),
+        (encounter(period={"start": "9999-12-31T23:00:00-05:00"}), "bad dateTime"),
+        ({"resourceType": "Patient", "id": "p1", "birthDate": "0000"}, "bad date '0000'"),
+        ({"resourceType": "Patient", "id": "p1", "birthDate": ["x"] * 500}, "bad date ['x', "),
+        ({"resourceType": "Patient", "id": "p1", "link": 7}, "malformed: TypeError"),
+        (
+            {"resourceType": "Practitioner", "id": "d1", "name": [{"given": 5}]},
+            "malformed: TypeError",
+        ),
+    ],
+)
+def test_out_of_range_and_wrongly_shaped_values_are_issues(
+    resource: dict[str, Any], problem: str
+) -> None:
     out = parse_resource(resource)
     assert isinstance(out, Issue)
     assert out.problem.startswith(problem) and len(out.problem) < 100

@@ -39,11 +39,19 @@ class FakeStore:
 
     def __init__(self) -> None:
         self.patients: dict[str, dict[str, Any]] = {
-            PAT: state(PAT, "assigned", ANN, detail={
-                "visits": {ANN: 3, BOB: 1}, "evidence": ["Encounter/e1", "Encounter/e2"],
-                "tie_broken": False, "risk": {"tier": 2}, "practitioner_role": None}),
-            LOOSE: state(LOOSE, "unassigned", None, suggested=BOB,
-                         suggestion_reason="most room"),
+            PAT: state(
+                PAT,
+                "assigned",
+                ANN,
+                detail={
+                    "visits": {ANN: 3, BOB: 1},
+                    "evidence": ["Encounter/e1", "Encounter/e2"],
+                    "tie_broken": False,
+                    "risk": {"tier": 2},
+                    "practitioner_role": None,
+                },
+            ),
+            LOOSE: state(LOOSE, "unassigned", None, suggested=BOB, suggestion_reason="most room"),
             GONE: state(GONE, "excluded", None, reason="deceased"),
         }
         self.clinician_rows = {
@@ -57,9 +65,18 @@ class FakeStore:
         self.pending: set[str] = set()
         self.ledger: dict[tuple[str, str], dict[str, Any]] = {}
         self.history_rows: dict[str, list[dict[str, Any]]] = {
-            PAT: [{"status": "assigned", "practitioner": ANN, "rule": "plurality",
-                   "step": "four-cut-18m", "valid_from": "2026-01-01T00:00:00Z",
-                   "valid_to": None, "run_id": 1}]}
+            PAT: [
+                {
+                    "status": "assigned",
+                    "practitioner": ANN,
+                    "rule": "plurality",
+                    "step": "four-cut-18m",
+                    "valid_from": "2026-01-01T00:00:00Z",
+                    "valid_to": None,
+                    "run_id": 1,
+                }
+            ]
+        }
         self.reads: list[tuple[str, tuple[tuple[str, str], ...], int]] = []
         self.state_reads = 0
 
@@ -77,24 +94,38 @@ class FakeStore:
     def clinicians(self) -> list[dict[str, Any]]:
         return [dict(c) for _, c in sorted(self.clinician_rows.items())]
 
-    def add_override(self, patient: str, practitioner: str, *, reason: str, requested_by: str,
-                     actor: str) -> dict[str, Any]:
+    def add_override(
+        self, patient: str, practitioner: str, *, reason: str, requested_by: str, actor: str
+    ) -> dict[str, Any]:
         for row in self.override_rows:
             if row["patient"] == patient and row["removed_at"] is None:
                 row.update(removed_at="now", removed_by=actor)
-        row = {"id": len(self.override_rows) + 1, "patient": patient,
-               "practitioner": practitioner, "reason": reason, "requested_by": requested_by,
-               "actor": actor, "created_at": "now", "removed_at": None, "removed_by": None,
-               "applied_run": None}
+        row = {
+            "id": len(self.override_rows) + 1,
+            "patient": patient,
+            "practitioner": practitioner,
+            "reason": reason,
+            "requested_by": requested_by,
+            "actor": actor,
+            "created_at": "now",
+            "removed_at": None,
+            "removed_by": None,
+            "applied_run": None,
+        }
         self.override_rows.append(row)
         self.pending.add(patient)
-        self.audit(actor, "override", patient, {"practitioner": practitioner, "reason": reason,
-                                                "requested_by": requested_by})
+        self.audit(
+            actor,
+            "override",
+            patient,
+            {"practitioner": practitioner, "reason": reason, "requested_by": requested_by},
+        )
         return dict(row)
 
     def remove_override(self, patient: str, actor: str) -> bool:
-        active = [r for r in self.override_rows
-                  if r["patient"] == patient and r["removed_at"] is None]
+        active = [
+            r for r in self.override_rows if r["patient"] == patient and r["removed_at"] is None
+        ]
         for row in active:
             row.update(removed_at="now", removed_by=actor)
         if active:
@@ -102,59 +133,91 @@ class FakeStore:
             self.audit(actor, "override-removed", patient, {})
         return bool(active)
 
-    def confirm(self, patient: str, practitioner: str, *, confirmed_by: str, actor: str,
-                note: str = "") -> dict[str, Any]:
+    def confirm(
+        self, patient: str, practitioner: str, *, confirmed_by: str, actor: str, note: str = ""
+    ) -> dict[str, Any]:
         row = self.patients.get(patient) or {}
         if row.get("status") != "assigned" or row.get("practitioner") != practitioner:
             raise AssignmentChanged(f"{patient} is not assigned to {practitioner} (any more)")
         row["confirmation"] = confirmed_by
-        done = {"patient": patient, "practitioner": practitioner, "confirmed_by": confirmed_by,
-                "note": note, "actor": actor, "created_at": "now"}
+        done = {
+            "patient": patient,
+            "practitioner": practitioner,
+            "confirmed_by": confirmed_by,
+            "note": note,
+            "actor": actor,
+            "created_at": "now",
+        }
         self.confirmation_rows.append(done)
-        self.audit(actor, "confirm", patient, {"practitioner": practitioner,
-                                               "confirmed_by": confirmed_by, "note": note})
+        self.audit(
+            actor,
+            "confirm",
+            patient,
+            {"practitioner": practitioner, "confirmed_by": confirmed_by, "note": note},
+        )
         return dict(done)
 
     # ------------------------------------------------------------ PatientReader
 
-    def read_patient(self, patient: str, *, ledger: Sequence[tuple[str, str]],
-                     audit_limit: int) -> dict[str, Any] | None:
+    def read_patient(
+        self, patient: str, *, ledger: Sequence[tuple[str, str]], audit_limit: int
+    ) -> dict[str, Any] | None:
         self.reads.append((patient, tuple(ledger), audit_limit))
         found = self.patients.get(patient)
         if found is None:
             return None
         overrides = [dict(o) for o in self.override_rows if o["patient"] == patient]
         return {
-            "state": copy.deepcopy(found), "history": list(self.history_rows.get(patient, [])),
+            "state": copy.deepcopy(found),
+            "history": list(self.history_rows.get(patient, [])),
             "overrides": overrides,
             "active_override": next((o for o in overrides if o["removed_at"] is None), None),
             "confirmations": [c for c in self.confirmation_rows if c["patient"] == patient],
             "pending": patient in self.pending,
-            "audit": [a for a in reversed(self.audit_rows)
-                      if a["patient"] == patient][:audit_limit],
+            "audit": [a for a in reversed(self.audit_rows) if a["patient"] == patient][
+                :audit_limit
+            ],
             "ledger": {rtype: self.ledger.get((rtype, ident)) for rtype, ident in ledger},
         }
 
     # ------------------------------------------------------------ helpers
 
     def audit(self, actor: str, action: str, patient: str, detail: dict[str, Any]) -> None:
-        self.audit_rows.append({"actor": actor, "action": action, "patient": patient,
-                                "detail": detail})
+        self.audit_rows.append(
+            {"actor": actor, "action": action, "patient": patient, "detail": detail}
+        )
 
     def refresh_moves(self, patient: str, practitioner: str) -> None:
         """What a refresh committing a new assignment does to the stored row."""
         self.patients[patient].update(practitioner=practitioner, confirmation="proposed")
 
 
-def state(patient: str, status: str, practitioner: str | None, *, reason: str | None = None,
-          suggested: str | None = None, suggestion_reason: str | None = None,
-          detail: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"patient": patient, "status": status, "practitioner": practitioner,
-            "rule": "plurality" if practitioner else None,
-            "step": "four-cut-18m" if practitioner else None, "reason": reason, "tier": 2,
-            "confirmation": "proposed", "override": False, "outreach": [],
-            "suggested": suggested, "suggestion_reason": suggestion_reason,
-            "detail": detail or {}, "run_id": 1}
+def state(
+    patient: str,
+    status: str,
+    practitioner: str | None,
+    *,
+    reason: str | None = None,
+    suggested: str | None = None,
+    suggestion_reason: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "patient": patient,
+        "status": status,
+        "practitioner": practitioner,
+        "rule": "plurality" if practitioner else None,
+        "step": "four-cut-18m" if practitioner else None,
+        "reason": reason,
+        "tier": 2,
+        "confirmation": "proposed",
+        "override": False,
+        "outreach": [],
+        "suggested": suggested,
+        "suggestion_reason": suggestion_reason,
+        "detail": detail or {},
+        "run_id": 1,
+    }
 
 
 class Trigger:
@@ -189,29 +252,37 @@ def service(store: FakeStore, trigger: Trigger) -> ReviewService:
 
 
 def nothing_changed(store: FakeStore, trigger: Trigger) -> bool:
-    return (store.override_rows == [] and store.confirmation_rows == []
-            and store.audit_rows == [] and store.pending == set() and trigger.calls == [])
+    return (
+        store.override_rows == []
+        and store.confirmation_rows == []
+        and store.audit_rows == []
+        and store.pending == set()
+        and trigger.calls == []
+    )
 
 
 # ---------------------------------------------------------------- references
 
 
-@pytest.mark.parametrize(("rtype", "raw", "expected"), [
-    ("Patient", "pat-1", "Patient/pat-1"),
-    ("Patient", "Patient/pat-1", "Patient/pat-1"),
-    ("Patient", "A.b-9", "Patient/A.b-9"),
-    ("Patient", "x" * 64, "Patient/" + "x" * 64),
-    ("Practitioner", "Practitioner/prac-1", "Practitioner/prac-1"),
-    ("Patient", "x" * 65, None),
-    ("Patient", "", None),
-    ("Patient", "Patient/", None),
-    ("Patient", "Practitioner/prac-1", None),
-    ("Patient", "Patient/Patient/pat-1", None),
-    ("Patient", "pat 1", None),
-    ("Patient", "pat-1\n", None),
-    ("Patient", "pat_1", None),
-    ("Practitioner", "Patient/pat-1", None),
-])
+@pytest.mark.parametrize(
+    ("rtype", "raw", "expected"),
+    [
+        ("Patient", "pat-1", "Patient/pat-1"),
+        ("Patient", "Patient/pat-1", "Patient/pat-1"),
+        ("Patient", "A.b-9", "Patient/A.b-9"),
+        ("Patient", "x" * 64, "Patient/" + "x" * 64),
+        ("Practitioner", "Practitioner/prac-1", "Practitioner/prac-1"),
+        ("Patient", "x" * 65, None),
+        ("Patient", "", None),
+        ("Patient", "Patient/", None),
+        ("Patient", "Practitioner/prac-1", None),
+        ("Patient", "Patient/Patient/pat-1", None),
+        ("Patient", "pat 1", None),
+        ("Patient", "pat-1\n", None),
+        ("Patient", "pat_1", None),
+        ("Practitioner", "Patient/pat-1", None),
+    ],
+)
 def test_one_check_of_references(rtype: str, raw: str, expected: str | None) -> None:
     assert reference(rtype, raw) == expected
 
@@ -220,25 +291,36 @@ def test_one_check_of_references(rtype: str, raw: str, expected: str | None) -> 
 
 
 def test_an_override_is_stored_audited_and_asks_for_a_refresh(
-        service: ReviewService, store: FakeStore, trigger: Trigger) -> None:
-    done = service.override("pat-1", "prac-bob", reason="  moved \n closer ",
-                            requested_by="family", actor="boss")
+    service: ReviewService, store: FakeStore, trigger: Trigger
+) -> None:
+    done = service.override(
+        "pat-1", "prac-bob", reason="  moved \n closer ", requested_by="family", actor="boss"
+    )
     assert done.override["patient"] == PAT and done.override["practitioner"] == BOB
     assert done.override["reason"] == "moved closer" and done.override["actor"] == "boss"
     assert done.clinician["name"] == "Dr Bob"
-    assert store.audit_rows == [{"actor": "boss", "action": "override", "patient": PAT,
-                                 "detail": {"practitioner": BOB, "reason": "moved closer",
-                                            "requested_by": "family"}}]
+    assert store.audit_rows == [
+        {
+            "actor": "boss",
+            "action": "override",
+            "patient": PAT,
+            "detail": {"practitioner": BOB, "reason": "moved closer", "requested_by": "family"},
+        }
+    ]
     assert store.pending == {PAT}
     assert trigger.calls == [("incremental", "dashboard")]
     assert type(trigger.calls[0][0]) is str  # a plain string, as the trigger's callers expect
     assert done.refresh == Refresh(7, True, "a refresh has started")
-    assert done.refresh.as_dict() == {"run_id": 7, "started": True,
-                                      "detail": "a refresh has started"}
+    assert done.refresh.as_dict() == {
+        "run_id": 7,
+        "started": True,
+        "detail": "a refresh has started",
+    }
 
 
-def test_an_unassigned_patient_can_be_assigned_by_hand(service: ReviewService,
-                                                       store: FakeStore) -> None:
+def test_an_unassigned_patient_can_be_assigned_by_hand(
+    service: ReviewService, store: FakeStore
+) -> None:
     done = service.override(LOOSE, BOB, reason="asked", requested_by="patient", actor="boss")
     assert done.override["patient"] == LOOSE
     assert [r["removed_at"] for r in store.override_rows] == [None]
@@ -248,32 +330,45 @@ def test_a_second_override_replaces_the_first(service: ReviewService, store: Fak
     service.override(PAT, BOB, reason="one", requested_by="patient", actor="boss")
     service.override(PAT, ANN, reason="two", requested_by="clinician", actor="eve")
     assert [(r["practitioner"], r["removed_by"]) for r in store.override_rows] == [
-        (BOB, "eve"), (ANN, None)]
+        (BOB, "eve"),
+        (ANN, None),
+    ]
 
 
-@pytest.mark.parametrize(("patient", "practitioner", "requested_by", "reason", "error", "field"), [
-    ("pat-404", BOB, "family", "x", PatientNotFound, None),
-    ("pat 1", BOB, "family", "x", PatientNotFound, None),
-    (PAT, "", "family", "x", InvalidReference, "practitioner"),
-    (PAT, "prac bob", "family", "x", InvalidReference, "practitioner"),
-    (PAT, "Patient/prac-bob", "family", "x", InvalidReference, "practitioner"),
-    (PAT, "prac-nobody", "family", "x", UnknownClinician, "practitioner"),
-    (PAT, CAL, "family", "x", IneligibleClinician, "practitioner"),
-    (PAT, BOB, "neighbour", "x", InvalidChoice, "requested_by"),
-    (PAT, BOB, "family", " \n ", MissingText, "reason"),
-    (GONE, BOB, "family", "x", PatientExcluded, None),
-    # The order of the checks: the clinician before who asked and the reason.
-    (PAT, "prac-nobody", "neighbour", "", UnknownClinician, "practitioner"),
-    (PAT, BOB, "neighbour", "", InvalidChoice, "requested_by"),
-    (GONE, "prac-nobody", "family", "x", UnknownClinician, "practitioner"),
-])
+@pytest.mark.parametrize(
+    ("patient", "practitioner", "requested_by", "reason", "error", "field"),
+    [
+        ("pat-404", BOB, "family", "x", PatientNotFound, None),
+        ("pat 1", BOB, "family", "x", PatientNotFound, None),
+        (PAT, "", "family", "x", InvalidReference, "practitioner"),
+        (PAT, "prac bob", "family", "x", InvalidReference, "practitioner"),
+        (PAT, "Patient/prac-bob", "family", "x", InvalidReference, "practitioner"),
+        (PAT, "prac-nobody", "family", "x", UnknownClinician, "practitioner"),
+        (PAT, CAL, "family", "x", IneligibleClinician, "practitioner"),
+        (PAT, BOB, "neighbour", "x", InvalidChoice, "requested_by"),
+        (PAT, BOB, "family", " \n ", MissingText, "reason"),
+        (GONE, BOB, "family", "x", PatientExcluded, None),
+        # The order of the checks: the clinician before who asked and the reason.
+        (PAT, "prac-nobody", "neighbour", "", UnknownClinician, "practitioner"),
+        (PAT, BOB, "neighbour", "", InvalidChoice, "requested_by"),
+        (GONE, "prac-nobody", "family", "x", UnknownClinician, "practitioner"),
+    ],
+)
 def test_an_override_is_refused_with_a_typed_error_and_changes_nothing(
-        service: ReviewService, store: FakeStore, trigger: Trigger, patient: str,
-        practitioner: str, requested_by: str, reason: str, error: type[ReviewError],
-        field: str | None) -> None:
+    service: ReviewService,
+    store: FakeStore,
+    trigger: Trigger,
+    patient: str,
+    practitioner: str,
+    requested_by: str,
+    reason: str,
+    error: type[ReviewError],
+    field: str | None,
+) -> None:
     with pytest.raises(error) as caught:
-        service.override(patient, practitioner, reason=reason, requested_by=requested_by,
-                         actor="boss")
+        service.override(
+            patient, practitioner, reason=reason, requested_by=requested_by, actor="boss"
+        )
     assert type(caught.value) is error
     assert getattr(caught.value, "field", None) == field
     assert nothing_changed(store, trigger)
@@ -283,13 +378,15 @@ def test_refusals_carry_what_the_message_needs(service: ReviewService) -> None:
     with pytest.raises(IneligibleClinician) as ineligible:
         service.override(PAT, "prac-cal", reason="x", requested_by="staff", actor="boss")
     assert (ineligible.value.practitioner, ineligible.value.name) == (CAL, "Dr Cal")
-    assert str(ineligible.value) == (f"practitioner: {CAL} is not eligible for a primary-care "
-                                     "panel")
+    assert str(ineligible.value) == (
+        f"practitioner: {CAL} is not eligible for a primary-care panel"
+    )
     with pytest.raises(PatientExcluded) as excluded:
         service.override(GONE, BOB, reason="x", requested_by="staff", actor="boss")
     assert excluded.value.reason == "deceased"
-    assert str(excluded.value) == (f"{GONE} is not an active patient (deceased): there is "
-                                   "nothing to assign")
+    assert str(excluded.value) == (
+        f"{GONE} is not an active patient (deceased): there is nothing to assign"
+    )
     with pytest.raises(InvalidChoice) as choice:
         service.override(PAT, BOB, reason="x", requested_by="nobody", actor="boss")
     assert choice.value.choices == ("clinician", "patient", "family", "staff")
@@ -299,25 +396,29 @@ def test_refusals_carry_what_the_message_needs(service: ReviewService) -> None:
 
 
 def test_an_override_when_the_refresh_is_busy_or_cannot_start(
-        service: ReviewService, store: FakeStore, trigger: Trigger) -> None:
+    service: ReviewService, store: FakeStore, trigger: Trigger
+) -> None:
     trigger.answer = None
     busy = service.override(PAT, BOB, reason="x", requested_by="patient", actor="boss")
-    assert busy.refresh == Refresh(None, False,
-                                   "a refresh is running; the next one applies the change")
+    assert busy.refresh == Refresh(
+        None, False, "a refresh is running; the next one applies the change"
+    )
     trigger.error = ConfigError("no source configured")
     ours = service.override(PAT, BOB, reason="x", requested_by="patient", actor="boss")
     assert ours.refresh == Refresh(None, False, "no source configured")
     trigger.error = RuntimeError("a secret path /var/x")
     other = service.override(PAT, BOB, reason="x", requested_by="patient", actor="boss")
     assert other.refresh == Refresh(
-        None, False, "the refresh could not start; the next one applies the change")
+        None, False, "the refresh could not start; the next one applies the change"
+    )
     # Stored every time: the next refresh applies the last one.
     assert [a["action"] for a in store.audit_rows] == ["override"] * 3
     assert len(trigger.calls) == 3
 
 
-def test_a_patient_looked_up_once_serves_the_change(service: ReviewService,
-                                                    store: FakeStore) -> None:
+def test_a_patient_looked_up_once_serves_the_change(
+    service: ReviewService, store: FakeStore
+) -> None:
     target = service.patient("Patient/pat-1")
     reads = store.state_reads
     service.override(target, ANN, reason="x", requested_by="patient", actor="boss")
@@ -327,8 +428,7 @@ def test_a_patient_looked_up_once_serves_the_change(service: ReviewService,
 # ---------------------------------------------------------------- removing an override
 
 
-def test_removing_an_override(service: ReviewService, store: FakeStore,
-                              trigger: Trigger) -> None:
+def test_removing_an_override(service: ReviewService, store: FakeStore, trigger: Trigger) -> None:
     with pytest.raises(NoOverride) as none:
         service.remove_override(PAT, actor="boss")
     assert str(none.value) == f"{PAT} has no override in force"
@@ -350,38 +450,63 @@ def test_removing_an_override(service: ReviewService, store: FakeStore,
 
 
 def test_a_confirmation_is_stored_and_audited_and_asks_for_no_refresh(
-        service: ReviewService, store: FakeStore, trigger: Trigger) -> None:
-    done = service.confirm(PAT, confirmed_by="clinician", actor="boss", shown="prac-ann",
-                           note=" seen at the\n meeting ")
-    assert done == {"patient": PAT, "practitioner": ANN, "confirmed_by": "clinician",
-                    "note": "seen at the meeting", "actor": "boss", "created_at": "now"}
+    service: ReviewService, store: FakeStore, trigger: Trigger
+) -> None:
+    done = service.confirm(
+        PAT,
+        confirmed_by="clinician",
+        actor="boss",
+        shown="prac-ann",
+        note=" seen at the\n meeting ",
+    )
+    assert done == {
+        "patient": PAT,
+        "practitioner": ANN,
+        "confirmed_by": "clinician",
+        "note": "seen at the meeting",
+        "actor": "boss",
+        "created_at": "now",
+    }
     assert store.patients[PAT]["confirmation"] == "clinician"
-    assert store.audit_rows == [{"actor": "boss", "action": "confirm", "patient": PAT,
-                                 "detail": {"practitioner": ANN, "confirmed_by": "clinician",
-                                            "note": "seen at the meeting"}}]
+    assert store.audit_rows == [
+        {
+            "actor": "boss",
+            "action": "confirm",
+            "patient": PAT,
+            "detail": {
+                "practitioner": ANN,
+                "confirmed_by": "clinician",
+                "note": "seen at the meeting",
+            },
+        }
+    ]
     assert trigger.calls == [] and store.pending == set()
 
 
 def test_a_confirmation_without_the_shown_clinician_confirms_the_current_one(
-        service: ReviewService, store: FakeStore) -> None:
+    service: ReviewService, store: FakeStore
+) -> None:
     service.confirm("Patient/pat-1", confirmed_by="patient", actor="boss")
     assert store.confirmation_rows[0]["practitioner"] == ANN
 
 
 def test_a_patient_moved_since_the_page_loaded_is_not_confirmed(
-        service: ReviewService, store: FakeStore, trigger: Trigger) -> None:
+    service: ReviewService, store: FakeStore, trigger: Trigger
+) -> None:
     store.refresh_moves(PAT, BOB)  # the page showed Ann; a refresh moved the patient to Bob
     with pytest.raises(AssignmentMoved) as moved:
         service.confirm(PAT, confirmed_by="clinician", actor="boss", shown=ANN)
     assert (moved.value.current, moved.value.shown) == (BOB, ANN)
-    assert str(moved.value) == (f"{PAT} is assigned to {BOB}, not {ANN}: reload and confirm "
-                                "the current assignment")
+    assert str(moved.value) == (
+        f"{PAT} is assigned to {BOB}, not {ANN}: reload and confirm the current assignment"
+    )
     assert store.patients[PAT]["confirmation"] == "proposed"
     assert nothing_changed(store, trigger)
 
 
 def test_a_move_committed_between_the_read_and_the_write_is_not_confirmed(
-        service: ReviewService, store: FakeStore, trigger: Trigger) -> None:
+    service: ReviewService, store: FakeStore, trigger: Trigger
+) -> None:
     target = service.patient(PAT)  # read: assigned to Ann
     store.refresh_moves(PAT, BOB)  # a refresh commits before the confirmation is written
     with pytest.raises(AssignmentMoved) as moved:
@@ -392,22 +517,31 @@ def test_a_move_committed_between_the_read_and_the_write_is_not_confirmed(
     assert nothing_changed(store, trigger)
 
 
-@pytest.mark.parametrize(("patient", "confirmed_by", "shown", "error"), [
-    ("pat-404", "clinician", None, PatientNotFound),
-    (PAT, "family", None, InvalidChoice),
-    (PAT, "", ANN, InvalidChoice),
-    (LOOSE, "patient", None, NotAssigned),
-    (GONE, "patient", None, NotAssigned),
-    (PAT, "patient", "prac ann", InvalidReference),
-    (PAT, "patient", "Patient/prac-ann", InvalidReference),
-    (PAT, "patient", "prac-bob", AssignmentMoved),
-    # Who confirmed is checked first, then that there is a clinician to confirm.
-    (LOOSE, "family", None, InvalidChoice),
-    (LOOSE, "patient", "prac-bob", NotAssigned),
-])
+@pytest.mark.parametrize(
+    ("patient", "confirmed_by", "shown", "error"),
+    [
+        ("pat-404", "clinician", None, PatientNotFound),
+        (PAT, "family", None, InvalidChoice),
+        (PAT, "", ANN, InvalidChoice),
+        (LOOSE, "patient", None, NotAssigned),
+        (GONE, "patient", None, NotAssigned),
+        (PAT, "patient", "prac ann", InvalidReference),
+        (PAT, "patient", "Patient/prac-ann", InvalidReference),
+        (PAT, "patient", "prac-bob", AssignmentMoved),
+        # Who confirmed is checked first, then that there is a clinician to confirm.
+        (LOOSE, "family", None, InvalidChoice),
+        (LOOSE, "patient", "prac-bob", NotAssigned),
+    ],
+)
 def test_a_confirmation_is_refused_with_a_typed_error(
-        service: ReviewService, store: FakeStore, trigger: Trigger, patient: str,
-        confirmed_by: str, shown: str | None, error: type[ReviewError]) -> None:
+    service: ReviewService,
+    store: FakeStore,
+    trigger: Trigger,
+    patient: str,
+    confirmed_by: str,
+    shown: str | None,
+    error: type[ReviewError],
+) -> None:
     with pytest.raises(error) as caught:
         service.confirm(patient, confirmed_by=confirmed_by, actor="boss", shown=shown)
     assert type(caught.value) is error
@@ -418,8 +552,7 @@ def test_not_assigned_names_the_status(service: ReviewService) -> None:
     with pytest.raises(NotAssigned) as caught:
         service.confirm(LOOSE, confirmed_by="patient", actor="boss")
     assert caught.value.status == "unassigned"
-    assert str(caught.value) == f"{LOOSE} is unassigned: only an assigned patient can be " \
-                                "confirmed"
+    assert str(caught.value) == f"{LOOSE} is unassigned: only an assigned patient can be confirmed"
 
 
 # ---------------------------------------------------------------- the explanation
@@ -427,13 +560,19 @@ def test_not_assigned_names_the_status(service: ReviewService) -> None:
 
 def test_the_explanation_comes_from_one_read(service: ReviewService, store: FakeStore) -> None:
     store.ledger[("CareTeam", "careteam-pcp.pat-1")] = {
-        "rtype": "CareTeam", "identifier": "careteam-pcp.pat-1", "id": "ct-9", "version": "2",
-        "hash": "abc", "updated_at": "2026-02-01T00:00:00Z"}
+        "rtype": "CareTeam",
+        "identifier": "careteam-pcp.pat-1",
+        "id": "ct-9",
+        "version": "2",
+        "hash": "abc",
+        "updated_at": "2026-02-01T00:00:00Z",
+    }
     service.override(PAT, BOB, reason="asked", requested_by="patient", actor="boss")
     reads_before = store.state_reads
     explained = service.explain("pat-1")
-    assert store.reads == [(PAT, (("CareTeam", "careteam-pcp.pat-1"),
-                                  ("CarePlan", "careplan-cm.pat-1")), AUDIT_LIMIT)]
+    assert store.reads == [
+        (PAT, (("CareTeam", "careteam-pcp.pat-1"), ("CarePlan", "careplan-cm.pat-1")), AUDIT_LIMIT)
+    ]
     assert store.state_reads == reads_before  # nothing read beside the one record
     assert explained.patient == PAT and explained.pending is True
     assert explained.visits_ranked == [(ANN, 3), (BOB, 1)]
@@ -446,9 +585,14 @@ def test_the_explanation_comes_from_one_read(service: ReviewService, store: Fake
     assert body["risk"] == {"tier": 2} and body["tie_broken"] is False
     assert body["sentinel_exam"] is None and body["practitioner_role"] is None
     assert body["written"] == {
-        "CareTeam": {"reference": "CareTeam/ct-9", "version": "2",
-                     "identifier": "careteam-pcp.pat-1", "updated_at": "2026-02-01T00:00:00Z"},
-        "CarePlan": None}
+        "CareTeam": {
+            "reference": "CareTeam/ct-9",
+            "version": "2",
+            "identifier": "careteam-pcp.pat-1",
+            "updated_at": "2026-02-01T00:00:00Z",
+        },
+        "CarePlan": None,
+    }
     assert body["active_override"]["practitioner"] == BOB
     assert [o["practitioner"] for o in body["overrides"]] == [BOB]
     assert [a["action"] for a in body["audit"]] == ["override"]
@@ -464,8 +608,7 @@ def test_an_unassigned_patient_is_explained_with_the_suggestion(service: ReviewS
     assert body["pending"] is False and body["active_override"] is None
 
 
-def test_an_unknown_patient_has_no_explanation(service: ReviewService,
-                                               store: FakeStore) -> None:
+def test_an_unknown_patient_has_no_explanation(service: ReviewService, store: FakeStore) -> None:
     with pytest.raises(PatientNotFound) as caught:
         service.explain("pat-404")
     assert caught.value.patient == "Patient/pat-404"
@@ -474,6 +617,5 @@ def test_an_unknown_patient_has_no_explanation(service: ReviewService,
     assert [r[0] for r in store.reads] == ["Patient/pat-404"]  # a malformed id is not read
 
 
-def test_eligible_clinicians_are_the_ones_an_override_may_choose(
-        service: ReviewService) -> None:
+def test_eligible_clinicians_are_the_ones_an_override_may_choose(service: ReviewService) -> None:
     assert [c["practitioner"] for c in service.eligible_clinicians()] == [ANN, BOB]

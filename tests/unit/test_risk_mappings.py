@@ -209,13 +209,19 @@ GOOD_ROW = {
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ([{**GOOD_ROW, "snomed": "22298007"}],
-         r"rows\[1\]\.snomed: '22298007' is not a valid SNOMED CT id$"),
-        ([{**GOOD_ROW, "icd10cm": "I21-9"}],
-         r"rows\[1\]\.icd10cm: 'I21-9' is not a well-formed ICD-10-CM code$"),
+        (
+            [{**GOOD_ROW, "snomed": "22298007"}],
+            r"rows\[1\]\.snomed: '22298007' is not a valid SNOMED CT id$",
+        ),
+        (
+            [{**GOOD_ROW, "icd10cm": "I21-9"}],
+            r"rows\[1\]\.icd10cm: 'I21-9' is not a well-formed ICD-10-CM code$",
+        ),
         ([GOOD_ROW, GOOD_ROW], r"rows\[2\]\.snomed: SNOMED 22298006 appears twice$"),
-        ([{**GOOD_ROW, "snomed_display": ""}],
-         r"rows\[1\]\.snomed_display: String should have at least 1 character"),
+        (
+            [{**GOOD_ROW, "snomed_display": ""}],
+            r"rows\[1\]\.snomed_display: String should have at least 1 character",
+        ),
         ([{**GOOD_ROW, "note": ""}], r"rows\[1\]\.note: String should have at least 1 character"),
         ([], r"rows: List should have at least 1 item after validation, not 0$"),
     ],
@@ -280,16 +286,26 @@ def test_chronic_groups_edges() -> None:
     ("changes", "message"),
     [
         ({"ccm": {}}, r"ccm\.min_chronic_conditions: Field required$"),
-        ({"ccm": {"min_chronic_conditions": 0}},
-         r"ccm\.min_chronic_conditions: Input should be greater than or equal to 1"),
-        ({"groups": [{"key": "x", "label": "X"}]},
-         r"groups\[1\]: x has no icd10cm_prefixes or icd10cm_ranges$"),
-        ({"groups": [{"key": "x", "label": "X", "icd10cm_prefixes": ["I1.0"]}]},
-         r"groups\[1\]\.icd10cm_prefixes: 'I1\.0' is not a dot-less ICD-10 prefix$"),
-        ({"groups": [{"key": "x", "label": "X", "icd10cm_ranges": [["C50", "C00"]]}]},
-         r"groups\[1\]\.icd10cm_ranges: bad entry \['C50', 'C00'\]"),
-        ({"groups": [{"key": "x", "label": "X", "icd10cm_ranges": [["C50"]]}]},
-         r"groups\[1\]\.icd10cm_ranges\[1\]: List should have at least 2 items"),
+        (
+            {"ccm": {"min_chronic_conditions": 0}},
+            r"ccm\.min_chronic_conditions: Input should be greater than or equal to 1",
+        ),
+        (
+            {"groups": [{"key": "x", "label": "X"}]},
+            r"groups\[1\]: x has no icd10cm_prefixes or icd10cm_ranges$",
+        ),
+        (
+            {"groups": [{"key": "x", "label": "X", "icd10cm_prefixes": ["I1.0"]}]},
+            r"groups\[1\]\.icd10cm_prefixes: 'I1\.0' is not a dot-less ICD-10 prefix$",
+        ),
+        (
+            {"groups": [{"key": "x", "label": "X", "icd10cm_ranges": [["C50", "C00"]]}]},
+            r"groups\[1\]\.icd10cm_ranges: bad entry \['C50', 'C00'\]",
+        ),
+        (
+            {"groups": [{"key": "x", "label": "X", "icd10cm_ranges": [["C50"]]}]},
+            r"groups\[1\]\.icd10cm_ranges\[1\]: List should have at least 2 items",
+        ),
         (
             {
                 "groups": [

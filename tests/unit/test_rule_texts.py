@@ -16,8 +16,7 @@ import pytest
 from fhirpanel.domain import attribution, texts
 from fhirpanel.domain.attribution import STEP_KINDS, FourCutDecision, Pipeline, PipelineStep
 
-PIPELINES = sorted((Path(__file__).resolve().parents[2] / "mappings" / "pipelines")
-                   .glob("*.toml"))
+PIPELINES = sorted((Path(__file__).resolve().parents[2] / "mappings" / "pipelines").glob("*.toml"))
 
 
 def rules_in_source() -> set[str]:
@@ -45,8 +44,15 @@ def domain_rules() -> set[str]:
 
 def test_the_enumeration_finds_the_known_rules() -> None:
     # A guard on the enumeration itself: an AST or typing change must not make it empty.
-    assert {"single-provider", "plurality", "sentinel-exam", "last-visit", "declared-pcp",
-            "risk-product", "manual"} <= domain_rules()
+    assert {
+        "single-provider",
+        "plurality",
+        "sentinel-exam",
+        "last-visit",
+        "declared-pcp",
+        "risk-product",
+        "manual",
+    } <= domain_rules()
     assert {"risk-product", "declared-pcp", "manual"} <= rules_in_source()
 
 
@@ -78,9 +84,13 @@ def test_every_step_kind_has_a_text(kind: str) -> None:
 def test_every_pipeline_step_has_a_text(path: Path) -> None:
     # The steps as written in the file, into the domain's own types (which check them).
     data = tomllib.loads(path.read_text(encoding="utf-8"))
-    pipeline = Pipeline(data["name"], tuple(
-        PipelineStep(kind=row["kind"], window_months=row.get("window_months"))
-        for row in data["steps"]))
+    pipeline = Pipeline(
+        data["name"],
+        tuple(
+            PipelineStep(kind=row["kind"], window_months=row.get("window_months"))
+            for row in data["steps"]
+        ),
+    )
     assert pipeline.steps
     for step in pipeline.steps:
         parsed = texts.parse_step(step.name)  # a name keeps a four-cut window only

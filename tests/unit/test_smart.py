@@ -44,10 +44,16 @@ START = 1_790_000_000.0  # a fixed instant for the frozen clock (2026-09-21)
 
 
 def pem(key: Any, password: bytes | None = None) -> str:
-    encryption = (serialization.BestAvailableEncryption(password) if password
-                  else serialization.NoEncryption())
-    return str(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 encryption).decode())
+    encryption = (
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption()
+    )
+    return str(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+        ).decode()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +68,15 @@ def ec_key() -> ec.EllipticCurvePrivateKey:
 
 def smart_settings(key: Any, **changes: Any) -> FhirSettings:
     values: dict[str, Any] = {
-        "base_url": BASE, "auth": "smart", "smart_client_id": "fhirpanel-test",
-        "smart_private_key": pem(key), "smart_key_id": "key-1",
+        "base_url": BASE,
+        "auth": "smart",
+        "smart_client_id": "fhirpanel-test",
+        "smart_private_key": pem(key),
+        "smart_key_id": "key-1",
         "smart_algorithm": "ES384" if isinstance(key, ec.EllipticCurvePrivateKey) else "RS384",
-        "max_retries": 2, "backoff_factor": 0.001, "backoff_max": 0.01,
+        "max_retries": 2,
+        "backoff_factor": 0.001,
+        "backoff_max": 0.01,
     }
     values.update(changes)
     return FhirSettings(**values)
@@ -78,13 +89,17 @@ def smart_settings(key: Any, **changes: Any) -> FhirSettings:
 class FakeAuthServer(BaseAdapter):
     """Answers discovery and token requests from a script; records every request."""
 
-    discovery: tuple[int, Any] = (200, {"token_endpoint": TOKEN_URL,
-                                        "token_endpoint_auth_methods_supported":
-                                            ["private_key_jwt"]})
+    discovery: tuple[int, Any] = (
+        200,
+        {"token_endpoint": TOKEN_URL, "token_endpoint_auth_methods_supported": ["private_key_jwt"]},
+    )
     token_answers: list[tuple[int, Any]] = field(default_factory=list)
     default_token: Callable[[int], tuple[int, Any]] = field(
-        default=lambda n: (200, {"access_token": f"token-{n}", "token_type": "bearer",
-                                 "expires_in": 300}))
+        default=lambda n: (
+            200,
+            {"access_token": f"token-{n}", "token_type": "bearer", "expires_in": 300},
+        )
+    )
     delay: float = 0.0
     discoveries: int = 0
     forms: list[dict[str, str]] = field(default_factory=list)
@@ -93,8 +108,11 @@ class FakeAuthServer(BaseAdapter):
     def __post_init__(self) -> None:
         super().__init__()
 
-    def send(self, request: requests.PreparedRequest,  # type: ignore[override]
-             **kwargs: Any) -> requests.Response:
+    def send(
+        self,
+        request: requests.PreparedRequest,  # type: ignore[override]
+        **kwargs: Any,
+    ) -> requests.Response:
         with self.lock:
             if request.method == "GET" and request.url == BASE + "/.well-known/smart-configuration":
                 self.discoveries += 1
@@ -103,8 +121,9 @@ class FakeAuthServer(BaseAdapter):
                 raw = request.body.decode() if isinstance(request.body, bytes) else request.body
                 self.forms.append({k: v[0] for k, v in parse_qs(raw or "").items()})
                 n = len(self.forms)
-                status, body = (self.token_answers.pop(0) if self.token_answers
-                                else self.default_token(n))
+                status, body = (
+                    self.token_answers.pop(0) if self.token_answers else self.default_token(n)
+                )
             else:
                 status, body = 404, {"error": "not here"}
         if self.delay:
@@ -157,8 +176,12 @@ def frozen() -> Iterator[time_machine.Traveller]:
 
 @pytest.mark.parametrize("kind", ["rsa", "ec"])
 def test_the_assertion_is_signed_and_carries_the_smart_claims(
-        kind: str, rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey,
-        server: FakeAuthServer, frozen: time_machine.Traveller) -> None:
+    kind: str,
+    rsa_key: rsa.RSAPrivateKey,
+    ec_key: ec.EllipticCurvePrivateKey,
+    server: FakeAuthServer,
+    frozen: time_machine.Traveller,
+) -> None:
     key: Any = rsa_key if kind == "rsa" else ec_key
     alg = "RS384" if kind == "rsa" else "ES384"
     auth = auth_for(server, key)
@@ -171,28 +194,39 @@ def test_the_assertion_is_signed_and_carries_the_smart_claims(
     assertion = form["client_assertion"]
     header = jwt.get_unverified_header(assertion)
     assert header == {"alg": alg, "kid": "key-1", "typ": "JWT"}
-    claims = jwt.decode(assertion, key.public_key(), algorithms=[alg], audience=TOKEN_URL,
-                        options={"require": ["iss", "sub", "aud", "exp", "iat", "jti"]})
+    claims = jwt.decode(
+        assertion,
+        key.public_key(),
+        algorithms=[alg],
+        audience=TOKEN_URL,
+        options={"require": ["iss", "sub", "aud", "exp", "iat", "jti"]},
+    )
     assert claims["iss"] == claims["sub"] == "fhirpanel-test"
     assert claims["aud"] == TOKEN_URL
     assert claims["iat"] == int(START)
     assert 0 < claims["exp"] - START <= 300  # SMART: at most five minutes
     # A signature from another key of the same kind does not verify.
-    other = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "rsa"
-             else ec.generate_private_key(ec.SECP384R1()))
+    other = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if kind == "rsa"
+        else ec.generate_private_key(ec.SECP384R1())
+    )
     with pytest.raises(jwt.InvalidSignatureError):
         jwt.decode(assertion, other.public_key(), algorithms=[alg], audience=TOKEN_URL)
 
 
 def test_every_assertion_has_a_new_jti(rsa_key: rsa.RSAPrivateKey) -> None:
     auth = SmartBackendAuth(smart_settings(rsa_key, smart_token_url=TOKEN_URL))
-    jtis = {jwt.decode(auth.client_assertion(TOKEN_URL), options={"verify_signature": False})
-            ["jti"] for _ in range(50)}
+    jtis = {
+        jwt.decode(auth.client_assertion(TOKEN_URL), options={"verify_signature": False})["jti"]
+        for _ in range(50)
+    }
     assert len(jtis) == 50
 
 
-def test_kid_defaults_to_the_rfc7638_thumbprint(rsa_key: rsa.RSAPrivateKey,
-                                                ec_key: ec.EllipticCurvePrivateKey) -> None:
+def test_kid_defaults_to_the_rfc7638_thumbprint(
+    rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
     from sekmet.auth.keys import thumbprint  # an independent implementation to compare with
 
     for key in (rsa_key, ec_key):
@@ -220,8 +254,14 @@ def test_the_published_jwk_verifies_the_assertion(ec_key: ec.EllipticCurvePrivat
 
 def test_v1_scopes_read_and_write_what_fhirpanel_touches() -> None:
     scopes = default_scopes("v1")
-    for rtype in ("Patient", "Encounter", "Condition", "Practitioner", "PractitionerRole",
-                  "Organization"):
+    for rtype in (
+        "Patient",
+        "Encounter",
+        "Condition",
+        "Practitioner",
+        "PractitionerRole",
+        "Organization",
+    ):
         assert f"system/{rtype}.read" in scopes and f"system/{rtype}.write" not in scopes
     for rtype in ("CareTeam", "CarePlan", "RiskAssessment", "Group"):
         assert {f"system/{rtype}.read", f"system/{rtype}.write"} <= set(scopes)
@@ -245,19 +285,22 @@ def test_explicit_scopes_win_and_are_space_separated(rsa_key: rsa.RSAPrivateKey)
     settings = smart_settings(rsa_key, smart_scopes="system/*.rs, system/CareTeam.cu\n")
     assert requested_scopes(settings) == "system/*.rs system/CareTeam.cu"
     assert requested_scopes(smart_settings(rsa_key, smart_scope_version="v2")) == " ".join(
-        default_scopes("v2"))
+        default_scopes("v2")
+    )
 
 
 # ---------------------------------------------------------------- keys
 
 
-def test_key_from_a_file_and_from_the_environment(tmp_path: Path,
-                                                  ec_key: ec.EllipticCurvePrivateKey) -> None:
+def test_key_from_a_file_and_from_the_environment(
+    tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
     path = tmp_path / "key.pem"
     path.write_text(pem(ec_key))
     path.chmod(0o600)
-    from_file = load_signing_key(smart_settings(ec_key, smart_private_key="",
-                                                smart_key_file=str(path)))
+    from_file = load_signing_key(
+        smart_settings(ec_key, smart_private_key="", smart_key_file=str(path))
+    )
     one_line = pem(ec_key).replace("\n", "\\n")  # how some env files carry a PEM
     from_env = load_signing_key(smart_settings(ec_key, smart_private_key=one_line))
     expected = ec_key.private_numbers()
@@ -267,10 +310,14 @@ def test_key_from_a_file_and_from_the_environment(tmp_path: Path,
 
 
 def test_settings_from_env_reach_the_provider(ec_key: ec.EllipticCurvePrivateKey) -> None:
-    env = {"FHIRPANEL_FHIR_BASE_URL": BASE, "FHIRPANEL_FHIR_AUTH": "smart",
-           "FHIRPANEL_FHIR_SMART_CLIENT_ID": "abc", "FHIRPANEL_FHIR_SMART_ALGORITHM": "ES384",
-           "FHIRPANEL_FHIR_SMART_PRIVATE_KEY": pem(ec_key),
-           "FHIRPANEL_FHIR_SMART_SCOPE_VERSION": "v2"}
+    env = {
+        "FHIRPANEL_FHIR_BASE_URL": BASE,
+        "FHIRPANEL_FHIR_AUTH": "smart",
+        "FHIRPANEL_FHIR_SMART_CLIENT_ID": "abc",
+        "FHIRPANEL_FHIR_SMART_ALGORITHM": "ES384",
+        "FHIRPANEL_FHIR_SMART_PRIVATE_KEY": pem(ec_key),
+        "FHIRPANEL_FHIR_SMART_SCOPE_VERSION": "v2",
+    }
     settings = Settings.load(env=env)
     auth = auth_from_settings(settings.fhir)
     assert isinstance(auth, SmartBackendAuth)
@@ -288,8 +335,9 @@ def _config_error(settings: FhirSettings) -> str:
     return message
 
 
-def test_key_errors_are_clear(tmp_path: Path, rsa_key: rsa.RSAPrivateKey,
-                              ec_key: ec.EllipticCurvePrivateKey) -> None:
+def test_key_errors_are_clear(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
     assert "no private key" in _config_error(smart_settings(rsa_key, smart_private_key=""))
     both = smart_settings(rsa_key, smart_key_file=str(tmp_path / "k.pem"))
     assert "not both" in _config_error(both)
@@ -298,15 +346,19 @@ def test_key_errors_are_clear(tmp_path: Path, rsa_key: rsa.RSAPrivateKey,
     assert str(tmp_path / "no") in message and "cannot read" in message
     garbage = smart_settings(rsa_key, smart_private_key="-----BEGIN PRIVATE KEY-----\nxx\n")
     assert "not a PEM private key" in _config_error(garbage)
-    public_pem = rsa_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    public_pem = (
+        rsa_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     assert "public key" in _config_error(smart_settings(rsa_key, smart_private_key=public_pem))
     encrypted = smart_settings(rsa_key, smart_private_key=pem(rsa_key, b"secret"))
     assert "encrypted" in _config_error(encrypted)
 
 
-def test_key_must_fit_the_algorithm(rsa_key: rsa.RSAPrivateKey,
-                                    ec_key: ec.EllipticCurvePrivateKey) -> None:
+def test_key_must_fit_the_algorithm(
+    rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
     assert "RS384 but" in _config_error(smart_settings(ec_key, smart_algorithm="RS384"))
     assert "ES384 but" in _config_error(smart_settings(rsa_key, smart_algorithm="ES384"))
     p256 = ec.generate_private_key(ec.SECP256R1())
@@ -332,8 +384,9 @@ def test_no_secret_in_repr(rsa_key: rsa.RSAPrivateKey, server: FakeAuthServer) -
 # ---------------------------------------------------------------- discovery
 
 
-def test_the_token_endpoint_is_discovered_once(server: FakeAuthServer,
-                                               rsa_key: rsa.RSAPrivateKey) -> None:
+def test_the_token_endpoint_is_discovered_once(
+    server: FakeAuthServer, rsa_key: rsa.RSAPrivateKey
+) -> None:
     auth = auth_for(server, rsa_key)
     bearer(auth)
     auth.invalidate()
@@ -342,21 +395,26 @@ def test_the_token_endpoint_is_discovered_once(server: FakeAuthServer,
     assert auth.token_url == TOKEN_URL
 
 
-def test_a_configured_token_url_skips_discovery(server: FakeAuthServer,
-                                                rsa_key: rsa.RSAPrivateKey) -> None:
+def test_a_configured_token_url_skips_discovery(
+    server: FakeAuthServer, rsa_key: rsa.RSAPrivateKey
+) -> None:
     server.discovery = (404, {"error": "nope"})
     auth = auth_for(server, rsa_key, smart_token_url=TOKEN_URL)
     assert bearer(auth) == "Bearer token-1" and server.discoveries == 0
 
 
-@pytest.mark.parametrize(("discovery", "expected"), [
-    ((404, b"Not Found"), "answered 404"),
-    ((200, {"issuer": "https://auth.ehr.example"}), "no token_endpoint"),
-    ((200, {"token_endpoint": "/relative/token"}), "no token_endpoint"),
-    ((200, b"<html>login</html>"), "not a JSON object"),
-])
-def test_failed_discovery_is_a_config_error(server: FakeAuthServer, rsa_key: rsa.RSAPrivateKey,
-                                            discovery: tuple[int, Any], expected: str) -> None:
+@pytest.mark.parametrize(
+    ("discovery", "expected"),
+    [
+        ((404, b"Not Found"), "answered 404"),
+        ((200, {"issuer": "https://auth.ehr.example"}), "no token_endpoint"),
+        ((200, {"token_endpoint": "/relative/token"}), "no token_endpoint"),
+        ((200, b"<html>login</html>"), "not a JSON object"),
+    ],
+)
+def test_failed_discovery_is_a_config_error(
+    server: FakeAuthServer, rsa_key: rsa.RSAPrivateKey, discovery: tuple[int, Any], expected: str
+) -> None:
     server.discovery = discovery
     auth = auth_for(server, rsa_key)
     with pytest.raises(ConfigError, match=expected) as caught:
@@ -364,8 +422,9 @@ def test_failed_discovery_is_a_config_error(server: FakeAuthServer, rsa_key: rsa
     assert "smart_token_url" in str(caught.value)
 
 
-def test_discovery_5xx_is_retried_then_a_server_error(server: FakeAuthServer,
-                                                      rsa_key: rsa.RSAPrivateKey) -> None:
+def test_discovery_5xx_is_retried_then_a_server_error(
+    server: FakeAuthServer, rsa_key: rsa.RSAPrivateKey
+) -> None:
     server.discovery = (503, {"error": "down"})
     with pytest.raises(ServerError):
         bearer(auth_for(server, rsa_key))
@@ -375,9 +434,9 @@ def test_discovery_5xx_is_retried_then_a_server_error(server: FakeAuthServer,
 # ---------------------------------------------------------------- caching and renewal
 
 
-def test_token_is_cached_and_renewed_before_expiry(server: FakeAuthServer,
-                                                   rsa_key: rsa.RSAPrivateKey,
-                                                   frozen: time_machine.Traveller) -> None:
+def test_token_is_cached_and_renewed_before_expiry(
+    server: FakeAuthServer, rsa_key: rsa.RSAPrivateKey, frozen: time_machine.Traveller
+) -> None:
     auth = auth_for(server, rsa_key)
     assert {bearer(auth) for _ in range(20)} == {"Bearer token-1"}
     assert len(server.forms) == 1
@@ -390,16 +449,23 @@ def test_token_is_cached_and_renewed_before_expiry(server: FakeAuthServer,
     assert token.expires_at - token.renew_at == 60
 
 
-@pytest.mark.parametrize(("expires_in", "renew_after"), [
-    (None, 240),  # absent: 300 s assumed
-    (3600, 3540),
-    (30, 15),  # short tokens renew halfway, not every request
-    ("120", 60),
-    ("soon", 240),  # nonsense: 300 s assumed, with a warning
-])
-def test_renewal_time_follows_expires_in(server: FakeAuthServer, rsa_key: rsa.RSAPrivateKey,
-                                         frozen: time_machine.Traveller, expires_in: Any,
-                                         renew_after: float) -> None:
+@pytest.mark.parametrize(
+    ("expires_in", "renew_after"),
+    [
+        (None, 240),  # absent: 300 s assumed
+        (3600, 3540),
+        (30, 15),  # short tokens renew halfway, not every request
+        ("120", 60),
+        ("soon", 240),  # nonsense: 300 s assumed, with a warning
+    ],
+)
+def test_renewal_time_follows_expires_in(
+    server: FakeAuthServer,
+    rsa_key: rsa.RSAPrivateKey,
+    frozen: time_machine.Traveller,
+    expires_in: Any,
+    renew_after: float,
+) -> None:
     body: dict[str, Any] = {"access_token": "t", "token_type": "Bearer"}
     if expires_in is not None:
         body["expires_in"] = expires_in
@@ -412,8 +478,7 @@ def test_renewal_time_follows_expires_in(server: FakeAuthServer, rsa_key: rsa.RS
     assert bearer(auth) == "Bearer t2"
 
 
-def test_invalidate_fetches_a_new_token(server: FakeAuthServer,
-                                        rsa_key: rsa.RSAPrivateKey) -> None:
+def test_invalidate_fetches_a_new_token(server: FakeAuthServer, rsa_key: rsa.RSAPrivateKey) -> None:
     auth = auth_for(server, rsa_key)
     assert bearer(auth) == "Bearer token-1"
     auth.invalidate()
@@ -421,8 +486,9 @@ def test_invalidate_fetches_a_new_token(server: FakeAuthServer,
     assert len(set(server.assertions)) == 2  # a new assertion, not a replay
 
 
-def test_a_stale_401_does_not_discard_a_newer_token(server: FakeAuthServer,
-                                                    rsa_key: rsa.RSAPrivateKey) -> None:
+def test_a_stale_401_does_not_discard_a_newer_token(
+    server: FakeAuthServer, rsa_key: rsa.RSAPrivateKey
+) -> None:
     auth = auth_for(server, rsa_key)
     bearer(auth)  # this thread sent token-1
 
@@ -438,8 +504,9 @@ def test_a_stale_401_does_not_discard_a_newer_token(server: FakeAuthServer,
     assert bearer(auth) == "Bearer token-2" and len(server.forms) == 2
 
 
-def test_threads_share_one_token_request(server: FakeAuthServer,
-                                         rsa_key: rsa.RSAPrivateKey) -> None:
+def test_threads_share_one_token_request(
+    server: FakeAuthServer, rsa_key: rsa.RSAPrivateKey
+) -> None:
     server.delay = 0.05  # a slow token endpoint: every thread arrives while it works
     auth = auth_for(server, rsa_key)
     seen: list[str] = []
@@ -460,12 +527,15 @@ def test_threads_share_one_token_request(server: FakeAuthServer,
 # ---------------------------------------------------------------- refusals
 
 
-def test_a_refused_assertion_is_an_auth_error(server: FakeAuthServer,
-                                              rsa_key: rsa.RSAPrivateKey) -> None:
+def test_a_refused_assertion_is_an_auth_error(
+    server: FakeAuthServer, rsa_key: rsa.RSAPrivateKey
+) -> None:
     def refuse(n: int) -> tuple[int, Any]:
         echoed = server.forms[-1]["client_assertion"]  # a careless server echoing the JWT
-        return 401, {"error": "invalid_client",
-                     "error_description": f"signature check failed for {echoed}"}
+        return 401, {
+            "error": "invalid_client",
+            "error_description": f"signature check failed for {echoed}",
+        }
 
     server.default_token = refuse
     with pytest.raises(AuthError) as caught:
@@ -477,29 +547,35 @@ def test_a_refused_assertion_is_an_auth_error(server: FakeAuthServer,
     assert len(server.forms) == 1  # a refusal is not retried
 
 
-@pytest.mark.parametrize(("answer", "expected"), [
-    ((400, {"error": "invalid_scope"}), "invalid_scope"),
-    ((403, b"Forbidden"), "without an OAuth error body"),
-    ((200, {"token_type": "bearer"}), "no access_token"),
-    ((200, {"access_token": "x", "token_type": "DPoP"}), "bearer only"),
-    ((200, b"not json"), "not a JSON object"),
-])
-def test_bad_token_answers_are_auth_errors(server: FakeAuthServer, rsa_key: rsa.RSAPrivateKey,
-                                           answer: tuple[int, Any], expected: str) -> None:
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ((400, {"error": "invalid_scope"}), "invalid_scope"),
+        ((403, b"Forbidden"), "without an OAuth error body"),
+        ((200, {"token_type": "bearer"}), "no access_token"),
+        ((200, {"access_token": "x", "token_type": "DPoP"}), "bearer only"),
+        ((200, b"not json"), "not a JSON object"),
+    ],
+)
+def test_bad_token_answers_are_auth_errors(
+    server: FakeAuthServer, rsa_key: rsa.RSAPrivateKey, answer: tuple[int, Any], expected: str
+) -> None:
     server.token_answers = [answer]
     with pytest.raises(AuthError, match=expected):
         bearer(auth_for(server, rsa_key))
 
 
-def test_token_503_is_retried_with_a_fresh_assertion(server: FakeAuthServer,
-                                                     rsa_key: rsa.RSAPrivateKey) -> None:
+def test_token_503_is_retried_with_a_fresh_assertion(
+    server: FakeAuthServer, rsa_key: rsa.RSAPrivateKey
+) -> None:
     server.token_answers = [(503, {"error": "busy"})]
     assert bearer(auth_for(server, rsa_key)) == "Bearer token-2"
     assert len(server.forms) == 2 and len(set(server.assertions)) == 2
 
 
-def test_token_endpoint_down_gives_up_after_max_retries(server: FakeAuthServer,
-                                                        rsa_key: rsa.RSAPrivateKey) -> None:
+def test_token_endpoint_down_gives_up_after_max_retries(
+    server: FakeAuthServer, rsa_key: rsa.RSAPrivateKey
+) -> None:
     server.default_token = lambda n: (502, b"bad gateway")
     with pytest.raises(ServerError):
         bearer(auth_for(server, rsa_key))
@@ -512,8 +588,9 @@ def test_token_endpoint_down_gives_up_after_max_retries(server: FakeAuthServer,
 def test_secret_files(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
-    auth = auth_from_settings(FhirSettings(base_url=BASE, auth="bearer",
-                                           token_file=str(token_file)))
+    auth = auth_from_settings(
+        FhirSettings(base_url=BASE, auth="bearer", token_file=str(token_file))
+    )
     assert isinstance(auth, BearerAuth)
     request = requests.Request("GET", BASE).prepare()
     auth.apply(request)
@@ -521,22 +598,27 @@ def test_secret_files(tmp_path: Path) -> None:
 
     password_file = tmp_path / "password"
     password_file.write_text("pa ss\r\n")
-    basic = auth_from_settings(FhirSettings(base_url=BASE, auth="basic", username="u",
-                                            password_file=str(password_file)))
+    basic = auth_from_settings(
+        FhirSettings(base_url=BASE, auth="basic", username="u", password_file=str(password_file))
+    )
     assert isinstance(basic, BasicAuth)
     assert basic._header == BasicAuth("u", "pa ss")._header
     assert isinstance(auth_from_settings(FhirSettings(base_url=BASE)), NoAuth)
 
 
-@pytest.mark.parametrize(("changes", "expected"), [
-    ({"token_file": "MISSING"}, "cannot read"),
-    ({"token_file": "EMPTY"}, "is empty"),
-    ({"token_file": "EMPTY", "token": "also"}, "not both"),
-])
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"token_file": "MISSING"}, "cannot read"),
+        ({"token_file": "EMPTY"}, "is empty"),
+        ({"token_file": "EMPTY", "token": "also"}, "not both"),
+    ],
+)
 def test_secret_file_errors(tmp_path: Path, changes: dict[str, str], expected: str) -> None:
     (tmp_path / "EMPTY").write_text("\n")
-    resolved: dict[str, Any] = {k: str(tmp_path / v) if k.endswith("_file") else v
-                                for k, v in changes.items()}
+    resolved: dict[str, Any] = {
+        k: str(tmp_path / v) if k.endswith("_file") else v for k, v in changes.items()
+    }
     with pytest.raises(ConfigError, match=expected) as caught:
         auth_from_settings(FhirSettings(base_url=BASE, auth="bearer", **resolved))
     assert "token_file" in str(caught.value)

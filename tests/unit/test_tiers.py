@@ -16,8 +16,12 @@ LABELS = {"1": "low", "2": "rising", "3": "high", "4": "complex"}
 
 
 def rules(*raw_rules: dict[str, Any], **extra: Any) -> TierRules:
-    data: dict[str, Any] = {"meta": {"source": "tests", "version": "1"}, "default_tier": 1,
-                            "tiers": LABELS, "rules": list(raw_rules)}
+    data: dict[str, Any] = {
+        "meta": {"source": "tests", "version": "1"},
+        "default_tier": 1,
+        "tiers": LABELS,
+        "rules": list(raw_rules),
+    }
     data.update(extra)
     return parse_tier_rules(data)
 
@@ -128,22 +132,36 @@ def test_shipped_rules_are_ordered_from_tier_4_down(shipped: TierRules) -> None:
     ("raw", "message"),
     [
         # the rules' own checks (TierRules, tiers.clauses)
-        ({"tier": 5, "name": "x", "any": [{"hcc_gte": 1}]},
-         r"rules\[1\]\.tier: must be one of \[1, 2, 3, 4\]"),
+        (
+            {"tier": 5, "name": "x", "any": [{"hcc_gte": 1}]},
+            r"rules\[1\]\.tier: must be one of \[1, 2, 3, 4\]",
+        ),
         ({"tier": 3, "name": "x"}, r"rules\[1\]: needs an `all` or an `any` list"),
-        ({"tier": 3, "name": "x", "any": [{"risk_gte": 1}]},
-         r"rules\[1\]\.any\[1\]: unknown threshold 'risk_gte'"),
-        ({"tier": 3, "name": "x", "all": [{"hcc_gt": 1}]},
-         r"rules\[1\]\.all\[1\]: unknown threshold 'hcc_gt'"),
+        (
+            {"tier": 3, "name": "x", "any": [{"risk_gte": 1}]},
+            r"rules\[1\]\.any\[1\]: unknown threshold 'risk_gte'",
+        ),
+        (
+            {"tier": 3, "name": "x", "all": [{"hcc_gt": 1}]},
+            r"rules\[1\]\.all\[1\]: unknown threshold 'hcc_gt'",
+        ),
         # the file's shape (schemas)
-        ({"tier": 3, "name": "x", "any": [{"hcc_gte": "high"}]},
-         r"rules\[1\]\.any\[1\]\.hcc_gte: Input should be a valid number \(got 'high'\)"),
-        ({"tier": 3, "name": "x", "any": [{"hcc_gte": -1}]},
-         r"rules\[1\]\.any\[1\]\.hcc_gte: Input should be greater than or equal to 0"),
-        ({"tier": 3, "name": "x", "any": [{}]},
-         r"rules\[1\]\.any\[1\]: Dictionary should have at least 1 item"),
-        ({"tier": 3, "name": "x", "any": [{"hcc_gte": 1}], "when": 1},
-         r"rules\[1\]\.when: Extra inputs are not permitted"),
+        (
+            {"tier": 3, "name": "x", "any": [{"hcc_gte": "high"}]},
+            r"rules\[1\]\.any\[1\]\.hcc_gte: Input should be a valid number \(got 'high'\)",
+        ),
+        (
+            {"tier": 3, "name": "x", "any": [{"hcc_gte": -1}]},
+            r"rules\[1\]\.any\[1\]\.hcc_gte: Input should be greater than or equal to 0",
+        ),
+        (
+            {"tier": 3, "name": "x", "any": [{}]},
+            r"rules\[1\]\.any\[1\]: Dictionary should have at least 1 item",
+        ),
+        (
+            {"tier": 3, "name": "x", "any": [{"hcc_gte": 1}], "when": 1},
+            r"rules\[1\]\.when: Extra inputs are not permitted",
+        ),
         ({"tier": 3, "any": [{"hcc_gte": 1}]}, r"rules\[1\]\.name: Field required"),
     ],
 )
@@ -187,7 +205,12 @@ def test_shape_bounds_come_from_the_file(shipped: TierRules) -> None:
     assert shipped.shape == TierShape(0.05, 0.25, 0.05)
     strict = TierShape(high_min_share=0.10, high_max_share=0.20, complex_max_share=0.02)
     assert len(shape_warnings({"1": 70, "2": 22, "3": 5, "4": 3}, strict)) == 2
-    with pytest.raises(MappingError, match=r"^tiers: shape\.high_min_share: Input should be "
-                                           r"less than or equal to 1 \(got 5\)$"):
-        rules({"tier": 3, "name": "x", "any": [{"hcc_gte": 1}]},
-              shape={"high_min_share": 5, "high_max_share": 0.2, "complex_max_share": 0.05})
+    with pytest.raises(
+        MappingError,
+        match=r"^tiers: shape\.high_min_share: Input should be "
+        r"less than or equal to 1 \(got 5\)$",
+    ):
+        rules(
+            {"tier": 3, "name": "x", "any": [{"hcc_gte": 1}]},
+            shape={"high_min_share": 5, "high_max_share": 0.2, "complex_max_share": 0.05},
+        )

@@ -29,8 +29,13 @@ CFG = WritebackSettings()
 TAG = {"system": CFG.tag_system, "code": CFG.tag_code}
 
 
-def team(rid: str | None = None, *, tagged: bool = True, div: str = "<div><p>x</p></div>",
-         status: str = "active") -> dict[str, Any]:
+def team(
+    rid: str | None = None,
+    *,
+    tagged: bool = True,
+    div: str = "<div><p>x</p></div>",
+    status: str = "active",
+) -> dict[str, Any]:
     resource: dict[str, Any] = {
         "resourceType": "CareTeam",
         "meta": {"tag": [TAG] if tagged else [], "versionId": "3"},
@@ -55,13 +60,20 @@ def test_decide() -> None:
 
 def test_diff_ignores_meta_id_and_narrative_whitespace() -> None:
     built = team(div='<div xmlns="http://www.w3.org/1999/xhtml"><p>Primary care team</p></div>')
-    stored = team("srv-9", div='<div xmlns="http://www.w3.org/1999/xhtml">\n  <p>Primary care '
-                               'team</p>\n</div>')
-    stored["meta"] = {"versionId": "7", "lastUpdated": "2026-11-22T10:00:00+01:00",
-                      "tag": [TAG, {"system": "other", "code": "x"}]}
+    stored = team(
+        "srv-9",
+        div='<div xmlns="http://www.w3.org/1999/xhtml">\n  <p>Primary care team</p>\n</div>',
+    )
+    stored["meta"] = {
+        "versionId": "7",
+        "lastUpdated": "2026-11-22T10:00:00+01:00",
+        "tag": [TAG, {"system": "other", "code": "x"}],
+    }
     assert same_content(built, stored)
-    assert same_content(team(div="<div><p>hcc&gt;=1 &amp; ed</p></div>"),
-                        team(div="<div>\n<p>hcc>=1 &#38; ed</p></div>"))
+    assert same_content(
+        team(div="<div><p>hcc&gt;=1 &amp; ed</p></div>"),
+        team(div="<div>\n<p>hcc>=1 &#38; ed</p></div>"),
+    )
     assert "meta" not in comparable(stored) and "id" not in comparable(stored)
     # ... but not words in the narrative, nor any other element.
     assert not same_content(built, team(div="<div><p>Primary care teams</p></div>"))
@@ -95,8 +107,7 @@ def test_planned_write_prepares_against_what_exists() -> None:
         item.prepare(existing)
         actions.append(item.action)
     assert actions == ["create", "update", "unchanged"]
-    assert (item.current_id, item.existing_version, item.label) == (
-        "srv-1", "3", "CareTeam/srv-1")
+    assert (item.current_id, item.existing_version, item.label) == ("srv-1", "3", "CareTeam/srv-1")
     assert len(calls) == 3
 
 
@@ -106,16 +117,28 @@ def test_counts_and_summary() -> None:
     counts.add("CareTeam", "unchanged", 2)
     counts.add("CarePlan", "update")
     assert counts.total("create") == 5 and counts.get("CarePlan", "update") == 1
-    summary = WriteSummary(dry_run=False, counts=counts, provenance=2, batches=2,
-                           requests={"total": 9, "by_method": {"GET": 6, "POST": 3}},
-                           issues=[Issue("CareTeam/x", "HTTP 400", "skipped")])
+    summary = WriteSummary(
+        dry_run=False,
+        counts=counts,
+        provenance=2,
+        batches=2,
+        requests={"total": 9, "by_method": {"GET": 6, "POST": 3}},
+        issues=[Issue("CareTeam/x", "HTTP 400", "skipped")],
+    )
     assert summary.written == 6
     assert summary.write_requests == 3
     report = summary.as_report()
-    assert report["counts"]["CareTeam"] == {"create": 5, "update": 0, "matched": 0,
-                                            "unchanged": 2, "skipped": 0, "failed": 0}
-    assert report["issues"] == [{"resource": "CareTeam/x", "problem": "HTTP 400",
-                                 "action": "skipped"}]
+    assert report["counts"]["CareTeam"] == {
+        "create": 5,
+        "update": 0,
+        "matched": 0,
+        "unchanged": 2,
+        "skipped": 0,
+        "failed": 0,
+    }
+    assert report["issues"] == [
+        {"resource": "CareTeam/x", "problem": "HTTP 400", "action": "skipped"}
+    ]
     lines = summary.lines()
     assert lines[1] == "  CareTeam: 5 created, 0 updated, 2 unchanged"
     assert "3 writes" in lines[3]
@@ -126,7 +149,8 @@ def test_counts_and_summary() -> None:
 
 def test_location_parsing() -> None:
     assert _id_version_from_location(
-        "http://127.0.0.1:8080/fhir/CareTeam/abc/_history/4", "CareTeam") == ("abc", "4")
+        "http://127.0.0.1:8080/fhir/CareTeam/abc/_history/4", "CareTeam"
+    ) == ("abc", "4")
     assert _id_version_from_location("CarePlan/12", "CarePlan") == ("12", None)
     assert _id_version_from_location("", "CarePlan") == (None, None)
 
@@ -139,9 +163,15 @@ def test_entry_status_reads_every_form_servers_use() -> None:
     assert entry_status({"response": {"status": "412"}}) == 412  # Medplum: the number only
     assert entry_status({"response": {"status": "HTTP/1.1 200 OK"}}) == 200
     assert entry_status({"response": {"status": 204}}) == 204
-    for broken in ({}, {"response": "201"}, {"response": {}}, {"response": {"status": "ok"}},
-                   {"response": {"status": True}}, {"response": {"status": 999}},
-                   {"response": {"status": "2010"}}):
+    for broken in (
+        {},
+        {"response": "201"},
+        {"response": {}},
+        {"response": {"status": "ok"}},
+        {"response": {"status": True}},
+        {"response": {"status": 999}},
+        {"response": {"status": "2010"}},
+    ):
         assert entry_status(broken) is None, broken
 
 
@@ -159,8 +189,11 @@ def test_entry_outcome() -> None:
 
 
 def test_response_problem_refuses_what_cannot_be_read_entry_by_entry() -> None:
-    ok = {"resourceType": "Bundle", "type": "transaction-response",
-          "entry": [{"response": {"status": "201"}}] * 2}
+    ok = {
+        "resourceType": "Bundle",
+        "type": "transaction-response",
+        "entry": [{"response": {"status": "201"}}] * 2,
+    }
     assert response_problem(ok, 2) is None
     assert response_problem({**ok, "type": "batch-response"}, 2) is None
     assert "3 sent" in str(response_problem(ok, 3))
@@ -173,16 +206,24 @@ def test_response_problem_refuses_what_cannot_be_read_entry_by_entry() -> None:
 
 def _medplum(text: str) -> dict[str, Any]:
     """Medplum's badRequest(): code `invalid`, the reason in details.text."""
-    return {"resourceType": "OperationOutcome",
-            "issue": [{"severity": "error", "code": "invalid", "details": {"text": text}}]}
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "invalid", "details": {"text": text}}],
+    }
 
 
 def test_refusal_kind() -> None:
     # Medplum's two size refusals (packages/fhir-router/src/batch.ts).
-    assert refusal_kind(400, _medplum(
-        "Transaction contains more update operations than allowed")) == "size"
-    assert refusal_kind(400, _medplum(
-        "Transaction requires strict isolation but has too many entries")) == "size"
+    assert (
+        refusal_kind(400, _medplum("Transaction contains more update operations than allowed"))
+        == "size"
+    )
+    assert (
+        refusal_kind(
+            400, _medplum("Transaction requires strict isolation but has too many entries")
+        )
+        == "size"
+    )
     assert refusal_kind(413, None) == "size"
     too_costly = {"issue": [{"severity": "error", "code": "too-costly"}]}
     assert refusal_kind(422, too_costly) == "size"
@@ -200,9 +241,15 @@ def test_summary_shows_matched_recovered_and_unconfirmed() -> None:
     counts = WriteCounts()
     counts.add("CareTeam", "create", 3)
     counts.add("CareTeam", "matched")
-    summary = WriteSummary(dry_run=False, counts=counts, provenance=1, provenance_recovered=2,
-                           batch_size=6, unconfirmed={("CarePlan", "careplan-cm.p2")},
-                           requests={"total": 5, "by_method": {"POST": 2, "GET": 3}})
+    summary = WriteSummary(
+        dry_run=False,
+        counts=counts,
+        provenance=1,
+        provenance_recovered=2,
+        batch_size=6,
+        unconfirmed={("CarePlan", "careplan-cm.p2")},
+        requests={"total": 5, "by_method": {"POST": 2, "GET": 3}},
+    )
     assert summary.written == 3  # a match writes nothing
     lines = summary.lines()
     assert lines[1] == "  CareTeam: 3 created, 0 updated, 0 unchanged, 1 matched"

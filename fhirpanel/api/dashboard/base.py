@@ -21,9 +21,14 @@ from fhirpanel.vocabulary import RunStatus
 log = logging.getLogger("fhirpanel.api.dashboard")
 
 # Templates and static files stay in fhirpanel/api/ (package data), beside this package.
-bp = Blueprint("dashboard", "fhirpanel.api.dashboard",
-               root_path=str(Path(__file__).resolve().parent.parent),
-               template_folder="templates", static_folder="static", static_url_path="/assets")
+bp = Blueprint(
+    "dashboard",
+    "fhirpanel.api.dashboard",
+    root_path=str(Path(__file__).resolve().parent.parent),
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/assets",
+)
 
 SESSION_KEY = "fhirpanel_dashboard"  # the cookie's session id
 CSRF_KEY = "fhirpanel_csrf"  # the login form's CSRF nonce, before sign-in
@@ -31,10 +36,14 @@ TRIGGER = "dashboard"  # recorded on runs the dashboard starts
 MAX_TEXT = 500  # reason and note fields
 MAX_RUN_ID = 2**31 - 1
 RUN_STATUS = {  # every RunStatus: (label, badge class)
-    RunStatus.QUEUED: ("waiting for the worker", "info"), RunStatus.RUNNING: ("running", "info"),
-    RunStatus.SUCCEEDED: ("succeeded", "ok"), RunStatus.PARTIAL: ("partly written", "warn"),
-    RunStatus.FAILED: ("failed", "bad"), RunStatus.SKIPPED: ("skipped (busy)", "warn"),
-    RunStatus.ABANDONED: ("abandoned", "bad"), RunStatus.HELD: ("held: needs review", "bad"),
+    RunStatus.QUEUED: ("waiting for the worker", "info"),
+    RunStatus.RUNNING: ("running", "info"),
+    RunStatus.SUCCEEDED: ("succeeded", "ok"),
+    RunStatus.PARTIAL: ("partly written", "warn"),
+    RunStatus.FAILED: ("failed", "bad"),
+    RunStatus.SKIPPED: ("skipped (busy)", "warn"),
+    RunStatus.ABANDONED: ("abandoned", "bad"),
+    RunStatus.HELD: ("held: needs review", "bad"),
     RunStatus.ACCEPTED: ("held, then accepted", "info"),
     RunStatus.CRASHED: ("crashed (process stopped)", "bad"),
 }

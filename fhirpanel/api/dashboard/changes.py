@@ -68,8 +68,10 @@ def _confirm_refusal(ref: str, exc: ReviewError) -> str:
     if isinstance(exc, NotAssigned):
         return f"Patient {bare(ref)} has no clinician to confirm yet."
     if isinstance(exc, AssignmentMoved) and exc.current is not None:
-        return (f"Patient {bare(ref)} was moved to {practitioner_name(exc.current)} by a "
-                "refresh since this page was loaded: check the new assignment, then confirm.")
+        return (
+            f"Patient {bare(ref)} was moved to {practitioner_name(exc.current)} by a "
+            "refresh since this page was loaded: check the new assignment, then confirm."
+        )
     if isinstance(exc, AssignmentMoved | InvalidReference):
         return f"Patient {bare(ref)}'s assignment changed a moment ago: reload and confirm again."
     return str(exc)
@@ -79,8 +81,10 @@ def _override_refusal(ref: str, exc: ReviewError) -> str:
     if isinstance(exc, InvalidReference | UnknownClinician):
         return "Choose the clinician the patient should go to."
     if isinstance(exc, IneligibleClinician):
-        return (f"{exc.name or bare(exc.practitioner)} is not a primary-care clinician here: "
-                "choose another.")
+        return (
+            f"{exc.name or bare(exc.practitioner)} is not a primary-care clinician here: "
+            "choose another."
+        )
     if isinstance(exc, InvalidChoice):
         return "Say who asked for the change: the clinician, the patient or the family."
     if isinstance(exc, MissingText):
@@ -98,14 +102,18 @@ def confirm(patient_id: str) -> ResponseReturnValue:
     shown = request.form.get("practitioner", "").strip() or None
     confirmed_by = request.form.get("confirmed_by", "")
     try:
-        done = review().confirm(target, confirmed_by=confirmed_by, actor=me.name, shown=shown,
-                                note=_text("note"))
+        done = review().confirm(
+            target, confirmed_by=confirmed_by, actor=me.name, shown=shown, note=_text("note")
+        )
     except ReviewError as exc:
         flash(_confirm_refusal(target.ref, exc), "error")
         return _back(default)
     who = "the clinician" if confirmed_by == "clinician" else "the patient"
-    flash(f"Patient {bare(target.ref)}: assignment to "
-          f"{practitioner_name(done['practitioner'])} confirmed with {who}.", "success")
+    flash(
+        f"Patient {bare(target.ref)}: assignment to "
+        f"{practitioner_name(done['practitioner'])} confirmed with {who}.",
+        "success",
+    )
     return _back(default)
 
 
@@ -114,10 +122,13 @@ def override(patient_id: str) -> ResponseReturnValue:
     target, me = stored_patient(patient_id), signed_in()
     default = _patient_url(target.ref)
     try:
-        done = review().override(target, request.form.get("practitioner", "").strip(),
-                                 reason=_text("reason"),
-                                 requested_by=request.form.get("requested_by", ""),
-                                 actor=me.name)
+        done = review().override(
+            target,
+            request.form.get("practitioner", "").strip(),
+            reason=_text("reason"),
+            requested_by=request.form.get("requested_by", ""),
+            actor=me.name,
+        )
     except ReviewError as exc:
         flash(_override_refusal(target.ref, exc), "error")
         return _back(default)
@@ -135,8 +146,10 @@ def remove_override(patient_id: str) -> ResponseReturnValue:
     except NoOverride:
         flash(f"Patient {bare(target.ref)} has no override to remove.", "error")
         return _back(default)
-    _refreshed(f"Override of patient {bare(target.ref)} removed: the usual rules decide again.",
-               done.refresh)
+    _refreshed(
+        f"Override of patient {bare(target.ref)} removed: the usual rules decide again.",
+        done.refresh,
+    )
     return _back(default)
 
 
@@ -156,8 +169,10 @@ def start_run() -> ResponseReturnValue:
         flash("A refresh is already running. Try again when it has finished.", "error")
     else:
         log.info("dashboard: %s started %s refresh %s", me.name, kind, run_id)
-        flash(f"{kind.capitalize()} refresh started (run #{run_id}). Reload this page to "
-              "follow it.", "success")
+        flash(
+            f"{kind.capitalize()} refresh started (run #{run_id}). Reload this page to follow it.",
+            "success",
+        )
     return redirect(url_for("dashboard.runs"), code=303)
 
 
@@ -168,8 +183,11 @@ def accept_run(run_id: int) -> ResponseReturnValue:
     accepts. Admins only, CSRF-checked like every POST."""
     st, me = store(), signed_in()
     if not me.admin:
-        abort(403, description="Your token is view only. Ask an administrator to review and "
-                               "accept a held run.")
+        abort(
+            403,
+            description="Your token is view only. Ask an administrator to review and "
+            "accept a held run.",
+        )
     run = st.run(run_id) if run_id <= MAX_RUN_ID else None
     if run is None:
         abort(404, description=f"No run #{run_id}.")
@@ -190,10 +208,8 @@ def accept_run(run_id: int) -> ResponseReturnValue:
         return redirect(runs_url, code=303)
     except NotHeld:
         now = st.run(run_id)
-        flash(f"Nothing to accept: {held.not_held_reason(now) if now else 'no such run'}.",
-              "error")
+        flash(f"Nothing to accept: {held.not_held_reason(now) if now else 'no such run'}.", "error")
         return redirect(runs_url, code=303)
-    log.info("dashboard: %s accepted held run %s (next run %s)", me.name, run_id,
-             result.next_run)
+    log.info("dashboard: %s accepted held run %s (next run %s)", me.name, run_id, result.next_run)
     flash(f"Run #{run_id} accepted: {result.detail}.", "success")
     return redirect(runs_url, code=303)

@@ -28,11 +28,21 @@ from fhirpanel.service.review import Patient
 from fhirpanel.store import queries, reads
 from fhirpanel.vocabulary import RunStatus
 
-SORT_CHOICES = (("patient", "Patient id"), ("-tier", "Highest risk first"),
-                ("tier", "Lowest risk first"), ("last_visit", "Longest since last visit"),
-                ("-last_visit", "Most recent visit"), ("rule", "Rule"))
-COLUMNS = (("patient", "Patient"), ("tier", "Tier"), ("rule", "Rule"),
-           ("last_visit", "Last visit"), ("confirmation", "Confirmation"))
+SORT_CHOICES = (
+    ("patient", "Patient id"),
+    ("-tier", "Highest risk first"),
+    ("tier", "Lowest risk first"),
+    ("last_visit", "Longest since last visit"),
+    ("-last_visit", "Most recent visit"),
+    ("rule", "Rule"),
+)
+COLUMNS = (
+    ("patient", "Patient"),
+    ("tier", "Tier"),
+    ("rule", "Rule"),
+    ("last_visit", "Last visit"),
+    ("confirmation", "Confirmation"),
+)
 RUNS_PER_PAGE = 25
 
 
@@ -61,9 +71,15 @@ def overview() -> ResponseReturnValue:
         "unconfirmed": [c["unconfirmed"] for c in clinicians],
         "links": [c["link"] for c in clinicians],
     }
-    return render("overview.html", clinicians=clinicians, chart=chart,
-                  counts=dict(queries.practice_totals(st), outreach=reads.outreach_count(st)),
-                  last_run=st.last_run(), as_of=st.context("as_of"), tiers=tiers())
+    return render(
+        "overview.html",
+        clinicians=clinicians,
+        chart=chart,
+        counts=dict(queries.practice_totals(st), outreach=reads.outreach_count(st)),
+        last_run=st.last_run(),
+        as_of=st.context("as_of"),
+        tiers=tiers(),
+    )
 
 
 @bp.get("/panels/<path:practitioner>")
@@ -72,21 +88,33 @@ def panel(practitioner: str) -> ResponseReturnValue:
     ref = path_ref("Practitioner", practitioner)
     clinician = st.clinician(ref)
     if clinician is None:
-        abort(404, description=f"No panel for {bare(ref)}: the clinician is not in the last "
-                               "refresh.")
+        abort(
+            404, description=f"No panel for {bare(ref)}: the clinician is not in the last refresh."
+        )
     tier_raw = request.args.get("tier", "")
     tier = int(tier_raw) if re.fullmatch(r"[0-9]{1,2}", tier_raw) else None
     sort = request.args.get("sort", "patient")
     if sort not in queries.SORT_VALUES:
         sort = "patient"
-    filters = {"tier": tier, "unconfirmed": request.args.get("unconfirmed") == "1",
-               "overdue": request.args.get("overdue") == "1", "sort": sort}
+    filters = {
+        "tier": tier,
+        "unconfirmed": request.args.get("unconfirmed") == "1",
+        "overdue": request.args.get("overdue") == "1",
+        "sort": sort,
+    }
     filters["active"] = bool(tier or filters["unconfirmed"] or filters["overdue"])
     page_size = settings().api.page_size
     result = queries.panel_patients(
-        st, ref, tier=tier, unconfirmed=bool(filters["unconfirmed"]),
-        overdue=bool(filters["overdue"]), sort=sort, page=int_arg("page", 1),
-        page_size=page_size, clamp=True)
+        st,
+        ref,
+        tier=tier,
+        unconfirmed=bool(filters["unconfirmed"]),
+        overdue=bool(filters["overdue"]),
+        sort=sort,
+        page=int_arg("page", 1),
+        page_size=page_size,
+        clamp=True,
+    )
     link_args: dict[str, Any] = {"practitioner": bare(ref), "sort": sort}
     if tier:
         link_args["tier"] = tier
@@ -94,10 +122,21 @@ def panel(practitioner: str) -> ResponseReturnValue:
         link_args["unconfirmed"] = 1
     if filters["overdue"]:
         link_args["overdue"] = 1
-    return render("panel.html", clinician=with_figures(clinician), rows=result.rows,
-                  total=result.total, page=result.page, pages=result.pages,
-                  page_size=page_size, filters=filters, sorts=SORT_CHOICES, columns=COLUMNS,
-                  link_args=link_args, tiers=tiers(), eligible=eligible_clinicians())
+    return render(
+        "panel.html",
+        clinician=with_figures(clinician),
+        rows=result.rows,
+        total=result.total,
+        page=result.page,
+        pages=result.pages,
+        page_size=page_size,
+        filters=filters,
+        sorts=SORT_CHOICES,
+        columns=COLUMNS,
+        link_args=link_args,
+        tiers=tiers(),
+        eligible=eligible_clinicians(),
+    )
 
 
 @bp.get("/patients/<path:patient>")
@@ -109,14 +148,23 @@ def patient(patient: str) -> ResponseReturnValue:
         abort(404, description=f"No patient {bare(ref)} in the last refresh.")
     state = explained.state
     return render(
-        "patient.html", p=state, detail=explained.detail, risk=explained.risk or {},
-        visits=[{"practitioner": p, "count": n, "chosen": p == state["practitioner"]}
-                for p, n in explained.visits_ranked],
-        evidence=explained.evidence, written=list(explained.written.items()),
-        history=explained.history, overrides=explained.overrides,
-        confirmations=explained.confirmations, active_override=explained.active_override,
+        "patient.html",
+        p=state,
+        detail=explained.detail,
+        risk=explained.risk or {},
+        visits=[
+            {"practitioner": p, "count": n, "chosen": p == state["practitioner"]}
+            for p, n in explained.visits_ranked
+        ],
+        evidence=explained.evidence,
+        written=list(explained.written.items()),
+        history=explained.history,
+        overrides=explained.overrides,
+        confirmations=explained.confirmations,
+        active_override=explained.active_override,
         eligible=eligible_clinicians(),
-        pending="applied at the next refresh" if explained.pending else None)
+        pending="applied at the next refresh" if explained.pending else None,
+    )
 
 
 @bp.get("/patients/<patient_id>/override")
@@ -127,10 +175,10 @@ def override_page(patient_id: str) -> ResponseReturnValue:
     found = viewer()
     if found is None or not found.admin:
         abort(403, description=VIEW_ONLY + "change assignments.")
-    back = safe_next(request.args.get("next"),
-                     url_for("dashboard.patient", patient=bare(target.ref)))
-    return render("override.html", p=target.state, back_url=back,
-                  eligible=eligible_clinicians())
+    back = safe_next(
+        request.args.get("next"), url_for("dashboard.patient", patient=bare(target.ref))
+    )
+    return render("override.html", p=target.state, back_url=back, eligible=eligible_clinicians())
 
 
 @bp.get("/find")
@@ -142,20 +190,30 @@ def find_patient() -> ResponseReturnValue:
         target = review().patient(raw)
     except PatientNotFound:
         flash(f"No patient with id {raw!r} in the last refresh.", "error")
-        return redirect(safe_next(request.referrer and urlsplit(request.referrer).path,
-                                  url_for("dashboard.overview")))
+        return redirect(
+            safe_next(
+                request.referrer and urlsplit(request.referrer).path, url_for("dashboard.overview")
+            )
+        )
     return redirect(url_for("dashboard.patient", patient=bare(target.ref)))
 
 
 @bp.get("/unassigned")
 def unassigned() -> ResponseReturnValue:
     st = store()
-    result = queries.unassigned_patients(st, page=int_arg("page", 1),
-                                         page_size=settings().api.page_size, clamp=True)
+    result = queries.unassigned_patients(
+        st, page=int_arg("page", 1), page_size=settings().api.page_size, clamp=True
+    )
     pending = reads.pending_among(st, [r["patient"] for r in result.rows])
     rows = [dict(r, pending=r["patient"] in pending) for r in result.rows]
-    return render("unassigned.html", rows=rows, total=result.total, page=result.page,
-                  pages=result.pages, link_args={})
+    return render(
+        "unassigned.html",
+        rows=rows,
+        total=result.total,
+        page=result.page,
+        pages=result.pages,
+        link_args={},
+    )
 
 
 @bp.get("/outreach")
@@ -163,16 +221,26 @@ def outreach() -> ResponseReturnValue:
     st, configured = store(), settings()
     raw = request.args.get("practitioner", "").strip()
     practitioner = path_ref("Practitioner", raw) if raw else None
-    result = queries.outreach_patients(st, practitioner=practitioner,
-                                       page=int_arg("page", 1),
-                                       page_size=configured.api.page_size, clamp=True)
+    result = queries.outreach_patients(
+        st,
+        practitioner=practitioner,
+        page=int_arg("page", 1),
+        page_size=configured.api.page_size,
+        clamp=True,
+    )
     link_args = {"practitioner": bare(practitioner)} if practitioner else {}
-    return render("outreach.html", rows=result.rows, total=result.total, page=result.page,
-                  pages=result.pages, link_args=link_args,
-                  filters={"practitioner": practitioner},
-                  clinicians=[c for c in st.clinicians() if c["size"]],
-                  not_seen_months=configured.attribution.outreach_not_seen_months,
-                  sentinel_months=configured.attribution.outreach_sentinel_months)
+    return render(
+        "outreach.html",
+        rows=result.rows,
+        total=result.total,
+        page=result.page,
+        pages=result.pages,
+        link_args=link_args,
+        filters={"practitioner": practitioner},
+        clinicians=[c for c in st.clinicians() if c["size"]],
+        not_seen_months=configured.attribution.outreach_not_seen_months,
+        sentinel_months=configured.attribution.outreach_sentinel_months,
+    )
 
 
 @bp.get("/runs")
@@ -184,6 +252,11 @@ def runs() -> ResponseReturnValue:
     pages = max(1, -(-total // RUNS_PER_PAGE))
     page = min(int_arg("page", 1), pages)
     rows = st.runs(limit=RUNS_PER_PAGE, offset=(page - 1) * RUNS_PER_PAGE)
-    return render("runs.html", rows=rows, total=total, page=page, pages=pages,
-                  superseded=held.superseded(st, [r for r in rows
-                                                  if r["status"] == RunStatus.HELD]))
+    return render(
+        "runs.html",
+        rows=rows,
+        total=total,
+        page=page,
+        pages=pages,
+        superseded=held.superseded(st, [r for r in rows if r["status"] == RunStatus.HELD]),
+    )

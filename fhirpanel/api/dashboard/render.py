@@ -18,8 +18,11 @@ from fhirpanel.domain import texts
 from fhirpanel.store import reads
 from fhirpanel.vocabulary import RunKind
 
-STATUS_WORDS = {"assigned": "Assigned", "unassigned": "Unassigned",
-                "excluded": "Excluded (not an active patient)"}
+STATUS_WORDS = {
+    "assigned": "Assigned",
+    "unassigned": "Unassigned",
+    "excluded": "Excluded (not an active patient)",
+}
 
 
 @lru_cache(maxsize=8)
@@ -36,8 +39,10 @@ def tier_label(tier: Any) -> str:
 
 
 def tiers() -> list[dict[str, Any]]:
-    return [{"tier": t, "label": label, "short": label.split(":", 1)[0]}
-            for t, label in sorted(tier_labels().items())]
+    return [
+        {"tier": t, "label": label, "short": label.split(":", 1)[0]}
+        for t, label in sorted(tier_labels().items())
+    ]
 
 
 def with_figures(c: dict[str, Any]) -> dict[str, Any]:
@@ -46,9 +51,14 @@ def with_figures(c: dict[str, Any]) -> dict[str, Any]:
     c = dict(c, used_pct=round(100 * c["risk_adjusted_size"] / capacity, 1) if capacity else 0.0)
     counts = {int(k): int(v) for k, v in (c.get("tiers") or {}).items()}
     total = sum(counts.values())
-    c["tier_mix"] = [{"tier": t, "n": counts.get(t, 0),
-                      "pct": round(100 * counts.get(t, 0) / total, 1) if total else 0}
-                     for t in sorted(set(tier_labels()) | set(counts))]
+    c["tier_mix"] = [
+        {
+            "tier": t,
+            "n": counts.get(t, 0),
+            "pct": round(100 * counts.get(t, 0) / total, 1) if total else 0,
+        }
+        for t in sorted(set(tier_labels()) | set(counts))
+    ]
     return c
 
 
@@ -93,15 +103,27 @@ def _helpers() -> dict[str, Any]:
         if not ref:
             return "–"
         if not names:
-            names.update({c["practitioner"]: c["name"] or bare(c["practitioner"])
-                          for c in store().clinicians()})
+            names.update(
+                {
+                    c["practitioner"]: c["name"] or bare(c["practitioner"])
+                    for c in store().clinicians()
+                }
+            )
         return names.get(ref) or bare(ref)
 
     return {
-        "me": viewer(), "csrf_token": csrf_token, "bare": bare, "when": when, "doc": doc,
-        "tier_label": tier_label, "rule_name": texts.rule_label, "rule_text": texts.rule_text,
-        "step_text": texts.step_text, "outreach_text": texts.outreach_text,
-        "run_summary": run_summary, "held_figures": held_figures,
+        "me": viewer(),
+        "csrf_token": csrf_token,
+        "bare": bare,
+        "when": when,
+        "doc": doc,
+        "tier_label": tier_label,
+        "rule_name": texts.rule_label,
+        "rule_text": texts.rule_text,
+        "step_text": texts.step_text,
+        "outreach_text": texts.outreach_text,
+        "run_summary": run_summary,
+        "held_figures": held_figures,
         "status_text": lambda s: RUN_STATUS.get(s, (s, ""))[0],
         "status_class": lambda s: RUN_STATUS.get(s, (s, "info"))[1],
         "status_word": lambda s: STATUS_WORDS.get(s, s),
@@ -126,11 +148,18 @@ def int_arg(name: str, default: int, low: int = 1, high: int = 1_000_000) -> int
 
 
 def _error_page(exc: HTTPException) -> ResponseReturnValue:
-    titles = {400: "That did not work", 401: "Please sign in", 403: "View only",
-              404: "Not found", 405: "Not here", 413: "Too much at once"}
+    titles = {
+        400: "That did not work",
+        401: "Please sign in",
+        403: "View only",
+        404: "Not found",
+        405: "Not here",
+        413: "Too much at once",
+    }
     code = exc.code or 500
-    return render_template("error.html", title=titles.get(code, exc.name),
-                           message=exc.description or exc.name), code
+    return render_template(
+        "error.html", title=titles.get(code, exc.name), message=exc.description or exc.name
+    ), code
 
 
 for _code in (400, 401, 403, 404, 405, 413):

@@ -39,8 +39,10 @@ from fhirpanel.store import sessions as web_sessions
 PUBLIC_ENDPOINTS = frozenset({"dashboard.login", "dashboard.login_once", "dashboard.static"})
 LOGIN_ENDPOINTS = frozenset({"dashboard.login", "dashboard.login_once"})
 # Scripts only from our own files; inline style attributes size the small bars.
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-       "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'"
+)
 
 
 def _fingerprint(token: str) -> str:
@@ -73,8 +75,7 @@ def _session_viewer() -> Viewer | None:
     if sid is None:
         return None
     api = settings().api
-    info = web_sessions.active_session(store(), sid,
-                                       idle_seconds=api.session_idle_minutes * 60)
+    info = web_sessions.active_session(store(), sid, idle_seconds=api.session_idle_minutes * 60)
     if info is None:
         return None
     found = None
@@ -90,14 +91,22 @@ def _start_session(account: Account, via: str) -> None:
     (no session fixation: the id is new, the old cookie content is dropped)."""
     api = settings().api
     sid = web_sessions.create_session(
-        store(), actor=account.name, token_fp=_fingerprint(account.token), via=via,
-        lifetime_seconds=api.session_hours * 3600, replaces=_session_id())
+        store(),
+        actor=account.name,
+        token_fp=_fingerprint(account.token),
+        via=via,
+        lifetime_seconds=api.session_hours * 3600,
+        replaces=_session_id(),
+    )
     session.clear()
     session[SESSION_KEY] = sid
     g.pop("dashboard_viewer", None)
-    log.info("dashboard sign-in: %s (%s) with %s", account.name,
-             "admin" if account.admin else "read", "a sign-in link" if via == "link"
-             else "a token")
+    log.info(
+        "dashboard sign-in: %s (%s) with %s",
+        account.name,
+        "admin" if account.admin else "read",
+        "a sign-in link" if via == "link" else "a token",
+    )
 
 
 def csrf_token() -> str:
@@ -126,8 +135,13 @@ def safe_next(target: str | None, default: str) -> str:
     if not target:
         return default
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//") \
-            or "\\" in target:
+    if (
+        parts.scheme
+        or parts.netloc
+        or not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+    ):
         return default
     return target
 
@@ -147,8 +161,7 @@ def _require_sign_in() -> ResponseReturnValue | None:
     if request.method == "POST":
         _check_csrf()
         if request.endpoint != "dashboard.logout" and not found.admin:
-            abort(403, description=VIEW_ONLY + "confirm or change assignments or start "
-                                               "refreshes.")
+            abort(403, description=VIEW_ONLY + "confirm or change assignments or start refreshes.")
     return None
 
 
@@ -160,8 +173,10 @@ def _page_headers(response: Response) -> Response:
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Content-Security-Policy", CSP)
         # A sign-in address (an old `?token=` bookmark, a link's code) is never sent on.
-        response.headers.setdefault("Referrer-Policy", "no-referrer"
-                                    if request.endpoint in LOGIN_ENDPOINTS else "same-origin")
+        response.headers.setdefault(
+            "Referrer-Policy",
+            "no-referrer" if request.endpoint in LOGIN_ENDPOINTS else "same-origin",
+        )
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     return response
 
@@ -178,8 +193,10 @@ def login() -> ResponseReturnValue:
         note = None
         if "token" in request.args:
             log.info("dashboard: a sign-in address carrying a token was ignored")
-            note = ("Sign-in addresses that carry a token no longer sign you in. Paste the "
-                    "token below instead, or ask for a new sign-in link.")
+            note = (
+                "Sign-in addresses that carry a token no longer sign you in. Paste the "
+                "token below instead, or ask for a new sign-in link."
+            )
         session.pop(SESSION_KEY, None)  # a revoked or expired session: start afresh
         return render_template("login.html", next_url=next_url, error=None, note=note)
     token = request.form.get("token", "").strip()
@@ -193,18 +210,30 @@ def login() -> ResponseReturnValue:
 
 
 LINK_REFUSALS = {
-    "used": (410, "This sign-in link has been used",
-             "Each sign-in link works once, and this one has already signed someone in. "
-             "Ask for a new link, or sign in with your access token."),
-    "expired": (410, "This sign-in link has expired",
-                "Sign-in links work for a short time only. Ask for a new link, or sign in "
-                "with your access token."),
-    "unknown": (404, "This sign-in link is not valid",
-                "The link may be incomplete: check that it was copied whole, or sign in "
-                "with your access token."),
-    "ok": (403, "This sign-in link's account is gone",
-           "The account this link was made for is no longer configured. Sign in with "
-           "your access token."),
+    "used": (
+        410,
+        "This sign-in link has been used",
+        "Each sign-in link works once, and this one has already signed someone in. "
+        "Ask for a new link, or sign in with your access token.",
+    ),
+    "expired": (
+        410,
+        "This sign-in link has expired",
+        "Sign-in links work for a short time only. Ask for a new link, or sign in "
+        "with your access token.",
+    ),
+    "unknown": (
+        404,
+        "This sign-in link is not valid",
+        "The link may be incomplete: check that it was copied whole, or sign in "
+        "with your access token.",
+    ),
+    "ok": (
+        403,
+        "This sign-in link's account is gone",
+        "The account this link was made for is no longer configured. Sign in with "
+        "your access token.",
+    ),
 }
 
 
@@ -221,8 +250,10 @@ def login_once(code: str) -> ResponseReturnValue:
     if account is not None:
         _start_session(account, via="link")
         return redirect(url_for("dashboard.overview"), code=303)
-    log.info("dashboard: sign-in link refused (%s)", outcome if outcome != "ok"
-             else "its account is no longer configured")
+    log.info(
+        "dashboard: sign-in link refused (%s)",
+        outcome if outcome != "ok" else "its account is no longer configured",
+    )
     status, title, message = LINK_REFUSALS[outcome]
     return render_template("login_link.html", title=title, message=message), status
 

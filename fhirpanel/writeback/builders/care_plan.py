@@ -49,7 +49,8 @@ _CLOSED_PLAN_STATUSES: Final = frozenset({"completed", "revoked", "entered-in-er
 def care_plan_called_for(risk: RiskResult, cfg: WritebackSettings) -> bool:
     """Tiers in `care_plan_tiers`, and tier 2 when CCM-eligible (`care_plan_tier2_when_ccm`)."""
     return risk.tier in cfg.care_plan_tier_set or (
-        risk.tier == 2 and risk.ccm_eligible and cfg.care_plan_tier2_when_ccm)
+        risk.tier == 2 and risk.ccm_eligible and cfg.care_plan_tier2_when_ccm
+    )
 
 
 def build_care_plan(
@@ -84,8 +85,9 @@ def build_care_plan(
     """
     labels = labels or NarrativeLabels()
     notes = problems if problems is not None else []
-    wanted = (assignment.status == "assigned" and risk is not None
-              and care_plan_called_for(risk, cfg))
+    wanted = (
+        assignment.status == "assigned" and risk is not None and care_plan_called_for(risk, cfg)
+    )
     if not wanted and existing is None:
         return None
     if existing is not None and existing.get("status") == "entered-in-error":
@@ -97,14 +99,17 @@ def build_care_plan(
     if wanted and risk is not None:
         template = templates.for_tier(risk.tier)
         if template is None:
-            raise BuildError(f"CarePlan {value}: no template for tier {risk.tier} "
-                             "(check careplan_templates against writeback.care_plan_tiers)")
+            raise BuildError(
+                f"CarePlan {value}: no template for tier {risk.tier} "
+                "(check careplan_templates against writeback.care_plan_tiers)"
+            )
         status = str(plan.get("status") or "")
         reopened = existing is not None and status in _CLOSED_PLAN_STATUSES
         plan["status"] = "on-hold" if status == "on-hold" else "active"
         plan["intent"] = "plan"
-        plan["period"] = {"start": today if reopened or existing is None
-                          else (period_start(existing) or today)}
+        plan["period"] = {
+            "start": today if reopened or existing is None else (period_start(existing) or today)
+        }
         plan["title"] = f"{codes.care_plan_title}: {labels.tier_short(risk.tier)}"
         plan["description"] = template.description
         if care_team_ref:
@@ -123,11 +128,13 @@ def build_care_plan(
         period.setdefault("start", today)
         period["end"] = max(today, str(period["start"]))
         plan["period"] = period
-        activities = [copy.deepcopy(a) for a in plan.get("activity") or ()
-                      if isinstance(a, Mapping)]
+        activities = [
+            copy.deepcopy(a) for a in plan.get("activity") or () if isinstance(a, Mapping)
+        ]
         mine = _our_activities(activities, templates)
-        plan["activity"] = [_cancel_if_not_started(a) if any(a is m for m in mine) else a
-                            for a in activities]
+        plan["activity"] = [
+            _cancel_if_not_started(a) if any(a is m for m in mine) else a for a in activities
+        ]
         if not plan["activity"]:
             plan.pop("activity")
         plan["text"] = _closed_plan_text(assignment, risk, today, codes, labels)
@@ -137,9 +144,26 @@ def build_care_plan(
     plan["category"] = with_concepts(plan.get("category"), codes.care_plan_categories)
     plan["subject"] = {"reference": assignment.patient}
     plan.setdefault("intent", "plan")
-    plan = order(plan, ("resourceType", "id", "meta", "text", "identifier", "status", "intent",
-                         "category", "title", "description", "subject", "period", "careTeam",
-                         "addresses", "activity"))
+    plan = order(
+        plan,
+        (
+            "resourceType",
+            "id",
+            "meta",
+            "text",
+            "identifier",
+            "status",
+            "intent",
+            "category",
+            "title",
+            "description",
+            "subject",
+            "period",
+            "careTeam",
+            "addresses",
+            "activity",
+        ),
+    )
     return validate_resource(plan)
 
 
@@ -167,8 +191,9 @@ def _template_key(item: ActivityTemplate) -> tuple[str, str, str]:
     return item.kind, item.code["system"], item.code["code"]
 
 
-def _our_activities(activities: Sequence[Mapping[str, Any]],
-                    templates: CarePlanTemplates) -> list[Mapping[str, Any]]:
+def _our_activities(
+    activities: Sequence[Mapping[str, Any]], templates: CarePlanTemplates
+) -> list[Mapping[str, Any]]:
     """fhirpanel's activities: by element id; when none carries one of ours (a server that drops
     element ids), the id-less ones with the kind and code of an activity in any tier's
     template."""
@@ -179,9 +204,11 @@ def _our_activities(activities: Sequence[Mapping[str, Any]],
     return [a for a in activities if without_id(a) and _activity_key(a) in keys]
 
 
-def _activity_lookalike(activities: Sequence[Mapping[str, Any]],
-                        ours: Sequence[Mapping[str, Any]],
-                        item: ActivityTemplate) -> Mapping[str, Any] | None:
+def _activity_lookalike(
+    activities: Sequence[Mapping[str, Any]],
+    ours: Sequence[Mapping[str, Any]],
+    item: ActivityTemplate,
+) -> Mapping[str, Any] | None:
     """An id-less activity, not recognised as ours, with the template activity's code or text:
     a copy of ours the server changed. Adding the template one again would be a duplicate."""
     for activity in activities:
@@ -193,14 +220,15 @@ def _activity_lookalike(activities: Sequence[Mapping[str, Any]],
         code = detail.get("code")
         codings = code.get("coding") if isinstance(code, Mapping) else None
         if detail.get("description") == item.text or any(
-                isinstance(c, Mapping) and c.get("code") == item.code["code"]
-                for c in codings or ()):
+            isinstance(c, Mapping) and c.get("code") == item.code["code"] for c in codings or ()
+        ):
             return activity
     return None
 
 
-def _plan_activities(existing: Any, template: TierTemplate, templates: CarePlanTemplates,
-                     notes: list[str]) -> list[Any]:
+def _plan_activities(
+    existing: Any, template: TierTemplate, templates: CarePlanTemplates, notes: list[str]
+) -> list[Any]:
     old = [copy.deepcopy(a) for a in existing or () if isinstance(a, Mapping)]
     mine = _our_activities(old, templates)
     by_id = {str(a.get("id")): a for a in mine if has_our_id(a, ACTIVITY_ID_PREFIX)}
@@ -217,13 +245,17 @@ def _plan_activities(existing: Any, template: TierTemplate, templates: CarePlanT
                 previous, keep_id = copies[0], False  # the server drops element ids
                 by_content = [a for a in by_content if not any(a is c for c in copies)]
                 if len(copies) > 1:
-                    notes.append(f"{len(copies)} copies of fhirpanel's activity {item.key!r}; "
-                                 "the extra ones are left as they are, none added")
+                    notes.append(
+                        f"{len(copies)} copies of fhirpanel's activity {item.key!r}; "
+                        "the extra ones are left as they are, none added"
+                    )
                     extras.extend(copies[1:])
             elif _activity_lookalike(old, mine, item) is not None:
-                notes.append(f"an activity that looks like fhirpanel's {item.key!r} is on the "
-                             "plan but differs from what fhirpanel writes (the server may "
-                             "rewrite it); not adding another")
+                notes.append(
+                    f"an activity that looks like fhirpanel's {item.key!r} is on the "
+                    "plan but differs from what fhirpanel writes (the server may "
+                    "rewrite it); not adding another"
+                )
                 continue
         detail: dict[str, Any] = dict((previous or {}).get("detail") or {})
         detail["kind"] = item.kind
@@ -237,8 +269,9 @@ def _plan_activities(existing: Any, template: TierTemplate, templates: CarePlanT
         activities.append(order(activity, ("id", "detail")))
     # Template activities no longer called for: dropped unless someone has started them.
     leftover = [by_id[k] for k in sorted(by_id)] + by_content
-    kept = [a for a in leftover
-            if (a.get("detail") or {}).get("status", "not-started") != "not-started"]
+    kept = [
+        a for a in leftover if (a.get("detail") or {}).get("status", "not-started") != "not-started"
+    ]
     return activities + kept + extras + foreign
 
 
@@ -251,13 +284,15 @@ def _cancel_if_not_started(activity: Any) -> Any:
     return activity
 
 
-def _care_plan_text(risk: RiskResult, template: TierTemplate, codes: WritebackCodes,
-                    labels: NarrativeLabels) -> dict[str, str]:
+def _care_plan_text(
+    risk: RiskResult, template: TierTemplate, codes: WritebackCodes, labels: NarrativeLabels
+) -> dict[str, str]:
     why = f"rule {esc(risk.tier_rule)}"
     if risk.tier == 2 and risk.ccm_eligible:
         why += " with Chronic Care Management eligibility (two or more chronic conditions)"
-    activities = [f"{esc(a.code.get('display', a.key))}: {esc(a.text)}"
-                  for a in template.activities]
+    activities = [
+        f"{esc(a.code.get('display', a.key))}: {esc(a.text)}" for a in template.activities
+    ]
     addressed = len(set(risk.basis_conditions))
     return div(
         f"<p><b>{esc(codes.care_plan_title)}</b>, risk {esc(labels.tier(risk.tier))}.</p>",
@@ -269,8 +304,13 @@ def _care_plan_text(risk: RiskResult, template: TierTemplate, codes: WritebackCo
     )
 
 
-def _closed_plan_text(assignment: Assignment, risk: RiskResult | None, today: str,
-                      codes: WritebackCodes, labels: NarrativeLabels) -> dict[str, str]:
+def _closed_plan_text(
+    assignment: Assignment,
+    risk: RiskResult | None,
+    today: str,
+    codes: WritebackCodes,
+    labels: NarrativeLabels,
+) -> dict[str, str]:
     if assignment.status == "excluded":
         why = f"the patient is no longer active ({esc(assignment.reason or 'excluded')})"
         verb = "revoked"
@@ -282,4 +322,3 @@ def _closed_plan_text(assignment: Assignment, risk: RiskResult | None, today: st
         why = f"the patient's risk is now {esc(tier)}, which does not call for care management"
         verb = "completed"
     return div(f"<p><b>{esc(codes.care_plan_title)}</b> {verb} on {esc(today)}: {why}.</p>")
-

@@ -81,14 +81,17 @@ class ClinicianDirectory:
         role_ref = assignment.practitioner_role
         if role_ref is None and len(all_roles) == 1:
             role, role_ref = all_roles[0], all_roles[0].id
-        kind = self._kinds.kind_of(self._population.practitioners.get(practitioner),
-                                   [role] if role is not None else all_roles)
+        kind = self._kinds.kind_of(
+            self._population.practitioners.get(practitioner),
+            [role] if role is not None else all_roles,
+        )
         organization = role.organization if role is not None else None
         if organization is None:
             patient = self._population.patients.get(assignment.patient)
             organization = patient.managing_organization if patient else None
-        return ClinicianInfo(practitioner=practitioner, role=role_ref, kind=kind,
-                             organization=organization)
+        return ClinicianInfo(
+            practitioner=practitioner, role=role_ref, kind=kind, organization=organization
+        )
 
 
 def build_care_team(
@@ -126,36 +129,44 @@ def build_care_team(
     today = day(as_of)
     team = start_resource(existing, "CareTeam")
     participants: list[dict[str, Any]] = [
-        p for p in team.get("participant") or () if isinstance(p, dict)]
+        p for p in team.get("participant") or () if isinstance(p, dict)
+    ]
     ours = _our_participants(participants, codes)
     open_ours = [p for p in ours if not (p.get("period") or {}).get("end")]
 
     if assigned:
-        info = clinician or ClinicianInfo(practitioner=str(assignment.practitioner),
-                                          role=assignment.practitioner_role,
-                                          kind=codes.kinds.default_kind)
-        for_pcp = [p for p in open_ours
-                   if info.refers_to((p.get("member") or {}).get("reference"))]
+        info = clinician or ClinicianInfo(
+            practitioner=str(assignment.practitioner),
+            role=assignment.practitioner_role,
+            kind=codes.kinds.default_kind,
+        )
+        for_pcp = [p for p in open_ours if info.refers_to((p.get("member") or {}).get("reference"))]
         current = for_pcp[0] if for_pcp else None
         if len(for_pcp) > 1:
-            notes.append(f"{len(for_pcp)} open copies of fhirpanel's participant for "
-                         f"{info.member}; left as they are, none added")
+            notes.append(
+                f"{len(for_pcp)} open copies of fhirpanel's participant for "
+                f"{info.member}; left as they are, none added"
+            )
         for p in open_ours:
             if not any(p is q for q in for_pcp):
                 _end_participant(p, today)
         if current is None:
             lookalike = _participant_lookalike(participants, ours, info, codes)
             if lookalike is not None:
-                notes.append(f"a participant for {info.member} that looks like fhirpanel's own "
-                             "is on the team but differs from what fhirpanel writes (the server "
-                             "may rewrite it); not adding another")
+                notes.append(
+                    f"a participant for {info.member} that looks like fhirpanel's own "
+                    "is on the team but differs from what fhirpanel writes (the server "
+                    "may rewrite it); not adding another"
+                )
             else:
-                participants.append({
-                    "id": f"{PCP_PARTICIPANT_PREFIX}{_next_participant_number(ours)}",
-                    "role": [concept(codes.role_for(info.kind))],
-                    "member": {"reference": info.member},
-                    "period": {"start": today},
-                })
+                participants.append(
+                    {
+                        "id": f"{PCP_PARTICIPANT_PREFIX}{_next_participant_number(ours)}",
+                        "role": [concept(codes.role_for(info.kind))],
+                        "member": {"reference": info.member},
+                        "period": {"start": today},
+                    }
+                )
         team["status"] = "active"
         team["period"] = {"start": period_start(existing) or today}
         if info.organization:
@@ -177,9 +188,23 @@ def build_care_team(
     team["subject"] = {"reference": assignment.patient}
     team["participant"] = participants
     team["text"] = _care_team_text(team, codes)
-    team = order(team, ("resourceType", "id", "meta", "text", "identifier", "status",
-                         "category", "name", "subject", "period", "participant",
-                         "managingOrganization"))
+    team = order(
+        team,
+        (
+            "resourceType",
+            "id",
+            "meta",
+            "text",
+            "identifier",
+            "status",
+            "category",
+            "name",
+            "subject",
+            "period",
+            "participant",
+            "managingOrganization",
+        ),
+    )
     return validate_resource(team)
 
 
@@ -189,13 +214,16 @@ def open_pcp_members(team: Mapping[str, Any] | None, codes: WritebackCodes) -> l
     if team is None or team.get("status") == "entered-in-error":
         return []
     participants = [p for p in team.get("participant") or () if isinstance(p, dict)]
-    return [str((p.get("member") or {}).get("reference"))
-            for p in _our_participants(participants, codes)
-            if not (p.get("period") or {}).get("end")]
+    return [
+        str((p.get("member") or {}).get("reference"))
+        for p in _our_participants(participants, codes)
+        if not (p.get("period") or {}).get("end")
+    ]
 
 
-def _our_participants(participants: Sequence[dict[str, Any]],
-                      codes: WritebackCodes) -> list[dict[str, Any]]:
+def _our_participants(
+    participants: Sequence[dict[str, Any]], codes: WritebackCodes
+) -> list[dict[str, Any]]:
     """fhirpanel's participants: by element id; when none carries one of ours (a server that
     drops element ids), the id-less ones whose content is exactly what fhirpanel writes."""
     by_id = [p for p in participants if has_our_id(p, PCP_PARTICIPANT_PREFIX)]
@@ -210,12 +238,18 @@ def _is_our_participant(participant: Mapping[str, Any], codes: WritebackCodes) -
     if set(participant) - {"id", "role", "member", "period"}:
         return False
     member = participant.get("member")
-    if not (isinstance(member, Mapping) and set(member) == {"reference"}
-            and isinstance(member.get("reference"), str)):
+    if not (
+        isinstance(member, Mapping)
+        and set(member) == {"reference"}
+        and isinstance(member.get("reference"), str)
+    ):
         return False
     period = participant.get("period")
-    if not (isinstance(period, Mapping) and isinstance(period.get("start"), str)
-            and not set(period) - {"start", "end"}):
+    if not (
+        isinstance(period, Mapping)
+        and isinstance(period.get("start"), str)
+        and not set(period) - {"start", "end"}
+    ):
         return False
     roles = [concept(coding) for coding in codes.roles.values()]
     return participant.get("role") in [[role] for role in roles]
@@ -231,9 +265,12 @@ def _reference_tail(reference: Any) -> str:
     return "/".join(parts[-2:])
 
 
-def _participant_lookalike(participants: Sequence[Mapping[str, Any]],
-                           ours: Sequence[Mapping[str, Any]], info: ClinicianInfo,
-                           codes: WritebackCodes) -> Mapping[str, Any] | None:
+def _participant_lookalike(
+    participants: Sequence[Mapping[str, Any]],
+    ours: Sequence[Mapping[str, Any]],
+    info: ClinicianInfo,
+    codes: WritebackCodes,
+) -> Mapping[str, Any] | None:
     """An open participant, not recognised as ours, for the PCP with one of our role codes: a
     copy of ours the server changed (an absolute reference, an added display). Another one of
     ours would be a duplicate."""
@@ -292,4 +329,3 @@ def _concept_label(concepts: Iterable[Any]) -> str:
         if item.get("text"):
             return str(item["text"])
     return "Participant"
-

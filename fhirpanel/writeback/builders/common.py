@@ -67,8 +67,11 @@ def concept(coding: Coding, text: str | None = None) -> dict[str, Any]:
 def has_coding(concepts: Iterable[Any], coding: Coding) -> bool:
     for item in concepts:
         for c in (item.get("coding") or ()) if isinstance(item, Mapping) else ():
-            if (isinstance(c, Mapping) and c.get("system") == coding["system"]
-                    and c.get("code") == coding["code"]):
+            if (
+                isinstance(c, Mapping)
+                and c.get("system") == coding["system"]
+                and c.get("code") == coding["code"]
+            ):
                 return True
     return False
 
@@ -79,17 +82,22 @@ def with_concepts(existing: Any, wanted: Sequence[Coding]) -> list[Any]:
     return [concept(w) for w in wanted] + others
 
 
-def identifiers(existing: Mapping[str, Any] | None, cfg: WritebackSettings,
-                value: str) -> list[Any]:
+def identifiers(
+    existing: Mapping[str, Any] | None, cfg: WritebackSettings, value: str
+) -> list[Any]:
     """fhirpanel's business identifier first, then any others already there."""
     ours = {"system": cfg.identifier_system, "value": value}
-    others = [i for i in (existing or {}).get("identifier") or ()
-              if not (isinstance(i, Mapping) and i.get("system") == cfg.identifier_system)]
+    others = [
+        i
+        for i in (existing or {}).get("identifier") or ()
+        if not (isinstance(i, Mapping) and i.get("system") == cfg.identifier_system)
+    ]
     return [ours, *others]
 
 
-def meta(existing: Mapping[str, Any] | None, cfg: WritebackSettings,
-         profile: str | None) -> dict[str, Any]:
+def meta(
+    existing: Mapping[str, Any] | None, cfg: WritebackSettings, profile: str | None
+) -> dict[str, Any]:
     """Our tag (and profile) added to what the resource already declares; the server's own
     version and timestamps are left out."""
     old = (existing or {}).get("meta")
@@ -155,14 +163,19 @@ def risk_drivers(risk: RiskResult, labels: NarrativeLabels) -> list[str]:
     else:
         rows.append("CMS-HCC risk score: not computed")
     categories = ", ".join(labels.charlson.get(c, c) for c in risk.charlson_categories)
-    rows.append(f"Charlson Comorbidity Index {risk.charlson}"
-                + (f" ({esc(categories)})" if categories else ""))
-    window = (f" in the last {labels.utilisation_months} months"
-              if labels.utilisation_months else "")
-    rows.append(f"Emergency visits: {risk.ed_visits}; inpatient stays: "
-                f"{risk.inpatient_stays}{window}")
+    rows.append(
+        f"Charlson Comorbidity Index {risk.charlson}"
+        + (f" ({esc(categories)})" if categories else "")
+    )
+    window = f" in the last {labels.utilisation_months} months" if labels.utilisation_months else ""
+    rows.append(
+        f"Emergency visits: {risk.ed_visits}; inpatient stays: {risk.inpatient_stays}{window}"
+    )
     chronic = ", ".join(labels.chronic.get(c, c) for c in risk.chronic_conditions)
     ccm = "; eligible for Chronic Care Management" if risk.ccm_eligible else ""
-    rows.append(f"Chronic conditions ({len(risk.chronic_conditions)})"
-                + (f": {esc(chronic)}" if chronic else "") + ccm)
+    rows.append(
+        f"Chronic conditions ({len(risk.chronic_conditions)})"
+        + (f": {esc(chronic)}" if chronic else "")
+        + ccm
+    )
     return rows

@@ -65,17 +65,25 @@ def build_attribution_group(
         for patient in sorted(set(current) - set(wanted)):
             before = current[patient]
             start = before["start"] or today
-            member = _group_member(patient, before["provider"], codes.change_dropped,
-                                   {"start": start, "end": max(today, start)}, codes)
+            member = _group_member(
+                patient,
+                before["provider"],
+                codes.change_dropped,
+                {"start": start, "end": max(today, start)},
+                codes,
+            )
             member["inactive"] = True
             listed.append(member)
         group["member"] = listed
-        counts = {c: sum(1 for m in listed if _member_change(m, codes) == c)
-                  for c in (codes.change_new, codes.change_changed, codes.change_dropped)}
+        counts = {
+            c: sum(1 for m in listed if _member_change(m, codes) == c)
+            for c in (codes.change_new, codes.change_changed, codes.change_dropped)
+        }
         group["text"] = div(
             f"<p>Attribution list for {esc(organization)}: {len(wanted)} patients "
             f"({counts[codes.change_new]} new, {counts[codes.change_changed]} changed provider, "
-            f"{counts[codes.change_dropped]} dropped) as of {esc(today)}.</p>")
+            f"{counts[codes.change_dropped]} dropped) as of {esc(today)}.</p>"
+        )
     group["identifier"] = identifiers(existing, cfg, value)
     group["meta"] = meta(existing, cfg, None)
     group["active"] = True
@@ -84,13 +92,29 @@ def build_attribution_group(
     group["name"] = group.get("name") or f"fhirpanel attribution list, {organization}"
     group["managingEntity"] = {"reference": organization}
     group["quantity"] = len(wanted)
-    group = order(group, ("resourceType", "id", "meta", "text", "identifier", "active", "type",
-                           "actual", "name", "managingEntity", "quantity", "member"))
+    group = order(
+        group,
+        (
+            "resourceType",
+            "id",
+            "meta",
+            "text",
+            "identifier",
+            "active",
+            "type",
+            "actual",
+            "name",
+            "managingEntity",
+            "quantity",
+            "member",
+        ),
+    )
     return validate_resource(group)
 
 
-def _group_member(patient: str, provider: str, change: str, period: dict[str, str],
-                  codes: WritebackCodes) -> dict[str, Any]:
+def _group_member(
+    patient: str, provider: str, change: str, period: dict[str, str], codes: WritebackCodes
+) -> dict[str, Any]:
     return {
         "extension": [
             {"url": codes.attributed_provider_url, "valueReference": {"reference": provider}},
@@ -109,8 +133,9 @@ def _member_change(member: Mapping[str, Any], codes: WritebackCodes) -> str | No
     return None
 
 
-def _group_members(existing: Mapping[str, Any] | None,
-                   codes: WritebackCodes) -> dict[str, dict[str, Any]]:
+def _group_members(
+    existing: Mapping[str, Any] | None, codes: WritebackCodes
+) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for member in (existing or {}).get("member") or ():
         if not isinstance(member, Mapping):
@@ -122,7 +147,9 @@ def _group_members(existing: Mapping[str, Any] | None,
         for ext in member.get("extension") or ():
             if isinstance(ext, Mapping) and ext.get("url") == codes.attributed_provider_url:
                 provider = (ext.get("valueReference") or {}).get("reference")
-        out[patient] = {"provider": provider, "change": _member_change(member, codes),
-                        "start": (member.get("period") or {}).get("start")}
+        out[patient] = {
+            "provider": provider,
+            "change": _member_change(member, codes),
+            "start": (member.get("period") or {}).get("start"),
+        }
     return out
-

@@ -39,12 +39,15 @@ def build_provenance(
         "meta": {"tag": [{"system": cfg.tag_system, "code": cfg.tag_code}]},
         "target": [{"reference": t} for t in listed],
         "recorded": _recorded(recorded),
-        "activity": concept({"system": codes.provenance_activity_system, "code": activity,
-                              "display": display}),
+        "activity": concept(
+            {"system": codes.provenance_activity_system, "code": activity, "display": display}
+        ),
         "reason": [concept(codes.provenance_reason)],
-        "agent": [{
-            "type": concept(codes.provenance_agent_type),
-            "who": {"type": "Device", "display": cfg.author_name},
-        }],
+        "agent": [
+            {
+                "type": concept(codes.provenance_agent_type),
+                "who": {"type": "Device", "display": cfg.author_name},
+            }
+        ],
     }
     return validate_resource(provenance)

@@ -62,19 +62,22 @@ def build_risk_assessment(
         prediction["relativeRisk"] = round(risk.hcc, 3)
     prediction["rationale"] = "; ".join(rationale)
     assessment = start_resource(existing, "RiskAssessment")
-    assessment.update({
-        "identifier": identifiers(existing, cfg, value),
-        "meta": meta(existing, cfg, None),
-        "status": "final",
-        "subject": {"reference": assignment.patient},
-        "occurrenceDateTime": day(as_of),
-        "code": {"text": codes.risk_code_text},
-        "method": {"text": codes.risk_method_text},
-        "prediction": [prediction],
-        "note": [{"text": "; ".join(rationale)}],
-        "text": div(f"<p>Risk {esc(labels.tier(risk.tier))}.</p>",
-                     ul(risk_drivers(risk, labels))),
-    })
+    assessment.update(
+        {
+            "identifier": identifiers(existing, cfg, value),
+            "meta": meta(existing, cfg, None),
+            "status": "final",
+            "subject": {"reference": assignment.patient},
+            "occurrenceDateTime": day(as_of),
+            "code": {"text": codes.risk_code_text},
+            "method": {"text": codes.risk_method_text},
+            "prediction": [prediction],
+            "note": [{"text": "; ".join(rationale)}],
+            "text": div(
+                f"<p>Risk {esc(labels.tier(risk.tier))}.</p>", ul(risk_drivers(risk, labels))
+            ),
+        }
+    )
     basis = [{"reference": c} for c in sorted(set(risk.basis_conditions))]
     if basis:
         assessment["basis"] = basis
@@ -83,15 +86,30 @@ def build_risk_assessment(
     if existing is not None:
         unchanged = same_content(
             {**assessment, "status": None, "occurrenceDateTime": None},
-            {**existing, "status": None, "occurrenceDateTime": None})
+            {**existing, "status": None, "occurrenceDateTime": None},
+        )
         if unchanged:
             for key in ("status", "occurrenceDateTime"):
                 if key in existing:
                     assessment[key] = existing[key]
         else:
             assessment["status"] = "amended"
-    assessment = order(assessment, ("resourceType", "id", "meta", "text", "identifier", "status",
-                                     "code", "method", "subject", "occurrenceDateTime", "basis",
-                                     "prediction", "note"))
+    assessment = order(
+        assessment,
+        (
+            "resourceType",
+            "id",
+            "meta",
+            "text",
+            "identifier",
+            "status",
+            "code",
+            "method",
+            "subject",
+            "occurrenceDateTime",
+            "basis",
+            "prediction",
+            "note",
+        ),
+    )
     return validate_resource(assessment)
-

@@ -20,8 +20,9 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("patients", schema=None) as batch_op:
-        batch_op.create_index("ix_patients_practitioner_status",
-                              ["practitioner", "status", "patient"], unique=False)
+        batch_op.create_index(
+            "ix_patients_practitioner_status", ["practitioner", "status", "patient"], unique=False
+        )
 
 
 def downgrade() -> None:

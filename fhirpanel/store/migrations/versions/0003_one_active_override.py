@@ -20,14 +20,21 @@ depends_on = None
 
 def upgrade() -> None:
     # Keep the newest override in force per patient, should a race have left two.
-    op.execute(sa.text(
-        "UPDATE overrides SET removed_at = created_at, removed_by = 'migration 0003' "
-        "WHERE removed_at IS NULL AND id NOT IN ("
-        "SELECT max(id) FROM overrides WHERE removed_at IS NULL GROUP BY patient)"))
+    op.execute(
+        sa.text(
+            "UPDATE overrides SET removed_at = created_at, removed_by = 'migration 0003' "
+            "WHERE removed_at IS NULL AND id NOT IN ("
+            "SELECT max(id) FROM overrides WHERE removed_at IS NULL GROUP BY patient)"
+        )
+    )
     with op.batch_alter_table("overrides", schema=None) as batch_op:
-        batch_op.create_index("uq_overrides_active_patient", ["patient"], unique=True,
-                              sqlite_where=sa.text("removed_at IS NULL"),
-                              postgresql_where=sa.text("removed_at IS NULL"))
+        batch_op.create_index(
+            "uq_overrides_active_patient",
+            ["patient"],
+            unique=True,
+            sqlite_where=sa.text("removed_at IS NULL"),
+            postgresql_where=sa.text("removed_at IS NULL"),
+        )
 
 
 def downgrade() -> None:

@@ -35,8 +35,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_dashboard_sessions")),
     )
     with op.batch_alter_table("dashboard_sessions", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_dashboard_sessions_expires_at"), ["expires_at"],
-                              unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_dashboard_sessions_expires_at"), ["expires_at"], unique=False
+        )
 
     op.create_table(
         "login_codes",
@@ -48,8 +49,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("code_hash", name=op.f("pk_login_codes")),
     )
     with op.batch_alter_table("login_codes", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_login_codes_expires_at"), ["expires_at"],
-                              unique=False)
+        batch_op.create_index(batch_op.f("ix_login_codes_expires_at"), ["expires_at"], unique=False)
 
 
 def downgrade() -> None:
