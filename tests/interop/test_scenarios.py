@@ -664,12 +664,18 @@ def test_worker_subscription(server: Handle, tmp_path: Path) -> None:
             lambda: team_practitioner(base, patient) == target,
             f"the CareTeam of {patient} to name {target}",
         )
-        triggers = {
-            r["trigger"]
-            for r in store.runs()
-            if r["kind"] == "incremental" and (r["counts"] or {}).get("patients")
-        }
-        assert "subscription" in triggers, triggers
+        # The CareTeam is written before the pass commits its run to the store: wait for both.
+        wait(
+            lambda: (
+                "subscription"
+                in {
+                    r["trigger"]
+                    for r in store.runs()
+                    if r["kind"] == "incremental" and (r["counts"] or {}).get("patients")
+                }
+            ),
+            "an incremental run triggered by the Subscription, recorded in the store",
+        )
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)
