@@ -13,6 +13,7 @@ from rich.table import Table
 
 from fhirpanel.domain.attribution import Assignment
 from fhirpanel.domain.outcome import RunOutcome
+from fhirpanel.domain.placement import CAPACITY, DECLARED_PCP, NO_ROOM, VISIT_HISTORY, Suggestion
 
 REPORT_VERSION = 1
 
@@ -92,9 +93,19 @@ def build_report(outcome: RunOutcome) -> dict[str, Any]:
         },
         "patients": [patient_entry(a, outcome) for a in att.assignments],
         "panels": panels,
-        "suggestions": [
-            {"patient": s.patient, "practitioner": s.practitioner, "reason": s.reason}
-            for s in outcome.panels.suggestions
+        "suggestions": [_suggestion(s) for s in outcome.panels.suggestions],
+        "placement": [
+            {
+                "practitioner": c.practitioner,
+                "size": c.size,
+                "size_after": c.size_after,
+                "risk_adjusted_size": round(c.load, 1),
+                "risk_adjusted_size_after": round(c.load_after, 1),
+                "capacity": round(c.capacity),
+                "share_used": _share(c.share),
+                "share_used_after": _share(c.share_after),
+            }
+            for c in outcome.panels.changes
         ],
         "outreach": [
             {
@@ -111,6 +122,24 @@ def build_report(outcome: RunOutcome) -> dict[str, Any]:
         "warnings": list(outcome.warnings),
         "issues": [i.as_dict() for i in outcome.population.issues],
     }
+
+
+def _suggestion(s: Suggestion) -> dict[str, Any]:
+    """One suggestion; `practitioner` null when no clinician has room (then `shortfall`)."""
+    entry: dict[str, Any] = {
+        "patient": s.patient,
+        "practitioner": s.practitioner,
+        "reason": s.reason,
+        "basis": s.basis,
+        "weight": round(s.weight, 3),
+    }
+    if s.shortfall is not None:
+        entry["shortfall"] = round(s.shortfall, 1)
+    return entry
+
+
+def _share(share: float | None) -> float | None:
+    return round(share, 3) if share is not None else None
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:
@@ -177,9 +206,12 @@ def render_summary(report: dict[str, Any], source: str, console: Console) -> Non
         "Tiers (assigned patients): "
         + ", ".join(f"{t}: {tiers.get(t, 0)}" for t in ("1", "2", "3", "4"))
     )
+    bases = Counter(s["basis"] for s in report["suggestions"])
     console.print(
         f"Outreach: {len(report['outreach'])} patients to contact; "
-        f"suggestions for unassigned: {len(report['suggestions'])}"
+        f"suggestions for unassigned: {len(report['suggestions'])} (named PCP "
+        f"{bases[DECLARED_PCP]}, seen before {bases[VISIT_HISTORY]}, most room "
+        f"{bases[CAPACITY]}, no room {bases[NO_ROOM]})"
     )
     read = ", ".join(f"{k} {v}" for k, v in summary["resources_read"].items())
     console.print(f"Read: {read}; {summary['issues']} input issues recorded")

@@ -11,6 +11,7 @@ from typing import Any
 
 from fhirpanel import __version__
 from fhirpanel.api.params import MAX_JSON_DEPTH
+from fhirpanel.api.routes import MAX_PAIRS, REFUSALS
 from fhirpanel.config import ApiSettings
 from fhirpanel.store.queries import OUTREACH_KINDS, SORT_VALUES
 from fhirpanel.store.repository import CONFIRMERS, REQUESTERS
@@ -284,6 +285,34 @@ def build_openapi(api: ApiSettings) -> dict[str, Any]:
                     "200": _json(_ref("UnassignedPage"), "A page of patients"),
                     "400": _problem("BadRequest"),
                     **read_errors,
+                },
+            }
+        },
+        "/api/unassigned/assign-suggested": {
+            "post": {
+                "operationId": "assignSuggested",
+                "tags": ["assignments"],
+                "summary": "Accept the placement suggestions for unassigned patients",
+                "description": "One override per accepted suggestion, to the suggested clinician, "
+                "asked for by staff, with the reason `placement suggestion accepted: "
+                "<the suggestion's reason>` (stored and audited at once; the "
+                "assignments change at the next refresh, which this starts when no "
+                "refresh is running). Send the pairs the caller saw: each is checked "
+                "against the stored suggestion, and one whose patient is gone, no "
+                "longer unassigned or already has an override waiting, whose "
+                "suggestion changed since (a refresh placed the patient again), "
+                "whose clinician is no longer eligible, or that is listed twice, is "
+                'not stored but listed in `refused` with the reason. `"all"` '
+                "accepts every stored suggestion as it is now. Patients no clinician "
+                "has room for have no suggestion to accept. A change this large may "
+                "be held by the brake at the next refresh (`[safety]`). " + admin_note,
+                "x-fhirpanel-scope": "admin",
+                "requestBody": _body(
+                    "AssignSuggestedRequest", 'The suggestions to accept, or "all"'
+                ),
+                "responses": {
+                    "200": _json(_ref("AssignSuggestedResult"), "Accepted and refused"),
+                    **admin_errors,
                 },
             }
         },
@@ -650,7 +679,18 @@ def _schemas() -> dict[str, Any]:
                 ),
             },
         ),
-        "Suggestion": _obj({"practitioner": reference, "reason": _nullable("string")}),
+        "Suggestion": _obj(
+            {
+                "practitioner": {
+                    "oneOf": [reference, {"type": "null"}],
+                    "description": "null: no clinician has room for the patient (the reason "
+                    "gives the shortfall)",
+                },
+                "reason": _nullable("string"),
+            },
+            description="The clinician suggested for an unassigned patient and why "
+            "(docs/methods.md s.3.5)",
+        ),
         "UnassignedPatient": _obj(
             {
                 "patient": reference,
@@ -810,6 +850,70 @@ def _schemas() -> dict[str, Any]:
             closed=True,
         ),
         "OverrideResult": _obj({"override": _ref("Override"), "refresh": refresh}),
+        "SuggestionPair": _obj(
+            {
+                "patient": {
+                    "type": "string",
+                    "maxLength": 200,
+                    "pattern": f"^(Patient/)?{FHIR_ID_PATTERN}$",
+                },
+                "practitioner": {
+                    "type": "string",
+                    "maxLength": 200,
+                    "pattern": f"^(Practitioner/)?{FHIR_ID_PATTERN}$",
+                    "description": "The suggested clinician, as the caller saw it",
+                },
+            },
+            closed=True,
+        ),
+        "AssignSuggestedRequest": _obj(
+            {
+                "suggestions": {
+                    "oneOf": [
+                        {"type": "string", "enum": ["all"]},
+                        {
+                            "type": "array",
+                            "items": _ref("SuggestionPair"),
+                            "minItems": 1,
+                            "maxItems": MAX_PAIRS,
+                        },
+                    ]
+                }
+            },
+            closed=True,
+        ),
+        "AssignSuggestedResult": _obj(
+            {
+                "assigned": {
+                    "type": "array",
+                    "items": _obj(
+                        {
+                            "patient": reference,
+                            "practitioner": reference,
+                            "override": _ref("Override"),
+                        }
+                    ),
+                },
+                "refused": {
+                    "type": "array",
+                    "items": _obj(
+                        {
+                            "patient": reference,
+                            "practitioner": _nullable("string"),
+                            "problem": {
+                                "type": "string",
+                                "enum": sorted({*REFUSALS.values(), "conflict"}),
+                            },
+                            "detail": string,
+                        }
+                    ),
+                },
+                "refresh": {
+                    "oneOf": [refresh, {"type": "null"}],
+                    "description": "The refresh asked for; null when nothing was accepted",
+                },
+            }
+        ),
         "RemovedOverride": _obj(
             {
                 "removed": {"type": "boolean", "enum": [True]},

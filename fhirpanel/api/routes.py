@@ -1,12 +1,14 @@
 """The JSON API under `/api`: panels, patients and their explanation, the unassigned and outreach
-lists, overrides and confirmations, and runs. It only reads the store; the explanation and the
-changes go through `fhirpanel.service.review` (the rules, shared with the dashboard; the token's
-name is the actor), which asks for an incremental refresh after an override, best effort: a
-busy lock leaves the patient queued for the next one. A run the brake held (too large a change
-at once) is let through with `POST /api/runs/{id}/accept`."""
+lists, overrides and confirmations (one by one, or the placement suggestions for unassigned
+patients at once), and runs. It only reads the store; the explanation and the changes go through
+`fhirpanel.service.review` (the rules, shared with the dashboard; the token's name is the actor),
+which asks for an incremental refresh after an override, best effort: a busy lock leaves the
+patient queued for the next one. A run the brake held (too large a change at once) is let
+through with `POST /api/runs/{id}/accept`."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -16,16 +18,28 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from fhirpanel.api import held
 from fhirpanel.api.params import (
+    MAX_JSON_DEPTH,
     Member,
     bool_param,
     choice_param,
     int_param,
     json_body,
+    json_depth,
     path_reference,
     reference_param,
 )
-from fhirpanel.api.problems import Problem, conflict, not_found
-from fhirpanel.service.review import ReviewService
+from fhirpanel.api.problems import Problem, conflict, invalid, not_found
+from fhirpanel.service.errors import (
+    IneligibleClinician,
+    InvalidInput,
+    NotUnassigned,
+    OverridePending,
+    PatientNotFound,
+    ReviewError,
+    SuggestionChanged,
+    UnknownClinician,
+)
+from fhirpanel.service.review import Refusal, ReviewService
 from fhirpanel.store import Store
 from fhirpanel.store import queries as q
 from fhirpanel.store.repository import CONFIRMERS, REQUESTERS, NotHeld
@@ -38,6 +52,18 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 TRIGGER = "api"  # recorded on runs the API starts
 MAX_TIER = 9
 MAX_RUN_ID = 2**31 - 1  # larger path values are no run (and would overflow SQLite's INTEGER)
+MAX_PAIRS = 5000  # suggestions accepted in one request (or "all")
+PAIR_MEMBERS = ("patient", "practitioner")
+# Why a suggestion was not accepted, by the service's refusal (`refused[].problem`).
+REFUSALS: dict[type[ReviewError], str] = {
+    PatientNotFound: "patient-not-found",
+    NotUnassigned: "patient-not-unassigned",
+    SuggestionChanged: "suggestion-changed",
+    OverridePending: "override-pending",
+    UnknownClinician: "unknown-clinician",
+    IneligibleClinician: "ineligible-clinician",
+    InvalidInput: "listed-twice",
+}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -196,15 +222,113 @@ def unassigned() -> Response:
             "tier": r["tier"],
             "reason": r["reason"],
             "last_visit": r["last_visit"],
+            # practitioner null with a reason: no clinician has room (the shortfall in words)
             "suggested": (
                 {"practitioner": r["suggested"], "reason": r["suggestion_reason"]}
-                if r["suggested"]
+                if r["suggested"] or r["suggestion_reason"]
                 else None
             ),
         }
         for r in result.rows
     ]
     return _paged(items, result.total, page, page_size, sort=sort, filters={"tier": tier})
+
+
+@bp.post("/unassigned/assign-suggested")
+@admin_only
+def assign_suggested() -> Response:
+    """Accept placement suggestions: one override each (asked for by staff, audited), then
+    one refresh. Each pair is checked against the stored suggestion; those no longer as the
+    caller saw them are listed in `refused`, the rest are stored."""
+    body = _json_object()
+    if set(body) != {"suggestions"}:
+        unknown = sorted(set(body) - {"suggestions"})
+        if unknown:
+            raise invalid(unknown[0], "unknown member; expected suggestions")
+        raise invalid("suggestions", "is required")
+    done = _review().assign_suggested(_pairs(body["suggestions"]), actor=_actor())
+    return jsonify(
+        assigned=[
+            {
+                "patient": o["patient"],
+                "practitioner": o["practitioner"],
+                "override": o,
+            }
+            for o in done.overrides
+        ],
+        refused=[_refused(r) for r in done.refused],
+        refresh=done.refresh.as_dict() if done.refresh is not None else None,
+    )
+
+
+def _pairs(value: Any) -> list[tuple[str, str]] | None:
+    """`"all"`, or a list of {patient, practitioner}: as (patient, practitioner) strings."""
+    if value == "all":
+        return None
+    if not isinstance(value, list):
+        raise invalid("suggestions", 'must be "all" or a list of {patient, practitioner}')
+    if not 1 <= len(value) <= MAX_PAIRS:
+        raise invalid("suggestions", f"must list 1 to {MAX_PAIRS} suggestions")
+    pairs = []
+    for n, item in enumerate(value):
+        where = f"suggestions[{n}]"
+        if not isinstance(item, dict):
+            raise invalid(where, "must be an object with patient and practitioner")
+        for name in item:
+            if name not in PAIR_MEMBERS:
+                raise invalid(f"{where}.{name}", "unknown member; expected patient, practitioner")
+        for name in PAIR_MEMBERS:
+            if not isinstance(item.get(name), str):
+                raise invalid(f"{where}.{name}", "is required, a string")
+            if len(item[name]) > 200:
+                raise invalid(f"{where}.{name}", "must be at most 200 characters")
+        pairs.append((item["patient"], item["practitioner"]))
+    return pairs
+
+
+def _refused(r: Refusal) -> dict[str, Any]:
+    kind = next((k for cls, k in REFUSALS.items() if isinstance(r.error, cls)), "conflict")
+    return {
+        "patient": r.patient,
+        "practitioner": r.practitioner,
+        "problem": kind,
+        "detail": str(r.error),
+    }
+
+
+def _json_object() -> dict[str, Any]:
+    """The body as a JSON object, checked as `params.json_body` checks its bodies (media type
+    415, nesting and malformed JSON 400, not an object 422); its members are the caller's."""
+    if not request.is_json:
+        raise Problem(
+            415,
+            "Unsupported Media Type",
+            "send the body as JSON with Content-Type: application/json",
+            kind="unsupported-media-type",
+        )
+    raw = request.get_data(cache=True)
+    depth = json_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise Problem(
+            400,
+            "JSON nested too deeply",
+            f"the body nests arrays or objects {depth} levels deep; at most "
+            f"{MAX_JSON_DEPTH} are accepted",
+            kind="json-too-deep",
+        )
+    try:
+        body = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise Problem(
+            400, "Malformed JSON", f"the body is not valid JSON: {exc}", kind="malformed-json"
+        ) from None
+    if not isinstance(body, dict):
+        raise invalid("(body)", "must be a JSON object")
+    return body
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 @bp.get("/outreach")

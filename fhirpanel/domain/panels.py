@@ -1,5 +1,5 @@
-"""Panels: panel size, capacity, age/sex weights, risk-adjusted and HCC-adjusted size, and PCP
-suggestions for unassigned patients (docs/methods.md s.3).
+"""Panels: panel size, capacity, age/sex weights, risk-adjusted and HCC-adjusted size, and the
+placement of unassigned patients (`placement`) against them (docs/methods.md s.3).
 
 Pure: takes the population, an attribution result and typed settings built from `mappings/`;
 returns immutable summaries sorted by id.
@@ -8,7 +8,7 @@ returns immutable summaries sorted by id.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -23,6 +23,13 @@ from fhirpanel.domain.attribution import (
 )
 from fhirpanel.domain.dates import age_on
 from fhirpanel.domain.outreach import OutreachItem, outreach_list
+from fhirpanel.domain.placement import (
+    ClinicianLoad,
+    PanelChange,
+    PlacementRules,
+    Suggestion,
+    place_unassigned,
+)
 from fhirpanel.domain.records import Population
 from fhirpanel.errors import MappingError
 
@@ -89,6 +96,7 @@ class CapacitySettings:
     default: ClinicianCapacity
     overrides: Mapping[str, ClinicianCapacity] = field(default_factory=dict)
     pediatric_age_limit: int = 18  # children: younger than this on the as-of date
+    continuity_months: int = 36  # placement's look-back for a clinician seen before
 
     def __post_init__(self) -> None:
         for ref in self.overrides:
@@ -104,6 +112,10 @@ class CapacitySettings:
 
     def for_clinician(self, ref: str) -> ClinicianCapacity:
         return self.overrides.get(ref, self.default)
+
+    @property
+    def placement(self) -> PlacementRules:
+        return PlacementRules(self.pediatric_age_limit, self.continuity_months)
 
 
 # --- age/sex weights ---------------------------------------------------------------------------
@@ -203,17 +215,12 @@ class Panel:
 
 
 @dataclass(frozen=True)
-class Suggestion:
-    patient: str
-    practitioner: str
-    reason: str
-
-
-@dataclass(frozen=True)
 class PanelSummary:
     panels: tuple[Panel, ...]  # sorted by practitioner
     suggestions: tuple[Suggestion, ...]  # sorted by patient
     weights: AgeSexWeights
+    # Each eligible clinician's panel now and with every suggestion accepted.
+    changes: tuple[PanelChange, ...] = ()
 
     def by_practitioner(self) -> dict[str, Panel]:
         return {p.practitioner: p for p in self.panels}
@@ -233,15 +240,12 @@ def compute_panels(
     hcc_scores: Mapping[str, float] | None = None,
 ) -> PanelSummary:
     """A panel for every eligible clinician (size 0 included) and any clinician assigned a
-    patient, then a PCP suggestion for each unassigned active patient (docs/methods.md s.3).
+    patient, then a suggestion for each unassigned active patient (docs/methods.md s.3).
 
     - risk_adjusted_size: the sum of the patients' age/sex weights.
     - hcc_adjusted_size (when hcc_scores is given): the sum of each patient's HCC score over the
       mean score of all scored patients; a patient without a score counts 1.0 (average).
-    - suggestions: by patient id, each to the eligible clinician with the most open
-      risk-adjusted capacity (ties: lowest id), a pediatric clinician for a child when the
-      practice has one, never a pediatric-only clinician for an adult when another exists;
-      each placement uses up the patient's weight of that clinician's open capacity.
+    - suggestions: `placement.place_unassigned` over these panels, highest tier first.
     """
     eligibility = attribution.eligibility
 
@@ -289,61 +293,21 @@ def compute_panels(
             )
         )
 
-    suggestions = _suggest(population, attribution, as_of, capacities, panels, weight_of)
-    return PanelSummary(panels=tuple(panels), suggestions=suggestions, weights=weights)
-
-
-def suggest_clinicians(
-    population: Population,
-    attribution: AttributionResult,
-    as_of: date,
-    capacities: CapacitySettings,
-    panels: Sequence[Panel],
-    weights: AgeSexWeights,
-) -> tuple[Suggestion, ...]:
-    """Suggestions for the unassigned patients of `attribution` against panels computed
-    elsewhere (an incremental refresh passes the stored, practice-wide panels)."""
-
-    def weight_of(patient_id: str) -> float:
-        patient = population.patients.get(patient_id)
-        return 1.0 if patient is None else weights.weight(patient.birth_date, patient.sex, as_of)
-
-    return _suggest(population, attribution, as_of, capacities, list(panels), weight_of)
-
-
-def _suggest(
-    population: Population,
-    attribution: AttributionResult,
-    as_of: date,
-    capacities: CapacitySettings,
-    panels: list[Panel],
-    weight_of: Callable[[str], float],
-) -> tuple[Suggestion, ...]:
-    eligibility = attribution.eligibility
-    eligible = set(eligibility.eligible)
-    if not eligible:
-        return ()
-    open_capacity = {p.practitioner: p.open_capacity for p in panels if p.practitioner in eligible}
-    pediatric = set(eligibility.pediatric) & eligible
-    adult_pool = eligible - set(eligibility.pediatric_only)
-    suggestions = []
-    for assignment in attribution.assignments:  # sorted by patient id
-        if assignment.status != "unassigned":
-            continue
-        patient = population.patients.get(assignment.patient)
-        birth_date = patient.birth_date if patient is not None else None
-        age = age_on(birth_date, as_of)
-        is_child = age is not None and age < capacities.pediatric_age_limit
-        if is_child and pediatric:
-            pool, reason = pediatric, "most open risk-adjusted capacity among pediatric clinicians"
-        elif not is_child and adult_pool:
-            pool, reason = adult_pool, "most open risk-adjusted capacity"
-        else:
-            pool, reason = eligible, "most open risk-adjusted capacity"
-        chosen = min(pool, key=lambda c: (-open_capacity[c], c))
-        open_capacity[chosen] -= weight_of(assignment.patient)
-        suggestions.append(Suggestion(assignment.patient, chosen, reason))
-    return tuple(suggestions)
+    placement = place_unassigned(
+        population,
+        attribution,
+        as_of,
+        capacities.placement,
+        [ClinicianLoad(p.practitioner, p.size, p.risk_adjusted_size, p.capacity) for p in panels],
+        weight_of,
+        tiers=tiers,
+    )
+    return PanelSummary(
+        panels=tuple(panels),
+        suggestions=placement.suggestions,
+        weights=weights,
+        changes=placement.changes,
+    )
 
 
 __all__ = [
@@ -355,6 +319,7 @@ __all__ = [
     "ClinicianCapacity",
     "OutreachItem",
     "Panel",
+    "PanelChange",
     "PanelSummary",
     "Suggestion",
     "age_band",
@@ -363,5 +328,4 @@ __all__ = [
     "compute_age_sex_weights",
     "compute_panels",
     "outreach_list",
-    "suggest_clinicians",
 ]

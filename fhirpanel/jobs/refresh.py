@@ -26,14 +26,15 @@ from typing import Any, Literal
 from fhirpanel.config import Settings
 from fhirpanel.domain.attribution import ManualAssignment
 from fhirpanel.domain.outcome import RunOutcome
-from fhirpanel.domain.panels import AgeSexWeights, Panel, Suggestion, suggest_clinicians
+from fhirpanel.domain.panels import AgeSexWeights
+from fhirpanel.domain.placement import ClinicianLoad, Commitment, Suggestion, place_unassigned
 from fhirpanel.domain.records import Population
 from fhirpanel.errors import BusyError, ChangeHeld, ConfigError, FhirpanelError, one_line
 from fhirpanel.fhir.parse import ParseProblem, fhir_instant, parse_instant, reference_id
 from fhirpanel.fhir.source import FhirSource, ServerSource
 from fhirpanel.ingest import read_population
 from fhirpanel.jobs import brake
-from fhirpanel.jobs.rows import result_rows
+from fhirpanel.jobs.rows import result_rows, stored_suggestions
 from fhirpanel.run import analyse, open_source, run_full
 from fhirpanel.store import Store, lock_holder_id
 from fhirpanel.store.engine import now_utc
@@ -887,27 +888,45 @@ def _suggestions(
     store: Store, outcome: RunOutcome, tables: MethodTables, weights: AgeSexWeights
 ) -> tuple[Suggestion, ...]:
     """Suggestions for this pass's unassigned patients against the practice-wide panels in the
-    store (the pass itself only sees the patients it recomputed)."""
+    store (the pass itself only sees the patients it recomputed). The stored suggestions of the
+    other unassigned patients keep their room, so the list as a whole stays within capacity;
+    the next full refresh places everyone again."""
+    attribution = outcome.attribution
+    if not any(a.status == "unassigned" for a in attribution.assignments):
+        return ()
     stored = {c["practitioner"]: c for c in store.clinicians()}
-    panels = []
-    for clinician in sorted(set(stored) | set(outcome.attribution.eligibility.eligible)):
+    loads = []
+    for clinician in sorted(set(stored) | set(attribution.eligibility.eligible)):
         row = stored.get(clinician)
         if row is None:  # a clinician new since the last full refresh
             capacity = tables.capacities.for_clinician(clinician).panel_capacity
-            panels.append(Panel(clinician, 0, 0.0, capacity, capacity))
+            loads.append(ClinicianLoad(clinician, 0, 0.0, capacity))
         else:
-            panels.append(
-                Panel(
-                    clinician,
-                    row["size"],
-                    row["risk_adjusted_size"],
-                    row["capacity"],
-                    row["open_capacity"],
-                )
+            loads.append(
+                ClinicianLoad(clinician, row["size"], row["risk_adjusted_size"], row["capacity"])
             )
-    return suggest_clinicians(
-        outcome.population, outcome.attribution, outcome.as_of, tables.capacities, panels, weights
-    )
+    recomputed = {a.patient for a in attribution.assignments}
+    committed = [
+        Commitment(r["patient"], r["suggested"], float(r["weight"]))
+        for r in stored_suggestions(store)
+        if r["suggested"] and r["patient"] not in recomputed
+    ]
+    people, as_of = outcome.population.patients, outcome.as_of
+
+    def weight_of(patient_id: str) -> float:
+        person = people.get(patient_id)
+        return 1.0 if person is None else weights.weight(person.birth_date, person.sex, as_of)
+
+    return place_unassigned(
+        outcome.population,
+        attribution,
+        as_of,
+        tables.capacities.placement,
+        loads,
+        weight_of,
+        tiers={patient: risk.tier for patient, risk in outcome.risk.items()},
+        committed=committed,
+    ).suggestions
 
 
 def _queue_failed(s: Any, writeback: Any) -> None:

@@ -1,10 +1,17 @@
 """A pass's outcome as the store's plain rows: the one place a `RunOutcome` becomes
-`PatientRow`s and `ClinicianRow`s, so the store never sees the domain's outcome."""
+`PatientRow`s and `ClinicianRow`s, so the store never sees the domain's outcome; and the
+stored suggestions read back whole (`stored_suggestions`), for placement and its review."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fhirpanel.domain.outcome import RunOutcome
+from fhirpanel.store import Store
+from fhirpanel.store.queries import unassigned_patients
 from fhirpanel.store.results import ClinicianRow, PatientRow, ResultRows
+
+SUGGESTION_PAGE = 1000  # unassigned patients read per query
 
 
 def result_rows(outcome: RunOutcome, *, clinicians: bool) -> ResultRows:
@@ -75,3 +82,23 @@ def clinician_rows(outcome: RunOutcome) -> tuple[ClinicianRow, ...]:
         )
         for panel in outcome.panels.panels
     )
+
+
+def stored_suggestions(store: Store) -> list[dict[str, Any]]:
+    """Every unassigned patient as the store holds them, highest tier first, then by id
+    (placement's order): `patient`, `tier`, `suggested` (None: no room), `suggestion_reason`,
+    `weight` (age/sex weight), ... as `queries.unassigned_patients` lists them."""
+    rows: list[dict[str, Any]] = []
+    page = 1
+    while True:
+        found = unassigned_patients(store, sort="-tier", page=page, page_size=SUGGESTION_PAGE)
+        rows.extend(found.rows)
+        if page >= found.pages:
+            break
+        page += 1
+    for row in rows:
+        if "weight" not in row:
+            # The list's columns leave the weight out: one read per patient until they have it.
+            state = store.patient_state(row["patient"])
+            row["weight"] = float(state["weight"]) if state is not None else 1.0
+    return rows

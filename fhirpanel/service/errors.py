@@ -114,6 +114,42 @@ class NoOverride(ReviewError):
         super().__init__(f"{patient} has no override in force")
 
 
+class NotUnassigned(ReviewError):
+    """A placement suggestion for a patient a refresh has since assigned (or excluded)."""
+
+    def __init__(self, patient: str, status: str, practitioner: str | None) -> None:
+        self.patient = patient
+        self.status = status
+        self.practitioner = practitioner
+        now = f"assigned to {practitioner}" if status == "assigned" and practitioner else status
+        super().__init__(f"{patient} is no longer unassigned ({now}): nothing to place")
+
+
+class SuggestionChanged(ReviewError):
+    """The suggestion the caller saw (`shown`) is no longer the stored one (`current`, None
+    when no clinician has room now): a refresh placed the patient again since."""
+
+    def __init__(self, patient: str, *, shown: str, current: str | None) -> None:
+        self.patient = patient
+        self.shown = shown
+        self.current = current
+        now = f"now {current}" if current else "now none has room"
+        super().__init__(
+            f"{patient}'s suggested clinician changed since it was shown ({shown}, {now}): "
+            "reload and check the new suggestion"
+        )
+
+
+class OverridePending(ReviewError):
+    """An override for the patient already waits for the next refresh."""
+
+    def __init__(self, patient: str) -> None:
+        self.patient = patient
+        super().__init__(
+            f"{patient} already has an override waiting for the next refresh: nothing to add"
+        )
+
+
 __all__ = [
     "AssignmentMoved",
     "IneligibleClinician",
@@ -123,8 +159,11 @@ __all__ = [
     "MissingText",
     "NoOverride",
     "NotAssigned",
+    "NotUnassigned",
+    "OverridePending",
     "PatientExcluded",
     "PatientNotFound",
     "ReviewError",
+    "SuggestionChanged",
     "UnknownClinician",
 ]

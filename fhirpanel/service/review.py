@@ -1,7 +1,8 @@
 """Reviewing assignments, once for the JSON API and the dashboard: assign a patient to a
 clinician by hand (an override), remove an override, confirm the current clinician with the
-clinician or the patient, explain a patient's assignment, and ask for a refresh so a change
-shows soon.
+clinician or the patient, explain a patient's assignment, accept the placement suggestions for
+unassigned patients (one override each, after checking each is still what the caller saw) and
+show how they would change the panels, and ask for a refresh so a change shows soon.
 
 The rules live here; the entry points only parse requests and word the typed errors of
 `fhirpanel.service.errors`. Changes go through the store's audited methods (the actor is the
@@ -10,33 +11,42 @@ a busy lock or a refresh that cannot start leaves the patient queued for the nex
 confirmation changes no attribution, so it asks for none; it is refused when the clinician the
 caller saw is no longer the patient's (a refresh moved the patient since the page loaded).
 
-The service needs only the store methods of `StoreForReview` and a `PatientReader` (one read of a
-patient's whole record), so its tests run on an in-memory fake.
+The service needs only the store methods of `StoreForReview`, a `PatientReader` (one read of a
+patient's whole record) and a `SuggestionReader` (every unassigned patient's suggestion), so its
+tests run on an in-memory fake.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from fhirpanel.domain.placement import ClinicianLoad, PanelChange, project
 from fhirpanel.errors import FhirpanelError
+from fhirpanel.jobs.rows import stored_suggestions
 from fhirpanel.service.errors import (
     AssignmentMoved,
     IneligibleClinician,
     InvalidChoice,
+    InvalidInput,
     InvalidReference,
     MissingText,
     NoOverride,
     NotAssigned,
+    NotUnassigned,
+    OverridePending,
     PatientExcluded,
     PatientNotFound,
+    ReviewError,
+    SuggestionChanged,
     UnknownClinician,
 )
 from fhirpanel.store import reads
-from fhirpanel.store.repository import CONFIRMERS, REQUESTERS, AssignmentChanged, Store
+from fhirpanel.store.repository import CHUNK, CONFIRMERS, REQUESTERS, AssignmentChanged, Store
 from fhirpanel.vocabulary import FHIR_ID, RunKind
 from fhirpanel.writeback.identity import CARE_PLAN_KIND, CARE_TEAM_KIND, identifier_value
 
@@ -44,6 +54,9 @@ log = logging.getLogger(__name__)
 
 Trigger = Callable[[str, str], int | None]  # (kind, trigger) → run id, or None when busy
 AUDIT_LIMIT = 50  # audit entries in a patient's explanation
+ACCEPTED = "placement suggestion accepted"  # an accepted suggestion's override reason starts so
+# A placement suggestion accepted is an override asked for by the practice's staff.
+ACCEPTED_BY = "staff"
 # What a patient may have had written for them, by resource type.
 WRITTEN = (("CareTeam", CARE_TEAM_KIND), ("CarePlan", CARE_PLAN_KIND))
 
@@ -87,6 +100,8 @@ class StoreForReview(Protocol):
         self, patient: str, practitioner: str, *, confirmed_by: str, actor: str, note: str = ""
     ) -> dict[str, Any]: ...
 
+    def override_for(self, patient: str) -> dict[str, Any] | None: ...
+
 
 class PatientReader(Protocol):
     """A patient's whole record in one read (`fhirpanel.store.reads.patient_record`)."""
@@ -94,6 +109,36 @@ class PatientReader(Protocol):
     def __call__(
         self, patient: str, *, ledger: Sequence[tuple[str, str]], audit_limit: int
     ) -> dict[str, Any] | None: ...
+
+
+SuggestionReader = Callable[[], list[dict[str, Any]]]
+"""Every unassigned patient as stored, in placement order: `patient`, `tier`, `suggested`,
+`suggestion_reason`, `weight`, `pending` (a change waits for the next refresh)."""
+
+
+_stored: dict[tuple[str, int | None], list[dict[str, Any]]] = {}
+_stored_lock = threading.Lock()
+
+
+def read_suggestions(store: Store) -> list[dict[str, Any]]:
+    """`SuggestionReader` on the state store. Suggestions and weights change only when a run
+    stores its results, so they are read once per such run (the read takes a second or more on
+    a large practice); which patients wait for a refresh is read every time."""
+    newest = store.last_run(statuses=reads.STORED)
+    key = (store.url, newest["id"] if newest is not None else None)
+    with _stored_lock:
+        rows = _stored.get(key)
+    if rows is None:
+        rows = stored_suggestions(store)
+        with _stored_lock:
+            if len(_stored) > 8:  # bounded: one entry per store and run
+                _stored.clear()
+            _stored[key] = rows
+    ids = [r["patient"] for r in rows]
+    pending: set[str] = set()
+    for start in range(0, len(ids), CHUNK):
+        pending |= reads.pending_among(store, ids[start : start + CHUNK])
+    return [dict(r, pending=r["patient"] in pending) for r in rows]
 
 
 # ---------------------------------------------------------------- results
@@ -141,6 +186,39 @@ class OverrideRemoved:
 
 
 @dataclass(frozen=True)
+class PlacementPreview:
+    """The stored suggestions and what accepting them all would do to each panel."""
+
+    changes: tuple[PanelChange, ...]  # eligible clinicians and any receiving a patient
+    pairs: tuple[tuple[str, str], ...]  # (patient, practitioner) to accept, placement order
+    no_room: int  # unassigned patients no clinician has room for
+    pending: int  # unassigned patients whose change already waits for a refresh (left out)
+
+    @property
+    def over_capacity_after(self) -> list[PanelChange]:
+        return [c for c in self.changes if c.added and c.load_after > c.capacity]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A suggestion not accepted, and why (a typed error)."""
+
+    patient: str
+    practitioner: str | None
+    error: ReviewError
+
+
+@dataclass(frozen=True)
+class SuggestionsAccepted:
+    """What accepting placement suggestions did: one override per accepted suggestion, the
+    refusals, and the refresh asked for (None when nothing was accepted)."""
+
+    overrides: list[dict[str, Any]]
+    refused: list[Refusal]
+    refresh: Refresh | None
+
+
+@dataclass(frozen=True)
 class Explanation:
     """Why a patient is where they are, and what was done about it, from one read."""
 
@@ -183,15 +261,12 @@ class Explanation:
             for k, v in self.state.items()
             if k not in ("detail", "suggested", "suggestion_reason")
         }
-        suggested = self.state.get("suggested")
+        suggested, why = self.state.get("suggested"), self.state.get("suggestion_reason")
         detail = self.detail
         return {
             **state,
-            "suggested": (
-                {"practitioner": suggested, "reason": self.state.get("suggestion_reason")}
-                if suggested
-                else None
-            ),
+            # practitioner None with a reason: no clinician has room for the patient
+            "suggested": ({"practitioner": suggested, "reason": why} if suggested or why else None),
             "tie_broken": bool(detail.get("tie_broken", False)),
             "sentinel_exam": detail.get("sentinel_exam"),
             "practitioner_role": detail.get("practitioner_role"),
@@ -226,17 +301,29 @@ class ReviewService:
     log (`api`, `dashboard`)."""
 
     def __init__(
-        self, store: StoreForReview, read_patient: PatientReader, trigger: Trigger, by: str
+        self,
+        store: StoreForReview,
+        read_patient: PatientReader,
+        trigger: Trigger,
+        by: str,
+        read_suggestions: SuggestionReader | None = None,
     ) -> None:
         self._store = store
         self._read_patient = read_patient
         self._trigger = trigger
         self._by = by
+        self._read_suggestions = read_suggestions
 
     @classmethod
     def over(cls, store: Store, trigger: Trigger, by: str) -> ReviewService:
         """The service on the state store."""
-        return cls(store, functools.partial(reads.patient_record, store), trigger, by)
+        return cls(
+            store,
+            functools.partial(reads.patient_record, store),
+            trigger,
+            by,
+            functools.partial(read_suggestions, store),
+        )
 
     # ------------------------------------------------------------ reads
 
@@ -286,6 +373,27 @@ class ReviewService:
         if not clinician["eligible"]:
             raise IneligibleClinician(ref, clinician.get("name"))
         return clinician
+
+    def _suggestions(self) -> list[dict[str, Any]]:
+        if self._read_suggestions is None:
+            raise TypeError("this review service was made without a SuggestionReader")
+        return self._read_suggestions()
+
+    def placement_preview(self) -> PlacementPreview:
+        """Every panel now and with every stored suggestion accepted (patients whose change
+        already waits for a refresh left out), and the pairs to accept."""
+        rows = self._suggestions()
+        ready = [r for r in rows if r["suggested"] and not r["pending"]]
+        loads = [
+            ClinicianLoad(c["practitioner"], c["size"], c["risk_adjusted_size"], c["capacity"])
+            for c in self.eligible_clinicians()
+        ]
+        return PlacementPreview(
+            changes=project(loads, [(r["suggested"], float(r["weight"])) for r in ready]),
+            pairs=tuple((r["patient"], r["suggested"]) for r in ready),
+            no_room=sum(1 for r in rows if not r["suggested"]),
+            pending=sum(1 for r in rows if r["pending"]),
+        )
 
     # ------------------------------------------------------------ changes
 
@@ -363,6 +471,84 @@ class ReviewService:
         log.info("%s: %s confirmed %s with the %s", self._by, actor, target.ref, confirmed_by)
         return confirmation
 
+    def assign_suggested(
+        self, pairs: Sequence[tuple[str, str]] | None, *, actor: str
+    ) -> SuggestionsAccepted:
+        """Accept placement suggestions: one audited override per patient, to the suggested
+        clinician, asked for by staff, with the reason "placement suggestion accepted: <the
+        suggestion's reason>"; then one refresh is asked for.
+
+        `pairs`: the (patient, practitioner) suggestions the caller saw, each checked against
+        the store: refused (and listed) when the patient is gone, no longer unassigned, already
+        has an override waiting, is listed twice, or when the suggestion changed since (a
+        refresh placed the patient again) or its clinician is no longer eligible. None: every
+        stored suggestion as it is now. A pair that is no reference refuses the whole request
+        (InvalidReference), before anything is stored."""
+        if pairs is None:
+            wanted = [
+                (r["patient"], str(r["suggested"])) for r in self._suggestions() if r["suggested"]
+            ]
+        else:
+            wanted = [
+                (
+                    require_reference("Patient", patient, f"suggestions[{n}].patient"),
+                    require_reference(
+                        "Practitioner", practitioner, f"suggestions[{n}].practitioner"
+                    ),
+                )
+                for n, (patient, practitioner) in enumerate(pairs)
+            ]
+        clinicians = {c["practitioner"]: c for c in self._store.clinicians()}
+        overrides: list[dict[str, Any]] = []
+        refused: list[Refusal] = []
+        seen: set[str] = set()
+        for n, (patient, practitioner) in enumerate(wanted):
+            try:
+                if patient in seen:
+                    raise InvalidInput(f"suggestions[{n}].patient", f"{patient} is listed twice")
+                seen.add(patient)
+                reason = self._check_suggestion(patient, practitioner, clinicians)
+                overrides.append(
+                    self._store.add_override(
+                        patient,
+                        practitioner,
+                        reason=f"{ACCEPTED}: {reason}",
+                        requested_by=ACCEPTED_BY,
+                        actor=actor,
+                    )
+                )
+            except ReviewError as exc:
+                refused.append(Refusal(patient, practitioner, exc))
+        log.info(
+            "%s: %s accepted %d placement suggestion(s), %d refused",
+            self._by,
+            actor,
+            len(overrides),
+            len(refused),
+        )
+        return SuggestionsAccepted(overrides, refused, self.ask_refresh() if overrides else None)
+
+    def _check_suggestion(
+        self, patient: str, practitioner: str, clinicians: Mapping[str, Mapping[str, Any]]
+    ) -> str:
+        """The stored suggestion's reason, when the patient may still go to `practitioner` as
+        suggested; else the typed refusal."""
+        state = self._store.patient_state(patient)
+        if state is None:
+            raise PatientNotFound(patient)
+        if state["status"] != "unassigned":
+            raise NotUnassigned(patient, str(state["status"]), state.get("practitioner"))
+        if state.get("suggested") != practitioner:
+            raise SuggestionChanged(patient, shown=practitioner, current=state.get("suggested"))
+        clinician = clinicians.get(practitioner)
+        if clinician is None:
+            raise UnknownClinician(practitioner)
+        if not clinician["eligible"]:
+            raise IneligibleClinician(practitioner, clinician.get("name"))
+        if self._store.override_for(patient) is not None:
+            raise OverridePending(patient)
+        return str(state.get("suggestion_reason") or "suggested clinician")
+
     def ask_refresh(self) -> Refresh:
         """Start an incremental refresh so a change shows soon. Best effort: when the lock is
         busy or the refresh cannot start, the patient stays queued for the next one."""
@@ -384,16 +570,23 @@ class ReviewService:
 
 
 __all__ = [
+    "ACCEPTED",
+    "ACCEPTED_BY",
     "AUDIT_LIMIT",
     "Explanation",
     "Overridden",
     "OverrideRemoved",
     "Patient",
     "PatientReader",
+    "PlacementPreview",
     "Refresh",
+    "Refusal",
     "ReviewService",
     "StoreForReview",
+    "SuggestionReader",
+    "SuggestionsAccepted",
     "Trigger",
+    "read_suggestions",
     "reference",
     "require_reference",
 ]

@@ -310,7 +310,10 @@ def _capacities(f: CapacityFile) -> CapacitySettings:
         for ref, row in sorted(f.overrides.items())
     }
     return CapacitySettings(
-        default=default, overrides=overrides, pediatric_age_limit=f.suggestions.pediatric_age_limit
+        default=default,
+        overrides=overrides,
+        pediatric_age_limit=f.suggestions.pediatric_age_limit,
+        continuity_months=f.suggestions.continuity_months,
     )
 
 

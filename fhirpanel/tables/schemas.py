@@ -162,6 +162,9 @@ class CapacityOverride(Shape):
 
 class Suggestions(Shape):
     pediatric_age_limit: Annotated[int, Field(ge=1, le=25)]
+    # Placement's look-back for a clinician the patient saw before; as long as the longest
+    # attribution window allows (domain.attribution.MAX_WINDOW_MONTHS).
+    continuity_months: Annotated[int, Field(ge=1, le=120)]
 
 
 class CapacityFile(TableFile):

@@ -266,3 +266,53 @@ def test_manager_confirms_overrides_and_sees_both_after_a_refresh(
     state = store.patient_state(moved) or {}
     assert state["practitioner"] == target["practitioner"] and state["rule"] == "manual"
     assert (store.patient_state(confirmed) or {})["confirmation"] == "clinician"
+
+
+def test_manager_accepts_every_placement_suggestion_at_once(
+    chromium: Path, served: Served, output_dir: Path
+) -> None:
+    """The unassigned page's before/after table and its button: every suggestion becomes an
+    override; the refresh it asks for is held by the brake (that many assignments at once),
+    and once the change is let through every patient has a clinician and no panel is over
+    capacity."""
+    from playwright.sync_api import expect, sync_playwright
+
+    store = served.store
+    unassigned = [
+        p for p in store.patient_ids() if (store.patient_state(p) or {})["status"] == "unassigned"
+    ]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1366, "height": 900})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(served.base_url + "/login?next=/unassigned")
+            page.get_by_label("Access token").fill(TOKEN)
+            page.get_by_role("button", name="Sign in").click()
+            expect(
+                page.get_by_role("heading", name="If every suggestion is accepted")
+            ).to_be_visible()
+            rows = page.locator("#placement tbody tr")
+            assert rows.count() == sum(1 for c in store.clinicians() if c["eligible"])
+            page.screenshot(path=str(output_dir / "10-placement.png"), full_page=True)
+            page.get_by_role("button", name=f"Assign all {len(unassigned)} suggested").click()
+            expect(page.locator(".flashes")).to_contain_text(
+                f"{len(unassigned)} patients will move to the suggested clinician"
+            )
+            page.screenshot(path=str(output_dir / "11-placement-accepted.png"))
+        finally:
+            browser.close()
+
+    # One override each, audited; the pass they asked for moved too many at once: held.
+    assert sorted(store.pending_patients()) == sorted(unassigned)
+    assert len(served.runs) == 1 and served.runs[0].status == "held"
+    accepted = incremental_refresh(
+        served.settings, store, trigger="test", as_of=AS_OF_DATE, accept_change=True
+    )
+    assert accepted.status == "succeeded", accepted.error
+    states = [store.patient_state(p) or {} for p in unassigned]
+    assert {s["status"] for s in states} == {"assigned"} and {s["rule"] for s in states} == {
+        "manual"
+    }
+    for clinician in store.clinicians():
+        assert clinician["risk_adjusted_size"] <= clinician["capacity"], clinician

@@ -233,6 +233,7 @@ ADMIN_CALLS = [
     ("post", "/api/assignments/pat-000006/confirm", {"confirmed_by": "clinician"}),
     ("post", "/api/runs", {"kind": "full"}),
     ("post", "/api/runs/1/accept", None),
+    ("post", "/api/unassigned/assign-suggested", {"suggestions": "all"}),
 ]
 
 

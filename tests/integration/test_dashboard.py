@@ -504,6 +504,7 @@ def test_read_token_sees_everything_but_cannot_change(
         ),
         (f"/patients/{bare}/override/remove", {}),
         ("/runs/start", {"kind": "full"}),
+        ("/unassigned/assign-suggested", {"pairs": f"{patient} {top['practitioner']}"}),
     ):
         response = client.post(url, data=dict(data, csrf_token=token))
         assert response.status_code == 403, url

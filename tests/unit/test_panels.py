@@ -1,5 +1,6 @@
 """Panels: Murray & Davies capacity, age/sex weights on a hand-computed population, risk- and
-HCC-adjusted panel size, PCP suggestions for unassigned patients, and the outreach list."""
+HCC-adjusted panel size, the suggestions `compute_panels` makes for unassigned patients (the
+placement rules themselves: test_placement.py), and the outreach list."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from fhirpanel.domain.panels import (
     compute_panels,
     outreach_list,
 )
+from fhirpanel.domain.placement import PlacementRules
 from fhirpanel.domain.records import CPT, Code, PatientRecord, Population
 from fhirpanel.errors import MappingError
 from fhirpanel.tables.files import load_mapping_ref
@@ -81,6 +83,7 @@ def test_capacity_formula_murray_and_davies() -> None:
 def test_capacity_settings_from_a_table_with_overrides_inheriting_the_default() -> None:
     assert CAPACITY.default.panel_capacity == 2200
     assert CAPACITY.pediatric_age_limit == 18
+    assert CAPACITY.placement == PlacementRules(pediatric_age_limit=18, continuity_months=36)
     data = {
         "meta": META,
         "default": {
@@ -89,9 +92,10 @@ def test_capacity_settings_from_a_table_with_overrides_inheriting_the_default() 
             "visits_per_patient_per_year": 2,
         },
         "overrides": {doc(1): {"fte": 0.5}, doc(2): {"visits_per_day": 24}},
-        "suggestions": {"pediatric_age_limit": 18},
+        "suggestions": {"pediatric_age_limit": 18, "continuity_months": 24},
     }
     settings = parse_capacities(data)
+    assert settings.continuity_months == 24
     assert settings.default.fte == 1.0
     assert settings.for_clinician(doc(1)).panel_capacity == 1100
     assert settings.for_clinician(doc(2)).panel_capacity == 2640
@@ -152,10 +156,18 @@ def test_capacity_settings_from_a_table_with_overrides_inheriting_the_default() 
             r'overrides\."Practitioner/d1"\.days: Extra inputs are not permitted',
         ),
         (
-            {"suggestions": {"pediatric_age_limit": 0}},
+            {"suggestions": {"pediatric_age_limit": 0, "continuity_months": 36}},
             r"suggestions\.pediatric_age_limit: Input should be greater than or equal to 1",
         ),
         ({"suggestions": {}}, r"suggestions\.pediatric_age_limit: Field required"),
+        (
+            {"suggestions": {"pediatric_age_limit": 18}},
+            r"suggestions\.continuity_months: Field required",
+        ),
+        (
+            {"suggestions": {"pediatric_age_limit": 18, "continuity_months": 360}},
+            r"suggestions\.continuity_months: Input should be less than or equal to 120",
+        ),
         # the settings' own checks (CapacitySettings)
         (
             {
@@ -362,7 +374,7 @@ def test_hcc_adjusted_size_is_mean_normalised() -> None:
     assert by_doc[doc(1)].risk_adjusted_size == 3.0  # neutral weights
 
 
-def test_suggestions_go_to_the_most_open_capacity_and_use_it_up() -> None:
+def test_suggestions_go_to_the_most_room_and_use_it_up() -> None:
     roles = pcp_roles(1, 2)
     pop = build(
         [visit("e1", pid(1), doc(1), days_ago(10))],
@@ -370,17 +382,24 @@ def test_suggestions_go_to_the_most_open_capacity_and_use_it_up() -> None:
         roles,
     )
     result = attribute(pop)
-    # d1 has 10 - 0.5 (p1) = 9.5 open, d2 has 10. p2 (0.5) -> d2 (9.5 left, tie with d1: lowest
-    # id d1 next), p3 (2.0) -> d1 (7.5 left), p4 (0.5) -> d2.
+    # d1 holds p1 (0.5) of 10, d2 nobody of 10. p2 (0.5) -> d2 (5% used after, d1 10%), p3 (2.0)
+    # -> d1 (25% after, tie with d2: lowest id), p4 (0.5) -> d2 (10% after, d1 30%).
     summary = compute_panels(pop, result, AS_OF, capacities(d1=10, d2=10), WEIGHTS)
     assert [(s.patient, s.practitioner) for s in summary.suggestions] == [
         (pid(2), doc(2)),
         (pid(3), doc(1)),
         (pid(4), doc(2)),
     ]
-    assert {s.reason for s in summary.suggestions} == {"most open risk-adjusted capacity"}
-    # the panels themselves are not changed by suggestions
+    assert (
+        summary.suggestions[0].reason
+        == "most room: 10 of 10 open, 5.0% of capacity used with this patient"
+    )
+    # the panels themselves are not changed by suggestions; the changes say what would be
     assert summary.by_practitioner()[doc(2)].size == 0
+    assert [(c.practitioner, c.size, c.size_after, c.load_after) for c in summary.changes] == [
+        (doc(1), 1, 2, 2.5),
+        (doc(2), 0, 2, 1.0),
+    ]
 
 
 def test_suggestions_send_children_to_pediatric_clinicians_and_adults_elsewhere() -> None:
@@ -391,12 +410,12 @@ def test_suggestions_send_children_to_pediatric_clinicians_and_adults_elsewhere(
     result = attribute(pop)
     # the pediatrician has less open capacity, but is the only pediatric clinician
     summary = compute_panels(pop, result, AS_OF, capacities(d1=5, d2=100), NEUTRAL)
-    got = {s.patient: (s.practitioner, s.reason) for s in summary.suggestions}
+    got = {s.patient: (s.practitioner, s.reason.split(":")[0]) for s in summary.suggestions}
     assert got == {
-        pid(1): (doc(1), "most open risk-adjusted capacity among pediatric clinicians"),
-        pid(2): (doc(1), "most open risk-adjusted capacity among pediatric clinicians"),
-        pid(3): (doc(2), "most open risk-adjusted capacity"),
-        pid(4): (doc(2), "most open risk-adjusted capacity"),  # age unknown: adult pool
+        pid(1): (doc(1), "most room among pediatric clinicians"),
+        pid(2): (doc(1), "most room among pediatric clinicians"),
+        pid(3): (doc(2), "most room"),
+        pid(4): (doc(2), "most room"),  # age unknown: adult pool
     }
 
 

@@ -1,6 +1,7 @@
 """The review service on an in-memory fake store (a small class that keeps rows in dicts and
 audits like the real one): overrides, their removal, confirmations with the clinician the page
-showed, the explanation from one read, the refresh asked for after a change, and one check of
+showed, accepting placement suggestions (each checked against what was shown) and their
+preview, the explanation from one read, the refresh asked for after a change, and one check of
 references. Each refusal is a typed error, and a refused change stores, audits and triggers
 nothing."""
 
@@ -17,13 +18,17 @@ from fhirpanel.service.errors import (
     AssignmentMoved,
     IneligibleClinician,
     InvalidChoice,
+    InvalidInput,
     InvalidReference,
     MissingText,
     NoOverride,
     NotAssigned,
+    NotUnassigned,
+    OverridePending,
     PatientExcluded,
     PatientNotFound,
     ReviewError,
+    SuggestionChanged,
     UnknownClinician,
 )
 from fhirpanel.service.review import AUDIT_LIMIT, Refresh, ReviewService, reference
@@ -55,9 +60,9 @@ class FakeStore:
             GONE: state(GONE, "excluded", None, reason="deceased"),
         }
         self.clinician_rows = {
-            ANN: {"practitioner": ANN, "name": "Dr Ann", "eligible": True},
-            BOB: {"practitioner": BOB, "name": "Dr Bob", "eligible": True},
-            CAL: {"practitioner": CAL, "name": "Dr Cal", "eligible": False},
+            ANN: clinician(ANN, "Dr Ann", True, size=1, load=1.0, capacity=4),
+            BOB: clinician(BOB, "Dr Bob", True, size=0, load=0.0, capacity=2),
+            CAL: clinician(CAL, "Dr Cal", False, size=0, load=0.0, capacity=10),
         }
         self.override_rows: list[dict[str, Any]] = []
         self.confirmation_rows: list[dict[str, Any]] = []
@@ -157,6 +162,22 @@ class FakeStore:
         )
         return dict(done)
 
+    def override_for(self, patient: str) -> dict[str, Any] | None:
+        active = [
+            r for r in self.override_rows if r["patient"] == patient and r["removed_at"] is None
+        ]
+        return dict(active[0]) if active else None
+
+    # ------------------------------------------------------------ SuggestionReader
+
+    def read_suggestions(self) -> list[dict[str, Any]]:
+        rows = [
+            dict(r, weight=r.get("weight", 1.0), pending=r["patient"] in self.pending)
+            for r in self.patients.values()
+            if r["status"] == "unassigned"
+        ]
+        return sorted(rows, key=lambda r: (-(r["tier"] or 0), r["patient"]))
+
     # ------------------------------------------------------------ PatientReader
 
     def read_patient(
@@ -190,6 +211,19 @@ class FakeStore:
     def refresh_moves(self, patient: str, practitioner: str) -> None:
         """What a refresh committing a new assignment does to the stored row."""
         self.patients[patient].update(practitioner=practitioner, confirmation="proposed")
+
+
+def clinician(
+    ref: str, name: str, eligible: bool, *, size: int, load: float, capacity: float
+) -> dict[str, Any]:
+    return {
+        "practitioner": ref,
+        "name": name,
+        "eligible": eligible,
+        "size": size,
+        "risk_adjusted_size": load,
+        "capacity": capacity,
+    }
 
 
 def state(
@@ -248,7 +282,7 @@ def trigger() -> Trigger:
 
 @pytest.fixture
 def service(store: FakeStore, trigger: Trigger) -> ReviewService:
-    return ReviewService(store, store.read_patient, trigger, "dashboard")
+    return ReviewService(store, store.read_patient, trigger, "dashboard", store.read_suggestions)
 
 
 def nothing_changed(store: FakeStore, trigger: Trigger) -> bool:
@@ -619,3 +653,144 @@ def test_an_unknown_patient_has_no_explanation(service: ReviewService, store: Fa
 
 def test_eligible_clinicians_are_the_ones_an_override_may_choose(service: ReviewService) -> None:
     assert [c["practitioner"] for c in service.eligible_clinicians()] == [ANN, BOB]
+
+
+# ---------------------------------------------------------------- placement suggestions
+
+P4, P5 = "Patient/pat-4", "Patient/pat-5"
+
+
+def more_unassigned(store: FakeStore) -> None:
+    """pat-4 (tier 3, weight 1.5) suggested to Ann; pat-5: no clinician has room."""
+    store.patients[P4] = state(P4, "unassigned", None, suggested=ANN, suggestion_reason="seen")
+    store.patients[P4].update(tier=3, weight=1.5)
+    store.patients[P5] = state(
+        P5, "unassigned", None, suggestion_reason="no room: practice over capacity (short 1.0)"
+    )
+
+
+def test_accepting_suggestions_makes_one_audited_override_each_and_one_refresh(
+    service: ReviewService, store: FakeStore, trigger: Trigger
+) -> None:
+    more_unassigned(store)
+    done = service.assign_suggested([("pat-2", "prac-bob"), (P4, ANN)], actor="boss")
+    assert [(o["patient"], o["practitioner"]) for o in done.overrides] == [(LOOSE, BOB), (P4, ANN)]
+    assert [o["reason"] for o in done.overrides] == [
+        "placement suggestion accepted: most room",
+        "placement suggestion accepted: seen",
+    ]
+    assert {o["requested_by"] for o in done.overrides} == {"staff"}
+    assert [(a["action"], a["patient"], a["actor"]) for a in store.audit_rows] == [
+        ("override", LOOSE, "boss"),
+        ("override", P4, "boss"),
+    ]
+    assert done.refused == [] and trigger.calls == [("incremental", "dashboard")]
+    assert done.refresh == Refresh(7, True, "a refresh has started")
+
+
+def test_a_suggestion_that_is_no_longer_as_shown_is_refused_and_named(
+    service: ReviewService, store: FakeStore, trigger: Trigger
+) -> None:
+    more_unassigned(store)
+    store.patients[P4]["suggested"] = BOB  # a refresh placed pat-4 again since
+    store.add_override(P5, ANN, reason="by hand", requested_by="staff", actor="someone")
+    store.audit_rows.clear()
+    done = service.assign_suggested(
+        [
+            ("pat-2", "prac-bob"),
+            (P4, ANN),  # stale
+            (PAT, ANN),  # assigned meanwhile
+            (GONE, ANN),  # excluded
+            ("pat-404", ANN),  # not in the last refresh
+            (P5, ANN),  # an override already waits (and no suggestion: stale first)
+            ("pat-2", "prac-bob"),  # twice
+        ],
+        actor="boss",
+    )
+    assert [o["patient"] for o in done.overrides] == [LOOSE]
+    refused = {(r.patient, type(r.error)) for r in done.refused}
+    assert refused == {
+        (P4, SuggestionChanged),
+        (PAT, NotUnassigned),
+        (GONE, NotUnassigned),
+        ("Patient/pat-404", PatientNotFound),
+        (P5, SuggestionChanged),
+        (LOOSE, InvalidInput),  # listed twice
+    }
+    stale = next(r.error for r in done.refused if r.patient == P4)
+    assert isinstance(stale, SuggestionChanged) and (stale.shown, stale.current) == (ANN, BOB)
+    assert str(stale) == (
+        "Patient/pat-4's suggested clinician changed since it was shown "
+        "(Practitioner/prac-ann, now Practitioner/prac-bob): reload and check the new suggestion"
+    )
+    assert str(next(r.error for r in done.refused if r.patient == PAT)) == (
+        "Patient/pat-1 is no longer unassigned (assigned to Practitioner/prac-ann): "
+        "nothing to place"
+    )
+    assert [a["patient"] for a in store.audit_rows] == [LOOSE]  # refusals store nothing
+
+
+def test_an_override_already_waiting_is_not_doubled(
+    service: ReviewService, store: FakeStore, trigger: Trigger
+) -> None:
+    first = service.assign_suggested([("pat-2", "prac-bob")], actor="boss")
+    again = service.assign_suggested([("pat-2", "prac-bob")], actor="boss")
+    assert len(first.overrides) == 1 and again.overrides == []
+    assert [type(r.error) for r in again.refused] == [OverridePending]
+    assert again.refresh is None and len(trigger.calls) == 1  # nothing new: no refresh
+
+
+def test_a_suggested_clinician_no_longer_eligible_is_refused(
+    service: ReviewService, store: FakeStore
+) -> None:
+    store.clinician_rows[BOB]["eligible"] = False
+    done = service.assign_suggested([("pat-2", "prac-bob")], actor="boss")
+    assert [type(r.error) for r in done.refused] == [IneligibleClinician]
+    del store.clinician_rows[BOB]
+    done = service.assign_suggested([("pat-2", "prac-bob")], actor="boss")
+    assert [type(r.error) for r in done.refused] == [UnknownClinician]
+
+
+def test_all_accepts_every_stored_suggestion_as_it_is(
+    service: ReviewService, store: FakeStore
+) -> None:
+    more_unassigned(store)
+    done = service.assign_suggested(None, actor="boss")
+    # highest tier first; pat-5 has no suggestion to accept
+    assert [(o["patient"], o["practitioner"]) for o in done.overrides] == [(P4, ANN), (LOOSE, BOB)]
+    assert done.refused == []
+
+
+def test_a_pair_that_is_no_reference_refuses_the_whole_request(
+    service: ReviewService, store: FakeStore, trigger: Trigger
+) -> None:
+    with pytest.raises(InvalidReference) as caught:
+        service.assign_suggested([("pat-2", "prac-bob"), ("pat 3", "prac-bob")], actor="boss")
+    assert caught.value.field == "suggestions[1].patient"
+    assert nothing_changed(store, trigger)
+
+
+def test_the_preview_shows_each_panel_before_and_after(
+    service: ReviewService, store: FakeStore
+) -> None:
+    more_unassigned(store)
+    preview = service.placement_preview()
+    assert preview.pairs == ((P4, ANN), (LOOSE, BOB))
+    assert (preview.no_room, preview.pending) == (1, 0)
+    figures = [(c.practitioner, c.size, c.size_after, c.load_after) for c in preview.changes]
+    assert figures == [(ANN, 1, 2, 2.5), (BOB, 0, 1, 1.0)]
+    assert preview.over_capacity_after == []
+    service.assign_suggested([(P4, ANN)], actor="boss")  # now pending: left out
+    preview = service.placement_preview()
+    assert preview.pairs == ((LOOSE, BOB),) and preview.pending == 1
+
+
+def test_an_unassigned_patient_without_room_is_explained_with_the_reason(
+    service: ReviewService, store: FakeStore
+) -> None:
+    more_unassigned(store)
+    body = service.explain(P5).as_dict()
+    assert body["suggested"] == {
+        "practitioner": None,
+        "reason": "no room: practice over capacity (short 1.0)",
+    }

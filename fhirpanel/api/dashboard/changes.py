@@ -1,7 +1,7 @@
 """The forms that change something (admin tokens; `signin` checks the scope and CSRF): confirm,
-override and remove an override through the review service, start a refresh, accept a held
-run. Each answers with a redirect back and a flash message; the service's refusals are worded
-here for a person."""
+override and remove an override through the review service, accept every placement suggestion
+shown, start a refresh, accept a held run. Each answers with a redirect back and a flash
+message; the service's refusals are worded here for a person."""
 
 from __future__ import annotations
 
@@ -29,17 +29,24 @@ from fhirpanel.service.errors import (
     AssignmentMoved,
     IneligibleClinician,
     InvalidChoice,
+    InvalidInput,
     InvalidReference,
     MissingText,
     NoOverride,
     NotAssigned,
+    NotUnassigned,
+    OverridePending,
     PatientExcluded,
+    PatientNotFound,
     ReviewError,
+    SuggestionChanged,
     UnknownClinician,
 )
-from fhirpanel.service.review import Refresh
+from fhirpanel.service.review import Refresh, Refusal
 from fhirpanel.store.repository import NotHeld
 from fhirpanel.vocabulary import STARTABLE_KINDS, RunStatus
+
+SHOWN_REFUSALS = 5  # refused suggestions named in the message; the rest are counted
 
 
 def _back(default: str) -> ResponseReturnValue:
@@ -135,6 +142,59 @@ def override(patient_id: str) -> ResponseReturnValue:
     name = done.clinician.get("name") or bare(done.override["practitioner"])
     _refreshed(f"Patient {bare(target.ref)} will move to {name}.", done.refresh)
     return _back(default)
+
+
+@bp.post("/unassigned/assign-suggested")
+def assign_suggested() -> ResponseReturnValue:
+    """Accept the suggestions the unassigned page showed (its `pairs`: `Patient/a
+    Practitioner/b`, comma-separated): one override each, unless the suggestion changed."""
+    me = signed_in()
+    default = url_for("dashboard.unassigned")
+    items = request.form.get("pairs", "").split(",")
+    pairs = [tuple(item.split()) for item in items if item.strip()]
+    if not pairs or any(len(pair) != 2 for pair in pairs):
+        flash("No suggestions to accept: reload the page and try again.", "error")
+        return _back(default)
+    try:
+        done = review().assign_suggested([(a, b) for a, b in pairs], actor=me.name)
+    except ReviewError:  # a pair that is no reference: the form was altered
+        flash("The list of suggestions was damaged: reload the page and try again.", "error")
+        return _back(default)
+    if done.refused:
+        named = "; ".join(_suggestion_refusal(r) for r in done.refused[:SHOWN_REFUSALS])
+        more = len(done.refused) - SHOWN_REFUSALS
+        flash(
+            f"{len(done.refused)} suggestion{'s' if len(done.refused) != 1 else ''} not "
+            f"accepted: {named}{f'; and {more} more' if more > 0 else ''}.",
+            "error",
+        )
+    if done.refresh is not None:
+        n = len(done.overrides)
+        _refreshed(
+            f"{n} patient{'s' if n != 1 else ''} will move to the suggested clinician "
+            "(one override each, in the audit log).",
+            done.refresh,
+        )
+    return _back(default)
+
+
+def _suggestion_refusal(refused: Refusal) -> str:
+    """Why one suggestion was not accepted, for a person."""
+    who, exc = f"patient {bare(refused.patient)}", refused.error
+    if isinstance(exc, SuggestionChanged):
+        now = practitioner_name(exc.current) if exc.current else "nobody has room"
+        return f"{who}'s suggestion changed since the page was loaded (now: {now})"
+    if isinstance(exc, NotUnassigned):
+        return f"{who} is no longer unassigned"
+    if isinstance(exc, OverridePending):
+        return f"{who} already has a change waiting for the next refresh"
+    if isinstance(exc, PatientNotFound):
+        return f"{who} is not in the last refresh"
+    if isinstance(exc, IneligibleClinician | UnknownClinician):
+        return f"{who}: {practitioner_name(exc.practitioner)} takes no primary-care patients now"
+    if isinstance(exc, InvalidInput):
+        return f"{who} is listed twice"
+    return f"{who}: {exc}"
 
 
 @bp.post("/patients/<patient_id>/override/remove")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote_plus, urlsplit
 
 from flask import abort, flash, redirect, request, url_for
 from flask.typing import ResponseReturnValue
@@ -23,6 +23,7 @@ from fhirpanel.api.dashboard.base import (
 )
 from fhirpanel.api.dashboard.render import int_arg, render, tiers, with_figures
 from fhirpanel.api.dashboard.signin import safe_next, viewer
+from fhirpanel.domain.placement import PanelChange
 from fhirpanel.service.errors import PatientNotFound
 from fhirpanel.service.review import Patient
 from fhirpanel.store import queries, reads
@@ -44,6 +45,7 @@ COLUMNS = (
     ("confirmation", "Confirmation"),
 )
 RUNS_PER_PAGE = 25
+FORM_SPARE_BYTES = 1024  # the assign-all form's other fields, and the encoding's margin
 
 
 def stored_patient(raw: str) -> Patient:
@@ -206,6 +208,9 @@ def unassigned() -> ResponseReturnValue:
     )
     pending = reads.pending_among(st, [r["patient"] for r in result.rows])
     rows = [dict(r, pending=r["patient"] in pending) for r in result.rows]
+    preview = review().placement_preview()
+    # The form sends the pairs it shows, to be checked; as many as a request body holds.
+    pairs = _sendable(list(preview.pairs), settings().api.max_body_bytes - FORM_SPARE_BYTES)
     return render(
         "unassigned.html",
         rows=rows,
@@ -213,7 +218,42 @@ def unassigned() -> ResponseReturnValue:
         page=result.page,
         pages=result.pages,
         link_args={},
+        preview=preview,
+        changes=[_change(c) for c in preview.changes],
+        pairs=",".join(f"{p} {c}" for p, c in pairs),
+        pairs_sent=len(pairs),
     )
+
+
+def _sendable(pairs: list[tuple[str, str]], budget: int) -> list[tuple[str, str]]:
+    """The leading pairs whose form encoding (`Patient/a Practitioner/b`, comma-separated)
+    fits in `budget` bytes."""
+    used = 0
+    for n, (patient, practitioner) in enumerate(pairs):
+        used += len(quote_plus(f"{patient} {practitioner},"))
+        if used > budget:
+            return pairs[:n]
+    return pairs
+
+
+def _change(c: PanelChange) -> dict[str, Any]:
+    """A panel before and after, in the figures the table shows (shares in %)."""
+
+    def pct(share: float | None) -> float | None:
+        return round(100 * share, 1) if share is not None else None
+
+    return {
+        "practitioner": c.practitioner,
+        "size": c.size,
+        "size_after": c.size_after,
+        "added": c.added,
+        "load": round(c.load, 1),
+        "load_after": round(c.load_after, 1),
+        "capacity": round(c.capacity),
+        "used_pct": pct(c.share),
+        "used_pct_after": pct(c.share_after),
+        "over_after": c.load_after > c.capacity,
+    }
 
 
 @bp.get("/outreach")
