@@ -11,12 +11,17 @@ which lets through a pass no larger than the one they read).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fhirpanel.config import SafetySettings
+from fhirpanel.domain.attribution import Assignment
 from fhirpanel.errors import ChangeHeld
+
+# Decided by a person (an override, e.g. accepted placement suggestions): not a sudden change
+# the brake must question.
+BY_A_PERSON = "manual"
 
 LABELS = {
     "removed_patients": ("remove", "stored patients"),
@@ -50,6 +55,20 @@ class Change:
             "share": round(self.share, 4),
             "limit": self.limit,
         }
+
+
+def changed_assignments(
+    assignments: Iterable[Assignment], stored: Mapping[str, tuple[str, str | None]]
+) -> int:
+    """Stored patients whose status or clinician the rules would change; changes a person made
+    (the `manual` rule: overrides, accepted suggestions) do not count."""
+    return sum(
+        1
+        for a in assignments
+        if a.patient in stored
+        and stored[a.patient] != (a.status, a.practitioner)
+        and a.rule != BY_A_PERSON
+    )
 
 
 def figures(

@@ -557,10 +557,7 @@ def _full(job: Job, run_id: int) -> RefreshResult:
     change = brake.figures(
         settings.safety,
         removed=(len(set(stored) - set(seen)) if complete else 0, len(stored)),
-        changed=(
-            sum(1 for p, state in seen.items() if p in stored and stored[p] != state),
-            len(stored),
-        ),
+        changed=(brake.changed_assignments(outcome.attribution.assignments, stored), len(stored)),
     )
     _apply_brake(job, "the full refresh", change)
     job.check_stop("write-back")
@@ -723,11 +720,7 @@ def _incremental(job: Job, run_id: int) -> RefreshResult:
             settings.safety,
             removed=(sum(1 for p in missing if p in stored), len(stored)),
             changed=(
-                sum(
-                    1
-                    for a in outcome.attribution.assignments
-                    if a.patient in stored and stored[a.patient] != (a.status, a.practitioner)
-                ),
+                brake.changed_assignments(outcome.attribution.assignments, stored),
                 len(stored),
             ),
         )

@@ -81,3 +81,22 @@ def test_limits_come_from_settings() -> None:
     strict = SafetySettings(max_changed_assignments=0.01, min_count=1)
     with pytest.raises(ChangeHeld):
         brake.check(brake.figures(strict, changed=(4, 300)), strict, what="x")
+
+
+def test_changes_a_person_made_do_not_count_against_the_brake() -> None:
+    from fhirpanel.domain.attribution import Assignment
+
+    stored = {
+        "p1": ("assigned", "prac-1"),
+        "p2": ("unassigned", None),
+        "p3": ("assigned", "prac-1"),
+        "p4": ("assigned", "prac-2"),
+    }
+    assignments = [
+        Assignment("p1", "assigned", "prac-2", rule="plurality"),  # the rules moved p1: counts
+        Assignment("p2", "assigned", "prac-3", rule="manual"),  # an accepted suggestion
+        Assignment("p3", "assigned", "prac-2", rule="manual"),  # an override
+        Assignment("p4", "assigned", "prac-2", rule="plurality"),  # unchanged
+        Assignment("p5", "assigned", "prac-1", rule="plurality"),  # new: not a stored change
+    ]
+    assert brake.changed_assignments(assignments, stored) == 1
