@@ -92,9 +92,9 @@ class Member:
     free_text: bool = False  # runs of whitespace (newlines too) become one space
 
 
-def json_body(members: Sequence[Member]) -> dict[str, str]:
-    """The body as a dict of the declared members, all strings (free text has its whitespace
-    collapsed, nothing else is altered); absent optional members are left out."""
+def json_object() -> dict[str, Any]:
+    """The body as a JSON object: media type (415), nesting and malformed JSON (400), not an
+    object (422). Its members are the caller's to check; `json_body` checks declared ones."""
     if not request.is_json:
         raise Problem(
             415,
@@ -124,6 +124,13 @@ def json_body(members: Sequence[Member]) -> dict[str, str]:
         ) from None
     if not isinstance(body, dict):
         raise invalid("(body)", "must be a JSON object")
+    return body
+
+
+def json_body(members: Sequence[Member]) -> dict[str, str]:
+    """The body as a dict of the declared members, all strings (free text has its whitespace
+    collapsed, nothing else is altered); absent optional members are left out."""
+    body = json_object()
     known = {m.name for m in members}
     for name in body:
         if name not in known:

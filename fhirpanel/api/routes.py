@@ -8,7 +8,6 @@ through with `POST /api/runs/{id}/accept`."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -18,13 +17,12 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from fhirpanel.api import held
 from fhirpanel.api.params import (
-    MAX_JSON_DEPTH,
     Member,
     bool_param,
     choice_param,
     int_param,
     json_body,
-    json_depth,
+    json_object,
     path_reference,
     reference_param,
 )
@@ -240,7 +238,7 @@ def assign_suggested() -> Response:
     """Accept placement suggestions: one override each (asked for by staff, audited), then
     one refresh. Each pair is checked against the stored suggestion; those no longer as the
     caller saw them are listed in `refused`, the rest are stored."""
-    body = _json_object()
+    body = json_object()
     if set(body) != {"suggestions"}:
         unknown = sorted(set(body) - {"suggestions"})
         if unknown:
@@ -294,41 +292,6 @@ def _refused(r: Refusal) -> dict[str, Any]:
         "problem": kind,
         "detail": str(r.error),
     }
-
-
-def _json_object() -> dict[str, Any]:
-    """The body as a JSON object, checked as `params.json_body` checks its bodies (media type
-    415, nesting and malformed JSON 400, not an object 422); its members are the caller's."""
-    if not request.is_json:
-        raise Problem(
-            415,
-            "Unsupported Media Type",
-            "send the body as JSON with Content-Type: application/json",
-            kind="unsupported-media-type",
-        )
-    raw = request.get_data(cache=True)
-    depth = json_depth(raw)
-    if depth > MAX_JSON_DEPTH:
-        raise Problem(
-            400,
-            "JSON nested too deeply",
-            f"the body nests arrays or objects {depth} levels deep; at most "
-            f"{MAX_JSON_DEPTH} are accepted",
-            kind="json-too-deep",
-        )
-    try:
-        body = json.loads(raw, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise Problem(
-            400, "Malformed JSON", f"the body is not valid JSON: {exc}", kind="malformed-json"
-        ) from None
-    if not isinstance(body, dict):
-        raise invalid("(body)", "must be a JSON object")
-    return body
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 @bp.get("/outreach")

@@ -562,7 +562,7 @@ class _Choice:
     confirmation: str = "proposed"
 
 
-def _clinician_from_reference(
+def clinician_from_reference(
     reference: str, population: Population, eligibility: EligibilityReport
 ) -> tuple[str, str | None] | None:
     """An eligible clinician named by a Practitioner or PractitionerRole reference; an
@@ -741,7 +741,7 @@ def _run_steps(
         choice: _Choice | None = None
         if step.kind == "declared-pcp":
             for reference in patient.general_practitioners:
-                found = _clinician_from_reference(reference, population, eligibility)
+                found = clinician_from_reference(reference, population, eligibility)
                 if found is not None:
                     choice = _Choice(found[0], found[1], "declared-pcp")
                     break

@@ -26,13 +26,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 
-# `_clinician_from_reference`: how the declared-PCP step reads generalPractitioner, reused so
-# both read it alike.
+# clinician_from_reference: the declared-PCP step's reading of generalPractitioner, so both agree.
 from fhirpanel.domain.attribution import (
     AttributionResult,
     EligibilityReport,
     QualifyingVisit,
-    _clinician_from_reference,
+    clinician_from_reference,
     visits_in_window,
 )
 from fhirpanel.domain.dates import age_on
@@ -310,7 +309,7 @@ def _declared_pcp(
     reads it (docs/methods.md s.2.4)."""
     patient = population.patients.get(patient_id)
     for reference in patient.general_practitioners if patient is not None else ():
-        found = _clinician_from_reference(reference, population, eligibility)
+        found = clinician_from_reference(reference, population, eligibility)
         if found is not None:
             return found[0]
     return None

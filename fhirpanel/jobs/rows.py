@@ -97,8 +97,5 @@ def stored_suggestions(store: Store) -> list[dict[str, Any]]:
             break
         page += 1
     for row in rows:
-        if "weight" not in row:
-            # The list's columns leave the weight out: one read per patient until they have it.
-            state = store.patient_state(row["patient"])
-            row["weight"] = float(state["weight"]) if state is not None else 1.0
+        row["weight"] = float(row["weight"]) if row.get("weight") is not None else 1.0
     return rows

@@ -36,6 +36,7 @@ LIST_COLUMNS = (
     PatientState.outreach,
     PatientState.suggested,
     PatientState.suggestion_reason,
+    PatientState.weight,  # placement's share of capacity (jobs/rows.stored_suggestions)
 )
 SORTS: dict[str, tuple[Any, ...]] = {
     "patient": (PatientState.patient,),
