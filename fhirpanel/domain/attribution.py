@@ -644,8 +644,9 @@ def attribute_patients(
     - declared-pcp: Patient.generalPractitioner naming an eligible Practitioner, or a
       PractitionerRole of one; an Organization is ignored. With window_months, only for a
       patient who had a qualifying visit in that window (an active patient, docs/methods.md s.1).
-    - risk-product: the payer's member list (patient -> clinician), taken as given; skipped when
-      no list is passed. window_months, if set, works as for declared-pcp.
+    - risk-product: the payer's member list (patient -> Practitioner or PractitionerRole),
+      followed when it names an eligible clinician; skipped when no list is passed.
+      window_months, if set, works as for declared-pcp.
     - four-cut: the Four Cut method over the step's window.
     """
     eligibility = assess_eligibility(population, as_of, rules)
@@ -747,12 +748,15 @@ def _run_steps(
                     break
         elif step.kind == "risk-product" and risk_product_members:
             member_of = risk_product_members.get(patient.id)
-            if member_of is not None:
-                member_role = population.roles.get(member_of)
-                if member_role is not None and member_role.practitioner is not None:
-                    choice = _Choice(member_role.practitioner, member_of, "risk-product")
-                elif member_of.startswith("Practitioner/"):
-                    choice = _Choice(member_of, None, "risk-product")
+            # Read as a declared PCP is: a clinician who is not eligible (not primary care, or
+            # unknown) does not take the patient; the pipeline goes on.
+            found = (
+                clinician_from_reference(member_of, population, eligibility)
+                if member_of is not None
+                else None
+            )
+            if found is not None:
+                choice = _Choice(found[0], found[1], "risk-product")
         if choice is not None:
             window = (
                 step.window_months if step.window_months is not None else (pipeline.widest_window)

@@ -27,6 +27,7 @@ LOADERS: dict[str, Callable[[dict[str, Any]], object]] = {
     "capacity": parse_capacities,
     "pipelines/mgma": parse_pipeline,
     "pipelines/case_study_1": parse_pipeline,
+    "pipelines/case_study_2": parse_pipeline,
     "pipelines/case_study_3": parse_pipeline,
     "age_sex_weights_example": parse_age_sex_weights,
 }
@@ -37,6 +38,7 @@ SOURCES = {
     "capacity": "Murray",
     "pipelines/mgma": "MGMA",
     "pipelines/case_study_1": "Exhibit Two",
+    "pipelines/case_study_2": "Exhibit Two",
     "pipelines/case_study_3": "Exhibit Two",
     "age_sex_weights_example": "Murray",
 }
@@ -142,6 +144,7 @@ def test_pipelines() -> None:
 
     assert steps("mgma") == ["four-cut-18m"]
     assert steps("case_study_1") == ["risk-product", "four-cut-12m", "four-cut-18m"]
+    assert steps("case_study_2") == ["four-cut-12m"]
     assert steps("case_study_3") == ["declared-pcp", "four-cut-18m", "four-cut-36m"]
     assert parse_pipeline(load_mapping_ref("pipelines/mgma")).name == "mgma"
 

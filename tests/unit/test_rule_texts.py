@@ -102,7 +102,7 @@ def test_every_pipeline_step_has_a_text(path: Path) -> None:
 
 
 def test_pipelines_exist() -> None:
-    assert {p.stem for p in PIPELINES} >= {"mgma", "case_study_1", "case_study_3"}
+    assert {p.stem for p in PIPELINES} >= {"mgma", "case_study_1", "case_study_2", "case_study_3"}
 
 
 def test_step_texts() -> None:
