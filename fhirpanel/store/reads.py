@@ -14,18 +14,11 @@ from typing import Any
 from sqlalchemy import func, select
 
 from fhirpanel.store.engine import iso
-from fhirpanel.store.models import (
-    AssignmentHistory,
-    AuditEntry,
-    Confirmation,
-    LedgerEntry,
-    Override,
-    PatientState,
-    PendingPatient,
-    Run,
-)
+from fhirpanel.store.models import AuditEntry, LedgerEntry, PatientState, PendingPatient, Run
 from fhirpanel.store.queries import has_outreach
-from fhirpanel.store.repository import Store, override_dict, patient_dict, run_dict
+from fhirpanel.store.repository import Store, patient_dict, run_dict
+from fhirpanel.store.results import history_of
+from fhirpanel.store.review import audit_dict, confirmations_of, overrides_of
 from fhirpanel.vocabulary import RunStatus
 
 # Runs whose results are in the patients table.
@@ -50,50 +43,11 @@ def patient_record(
         row = s.get(PatientState, patient)
         if row is None:
             return None
-        history = [
-            {
-                "status": r.status,
-                "practitioner": r.practitioner,
-                "rule": r.rule,
-                "step": r.step,
-                "valid_from": iso(r.valid_from),
-                "valid_to": iso(r.valid_to),
-                "run_id": r.run_id,
-            }
-            for r in s.scalars(
-                select(AssignmentHistory)
-                .where(AssignmentHistory.patient == patient)
-                .order_by(AssignmentHistory.id)
-            )
-        ]
-        overrides = [
-            override_dict(r)
-            for r in s.scalars(
-                select(Override).where(Override.patient == patient).order_by(Override.id)
-            )
-        ]
-        confirmations = [
-            {
-                "practitioner": r.practitioner,
-                "confirmed_by": r.confirmed_by,
-                "note": r.note,
-                "actor": r.actor,
-                "created_at": iso(r.created_at),
-            }
-            for r in s.scalars(
-                select(Confirmation)
-                .where(Confirmation.patient == patient)
-                .order_by(Confirmation.id)
-            )
-        ]
+        history = history_of(s, patient)
+        overrides = overrides_of(s, patient)
+        confirmations = confirmations_of(s, patient)
         audit = [
-            {
-                "at": iso(r.at),
-                "actor": r.actor,
-                "action": r.action,
-                "patient": r.patient,
-                "detail": r.detail,
-            }
+            audit_dict(r)
             for r in s.scalars(
                 select(AuditEntry)
                 .where(AuditEntry.patient == patient)

@@ -241,23 +241,7 @@ class ResultStore(StoreEngine):
 
     def history(self, patient: str) -> list[dict[str, Any]]:
         with self.session() as s:
-            rows = s.scalars(
-                select(AssignmentHistory)
-                .where(AssignmentHistory.patient == patient)
-                .order_by(AssignmentHistory.id)
-            )
-            return [
-                {
-                    "status": r.status,
-                    "practitioner": r.practitioner,
-                    "rule": r.rule,
-                    "step": r.step,
-                    "valid_from": iso(r.valid_from),
-                    "valid_to": iso(r.valid_to),
-                    "run_id": r.run_id,
-                }
-                for r in rows
-            ]
+            return history_of(s, patient)
 
     def clinicians(self) -> list[dict[str, Any]]:
         with self.session() as s:
@@ -409,6 +393,27 @@ def _save_clinicians(s: Session, clinicians: Iterable[ClinicianRow], now: dateti
     ]
     if rows:
         s.execute(insert(Clinician), rows)
+
+
+def history_of(s: Session, patient: str) -> list[dict[str, Any]]:
+    """A patient's assignment history, oldest first, read in the caller's session `s`."""
+    rows = s.scalars(
+        select(AssignmentHistory)
+        .where(AssignmentHistory.patient == patient)
+        .order_by(AssignmentHistory.id)
+    )
+    return [
+        {
+            "status": r.status,
+            "practitioner": r.practitioner,
+            "rule": r.rule,
+            "step": r.step,
+            "valid_from": iso(r.valid_from),
+            "valid_to": iso(r.valid_to),
+            "run_id": r.run_id,
+        }
+        for r in rows
+    ]
 
 
 def patient_dict(r: PatientState) -> dict[str, Any]:

@@ -127,10 +127,7 @@ class ReviewStore(StoreEngine):
 
     def overrides(self, patient: str) -> list[dict[str, Any]]:
         with self.session() as s:
-            rows = s.scalars(
-                select(Override).where(Override.patient == patient).order_by(Override.id)
-            )
-            return [override_dict(r) for r in rows]
+            return overrides_of(s, patient)
 
     # ------------------------------------------------------------ confirmations
 
@@ -177,33 +174,11 @@ class ReviewStore(StoreEngine):
             )
             recompute_clinicians(s, [practitioner])
             s.flush()
-            return {
-                "id": row.id,
-                "patient": patient,
-                "practitioner": practitioner,
-                "confirmed_by": confirmed_by,
-                "note": note,
-                "actor": actor,
-                "created_at": iso(now),
-            }
+            return {"id": row.id, "patient": row.patient, **confirmation_dict(row)}
 
     def confirmations(self, patient: str) -> list[dict[str, Any]]:
         with self.session() as s:
-            rows = s.scalars(
-                select(Confirmation)
-                .where(Confirmation.patient == patient)
-                .order_by(Confirmation.id)
-            )
-            return [
-                {
-                    "practitioner": r.practitioner,
-                    "confirmed_by": r.confirmed_by,
-                    "note": r.note,
-                    "actor": r.actor,
-                    "created_at": iso(r.created_at),
-                }
-                for r in rows
-            ]
+            return confirmations_of(s, patient)
 
     # ------------------------------------------------------------ the pending-patient queue
 
@@ -225,16 +200,7 @@ class ReviewStore(StoreEngine):
             if patient:
                 stmt = stmt.where(AuditEntry.patient == patient)
             rows = s.scalars(stmt.order_by(AuditEntry.id.desc()).limit(limit))
-            return [
-                {
-                    "at": iso(r.at),
-                    "actor": r.actor,
-                    "action": r.action,
-                    "patient": r.patient,
-                    "detail": r.detail,
-                }
-                for r in rows
-            ]
+            return [audit_dict(r) for r in rows]
 
     def record_audit(
         self, actor: str, action: str, patient: str | None, detail: Mapping[str, Any]
@@ -287,4 +253,38 @@ def override_dict(r: Override) -> dict[str, Any]:
         "removed_at": iso(r.removed_at),
         "removed_by": r.removed_by,
         "applied_run": r.applied_run,
+    }
+
+
+def overrides_of(s: Session, patient: str) -> list[dict[str, Any]]:
+    """A patient's overrides, oldest first, read in the caller's session `s`."""
+    rows = s.scalars(select(Override).where(Override.patient == patient).order_by(Override.id))
+    return [override_dict(r) for r in rows]
+
+
+def confirmations_of(s: Session, patient: str) -> list[dict[str, Any]]:
+    """A patient's confirmations, oldest first, read in the caller's session `s`."""
+    rows = s.scalars(
+        select(Confirmation).where(Confirmation.patient == patient).order_by(Confirmation.id)
+    )
+    return [confirmation_dict(r) for r in rows]
+
+
+def confirmation_dict(r: Confirmation) -> dict[str, Any]:
+    return {
+        "practitioner": r.practitioner,
+        "confirmed_by": r.confirmed_by,
+        "note": r.note,
+        "actor": r.actor,
+        "created_at": iso(r.created_at),
+    }
+
+
+def audit_dict(r: AuditEntry) -> dict[str, Any]:
+    return {
+        "at": iso(r.at),
+        "actor": r.actor,
+        "action": r.action,
+        "patient": r.patient,
+        "detail": r.detail,
     }

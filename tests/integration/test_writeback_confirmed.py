@@ -32,7 +32,7 @@ from fhirpanel.tables import Tables
 from fhirpanel.writeback import WriteBackInterrupted, WritebackTables, WriteSummary
 from fhirpanel.writeback.identity import identifier_value
 from fhirpanel.writeback.plan import known_limits
-from fhirpanel.writeback.writer import sizes_text, start_sizes
+from fhirpanel.writeback.transactions import sizes_text, start_sizes
 from tests.integration.faults import PASS, RESET_MID_BODY, Status
 from tests.integration.medplum_like import (
     NO_STATUS,

@@ -19,11 +19,8 @@ from fhirpanel.writeback.plan import (
     refusal_kind,
     response_problem,
 )
-from fhirpanel.writeback.writer import (
-    WriteBackInterrupted,
-    WriteSummary,
-    _id_version_from_location,
-)
+from fhirpanel.writeback.sending import _id_version_from_location
+from fhirpanel.writeback.summary import WriteBackInterrupted, WriteSummary
 
 CFG = WritebackSettings()
 TAG = {"system": CFG.tag_system, "code": CFG.tag_code}
