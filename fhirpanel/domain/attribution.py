@@ -321,6 +321,9 @@ class EligibilityReport:
     on_visits: tuple[str, ...] = ()
     pediatric: tuple[str, ...] = ()  # eligible clinicians with a pediatric role
     pediatric_only: tuple[str, ...] = ()  # ... and no other primary-care role
+    # Left the practice as of the as-of date: Practitioner.active false, or every primary-care
+    # role inactive or past its period's end. Not eligible; a subset of not_matched.
+    departed: tuple[str, ...] = ()
     _eligible: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -394,19 +397,26 @@ def _role_match(
 def assess_eligibility(
     population: Population, as_of: date, rules: AttributionRules
 ) -> EligibilityReport:
-    """A clinician is eligible when any active PractitionerRole of theirs matches a primary-care
-    code, else a text label (docs/methods.md s.1). With no PractitionerRole at all, every
-    clinician on a qualifying visit on or before the as-of date is eligible and the report says
-    so."""
+    """A clinician is eligible when a PractitionerRole they hold on the as-of date (active, and
+    within its period) matches a primary-care code, else a text label, and their Practitioner
+    is not `active: false` (docs/methods.md s.1). A clinician who left (inactive, or every
+    primary-care role ended) is listed as `departed`: their earlier visits stay in the record but
+    decide nothing. With no PractitionerRole at all, every active clinician on a qualifying visit
+    on or before the as-of date is eligible and the report says so."""
     specialties = rules.primary_care
     clinicians: set[str] = set(population.practitioners)
     clinicians.update(r.practitioner for r in population.roles.values() if r.practitioner)
     clinicians.update(e.practitioner for e in population.encounters if e.practitioner)
+    inactive = {p.id for p in population.practitioners.values() if not p.active}
     if not population.roles:
         on_visits = {
             e.practitioner
             for e in population.encounters
-            if e.practitioner and e.day is not None and e.day <= as_of and rules.visits.qualifies(e)
+            if e.practitioner
+            and e.practitioner not in inactive
+            and e.day is not None
+            and e.day <= as_of
+            and rules.visits.qualifies(e)
         }
         return EligibilityReport(
             by_code=(),
@@ -414,16 +424,21 @@ def assess_eligibility(
             not_matched=tuple(sorted(clinicians - on_visits)),
             fallback_all_on_visits=True,
             on_visits=tuple(sorted(on_visits)),
+            departed=tuple(sorted(inactive & clinicians)),
         )
     matches: dict[str, set[str]] = {}
     pediatric_roles: dict[str, set[bool]] = {}
+    primary_care_once: set[str] = set()  # held a primary-care role at some time
     for role in population.roles.values():
-        # An inactive role is not one the clinician holds now.
-        if role.practitioner is None or not role.active:
+        if role.practitioner is None:
             continue
         keys = [c.key for c in role.codes + role.specialties]
         how = _role_match(keys, role.texts, specialties.codes, specialties.labels)
         if how is None:
+            continue
+        primary_care_once.add(role.practitioner)
+        # A role that is inactive, ended or not yet begun is not one the clinician holds now.
+        if not role.held_on(as_of) or role.practitioner in inactive:
             continue
         matches.setdefault(role.practitioner, set()).add(how)
         is_pediatric = (
@@ -442,6 +457,7 @@ def assess_eligibility(
         fallback_all_on_visits=False,
         pediatric=tuple(pediatric),
         pediatric_only=tuple(pediatric_only),
+        departed=tuple(sorted((primary_care_once | (inactive & clinicians)) - set(matches))),
     )
 
 

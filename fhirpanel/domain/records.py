@@ -111,9 +111,21 @@ class PractitionerRoleRecord:
     practitioner: str | None
     organization: str | None = None
     active: bool = True
+    # PractitionerRole.period: the role is held from start through end (either may be open).
+    start: date | None = None
+    end: date | None = None
     codes: tuple[Code, ...] = ()  # PractitionerRole.code
     specialties: tuple[Code, ...] = ()  # PractitionerRole.specialty
     texts: tuple[str, ...] = ()  # code/specialty text and displays, for text-label matching
+
+    def held_on(self, day: date) -> bool:
+        """Active and within its period on that day: a role that ended (or has not begun) is not
+        one the clinician holds."""
+        return (
+            self.active
+            and (self.start is None or self.start <= day)
+            and (self.end is None or day <= self.end)
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -381,15 +381,33 @@ def parse_practitioner(res: Resource) -> PractitionerRecord:
 
 def parse_practitioner_role(res: Resource) -> PractitionerRoleRecord:
     rid = _id(res, "PractitionerRole")
+    period = _mapping(res, "period")
     return PractitionerRoleRecord(
         id=rid,
         practitioner=reference_id(res.get("practitioner"), "Practitioner"),
         organization=reference_id(res.get("organization"), "Organization"),
         active=res.get("active") is not False,
+        start=parse_date(period.get("start")),
+        end=_period_end(period.get("end")),
         codes=_concepts(res.get("code")),
         specialties=_concepts(res.get("specialty")),
         texts=_texts(res.get("code")) + _texts(res.get("specialty")),
     )
+
+
+def _period_end(value: Any) -> date | None:
+    """A Period's end as the last day it covers: a partial date (YYYY, YYYY-MM) runs to the end
+    of that year or month (FHIR R4 Period: the end is inclusive)."""
+    day = parse_date(value)
+    if day is None or not isinstance(value, str):
+        return day
+    text = value.strip()
+    if len(text) == 4:
+        return date(day.year, 12, 31)
+    if len(text) == 7:
+        following = date(day.year + day.month // 12, day.month % 12 + 1, 1)
+        return date.fromordinal(following.toordinal() - 1)
+    return day
 
 
 def parse_organization(res: Resource) -> OrganizationRecord:
