@@ -12,7 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from fhirpanel.domain.attribution import Assignment
+from fhirpanel.domain.blend import Blend, PatientBlend
+from fhirpanel.domain.capacity import YEAR_MONTHS, PracticeCapacity
 from fhirpanel.domain.outcome import RunOutcome
+from fhirpanel.domain.panels import Panel, Relative, median
 from fhirpanel.domain.placement import CAPACITY, DECLARED_PCP, NO_ROOM, VISIT_HISTORY, Suggestion
 
 REPORT_VERSION = 1
@@ -66,7 +69,19 @@ def build_report(outcome: RunOutcome) -> dict[str, Any]:
         }
         if panel.hcc_adjusted_size is not None:
             item["hcc_adjusted_size"] = round(panel.hcc_adjusted_size, 1)
+        item.update(_capacity_figures(panel))
+        if panel.blended_size is not None:
+            item["blended_size"] = round(panel.blended_size, 1)
+        item["relative"] = _relative(panel.relative)
         panels.append(item)
+    blend = outcome.panels.blend
+    patients = []
+    for a in att.assignments:
+        entry = patient_entry(a, outcome)
+        # Here, not in patient_entry (the store's copy): an incremental pass cannot blend yet.
+        if blend is not None and a.patient in blend.patients:
+            entry["blend"] = _patient_blend(blend.patients[a.patient])
+        patients.append(entry)
     statuses = Counter(a.status for a in att.assignments)
     rules = Counter(a.rule for a in att.assignments if a.status == "assigned")
     elig = att.eligibility
@@ -91,8 +106,10 @@ def build_report(outcome: RunOutcome) -> dict[str, Any]:
             "not_matched": len(elig.not_matched),
             "fallback_all_on_visits": elig.fallback_all_on_visits,
         },
-        "patients": [patient_entry(a, outcome) for a in att.assignments],
+        "patients": patients,
         "panels": panels,
+        "capacity": _practice_capacity(outcome.panels.capacity),
+        "blend": _blend(blend),
         "suggestions": [_suggestion(s) for s in outcome.panels.suggestions],
         "placement": [
             {
@@ -142,6 +159,87 @@ def _share(share: float | None) -> float | None:
     return round(share, 3) if share is not None else None
 
 
+def _round(value: float | None, digits: int) -> float | None:
+    return round(value, digits) if value is not None else None
+
+
+def _capacity_figures(panel: Panel) -> dict[str, Any]:
+    """Supply, demand and how capacity was found (docs/methods.md s.3.2)."""
+    return {
+        "supply": _round(panel.supply, 1),
+        "demand": _round(panel.demand, 3),
+        "expected_visits": _round(panel.expected_visits, 1),
+        "share_used": _share(panel.share_used),
+        "capacity_method": panel.capacity_method,
+        "capacity_basis": panel.capacity_basis,
+    }
+
+
+def _relative(relative: Relative | None) -> dict[str, Any] | None:
+    """The panel against its peers (docs/methods.md s.3.6); None when not eligible."""
+    if relative is None:
+        return None
+    return {
+        "framework": relative.framework,
+        "peers": relative.peers,
+        "risk_adjusted_ratio": _round(relative.risk_adjusted_ratio, 3),
+        "blended_ratio": _round(relative.blended_ratio, 3),
+        "percentile": round(relative.percentile, 1),
+        "blended_percentile": _round(relative.blended_percentile, 1),
+    }
+
+
+def _practice_capacity(capacity: PracticeCapacity | None) -> dict[str, Any] | None:
+    if capacity is None:
+        return None
+    demand = capacity.demand
+    return {
+        "method": capacity.method,
+        "requested": capacity.requested,
+        "reason": capacity.reason,
+        "window_months": YEAR_MONTHS,
+        "encounters_from": (
+            capacity.encounters_from.isoformat() if capacity.encounters_from else None
+        ),
+        "demand": {
+            "visits": demand.visits,
+            "patients": demand.patients,
+            "patients_seen": demand.patients_seen,
+            "per_patient": _round(demand.per_patient, 3),
+            "per_patient_seen": _round(demand.per_patient_seen, 3),
+        },
+    }
+
+
+def _patient_blend(blend: PatientBlend) -> dict[str, float]:
+    """The factor and each metric over its practice mean (docs/methods.md s.3.4)."""
+    return {
+        "factor": round(blend.factor, 3),
+        **{metric: round(value, 3) for metric, value in blend.as_dict().items()},
+    }
+
+
+def _blend(blend: Blend | None) -> dict[str, Any] | None:
+    if blend is None:
+        return None
+    factors = sorted(p.factor for p in blend.patients.values())
+    spread = (
+        {
+            "min": round(factors[0], 3),
+            "median": round(median(factors), 3),
+            "max": round(factors[-1], 3),
+        }
+        if factors
+        else None
+    )
+    return {
+        "weights": blend.weights.as_dict(),
+        "means": {metric: round(mean, 4) for metric, mean in blend.means.items()},
+        "patients": len(factors),
+        "factors": spread,
+    }
+
+
 def write_report(report: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -157,15 +255,21 @@ def render_summary(report: dict[str, Any], source: str, console: Console) -> Non
         f"[bold]fhirpanel[/bold] as of {report['as_of']} - pipeline {report['pipeline']} - "
         f"source {source}"
     )
-    table = Table(title="Panels (T1-T4: patients per risk tier)", header_style="bold")
+    table = Table(
+        title="Panels (vs peers: risk-adjusted size over the peers' median; T1-T4: patients per "
+        "risk tier)",
+        header_style="bold",
+    )
     for column in (
         "Clinician",
         "Id",
         "Patients",
         "Risk-adj.",
+        "Blended",
         "Capacity",
         "Open",
         "% used",
+        "vs peers",
         "T1",
         "T2",
         "T3",
@@ -178,17 +282,33 @@ def render_summary(report: dict[str, Any], source: str, console: Console) -> Non
         capacity = panel["capacity"] or 0
         used = f"{100 * panel['risk_adjusted_size'] / capacity:.0f}%" if capacity else "-"
         tiers = panel["tiers"]
+        blended = panel.get("blended_size")
+        ratio = (panel.get("relative") or {}).get("risk_adjusted_ratio")
         table.add_row(
             panel["name"] or "-",
             panel["practitioner"].removeprefix("Practitioner/"),
             str(panel["size"]),
             f"{panel['risk_adjusted_size']:.1f}",
+            f"{blended:.1f}" if blended is not None else "-",
             str(capacity),
             f"{panel['open_capacity']:.0f}",
             used,
+            f"{ratio:.2f}x" if ratio is not None else "-",
             *(str(tiers.get(t, 0)) for t in ("1", "2", "3", "4")),
         )
     console.print(table)
+    capacity = report.get("capacity")
+    if capacity is not None:
+        demand = capacity["demand"]
+        if capacity["method"] == "observed":
+            console.print(
+                f"Capacity: observed over {capacity['window_months']} months, "
+                f"{demand['per_patient']} visits per patient-year "
+                f"({demand['visits']:,} visits / {demand['patients']:,} active patients)"
+            )
+        else:
+            why = f" ({capacity['reason']})" if capacity["reason"] else ""
+            console.print(f"Capacity: configured{why}")
     by_rule = ", ".join(f"{k} {v}" for k, v in summary["by_rule"].items()) or "none"
     console.print(
         f"Patients: {summary['patients']}  assigned {summary['assigned']}  "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from datetime import date
 
 from fhirpanel.config import Settings
@@ -40,9 +41,13 @@ def analyse(
     weights: AgeSexWeights | None = None,
     timings: dict[str, float] | None = None,
     outreach_months: tuple[int, int] = (12, 24),
+    blend_means: Mapping[str, float] | None = None,
 ) -> RunOutcome:
     """Everything after reading: pure functions in order, timed. Dates after `as_of` (birth
-    dates, encounters) are first added to the population's issues (`recorded`)."""
+    dates, encounters) are first added to the population's issues (`recorded`).
+
+    A pass over some patients only (incremental) passes the last full run's `weights` and
+    `blend_means` (`outcome.panels.blend.means`): its own patients are not the practice."""
     timings = {} if timings is None else timings
     clock = _Stopwatch(timings)
     add_future_date_issues(population, as_of)
@@ -60,7 +65,16 @@ def analyse(
                 population, as_of, tables.rules, visits=attribution.visits
             )
         panels = compute_panels(
-            population, attribution, as_of, tables.capacities, weights, tiers=tiers, hcc_scores=hcc
+            population,
+            attribution,
+            as_of,
+            tables.capacities,
+            weights,
+            tiers=tiers,
+            hcc_scores=hcc,
+            risk=risk,
+            blend=tables.blend,
+            blend_means=blend_means,
         )
         outreach = outreach_list(
             population,

@@ -1,5 +1,6 @@
-"""Panels: panel size, capacity, age/sex weights, risk-adjusted and HCC-adjusted size, and the
-placement of unassigned patients (`placement`) against them (docs/methods.md s.3).
+"""Panels: panel size, capacity (`capacity`), age/sex weights, risk-adjusted, HCC-adjusted and
+blended size (`blend`), each panel against its peers, and the placement of unassigned patients
+(`placement`) against them (docs/methods.md s.3).
 
 Pure: takes the population, an attribution result and typed settings built from `mappings/`;
 returns immutable summaries sorted by id.
@@ -7,9 +8,10 @@ returns immutable summaries sorted by id.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date
 
 from fhirpanel.domain.attribution import (
@@ -21,16 +23,24 @@ from fhirpanel.domain.attribution import (
     qualifying_visits,
     visits_in_window,
 )
+from fhirpanel.domain.blend import Blend, BlendWeights, blend_factors
+from fhirpanel.domain.capacity import (
+    CapacitySettings,
+    ClinicianCapacity,
+    ClinicianSupply,
+    PracticeCapacity,
+    practice_capacity,
+)
 from fhirpanel.domain.dates import age_on
 from fhirpanel.domain.outreach import OutreachItem, outreach_list
 from fhirpanel.domain.placement import (
     ClinicianLoad,
     PanelChange,
-    PlacementRules,
     Suggestion,
     place_unassigned,
 )
 from fhirpanel.domain.records import Population
+from fhirpanel.domain.risk import RiskResult
 from fhirpanel.errors import MappingError
 
 # Age bands for age/sex weights, inclusive years; None is open-ended.
@@ -67,55 +77,6 @@ def age_band(birth_date: date | None, as_of: date) -> str | None:
         if age >= low and (high is None or age <= high):
             return band_label(band)
     return None
-
-
-# --- capacity ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ClinicianCapacity:
-    visits_per_day: float
-    clinic_days_per_year: float
-    visits_per_patient_per_year: float
-    fte: float = 1.0
-
-    @property
-    def panel_capacity(self) -> float:
-        """Murray & Davies: panel x visits per patient per year = visits per day x clinic days
-        per year (x FTE). 20 x 220 / 2 = 2,200."""
-        return (
-            self.visits_per_day
-            * self.clinic_days_per_year
-            * self.fte
-            / self.visits_per_patient_per_year
-        )
-
-
-@dataclass(frozen=True)
-class CapacitySettings:
-    default: ClinicianCapacity
-    overrides: Mapping[str, ClinicianCapacity] = field(default_factory=dict)
-    pediatric_age_limit: int = 18  # children: younger than this on the as-of date
-    continuity_months: int = 36  # placement's look-back for a clinician seen before
-
-    def __post_init__(self) -> None:
-        for ref in self.overrides:
-            if not ref.startswith("Practitioner/") or ref == "Practitioner/":
-                raise MappingError(f"overrides: {ref!r} is not a Practitioner reference")
-        named = [
-            ("default", self.default),
-            *((f'overrides."{ref}"', c) for ref, c in self.overrides.items()),
-        ]
-        for where, capacity in named:
-            if capacity.fte > 2.0:
-                raise MappingError(f"{where}.fte: above 2.0 looks like a percentage; use 0-2")
-
-    def for_clinician(self, ref: str) -> ClinicianCapacity:
-        return self.overrides.get(ref, self.default)
-
-    @property
-    def placement(self) -> PlacementRules:
-        return PlacementRules(self.pediatric_age_limit, self.continuity_months)
 
 
 # --- age/sex weights ---------------------------------------------------------------------------
@@ -201,6 +162,24 @@ def compute_age_sex_weights(
 
 # --- panels ------------------------------------------------------------------------------------
 
+# Peer frameworks (docs/methods.md s.3.6): a pediatric-only clinician is compared with the other
+# pediatric-only ones, everyone else eligible with each other.
+ADULT = "adult"
+PEDIATRIC = "pediatric"
+
+
+@dataclass(frozen=True)
+class Relative:
+    """A panel against the panels of its peers: the eligible clinicians of the same framework,
+    this one included."""
+
+    framework: str  # adult | pediatric
+    peers: int
+    risk_adjusted_ratio: float | None  # over the peers' median; None when that median is 0
+    blended_ratio: float | None
+    percentile: float  # percentile rank of the risk-adjusted size among the peers, 0-100
+    blended_percentile: float | None = None
+
 
 @dataclass(frozen=True)
 class Panel:
@@ -212,6 +191,22 @@ class Panel:
     tiers: tuple[tuple[str, int], ...] = ()
     hcc_adjusted_size: float | None = None
     unconfirmed: int = 0  # assignments still "proposed"
+    supply: float | None = None  # visits a year (docs/methods.md s.3.2)
+    demand: float | None = None  # visits per patient per year
+    capacity_method: str | None = None  # observed | configured
+    capacity_basis: str | None = None  # how capacity was found, in words
+    blended_size: float | None = None  # the sum of the patients' blended factors
+    relative: Relative | None = None  # None for a clinician who is not eligible
+
+    @property
+    def share_used(self) -> float | None:
+        """Risk-adjusted size over capacity; None without capacity."""
+        return self.risk_adjusted_size / self.capacity if self.capacity > 0 else None
+
+    @property
+    def expected_visits(self) -> float | None:
+        """Age/sex-adjusted demand: the visits a year the panel is expected to need."""
+        return self.risk_adjusted_size * self.demand if self.demand is not None else None
 
 
 @dataclass(frozen=True)
@@ -221,6 +216,8 @@ class PanelSummary:
     weights: AgeSexWeights
     # Each eligible clinician's panel now and with every suggestion accepted.
     changes: tuple[PanelChange, ...] = ()
+    capacity: PracticeCapacity | None = None  # supply, demand and how they were found
+    blend: Blend | None = None  # each active patient's blended factor
 
     def by_practitioner(self) -> dict[str, Panel]:
         return {p.practitioner: p for p in self.panels}
@@ -238,13 +235,21 @@ def compute_panels(
     weights: AgeSexWeights,
     tiers: Mapping[str, int] | None = None,
     hcc_scores: Mapping[str, float] | None = None,
+    risk: Mapping[str, RiskResult] | None = None,
+    blend: BlendWeights | None = None,
+    blend_means: Mapping[str, float] | None = None,
 ) -> PanelSummary:
     """A panel for every eligible clinician (size 0 included) and any clinician assigned a
     patient, then a suggestion for each unassigned active patient (docs/methods.md s.3).
 
+    - capacity: supply over demand, observed or configured (`capacity.practice_capacity`).
     - risk_adjusted_size: the sum of the patients' age/sex weights.
     - hcc_adjusted_size (when hcc_scores is given): the sum of each patient's HCC score over the
       mean score of all scored patients; a patient without a score counts 1.0 (average).
+    - blended_size (when blend is given): the sum of the patients' blended factors, over the
+      active patients' means (or `blend_means`: those of the whole practice, for a pass that
+      holds only some patients); metrics from `risk`.
+    - relative: each eligible panel against its peers' median (`relative_to_peers`).
     - suggestions: `placement.place_unassigned` over these panels, highest tier first.
     """
     eligibility = attribution.eligibility
@@ -264,12 +269,21 @@ def compute_panels(
     mean_hcc: float | None = None
     if hcc_scores:
         mean_hcc = math.fsum(hcc_scores[p] for p in sorted(hcc_scores)) / len(hcc_scores)
+    clinicians = sorted(set(eligibility.eligible) | set(members))
+    supplies = practice_capacity(population, attribution, as_of, capacities, clinicians)
+    supply_of = supplies.by_practitioner()
+    blended = (
+        _blend(attribution, weight_of, risk or {}, hcc_scores, blend, blend_means)
+        if blend is not None
+        else None
+    )
 
     panels = []
-    for clinician in sorted(set(eligibility.eligible) | set(members)):
+    for clinician in clinicians:
         patients = sorted(members.get(clinician, []))
         risk_adjusted = math.fsum(weight_of(p) for p in patients)
-        capacity = capacities.for_clinician(clinician).panel_capacity
+        supply: ClinicianSupply = supply_of[clinician]
+        capacity = supply.capacity
         tier_counts: tuple[tuple[str, int], ...] = ()
         if tiers is not None:
             tier_counts = tuple(
@@ -290,8 +304,17 @@ def compute_panels(
                 tiers=tier_counts,
                 hcc_adjusted_size=hcc_adjusted,
                 unconfirmed=sum(1 for p in patients if by_patient[p].confirmation == "proposed"),
+                supply=supply.supply,
+                demand=supply.demand,
+                capacity_method=supply.method,
+                capacity_basis=supply.basis,
+                blended_size=(
+                    math.fsum(blended.factor(p) for p in patients) if blended is not None else None
+                ),
             )
         )
+    relative = relative_to_peers(panels, eligibility.eligible, eligibility.pediatric_only)
+    panels = [dataclasses.replace(p, relative=relative.get(p.practitioner)) for p in panels]
 
     placement = place_unassigned(
         population,
@@ -307,25 +330,113 @@ def compute_panels(
         suggestions=placement.suggestions,
         weights=weights,
         changes=placement.changes,
+        capacity=supplies,
+        blend=blended,
     )
 
 
+def _blend(
+    attribution: AttributionResult,
+    weight_of: Callable[[str], float],
+    risk: Mapping[str, RiskResult],
+    hcc_scores: Mapping[str, float] | None,
+    weights: BlendWeights,
+    means: Mapping[str, float] | None,
+) -> Blend:
+    """The blended factor of every active patient (docs/methods.md s.3.4)."""
+    active = [a.patient for a in attribution.assignments if a.status != "excluded"]
+    hcc = (
+        hcc_scores
+        if hcc_scores is not None
+        else {p: r.hcc for p, r in risk.items() if r.hcc is not None}
+    )
+    metrics: dict[str, dict[str, float | None]] = {
+        "age_sex": {p: weight_of(p) for p in active},
+        "hcc": {p: hcc.get(p) for p in active},
+        "charlson": {p: float(risk[p].charlson) if p in risk else None for p in active},
+        "utilisation": {
+            p: float(risk[p].ed_visits + risk[p].inpatient_stays) if p in risk else None
+            for p in active
+        },
+    }
+    return blend_factors(active, metrics, weights, means)
+
+
+def median(values: Sequence[float]) -> float:
+    """The middle value; the mean of the two middle ones for an even count."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _percentile_rank(value: float, values: Sequence[float]) -> float:
+    """The share of `values` below `value`, ties counted half (`value` is one of them), in %."""
+    below = sum(1 for v in values if v < value)
+    equal = sum(1 for v in values if v == value)
+    return 100.0 * (below + 0.5 * equal) / len(values)
+
+
+def relative_to_peers(
+    panels: Sequence[Panel], eligible: Sequence[str], pediatric_only: Sequence[str]
+) -> dict[str, Relative]:
+    """Each eligible clinician's risk-adjusted and blended size over the median of their
+    framework's (pediatric-only clinicians, or the other eligible ones; the clinician
+    included), and its percentile rank among them (docs/methods.md s.3.6). The basis the
+    white paper's St. Luke's case used to compare (and pay) clinicians."""
+    eligible_set, pediatric = set(eligible), set(pediatric_only)
+    groups: dict[str, list[Panel]] = {}
+    for panel in sorted(panels, key=lambda p: p.practitioner):
+        if panel.practitioner in eligible_set:
+            framework = PEDIATRIC if panel.practitioner in pediatric else ADULT
+            groups.setdefault(framework, []).append(panel)
+    out: dict[str, Relative] = {}
+    for framework, group in sorted(groups.items()):
+        sizes = [p.risk_adjusted_size for p in group]
+        middle = median(sizes)
+        blended = [p.blended_size for p in group if p.blended_size is not None]
+        blended_median = median(blended) if len(blended) == len(group) else None
+        for panel in group:
+            mine = panel.blended_size if blended_median is not None else None
+            out[panel.practitioner] = Relative(
+                framework=framework,
+                peers=len(group),
+                risk_adjusted_ratio=panel.risk_adjusted_size / middle if middle > 0 else None,
+                blended_ratio=mine / blended_median
+                if mine is not None and blended_median
+                else None,
+                percentile=_percentile_rank(panel.risk_adjusted_size, sizes),
+                blended_percentile=_percentile_rank(mine, blended) if mine is not None else None,
+            )
+    return out
+
+
 __all__ = [
+    "ADULT",
     "AGE_BANDS",
     "BAND_LABELS",
+    "PEDIATRIC",
     "SEXES",
     "AgeSexWeights",
+    "Blend",
+    "BlendWeights",
     "CapacitySettings",
     "ClinicianCapacity",
+    "ClinicianSupply",
     "OutreachItem",
     "Panel",
     "PanelChange",
     "PanelSummary",
+    "PracticeCapacity",
+    "Relative",
     "Suggestion",
     "age_band",
     "age_on",
     "band_label",
     "compute_age_sex_weights",
     "compute_panels",
+    "median",
     "outreach_list",
+    "relative_to_peers",
 ]

@@ -27,6 +27,7 @@ from fhirpanel.domain.attribution import (
     VisitRules,
     normalise_label,
 )
+from fhirpanel.domain.blend import BlendWeights
 from fhirpanel.domain.charlson import AgeBand, CharlsonCategory, CharlsonTable
 from fhirpanel.domain.conditions import (
     ChronicConditions,
@@ -43,6 +44,7 @@ from fhirpanel.errors import MappingError
 from fhirpanel.tables import files
 from fhirpanel.tables.schemas import (
     AgeSexWeightsFile,
+    BlendFile,
     CapacityFile,
     CarePlanTemplatesFile,
     CharlsonFile,
@@ -82,17 +84,20 @@ CHARLSON = "charlson_quan2005"
 CROSSWALK = "snomed_icd10cm"
 CHRONIC = "chronic_conditions"
 RISK = "risk"
+BLEND = "blend"
 WRITEBACK_CODES = "writeback_codes"
 
 
 @dataclass(frozen=True)
 class MethodTables:
-    """The method's tables: attribution rules and pipeline, capacities, risk scoring."""
+    """The method's tables: attribution rules and pipeline, capacities, risk scoring, and the
+    weights of the blended adjustment factor."""
 
     rules: AttributionRules
     pipeline: Pipeline
     capacities: CapacitySettings
     risk: RiskConfig
+    blend: BlendWeights | None = None  # None: no blended size
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,7 @@ class _Reader:
             pipeline=self.build(att.pipeline, PipelineFile, _pipeline),
             capacities=self.build(att.capacity, CapacityFile, _capacities),
             risk=self.risk(settings.risk),
+            blend=self.build(BLEND, BlendFile, _blend),
         )
 
     def risk(self, settings: RiskSettings) -> RiskConfig:
@@ -226,6 +232,10 @@ def parse_pipeline(data: Mapping[str, Any], where: str = "pipeline") -> Pipeline
 
 def parse_capacities(data: Mapping[str, Any], where: str = "capacity") -> CapacitySettings:
     return _parse(data, where, CapacityFile, _capacities)
+
+
+def parse_blend(data: Mapping[str, Any], where: str = BLEND) -> BlendWeights:
+    return _parse(data, where, BlendFile, _blend)
 
 
 def parse_age_sex_weights(data: Mapping[str, Any], where: str = "age_sex_weights") -> AgeSexWeights:
@@ -305,15 +315,22 @@ def _capacities(f: CapacityFile) -> CapacitySettings:
         d.visits_per_day, d.clinic_days_per_year, d.visits_per_patient_per_year, d.fte
     )
     # An override changes the fields it names; the rest are the default's.
-    overrides = {
-        ref: dataclasses.replace(default, **row.model_dump(exclude_none=True))
-        for ref, row in sorted(f.overrides.items())
-    }
+    named = {ref: row.model_dump(exclude_none=True) for ref, row in sorted(f.overrides.items())}
     return CapacitySettings(
         default=default,
-        overrides=overrides,
+        overrides={ref: dataclasses.replace(default, **fields) for ref, fields in named.items()},
         pediatric_age_limit=f.suggestions.pediatric_age_limit,
         continuity_months=f.suggestions.continuity_months,
+        method=f.method,
+        # FTE alone scales observed visits; any other figure replaces them (capacity.py).
+        fte_only=frozenset(ref for ref, fields in named.items() if set(fields) == {"fte"}),
+    )
+
+
+def _blend(f: BlendFile) -> BlendWeights:
+    w = f.weights
+    return BlendWeights(
+        age_sex=w.age_sex, hcc=w.hcc, charlson=w.charlson, utilisation=w.utilisation
     )
 
 

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from fhirpanel.domain.attribution import MAX_WINDOW_MONTHS, StepKind
+from fhirpanel.domain.capacity import CapacityMethod
 from fhirpanel.errors import MappingError
 from fhirpanel.tables.writeback import ActivityKind, ClinicianKind
 
@@ -170,9 +171,26 @@ class Suggestions(Shape):
 class CapacityFile(TableFile):
     """mappings/capacity.toml"""
 
+    # observed: supply and demand from the last 12 months (when the data reach back that far)
+    method: CapacityMethod = "observed"
     default: CapacityDefault
     overrides: dict[str, CapacityOverride] = {}  # "Practitioner/<id>" -> fields
     suggestions: Suggestions
+
+
+class BlendWeightsRow(Shape):
+    """Each normalised metric's weight; the domain checks that they add up to 1."""
+
+    age_sex: Share
+    hcc: Share
+    charlson: Share
+    utilisation: Share
+
+
+class BlendFile(TableFile):
+    """mappings/blend.toml"""
+
+    weights: BlendWeightsRow
 
 
 class AgeSexWeightRow(Shape):

@@ -16,6 +16,7 @@ from fhirpanel.tables import Tables
 from fhirpanel.tables.files import DEFAULT_MAPPINGS_DIR, label, list_mappings, load_mapping_ref
 from fhirpanel.tables.schemas import (
     AgeSexWeightsFile,
+    BlendFile,
     CapacityFile,
     CarePlanTemplatesFile,
     CharlsonFile,
@@ -34,6 +35,7 @@ from fhirpanel.tables.schemas import (
 
 SCHEMAS: dict[str, type[TableFile]] = {
     "age_sex_weights_example": AgeSexWeightsFile,
+    "blend": BlendFile,
     "capacity": CapacityFile,
     "careplan_templates": CarePlanTemplatesFile,
     "charlson_quan2005": CharlsonFile,
@@ -139,7 +141,7 @@ def test_an_unknown_key_names_the_file_and_the_key(tmp_path: Path) -> None:
 
 def test_meta_needs_source_and_version(tmp_path: Path) -> None:
     directory = copy_of_mappings(tmp_path)
-    edit(directory / "capacity.toml", 'version = "2026.1"\n', "")
+    edit(directory / "capacity.toml", 'version = "2026.2"\n', "")
     assert load_error(with_mappings(directory)) == (
         f"{directory / 'capacity.toml'}: meta.version: Field required"
     )

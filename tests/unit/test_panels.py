@@ -1,5 +1,6 @@
-"""Panels: Murray & Davies capacity, age/sex weights on a hand-computed population, risk- and
-HCC-adjusted panel size, the suggestions `compute_panels` makes for unassigned patients (the
+"""Panels: Murray & Davies capacity (observed supply and demand: test_capacity.py), age/sex
+weights on a hand-computed population, risk- and HCC-adjusted panel size (blended: test_blend.py),
+each panel against its peers, the suggestions `compute_panels` makes for unassigned patients (the
 placement rules themselves: test_placement.py), and the outreach list."""
 
 from __future__ import annotations
@@ -11,14 +12,19 @@ import pytest
 
 from fhirpanel.domain.attribution import ManualAssignment
 from fhirpanel.domain.panels import (
+    ADULT,
+    PEDIATRIC,
     AgeSexWeights,
     CapacitySettings,
     ClinicianCapacity,
     OutreachItem,
+    Panel,
+    Relative,
     age_band,
     compute_age_sex_weights,
     compute_panels,
     outreach_list,
+    relative_to_peers,
 )
 from fhirpanel.domain.placement import PlacementRules
 from fhirpanel.domain.records import CPT, Code, PatientRecord, Population
@@ -429,6 +435,54 @@ def test_no_eligible_clinician_means_no_suggestion() -> None:
     pop = build(patients=[person(1, 40)], roles=[role("r9", doc(9), CARDIOLOGY)])
     summary = compute_panels(pop, attribute(pop), AS_OF, CAPACITY, NEUTRAL)
     assert summary.suggestions == () and summary.panels == ()
+
+
+# --- relative to peers ---------------------------------------------------------------------------
+
+
+def sized(n: int, risk_adjusted: float, blended: float | None = None) -> Panel:
+    return Panel(doc(n), 0, risk_adjusted, 100.0, 100.0 - risk_adjusted, blended_size=blended)
+
+
+def test_each_panel_against_the_median_of_its_framework() -> None:
+    panels = [
+        sized(1, 10.0, 5.0),
+        sized(2, 20.0, 20.0),
+        sized(3, 30.0, 40.0),
+        sized(4, 40.0, 30.0),
+        sized(5, 12.0, 6.0),  # the one pediatric-only clinician
+        sized(9, 99.0, 99.0),  # not eligible (an override's specialist): no peers
+    ]
+    eligible = [doc(n) for n in (1, 2, 3, 4, 5)]
+    got = relative_to_peers(panels, eligible, pediatric_only=[doc(5)])
+    assert sorted(got) == eligible
+    # adults: risk-adjusted median (20 + 30) / 2 = 25, blended median (20 + 30) / 2 = 25
+    assert got[doc(1)] == Relative(ADULT, 4, 10 / 25, 5 / 25, 12.5, 12.5)
+    assert got[doc(3)] == Relative(ADULT, 4, 30 / 25, 40 / 25, 62.5, 87.5)
+    assert got[doc(4)] == Relative(ADULT, 4, 40 / 25, 30 / 25, 87.5, 62.5)
+    # alone in the framework: the median is its own
+    assert got[doc(5)] == Relative(PEDIATRIC, 1, 1.0, 1.0, 50.0, 50.0)
+
+
+def test_ties_empty_panels_and_no_blend() -> None:
+    panels = [sized(1, 0.0), sized(2, 0.0), sized(3, 6.0)]
+    got = relative_to_peers(panels, [doc(1), doc(2), doc(3)], pediatric_only=[])
+    # median 0: no ratio; ties share the middle of their ranks
+    assert got[doc(1)] == Relative(ADULT, 3, None, None, 100 / 3, None)
+    assert got[doc(3)].percentile == pytest.approx(500 / 6)
+    got = relative_to_peers([sized(1, 4.0), sized(2, 6.0)], [doc(1), doc(2)], [])
+    assert got[doc(1)].risk_adjusted_ratio == 0.8 and got[doc(1)].blended_ratio is None
+
+
+def test_compute_panels_sets_relative_for_eligible_clinicians() -> None:
+    pop = _panel_population()
+    manual = {pid(6): ManualAssignment(pid(6), doc(9))}
+    panels = compute_panels(pop, attribute(pop, manual=manual), AS_OF, CAPACITY, WEIGHTS)
+    by_doc = panels.by_practitioner()
+    # d1 3.5 (p1 2.0, p2 0.5, p3 1.0), d2 0.5 (p4), d3 0: median 0.5
+    assert by_doc[doc(1)].relative == Relative(ADULT, 3, 7.0, None, 500 / 6, None)
+    assert by_doc[doc(3)].relative == Relative(ADULT, 3, 0.0, None, 100 / 6, None)
+    assert by_doc[doc(9)].relative is None  # outside the primary-care set
 
 
 # --- outreach ----------------------------------------------------------------------------------
