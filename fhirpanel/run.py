@@ -38,6 +38,7 @@ def analyse(
     *,
     source: str = "",
     manual: dict[str, ManualAssignment] | None = None,
+    statuses: Mapping[str, str] | None = None,
     weights: AgeSexWeights | None = None,
     timings: dict[str, float] | None = None,
     outreach_months: tuple[int, int] = (12, 24),
@@ -53,7 +54,7 @@ def analyse(
     add_future_date_issues(population, as_of)
     with clock("attribute"):
         attribution = attribute_patients(
-            population, as_of, tables.pipeline, tables.rules, manual=manual
+            population, as_of, tables.pipeline, tables.rules, manual=manual, statuses=statuses
         )
     with clock("risk"):
         risk = score_patients(population, as_of, tables.risk)
@@ -129,6 +130,7 @@ def run_full(
     progress: Progress | None = None,
     manual: dict[str, ManualAssignment] | None = None,
     tables: Tables | None = None,
+    statuses: Mapping[str, str] | None = None,
 ) -> RunOutcome:
     """Read the whole population and analyse it with the pass's `tables` (loaded here when not
     given; a pass that also writes loads them once and passes them to both)."""
@@ -150,6 +152,7 @@ def run_full(
         tables.method,
         source=source.describe(),
         manual=manual,
+        statuses=statuses,
         timings=timings,
         outreach_months=(
             settings.attribution.outreach_not_seen_months,

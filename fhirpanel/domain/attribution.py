@@ -290,6 +290,17 @@ class ManualAssignment:
     confirmation: str = "proposed"
 
 
+# Statuses a person records for a patient (docs/methods.md s.2.8), and the exclusion reason each
+# gives. "deceased" is for a death the EHR does not show yet: its own reason, so a record that
+# says so later is told apart.
+PERSON_STATUSES: Mapping[str, str] = {
+    "moved-away": "moved-away",
+    "transferred-care": "transferred-care",
+    "dismissed": "dismissed",
+    "deceased": "deceased-recorded",
+}
+
+
 @dataclass(frozen=True)
 class Assignment:
     patient: str
@@ -305,7 +316,8 @@ class Assignment:
     evidence: tuple[str, ...] = ()  # Encounter ids behind the decision, sorted
     sentinel_exam: str | None = None  # the Encounter id when the sentinel cut decided
     last_visit: date | None = None  # last qualifying visit with the assigned clinician
-    reason: str | None = None  # excluded: inactive | deceased | merged; unassigned: why
+    reason: str | None = None  # excluded: inactive | deceased | merged, or a PERSON_STATUSES
+    #                            reason; unassigned: why
     confirmation: str = "proposed"
 
 
@@ -652,6 +664,7 @@ def attribute_patients(
     rules: AttributionRules,
     manual: Mapping[str, ManualAssignment] | None = None,
     risk_product_members: Mapping[str, str] | None = None,
+    statuses: Mapping[str, str] | None = None,
 ) -> AttributionResult:
     """Attribute every patient in the population: excluded (with the reason), assigned (with the
     step, rule and evidence) or unassigned (with why). Manual assignments outrank every step;
@@ -664,17 +677,26 @@ def attribute_patients(
       followed when it names an eligible clinician; skipped when no list is passed.
       window_months, if set, works as for declared-pcp.
     - four-cut: the Four Cut method over the step's window.
+
+    `statuses`: patient -> a status a person recorded (a key of PERSON_STATUSES); the patient is
+    excluded with its reason, after the record's own reasons and before any override.
     """
     eligibility = assess_eligibility(population, as_of, rules)
     visits_by_patient = qualifying_visits(population, as_of, rules, eligibility)
     encounters_by_patient = population.encounters_by_patient()
     manual = manual or {}
+    statuses = statuses or {}
+    unknown = sorted(set(statuses.values()) - set(PERSON_STATUSES))
+    if unknown:
+        raise ValueError(f"unknown patient status {unknown[0]!r}")
     # Visit counts shown with a non-Four-Cut choice cover the pipeline's widest window.
     explain_window = pipeline.widest_window
     assignments = []
     for patient_id in sorted(population.patients):
         patient = population.patients[patient_id]
         reason = exclusion_reason(patient, as_of)
+        if reason is None and patient_id in statuses:
+            reason = PERSON_STATUSES[statuses[patient_id]]
         if reason is not None:
             assignments.append(Assignment(patient=patient_id, status="excluded", reason=reason))
             continue
@@ -784,6 +806,7 @@ def _run_steps(
 
 
 __all__ = [
+    "PERSON_STATUSES",
     "STEP_KINDS",
     "Assignment",
     "AttributionResult",

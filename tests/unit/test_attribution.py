@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from fhirpanel.domain.attribution import (
+    PERSON_STATUSES,
     Assignment,
     AttributionResult,
     AttributionRules,
@@ -771,6 +772,33 @@ def test_manual_assignment_does_not_bring_back_an_excluded_patient() -> None:
     pop = build(patients=[PatientRecord(id=pid(1), active=False)])
     a = one(pop, manual={pid(1): ManualAssignment(pid(1), doc(1))})
     assert (a.status, a.reason, a.practitioner) == ("excluded", "inactive", None)
+
+
+@pytest.mark.parametrize(("status", "reason"), sorted(PERSON_STATUSES.items()))
+def test_a_status_a_person_recorded_takes_the_patient_off_every_panel(
+    status: str, reason: str
+) -> None:
+    pop = build(
+        [visit("e1", pid(1), doc(1), days_ago(10)), visit("e2", pid(2), doc(1), days_ago(9))]
+    )
+    manual = {pid(1): ManualAssignment(pid(1), doc(2))}  # the status outranks an override too
+    result = attribute(pop, statuses={pid(1): status}, manual=manual).by_patient()
+    a = result[pid(1)]
+    assert (a.status, a.reason, a.practitioner, a.rule) == ("excluded", reason, None, None)
+    assert result[pid(2)].practitioner == doc(1)  # nobody else moves
+    # Clearing the status (the next pass gets none) restores the patient.
+    back = attribute(pop, manual=manual).by_patient()[pid(1)]
+    assert (back.status, back.practitioner, back.rule) == ("assigned", doc(2), "manual")
+
+
+def test_the_records_own_exclusion_comes_before_a_status() -> None:
+    pop = build(patients=[PatientRecord(id=pid(1), active=False)])
+    assert one(pop, statuses={pid(1): "moved-away"}).reason == "inactive"
+
+
+def test_an_unknown_status_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown patient status"):
+        attribute(build(patients=[pid(1)]), statuses={pid(1): "on-holiday"})
 
 
 def test_risk_product_members_come_first_and_the_step_is_skipped_without_a_list() -> None:

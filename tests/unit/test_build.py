@@ -290,6 +290,31 @@ def test_unassigned_or_excluded_patient_gets_an_inactive_team(
     )
 
 
+def test_a_status_a_person_recorded_ends_the_pcp_with_a_note_once(codes: WritebackCodes) -> None:
+    first = build_care_team(assigned(), None, AS_OF, CFG, codes=codes, clinician=physician())
+    assert first is not None
+    moved = Assignment(patient="Patient/p1", status="excluded", reason="moved-away")
+    closed = build_care_team(moved, as_stored(first), LATER, CFG, codes=codes)
+    assert closed is not None
+    assert closed["status"] == "inactive"
+    assert closed["participant"][0]["period"]["end"] == "2027-02-01"
+    assert closed["note"] == [
+        {
+            "authorString": CFG.author_name,
+            "time": "2027-02-01",
+            "text": "Primary-care participation ended on 2027-02-01: the patient moved away.",
+        }
+    ]
+    # The next pass ends nothing more and adds no second note.
+    stored = as_stored(closed, version="2")
+    again = build_care_team(moved, stored, date(2027, 6, 1), CFG, codes=codes)
+    assert same_content(again or {}, stored)
+    # The record's own exclusions end the team without a note, as before.
+    inactive = Assignment(patient="Patient/p1", status="excluded", reason="inactive")
+    plain = build_care_team(inactive, as_stored(first), LATER, CFG, codes=codes)
+    assert plain is not None and "note" not in plain
+
+
 def build_all_bytes() -> bytes:
     """A CareTeam, a CarePlan and a Group built from scratch, as bytes (also run by
     test_builders_are_deterministic in fresh interpreters)."""

@@ -10,7 +10,7 @@ from datetime import date
 from typing import Any
 
 from fhirpanel.config import WritebackSettings
-from fhirpanel.domain.attribution import Assignment
+from fhirpanel.domain.attribution import PERSON_STATUSES, Assignment
 from fhirpanel.domain.records import Population, PractitionerRoleRecord
 from fhirpanel.tables.writeback import WritebackCodes
 from fhirpanel.writeback.builders.common import (
@@ -37,6 +37,14 @@ from fhirpanel.writeback.identity import (
 )
 
 _ID_SUFFIX = re.compile(r"(\d+)$")
+# R4 CareTeam has no status reason and its participant no reason: why a status a person
+# recorded ended the PCP participation goes into a CareTeam.note (docs/methods.md s.6.2).
+_STATUS_WORDS = {
+    PERSON_STATUSES["moved-away"]: "the patient moved away",
+    PERSON_STATUSES["transferred-care"]: "the patient transferred their care",
+    PERSON_STATUSES["dismissed"]: "the patient was dismissed from the practice",
+    PERSON_STATUSES["deceased"]: "the patient died (recorded by the practice)",
+}
 
 
 @dataclass(frozen=True)
@@ -174,6 +182,15 @@ def build_care_team(
     else:
         for p in open_ours:
             _end_participant(p, today)
+        why = _STATUS_WORDS.get(assignment.reason or "")
+        if open_ours and why and assignment.status == "excluded":
+            # Once, when the participation ends: later passes end nothing and add nothing.
+            note = {
+                "authorString": cfg.author_name,
+                "time": today,
+                "text": f"Primary-care participation ended on {today}: {why}.",
+            }
+            team["note"] = [*(team.get("note") or ()), note]
         team["status"] = "inactive"
         period = dict(team.get("period") or {})
         period.setdefault("start", today)
