@@ -198,6 +198,32 @@ class Override(Base):
     applied_run: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
 
 
+class PatientStatus(Base):
+    """A status a person recorded for a patient (moved away, transferred care, dismissed,
+    deceased): the patient leaves every panel while it is in force (`cleared_at` empty)."""
+
+    __tablename__ = "patient_statuses"
+    __table_args__ = (
+        # At most one status in force per patient, as for overrides (migration 0005).
+        Index(
+            "uq_patient_statuses_active_patient",
+            "patient",
+            unique=True,
+            sqlite_where=text("cleared_at IS NULL"),
+            postgresql_where=text("cleared_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    patient: Mapped[str] = mapped_column(String(REF), index=True)
+    status: Mapped[str] = mapped_column(String(32))  # a key of domain PERSON_STATUSES
+    reason: Mapped[str] = mapped_column(Text, default="")  # why, in the person's words
+    actor: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    cleared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    cleared_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
 class Confirmation(Base):
     """An assignment confirmed with the clinician or with the patient. It holds while the
     patient stays with the confirmed clinician."""

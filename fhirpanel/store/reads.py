@@ -18,7 +18,7 @@ from fhirpanel.store.models import AuditEntry, LedgerEntry, PatientState, Pendin
 from fhirpanel.store.queries import has_outreach
 from fhirpanel.store.repository import Store, patient_dict, run_dict
 from fhirpanel.store.results import history_of
-from fhirpanel.store.review import audit_dict, confirmations_of, overrides_of
+from fhirpanel.store.review import audit_dict, confirmations_of, overrides_of, statuses_of
 from fhirpanel.vocabulary import RunStatus
 
 # Runs whose results are in the patients table.
@@ -38,7 +38,8 @@ def patient_record(
     written for the patient; each comes back under its type, None when not written.
 
     Keys: `state` (as `Store.patient_state`), `history`, `overrides`, `active_override`,
-    `confirmations`, `pending`, `audit` (newest first, at most `audit_limit`), `ledger`."""
+    `confirmations`, `statuses`, `active_status`, `pending`, `audit` (newest first, at most
+    `audit_limit`), `ledger`."""
     with store.session() as s:
         row = s.get(PatientState, patient)
         if row is None:
@@ -46,6 +47,7 @@ def patient_record(
         history = history_of(s, patient)
         overrides = overrides_of(s, patient)
         confirmations = confirmations_of(s, patient)
+        statuses = statuses_of(s, patient)
         audit = [
             audit_dict(r)
             for r in s.scalars(
@@ -78,6 +80,9 @@ def patient_record(
             # One active override at most (a partial unique index, migration 0003).
             "active_override": next((o for o in overrides if o["removed_at"] is None), None),
             "confirmations": confirmations,
+            "statuses": statuses,
+            # One status in force at most (a partial unique index, migration 0005).
+            "active_status": next((x for x in statuses if x["cleared_at"] is None), None),
             "pending": pending,
             "audit": audit,
             "ledger": written,

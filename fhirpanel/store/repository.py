@@ -4,7 +4,7 @@ in its own module and all sharing the engine and sessions of `engine.StoreEngine
 - `engine`   the connection, sessions, the Alembic upgrade, `ping`, `describe`, `close`
 - `lease`    the refresh lock (`locks`)
 - `runs`     runs and the run queue (`runs`), watermarks and context values
-- `review`   overrides, confirmations, the pending-patient queue, the audit trail
+- `review`   overrides, patient statuses, confirmations, the pending-patient queue, the audit trail
 - `results`  a pass's patients, their history and the panels; saved from plain rows
 - `ledger`   the write-back ledger
 
@@ -29,6 +29,7 @@ from fhirpanel.store.results import (
 from fhirpanel.store.review import (
     CONFIRMERS,
     REQUESTERS,
+    STATUSES,
     AssignmentChanged,
     ReviewStore,
     override_dict,
@@ -48,6 +49,7 @@ __all__ = [
     "MIGRATIONS",
     "REFRESH_LOCK",
     "REQUESTERS",
+    "STATUSES",
     "WORKER_HEARTBEAT",
     "AssignmentChanged",
     "ClinicianRow",

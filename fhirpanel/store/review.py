@@ -1,9 +1,11 @@
-"""The review workflow: manual assignments (`overrides`), confirmations (`confirmations`), the
-queue of patients the next pass recomputes (`pending_patients`), and the audit trail (`audit`).
+"""The review workflow: manual assignments (`overrides`), statuses a person records for a
+patient (`patient_statuses`: moved away, transferred care, dismissed, deceased), confirmations
+(`confirmations`), the queue of patients the next pass recomputes (`pending_patients`), and the
+audit trail (`audit`).
 
-An override takes effect at the next refresh (the patient is queued); a confirmation at once (it
-changes no attribution) and lapses when the patient moves to another clinician. Every change a
-person makes is audited.
+An override or a status takes effect at the next refresh (the patient is queued); a confirmation
+at once (it changes no attribution) and lapses when the patient moves to another clinician.
+Every change a person makes is audited.
 """
 
 from __future__ import annotations
@@ -17,14 +19,22 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from fhirpanel.domain.attribution import ManualAssignment
+from fhirpanel.domain.attribution import PERSON_STATUSES, ManualAssignment
 from fhirpanel.errors import FhirpanelError
 from fhirpanel.store.engine import StoreEngine, iso, now_utc
-from fhirpanel.store.models import AuditEntry, Confirmation, Override, PatientState, PendingPatient
+from fhirpanel.store.models import (
+    AuditEntry,
+    Confirmation,
+    Override,
+    PatientState,
+    PatientStatus,
+    PendingPatient,
+)
 from fhirpanel.store.results import recompute_clinicians
 
 REQUESTERS = ("clinician", "patient", "family", "staff")
 CONFIRMERS = ("clinician", "patient")
+STATUSES = tuple(PERSON_STATUSES)  # moved-away | transferred-care | dismissed | deceased
 
 
 class AssignmentChanged(FhirpanelError):
@@ -128,6 +138,78 @@ class ReviewStore(StoreEngine):
     def overrides(self, patient: str) -> list[dict[str, Any]]:
         with self.session() as s:
             return overrides_of(s, patient)
+
+    # ------------------------------------------------------------ patient statuses
+
+    def set_status(self, patient: str, status: str, *, reason: str, actor: str) -> dict[str, Any]:
+        """Record a status (it replaces any in force); the next refresh takes the patient off
+        every panel (the patient is queued)."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+        for attempt in range(3):
+            try:
+                return self._set_status(patient, status, reason, actor)
+            except IntegrityError:
+                # A status for the patient committed between our update and insert (one may be
+                # in force: a partial unique index): do it again on top of it.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _set_status(self, patient: str, status: str, reason: str, actor: str) -> dict[str, Any]:
+        now = now_utc()
+        with self.session() as s:
+            s.execute(
+                update(PatientStatus)
+                .where(PatientStatus.patient == patient, PatientStatus.cleared_at.is_(None))
+                .values(cleared_at=now, cleared_by=actor)
+            )
+            row = PatientStatus(
+                patient=patient, status=status, reason=reason, actor=actor, created_at=now
+            )
+            s.add(row)
+            queue_patient(s, patient, "status", now)
+            add_audit(s, actor, "status", patient, {"status": status, "reason": reason})
+            s.flush()
+            return status_dict(row)
+
+    def clear_status(self, patient: str, actor: str) -> bool:
+        """Clear the status in force (False when none is); the next refresh decides again."""
+        now = now_utc()
+        with self.session() as s:
+            result = s.execute(
+                update(PatientStatus)
+                .where(PatientStatus.patient == patient, PatientStatus.cleared_at.is_(None))
+                .values(cleared_at=now, cleared_by=actor)
+            )
+            cleared = bool(getattr(result, "rowcount", 0))
+            if cleared:
+                queue_patient(s, patient, "status cleared", now)
+                add_audit(s, actor, "status-cleared", patient, {})
+            return cleared
+
+    def active_statuses(self) -> dict[str, str]:
+        """patient -> status, for every status in force (what a pass passes to attribution)."""
+        with self.session() as s:
+            rows = s.execute(
+                select(PatientStatus.patient, PatientStatus.status).where(
+                    PatientStatus.cleared_at.is_(None)
+                )
+            )
+            return {patient: status for patient, status in rows}
+
+    def status_for(self, patient: str) -> dict[str, Any] | None:
+        with self.session() as s:
+            row = s.scalars(
+                select(PatientStatus).where(
+                    PatientStatus.patient == patient, PatientStatus.cleared_at.is_(None)
+                )
+            ).first()
+            return status_dict(row) if row is not None else None
+
+    def statuses(self, patient: str) -> list[dict[str, Any]]:
+        with self.session() as s:
+            return statuses_of(s, patient)
 
     # ------------------------------------------------------------ confirmations
 
@@ -254,6 +336,27 @@ def override_dict(r: Override) -> dict[str, Any]:
         "removed_by": r.removed_by,
         "applied_run": r.applied_run,
     }
+
+
+def status_dict(r: PatientStatus) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "patient": r.patient,
+        "status": r.status,
+        "reason": r.reason,
+        "actor": r.actor,
+        "created_at": iso(r.created_at),
+        "cleared_at": iso(r.cleared_at),
+        "cleared_by": r.cleared_by,
+    }
+
+
+def statuses_of(s: Session, patient: str) -> list[dict[str, Any]]:
+    """A patient's statuses, oldest first, read in the caller's session `s`."""
+    rows = s.scalars(
+        select(PatientStatus).where(PatientStatus.patient == patient).order_by(PatientStatus.id)
+    )
+    return [status_dict(r) for r in rows]
 
 
 def overrides_of(s: Session, patient: str) -> list[dict[str, Any]]:

@@ -210,6 +210,54 @@ def test_overrides_confirmations_and_audit(filled: Store) -> None:
         filled.add_override(patient, other, reason="", requested_by="robot", actor="x")
 
 
+def test_patient_statuses_are_set_replaced_cleared_queued_and_audited(filled: Store) -> None:
+    patient = filled.patient_ids()[0]
+    filled.set_status(patient, "moved-away", reason="letter returned", actor="clerk")
+    assert filled.pending_patients() == [patient]
+    assert filled.active_statuses() == {patient: "moved-away"}
+    filled.set_status(patient, "transferred-care", reason="records sent", actor="clerk")
+    assert filled.active_statuses() == {patient: "transferred-care"}  # replaces the first
+    history = filled.statuses(patient)
+    assert [(x["status"], x["cleared_by"]) for x in history] == [
+        ("moved-away", "clerk"),
+        ("transferred-care", None),
+    ]
+    assert (filled.status_for(patient) or {})["reason"] == "records sent"
+    assert filled.clear_status(patient, actor="manager")
+    assert not filled.clear_status(patient, actor="manager")
+    assert filled.active_statuses() == {} and filled.status_for(patient) is None
+    actions = [(a["action"], a["actor"]) for a in filled.audit(patient=patient)]
+    assert actions == [("status-cleared", "manager"), ("status", "clerk"), ("status", "clerk")]
+    with pytest.raises(ValueError, match="status must be one of"):
+        filled.set_status(patient, "on-holiday", reason="x", actor="x")
+
+
+def test_migration_0005_downgrades_and_upgrades_again(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect
+
+    from fhirpanel.store.engine import MIGRATIONS
+
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        store.set_status("Patient/p1", "dismissed", reason="conduct", actor="manager")
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with store.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0004")
+        assert "patient_statuses" not in inspect(store.engine).get_table_names()
+        store.upgrade()
+        assert "patient_statuses" in inspect(store.engine).get_table_names()
+        assert store.active_statuses() == {}  # the downgrade dropped what it held
+        with store.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert diff == []
+    finally:
+        store.close()
+
+
 def test_ledger_round_trip_and_forget(store: Store) -> None:
     run_id = store.start_run("full", "cli", "x", AS_OF)
     ledger = store.ledger(run_id)
