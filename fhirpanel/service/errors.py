@@ -114,6 +114,27 @@ class NoOverride(ReviewError):
         super().__init__(f"{patient} has no override in force")
 
 
+class NoStatus(ReviewError):
+    """No status a person recorded is in force for the patient: nothing to clear."""
+
+    def __init__(self, patient: str) -> None:
+        self.patient = patient
+        super().__init__(f"{patient} has no status in force")
+
+
+class RecordExcludes(ReviewError):
+    """The patient's own record already excludes them (merged, deceased, inactive): a status
+    would change nothing, and clearing it would not bring them back."""
+
+    def __init__(self, patient: str, reason: str | None) -> None:
+        self.patient = patient
+        self.reason = reason
+        super().__init__(
+            f"{patient}'s record already excludes them ({reason or 'excluded'}): "
+            "no status is needed"
+        )
+
+
 class NotUnassigned(ReviewError):
     """A placement suggestion for a patient a refresh has since assigned (or excluded)."""
 
@@ -158,11 +179,13 @@ __all__ = [
     "InvalidReference",
     "MissingText",
     "NoOverride",
+    "NoStatus",
     "NotAssigned",
     "NotUnassigned",
     "OverridePending",
     "PatientExcluded",
     "PatientNotFound",
+    "RecordExcludes",
     "ReviewError",
     "SuggestionChanged",
     "UnknownClinician",

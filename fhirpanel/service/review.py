@@ -1,15 +1,18 @@
 """Reviewing assignments, once for the JSON API and the dashboard: assign a patient to a
-clinician by hand (an override), remove an override, confirm the current clinician with the
-clinician or the patient, explain a patient's assignment, accept the placement suggestions for
-unassigned patients (one override each, after checking each is still what the caller saw) and
-show how they would change the panels, and ask for a refresh so a change shows soon.
+clinician by hand (an override), remove an override, record or clear a patient's status (moved
+away, transferred care, dismissed, deceased: off every panel while it holds), confirm the
+current clinician with the clinician or the patient, explain a patient's assignment, accept the
+placement suggestions for unassigned patients (one override each, after checking each is still
+what the caller saw) and show how they would change the panels, and ask for a refresh so a
+change shows soon.
 
 The rules live here; the entry points only parse requests and word the typed errors of
 `fhirpanel.service.errors`. Changes go through the store's audited methods (the actor is the
-signed-in account). An override or its removal asks for an incremental refresh, best effort:
-a busy lock or a refresh that cannot start leaves the patient queued for the next one. A
-confirmation changes no attribution, so it asks for none; it is refused when the clinician the
-caller saw is no longer the patient's (a refresh moved the patient since the page loaded).
+signed-in account). An override, a status, or their removal asks for an incremental refresh,
+best effort: a busy lock or a refresh that cannot start leaves the patient queued for the next
+one. A confirmation changes no attribution, so it asks for none; it is refused when the
+clinician the caller saw is no longer the patient's (a refresh moved the patient since the page
+loaded).
 
 The service needs only the store methods of `StoreForReview`, a `PatientReader` (one read of a
 patient's whole record) and a `SuggestionReader` (every unassigned patient's suggestion), so its
@@ -18,6 +21,7 @@ tests run on an in-memory fake.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -36,17 +40,26 @@ from fhirpanel.service.errors import (
     InvalidReference,
     MissingText,
     NoOverride,
+    NoStatus,
     NotAssigned,
     NotUnassigned,
     OverridePending,
     PatientExcluded,
     PatientNotFound,
+    RecordExcludes,
     ReviewError,
     SuggestionChanged,
     UnknownClinician,
 )
 from fhirpanel.store import reads
-from fhirpanel.store.repository import CHUNK, CONFIRMERS, REQUESTERS, AssignmentChanged, Store
+from fhirpanel.store.repository import (
+    CHUNK,
+    CONFIRMERS,
+    REQUESTERS,
+    STATUSES,
+    AssignmentChanged,
+    Store,
+)
 from fhirpanel.vocabulary import FHIR_ID, RunKind
 from fhirpanel.writeback.identity import CARE_PLAN_KIND, CARE_TEAM_KIND, identifier_value
 
@@ -57,6 +70,8 @@ AUDIT_LIMIT = 50  # audit entries in a patient's explanation
 ACCEPTED = "placement suggestion accepted"  # an accepted suggestion's override reason starts so
 # A placement suggestion accepted is an override asked for by the practice's staff.
 ACCEPTED_BY = "staff"
+# Exclusions the patient's own record makes (docs/methods.md s.1.2): a status adds nothing.
+RECORD_EXCLUSIONS = ("merged", "deceased", "inactive")
 # What a patient may have had written for them, by resource type.
 WRITTEN = (("CareTeam", CARE_TEAM_KIND), ("CarePlan", CARE_PLAN_KIND))
 
@@ -101,6 +116,12 @@ class StoreForReview(Protocol):
     ) -> dict[str, Any]: ...
 
     def override_for(self, patient: str) -> dict[str, Any] | None: ...
+
+    def set_status(
+        self, patient: str, status: str, *, reason: str, actor: str
+    ) -> dict[str, Any]: ...
+
+    def clear_status(self, patient: str, actor: str) -> bool: ...
 
 
 class PatientReader(Protocol):
@@ -186,6 +207,18 @@ class OverrideRemoved:
 
 
 @dataclass(frozen=True)
+class StatusSet:
+    status: dict[str, Any]  # as stored
+    refresh: Refresh
+
+
+@dataclass(frozen=True)
+class StatusCleared:
+    patient: str
+    refresh: Refresh
+
+
+@dataclass(frozen=True)
 class PlacementPreview:
     """The stored suggestions and what accepting them all would do to each panel."""
 
@@ -231,6 +264,8 @@ class Explanation:
     confirmations: list[dict[str, Any]]
     pending: bool  # a change waits for the next refresh
     audit: list[dict[str, Any]]  # newest first
+    statuses: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # oldest first
+    active_status: dict[str, Any] | None = None
 
     @property
     def detail(self) -> Mapping[str, Any]:
@@ -288,6 +323,8 @@ class Explanation:
             "active_override": self.active_override,
             "overrides": self.overrides,
             "confirmations": self.confirmations,
+            "active_status": self.active_status,
+            "statuses": self.statuses,
             "pending": self.pending,
             "audit": self.audit,
         }
@@ -358,6 +395,8 @@ class ReviewService:
             confirmations=record["confirmations"],
             pending=bool(record["pending"]),
             audit=record["audit"],
+            statuses=record.get("statuses", []),
+            active_status=record.get("active_status"),
         )
 
     def eligible_clinicians(self) -> list[dict[str, Any]]:
@@ -432,6 +471,34 @@ class ReviewService:
             raise NoOverride(target.ref)
         log.info("%s: %s removed the override of %s", self._by, actor, target.ref)
         return OverrideRemoved(target.ref, self.ask_refresh())
+
+    def set_status(
+        self, patient: str | Patient, status: str, *, reason: str, actor: str
+    ) -> StatusSet:
+        """Record that the patient moved away, transferred care, was dismissed or died (a
+        death the record does not show yet): the next refresh, which is asked for, takes them
+        off every panel and ends their CareTeam's PCP participation. Checked in this order:
+        the patient, the status, the reason, and that the record does not exclude them
+        already. It replaces any status in force."""
+        target = patient if isinstance(patient, Patient) else self.patient(patient)
+        if status not in STATUSES:
+            raise InvalidChoice("status", STATUSES)
+        reason = " ".join(reason.split())
+        if not reason:
+            raise MissingText("reason")
+        if target.status == "excluded" and target.state.get("reason") in RECORD_EXCLUSIONS:
+            raise RecordExcludes(target.ref, target.state.get("reason"))
+        stored = self._store.set_status(target.ref, status, reason=reason, actor=actor)
+        log.info("%s: %s set %s's status to %s", self._by, actor, target.ref, status)
+        return StatusSet(stored, self.ask_refresh())
+
+    def clear_status(self, patient: str | Patient, *, actor: str) -> StatusCleared:
+        """The patient counts again from the next refresh, which is asked for."""
+        target = patient if isinstance(patient, Patient) else self.patient(patient)
+        if not self._store.clear_status(target.ref, actor):
+            raise NoStatus(target.ref)
+        log.info("%s: %s cleared the status of %s", self._by, actor, target.ref)
+        return StatusCleared(target.ref, self.ask_refresh())
 
     def confirm(
         self,
@@ -573,6 +640,7 @@ __all__ = [
     "ACCEPTED",
     "ACCEPTED_BY",
     "AUDIT_LIMIT",
+    "RECORD_EXCLUSIONS",
     "Explanation",
     "Overridden",
     "OverrideRemoved",
@@ -582,6 +650,8 @@ __all__ = [
     "Refresh",
     "Refusal",
     "ReviewService",
+    "StatusCleared",
+    "StatusSet",
     "StoreForReview",
     "SuggestionReader",
     "SuggestionsAccepted",

@@ -22,11 +22,13 @@ from fhirpanel.service.errors import (
     InvalidReference,
     MissingText,
     NoOverride,
+    NoStatus,
     NotAssigned,
     NotUnassigned,
     OverridePending,
     PatientExcluded,
     PatientNotFound,
+    RecordExcludes,
     ReviewError,
     SuggestionChanged,
     UnknownClinician,
@@ -66,6 +68,7 @@ class FakeStore:
         }
         self.override_rows: list[dict[str, Any]] = []
         self.confirmation_rows: list[dict[str, Any]] = []
+        self.status_rows: list[dict[str, Any]] = []
         self.audit_rows: list[dict[str, Any]] = []
         self.pending: set[str] = set()
         self.ledger: dict[tuple[str, str], dict[str, Any]] = {}
@@ -168,6 +171,36 @@ class FakeStore:
         ]
         return dict(active[0]) if active else None
 
+    def set_status(self, patient: str, status: str, *, reason: str, actor: str) -> dict[str, Any]:
+        for row in self.status_rows:
+            if row["patient"] == patient and row["cleared_at"] is None:
+                row.update(cleared_at="now", cleared_by=actor)
+        row = {
+            "id": len(self.status_rows) + 1,
+            "patient": patient,
+            "status": status,
+            "reason": reason,
+            "actor": actor,
+            "created_at": "now",
+            "cleared_at": None,
+            "cleared_by": None,
+        }
+        self.status_rows.append(row)
+        self.pending.add(patient)
+        self.audit(actor, "status", patient, {"status": status, "reason": reason})
+        return dict(row)
+
+    def clear_status(self, patient: str, actor: str) -> bool:
+        active = [
+            r for r in self.status_rows if r["patient"] == patient and r["cleared_at"] is None
+        ]
+        for row in active:
+            row.update(cleared_at="now", cleared_by=actor)
+        if active:
+            self.pending.add(patient)
+            self.audit(actor, "status-cleared", patient, {})
+        return bool(active)
+
     # ------------------------------------------------------------ SuggestionReader
 
     def read_suggestions(self) -> list[dict[str, Any]]:
@@ -194,6 +227,15 @@ class FakeStore:
             "overrides": overrides,
             "active_override": next((o for o in overrides if o["removed_at"] is None), None),
             "confirmations": [c for c in self.confirmation_rows if c["patient"] == patient],
+            "statuses": [dict(x) for x in self.status_rows if x["patient"] == patient],
+            "active_status": next(
+                (
+                    dict(x)
+                    for x in self.status_rows
+                    if x["patient"] == patient and x["cleared_at"] is None
+                ),
+                None,
+            ),
             "pending": patient in self.pending,
             "audit": [a for a in reversed(self.audit_rows) if a["patient"] == patient][
                 :audit_limit
@@ -289,6 +331,7 @@ def nothing_changed(store: FakeStore, trigger: Trigger) -> bool:
     return (
         store.override_rows == []
         and store.confirmation_rows == []
+        and store.status_rows == []
         and store.audit_rows == []
         and store.pending == set()
         and trigger.calls == []
@@ -794,3 +837,60 @@ def test_an_unassigned_patient_without_room_is_explained_with_the_reason(
         "practitioner": None,
         "reason": "no room: practice over capacity (short 1.0)",
     }
+
+
+# ---------------------------------------------------------------- patient statuses
+
+
+def test_a_status_is_stored_audited_explained_and_asks_for_a_refresh(
+    service: ReviewService, store: FakeStore, trigger: Trigger
+) -> None:
+    done = service.set_status("pat-1", "moved-away", reason="  letter\nreturned ", actor="clerk")
+    assert (done.status["status"], done.status["reason"]) == ("moved-away", "letter returned")
+    assert done.refresh == Refresh(7, True, "a refresh has started")
+    assert trigger.calls == [("incremental", "dashboard")]
+    assert store.pending == {PAT}
+    assert store.audit_rows[-1]["detail"] == {"status": "moved-away", "reason": "letter returned"}
+    body = service.explain(PAT).as_dict()
+    assert body["active_status"]["status"] == "moved-away"
+    assert [x["status"] for x in body["statuses"]] == ["moved-away"]
+    # A patient a status excluded may get another status (it replaces the first).
+    store.patients[PAT].update(status="excluded", practitioner=None, reason="moved-away")
+    service.set_status(PAT, "deceased", reason="family called", actor="clerk")
+    assert [x["cleared_by"] for x in store.status_rows] == ["clerk", None]
+
+
+def test_clearing_a_status_asks_for_a_refresh_and_a_second_clear_is_refused(
+    service: ReviewService, store: FakeStore, trigger: Trigger
+) -> None:
+    service.set_status(PAT, "dismissed", reason="conduct", actor="manager")
+    done = service.clear_status("pat-1", actor="manager")
+    assert done.patient == PAT and done.refresh.run_id == 7
+    assert [a["action"] for a in store.audit_rows] == ["status", "status-cleared"]
+    with pytest.raises(NoStatus) as caught:
+        service.clear_status(PAT, actor="manager")
+    assert caught.value.patient == PAT
+    assert len(trigger.calls) == 2  # the refused clear asked for none
+
+
+@pytest.mark.parametrize(
+    ("patient", "status", "reason", "error"),
+    [
+        ("pat-9", "moved-away", "x", PatientNotFound),
+        (PAT, "on-holiday", "x", InvalidChoice),
+        (PAT, "moved-away", "  ", MissingText),
+        (GONE, "moved-away", "x", RecordExcludes),  # the record says deceased already
+    ],
+)
+def test_a_status_is_refused_with_a_typed_error_and_changes_nothing(
+    service: ReviewService,
+    store: FakeStore,
+    trigger: Trigger,
+    patient: str,
+    status: str,
+    reason: str,
+    error: type[ReviewError],
+) -> None:
+    with pytest.raises(error):
+        service.set_status(patient, status, reason=reason, actor="clerk")
+    assert nothing_changed(store, trigger)
