@@ -14,7 +14,7 @@ from fhirpanel.api.params import MAX_JSON_DEPTH
 from fhirpanel.api.routes import MAX_PAIRS, REFUSALS
 from fhirpanel.config import ApiSettings
 from fhirpanel.store.queries import OUTREACH_KINDS, SORT_VALUES
-from fhirpanel.store.repository import CONFIRMERS, REQUESTERS
+from fhirpanel.store.repository import CONFIRMERS, REQUESTERS, STATUSES
 from fhirpanel.vocabulary import FHIR_ID_PATTERN, STARTABLE_KINDS, RunKind, RunStatus
 
 JSON = "application/json"
@@ -274,6 +274,43 @@ def build_openapi(api: ApiSettings) -> dict[str, Any]:
                     **read_errors,
                 },
             }
+        },
+        "/api/patients/{patient}/status": {
+            "put": {
+                "operationId": "setPatientStatus",
+                "tags": ["patients"],
+                "summary": "Record that a patient moved away, transferred care, was dismissed "
+                "or died",
+                "description": "Replaces any status in force. Stored and audited at once; the "
+                "patient leaves every panel at the next refresh (excluded with the "
+                "status's reason: `moved-away`, `transferred-care`, `dismissed`, "
+                "`deceased-recorded`), which this starts when no refresh is running. "
+                "409 when the patient's record already excludes them. " + admin_note,
+                "x-fhirpanel-scope": "admin",
+                "parameters": [patient_id],
+                "requestBody": _body("StatusRequest", "The status, and why"),
+                "responses": {
+                    "200": _json(_ref("StatusResult"), "Stored"),
+                    "404": _problem("NotFound"),
+                    "409": _problem("Conflict"),
+                    **admin_errors,
+                },
+            },
+            "delete": {
+                "operationId": "clearPatientStatus",
+                "tags": ["patients"],
+                "summary": "Clear a patient's status",
+                "description": "The patient counts again from the next refresh. " + admin_note,
+                "x-fhirpanel-scope": "admin",
+                "parameters": [patient_id],
+                "responses": {
+                    "200": _json(_ref("ClearedStatus"), "Cleared"),
+                    "404": _problem("NotFound"),
+                    "401": _problem("Unauthorized"),
+                    "403": _problem("Forbidden"),
+                    "503": _problem("Unavailable"),
+                },
+            },
         },
         "/api/unassigned": {
             "get": {
@@ -545,9 +582,10 @@ def _responses(api: ApiSettings) -> dict[str, Any]:
         ),
         "Unauthorized": problem("No token, or a token that is not configured", challenge),
         "Forbidden": problem("A read token on an endpoint that needs admin", challenge),
-        "NotFound": problem("No such patient, clinician, override or run"),
+        "NotFound": problem("No such patient, clinician, override, status or run"),
         "Conflict": problem(
             "The state does not allow it (patient not assigned or excluded, "
+            "a status for a patient their record already excludes, "
             "assignment changed, a refresh already running, a run to accept "
             "that is not held)"
         ),
@@ -770,6 +808,18 @@ def _schemas() -> dict[str, Any]:
                 "created_at": _nullable("string"),
             }
         ),
+        "PatientStatus": _obj(
+            {
+                "id": integer,
+                "patient": reference,
+                "status": {"type": "string", "enum": list(STATUSES)},
+                "reason": string,
+                "actor": string,
+                "created_at": _nullable("string"),
+                "cleared_at": _nullable("string"),
+                "cleared_by": _nullable("string"),
+            }
+        ),
         "AuditEntry": _obj(
             {
                 "at": _nullable("string"),
@@ -821,6 +871,8 @@ def _schemas() -> dict[str, Any]:
                 "active_override": {"oneOf": [_ref("Override"), {"type": "null"}]},
                 "overrides": {"type": "array", "items": _ref("Override")},
                 "confirmations": {"type": "array", "items": _ref("ConfirmationEntry")},
+                "active_status": {"oneOf": [_ref("PatientStatus"), {"type": "null"}]},
+                "statuses": {"type": "array", "items": _ref("PatientStatus")},
                 "pending": {
                     "type": "boolean",
                     "description": "Queued for the next refresh (an override waiting, a "
@@ -917,6 +969,26 @@ def _schemas() -> dict[str, Any]:
         "RemovedOverride": _obj(
             {
                 "removed": {"type": "boolean", "enum": [True]},
+                "patient": reference,
+                "refresh": refresh,
+            }
+        ),
+        "StatusRequest": _obj(
+            {
+                "status": {"type": "string", "enum": list(STATUSES)},
+                "reason": {
+                    "type": "string",
+                    "maxLength": 500,
+                    "pattern": r"\S",
+                    "description": "Why (goes into the audit log)",
+                },
+            },
+            closed=True,
+        ),
+        "StatusResult": _obj({"status": _ref("PatientStatus"), "refresh": refresh}),
+        "ClearedStatus": _obj(
+            {
+                "cleared": {"type": "boolean", "enum": [True]},
                 "patient": reference,
                 "refresh": refresh,
             }

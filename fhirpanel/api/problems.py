@@ -16,9 +16,11 @@ from fhirpanel.service.errors import (
     AssignmentMoved,
     InvalidInput,
     NoOverride,
+    NoStatus,
     NotAssigned,
     PatientExcluded,
     PatientNotFound,
+    RecordExcludes,
     ReviewError,
 )
 from fhirpanel.store import StoreError
@@ -34,6 +36,7 @@ REVIEW_CONFLICTS: dict[type[ReviewError], str] = {
     PatientExcluded: "patient-excluded",
     NotAssigned: "patient-not-assigned",
     AssignmentMoved: "assignment-changed",
+    RecordExcludes: "record-excludes",
 }
 
 
@@ -88,10 +91,10 @@ def conflict(detail: str, kind: str = "conflict") -> Problem:
 
 def review_problem(exc: ReviewError) -> Problem:
     """A refusal of the review service: a wrong body member is a 422 naming it, an unknown
-    patient or a missing override a 404, a change the patient's state forbids a 409."""
+    patient or a missing override or status a 404, a change the patient's state forbids a 409."""
     if isinstance(exc, InvalidInput):
         return invalid(exc.field, exc.message)
-    if isinstance(exc, PatientNotFound | NoOverride):
+    if isinstance(exc, PatientNotFound | NoOverride | NoStatus):
         return not_found(str(exc))
     kind = next((k for cls, k in REVIEW_CONFLICTS.items() if isinstance(exc, cls)), "conflict")
     return conflict(str(exc), kind)

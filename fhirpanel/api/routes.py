@@ -40,7 +40,7 @@ from fhirpanel.service.errors import (
 from fhirpanel.service.review import Refusal, ReviewService
 from fhirpanel.store import Store
 from fhirpanel.store import queries as q
-from fhirpanel.store.repository import CONFIRMERS, REQUESTERS, NotHeld
+from fhirpanel.store.repository import CONFIRMERS, REQUESTERS, STATUSES, NotHeld
 from fhirpanel.vocabulary import STARTABLE_KINDS, RunStatus
 
 log = logging.getLogger(__name__)
@@ -376,6 +376,32 @@ def remove_override(patient: str) -> Response:
     """Remove the patient's override: the usual rules decide again at the next refresh."""
     done = _review().remove_override(path_reference("Patient", patient), actor=_actor())
     return jsonify(removed=True, patient=done.patient, refresh=done.refresh.as_dict())
+
+
+STATUS_BODY = (
+    Member("status", choices=STATUSES),
+    Member("reason", free_text=True),
+)
+
+
+@bp.put("/patients/<path:patient>/status")
+@admin_only
+def set_status(patient: str) -> Response:
+    """Record that the patient moved away, transferred care, was dismissed or died: off every
+    panel from the next refresh."""
+    review = _review()
+    target = review.patient(path_reference("Patient", patient))
+    body = json_body(STATUS_BODY)
+    done = review.set_status(target, body["status"], reason=body["reason"], actor=_actor())
+    return jsonify(status=done.status, refresh=done.refresh.as_dict())
+
+
+@bp.delete("/patients/<path:patient>/status")
+@admin_only
+def clear_status(patient: str) -> Response:
+    """Clear the patient's status: they count again from the next refresh."""
+    done = _review().clear_status(path_reference("Patient", patient), actor=_actor())
+    return jsonify(cleared=True, patient=done.patient, refresh=done.refresh.as_dict())
 
 
 CONFIRM_BODY = (

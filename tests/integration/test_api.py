@@ -230,6 +230,8 @@ ADMIN_CALLS = [
         {"practitioner": "prac-0001", "reason": "moved", "requested_by": "patient"},
     ),
     ("delete", "/api/assignments/pat-000006/override", None),
+    ("put", "/api/patients/pat-000006/status", {"status": "moved-away", "reason": "moved"}),
+    ("delete", "/api/patients/pat-000006/status", None),
     ("post", "/api/assignments/pat-000006/confirm", {"confirmed_by": "clinician"}),
     ("post", "/api/runs", {"kind": "full"}),
     ("post", "/api/runs/1/accept", None),
@@ -676,6 +678,58 @@ def test_override_is_stored_audited_and_triggers_a_refresh(
     assert explained["audit"][0]["action"] == "override"
     # Not applied yet: the next refresh does it.
     assert explained["practitioner"] == patient["practitioner"]
+
+
+def test_a_status_is_set_audited_explained_and_cleared(
+    client: FlaskClient, store: Store, trigger: TriggerRecorder
+) -> None:
+    patient = first_assigned(store)
+    path = f"/api/patients/{bare(patient['patient'])}/status"
+    response = client.put(
+        path, json={"status": "transferred-care", "reason": "records\n sent"}, headers=ADMIN_H
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert (body["status"]["status"], body["status"]["reason"]) == (
+        "transferred-care",
+        "records sent",
+    )
+    assert body["status"]["actor"] == "alice" and body["refresh"]["run_id"] == 4242
+    assert store.active_statuses() == {patient["patient"]: "transferred-care"}
+    explained = client.get(f"/api/patients/{bare(patient['patient'])}", headers=READ_H).get_json()
+    assert explained["pending"] is True
+    assert explained["active_status"]["status"] == "transferred-care"
+    cleared = client.delete(path, headers=ADMIN_H)
+    assert cleared.status_code == 200
+    assert cleared.get_json()["cleared"] is True
+    assert store.active_statuses() == {}
+    assert [(a["action"], a["actor"]) for a in store.audit(patient=patient["patient"])] == [
+        ("status-cleared", "alice"),
+        ("status", "alice"),
+    ]
+    assert trigger.calls == [("incremental", "api")] * 2
+    problem(client.delete(path, headers=ADMIN_H), 404)  # nothing left to clear
+    wrong = problem(client.put(path, json={"status": "gone", "reason": "x"}, headers=ADMIN_H), 422)
+    assert wrong["errors"][0]["field"] == "status"
+    problem(client.put(path, json={"status": "dismissed", "reason": " "}, headers=ADMIN_H), 422)
+    unknown = "/api/patients/pat-999999/status"
+    problem(client.put(unknown, json={"status": "dismissed", "reason": "x"}, headers=ADMIN_H), 404)
+
+
+def test_a_status_for_a_patient_the_record_excludes_is_a_conflict(
+    client: FlaskClient, store: Store
+) -> None:
+    excluded = patients_where(store, PatientState.status == "excluded")[0]
+    body = problem(
+        client.put(
+            f"/api/patients/{bare(excluded['patient'])}/status",
+            json={"status": "deceased", "reason": "family called"},
+            headers=ADMIN_H,
+        ),
+        409,
+    )
+    assert body["type"].endswith(":record-excludes")
+    assert store.active_statuses() == {}
 
 
 def test_override_when_the_refresh_is_busy_or_cannot_start(

@@ -430,6 +430,56 @@ def test_override_is_stored_asks_for_a_refresh_and_shows_after_one(
     assert store.override_for(patient) is None
 
 
+def test_a_status_needs_csrf_takes_the_patient_off_the_panel_and_clears(
+    app: Flask, store: Store, trigger: Trigger
+) -> None:
+    client = sign_in(app)
+    patient = assigned_patient(store, biggest(store)["practitioner"])
+    bare = patient.split("/")[1]
+    html = page(client, f"/patients/{bare}")
+    assert "Record that the patient left" in html and "Clear status" not in html
+    data = {"status": "moved-away", "reason": "letter returned"}
+    assert client.post(f"/patients/{bare}/status", data=data).status_code == 400
+    assert store.active_statuses() == {}
+
+    done = client.post(
+        f"/patients/{bare}/status",
+        data=dict(data, csrf_token=csrf(client)),
+        follow_redirects=True,
+    )
+    assert any("recorded as moved away" in f for f in flashes(done.get_data(as_text=True)))
+    assert store.active_statuses() == {patient: "moved-away"}
+    assert trigger.calls == [("incremental", "dashboard")]
+    assert store.audit(patient=patient)[0]["actor"] == "boss"
+    refused = client.post(
+        f"/patients/{bare}/status",
+        data={"status": "gone", "reason": "x", "csrf_token": csrf(client)},
+        follow_redirects=True,
+    )
+    assert any("Choose what happened" in f for f in flashes(refused.get_data(as_text=True)))
+
+    # The next refresh excludes the patient with the reason; the page says why.
+    result = full_refresh(
+        Settings.load(env={}),
+        store,
+        source=f"ndjson:{POPULATION_DIR}",
+        as_of=AS_OF_DATE,
+        write=False,
+    )
+    assert result.status == "succeeded"
+    state = store.patient_state(patient) or {}
+    assert (state["status"], state["reason"]) == ("excluded", "moved-away")
+    html = page(client, f"/patients/{bare}")
+    assert 'id="patient-status-set"' in html and "letter returned" in html
+    cleared = client.post(
+        f"/patients/{bare}/status/clear",
+        data={"csrf_token": csrf(client)},
+        follow_redirects=True,
+    )
+    assert any("cleared" in f for f in flashes(cleared.get_data(as_text=True)))
+    assert store.active_statuses() == {}
+
+
 @pytest.mark.parametrize(
     ("form", "message"),
     [

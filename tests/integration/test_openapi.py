@@ -132,7 +132,7 @@ def test_body_bounds_are_documented_on_every_operation_with_a_body(
         for method, op in methods.items()
         if "requestBody" in op
     ]
-    assert len(with_body) == 4
+    assert len(with_body) == 5
     for path, method, op in with_body:
         assert {"400", "413"} <= set(op["responses"]), (path, method)
     # The dashboard's sign-in (a form POST and single-use links) is not part of the API.

@@ -1,7 +1,8 @@
 """The forms that change something (admin tokens; `signin` checks the scope and CSRF): confirm,
-override and remove an override through the review service, accept every placement suggestion
-shown, start a refresh, accept a held run. Each answers with a redirect back and a flash
-message; the service's refusals are worded here for a person."""
+override and remove an override, record and clear a patient's status (through the review
+service), accept every placement suggestion shown, start a refresh, accept a held run. Each
+answers with a redirect back and a flash message; the service's refusals are worded here for a
+person."""
 
 from __future__ import annotations
 
@@ -22,7 +23,12 @@ from fhirpanel.api.dashboard.base import (
     trigger,
 )
 from fhirpanel.api.dashboard.pages import stored_patient
-from fhirpanel.api.dashboard.render import held_figures, practitioner_name, render
+from fhirpanel.api.dashboard.render import (
+    PERSON_STATUS_WORDS,
+    held_figures,
+    practitioner_name,
+    render,
+)
 from fhirpanel.api.dashboard.signin import safe_next, signed_in
 from fhirpanel.errors import FhirpanelError
 from fhirpanel.service.errors import (
@@ -33,11 +39,13 @@ from fhirpanel.service.errors import (
     InvalidReference,
     MissingText,
     NoOverride,
+    NoStatus,
     NotAssigned,
     NotUnassigned,
     OverridePending,
     PatientExcluded,
     PatientNotFound,
+    RecordExcludes,
     ReviewError,
     SuggestionChanged,
     UnknownClinician,
@@ -210,6 +218,45 @@ def remove_override(patient_id: str) -> ResponseReturnValue:
         f"Override of patient {bare(target.ref)} removed: the usual rules decide again.",
         done.refresh,
     )
+    return _back(default)
+
+
+@bp.post("/patients/<patient_id>/status")
+def set_status(patient_id: str) -> ResponseReturnValue:
+    target, me = stored_patient(patient_id), signed_in()
+    default = _patient_url(target.ref)
+    try:
+        done = review().set_status(
+            target, request.form.get("status", ""), reason=_text("reason"), actor=me.name
+        )
+    except InvalidChoice:
+        flash("Choose what happened: moved away, transferred care, dismissed or died.", "error")
+        return _back(default)
+    except MissingText:
+        flash("Give a short reason (it goes into the audit log).", "error")
+        return _back(default)
+    except RecordExcludes as exc:
+        flash(
+            f"Patient {bare(target.ref)}'s record already excludes them ({exc.reason}): "
+            "no status is needed.",
+            "error",
+        )
+        return _back(default)
+    words = PERSON_STATUS_WORDS[done.status["status"]]
+    _refreshed(f"Patient {bare(target.ref)} recorded as {words}: off every panel.", done.refresh)
+    return _back(default)
+
+
+@bp.post("/patients/<patient_id>/status/clear")
+def clear_status(patient_id: str) -> ResponseReturnValue:
+    target, me = stored_patient(patient_id), signed_in()
+    default = _patient_url(target.ref)
+    try:
+        done = review().clear_status(target, actor=me.name)
+    except NoStatus:
+        flash(f"Patient {bare(target.ref)} has no status to clear.", "error")
+        return _back(default)
+    _refreshed(f"Status of patient {bare(target.ref)} cleared: they count again.", done.refresh)
     return _back(default)
 
 

@@ -21,7 +21,13 @@ from fhirpanel.api.dashboard.base import (
     settings,
     store,
 )
-from fhirpanel.api.dashboard.render import int_arg, render, tiers, with_figures
+from fhirpanel.api.dashboard.render import (
+    PERSON_STATUS_WORDS,
+    int_arg,
+    render,
+    tiers,
+    with_figures,
+)
 from fhirpanel.api.dashboard.signin import safe_next, viewer
 from fhirpanel.domain.placement import PanelChange
 from fhirpanel.service.errors import PatientNotFound
@@ -164,6 +170,8 @@ def patient(patient: str) -> ResponseReturnValue:
         overrides=explained.overrides,
         confirmations=explained.confirmations,
         active_override=explained.active_override,
+        active_status=explained.active_status,
+        status_words=PERSON_STATUS_WORDS,
         eligible=eligible_clinicians(),
         pending="applied at the next refresh" if explained.pending else None,
     )

@@ -23,6 +23,13 @@ STATUS_WORDS = {
     "unassigned": "Unassigned",
     "excluded": "Excluded (not an active patient)",
 }
+# The statuses a person may record (store STATUSES), as the patient page words them.
+PERSON_STATUS_WORDS = {
+    "moved-away": "moved away",
+    "transferred-care": "transferred their care",
+    "dismissed": "dismissed from the practice",
+    "deceased": "died (not yet in the record)",
+}
 
 
 @lru_cache(maxsize=8)
