@@ -544,7 +544,12 @@ def _full(job: Job, run_id: int) -> RefreshResult:
     recorder = _SeenRecorder(source)
     try:
         outcome = run_full(
-            settings, recorder, job.day, manual=store.active_overrides(), tables=job.tables
+            settings,
+            recorder,
+            job.day,
+            manual=store.active_overrides(),
+            tables=job.tables,
+            statuses=store.active_statuses(),  # people's statuses: off every panel
         )
     finally:
         close = getattr(source, "close", None)  # a Bulk export's downloaded files; the
@@ -692,12 +697,15 @@ def _incremental(job: Job, run_id: int) -> RefreshResult:
         population = read_population(source, patients=affected)
         weights = _stored_weights(store)
         manual = _manual_for(store.active_overrides(), affected)
+        wanted = set(affected)  # statuses people recorded: these patients leave every panel
+        people_set = {p: x for p, x in store.active_statuses().items() if p in wanted}
         outcome = analyse(
             population,
             job.day,
             tables,
             source=source.describe(),
             manual=manual,
+            statuses=people_set,
             weights=weights,
             outreach_months=(
                 settings.attribution.outreach_not_seen_months,

@@ -102,8 +102,12 @@ def _pass(
     started = time.perf_counter()
     tables = Tables.load(settings)  # once, before any read: a broken file stops nothing midway
     source = open_source(spec, settings)
+    # Statuses people recorded live in the store: only a writing pass (it holds one) applies them.
+    statuses = lease.store.active_statuses() if lease is not None else None
     with reading() as progress:
-        outcome = run_full(settings, source, as_of, progress=progress, tables=tables)
+        outcome = run_full(
+            settings, source, as_of, progress=progress, tables=tables, statuses=statuses
+        )
     if isinstance(source, BulkSource):
         source.close()  # the downloaded NDJSON is read; the client stays for write-back
     writeback = None

@@ -363,6 +363,48 @@ def test_overrides_take_effect_at_the_next_pass(
     assert store.pending_patients() == []
 
 
+@pytest.mark.parametrize("first", ["incremental", "full"])
+def test_a_status_ends_the_care_team_participation_with_the_reason_and_clearing_restores(
+    loaded: SandboxServer, store: Store, after_full: RefreshResult, first: str
+) -> None:
+    patient = next(iter(pick_moves(store, 1)))
+    before = (store.patient_state(patient) or {})["practitioner"]
+    settings = settings_for(loaded.base_url)
+    store.set_status(patient, "moved-away", reason="letter returned", actor="clerk")
+    assert store.pending_patients() == [patient]
+    # Either pass takes the patient off the panel: the incremental one the change queues, or
+    # the nightly full one.
+    if first == "incremental":
+        result = incremental_refresh(settings, store, as_of=AS_OF_DATE)
+        assert result.patients == (patient,)
+    else:
+        result = full_refresh(settings, store, as_of=AS_OF_DATE, write=True)
+    assert result.status == "succeeded", result.error
+    state = store.patient_state(patient) or {}
+    assert (state["status"], state["reason"], state["practitioner"]) == (
+        "excluded",
+        "moved-away",
+        None,
+    )
+    assert state["detail"]["status"] == "excluded" and state["detail"]["reason"] == "moved-away"
+    team = server_care_team(loaded.base_url, patient)
+    assert team["status"] == "inactive" and active_pcp(team) is None
+    assert [n["text"] for n in team["note"]] == [
+        f"Primary-care participation ended on {AS_OF}: the patient moved away."
+    ]
+    # A full refresh with write-back then keeps it so and writes the team no second time.
+    version = care_team_version(store, patient)
+    full = full_refresh(settings, store, as_of=AS_OF_DATE, write=True)
+    assert full.status == "succeeded", full.error
+    assert (store.patient_state(patient) or {})["reason"] == "moved-away"
+    assert care_team_version(store, patient) == version
+    # Cleared: the next pass brings the patient back to their clinician.
+    store.clear_status(patient, actor="clerk")
+    incremental_refresh(settings, store, as_of=AS_OF_DATE)
+    assert (store.patient_state(patient) or {})["practitioner"] == before
+    assert team_practitioner(loaded.base_url, patient) == before
+
+
 def test_runs_asked_for_while_a_worker_lives_are_queued_for_it(
     loaded: SandboxServer, store: Store, after_full: RefreshResult
 ) -> None:
