@@ -72,7 +72,7 @@ def build_report(outcome: RunOutcome) -> dict[str, Any]:
         item.update(_capacity_figures(panel))
         if panel.blended_size is not None:
             item["blended_size"] = round(panel.blended_size, 1)
-        item["relative"] = _relative(panel.relative)
+        item["relative"] = relative_entry(panel.relative)
         panels.append(item)
     blend = outcome.panels.blend
     patients = []
@@ -175,7 +175,7 @@ def _capacity_figures(panel: Panel) -> dict[str, Any]:
     }
 
 
-def _relative(relative: Relative | None) -> dict[str, Any] | None:
+def relative_entry(relative: Relative | None) -> dict[str, Any] | None:
     """The panel against its peers (docs/methods.md s.3.6); None when not eligible."""
     if relative is None:
         return None

@@ -62,6 +62,8 @@ def patient_rows(outcome: RunOutcome) -> tuple[PatientRow, ...]:
 
 
 def clinician_rows(outcome: RunOutcome) -> tuple[ClinicianRow, ...]:
+    from fhirpanel.report import relative_entry
+
     eligibility = outcome.attribution.eligibility
     eligible, pediatric = set(eligibility.eligible), set(eligibility.pediatric)
     practitioners = outcome.population.practitioners
@@ -79,6 +81,13 @@ def clinician_rows(outcome: RunOutcome) -> tuple[ClinicianRow, ...]:
             capacity=panel.capacity,
             open_capacity=panel.open_capacity,
             tiers={t: n for t, n in panel.tiers},
+            supply=panel.supply,
+            demand=panel.demand,
+            expected_visits=panel.expected_visits,
+            blended_size=panel.blended_size,
+            capacity_method=panel.capacity_method,
+            capacity_basis=panel.capacity_basis,
+            relative=relative_entry(panel.relative),
         )
         for panel in outcome.panels.panels
     )

@@ -156,6 +156,15 @@ class Clinician(Base):
     open_capacity: Mapped[float] = mapped_column(Float, default=0.0)
     tiers: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
     unconfirmed: Mapped[int] = mapped_column(Integer, default=0)
+    # Observed capacity and the panel against its peers (migration 0006), as the last full run
+    # found them; an incremental pass leaves them alone.
+    supply: Mapped[float | None] = mapped_column(Float, nullable=True)  # visits a year
+    demand: Mapped[float | None] = mapped_column(Float, nullable=True)  # visits/patient/year
+    expected_visits: Mapped[float | None] = mapped_column(Float, nullable=True)
+    blended_size: Mapped[float | None] = mapped_column(Float, nullable=True)
+    capacity_method: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    capacity_basis: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    relative: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

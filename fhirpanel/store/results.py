@@ -63,6 +63,13 @@ class ClinicianRow:
     open_capacity: float
     hcc_adjusted_size: float | None = None
     tiers: Mapping[str, int] = field(default_factory=dict)
+    supply: float | None = None  # visits a year
+    demand: float | None = None  # visits per patient per year
+    expected_visits: float | None = None
+    blended_size: float | None = None
+    capacity_method: str | None = None  # observed | configured
+    capacity_basis: str | None = None  # how capacity was found, in words
+    relative: Mapping[str, Any] | None = None  # the report's `relative` (None: not eligible)
 
 
 @dataclass(frozen=True)
@@ -256,7 +263,9 @@ class ResultStore(StoreEngine):
 
 def recompute_clinicians(s: Session, practitioners: Sequence[str], *, sizes: bool = True) -> None:
     """Panel figures from the patients table: size, risk-adjusted size, tiers, unconfirmed.
-    Capacity stays as the last full run computed it."""
+    Capacity stays as the last full run computed it, and so do supply, demand, expected visits,
+    the blended size, how capacity was found and `relative` (the peers' medians need every
+    panel): they stay as the last full pass stored them until the next one."""
     wanted = sorted(set(practitioners))
     for start in range(0, len(wanted), CHUNK):
         batch = wanted[start : start + CHUNK]
@@ -387,6 +396,13 @@ def _save_clinicians(s: Session, clinicians: Iterable[ClinicianRow], now: dateti
             "open_capacity": c.open_capacity,
             "tiers": dict(c.tiers),
             "unconfirmed": 0,
+            "supply": c.supply,
+            "demand": c.demand,
+            "expected_visits": c.expected_visits,
+            "blended_size": c.blended_size,
+            "capacity_method": c.capacity_method,
+            "capacity_basis": c.capacity_basis,
+            "relative": dict(c.relative) if c.relative is not None else None,
             "updated_at": now,
         }
         for c in clinicians
@@ -456,5 +472,18 @@ def clinician_dict(r: Clinician) -> dict[str, Any]:
         "open_capacity": round(r.open_capacity, 1),
         "tiers": r.tiers or {},
         "unconfirmed": r.unconfirmed,
+        # As the run report rounds them; share_used follows the current risk-adjusted size.
+        "supply": _round(r.supply, 1),
+        "demand": _round(r.demand, 3),
+        "expected_visits": _round(r.expected_visits, 1),
+        "share_used": round(r.risk_adjusted_size / r.capacity, 3) if r.capacity > 0 else None,
+        "capacity_method": r.capacity_method,
+        "capacity_basis": r.capacity_basis,
+        "blended_size": _round(r.blended_size, 1),
+        "relative": r.relative,
         "updated_at": iso(r.updated_at),
     }
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return round(value, digits) if value is not None else None

@@ -26,6 +26,7 @@ from fhirpanel.domain.risk import RiskResult
 from fhirpanel.fhir.source import NdjsonSource
 from fhirpanel.jobs.refresh import full_refresh
 from fhirpanel.jobs.rows import result_rows
+from fhirpanel.report import build_report
 from fhirpanel.run import run_full
 from fhirpanel.store import Store
 from fhirpanel.store.models import Base
@@ -145,6 +146,22 @@ def test_full_refresh_stores_patients_panels_and_context(filled: Store) -> None:
         assert clinician["unconfirmed"] == panel.size
     assert filled.context("weights")
     assert filled.context("as_of") == AS_OF
+    report = {p["practitioner"]: p for p in build_report(outcome)["panels"]}
+    keys = (
+        "supply",
+        "demand",
+        "expected_visits",
+        "share_used",
+        "capacity_method",
+        "capacity_basis",
+        "blended_size",
+        "relative",
+    )
+    stored = {c["practitioner"]: c for c in filled.clinicians()}
+    assert any(c["supply"] is not None for c in stored.values())
+    assert any(c["relative"] is not None for c in stored.values())
+    for practitioner, entry in report.items():
+        assert {k: stored[practitioner][k] for k in keys} == {k: entry.get(k) for k in keys}
     summary = filled.context("summary")
     assert summary["summary"]["assigned"] == len(assigned)
 
@@ -251,6 +268,43 @@ def test_migration_0005_downgrades_and_upgrades_again(tmp_path: Path) -> None:
         store.upgrade()
         assert "patient_statuses" in inspect(store.engine).get_table_names()
         assert store.active_statuses() == {}  # the downgrade dropped what it held
+        with store.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert diff == []
+    finally:
+        store.close()
+
+
+def test_migration_0006_adds_and_drops_the_capacity_columns(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect
+
+    from fhirpanel.store.engine import MIGRATIONS
+
+    added = {
+        "supply",
+        "demand",
+        "expected_visits",
+        "blended_size",
+        "capacity_method",
+        "capacity_basis",
+        "relative",
+    }
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        columns = {c["name"] for c in inspect(store.engine).get_columns("clinicians")}
+        assert added <= columns
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with store.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0005")
+        columns = {c["name"] for c in inspect(store.engine).get_columns("clinicians")}
+        assert not added & columns and "capacity" in columns
+        store.upgrade()
+        columns = {c["name"] for c in inspect(store.engine).get_columns("clinicians")}
+        assert added <= columns
         with store.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         assert diff == []
