@@ -221,7 +221,8 @@ def build_openapi(api: ApiSettings) -> dict[str, Any]:
                 "tags": ["panels"],
                 "summary": "Every clinician's panel",
                 "description": "Panel size, risk-adjusted size, capacity, open capacity, tier mix "
-                "and unconfirmed assignments per clinician, with practice totals.",
+                "and unconfirmed assignments per clinician, with supply, demand, how capacity "
+                "was found and the panel against its peers, and practice totals.",
                 "responses": {"200": _json(_ref("PanelList"), "The panels"), **read_errors},
             }
         },
@@ -616,6 +617,17 @@ def _schemas() -> dict[str, Any]:
         "description": 'Patients per risk tier (`"1"` .. `"4"`)',
     }
     confirmation_state = {"type": "string", "enum": ["proposed", *CONFIRMERS]}
+    relative = _obj(
+        {
+            "framework": {"type": "string", "enum": ["adult", "pediatric"]},
+            "peers": {"type": "integer", "minimum": 1},
+            "risk_adjusted_ratio": _nullable("number"),
+            "blended_ratio": _nullable("number"),
+            "percentile": {"type": "number", "minimum": 0, "maximum": 100},
+            "blended_percentile": _nullable("number", minimum=0, maximum=100),
+        },
+        description="Ratios to the peers' median and percentile ranks among the peers",
+    )
     refresh = _obj(
         {"run_id": _nullable("integer"), "started": boolean, "detail": string},
         description="The refresh asked for after a change (best effort)",
@@ -677,7 +689,30 @@ def _schemas() -> dict[str, Any]:
                 "open_capacity": number,
                 "tiers": tiers,
                 "unconfirmed": {"type": "integer", "minimum": 0},
-            }
+                "supply": _nullable(
+                    "number",
+                    description="Capacity in visits a year (qualifying visits in 12 months)",
+                ),
+                "demand": _nullable("number", description="Visits per patient per year"),
+                "expected_visits": _nullable(
+                    "number", description="Visits a year the panel is expected to need"
+                ),
+                "share_used": _nullable(
+                    "number", description="Risk-adjusted size over capacity; null without capacity"
+                ),
+                "capacity_method": {
+                    "type": ["string", "null"],
+                    "enum": ["observed", "configured", None],
+                },
+                "capacity_basis": _nullable("string", description="How capacity was found"),
+                "blended_size": _nullable("number"),
+                "relative": {
+                    "oneOf": [relative, {"type": "null"}],
+                    "description": "The panel against its eligible peers; null when not eligible",
+                },
+            },
+            description="Capacity, supply, demand, blended size and relative are as the last "
+            "full refresh found them",
         ),
         "PanelList": _obj(
             {

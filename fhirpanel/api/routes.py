@@ -119,7 +119,8 @@ def _paged(
 
 @bp.get("/panels")
 def panels() -> Response:
-    """Every clinician's panel: size, risk-adjusted size, capacity, tier mix, unconfirmed."""
+    """Every clinician's panel: size, risk-adjusted size, capacity, tier mix, unconfirmed, and
+    supply, demand, how capacity was found and the panel against its peers."""
     store = _store()
     return jsonify(
         panels=[_panel(c) for c in store.clinicians()],
@@ -143,6 +144,14 @@ def _panel(c: dict[str, Any]) -> dict[str, Any]:
             "open_capacity",
             "tiers",
             "unconfirmed",
+            "supply",
+            "demand",
+            "expected_visits",
+            "share_used",
+            "capacity_method",
+            "capacity_basis",
+            "blended_size",
+            "relative",
         )
     }
 

@@ -364,6 +364,40 @@ def test_panels_lists_every_clinician_with_figures(client: FlaskClient, store: S
     assert body["as_of"] == AS_OF
 
 
+def test_panels_carry_supply_capacity_basis_and_peers_as_the_run_report(
+    client: FlaskClient, store: Store
+) -> None:
+    from fhirpanel.fhir.source import NdjsonSource
+    from fhirpanel.report import build_report
+    from fhirpanel.run import run_full
+
+    outcome = run_full(api_settings(), NdjsonSource(POPULATION_DIR), date.fromisoformat(AS_OF))
+    report = {p["practitioner"]: p for p in build_report(outcome)["panels"]}
+    body = client.get("/api/panels", headers=READ_H).get_json()
+    assert {p["practitioner"] for p in body["panels"]} == set(report)
+    keys = (
+        "supply",
+        "demand",
+        "expected_visits",
+        "share_used",
+        "capacity_method",
+        "capacity_basis",
+        "blended_size",
+        "relative",
+    )
+    for panel in body["panels"]:
+        entry = report[panel["practitioner"]]
+        assert {k: panel[k] for k in keys} == {k: entry.get(k) for k in keys}
+    eligible = [p for p in body["panels"] if p["eligible"]]
+    assert eligible and all(p["relative"] is not None for p in eligible)
+    assert all(p["relative"] is None for p in body["panels"] if not p["eligible"])
+    observed = [p for p in eligible if p["capacity_method"] == "observed"]
+    assert observed and all(p["supply"] > 0 for p in observed)
+    assert all(p["capacity_basis"].startswith("observed: ") for p in observed)
+    one = client.get(f"/api/panels/{bare(observed[0]['practitioner'])}", headers=READ_H)
+    assert one.get_json()["panel"]["capacity_basis"] == observed[0]["capacity_basis"]
+
+
 def test_panel_pages_cover_the_panel_exactly_once(client: FlaskClient, store: Store) -> None:
     panel = biggest_panel(store)
     expected = [
