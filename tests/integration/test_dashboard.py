@@ -253,6 +253,32 @@ def test_overview_shows_panels_against_capacity(app: Flask, store: Store) -> Non
     assert 'id="last-run-status">succeeded<' in html
 
 
+def test_overview_shows_supply_capacity_basis_blended_and_peers(app: Flask, store: Store) -> None:
+    from markupsafe import escape
+
+    from fhirpanel.api.dashboard.pages import vs_peers
+
+    html = page(sign_in(app), "/")
+    for words in ("Supply (visits/12&nbsp;mo)", "Capacity used", "Blended", "vs peers"):
+        assert words in html
+    clinicians = [c for c in store.clinicians() if c["eligible"] or c["size"]]
+    with_supply = [c for c in clinicians if c["supply"] is not None]
+    assert with_supply
+    for c in with_supply:
+        assert f'title="{escape(c["capacity_basis"])}"' in html
+        assert f'<td class="num">{round(c["supply"])}</td>' in html
+    peers = [c for c in clinicians if c["relative"] is not None]
+    assert peers
+    for c in peers:
+        text = vs_peers(c["relative"])
+        assert text is not None and "pct" in text and str(escape(text)) in html
+    assert vs_peers(
+        {"risk_adjusted_ratio": 1.1666, "percentile": 63.6, "framework": "adult", "peers": 5}
+    ) == ("1.17× median, 64th pct")
+    assert vs_peers({"risk_adjusted_ratio": None, "percentile": 12.0}) == "12th pct"
+    assert vs_peers(None) is None
+
+
 def test_static_files_are_served_with_the_chart_library_licence(app: Flask) -> None:
     client = app.test_client()
     chart = client.get("/assets/chart.umd.js").get_data(as_text=True)

@@ -70,6 +70,7 @@ def overview() -> ResponseReturnValue:
     clinicians = [c for c in clinicians if c["eligible"] or c["size"]]
     for c in clinicians:
         c["link"] = url_for("dashboard.panel", practitioner=bare(c["practitioner"]))
+        c["vs_peers"] = vs_peers(c.get("relative"))
     chart = {
         "labels": [c["name"] or bare(c["practitioner"]) for c in clinicians],
         "size": [c["size"] for c in clinicians],
@@ -88,6 +89,22 @@ def overview() -> ResponseReturnValue:
         as_of=st.context("as_of"),
         tiers=tiers(),
     )
+
+
+def vs_peers(relative: dict[str, Any] | None) -> str | None:
+    """The panel against its peers in words: "1.17× median, 64th pct" (None: not eligible)."""
+    if not relative:
+        return None
+    ratio = relative.get("risk_adjusted_ratio")
+    rank = ordinal(round(relative["percentile"]))
+    if ratio is None:
+        return f"{rank} pct"
+    return f"{ratio:.2f}× median, {rank} pct"
+
+
+def ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 @bp.get("/panels/<path:practitioner>")
