@@ -86,7 +86,8 @@ def clinician_rows(outcome: RunOutcome) -> tuple[ClinicianRow, ...]:
             expected_visits=panel.expected_visits,
             blended_size=panel.blended_size,
             capacity_method=panel.capacity_method,
-            capacity_basis=panel.capacity_basis,
+            # The column holds 256 characters (PostgreSQL refuses more); the report keeps it all.
+            capacity_basis=panel.capacity_basis[:256] if panel.capacity_basis else None,
             relative=relative_entry(panel.relative),
         )
         for panel in outcome.panels.panels
