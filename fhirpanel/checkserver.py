@@ -38,6 +38,7 @@ from fhirpanel.fhir.client import (
     outcome_messages,
     redact_url,
 )
+from fhirpanel.fhir.referenced import refused_search
 from fhirpanel.writeback.identity import identifier_token
 from fhirpanel.writeback.plan import (
     MEDPLUM_LIMITS,
@@ -132,6 +133,10 @@ class ServerCheck:
     # Write limits known for this server's software (Medplum's, with transactions turned on):
     # entries per transaction with a conditional entry ("conditional") and without ("plain").
     write_limits: dict[str, int] | None = None
+    # Per read type, whether a count-only population search was allowed, refused or could not
+    # be told (empty: not probed), and the read mode, profile and source recommended from it.
+    population: dict[str, str] = field(default_factory=dict)
+    recommendation: Recommendation | None = None
 
     @property
     def missing(self) -> list[Finding]:
@@ -158,7 +163,13 @@ class ServerCheck:
             names = ", ".join(f"{f.area} {f.name}" for f in self.missing)
             return f"fhirpanel cannot work with this server: missing {names}"
         mode = "read only" if self.read_only else "read and write back"
-        return f"fhirpanel can work with this server ({mode})"
+        verdict = f"fhirpanel can work with this server ({mode})"
+        if self.recommendation is not None and self.recommendation.read_mode == "roster":
+            verdict += (
+                f"; population searches are refused: read by roster (fhir.read_mode = roster, "
+                f"profile {self.recommendation.profile})"
+            )
+        return verdict
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -176,6 +187,8 @@ class ServerCheck:
             "transaction_write_limits": self.write_limits,
             "findings": [{**asdict(f), "blocking": f.blocking} for f in self.findings],
             "smart_configuration": self.smart_configuration,
+            "population_search": dict(self.population),
+            "recommendation": asdict(self.recommendation) if self.recommendation else None,
         }
 
 
@@ -187,6 +200,7 @@ def check_server(url: str, settings: Settings, *, read_only: bool = False) -> Se
     back in transactions, probe the largest transaction it accepts (`probe_transaction_size`)."""
     fhir = settings.with_fhir(base_url=url).fhir
     probe: TransactionProbe | None = None
+    population: dict[str, PopulationProbe] = {}
     with FhirClient(fhir, auth=NoAuth()) as public:
         try:
             caps = _capabilities(public, url)
@@ -195,6 +209,8 @@ def check_server(url: str, settings: Settings, *, read_only: bool = False) -> Se
         smart_config, smart_note = _smart_configuration(public)
         if fhir.auth == "none" and caps is not None and _probing(caps, settings, read_only):
             probe = probe_transaction_size(public, settings.writeback)
+        if fhir.auth == "none" and caps is not None:
+            population = probe_population_searches(public)
     credentials: tuple[Finding, Credentials] | None = None
     if fhir.auth != "none":
         try:
@@ -208,10 +224,11 @@ def check_server(url: str, settings: Settings, *, read_only: bool = False) -> Se
                 if caps is None:
                     caps = _capabilities(private, url)
                 credentials = _probe_credentials(private, fhir.auth)
-                if credentials[1] in ("accepted", "unconfirmed") and _probing(
-                    caps, settings, read_only
-                ):
+                usable = credentials[1] in ("accepted", "unconfirmed")
+                if usable and _probing(caps, settings, read_only):
                     probe = probe_transaction_size(private, settings.writeback)
+                if usable:
+                    population = probe_population_searches(private)
     if caps is None:
         raise AuthError(
             401,
@@ -251,7 +268,126 @@ def check_server(url: str, settings: Settings, *, read_only: bool = False) -> Se
         )
     if credentials is not None:
         check.findings.append(credentials[0])
+    if population:
+        check.population = {t: p.state for t, p in population.items()}
+        check.recommendation = recommend(caps, population, url)
+        check.findings.extend(population_findings(population, check.recommendation))
     return check
+
+
+# --------------------------------------------------------------------------- population searches
+
+# Read types whose population search a run cannot do without (a roster replaces it); the
+# others are read by reference when refused (fhir/referenced.py).
+PATIENT_TYPES = ("Patient", "Encounter", "Condition")
+VENDOR_PROFILES = (("epic", "epic"), ("cerner", "oracle"), ("millennium", "oracle"))
+
+
+@dataclass(frozen=True)
+class PopulationProbe:
+    """One count-only population search (`Type?_summary=count`): allowed, refused or unknown."""
+
+    state: Literal["allowed", "refused", "unknown"]
+    detail: str
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    profile: str
+    read_mode: Literal["population", "roster"]
+    source: str
+    why: str
+
+
+def probe_population_searches(client: FhirClient) -> dict[str, PopulationProbe]:
+    """Whether the server runs a search that names no patient, per read type: one count-only
+    request each (`_summary=count`: no resource is returned). 400, 403, 405 or 422 is a
+    refusal (as Epic and Oracle Health answer one: docs/profiles.md)."""
+    found: dict[str, PopulationProbe] = {}
+    for rtype in READ_TYPES:
+        try:
+            response = client.request(
+                "GET",
+                rtype,
+                params=[("_summary", "count")],
+                headers={"Cache-Control": "no-cache"},
+            )
+        except FhirHttpError as exc:
+            said = "; ".join(outcome_messages(exc.outcome or {}))[:120] or "no OperationOutcome"
+            if exc.status == 401:
+                found[rtype] = PopulationProbe("unknown", "HTTP 401: needs credentials")
+            elif refused_search(exc):
+                found[rtype] = PopulationProbe("refused", f"HTTP {exc.status}: {said}")
+            else:
+                found[rtype] = PopulationProbe("unknown", f"HTTP {exc.status}: {said}")
+            continue
+        except SourceError as exc:
+            found[rtype] = PopulationProbe("unknown", str(exc)[:120])
+            continue
+        try:
+            total = json.loads(response.content).get("total")
+        except (ValueError, AttributeError):
+            total = None
+        shown = f" (total {total})" if isinstance(total, int) else ""
+        found[rtype] = PopulationProbe("allowed", f"allowed{shown}")
+    return found
+
+
+def recommend(
+    caps: ServerCapabilities, population: Mapping[str, PopulationProbe], url: str
+) -> Recommendation:
+    """The profile, read mode and source to use, from the software's name and the probes."""
+    name = (caps.software_name or "").lower()
+    vendor = next((p for key, p in VENDOR_PROFILES if key in name), "")
+    software = vendor or ("hapi" if "hapi" in name else "medplum" if is_medplum(caps) else "")
+    base = redact_url(url).rstrip("/")
+    refused = [t for t, p in population.items() if p.state == "refused"]
+    if any(t in refused for t in PATIENT_TYPES):
+        profile = vendor or "generic"
+        roster = f"--source {base} --roster Group/<ID> (or a CSV file of patient ids)"
+        bulk = f"; full refreshes: bulk:{base}/Group/<ID>" if caps.export.group else ""
+        setting = "" if vendor else " with fhir.read_mode = roster"
+        return Recommendation(
+            profile,
+            "roster",
+            roster + bulk,
+            f"population searches of {', '.join(t for t in PATIENT_TYPES if t in refused)} "
+            f"are refused: read by roster, profile {profile}{setting}",
+        )
+    profile = software or "generic"
+    bulk = f" (or bulk:{base} for a Bulk export)" if caps.export.system else ""
+    if refused:
+        why = (
+            f"population searches of {', '.join(refused)} are refused: fhirpanel reads them "
+            "by the references in encounters and patients"
+        )
+    elif all(p.state == "allowed" for p in population.values()):
+        why = "population searches are allowed: paged searches read everything"
+    else:
+        why = "could not tell whether population searches are allowed: try a population read"
+    return Recommendation(profile, "population", f"--source {base}{bulk}", why)
+
+
+def population_findings(
+    population: Mapping[str, PopulationProbe], recommendation: Recommendation
+) -> Iterable[Finding]:
+    for rtype, probe in population.items():
+        marks: dict[str, Status] = {"allowed": "yes", "refused": "no", "unknown": "unknown"}
+        status = marks[probe.state]
+        if probe.state != "refused":
+            use = "paged search" if probe.state == "allowed" else "paged search, if allowed"
+        elif rtype in PATIENT_TYPES:
+            use = "refused: read by roster (--roster, fhir.roster), a batch of patients at a time"
+        else:
+            use = "refused: read by reference (Type?_id=a,b,c)"
+        yield Finding("read mode", f"{rtype}? (population)", status, probe.detail, use)
+    yield Finding(
+        "read mode",
+        "recommended",
+        "yes",
+        f"profile {recommendation.profile}, read mode {recommendation.read_mode}",
+        f"{recommendation.why}: {recommendation.source}",
+    )
 
 
 # --------------------------------------------------------------------------- transaction size
@@ -463,7 +599,25 @@ def _probe_credentials(client: FhirClient, auth: str) -> tuple[Finding, Credenti
     """One authenticated search that returns a count only (no resource content)."""
     name = _credentials_name(auth)
     try:
-        client.request("GET", "Patient", params=[("_summary", "count")])
+        try:
+            client.request("GET", "Patient", params=[("_summary", "count")])
+        except AuthError as exc:
+            if exc.status != 403:
+                raise
+            # A server that refuses population searches answers 403 to this one whatever the
+            # credentials: a count for one (made-up) patient tells them apart.
+            client.request(
+                "GET",
+                "Encounter",
+                params=[("patient", "fhirpanel-credentials-probe"), ("_summary", "count")],
+            )
+            return Finding(
+                "auth",
+                name,
+                "yes",
+                "accepted (Encounter?patient=…&_summary=count; Patient?_summary=count refused)",
+                "reads and writes with these credentials",
+            ), "accepted"
     except AuthError as exc:
         return Finding(
             "auth",
@@ -987,5 +1141,13 @@ def render(check: ServerCheck, console: Console) -> None:
         )
         previous = f.area
     console.print(table)
+    if check.recommendation is not None:
+        rec = check.recommendation
+        console.print(
+            f"Recommended: profile {rec.profile} (fhir.profile), read mode {rec.read_mode}: "
+            f"{rec.source}",
+            highlight=False,
+            soft_wrap=True,
+        )
     colour = "green" if check.ok else "red"
     console.print(f"[{colour}]{check.verdict()}[/{colour}]", highlight=False)

@@ -59,6 +59,24 @@ class FhirSettings:
     # with the link's own path and query: fhir/client.py `resolve_link`).
     trusted_link_origins: str = ""
     rewrite_foreign_links: bool = False
+    # A server profile sets the choices below (and a few in [writeback], [bulk], [scheduler]) that
+    # are not set explicitly: PROFILES, docs/profiles.md.
+    profile: Literal["generic", "hapi", "medplum", "epic", "oracle"] = "generic"
+    # population: paged searches of every type. roster: the patients come from `roster`, their
+    # Patient, Encounter and Condition are searched a batch of patients at a time, clinicians and
+    # organisations read by the references to them (docs/profiles.md).
+    read_mode: Literal["population", "roster"] = "population"
+    roster: str = ""  # `Group/ID`, or a CSV file of patient ids or `system|value` identifiers
+    roster_concurrency: int = 4  # roster and reference reads in flight at once
+    max_url_length: int = 4000  # a batch of ids is cut so its search URL stays within this
+    # Roster reads ask every encounter ("none"), or Encounter?date=ge<as-of minus the longest
+    # look-back the pass decides with> ("window": the decisions are the same, but a date older
+    # than the floor, such as an outreach entry's last sentinel exam, is not known).
+    encounter_floor: Literal["none", "window"] = "none"
+    # What the incremental pass polls per roster batch: `_lastUpdated=gt<watermark>` on Patient,
+    # Encounter and Condition, or `date=ge<watermark day>` on Encounter only (servers without
+    # `_lastUpdated`).
+    roster_poll: Literal["_lastUpdated", "date"] = "_lastUpdated"
 
 
 @dataclass(frozen=True)
@@ -140,6 +158,9 @@ class SchedulerSettings:
     hook_token: str = field(default="", repr=False)  # sent by the server in Authorization
     # A refresh lock whose holder has not renewed it (every minute) for this long is taken over.
     lock_stale_seconds: int = 900
+    # Minutes between incremental passes on a roster source (fhir.roster): each polls every
+    # roster patient, batch by batch, so it costs far more requests than a `_lastUpdated` search.
+    roster_poll_minutes: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -207,8 +228,11 @@ class Settings:
                 data = tomllib.loads(p.read_text(encoding="utf-8"))
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
-        settings: Settings = _build(cls, data, env, ENV_PREFIX, where=str(path or "settings"))
-        return settings
+        given: set[str] = set()
+        settings: Settings = _build(
+            cls, data, env, ENV_PREFIX, where=str(path or "settings"), given=given
+        )
+        return apply_profile(settings, given)
 
     def with_fhir(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, fhir=dataclasses.replace(self.fhir, **changes))
@@ -230,8 +254,65 @@ class Settings:
         return self.log_level or ("INFO" if service else "WARNING")
 
 
+# What each `fhir.profile` sets, as `section.key`: applied to every setting the file and the
+# environment leave out, so an explicit setting always wins. The published constraint behind
+# each choice is in docs/profiles.md.
+PROFILES: dict[str, dict[str, Any]] = {
+    "generic": {},
+    # HAPI asks for Retry-After: 120 on its first $export polls even for a small export.
+    "hapi": {"bulk.max_retry_after": 5.0},
+    # Medplum with transactions on refuses more than 50 updates in one (fhir-router batch.ts).
+    "medplum": {"writeback.batch_size": 50},
+    # Patient.Search needs an id, an identifier or demographics per request; the clinical
+    # searches need a patient; no transactions or conditional writes are documented.
+    "epic": {
+        "fhir.read_mode": "roster",
+        "fhir.patient_batch": 1,
+        "fhir.page_size": 100,
+        "fhir.roster_poll": "date",
+        "fhir.encounter_floor": "window",
+        "writeback.use_transactions": False,
+        "writeback.use_conditional_update": False,
+        "writeback.probe_transactions": False,
+    },
+    # Millennium R4: Encounter and Condition searches need _id, patient, subject (or account);
+    # `_id` takes a comma list, `_lastUpdated` is supported on Encounter.
+    "oracle": {
+        "fhir.read_mode": "roster",
+        "fhir.patient_batch": 1,
+        "fhir.page_size": 100,
+        "fhir.encounter_floor": "window",
+        "writeback.use_transactions": False,
+        "writeback.use_conditional_update": False,
+        "writeback.probe_transactions": False,
+    },
+}
+
+
+def apply_profile(settings: Settings, given: set[str] | frozenset[str] = frozenset()) -> Settings:
+    """`settings` with its profile's choices laid over every setting not in `given` (the
+    `section.key` names a file or the environment set)."""
+    choices = PROFILES[settings.fhir.profile]
+    sections: dict[str, dict[str, Any]] = {}
+    for name, value in choices.items():
+        if name not in given:
+            section, key = name.split(".", 1)
+            sections.setdefault(section, {})[key] = value
+    changes = {
+        section: dataclasses.replace(getattr(settings, section), **values)
+        for section, values in sections.items()
+    }
+    return dataclasses.replace(settings, **changes) if changes else settings
+
+
 def _build(
-    cls: type[Any], data: Mapping[str, Any], env: Mapping[str, str], prefix: str, where: str
+    cls: type[Any],
+    data: Mapping[str, Any],
+    env: Mapping[str, str],
+    prefix: str,
+    where: str,
+    given: set[str] | None = None,
+    section: str = "",
 ) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a table")
@@ -246,12 +327,23 @@ def _build(
         env_key = f"{prefix}{f.name.upper()}"
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kwargs[f.name] = _build(
-                hint, data.get(f.name, {}), env, env_key + "_", f"{where}[{f.name}]"
+                hint,
+                data.get(f.name, {}),
+                env,
+                env_key + "_",
+                f"{where}[{f.name}]",
+                given,
+                f"{section}{f.name}.",
             )
-        elif env_key in env:
+            continue
+        if env_key in env:
             kwargs[f.name] = _coerce(hint, env[env_key], env_key)
         elif f.name in data:
             kwargs[f.name] = _coerce(hint, data[f.name], f"{where}.{f.name}")
+        else:
+            continue
+        if given is not None:
+            given.add(f"{section}{f.name}")
     return cls(**kwargs)
 
 

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime
 from typing import TypeVar
 
+from fhirpanel.config import Settings
+from fhirpanel.domain.dates import months_before
 from fhirpanel.domain.records import (
     ConditionRecord,
     EncounterRecord,
@@ -22,12 +24,15 @@ from fhirpanel.domain.records import (
     PractitionerRoleRecord,
 )
 from fhirpanel.fhir.parse import RESOURCE_TYPES, Record, parse_resource
+from fhirpanel.fhir.referenced import REFERENCED_TYPES
 from fhirpanel.fhir.source import FhirSource, Item
+from fhirpanel.tables import MethodTables
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Record)
 
-# Read clinicians and organisations first: they are few, and patients' references need them.
+# Clinicians and organisations first (they are few), unless the source names its own order
+# (`read_order`: server sources read patients first, to follow references from them).
 READ_ORDER = (
     "Organization",
     "Practitioner",
@@ -42,16 +47,69 @@ Progress = Callable[[str, int], None]  # (resource type, resources read so far o
 def read_population(
     source: FhirSource, progress: Progress | None = None, patients: Sequence[str] | None = None
 ) -> Population:
-    """Everything a run needs. With `patients`, only those patients' Patient, Encounter and
-    Condition resources (plus all clinicians and organisations)."""
+    """Everything a run needs, in the source's `read_order`. With `patients`, only those
+    patients' Patient, Encounter and Condition resources (plus the clinicians and organisations:
+    all of them, or those referenced from a source that reads them by reference)."""
     builder = PopulationBuilder()
-    for rtype in READ_ORDER:
+    for rtype in read_order(source):
         if patients is not None and rtype in ("Patient", "Encounter", "Condition"):
             items: Iterable[Item] = source.read_for_patients(rtype, patients)
         else:
             items = source.read(rtype)
         builder.add_items(rtype, items, progress)
     return builder.finish()
+
+
+def read_order(source: FhirSource) -> tuple[str, ...]:
+    """The source's own order (`read_order`: a server source reads patients first, so the
+    clinicians they reference are known when a server will only be asked for those), else
+    READ_ORDER. Types READ_ORDER has and the source's order lacks (a type added later) come
+    before the clinicians, so what references them is still read first. The records come out
+    the same in any order."""
+    order = getattr(source, "read_order", None)
+    if not isinstance(order, tuple):
+        return READ_ORDER
+    known = [t for t in order if t in READ_ORDER]
+    missing = [t for t in READ_ORDER if t not in known]
+    cut = next((n for n, t in enumerate(known) if t in REFERENCED_TYPES), len(known))
+    return (*known[:cut], *missing, *known[cut:])
+
+
+# compute_age_sex_weights counts visits over its default 12 months (domain/panels.py).
+PANEL_WEIGHT_MONTHS = 12
+
+
+def read_window_months(settings: Settings, tables: MethodTables) -> int | None:
+    """The longest look-back the pass decides with, in months: the pipeline's widest window,
+    the risk utilisation window, the outreach windows, the panel weights', the suggestions'
+    continuity window. None (read every encounter) with `fhir.encounter_floor = "none"`, or
+    when no pipeline step has a window (its explanations then count visits of any date)."""
+    widest = tables.pipeline.widest_window
+    if settings.fhir.encounter_floor == "none" or widest is None:
+        return None
+    placement = getattr(tables.capacities, "placement", None)  # suggestion rules, when set
+    return max(
+        widest,
+        tables.risk.utilisation.lookback_months,
+        settings.attribution.outreach_not_seen_months,
+        settings.attribution.outreach_sentinel_months,
+        PANEL_WEIGHT_MONTHS,
+        int(getattr(placement, "continuity_months", 0) or 0),
+    )
+
+
+def encounter_floor(as_of: date, months: int) -> date:
+    """The first day a roster read asks encounters from: `months` before the as-of date (the
+    longest look-back window the pass uses: `read_window_months`)."""
+    return months_before(as_of, months)
+
+
+def configure_read(source: FhirSource, as_of: date, months: int | None) -> None:
+    """Tell a roster source its encounter date floor (`fhir.encounter_floor = "window"`:
+    `months` before `as_of`; None: no floor). Other sources read everything."""
+    setter = getattr(source, "set_encounter_floor", None)
+    if callable(setter):
+        setter(None if months is None else encounter_floor(as_of, months))
 
 
 class PopulationBuilder:
@@ -211,6 +269,10 @@ __all__ = [
     "RESOURCE_TYPES",
     "PopulationBuilder",
     "add_future_date_issues",
+    "configure_read",
+    "encounter_floor",
     "future_date_issues",
+    "read_order",
     "read_population",
+    "read_window_months",
 ]

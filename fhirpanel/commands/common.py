@@ -31,14 +31,27 @@ def as_of(text: str) -> date:
 
 
 def load_settings(
-    config: str | None, *, database: str | None = None, source: str | None = None
+    config: str | None,
+    *,
+    database: str | None = None,
+    source: str | None = None,
+    roster: str | None = None,
 ) -> Settings:
-    """The settings (`--config`, else FHIRPANEL_CONFIG, and the environment) with `--database`
-    and, for the refresh commands, `--source` (scheduler.source) laid over them."""
+    """The settings (`--config`, else FHIRPANEL_CONFIG, and the environment) with `--database`,
+    `--roster` (fhir.roster) and, for the refresh commands, `--source` (scheduler.source) laid
+    over them."""
     settings = Settings.load(config)
     changes: dict[str, Any] = {}
     if database:
         changes["database_url"] = database
     if source:
         changes["scheduler"] = dataclasses.replace(settings.scheduler, source=source)
+    if roster:
+        changes["fhir"] = dataclasses.replace(settings.fhir, roster=roster)
     return dataclasses.replace(settings, **changes) if changes else settings
+
+
+ROSTER_HELP = (
+    "read by roster: Group/ID, or a CSV file of patient ids or system|value identifiers "
+    "(fhir.roster); for servers that refuse population searches"
+)

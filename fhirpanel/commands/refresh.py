@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 
 from fhirpanel.cli import error_line, exit_code_for_run
-from fhirpanel.commands.common import as_of, load_settings
+from fhirpanel.commands.common import ROSTER_HELP, as_of, load_settings
 from fhirpanel.errors import ExitCode
 from fhirpanel.vocabulary import RunStatus
 
@@ -24,6 +24,7 @@ def register(subparsers: Any) -> None:
     ref.add_argument(
         "--source", default=None, help="default: scheduler.source or fhir.base_url from settings"
     )
+    ref.add_argument("--roster", help=ROSTER_HELP)
     ref.add_argument("--as-of", type=as_of, default=None)
     ref.add_argument("--config", help="a fhirpanel.toml settings file")
     ref.add_argument("--database", help="the store's SQLAlchemy URL (default: settings)")
@@ -53,7 +54,9 @@ def cmd_refresh(args: argparse.Namespace, console: Console) -> int:
     from fhirpanel.jobs.refresh import full_refresh, incremental_refresh
     from fhirpanel.store import Store
 
-    settings = load_settings(args.config, database=args.database, source=args.source)
+    settings = load_settings(
+        args.config, database=args.database, source=args.source, roster=args.roster
+    )
     store = Store(settings.database)
     refresh = full_refresh if args.full else incremental_refresh
     result = refresh(

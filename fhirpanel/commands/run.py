@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from fhirpanel.cli import exit_code_for_run
-from fhirpanel.commands.common import as_of, load_settings
+from fhirpanel.commands.common import ROSTER_HELP, as_of, load_settings
 from fhirpanel.ingest import Progress as ReadProgress
 
 
@@ -49,6 +49,7 @@ def register(subparsers: Any) -> None:
         "--database",
         help="with --write: the store whose lock keeps one writer at a time (default: settings)",
     )
+    run.add_argument("--roster", help=ROSTER_HELP)
     run.add_argument("--report", type=Path, help="write the JSON report to this file")
     run.add_argument("--quiet", action="store_true", help="no progress or summary on the terminal")
     run.set_defaults(func=cmd_run)
@@ -58,7 +59,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from fhirpanel.report import render_summary, write_report
     from fhirpanel.service.passes import PassOptions, run_pass
 
-    settings = load_settings(args.config, database=args.database)
+    settings = load_settings(args.config, database=args.database, roster=args.roster)
     show = not args.quiet and console.is_terminal
 
     def reading() -> contextlib.AbstractContextManager[ReadProgress | None]:

@@ -44,6 +44,12 @@ def register(subparsers: Any) -> None:
     box.add_argument(
         "--from-ndjson", type=Path, default=None, help="seed from this NDJSON directory instead"
     )
+    box.add_argument(
+        "--strict-ehr",
+        action="store_true",
+        help="refuse population searches the way Epic and Oracle Health do (403), count every "
+        "search at {base}/$stats, and add a roster Group of every seeded patient",
+    )
     box.set_defaults(func=cmd_sandbox)
 
 
@@ -67,7 +73,7 @@ def cmd_generate(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_sandbox(args: argparse.Namespace, console: Console) -> int:
-    from fhirpanel.sandbox.server import LOOPBACK, free_port, serve_forever
+    from fhirpanel.sandbox.server import LOOPBACK, ROSTER_GROUP_ID, free_port, serve_forever
 
     port = args.port or free_port()
     seed_dir: Path | None = args.from_ndjson
@@ -84,9 +90,14 @@ def cmd_sandbox(args: argparse.Namespace, console: Console) -> int:
         Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     # The line the demo (and people) read to find the server: plain, whatever the terminal.
     sys.stdout.write(f"sandbox FHIR base: http://{LOOPBACK}:{port}/fhir\n")
+    if args.strict_ehr:
+        sys.stdout.write(
+            f"strict EHR: population searches refused; roster Group/{ROSTER_GROUP_ID}; "
+            f"counts at http://{LOOPBACK}:{port}/fhir/$stats\n"
+        )
     sys.stdout.flush()
     try:
-        serve_forever(port, args.db, seed_dir)
+        serve_forever(port, args.db, seed_dir, strict=args.strict_ehr)
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -42,7 +42,13 @@ from fhirpanel.fhir.client import (
     redact_url,
     url_origin,
 )
-from fhirpanel.fhir.source import REQUIRED_TYPES, Item, NdjsonSource, ServerSource
+from fhirpanel.fhir.source import (
+    PATIENTS_FIRST,
+    REQUIRED_TYPES,
+    Item,
+    NdjsonSource,
+    ServerSource,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +61,8 @@ EXPORT_TYPES = (
     "Organization",
 )
 # Outside the Patient compartment: a Group-level export need not contain them (IG, "Group level
-# export"), so when its manifest has none they are read by paged search instead.
+# export"), so when its manifest has none they are read from the server: by paged search, or by
+# the references to them where that is refused or the read mode is roster (referenced.py).
 NON_COMPARTMENT_TYPES = frozenset({"Practitioner", "PractitionerRole", "Organization"})
 NDJSON = "application/fhir+ndjson"
 DEFAULT_DOWNLOAD_DIR = "var/bulk"
@@ -635,7 +642,11 @@ def _sweep_stale(root: Path, older_than: float) -> None:
 
 class BulkSource:
     """A `FhirSource` over one Bulk Data export, run on the first read (once) and then served
-    from the downloaded NDJSON. `close()` removes the files unless `keep_files` (also at exit)."""
+    from the downloaded NDJSON. `close()` removes the files unless `keep_files` (also at exit).
+    The references in what it serves are noted, so clinicians a Group export leaves out can be
+    read by reference (`_from_server`)."""
+
+    read_order = PATIENTS_FIRST
 
     def __init__(self, export: BulkExport, *, keep_files: bool | None = None) -> None:
         self.export = export
@@ -663,7 +674,7 @@ class BulkSource:
         if self._from_server(resource_type):
             yield from self._server.read(resource_type)
         else:
-            yield from files.read(resource_type)
+            yield from self._server.references.noting(files.read(resource_type))
 
     def read_for_patients(self, resource_type: str, patients: Sequence[str]) -> Iterator[Item]:
         files = self._ensure()
@@ -671,7 +682,8 @@ class BulkSource:
         if self._from_server(resource_type):
             yield from self._server.read_for_patients(resource_type, patients)
         else:
-            yield from files.read_for_patients(resource_type, patients)
+            found = files.read_for_patients(resource_type, patients)
+            yield from self._server.references.noting(found)
 
     def _ensure(self) -> NdjsonSource:
         if self._closed:
@@ -708,11 +720,17 @@ class BulkSource:
             return False
         if self.result is None or resource_type in self.result.counts:
             return False
-        log.info("Group export has no %s: reading it by paged search", resource_type)
+        how = (
+            "by reference"
+            if self.client.settings.read_mode == "roster"
+            else "by paged search (by reference if that is refused)"
+        )
+        log.info("Group export has no %s: reading it from the server %s", resource_type, how)
         return True
 
     def close(self) -> None:
         self._closed = True
+        self._server.close()
         if self._cleanup is not None:
             self._cleanup()
         elif self.result is not None:

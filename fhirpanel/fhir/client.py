@@ -440,9 +440,13 @@ def redact_url(url: str) -> str:
     if not parts.query:
         return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
     pairs = []
+    patients = parts.path.rstrip("/").endswith("/Patient")
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name.lower() in _SECRET_PARAMS:
             value = "***"
+        elif patients and name.split(":", 1)[0] == "identifier":
+            # A patient's identifiers (MRNs: roster files) are patient data, unlike ids.
+            value = f"<{value.count(',') + 1} identifiers>"
         elif value.count(",") >= _MAX_LISTED_VALUES:
             value = f"<{value.count(',') + 1} values>"
         pairs.append((name, value))

@@ -31,8 +31,8 @@ from fhirpanel.domain.placement import ClinicianLoad, Commitment, Suggestion, pl
 from fhirpanel.domain.records import Population
 from fhirpanel.errors import BusyError, ChangeHeld, ConfigError, FhirpanelError, one_line
 from fhirpanel.fhir.parse import ParseProblem, fhir_instant, parse_instant, reference_id
-from fhirpanel.fhir.source import FhirSource, ServerSource
-from fhirpanel.ingest import read_population
+from fhirpanel.fhir.source import FhirSource, RosterSource, ServerSource
+from fhirpanel.ingest import configure_read, read_order, read_population, read_window_months
 from fhirpanel.jobs import brake
 from fhirpanel.jobs.rows import result_rows, stored_suggestions
 from fhirpanel.run import analyse, open_source, run_full
@@ -541,6 +541,7 @@ def _full(job: Job, run_id: int) -> RefreshResult:
     # The watermark is the server's time before the read: whatever changes while the read
     # goes on is newer, and the next incremental pass picks it up.
     server_start = _server_now(source)
+    configure_read(source, job.day, read_window_months(settings, job.tables.method))
     recorder = _SeenRecorder(source)
     try:
         outcome = run_full(
@@ -552,8 +553,9 @@ def _full(job: Job, run_id: int) -> RefreshResult:
             statuses=store.active_statuses(),  # people's statuses: off every panel
         )
     finally:
-        close = getattr(source, "close", None)  # a Bulk export's downloaded files; the
-        if callable(close) and not isinstance(source, ServerSource):  # client stays open
+        # A Bulk export's downloaded files, batched reads' extra clients; the client stays open.
+        close = getattr(source, "close", None)
+        if callable(close):
             close()
     export = getattr(source, "result", None)
     complete = not getattr(export, "issues", None)  # False: a Bulk export with error files
@@ -661,9 +663,19 @@ def _incremental(job: Job, run_id: int) -> RefreshResult:
     newest_raw, newest_at = watermark_before, parse_instant(watermark_before)
     recent: list[str] = []  # versions inside the overlap window: skipped by the next pass
     found = 0
+    roster = source if isinstance(source, RosterSource) else None
+    if roster is not None:
+        configure_read(roster, job.day, read_window_months(settings, job.tables.method))
     for rtype in CHANGE_TYPES:
         params = [("_count", str(settings.fhir.page_size))]
-        for resource in client.search_since(rtype, since, params):
+        # A roster source is polled patient batch by patient batch: its server refuses
+        # population searches, `_lastUpdated` ones included.
+        polled = (
+            roster.changed_since(rtype, since)
+            if roster is not None
+            else client.search_since(rtype, since, params)
+        )
+        for resource in polled:
             key = _version_key(resource)
             updated_raw = _last_updated(resource)
             updated_at = _instant(updated_raw)
@@ -679,6 +691,12 @@ def _incremental(job: Job, run_id: int) -> RefreshResult:
                 changed.add(patient)
             if updated_at > newest_at:
                 newest_raw, newest_at = updated_raw, updated_at
+    joined: set[str] = set()
+    if roster is not None:
+        # Patients new on the roster (a Group that grew) are read like changed ones; those
+        # that left it wait for the next full refresh.
+        joined = {f"Patient/{p}" for p in roster.patient_ids()} - set(store.patient_ids())
+        changed |= joined
     read_at = now_utc()  # overrides and queue as of now; later ones wait for the next pass
     pending = store.pending_patients()
     affected = sorted(changed | set(pending))
@@ -689,12 +707,17 @@ def _incremental(job: Job, run_id: int) -> RefreshResult:
         "patients_pending": len(pending),
         "patients": len(affected),
     }
+    if roster is not None:
+        counts["roster_joined"] = len(joined)
     outcome = writeback = None
     missing: list[str] = []
     ledger = store.ledger(run_id)
     if affected:
         tables = job.tables.method
-        population = read_population(source, patients=affected)
+        try:
+            population = read_population(source, patients=affected)
+        finally:
+            source.close()  # batched reads' extra clients; the client stays for write-back
         weights = _stored_weights(store)
         manual = _manual_for(store.active_overrides(), affected)
         wanted = set(affected)  # statuses people recorded: these patients leave every panel
@@ -1021,6 +1044,10 @@ class _SeenRecorder:
     def describe(self) -> str:
         return self.source.describe()
 
+    @property
+    def read_order(self) -> tuple[str, ...]:
+        return read_order(self.source)
+
     def read(self, resource_type: str) -> Iterator[Any]:
         items = self.source.read(resource_type)
         if resource_type not in CHANGE_TYPES:
@@ -1055,9 +1082,17 @@ def _server_now(source: FhirSource) -> str | None:
     client = _client_of(source)
     if client is None:
         return None
+    params = [("_summary", "count")]
+    if isinstance(source, RosterSource):
+        # No population search on a server that refuses them: count one roster patient.
+        try:
+            first = source.patient_ids()[:1]
+        except FhirpanelError:
+            return None
+        params.insert(0, ("_id", first[0] if first else "none"))
     try:
         response = client.request(
-            "GET", "Patient", params=[("_summary", "count")], headers={"Cache-Control": "no-cache"}
+            "GET", "Patient", params=params, headers={"Cache-Control": "no-cache"}
         )
     except FhirpanelError:
         return None

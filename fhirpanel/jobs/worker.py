@@ -2,8 +2,9 @@
 docs/architecture.md#the-worker).
 
 APScheduler 3.x `BlockingScheduler` with two jobs, module-level functions with stable ids:
-`incremental` every `scheduler.incremental_minutes` (and at start) and `full` on
-`scheduler.full_cron`, both `max_instances=1, coalesce=True`. The store's lock keeps other
+`incremental` every `scheduler.incremental_minutes` (`scheduler.roster_poll_minutes` for a roster
+source) and at start, and `full` on `scheduler.full_cron`, both `max_instances=1,
+coalesce=True`. The store's lock keeps other
 workers and manual runs out. Where the FHIR server supports R4 rest-hook Subscriptions, the
 worker registers one on Encounter pointing at a small loopback HTTP endpoint; a notification
 asks for an immediate incremental pass, and polling stays on as the safety net.
@@ -306,14 +307,25 @@ def notifications(state: WorkerState) -> Iterator[HookServer | None]:
         client.close()
 
 
+def poll_interval(settings: Settings) -> tuple[float, str]:
+    """Minutes between incremental passes and the setting they come from: a roster source
+    (fhir.roster, or fhir.read_mode = roster) polls every roster patient, so it runs every
+    `scheduler.roster_poll_minutes` rather than `scheduler.incremental_minutes`."""
+    cfg = settings.scheduler
+    if settings.fhir.roster or settings.fhir.read_mode == "roster":
+        return cfg.roster_poll_minutes, "roster_poll_minutes"
+    return cfg.incremental_minutes, "incremental_minutes"
+
+
 def run_worker(
     settings: Settings, *, store: Store | None = None, ready: threading.Event | None = None
 ) -> int:
     """Run until SIGTERM/SIGINT. Returns the exit code."""
     global _state
     cfg = settings.scheduler
-    if cfg.incremental_minutes <= 0:
-        raise ConfigError("scheduler.incremental_minutes must be positive")
+    minutes, setting = poll_interval(settings)
+    if minutes <= 0:
+        raise ConfigError(f"scheduler.{setting} must be positive")
     try:
         full_trigger = CronTrigger.from_crontab(cfg.full_cron)
     except ValueError as exc:
@@ -332,10 +344,10 @@ def run_worker(
     if source.startswith(("http://", "https://")):
         scheduler.add_job(
             incremental_job,
-            IntervalTrigger(minutes=cfg.incremental_minutes),
+            IntervalTrigger(minutes=minutes),
             id=INCREMENTAL_JOB,
             next_run_time=datetime.now(UTC),
-            misfire_grace_time=int(cfg.incremental_minutes * 60),
+            misfire_grace_time=int(minutes * 60),
         )
         scheduler.add_job(full_job, full_trigger, id=FULL_JOB, misfire_grace_time=3600)
     else:
@@ -383,7 +395,7 @@ def run_worker(
             where = f", notifications on port {hook.port}" if hook else ""
             log.info(
                 "worker started: incremental every %s min, full at '%s'%s",
-                cfg.incremental_minutes,
+                minutes,
                 cfg.full_cron,
                 where,
             )

@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 
+from fhirpanel.sandbox.strict import StrictEhr, StrictRules, StrictStats
+
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
@@ -78,9 +80,18 @@ def sekmet_settings(port: int, db_path: str, data_dir: str) -> Any:
 
 
 class SandboxServer:
-    """A sekmet server in a background thread. `with SandboxServer() as s: s.base_url`."""
+    """A sekmet server in a background thread. `with SandboxServer() as s: s.base_url`.
 
-    def __init__(self, db_path: str = ":memory:", port: int | None = None) -> None:
+    Behind the EHR-like front of strict.py: with `strict` (True, or `StrictRules`) population
+    searches are refused as Epic and Oracle Health refuse them; either way every search is
+    counted in `stats`. `rules` may be changed while the server runs."""
+
+    def __init__(
+        self,
+        db_path: str = ":memory:",
+        port: int | None = None,
+        strict: bool | StrictRules = False,
+    ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="fhirpanel-sandbox-")
         self.db_path = db_path
         self.port = port or free_port()
@@ -88,6 +99,8 @@ class SandboxServer:
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self.ctx: Any = None
+        self.rules = strict if isinstance(strict, StrictRules) else StrictRules(enabled=strict)
+        self.stats = StrictStats()
 
     def start(self, timeout: float = 30.0) -> str:
         import uvicorn
@@ -99,7 +112,7 @@ class SandboxServer:
         self.ctx = app.state.ctx
         logging.getLogger("sekmet").setLevel(logging.WARNING)
         config = uvicorn.Config(
-            app,
+            StrictEhr(app, self.rules, self.stats),
             host=LOOPBACK,
             port=self.port,
             log_level="warning",
@@ -141,6 +154,37 @@ class SandboxServer:
     def load_ndjson_dir(self, directory: Path) -> int:
         return self.load(iter_ndjson_dir(directory))
 
+    def add_group(self, group_id: str, patients: Iterable[str]) -> dict[str, Any]:
+        """Store a Group of these patients (`Patient/id` or bare ids): a roster."""
+        group = roster_group(group_id, patients)
+        self.load([group])
+        return group
+
+    def patient_ids(self) -> list[str]:
+        """Every Patient id the store holds, sorted (a seed's roster)."""
+        rows = self.ctx.store.query("SELECT id FROM resources WHERE type='Patient' AND deleted=0")
+        return sorted(str(r[0]) for r in rows)
+
+
+ROSTER_GROUP_ID = "sandbox-roster"
+
+
+def roster_group(group_id: str, patients: Iterable[str]) -> dict[str, Any]:
+    """An R4 Group (person, actual) whose members are the given patients."""
+    members = [
+        {"entity": {"reference": p if p.startswith("Patient/") else f"Patient/{p}"}}
+        for p in patients
+    ]
+    return {
+        "resourceType": "Group",
+        "id": group_id,
+        "type": "person",
+        "actual": True,
+        "name": "fhirpanel roster",
+        "quantity": len(members),
+        "member": members,
+    }
+
 
 def load_into_store(store: Any, resources: Iterable[dict[str, Any]]) -> int:
     n = 0
@@ -159,8 +203,12 @@ def iter_ndjson_dir(directory: Path) -> Iterator[dict[str, Any]]:
                     yield orjson.loads(line)
 
 
-def serve_forever(port: int, db_path: str, seed_dir: Path | None = None) -> None:
-    """Run the sandbox in the foreground (the `fhirpanel sandbox` process) until SIGTERM/SIGINT."""
+def serve_forever(
+    port: int, db_path: str, seed_dir: Path | None = None, *, strict: bool = False
+) -> None:
+    """Run the sandbox in the foreground (the `fhirpanel sandbox` process) until SIGTERM/SIGINT.
+    With `strict`, behind the EHR-like front (strict.py), and a seed gets a roster Group of
+    every patient (`Group/sandbox-roster`)."""
     import uvicorn
     from sekmet.main import create_app
 
@@ -168,10 +216,15 @@ def serve_forever(port: int, db_path: str, seed_dir: Path | None = None) -> None
     data_dir = str(Path(db_path).parent) if db_path != ":memory:" else tempfile.mkdtemp()
     app = create_app(sekmet_settings(port, db_path, data_dir))
     logging.getLogger("sekmet").setLevel(logging.WARNING)
+    store = app.state.ctx.store
     if seed_dir is not None:
-        app.state.ctx.store.reset()
-        n = load_into_store(app.state.ctx.store, iter_ndjson_dir(seed_dir))
+        store.reset()
+        n = load_into_store(store, iter_ndjson_dir(seed_dir))
         log.info("sandbox seeded with %d resources from %s", n, seed_dir)
+        if strict:
+            rows = store.query("SELECT id FROM resources WHERE type='Patient' AND deleted=0")
+            load_into_store(store, [roster_group(ROSTER_GROUP_ID, sorted(r[0] for r in rows))])
+    front = StrictEhr(app, StrictRules(enabled=strict))
     uvicorn.run(
-        app, host=LOOPBACK, port=port, log_level="warning", access_log=False, lifespan="off"
+        front, host=LOOPBACK, port=port, log_level="warning", access_log=False, lifespan="off"
     )

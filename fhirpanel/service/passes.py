@@ -21,7 +21,7 @@ from fhirpanel.config import Settings
 from fhirpanel.domain.outcome import RunOutcome
 from fhirpanel.errors import ConfigError
 from fhirpanel.fhir.source import ServerSource
-from fhirpanel.ingest import Progress
+from fhirpanel.ingest import Progress, configure_read, read_window_months
 from fhirpanel.run import open_source
 from fhirpanel.tables import Tables, WritebackTables
 from fhirpanel.vocabulary import RunKind, RunStatus
@@ -72,6 +72,10 @@ def run_pass(
     A writing pass takes the refresh lease in `settings.database` first (BusyError when another
     run holds it); ChangeHeld when the brake stops it. `reading` shows the read's progress."""
     options = options or PassOptions()
+    if settings.fhir.roster and source_spec.startswith("ndjson:"):
+        raise ConfigError(
+            "a roster is read from a FHIR server (http://... or bulk:...), not NDJSON"
+        )
     if not options.write:
         return _pass(settings, source_spec, as_of, options, reading, lease=None)
     if source_spec.startswith("ndjson:"):
@@ -102,14 +106,15 @@ def _pass(
     started = time.perf_counter()
     tables = Tables.load(settings)  # once, before any read: a broken file stops nothing midway
     source = open_source(spec, settings)
+    configure_read(source, as_of, read_window_months(settings, tables.method))
     # Statuses people recorded live in the store: only a writing pass (it holds one) applies them.
     statuses = lease.store.active_statuses() if lease is not None else None
     with reading() as progress:
         outcome = run_full(
             settings, source, as_of, progress=progress, tables=tables, statuses=statuses
         )
-    if isinstance(source, BulkSource):
-        source.close()  # the downloaded NDJSON is read; the client stays for write-back
+    if isinstance(source, BulkSource | ServerSource):
+        source.close()  # downloaded NDJSON, extra clients; the client stays for write-back
     writeback = None
     if isinstance(source, ServerSource | BulkSource):
         writeback = _write_back(

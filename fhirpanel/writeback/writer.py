@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from fhirpanel.config import WritebackSettings
-from fhirpanel.errors import TransportError
+from fhirpanel.errors import AuthError, InvalidRequestError, TransportError
 from fhirpanel.fhir.capability import ServerCapabilities
 from fhirpanel.fhir.client import FhirClient
 from fhirpanel.tables import WritebackTables
@@ -341,11 +341,16 @@ class _Session(TransactionSender, ProvenanceWriter):
         return found
 
     def _count_ours(self, rtype: str) -> int | None:
-        """How many resources of the type carry our identifier system (None: not said)."""
+        """How many resources of the type carry our identifier system (None: not said). An EHR
+        that refuses this as a population search (400, 403) has not said: the caller reads by
+        batched identifiers instead."""
         params = [("identifier", f"{self.cfg.identifier_system}|"), ("_summary", "count")]
-        for bundle in self.client.search_pages(rtype, params):
-            total = bundle.get("total")
-            return total if isinstance(total, int) else None
+        try:
+            for bundle in self.client.search_pages(rtype, params):
+                total = bundle.get("total")
+                return total if isinstance(total, int) else None
+        except (InvalidRequestError, AuthError) as exc:
+            log.info("%s count refused (%s): reading by identifier", rtype, exc.status)
         return None
 
     def _collect(

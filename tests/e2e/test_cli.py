@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,62 @@ def test_exit_codes_are_mapped_in_one_place() -> None:
     assert exit_code_for_run(RunStatus.HELD, ChangeHeld("x", {})) == ExitCode.HELD
     assert exit_code_for_run(RunStatus.FAILED, StoreError("x")) == ExitCode.STORE
     assert exit_code_for_run(RunStatus.ABANDONED) == ExitCode.FAILURE
+
+
+def test_strict_ehr_sandbox_refuses_population_searches_and_serves_a_roster(
+    tmp_path: Path,
+) -> None:
+    """`fhirpanel sandbox --strict-ehr` as a process: population searches get 403, its roster
+    Group is served, `run --roster` reads through it with zero population searches."""
+    import requests
+
+    port = free_port()
+    command = ["sandbox", "--strict-ehr", "--port", str(port), "--db", ":memory:"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fhirpanel", *command],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}/fhir"
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.strip() == f"sandbox FHIR base: {base}"
+        assert "roster Group/sandbox-roster" in proc.stdout.readline()
+        for _ in range(300):  # the server is up once /metadata answers (bounded: 30 s)
+            try:
+                if requests.get(f"{base}/metadata", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        refused = requests.get(f"{base}/Encounter", timeout=10)
+        assert refused.status_code == 403
+        assert refused.json()["issue"][0]["code"] == "forbidden"
+        assert "add patient=" in refused.json()["issue"][0]["diagnostics"]
+        group = requests.get(f"{base}/Group/sandbox-roster", timeout=10).json()
+        assert len(group["member"]) == 300
+        report = tmp_path / "report.json"
+        out = fhirpanel(
+            "run",
+            "--source",
+            base,
+            "--roster",
+            "Group/sandbox-roster",
+            "--as-of",
+            AS_OF,
+            "--report",
+            str(report),
+        )
+        assert out.returncode == 0, out.stderr
+        assert json.loads(report.read_text())["summary"]["patients"] == 300
+        stats = requests.get(f"{base}/$stats", timeout=10).json()
+        assert stats["population_searches"] == 1 and stats["refused"] == 1  # our Encounter?
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)

@@ -108,3 +108,26 @@ def test_an_unreachable_store_is_its_own_exit_code_with_one_line(tmp_path: Path)
     assert out.returncode == ExitCode.STORE == 17, out.stderr
     lines = out.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot migrate the store")
+
+
+def test_refresh_with_a_roster_on_a_strict_server(tmp_path: Path) -> None:
+    """`refresh --roster` on a server that refuses population searches: the full pass, then an
+    incremental one that polls the roster; neither sends a population search."""
+    db = f"sqlite:///{tmp_path / 'state.db'}"
+    with SandboxServer(strict=True) as ehr:
+        ehr.load_ndjson_dir(POPULATION_DIR)
+        roster = tmp_path / "roster.csv"
+        roster.write_text("patient\n" + "\n".join(ehr.patient_ids()) + "\n")
+        args = ("--source", ehr.base_url, "--as-of", AS_OF, "--database", db, "--no-write")
+        full = fhirpanel("refresh", "--full", "--roster", str(roster), *args)
+        assert full.returncode == 0, full.stderr
+        assert "full refresh (run 1): succeeded" in full.stdout
+        inc = fhirpanel("refresh", "--roster", str(roster), *args)
+        assert inc.returncode == 0, inc.stderr
+        assert "incremental refresh (run 2): succeeded" in inc.stdout
+        assert ehr.stats.population_searches == 0
+    store = Store(db)
+    try:
+        assert len(store.patient_ids()) == 300
+    finally:
+        store.close()

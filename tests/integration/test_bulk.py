@@ -144,6 +144,34 @@ def test_group_export_reads_the_members_and_clinicians_by_search(
     assert {e.patient for e in population.encounters} <= set(population.patients)
 
 
+@pytest.mark.parametrize("read_mode", ["roster", "population"])
+def test_a_group_export_from_an_ehr_reads_clinicians_by_reference(
+    read_mode: str, tmp_path: Path
+) -> None:
+    """A strict EHR (fhirpanel/sandbox/strict.py) exports a Group but refuses population
+    searches of clinicians: with the roster read mode they are read by reference at once; in
+    the population mode after the refusal of each. Either way the same population."""
+    with SandboxServer(strict=True) as ehr:
+        ehr.load_ndjson_dir(POPULATION_DIR)
+        ehr.add_group("everyone", ehr.patient_ids())
+
+        def client(base_url: str) -> FhirClient:
+            return client_for(base_url, read_mode=read_mode)
+
+        spec = f"bulk:{ehr.base_url}/Group/everyone"
+        source = source_from_spec(spec, client, bulk=BulkSettings(download_dir=str(tmp_path)))
+        assert isinstance(source, BulkSource)
+        with source:
+            population = read_population(source)
+        stats = ehr.stats.as_dict()
+    assert len(population.patients) == 300
+    assert len(population.practitioners) == 19 and len(population.roles) == 19
+    assert len(population.organizations) == 4
+    refused = {t: 1 for t in ("Organization", "Practitioner", "PractitionerRole")}
+    assert stats["population_by_type"] == ({} if read_mode == "roster" else refused)
+    assert stats["searches_by_type"]["Practitioner"] >= 1
+
+
 def test_an_unknown_group_is_a_clear_error(bulk_sandbox: SandboxServer, tmp_path: Path) -> None:
     source = bulk_source(f"bulk:{bulk_sandbox.base_url}/Group/no-such-group", tmp_path)
     with pytest.raises(SourceError, match="Group/no-such-group not found"):

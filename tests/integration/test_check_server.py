@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 from rich.console import Console
 
-from fhirpanel.checkserver import ServerCheck, check_server, judge, render
+from fhirpanel.checkserver import READ_TYPES, ServerCheck, check_server, judge, render
 from fhirpanel.cli import main
 from fhirpanel.config import Settings
 from fhirpanel.errors import ExitCode, SourceError
@@ -168,6 +168,73 @@ def test_the_sandbox_server_offers_everything(loaded_sandbox: SandboxServer) -> 
         assert line in text
 
 
+# --------------------------------------------------------------------------- population searches
+
+
+def test_the_plain_sandbox_gets_the_population_read(loaded_sandbox: SandboxServer) -> None:
+    check = check_server(loaded_sandbox.base_url, hermetic())
+    assert check.population == {t: "allowed" for t in READ_TYPES}
+    assert finding(check, "read mode", "Patient? (population)").server == "allowed (total 300)"
+    rec = check.recommendation
+    assert rec is not None and (rec.read_mode, rec.profile) == ("population", "generic")
+    assert rec.source.startswith(f"--source {loaded_sandbox.base_url}")
+    assert "bulk:" in rec.source  # the sandbox declares a system $export
+    assert check.verdict() == "fhirpanel can work with this server (read and write back)"
+    assert "Recommended: profile generic (fhir.profile), read mode population" in rendered(check)
+
+
+def test_the_strict_sandbox_is_read_by_roster(population_dir: Any) -> None:
+    with SandboxServer(strict=True) as strict:
+        strict.load_ndjson_dir(population_dir)
+        check = check_server(strict.base_url, hermetic())
+        stats = strict.stats.as_dict()
+    assert check.population == {t: "refused" for t in READ_TYPES}
+    row = finding(check, "read mode", "Encounter? (population)")
+    assert row.status == "no" and "population search is not allowed" in row.server
+    assert "read by roster" in row.fhirpanel
+    assert (
+        "read by reference" in finding(check, "read mode", "Practitioner? (population)").fhirpanel
+    )
+    rec = check.recommendation
+    assert rec is not None and rec.read_mode == "roster" and rec.profile == "generic"
+    assert "--roster Group/<ID>" in rec.source and f"bulk:{strict.base_url}/Group/" in rec.source
+    # Refused reads are no reason to give up: roster reads need none of them.
+    assert check.exit_code == ExitCode.OK and check.ok
+    assert "population searches are refused: read by roster" in check.verdict()
+    assert check.as_dict()["recommendation"]["read_mode"] == "roster"
+    # One count-only request per read type, nothing else refused, no data read.
+    assert stats["population_by_type"] == {t: 1 for t in READ_TYPES}
+    assert stats["refused"] == len(READ_TYPES)
+
+
+def test_credentials_on_a_strict_server_are_told_from_its_refusals(population_dir: Any) -> None:
+    """Its 403 to `Patient?_summary=count` is about the search, not the credentials."""
+    with SandboxServer(strict=True) as strict:
+        strict.load_ndjson_dir(population_dir)
+        check = check_server(
+            strict.base_url, hermetic(FHIRPANEL_FHIR_AUTH="bearer", FHIRPANEL_FHIR_TOKEN="t0k")
+        )
+    credentials = finding(check, "auth", "credentials (fhir.auth = bearer)")
+    assert credentials.status == "yes" and "Encounter?patient=" in credentials.server
+    assert check.credentials == "accepted" and check.exit_code == ExitCode.OK
+    assert check.recommendation is not None and check.recommendation.read_mode == "roster"
+
+
+def test_a_vendors_name_picks_its_profile() -> None:
+    from fhirpanel.checkserver import PopulationProbe, recommend
+
+    refused = {t: PopulationProbe("refused", "HTTP 403") for t in READ_TYPES}
+    allowed = {t: PopulationProbe("allowed", "allowed") for t in READ_TYPES}
+    stmt = load(R4_ASSEMBLED)
+    for name, profile in (("Epic", "epic"), ("Cerner Millennium", "oracle")):
+        caps = parse_capability_statement({**stmt, "software": {"name": name}})
+        rec = recommend(caps, refused, "https://ehr.example.org/fhir")
+        assert (rec.profile, rec.read_mode) == (profile, "roster")
+    hapi = parse_capability_statement(stmt)
+    rec = recommend(hapi, allowed, "https://ehr.example.org/fhir")
+    assert (rec.profile, rec.read_mode) == ("hapi", "population")
+
+
 # --------------------------------------------------------------------------- transaction size
 
 
@@ -279,12 +346,15 @@ def test_hapi_r4_statement(replay: ReplayServer) -> None:
     assert smart.status == "no" and "HTTP 404" in smart.server and not smart.blocking
     assert check.smart_configuration is None
     # Both documents are public: nothing was sent with credentials. Then the transaction probe
-    # (POST to the base), which this replay does not serve: not blocking.
-    assert [p for p, _ in replay.requests] == [
+    # (POST to the base), which this replay does not serve: not blocking; then one count-only
+    # population search per read type (the 401 to Patient is tried once more, as any 401 is).
+    assert list(dict.fromkeys(p for p, _ in replay.requests)) == [
         "/baseR4/metadata",
         "/baseR4/.well-known/smart-configuration",
         "/baseR4",
+        *(f"/baseR4/{t}" for t in READ_TYPES),
     ]
+    assert check.population["Patient"] == "unknown"  # 401: needs credentials
     assert all(auth is None for _, auth in replay.requests)
     size = finding(check, "write", "transaction size")
     assert size.status == "no" and not size.blocking and "HTTP 404" in size.server
@@ -400,10 +470,13 @@ def test_configured_credentials_are_tried_once(
     sent = [(p, a) for p, a in replay.requests if p == "/baseR4/Patient"]
     assert sent and all(a == f"Bearer {token}" for _, a in sent)
     # /metadata and the SMART document still went without credentials; the transaction probe
-    # (POST to the base) only with credentials the server accepted.
-    assert all(a is None for p, a in replay.requests if p not in ("/baseR4/Patient", "/baseR4"))
+    # (POST to the base) and the population probes only with credentials the server accepted.
+    public = ("/baseR4/metadata", "/baseR4/.well-known/smart-configuration")
+    assert all(a is None for p, a in replay.requests if p in public)
     probes = [a for p, a in replay.requests if p == "/baseR4"]
     assert probes == ([f"Bearer {token}"] if status == "yes" else [])
+    counts = [a for p, a in replay.requests if p == "/baseR4/Encounter"]
+    assert counts == ([f"Bearer {token}"] if status == "yes" else [])
     assert token not in json.dumps(check.as_dict())
 
 

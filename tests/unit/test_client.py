@@ -277,6 +277,15 @@ def test_long_patient_lists_and_secrets_are_redacted_from_urls() -> None:
     )
 
 
+def test_patient_identifiers_never_reach_a_message() -> None:
+    """A roster's identifiers (MRNs) are patient data: counted, never shown; other types'
+    identifiers (fhirpanel's own) stay readable."""
+    url = f"{BASE}/Patient?identifier=urn:oid:1.2|M1,urn:oid:1.2|M2&_count=50"
+    assert redact_url(url) == f"{BASE}/Patient?identifier=<2 identifiers>&_count=50"
+    mine = f"{BASE}/CareTeam?identifier=urn:fhirpanel:id|careteam.p1"
+    assert redact_url(mine) == mine
+
+
 def test_errors_never_carry_the_request_body() -> None:
     def handler(request: requests.PreparedRequest) -> Answer:
         return 422, recorded("operationoutcome-2.json")

@@ -84,3 +84,58 @@ def test_one_log_level_setting_with_a_default_per_process(tmp_path: Path) -> Non
     assert from_env.log_level_for(service=False) == "DEBUG"
     with pytest.raises(ConfigError, match=r"FHIRPANEL_LOG_LEVEL: .* is not one of"):
         Settings.load(env={"FHIRPANEL_LOG_LEVEL": "verbose"})
+
+
+# --------------------------------------------------------------------------- server profiles
+
+
+def test_generic_profile_changes_nothing() -> None:
+    from fhirpanel.config import PROFILES
+
+    assert PROFILES["generic"] == {}
+    s = Settings.load(env={})
+    assert s.fhir.profile == "generic" and s.fhir.read_mode == "population"
+    assert s.fhir.patient_batch == 50 and s.writeback.use_transactions
+
+
+@pytest.mark.parametrize("profile", ["epic", "oracle"])
+def test_ehr_profiles_read_by_roster_and_write_one_resource_at_a_time(profile: str) -> None:
+    s = Settings.load(env={"FHIRPANEL_FHIR_PROFILE": profile})
+    assert s.fhir.read_mode == "roster" and s.fhir.patient_batch == 1
+    assert s.fhir.page_size == 100 and s.fhir.encounter_floor == "window"
+    assert not s.writeback.use_transactions and not s.writeback.use_conditional_update
+    assert s.fhir.roster_poll == ("date" if profile == "epic" else "_lastUpdated")
+
+
+def test_an_explicit_setting_beats_the_profile(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[fhir]\nprofile = "epic"\npatient_batch = 10\n[writeback]\nbatch_size = 7\n')
+    s = Settings.load(path, env={"FHIRPANEL_WRITEBACK_USE_TRANSACTIONS": "true"})
+    assert s.fhir.patient_batch == 10  # the file
+    assert s.writeback.use_transactions is True  # the environment
+    assert s.writeback.batch_size == 7
+    assert s.fhir.read_mode == "roster" and s.fhir.page_size == 100  # the profile's
+
+
+def test_hapi_and_medplum_profiles() -> None:
+    hapi = Settings.load(env={"FHIRPANEL_FHIR_PROFILE": "hapi"})
+    assert hapi.bulk.max_retry_after == 5.0 and hapi.fhir.read_mode == "population"
+    medplum = Settings.load(env={"FHIRPANEL_FHIR_PROFILE": "medplum"})
+    assert medplum.writeback.batch_size == 50
+
+
+def test_an_unknown_profile_is_refused() -> None:
+    with pytest.raises(ConfigError, match="not one of"):
+        Settings.load(env={"FHIRPANEL_FHIR_PROFILE": "cerner"})
+
+
+def test_every_profile_names_real_settings() -> None:
+    import dataclasses
+
+    from fhirpanel.config import PROFILES
+
+    for choices in PROFILES.values():
+        for name in choices:
+            section, key = name.split(".")
+            fields = {f.name for f in dataclasses.fields(getattr(Settings(), section))}
+            assert key in fields, name

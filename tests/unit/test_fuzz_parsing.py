@@ -469,5 +469,6 @@ def test_a_damaged_gzip_is_never_read_as_a_short_file(body: bytes) -> None:
                 exc
             ) or "cannot read" in str(exc)
             continue
-        expected = gzip.decompress(body).splitlines()
+        # NDJSON lines end at \n only (a \r inside a line is not a break): count them so.
+        expected = gzip.decompress(body).split(b"\n")
         assert len(items) == sum(1 for line in expected if line.strip())
