@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 from bench.ingest import AS_OF, population_dir  # noqa: E402
 from fhirpanel.config import FhirSettings, Settings  # noqa: E402
 from fhirpanel.fhir.client import FhirClient  # noqa: E402
-from fhirpanel.jobs.refresh import RefreshResult, full_refresh, incremental_refresh  # noqa: E402
+from fhirpanel.jobs.job import RefreshResult  # noqa: E402
+from fhirpanel.jobs.refresh import full_refresh, incremental_refresh  # noqa: E402
 from fhirpanel.sandbox.server import SandboxServer  # noqa: E402
 from fhirpanel.store import Store  # noqa: E402
 

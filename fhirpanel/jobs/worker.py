@@ -39,12 +39,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from fhirpanel.config import Settings
 from fhirpanel.errors import ConfigError, FhirHttpError, TransportError, one_line
-from fhirpanel.jobs.refresh import (
-    RefreshResult,
-    full_refresh,
-    incremental_refresh,
-    run_queued,
-)
+from fhirpanel.jobs.job import RefreshResult
+from fhirpanel.jobs.refresh import full_refresh, incremental_refresh, run_queued
 from fhirpanel.store import Store
 
 log = logging.getLogger(__name__)

@@ -155,7 +155,7 @@ def _write_back(
     accepted = [False]  # set by the guard: a stored acceptance let the change through
     extra: dict[str, Any] = {}
     if lease is not None:
-        from fhirpanel.jobs.refresh import unconfirmed_writes
+        from fhirpanel.jobs.steps import unconfirmed_writes
 
         extra = {
             "guard": _write_guard(settings, spec, options, lease, accepted),
@@ -181,7 +181,7 @@ def _write_back(
 def _remember_unconfirmed(lease: Lease, source: str, summary: Any) -> None:
     """Writes sent without an answer: a later run that finds them landed writes their
     Provenance (the same record the refresh jobs keep for this source)."""
-    from fhirpanel.jobs.refresh import save_unconfirmed
+    from fhirpanel.jobs.steps import save_unconfirmed
 
     with lease.store.session() as s:
         save_unconfirmed(lease.store, s, source, summary, lease.run_id)

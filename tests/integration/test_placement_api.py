@@ -25,8 +25,8 @@ from fhirpanel.config import Settings
 from fhirpanel.domain.outcome import RunOutcome
 from fhirpanel.domain.panels import CapacitySettings, ClinicianCapacity
 from fhirpanel.domain.placement import NO_ROOM, NO_ROOM_TEXT
-from fhirpanel.jobs.refresh import _suggestions
 from fhirpanel.jobs.rows import stored_suggestions
+from fhirpanel.jobs.steps import suggestions_for
 from fhirpanel.run import open_source, run_full
 from fhirpanel.service.review import ReviewService
 from fhirpanel.store import Store
@@ -424,8 +424,8 @@ def test_an_incremental_pass_places_its_patients_after_the_stored_suggestions(
                 )
 
     fill({})
-    (alone,) = _suggestions(store, outcome, tables, outcome.panels.weights)
+    (alone,) = suggestions_for(store, outcome, tables, outcome.panels.weights)
     assert (alone.patient, alone.practitioner, alone.basis) == (newcomer.patient, None, NO_ROOM)
     fill({"Practitioner/prac-0006": 5.0})
-    (alone,) = _suggestions(store, outcome, tables, outcome.panels.weights)
+    (alone,) = suggestions_for(store, outcome, tables, outcome.panels.weights)
     assert alone.practitioner == "Practitioner/prac-0006"

@@ -18,14 +18,9 @@ import pytest
 
 from fhirpanel.config import FhirSettings, Settings
 from fhirpanel.fhir.client import FhirClient
-from fhirpanel.jobs import refresh as refresh_module
-from fhirpanel.jobs.refresh import (
-    RefreshResult,
-    full_refresh,
-    incremental_refresh,
-    request_run,
-    run_queued,
-)
+from fhirpanel.jobs import full as full_module
+from fhirpanel.jobs.job import RefreshResult
+from fhirpanel.jobs.refresh import full_refresh, incremental_refresh, request_run, run_queued
 from fhirpanel.sandbox.server import SandboxServer
 from fhirpanel.store import Store
 from fhirpanel.writeback.identity import CARE_TEAM_KIND, identifier_value
@@ -462,7 +457,7 @@ def test_changes_during_a_full_refresh_reach_the_next_pass(
     )
     confirmed_with = (seed.patient_state(confirmed) or {})["practitioner"]
     assert full_refresh(settings, store, as_of=AS_OF_DATE).ok  # the store's first full run
-    real_run_full = refresh_module.run_full
+    real_run_full = full_module.run_full
 
     def run_full_with_changes(*args: Any, **kwargs: Any) -> Any:
         outcome = real_run_full(*args, **kwargs)  # the read is done: now things change
@@ -473,7 +468,7 @@ def test_changes_during_a_full_refresh_reach_the_next_pass(
         store.confirm(confirmed, confirmed_with, confirmed_by="clinician", actor="test")
         return outcome
 
-    monkeypatch.setattr(refresh_module, "run_full", run_full_with_changes)
+    monkeypatch.setattr(full_module, "run_full", run_full_with_changes)
     during = full_refresh(settings, store, as_of=AS_OF_DATE)
     monkeypatch.undo()
     assert during.ok, during.error

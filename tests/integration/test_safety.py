@@ -215,7 +215,7 @@ def test_the_transaction_sizes_a_refusal_taught_start_the_next_incremental_pass(
             if "transaction" in i.problem.lower() and "refused" in i.problem.lower()
         ]
         assert len(learned) == 1, [i.problem for i in full.writeback.issues]  # said once
-        from fhirpanel.jobs.refresh import learned_batch_sizes
+        from fhirpanel.jobs.steps import learned_batch_sizes
 
         assert learned_batch_sizes(store, proxy.base_url) == {"conditional": 8, "plain": 50}
         add_visits(sandbox.base_url, pick_moves(store, 12), store)
