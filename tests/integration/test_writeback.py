@@ -34,7 +34,7 @@ from fhirpanel.writeback import (
 from fhirpanel.writeback.builders import care_plan_called_for
 from fhirpanel.writeback.identity import PCP_PARTICIPANT_PREFIX, business_identifier, comparable
 from tests.conftest import AS_OF
-from tests.integration.faults import ConnectionCut
+from tests.integration.faults import ConnectionCut, FaultProxy, Status
 
 AS_OF_DATE = date.fromisoformat(AS_OF)
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -443,3 +443,28 @@ def test_risk_assessments_and_attribution_groups(
         assert group["quantity"] == len(group["member"])
     assert first.counts.get("Group", "create") == len(groups) >= 2
     assert write(outcome, client, tables, settings).write_requests == 0
+
+
+def test_an_ehr_that_refuses_the_count_of_ours_is_read_by_identifier(
+    client: FhirClient,
+    loaded: SandboxServer,
+    tables: WritebackTables,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A large run first counts our resources (`identifier=system|&_summary=count`); an EHR
+    refuses that as a population search. The refusal means "not said": the write-back reads
+    by batched identifiers instead, writes everything once, and a second run writes nothing."""
+    monkeypatch.setattr(writer, "BULK_READ_MIN", 10)
+    outcome = analyse(client)
+    with (
+        FaultProxy(loaded.base_url) as proxy,
+        FhirClient(FhirSettings(base_url=proxy.base_url)) as behind,
+    ):
+        proxy.on_path("_summary=count", fault=Status(403), times=100)
+        first = write(outcome, behind, tables)
+        refused = proxy.arrivals_for(lambda a: "_summary=count" in a.path)
+        again = write(outcome, behind, tables)
+    assert refused, "the count was never asked for: BULK_READ_MIN did not apply"
+    assert first.counts.total("failed") == 0
+    assert first.counts.get("CareTeam", "create") == len(assigned_patients(outcome))
+    assert again.write_requests == 0
