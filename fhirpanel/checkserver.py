@@ -82,7 +82,7 @@ class ParamUse:
     required: bool = False
 
 
-# The parameters actually sent (fhir/source.py ServerSource.read_for_patients, fhir/client.py
+# The parameters actually sent (fhir/source.py ServerSource.read_for_patients, fhir/client/rest.py
 # search_since). `_count` and `_summary` are result parameters, never listed per resource.
 READ_PARAMS = (
     ParamUse("Patient", "_id", "a batch of patients: Patient?_id=a,b,…"),
