@@ -234,7 +234,7 @@ def test_stale_download_folders_are_swept(tmp_path: Path) -> None:
     import os
     import time
 
-    from fhirpanel.fhir.bulk import _sweep_stale
+    from fhirpanel.fhir.bulk import sweep_stale
 
     old, new, other = tmp_path / "export-a.partial", tmp_path / "export-b", tmp_path / "keep"
     for folder in (old, new, other):
@@ -243,5 +243,5 @@ def test_stale_download_folders_are_swept(tmp_path: Path) -> None:
     past = time.time() - 3 * 24 * 3600
     os.utime(old, (past, past))
     os.utime(other, (past, past))
-    _sweep_stale(tmp_path, older_than=24 * 3600)
+    sweep_stale(tmp_path, older_than=24 * 3600)
     assert not old.exists() and new.exists() and other.exists()

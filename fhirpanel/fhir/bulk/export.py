@@ -1,25 +1,19 @@
-"""Bulk Data `$export` (FHIR Bulk Data Access IG v2): kick-off, status polling, NDJSON download.
-
-`BulkExport.run()` leaves a folder of complete NDJSON files or nothing at all; `BulkSource` runs
-one export lazily, on its first read, and serves the files through `NdjsonSource`. Every request
-goes through `FhirClient.request`, so retries, timeouts, auth and HTTP-error mapping apply.
-"""
+"""One Bulk Data `$export` run (FHIR Bulk Data Access IG v2): kick-off, status polling, NDJSON
+download into a folder that holds every file complete or nothing at all. Every request goes
+through `FhirClient.request`, so retries, timeouts, auth and HTTP-error mapping apply."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import shutil
 import tempfile
 import time
-import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, urlsplit
 
 import orjson
 import requests
@@ -34,228 +28,31 @@ from fhirpanel.errors import (
     NotFoundError,
     SourceError,
 )
-from fhirpanel.fhir.client import (
-    FHIR_JSON,
-    FhirClient,
-    NoAuth,
-    outcome_messages,
-    redact_url,
-    url_origin,
+from fhirpanel.fhir.bulk.manifest import (
+    EXPORT_TYPES,
+    NDJSON,
+    TYPE_NAME,
+    ExportManifest,
+    ManifestFile,
+    check_group_id,
+    check_since,
+    download_names,
+    error_file_issues,
+    error_file_name,
+    is_transient,
+    parse_manifest,
+    retry_after_seconds,
 )
-from fhirpanel.fhir.source import (
-    PATIENTS_FIRST,
-    REQUIRED_TYPES,
-    Item,
-    NdjsonSource,
-    ServerSource,
-)
+from fhirpanel.fhir.client import FHIR_JSON, FhirClient, NoAuth, redact_url, url_origin
 
 log = logging.getLogger(__name__)
 
-EXPORT_TYPES = (
-    "Patient",
-    "Encounter",
-    "Condition",
-    "Practitioner",
-    "PractitionerRole",
-    "Organization",
-)
-# Outside the Patient compartment: a Group-level export need not contain them (IG, "Group level
-# export"), so when its manifest has none they are read from the server: by paged search, or by
-# the references to them where that is refused or the read mode is roster (referenced.py).
-NON_COMPARTMENT_TYPES = frozenset({"Practitioner", "PractitionerRole", "Organization"})
-NDJSON = "application/fhir+ndjson"
 DEFAULT_DOWNLOAD_DIR = "var/bulk"
 MAX_POLLS = 10_000  # with max_wait_seconds, the bound on the status loop
 MIN_POLL_SECONDS = 0.1  # never poll faster, whatever Retry-After says
 STALE_EXPORT_SECONDS = 24 * 3600  # leftover download folders older than this are removed
 DOWNLOAD_ATTEMPTS = 3  # per file, when the connection breaks mid-body (HTTP errors: the client)
 CHUNK_BYTES = 1 << 20
-MAX_ERROR_ISSUES = 1000  # OperationOutcome lines taken from error files; the rest are counted
-# IG: a polling failure that is not the export's failure carries a transient issue code.
-TRANSIENT_CODES = frozenset({"transient", "throttled", "timeout", "lock-error"})
-
-_TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})$")
-_GROUP_URL = re.compile(r"^(?P<base>.+?)/Group/(?P<id>[^/]+)$")
-
-
-# ---------------------------------------------------------------- pure parts
-
-
-@dataclass(frozen=True)
-class BulkTarget:
-    """What a `bulk:` spec names: the FHIR base and, for a Group-level export, the Group id."""
-
-    base_url: str
-    group_id: str = ""
-
-
-def parse_bulk_spec(spec: str) -> BulkTarget:
-    """`bulk:BASE` or `bulk:BASE/Group/ID` (a trailing `/$export` is allowed)."""
-    if not spec.startswith("bulk:"):
-        raise ConfigError(f"not a bulk source: {spec!r}")
-    url = spec.removeprefix("bulk:").strip().rstrip("/").removesuffix("/$export").rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"bulk source needs an http(s) FHIR base URL: {redact_url(url)!r}")
-    parts = urlsplit(url)
-    if parts.query or parts.fragment:
-        raise ConfigError(
-            "bulk source URL takes no query: set _since with bulk.since (FHIRPANEL_BULK_SINCE)"
-        )
-    match = _GROUP_URL.match(url)
-    if match is None:
-        return BulkTarget(url)
-    group_id = unquote(match.group("id"))
-    check_group_id(group_id)
-    return BulkTarget(match.group("base"), group_id)
-
-
-def check_group_id(group_id: str) -> str:
-    if not _FHIR_ID.match(group_id):
-        raise ConfigError(f"not a FHIR id for a Group: {group_id!r}")
-    return group_id
-
-
-def check_since(since: str) -> str:
-    """`_since` must be a FHIR instant (with seconds and a zone)."""
-    if not _INSTANT.match(since):
-        raise ConfigError(f"bulk since {since!r} is not a FHIR instant (e.g. 2026-11-01T00:00:00Z)")
-    return since
-
-
-@dataclass(frozen=True)
-class ManifestFile:
-    type: str
-    url: str
-    count: int | None = None
-
-
-@dataclass(frozen=True)
-class ExportManifest:
-    transaction_time: str
-    request: str
-    requires_access_token: bool
-    output: tuple[ManifestFile, ...]
-    error: tuple[ManifestFile, ...]
-
-
-def parse_manifest(data: Any) -> ExportManifest:
-    """The completion manifest; anything malformed is a SourceError (no partial import)."""
-    if not isinstance(data, Mapping):
-        raise SourceError("Bulk export manifest is not a JSON object")
-    requires = data.get("requiresAccessToken", False)
-    if not isinstance(requires, bool):
-        raise SourceError("Bulk export manifest: requiresAccessToken is not true or false")
-    transaction_time = data.get("transactionTime", "")
-    request = data.get("request", "")
-    return ExportManifest(
-        transaction_time=transaction_time if isinstance(transaction_time, str) else "",
-        request=request if isinstance(request, str) else "",
-        requires_access_token=requires,
-        output=_manifest_files(data.get("output"), "output"),
-        error=_manifest_files(data.get("error"), "error"),
-    )
-
-
-def _manifest_files(raw: Any, key: str) -> tuple[ManifestFile, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise SourceError(f"Bulk export manifest: {key} is not a list")
-    files = []
-    for n, item in enumerate(raw):
-        where = f"Bulk export manifest: {key}[{n}]"
-        if not isinstance(item, Mapping):
-            raise SourceError(f"{where} is not an object")
-        rtype, url, count = item.get("type"), item.get("url"), item.get("count")
-        if not isinstance(rtype, str) or not _TYPE_NAME.match(rtype):
-            raise SourceError(f"{where}: no valid resource type")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise SourceError(f"{where}: no http(s) url")
-        if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
-            count = None  # optional and advisory: a bad one is ignored
-        files.append(ManifestFile(rtype, url, count))
-    return tuple(files)
-
-
-def download_names(files: Sequence[ManifestFile]) -> list[str]:
-    """`Patient.0001.ndjson`, `Patient.0002.ndjson`, ...: numbered per type in manifest order, so
-    `NdjsonSource` recognises the type and reads the files in that order."""
-    seen: dict[str, int] = {}
-    names = []
-    for file in files:
-        seen[file.type] = seen.get(file.type, 0) + 1
-        names.append(f"{file.type}.{seen[file.type]:04d}.ndjson")
-    return names
-
-
-def error_file_name(n: int) -> str:
-    """Lower case: never taken for a resource file by `NdjsonSource`."""
-    return f"error.{n:04d}.ndjson"
-
-
-def retry_after_seconds(value: str | None, now: float) -> float | None:
-    """`Retry-After` as seconds from `now` (epoch seconds): delta-seconds or an HTTP-date."""
-    if not value or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        seconds = when.timestamp() - now
-    if seconds != seconds:  # NaN
-        return None
-    return max(0.0, seconds)
-
-
-def is_transient(error: FhirHttpError) -> bool:
-    """A polling error the IG says to retry: every issue carries a transient code."""
-    issues = (error.outcome or {}).get("issue") or []
-    codes = {i.get("code") for i in issues if isinstance(i, Mapping)}
-    return bool(codes) and codes <= TRANSIENT_CODES
-
-
-def error_file_issues(
-    lines: Sequence[bytes], name: str, limit: int = MAX_ERROR_ISSUES
-) -> list[Issue]:
-    """One Issue per OperationOutcome issue line in an export's error file."""
-    issues: list[Issue] = []
-    skipped = 0
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"OperationOutcome/? ({name}:{lineno})"
-        try:
-            data = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            data = None
-        if not isinstance(data, dict) or data.get("resourceType") != "OperationOutcome":
-            messages = ["unreadable error line"]
-        else:
-            messages = outcome_messages(data) or ["OperationOutcome without a message"]
-        for message in messages:
-            if len(issues) >= limit:
-                skipped += 1
-                continue
-            issues.append(Issue(where, f"export error: {message[:300]}", "recorded"))
-    if skipped:
-        issues.append(
-            Issue(
-                f"OperationOutcome/? ({name})",
-                f"export error: {skipped} more error lines not listed",
-                "recorded",
-            )
-        )
-    return issues
-
-
-# ---------------------------------------------------------------- the export
 
 
 @dataclass
@@ -307,7 +104,7 @@ class BulkExport:
         since = self.settings.since if since is None else since
         self.since = check_since(since) if since else ""
         for rtype in types:
-            if not _TYPE_NAME.match(rtype):
+            if not TYPE_NAME.match(rtype):
                 raise ConfigError(f"not a resource type: {rtype!r}")
         self.types = tuple(types)
         self.max_polls = max_polls
@@ -439,7 +236,7 @@ class BulkExport:
         root = Path(self.settings.download_dir or DEFAULT_DOWNLOAD_DIR)
         try:
             root.mkdir(parents=True, exist_ok=True)
-            _sweep_stale(
+            sweep_stale(
                 root, older_than=max(STALE_EXPORT_SECONDS, 2 * self.settings.max_wait_seconds)
             )
             partial = Path(tempfile.mkdtemp(prefix="export-", suffix=".partial", dir=root))
@@ -624,10 +421,7 @@ def _json_body(response: requests.Response) -> Any:
         ) from exc
 
 
-# ---------------------------------------------------------------- the source
-
-
-def _sweep_stale(root: Path, older_than: float) -> None:
+def sweep_stale(root: Path, older_than: float) -> None:
     """Export folders a killed process left behind (patient data at rest): removed once no
     export could still be using them."""
     limit = time.time() - older_than
@@ -638,106 +432,3 @@ def _sweep_stale(root: Path, older_than: float) -> None:
                 log.info("removed a stale bulk download folder %s", folder.name)
         except OSError:
             continue
-
-
-class BulkSource:
-    """A `FhirSource` over one Bulk Data export, run on the first read (once) and then served
-    from the downloaded NDJSON. `close()` removes the files unless `keep_files` (also at exit).
-    The references in what it serves are noted, so clinicians a Group export leaves out can be
-    read by reference (`_from_server`)."""
-
-    read_order = PATIENTS_FIRST
-
-    def __init__(self, export: BulkExport, *, keep_files: bool | None = None) -> None:
-        self.export = export
-        self.client = export.client
-        self.keep_files = export.settings.keep_files if keep_files is None else keep_files
-        self.result: ExportResult | None = None
-        self._files: NdjsonSource | None = None
-        self._server = ServerSource(export.client)
-        self._failure: SourceError | None = None
-        self._pending: list[Issue] = []
-        self._cleanup: weakref.finalize[Any, Any] | None = None
-        self._closed = False
-
-    def describe(self) -> str:
-        return self.export.describe()
-
-    @property
-    def transaction_time(self) -> str:
-        """The manifest's transactionTime: the `_since` of the next incremental export."""
-        return self.result.manifest.transaction_time if self.result else ""
-
-    def read(self, resource_type: str) -> Iterator[Item]:
-        files = self._ensure()
-        yield from self._take_issues()
-        if self._from_server(resource_type):
-            yield from self._server.read(resource_type)
-        else:
-            yield from self._server.references.noting(files.read(resource_type))
-
-    def read_for_patients(self, resource_type: str, patients: Sequence[str]) -> Iterator[Item]:
-        files = self._ensure()
-        yield from self._take_issues()
-        if self._from_server(resource_type):
-            yield from self._server.read_for_patients(resource_type, patients)
-        else:
-            found = files.read_for_patients(resource_type, patients)
-            yield from self._server.references.noting(found)
-
-    def _ensure(self) -> NdjsonSource:
-        if self._closed:
-            raise SourceError(f"{self.describe()}: source already closed")
-        if self._failure is not None:
-            raise self._failure
-        if self._files is None:
-            try:
-                result = self.export.run()
-            except SourceError as exc:
-                self._failure = exc
-                raise
-            self.result = result
-            self._pending = list(result.issues)
-            # A full export must hold Patient and Encounter files (of the types it asked for);
-            # an incremental one (`_since`) need not: nothing of a type may have changed.
-            required = (
-                () if self.export.since else [t for t in REQUIRED_TYPES if t in self.export.types]
-            )
-            self._files = NdjsonSource(result.directory, require=required)
-            if not self.keep_files:
-                self._cleanup = weakref.finalize(
-                    self, shutil.rmtree, result.directory, ignore_errors=True
-                )
-        return self._files
-
-    def _take_issues(self) -> list[Issue]:
-        """Export-level issues (error files) come out once, with the first read."""
-        pending, self._pending = self._pending, []
-        return pending
-
-    def _from_server(self, resource_type: str) -> bool:
-        if not self.export.group_id or resource_type not in NON_COMPARTMENT_TYPES:
-            return False
-        if self.result is None or resource_type in self.result.counts:
-            return False
-        how = (
-            "by reference"
-            if self.client.settings.read_mode == "roster"
-            else "by paged search (by reference if that is refused)"
-        )
-        log.info("Group export has no %s: reading it from the server %s", resource_type, how)
-        return True
-
-    def close(self) -> None:
-        self._closed = True
-        self._server.close()
-        if self._cleanup is not None:
-            self._cleanup()
-        elif self.result is not None:
-            log.info("bulk files kept in %s (bulk.keep_files)", self.result.directory)
-
-    def __enter__(self) -> BulkSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
