@@ -302,7 +302,7 @@ def _names(types: Sequence[str]) -> str:
 def _bulk_findings(caps: ServerCapabilities, settings: Settings) -> Iterable[Finding]:
     export = caps.export
     source = settings.scheduler.source
-    # fhir/bulk.py exports a Group for `bulk:BASE/Group/ID` or bulk.group_id, else the system.
+    # fhir/bulk/ exports a Group for `bulk:BASE/Group/ID` or bulk.group_id, else the system.
     group_id = settings.bulk.group_id or (
         source.rsplit("/Group/", 1)[-1].split("/")[0] if "/Group/" in source else ""
     )
