@@ -11,18 +11,9 @@ from flask import Flask, Response, json, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from fhirpanel.api.refusals import refusal_answer
 from fhirpanel.errors import BusyError, ConfigError, FhirpanelError
-from fhirpanel.service.errors import (
-    AssignmentMoved,
-    InvalidInput,
-    NoOverride,
-    NoStatus,
-    NotAssigned,
-    PatientExcluded,
-    PatientNotFound,
-    RecordExcludes,
-    ReviewError,
-)
+from fhirpanel.service.errors import InvalidInput, ReviewError
 from fhirpanel.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -31,13 +22,6 @@ PROBLEM_JSON = "application/problem+json"
 # Problem types are URNs: stable names that promise no web page behind them.
 TYPE_PREFIX = "urn:fhirpanel:problem:"
 BEARER_REALM = 'Bearer realm="fhirpanel"'
-# The review service's refusals that are a 409, by problem type.
-REVIEW_CONFLICTS: dict[type[ReviewError], str] = {
-    PatientExcluded: "patient-excluded",
-    NotAssigned: "patient-not-assigned",
-    AssignmentMoved: "assignment-changed",
-    RecordExcludes: "record-excludes",
-}
 
 
 class Problem(Exception):
@@ -90,14 +74,12 @@ def conflict(detail: str, kind: str = "conflict") -> Problem:
 
 
 def review_problem(exc: ReviewError) -> Problem:
-    """A refusal of the review service: a wrong body member is a 422 naming it, an unknown
-    patient or a missing override or status a 404, a change the patient's state forbids a 409."""
-    if isinstance(exc, InvalidInput):
-        return invalid(exc.field, exc.message)
-    if isinstance(exc, PatientNotFound | NoOverride | NoStatus):
-        return not_found(str(exc))
-    kind = next((k for cls, k in REVIEW_CONFLICTS.items() if isinstance(exc, cls)), "conflict")
-    return conflict(str(exc), kind)
+    """A refusal of the review service, answered as `api/refusals.py` says: a wrong body member
+    is a 422 naming it, an unknown patient or a missing override or status a 404, a change the
+    patient's state forbids a 409."""
+    answer = refusal_answer(exc)
+    errors = [{"field": exc.field, "message": exc.message}] if isinstance(exc, InvalidInput) else []
+    return Problem(answer.status, answer.title, str(exc), kind=answer.kind, errors=errors)
 
 
 def unauthorized(detail: str, *, bad_token: bool) -> Problem:

@@ -30,6 +30,7 @@ from fhirpanel.api.dashboard.render import (
     render,
 )
 from fhirpanel.api.dashboard.signin import safe_next, signed_in
+from fhirpanel.api.refusals import refusal_words
 from fhirpanel.errors import FhirpanelError
 from fhirpanel.service.errors import (
     AssignmentMoved,
@@ -40,10 +41,8 @@ from fhirpanel.service.errors import (
     MissingText,
     NoOverride,
     NoStatus,
-    NotAssigned,
     NotUnassigned,
     OverridePending,
-    PatientExcluded,
     PatientNotFound,
     RecordExcludes,
     ReviewError,
@@ -78,10 +77,6 @@ def _refreshed(what: str, refresh: Refresh) -> None:
 
 
 def _confirm_refusal(ref: str, exc: ReviewError) -> str:
-    if isinstance(exc, InvalidChoice):
-        return "Choose who confirmed: the clinician or the patient."
-    if isinstance(exc, NotAssigned):
-        return f"Patient {bare(ref)} has no clinician to confirm yet."
     if isinstance(exc, AssignmentMoved) and exc.current is not None:
         return (
             f"Patient {bare(ref)} was moved to {practitioner_name(exc.current)} by a "
@@ -89,24 +84,13 @@ def _confirm_refusal(ref: str, exc: ReviewError) -> str:
         )
     if isinstance(exc, AssignmentMoved | InvalidReference):
         return f"Patient {bare(ref)}'s assignment changed a moment ago: reload and confirm again."
-    return str(exc)
+    return refusal_words(exc, bare(ref))
 
 
 def _override_refusal(ref: str, exc: ReviewError) -> str:
     if isinstance(exc, InvalidReference | UnknownClinician):
         return "Choose the clinician the patient should go to."
-    if isinstance(exc, IneligibleClinician):
-        return (
-            f"{exc.name or bare(exc.practitioner)} is not a primary-care clinician here: "
-            "choose another."
-        )
-    if isinstance(exc, InvalidChoice):
-        return "Say who asked for the change: the clinician, the patient or the family."
-    if isinstance(exc, MissingText):
-        return "Give a short reason (it goes into the audit log)."
-    if isinstance(exc, PatientExcluded):
-        return f"Patient {bare(ref)} is not an active patient: nothing to assign."
-    return str(exc)
+    return refusal_words(exc, bare(ref))
 
 
 @bp.post("/patients/<patient_id>/confirm")
@@ -211,8 +195,8 @@ def remove_override(patient_id: str) -> ResponseReturnValue:
     default = _patient_url(target.ref)
     try:
         done = review().remove_override(target, actor=me.name)
-    except NoOverride:
-        flash(f"Patient {bare(target.ref)} has no override to remove.", "error")
+    except NoOverride as exc:
+        flash(refusal_words(exc, bare(target.ref)), "error")
         return _back(default)
     _refreshed(
         f"Override of patient {bare(target.ref)} removed: the usual rules decide again.",
@@ -229,18 +213,8 @@ def set_status(patient_id: str) -> ResponseReturnValue:
         done = review().set_status(
             target, request.form.get("status", ""), reason=_text("reason"), actor=me.name
         )
-    except InvalidChoice:
-        flash("Choose what happened: moved away, transferred care, dismissed or died.", "error")
-        return _back(default)
-    except MissingText:
-        flash("Give a short reason (it goes into the audit log).", "error")
-        return _back(default)
-    except RecordExcludes as exc:
-        flash(
-            f"Patient {bare(target.ref)}'s record already excludes them ({exc.reason}): "
-            "no status is needed.",
-            "error",
-        )
+    except (InvalidChoice, MissingText, RecordExcludes) as exc:
+        flash(refusal_words(exc, bare(target.ref)), "error")
         return _back(default)
     words = PERSON_STATUS_WORDS[done.status["status"]]
     _refreshed(f"Patient {bare(target.ref)} recorded as {words}: off every panel.", done.refresh)
@@ -253,8 +227,8 @@ def clear_status(patient_id: str) -> ResponseReturnValue:
     default = _patient_url(target.ref)
     try:
         done = review().clear_status(target, actor=me.name)
-    except NoStatus:
-        flash(f"Patient {bare(target.ref)} has no status to clear.", "error")
+    except NoStatus as exc:
+        flash(refusal_words(exc, bare(target.ref)), "error")
         return _back(default)
     _refreshed(f"Status of patient {bare(target.ref)} cleared: they count again.", done.refresh)
     return _back(default)
