@@ -186,11 +186,10 @@ def _write_findings(
             )
         if not provenance:
             declared = caps.supports_search_param(rtype, "identifier")
-            yield Finding(
+            yield _declared(
                 "write",
                 f"{rtype}?identifier",
-                "yes" if declared else "no",
-                "declared" if declared else "not declared",
+                declared,
                 (
                     "finds what fhirpanel wrote before (idempotent runs)"
                     if declared
@@ -271,19 +270,31 @@ def _write_mode_findings(
             "knows it (Medplum's), else by half; one refused whole for a version conflict "
             "is re-read and sent again once; any other is retried entry by entry"
         )
-    yield Finding(
+    yield _declared(
         "write",
         "transaction",
-        "yes" if caps.transaction else "no",
-        "declared" if caps.transaction else "not declared",
+        caps.transaction,
         text,
     )
-    yield Finding(
+    yield _declared(
         "write",
         "batch",
-        "yes" if caps.batch else "no",
-        "declared" if caps.batch else "not declared",
+        caps.batch,
         "not used: fhirpanel sends transactions or single requests",
+    )
+
+
+def _declared(
+    area: str, name: str, declared: bool, fhirpanel: str, *, required: bool = False
+) -> Finding:
+    """A finding on one thing the statement declares or not."""
+    return Finding(
+        area,
+        name,
+        "yes" if declared else "no",
+        "declared" if declared else "not declared",
+        fhirpanel,
+        required=required,
     )
 
 
@@ -316,19 +327,17 @@ def _bulk_findings(caps: ServerCapabilities, settings: Settings) -> Iterable[Fin
         )
     else:
         text = fallback
-    yield Finding(
+    yield _declared(
         "bulk",
         "$export (system)",
-        "yes" if export.system else "no",
-        "declared" if export.system else "not declared",
+        export.system,
         text,
         required=bulk_source and not group_id,
     )
-    yield Finding(
+    yield _declared(
         "bulk",
         "$export (Patient)",
-        "yes" if export.patient else "no",
-        "declared" if export.patient else "not declared",
+        export.patient,
         "not used: fhirpanel exports at system or Group level",
     )
     if export.group:
@@ -339,11 +348,10 @@ def _bulk_findings(caps: ServerCapabilities, settings: Settings) -> Iterable[Fin
         )
     else:
         text = f"cannot export Group/{group_id}: {fallback}" if group_id else fallback
-    yield Finding(
+    yield _declared(
         "bulk",
         "$export (Group)",
-        "yes" if export.group else "no",
-        "declared" if export.group else "not declared",
+        export.group,
         text,
         required=bulk_source and bool(group_id),
     )

@@ -7,19 +7,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from fhirpanel.errors import ExitCode
+from fhirpanel.fhir.parse import RESOURCE_TYPES
 
 Status = Literal["yes", "no", "partial", "unknown"]
 Credentials = Literal["accepted", "refused", "not tried", "unconfirmed"]
 
 # What a run reads (ingest.py READ_ORDER) and what write-back writes (writeback/writer.py).
-READ_TYPES = (
-    "Patient",
-    "Encounter",
-    "Condition",
-    "Practitioner",
-    "PractitionerRole",
-    "Organization",
-)
+READ_TYPES = RESOURCE_TYPES
 WRITE_TYPES = ("CareTeam", "CarePlan")
 # Optional writes and the WritebackSettings flag that turns each on.
 OPTIONAL_WRITES = (

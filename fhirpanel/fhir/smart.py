@@ -42,6 +42,7 @@ from fhirpanel.errors import (
     ServerError,
     TransportError,
 )
+from fhirpanel.fhir.parse import RESOURCE_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +62,7 @@ _MAX_DETAIL = 300
 
 # What fhirpanel does to each type (fhir/source reads; writeback searches by identifier, then
 # creates or updates; Provenance is only created). Nothing is ever deleted.
-READ_TYPES = (
-    "Patient",
-    "Encounter",
-    "Condition",
-    "Practitioner",
-    "PractitionerRole",
-    "Organization",
-)
+READ_TYPES = RESOURCE_TYPES
 WRITE_TYPES = ("CareTeam", "CarePlan", "RiskAssessment", "Group")
 CREATE_ONLY_TYPES = ("Provenance",)
 

@@ -81,20 +81,20 @@ def paged(item: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def query_param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "schema": schema,
-        "description": description,
-    }
+    return _parameter(name, "query", False, schema, description)
 
 
 def path_param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return _parameter(name, "path", True, schema, description)
+
+
+def _parameter(
+    name: str, where: str, required: bool, schema: dict[str, Any], description: str
+) -> dict[str, Any]:
     return {
         "name": name,
-        "in": "path",
-        "required": True,
+        "in": where,
+        "required": required,
         "schema": schema,
         "description": description,
     }

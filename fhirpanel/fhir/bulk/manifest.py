@@ -16,15 +16,10 @@ import orjson
 from fhirpanel.domain.records import Issue
 from fhirpanel.errors import ConfigError, FhirHttpError, SourceError
 from fhirpanel.fhir.client import outcome_messages, redact_url
+from fhirpanel.fhir.parse import RESOURCE_TYPES
 
-EXPORT_TYPES = (
-    "Patient",
-    "Encounter",
-    "Condition",
-    "Practitioner",
-    "PractitionerRole",
-    "Organization",
-)
+# What a run reads: every type fhir/parse.py turns into a record.
+EXPORT_TYPES = RESOURCE_TYPES
 NDJSON = "application/fhir+ndjson"
 MAX_ERROR_ISSUES = 1000  # OperationOutcome lines taken from error files; the rest are counted
 # IG: a polling failure that is not the export's failure carries a transient issue code.
