@@ -23,11 +23,12 @@ from fhirpanel.errors import ConfigError, FhirHttpError, NotFoundError, SourceEr
 from fhirpanel.fhir.batching import BatchReader
 from fhirpanel.fhir.parse import reference_id
 from fhirpanel.fhir.referenced import refused_search
+from fhirpanel.vocabulary import FHIR_ID_PATTERN
 
 log = logging.getLogger(__name__)
 
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_GROUP = re.compile(r"^(?:.*/)?Group/(?P<id>[A-Za-z0-9\-.]{1,64})$")
+_FHIR_ID = re.compile(rf"^{FHIR_ID_PATTERN}$")
+_GROUP = re.compile(rf"^(?:.*/)?Group/(?P<id>{FHIR_ID_PATTERN})$")
 # A header line: its first cell names the column rather than holding a patient.
 _HEADERS = frozenset({"id", "patient", "patient_id", "fhir_id", "identifier", "mrn"})
 MAX_ROSTER_LINES = 5_000_000  # a bound on reading a roster file

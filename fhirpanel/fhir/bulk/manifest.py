@@ -17,6 +17,7 @@ from fhirpanel.domain.records import Issue
 from fhirpanel.errors import ConfigError, FhirHttpError, SourceError
 from fhirpanel.fhir.client import outcome_messages, redact_url
 from fhirpanel.fhir.parse import RESOURCE_TYPES
+from fhirpanel.vocabulary import FHIR_ID_PATTERN
 
 # What a run reads: every type fhir/parse.py turns into a record.
 EXPORT_TYPES = RESOURCE_TYPES
@@ -26,7 +27,7 @@ MAX_ERROR_ISSUES = 1000  # OperationOutcome lines taken from error files; the re
 TRANSIENT_CODES = frozenset({"transient", "throttled", "timeout", "lock-error"})
 
 TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_FHIR_ID = re.compile(rf"^{FHIR_ID_PATTERN}$")
 _INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})$")
 _GROUP_URL = re.compile(r"^(?P<base>.+?)/Group/(?P<id>[^/]+)$")
 
