@@ -56,7 +56,7 @@ class FhirSettings:
     # Paging links (and Bulk status/file URLs) on another origin than base_url are refused unless
     # their origin is listed here (comma-separated `scheme://host[:port]`; followed as given, with
     # our credentials) or rewrite_foreign_links is on (sent to base_url's scheme, host and port
-    # with the link's own path and query: fhir/client.py `resolve_link`).
+    # with the link's own path and query: fhir/client/links.py `resolve_link`).
     trusted_link_origins: str = ""
     rewrite_foreign_links: bool = False
     # A server profile sets the choices below (and a few in [writeback], [bulk], [scheduler]) that
