@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         sandbox,
         serve,
         smart,
+        snapshot,
+        validate,
         worker,
     )
 
@@ -115,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     # In the order `fhirpanel --help` lists them.
     for module in (run, sandbox, demo, refresh, worker, check_server, serve, smart):
+        module.register(sub)
+    for module in (validate, snapshot):  # the method tested on the practice's history
         module.register(sub)
     return parser
 

@@ -318,3 +318,36 @@ class LoginCode(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ValidationRun(Base):
+    """One `fhirpanel validate` (migration 0009): its statistics as JSON (docs/methods.md
+    s.7.1) and the calibration plot's SVG, for the dashboard's Validation page and
+    `/api/validation`. Aggregates only: no patient ids."""
+
+    __tablename__ = "validation_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    as_of: Mapped[str] = mapped_column(String(10))
+    baseline: Mapped[str] = mapped_column(String(10))
+    source: Mapped[str] = mapped_column(String(512))
+    patients: Mapped[int] = mapped_column(Integer)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON)
+    svg: Mapped[str] = mapped_column(Text)
+
+
+class MonthlySnapshot(Base):
+    """A month's frozen panels, sizes and tiers (`fhirpanel snapshot`, migration 0009), one row
+    per month: the canonical JSON exactly as written to the file, and its SHA-256."""
+
+    __tablename__ = "monthly_snapshots"
+
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)  # YYYY-MM
+    as_of: Mapped[str] = mapped_column(String(10))  # the month's last day
+    source: Mapped[str] = mapped_column(String(512))
+    digest: Mapped[str] = mapped_column(String(64))
+    patients: Mapped[int] = mapped_column(Integer)
+    panels: Mapped[int] = mapped_column(Integer)
+    content: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
