@@ -24,6 +24,13 @@ def register(subparsers: Any) -> None:
     gen.add_argument("--out", type=Path, required=True)
     gen.add_argument("--as-of", type=as_of, default=None)
     gen.add_argument("--malformed-rate", type=float, default=0.01)
+    gen.add_argument(
+        "--utilisation",
+        choices=("mild", "risk", "independent"),
+        default="mild",
+        help="how emergency visits and inpatient stays follow risk: a little (mild, the "
+        "default), steeply (risk) or not at all (independent); for `fhirpanel validate`",
+    )
     gen.set_defaults(func=cmd_generate)
 
     box = subparsers.add_parser("sandbox", help="start the local sandbox FHIR server on 127.0.0.1")
@@ -61,7 +68,12 @@ def cmd_generate(args: argparse.Namespace, console: Console) -> int:
     day = args.as_of or date.fromisoformat(DEMO_AS_OF)
     started = time.perf_counter()
     counts = write_population(
-        args.out, args.patients, args.seed, day, malformed_rate=args.malformed_rate
+        args.out,
+        args.patients,
+        args.seed,
+        day,
+        malformed_rate=args.malformed_rate,
+        utilisation=args.utilisation,
     )
     elapsed = time.perf_counter() - started
     listing = ", ".join(f"{k} {v:,}" for k, v in counts.items())

@@ -76,7 +76,8 @@ def population_on(population: Population, day: date) -> Population:
     """A new population holding only what was on record on `day` (the original is not changed):
 
     - encounters that started on or before `day` (undated ones cannot be placed: left out);
-    - Conditions known on `day` (`condition_known_on`), ended ones as they stood (`condition_as_of`);
+    - Conditions known on `day` (`condition_known_on`), ended ones as they stood then
+      (`condition_as_of`);
     - patients born on or before `day`; one who died after `day` was alive on it.
 
     Clinicians, roles and organisations are kept as they are: their history is not in the data.
@@ -381,7 +382,7 @@ def calibration_svg(result: ValidationResult) -> str:
         f'<rect x="{_LEFT}" y="{_TOP}" width="{plot_w}" height="{plot_h}" fill="none" '
         'stroke="#999"/>',
     ]
-    for step in range(int(round(top * 10)) + 1):
+    for step in range(round(top * 10) + 1):
         rate = step / 10
         parts.append(
             f'<line x1="{_LEFT}" y1="{y(rate):.1f}" x2="{_LEFT + plot_w}" y2="{y(rate):.1f}" '

@@ -40,11 +40,13 @@ from fhirpanel.sandbox.directory import (
     practitioner_role_resource,
 )
 from fhirpanel.sandbox.patients import CONDITION_CATALOGUE, MALFORMED_ID_SUFFIX, PatientGenerator
+from fhirpanel.sandbox.visits import UTILISATION_MODES
 
 __all__ = [
     "CONDITION_CATALOGUE",
     "MALFORMED_ID_SUFFIX",
     "RESOURCE_TYPES",
+    "UTILISATION_MODES",
     "ConditionDef",
     "build_directory",
     "generate_population",
@@ -65,7 +67,13 @@ RESOURCE_TYPES: Final = (
 )
 
 
-def _check_arguments(patients: int, malformed_rate: float, bundle_size: int = 1) -> None:
+def _check_arguments(
+    patients: int, malformed_rate: float, bundle_size: int = 1, utilisation: str = "mild"
+) -> None:
+    if utilisation not in UTILISATION_MODES:
+        raise ConfigError(
+            f"utilisation must be one of {', '.join(UTILISATION_MODES)}, not {utilisation!r}"
+        )
     if patients < 0:
         raise ConfigError(f"patients must be zero or more, not {patients}")
     if not 0.0 <= malformed_rate < 0.5:
@@ -87,12 +95,18 @@ def _as_date(as_of: date) -> date:
 
 
 def generate_population(
-    patients: int, seed: int, as_of: date, malformed_rate: float = 0.01
+    patients: int,
+    seed: int,
+    as_of: date,
+    malformed_rate: float = 0.01,
+    *,
+    utilisation: str = "mild",
 ) -> Iterator[dict[str, Any]]:
     """FHIR R4 resources of a synthetic primary-care practice, streamed: organisations,
-    practitioners and roles first, then each patient with their encounters and conditions."""
-    _check_arguments(patients, malformed_rate)
-    generator = PatientGenerator(patients, seed, _as_date(as_of), malformed_rate)
+    practitioners and roles first, then each patient with their encounters and conditions.
+    `utilisation`: how emergency visits and inpatient stays follow risk (UTILISATION_MODES)."""
+    _check_arguments(patients, malformed_rate, utilisation=utilisation)
+    generator = PatientGenerator(patients, seed, _as_date(as_of), malformed_rate, utilisation)
     yield from _directory_resources(seed, generator.directory)
     for group in generator.groups():
         for resource, _ in group:
@@ -106,19 +120,22 @@ def write_population(
     as_of: date,
     malformed_rate: float = 0.01,
     bundle_size: int = 500,
+    *,
+    utilisation: str = "mild",
 ) -> dict[str, int]:
     """Write `<Type>.ndjson` (Bulk Data style) and `bundles/transaction-NNNN.json` (PUT by id,
     at most `bundle_size` entries, organisations and clinicians first). A patient's resources
     share a bundle when they fit (a merged pair too), so references point at the same or an
     earlier bundle. Malformed records no server would store (a bad date, a dangling or missing
-    Condition subject) are left out of the bundles. Returns NDJSON counts per resource type."""
-    _check_arguments(patients, malformed_rate, bundle_size)
+    Condition subject) are left out of the bundles. Returns NDJSON counts per resource type.
+    `utilisation`: how emergency visits and inpatient stays follow risk (UTILISATION_MODES)."""
+    _check_arguments(patients, malformed_rate, bundle_size, utilisation)
     out_dir = Path(out_dir)
     bundle_dir = out_dir / "bundles"
     bundle_dir.mkdir(parents=True, exist_ok=True)
     for stale in bundle_dir.glob("transaction-*.json"):  # a rerun must not leave extra bundles
         stale.unlink()
-    generator = PatientGenerator(patients, seed, _as_date(as_of), malformed_rate)
+    generator = PatientGenerator(patients, seed, _as_date(as_of), malformed_rate, utilisation)
     counts = dict.fromkeys(RESOURCE_TYPES, 0)
     handles = {
         rtype: (out_dir / f"{rtype}.ndjson").open("wb", buffering=1 << 20)

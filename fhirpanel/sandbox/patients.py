@@ -138,7 +138,14 @@ MRN_TYPE: Final = concept(coding(V2_0203, "MR", "Medical record number"))
 class PatientGenerator:
     """Builds one patient's resources at a time; holds only the directory and the calendar."""
 
-    def __init__(self, patients: int, seed: int, as_of: date, malformed_rate: float) -> None:
+    def __init__(
+        self,
+        patients: int,
+        seed: int,
+        as_of: date,
+        malformed_rate: float,
+        utilisation: str = "mild",
+    ) -> None:
         self.patients = patients
         self.seed = seed
         self.calendar = Calendar.for_as_of(as_of)
@@ -146,7 +153,7 @@ class PatientGenerator:
         self.malformed_odds = malformed_rate / (1.0 - malformed_rate)  # extra per good record
         self.frailty_norm = math.exp(FRAILTY_SIGMA**2 / 2)  # so frailty averages 1
         self._mrn_offset = seeded(f"fhirpanel-sandbox/{seed}/mrn").randrange(10**7)
-        self.planner = VisitPlanner(self.calendar, self.directory)
+        self.planner = VisitPlanner(self.calendar, self.directory, utilisation)
 
     # -- the stream
 

@@ -39,6 +39,13 @@ TELEHEALTH_SHARE: Final = 0.10
 CANCELLED_SHARE: Final = 0.06
 COVERING_SHARE: Final = 0.18
 
+# How emergency visits and inpatient stays follow a patient's risk (`--utilisation`), so that
+# `fhirpanel validate` can be checked on a population where the answer is known:
+# - mild: the rates rise a little with age and each chronic condition (the default, as before);
+# - risk: they rise steeply with each chronic condition, heart failure and COPD most;
+# - independent: one rate for everyone, whatever their age or conditions.
+UTILISATION_MODES: Final = ("mild", "risk", "independent")
+
 
 def _poisson(rng: random.Random, mean: float) -> int:
     """Knuth's method; means here are small (<= ~30), and the loop is bounded."""
@@ -160,9 +167,12 @@ class VisitPlanner:
     """A patient's visits for their designed pattern, plus the visits that never qualify around
     them (docs/methods.md s.1-2). Holds only the calendar and the directory."""
 
-    def __init__(self, calendar: Calendar, directory: Directory) -> None:
+    def __init__(self, calendar: Calendar, directory: Directory, utilisation: str = "mild") -> None:
+        if utilisation not in UTILISATION_MODES:
+            raise ValueError(f"utilisation must be one of {UTILISATION_MODES}")
         self.calendar = calendar
         self.directory = directory
+        self.utilisation = utilisation
 
     def plan(
         self,
@@ -404,6 +414,19 @@ class VisitPlanner:
             visit.status = "in-progress"  # still in hospital on the as-of date
         return visit
 
+    def _acute_rates(self, band: int, chronic: list[str]) -> tuple[float, float, float]:
+        """(emergency visits a year, inpatient stays a year, the share of emergency visits
+        admitted) for the planner's utilisation mode (UTILISATION_MODES)."""
+        n_chronic = len(chronic)
+        severe = "heart_failure" in chronic or "copd" in chronic
+        if self.utilisation == "independent":
+            return 0.25, 0.04, 0.1
+        if self.utilisation == "risk":
+            ed = 0.04 + 0.3 * n_chronic + (0.8 if severe else 0.0)
+            return ed, 0.005 + 0.08 * n_chronic + (0.3 if severe else 0.0), 0.2
+        ed = (0.25 if band == 0 else 0.15) + 0.05 * n_chronic + (0.2 if severe else 0.0)
+        return ed, 0.01 + (0.04 if band >= 3 else 0.0) + 0.015 * n_chronic, 0.2
+
     def _background(
         self,
         rng: random.Random,
@@ -424,15 +447,11 @@ class VisitPlanner:
         if hi < lo:
             return out
         years = (hi - lo) / 365.25
-        n_chronic = len(chronic)
-        ed_rate = (
-            (0.25 if band == 0 else 0.15)
-            + 0.05 * n_chronic
-            + (0.2 if "heart_failure" in chronic or "copd" in chronic else 0.0)
-        )
+        ed_rate, imp_rate, admit_share = self._acute_rates(band, chronic)
         for _ in range(min(_poisson(rng, ed_rate * years), 12)):
-            out += self._emergency(rng, rng.randint(lo, hi), admit=band >= 2 and rng.random() < 0.2)
-        imp_rate = 0.01 + (0.04 if band >= 3 else 0.0) + 0.015 * n_chronic
+            day = rng.randint(lo, hi)  # drawn before the admission, as it always was
+            admit = (band >= 2 or self.utilisation != "mild") and rng.random() < admit_share
+            out += self._emergency(rng, day, admit=admit)
         for _ in range(min(_poisson(rng, imp_rate * years), 6)):
             out.append(self._inpatient(rng, rng.randint(lo, hi), rng.randrange(24 * 60)))
         for kind, keys in SPECIALIST_FOR.items():
