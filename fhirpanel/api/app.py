@@ -123,6 +123,9 @@ def create_app(
     app.register_blueprint(health.bp)
     app.register_blueprint(routes.bp)
     app.register_blueprint(dashboard.bp)
+    from fhirpanel.api import validation
+
+    app.register_blueprint(validation.bp)
     log.info("API ready on store %s with %d token(s)", store.describe(), len(tokens.accounts))
     return app
 

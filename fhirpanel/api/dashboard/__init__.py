@@ -22,7 +22,16 @@ on every page's banner and on the runs page, where an admin accepts it after a c
 page that repeats the figures.
 """
 
-from fhirpanel.api.dashboard import changes, pages, render, signin
+from fhirpanel.api.dashboard import changes, pages, render, signin, validation
 from fhirpanel.api.dashboard.base import RUN_STATUS, SESSION_KEY, bp
 
-__all__ = ["RUN_STATUS", "SESSION_KEY", "bp", "changes", "pages", "render", "signin"]
+__all__ = [
+    "RUN_STATUS",
+    "SESSION_KEY",
+    "bp",
+    "changes",
+    "pages",
+    "render",
+    "signin",
+    "validation",
+]

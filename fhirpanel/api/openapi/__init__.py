@@ -14,8 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from fhirpanel import __version__
+from fhirpanel.api import validation
 from fhirpanel.api.openapi import assignments, operations, panels, patients, runs
-from fhirpanel.api.openapi.common import RECORDED_KINDS, RUN_KINDS, RUN_STATUSES
+from fhirpanel.api.openapi.common import READ_ERRORS, RECORDED_KINDS, RUN_KINDS, RUN_STATUSES
 from fhirpanel.api.openapi.responses import responses
 from fhirpanel.api.openapi.schemas import schemas
 from fhirpanel.config import ApiSettings
@@ -31,6 +32,7 @@ def build_openapi(api: ApiSettings) -> dict[str, Any]:
         **patients.paths(api),
         **assignments.paths(api),
         **runs.paths(api),
+        **validation.openapi_paths(READ_ERRORS),
     }
     return {
         "openapi": "3.1.0",
@@ -51,7 +53,15 @@ def build_openapi(api: ApiSettings) -> dict[str, Any]:
         "security": [{"bearerAuth": []}],
         "tags": [
             {"name": n}
-            for n in ("health", "operations", "panels", "patients", "assignments", "runs")
+            for n in (
+                "health",
+                "operations",
+                "panels",
+                "patients",
+                "assignments",
+                "runs",
+                "validation",
+            )
         ],
         "paths": paths,
         "components": {
@@ -62,7 +72,7 @@ def build_openapi(api: ApiSettings) -> dict[str, Any]:
                     "description": "A token from `api.read_tokens` or `api.admin_tokens`",
                 }
             },
-            "schemas": schemas(),
+            "schemas": {**schemas(), **validation.openapi_schemas()},
             "responses": responses(api),
         },
     }
