@@ -1,5 +1,5 @@
 """`fhirpanel snapshot --month YYYY-MM`: panels, sizes and tiers frozen as of the month's last
-day (docs/methods.md s.7.2), written as canonical JSON and kept in the store, one per month.
+day (docs/methods.md s.8.2), written as canonical JSON and kept in the store, one per month.
 
 Only a closed month (its last day before today) is frozen: an open month's data is still
 coming, unless `--allow-open` says a provisional snapshot is wanted (it is then neither kept

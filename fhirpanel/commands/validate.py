@@ -1,5 +1,5 @@
 """`fhirpanel validate`: the risk method tested on the practice's own history (docs/methods.md
-s.7.1). Scores every patient as of 12 months before `--as-of` and compares with their emergency
+s.8.1). Scores every patient as of 12 months before `--as-of` and compares with their emergency
 visits and inpatient stays of the following 12 months: a table here, the JSON and the
 calibration plot (SVG, beside the JSON) with `--output`, and the result kept in the store for
 the dashboard's Validation page and `/api/validation`."""

@@ -1,4 +1,4 @@
-"""The monthly snapshot (docs/methods.md s.7.2): panels, their sizes and tiers frozen as of a
+"""The monthly snapshot (docs/methods.md s.8.2): panels, their sizes and tiers frozen as of a
 month's last day, as St. Luke's reviewed panels monthly and paid relative to peers.
 
 The snapshot of a month is computed from what was on record on its last day only

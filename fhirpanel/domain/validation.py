@@ -1,4 +1,4 @@
-"""Testing the risk method on the practice's own history (docs/methods.md s.7), and the frozen
+"""Testing the risk method on the practice's own history (docs/methods.md s.8), and the frozen
 monthly snapshot of panels, sizes and tiers.
 
 Validation: every patient is scored as of a baseline date (the as-of date minus 12 months) from

@@ -2,9 +2,9 @@
 analyse it as it stood on a past day (`domain.validation.population_on`), compute the statistics
 or the frozen snapshot, and keep the result in the store.
 
-Validation (docs/methods.md s.7.1): scored on the baseline date (as-of minus 12 months), the
+Validation (docs/methods.md s.8.1): scored on the baseline date (as-of minus 12 months), the
 cohort is the practice's patients on that date (every assignment but `excluded`), the outcome
-their emergency visits and inpatient stays of the next 12 months. Snapshot (s.7.2): the month's
+their emergency visits and inpatient stays of the next 12 months. Snapshot (s.8.2): the month's
 last day, from data dated on or before it.
 """
 

@@ -322,7 +322,7 @@ class LoginCode(Base):
 
 class ValidationRun(Base):
     """One `fhirpanel validate` (migration 0009): its statistics as JSON (docs/methods.md
-    s.7.1) and the calibration plot's SVG, for the dashboard's Validation page and
+    s.8.1) and the calibration plot's SVG, for the dashboard's Validation page and
     `/api/validation`. Aggregates only: no patient ids."""
 
     __tablename__ = "validation_runs"
