@@ -356,7 +356,7 @@ def validate(
 # --- the calibration plot ------------------------------------------------------------------------
 
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
-_W, _H, _LEFT, _RIGHT, _TOP, _BOTTOM = 640, 360, 56, 180, 24, 44
+_W, _H, _LEFT, _RIGHT, _TOP, _BOTTOM = 780, 360, 56, 270, 24, 44
 
 
 def calibration_svg(result: ValidationResult) -> str:
@@ -406,6 +406,12 @@ def calibration_svg(result: ValidationResult) -> str:
             f'<line x1="{_LEFT}" y1="{y(overall):.1f}" x2="{_LEFT + plot_w}" '
             f'y2="{y(overall):.1f}" stroke="#666" stroke-dasharray="4 3"/>'
         )
+    legend_y = _TOP + 14 + len(result.metrics) * 18
+    parts.append(
+        f'<line x1="{_W - _RIGHT + 12}" y1="{legend_y - 4}" x2="{_W - _RIGHT + 30}" '
+        f'y2="{legend_y - 4}" stroke="#666" stroke-dasharray="4 3"/>'
+        f'<text x="{_W - _RIGHT + 34}" y="{legend_y}">all patients</text>'
+    )
     for index, metric in enumerate(result.metrics):
         colour = _COLOURS[index % len(_COLOURS)]
         points = " ".join(f"{x(d.decile):.1f},{y(d.observed_rate):.1f}" for d in metric.deciles)

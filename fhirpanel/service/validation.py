@@ -16,6 +16,7 @@ from datetime import date
 from typing import Any
 
 from fhirpanel.config import Settings
+from fhirpanel.domain.outcome import RunOutcome
 from fhirpanel.domain.records import Population
 from fhirpanel.domain.snapshot import differences, freeze, snapshot_bytes
 from fhirpanel.domain.validation import (
@@ -47,7 +48,9 @@ class SnapshotDiffers(FhirpanelError):
         )
 
 
-def read_once(settings: Settings, spec: str, earliest: date, progress: Progress | None) -> Any:
+def read_once(
+    settings: Settings, spec: str, earliest: date, progress: Progress | None
+) -> tuple[Tables, Population, str]:
     """The tables and the whole population of `spec`, read once; a roster source reads
     encounters from the look-back window before `earliest` onwards."""
     tables = Tables.load(settings)
@@ -62,7 +65,7 @@ def read_once(settings: Settings, spec: str, earliest: date, progress: Progress 
     return tables, population, source.describe()
 
 
-def outcome_on(settings: Settings, tables: Tables, population: Population, day: date) -> Any:
+def outcome_on(settings: Settings, tables: Tables, population: Population, day: date) -> RunOutcome:
     """A full analysis of the population as it stood on `day`."""
     return analyse(
         population_on(population, day),
