@@ -736,3 +736,38 @@ def test_a_broken_catalogue_is_refused_by_name(edit: tuple[str, str], message: s
     assert edit[0] in text
     with pytest.raises(CatalogueError, match=re.escape(message)):
         load_catalogue(text.replace(edit[0], edit[1], 1))
+
+
+def test_utilisation_modes_change_only_acute_visits() -> None:
+    """`utilisation` decides emergency visits and inpatient stays only: the same patients and
+    chronic problem lists; `independent` gives everyone the same rates, `risk` more to the
+    multimorbid; an unknown mode is a usage error."""
+
+    def acute_by_patient(mode: str) -> tuple[list[str], dict[str, int], dict[str, int]]:
+        patients, acute, chronic = [], Counter[str](), Counter[str]()
+        for res in generate_population(400, 5, AS_OF, 0.0, utilisation=mode):
+            if res["resourceType"] == "Patient":
+                patients.append(res["id"])
+            elif res["resourceType"] == "Encounter" and res["class"]["code"] in ("EMER", "IMP"):
+                acute[res["subject"]["reference"]] += 1
+            elif res["resourceType"] == "Condition" and "abatementDateTime" not in res:
+                chronic[res["subject"]["reference"]] += 1
+        return patients, acute, chronic
+
+    mild = acute_by_patient("mild")
+    assert mild[0] == acute_by_patient("independent")[0] == acute_by_patient("risk")[0]
+    assert list(generate_population(60, 5, AS_OF, 0.0)) == list(
+        generate_population(60, 5, AS_OF, 0.0, utilisation="mild")
+    )
+
+    def sick_to_well_ratio(mode: str) -> float:
+        _, acute, chronic = acute_by_patient(mode)
+        sick = [p for p in chronic if chronic[p] >= 3]
+        well = [f"Patient/{p}" for p in mild[0] if chronic[f"Patient/{p}"] == 0]
+        return (sum(acute[p] for p in sick) / len(sick)) / (
+            max(sum(acute[p] for p in well), 1) / len(well)
+        )
+
+    assert sick_to_well_ratio("independent") < 2 < 10 < sick_to_well_ratio("risk")
+    with pytest.raises(ConfigError, match="utilisation"):
+        list(generate_population(1, 5, AS_OF, utilisation="sometimes"))
