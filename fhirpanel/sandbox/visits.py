@@ -165,7 +165,8 @@ def deal_block(seed: int, block: int, patients: int) -> tuple[list[str], list[st
 
 class VisitPlanner:
     """A patient's visits for their designed pattern, plus the visits that never qualify around
-    them (docs/methods.md s.1-2). Holds only the calendar and the directory."""
+    them (docs/methods.md s.1-2). Holds only the calendar, the directory and how acute visits
+    follow risk (UTILISATION_MODES)."""
 
     def __init__(self, calendar: Calendar, directory: Directory, utilisation: str = "mild") -> None:
         if utilisation not in UTILISATION_MODES:

@@ -22,16 +22,10 @@ on every page's banner and on the runs page, where an admin accepts it after a c
 page that repeats the figures.
 """
 
-from fhirpanel.api.dashboard import changes, pages, render, signin, validation
+from fhirpanel.api.dashboard import changes, pages, render, signin
 from fhirpanel.api.dashboard.base import RUN_STATUS, SESSION_KEY, bp
 
-__all__ = [
-    "RUN_STATUS",
-    "SESSION_KEY",
-    "bp",
-    "changes",
-    "pages",
-    "render",
-    "signin",
-    "validation",
-]
+__all__ = ["RUN_STATUS", "SESSION_KEY", "bp", "changes", "pages", "render", "signin"]
+
+# The Validation page (issue 18): imported for its routes on `bp`.
+from fhirpanel.api.dashboard import validation as validation
