@@ -5,8 +5,9 @@ of the app (the dashboard's HTML pages aside) is described here, validates the d
 checks the app's answers against it with schemathesis.
 
 One module per area: a new route goes into its area's `paths` (operations, panels, patients,
-assignments, runs), its bodies into `schemas`, shared error answers into `responses`; `common`
-holds the builders and the parameters several paths share.
+assignments, runs, validation), its bodies into `schemas` (or the area's own `schemas`), shared
+error answers into `responses`; `common` holds the builders and the parameters several paths
+share.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhirpanel import __version__
-from fhirpanel.api import validation
-from fhirpanel.api.openapi import assignments, operations, panels, patients, runs
+from fhirpanel.api.openapi import assignments, operations, panels, patients, runs, validation
 from fhirpanel.api.openapi.common import READ_ERRORS, RECORDED_KINDS, RUN_KINDS, RUN_STATUSES
 from fhirpanel.api.openapi.responses import responses
 from fhirpanel.api.openapi.schemas import schemas
@@ -32,7 +32,7 @@ def build_openapi(api: ApiSettings) -> dict[str, Any]:
         **patients.paths(api),
         **assignments.paths(api),
         **runs.paths(api),
-        **validation.openapi_paths(READ_ERRORS),
+        **validation.paths(READ_ERRORS),
     }
     return {
         "openapi": "3.1.0",
@@ -72,7 +72,7 @@ def build_openapi(api: ApiSettings) -> dict[str, Any]:
                     "description": "A token from `api.read_tokens` or `api.admin_tokens`",
                 }
             },
-            "schemas": {**schemas(), **validation.openapi_schemas()},
+            "schemas": {**schemas(), **validation.schemas()},
             "responses": responses(api),
         },
     }
