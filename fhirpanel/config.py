@@ -88,6 +88,9 @@ class AttributionSettings:
     capacity: str = "capacity"
     outreach_not_seen_months: int = 12
     outreach_sentinel_months: int = 24
+    # The payer's member list the `risk-product` step follows: a Da Vinci ATR Group as JSON, a
+    # `Group/ID` on the FHIR server, or a `patient,practitioner` CSV (docs/methods.md s.2.3).
+    risk_product_list: str = ""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from rich.table import Table
 from fhirpanel.domain.attribution import Assignment
 from fhirpanel.domain.blend import Blend, PatientBlend
 from fhirpanel.domain.capacity import YEAR_MONTHS, PracticeCapacity
+from fhirpanel.domain.members import assigned_by_list
 from fhirpanel.domain.outcome import RunOutcome
 from fhirpanel.domain.panels import Panel, Relative, median
 from fhirpanel.domain.placement import CAPACITY, DECLARED_PCP, NO_ROOM, VISIT_HISTORY, Suggestion
@@ -85,7 +86,7 @@ def build_report(outcome: RunOutcome) -> dict[str, Any]:
     statuses = Counter(a.status for a in att.assignments)
     rules = Counter(a.rule for a in att.assignments if a.status == "assigned")
     elig = att.eligibility
-    return {
+    report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
         "as_of": outcome.as_of.isoformat(),
         "pipeline": att.pipeline,
@@ -138,6 +139,22 @@ def build_report(outcome: RunOutcome) -> dict[str, Any]:
         ],
         "warnings": list(outcome.warnings),
         "issues": [i.as_dict() for i in outcome.population.issues],
+    }
+    if outcome.members is not None:
+        report["summary"]["risk_product_list"] = _member_list(outcome)
+    return report
+
+
+def _member_list(outcome: RunOutcome) -> dict[str, Any]:
+    """The payer's member list: what it held and how many patients it assigned (rule
+    `risk-product`; the rest went through the pipeline's other steps)."""
+    members = outcome.members
+    assert members is not None  # noqa: S101 - checked by the caller
+    return {
+        "list": members.label,
+        "entries": members.entries,
+        "members": len(members.members),
+        "assigned": assigned_by_list(outcome.attribution),
     }
 
 
@@ -316,6 +333,12 @@ def render_summary(report: dict[str, Any], source: str, console: Console) -> Non
         f"(tie-broken, to review: {summary['tie_broken']})"
     )
     console.print(f"Assigned by: {by_rule}")
+    listed = summary.get("risk_product_list")
+    if listed is not None:
+        console.print(
+            f"Risk-product list {listed['list']}: {listed['members']} members of "
+            f"{listed['entries']} entries, {listed['assigned']} patients assigned by it"
+        )
     elig = report["eligibility"]
     console.print(
         f"Clinicians eligible by code {elig['by_code']}, by text {elig['by_text']}, "

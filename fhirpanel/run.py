@@ -10,9 +10,11 @@ import logging
 import time
 from collections.abc import Mapping
 from datetime import date
+from typing import Any
 
 from fhirpanel.config import Settings
 from fhirpanel.domain.attribution import ManualAssignment, attribute_patients
+from fhirpanel.domain.members import MemberList, member_issues
 from fhirpanel.domain.outcome import RunOutcome
 from fhirpanel.domain.panels import (
     AgeSexWeights,
@@ -20,15 +22,16 @@ from fhirpanel.domain.panels import (
     compute_panels,
     outreach_list,
 )
-from fhirpanel.domain.records import Population
+from fhirpanel.domain.records import Issue, Population
 from fhirpanel.domain.risk import check_tier_shape, score_patients, tier_distribution
+from fhirpanel.fhir.member_list import parse_member_list_spec, read_member_list
 from fhirpanel.fhir.source import FhirSource, source_from_spec
 from fhirpanel.ingest import Progress, add_future_date_issues, read_population
 from fhirpanel.tables import MethodTables, Tables
 
 log = logging.getLogger(__name__)
 
-__all__ = ["analyse", "open_source", "run_full"]
+__all__ = ["analyse", "load_member_list", "open_source", "run_full"]
 
 
 def analyse(
@@ -43,19 +46,43 @@ def analyse(
     timings: dict[str, float] | None = None,
     outreach_months: tuple[int, int] = (12, 24),
     blend_means: Mapping[str, float] | None = None,
+    risk_product_members: MemberList | None = None,
 ) -> RunOutcome:
     """Everything after reading: pure functions in order, timed. Dates after `as_of` (birth
     dates, encounters) are first added to the population's issues (`recorded`).
 
     A pass over some patients only (incremental) passes the last full run's `weights` and
-    `blend_means` (`outcome.panels.blend.means`): its own patients are not the practice."""
+    `blend_means` (`outcome.panels.blend.means`): its own patients are not the practice.
+
+    `risk_product_members`: the payer's member list the pipeline's `risk-product` step follows;
+    what the reader left out, members not in the population and members whose clinician is not
+    eligible join the population's issues."""
     timings = {} if timings is None else timings
     clock = _Stopwatch(timings)
     add_future_date_issues(population, as_of)
+    unused_list = risk_product_members is not None and not any(
+        step.kind == "risk-product" for step in tables.pipeline.steps
+    )
+    if unused_list:
+        risk_product_members = None  # nothing follows it: no issues about it either
     with clock("attribute"):
         attribution = attribute_patients(
-            population, as_of, tables.pipeline, tables.rules, manual=manual, statuses=statuses
+            population,
+            as_of,
+            tables.pipeline,
+            tables.rules,
+            manual=manual,
+            statuses=statuses,
+            risk_product_members=risk_product_members.members if risk_product_members else None,
         )
+        if risk_product_members is not None:
+            _add_issues(
+                population,
+                [
+                    *risk_product_members.issues,
+                    *member_issues(risk_product_members, population, attribution.eligibility),
+                ],
+            )
     with clock("risk"):
         risk = score_patients(population, as_of, tables.risk)
     tiers = {pid: r.tier for pid, r in risk.items()}
@@ -92,6 +119,11 @@ def analyse(
     ]
     distribution = tier_distribution(assigned)
     warnings = check_tier_shape(distribution)
+    if unused_list:
+        warnings.append(
+            f"attribution.risk_product_list is set but pipeline {tables.pipeline.name!r} has no "
+            "risk-product step: the list was not used"
+        )
     if attribution.eligibility.fallback_all_on_visits:
         warnings.append(
             "no PractitionerRole data: every clinician on a qualifying visit was "
@@ -108,7 +140,37 @@ def analyse(
         tier_distribution=distribution,
         warnings=warnings,
         timings=timings,
+        members=risk_product_members,
     )
+
+
+def _add_issues(population: Population, issues: list[Issue]) -> None:
+    """Issues joined to the population's (once, however often a pass analyses it), in order."""
+    known = set(population.issues)
+    new = [i for i in issues if i not in known]
+    if new:
+        population.issues.extend(new)
+        population.issues.sort(key=lambda i: (i.resource, i.problem))
+
+
+def load_member_list(settings: Settings, source: object, as_of: date) -> MemberList | None:
+    """`attribution.risk_product_list` read once for a pass (None when not set). A `Group/ID` is
+    read through the source's FHIR client; a file needs none."""
+    text = settings.attribution.risk_product_list
+    if not text.strip():
+        return None
+    spec = parse_member_list_spec(text)
+    client = _client_of(source)
+    return read_member_list(spec, as_of, (lambda: client) if client is not None else None)
+
+
+def _client_of(source: object) -> Any:
+    # A server or Bulk source carries its client; a pass's wrapper (SeenRecorder) its source.
+    for candidate in (source, getattr(source, "source", None)):
+        client = getattr(candidate, "client", None)
+        if client is not None and callable(getattr(client, "read", None)):
+            return client
+    return None
 
 
 def open_source(spec: str, settings: Settings) -> FhirSource:
@@ -131,13 +193,17 @@ def run_full(
     manual: dict[str, ManualAssignment] | None = None,
     tables: Tables | None = None,
     statuses: Mapping[str, str] | None = None,
+    members: MemberList | None = None,
 ) -> RunOutcome:
     """Read the whole population and analyse it with the pass's `tables` (loaded here when not
-    given; a pass that also writes loads them once and passes them to both)."""
+    given; a pass that also writes loads them once and passes them to both) and the payer's
+    member list (`members`; read here from `attribution.risk_product_list` when not given)."""
     timings: dict[str, float] = {}
     clock = _Stopwatch(timings)
     with clock("load_tables"):
         tables = tables or Tables.load(settings)
+        if members is None:
+            members = load_member_list(settings, source, as_of)
     with clock("read"):
         population = read_population(source, progress=progress)
     log.info(
@@ -154,6 +220,7 @@ def run_full(
         manual=manual,
         statuses=statuses,
         timings=timings,
+        risk_product_members=members,
         outreach_months=(
             settings.attribution.outreach_not_seen_months,
             settings.attribution.outreach_sentinel_months,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from fhirpanel.domain.attribution import AttributionResult
+from fhirpanel.domain.members import MemberList
 from fhirpanel.domain.panels import OutreachItem, PanelSummary
 from fhirpanel.domain.records import Population
 from fhirpanel.domain.risk import RiskResult
@@ -26,3 +27,4 @@ class RunOutcome:
     tier_distribution: dict[str, int]
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    members: MemberList | None = None  # the payer's list the risk-product step followed

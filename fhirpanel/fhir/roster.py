@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fhirpanel.domain.records import Issue
 from fhirpanel.errors import ConfigError, FhirHttpError, NotFoundError, SourceError
@@ -164,11 +164,7 @@ def read_group(reader: BatchReader, group_id: str) -> Roster:
     members than its `quantity` says (a server that cuts large Groups short) is completed with
     `Patient?_has:Group:member:_id=ID`; if that is refused the read fails rather than use part
     of the roster."""
-    client = reader.client
-    try:
-        group = client.read("Group", group_id)
-    except NotFoundError as exc:
-        raise SourceError(f"roster Group/{group_id} not found: {exc}") from exc
+    group = fetch_group(reader.client, group_id, "roster")
     issues: list[Issue] = []
     ids: dict[str, None] = {}
     members = group.get("member")
@@ -195,6 +191,22 @@ def read_group(reader: BatchReader, group_id: str) -> Roster:
             ids.setdefault(rid, None)
     log.info("roster Group/%s: %d patients", group_id, len(ids))
     return Roster(list(ids), issues, f"Group/{group_id}")
+
+
+class GroupReader(Protocol):
+    def read(self, resource_type: str, resource_id: str) -> Mapping[str, Any]: ...
+
+
+def fetch_group(client: GroupReader, group_id: str, what: str) -> Mapping[str, Any]:
+    """`Group/ID` read from the server (a roster, a payer's member list); not found, or not a
+    Group, is a SourceError naming `what` it was read for."""
+    try:
+        group = client.read("Group", group_id)
+    except NotFoundError as exc:
+        raise SourceError(f"{what} Group/{group_id} not found: {exc}") from exc
+    if not isinstance(group, Mapping) or group.get("resourceType") not in (None, "Group"):
+        raise SourceError(f"{what} Group/{group_id}: the server did not return a Group")
+    return group
 
 
 def _group_members_by_search(

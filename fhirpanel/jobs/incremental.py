@@ -40,7 +40,7 @@ from fhirpanel.jobs.steps import (
     version_key,
     write_results,
 )
-from fhirpanel.run import analyse, open_source
+from fhirpanel.run import analyse, load_member_list, open_source
 from fhirpanel.store.engine import now_utc
 from fhirpanel.vocabulary import RunKind, RunStatus
 
@@ -130,6 +130,8 @@ def incremental_pass(job: Job, run_id: int) -> RefreshResult:
         finally:
             source.close()  # batched reads' extra clients; the client stays for write-back
         weights = stored_weights(store)
+        # The payer's list, read once for the pass; its own issues are the full pass's to record.
+        members = load_member_list(settings, source, job.day)
         manual = manual_for(store.active_overrides(), affected)
         wanted = set(affected)  # statuses people recorded: these patients leave every panel
         people_set = {p: x for p, x in store.active_statuses().items() if p in wanted}
@@ -141,6 +143,7 @@ def incremental_pass(job: Job, run_id: int) -> RefreshResult:
             manual=manual,
             statuses=people_set,
             weights=weights,
+            risk_product_members=members.subset(affected) if members is not None else None,
             outreach_months=(
                 settings.attribution.outreach_not_seen_months,
                 settings.attribution.outreach_sentinel_months,
