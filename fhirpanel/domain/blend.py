@@ -5,8 +5,10 @@ The empanelment white paper: "often a blend of normalized risk metrics is compil
 adjustment factor". The metrics are the ones fhirpanel already computes per patient:
 
 - `age_sex`: the age/sex weight (s.3.3);
-- `hcc`: the CMS-HCC score (s.4.4); a patient without one counts as the mean (1.0 once
-  normalised), as in the HCC-adjusted size;
+- `hcc`: the CMS-HCC score (s.4.4); an adult without one counts as the mean (1.0 once
+  normalised), as in the HCC-adjusted size. A child (the pediatric framework, s.4.7) has no
+  HCC part at all: it is dropped and the other weights are scaled up to add to 1 again, so a
+  Medicare model neither raises nor lowers a child's factor;
 - `charlson`: the Charlson index (s.4.3);
 - `utilisation`: emergency visits plus inpatient stays in the utilisation window (s.4.5).
 
@@ -16,7 +18,7 @@ Pure and deterministic: sums in patient order with `math.fsum`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from fhirpanel.errors import MappingError
@@ -54,9 +56,12 @@ class PatientBlend:
     patient: str
     normalised: tuple[float, ...]  # in METRICS order
     factor: float
+    dropped: tuple[str, ...] = ()  # metrics left out of this patient's factor (a child's hcc)
 
     def as_dict(self) -> dict[str, float]:
-        return dict(zip(METRICS, self.normalised, strict=True))
+        return {
+            m: v for m, v in zip(METRICS, self.normalised, strict=True) if m not in self.dropped
+        }
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ def blend_factors(
     metrics: Mapping[str, Mapping[str, float | None]],
     weights: BlendWeights,
     means: Mapping[str, float] | None = None,
+    without_hcc: Collection[str] = frozenset(),
 ) -> Blend:
     """The factor of each of `patients` (the practice's active patients): the weighted sum of
     its metrics (`metrics[metric][patient]`), each divided by the metric's practice mean.
@@ -97,6 +103,9 @@ def blend_factors(
     practice (an incremental pass); else computed over `patients`. A metric whose mean is 0
     (nobody went to the emergency department, say) tells panels nothing apart: it counts 1.0
     for everyone. A patient without a value (no HCC score) counts 1.0.
+
+    `without_hcc`: the children (pediatric framework): their factor blends the other metrics
+    only, with the weights renormalised to add to 1 (all 1.0 when HCC had all the weight).
     """
     means = dict(means) if means is not None else practice_means(patients, metrics)
     w = [getattr(weights, m) for m in METRICS]
@@ -106,6 +115,14 @@ def blend_factors(
         for metric in METRICS:
             value, mean = metrics.get(metric, {}).get(patient), means.get(metric, 0.0)
             normalised.append(value / mean if value is not None and mean > 0 else 1.0)
+        if patient in without_hcc:
+            kept = [
+                (wi, ni) for m, wi, ni in zip(METRICS, w, normalised, strict=True) if m != "hcc"
+            ]
+            total = math.fsum(wi for wi, _ in kept)
+            factor = math.fsum(wi * ni for wi, ni in kept) / total if total > 0 else 1.0
+            out[patient] = PatientBlend(patient, tuple(normalised), factor, ("hcc",))
+            continue
         factor = math.fsum(wi * ni for wi, ni in zip(w, normalised, strict=True))
         out[patient] = PatientBlend(patient, tuple(normalised), factor)
     return Blend(weights=weights, means=means, patients=out)

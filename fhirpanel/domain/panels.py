@@ -359,7 +359,8 @@ def _blend(
             for p in active
         },
     }
-    return blend_factors(active, metrics, weights, means)
+    children = {p for p in active if p in risk and risk[p].framework == PEDIATRIC}
+    return blend_factors(active, metrics, weights, means, without_hcc=children)
 
 
 def median(values: Sequence[float]) -> float:

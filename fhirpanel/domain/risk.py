@@ -18,6 +18,7 @@ from fhirpanel.domain.conditions import (
 )
 from fhirpanel.domain.dates import age_on, months_before
 from fhirpanel.domain.hcc import HccScore, HccScorer, HccSettings
+from fhirpanel.domain.pediatric import PEDIATRIC, Complexity, PediatricComplexity
 from fhirpanel.domain.records import (
     ConditionRecord,
     EncounterRecord,
@@ -74,6 +75,9 @@ class RiskConfig:
     charlson_age_points: bool = False
     hcc_model: str = "V28"
     hcc_segment: str = "CNA"
+    # The pediatric framework (PMCA): patients under its adult age are never scored with
+    # CMS-HCC. None: every patient is scored as an adult (tables without the file).
+    pediatric: PediatricComplexity | None = None
 
     def __post_init__(self) -> None:
         if self.charlson_weights not in self.charlson.weight_sets:
@@ -104,6 +108,8 @@ class RiskResult:
     tier_rule: str
     basis_conditions: tuple[str, ...]  # Condition ids that drove the risk (sorted)
     hcc_note: str | None = None  # why there is no HCC score
+    framework: str = "adult"  # adult | pediatric (docs/methods.md s.4.7)
+    complexity: Complexity | None = None  # a child's PMCA result
 
     def as_report(self) -> dict[str, Any]:
         """The `risk` object of the run report (docs/architecture.md), components included."""
@@ -122,6 +128,10 @@ class RiskResult:
         }
         if self.hcc_note is not None:
             report["hcc_note"] = self.hcc_note
+        report["framework"] = self.framework
+        if self.complexity is not None:
+            report["complexity"] = self.complexity.category
+            report["complexity_systems"] = list(self.complexity.systems)
         return report
 
 
@@ -160,7 +170,16 @@ def score_patient(
     charlson: CharlsonResult = config.charlson.score(
         codes, config.charlson_weights, age=age, with_age_points=config.charlson_age_points
     )
-    hcc, hcc_note = _hcc_for(patient, age, codes, config, scorer)
+    framework = config.pediatric.framework(age) if config.pediatric else "adult"
+    complexity: Complexity | None = None
+    hcc: HccScore | None
+    hcc_note: str | None
+    if framework == PEDIATRIC and config.pediatric is not None:
+        # CMS-HCC is calibrated on Medicare beneficiaries: a child gets the PMCA instead.
+        hcc, hcc_note = None, f"pediatric framework: no CMS-HCC under {config.pediatric.adult_age}"
+        complexity = config.pediatric.classify(codes)
+    else:
+        hcc, hcc_note = _hcc_for(patient, age, codes, config, scorer)
     ed_visits, inpatient_stays = config.utilisation.count(encounters, as_of)
     chronic = config.chronic.groups_for(codes)
     chronic_codes = {c for c in codes if config.chronic.groups_for_code(c)}
@@ -171,7 +190,9 @@ def score_patient(
             ed=ed_visits,
             inpatient=inpatient_stays,
             chronic=len(chronic),
-        )
+            pmca=complexity.level if complexity is not None else None,
+        ),
+        framework,
     )
     basis_codes = charlson.codes | (hcc.codes if hcc else frozenset()) | chronic_codes
     return RiskResult(
@@ -189,6 +210,8 @@ def score_patient(
         tier_rule=tier_rule,
         basis_conditions=tuple(sorted(diagnoses.conditions_for(basis_codes))),
         hcc_note=hcc_note,
+        framework=framework,
+        complexity=complexity,
     )
 
 

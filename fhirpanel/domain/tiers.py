@@ -4,7 +4,10 @@ A rule matches when every condition in its `all` list holds and, if it has an `a
 one of those does; a condition is a table of thresholds that must all hold, e.g.
 `{hcc_gte = 1.5, chronic_gte = 3}`. Rules are tried from the top and the first match wins; a
 patient no rule matches gets the default tier. A threshold on `hcc` never holds for a patient
-without an HCC score.
+without an HCC score (a child: the pediatric framework), nor one on `pmca` for an adult.
+
+Tiers per framework: children (domain/pediatric.py) go through the `pediatric_rules` when the
+file has them, adults through `rules`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 
 from fhirpanel.errors import MappingError
 
-METRICS = ("hcc", "charlson", "ed", "inpatient", "chronic")
+METRICS = ("hcc", "charlson", "ed", "inpatient", "chronic", "pmca")
 OPERATORS = {"gte": ">=", "lt": "<"}
 
 
@@ -27,10 +30,11 @@ class TierMetrics:
     ed: int  # emergency visits in the look-back window
     inpatient: int  # inpatient stays in the look-back window
     chronic: int  # distinct chronic condition groups
+    pmca: int | None = None  # a child's PMCA level: 2 complex, 1 non-complex, 0 no chronic
 
     def values(self) -> tuple[float | None, ...]:
         """The metrics in METRICS order."""
-        return (self.hcc, self.charlson, self.ed, self.inpatient, self.chronic)
+        return (self.hcc, self.charlson, self.ed, self.inpatient, self.chronic, self.pmca)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,28 +109,32 @@ class TierRules:
     default_tier: int
     labels: Mapping[int, str]
     shape: TierShape
+    pediatric_rules: tuple[TierRule, ...] = ()  # empty: children go through `rules`
 
     def __post_init__(self) -> None:
         known = sorted(self.labels)
         if self.default_tier not in self.labels:
             raise MappingError(f"default_tier: must be one of {known}")
-        for number, rule in enumerate(self.rules, start=1):
-            if rule.tier not in self.labels:
-                raise MappingError(f"rules[{number}].tier: must be one of {known}")
-            if not rule.all_of and not rule.any_of:
-                raise MappingError(f"rules[{number}]: needs an `all` or an `any` list")
-        names = [r.name for r in self.rules]
-        if len(set(names)) != len(names):
-            raise MappingError("rules: rule names must be unique")
+        for where, rules in (("rules", self.rules), ("pediatric.rules", self.pediatric_rules)):
+            for number, rule in enumerate(rules, start=1):
+                if rule.tier not in self.labels:
+                    raise MappingError(f"{where}[{number}].tier: must be one of {known}")
+                if not rule.all_of and not rule.any_of:
+                    raise MappingError(f"{where}[{number}]: needs an `all` or an `any` list")
+            names = [r.name for r in rules]
+            if len(set(names)) != len(names):
+                raise MappingError(f"{where}: rule names must be unique")
 
     @property
     def tiers(self) -> tuple[int, ...]:
         return tuple(sorted(self.labels))
 
-    def assign(self, metrics: TierMetrics) -> tuple[int, str]:
-        """(tier, the rule and clause that decided it); first match wins."""
+    def assign(self, metrics: TierMetrics, framework: str = "adult") -> tuple[int, str]:
+        """(tier, the rule and clause that decided it); first match wins, among the pediatric
+        rules for a child (`framework` "pediatric") when there are some."""
         values = metrics.values()
-        for rule in self.rules:
+        rules = self.pediatric_rules if framework == "pediatric" and self.pediatric_rules else None
+        for rule in rules if rules is not None else self.rules:
             reason = rule.match(values)
             if reason is not None:
                 return rule.tier, reason

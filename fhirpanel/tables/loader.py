@@ -38,6 +38,7 @@ from fhirpanel.domain.conditions import (
 )
 from fhirpanel.domain.hcc import HccSegment, HccSettings
 from fhirpanel.domain.panels import AgeSexWeights, CapacitySettings, ClinicianCapacity
+from fhirpanel.domain.pediatric import PediatricComplexity, body_system
 from fhirpanel.domain.risk import RiskConfig, UtilisationRules
 from fhirpanel.domain.tiers import TierRule, TierRules, TierShape, clauses
 from fhirpanel.errors import MappingError
@@ -53,12 +54,14 @@ from fhirpanel.tables.schemas import (
     CrosswalkFile,
     HccSection,
     KindRule,
+    PediatricComplexityFile,
     PipelineFile,
     PrimaryCareFile,
     QualifyingVisitsFile,
     RiskFile,
     SentinelExamsFile,
     TableFile,
+    TierRuleRow,
     TiersFile,
     WritebackCodesFile,
     validate,
@@ -85,6 +88,7 @@ CROSSWALK = "snomed_icd10cm"
 CHRONIC = "chronic_conditions"
 RISK = "risk"
 BLEND = "blend"
+PEDIATRIC = "pediatric_complexity"
 WRITEBACK_CODES = "writeback_codes"
 
 
@@ -165,6 +169,7 @@ class _Reader:
         crosswalk = self.build(CROSSWALK, CrosswalkFile, _crosswalk)
         chronic = self.build(CHRONIC, ChronicConditionsFile, _chronic)
         tiers = self.build(settings.tiers, TiersFile, _tier_rules)
+        pediatric = self.build(PEDIATRIC, PediatricComplexityFile, _pediatric)
         risk = self.model(RiskFile, RISK)
         return _within(
             self.label(RISK),
@@ -175,6 +180,7 @@ class _Reader:
                 chronic=chronic,
                 tiers=tiers,
                 settings=settings,
+                pediatric=pediatric,
             ),
         )
 
@@ -372,16 +378,47 @@ def _chronic(f: ChronicConditionsFile) -> ChronicConditions:
     return ChronicConditions(groups=groups, min_for_ccm=f.ccm.min_chronic_conditions)
 
 
-def _tier_rules(f: TiersFile) -> TierRules:
-    rules = tuple(
+def _rules(rows: Sequence[TierRuleRow], where: str) -> tuple[TierRule, ...]:
+    return tuple(
         TierRule(
             r.tier,
             r.name,
-            clauses(r.all_of, f"rules[{n}].all"),
-            clauses(r.any_of, f"rules[{n}].any"),
+            clauses(r.all_of, f"{where}[{n}].all"),
+            clauses(r.any_of, f"{where}[{n}].any"),
         )
-        for n, r in enumerate(f.rules, start=1)
+        for n, r in enumerate(rows, start=1)
     )
+
+
+def _pediatric(f: PediatricComplexityFile) -> PediatricComplexity:
+    keys = [s.key for s in f.systems]
+    if f.framework.malignancy not in keys:
+        raise MappingError(
+            f"framework.malignancy: {f.framework.malignancy!r} is not a body system's key"
+        )
+    return PediatricComplexity(
+        systems=tuple(
+            body_system(
+                s.key,
+                s.label,
+                s.prefixes,
+                s.progressive_prefixes,
+                s.codes,
+                s.progressive_codes,
+                malignant=s.key == f.framework.malignancy,
+            )
+            for s in f.systems
+        ),
+        adult_age=f.framework.adult_age,
+    )
+
+
+def parse_pediatric(data: Mapping[str, Any], where: str = PEDIATRIC) -> PediatricComplexity:
+    return _parse(data, where, PediatricComplexityFile, _pediatric)
+
+
+def _tier_rules(f: TiersFile) -> TierRules:
+    rules = _rules(f.rules, "rules")
     s = f.shape
     shape = (
         TierShape(s.high_min_share, s.high_max_share, s.complex_max_share)
@@ -393,6 +430,7 @@ def _tier_rules(f: TiersFile) -> TierRules:
         default_tier=f.default_tier,
         labels={int(k): label for k, label in f.tiers.items()},
         shape=shape,
+        pediatric_rules=_rules(f.pediatric.rules, "pediatric.rules") if f.pediatric else (),
     )
 
 
@@ -418,6 +456,7 @@ def _risk_config(
     chronic: ChronicConditions,
     tiers: TierRules,
     settings: RiskSettings,
+    pediatric: PediatricComplexity | None = None,
 ) -> RiskConfig:
     """Settings name the weight set, age points, model and segment; risk.toml's are defaults."""
     hcc, conditions, use = _hcc(risk.hcc), risk.conditions, risk.utilisation
@@ -442,6 +481,7 @@ def _risk_config(
         charlson_age_points=settings.charlson_age_points,
         hcc_model=settings.hcc_model or hcc.default_model,
         hcc_segment=settings.hcc_segment or hcc.default_segment,
+        pediatric=pediatric,
     )
 
 

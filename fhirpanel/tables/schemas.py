@@ -280,6 +280,13 @@ class TierShapeRow(Shape):
     complex_max_share: Share
 
 
+class PediatricTiers(Shape):
+    """The tier rules of the pediatric framework (children under the PMCA)."""
+
+    source: Text
+    rules: Annotated[list[TierRuleRow], Field(min_length=1)]
+
+
 class TiersFile(TableFile):
     """mappings/tiers.toml (or the file `risk.tiers` names)"""
 
@@ -287,6 +294,28 @@ class TiersFile(TableFile):
     tiers: Annotated[dict[TierKey, Text], Field(min_length=1)]  # tier -> label
     rules: Annotated[list[TierRuleRow], Field(min_length=1)]
     shape: TierShapeRow | None = None
+    pediatric: PediatricTiers | None = None  # None: children go through `rules`
+
+
+class BodySystemRow(Shape):
+    key: Text
+    label: Text
+    prefixes: Texts = []
+    progressive_prefixes: Texts = []
+    codes: Texts = []
+    progressive_codes: Texts = []
+
+
+class PediatricFramework(Shape):
+    adult_age: Annotated[int, Field(ge=1, le=30)]
+    malignancy: Text  # the key of the body system whose involvement alone is complex
+
+
+class PediatricComplexityFile(TableFile):
+    """mappings/pediatric_complexity.toml: the PMCA body systems"""
+
+    framework: PediatricFramework
+    systems: Annotated[list[BodySystemRow], Field(min_length=1)]
 
 
 class RiskCharlson(Shape):

@@ -356,6 +356,7 @@ def test_report_shape_and_rounding() -> None:
         "inpatient_stays": 0,
         "chronic_conditions": ["diabetes", "heart_failure", "ckd"],
         "tier_rule": "high: hcc>=1.6",
+        "framework": "adult",
     }
 
 

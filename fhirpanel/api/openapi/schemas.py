@@ -309,7 +309,9 @@ def schemas() -> dict[str, Any]:
                     "type": ["object", "null"],
                     "description": "Risk components: charlson, "
                     "hcc, tier, ccm_eligible, charlson_categories, hccs, interactions, "
-                    "ed_visits, inpatient_stays, chronic_conditions, tier_rule",
+                    "ed_visits, inpatient_stays, chronic_conditions, tier_rule, framework "
+                    "(adult | pediatric: no hcc under 18), complexity and complexity_systems "
+                    "(a child's PMCA result)",
                 },
                 "written": obj({"CareTeam": ref("Written"), "CarePlan": ref("Written")}),
                 "history": {"type": "array", "items": ref("HistoryEntry")},
