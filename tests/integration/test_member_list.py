@@ -6,7 +6,9 @@ a list that cannot be read is exit 2."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,13 @@ from fhirpanel.config import FhirSettings
 from fhirpanel.errors import ExitCode
 from fhirpanel.fhir.client import FhirClient
 from fhirpanel.fhir.member_list import ATTRIBUTED_PROVIDER, CHANGE_TYPE
+from fhirpanel.jobs.refresh import full_refresh, incremental_refresh
 from fhirpanel.sandbox.server import SandboxServer
+from fhirpanel.store import Store
 from tests.conftest import AS_OF, POPULATION_DIR, ROOT
+from tests.integration.test_refresh import add_visits, settings_for
+
+AS_OF_DATE = date.fromisoformat(AS_OF)
 
 GOLDEN = ROOT / "tests" / "golden" / "population-report.json"
 
@@ -145,3 +152,50 @@ def test_a_list_that_cannot_be_read_is_exit_2(
     assert code == ExitCode.USAGE == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: attribution.risk_product_list: atr.json is not JSON (line 1)"]
+
+
+def test_the_full_and_incremental_refreshes_follow_the_list(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """The list decides in the full pass and keeps deciding in the incremental pass that follows
+    new visits: a listed patient who then sees another clinician more stays with the listed one,
+    while an unlisted patient given the same visits moves."""
+    sandbox.load_ndjson_dir(POPULATION_DIR)
+    patient, listed_clinician, other = choose()
+    listed = tmp_path / "members.csv"
+    listed.write_text(f"patient,practitioner\n{patient},{listed_clinician}\n")
+    base = settings_for(sandbox.base_url)
+    settings = dataclasses.replace(
+        base,
+        attribution=dataclasses.replace(
+            base.attribution, pipeline="pipelines/case_study_1", risk_product_list=str(listed)
+        ),
+    )
+    store = Store(f"sqlite:///{tmp_path / 'refresh.db'}")
+    try:
+        full = full_refresh(settings, store, as_of=AS_OF_DATE, write=False)
+        assert full.status == "succeeded", full.error
+        state = store.patient_state(patient)
+        assert state is not None
+        assert (state["practitioner"], state["rule"]) == (listed_clinician, "risk-product")
+        before_other = store.patient_state(other)
+        assert before_other is not None
+        target = next(
+            c["practitioner"]
+            for c in store.clinicians()
+            if c["eligible"]
+            and not c["pediatric"]
+            and c["practitioner"] not in (listed_clinician, before_other["practitioner"])
+        )
+        add_visits(sandbox.base_url, {patient: target, other: target}, store)
+
+        step = incremental_refresh(settings, store, as_of=AS_OF_DATE, write=False)
+        assert step.status == "succeeded", step.error
+        assert set(step.patients) == {patient, other}
+        after = store.patient_state(patient)
+        assert after is not None
+        assert (after["practitioner"], after["rule"]) == (listed_clinician, "risk-product")
+        moved = store.patient_state(other)
+        assert moved is not None and moved["practitioner"] == target
+    finally:
+        store.close()
