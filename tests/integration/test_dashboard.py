@@ -332,6 +332,7 @@ def test_patient_page_explains_the_assignment(app: Flask, store: Store) -> None:
     for encounter in state["detail"]["evidence"]:
         assert encounter in html
     assert "Charlson index" in html and "HCC score" in html
+    assert '<dd id="framework">adult' in html or '<dd id="framework">pediatric' in html
     assert "Written to the record" in html and "not written" in html  # NDJSON: no write-back
     assert "Assignment history" in html
     unassigned = next(
@@ -342,6 +343,23 @@ def test_patient_page_explains_the_assignment(app: Flask, store: Store) -> None:
     html = page(client, f"/patients/{unassigned['patient']}")
     assert "Suggested clinician" in html and unassigned["reason"] in html
     assert "No patient pat-nobody" in page(client, "/patients/pat-nobody", 404)
+
+
+def test_patient_page_shows_a_childs_framework_and_no_hcc(app: Flask, store: Store) -> None:
+    client = sign_in(app)
+    child = next(
+        s
+        for p in store.patient_ids()
+        if (s := store.patient_state(p))
+        and (s["detail"].get("risk") or {}).get("framework") == "pediatric"
+    )
+    risk = child["detail"]["risk"]
+    html = page(client, f"/patients/{child['patient'].split('/')[1]}")
+    assert (
+        f'<dd id="framework">pediatric <span class="small muted">(PMCA: {risk["complexity"]}'
+        in html
+    )
+    assert "(pediatric framework: no CMS-HCC under 18)" in html
 
 
 def test_unassigned_outreach_and_runs_pages(app: Flask, store: Store) -> None:
