@@ -210,6 +210,7 @@ def members_from_csv(text: str, label: str) -> MemberList:
     out = _Collector(label)
     rows = csv.reader(io.StringIO(text))
     columns = (0, 1)
+    first = True  # the first row that is neither blank nor a comment may be the header
     for number, row in enumerate(rows, start=1):
         if number > MAX_LIST_ROWS:
             raise ConfigError(f"{SETTING}: {label} has more than {MAX_LIST_ROWS} lines")
@@ -217,7 +218,8 @@ def members_from_csv(text: str, label: str) -> MemberList:
         if not any(cells) or cells[0].startswith("#"):
             continue
         lowered = [c.lower() for c in cells]
-        if number == 1 and "patient" in lowered:
+        header, first = first and "patient" in lowered, False
+        if header:
             if "practitioner" not in lowered:
                 raise ConfigError(f"{SETTING}: {label} has no `practitioner` column")
             columns = (lowered.index("patient"), lowered.index("practitioner"))

@@ -204,6 +204,12 @@ def test_a_csv_takes_references_or_bare_ids_and_a_bare_clinician_is_a_practition
 def test_a_csv_without_a_header_is_patient_then_practitioner() -> None:
     found = members_from_csv("p1,d1\nPatient/p2,Practitioner/d2\n", "list.csv")
     assert dict(found.members) == {"Patient/p1": "Practitioner/d1", "Patient/p2": "Practitioner/d2"}
+    # A header after a comment is still the header (here: practitioner first).
+    found = members_from_csv("# from the payer\nPractitioner,Patient\nd1,p1\nd2,bad id\n", "l")
+    assert dict(found.members) == {"Patient/p1": "Practitioner/d1"}
+    assert [i.problem for i in found.issues] == [
+        "risk-product list l line 4: not a Patient id or reference: skipped"
+    ]
 
 
 def test_a_csv_header_without_a_practitioner_column_is_refused() -> None:
