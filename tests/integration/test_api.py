@@ -562,6 +562,25 @@ def test_patient_explanation(client: FlaskClient, store: Store) -> None:
     assert body["confirmations"] == [] and body["audit"] == [] and body["pending"] is False
 
 
+def test_patient_explanation_names_the_risk_framework(client: FlaskClient, store: Store) -> None:
+    """A child is in the pediatric framework: no HCC score, a PMCA category instead."""
+    frameworks: dict[str, str] = {}
+    for patient in store.patient_ids():
+        state = store.patient_state(patient)
+        risk = (state or {}).get("detail", {}).get("risk")
+        if risk and risk["framework"] not in frameworks.values():
+            frameworks[patient] = risk["framework"]
+    assert sorted(frameworks.values()) == ["adult", "pediatric"]
+    for patient, framework in frameworks.items():
+        risk = client.get(f"/api/patients/{patient}", headers=READ_H).get_json()["risk"]
+        assert risk["framework"] == framework
+        if framework == "pediatric":
+            assert risk["hcc"] is None and risk["hccs"] == []
+            assert risk["complexity"] in ("complex-chronic", "non-complex-chronic", "no-chronic")
+        else:
+            assert "complexity" not in risk
+
+
 def test_patient_explanation_shows_what_was_written(client: FlaskClient, store: Store) -> None:
     ledger = store.ledger(1)
     ledger.record(
