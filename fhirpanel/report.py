@@ -337,7 +337,7 @@ def render_summary(report: dict[str, Any], source: str, console: Console) -> Non
     if listed is not None:
         console.print(
             f"Risk-product list {listed['list']}: {listed['members']} members of "
-            f"{listed['entries']} entries, {listed['assigned']} patients assigned by it"
+            f"{listed['entries']} entries; patients it assigned: {listed['assigned']}"
         )
     elig = report["eligibility"]
     console.print(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from fhirpanel.config import Settings
 from fhirpanel.domain.members import MemberList
@@ -24,7 +25,7 @@ from fhirpanel.fhir.member_list import (
     parse_member_list_spec,
     read_member_list,
 )
-from fhirpanel.report import build_report
+from fhirpanel.report import build_report, render_summary
 from fhirpanel.run import analyse, load_member_list
 from fhirpanel.tables import MethodTables, Tables
 from fhirpanel.tables.files import load_mapping_ref
@@ -397,3 +398,12 @@ def test_a_role_on_the_list_names_its_clinician() -> None:
         ),
         "action": "skipped",
     } in report["issues"]
+
+
+def test_the_terminal_summary_counts_the_patients_the_list_assigned() -> None:
+    report, _ = run("case_study_1")
+    console = Console(record=True, width=200)
+    render_summary(report, "memory", console)
+    text = console.export_text()
+    assert "Risk-product list atr.json: 3 members of 4 entries; patients it assigned: 1" in text
+    assert "risk-product 1" in text  # the rule among the others in "Assigned by"
