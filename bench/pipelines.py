@@ -27,6 +27,7 @@ from ingest import AS_OF, ROOT, population_dir
 
 from fhirpanel.config import Settings
 from fhirpanel.domain.records import Population
+from fhirpanel.fhir.member_list import members_from_csv
 from fhirpanel.fhir.source import NdjsonSource
 from fhirpanel.ingest import read_population
 from fhirpanel.run import analyse
@@ -62,8 +63,12 @@ def run_pipelines(label: str, population: Population, share: float) -> None:
         tables = Tables.load(settings).method
         started = time.perf_counter()
         extra: dict[str, Any] = {}
-        if name == "case_study_1" and _takes_members():
-            extra["risk_product_members"] = members
+        if name == "case_study_1":
+            # Through the CSV reader, as `attribution.risk_product_list` would be read.
+            rows = "".join(f"{p},{c}\n" for p, c in sorted(members.items()))
+            extra["risk_product_members"] = members_from_csv(
+                "patient,practitioner\n" + rows, "synthetic list"
+            )
         outcome = analyse(population, AS_OF, tables, **extra)
         took = time.perf_counter() - started
         statuses = Counter(a.status for a in outcome.attribution.assignments)
@@ -75,12 +80,6 @@ def run_pipelines(label: str, population: Population, share: float) -> None:
         )
         if name == "mgma":
             _blend_spread(outcome)
-
-
-def _takes_members() -> bool:
-    import inspect
-
-    return "risk_product_members" in inspect.signature(analyse).parameters
 
 
 def _blend_spread(outcome: Any) -> None:
