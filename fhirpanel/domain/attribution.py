@@ -22,6 +22,13 @@ from functools import lru_cache
 from typing import Literal, get_args
 
 from fhirpanel.domain.codes import verhoeff_valid
+from fhirpanel.domain.confirmations import (
+    CONFIRMED,
+    DEFAULT_MONTHS,
+    ConfirmedAssignment,
+    DismissedMove,
+    ProposedMove,
+)
 from fhirpanel.domain.dates import months_before
 from fhirpanel.domain.records import (
     CPT,
@@ -308,7 +315,7 @@ class Assignment:
     practitioner: str | None = None
     practitioner_role: str | None = None  # the role seen on the deciding visits, when known
     rule: str | None = None  # single-provider | plurality | sentinel-exam | last-visit |
-    #                          declared-pcp | manual | risk-product
+    #                          declared-pcp | manual | risk-product | confirmed
     step: str | None = None  # the pipeline step that decided, e.g. "four-cut-18m"
     window_months: int | None = None
     tie_broken: bool = False
@@ -361,6 +368,10 @@ class AttributionResult:
     visits: Mapping[str, tuple[QualifyingVisit, ...]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    # Moves the rules would make that a current confirmation held back, by patient id; and the
+    # patients held whose same move a person had dismissed (not proposed again).
+    proposed_moves: tuple[ProposedMove, ...] = ()
+    dismissed_kept: tuple[str, ...] = ()
 
     def by_patient(self) -> dict[str, Assignment]:
         return {a.patient: a for a in self.assignments}
@@ -665,6 +676,9 @@ def attribute_patients(
     manual: Mapping[str, ManualAssignment] | None = None,
     risk_product_members: Mapping[str, str] | None = None,
     statuses: Mapping[str, str] | None = None,
+    confirmed: Mapping[str, ConfirmedAssignment] | None = None,
+    dismissed: Mapping[str, DismissedMove] | None = None,
+    confirmation_months: int = DEFAULT_MONTHS,
 ) -> AttributionResult:
     """Attribute every patient in the population: excluded (with the reason), assigned (with the
     step, rule and evidence) or unassigned (with why). Manual assignments outrank every step;
@@ -680,12 +694,23 @@ def attribute_patients(
 
     `statuses`: patient -> a status a person recorded (a key of PERSON_STATUSES); the patient is
     excluded with its reason, after the record's own reasons and before any override.
+
+    `confirmed`: patient -> their current clinician and the days it was confirmed. When the
+    steps would move the patient elsewhere (or leave them unassigned) while a confirmation is
+    current (`confirmation_months`) and the clinician is still eligible, the patient stays
+    (rule `confirmed`) and the move is proposed (`AttributionResult.proposed_moves`), unless
+    `dismissed` holds the same move on the same visit counts (docs/methods.md s.2.9).
+    Overrides and statuses outrank confirmations.
     """
     eligibility = assess_eligibility(population, as_of, rules)
     visits_by_patient = qualifying_visits(population, as_of, rules, eligibility)
     encounters_by_patient = population.encounters_by_patient()
     manual = manual or {}
     statuses = statuses or {}
+    confirmed = confirmed or {}
+    dismissed = dismissed or {}
+    moves: list[ProposedMove] = []
+    kept: list[str] = []
     unknown = sorted(set(statuses.values()) - set(PERSON_STATUSES))
     if unknown:
         raise ValueError(f"unknown patient status {unknown[0]!r}")
@@ -719,6 +744,43 @@ def attribute_patients(
         assignment = _run_steps(
             patient, visits, pipeline, population, eligibility, as_of, risk_product_members
         )
+        held = confirmed.get(patient_id)
+        by = held.current(as_of, confirmation_months) if held is not None else ()
+        if (
+            held is not None
+            and by
+            and eligibility.is_eligible(held.practitioner)
+            and (assignment is None or assignment.practitioner != held.practitioner)
+        ):
+            # A current confirmation holds: the patient stays; a move to another clinician is
+            # proposed for a person to decide (unless they dismissed it on the same evidence).
+            if assignment is not None and assignment.practitioner is not None:
+                move = ProposedMove(
+                    patient=patient_id,
+                    from_practitioner=held.practitioner,
+                    to_practitioner=assignment.practitioner,
+                    rule=assignment.rule or "",
+                    step=assignment.step,
+                    window_months=assignment.window_months,
+                    visits=assignment.visits,
+                    evidence=assignment.evidence,
+                    held_by=by,
+                )
+                if move.same_as(dismissed.get(patient_id)):
+                    kept.append(patient_id)
+                else:
+                    moves.append(move)
+            choice = _Choice(held.practitioner, None, "confirmed", "confirmed")
+            assignments.append(
+                _explained(
+                    patient_id,
+                    choice,
+                    CONFIRMED,
+                    explain_window,
+                    visits_in_window(visits, as_of, explain_window),
+                )
+            )
+            continue
         if assignment is None:
             window_visits = visits_in_window(visits, as_of, explain_window)
             assignment = Assignment(
@@ -737,6 +799,8 @@ def attribute_patients(
         assignments=tuple(assignments),
         eligibility=eligibility,
         visits=visits_by_patient,
+        proposed_moves=tuple(moves),
+        dismissed_kept=tuple(kept),
     )
 
 
@@ -811,12 +875,15 @@ __all__ = [
     "Assignment",
     "AttributionResult",
     "AttributionRules",
+    "ConfirmedAssignment",
+    "DismissedMove",
     "EligibilityReport",
     "FourCutDecision",
     "ManualAssignment",
     "Pipeline",
     "PipelineStep",
     "PrimaryCareSpecialties",
+    "ProposedMove",
     "QualifyingVisit",
     "SentinelExamCodes",
     "VisitRules",

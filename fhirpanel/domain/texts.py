@@ -56,6 +56,12 @@ RULES: Mapping[str, RuleText] = {
         "Assigned by hand at the request of the clinician, the patient, the family or staff; "
         "it holds until removed.",
     ),
+    "confirmed": RuleText(
+        "Confirmed, kept",
+        "The clinician or the patient confirmed this assignment within the confirmation "
+        "period; the rules would move the patient, so the move waits as a proposal for a "
+        "person to accept or dismiss.",
+    ),
 }
 
 # Keyed by `PipelineStep.kind`; a Four Cut step's text names its window.
