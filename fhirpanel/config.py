@@ -201,6 +201,21 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class ReviewSettings:
+    """Reviewing assignments (docs/methods.md s.2.9)."""
+
+    # A confirmation (by the clinician or by the patient) holds the assignment this long after
+    # it was given, then expires so it is renewed at the panel's review.
+    confirmation_months: int = 12
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.confirmation_months <= 120:
+            raise ConfigError(
+                f"review.confirmation_months: {self.confirmation_months} is not 1 to 120"
+            )
+
+
+@dataclass(frozen=True)
 class Settings:
     fhir: FhirSettings = field(default_factory=FhirSettings)
     attribution: AttributionSettings = field(default_factory=AttributionSettings)
@@ -210,6 +225,7 @@ class Settings:
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     safety: SafetySettings = field(default_factory=SafetySettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    review: ReviewSettings = field(default_factory=ReviewSettings)
     mappings_dir: str = ""  # empty: the mappings/ folder shipped with fhirpanel
     database_url: str = field(default="", repr=False)  # empty: sqlite:///var/fhirpanel.db
     # fhirpanel's and its libraries' log level; empty: each process's own (`log_level_for`).

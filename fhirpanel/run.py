@@ -14,6 +14,7 @@ from typing import Any
 
 from fhirpanel.config import Settings
 from fhirpanel.domain.attribution import ManualAssignment, attribute_patients
+from fhirpanel.domain.confirmations import DEFAULT_MONTHS, ConfirmedAssignment, DismissedMove
 from fhirpanel.domain.members import MemberList, member_issues
 from fhirpanel.domain.outcome import RunOutcome
 from fhirpanel.domain.panels import (
@@ -42,6 +43,9 @@ def analyse(
     source: str = "",
     manual: dict[str, ManualAssignment] | None = None,
     statuses: Mapping[str, str] | None = None,
+    confirmed: Mapping[str, ConfirmedAssignment] | None = None,
+    dismissed: Mapping[str, DismissedMove] | None = None,
+    confirmation_months: int = DEFAULT_MONTHS,
     weights: AgeSexWeights | None = None,
     timings: dict[str, float] | None = None,
     outreach_months: tuple[int, int] = (12, 24),
@@ -56,7 +60,10 @@ def analyse(
 
     `risk_product_members`: the payer's member list the pipeline's `risk-product` step follows;
     what the reader left out, members not in the population and members whose clinician is not
-    eligible join the population's issues."""
+    eligible join the population's issues.
+
+    `confirmed`, `dismissed`, `confirmation_months`: confirmed assignments hold
+    (`attribute_patients`)."""
     timings = {} if timings is None else timings
     clock = _Stopwatch(timings)
     add_future_date_issues(population, as_of)
@@ -74,6 +81,9 @@ def analyse(
             manual=manual,
             statuses=statuses,
             risk_product_members=risk_product_members.members if risk_product_members else None,
+            confirmed=confirmed,
+            dismissed=dismissed,
+            confirmation_months=confirmation_months,
         )
         if risk_product_members is not None:
             _add_issues(
@@ -194,6 +204,8 @@ def run_full(
     tables: Tables | None = None,
     statuses: Mapping[str, str] | None = None,
     members: MemberList | None = None,
+    confirmed: Mapping[str, ConfirmedAssignment] | None = None,
+    dismissed: Mapping[str, DismissedMove] | None = None,
 ) -> RunOutcome:
     """Read the whole population and analyse it with the pass's `tables` (loaded here when not
     given; a pass that also writes loads them once and passes them to both) and the payer's
@@ -219,6 +231,9 @@ def run_full(
         source=source.describe(),
         manual=manual,
         statuses=statuses,
+        confirmed=confirmed,
+        dismissed=dismissed,
+        confirmation_months=settings.review.confirmation_months,
         timings=timings,
         risk_product_members=members,
         outreach_months=(

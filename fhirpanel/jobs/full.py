@@ -19,6 +19,7 @@ from fhirpanel.jobs.job import (
 from fhirpanel.jobs.rows import result_rows
 from fhirpanel.jobs.steps import (
     SeenRecorder,
+    confirmation_cutoff,
     newest_instant,
     pass_counts,
     pass_summary,
@@ -56,6 +57,8 @@ def full_pass(job: Job, run_id: int) -> RefreshResult:
             manual=store.active_overrides(),
             tables=job.tables,
             statuses=store.active_statuses(),  # people's statuses: off every panel
+            confirmed=store.confirmed_assignments(),  # they hold against the rules
+            dismissed=store.dismissed_moves(),
         )
     finally:
         # A Bulk export's downloaded files, batched reads' extra clients; the client stays open.
@@ -98,6 +101,7 @@ def full_pass(job: Job, run_id: int) -> RefreshResult:
                 done_pending=pending,
                 started_at=read_at,
                 remove_missing=complete,
+                confirmation_cutoff=confirmation_cutoff(job),
             )
         )
         ledger.flush(s)

@@ -28,6 +28,7 @@ from fhirpanel.jobs.job import (
 )
 from fhirpanel.jobs.rows import result_rows
 from fhirpanel.jobs.steps import (
+    confirmation_cutoff,
     instant_of,
     last_updated_of,
     manual_for,
@@ -135,6 +136,7 @@ def incremental_pass(job: Job, run_id: int) -> RefreshResult:
         manual = manual_for(store.active_overrides(), affected)
         wanted = set(affected)  # statuses people recorded: these patients leave every panel
         people_set = {p: x for p, x in store.active_statuses().items() if p in wanted}
+        confirmed = store.confirmed_assignments(affected)  # they hold against the rules
         outcome = analyse(
             population,
             job.day,
@@ -142,6 +144,9 @@ def incremental_pass(job: Job, run_id: int) -> RefreshResult:
             source=source.describe(),
             manual=manual,
             statuses=people_set,
+            confirmed=confirmed,
+            dismissed=store.dismissed_moves(affected),
+            confirmation_months=settings.review.confirmation_months,
             weights=weights,
             risk_product_members=members.subset(affected) if members is not None else None,
             outreach_months=(
@@ -201,6 +206,7 @@ def incremental_pass(job: Job, run_id: int) -> RefreshResult:
                     done_pending=pending,
                     started_at=read_at,
                     gone=missing,
+                    confirmation_cutoff=confirmation_cutoff(job),
                 )
             )
         ledger.flush(s)

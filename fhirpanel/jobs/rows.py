@@ -9,7 +9,7 @@ from typing import Any
 from fhirpanel.domain.outcome import RunOutcome
 from fhirpanel.store import Store
 from fhirpanel.store.queries import unassigned_patients
-from fhirpanel.store.results import ClinicianRow, PatientRow, ResultRows
+from fhirpanel.store.results import ClinicianRow, MoveRow, PatientRow, ResultRows
 
 SUGGESTION_PAGE = 1000  # unassigned patients read per query
 
@@ -17,7 +17,27 @@ SUGGESTION_PAGE = 1000  # unassigned patients read per query
 def result_rows(outcome: RunOutcome, *, clinicians: bool) -> ResultRows:
     """Every patient the pass attributed, and with `clinicians` (a full pass) every panel."""
     return ResultRows(
-        patients=patient_rows(outcome), clinicians=clinician_rows(outcome) if clinicians else None
+        patients=patient_rows(outcome),
+        clinicians=clinician_rows(outcome) if clinicians else None,
+        moves=move_rows(outcome),
+    )
+
+
+def move_rows(outcome: RunOutcome) -> tuple[MoveRow, ...]:
+    """The moves a confirmation held back (`AttributionResult.proposed_moves`)."""
+    return tuple(
+        MoveRow(
+            patient=m.patient,
+            from_practitioner=m.from_practitioner,
+            to_practitioner=m.to_practitioner,
+            rule=m.rule,
+            step=m.step,
+            window_months=m.window_months,
+            visits=dict(m.visits),
+            evidence=m.evidence,
+            held_by=m.held_by,
+        )
+        for m in outcome.attribution.proposed_moves
     )
 
 

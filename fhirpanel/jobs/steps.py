@@ -8,10 +8,11 @@ import dataclasses
 import email.utils
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from fhirpanel.domain.attribution import ManualAssignment
+from fhirpanel.domain.dates import months_before
 from fhirpanel.domain.outcome import RunOutcome
 from fhirpanel.domain.panels import AgeSexWeights
 from fhirpanel.domain.placement import ClinicianLoad, Commitment, Suggestion, place_unassigned
@@ -174,6 +175,9 @@ def pass_counts(outcome: RunOutcome, writeback: Any) -> dict[str, Any]:
     for a in outcome.attribution.assignments:
         statuses[a.status] = statuses.get(a.status, 0) + 1
     counts: dict[str, Any] = {
+        # Held back by a confirmation: proposed for a person, not changes (the brake ignores
+        # them: the patient stays where they are).
+        "proposed_moves": len(outcome.attribution.proposed_moves),
         "assigned": statuses.get("assigned", 0),
         "unassigned": statuses.get("unassigned", 0),
         "excluded": statuses.get("excluded", 0),
@@ -203,6 +207,11 @@ def pass_summary(outcome: RunOutcome) -> dict[str, Any]:
 def stored_weights(store: Store) -> AgeSexWeights:
     rows = store.context("weights") or []
     return AgeSexWeights(weights={(str(b), str(sx)): float(w) for b, sx, w in rows})
+
+
+def confirmation_cutoff(job: Job) -> date:
+    """Confirmations made on or before this day have expired on the pass's as-of date."""
+    return months_before(job.day, job.settings.review.confirmation_months)
 
 
 def manual_for(

@@ -106,8 +106,13 @@ class PatientState(Base):
     ccm_eligible: Mapped[bool] = mapped_column(Boolean, default=False)
     weight: Mapped[float] = mapped_column(Float, default=1.0)  # age/sex weight (panel sizing)
     last_visit: Mapped[str | None] = mapped_column(String(10), nullable=True)
-    # proposed | clinician | patient: confirmed with whom (for the current clinician)
+    # proposed | clinician | patient | both: the confirmations of the current clinician that
+    # held on the last pass's as-of date (or were made since)
     confirmation: Mapped[str] = mapped_column(String(16), default="proposed")
+    # The day (YYYY-MM-DD) of the newest confirmation of the current clinician by each side,
+    # expired or not; cleared when the patient moves (migration 0007).
+    clinician_confirmed: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    patient_confirmed: Mapped[str | None] = mapped_column(String(10), nullable=True)
     override: Mapped[bool] = mapped_column(Boolean, default=False)  # a manual assignment holds
     outreach: Mapped[list[str]] = mapped_column(JSON, default=list)  # reasons, empty if none
     suggested: Mapped[str | None] = mapped_column(String(REF), nullable=True)  # for unassigned
@@ -234,8 +239,9 @@ class PatientStatus(Base):
 
 
 class Confirmation(Base):
-    """An assignment confirmed with the clinician or with the patient. It holds while the
-    patient stays with the confirmed clinician."""
+    """An assignment confirmed with the clinician or with the patient (or family). It holds
+    while the patient stays with the confirmed clinician, until it expires (`review.
+    confirmation_months` after `confirmed_on`) or is ended (an accepted proposed move)."""
 
     __tablename__ = "confirmations"
 
@@ -246,6 +252,50 @@ class Confirmation(Base):
     note: Mapped[str] = mapped_column(Text, default="")
     actor: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Migration 0007: how (visit | portal | phone | letter | in-person; empty on older rows),
+    # the day it was given (YYYY-MM-DD; may be before it was entered), and its end.
+    method: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    confirmed_on: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    ended_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class ProposedMove(Base):
+    """A move the rules would make that a current confirmation held back (migration 0007):
+    open until a person accepts it (an override to `to_practitioner`) or dismisses it, or a
+    later pass no longer proposes it (superseded)."""
+
+    __tablename__ = "proposed_moves"
+    __table_args__ = (
+        # At most one open move per patient.
+        Index(
+            "uq_proposed_moves_open_patient",
+            "patient",
+            unique=True,
+            sqlite_where=text("status = 'open'"),
+            postgresql_where=text("status = 'open'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    patient: Mapped[str] = mapped_column(String(REF), index=True)
+    from_practitioner: Mapped[str] = mapped_column(String(REF))
+    to_practitioner: Mapped[str] = mapped_column(String(REF))
+    rule: Mapped[str] = mapped_column(String(32))  # the rule that would have moved them
+    step: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    window_months: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    visits: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)  # clinician -> visits
+    evidence: Mapped[list[str]] = mapped_column(JSON, default=list)  # Encounter ids
+    held_by: Mapped[str] = mapped_column(String(32))  # clinician, patient or clinician,patient
+    status: Mapped[str] = mapped_column(String(16), index=True)  # open | accepted | dismissed |
+    #                                                               superseded
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True)  # raised by
+    seen_run: Mapped[int | None] = mapped_column(Integer, nullable=True)  # last proposed by
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
 
 
 class AuditEntry(Base):

@@ -5,6 +5,7 @@ in its own module and all sharing the engine and sessions of `engine.StoreEngine
 - `lease`    the refresh lock (`locks`)
 - `runs`     runs and the run queue (`runs`), watermarks and context values
 - `review`   overrides, patient statuses, confirmations, the pending-patient queue, the audit trail
+- `moves`    confirmed assignments for a pass, proposed moves and decisions on them
 - `results`  a pass's patients, their history and the panels; saved from plain rows
 - `ledger`   the write-back ledger
 
@@ -14,9 +15,11 @@ new code may import them from their own modules.
 
 from __future__ import annotations
 
+from fhirpanel.domain.confirmations import CONFIRMERS, METHODS
 from fhirpanel.store.engine import CHUNK, MIGRATIONS, StoreEngine, StoreError, now_utc
 from fhirpanel.store.lease import REFRESH_LOCK, LeaseStore, lock_holder_id
 from fhirpanel.store.ledger import LedgerStore, StoreLedger
+from fhirpanel.store.moves import MoveStore
 from fhirpanel.store.results import (
     ClinicianRow,
     PatientRow,
@@ -27,7 +30,6 @@ from fhirpanel.store.results import (
     recompute_clinicians,
 )
 from fhirpanel.store.review import (
-    CONFIRMERS,
     REQUESTERS,
     STATUSES,
     AssignmentChanged,
@@ -38,7 +40,7 @@ from fhirpanel.store.review import (
 from fhirpanel.store.runs import WORKER_HEARTBEAT, NotHeld, RunStore, run_dict
 
 
-class Store(LedgerStore, ResultStore, ReviewStore, RunStore):
+class Store(LedgerStore, ResultStore, ReviewStore, MoveStore, RunStore):
     """The state store (SQLite by default, PostgreSQL by URL); the schema is brought to the
     newest migration when it opens. `RunStore` brings the lease (`LeaseStore`) with it."""
 
@@ -46,6 +48,7 @@ class Store(LedgerStore, ResultStore, ReviewStore, RunStore):
 __all__ = [
     "CHUNK",
     "CONFIRMERS",
+    "METHODS",
     "MIGRATIONS",
     "REFRESH_LOCK",
     "REQUESTERS",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import case, delete, func, insert, select, update
@@ -20,11 +20,11 @@ from fhirpanel.store.engine import CHUNK, StoreEngine, iso, now_utc
 from fhirpanel.store.models import (
     AssignmentHistory,
     Clinician,
-    Confirmation,
     Override,
     PatientState,
     PendingPatient,
 )
+from fhirpanel.store.models import ProposedMove as MoveModel
 
 
 @dataclass(frozen=True)
@@ -73,12 +73,29 @@ class ClinicianRow:
 
 
 @dataclass(frozen=True)
+class MoveRow:
+    """A move one pass proposes, as the store keeps it."""
+
+    patient: str
+    from_practitioner: str
+    to_practitioner: str
+    rule: str
+    step: str | None
+    window_months: int | None
+    visits: Mapping[str, int]
+    evidence: tuple[str, ...]
+    held_by: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ResultRows:
     """What one pass stores. `clinicians`: every panel, for a full pass (it replaces them all);
-    None for an incremental pass, whose panel figures are recomputed from the patients table."""
+    None for an incremental pass, whose panel figures are recomputed from the patients table.
+    `moves`: the moves a confirmation held back among these patients."""
 
     patients: tuple[PatientRow, ...]
     clinicians: tuple[ClinicianRow, ...] | None = None
+    moves: tuple[MoveRow, ...] = ()
 
 
 class ResultStore(StoreEngine):
@@ -95,13 +112,17 @@ class ResultStore(StoreEngine):
         started_at: datetime | None = None,
         gone: Sequence[str] = (),
         remove_missing: bool = True,
+        confirmation_cutoff: date | None = None,
     ) -> dict[str, int]:
         """Store the patients a run computed (all of them for a full run, which also removes
         patients no longer on the server), their history, and the panels. Returns counts of
         changed assignments.
 
         `started_at`: when the run read its overrides and queue. Queue entries and overrides
-        made after it (while the run computed) stay pending for the next pass."""
+        made after it (while the run computed) stay pending for the next pass.
+
+        `confirmation_cutoff`: confirmations made on or before this day have expired (the
+        pass's as-of date less the confirmation period); None: none has."""
         if full and rows.clinicians is None:
             raise ValueError("a full pass replaces every panel: give ResultRows.clinicians")
         now = now_utc()
@@ -120,6 +141,7 @@ class ResultStore(StoreEngine):
         close_history: list[str] = []
         changed = 0
         touched_clinicians: set[str] = set()
+        moved: list[str] = []  # left their clinician: that clinician's confirmations lapse
         for p in rows.patients:
             row = _patient_values(
                 p, override=p.patient in overrides and p.rule == "manual", run_id=run_id, now=now
@@ -133,6 +155,8 @@ class ResultStore(StoreEngine):
                 updates.append(row)
                 if before[1]:
                     touched_clinicians.add(before[1])
+                if before[1] and (p.status, p.practitioner) != ("assigned", before[1]):
+                    moved.append(p.patient)
             key = (p.status, p.practitioner, p.rule)
             if before is None or before != key:
                 changed += before is not None
@@ -189,12 +213,14 @@ class ResultStore(StoreEngine):
                 .values(valid_to=now)
             )
             s.execute(delete(PatientState).where(PatientState.patient.in_(batch)))
+        supersede_moves_of(s, vanished, now)
         removed = len(vanished)
         if full:
             _save_clinicians(s, rows.clinicians or (), now)
         # Confirmations in SQL, after the rows are written and inside this transaction: a
         # confirm() committed while the run computed is not overwritten.
-        _refresh_confirmations(s, None if full else ids)
+        _refresh_confirmations(s, None if full else ids, moved, confirmation_cutoff)
+        moves = save_moves(s, rows.moves, None if full else ids, run_id, now)
         if not full:
             recompute_clinicians(s, sorted(touched_clinicians))
         else:
@@ -225,6 +251,7 @@ class ResultStore(StoreEngine):
             "assignments_changed": changed,
             "patients_new": len(inserts),
             "patients_removed": removed,
+            **moves,
         }
 
     def assignment_states(self) -> dict[str, tuple[str, str | None]]:
@@ -344,28 +371,29 @@ def _existing_states(
     return out
 
 
-def _refresh_confirmations(s: Session, ids: Sequence[str] | None) -> None:
-    """Each patient's confirmation: the newest confirmation of the current clinician made
-    since the current assignment began (one made before a move away and back has lapsed)."""
-    began = (
-        select(func.max(AssignmentHistory.valid_from))
-        .where(
-            AssignmentHistory.patient == PatientState.patient, AssignmentHistory.valid_to.is_(None)
+def _refresh_confirmations(
+    s: Session, ids: Sequence[str] | None, moved: Sequence[str], cutoff: date | None
+) -> None:
+    """Each patient's confirmation summary. A patient who left their clinician loses that
+    clinician's confirmation days (one made before a move away and back has lapsed); then the
+    summary names the sides whose day is after `cutoff` (None: every recorded day counts)."""
+    for start in range(0, len(moved), CHUNK):
+        s.execute(
+            update(PatientState)
+            .where(PatientState.patient.in_(moved[start : start + CHUNK]))
+            .values(clinician_confirmed=None, patient_confirmed=None),
+            execution_options={"synchronize_session": False},
         )
-        .scalar_subquery()
+    floor = cutoff.isoformat() if cutoff is not None else ""
+    # ISO days compare as text on SQLite and PostgreSQL alike.
+    by_clinician = PatientState.clinician_confirmed > floor
+    by_patient = PatientState.patient_confirmed > floor
+    value = case(
+        (by_clinician & by_patient, "both"),
+        (by_clinician, "clinician"),
+        (by_patient, "patient"),
+        else_="proposed",
     )
-    latest = (
-        select(Confirmation.confirmed_by)
-        .where(
-            Confirmation.patient == PatientState.patient,
-            Confirmation.practitioner == PatientState.practitioner,
-            Confirmation.created_at >= began,
-        )
-        .order_by(Confirmation.id.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    value = func.coalesce(latest, "proposed")
     if ids is None:
         s.execute(
             update(PatientState).values(confirmation=value),
@@ -378,6 +406,72 @@ def _refresh_confirmations(s: Session, ids: Sequence[str] | None) -> None:
             .where(PatientState.patient.in_(ids[start : start + CHUNK]))
             .values(confirmation=value),
             execution_options={"synchronize_session": False},
+        )
+
+
+def save_moves(
+    s: Session, moves: Sequence[MoveRow], patients: Sequence[str] | None, run_id: int, now: datetime
+) -> dict[str, int]:
+    """The pass's proposed moves for the patients it computed (`patients`; None: every one).
+    An open move proposed again on the same evidence stays open (its `seen_run` moves on); one
+    not proposed again, or on other evidence, is superseded; a new one opens."""
+    proposed = {m.patient: m for m in moves}
+    stmt = select(MoveModel).where(MoveModel.status == "open")
+    if patients is None:
+        open_rows = list(s.scalars(stmt))
+    else:
+        ids = list(patients)
+        open_rows = []
+        for start in range(0, len(ids), CHUNK):
+            batch = ids[start : start + CHUNK]
+            open_rows.extend(s.scalars(stmt.where(MoveModel.patient.in_(batch))))
+    superseded = 0
+    for row in open_rows:
+        move = proposed.get(row.patient)
+        if move is not None and (
+            row.from_practitioner,
+            row.to_practitioner,
+            dict(row.visits or {}),
+        ) == (move.from_practitioner, move.to_practitioner, dict(move.visits)):
+            row.seen_run = run_id
+            row.held_by = ",".join(move.held_by)
+            del proposed[row.patient]
+        else:
+            row.status, row.decided_at = "superseded", now
+            superseded += 1
+    s.flush()  # the superseded rows leave the one-open-move index before new ones arrive
+    for move in proposed.values():
+        s.add(
+            MoveModel(
+                patient=move.patient,
+                from_practitioner=move.from_practitioner,
+                to_practitioner=move.to_practitioner,
+                rule=move.rule,
+                step=move.step,
+                window_months=move.window_months,
+                visits=dict(move.visits),
+                evidence=list(move.evidence),
+                held_by=",".join(move.held_by),
+                status="open",
+                run_id=run_id,
+                seen_run=run_id,
+                created_at=now,
+                note="",
+            )
+        )
+    s.flush()
+    return {"moves_proposed": len(proposed), "moves_superseded": superseded}
+
+
+def supersede_moves_of(s: Session, patients: Sequence[str], now: datetime) -> None:
+    """Open moves of patients no longer on the server end with them."""
+    for start in range(0, len(patients), CHUNK):
+        s.execute(
+            update(MoveModel)
+            .where(
+                MoveModel.status == "open", MoveModel.patient.in_(patients[start : start + CHUNK])
+            )
+            .values(status="superseded", decided_at=now)
         )
 
 
@@ -447,6 +541,8 @@ def patient_dict(r: PatientState) -> dict[str, Any]:
         "weight": r.weight,
         "last_visit": r.last_visit,
         "confirmation": r.confirmation,
+        "clinician_confirmed": r.clinician_confirmed,
+        "patient_confirmed": r.patient_confirmed,
         "override": r.override,
         "outreach": r.outreach or [],
         "suggested": r.suggested,

@@ -4,22 +4,23 @@ patient (`patient_statuses`: moved away, transferred care, dismissed, deceased),
 audit trail (`audit`).
 
 An override or a status takes effect at the next refresh (the patient is queued); a confirmation
-at once (it changes no attribution) and lapses when the patient moves to another clinician.
-Every change a person makes is audited.
+is shown at once, holds the assignment against the rules from the next pass until it expires,
+and lapses when the patient moves to another clinician. Every change a person makes is audited.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import case, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fhirpanel.domain.attribution import PERSON_STATUSES, ManualAssignment
+from fhirpanel.domain.confirmations import CONFIRMERS, METHODS
 from fhirpanel.errors import FhirpanelError
 from fhirpanel.store.engine import StoreEngine, iso, now_utc
 from fhirpanel.store.models import (
@@ -33,7 +34,6 @@ from fhirpanel.store.models import (
 from fhirpanel.store.results import recompute_clinicians
 
 REQUESTERS = ("clinician", "patient", "family", "staff")
-CONFIRMERS = ("clinician", "patient")
 STATUSES = tuple(PERSON_STATUSES)  # moved-away | transferred-care | dismissed | deceased
 
 
@@ -66,39 +66,17 @@ class ReviewStore(StoreEngine):
     def _add_override(
         self, patient: str, practitioner: str, reason: str, requested_by: str, actor: str
     ) -> dict[str, Any]:
-        now = now_utc()
         with self.session() as s:
-            if not self.is_sqlite:
-                # Overrides for one patient saved at once queue here, one transaction at a time
-                # (SQLite serialises writers by itself); the unique index stays the backstop.
-                key = int.from_bytes(
-                    hashlib.sha256(patient.encode()).digest()[:8], "big", signed=True
-                )
-                s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-            s.execute(
-                update(Override)
-                .where(Override.patient == patient, Override.removed_at.is_(None))
-                .values(removed_at=now, removed_by=actor)
-            )
-            row = Override(
-                patient=patient,
-                practitioner=practitioner,
+            return insert_override(
+                s,
+                patient,
+                practitioner,
                 reason=reason,
                 requested_by=requested_by,
                 actor=actor,
-                created_at=now,
+                now=now_utc(),
+                lock=not self.is_sqlite,
             )
-            s.add(row)
-            queue_patient(s, patient, "override", now)
-            add_audit(
-                s,
-                actor,
-                "override",
-                patient,
-                {"practitioner": practitioner, "reason": reason, "requested_by": requested_by},
-            )
-            s.flush()
-            return override_dict(row)
 
     def remove_override(self, patient: str, actor: str) -> bool:
         now = now_utc()
@@ -214,16 +192,37 @@ class ReviewStore(StoreEngine):
     # ------------------------------------------------------------ confirmations
 
     def confirm(
-        self, patient: str, practitioner: str, *, confirmed_by: str, actor: str, note: str = ""
+        self,
+        patient: str,
+        practitioner: str,
+        *,
+        confirmed_by: str,
+        actor: str,
+        note: str = "",
+        method: str | None = None,
+        confirmed_on: date | None = None,
     ) -> dict[str, Any]:
-        """Confirm the patient's current clinician. Effective at once (it changes no
-        attribution); it lapses if the patient later moves to another clinician."""
+        """Confirm the patient's current clinician, by the clinician or by the patient (each
+        side's newest confirmation counts; both may hold at once). Shown at once; it holds the
+        assignment from the next pass until it expires (`review.confirmation_months` after
+        `confirmed_on`, today when not given) and lapses if the patient moves to another
+        clinician. `method`: how it was given (METHODS)."""
         if confirmed_by not in CONFIRMERS:
             raise ValueError(f"confirmed_by must be one of {', '.join(CONFIRMERS)}")
+        if method is not None and method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}")
         now = now_utc()
+        day = (confirmed_on or now.date()).isoformat()
+        column = (
+            PatientState.clinician_confirmed
+            if confirmed_by == "clinician"
+            else PatientState.patient_confirmed
+        )
+        other = "patient" if confirmed_by == "clinician" else "clinician"
         with self.session() as s:
             # The update first: it takes the row's write lock, so a refresh committing a new
-            # assignment cannot slip between the check and the confirmation.
+            # assignment cannot slip between the check and the confirmation. The summary keeps
+            # the other side when it held on the last pass.
             result = s.execute(
                 update(PatientState)
                 .where(
@@ -231,7 +230,19 @@ class ReviewStore(StoreEngine):
                     PatientState.practitioner == practitioner,
                     PatientState.status == "assigned",
                 )
-                .values(confirmation=confirmed_by)
+                .values(
+                    {
+                        # A confirmation entered late keeps a newer one of the same side.
+                        column: case((column > day, column), else_=day),
+                        PatientState.confirmation: case(
+                            (
+                                PatientState.confirmation.in_((other, "both")),
+                                "both",
+                            ),
+                            else_=confirmed_by,
+                        ),
+                    }
+                )
             )
             if getattr(result, "rowcount", 0) != 1:
                 raise AssignmentChanged(
@@ -245,6 +256,8 @@ class ReviewStore(StoreEngine):
                 note=note,
                 actor=actor,
                 created_at=now,
+                method=method,
+                confirmed_on=day,
             )
             s.add(row)
             add_audit(
@@ -252,7 +265,13 @@ class ReviewStore(StoreEngine):
                 actor,
                 "confirm",
                 patient,
-                {"practitioner": practitioner, "confirmed_by": confirmed_by, "note": note},
+                {
+                    "practitioner": practitioner,
+                    "confirmed_by": confirmed_by,
+                    "method": method,
+                    "confirmed_on": day,
+                    "note": note,
+                },
             )
             recompute_clinicians(s, [practitioner])
             s.flush()
@@ -312,6 +331,50 @@ def queue_patient(s: Session, patient: str, reason: str, now: datetime) -> None:
             index_elements=["patient"], set_={"reason": reason, "since": now}
         )
     )
+
+
+def insert_override(
+    s: Session,
+    patient: str,
+    practitioner: str,
+    *,
+    reason: str,
+    requested_by: str,
+    actor: str,
+    now: datetime,
+    lock: bool,
+) -> dict[str, Any]:
+    """A manual assignment in the caller's transaction `s`: any override in force ends, the
+    patient is queued for the next pass, and the change is audited. `lock` (PostgreSQL):
+    overrides for one patient saved at once queue on an advisory lock, one transaction at a
+    time (SQLite serialises writers by itself); the unique index stays the backstop."""
+    if lock:
+        key = int.from_bytes(hashlib.sha256(patient.encode()).digest()[:8], "big", signed=True)
+        s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    s.execute(
+        update(Override)
+        .where(Override.patient == patient, Override.removed_at.is_(None))
+        .values(removed_at=now, removed_by=actor)
+    )
+    row = Override(
+        patient=patient,
+        practitioner=practitioner,
+        reason=reason,
+        requested_by=requested_by,
+        actor=actor,
+        created_at=now,
+    )
+    s.add(row)
+    queue_patient(s, patient, "override", now)
+    add_audit(
+        s,
+        actor,
+        "override",
+        patient,
+        {"practitioner": practitioner, "reason": reason, "requested_by": requested_by},
+    )
+    s.flush()
+    return override_dict(row)
 
 
 def add_audit(
@@ -377,9 +440,14 @@ def confirmation_dict(r: Confirmation) -> dict[str, Any]:
     return {
         "practitioner": r.practitioner,
         "confirmed_by": r.confirmed_by,
+        "method": r.method,
+        "confirmed_on": r.confirmed_on or (r.created_at.date().isoformat()),
         "note": r.note,
         "actor": r.actor,
         "created_at": iso(r.created_at),
+        "ended_at": iso(r.ended_at),
+        "ended_by": r.ended_by,
+        "ended_reason": r.ended_reason,
     }
 
 

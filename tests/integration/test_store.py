@@ -579,6 +579,8 @@ def test_the_store_saves_plain_rows(store: Store) -> None:
         "assignments_changed": 0,
         "patients_new": 3,
         "patients_removed": 0,
+        "moves_proposed": 0,
+        "moves_superseded": 0,
     }
     a = store.patient_state("Patient/a")
     assert a is not None
