@@ -109,9 +109,19 @@ def _pass(
     configure_read(source, as_of, read_window_months(settings, tables.method))
     # Statuses people recorded live in the store: only a writing pass (it holds one) applies them.
     statuses = lease.store.active_statuses() if lease is not None else None
+    # So do confirmations, which hold a confirmed patient with their clinician.
+    confirmed = lease.store.confirmed_assignments() if lease is not None else None
+    dismissed = lease.store.dismissed_moves() if lease is not None else None
     with reading() as progress:
         outcome = run_full(
-            settings, source, as_of, progress=progress, tables=tables, statuses=statuses
+            settings,
+            source,
+            as_of,
+            progress=progress,
+            tables=tables,
+            statuses=statuses,
+            confirmed=confirmed,
+            dismissed=dismissed,
         )
     if isinstance(source, BulkSource | ServerSource):
         source.close()  # downloaded NDJSON, extra clients; the client stays for write-back
