@@ -118,10 +118,11 @@ def create_app(
     _register_hooks(app, context)
     _register_operations(app, context)
 
-    from fhirpanel.api import dashboard, health, routes
+    from fhirpanel.api import dashboard, health, moves, routes
 
     app.register_blueprint(health.bp)
     app.register_blueprint(routes.bp)
+    app.register_blueprint(moves.bp)
     app.register_blueprint(dashboard.bp)
     from fhirpanel.api import validation
 

@@ -19,6 +19,8 @@ from fhirpanel.service.errors import (
     InvalidChoice,
     InvalidInput,
     MissingText,
+    MoveClosed,
+    MoveNotFound,
     NoOverride,
     NoStatus,
     NotAssigned,
@@ -69,6 +71,7 @@ REFUSAL_ANSWERS: Mapping[type[ReviewError], RefusalAnswer] = {
     ),
     IneligibleClinician: RefusalAnswer(*_INVALID, _ineligible),
     PatientNotFound: RefusalAnswer(*_NOT_FOUND),
+    MoveNotFound: RefusalAnswer(*_NOT_FOUND),
     NoOverride: RefusalAnswer(
         *_NOT_FOUND, lambda exc, patient: f"Patient {patient} has no override to remove."
     ),
@@ -96,6 +99,7 @@ REFUSAL_ANSWERS: Mapping[type[ReviewError], RefusalAnswer] = {
             f"Patient {patient}'s record already excludes them ({exc.reason}): no status is needed."
         ),
     ),
+    MoveClosed: RefusalAnswer(409, "Conflict", "move-decided"),
 }
 OTHER_REFUSAL = RefusalAnswer(409, "Conflict", "conflict")
 

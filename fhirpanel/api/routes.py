@@ -40,7 +40,7 @@ from fhirpanel.service.errors import (
 from fhirpanel.service.review import Refusal, ReviewService
 from fhirpanel.store import Store
 from fhirpanel.store import queries as q
-from fhirpanel.store.repository import CONFIRMERS, REQUESTERS, STATUSES, NotHeld
+from fhirpanel.store.repository import CONFIRMERS, METHODS, REQUESTERS, STATUSES, NotHeld
 from fhirpanel.vocabulary import STARTABLE_KINDS, RunStatus
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,10 @@ def panel(practitioner: str) -> Response:
     page, page_size = _paging()
     sort = choice_param("sort", q.SORT_VALUES, "patient") or "patient"
     tier = int_param("tier", None, low=0, high=MAX_TIER)
-    unconfirmed, overdue = bool_param("unconfirmed"), bool_param("overdue")
+    # `unconfirmed`: true (no current confirmation), or the side lacking one.
+    side = request.args.get("unconfirmed")
+    unconfirmed: bool | str = side if side in CONFIRMERS else bool_param("unconfirmed")
+    overdue = bool_param("overdue")
     result = q.panel_patients(
         store,
         ref,
@@ -352,7 +355,9 @@ def outreach() -> Response:
 
 def _review() -> ReviewService:
     context = current_app.extensions["fhirpanel"]
-    return ReviewService.over(context.store, context.trigger, TRIGGER)
+    return ReviewService.over(
+        context.store, context.trigger, TRIGGER, context.settings.review.confirmation_months
+    )
 
 
 OVERRIDE_BODY = (
@@ -417,14 +422,17 @@ CONFIRM_BODY = (
     Member("confirmed_by", choices=CONFIRMERS),
     Member("practitioner", required=False, max_length=200),
     Member("note", required=False, allow_empty=True, free_text=True),
+    Member("method", required=False, choices=METHODS),
+    Member("confirmed_on", required=False, max_length=10),
 )
 
 
 @bp.post("/assignments/<path:patient>/confirm")
 @admin_only
 def confirm(patient: str) -> tuple[Response, int]:
-    """Confirm the patient's current clinician, with the clinician or with the patient; with
-    `practitioner`, only while that clinician is still the patient's."""
+    """Confirm the patient's current clinician, with the clinician or with the patient (each
+    side's confirmation is kept), how (`method`) and on which day (`confirmed_on`, today when
+    left out); with `practitioner`, only while that clinician is still the patient's."""
     review = _review()
     target = review.patient(path_reference("Patient", patient))
     body = json_body(CONFIRM_BODY)
@@ -434,8 +442,10 @@ def confirm(patient: str) -> tuple[Response, int]:
         actor=_actor(),
         shown=body.get("practitioner"),
         note=body.get("note", ""),
+        method=body.get("method"),
+        confirmed_on=body.get("confirmed_on"),
     )
-    # A confirmation changes no attribution and nothing written back: no refresh needed.
+    # It keeps the current assignment and writes nothing back: no refresh needed.
     return jsonify(confirmation=confirmation), 201
 
 

@@ -171,6 +171,21 @@ class OverridePending(ReviewError):
         )
 
 
+class MoveNotFound(ReviewError):
+    def __init__(self, move_id: int) -> None:
+        self.move_id = move_id
+        super().__init__(f"no proposed move {move_id}")
+
+
+class MoveClosed(ReviewError):
+    """The proposed move was accepted, dismissed or superseded already."""
+
+    def __init__(self, move_id: int, status: str) -> None:
+        self.move_id = move_id
+        self.status = status
+        super().__init__(f"proposed move {move_id} is {status}: there is nothing to decide")
+
+
 __all__ = [
     "AssignmentMoved",
     "IneligibleClinician",
@@ -178,6 +193,8 @@ __all__ = [
     "InvalidInput",
     "InvalidReference",
     "MissingText",
+    "MoveClosed",
+    "MoveNotFound",
     "NoOverride",
     "NoStatus",
     "NotAssigned",

@@ -27,8 +27,10 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
+from fhirpanel.domain.confirmations import DEFAULT_MONTHS, METHODS, expires_on, is_current
 from fhirpanel.domain.placement import ClinicianLoad, PanelChange, project
 from fhirpanel.errors import FhirpanelError
 from fhirpanel.jobs.rows import stored_suggestions
@@ -39,6 +41,8 @@ from fhirpanel.service.errors import (
     InvalidInput,
     InvalidReference,
     MissingText,
+    MoveClosed,
+    MoveNotFound,
     NoOverride,
     NoStatus,
     NotAssigned,
@@ -52,6 +56,7 @@ from fhirpanel.service.errors import (
     UnknownClinician,
 )
 from fhirpanel.store import reads
+from fhirpanel.store.moves import MOVE_STATUSES, MoveNotOpen
 from fhirpanel.store.repository import (
     CHUNK,
     CONFIRMERS,
@@ -112,7 +117,15 @@ class StoreForReview(Protocol):
     def remove_override(self, patient: str, actor: str) -> bool: ...
 
     def confirm(
-        self, patient: str, practitioner: str, *, confirmed_by: str, actor: str, note: str = ""
+        self,
+        patient: str,
+        practitioner: str,
+        *,
+        confirmed_by: str,
+        actor: str,
+        note: str = "",
+        method: str | None = None,
+        confirmed_on: date | None = None,
     ) -> dict[str, Any]: ...
 
     def override_for(self, patient: str) -> dict[str, Any] | None: ...
@@ -122,6 +135,16 @@ class StoreForReview(Protocol):
     ) -> dict[str, Any]: ...
 
     def clear_status(self, patient: str, actor: str) -> bool: ...
+
+    def proposed_moves(
+        self, status: str | None = "open", patient: str | None = None, limit: int = 500
+    ) -> list[dict[str, Any]]: ...
+
+    def proposed_move(self, move_id: int) -> dict[str, Any] | None: ...
+
+    def accept_move(self, move_id: int, *, actor: str, note: str = "") -> dict[str, Any]: ...
+
+    def dismiss_move(self, move_id: int, *, actor: str, note: str = "") -> dict[str, Any]: ...
 
 
 class PatientReader(Protocol):
@@ -219,6 +242,15 @@ class StatusCleared:
 
 
 @dataclass(frozen=True)
+class MoveDecided:
+    """A proposed move accepted (with its override, `move["override"]`) or dismissed; the
+    refresh asked for (None for a dismissal: nothing changes)."""
+
+    move: dict[str, Any]
+    refresh: Refresh | None
+
+
+@dataclass(frozen=True)
 class PlacementPreview:
     """The stored suggestions and what accepting them all would do to each panel."""
 
@@ -266,6 +298,29 @@ class Explanation:
     audit: list[dict[str, Any]]  # newest first
     statuses: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # oldest first
     active_status: dict[str, Any] | None = None
+
+    @property
+    def current_confirmations(self) -> dict[str, dict[str, Any] | None]:
+        """Per side (clinician, patient): the confirmation of the current clinician that
+        counts (its day is the one stored for the assignment), expired or not; None when the
+        side has not confirmed this assignment."""
+        out: dict[str, dict[str, Any] | None] = {}
+        practitioner = self.state.get("practitioner")
+        for side in CONFIRMERS:
+            day = self.state.get(f"{side}_confirmed")
+            out[side] = next(
+                (
+                    c
+                    for c in reversed(self.confirmations)
+                    if day
+                    and c["confirmed_by"] == side
+                    and c["practitioner"] == practitioner
+                    and c["confirmed_on"] == day
+                    and not c.get("ended_at")
+                ),
+                None,
+            )
+        return out
 
     @property
     def detail(self) -> Mapping[str, Any]:
@@ -323,11 +378,19 @@ class Explanation:
             "active_override": self.active_override,
             "overrides": self.overrides,
             "confirmations": self.confirmations,
+            "current_confirmations": self.current_confirmations,
             "active_status": self.active_status,
             "statuses": self.statuses,
             "pending": self.pending,
             "audit": self.audit,
         }
+
+
+def _day(value: Any) -> date | None:
+    try:
+        return date.fromisoformat(str(value)) if value else None
+    except ValueError:
+        return None
 
 
 # ---------------------------------------------------------------- the service
@@ -344,15 +407,21 @@ class ReviewService:
         trigger: Trigger,
         by: str,
         read_suggestions: SuggestionReader | None = None,
+        confirmation_months: int = DEFAULT_MONTHS,
+        today: Callable[[], date] | None = None,
     ) -> None:
         self._store = store
         self._read_patient = read_patient
         self._trigger = trigger
         self._by = by
         self._read_suggestions = read_suggestions
+        self._months = confirmation_months
+        self._today = today or (lambda: datetime.now(UTC).date())
 
     @classmethod
-    def over(cls, store: Store, trigger: Trigger, by: str) -> ReviewService:
+    def over(
+        cls, store: Store, trigger: Trigger, by: str, confirmation_months: int = DEFAULT_MONTHS
+    ) -> ReviewService:
         """The service on the state store."""
         return cls(
             store,
@@ -360,6 +429,7 @@ class ReviewService:
             trigger,
             by,
             functools.partial(read_suggestions, store),
+            confirmation_months=confirmation_months,
         )
 
     # ------------------------------------------------------------ reads
@@ -385,6 +455,7 @@ class ReviewService:
         if record is None:
             raise PatientNotFound(ref)
         written = record["ledger"]
+        as_of = _day(record.get("as_of"))
         return Explanation(
             patient=ref,
             state=record["state"],
@@ -392,7 +463,7 @@ class ReviewService:
             history=record["history"],
             overrides=record["overrides"],
             active_override=record["active_override"],
-            confirmations=record["confirmations"],
+            confirmations=[self.annotate_confirmation(c, as_of) for c in record["confirmations"]],
             pending=bool(record["pending"]),
             audit=record["audit"],
             statuses=record.get("statuses", []),
@@ -508,14 +579,22 @@ class ReviewService:
         actor: str,
         shown: str | None = None,
         note: str = "",
+        method: str | None = None,
+        confirmed_on: date | str | None = None,
     ) -> dict[str, Any]:
-        """Confirm the patient's current clinician with the clinician or the patient.
+        """Confirm the patient's current clinician with the clinician or the patient (each
+        side's confirmation is kept; both may hold at once). `method`: how (visit, portal,
+        phone, letter, in-person); `confirmed_on`: the day it was given (today when not
+        given; not in the future, and not so long ago it has already expired).
         `shown`: the clinician the caller saw; when a refresh has moved the patient since,
         nothing is confirmed (AssignmentMoved), and the same when a refresh commits a move
         while this writes."""
         target = patient if isinstance(patient, Patient) else self.patient(patient)
         if confirmed_by not in CONFIRMERS:
             raise InvalidChoice("confirmed_by", CONFIRMERS)
+        if method is not None and method not in METHODS:
+            raise InvalidChoice("method", METHODS)
+        day = self._confirmation_day(confirmed_on)
         current = target.practitioner
         if target.status != "assigned" or current is None:
             raise NotAssigned(target.ref, target.status)
@@ -530,13 +609,100 @@ class ReviewService:
                 confirmed_by=confirmed_by,
                 actor=actor,
                 note=" ".join(note.split()),
+                method=method,
+                confirmed_on=day,
             )
         except AssignmentChanged as exc:
             raise AssignmentMoved(
                 target.ref, current=None, shown=current, message=str(exc)
             ) from exc
         log.info("%s: %s confirmed %s with the %s", self._by, actor, target.ref, confirmed_by)
-        return confirmation
+        return self.annotate_confirmation(confirmation)
+
+    def _confirmation_day(self, given: date | str | None) -> date | None:
+        if given is None or given == "":
+            return None
+        if isinstance(given, str):
+            try:
+                given = date.fromisoformat(given)
+            except ValueError:
+                raise InvalidInput("confirmed_on", "must be a date (YYYY-MM-DD)") from None
+        today = self._today()
+        if given > today:
+            raise InvalidInput("confirmed_on", "must not be in the future")
+        if not is_current(given, today, self._months):
+            raise InvalidInput(
+                "confirmed_on", f"is more than {self._months} months ago: it has expired"
+            )
+        return given
+
+    def annotate_confirmation(
+        self, confirmation: Mapping[str, Any], as_of: date | None = None
+    ) -> dict[str, Any]:
+        """A stored confirmation with `expires_on` and `expired` (on `as_of`, today when not
+        given)."""
+        out = dict(confirmation)
+        day = out.get("confirmed_on")
+        try:
+            given = date.fromisoformat(str(day)) if day else None
+        except ValueError:
+            given = None
+        on = as_of or self._today()
+        if given is None:
+            out.update(expires_on=None, expired=None)
+        else:
+            out.update(
+                expires_on=expires_on(given, self._months).isoformat(),
+                expired=not is_current(given, on, self._months),
+            )
+        return out
+
+    # ------------------------------------------------------------ proposed moves
+
+    def proposed_moves(self, status: str | None = "open", limit: int = 500) -> list[dict[str, Any]]:
+        """Moves a confirmation held back, newest first (`status` None: all)."""
+        if status is not None and status not in MOVE_STATUSES:
+            raise InvalidChoice("status", MOVE_STATUSES)
+        return self._store.proposed_moves(status, limit=limit)
+
+    def proposed_move(self, move_id: int) -> dict[str, Any]:
+        move = self._store.proposed_move(move_id)
+        if move is None:
+            raise MoveNotFound(move_id)
+        return move
+
+    def accept_move(self, move_id: int, *, actor: str, note: str = "") -> MoveDecided:
+        """Accept a proposed move: an audited override to the clinician the rules chose (so
+        the next refresh, which is asked for, moves the patient) and the confirmations of the
+        clinician they leave ended. Refused when the move is not open, its clinician is no
+        longer eligible, or the patient is no longer with the clinician it starts from."""
+        move = self.proposed_move(move_id)
+        if move["status"] != "open":
+            raise MoveClosed(move_id, str(move["status"]))
+        self.eligible_clinician(str(move["to"]))
+        try:
+            decided = self._store.accept_move(move_id, actor=actor, note=" ".join(note.split()))
+        except MoveNotOpen as exc:
+            raise MoveClosed(move_id, exc.status) from exc
+        except AssignmentChanged as exc:
+            raise AssignmentMoved(
+                str(move["patient"]), current=None, shown=str(move["from"]), message=str(exc)
+            ) from exc
+        log.info("%s: %s accepted proposed move %d", self._by, actor, move_id)
+        return MoveDecided(decided, self.ask_refresh())
+
+    def dismiss_move(self, move_id: int, *, actor: str, note: str = "") -> MoveDecided:
+        """Dismiss a proposed move: the patient stays, and the same move is not proposed
+        again until its evidence (the visit counts) changes. No refresh is needed."""
+        move = self.proposed_move(move_id)
+        if move["status"] != "open":
+            raise MoveClosed(move_id, str(move["status"]))
+        try:
+            decided = self._store.dismiss_move(move_id, actor=actor, note=" ".join(note.split()))
+        except MoveNotOpen as exc:
+            raise MoveClosed(move_id, exc.status) from exc
+        log.info("%s: %s dismissed proposed move %d", self._by, actor, move_id)
+        return MoveDecided(decided, None)
 
     def assign_suggested(
         self, pairs: Sequence[tuple[str, str]] | None, *, actor: str
@@ -642,6 +808,7 @@ __all__ = [
     "AUDIT_LIMIT",
     "RECORD_EXCLUSIONS",
     "Explanation",
+    "MoveDecided",
     "Overridden",
     "OverrideRemoved",
     "Patient",

@@ -144,7 +144,7 @@ def panel_patients(
     practitioner: str,
     *,
     tier: int | None = None,
-    unconfirmed: bool = False,
+    unconfirmed: bool | str = False,
     overdue: bool = False,
     sort: str = "patient",
     page: int = 1,
@@ -152,11 +152,15 @@ def panel_patients(
     clamp: bool = False,
     detail: bool = False,
 ) -> Page:
-    """The assigned patients of one clinician. `overdue`: flagged for outreach."""
+    """The assigned patients of one clinician. `overdue`: flagged for outreach.
+    `unconfirmed`: True, no current confirmation; `clinician` or `patient`, no current
+    confirmation by that side (as of the last pass's as-of date)."""
     conditions = _in_panel(practitioner)
     if tier is not None:
         conditions.append(PatientState.tier == tier)
-    if unconfirmed:
+    if unconfirmed in ("clinician", "patient"):
+        conditions.append(PatientState.confirmation.not_in((str(unconfirmed), "both")))
+    elif unconfirmed:
         conditions.append(PatientState.confirmation == "proposed")
     if overdue:
         conditions.append(has_outreach())

@@ -14,7 +14,14 @@ from typing import Any
 from sqlalchemy import func, select
 
 from fhirpanel.store.engine import iso
-from fhirpanel.store.models import AuditEntry, LedgerEntry, PatientState, PendingPatient, Run
+from fhirpanel.store.models import (
+    AuditEntry,
+    Context,
+    LedgerEntry,
+    PatientState,
+    PendingPatient,
+    Run,
+)
 from fhirpanel.store.queries import has_outreach
 from fhirpanel.store.repository import Store, patient_dict, run_dict
 from fhirpanel.store.results import history_of
@@ -37,9 +44,9 @@ def patient_record(
     has no such patient. `ledger`: the (resource type, identifier) pairs of what may have been
     written for the patient; each comes back under its type, None when not written.
 
-    Keys: `state` (as `Store.patient_state`), `history`, `overrides`, `active_override`,
-    `confirmations`, `statuses`, `active_status`, `pending`, `audit` (newest first, at most
-    `audit_limit`), `ledger`."""
+    Keys: `as_of` (the last full pass's), `state` (as `Store.patient_state`), `history`,
+    `overrides`, `active_override`, `confirmations`, `statuses`, `active_status`, `pending`,
+    `audit` (newest first, at most `audit_limit`), `ledger`."""
     with store.session() as s:
         row = s.get(PatientState, patient)
         if row is None:
@@ -73,7 +80,9 @@ def patient_record(
                 }
             )
         pending = s.get(PendingPatient, patient) is not None
+        as_of = s.get(Context, "as_of")  # the last full pass's as-of date
         return {
+            "as_of": as_of.value if as_of is not None else None,
             "state": patient_dict(row),
             "history": history,
             "overrides": overrides,

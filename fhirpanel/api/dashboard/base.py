@@ -74,7 +74,7 @@ def tokens() -> TokenTable:
 
 
 def review() -> ReviewService:
-    return ReviewService.over(store(), trigger(), TRIGGER)
+    return ReviewService.over(store(), trigger(), TRIGGER, settings().review.confirmation_months)
 
 
 def bare(ref: str | None) -> str:
