@@ -72,6 +72,10 @@ class ClinicianRow:
     relative: Mapping[str, Any] | None = None  # the report's `relative` (None: not eligible)
 
 
+# A proposed move's statuses a pass sets (a person sets accepted or dismissed).
+MOVE_OPEN, MOVE_SUPERSEDED = "open", "superseded"
+
+
 @dataclass(frozen=True)
 class MoveRow:
     """A move one pass proposes, as the store keeps it."""
@@ -416,7 +420,7 @@ def save_moves(
     An open move proposed again on the same evidence stays open (its `seen_run` moves on); one
     not proposed again, or on other evidence, is superseded; a new one opens."""
     proposed = {m.patient: m for m in moves}
-    stmt = select(MoveModel).where(MoveModel.status == "open")
+    stmt = select(MoveModel).where(MoveModel.status == MOVE_OPEN)
     if patients is None:
         open_rows = list(s.scalars(stmt))
     else:
@@ -437,7 +441,7 @@ def save_moves(
             row.held_by = ",".join(move.held_by)
             del proposed[row.patient]
         else:
-            row.status, row.decided_at = "superseded", now
+            row.status, row.decided_at = MOVE_SUPERSEDED, now
             superseded += 1
     s.flush()  # the superseded rows leave the one-open-move index before new ones arrive
     for move in proposed.values():
@@ -452,7 +456,7 @@ def save_moves(
                 visits=dict(move.visits),
                 evidence=list(move.evidence),
                 held_by=",".join(move.held_by),
-                status="open",
+                status=MOVE_OPEN,
                 run_id=run_id,
                 seen_run=run_id,
                 created_at=now,
@@ -469,9 +473,10 @@ def supersede_moves_of(s: Session, patients: Sequence[str], now: datetime) -> No
         s.execute(
             update(MoveModel)
             .where(
-                MoveModel.status == "open", MoveModel.patient.in_(patients[start : start + CHUNK])
+                MoveModel.status == MOVE_OPEN,
+                MoveModel.patient.in_(patients[start : start + CHUNK]),
             )
-            .values(status="superseded", decided_at=now)
+            .values(status=MOVE_SUPERSEDED, decided_at=now)
         )
 
 
