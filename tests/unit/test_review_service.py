@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from datetime import date
 from typing import Any
 
 import pytest
@@ -21,6 +22,8 @@ from fhirpanel.service.errors import (
     InvalidInput,
     InvalidReference,
     MissingText,
+    MoveClosed,
+    MoveNotFound,
     NoOverride,
     NoStatus,
     NotAssigned,
@@ -34,10 +37,12 @@ from fhirpanel.service.errors import (
     UnknownClinician,
 )
 from fhirpanel.service.review import AUDIT_LIMIT, Refresh, ReviewService, reference
+from fhirpanel.store.moves import MoveNotOpen
 from fhirpanel.store.repository import AssignmentChanged
 
 ANN, BOB, CAL = "Practitioner/prac-ann", "Practitioner/prac-bob", "Practitioner/prac-cal"
 PAT, LOOSE, GONE = "Patient/pat-1", "Patient/pat-2", "Patient/pat-3"
+TODAY = date(2026, 12, 5)
 
 
 class FakeStore:
@@ -69,6 +74,13 @@ class FakeStore:
         self.override_rows: list[dict[str, Any]] = []
         self.confirmation_rows: list[dict[str, Any]] = []
         self.status_rows: list[dict[str, Any]] = []
+        # PAT is held with ANN by a confirmation; the rules would move them to BOB (move 1)
+        # or to CAL (move 2, not eligible any more); move 3 was dismissed already.
+        self.move_rows: list[dict[str, Any]] = [
+            {"id": 1, "patient": PAT, "from": ANN, "to": BOB, "status": "open"},
+            {"id": 2, "patient": PAT, "from": ANN, "to": CAL, "status": "open"},
+            {"id": 3, "patient": PAT, "from": ANN, "to": BOB, "status": "dismissed"},
+        ]
         self.audit_rows: list[dict[str, Any]] = []
         self.pending: set[str] = set()
         self.ledger: dict[tuple[str, str], dict[str, Any]] = {}
@@ -142,7 +154,15 @@ class FakeStore:
         return bool(active)
 
     def confirm(
-        self, patient: str, practitioner: str, *, confirmed_by: str, actor: str, note: str = ""
+        self,
+        patient: str,
+        practitioner: str,
+        *,
+        confirmed_by: str,
+        actor: str,
+        note: str = "",
+        method: str | None = None,
+        confirmed_on: date | None = None,
     ) -> dict[str, Any]:
         row = self.patients.get(patient) or {}
         if row.get("status") != "assigned" or row.get("practitioner") != practitioner:
@@ -155,6 +175,8 @@ class FakeStore:
             "note": note,
             "actor": actor,
             "created_at": "now",
+            "method": method,
+            "confirmed_on": (confirmed_on or TODAY).isoformat(),
         }
         self.confirmation_rows.append(done)
         self.audit(
@@ -164,6 +186,48 @@ class FakeStore:
             {"practitioner": practitioner, "confirmed_by": confirmed_by, "note": note},
         )
         return dict(done)
+
+    # proposed moves, as the real store keeps them
+    def proposed_moves(
+        self, status: str | None = "open", patient: str | None = None, limit: int = 500
+    ) -> list[dict[str, Any]]:
+        return [
+            dict(m)
+            for m in reversed(self.move_rows)
+            if (status is None or m["status"] == status)
+            and (patient is None or m["patient"] == patient)
+        ][:limit]
+
+    def proposed_move(self, move_id: int) -> dict[str, Any] | None:
+        return next((dict(m) for m in self.move_rows if m["id"] == move_id), None)
+
+    def _decide(self, move_id: int, status: str, actor: str) -> dict[str, Any]:
+        move = next(m for m in self.move_rows if m["id"] == move_id)
+        if move["status"] != "open":
+            raise MoveNotOpen(move_id, move["status"])
+        move.update(status=status, decided_by=actor)
+        return move
+
+    def accept_move(self, move_id: int, *, actor: str, note: str = "") -> dict[str, Any]:
+        move = self._decide(move_id, "accepted", actor)
+        row = self.patients.get(move["patient"]) or {}
+        if row.get("practitioner") != move["from"]:
+            move["status"] = "open"  # the real store rolls back
+            raise AssignmentChanged(f"{move['patient']} is no longer with {move['from']}")
+        override = self.add_override(
+            move["patient"],
+            move["to"],
+            reason="proposed move accepted",
+            requested_by="staff",
+            actor=actor,
+        )
+        self.audit(actor, "move-accepted", move["patient"], {"move": move_id, "note": note})
+        return {**move, "override": override}
+
+    def dismiss_move(self, move_id: int, *, actor: str, note: str = "") -> dict[str, Any]:
+        move = self._decide(move_id, "dismissed", actor)
+        self.audit(actor, "move-dismissed", move["patient"], {"move": move_id, "note": note})
+        return dict(move)
 
     def override_for(self, patient: str) -> dict[str, Any] | None:
         active = [
@@ -324,7 +388,9 @@ def trigger() -> Trigger:
 
 @pytest.fixture
 def service(store: FakeStore, trigger: Trigger) -> ReviewService:
-    return ReviewService(store, store.read_patient, trigger, "dashboard", store.read_suggestions)
+    return ReviewService(
+        store, store.read_patient, trigger, "dashboard", store.read_suggestions, today=lambda: TODAY
+    )
 
 
 def nothing_changed(store: FakeStore, trigger: Trigger) -> bool:
@@ -543,6 +609,10 @@ def test_a_confirmation_is_stored_and_audited_and_asks_for_no_refresh(
         "note": "seen at the meeting",
         "actor": "boss",
         "created_at": "now",
+        "method": None,
+        "confirmed_on": TODAY.isoformat(),
+        "expires_on": "2027-12-05",
+        "expired": False,
     }
     assert store.patients[PAT]["confirmation"] == "clinician"
     assert store.audit_rows == [
@@ -894,3 +964,84 @@ def test_a_status_is_refused_with_a_typed_error_and_changes_nothing(
     with pytest.raises(error):
         service.set_status(patient, status, reason=reason, actor="clerk")
     assert nothing_changed(store, trigger)
+
+
+# ---------------------------------------------------------------- confirmations and moves
+
+
+def test_a_confirmation_takes_how_and_when_and_refuses_a_future_or_expired_day(
+    service: ReviewService, store: FakeStore
+) -> None:
+    done = service.confirm(
+        PAT, confirmed_by="patient", actor="nurse", method="portal", confirmed_on="2026-03-01"
+    )
+    assert (done["method"], done["confirmed_on"], done["expires_on"], done["expired"]) == (
+        "portal",
+        "2026-03-01",
+        "2027-03-01",
+        False,
+    )
+    for field, kwargs, message in (
+        ("method", {"method": "fax"}, "must be one of"),
+        ("confirmed_on", {"confirmed_on": "2026-12-06"}, "future"),
+        ("confirmed_on", {"confirmed_on": "2025-11-05"}, "expired"),
+        ("confirmed_on", {"confirmed_on": "5 March"}, "YYYY-MM-DD"),
+    ):
+        with pytest.raises(InvalidInput, match=message) as refused:
+            service.confirm(PAT, confirmed_by="clinician", actor="nurse", **kwargs)
+        assert refused.value.field == field
+    assert len(store.confirmation_rows) == 1  # the refused ones stored nothing
+
+
+def test_a_confirmation_expires_after_the_configured_months(store: FakeStore) -> None:
+    short = ReviewService(
+        store, store.read_patient, Trigger(), "api", confirmation_months=3, today=lambda: TODAY
+    )
+    entry = {"confirmed_on": "2026-08-01"}
+    assert short.annotate_confirmation(entry) == {
+        "confirmed_on": "2026-08-01",
+        "expires_on": "2026-11-01",
+        "expired": True,
+    }
+    with pytest.raises(InvalidInput, match="3 months"):
+        short.confirm(PAT, confirmed_by="clinician", actor="x", confirmed_on="2026-09-05")
+
+
+def test_accepting_a_move_overrides_to_the_new_clinician_and_asks_for_a_refresh(
+    service: ReviewService, store: FakeStore, trigger: Trigger
+) -> None:
+    done = service.accept_move(1, actor="boss", note="agreed at the huddle")
+    assert done.move["status"] == "accepted"
+    assert done.move["override"]["practitioner"] == BOB
+    assert done.refresh is not None and done.refresh.started
+    assert [a["action"] for a in store.audit_rows] == ["override", "move-accepted"]
+    with pytest.raises(MoveClosed, match="accepted"):
+        service.accept_move(1, actor="boss")
+
+
+def test_a_move_to_a_clinician_no_longer_eligible_or_from_a_moved_patient_is_refused(
+    service: ReviewService, store: FakeStore, trigger: Trigger
+) -> None:
+    with pytest.raises(IneligibleClinician):
+        service.accept_move(2, actor="boss")
+    store.patients[PAT]["practitioner"] = BOB  # a refresh moved the patient since
+    with pytest.raises(AssignmentMoved):
+        service.accept_move(1, actor="boss")
+    assert store.override_rows == [] and trigger.calls == []
+    assert store.proposed_move(1)["status"] == "open"  # type: ignore[index]
+
+
+def test_dismissing_a_move_keeps_the_patient_and_asks_for_no_refresh(
+    service: ReviewService, store: FakeStore, trigger: Trigger
+) -> None:
+    done = service.dismiss_move(1, actor="boss")
+    assert (done.move["status"], done.refresh) == ("dismissed", None)
+    assert store.override_rows == [] and trigger.calls == []
+    with pytest.raises(MoveClosed, match="dismissed"):
+        service.dismiss_move(3, actor="boss")
+    with pytest.raises(MoveNotFound):
+        service.dismiss_move(99, actor="boss")
+    assert [m["id"] for m in service.proposed_moves()] == [2]
+    assert [m["id"] for m in service.proposed_moves(None)] == [3, 2, 1]
+    with pytest.raises(InvalidChoice):
+        service.proposed_moves("maybe")
