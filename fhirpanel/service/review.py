@@ -659,11 +659,14 @@ class ReviewService:
 
     # ------------------------------------------------------------ proposed moves
 
-    def proposed_moves(self, status: str | None = "open", limit: int = 500) -> list[dict[str, Any]]:
-        """Moves a confirmation held back, newest first (`status` None: all)."""
+    def proposed_moves(
+        self, status: str | None = "open", limit: int = 500, patient: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Moves a confirmation held back, newest first (`status` None: all; `patient`: one
+        patient's)."""
         if status is not None and status not in MOVE_STATUSES:
             raise InvalidChoice("status", MOVE_STATUSES)
-        return self._store.proposed_moves(status, limit=limit)
+        return self._store.proposed_moves(status, patient=patient, limit=limit)
 
     def proposed_move(self, move_id: int) -> dict[str, Any]:
         move = self._store.proposed_move(move_id)

@@ -3,10 +3,12 @@ real store, with real full and incremental refreshes against the sandbox FHIR se
 confirmed by the clinician and by the patient, who then sees another clinician more often,
 stays; the move is proposed with its evidence; accepting it moves the patient at the next
 refresh (an audited override, the old confirmations ended); dismissing it keeps them, and the
-same move is not raised again until a new visit changes the evidence."""
+same move is not raised again until a new visit changes the evidence. The dashboard shows both
+confirmations and decides moves behind CSRF."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +24,8 @@ from fhirpanel.jobs.refresh import full_refresh, incremental_refresh
 from fhirpanel.sandbox.server import SandboxServer
 from fhirpanel.store import Store
 from tests.integration.test_api import ADMIN_H, READ_H, TriggerRecorder, api_settings, problem
+from tests.integration.test_dashboard import READ, csrf, flashes, make_settings, page, sign_in
+from tests.integration.test_dashboard import Trigger as DashboardTrigger
 from tests.integration.test_refresh import (
     AS_OF_DATE,
     add_visits,
@@ -202,3 +206,54 @@ def test_a_dismissed_move_is_not_raised_again_until_the_evidence_changes(
 def test_unknown_and_bad_move_ids(client: FlaskClient) -> None:
     assert problem(client.post("/api/proposed-moves/99/dismiss", headers=ADMIN_H), 404)
     assert client.get("/api/proposed-moves?status=maybe", headers=READ_H).status_code == 400
+
+
+def test_the_dashboard_shows_both_confirmations_and_decides_moves_with_csrf(
+    store: Store, loaded: SandboxServer, tmp_path: Path
+) -> None:
+    app = create_app(make_settings(tmp_path / "state.db"), store=store, trigger=DashboardTrigger())
+    app.testing = True
+    admin, viewer = sign_in(app), sign_in(app, READ)
+    (patient, target), (other, other_target) = list(pick_moves(store, 2).items())
+    first = (store.patient_state(patient) or {})["practitioner"]
+    # The confirm forms carry how; both sides end up on the patient page with when and expiry.
+    for by, method in (("clinician", "visit"), ("patient", "phone")):
+        response = admin.post(
+            f"/patients/{bare(patient)}/confirm",
+            data={"confirmed_by": by, "method": method, "csrf_token": csrf(admin)},
+        )
+        assert response.status_code == 303
+    html = page(admin, f"/patients/{bare(patient)}")
+    table = html.split('id="current-confirmations"', 1)[1].split("</table>", 1)[0]
+    assert "visit" in table and "phone" in table and "not confirmed" not in table
+    panel = page(admin, f"/panels/{bare(first)}?unconfirmed=clinician&sort=patient")
+    assert f'data-patient="{patient}"' not in panel
+    store.confirm(
+        other, (store.patient_state(other) or {})["practitioner"], confirmed_by="patient", actor="t"
+    )
+    add_visits(loaded.base_url, {patient: target, other: other_target}, store)
+    refresh(loaded, store)
+    moves = page(admin, "/moves")
+    assert "Proposed moves" in page(admin, "/")  # the nav link
+    ids = re.findall(r'<tr id="move-(\d+)" data-move="\d+" data-patient="([^"]+)"', moves)
+    by_patient = {p: int(i) for i, p in ids}
+    assert set(by_patient) == {patient, other}
+    assert "Review the proposed move" in page(admin, f"/patients/{bare(patient)}")
+    # Read tokens see no buttons and may not decide; a POST without CSRF is refused.
+    assert "Accept</button>" not in page(viewer, "/moves")
+    accept = f"/moves/{by_patient[patient]}/accept"
+    assert viewer.post(accept, data={"csrf_token": csrf(viewer)}).status_code == 403
+    assert admin.post(accept).status_code == 400
+    done = admin.post(accept, data={"csrf_token": csrf(admin)}, follow_redirects=True)
+    assert any("Move accepted" in f for f in flashes(done.get_data(as_text=True)))
+    dismissed = admin.post(
+        f"/moves/{by_patient[other]}/dismiss",
+        data={"csrf_token": csrf(admin)},
+        follow_redirects=True,
+    )
+    assert any("Move dismissed" in f for f in flashes(dismissed.get_data(as_text=True)))
+    again = admin.post(accept, data={"csrf_token": csrf(admin)}, follow_redirects=True)
+    assert any("accepted already" in f for f in flashes(again.get_data(as_text=True)))
+    refresh(loaded, store)
+    assert (store.patient_state(patient) or {})["practitioner"] == target
+    assert (store.patient_state(other) or {})["practitioner"] != other_target

@@ -1,8 +1,8 @@
 """The dashboard: server-rendered pages (Jinja, no build step) where a practice manager sees the
 panels and confirms or overrides assignments. One Flask blueprint, `dashboard`, in modules by
 page group: `signin` (sign-in, sessions, CSRF, the hooks every request passes), `pages` (the
-pages that only read), `changes` (the forms), `render` (template helpers, error pages), `base`
-(what they share).
+pages that only read), `changes` (the forms), `moves` (proposed moves and their decisions),
+`render` (template helpers, error pages), `base` (what they share).
 
 Sign-in takes one of the API's bearer tokens, posted from the form on `/login` (CSRF-protected
 like every form; a `GET /login?token=...` shows the form and signs nobody in), or a single-use
@@ -22,10 +22,17 @@ on every page's banner and on the runs page, where an admin accepts it after a c
 page that repeats the figures.
 """
 
-from fhirpanel.api.dashboard import changes, pages, render, signin
+from fhirpanel.api.dashboard import changes, moves, pages, render, signin, validation
 from fhirpanel.api.dashboard.base import RUN_STATUS, SESSION_KEY, bp
 
-__all__ = ["RUN_STATUS", "SESSION_KEY", "bp", "changes", "pages", "render", "signin"]
-
-# The Validation page (issue 18): imported for its routes on `bp`.
-from fhirpanel.api.dashboard import validation as validation
+__all__ = [
+    "RUN_STATUS",
+    "SESSION_KEY",
+    "bp",
+    "changes",
+    "moves",
+    "pages",
+    "render",
+    "signin",
+    "validation",
+]

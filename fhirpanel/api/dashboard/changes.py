@@ -102,7 +102,13 @@ def confirm(patient_id: str) -> ResponseReturnValue:
     confirmed_by = request.form.get("confirmed_by", "")
     try:
         done = review().confirm(
-            target, confirmed_by=confirmed_by, actor=me.name, shown=shown, note=_text("note")
+            target,
+            confirmed_by=confirmed_by,
+            actor=me.name,
+            shown=shown,
+            note=_text("note"),
+            method=request.form.get("method") or None,
+            confirmed_on=request.form.get("confirmed_on") or None,
         )
     except ReviewError as exc:
         flash(_confirm_refusal(target.ref, exc), "error")

@@ -121,9 +121,11 @@ def panel(practitioner: str) -> ResponseReturnValue:
     sort = request.args.get("sort", "patient")
     if sort not in queries.SORT_VALUES:
         sort = "patient"
+    wanted = request.args.get("unconfirmed", "")
     filters = {
         "tier": tier,
-        "unconfirmed": request.args.get("unconfirmed") == "1",
+        # "1": no current confirmation; clinician / patient: none by that side.
+        "unconfirmed": wanted if wanted in ("1", "clinician", "patient") else "",
         "overdue": request.args.get("overdue") == "1",
         "sort": sort,
     }
@@ -133,7 +135,7 @@ def panel(practitioner: str) -> ResponseReturnValue:
         st,
         ref,
         tier=tier,
-        unconfirmed=bool(filters["unconfirmed"]),
+        unconfirmed=True if filters["unconfirmed"] == "1" else str(filters["unconfirmed"] or ""),
         overdue=bool(filters["overdue"]),
         sort=sort,
         page=int_arg("page", 1),
@@ -144,7 +146,7 @@ def panel(practitioner: str) -> ResponseReturnValue:
     if tier:
         link_args["tier"] = tier
     if filters["unconfirmed"]:
-        link_args["unconfirmed"] = 1
+        link_args["unconfirmed"] = filters["unconfirmed"]
     if filters["overdue"]:
         link_args["overdue"] = 1
     return render(
@@ -186,6 +188,8 @@ def patient(patient: str) -> ResponseReturnValue:
         history=explained.history,
         overrides=explained.overrides,
         confirmations=explained.confirmations,
+        current_confirmations=explained.current_confirmations,
+        open_moves=review().proposed_moves(patient=ref),
         active_override=explained.active_override,
         active_status=explained.active_status,
         status_words=PERSON_STATUS_WORDS,

@@ -15,6 +15,7 @@ from fhirpanel.api import held
 from fhirpanel.api.dashboard.base import RUN_STATUS, bare, bp, settings, store
 from fhirpanel.api.dashboard.signin import csrf_token, viewer
 from fhirpanel.domain import texts
+from fhirpanel.domain.confirmations import METHODS
 from fhirpanel.store import reads
 from fhirpanel.vocabulary import RunKind
 
@@ -129,6 +130,7 @@ def _helpers() -> dict[str, Any]:
         "rule_text": texts.rule_text,
         "step_text": texts.step_text,
         "outreach_text": texts.outreach_text,
+        "confirmation_methods": METHODS,
         "run_summary": run_summary,
         "held_figures": held_figures,
         "status_text": lambda s: RUN_STATUS.get(s, (s, ""))[0],
