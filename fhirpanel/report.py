@@ -11,7 +11,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from fhirpanel.domain.attribution import Assignment
+from fhirpanel.domain.attribution import Assignment, AttributionResult
 from fhirpanel.domain.blend import Blend, PatientBlend
 from fhirpanel.domain.capacity import YEAR_MONTHS, PracticeCapacity
 from fhirpanel.domain.members import assigned_by_list
@@ -137,6 +137,7 @@ def build_report(outcome: RunOutcome) -> dict[str, Any]:
             }
             for o in outcome.outreach
         ],
+        "proposed_moves": _proposed_moves(att),
         "warnings": list(outcome.warnings),
         "issues": [i.as_dict() for i in outcome.population.issues],
     }
@@ -155,6 +156,28 @@ def _member_list(outcome: RunOutcome) -> dict[str, Any]:
         "entries": members.entries,
         "members": len(members.members),
         "assigned": assigned_by_list(outcome.attribution),
+    }
+
+
+def _proposed_moves(att: AttributionResult) -> dict[str, Any]:
+    """Moves a current confirmation held back (docs/methods.md s.2.9): the patient stays, the
+    move waits for a person. `dismissed_kept`: held patients whose same move was dismissed."""
+    return {
+        "count": len(att.proposed_moves),
+        "dismissed_kept": len(att.dismissed_kept),
+        "rows": [
+            {
+                "patient": m.patient,
+                "from": m.from_practitioner,
+                "to": m.to_practitioner,
+                "rule": m.rule,
+                "step": m.step,
+                "visits": dict(m.visits),
+                "evidence": list(m.evidence),
+                "held_by": list(m.held_by),
+            }
+            for m in att.proposed_moves
+        ],
     }
 
 
@@ -356,6 +379,12 @@ def render_summary(report: dict[str, Any], source: str, console: Console) -> Non
         f"{bases[DECLARED_PCP]}, seen before {bases[VISIT_HISTORY]}, most room "
         f"{bases[CAPACITY]}, no room {bases[NO_ROOM]})"
     )
+    moves = report.get("proposed_moves") or {}
+    if moves.get("count"):
+        console.print(
+            f"Proposed moves: {moves['count']} confirmed patients the rules would move, kept "
+            "for a person to accept or dismiss"
+        )
     read = ", ".join(f"{k} {v}" for k, v in summary["resources_read"].items())
     console.print(f"Read: {read}; {summary['issues']} input issues recorded")
     for warning in report["warnings"]:

@@ -68,3 +68,34 @@ def test_full_then_incremental_on_postgresql(
         assert team_practitioner(sandbox.base_url, patient) == target
     assert step.counts["writeback"]["CareTeam"]["update"] == 2
     assert pg_store.lock_info() is None
+
+
+def test_a_confirmed_patient_is_held_and_the_accepted_move_applies_on_postgresql(
+    sandbox: SandboxServer, population_dir: Path, pg_store: Store
+) -> None:
+    """Migration 0007 on PostgreSQL: two confirmations, a proposed move stored, accepted (an
+    override in the same transaction, the old confirmations ended) and applied."""
+    sandbox.load_ndjson_dir(population_dir)
+    settings = settings_for(sandbox.base_url)
+    assert full_refresh(settings, pg_store, as_of=AS_OF_DATE, write=False).ok
+    (patient, target), (dismissed, elsewhere) = list(pick_moves(pg_store, 2).items())
+    first = (pg_store.patient_state(patient) or {})["practitioner"]
+    pg_store.confirm(patient, first, confirmed_by="clinician", actor="t", method="visit")
+    pg_store.confirm(patient, first, confirmed_by="patient", actor="t", method="portal")
+    other = (pg_store.patient_state(dismissed) or {})["practitioner"]
+    pg_store.confirm(dismissed, other, confirmed_by="patient", actor="t")
+    assert (pg_store.patient_state(patient) or {})["confirmation"] == "both"
+    add_visits(sandbox.base_url, {patient: target, dismissed: elsewhere}, pg_store)
+    step = incremental_refresh(settings, pg_store, as_of=AS_OF_DATE, write=False)
+    assert step.status == "succeeded", step.error
+    assert step.counts["proposed_moves"] == 2
+    moves = {m["patient"]: m for m in pg_store.proposed_moves()}
+    assert (pg_store.patient_state(patient) or {})["practitioner"] == first
+    pg_store.accept_move(moves[patient]["id"], actor="boss")
+    pg_store.dismiss_move(moves[dismissed]["id"], actor="boss")
+    assert all(c["ended_at"] for c in pg_store.confirmations(patient))
+    again = incremental_refresh(settings, pg_store, as_of=AS_OF_DATE, write=False)
+    assert again.status == "succeeded", again.error
+    assert (pg_store.patient_state(patient) or {})["practitioner"] == target
+    assert (pg_store.patient_state(dismissed) or {})["practitioner"] == other
+    assert pg_store.proposed_moves() == []

@@ -312,6 +312,94 @@ def test_migration_0006_adds_and_drops_the_capacity_columns(tmp_path: Path) -> N
         store.close()
 
 
+def test_migration_0007_keeps_older_confirmations_valid_and_downgrades(tmp_path: Path) -> None:
+    """A confirmation stored before 0007 gets its day from when it was entered, and the
+    patient's confirmation that held gets its day per side; the downgrade drops it all."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect
+
+    from fhirpanel.store.engine import MIGRATIONS
+
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with store.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0006")
+        assert "proposed_moves" not in inspect(store.engine).get_table_names()
+        with store.engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO patients (patient, status, practitioner, confirmation, "
+                    "ccm_eligible, weight, override, outreach, detail, updated_at) VALUES "
+                    "('Patient/p1', 'assigned', 'Practitioner/d1', 'clinician', 0, 1.0, 0, "
+                    "'[]', '{}', '2026-01-02 10:00:00')"
+                )
+            )
+            for by, at in (
+                ("patient", "2025-12-01 09:00:00"),
+                ("clinician", "2026-01-02 10:00:00"),
+            ):
+                connection.execute(
+                    text(
+                        "INSERT INTO confirmations (patient, practitioner, confirmed_by, note, "
+                        "actor, created_at) VALUES ('Patient/p1', 'Practitioner/d1', :by, '', "
+                        "'nurse', :at)"
+                    ),
+                    {"by": by, "at": at},
+                )
+        store.upgrade()
+        state = store.patient_state("Patient/p1") or {}
+        # The summary named the clinician: that side's day is filled; the patient's was not
+        # what held, so it stays empty.
+        assert (state["clinician_confirmed"], state["patient_confirmed"]) == ("2026-01-02", None)
+        days = [
+            (c["confirmed_by"], c["confirmed_on"], c["method"])
+            for c in store.confirmations("Patient/p1")
+        ]
+        assert days == [("patient", "2025-12-01", None), ("clinician", "2026-01-02", None)]
+        assert store.confirmed_assignments()["Patient/p1"].clinician_on == date(2026, 1, 2)
+        with store.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert diff == []
+        with store.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0006")
+        columns = {c["name"] for c in inspect(store.engine).get_columns("confirmations")}
+        assert "method" not in columns and "confirmed_by" in columns
+        store.upgrade()
+    finally:
+        store.close()
+
+
+def test_two_confirmations_per_assignment_and_their_days(filled: Store) -> None:
+    patient = next(
+        p for p in filled.patient_ids() if (filled.patient_state(p) or {})["status"] == "assigned"
+    )
+    current = (filled.patient_state(patient) or {})["practitioner"]
+    filled.confirm(patient, current, confirmed_by="clinician", actor="dr", method="visit")
+    filled.confirm(
+        patient,
+        current,
+        confirmed_by="patient",
+        actor="nurse",
+        method="letter",
+        confirmed_on=date(2026, 10, 1),
+    )
+    # A late entry of an older confirmation keeps the newer day of that side.
+    filled.confirm(
+        patient, current, confirmed_by="patient", actor="nurse", confirmed_on=date(2026, 9, 1)
+    )
+    state = filled.patient_state(patient) or {}
+    assert (state["confirmation"], state["patient_confirmed"]) == ("both", "2026-10-01")
+    held = filled.confirmed_assignments([patient])[patient]
+    assert (held.practitioner, held.patient_on) == (current, date(2026, 10, 1))
+    with pytest.raises(ValueError, match="method must be one of"):
+        filled.confirm(patient, current, confirmed_by="patient", actor="x", method="fax")
+
+
 def test_ledger_round_trip_and_forget(store: Store) -> None:
     run_id = store.start_run("full", "cli", "x", AS_OF)
     ledger = store.ledger(run_id)
