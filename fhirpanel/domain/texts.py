@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from fhirpanel.domain.attribution import STEP_KINDS, PipelineStep, StepKind
+from fhirpanel.domain.confirmations import CONFIRMED
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,8 @@ def parse_step(name: str | None) -> PipelineStep | None:
 
 def step_text(step: str | None) -> str:
     """The step in words; an unknown name as it is."""
+    if step == CONFIRMED:
+        return "Kept by a current confirmation, ahead of the pipeline's steps"
     parsed = parse_step(step)
     if parsed is None or parsed.kind not in STEPS:
         return step or ""

@@ -61,7 +61,8 @@ def changed_assignments(
     assignments: Iterable[Assignment], stored: Mapping[str, tuple[str, str | None]]
 ) -> int:
     """Stored patients whose status or clinician the rules would change; changes a person made
-    (the `manual` rule: overrides, accepted suggestions) do not count."""
+    (the `manual` rule: overrides, accepted suggestions and proposed moves) do not count, nor
+    do moves a confirmation held back (the patient keeps their clinician: no change)."""
     return sum(
         1
         for a in assignments

@@ -173,3 +173,10 @@ def test_a_confirmation_after_the_as_of_date_holds() -> None:
     assert is_current(date(2026, 12, 5), AS_OF, 12)
     with pytest.raises(ValueError, match="months"):
         is_current(AS_OF, AS_OF, 0)
+
+
+def test_a_held_assignment_has_words_for_its_rule_and_step() -> None:
+    from fhirpanel.domain.texts import rule_label, step_text
+
+    assert rule_label("confirmed") == "Confirmed, kept"
+    assert step_text("confirmed").startswith("Kept by a current confirmation")
