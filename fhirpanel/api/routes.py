@@ -169,6 +169,10 @@ def panel(practitioner: str) -> Response:
     tier = int_param("tier", None, low=0, high=MAX_TIER)
     # `unconfirmed`: true (no current confirmation), or the side lacking one.
     side = request.args.get("unconfirmed")
+    if side is not None and side not in ("true", "false", *CONFIRMERS):
+        raise invalid(
+            "unconfirmed", "must be true, false, clinician or patient", status=400, where="query"
+        )
     unconfirmed: bool | str = side if side in CONFIRMERS else bool_param("unconfirmed")
     overdue = bool_param("overdue")
     result = q.panel_patients(

@@ -100,3 +100,13 @@ def test_changes_a_person_made_do_not_count_against_the_brake() -> None:
         Assignment("p5", "assigned", "prac-1", rule="plurality"),  # new: not a stored change
     ]
     assert brake.changed_assignments(assignments, stored) == 1
+
+
+def test_a_move_a_confirmation_held_back_is_no_change() -> None:
+    from fhirpanel.domain.attribution import Assignment
+
+    stored = {"Patient/p1": ("assigned", "Practitioner/d1")}
+    held = Assignment("Patient/p1", "assigned", "Practitioner/d1", rule="confirmed")
+    moved = Assignment("Patient/p1", "assigned", "Practitioner/d2", rule="plurality")
+    assert brake.changed_assignments([held], stored) == 0
+    assert brake.changed_assignments([moved], stored) == 1
