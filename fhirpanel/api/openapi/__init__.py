@@ -5,9 +5,9 @@ of the app (the dashboard's HTML pages aside) is described here, validates the d
 checks the app's answers against it with schemathesis.
 
 One module per area: a new route goes into its area's `paths` (operations, panels, patients,
-assignments, runs, validation), its bodies into `schemas` (or the area's own `schemas`), shared
-error answers into `responses`; `common` holds the builders and the parameters several paths
-share.
+assignments, moves, runs, validation), its bodies into `schemas` (or the area's own `schemas`),
+shared error answers into `responses`; `common` holds the builders and the parameters several
+paths share.
 """
 
 from __future__ import annotations
@@ -15,7 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 from fhirpanel import __version__
-from fhirpanel.api.openapi import assignments, operations, panels, patients, runs, validation
+from fhirpanel.api.openapi import (
+    assignments,
+    moves,
+    operations,
+    panels,
+    patients,
+    runs,
+    validation,
+)
 from fhirpanel.api.openapi.common import READ_ERRORS, RECORDED_KINDS, RUN_KINDS, RUN_STATUSES
 from fhirpanel.api.openapi.responses import responses
 from fhirpanel.api.openapi.schemas import schemas
@@ -31,6 +39,7 @@ def build_openapi(api: ApiSettings) -> dict[str, Any]:
         **panels.paths(api),
         **patients.paths(api),
         **assignments.paths(api),
+        **moves.paths(api),
         **runs.paths(api),
         **validation.paths(READ_ERRORS),
     }
@@ -59,6 +68,7 @@ def build_openapi(api: ApiSettings) -> dict[str, Any]:
                 "panels",
                 "patients",
                 "assignments",
+                "proposed-moves",
                 "runs",
                 "validation",
             )
@@ -72,7 +82,7 @@ def build_openapi(api: ApiSettings) -> dict[str, Any]:
                     "description": "A token from `api.read_tokens` or `api.admin_tokens`",
                 }
             },
-            "schemas": {**schemas(), **validation.schemas()},
+            "schemas": {**schemas(), **moves.schemas(), **validation.schemas()},
             "responses": responses(api),
         },
     }

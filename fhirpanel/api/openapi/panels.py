@@ -16,6 +16,7 @@ from fhirpanel.api.openapi.common import (
     sort,
 )
 from fhirpanel.config import ApiSettings
+from fhirpanel.store.repository import CONFIRMERS
 from fhirpanel.vocabulary import FHIR_ID_PATTERN
 
 
@@ -48,8 +49,9 @@ def paths(api: ApiSettings) -> dict[str, Any]:
                     TIER,
                     query_param(
                         "unconfirmed",
-                        {"type": "boolean"},
-                        "Only assignments nobody has confirmed yet",
+                        {"type": "string", "enum": ["true", "false", *CONFIRMERS]},
+                        "true: only assignments with no current confirmation; clinician or "
+                        "patient: only those lacking a current confirmation by that side",
                     ),
                     query_param(
                         "overdue",

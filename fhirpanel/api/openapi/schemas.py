@@ -14,7 +14,7 @@ from fhirpanel.api.openapi.common import (
     ref,
 )
 from fhirpanel.api.routes import MAX_PAIRS, REFUSALS
-from fhirpanel.store.repository import CONFIRMERS, REQUESTERS, STATUSES
+from fhirpanel.store.repository import CONFIRMERS, METHODS, REQUESTERS, STATUSES
 from fhirpanel.vocabulary import FHIR_ID_PATTERN
 
 
@@ -28,7 +28,19 @@ def schemas() -> dict[str, Any]:
         "additionalProperties": {"type": "integer", "minimum": 0},
         "description": 'Patients per risk tier (`"1"` .. `"4"`)',
     }
-    confirmation_state = {"type": "string", "enum": ["proposed", *CONFIRMERS]}
+    # `both`: the clinician and the patient confirmed, and both still hold.
+    confirmation_state = {"type": "string", "enum": ["proposed", *CONFIRMERS, "both"]}
+    confirmation_fields = {
+        "method": {"type": ["string", "null"], "enum": [*METHODS, None]},
+        "confirmed_on": {"type": "string", "description": "The day it was given (YYYY-MM-DD)"},
+        "expires_on": nullable(
+            "string", description="The first as-of date on which it no longer holds"
+        ),
+        "expired": {"type": ["boolean", "null"]},
+        "ended_at": nullable("string"),
+        "ended_by": nullable("string"),
+        "ended_reason": nullable("string"),
+    }
     relative = obj(
         {
             "framework": {"type": "string", "enum": ["adult", "pediatric"]},
@@ -160,7 +172,13 @@ def schemas() -> dict[str, Any]:
                 "panel": ref("Panel"),
                 "sort": string,
                 "filters": obj(
-                    {"tier": nullable("integer"), "unconfirmed": boolean, "overdue": boolean}
+                    {
+                        "tier": nullable("integer"),
+                        "unconfirmed": {
+                            "oneOf": [boolean, {"type": "string", "enum": list(CONFIRMERS)}]
+                        },
+                        "overdue": boolean,
+                    }
                 ),
             },
         ),
@@ -251,6 +269,7 @@ def schemas() -> dict[str, Any]:
                 "note": string,
                 "actor": string,
                 "created_at": nullable("string"),
+                **confirmation_fields,
             }
         ),
         "PatientStatus": obj(
@@ -318,6 +337,16 @@ def schemas() -> dict[str, Any]:
                 "active_override": {"oneOf": [ref("Override"), {"type": "null"}]},
                 "overrides": {"type": "array", "items": ref("Override")},
                 "confirmations": {"type": "array", "items": ref("ConfirmationEntry")},
+                "current_confirmations": obj(
+                    {
+                        side: {"oneOf": [ref("ConfirmationEntry"), {"type": "null"}]}
+                        for side in CONFIRMERS
+                    },
+                    description="Per side, the confirmation of the current clinician that "
+                    "counts (expired or not), or null",
+                ),
+                "clinician_confirmed": nullable("string"),
+                "patient_confirmed": nullable("string"),
                 "active_status": {"oneOf": [ref("PatientStatus"), {"type": "null"}]},
                 "statuses": {"type": "array", "items": ref("PatientStatus")},
                 "pending": {
@@ -450,6 +479,17 @@ def schemas() -> dict[str, Any]:
                     "description": "The clinician being confirmed; must be the current one",
                 },
                 "note": {"type": "string", "maxLength": 500},
+                "method": {
+                    "type": "string",
+                    "enum": list(METHODS),
+                    "description": "How it was given",
+                },
+                "confirmed_on": {
+                    "type": "string",
+                    "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+                    "description": "The day it was given (YYYY-MM-DD; today when left out); "
+                    "not in the future, not so long ago that it has expired",
+                },
             },
             ["confirmed_by"],
             closed=True,
@@ -463,6 +503,7 @@ def schemas() -> dict[str, Any]:
                 "note": string,
                 "actor": string,
                 "created_at": nullable("string"),
+                **confirmation_fields,
             }
         ),
         "ConfirmResult": obj({"confirmation": ref("Confirmation")}),
