@@ -86,11 +86,19 @@ class AttributionSettings:
     sentinel_exams: str = "sentinel_exams"
     primary_care: str = "primary_care"
     capacity: str = "capacity"
+    teams: str = "teams"  # care teams (mappings/teams.toml)
     outreach_not_seen_months: int = 12
     outreach_sentinel_months: int = 24
     # The payer's member list the `risk-product` step follows: a Da Vinci ATR Group as JSON, a
     # `Group/ID` on the FHIR server, or a `patient,practitioner` CSV (docs/methods.md s.2.3).
     risk_product_list: str = ""
+
+
+@dataclass(frozen=True)
+class ReviewSettings:
+    """The panel review cycle (docs/methods.md s.3.8)."""
+
+    panel_review_months: int = 3  # quarterly
 
 
 @dataclass(frozen=True)

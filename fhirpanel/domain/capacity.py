@@ -88,6 +88,8 @@ class CapacitySettings:
     # Overrides that name only `fte`: under observed they scale the clinician's observed visits
     # (a change of hours from the year measured) instead of replacing them.
     fte_only: frozenset[str] = frozenset()
+    # Panels closed to new patients (`[panels."Practitioner/<id>"] open = false`).
+    closed: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.method not in CAPACITY_METHODS:
@@ -104,6 +106,9 @@ class CapacitySettings:
         for where, capacity in named:
             if capacity.fte > 2.0:
                 raise MappingError(f"{where}.fte: above 2.0 looks like a percentage; use 0-2")
+        for ref in sorted(self.closed):
+            if not ref.startswith("Practitioner/") or ref == "Practitioner/":
+                raise MappingError(f"panels: {ref!r} is not a Practitioner reference")
         stray = sorted(self.fte_only - set(self.overrides))
         if stray:
             raise MappingError(f"fte_only: {stray[0]!r} has no override")
@@ -114,7 +119,7 @@ class CapacitySettings:
 
     @property
     def placement(self) -> PlacementRules:
-        return PlacementRules(self.pediatric_age_limit, self.continuity_months)
+        return PlacementRules(self.pediatric_age_limit, self.continuity_months, self.closed)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,9 @@ for each patient, in order,
    pediatric-only clinician while the practice has another);
 4. else no room: listed with the shortfall.
 
+A closed panel (`PlacementRules.closed`: a clinician not taking new patients, `[panels]` of
+`mappings/capacity.toml`) has no room at any step.
+
 Every suggestion uses up its clinician's open risk-adjusted capacity by the patient's weight;
 patients are placed highest risk tier first, then by id, so a short supply of room goes to the
 patients who need a clinician most. "Room" means the clinician's panel stays within capacity
@@ -54,6 +57,8 @@ class PlacementRules:
 
     pediatric_age_limit: int = 18  # children: younger than this on the as-of date
     continuity_months: int = 36  # the look-back for "seen before"
+    # Clinicians not taking new patients: no step places anyone on their panel.
+    closed: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,8 @@ def place_unassigned(
         {
             ref: (loads[ref].load, loads[ref].capacity) if ref in loads else (0.0, 0.0)
             for ref in eligibility.eligible
-        }
+        },
+        rules.closed,
     )
     held = [c for c in sorted(committed, key=lambda c: c.patient) if c.practitioner in loads]
     for c in held:
@@ -200,16 +206,19 @@ def project(
 class _Room:
     """Load and capacity per eligible clinician, as suggestions use it up."""
 
-    def __init__(self, figures: Mapping[str, tuple[float, float]]) -> None:
+    def __init__(
+        self, figures: Mapping[str, tuple[float, float]], closed: frozenset[str] = frozenset()
+    ) -> None:
         self.load = {ref: load for ref, (load, _) in figures.items()}
         self.capacity = {ref: cap for ref, (_, cap) in figures.items()}
+        self.closed = closed
 
     def left(self, ref: str) -> float:
         return self.capacity[ref] - self.load[ref]
 
     def fits(self, ref: str, weight: float) -> bool:
         """Room for the patient: under capacity now, and within it with the patient."""
-        if ref not in self.load:
+        if ref not in self.load or ref in self.closed:
             return False
         load, capacity = self.load[ref], self.capacity[ref]
         return load < capacity - _EPSILON and load + weight <= capacity + _EPSILON
@@ -229,6 +238,14 @@ class _Pools:
     everyone: tuple[str, ...]
     pediatric: tuple[str, ...]
     adult: tuple[str, ...]  # not pediatric-only
+
+    def without(self, ref: str) -> _Pools:
+        """The pools with one clinician left out (a departing one)."""
+        return _Pools(
+            tuple(c for c in self.everyone if c != ref),
+            tuple(c for c in self.pediatric if c != ref),
+            tuple(c for c in self.adult if c != ref),
+        )
 
     @classmethod
     def of(cls, eligibility: EligibilityReport) -> _Pools:
@@ -267,7 +284,7 @@ def _place(
     if pcp is not None:
         if room.fits(pcp, weight):
             return chosen(pcp, "named as PCP in the patient's record", DECLARED_PCP)
-        notes.append("named PCP has no room")
+        notes.append(f"named PCP {_no_room_words(room, pcp)}")
     seen = _most_seen(attribution.visits.get(patient_id, ()), as_of, rules.continuity_months)
     if seen is not None and seen[0] != pcp:
         ref, count, last = seen
@@ -275,11 +292,28 @@ def _place(
         history = f"seen {times} in {rules.continuity_months} months, last {last.isoformat()}"
         if room.fits(ref, weight):
             return chosen(ref, history, VISIT_HISTORY)
-        notes.append(f"usual clinician ({history}) has no room")
+        notes.append(f"usual clinician ({history}) {_no_room_words(room, ref)}")
     age = age_on(patient.birth_date if patient is not None else None, as_of)
     child = age is not None and age < rules.pediatric_age_limit
+    return by_capacity(patient_id, pools.for_patient(child), weight, room, notes)
+
+
+def _no_room_words(room: _Room, ref: str) -> str:
+    return "panel closed to new patients" if ref in room.closed else "has no room"
+
+
+def by_capacity(
+    patient_id: str,
+    pools: Sequence[tuple[tuple[str, ...], str]],
+    weight: float,
+    room: _Room,
+    notes: list[str],
+) -> Suggestion:
+    """Step 3 (and 4): the clinician of the first pool with room whose panel would have the
+    lowest share of capacity used with the patient; else no room, with the shortfall. The
+    patient's weight is taken from the chosen clinician's room."""
     tried: list[str] = []
-    for pool, among in pools.for_patient(child):
+    for pool, among in pools:
         fitting = [c for c in pool if room.fits(c, weight)]
         tried.extend(pool)
         if not fitting:
@@ -291,8 +325,10 @@ def _place(
             f"most room{among}: {room.left(best):,.0f} of {room.capacity[best]:,.0f} open, "
             f"{room.share_after(best, weight):.1%} of capacity used with this patient"
         )
-        return chosen(best, reason, CAPACITY)
-    most_open = max(room.left(c) for c in tried)
+        room.take(best, weight)
+        return Suggestion(patient_id, best, "; ".join([*notes, reason]), CAPACITY, weight)
+    # A closed panel's open capacity is no room for this patient.
+    most_open = max((room.left(c) for c in tried if c not in room.closed), default=0.0)
     shortfall = weight - most_open
     reason = (
         f"{NO_ROOM_TEXT} (short {shortfall:,.1f}: weight {weight:,.1f}, most open panel "

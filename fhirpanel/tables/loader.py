@@ -40,6 +40,7 @@ from fhirpanel.domain.hcc import HccSegment, HccSettings
 from fhirpanel.domain.panels import AgeSexWeights, CapacitySettings, ClinicianCapacity
 from fhirpanel.domain.pediatric import PediatricComplexity, body_system
 from fhirpanel.domain.risk import RiskConfig, UtilisationRules
+from fhirpanel.domain.teams import Teams
 from fhirpanel.domain.tiers import TierRule, TierRules, TierShape, clauses
 from fhirpanel.errors import MappingError
 from fhirpanel.tables import files
@@ -61,6 +62,7 @@ from fhirpanel.tables.schemas import (
     RiskFile,
     SentinelExamsFile,
     TableFile,
+    TeamsFile,
     TierRuleRow,
     TiersFile,
     WritebackCodesFile,
@@ -111,6 +113,8 @@ class WritebackTables:
     codes: WritebackCodes
     templates: CarePlanTemplates
     labels: NarrativeLabels
+    # Care teams (`mappings/teams.toml`): the CareTeam lists the PCP's team members too.
+    teams: Teams = dataclasses.field(default_factory=Teams)
 
 
 @dataclass(frozen=True)
@@ -125,8 +129,15 @@ class Tables:
         reader = _Reader(settings.mappings_path)
         return cls(
             method=reader.method(settings),
-            writeback=reader.writeback(settings.writeback, settings.risk.tiers),
+            writeback=dataclasses.replace(
+                reader.writeback(settings.writeback, settings.risk.tiers),
+                teams=reader.build(settings.attribution.teams, TeamsFile, _teams),
+            ),
         )
+
+    @property
+    def teams(self) -> Teams:
+        return self.writeback.teams
 
 
 class _Reader:
@@ -330,6 +341,14 @@ def _capacities(f: CapacityFile) -> CapacitySettings:
         method=f.method,
         # FTE alone scales observed visits; any other figure replaces them (capacity.py).
         fte_only=frozenset(ref for ref, fields in named.items() if set(fields) == {"fte"}),
+        closed=frozenset(ref for ref, panel in f.panels.items() if not panel.open),
+    )
+
+
+def _teams(f: TeamsFile) -> Teams:
+    return Teams.create(
+        {key: (r.system, r.code, r.display) for key, r in f.roles.items()},
+        [(t.id, t.name, [(m.practitioner, m.role) for m in t.members]) for t in f.teams],
     )
 
 

@@ -168,6 +168,12 @@ class Suggestions(Shape):
     continuity_months: Annotated[int, Field(ge=1, le=120)]
 
 
+class PanelSetting(Shape):
+    """One clinician's panel: `open = false` takes no new patients (placement, transitions)."""
+
+    open: bool = True
+
+
 class CapacityFile(TableFile):
     """mappings/capacity.toml"""
 
@@ -176,6 +182,33 @@ class CapacityFile(TableFile):
     default: CapacityDefault
     overrides: dict[str, CapacityOverride] = {}  # "Practitioner/<id>" -> fields
     suggestions: Suggestions
+    panels: dict[str, PanelSetting] = {}  # "Practitioner/<id>" -> open or closed
+
+
+class TeamRoleRow(Shape):
+    """A coding of US Core CareTeam Provider Roles (the domain checks the system)."""
+
+    system: Code
+    code: Code
+    display: Text
+
+
+class TeamMemberRow(Shape):
+    practitioner: Text  # Practitioner/<id>
+    role: Text  # a key of [roles]
+
+
+class TeamRow(Shape):
+    id: Text
+    name: Text
+    members: Annotated[list[TeamMemberRow], Field(min_length=1)]
+
+
+class TeamsFile(TableFile):
+    """mappings/teams.toml"""
+
+    roles: dict[str, TeamRoleRow] = {}
+    teams: list[TeamRow] = []
 
 
 class BlendWeightsRow(Shape):

@@ -29,6 +29,7 @@ from fhirpanel.tables.schemas import (
     RiskFile,
     SentinelExamsFile,
     TableFile,
+    TeamsFile,
     TiersFile,
     WritebackCodesFile,
     validate,
@@ -47,6 +48,7 @@ SCHEMAS: dict[str, type[TableFile]] = {
     "risk": RiskFile,
     "sentinel_exams": SentinelExamsFile,
     "snomed_icd10cm": CrosswalkFile,
+    "teams": TeamsFile,
     "tiers": TiersFile,
     "writeback_codes": WritebackCodesFile,
 }
