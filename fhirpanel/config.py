@@ -95,13 +95,6 @@ class AttributionSettings:
 
 
 @dataclass(frozen=True)
-class ReviewSettings:
-    """The panel review cycle (docs/methods.md s.3.8)."""
-
-    panel_review_months: int = 3  # quarterly
-
-
-@dataclass(frozen=True)
 class RiskSettings:
     charlson_weights: Literal["charlson1987", "quan2011"] = "charlson1987"
     charlson_age_points: bool = False
@@ -210,16 +203,21 @@ class ApiSettings:
 
 @dataclass(frozen=True)
 class ReviewSettings:
-    """Reviewing assignments (docs/methods.md s.2.9)."""
+    """Reviewing assignments and panels (docs/methods.md s.2.9, s.3.8)."""
 
     # A confirmation (by the clinician or by the patient) holds the assignment this long after
     # it was given, then expires so it is renewed at the panel's review.
     confirmation_months: int = 12
+    panel_review_months: int = 3  # each panel reviewed quarterly
 
     def __post_init__(self) -> None:
         if not 1 <= self.confirmation_months <= 120:
             raise ConfigError(
                 f"review.confirmation_months: {self.confirmation_months} is not 1 to 120"
+            )
+        if not 1 <= self.panel_review_months <= 60:
+            raise ConfigError(
+                f"review.panel_review_months: {self.panel_review_months} is not 1 to 60"
             )
 
 

@@ -91,6 +91,7 @@ def create_app(
             "FHIRPANEL_API_READ_TOKENS), e.g. `alice=<a long random string>`"
         )
     check_api_settings(settings.api)
+    check_review_settings(settings)
     logsafe.install()
     store = store if store is not None else Store(settings.database)
 
@@ -118,15 +119,14 @@ def create_app(
     _register_hooks(app, context)
     _register_operations(app, context)
 
-    from fhirpanel.api import dashboard, health, moves, routes
+    from fhirpanel.api import dashboard, health, moves, practice, routes, validation
 
     app.register_blueprint(health.bp)
     app.register_blueprint(routes.bp)
-    app.register_blueprint(moves.bp)
+    app.register_blueprint(moves.bp)  # proposed moves
+    app.register_blueprint(practice.bp)  # transitions, teams, reviews, readiness
+    app.register_blueprint(validation.bp)  # validation and monthly snapshots
     app.register_blueprint(dashboard.bp)
-    from fhirpanel.api import validation
-
-    app.register_blueprint(validation.bp)
     log.info("API ready on store %s with %d token(s)", store.describe(), len(tokens.accounts))
     return app
 
@@ -140,6 +140,11 @@ def check_api_settings(api: ApiSettings) -> None:
         raise ConfigError("api.max_body_bytes must be at least 1024")
     if api.session_hours < 1 or api.session_idle_minutes < 1:
         raise ConfigError("api.session_hours and api.session_idle_minutes must be at least 1")
+
+
+def check_review_settings(settings: Settings) -> None:
+    if settings.review.panel_review_months < 1:
+        raise ConfigError("review.panel_review_months must be at least 1")
 
 
 def is_loopback(host: str) -> bool:

@@ -130,29 +130,33 @@ def panels() -> Response:
 
 
 def _panel(c: dict[str, Any]) -> dict[str, Any]:
+    closed = current_app.extensions["fhirpanel"].tables.method.capacities.closed
     return {
-        k: c[k]
-        for k in (
-            "practitioner",
-            "name",
-            "eligible",
-            "pediatric",
-            "size",
-            "risk_adjusted_size",
-            "hcc_adjusted_size",
-            "capacity",
-            "open_capacity",
-            "tiers",
-            "unconfirmed",
-            "supply",
-            "demand",
-            "expected_visits",
-            "share_used",
-            "capacity_method",
-            "capacity_basis",
-            "blended_size",
-            "relative",
-        )
+        "open": c["practitioner"] not in closed,  # taking new patients ([panels] capacity.toml)
+        **{
+            k: c[k]
+            for k in (
+                "practitioner",
+                "name",
+                "eligible",
+                "pediatric",
+                "size",
+                "risk_adjusted_size",
+                "hcc_adjusted_size",
+                "capacity",
+                "open_capacity",
+                "tiers",
+                "unconfirmed",
+                "supply",
+                "demand",
+                "expected_visits",
+                "share_used",
+                "capacity_method",
+                "capacity_basis",
+                "blended_size",
+                "relative",
+            )
+        },
     }
 
 

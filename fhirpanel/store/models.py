@@ -370,6 +370,25 @@ class LoginCode(Base):
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class PanelReview(Base):
+    """A review of one clinician's panel (migration 0008): who, when, and what was done to its
+    patients since the review before (`since`; None for the first): confirmations recorded,
+    patients moved on or off by an override, patients removed by a status."""
+
+    __tablename__ = "panel_reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    practitioner: Mapped[str] = mapped_column(String(REF), index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    reviewed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    patients: Mapped[int] = mapped_column(Integer, default=0)  # on the panel when reviewed
+    confirmed: Mapped[int] = mapped_column(Integer, default=0)
+    moved: Mapped[int] = mapped_column(Integer, default=0)
+    removed: Mapped[int] = mapped_column(Integer, default=0)
+    note: Mapped[str] = mapped_column(Text, default="")
+
+
 class ValidationRun(Base):
     """One `fhirpanel validate` (migration 0009): its statistics as JSON (docs/methods.md
     s.8.1) and the calibration plot's SVG, for the dashboard's Validation page and

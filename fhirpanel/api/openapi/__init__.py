@@ -5,9 +5,9 @@ of the app (the dashboard's HTML pages aside) is described here, validates the d
 checks the app's answers against it with schemathesis.
 
 One module per area: a new route goes into its area's `paths` (operations, panels, patients,
-assignments, moves, runs, validation), its bodies into `schemas` (or the area's own `schemas`),
-shared error answers into `responses`; `common` holds the builders and the parameters several
-paths share.
+assignments, moves, practice, runs, validation), its bodies into `schemas` (or the area's own
+`schemas`), shared error answers into `responses`; `common` holds the builders and the
+parameters several paths share.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from fhirpanel.api.openapi import (
     operations,
     panels,
     patients,
+    practice,
     runs,
     validation,
 )
@@ -40,6 +41,7 @@ def build_openapi(api: ApiSettings) -> dict[str, Any]:
         **patients.paths(api),
         **assignments.paths(api),
         **moves.paths(api),
+        **practice.paths(api),
         **runs.paths(api),
         **validation.paths(READ_ERRORS),
     }
@@ -82,7 +84,12 @@ def build_openapi(api: ApiSettings) -> dict[str, Any]:
                     "description": "A token from `api.read_tokens` or `api.admin_tokens`",
                 }
             },
-            "schemas": {**schemas(), **moves.schemas(), **validation.schemas()},
+            "schemas": {
+                **schemas(),
+                **moves.schemas(),
+                **practice.schemas(),
+                **validation.schemas(),
+            },
             "responses": responses(api),
         },
     }

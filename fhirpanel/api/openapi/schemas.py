@@ -102,6 +102,7 @@ def schemas() -> dict[str, Any]:
         ),
         "Panel": obj(
             {
+                "open": {"type": "boolean", "description": "Taking new patients"},
                 "practitioner": reference,
                 "name": nullable("string"),
                 "eligible": boolean,
