@@ -138,11 +138,11 @@ def test_the_plan_moves_every_patient_continuity_first_and_within_capacity(
 def test_a_closed_panel_gets_nobody_and_shows_as_closed(
     store: Store, trigger: TriggerRecorder
 ) -> None:
-    usual = Counter_of(plan_of(make_client(store, trigger)))
+    usual = moves_to(plan_of(make_client(store, trigger)))
     busiest = max(usual, key=lambda ref: usual[ref])
     closed_client = make_client(store, trigger, tables_with(closed=frozenset({busiest})))
     plan = plan_of(closed_client)
-    assert busiest not in Counter_of(plan)
+    assert busiest not in moves_to(plan)
     row = next(c for c in plan["panels"] if c["practitioner"] == busiest)
     assert row["open"] is False and row["size_after"] == row["size"]
     panels = closed_client.get("/api/panels", headers=READ_H).get_json()["panels"]
@@ -150,7 +150,7 @@ def test_a_closed_panel_gets_nobody_and_shows_as_closed(
     assert sum(1 for p in panels if p["open"]) == len(panels) - 1
 
 
-def Counter_of(plan: dict[str, Any]) -> dict[str, int]:  # noqa: N802 - reads like Counter
+def moves_to(plan: dict[str, Any]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for move in plan["moves"]:
         if move["to"]:
