@@ -8,12 +8,15 @@ since the last; the readiness measures."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
+from html import unescape
 from pathlib import Path
 from typing import Any
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import update
 
@@ -34,6 +37,8 @@ from tests.integration.test_api import (
     fill_template,
     problem,
 )
+from tests.integration.test_dashboard import READ, flashes, make_settings, page, sign_in
+from tests.integration.test_placement_api import CSRF_FIELD, PAIRS_FIELD
 
 LEAVING = "Practitioner/prac-0008"
 URL = "/api/clinicians/prac-0008/transition"
@@ -446,3 +451,104 @@ def test_readiness_reports_the_milestones_measures(
     # The review period is a setting.
     monthly = make_client(store, trigger, FHIRPANEL_REVIEW_PANEL_REVIEW_MONTHS="1")
     assert monthly.get("/api/readiness", headers=READ_H).get_json()["panel_review_months"] == 1
+
+
+# ---------------------------------------------------------------- the dashboard
+
+
+def dashboard_app(
+    store: Store, trigger: TriggerRecorder, tmp_path: Path, tables: Tables | None = None
+) -> Flask:
+    app = create_app(
+        make_settings(tmp_path / "state.db", page_size=10),
+        store=store,
+        trigger=trigger,
+        tables=tables or tables_with(),
+    )
+    app.testing = True
+    return app
+
+
+def test_the_transition_page_shows_the_plan_and_accepts_it(
+    store: Store, trigger: TriggerRecorder, tmp_path: Path
+) -> None:
+    client = sign_in(dashboard_app(store, trigger, tmp_path))
+    panel_html = page(client, "/panels/prac-0008")
+    assert 'href="/panels/prac-0008/transition"' in panel_html
+    assert 'id="panel-closed"' not in panel_html
+    html = page(client, "/panels/prac-0008/transition")
+    plan = plan_of(make_client(store, trigger))
+    rows = re.findall(r'<tr data-patient="([^"]+)" data-to="([^"]*)">', html)
+    assert rows == [(m["patient"], m["to"] or "") for m in plan["moves"]]
+    assert f"Accept all {plan['placed']} moves" in html
+    pairs = unescape(PAIRS_FIELD.search(html).group(1))  # type: ignore[union-attr]
+    csrf = CSRF_FIELD.search(html).group(1)  # type: ignore[union-attr]
+    response = client.post(
+        "/panels/prac-0008/transition",
+        data={"pairs": pairs, "csrf_token": csrf, "next": "/panels/prac-0008/transition"},
+    )
+    assert response.status_code == 303
+    after = page(client, "/panels/prac-0008/transition")
+    assert flashes(after) == [
+        f"{plan['placed']} patients of {store.clinician(LEAVING)['name']} will move to the "  # type: ignore[index]
+        "planned clinician (one override each, in the audit log). A refresh (run #4242) has "
+        "started to apply it."
+    ]
+    assert after.count("change pending") == plan["placed"]
+    assert "Accept all" not in after  # every planned move waits for the refresh
+    assert len(transition_audit(store)) == plan["placed"]
+    assert {a["actor"] for a in transition_audit(store)} == {"boss"}
+    assert trigger.calls == [("incremental", "dashboard")]
+
+
+def test_a_read_token_sees_the_plan_but_cannot_accept_it(
+    store: Store, trigger: TriggerRecorder, tmp_path: Path
+) -> None:
+    client = sign_in(dashboard_app(store, trigger, tmp_path), READ)
+    html = page(client, "/panels/prac-0008/transition")
+    assert 'id="transition-moves"' in html and "Accept all" not in html
+    page(client, "/panels/prac-9999/transition", 404)
+    assert transition_audit(store) == []
+
+
+def test_teams_closed_panels_and_reviews_on_the_dashboard(
+    store: Store, trigger: TriggerRecorder, tmp_path: Path
+) -> None:
+    teams = Teams.create(
+        {"physician": (NUCC, "207Q00000X", "Family Medicine Physician")},
+        [("blue", "Blue team", [("Practitioner/prac-0001", "physician")])],
+    )
+    tables = tables_with(closed=frozenset({"Practitioner/prac-0001"}), teams=teams)
+    client = sign_in(dashboard_app(store, trigger, tmp_path, tables))
+    listing = page(client, "/teams")
+    assert '<tr data-team="blue">' in listing and 'href="/teams/blue"' in listing
+    one = page(client, "/teams/blue")
+    assert "Family Medicine Physician" in one and "closed" in one
+    size = store.clinician("Practitioner/prac-0001")["size"]  # type: ignore[index]
+    assert f'<div class="value" id="team-size">{size}</div>' in one
+    page(client, "/teams/red", 404)
+    assert 'id="panel-closed"' in page(client, "/panels/prac-0001")
+    readiness = page(client, "/readiness")
+    states = dict(re.findall(r'<tr data-practitioner="([^"]+)" data-state="([^"]+)">', readiness))
+    assert set(states.values()) == {"never-reviewed"}
+    csrf = CSRF_FIELD.search(readiness).group(1)  # type: ignore[union-attr]
+    response = client.post(
+        "/panels/prac-0001/review", data={"csrf_token": csrf, "next": "/readiness"}
+    )
+    assert response.status_code == 303
+    after = page(client, "/readiness")
+    assert unescape(flashes(after)[0]).startswith("Review of ")
+    assert "0 confirmed, 0 moved, 0 removed." in flashes(after)[0]
+    states = dict(re.findall(r'<tr data-practitioner="([^"]+)" data-state="([^"]+)">', after))
+    assert states["Practitioner/prac-0001"] == "current"
+    assert stored_reviews(store) == 1
+    # a read token sees the page but has no button, and cannot post
+    viewer = sign_in(dashboard_app(store, trigger, tmp_path / "v", tables), READ)
+    assert "Record review" not in page(viewer, "/readiness")
+    token = CSRF_FIELD.search(page(viewer, "/logout")).group(1)  # type: ignore[union-attr]
+    assert viewer.post("/panels/prac-0001/review", data={"csrf_token": token}).status_code == 403
+    assert stored_reviews(store) == 1
+
+
+def stored_reviews(store: Store) -> int:
+    return sum(1 for a in store.audit(limit=1000) if a["action"] == "panel-review")

@@ -2,7 +2,8 @@
 panels and confirms or overrides assignments. One Flask blueprint, `dashboard`, in modules by
 page group: `signin` (sign-in, sessions, CSRF, the hooks every request passes), `pages` (the
 pages that only read), `changes` (the forms), `moves` (proposed moves and their decisions),
-`render` (template helpers, error pages), `base` (what they share).
+`practice` (panel transitions, teams, reviews and readiness), `validation` (the validation
+page), `render` (template helpers, error pages), `base` (what they share).
 
 Sign-in takes one of the API's bearer tokens, posted from the form on `/login` (CSRF-protected
 like every form; a `GET /login?token=...` shows the form and signs nobody in), or a single-use
@@ -22,7 +23,15 @@ on every page's banner and on the runs page, where an admin accepts it after a c
 page that repeats the figures.
 """
 
-from fhirpanel.api.dashboard import changes, moves, pages, render, signin, validation
+from fhirpanel.api.dashboard import (
+    changes,
+    moves,
+    pages,
+    practice,
+    render,
+    signin,
+    validation,
+)
 from fhirpanel.api.dashboard.base import RUN_STATUS, SESSION_KEY, bp
 
 __all__ = [
@@ -32,6 +41,7 @@ __all__ = [
     "changes",
     "moves",
     "pages",
+    "practice",
     "render",
     "signin",
     "validation",
