@@ -9,7 +9,7 @@ Builders are bound with `functools.partial`: every argument but `existing`, whic
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from fhirpanel.config import WritebackSettings
@@ -152,10 +152,15 @@ def _planned(
 
 
 def pcp_figures(
-    teams: Sequence[PlannedWrite], codes: WritebackCodes
+    teams: Sequence[PlannedWrite],
+    codes: WritebackCodes,
+    by_a_person: Collection[str] = frozenset(),
 ) -> tuple[tuple[int, int], tuple[int, int]]:
     """((PCP participations ended, open ones now), (teams whose PCP changes, teams with one))
-    for the CareTeams as planned (a team not written keeps what it has)."""
+    for the CareTeams as planned (a team not written keeps what it has). The teams of
+    `by_a_person` (patients a person assigned: an override, an accepted suggestion or panel
+    transition) count among those open but not among those ended or changed, as the brake's
+    changed assignments leave them out (`jobs.brake.BY_A_PERSON`)."""
     ended = open_now = changed = with_pcp = 0
     for item in teams:
         before = open_pcp_members(item.existing, codes) if item.action != "skipped" else []
@@ -163,6 +168,8 @@ def pcp_figures(
             continue
         with_pcp += 1
         open_now += len(before)
+        if item.subject in by_a_person:
+            continue
         after = (
             open_pcp_members(item.resource, codes)
             if item.action in ("create", "update")

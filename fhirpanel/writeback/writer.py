@@ -56,6 +56,8 @@ IDENTIFIER_BATCH = 50
 # BULK_READ_MAX_RATIO times as many (a full run); otherwise search in batches.
 BULK_READ_MIN = 500
 BULK_READ_MAX_RATIO = 2
+# The attribution rule of an override (`jobs.brake.BY_A_PERSON`): a person decided the move.
+BY_A_PERSON = "manual"
 
 
 def write_back(
@@ -171,6 +173,7 @@ class _Session(TransactionSender, ProvenanceWriter):
         self.now = now
         self._start_transactions(batch_sizes)
         self.carried = frozenset(unconfirmed)
+        self._by_a_person: frozenset[str] = frozenset()
         self.summary = WriteSummary(
             dry_run=dry_run, transactions=self.transactions, unconfirmed=set(self.carried)
         )
@@ -187,6 +190,10 @@ class _Session(TransactionSender, ProvenanceWriter):
         codes, cfg = self.tables.codes, self.cfg
         directory = ClinicianDirectory(outcome.population, codes)
         clinicians = {a.patient: directory.resolve(a) for a in outcome.attribution.assignments}
+        # Assigned by a person (an override): their moves are no sudden change for the brake.
+        self._by_a_person = frozenset(
+            a.patient for a in outcome.attribution.assignments if a.rule == BY_A_PERSON
+        )
 
         teams = bound.care_teams(outcome, clinicians, cfg, codes)
         self._phase("CareTeam", teams)
@@ -254,7 +261,7 @@ class _Session(TransactionSender, ProvenanceWriter):
                 self.summary.counts.add(rtype, "unchanged")
         built = time.perf_counter()
         if rtype == "CareTeam" and self.guard is not None and not self.dry_run:
-            self.guard(*bound.pcp_figures(items, self.tables.codes))
+            self.guard(*bound.pcp_figures(items, self.tables.codes, self._by_a_person))
         if not self.dry_run:
             try:
                 self._settle_carried(rtype, items)

@@ -110,3 +110,36 @@ def test_a_move_a_confirmation_held_back_is_no_change() -> None:
     moved = Assignment("Patient/p1", "assigned", "Practitioner/d2", rule="plurality")
     assert brake.changed_assignments([held], stored) == 0
     assert brake.changed_assignments([moved], stored) == 1
+
+
+def test_participations_a_person_ended_do_not_count_either(tables: object) -> None:
+    """A panel transition accepted in bulk moves many patients by override at once: their
+    CareTeams' ended PCP participations count among those open, not among those ended."""
+    from fhirpanel.tables import Tables
+    from fhirpanel.writeback.bound import pcp_figures
+    from fhirpanel.writeback.identity import PCP_PARTICIPANT_PREFIX
+    from fhirpanel.writeback.plan import PlannedWrite
+
+    assert isinstance(tables, Tables)
+    codes = tables.writeback.codes
+    role = [{"coding": [codes.role_for("physician")]}]
+
+    def team(member: str, end: str | None = None) -> dict[str, object]:
+        period = {"start": "2026-01-01", **({"end": end} if end else {})}
+        participant = {
+            "id": f"{PCP_PARTICIPANT_PREFIX}1",
+            "role": role,
+            "member": {"reference": member},
+            "period": period,
+        }
+        return {"resourceType": "CareTeam", "status": "active", "participant": [participant]}
+
+    def moved(patient: str) -> PlannedWrite:
+        before = team("Practitioner/prac-8")
+        after = team("Practitioner/prac-8", end="2026-11-22")
+        return PlannedWrite("CareTeam", patient, patient, lambda *_: None, before, after, "update")
+
+    items = [moved("Patient/p1"), moved("Patient/p2"), moved("Patient/p3")]
+    assert pcp_figures(items, codes) == ((3, 3), (3, 3))
+    by_override = {"Patient/p1", "Patient/p2"}
+    assert pcp_figures(items, codes, by_override) == ((1, 3), (1, 3))
