@@ -132,7 +132,8 @@ def test_body_bounds_are_documented_on_every_operation_with_a_body(
         for method, op in methods.items()
         if "requestBody" in op
     ]
-    assert len(with_body) == 7  # two with an optional body: deciding a proposed move
+    # 5 before; + deciding a proposed move (two, optional body), + transition and panel review
+    assert len(with_body) == 9
     for path, method, op in with_body:
         assert {"400", "413"} <= set(op["responses"]), (path, method)
     # The dashboard's sign-in (a form POST and single-use links) is not part of the API.
@@ -344,3 +345,30 @@ def test_run_statuses_cover_what_the_store_writes(document: dict[str, Any]) -> N
     assert literal == {}, literal
     enum = document["components"]["schemas"]["Run"]["properties"]["status"]["enum"]
     assert set(enum) == set(RUN_STATUSES) == set(RUN_STATUS) == {s.value for s in RunStatus}
+
+
+def test_practice_answers_conform_to_the_document(app: Flask) -> None:
+    """Transitions, teams, reviews and readiness (api/practice.py) with ids that exist: the
+    2xx bodies are checked against the document too."""
+    loaded = schemathesis.openapi.from_wsgi("/openapi.json", app, headers=READ_H)
+    clinician = {"practitioner": "prac-0007"}
+    cases = [
+        ("/api/clinicians/{practitioner}/transition", "GET", clinician, {}, None),
+        ("/api/clinicians/{practitioner}/reviews", "GET", clinician, {}, None),
+        ("/api/clinicians/{practitioner}/reviews", "POST", clinician, {}, {"note": "q4"}),
+        ("/api/clinicians/{practitioner}/reviews", "GET", clinician, {}, None),
+        ("/api/reviews", "GET", {}, {"due": "true"}, None),
+        ("/api/teams", "GET", {}, {}, None),
+        ("/api/teams/{team_id}", "GET", {"team_id": "none-here"}, {}, None),
+        ("/api/readiness", "GET", {}, {}, None),
+        ("/api/clinicians/{practitioner}/transition", "POST", clinician, {}, {"moves": "all"}),
+    ]
+    statuses = []
+    for path, method, path_parameters, query, body in cases:
+        kwargs: dict[str, Any] = {"path_parameters": path_parameters, "query": query}
+        if body is not None:
+            kwargs["body"] = body
+            kwargs["media_type"] = "application/json"
+        response = loaded[path][method].Case(**kwargs).call_and_validate(headers=ADMIN_H)
+        statuses.append(response.status_code)
+    assert statuses == [200, 200, 201, 200, 200, 200, 404, 200, 200]
