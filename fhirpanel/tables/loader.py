@@ -129,9 +129,10 @@ class Tables:
         reader = _Reader(settings.mappings_path)
         return cls(
             method=reader.method(settings),
-            writeback=dataclasses.replace(
+            writeback=_with_teams(
                 reader.writeback(settings.writeback, settings.risk.tiers),
-                teams=reader.build(settings.attribution.teams, TeamsFile, _teams),
+                reader.build(settings.attribution.teams, TeamsFile, _teams),
+                reader.label(settings.attribution.teams),
             ),
         )
 
@@ -343,6 +344,20 @@ def _capacities(f: CapacityFile) -> CapacitySettings:
         fte_only=frozenset(ref for ref, fields in named.items() if set(fields) == {"fte"}),
         closed=frozenset(ref for ref, panel in f.panels.items() if not panel.open),
     )
+
+
+def _with_teams(writeback: WritebackTables, teams: Teams, label: str) -> WritebackTables:
+    """A team role must not be a PCP participant's coding: a server that drops element ids has
+    the CareTeam's participants told apart by their role (writeback/builders/care_team.py)."""
+    pcp = {(c["system"], c["code"]) for c in writeback.codes.roles.values()}
+    for team in teams.teams:
+        for member in team.members:
+            if (member.role.system, member.role.code) in pcp:
+                raise MappingError(
+                    f"{label}: roles.{member.role.key}: {member.role.code} is the PCP "
+                    "participant's role in writeback_codes.toml; use another code for a team role"
+                )
+    return dataclasses.replace(writeback, teams=teams)
 
 
 def _teams(f: TeamsFile) -> Teams:

@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from fhirpanel.config import WritebackSettings
+from fhirpanel.domain.teams import Teams
 from fhirpanel.tables import WritebackTables
 from fhirpanel.tables.writeback import WritebackCodes
 from fhirpanel.writeback.builders import (
@@ -42,18 +43,26 @@ def care_teams(
     clinicians: Mapping[str, ClinicianInfo | None],
     cfg: WritebackSettings,
     codes: WritebackCodes,
+    teams: Teams | None = None,
 ) -> list[PlannedWrite]:
+    """Each patient's CareTeam; with `teams`, their PCP's care-team colleagues on it too."""
+    teams = teams or Teams()
+    roles = [r.as_coding() for r in {m.role for t in teams.teams for m in t.members}]
+    roles.sort(key=lambda c: (c["system"], c["code"]))
     items = []
     for a in outcome.attribution.assignments:
         grew: list[str] = []
+        info = clinicians[a.patient]
         build = functools.partial(
             build_care_team,
             a,
             as_of=outcome.as_of,
             cfg=cfg,
             codes=codes,
-            clinician=clinicians[a.patient],
+            clinician=info,
             problems=grew,
+            colleagues=teams.colleagues(info.practitioner) if info is not None else (),
+            team_roles=roles,
         )
         items.append(_planned("CareTeam", CARE_TEAM_KIND, a.patient, build, grew))
     return items

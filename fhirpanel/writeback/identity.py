@@ -25,6 +25,8 @@ ATTRIBUTION_GROUP_KIND: Final = "attribution-group"
 
 # Element ids mark the participants and activities fhirpanel added; everything else is kept as is.
 PCP_PARTICIPANT_PREFIX: Final = "fhirpanel-pcp-"
+# The PCP's care-team colleagues (mappings/teams.toml) on the patient's CareTeam.
+TEAM_PARTICIPANT_PREFIX: Final = "fhirpanel-team-"
 ACTIVITY_ID_PREFIX: Final = "fhirpanel-"
 
 _BETWEEN_TAGS = re.compile(r">\s+<")

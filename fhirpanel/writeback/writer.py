@@ -195,7 +195,7 @@ class _Session(TransactionSender, ProvenanceWriter):
             a.patient for a in outcome.attribution.assignments if a.rule == BY_A_PERSON
         )
 
-        teams = bound.care_teams(outcome, clinicians, cfg, codes)
+        teams = bound.care_teams(outcome, clinicians, cfg, codes, self.tables.teams)
         self._phase("CareTeam", teams)
         team_refs = {item.subject: self._reference(item) for item in teams}
         self._phase(

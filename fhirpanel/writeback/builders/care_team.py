@@ -12,6 +12,7 @@ from typing import Any
 from fhirpanel.config import WritebackSettings
 from fhirpanel.domain.attribution import PERSON_STATUSES, Assignment
 from fhirpanel.domain.records import Population, PractitionerRoleRecord
+from fhirpanel.domain.teams import Member
 from fhirpanel.tables.writeback import WritebackCodes
 from fhirpanel.writeback.builders.common import (
     concept,
@@ -30,6 +31,7 @@ from fhirpanel.writeback.builders.common import (
 from fhirpanel.writeback.identity import (
     CARE_TEAM_KIND,
     PCP_PARTICIPANT_PREFIX,
+    TEAM_PARTICIPANT_PREFIX,
     Resource,
     has_our_id,
     identifier_value,
@@ -111,8 +113,17 @@ def build_care_team(
     codes: WritebackCodes,
     clinician: ClinicianInfo | None = None,
     problems: list[str] | None = None,
+    colleagues: Sequence[Member] = (),
+    team_roles: Sequence[Mapping[str, str]] = (),
 ) -> Resource | None:
     """The patient's primary-care CareTeam (US Core CareTeam).
+
+    `colleagues`: the PCP's care-team colleagues (mappings/teams.toml), each an open participant
+    with their role (US Core CareTeam Provider Roles) and `period.start` = as-of, known by
+    element id `fhirpanel-team-N` (or, on a server that drops element ids, by content with one
+    of `team_roles`). A colleague who leaves the team, a changed role, or a new PCP on another
+    team ends theirs (`period.end` = as-of); so does the patient leaving every panel. The same
+    team again changes nothing.
 
     Assigned: active, with an open participant for the PCP (role by kind of clinician, member the
     PractitionerRole when known). A new PCP closes the previous fhirpanel participant
@@ -141,6 +152,7 @@ def build_care_team(
     ]
     ours = _our_participants(participants, codes)
     open_ours = [p for p in ours if not (p.get("period") or {}).get("end")]
+    ours_team = _team_participants(participants, ours, team_roles)
 
     if assigned:
         info = clinician or ClinicianInfo(
@@ -175,6 +187,7 @@ def build_care_team(
                         "period": {"start": today},
                     }
                 )
+        _sync_team(participants, ours_team, colleagues, today)
         team["status"] = "active"
         team["period"] = {"start": period_start(existing) or today}
         if info.organization:
@@ -182,6 +195,7 @@ def build_care_team(
     else:
         for p in open_ours:
             _end_participant(p, today)
+        _sync_team(participants, ours_team, (), today)
         why = _STATUS_WORDS.get(assignment.reason or "")
         if open_ours and why and assignment.status == "excluded":
             # Once, when the participation ends: later passes end nothing and add nothing.
@@ -236,6 +250,87 @@ def open_pcp_members(team: Mapping[str, Any] | None, codes: WritebackCodes) -> l
         for p in _our_participants(participants, codes)
         if not (p.get("period") or {}).get("end")
     ]
+
+
+def _team_participants(
+    participants: Sequence[dict[str, Any]],
+    pcp: Sequence[dict[str, Any]],
+    roles: Sequence[Mapping[str, str]],
+) -> list[dict[str, Any]]:
+    """fhirpanel's team participants: by element id; when none carries one of ours (a server
+    that drops element ids), the id-less ones, not the PCP's, shaped exactly as fhirpanel writes
+    them with a team role."""
+    by_id = [p for p in participants if has_our_id(p, TEAM_PARTICIPANT_PREFIX)]
+    if by_id or not roles:
+        return by_id
+    concepts = [[concept(dict(coding))] for coding in roles]
+    return [
+        p
+        for p in participants
+        if without_id(p)
+        and not any(p is q for q in pcp)
+        and _our_shape(p)
+        and p.get("role") in concepts
+    ]
+
+
+def _sync_team(
+    participants: list[dict[str, Any]],
+    ours: Sequence[dict[str, Any]],
+    team: Sequence[Member],
+    today: str,
+) -> None:
+    """One open participant per colleague in `team`, with their role: the open ones that still
+    fit stay as they are, the others end, the missing ones are added (by practitioner)."""
+    wanted = {m.practitioner: m for m in team}
+    kept: set[str] = set()
+    for p in ours:
+        if (p.get("period") or {}).get("end"):
+            continue
+        ref = (p.get("member") or {}).get("reference")
+        member = wanted.get(ref) if isinstance(ref, str) else None
+        fits = member is not None and p.get("role") == [concept(member.role.as_coding())]
+        if member is None or not fits or member.practitioner in kept:
+            _end_participant(p, today)
+        else:
+            kept.add(member.practitioner)
+    number = _next_number(ours, TEAM_PARTICIPANT_PREFIX)
+    for ref in sorted(set(wanted) - kept):
+        participants.append(
+            {
+                "id": f"{TEAM_PARTICIPANT_PREFIX}{number}",
+                "role": [concept(wanted[ref].role.as_coding())],
+                "member": {"reference": ref},
+                "period": {"start": today},
+            }
+        )
+        number += 1
+
+
+def _next_number(ours: Sequence[Mapping[str, Any]], prefix: str) -> int:
+    numbers = [
+        int(m.group(1))
+        for p in ours
+        if str(p.get("id", "")).startswith(prefix)
+        and (m := _ID_SUFFIX.search(str(p.get("id", ""))))
+    ]
+    return max(numbers, default=0) + 1
+
+
+def _our_shape(participant: Mapping[str, Any]) -> bool:
+    """A role, a member reference and a period with a start (maybe an end), nothing else."""
+    if set(participant) - {"id", "role", "member", "period"}:
+        return False
+    member = participant.get("member")
+    period = participant.get("period")
+    return (
+        isinstance(member, Mapping)
+        and set(member) == {"reference"}
+        and isinstance(member.get("reference"), str)
+        and isinstance(period, Mapping)
+        and isinstance(period.get("start"), str)
+        and not set(period) - {"start", "end"}
+    )
 
 
 def _our_participants(
