@@ -149,7 +149,7 @@ def place_unassigned(
         if eligibility.is_eligible(c.practitioner)
     }
     # An eligible clinician without a panel row has no known capacity: no room.
-    open_room = _Room(
+    open_room = Room(
         {
             ref: (loads[ref].load, loads[ref].capacity) if ref in loads else (0.0, 0.0)
             for ref in eligibility.eligible
@@ -159,7 +159,7 @@ def place_unassigned(
     held = [c for c in sorted(committed, key=lambda c: c.patient) if c.practitioner in loads]
     for c in held:
         open_room.take(c.practitioner, c.weight)
-    pools = _Pools.of(eligibility)
+    pools = Pools.of(eligibility)
     order = sorted(
         (a.patient for a in attribution.assignments if a.status == "unassigned"),
         key=lambda p: (-((tiers or {}).get(p) or 0), p),
@@ -203,7 +203,7 @@ def project(
 # --- the steps ----------------------------------------------------------------------------------
 
 
-class _Room:
+class Room:
     """Load and capacity per eligible clinician, as suggestions use it up."""
 
     def __init__(
@@ -232,23 +232,23 @@ class _Room:
 
 
 @dataclass(frozen=True)
-class _Pools:
+class Pools:
     """Who the capacity step may choose (docs/methods.md s.3.5)."""
 
     everyone: tuple[str, ...]
     pediatric: tuple[str, ...]
     adult: tuple[str, ...]  # not pediatric-only
 
-    def without(self, ref: str) -> _Pools:
+    def without(self, ref: str) -> Pools:
         """The pools with one clinician left out (a departing one)."""
-        return _Pools(
+        return Pools(
             tuple(c for c in self.everyone if c != ref),
             tuple(c for c in self.pediatric if c != ref),
             tuple(c for c in self.adult if c != ref),
         )
 
     @classmethod
-    def of(cls, eligibility: EligibilityReport) -> _Pools:
+    def of(cls, eligibility: EligibilityReport) -> Pools:
         everyone = eligibility.eligible  # sorted
         pediatric = tuple(c for c in everyone if c in set(eligibility.pediatric))
         adult = tuple(c for c in everyone if c not in set(eligibility.pediatric_only))
@@ -270,8 +270,8 @@ def _place(
     as_of: date,
     rules: PlacementRules,
     weight: float,
-    room: _Room,
-    pools: _Pools,
+    room: Room,
+    pools: Pools,
 ) -> Suggestion:
     notes: list[str] = []
 
@@ -298,7 +298,7 @@ def _place(
     return by_capacity(patient_id, pools.for_patient(child), weight, room, notes)
 
 
-def _no_room_words(room: _Room, ref: str) -> str:
+def _no_room_words(room: Room, ref: str) -> str:
     return "panel closed to new patients" if ref in room.closed else "has no room"
 
 
@@ -306,7 +306,7 @@ def by_capacity(
     patient_id: str,
     pools: Sequence[tuple[tuple[str, ...], str]],
     weight: float,
-    room: _Room,
+    room: Room,
     notes: list[str],
 ) -> Suggestion:
     """Step 3 (and 4): the clinician of the first pool with room whose panel would have the
@@ -378,7 +378,10 @@ __all__ = [
     "PanelChange",
     "Placement",
     "PlacementRules",
+    "Pools",
+    "Room",
     "Suggestion",
+    "by_capacity",
     "place_unassigned",
     "project",
 ]

@@ -33,14 +33,14 @@ from fhirpanel.domain.placement import (
     ClinicianLoad,
     PanelChange,
     PlacementRules,
+    Pools,
+    Room,
     Suggestion,
-    _Pools,
-    _Room,
     by_capacity,
     project,
 )
 
-# Why a move was planned (`Move.basis`): continuity is placement's visit-history step.
+# Why a move was planned (`Suggestion.basis`): continuity is placement's visit-history step.
 CONTINUITY = VISIT_HISTORY
 TRANSITION_BASES = BASES
 
@@ -85,7 +85,7 @@ def plan_transition(
     """A move for every patient in `patients` off `departing`'s panel (see the module)."""
     others = tuple(sorted(c for c in set(clinicians.eligible) if c != departing))
     by_ref = {c.practitioner: c for c in clinicians.loads}
-    room = _Room(
+    room = Room(
         {
             ref: (by_ref[ref].load, by_ref[ref].capacity) if ref in by_ref else (0.0, 0.0)
             for ref in others
@@ -95,7 +95,7 @@ def plan_transition(
     everyone = tuple(sorted(set(clinicians.eligible) | {departing}))
     pediatric = tuple(c for c in everyone if c in set(clinicians.pediatric))
     adult = tuple(c for c in everyone if c not in set(clinicians.pediatric_only))
-    pools = _Pools(everyone, pediatric, adult).without(departing)
+    pools = Pools(everyone, pediatric, adult).without(departing)
     as_child = departing in set(clinicians.pediatric_only)
     order = sorted(patients, key=lambda p: (-(p.tier or 0), p.patient))
     moves = [_move(p, departing, others, room, pools.for_patient(as_child)) for p in order]
@@ -112,7 +112,7 @@ def _move(
     patient: PanelPatient,
     departing: str,
     others: Sequence[str],
-    room: _Room,
+    room: Room,
     pools: Sequence[tuple[tuple[str, ...], str]],
 ) -> Suggestion:
     notes: list[str] = []
