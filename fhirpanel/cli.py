@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fhirpanel.commands import (
         check_server,
         demo,
+        readiness,
         refresh,
         run,
         sandbox,
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fhirpanel {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     # In the order `fhirpanel --help` lists them.
-    for module in (run, sandbox, demo, refresh, worker, check_server, serve, smart):
+    for module in (run, sandbox, demo, refresh, readiness, worker, check_server, serve, smart):
         module.register(sub)
     for module in (validate, snapshot):  # the method tested on the practice's history
         module.register(sub)

@@ -8,6 +8,7 @@ since the last; the readiness measures."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
@@ -552,3 +553,19 @@ def test_teams_closed_panels_and_reviews_on_the_dashboard(
 
 def stored_reviews(store: Store) -> int:
     return sum(1 for a in store.audit(limit=1000) if a["action"] == "panel-review")
+
+
+def test_the_readiness_command_prints_the_apis_figures(
+    client: FlaskClient, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fhirpanel.cli import main
+
+    client.post("/api/clinicians/prac-0003/reviews", json={}, headers=ADMIN_H)
+    api = client.get("/api/readiness", headers=READ_H).get_json()
+    assert main(["readiness", "--database", store.url, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == api and printed["panels_never_reviewed"] == printed["panels"] - 1
+    assert main(["readiness", "--database", store.url]) == 0
+    text = capsys.readouterr().out
+    assert f"({api['assigned']:,} of {api['active_patients']:,})" in text
+    assert "Practitioner/prac-0003" in text and "current" in text
