@@ -569,3 +569,13 @@ def test_the_readiness_command_prints_the_apis_figures(
     text = capsys.readouterr().out
     assert f"({api['assigned']:,} of {api['active_patients']:,})" in text
     assert "Practitioner/prac-0003" in text and "current" in text
+
+
+def test_the_overview_marks_a_closed_panel(
+    store: Store, trigger: TriggerRecorder, tmp_path: Path
+) -> None:
+    closed = tables_with(closed=frozenset({"Practitioner/prac-0002"}))
+    html = page(sign_in(dashboard_app(store, trigger, tmp_path, closed)), "/")
+    rows = dict(re.findall(r'<tr data-practitioner="([^"]+)">(.*?)</tr>', html, re.S))
+    assert ">closed</span>" in rows["Practitioner/prac-0002"]
+    assert sum(">closed</span>" in cells for cells in rows.values()) == 1
