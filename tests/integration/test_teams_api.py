@@ -579,3 +579,18 @@ def test_the_overview_marks_a_closed_panel(
     rows = dict(re.findall(r'<tr data-practitioner="([^"]+)">(.*?)</tr>', html, re.S))
     assert ">closed</span>" in rows["Practitioner/prac-0002"]
     assert sum(">closed</span>" in cells for cells in rows.values()) == 1
+
+
+def test_a_review_recorded_from_the_panel_page_returns_there(
+    store: Store, trigger: TriggerRecorder, tmp_path: Path
+) -> None:
+    client = sign_in(dashboard_app(store, trigger, tmp_path))
+    html = page(client, "/panels/prac-0004")
+    assert "Record panel review" in html
+    csrf = CSRF_FIELD.search(html).group(1)  # type: ignore[union-attr]
+    response = client.post(
+        "/panels/prac-0004/review", data={"csrf_token": csrf, "next": "/panels/prac-0004"}
+    )
+    assert response.status_code == 303 and response.headers["Location"] == "/panels/prac-0004"
+    assert unescape(flashes(page(client, "/panels/prac-0004"))[0]).startswith("Review of ")
+    assert stored_reviews(store) == 1
