@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, distinct, func, or_, select
+from sqlalchemy import distinct, func, or_, select
 from sqlalchemy.orm import Session
 
 from fhirpanel.store.engine import CHUNK, iso, now_utc
@@ -166,8 +166,10 @@ def pending_activity(store: Store, practitioner: str) -> dict[str, int]:
 
 
 def readiness_counts(store: Store) -> dict[str, int]:
-    """Active (not excluded) and assigned patients, and assigned patients confirmed for their
-    current clinician by the clinician and by the patient (`confirmations.confirmed_by`)."""
+    """Active (not excluded) and assigned patients, and assigned patients whose current
+    clinician holds a current confirmation by the clinician and by the patient
+    (`patients.confirmation`: what held on the last pass's as-of date, or since recorded; an
+    expired confirmation does not count, docs/methods.md s.2.9)."""
     with store.session() as s:
         by_status = {
             str(k): int(v)
@@ -175,29 +177,20 @@ def readiness_counts(store: Store) -> dict[str, int]:
                 select(PatientState.status, func.count()).group_by(PatientState.status)
             )
         }
-        confirmed: dict[str, int] = {}
-        for who in ("clinician", "patient"):
-            confirmed[who] = int(
-                s.scalar(
-                    select(func.count(distinct(PatientState.patient)))
-                    .select_from(PatientState)
-                    .join(
-                        Confirmation,
-                        and_(
-                            Confirmation.patient == PatientState.patient,
-                            Confirmation.practitioner == PatientState.practitioner,
-                        ),
-                    )
-                    .where(PatientState.status == "assigned", Confirmation.confirmed_by == who)
-                )
-                or 0
+        held = {
+            str(k): int(v)
+            for k, v in s.execute(
+                select(PatientState.confirmation, func.count())
+                .where(PatientState.status == "assigned")
+                .group_by(PatientState.confirmation)
             )
+        }
     assigned = by_status.get("assigned", 0)
     return {
         "active": assigned + by_status.get("unassigned", 0),
         "assigned": assigned,
-        "confirmed_by_clinician": confirmed["clinician"],
-        "confirmed_by_patient": confirmed["patient"],
+        "confirmed_by_clinician": held.get("clinician", 0) + held.get("both", 0),
+        "confirmed_by_patient": held.get("patient", 0) + held.get("both", 0),
     }
 
 

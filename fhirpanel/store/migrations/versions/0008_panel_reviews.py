@@ -2,7 +2,7 @@
 many of its patients were confirmed, moved and removed since the review before.
 
 Revision ID: 0008
-Revises: 0006 (the lead rechains it onto 0007 when both are merged)
+Revises: 0007 (the lead rechains it onto 0007 when both are merged)
 Create Date: 2026-12-05
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
