@@ -14,7 +14,7 @@ from typing import Any
 from flask import request
 
 from fhirpanel.api.problems import Problem, invalid, not_found
-from fhirpanel.service.review import reference
+from fhirpanel.service.references import reference
 
 INTEGER = re.compile(r"-?[0-9]{1,12}")  # plain ASCII digits: no `1_000`, no spaces
 # The API's bodies are flat objects; 64 levels is far more than any needs and far less than

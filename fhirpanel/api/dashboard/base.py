@@ -13,7 +13,8 @@ from flask import Blueprint, abort, current_app
 
 from fhirpanel.api.auth import TokenTable
 from fhirpanel.config import Settings
-from fhirpanel.service.review import ReviewService, reference
+from fhirpanel.service.references import reference
+from fhirpanel.service.review import ReviewService
 from fhirpanel.store import Store
 from fhirpanel.vocabulary import RunStatus
 

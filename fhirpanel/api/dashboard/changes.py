@@ -49,7 +49,7 @@ from fhirpanel.service.errors import (
     SuggestionChanged,
     UnknownClinician,
 )
-from fhirpanel.service.review import Refresh, Refusal
+from fhirpanel.service.outcomes import Refresh, Refusal
 from fhirpanel.store.repository import NotHeld
 from fhirpanel.vocabulary import STARTABLE_KINDS, RunStatus
 

@@ -31,7 +31,7 @@ from fhirpanel.api.dashboard.render import (
 from fhirpanel.api.dashboard.signin import safe_next, viewer
 from fhirpanel.domain.placement import PanelChange
 from fhirpanel.service.errors import PatientNotFound
-from fhirpanel.service.review import Patient
+from fhirpanel.service.explanation import Patient
 from fhirpanel.store import queries, reads
 from fhirpanel.vocabulary import RunStatus
 
