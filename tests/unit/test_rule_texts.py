@@ -21,10 +21,12 @@ PIPELINES = sorted((Path(__file__).resolve().parents[2] / "mappings" / "pipeline
 
 def rules_in_source() -> set[str]:
     """Rule names written into `_Choice(...)` (third argument) and `FourCutDecision(...)`
-    (second) anywhere in attribution.py."""
-    tree = ast.parse(inspect.getsource(attribution))
+    (second) anywhere in the attribution package."""
+    sources = sorted(Path(inspect.getfile(attribution)).parent.glob("*.py"))
+    assert len(sources) > 1  # the package's modules, not only its __init__
+    nodes = [node for path in sources for node in ast.walk(ast.parse(path.read_text()))]
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in nodes:
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
             continue
         position = {"_Choice": 2, "FourCutDecision": 1}.get(node.func.id)
