@@ -172,3 +172,32 @@ def json_depth(raw: bytes) -> int:
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def pairs_or_all(
+    value: Any, field: str, members: tuple[str, str], limit: int, noun: str
+) -> list[tuple[str, str]] | None:
+    """A bulk body member: `"all"` (None), or a list of 1 to `limit` objects with exactly the
+    two string `members` (at most 200 characters each), as pairs in the order given."""
+    first, second = members
+    if value == "all":
+        return None
+    if not isinstance(value, list):
+        raise invalid(field, f'must be "all" or a list of {{{first}, {second}}}')
+    if not 1 <= len(value) <= limit:
+        raise invalid(field, f"must list 1 to {limit} {noun}")
+    pairs = []
+    for n, item in enumerate(value):
+        where = f"{field}[{n}]"
+        if not isinstance(item, dict):
+            raise invalid(where, f"must be an object with {first} and {second}")
+        for name in item:
+            if name not in members:
+                raise invalid(f"{where}.{name}", f"unknown member; expected {first}, {second}")
+        for name in members:
+            if not isinstance(item.get(name), str):
+                raise invalid(f"{where}.{name}", "is required, a string")
+            if len(item[name]) > 200:
+                raise invalid(f"{where}.{name}", "must be at most 200 characters")
+        pairs.append((item[first], item[second]))
+    return pairs

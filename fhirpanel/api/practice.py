@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify
 
-from fhirpanel.api.params import bool_param, json_object, path_reference
+from fhirpanel.api.params import bool_param, json_object, pairs_or_all, path_reference
 from fhirpanel.api.problems import invalid, not_found
 from fhirpanel.api.routes import REFUSALS, admin_only
 from fhirpanel.service.errors import ReviewError
@@ -74,7 +74,11 @@ def accept_transition(practitioner: str) -> Response:
         if unknown:
             raise invalid(unknown[0], "unknown member; expected moves")
         raise invalid("moves", "is required")
-    done = service.accept_transition(ref, _moves(body["moves"]), actor=str(g.account.name))
+    done = service.accept_transition(
+        ref,
+        pairs_or_all(body["moves"], "moves", MOVE_MEMBERS, MAX_MOVES, "moves"),
+        actor=str(g.account.name),
+    )
     return jsonify(
         assigned=[
             {"patient": o["patient"], "practitioner": o["practitioner"], "override": o}
@@ -83,30 +87,6 @@ def accept_transition(practitioner: str) -> Response:
         refused=[_refused(r) for r in done.refused],
         refresh=done.refresh.as_dict() if done.refresh is not None else None,
     )
-
-
-def _moves(value: Any) -> list[tuple[str, str]] | None:
-    if value == "all":
-        return None
-    if not isinstance(value, list):
-        raise invalid("moves", 'must be "all" or a list of {patient, to}')
-    if not 1 <= len(value) <= MAX_MOVES:
-        raise invalid("moves", f"must list 1 to {MAX_MOVES} moves")
-    pairs = []
-    for n, item in enumerate(value):
-        where = f"moves[{n}]"
-        if not isinstance(item, dict):
-            raise invalid(where, "must be an object with patient and to")
-        for name in item:
-            if name not in MOVE_MEMBERS:
-                raise invalid(f"{where}.{name}", "unknown member; expected patient, to")
-        for name in MOVE_MEMBERS:
-            if not isinstance(item.get(name), str):
-                raise invalid(f"{where}.{name}", "is required, a string")
-            if len(item[name]) > 200:
-                raise invalid(f"{where}.{name}", "must be at most 200 characters")
-        pairs.append((item["patient"], item["to"]))
-    return pairs
 
 
 def _refused(r: Refusal) -> dict[str, Any]:

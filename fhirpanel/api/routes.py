@@ -23,6 +23,7 @@ from fhirpanel.api.params import (
     int_param,
     json_body,
     json_object,
+    pairs_or_all,
     path_reference,
     reference_param,
 )
@@ -264,7 +265,10 @@ def assign_suggested() -> Response:
         if unknown:
             raise invalid(unknown[0], "unknown member; expected suggestions")
         raise invalid("suggestions", "is required")
-    done = _review().assign_suggested(_pairs(body["suggestions"]), actor=_actor())
+    done = _review().assign_suggested(
+        pairs_or_all(body["suggestions"], "suggestions", PAIR_MEMBERS, MAX_PAIRS, "suggestions"),
+        actor=_actor(),
+    )
     return jsonify(
         assigned=[
             {
@@ -277,31 +281,6 @@ def assign_suggested() -> Response:
         refused=[_refused(r) for r in done.refused],
         refresh=done.refresh.as_dict() if done.refresh is not None else None,
     )
-
-
-def _pairs(value: Any) -> list[tuple[str, str]] | None:
-    """`"all"`, or a list of {patient, practitioner}: as (patient, practitioner) strings."""
-    if value == "all":
-        return None
-    if not isinstance(value, list):
-        raise invalid("suggestions", 'must be "all" or a list of {patient, practitioner}')
-    if not 1 <= len(value) <= MAX_PAIRS:
-        raise invalid("suggestions", f"must list 1 to {MAX_PAIRS} suggestions")
-    pairs = []
-    for n, item in enumerate(value):
-        where = f"suggestions[{n}]"
-        if not isinstance(item, dict):
-            raise invalid(where, "must be an object with patient and practitioner")
-        for name in item:
-            if name not in PAIR_MEMBERS:
-                raise invalid(f"{where}.{name}", "unknown member; expected patient, practitioner")
-        for name in PAIR_MEMBERS:
-            if not isinstance(item.get(name), str):
-                raise invalid(f"{where}.{name}", "is required, a string")
-            if len(item[name]) > 200:
-                raise invalid(f"{where}.{name}", "must be at most 200 characters")
-        pairs.append((item["patient"], item["practitioner"]))
-    return pairs
 
 
 def _refused(r: Refusal) -> dict[str, Any]:

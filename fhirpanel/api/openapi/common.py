@@ -57,6 +57,16 @@ def obj(
     return schema
 
 
+def all_or_list(item: str, limit: int) -> dict[str, Any]:
+    """A bulk body member: the string "all", or 1 to `limit` `item`s."""
+    return {
+        "oneOf": [
+            {"type": "string", "enum": ["all"]},
+            {"type": "array", "items": ref(item), "minItems": 1, "maxItems": limit},
+        ]
+    }
+
+
 def json_response(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {JSON: {"schema": schema}}}
 

@@ -8,6 +8,7 @@ from typing import Any
 from fhirpanel.api.openapi.common import (
     ADMIN_ERRORS,
     READ_ERRORS,
+    all_or_list,
     json_response,
     nullable,
     obj,
@@ -254,19 +255,7 @@ def schemas() -> dict[str, Any]:
             closed=True,
         ),
         "TransitionRequest": obj(
-            {
-                "moves": {
-                    "oneOf": [
-                        {"type": "string", "enum": ["all"]},
-                        {
-                            "type": "array",
-                            "items": ref("TransitionMove"),
-                            "minItems": 1,
-                            "maxItems": MAX_MOVES,
-                        },
-                    ]
-                }
-            },
+            {"moves": all_or_list("TransitionMove", MAX_MOVES)},
             closed=True,
         ),
         "TransitionResult": obj(

@@ -8,6 +8,7 @@ from fhirpanel.api.openapi.common import (
     RECORDED_KINDS,
     RUN_KINDS,
     RUN_STATUSES,
+    all_or_list,
     nullable,
     obj,
     paged,
@@ -396,19 +397,7 @@ def schemas() -> dict[str, Any]:
             closed=True,
         ),
         "AssignSuggestedRequest": obj(
-            {
-                "suggestions": {
-                    "oneOf": [
-                        {"type": "string", "enum": ["all"]},
-                        {
-                            "type": "array",
-                            "items": ref("SuggestionPair"),
-                            "minItems": 1,
-                            "maxItems": MAX_PAIRS,
-                        },
-                    ]
-                }
-            },
+            {"suggestions": all_or_list("SuggestionPair", MAX_PAIRS)},
             closed=True,
         ),
         "AssignSuggestedResult": obj(
