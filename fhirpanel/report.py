@@ -50,6 +50,9 @@ def patient_entry(assignment: Assignment, outcome: RunOutcome) -> dict[str, Any]
     risk = outcome.risk.get(assignment.patient)
     if risk is not None:
         entry["risk"] = risk.as_report()
+    blend = outcome.panels.blend
+    if blend is not None and assignment.patient in blend.patients:
+        entry["blend"] = _patient_blend(blend.patients[assignment.patient])
     return entry
 
 
@@ -76,13 +79,7 @@ def build_report(outcome: RunOutcome) -> dict[str, Any]:
         item["relative"] = relative_entry(panel.relative)
         panels.append(item)
     blend = outcome.panels.blend
-    patients = []
-    for a in att.assignments:
-        entry = patient_entry(a, outcome)
-        # Here, not in patient_entry (the store's copy): an incremental pass cannot blend yet.
-        if blend is not None and a.patient in blend.patients:
-            entry["blend"] = _patient_blend(blend.patients[a.patient])
-        patients.append(entry)
+    patients = [patient_entry(a, outcome) for a in att.assignments]
     statuses = Counter(a.status for a in att.assignments)
     rules = Counter(a.rule for a in att.assignments if a.status == "assigned")
     elig = att.eligibility

@@ -110,6 +110,10 @@ def full_pass(job: Job, run_id: int) -> RefreshResult:
             s, "weights", [[b, sx, w] for (b, sx), w in sorted(weights.weights.items())], run_id
         )
         store.set_context(s, "as_of", job.day.isoformat(), run_id)
+        # The practice means an incremental pass divides by, so its patients' blended factors
+        # stay on the practice's scale (docs/methods.md s.3.4).
+        blend = outcome.panels.blend
+        store.set_context(s, "blend_means", dict(blend.means) if blend else None, run_id)
         store.set_context(s, "summary", pass_summary(outcome), run_id)
         store.set_context(s, seen_key(job.source_key), recorder.seen_after(watermark), run_id)
         store.set_context(s, floor_key(job.source_key), watermark, run_id)

@@ -148,6 +148,7 @@ def incremental_pass(job: Job, run_id: int) -> RefreshResult:
             dismissed=store.dismissed_moves(affected),
             confirmation_months=settings.review.confirmation_months,
             weights=weights,
+            blend_means=store.context("blend_means"),
             risk_product_members=members.subset(affected) if members is not None else None,
             outreach_months=(
                 settings.attribution.outreach_not_seen_months,

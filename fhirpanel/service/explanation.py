@@ -88,6 +88,11 @@ class Explanation:
     def risk(self) -> Mapping[str, Any] | None:
         return self.detail.get("risk")
 
+    @property
+    def blend(self) -> Mapping[str, Any] | None:
+        """The blended adjustment factor and each metric over its practice mean."""
+        return self.detail.get("blend")
+
     def as_dict(self) -> dict[str, Any]:
         """The explanation as `GET /api/patients/{patient}` serves it."""
         state = {
@@ -107,6 +112,7 @@ class Explanation:
             "visits": self.visits,
             "evidence": self.evidence,
             "risk": self.risk,
+            "blend": self.blend,
             "written": {
                 rtype: None
                 if entry is None

@@ -556,6 +556,16 @@ def test_patient_explanation(client: FlaskClient, store: Store) -> None:
     assert body["step"] == detail["step"] and body["tie_broken"] == detail["tie_broken"]
     assert body["visits"] == detail["visits"] and body["evidence"] == detail["evidence"]
     assert body["risk"] == detail["risk"]
+    # The blended factor and its parts, each metric over the practice mean (methods.md s.3.4).
+    blend = body["blend"]
+    assert blend == detail["blend"] and set(blend) == {
+        "factor",
+        "age_sex",
+        "hcc",
+        "charlson",
+        "utilisation",
+    }
+    assert blend["factor"] > 0
     assert body["written"] == {"CareTeam": None, "CarePlan": None}  # no write-back here
     assert [h["practitioner"] for h in body["history"]] == [state["practitioner"]]
     assert body["overrides"] == [] and body["active_override"] is None

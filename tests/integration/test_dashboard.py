@@ -333,6 +333,9 @@ def test_patient_page_explains_the_assignment(app: Flask, store: Store) -> None:
         assert encounter in html
     assert "Charlson index" in html and "HCC score" in html
     assert '<dd id="framework">adult' in html or '<dd id="framework">pediatric' in html
+    blend = state["detail"]["blend"]
+    assert f'<dd id="blend">{blend["factor"]:.2f} ' in html
+    assert f"Charlson {blend['charlson']:.2f}, utilisation {blend['utilisation']:.2f}" in html
     assert "Written to the record" in html and "not written" in html  # NDJSON: no write-back
     assert "Assignment history" in html
     unassigned = next(

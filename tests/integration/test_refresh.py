@@ -358,6 +358,28 @@ def test_overrides_take_effect_at_the_next_pass(
     assert store.pending_patients() == []
 
 
+def test_an_incremental_pass_blends_its_patients_on_the_practices_scale(
+    loaded: SandboxServer, store: Store, after_full: RefreshResult
+) -> None:
+    """The full pass stores each patient's blended factor and the practice means; a pass over
+    one patient divides by those means, not by its own one-patient means (which would make
+    every metric 1.0), so the factor it stores is the full pass's."""
+    assert store.context("blend_means")
+    blends = {
+        p: ((store.patient_state(p) or {}).get("detail") or {}).get("blend")
+        for p in store.patient_ids()
+    }
+    assigned = [p for p in blends if (store.patient_state(p) or {}).get("status") == "assigned"]
+    assert assigned and all(blends[p] for p in assigned)
+    patient = next(p for p in sorted(assigned) if abs(blends[p]["factor"] - 1.0) > 0.1)
+    current = (store.patient_state(patient) or {})["practitioner"]
+    store.add_override(patient, current, reason="kept", requested_by="patient", actor="test")
+    result = incremental_refresh(settings_for(loaded.base_url), store, as_of=AS_OF_DATE)
+    assert result.status == "succeeded" and result.patients == (patient,)
+    after = ((store.patient_state(patient) or {}).get("detail") or {}).get("blend")
+    assert after == blends[patient]
+
+
 @pytest.mark.parametrize("first", ["incremental", "full"])
 def test_a_status_ends_the_care_team_participation_with_the_reason_and_clearing_restores(
     loaded: SandboxServer, store: Store, after_full: RefreshResult, first: str

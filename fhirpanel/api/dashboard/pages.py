@@ -179,6 +179,7 @@ def patient(patient: str) -> ResponseReturnValue:
         p=state,
         detail=explained.detail,
         risk=explained.risk or {},
+        blend=explained.blend,
         visits=[
             {"practitioner": p, "count": n, "chosen": p == state["practitioner"]}
             for p, n in explained.visits_ranked

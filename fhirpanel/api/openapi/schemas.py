@@ -334,6 +334,13 @@ def schemas() -> dict[str, Any]:
                     "(adult | pediatric: no hcc under 18), complexity and complexity_systems "
                     "(a child's PMCA result)",
                 },
+                "blend": {
+                    "type": ["object", "null"],
+                    "additionalProperties": {"type": "number"},
+                    "description": "The blended adjustment factor (`factor`) and each of its "
+                    "metrics over the practice mean (age_sex, hcc, charlson, utilisation); "
+                    "null for a patient not blended (excluded, or no blend table)",
+                },
                 "written": obj({"CareTeam": ref("Written"), "CarePlan": ref("Written")}),
                 "history": {"type": "array", "items": ref("HistoryEntry")},
                 "active_override": {"oneOf": [ref("Override"), {"type": "null"}]},
