@@ -128,7 +128,8 @@ def analyse(
         if a.status == "assigned" and a.patient in risk
     ]
     distribution = tier_distribution(assigned)
-    warnings = check_tier_shape(distribution)
+    # The bounds of tiers.toml's [shape], not the built-in defaults.
+    warnings = check_tier_shape(distribution, tables.risk.tiers.shape)
     if unused_list:
         warnings.append(
             f"attribution.risk_product_list is set but pipeline {tables.pipeline.name!r} has no "
