@@ -1,0 +1,149 @@
+"""The mutation score of each `fhirpanel/domain` module, from mutmut's results (`make mutation`).
+
+Score = killed / (mutants - excluded). Excluded mutants are listed with a reason in
+tests/mutation-exclusions.toml: a mutant that only changes an error message's wording, or one that
+is equivalent (no input can tell it from the original). A timeout counts as killed (the mutant
+changed behaviour: the tests could not finish); "no tests" counts as a survivor.
+
+    python tools/mutation_report.py                  # the table
+    python tools/mutation_report.py --survivors tiers  # plus each survivor's diff
+    python tools/mutation_report.py --fail-under 95  # exit 1 when a module scores less
+
+Run from the project root after `mutmut run` (mutmut writes mutants/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "mutants" / "fhirpanel" / "domain"
+EXCLUSIONS = ROOT / "tests" / "mutation-exclusions.toml"
+
+# mutmut's exit codes (mutmut/stats.py, status_by_exit_code), grouped as the score reads them.
+KILLED = {1, 3, 24, -24, 36, 37, 152, 255}  # killed, pytest error, timeout, type check
+SURVIVED = {0, 5, 33}  # survived, no tests
+NOT_RUN = {None, 2, 34}  # not checked, interrupted, skipped
+
+
+@dataclass
+class ModuleScore:
+    module: str
+    total: int = 0
+    excluded: int = 0
+    killed: int = 0
+    not_run: int = 0
+    other: int = 0  # segfault, suspicious: counted as not killed
+    survivors: list[str] = field(default_factory=list)
+
+    @property
+    def scored(self) -> int:
+        return self.total - self.excluded
+
+    @property
+    def score(self) -> float | None:
+        checked = self.scored - self.not_run
+        return 100.0 * self.killed / checked if checked > 0 else None
+
+
+def load_exclusions(path: Path = EXCLUSIONS) -> dict[str, str]:
+    """Mutant name -> why it is left out of the score; every entry needs a reason."""
+    if not path.exists():
+        return {}
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    out: dict[str, str] = {}
+    for section in data.values():
+        for name, reason in section.items():
+            if not isinstance(reason, str) or not reason.strip():
+                raise SystemExit(f"{path.name}: {name} needs a reason")
+            out[name] = reason
+    return out
+
+
+def scores(exclusions: dict[str, str]) -> tuple[list[ModuleScore], list[str]]:
+    """One row per domain module with results, and the excluded names mutmut no longer makes."""
+    rows: list[ModuleScore] = []
+    seen: set[str] = set()
+    for meta in sorted(RESULTS.glob("*.py.meta")):
+        row = ModuleScore(meta.name.removesuffix(".py.meta"))
+        codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+        for name, code in sorted(codes.items()):
+            row.total += 1
+            seen.add(name)
+            if name in exclusions:
+                row.excluded += 1
+            elif code in KILLED:
+                row.killed += 1
+            elif code in NOT_RUN:
+                row.not_run += 1
+            elif code in SURVIVED:
+                row.survivors.append(name)
+            else:
+                row.other += 1
+                row.survivors.append(name)
+        if row.total:
+            rows.append(row)
+    return rows, sorted(set(exclusions) - seen)
+
+
+def table(rows: list[ModuleScore]) -> str:
+    head = f"{'module':<14}{'mutants':>8}{'excluded':>9}{'killed':>8}{'survived':>9}"
+    head += f"{'not run':>8}{'score':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        score = "-" if r.score is None else f"{r.score:.1f}%"
+        lines.append(
+            f"{r.module:<14}{r.total:>8}{r.excluded:>9}{r.killed:>8}{len(r.survivors):>9}"
+            f"{r.not_run:>8}{score:>8}"
+        )
+    return "\n".join(lines)
+
+
+def survivor_diffs(names: list[str]) -> str:
+    """Each survivor's diff, through mutmut's own reader (needs the project root as cwd)."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    out = []
+    for name in names:
+        module = name.split(".x")[0].split(".")[-1]
+        path = Path("fhirpanel") / "domain" / f"{module}.py"
+        out.append(f"# {name}\n{get_diff_for_mutant(name, path=path)}\n")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--survivors", nargs="*", metavar="MODULE", help="show survivors' diffs")
+    parser.add_argument("--fail-under", type=float, metavar="PERCENT")
+    args = parser.parse_args(argv)
+    if not RESULTS.exists():
+        print("no mutmut results: run `mutmut run` first (make mutation)")
+        return 2
+    exclusions = load_exclusions()
+    rows, stale = scores(exclusions)
+    print(table(rows))
+    if stale:
+        print(
+            f"\n{len(stale)} excluded mutant(s) mutmut no longer makes (update {EXCLUSIONS.name}):"
+        )
+        print("\n".join(f"  {name}" for name in stale))
+    if args.survivors is not None:
+        wanted = set(args.survivors)
+        names = [n for r in rows if not wanted or r.module in wanted for n in r.survivors]
+        print()
+        print(survivor_diffs(names))
+    if args.fail_under is not None:
+        low = [r.module for r in rows if r.score is not None and r.score < args.fail_under]
+        if low:
+            print(f"\nbelow {args.fail_under:g}%: {', '.join(low)}")
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
