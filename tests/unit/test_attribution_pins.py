@@ -12,15 +12,21 @@ from fhirpanel.domain.attribution import (
     ManualAssignment,
     Pipeline,
     PipelineStep,
+    PrimaryCareSpecialties,
     QualifyingVisit,
+    SentinelExamCodes,
+    VisitRules,
     four_cut,
 )
 from fhirpanel.errors import MappingError
+from fhirpanel.tables.loader import parse_visit_rules
 from tests.unit.test_attribution import (
     AS_OF,
     CASE_3,
+    NUCC,
     PREVENTIVE,
     _pipeline,
+    _visit_table,
     _with_gp,
     attribute,
     build,
@@ -233,3 +239,83 @@ def test_an_unassigned_patient_reports_the_visits_in_the_widest_window() -> None
     a = one(pop, pipeline=pipeline)
     assert (a.status, a.window_months) == ("unassigned", 36)
     assert a.visits == ((doc(2), 2),)
+
+
+# --- duplicate and blank entries in mapping lists ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"statuses": ["finished", "finished"], "classes": ["AMB"]},
+        {"statuses": ["finished"], "classes": ["AMB", "VR", "AMB"]},
+        {"statuses": ["finished"], "classes": ["AMB"], "not_qualifying": ["EMER", "EMER"]},
+        {"statuses": ["finished"], "classes": ["AMB"], "excluded_texts": ["Nurse", "nurse "]},
+        {
+            "statuses": ["finished"],
+            "classes": ["AMB"],
+            "excluded_texts": ["Nurse  visit", "nurse visit"],
+        },
+    ],
+)
+def test_a_visit_rule_list_with_a_duplicate_is_refused(kwargs: dict[str, list[str]]) -> None:
+    with pytest.raises(MappingError):
+        VisitRules.create(**kwargs)
+
+
+def test_visit_rules_keep_every_distinct_entry() -> None:
+    rules = VisitRules.create(
+        statuses=["finished", "in-progress"],
+        classes=["AMB", "VR"],
+        not_qualifying=["EMER", "IMP"],
+        excluded_texts=["Nurse  Visit", "Lab"],
+    )
+    assert rules.statuses == frozenset({"finished", "in-progress"})
+    assert rules.classes == frozenset({"AMB", "VR"})
+    assert rules.excluded_texts == frozenset({"nurse visit", "lab"})
+
+
+def test_primary_care_lists_with_a_duplicate_or_a_stray_pediatric_entry_are_refused() -> None:
+    family, pediatrics = (NUCC, "207Q00000X"), (NUCC, "208000000X")
+    ok = PrimaryCareSpecialties.create(
+        codes=[family, pediatrics],
+        labels=["Family Medicine", "Pediatrics"],
+        pediatric_codes=[pediatrics],
+        pediatric_labels=["pediatrics"],
+    )
+    assert ok.pediatric_codes == frozenset({pediatrics})
+    assert ok.pediatric_labels == frozenset({"pediatrics"})
+    for kwargs in [
+        {"codes": [family, family], "labels": ["Family Medicine"]},
+        {"codes": [family], "labels": ["Family Medicine", "family medicine"]},
+        {"codes": [family], "labels": ["Family Medicine"], "pediatric_codes": [pediatrics]},
+        {"codes": [family], "labels": ["Family Medicine"], "pediatric_labels": ["Pediatrics"]},
+        {
+            "codes": [family],
+            "labels": ["Family Medicine", "Pediatrics"],
+            "pediatric_labels": ["Pediatrics", "pediatrics"],
+        },
+    ]:
+        with pytest.raises(MappingError):
+            PrimaryCareSpecialties.create(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_sentinel_code_listed_twice_or_also_as_not_sentinel_is_refused() -> None:
+    code = (PREVENTIVE.system, PREVENTIVE.code)
+    assert SentinelExamCodes.create(codes=[code]).codes == frozenset({code})
+    with pytest.raises(MappingError):
+        SentinelExamCodes.create(codes=[code, code])
+    with pytest.raises(MappingError):
+        SentinelExamCodes.create(codes=[code], not_sentinel=[code])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"statuses": {"qualifying": ["finished", " "]}},
+        {"excluded_texts": {"labels": ["Lab", ""]}},
+    ],
+)
+def test_a_blank_entry_in_a_mapping_list_is_refused(change: dict[str, object]) -> None:
+    with pytest.raises(MappingError):
+        parse_visit_rules(_visit_table(**change))
