@@ -16,15 +16,19 @@ from fhirpanel.domain.attribution import (
     QualifyingVisit,
     SentinelExamCodes,
     VisitRules,
+    assess_eligibility,
     four_cut,
 )
+from fhirpanel.domain.records import PractitionerRoleRecord
 from fhirpanel.errors import MappingError
 from fhirpanel.tables.loader import parse_visit_rules
 from tests.unit.test_attribution import (
     AS_OF,
+    CARDIOLOGY,
     CASE_3,
     NUCC,
     PREVENTIVE,
+    RULES,
     _pipeline,
     _visit_table,
     _with_gp,
@@ -33,7 +37,9 @@ from tests.unit.test_attribution import (
     days_ago,
     doc,
     one,
+    pcp_roles,
     pid,
+    role,
     visit,
 )
 
@@ -319,3 +325,42 @@ def test_a_sentinel_code_listed_twice_or_also_as_not_sentinel_is_refused() -> No
 def test_a_blank_entry_in_a_mapping_list_is_refused(change: dict[str, object]) -> None:
     with pytest.raises(MappingError):
         parse_visit_rules(_visit_table(**change))
+
+
+# --- eligibility -------------------------------------------------------------------------------
+
+
+def test_with_roles_the_report_says_plainly_it_is_not_the_fallback() -> None:
+    report = assess_eligibility(build([visit("e1", pid(1), doc(1), days_ago(5))]), AS_OF, RULES)
+    assert report.fallback_all_on_visits is False
+    assert report.eligible == (doc(1), doc(2), doc(3), doc(4), doc(5))
+
+
+def test_a_role_without_a_practitioner_does_not_stop_the_others_being_read() -> None:
+    roles = [
+        PractitionerRoleRecord(id="PractitionerRole/orphan", practitioner=None),
+        *pcp_roles(1, 2),
+    ]
+    report = assess_eligibility(build(roles=roles), AS_OF, RULES)
+    assert report.eligible == (doc(1), doc(2))
+
+
+def test_only_clinicians_who_held_a_primary_care_role_can_have_departed() -> None:
+    roles = [
+        *pcp_roles(1),
+        role("r2", doc(2), active=False),  # left
+        role("r9", doc(9), CARDIOLOGY),  # never primary care, still working
+    ]
+    pop = build([visit("e1", pid(1), doc(8), days_ago(5))], roles=roles)  # d8: no role at all
+    report = assess_eligibility(pop, AS_OF, RULES)
+    assert report.departed == (doc(2),)
+    assert report.not_matched == (doc(2), doc(8), doc(9))
+
+
+def test_without_roles_a_clinician_seen_only_on_the_as_of_date_is_eligible() -> None:
+    on_the_day = days_ago(0, hour=8)
+    report = assess_eligibility(
+        build([visit("e1", pid(1), doc(7), on_the_day)], roles=[]), AS_OF, RULES
+    )
+    assert report.fallback_all_on_visits is True
+    assert report.eligible == (doc(7),)
