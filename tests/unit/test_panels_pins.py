@@ -10,7 +10,12 @@ from datetime import date
 
 import pytest
 
-from fhirpanel.domain.panels import AgeSexWeights, compute_age_sex_weights, compute_panels
+from fhirpanel.domain.panels import (
+    AgeSexWeights,
+    compute_age_sex_weights,
+    compute_panels,
+    relative_to_peers,
+)
 from fhirpanel.domain.records import PatientRecord, Population
 from tests.unit.test_attribution import (
     AS_OF,
@@ -24,7 +29,7 @@ from tests.unit.test_attribution import (
     visit,
 )
 from tests.unit.test_blend import EVEN, risk
-from tests.unit.test_panels import CAPACITY, person
+from tests.unit.test_panels import CAPACITY, capacities, person, sized
 
 NEUTRAL = AgeSexWeights(weights={})
 
@@ -152,3 +157,32 @@ def test_without_visits_the_basis_still_lists_the_patients_per_cell() -> None:
     weights = compute_age_sex_weights(build(patients=[person(1, 40), person(2, 41)]), AS_OF, RULES)
     assert weights.weights == {}
     assert weights.basis == (("30-44", "female", 2, 0),)
+
+
+# --- panels, placement and peers ---------------------------------------------------------------
+
+
+def test_compute_panels_places_the_highest_tier_first_when_room_is_short() -> None:
+    pop = build(patients=[person(1, 40), person(2, 40)], roles=pcp_roles(1))
+    # Room for one patient: p2 (tier 4) goes before p1 (tier 1), though p1 sorts first.
+    summary = compute_panels(
+        pop, attribute(pop), AS_OF, capacities(d1=1), NEUTRAL, tiers={pid(1): 1, pid(2): 4}
+    )
+    assert [(s.patient, s.practitioner) for s in summary.suggestions] == [
+        (pid(1), None),
+        (pid(2), doc(1)),
+    ]
+
+
+def test_without_tiers_a_panel_has_an_empty_tier_count() -> None:
+    pop = _two_patients()
+    panel = compute_panels(pop, attribute(pop), AS_OF, CAPACITY, NEUTRAL).by_practitioner()[doc(1)]
+    assert panel.tiers == ()
+
+
+def test_no_blended_comparison_unless_every_peer_has_a_blended_size() -> None:
+    panels = [sized(1, 10.0, 5.0), sized(2, 20.0), sized(3, 30.0, 7.0)]
+    got = relative_to_peers(panels, [doc(1), doc(2), doc(3)], pediatric_only=[])
+    for ref in (doc(1), doc(2), doc(3)):
+        assert (got[ref].blended_ratio, got[ref].blended_percentile) == (None, None)
+    assert got[doc(2)].risk_adjusted_ratio == 1.0
