@@ -65,11 +65,13 @@ def load_exclusions(path: Path = EXCLUSIONS) -> dict[str, str]:
     return out
 
 
-def scores(exclusions: dict[str, str]) -> tuple[list[ModuleScore], list[str]]:
+def scores(
+    exclusions: dict[str, str], results: Path = RESULTS
+) -> tuple[list[ModuleScore], list[str]]:
     """One row per domain module with results, and the excluded names mutmut no longer makes."""
     rows: list[ModuleScore] = []
     seen: set[str] = set()
-    for meta in sorted(RESULTS.glob("*.py.meta")):
+    for meta in sorted(results.glob("*.py.meta")):
         row = ModuleScore(meta.name.removesuffix(".py.meta"))
         codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
         for name, code in sorted(codes.items()):
