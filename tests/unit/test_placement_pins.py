@@ -145,3 +145,11 @@ def test_a_patient_the_population_no_longer_holds_is_placed_as_an_adult() -> Non
 def test_with_nobody_eligible_there_are_no_changes_either() -> None:
     placement = place(build(patients=[pid(1)], roles=[]), [])
     assert (placement.suggestions, placement.changes) == ((), ())
+
+
+def test_with_no_panel_rows_at_all_the_shortfall_is_the_whole_weight() -> None:
+    pop = build(patients=[pid(1)], roles=pcp_roles(1))
+    placement = place(pop, [], weights={pid(1): 1.5})
+    (suggestion,) = placement.suggestions
+    assert (suggestion.practitioner, suggestion.shortfall) == (None, pytest.approx(1.5))
+    assert [(c.practitioner, c.load, c.capacity) for c in placement.changes] == [(doc(1), 0.0, 0.0)]

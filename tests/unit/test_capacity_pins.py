@@ -1,0 +1,53 @@
+"""Observed capacity behaviour that mutation testing (`make mutation`) showed no test pinned:
+which encounters show how far the data reach, and a year of data without a qualifying visit."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fhirpanel.domain.capacity import CONFIGURED, OBSERVED, practice_capacity
+from fhirpanel.domain.records import PatientRecord
+from tests.unit.test_attribution import (
+    AS_OF,
+    attribute,
+    build,
+    days_ago,
+    doc,
+    pcp_roles,
+    pid,
+    visit,
+)
+from tests.unit.test_capacity import OBSERVED_SETTINGS, known_population
+
+
+def test_encounters_after_the_as_of_date_or_without_a_day_do_not_show_the_data_reach_back() -> None:
+    future = visit("f1", pid(1), doc(1), days_ago(-30))
+    undated = dataclasses.replace(visit("u1", pid(1), doc(1), days_ago(400)), start=None)
+    pop = build([future, undated], roles=pcp_roles(1))
+    found = practice_capacity(pop, attribute(pop), AS_OF, OBSERVED_SETTINGS, [doc(1)])
+    assert (found.method, found.encounters_from) == (CONFIGURED, None)
+
+
+def test_an_encounter_on_the_as_of_date_counts_for_the_reach() -> None:
+    pop = build([visit("e1", pid(1), doc(1), days_ago(0))], roles=pcp_roles(1))
+    found = practice_capacity(pop, attribute(pop), AS_OF, OBSERVED_SETTINGS, [doc(1)])
+    assert found.encounters_from == AS_OF
+
+
+def test_a_year_of_data_without_a_qualifying_visit_of_an_active_patient_is_configured() -> None:
+    # Records reach back two years, but the year's only visit is an inactive patient's.
+    pop = build(
+        [visit("e1", pid(1), doc(1), days_ago(700)), visit("e2", pid(2), doc(1), days_ago(10))],
+        [PatientRecord(id=pid(1)), PatientRecord(id=pid(2), active=False)],
+        roles=pcp_roles(1),
+    )
+    found = practice_capacity(pop, attribute(pop), AS_OF, OBSERVED_SETTINGS, [doc(1)])
+    assert found.demand.per_patient is None
+    assert (found.requested, found.method) == (OBSERVED, CONFIGURED)
+    assert found.reason is not None
+    assert found.clinicians[0].method == CONFIGURED
+
+
+def test_with_a_year_of_data_and_visits_the_method_is_observed() -> None:
+    pop = known_population()
+    assert practice_capacity(pop, attribute(pop), AS_OF, OBSERVED_SETTINGS, []).method == OBSERVED
