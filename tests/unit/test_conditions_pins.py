@@ -1,0 +1,54 @@
+"""Diagnosis codes behaviour that mutation testing (`make mutation`) showed no test pinned: what a
+code taken as sent reports, codings of other systems before the one that counts, and chronic
+condition ranges at their lower bound."""
+
+from __future__ import annotations
+
+import pytest
+
+from fhirpanel.domain.conditions import (
+    VIA_CROSSWALK,
+    VIA_ICD10CM,
+    ChronicGroup,
+    Crosswalk,
+    DiagnosisCode,
+    condition_codes,
+)
+from fhirpanel.domain.records import ICD10CM, SNOMED, Code, ConditionRecord
+from fhirpanel.tables import Tables
+
+LOINC = "http://loinc.org"
+
+
+@pytest.fixture(scope="module")
+def crosswalk(tables: Tables) -> Crosswalk:
+    return tables.method.risk.crosswalk
+
+
+def _condition(*codes: Code) -> ConditionRecord:
+    return ConditionRecord(id="Condition/c1", patient="Patient/p1", codes=codes)
+
+
+def test_an_icd10cm_coding_after_another_systems_is_taken_as_sent(crosswalk: Crosswalk) -> None:
+    condition = _condition(Code(LOINC, "4548-4"), Code(ICD10CM, "e11.9 "))
+    assert condition_codes(condition, crosswalk) == [
+        DiagnosisCode("E119", "Condition/c1", VIA_ICD10CM, "e11.9 ")
+    ]
+
+
+def test_a_snomed_coding_after_another_systems_goes_through_the_crosswalk(
+    crosswalk: Crosswalk,
+) -> None:
+    condition = _condition(Code(LOINC, "4548-4"), Code(SNOMED, "44054006"))
+    (found,) = condition_codes(condition, crosswalk)
+    assert (found.code, found.via, found.original) == ("E119", VIA_CROSSWALK, "44054006")
+
+
+def test_a_chronic_range_includes_its_first_category() -> None:
+    group = ChronicGroup("ihd", "Ischaemic heart disease", (), (("I20", "I25"),))
+    assert [group.matches(code) for code in ("I200", "I259", "I19", "I26")] == [
+        True,
+        True,
+        False,
+        False,
+    ]
