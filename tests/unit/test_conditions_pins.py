@@ -4,15 +4,19 @@ condition ranges at their lower bound."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from fhirpanel.domain.conditions import (
     VIA_CROSSWALK,
     VIA_ICD10CM,
     ChronicGroup,
+    ConditionFilter,
     Crosswalk,
     DiagnosisCode,
     condition_codes,
+    patient_diagnoses,
 )
 from fhirpanel.domain.records import ICD10CM, SNOMED, Code, ConditionRecord
 from fhirpanel.tables import Tables
@@ -52,3 +56,35 @@ def test_a_chronic_range_includes_its_first_category() -> None:
         False,
         False,
     ]
+
+
+FILTER = ConditionFilter(
+    counted_clinical_status=frozenset({"active"}),
+    count_absent_clinical_status=False,
+    skipped_verification_status=frozenset({"refuted"}),
+)
+
+
+def test_without_a_clinical_status_a_condition_is_skipped_when_the_filter_says_so() -> None:
+    condition = _condition(Code(ICD10CM, "E11.9"))
+    assert FILTER.skip_reason(condition) == "no clinicalStatus"
+    counting = dataclasses.replace(FILTER, count_absent_clinical_status=True)
+    assert counting.skip_reason(condition) is None
+
+
+def test_a_patients_diagnoses_list_the_skipped_and_the_unmapped_after_them(
+    crosswalk: Crosswalk,
+) -> None:
+    conditions = [
+        ConditionRecord("Condition/a", "Patient/p1", (Code(ICD10CM, "I10"),), "active", "refuted"),
+        ConditionRecord("Condition/b", "Patient/p1", (Code(LOINC, "4548-4"),), "active"),
+        ConditionRecord("Condition/c", "Patient/p1", (Code(ICD10CM, "E11.9"),), "active"),
+        ConditionRecord("Condition/d", "Patient/p1", (Code(ICD10CM, "I50.9"),), "resolved"),
+    ]
+    found = patient_diagnoses(conditions, crosswalk, FILTER)
+    assert [(d.code, d.condition) for d in found.codes] == [("E119", "Condition/c")]
+    assert found.skipped == (
+        ("Condition/a", "verificationStatus refuted"),
+        ("Condition/d", "clinicalStatus resolved"),
+    )
+    assert found.unmapped == ("Condition/b",)
