@@ -1,13 +1,16 @@
-"""Blend, population counts and per-panel tier counts: behaviour that mutation testing
-(`make mutation`) showed no test pinned."""
+"""Blend, population counts, per-panel tier counts and the HCC scorer's segment: behaviour that
+mutation testing (`make mutation`) showed no test pinned."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
 from fhirpanel.domain.blend import METRICS, BlendWeights, blend_factors, practice_means
 from fhirpanel.domain.records import Population
 from fhirpanel.domain.risk import tier_distribution_by_panel
+from fhirpanel.tables import Tables
 from tests.unit.test_attribution import build, days_ago, doc, pid, visit
 from tests.unit.test_blend import risk
 
@@ -75,3 +78,9 @@ def test_tier_counts_per_panel_use_the_tiers_given() -> None:
         doc(1): {"1": 1, "2": 0},
         doc(2): {"1": 1, "2": 0},
     }
+
+
+def test_the_risk_settings_scorer_uses_the_segment_they_name(tables: Tables) -> None:
+    config = dataclasses.replace(tables.method.risk, hcc_segment="CFA")
+    assert config.hcc_scorer().segment.key == "CFA"
+    assert tables.method.risk.hcc_scorer().segment.key == "CNA"
