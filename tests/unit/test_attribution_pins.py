@@ -4,6 +4,7 @@ unsorted input, window bounds. Factories from test_attribution."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
@@ -364,3 +365,10 @@ def test_without_roles_a_clinician_seen_only_on_the_as_of_date_is_eligible() -> 
     )
     assert report.fallback_all_on_visits is True
     assert report.eligible == (doc(7),)
+
+
+def test_a_role_is_held_from_its_first_day() -> None:
+    starts_today = dataclasses.replace(role("r1", doc(1)), start=AS_OF)
+    starts_tomorrow = dataclasses.replace(role("r2", doc(2)), start=AS_OF + timedelta(days=1))
+    report = assess_eligibility(build(roles=[starts_today, starts_tomorrow]), AS_OF, RULES)
+    assert report.eligible == (doc(1),)

@@ -84,3 +84,9 @@ def test_the_risk_settings_scorer_uses_the_segment_they_name(tables: Tables) -> 
     config = dataclasses.replace(tables.method.risk, hcc_segment="CFA")
     assert config.hcc_scorer().segment.key == "CFA"
     assert tables.method.risk.hcc_scorer().segment.key == "CNA"
+
+
+def test_a_metric_may_weigh_nothing() -> None:
+    only_age_sex = BlendWeights(age_sex=1.0, hcc=0.0, charlson=0.0, utilisation=0.0)
+    blend = blend_factors(["a", "b"], {"age_sex": {"a": 3.0, "b": 1.0}}, only_age_sex)
+    assert blend.factor("a") == pytest.approx(1.5)

@@ -88,3 +88,9 @@ def test_a_patients_diagnoses_list_the_skipped_and_the_unmapped_after_them(
         ("Condition/d", "clinicalStatus resolved"),
     )
     assert found.unmapped == ("Condition/b",)
+
+
+def test_the_crosswalk_keeps_its_rows_and_finds_each_by_snomed(crosswalk: Crosswalk) -> None:
+    assert len(crosswalk) == len(crosswalk.rows) > 0
+    for row in crosswalk.rows:
+        assert crosswalk.lookup(row.snomed) is row
