@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 
-from fhirpanel.domain.capacity import CONFIGURED, OBSERVED, practice_capacity
+import pytest
+
+from fhirpanel.domain.capacity import (
+    CONFIGURED,
+    OBSERVED,
+    CapacitySettings,
+    ClinicianCapacity,
+    practice_capacity,
+)
 from fhirpanel.domain.records import PatientRecord
+from fhirpanel.errors import MappingError
 from tests.unit.test_attribution import (
     AS_OF,
     attribute,
@@ -51,3 +60,35 @@ def test_a_year_of_data_without_a_qualifying_visit_of_an_active_patient_is_confi
 def test_with_a_year_of_data_and_visits_the_method_is_observed() -> None:
     pop = known_population()
     assert practice_capacity(pop, attribute(pop), AS_OF, OBSERVED_SETTINGS, []).method == OBSERVED
+
+
+# --- the settings' own checks --------------------------------------------------------------------
+
+FIGURES = ClinicianCapacity(20.0, 220.0, 2.0)
+
+
+@pytest.mark.parametrize("ref", ["Practitioner/", "practitioner/d1", "d1"])
+def test_an_override_must_name_a_practitioner(ref: str) -> None:
+    with pytest.raises(MappingError):
+        CapacitySettings(default=FIGURES, overrides={ref: FIGURES})
+
+
+def test_fte_up_to_2_is_accepted_and_above_is_refused() -> None:
+    two = dataclasses.replace(FIGURES, fte=2.0)
+    assert CapacitySettings(default=two).default.fte == 2.0
+    for fte in (2.01, 2.5):
+        with pytest.raises(MappingError):
+            CapacitySettings(default=dataclasses.replace(FIGURES, fte=fte))
+        with pytest.raises(MappingError):
+            CapacitySettings(
+                default=FIGURES, overrides={doc(1): dataclasses.replace(FIGURES, fte=fte)}
+            )
+
+
+def test_fte_only_must_name_an_override() -> None:
+    with pytest.raises(MappingError):
+        CapacitySettings(default=FIGURES, fte_only=frozenset({doc(1)}))
+    ok = CapacitySettings(
+        default=FIGURES, overrides={doc(1): FIGURES}, fte_only=frozenset({doc(1)})
+    )
+    assert ok.fte_only == frozenset({doc(1)})

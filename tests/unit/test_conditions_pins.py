@@ -11,6 +11,7 @@ import pytest
 from fhirpanel.domain.conditions import (
     VIA_CROSSWALK,
     VIA_ICD10CM,
+    ChronicConditions,
     ChronicGroup,
     ConditionFilter,
     Crosswalk,
@@ -19,6 +20,7 @@ from fhirpanel.domain.conditions import (
     patient_diagnoses,
 )
 from fhirpanel.domain.records import ICD10CM, SNOMED, Code, ConditionRecord
+from fhirpanel.errors import MappingError
 from fhirpanel.tables import Tables
 
 LOINC = "http://loinc.org"
@@ -94,3 +96,10 @@ def test_the_crosswalk_keeps_its_rows_and_finds_each_by_snomed(crosswalk: Crossw
     assert len(crosswalk) == len(crosswalk.rows) > 0
     for row in crosswalk.rows:
         assert crosswalk.lookup(row.snomed) is row
+
+
+@pytest.mark.parametrize("bounds", [("I20", "I2X"), ("I2X", "I25"), ("I25", "I20")])
+def test_a_chronic_range_needs_two_categories_in_order(bounds: tuple[str, str]) -> None:
+    with pytest.raises(MappingError):
+        ChronicConditions(groups=(ChronicGroup("x", "X", (), (bounds,)),), min_for_ccm=2)
+    ChronicConditions(groups=(ChronicGroup("x", "X", (), (("I20", "I25"),)),), min_for_ccm=2)
