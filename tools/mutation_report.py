@@ -8,6 +8,11 @@ changed behaviour: the tests could not finish); "no tests" counts as a survivor.
     python tools/mutation_report.py                  # the table
     python tools/mutation_report.py --survivors tiers  # plus each survivor's diff
     python tools/mutation_report.py --fail-under 95  # exit 1 when a module scores less
+    python tools/mutation_report.py --names          # survivors and unrun mutants, to rerun
+
+mutmut keeps a result until the function changes, so a test added to kill a survivor only counts
+once that mutant is run again by name: `make mutation MUTANTS="$(python tools/mutation_report.py
+--names)"`.
 
 Run from the project root after `mutmut run` (mutmut writes mutants/).
 """
@@ -40,6 +45,7 @@ class ModuleScore:
     not_run: int = 0
     other: int = 0  # segfault, suspicious: counted as not killed
     survivors: list[str] = field(default_factory=list)
+    unrun: list[str] = field(default_factory=list)
 
     @property
     def scored(self) -> int:
@@ -83,6 +89,7 @@ def scores(
                 row.killed += 1
             elif code in NOT_RUN:
                 row.not_run += 1
+                row.unrun.append(name)
             elif code in SURVIVED:
                 row.survivors.append(name)
             else:
@@ -122,12 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--survivors", nargs="*", metavar="MODULE", help="show survivors' diffs")
     parser.add_argument("--fail-under", type=float, metavar="PERCENT")
+    parser.add_argument("--names", action="store_true", help="only list survivors and unrun")
     args = parser.parse_args(argv)
     if not RESULTS.exists():
         print("no mutmut results: run `mutmut run` first (make mutation)")
         return 2
     exclusions = load_exclusions()
     rows, stale = scores(exclusions)
+    if args.names:
+        print("\n".join(name for r in rows for name in [*r.survivors, *r.unrun]))
+        return 0
     print(table(rows))
     if stale:
         print(

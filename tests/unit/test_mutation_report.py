@@ -30,6 +30,7 @@ def test_killed_over_mutants_less_excluded_and_not_yet_run(tmp_path: Path) -> No
     (row,) = rows
     assert (row.module, row.total, row.excluded, row.killed, row.not_run) == ("tiers", 6, 1, 2, 1)
     assert row.survivors == [name(3), name(4)]
+    assert row.unrun == [name(6)]
     assert row.score == pytest.approx(50.0)  # 2 of the 4 checked, scored mutants
     assert stale == [name(9)]
     assert table(rows).splitlines()[2].split() == ["tiers", "6", "1", "2", "2", "1", "50.0%"]
