@@ -15,6 +15,7 @@ from fhirpanel.domain.conditions import (
     ChronicGroup,
     ConditionFilter,
     Crosswalk,
+    CrosswalkRow,
     DiagnosisCode,
     condition_codes,
     patient_diagnoses,
@@ -103,3 +104,21 @@ def test_a_chronic_range_needs_two_categories_in_order(bounds: tuple[str, str]) 
     with pytest.raises(MappingError):
         ChronicConditions(groups=(ChronicGroup("x", "X", (), (bounds,)),), min_for_ccm=2)
     ChronicConditions(groups=(ChronicGroup("x", "X", (), (("I20", "I25"),)),), min_for_ccm=2)
+
+
+def test_a_chronic_range_may_be_a_single_category() -> None:
+    chronic = ChronicConditions(
+        groups=(ChronicGroup("x", "X", (), (("I20", "I20"),)),), min_for_ccm=2
+    )
+    assert chronic.groups[0].matches("I209") and not chronic.groups[0].matches("I21")
+
+
+def test_a_crosswalk_built_from_rows_finds_each_row() -> None:
+    rows = [
+        CrosswalkRow("44054006", "Type 2 diabetes mellitus", "E11.9", "Type 2 diabetes"),
+        CrosswalkRow("84114007", "Heart failure", "I50.9", "Heart failure, unspecified"),
+    ]
+    crosswalk = Crosswalk.create(rows)
+    assert crosswalk.rows == tuple(rows) and len(crosswalk) == 2
+    assert crosswalk.lookup("84114007") is rows[1]
+    assert crosswalk.lookup("431857002") is None
