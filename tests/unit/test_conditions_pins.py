@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 
+from fhirpanel.domain.codes import verhoeff_valid
 from fhirpanel.domain.conditions import (
     VIA_CROSSWALK,
     VIA_ICD10CM,
@@ -122,3 +123,13 @@ def test_a_crosswalk_built_from_rows_finds_each_row() -> None:
     assert crosswalk.rows == tuple(rows) and len(crosswalk) == 2
     assert crosswalk.lookup("84114007") is rows[1]
     assert crosswalk.lookup("431857002") is None
+
+
+@pytest.mark.parametrize(
+    ("digits", "valid"),
+    [("44054006", True), ("44054007", False), ("4405400a", False), ("", False), ("0", True)],
+)
+def test_the_snomed_check_digit_needs_digits_and_a_matching_last_one(
+    digits: str, valid: bool
+) -> None:
+    assert verhoeff_valid(digits) is valid
