@@ -1,9 +1,12 @@
 """The mutation score of each `fhirpanel/domain` module, from mutmut's results (`make mutation`).
 
-Score = killed / (mutants - excluded). Excluded mutants are listed with a reason in
-tests/mutation-exclusions.toml: a mutant that only changes an error message's wording, or one that
-is equivalent (no input can tell it from the original). A timeout counts as killed (the mutant
-changed behaviour: the tests could not finish); "no tests" counts as a survivor.
+Score = killed / (mutants - excluded). Excluded mutants are listed in
+tests/mutation-exclusions.toml with a reason and the change they make: a mutant that only changes
+an error message's wording, or one that is equivalent (no input can tell it from the original).
+mutmut numbers mutants within their function, so editing a function renumbers them: an exclusion
+counts only while the mutant of that name still makes the recorded change, and the report lists
+those that no longer do. A timeout counts as killed (the mutant changed behaviour: the tests could
+not finish); "no tests" counts as a survivor.
 
     python tools/mutation_report.py                  # the table
     python tools/mutation_report.py --survivors tiers  # plus each survivor's diff
@@ -23,6 +26,7 @@ import argparse
 import json
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +38,12 @@ EXCLUSIONS = ROOT / "tests" / "mutation-exclusions.toml"
 KILLED = {1, 3, 24, -24, 36, 37, 152, 255}  # killed, pytest error, timeout, type check
 SURVIVED = {0, 5, 33}  # survived, no tests
 NOT_RUN = {None, 2, 34}  # not checked, interrupted, skipped
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    reason: str
+    change: str  # the mutant's changed lines (`change_of`), to notice a renumbering
 
 
 @dataclass
@@ -57,25 +67,58 @@ class ModuleScore:
         return 100.0 * self.killed / checked if checked > 0 else None
 
 
-def load_exclusions(path: Path = EXCLUSIONS) -> dict[str, str]:
-    """Mutant name -> why it is left out of the score; every entry needs a reason."""
+@dataclass
+class Report:
+    rows: list[ModuleScore]
+    stale: list[str]  # excluded names mutmut no longer makes
+    moved: list[str]  # excluded names that now make another change (not excluded)
+
+
+def load_exclusions(path: Path = EXCLUSIONS) -> dict[str, Exclusion]:
+    """Mutant name -> why it is left out of the score and the change it makes; both required."""
     if not path.exists():
         return {}
     data = tomllib.loads(path.read_text(encoding="utf-8"))
-    out: dict[str, str] = {}
+    out: dict[str, Exclusion] = {}
     for section in data.values():
-        for name, reason in section.items():
+        for name, entry in section.items():
+            reason = entry.get("reason") if isinstance(entry, dict) else None
+            change = entry.get("change") if isinstance(entry, dict) else None
             if not isinstance(reason, str) or not reason.strip():
                 raise SystemExit(f"{path.name}: {name} needs a reason")
-            out[name] = reason
+            if not isinstance(change, str) or not change.strip():
+                raise SystemExit(f"{path.name}: {name} needs the change it makes")
+            out[name] = Exclusion(reason, change)
     return out
 
 
+def _module_path(name: str) -> Path:
+    """fhirpanel.domain.tiers.x_clauses__mutmut_3 -> fhirpanel/domain/tiers.py"""
+    return Path("fhirpanel") / "domain" / f"{name.split('.x')[0].split('.')[-1]}.py"
+
+
+def diff_of(name: str) -> str:
+    """The mutant's diff, through mutmut's own reader (needs the project root as cwd)."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    return str(get_diff_for_mutant(name, path=_module_path(name)))
+
+
+def change_of(name: str) -> str:
+    """The lines a mutant adds (else the ones it removes), stripped, joined by ' / '."""
+    lines = diff_of(name).splitlines()
+    added = [line[1:].strip() for line in lines if line[:1] == "+" and line[:3] != "+++"]
+    removed = [line[1:].strip() for line in lines if line[:1] == "-" and line[:3] != "---"]
+    return " / ".join(added) if added else "removed: " + " / ".join(removed)
+
+
 def scores(
-    exclusions: dict[str, str], results: Path = RESULTS
-) -> tuple[list[ModuleScore], list[str]]:
-    """One row per domain module with results, and the excluded names mutmut no longer makes."""
-    rows: list[ModuleScore] = []
+    exclusions: dict[str, Exclusion],
+    results: Path = RESULTS,
+    change: Callable[[str], str] = change_of,
+) -> Report:
+    """One row per domain module with results; exclusions that are stale or moved."""
+    report = Report([], [], [])
     seen: set[str] = set()
     for meta in sorted(results.glob("*.py.meta")):
         row = ModuleScore(meta.name.removesuffix(".py.meta"))
@@ -83,7 +126,11 @@ def scores(
         for name, code in sorted(codes.items()):
             row.total += 1
             seen.add(name)
-            if name in exclusions:
+            excluded = exclusions.get(name)
+            if excluded is not None and change(name) != excluded.change:
+                report.moved.append(name)
+                excluded = None
+            if excluded is not None:
                 row.excluded += 1
             elif code in KILLED:
                 row.killed += 1
@@ -96,8 +143,9 @@ def scores(
                 row.other += 1
                 row.survivors.append(name)
         if row.total:
-            rows.append(row)
-    return rows, sorted(set(exclusions) - seen)
+            report.rows.append(row)
+    report.stale = sorted(set(exclusions) - seen)
+    return report
 
 
 def table(rows: list[ModuleScore]) -> str:
@@ -113,20 +161,8 @@ def table(rows: list[ModuleScore]) -> str:
     return "\n".join(lines)
 
 
-def survivor_diffs(names: list[str]) -> str:
-    """Each survivor's diff, through mutmut's own reader (needs the project root as cwd)."""
-    from mutmut.mutation.diff_apply import get_diff_for_mutant
-
-    out = []
-    for name in names:
-        module = name.split(".x")[0].split(".")[-1]
-        path = Path("fhirpanel") / "domain" / f"{module}.py"
-        out.append(f"# {name}\n{get_diff_for_mutant(name, path=path)}\n")
-    return "\n".join(out)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--survivors", nargs="*", metavar="MODULE", help="show survivors' diffs")
     parser.add_argument("--fail-under", type=float, metavar="PERCENT")
     parser.add_argument("--names", action="store_true", help="only list survivors and unrun")
@@ -134,24 +170,25 @@ def main(argv: list[str] | None = None) -> int:
     if not RESULTS.exists():
         print("no mutmut results: run `mutmut run` first (make mutation)")
         return 2
-    exclusions = load_exclusions()
-    rows, stale = scores(exclusions)
+    report = scores(load_exclusions())
     if args.names:
-        print("\n".join(name for r in rows for name in [*r.survivors, *r.unrun]))
+        print("\n".join(name for r in report.rows for name in [*r.survivors, *r.unrun]))
         return 0
-    print(table(rows))
-    if stale:
-        print(
-            f"\n{len(stale)} excluded mutant(s) mutmut no longer makes (update {EXCLUSIONS.name}):"
-        )
-        print("\n".join(f"  {name}" for name in stale))
+    print(table(report.rows))
+    for names, what in (
+        (report.stale, "excluded mutant(s) mutmut no longer makes"),
+        (report.moved, "excluded mutant(s) that now make another change (counted, not excluded)"),
+    ):
+        if names:
+            print(f"\n{len(names)} {what}; update {EXCLUSIONS.name}:")
+            print("\n".join(f"  {name}" for name in names))
     if args.survivors is not None:
         wanted = set(args.survivors)
-        names = [n for r in rows if not wanted or r.module in wanted for n in r.survivors]
+        names = [n for r in report.rows if not wanted or r.module in wanted for n in r.survivors]
         print()
-        print(survivor_diffs(names))
+        print("\n".join(f"# {name}\n{diff_of(name)}\n" for name in names))
     if args.fail_under is not None:
-        low = [r.module for r in rows if r.score is not None and r.score < args.fail_under]
+        low = [r.module for r in report.rows if r.score is not None and r.score < args.fail_under]
         if low:
             print(f"\nbelow {args.fail_under:g}%: {', '.join(low)}")
             return 1

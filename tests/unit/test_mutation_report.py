@@ -1,5 +1,5 @@
 """tools/mutation_report.py (`make mutation`): the score per module from mutmut's results, with
-the reasoned exclusions left out."""
+the reasoned exclusions left out while they still name the change they were made for."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tools.mutation_report import load_exclusions, scores, table
+from tools.mutation_report import Exclusion, load_exclusions, scores, table
+
+NAME = "fhirpanel.domain.tiers.x_f__mutmut_{}".format
 
 
 def _meta(folder: Path, module: str, codes: dict[str, int | None]) -> None:
@@ -17,34 +19,49 @@ def _meta(folder: Path, module: str, codes: dict[str, int | None]) -> None:
     )
 
 
+def _changes(name: str) -> str:
+    return f"change {name[-1]}"
+
+
 def test_killed_over_mutants_less_excluded_and_not_yet_run(tmp_path: Path) -> None:
-    name = "fhirpanel.domain.tiers.x_f__mutmut_{}".format
     # killed, timeout (killed), survived, no tests (a survivor), excluded survivor, not run
-    _meta(
-        tmp_path,
-        "tiers",
-        {name(1): 1, name(2): 36, name(3): 0, name(4): 33, name(5): 0, name(6): None},
-    )
+    codes: dict[str, int | None] = {NAME(1): 1, NAME(2): 36, NAME(3): 0, NAME(4): 33, NAME(5): 0}
+    _meta(tmp_path, "tiers", {**codes, NAME(6): None})
     _meta(tmp_path, "dates", {})
-    rows, stale = scores({name(5): "equivalent", name(9): "gone"}, tmp_path)
-    (row,) = rows
+    exclusions = {NAME(5): Exclusion("equivalent", "change 5"), NAME(9): Exclusion("gone", "x")}
+    report = scores(exclusions, tmp_path, _changes)
+    (row,) = report.rows
     assert (row.module, row.total, row.excluded, row.killed, row.not_run) == ("tiers", 6, 1, 2, 1)
-    assert row.survivors == [name(3), name(4)]
-    assert row.unrun == [name(6)]
+    assert row.survivors == [NAME(3), NAME(4)]
+    assert row.unrun == [NAME(6)]
     assert row.score == pytest.approx(50.0)  # 2 of the 4 checked, scored mutants
-    assert stale == [name(9)]
-    assert table(rows).splitlines()[2].split() == ["tiers", "6", "1", "2", "2", "1", "50.0%"]
+    assert (report.stale, report.moved) == ([NAME(9)], [])
+    assert table(report.rows).splitlines()[2].split() == ["tiers", "6", "1", "2", "2", "1", "50.0%"]
 
 
-def test_the_committed_exclusions_each_give_a_reason() -> None:
+def test_an_exclusion_whose_mutant_now_makes_another_change_is_not_excluded(
+    tmp_path: Path,
+) -> None:
+    _meta(tmp_path, "tiers", {NAME(1): 0, NAME(2): 1})
+    exclusions = {NAME(1): Exclusion("equivalent", "what _1 used to change")}
+    report = scores(exclusions, tmp_path, _changes)
+    (row,) = report.rows
+    assert (row.excluded, row.survivors, report.moved) == (0, [NAME(1)], [NAME(1)])
+
+
+def test_the_committed_exclusions_each_give_a_reason_and_a_change() -> None:
     exclusions = load_exclusions()
     assert exclusions
     assert all(name.startswith("fhirpanel.domain.") for name in exclusions)
-    assert all(reason.strip() for reason in exclusions.values())
+    assert all(e.reason.strip() and e.change.strip() for e in exclusions.values())
 
 
-def test_an_exclusion_without_a_reason_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "entry",
+    ['" "', '{ reason = " ", change = "x" }', '{ reason = "equivalent" }'],
+)
+def test_an_exclusion_without_a_reason_or_a_change_is_refused(tmp_path: Path, entry: str) -> None:
     path = tmp_path / "exclusions.toml"
-    path.write_text('[tiers]\n"fhirpanel.domain.tiers.x_f__mutmut_1" = " "\n', encoding="utf-8")
+    path.write_text(f'[tiers]\n"fhirpanel.domain.tiers.x_f__mutmut_1" = {entry}\n', "utf-8")
     with pytest.raises(SystemExit):
         load_exclusions(path)
