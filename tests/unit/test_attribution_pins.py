@@ -193,6 +193,28 @@ def test_without_any_window_the_unassigned_reason_names_no_window() -> None:
     assert a.reason == "no qualifying visit on or before the as-of date"
 
 
+def test_a_pipeline_that_did_not_look_does_not_blame_the_clinicians() -> None:
+    # Declared PCP only, and a patient without one seen by eligible clinicians: no step chose,
+    # but their visits were with eligible clinicians.
+    pipeline = Pipeline("declared-only", (PipelineStep("declared-pcp"),))
+    a = one(build(_history()), pipeline=pipeline)
+    assert a.status == "unassigned"
+    assert a.reason == (
+        "no step of the pipeline chose among the qualifying visits on or before the as-of date"
+    )
+    # Declared PCP over 36 months, then Four Cut over 12: seen only 30 months ago by d2.
+    pipeline = Pipeline(
+        "short-four-cut", (PipelineStep("declared-pcp", 36), PipelineStep("four-cut", 12))
+    )
+    pop = build([visit("e3", pid(1), doc(2), days_ago(915))])
+    a = one(pop, pipeline=pipeline)
+    assert (a.status, a.window_months) == ("unassigned", 36)
+    assert (
+        a.reason
+        == "no step of the pipeline chose among the qualifying visits in the last 36 months"
+    )
+
+
 # --- tie-breaks that do not rely on sorted input -----------------------------------------------
 
 

@@ -99,6 +99,7 @@ def _unassigned_reason(
     rules: AttributionRules,
     as_of: date,
     window: int | None,
+    eligibility: EligibilityReport,
 ) -> str:
     span = f"in the last {window} months" if window is not None else "on or before the as-of date"
     qualifying = [
@@ -109,9 +110,14 @@ def _unassigned_reason(
         and in_window(e.day, as_of, window)
         and rules.visits.qualifies(e)
     ]
-    if qualifying:
-        return f"qualifying visits {span} were only with clinicians not eligible for primary care"
-    return f"no qualifying visit {span}"
+    if not qualifying:
+        return f"no qualifying visit {span}"
+    # A pipeline whose steps do not look at every visit in its widest window (no Four Cut step,
+    # or Four Cut over a shorter window than another step's) can leave a patient with visits
+    # to eligible clinicians unassigned: say so, rather than blame the clinicians.
+    if any(e.practitioner and eligibility.is_eligible(e.practitioner) for e in qualifying):
+        return f"no step of the pipeline chose among the qualifying visits {span}"
+    return f"qualifying visits {span} were only with clinicians not eligible for primary care"
 
 
 def attribute_patients(
@@ -235,7 +241,11 @@ def attribute_patients(
                 window_months=explain_window,
                 visits=visit_counts(window_visits),
                 reason=_unassigned_reason(
-                    encounters_by_patient.get(patient_id, ()), rules, as_of, explain_window
+                    encounters_by_patient.get(patient_id, ()),
+                    rules,
+                    as_of,
+                    explain_window,
+                    eligibility,
                 ),
             )
         assignments.append(assignment)
