@@ -93,8 +93,16 @@ def load_exclusions(path: Path = EXCLUSIONS) -> dict[str, Exclusion]:
 
 
 def _module_path(name: str) -> Path:
-    """fhirpanel.domain.tiers.x_clauses__mutmut_3 -> fhirpanel/domain/tiers.py"""
-    return Path("fhirpanel") / "domain" / f"{name.split('.x')[0].split('.')[-1]}.py"
+    """fhirpanel.domain.tiers.x_clauses__mutmut_3 -> fhirpanel/domain/tiers.py;
+    fhirpanel.domain.attribution.four_cut.x_four_cut__mutmut_3 ->
+    fhirpanel/domain/attribution/four_cut.py"""
+    return Path(*name.split(".x")[0].split(".")).with_suffix(".py")
+
+
+def _module_of(meta: Path, results: Path) -> str:
+    """The row's name: the module's path under the domain, dotted (a package's modules each get
+    their own row, e.g. `attribution.pipeline`)."""
+    return ".".join(meta.relative_to(results).with_suffix("").with_suffix("").parts)
 
 
 def diff_of(name: str) -> str:
@@ -120,8 +128,8 @@ def scores(
     """One row per domain module with results; exclusions that are stale or moved."""
     report = Report([], [], [])
     seen: set[str] = set()
-    for meta in sorted(results.glob("*.py.meta")):
-        row = ModuleScore(meta.name.removesuffix(".py.meta"))
+    for meta in sorted(results.rglob("*.py.meta")):
+        row = ModuleScore(_module_of(meta, results))
         codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
         for name, code in sorted(codes.items()):
             row.total += 1
@@ -148,14 +156,17 @@ def scores(
     return report
 
 
+WIDTH = 24  # the longest row name, attribution.eligibility, and a space
+
+
 def table(rows: list[ModuleScore]) -> str:
-    head = f"{'module':<14}{'mutants':>8}{'excluded':>9}{'killed':>8}{'survived':>9}"
+    head = f"{'module':<{WIDTH}}{'mutants':>8}{'excluded':>9}{'killed':>8}{'survived':>9}"
     head += f"{'not run':>8}{'score':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         score = "-" if r.score is None else f"{r.score:.1f}%"
         lines.append(
-            f"{r.module:<14}{r.total:>8}{r.excluded:>9}{r.killed:>8}{len(r.survivors):>9}"
+            f"{r.module:<{WIDTH}}{r.total:>8}{r.excluded:>9}{r.killed:>8}{len(r.survivors):>9}"
             f"{r.not_run:>8}{score:>8}"
         )
     return "\n".join(lines)
@@ -184,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(f"  {name}" for name in names))
     if args.survivors is not None:
         wanted = set(args.survivors)
-        names = [n for r in report.rows if not wanted or r.module in wanted for n in r.survivors]
+        # `attribution` names every module of the package, `attribution.pipeline` one of them.
+        rows = [r for r in report.rows if not wanted or {r.module, r.module.split(".")[0]} & wanted]
+        names = [n for r in rows for n in r.survivors]
         print()
         print("\n".join(f"# {name}\n{diff_of(name)}\n" for name in names))
     if args.fail_under is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.mutation_report import Exclusion, load_exclusions, scores, table
+from tools.mutation_report import Exclusion, _module_path, load_exclusions, scores, table
 
 NAME = "fhirpanel.domain.tiers.x_f__mutmut_{}".format
 
@@ -47,6 +47,31 @@ def test_an_exclusion_whose_mutant_now_makes_another_change_is_not_excluded(
     report = scores(exclusions, tmp_path, _changes)
     (row,) = report.rows
     assert (row.excluded, row.survivors, report.moved) == (0, [NAME(1)], [NAME(1)])
+
+
+def test_each_module_of_a_package_has_its_own_row(tmp_path: Path) -> None:
+    (tmp_path / "attribution").mkdir()
+    four_cut = "fhirpanel.domain.attribution.four_cut.x_four_cut__mutmut_{}".format
+    _meta(tmp_path / "attribution", "four_cut", {four_cut(1): 1, four_cut(2): 0})
+    _meta(
+        tmp_path / "attribution", "rules", {"fhirpanel.domain.attribution.rules.x_f__mutmut_1": 1}
+    )
+    _meta(tmp_path, "tiers", {NAME(1): 1})
+    report = scores({four_cut(2): Exclusion("equivalent", "change 2")}, tmp_path, _changes)
+    assert [(r.module, r.total, r.excluded, r.killed) for r in report.rows] == [
+        ("attribution.four_cut", 2, 1, 1),
+        ("attribution.rules", 1, 0, 1),
+        ("tiers", 1, 0, 1),
+    ]
+    assert table(report.rows).splitlines()[2].split()[0] == "attribution.four_cut"
+
+
+def test_a_mutant_name_gives_its_source_file() -> None:
+    assert _module_path(NAME(3)) == Path("fhirpanel/domain/tiers.py")
+    name = "fhirpanel.domain.attribution.four_cut.x_four_cut__mutmut_3"
+    assert _module_path(name) == Path("fhirpanel/domain/attribution/four_cut.py")
+    method = "fhirpanel.domain.attribution.rules.xǁPipelineǁ__post_init____mutmut_33"
+    assert _module_path(method) == Path("fhirpanel/domain/attribution/rules.py")
 
 
 def test_the_committed_exclusions_each_give_a_reason_and_a_change() -> None:
