@@ -71,3 +71,12 @@ def test_the_category_of_codes_in_hand_built_systems() -> None:
         == pmca.classify(["I270"])
         == Complexity(COMPLEX, ("heart",), progressive=True)
     )
+
+
+def test_a_malignancy_alone_is_complex_and_says_so() -> None:
+    cancer = body_system("cancer", "Malignancy", prefixes=["C91"], malignant=True)
+    pmca = PediatricComplexity((LUNG, cancer))
+    assert pmca.classify(["C910"]) == Complexity(COMPLEX, ("cancer",), malignant=True)
+    assert pmca.classify(["C910"]).malignant is True
+    # A malignant system that is not involved makes nothing malignant.
+    assert pmca.classify(["J45"]) == Complexity(NON_COMPLEX, ("lung",))
