@@ -14,6 +14,7 @@ from fhirpanel.domain.pediatric import (
     PediatricComplexity,
     body_system,
 )
+from fhirpanel.errors import MappingError
 
 LUNG = body_system(
     "lung", "Respiratory", prefixes=["J45"], codes=["E840"], progressive_codes=["J84"]
@@ -80,3 +81,22 @@ def test_a_malignancy_alone_is_complex_and_says_so() -> None:
     assert pmca.classify(["C910"]).malignant is True
     # A malignant system that is not involved makes nothing malignant.
     assert pmca.classify(["J45"]) == Complexity(NON_COMPLEX, ("lung",))
+
+
+def test_a_body_system_built_without_flags_is_not_malignant_and_keeps_its_label() -> None:
+    system = body_system("k", "Kidney", prefixes=["N18"])
+    assert (system.key, system.label, system.malignant) == ("k", "Kidney", False)
+
+
+def test_the_pmca_systems_are_checked_with_their_place_named() -> None:
+    with pytest.raises(MappingError, match="systems: at least one body system is needed"):
+        PediatricComplexity(())
+    with pytest.raises(MappingError, match=r"framework\.adult_age: must be at least 1"):
+        PediatricComplexity((LUNG,), adult_age=0)
+    assert PediatricComplexity((LUNG,), adult_age=1).framework(0) == "pediatric"
+    bad_code = body_system("x", "X", codes=["E84.0"])
+    with pytest.raises(MappingError, match=r"^systems\[2\]\.codes: 'E84\.0' is not"):
+        PediatricComplexity((LUNG, bad_code))
+    bad_progressive = body_system("y", "Y", progressive_codes=["j84"])
+    with pytest.raises(MappingError, match=r"^systems\[1\]\.progressive_codes: 'j84' is not"):
+        PediatricComplexity((bad_progressive,))
