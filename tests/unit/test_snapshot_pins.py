@@ -188,3 +188,14 @@ def test_months_at_the_bounds_are_months(text: str) -> None:
 def test_a_month_out_of_range_is_refused_and_named(text: str) -> None:
     with pytest.raises(ConfigError, match=text):
         parse_month(text)
+
+
+def test_a_zero_on_one_side_and_nothing_on_the_other_is_no_difference_in_count() -> None:
+    old = {
+        "counts": {},
+        "tiers": {"4": 0},
+        "panels": [{"practitioner": "Practitioner/a", "size": 0}],
+    }
+    new = {"counts": {"excluded": 0}, "tiers": {}, "panels": []}
+    assert differences(old, new) == ["panel sizes or ratios differ (same counts)"]
+    assert differences(new, old) == ["panel sizes or ratios differ (same counts)"]

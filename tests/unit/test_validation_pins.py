@@ -18,6 +18,7 @@ from fhirpanel.domain.records import (
     PatientRecord,
     Population,
     PractitionerRecord,
+    PractitionerRoleRecord,
 )
 from fhirpanel.domain.risk import RiskResult
 from fhirpanel.domain.validation import (
@@ -29,6 +30,7 @@ from fhirpanel.domain.validation import (
     canonical_json,
     condition_as_of,
     condition_known_on,
+    decile_table,
     population_on,
     risk_metrics,
     tier_capture,
@@ -73,6 +75,9 @@ def test_population_on_the_day_of_a_birth_or_a_death() -> None:
             "Patient/dead-undated": PatientRecord("Patient/dead-undated", deceased=True),
         },
         practitioners={"Practitioner/d": practitioner},
+        roles={
+            "PractitionerRole/r": PractitionerRoleRecord("PractitionerRole/r", "Practitioner/d")
+        },
         organizations={"Organization/o": OrganizationRecord("Organization/o")},
         issues=[Issue("warning", "Patient/x", "a recorded issue")],
     )
@@ -92,7 +97,8 @@ def test_population_on_the_day_of_a_birth_or_a_death() -> None:
     # Clinicians, organisations and issues are kept, as copies.
     assert then.practitioners == {"Practitioner/d": practitioner}
     assert then.practitioners is not pop.practitioners
-    assert list(then.organizations) == ["Organization/o"] and then.roles == {}
+    assert list(then.organizations) == ["Organization/o"]
+    assert list(then.roles) == ["PractitionerRole/r"]
     assert then.issues == pop.issues and then.issues is not pop.issues
 
 
@@ -150,6 +156,14 @@ def test_tier_capture_counts_a_high_tier_patient_without_events_as_none() -> Non
     }
     assert TierCapture(0, 0, 0, 0).as_dict()["patient_share"] is None
     assert TierCapture(0, 0, 0, 0).as_dict()["event_share"] is None
+
+
+def test_deciles_order_patients_by_score_not_by_id() -> None:
+    deciles = decile_table({"a": 2.0, "b": 1.0}, {"a": 1}, groups=2)
+    assert [(d.decile, d.mean_score, d.observed_rate) for d in deciles] == [
+        (1, 1.0, 0.0),
+        (2, 2.0, 1.0),
+    ]
 
 
 def test_validate_without_a_tier_metric_and_with_an_unknown_one() -> None:
@@ -271,6 +285,13 @@ def _x(decile: int) -> str:
 def test_the_calibration_chart_element_by_element() -> None:
     svg = calibration_svg(_result())
     assert svg.endswith("</svg>\n")
+    # One element (or a grid line with its label) per line; the metric's name escaped.
+    lines = svg.splitlines()
+    assert lines[1] == (
+        "<title>Observed next-year ED or inpatient rate by decile of each risk metric</title>"
+    )
+    assert lines[2].startswith("<rect ") and len(lines) == 24
+    assert ">a&lt;b&gt;&amp;c (c=n/a)</text>" in lines[-2]
     root = ET.fromstring(svg)  # noqa: S314 - our own output, not untrusted input
     assert root.attrib == {
         "width": "780",
@@ -407,8 +428,8 @@ def test_colours_cycle_after_six_metrics() -> None:
     assert strokes == ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#1f77b4"]
 
 
-@pytest.mark.parametrize("rate", [0.31, 0.4])
-def test_the_top_is_the_peak_rounded_up_to_a_tenth(rate: float) -> None:
+@pytest.mark.parametrize(("rate", "top"), [(0.31, "0.4"), (0.4, "0.4"), (0.45, "0.5")])
+def test_the_top_is_the_peak_rounded_up_to_a_tenth(rate: float, top: str) -> None:
     deciles = (Decile(1, 1, 0.0, rate, rate),)
     result = ValidationResult(
         date(2026, 1, 1),
@@ -421,4 +442,4 @@ def test_the_top_is_the_peak_rounded_up_to_a_tenth(rate: float) -> None:
         TierCapture(0, 0, 0, 0),
     )
     texts = [t for tag, a, t in _elements(calibration_svg(result)) if a.get("text-anchor") == "end"]
-    assert texts[-1] == "0.4"
+    assert texts[-1] == top
